@@ -1,0 +1,147 @@
+"""Keyed node identities.
+
+A node's identity is an Ed25519 key pair. Its peer id is the lowercase hex of the 32-byte
+public key, so anyone holding a peer id can check that node's signatures and nobody can
+claim an id without its private key. The X25519 key the node uses in Noise handshakes is
+derived from the Ed25519 seed and endorsed by an Ed25519 signature (see ``static_proof``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from shoal.errors import IdentityError, LocalProtocolError
+
+PEER_ID_BYTES = 32
+_FILE_HEADER = "shoal-identity-v1"
+_STATIC_INFO = b"shoal/x25519-static/v1"
+STATIC_PROOF_CONTEXT = b"shoal/static-key-endorsement/v1"
+
+_RAW = serialization.Encoding.Raw
+_RAW_PUB = serialization.PublicFormat.Raw
+_RAW_PRIV = serialization.PrivateFormat.Raw
+_NO_ENC = serialization.NoEncryption()
+
+
+def peer_id_from_bytes(raw: bytes) -> str:
+    """The text form of a 32-byte public key."""
+    if len(raw) != PEER_ID_BYTES:
+        raise LocalProtocolError(f"a peer id is {PEER_ID_BYTES} bytes, got {len(raw)}")
+    return raw.hex()
+
+
+def peer_id_to_bytes(peer_id: str) -> bytes:
+    """Parse a peer id; raises ``LocalProtocolError`` (code ``EINVAL``) if it is malformed."""
+    try:
+        raw = bytes.fromhex(peer_id)
+    except (ValueError, TypeError):
+        raise LocalProtocolError(f"not a peer id (64 hex digits expected): {peer_id!r}") from None
+    if len(raw) != PEER_ID_BYTES:
+        raise LocalProtocolError(f"not a peer id (64 hex digits expected): {peer_id!r}")
+    return raw
+
+
+def verify_signature(peer_id: bytes, data: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` over ``data`` was made by the key behind ``peer_id``."""
+    try:
+        Ed25519PublicKey.from_public_bytes(peer_id).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class Identity:
+    """An Ed25519 key pair plus the X25519 key derived from it for handshakes."""
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != 32:
+            raise LocalProtocolError("an identity seed is 32 bytes")
+        self._seed = bytes(seed)
+        self._signing_key = Ed25519PrivateKey.from_private_bytes(self._seed)
+        self.public_key: bytes = self._signing_key.public_key().public_bytes(_RAW, _RAW_PUB)
+        static_seed = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=_STATIC_INFO
+        ).derive(self._seed)
+        self.static_key = X25519PrivateKey.from_private_bytes(static_seed)
+        self.static_public: bytes = self.static_key.public_key().public_bytes(_RAW, _RAW_PUB)
+        self.static_proof: bytes = self.sign(STATIC_PROOF_CONTEXT + self.static_public)
+
+    @property
+    def peer_id(self) -> str:
+        """This identity's peer id (64 lowercase hex digits)."""
+        return self.public_key.hex()
+
+    @classmethod
+    def generate(cls) -> Identity:
+        """A fresh identity from the OS random source."""
+        return cls(os.urandom(32))
+
+    def sign(self, data: bytes) -> bytes:
+        """An Ed25519 signature over ``data``."""
+        return self._signing_key.sign(data)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the seed to ``path``, readable by the owner only (0600); never overwrites."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise IdentityError(f"{target}: already exists", code="EEXIST") from None
+        except OSError as exc:
+            raise IdentityError(f"{target}: cannot create ({exc.strerror})") from exc
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{_FILE_HEADER}\n{self._seed.hex()}\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Identity:
+        """Read an identity written by ``save``."""
+        source = Path(path)
+        try:
+            text = source.read_text()
+        except FileNotFoundError:
+            raise IdentityError(f"{source}: no such identity file", code="ENOENT") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IdentityError(f"{source}: cannot read identity ({exc})") from exc
+        lines = text.split()
+        if len(lines) != 2 or lines[0] != _FILE_HEADER:
+            raise IdentityError(f"{source}: not a Shoal identity file")
+        try:
+            seed = bytes.fromhex(lines[1])
+        except ValueError:
+            raise IdentityError(f"{source}: corrupt identity file") from None
+        if len(seed) != 32:
+            raise IdentityError(f"{source}: corrupt identity file")
+        return cls(seed)
+
+    @classmethod
+    def load_or_create(cls, path: str | os.PathLike[str] | None = None) -> Identity:
+        """Load the identity at ``path`` (default: the user data dir), creating it if absent."""
+        target = Path(path) if path is not None else default_identity_path()
+        if target.exists():
+            return cls.load(target)
+        identity = cls.generate()
+        try:
+            identity.save(target)
+        except IdentityError as exc:
+            if exc.code == "EEXIST":  # another process created it first
+                return cls.load(target)
+            raise
+        return identity
+
+    def __repr__(self) -> str:
+        return f"Identity(peer_id={self.peer_id[:16]}...)"
+
+
+def default_identity_path() -> Path:
+    """Where ``Identity.load_or_create()`` keeps the identity when no path is given."""
+    from platformdirs import user_data_path
+
+    return user_data_path("shoal", appauthor=False) / "identity.key"
