@@ -1,0 +1,34 @@
+"""Tunable limits and timers of the core, with the defaults real networks want."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreConfig:
+    """Every duration is in seconds."""
+
+    keepalive_interval: float = 15.0
+    """A PING goes out on a wanted session after this much send silence (below NAT timeouts)."""
+    idle_timeout: float = 45.0
+    """A session that receives nothing authenticated for this long is dropped."""
+    handshake_timeout: float = 10.0
+    """A dial that has not completed a handshake by then gives up."""
+    handshake_retry: float = 0.25
+    """First INIT retransmission delay; doubles on each retry."""
+    message_timeout: float = 30.0
+    """A message not acknowledged by then fails with ETIMEDOUT."""
+    max_message_size: int = 1 << 20
+    """Largest direct message accepted or sent (bytes)."""
+    max_reassembly_bytes: int = 8 << 20
+    """Bytes of partly received messages one session may hold."""
+    max_sessions: int = 4096
+    max_handshakes_per_source: float = 20.0
+    """Unauthenticated datagrams (INIT, STUN) accepted per second from one IP, sustained."""
+    handshake_burst: float = 40.0
+    introducer: bool = False
+    """Keep a registry of connected peers and introduce them to each other."""
+    stun_server: bool = True
+    """Answer STUN Binding requests."""
+    stun_timeout: float = 3.0

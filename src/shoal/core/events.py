@@ -1,0 +1,78 @@
+"""Events the core hands to its driver. Small, frozen, keyword-only dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shoal.core.wire import Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerConnected:
+    """A session with ``peer_id`` is established (``initiator``: we started it)."""
+
+    peer_id: str
+    address: Address
+    path: str
+    initiator: bool
+    introducer: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerDisconnected:
+    """The session with ``peer_id`` ended: closed by either side, or the peer went silent."""
+
+    peer_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageReceived:
+    """A whole direct message from ``peer_id`` (a verified identity)."""
+
+    peer_id: str
+    data: bytes
+    path: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageDelivered:
+    """The receiver acknowledged every byte of message ``handle``."""
+
+    handle: int
+    peer_id: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageFailed:
+    """Message ``handle`` will not be delivered; ``code`` is a ShoalError code."""
+
+    handle: int
+    peer_id: str
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddressObserved:
+    """Peer ``reporter`` sees our packets coming from ``address`` (our public address)."""
+
+    reporter: str
+    address: Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StunResult:
+    """A STUN server answered request ``handle``; ``mapped`` is None on timeout."""
+
+    handle: int
+    server: Address
+    mapped: Address | None
+    rtt: float | None
+
+
+Event = (
+    PeerConnected | PeerDisconnected | MessageReceived | MessageDelivered | MessageFailed
+    | AddressObserved | StunResult
+)

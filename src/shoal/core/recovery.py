@@ -1,0 +1,167 @@
+"""Loss recovery building blocks: RTT estimation, NewReno congestion control, the set of
+received packet numbers that ACK frames report, and the anti-replay window.
+
+They follow RFC 9002 (QUIC loss detection and congestion control) in spirit and
+constants: packet threshold 3, time threshold 9/8 RTT, initial RTT 333 ms.
+"""
+
+from __future__ import annotations
+
+from shoal.core.wire import MAX_DATAGRAM_SIZE
+
+INITIAL_RTT = 0.333
+GRANULARITY = 0.001
+PACKET_THRESHOLD = 3
+TIME_THRESHOLD = 9 / 8
+MAX_ACK_DELAY = 0.025
+INITIAL_WINDOW = 10 * MAX_DATAGRAM_SIZE
+MINIMUM_WINDOW = 2 * MAX_DATAGRAM_SIZE
+
+
+class RttEstimator:
+    """Smoothed RTT and variance (RFC 9002 section 5)."""
+
+    __slots__ = ("latest", "min", "smoothed", "variance", "_has_sample")
+
+    def __init__(self) -> None:
+        self.latest = 0.0
+        self.min = 0.0
+        self.smoothed = INITIAL_RTT
+        self.variance = INITIAL_RTT / 2
+        self._has_sample = False
+
+    def update(self, sample: float, ack_delay: float) -> None:
+        self.latest = sample
+        if not self._has_sample:
+            self._has_sample = True
+            self.min = sample
+            self.smoothed = sample
+            self.variance = sample / 2
+            return
+        self.min = min(self.min, sample)
+        adjusted = sample - ack_delay if sample - ack_delay >= self.min else sample
+        self.variance = 0.75 * self.variance + 0.25 * abs(self.smoothed - adjusted)
+        self.smoothed = 0.875 * self.smoothed + 0.125 * adjusted
+
+    def pto(self) -> float:
+        """The probe timeout, before backoff."""
+        return self.smoothed + max(4 * self.variance, GRANULARITY) + MAX_ACK_DELAY
+
+    def loss_delay(self) -> float:
+        return max(TIME_THRESHOLD * max(self.latest, self.smoothed), GRANULARITY)
+
+
+class NewReno:
+    """Window-based congestion control (RFC 9002 section 7)."""
+
+    __slots__ = ("window", "ssthresh", "bytes_in_flight", "recovery_start")
+
+    def __init__(self) -> None:
+        self.window = INITIAL_WINDOW
+        self.ssthresh = float("inf")
+        self.bytes_in_flight = 0
+        self.recovery_start = -1.0
+
+    def can_send(self, size: int) -> bool:
+        return self.bytes_in_flight + size <= self.window
+
+    def on_sent(self, size: int) -> None:
+        self.bytes_in_flight += size
+
+    def on_acked(self, size: int, time_sent: float) -> None:
+        self.bytes_in_flight -= size
+        if time_sent <= self.recovery_start:
+            return
+        if self.window < self.ssthresh:
+            self.window += size
+        else:
+            self.window += MAX_DATAGRAM_SIZE * size // self.window
+
+    def on_lost(self, size: int, time_sent: float, now: float) -> None:
+        self.bytes_in_flight -= size
+        if time_sent > self.recovery_start:
+            self.recovery_start = now
+            self.window = max(self.window // 2, MINIMUM_WINDOW)
+            self.ssthresh = self.window
+
+    def on_discarded(self, size: int) -> None:
+        self.bytes_in_flight -= size
+
+
+class RangeSet:
+    """Received packet numbers as inclusive ranges, highest first, at most ``limit`` kept."""
+
+    __slots__ = ("ranges", "limit")
+
+    def __init__(self, limit: int = 32) -> None:
+        self.ranges: list[list[int]] = []
+        self.limit = limit
+
+    def add(self, pn: int) -> None:
+        ranges = self.ranges
+        if ranges:
+            top = ranges[0]
+            if pn == top[1] + 1:
+                top[1] = pn
+                return
+            if pn > top[1]:
+                ranges.insert(0, [pn, pn])
+                del ranges[self.limit :]
+                return
+        for index, (lo, hi) in enumerate(ranges):
+            if lo <= pn <= hi:
+                return
+            if pn == hi + 1:
+                ranges[index][1] = pn
+                self._merge(index)
+                return
+            if pn == lo - 1:
+                ranges[index][0] = pn
+                if index + 1 < len(ranges):
+                    self._merge(index)
+                return
+            if pn > hi:
+                ranges.insert(index, [pn, pn])
+                del ranges[self.limit :]
+                return
+        if len(ranges) < self.limit:
+            ranges.append([pn, pn])
+
+    def _merge(self, index: int) -> None:
+        ranges = self.ranges
+        if index > 0 and ranges[index - 1][0] == ranges[index][1] + 1:
+            ranges[index - 1][0] = ranges[index][0]
+            del ranges[index]
+            index -= 1
+        if index + 1 < len(ranges) and ranges[index + 1][1] + 1 == ranges[index][0]:
+            ranges[index][0] = ranges[index + 1][0]
+            del ranges[index + 1]
+
+    def as_tuples(self) -> list[tuple[int, int]]:
+        return [(lo, hi) for lo, hi in self.ranges]
+
+
+class ReplayWindow:
+    """Accepts each packet number once, within ``size`` of the highest seen (RFC 6479 idea)."""
+
+    __slots__ = ("highest", "bitmap", "size")
+
+    def __init__(self, size: int = 4096) -> None:
+        self.highest = -1
+        self.bitmap = 0
+        self.size = size
+
+    def check(self, pn: int) -> bool:
+        """Whether ``pn`` is new and inside the window (does not record it)."""
+        if pn > self.highest:
+            return True
+        offset = self.highest - pn
+        return offset < self.size and not (self.bitmap >> offset) & 1
+
+    def record(self, pn: int) -> None:
+        if pn > self.highest:
+            shift = pn - self.highest
+            self.bitmap = ((self.bitmap << shift) | 1) & ((1 << self.size) - 1)
+            self.highest = pn
+        else:
+            self.bitmap |= 1 << (self.highest - pn)

@@ -1,0 +1,157 @@
+"""A seeded, virtual-time network of ``Endpoint`` state machines."""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shoal.core import events as ev
+from shoal.core.config import CoreConfig
+from shoal.core.endpoint import Endpoint
+from shoal.core.wire import Address
+from shoal.identity import Identity
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkProfile:
+    """How the simulated network treats every datagram."""
+
+    latency: float = 0.010
+    """One-way delay in seconds."""
+    jitter: float = 0.0
+    """Extra uniform random delay up to this many seconds (this reorders datagrams)."""
+    loss: float = 0.0
+    """Probability that a datagram is dropped."""
+    duplicate: float = 0.0
+    """Probability that a datagram is delivered twice."""
+
+
+@dataclass(slots=True)
+class SimNode:
+    """One simulated node: its endpoint, address and the events it produced."""
+
+    endpoint: Endpoint
+    address: Address
+    events: list[ev.Event] = field(default_factory=list)
+    online: bool = True
+
+    @property
+    def peer_id(self) -> str:
+        return self.endpoint.peer_id
+
+    def received(self) -> list[ev.MessageReceived]:
+        return [e for e in self.events if isinstance(e, ev.MessageReceived)]
+
+
+class SimNetwork:
+    """Nodes joined by one shared link model, advanced in virtual time."""
+
+    def __init__(self, seed: int = 0, profile: LinkProfile | None = None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.profile = profile or LinkProfile()
+        self.now = 0.0
+        self.nodes: dict[Address, SimNode] = {}
+        self._queue: list[tuple[float, int, Address, Address, bytes]] = []
+        self._sequence = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.tap: Callable[[bytes, Address, Address], bytes | None] | None = None
+        """Optional hook that sees (data, src, dst) and may replace or drop (None) a datagram."""
+
+    def add_node(
+        self,
+        *,
+        config: CoreConfig | None = None,
+        address: Address | None = None,
+        identity: Identity | None = None,
+    ) -> SimNode:
+        index = len(self.nodes) + 1
+        address = address or (f"10.0.{index // 250}.{index % 250 + 1}", 7000)
+        identity = identity or Identity(self.rng.randbytes(32))
+        endpoint = Endpoint(identity, random_bytes=self.rng.randbytes, config=config)
+        endpoint.set_local_addresses([address])
+        node = SimNode(endpoint, address)
+        self.nodes[address] = node
+        return node
+
+    def flush(self, node: SimNode) -> None:
+        """Put a node's outgoing datagrams on the wire and collect its events."""
+        for data, destination in node.endpoint.datagrams_to_send(self.now):
+            self._transmit(data, node.address, destination)
+        while (event := node.endpoint.next_event()) is not None:
+            node.events.append(event)
+
+    def _transmit(self, data: bytes, source: Address, destination: Address) -> None:
+        if self.tap is not None:
+            replaced = self.tap(data, source, destination)
+            if replaced is None:
+                self.dropped += 1
+                return
+            data = replaced
+        profile = self.profile
+        copies = 2 if profile.duplicate and self.rng.random() < profile.duplicate else 1
+        for _ in range(copies):
+            if profile.loss and self.rng.random() < profile.loss:
+                self.dropped += 1
+                continue
+            delay = profile.latency + (self.rng.random() * profile.jitter if profile.jitter else 0)
+            self._sequence += 1
+            heapq.heappush(
+                self._queue, (self.now + delay, self._sequence, source, destination, data)
+            )
+
+    def step(self) -> bool:
+        """Advance to the next delivery or timer; False when nothing is left to do."""
+        next_delivery = self._queue[0][0] if self._queue else None
+        timer_node, next_timer = None, None
+        for node in self.nodes.values():
+            if not node.online:
+                continue
+            deadline = node.endpoint.get_timer()
+            if deadline is not None and (next_timer is None or deadline < next_timer):
+                timer_node, next_timer = node, deadline
+        if next_delivery is None and next_timer is None:
+            return False
+        if next_timer is not None and (next_delivery is None or next_timer < next_delivery):
+            self.now = max(self.now, next_timer)
+            assert timer_node is not None
+            timer_node.endpoint.handle_timer(self.now)
+            self.flush(timer_node)
+            return True
+        when, _, source, destination, data = heapq.heappop(self._queue)
+        self.now = max(self.now, when)
+        node = self.nodes.get(destination)
+        if node is None or not node.online:
+            self.dropped += 1
+            return True
+        self.delivered += 1
+        node.endpoint.receive_datagram(data, source, self.now)
+        self.flush(node)
+        return True
+
+    def run(self, duration: float, until: Callable[[], bool] | None = None) -> bool:
+        """Run for up to ``duration`` virtual seconds, or until ``until()`` is true.
+
+        Returns whether ``until`` became true (True when no condition is given).
+        """
+        end = self.now + duration
+        while True:
+            if until is not None and until():
+                return True
+            next_time = self._next_time()
+            if next_time is None or next_time > end:
+                self.now = end
+                return until is None or until()
+            self.step()
+
+    def _next_time(self) -> float | None:
+        times = [self._queue[0][0]] if self._queue else []
+        for node in self.nodes.values():
+            if node.online:
+                deadline = node.endpoint.get_timer()
+                if deadline is not None:
+                    times.append(deadline)
+        return min(times) if times else None
