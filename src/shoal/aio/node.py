@@ -1,0 +1,304 @@
+"""``shoal.Node``: the one public async API over the protocol core.
+
+The CLI, the app runtime's JS bridge and the examples all go through this class; none
+of them speak the protocol themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, replace
+from types import TracebackType
+
+from shoal.aio.udp import UdpDriver, open_udp_socket
+from shoal.core import events as ev
+from shoal.core.config import CoreConfig
+from shoal.core.endpoint import Endpoint, PeerInfo
+from shoal.core.wire import Address
+from shoal.errors import ClosedError, DeliveryError, LocalProtocolError, ShoalError
+from shoal.identity import Identity
+from shoal.net import local_addresses, parse_address
+
+__all__ = ["Delivery", "Message", "Node", "PeerInfo"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A direct message. ``sender`` is a peer id proven by the session handshake."""
+
+    sender: str
+    data: bytes
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The outcome of ``Node.send``: the receiver acknowledged the message."""
+
+    peer_id: str
+    path: str
+    seconds: float
+
+
+def lan_discovery_default() -> bool:
+    """LAN discovery is on unless ``SHOAL_NO_LAN`` is set to a non-empty value."""
+    return not os.environ.get("SHOAL_NO_LAN")
+
+
+class Node:
+    """A Shoal node: one UDP socket, one identity, sessions with any number of peers.
+
+    Use it as an async context manager::
+
+        async with shoal.Node(introducers=["203.0.113.2:7000"]) as node:
+            await node.send(peer_id, b"hello")
+            async for message in node.messages():
+                ...
+    """
+
+    def __init__(
+        self,
+        identity: Identity | None = None,
+        *,
+        introducers: Iterable[str | Address] = (),
+        listen: str | Address = "0.0.0.0:0",
+        introducer: bool = False,
+        lan_discovery: bool | None = None,
+        config: CoreConfig | None = None,
+    ) -> None:
+        self.identity = identity or Identity.load_or_create()
+        self._introducers = [parse_address(a) for a in introducers]
+        self._listen = parse_address(listen, default_port=0)
+        base = config or CoreConfig()
+        self.config = replace(base, introducer=introducer or base.introducer)
+        self.lan_discovery = lan_discovery_default() if lan_discovery is None else lan_discovery
+        self.endpoint = Endpoint(self.identity, random_bytes=secrets.token_bytes,
+                                 config=self.config)
+        self._driver: UdpDriver | None = None
+        self._lan: object | None = None
+        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._waiters: dict[int, tuple[asyncio.Future[Delivery], float]] = {}
+        self._stun_waiters: dict[int, asyncio.Future[ev.StunResult]] = {}
+        self._connected: dict[str, asyncio.Event] = {}
+        self._observed: asyncio.Event = asyncio.Event()
+        self._closed = False
+        self.events: asyncio.Queue[ev.Event] | None = None
+        """Set to a queue to receive every core event as well (for tools and tests)."""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> Node:
+        """Bind the socket, start LAN discovery and connect to the introducers."""
+        if self._driver is not None:
+            return self
+        host, port = self._listen
+        try:
+            sock = open_udp_socket(host, port)
+        except OSError as exc:
+            raise ShoalError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                             code="EADDRINUSE" if exc.errno == 98 else "EIO") from exc
+        self._driver = UdpDriver(self.endpoint, sock, self._on_event)
+        bound = self._driver.local_address
+        self.endpoint.set_local_addresses(local_addresses(bound))
+        now = self._driver.now()
+        for address in self._introducers:
+            self.endpoint.add_introducer(address, now)
+        if self.lan_discovery:
+            from shoal.aio.lan import LanDiscovery
+
+            lan = LanDiscovery(self.peer_id, bound[1], self._on_lan_peer)
+            await lan.start()
+            self._lan = lan
+        self._driver.flush()
+        return self
+
+    async def close(self) -> None:
+        """Tell connected peers goodbye and release the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._lan is not None:
+            await self._lan.close()  # type: ignore[attr-defined]
+        if self._driver is not None:
+            self._driver.close()
+        for future, _ in self._waiters.values():
+            if not future.done():
+                future.set_exception(ClosedError("the node is closed"))
+        self._inbox.put_nowait(None)
+
+    async def __aenter__(self) -> Node:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    @property
+    def address(self) -> Address:
+        """The local address the socket is bound to."""
+        return self._require_driver().local_address
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters of datagrams received, sent and dropped (by reason)."""
+        return dict(self.endpoint.stats)
+
+    def peers(self) -> list[PeerInfo]:
+        return self.endpoint.peers()
+
+    def public_addresses(self) -> dict[str, Address]:
+        """Our address as each connected peer (introducers included) reports it."""
+        return self.endpoint.observed_addresses()
+
+    # ------------------------------------------------------------------ operations
+
+    async def send(self, peer_id: str, data: bytes, *, timeout: float | None = None) -> Delivery:
+        """Send ``data`` to ``peer_id``; returns once the peer acknowledged every byte.
+
+        Raises ``DeliveryError`` (``ETIMEDOUT``, ``EHOSTUNREACH``, ...) if it was not.
+        """
+        driver = self._require_driver()
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise LocalProtocolError("message data must be bytes")
+        now = driver.now()
+        handle = self.endpoint.send_message(peer_id, bytes(data), now)
+        future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        self._waiters[handle] = (future, now)
+        driver.flush()
+        try:
+            if timeout is None:
+                return await future
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            self.endpoint.cancel_message(handle, driver.now(), "timed out")
+            driver.flush()
+            raise DeliveryError(
+                f"{peer_id[:16]}… did not acknowledge within {timeout:g} s", code="ETIMEDOUT"
+            ) from None
+        finally:
+            self._waiters.pop(handle, None)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Every direct message received, until the node closes."""
+        while True:
+            message = await self._inbox.get()
+            if message is None:
+                self._inbox.put_nowait(None)
+                return
+            yield message
+
+    async def receive(self, timeout: float | None = None) -> Message:
+        """The next direct message."""
+        message = await asyncio.wait_for(self._inbox.get(), timeout)
+        if message is None:
+            self._inbox.put_nowait(None)
+            raise ClosedError("the node is closed")
+        return message
+
+    async def connect(self, address: str | Address, *, timeout: float = 10.0) -> str:
+        """Handshake with the node at ``address``; returns its peer id."""
+        driver = self._require_driver()
+        target = parse_address(address)
+        before = {p.peer_id for p in self.peers() if p.connected and p.address == target}
+        if before:
+            return before.pop()
+        waiter = asyncio.Event()
+        key = f"addr:{target[0]}:{target[1]}"
+        self._connected[key] = waiter
+        self.endpoint.connect(target, driver.now())
+        driver.flush()
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout)
+        except TimeoutError:
+            raise DeliveryError(f"no Shoal node answered at {target[0]}:{target[1]}",
+                                code="ETIMEDOUT") from None
+        finally:
+            self._connected.pop(key, None)
+        for peer in self.peers():
+            if peer.connected and peer.address == target:
+                return peer.peer_id
+        raise DeliveryError(f"session with {target[0]}:{target[1]} closed at once",
+                            code="ECONNRESET")
+
+    async def wait_for_introducers(self, timeout: float = 10.0) -> dict[str, Address]:
+        """Wait until at least one introducer reported our public address."""
+        if not self._introducers:
+            return {}
+        try:
+            await asyncio.wait_for(self._observed.wait(), timeout)
+        except TimeoutError:
+            raise DeliveryError("no introducer answered", code="EHOSTUNREACH") from None
+        return self.public_addresses()
+
+    async def stun(self, server: str | Address, *, timeout: float | None = None) -> ev.StunResult:
+        """Ask a STUN server (or an introducer) which address our packets come from."""
+        driver = self._require_driver()
+        handle = self.endpoint.stun_request(parse_address(server), driver.now())
+        future: asyncio.Future[ev.StunResult] = asyncio.get_running_loop().create_future()
+        self._stun_waiters[handle] = future
+        driver.flush()
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._stun_waiters.pop(handle, None)
+
+    def add_peer_address(self, peer_id: str, address: str | Address) -> None:
+        """Tell the node where ``peer_id`` may be reached (used by LAN discovery)."""
+        driver = self._require_driver()
+        self.endpoint.add_peer_address(peer_id, parse_address(address), driver.now(), "app")
+        driver.flush()
+
+    # ------------------------------------------------------------------ internals
+
+    def _require_driver(self) -> UdpDriver:
+        if self._closed:
+            raise ClosedError("the node is closed")
+        if self._driver is None:
+            raise LocalProtocolError("the node is not started (use 'async with Node(...)')")
+        return self._driver
+
+    def _on_lan_peer(self, peer_id: str, addresses: list[Address]) -> None:
+        if self._closed or self._driver is None or peer_id == self.peer_id:
+            return
+        now = self._driver.now()
+        for address in addresses:
+            self.endpoint.add_peer_address(peer_id, address, now, "lan")
+        self._driver.flush()
+
+    def _on_event(self, event: ev.Event) -> None:
+        if self.events is not None:
+            self.events.put_nowait(event)
+        if isinstance(event, ev.MessageReceived):
+            self._inbox.put_nowait(Message(event.peer_id, event.data, event.path))
+        elif isinstance(event, ev.MessageDelivered):
+            waiter = self._waiters.get(event.handle)
+            if waiter is not None and not waiter[0].done():
+                seconds = self._driver.now() - waiter[1] if self._driver else 0.0
+                waiter[0].set_result(Delivery(event.peer_id, event.path, seconds))
+        elif isinstance(event, ev.MessageFailed):
+            waiter = self._waiters.get(event.handle)
+            if waiter is not None and not waiter[0].done():
+                waiter[0].set_exception(DeliveryError(event.reason, code=event.code))
+        elif isinstance(event, ev.PeerConnected):
+            waiter_key = f"addr:{event.address[0]}:{event.address[1]}"
+            if waiter_key in self._connected:
+                self._connected[waiter_key].set()
+        elif isinstance(event, ev.AddressObserved):
+            self._observed.set()
+        elif isinstance(event, ev.StunResult):
+            future = self._stun_waiters.get(event.handle)
+            if future is not None and not future.done():
+                future.set_result(event)

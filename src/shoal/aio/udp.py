@@ -1,0 +1,145 @@
+"""The asyncio driver: one UDP socket, drained in batches, feeding an ``Endpoint``.
+
+The stdlib's datagram transport performs one ``recvfrom`` per event-loop wake-up; this
+driver registers a reader callback that drains up to ``BATCH`` datagrams at a time, then
+flushes whatever the core wants to send once, so ACKs for a whole batch share packets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Callable
+
+from shoal.core import events as ev
+from shoal.core.endpoint import Endpoint
+from shoal.core.wire import Address
+
+BATCH = 64
+RECV_SIZE = 2048
+SOCKET_BUFFER = 4 << 20
+
+
+def normalize_address(raw: tuple) -> Address:
+    """(host, port) with IPv4-mapped IPv6 addresses turned back into IPv4."""
+    host, port = raw[0], raw[1]
+    if ":" in host:
+        if "%" in host:
+            host = host.split("%", 1)[0]
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+        if mapped is not None:
+            host = str(mapped)
+    return host, port
+
+
+def open_udp_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to host:port; "::" gives a dual-stack socket."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class UdpDriver:
+    """Runs ``endpoint`` on ``sock`` in the running loop; events go to ``on_event``."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        sock: socket.socket,
+        on_event: Callable[[ev.Event], None],
+    ) -> None:
+        self.endpoint = endpoint
+        self.sock = sock
+        self._on_event = on_event
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._dual_stack = sock.family == socket.AF_INET6
+        self._closed = False
+        self.send_errors = 0
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+
+    @property
+    def local_address(self) -> Address:
+        return normalize_address(self.sock.getsockname())
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def _on_readable(self) -> None:
+        endpoint = self.endpoint
+        recvfrom = self.sock.recvfrom
+        now = self._loop.time()
+        for _ in range(BATCH):
+            try:
+                data, raw = recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # ICMP errors surface here (ECONNREFUSED); nothing to read
+                continue
+            endpoint.receive_datagram(data, normalize_address(raw), now)
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what the core produced, deliver its events and re-arm the timer."""
+        if self._closed:
+            return
+        now = self._loop.time()
+        sendto = self.sock.sendto
+        for data, address in self.endpoint.datagrams_to_send(now):
+            try:
+                sendto(data, self._socket_address(address))
+            except (BlockingIOError, InterruptedError):
+                self.send_errors += 1  # a full buffer loses the datagram, as the network may
+            except OSError:
+                self.send_errors += 1
+        while (event := self.endpoint.next_event()) is not None:
+            self._on_event(event)
+        self._arm_timer()
+
+    def _socket_address(self, address: Address) -> tuple:
+        host, port = address
+        if self._dual_stack and ":" not in host:
+            return (f"::ffff:{host}", port)
+        return address
+
+    def _arm_timer(self) -> None:
+        deadline = self.endpoint.get_timer()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.endpoint.handle_timer(self._loop.time())
+        self.flush()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.endpoint.close(self._loop.time())
+        self.flush()
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
