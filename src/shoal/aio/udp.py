@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import time
 from collections.abc import Callable
 
 from shoal.core import events as ev
@@ -77,12 +78,13 @@ class UdpDriver:
         return normalize_address(self.sock.getsockname())
 
     def now(self) -> float:
-        return self._loop.time()
+        # Not loop.time(): uvloop's clock only advances once per loop iteration, in ms.
+        return time.monotonic()
 
     def _on_readable(self) -> None:
         endpoint = self.endpoint
         recvfrom = self.sock.recvfrom
-        now = self._loop.time()
+        now = time.monotonic()
         for _ in range(BATCH):
             try:
                 data, raw = recvfrom(RECV_SIZE)
@@ -97,7 +99,7 @@ class UdpDriver:
         """Send what the core produced, deliver its events and re-arm the timer."""
         if self._closed:
             return
-        now = self._loop.time()
+        now = time.monotonic()
         sendto = self.sock.sendto
         for data, address in self.endpoint.datagrams_to_send(now):
             try:
@@ -125,18 +127,19 @@ class UdpDriver:
             self._timer = None
         self._timer_at = deadline
         if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            delay = max(0.0, deadline - time.monotonic())
+            self._timer = self._loop.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.endpoint.handle_timer(self._loop.time())
+        self.endpoint.handle_timer(time.monotonic())
         self.flush()
 
     def close(self) -> None:
         if self._closed:
             return
-        self.endpoint.close(self._loop.time())
+        self.endpoint.close(time.monotonic())
         self.flush()
         self._closed = True
         if self._timer is not None:

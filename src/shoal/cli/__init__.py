@@ -1,0 +1,1 @@
+"""The ``shoal`` command line, built only on the public ``shoal.Node`` API."""

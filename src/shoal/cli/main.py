@@ -1,0 +1,330 @@
+"""``shoal`` commands: id, introducer, listen, send, doctor.
+
+With ``--json`` every command prints one JSON object per line and per event. Errors are
+one line on stderr (or an ``{"event": "error"}`` object with ``--json``) and a non-zero
+exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shoal import __version__
+from shoal.errors import ShoalError
+from shoal.identity import Identity, peer_id_to_bytes
+from shoal.net import format_address, local_addresses, parse_address
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class Output:
+    """Prints events as JSON lines or as short human-readable lines."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def event(self, name: str, human: str, **fields: Any) -> None:
+        if self.as_json:
+            click.echo(json.dumps({"event": name, **fields}), nl=True)
+        else:
+            click.echo(human)
+        sys.stdout.flush()
+
+    def error(self, code: str, message: str) -> None:
+        if self.as_json:
+            click.echo(json.dumps({"event": "error", "code": code, "message": message}))
+        else:
+            click.echo(f"shoal: error: {message} ({code})", err=True)
+
+
+def _run(output: Output, body: Callable[[], Awaitable[int | None]]) -> None:
+    """Run an async command body, turning every expected failure into one clear line."""
+
+    async def runner() -> int | None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, task.cancel)
+        try:
+            return await body()
+        except asyncio.CancelledError:
+            return 0
+
+    try:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        status = asyncio.run(runner())
+    except ShoalError as exc:
+        output.error(exc.code, exc.message)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        status = 0
+    sys.exit(status or 0)
+
+
+def _identity(path: str | None) -> Identity:
+    return Identity.load_or_create(Path(path) if path else None)
+
+
+def _common(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")(
+        func
+    )
+    func = click.option(
+        "--identity", "identity_path", type=click.Path(dir_okay=False),
+        help="Identity file (default: in the user data dir; created if missing).",
+    )(func)
+    return func
+
+
+def _network_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--introducer", "introducers", multiple=True, metavar="HOST:PORT",
+        help="An introducer to connect to (repeatable).",
+    )(func)
+    func = click.option(
+        "--listen", default="0.0.0.0:0", show_default=True, metavar="HOST:PORT",
+        help="Local address for the node's UDP socket.",
+    )(func)
+    func = click.option(
+        "--no-lan", is_flag=True, help="Turn LAN discovery (mDNS) off; SHOAL_NO_LAN=1 does too.",
+    )(func)
+    return func
+
+
+def _lan(no_lan: bool) -> bool | None:
+    return False if no_lan else None
+
+
+def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Report ShoalErrors raised while parsing options as one line."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        output = Output(kwargs.get("as_json", False))
+        try:
+            return func(*args, **kwargs)
+        except ShoalError as exc:
+            output.error(exc.code, exc.message)
+            sys.exit(EXIT_USAGE if exc.code == "EINVAL" else EXIT_ERROR)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="shoal")
+def cli() -> None:
+    """Shoal: peer-to-peer apps with no servers of their own."""
+
+
+@cli.command("id")
+@_common
+@_guard
+def id_command(identity_path: str | None, as_json: bool) -> None:
+    """Print this node's peer id."""
+    identity = _identity(identity_path)
+    output = Output(as_json)
+    output.event("id", identity.peer_id, peer_id=identity.peer_id)
+
+
+@cli.command()
+@_common
+@click.option("--listen", required=True, metavar="HOST:PORT", help="Address to serve on.")
+@click.option("--no-lan", is_flag=True, help="Turn LAN discovery (mDNS) off.")
+@_guard
+def introducer(identity_path: str | None, as_json: bool, listen: str, no_lan: bool) -> None:
+    """Run an introducer: a reachable node that introduces peers and answers STUN."""
+    from shoal import Node
+
+    output = Output(as_json)
+    listen_address = parse_address(listen)
+    identity = _identity(identity_path)
+
+    async def body() -> int:
+        async with Node(identity, listen=listen_address, introducer=True,
+                        lan_discovery=_lan(no_lan)) as node:
+            bound = format_address(node.address)
+            output.event("ready", f"introducer {node.peer_id} listening on {bound}",
+                         peer_id=node.peer_id, listen=bound)
+            await _print_peer_events(node, output)
+        return 0
+
+    _run(output, body)
+
+
+async def _print_peer_events(node: Any, output: Output) -> None:
+    import shoal.core.events as ev
+
+    queue: asyncio.Queue[ev.Event] = asyncio.Queue()
+    node.events = queue
+    while True:
+        event = await queue.get()
+        if isinstance(event, ev.PeerConnected):
+            output.event("peer_connected", f"connected {event.peer_id} at "
+                         f"{format_address(event.address)} ({event.path})",
+                         peer_id=event.peer_id, address=format_address(event.address),
+                         path=event.path)
+        elif isinstance(event, ev.PeerDisconnected):
+            output.event("peer_disconnected", f"disconnected {event.peer_id}: {event.reason}",
+                         peer_id=event.peer_id, reason=event.reason)
+
+
+@cli.command()
+@_common
+@_network_options
+@_guard
+def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
+           listen: str, no_lan: bool) -> None:
+    """Print every direct message this node receives."""
+    from shoal import Node
+
+    output = Output(as_json)
+    addresses = [parse_address(a) for a in introducers]
+    listen_address = parse_address(listen, default_port=0)
+    identity = _identity(identity_path)
+
+    async def body() -> int:
+        async with Node(identity, introducers=addresses, listen=listen_address,
+                        lan_discovery=_lan(no_lan)) as node:
+            if addresses:
+                await node.wait_for_introducers(timeout=30)
+            output.event("ready", f"listening as {node.peer_id}", peer_id=node.peer_id,
+                         listen=format_address(node.address))
+            async for message in node.messages():
+                text = message.data.decode("utf-8", "replace")
+                output.event("message", f"{message.sender[:16]}… ({message.path}): {text}",
+                             **{"from": message.sender}, data=text, path=message.path)
+        return 0
+
+    _run(output, body)
+
+
+@cli.command()
+@_common
+@_network_options
+@click.option("--to", "to", required=True, metavar="PEER_ID", help="The receiver's peer id.")
+@click.option("--timeout", default=30.0, show_default=True, type=float,
+              help="Seconds to wait for the acknowledgement.")
+@click.argument("text")
+@_guard
+def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...], listen: str,
+         no_lan: bool, to: str, timeout: float, text: str) -> None:
+    """Send TEXT to a peer and wait until it acknowledges."""
+    from shoal import Node
+
+    output = Output(as_json)
+    peer_id_to_bytes(to)
+    addresses = [parse_address(a) for a in introducers]
+    listen_address = parse_address(listen, default_port=0)
+    if timeout <= 0:
+        raise click.BadParameter("must be positive", param_hint="--timeout")
+    identity = _identity(identity_path)
+
+    async def body() -> int:
+        started = time.monotonic()
+        async with Node(identity, introducers=addresses, listen=listen_address,
+                        lan_discovery=_lan(no_lan)) as node:
+            delivery = await node.send(to, text.encode(), timeout=timeout)
+            ms = round((time.monotonic() - started) * 1000, 1)
+            output.event("delivered", f"delivered to {to[:16]}… via {delivery.path} in {ms} ms",
+                         peer_id=to, path=delivery.path, ms=ms)
+        return 0
+
+    _run(output, body)
+
+
+@cli.command()
+@_common
+@click.option("--introducer", "introducers", multiple=True, metavar="HOST:PORT",
+              help="An introducer to ask (repeatable).")
+@click.option("--stun", "stun_servers", multiple=True, metavar="HOST:PORT",
+              help="A STUN server to ask (repeatable).")
+@click.option("--listen", default="0.0.0.0:0", show_default=True, metavar="HOST:PORT")
+@click.option("--timeout", default=3.0, show_default=True, type=float)
+@_guard
+def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
+           stun_servers: tuple[str, ...], listen: str, timeout: float) -> None:
+    """Report local addresses and the public address each server sees."""
+    from shoal import Node
+
+    output = Output(as_json)
+    intro_addresses = [parse_address(a) for a in introducers]
+    stun_addresses = [parse_address(a) for a in stun_servers]
+    listen_address = parse_address(listen, default_port=0)
+    identity = _identity(identity_path)
+
+    async def body() -> int:
+        async with Node(identity, listen=listen_address, lan_discovery=False) as node:
+            servers = []
+            for kind, address in [("introducer", a) for a in intro_addresses] + [
+                ("stun", a) for a in stun_addresses
+            ]:
+                try:
+                    result = await node.stun(address, timeout=timeout + 1)
+                except TimeoutError:
+                    result = None
+                mapped = result.mapped if result else None
+                servers.append({
+                    "server": format_address(address),
+                    "kind": kind,
+                    "public": format_address(mapped) if mapped else None,
+                    "rtt_ms": (
+                        round(result.rtt * 1000, 2)
+                        if result and result.rtt is not None else None
+                    ),
+                })
+            public = sorted({s["public"] for s in servers if s["public"]})
+            report = {
+                "peer_id": node.peer_id,
+                "local": [format_address(a) for a in local_addresses(node.address)],
+                "public": public,
+                "udp": bool(public) if servers else None,
+                "servers": servers,
+            }
+        if as_json:
+            click.echo(json.dumps(report))
+        else:
+            click.echo(f"peer id:  {report['peer_id']}")
+            click.echo(f"local:    {', '.join(report['local'])}")
+            for server in servers:
+                answer = (f"sees us at {server['public']} ({server['rtt_ms']} ms)"
+                          if server["public"] else "no answer")
+                click.echo(f"{server['kind']:<10} {server['server']}: {answer}")
+            if servers and not public:
+                click.echo("UDP: no server answered; UDP may be blocked on this network")
+        return 0 if not servers or public else EXIT_ERROR
+
+    _run(output, body)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
