@@ -83,7 +83,8 @@ class _Peer:
     pending: list[tuple[int, bytes]] = field(default_factory=list)
     intro_requested: float = -1e9
     intro_outstanding: int = 0
-    dial_failed: bool = False
+    unknown: bool = False
+    """Every introducer asked said it does not know this peer."""
 
 
 @dataclass(slots=True)
@@ -144,7 +145,7 @@ class Endpoint:
         self._buckets: dict[str, _TokenBucket] = {}
         self._events: deque[ev.Event] = deque()
         self._out: list[tuple[bytes, Address]] = []
-        self._dirty: set[Session] = set()
+        self._dirty: dict[Session, None] = {}  # ordered, so runs replay exactly
         self._next_request_id = 1
         self._closed = False
         self.stats: Counter[str] = Counter()
@@ -206,7 +207,7 @@ class Endpoint:
         session = state.session
         if session is not None and not session.closed:
             session.send_message(handle, bytes(data))
-            self._dirty.add(session)
+            self._mark(session)
         else:
             state.pending.append((handle, bytes(data)))
             self._ensure_connecting(state, now)
@@ -310,8 +311,13 @@ class Endpoint:
                 self._out.append((handshake.datagram, handshake.address))
         while self._deadlines and self._deadlines[0][0] <= now:
             _, handle = heapq.heappop(self._deadlines)
-            if handle in self._message_peer:
-                self._fail_message(handle, "ETIMEDOUT", "not acknowledged in time")
+            peer = self._message_peer.get(handle)
+            if peer is not None:
+                state = self._peers.get(peer)
+                if state is not None and state.unknown and state.session is None:
+                    self._fail_message(handle, "EHOSTUNREACH", "no introducer knows this peer")
+                else:
+                    self._fail_message(handle, "ETIMEDOUT", "not acknowledged in time")
         for txid, query in list(self._stun.items()):
             if now >= query.deadline:
                 del self._stun[txid]
@@ -353,7 +359,7 @@ class Endpoint:
         self._out = []
         if self._dirty:
             dirty = self._dirty
-            self._dirty = set()
+            self._dirty = {}
             for session in dirty:
                 address = session.address
                 for datagram in session.datagrams(now):
@@ -395,7 +401,7 @@ class Endpoint:
             session.control_in = []
             for frame in frames:
                 self._on_control(session, frame, now)
-        self._dirty.add(session)
+        self._mark(session)
         if session.closed:
             self._out.extend((d, session.address) for d in session.datagrams(now))
             self._drop_session(session, session.close_reason)
@@ -407,6 +413,8 @@ class Endpoint:
         elif isinstance(frame, Register):
             if self.config.introducer:
                 self._registry[session.peer] = (session, frame.local)
+                # Answering only now tells the peer it is listed and can be introduced.
+                session.queue_control(ObservedAddress(session.address))
         elif isinstance(frame, IntroRequest):
             self._on_intro_request(session, frame)
         elif isinstance(frame, Intro):
@@ -415,11 +423,10 @@ class Endpoint:
             else:
                 self.stats["dropped_unsolicited_intro"] += 1
         elif isinstance(frame, IntroFailed) and session.peer in self._introducer_peers:
+            # The peer may register later; requests repeat until the message deadline.
             state = self._peers.get(frame.target)
-            if state is not None and state.intro_outstanding > 0:
-                state.intro_outstanding -= 1
-                if state.intro_outstanding == 0 and not self._connecting(state):
-                    self._fail_pending(state, "EHOSTUNREACH", "no introducer knows this peer")
+            if state is not None:
+                state.unknown = True
 
     def _on_intro_request(self, session: Session, frame: IntroRequest) -> None:
         target = self._registry.get(frame.target) if self.config.introducer else None
@@ -435,7 +442,7 @@ class Endpoint:
         target_session.queue_control(
             Intro(0, session.peer, _addresses(session.address, my_local))
         )
-        self._dirty.add(target_session)
+        self._mark(target_session)
         self.stats["introductions"] += 1
 
     def _on_intro(self, frame: Intro, now: float) -> None:
@@ -573,7 +580,7 @@ class Endpoint:
         self.sessions[session.local_sid] = session
         state = self._peer(session.peer)
         state.addresses.setdefault(session.address, "session")
-        state.dial_failed = False
+        state.unknown = False
         old = state.session
         if old is None or old.closed or self._prefer(session, old):
             state.session = session
@@ -581,7 +588,8 @@ class Endpoint:
                 old.wanted = False
         else:
             session.wanted = False
-        session.queue_control(ObservedAddress(session.address))
+        if not (self.config.introducer and not session.initiator):
+            session.queue_control(ObservedAddress(session.address))
         if session.peer in self._introducer_peers and session.initiator:
             session.queue_control(Register(self._local_addresses))
             for waiting in self._peers.values():
@@ -593,8 +601,8 @@ class Endpoint:
             for handle, data in state.pending:
                 active.send_message(handle, data)
             state.pending.clear()
-            self._dirty.add(active)
-        self._dirty.add(session)
+            self._mark(active)
+        self._mark(session)
         self._events.append(
             ev.PeerConnected(
                 peer_id=session.peer_id, address=session.address, path=session.path,
@@ -612,7 +620,7 @@ class Endpoint:
 
     def _drop_session(self, session: Session, reason: str, *, notify: bool = True) -> None:
         self.sessions.pop(session.local_sid, None)
-        self._dirty.discard(session)
+        self._dirty.pop(session, None)
         state = self._peers.get(session.peer)
         handles = session.pending_handles()
         if state is not None and state.session is session:
@@ -657,7 +665,7 @@ class Endpoint:
                 continue
             session.queue_control(IntroRequest(self._next_request_id, state.peer))
             self._next_request_id += 1
-            self._dirty.add(session)
+            self._mark(session)
             asked += 1
         state.intro_requested = now
         state.intro_outstanding = asked
@@ -753,6 +761,9 @@ class Endpoint:
             return False
         bucket.tokens -= 1
         return True
+
+    def _mark(self, session: Session) -> None:
+        self._dirty[session] = None
 
     def _check_open(self) -> None:
         if self._closed:

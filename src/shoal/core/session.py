@@ -321,14 +321,14 @@ class Session:
     def _detect_lost(self, now: float) -> None:
         self.loss_time = None
         loss_delay = self.rtt.loss_delay()
-        lost_before = now - loss_delay
         largest = self.largest_acked
         sent = self.sent
         while sent:
             pn, packet = next(iter(sent.items()))
             if pn >= largest:
                 break
-            if largest - pn >= 3 or packet.time_sent <= lost_before:
+            # Same expression as the deadline below, so a timer firing at it always progresses.
+            if largest - pn >= 3 or packet.time_sent + loss_delay <= now:
                 del sent[pn]
                 self.cc.on_lost(packet.size, packet.time_sent, now)
                 self._requeue(packet)

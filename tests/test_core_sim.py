@@ -1,0 +1,242 @@
+"""The protocol core in virtual time: handshakes, messages, loss, liveness, bad input."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from shoal.core import events as ev
+from shoal.core.config import CoreConfig
+from shoal.core.wire import MIN_INIT_SIZE, PacketKind
+from shoal.sim import LinkProfile, SimNetwork, SimNode
+
+
+def _network(seed: int = 1, profile: LinkProfile | None = None, **config: object):
+    net = SimNetwork(seed=seed, profile=profile)
+    introducer = net.add_node(config=CoreConfig(introducer=True))
+    nodes = [net.add_node(config=CoreConfig(**config)) for _ in range(2)]
+    for node in nodes:
+        node.endpoint.add_introducer(introducer.address, net.now)
+        net.flush(node)
+    assert net.run(5, until=lambda: all(
+        any(isinstance(e, ev.AddressObserved) for e in n.events) for n in nodes
+    ))
+    return net, introducer, nodes[0], nodes[1]
+
+
+def _delivered(node: SimNode, handle: int) -> bool:
+    return any(isinstance(e, ev.MessageDelivered) and e.handle == handle for e in node.events)
+
+
+def _failed(node: SimNode, handle: int) -> ev.MessageFailed | None:
+    return next(
+        (e for e in node.events if isinstance(e, ev.MessageFailed) and e.handle == handle), None
+    )
+
+
+def test_introduced_nodes_exchange_messages_both_ways() -> None:
+    net, _, a, b = _network()
+    h1 = a.endpoint.send_message(b.peer_id, b"hello b", net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: _delivered(a, h1))
+    assert [(m.peer_id, m.data) for m in b.received()] == [(a.peer_id, b"hello b")]
+    h2 = b.endpoint.send_message(a.peer_id, b"hello a", net.now)
+    net.flush(b)
+    assert net.run(5, until=lambda: _delivered(b, h2))
+    assert [(m.peer_id, m.data) for m in a.received()] == [(b.peer_id, b"hello a")]
+
+
+def test_observed_address_is_reported_by_the_introducer() -> None:
+    _, introducer, a, _ = _network()
+    observed = a.endpoint.observed_addresses()
+    assert observed[introducer.peer_id] == a.address
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_large_messages_survive_loss_duplication_and_reordering(seed: int) -> None:
+    profile = LinkProfile(latency=0.02, jitter=0.03, loss=0.10, duplicate=0.05)
+    net, _, a, b = _network(seed=seed, profile=profile)
+    rng = net.rng
+    payloads = [rng.randbytes(65536), rng.randbytes(1), b"", rng.randbytes(3000)]
+    handles = [a.endpoint.send_message(b.peer_id, p, net.now) for p in payloads]
+    net.flush(a)
+    ok = net.run(60, until=lambda: all(_delivered(a, h) for h in handles))
+    assert ok, f"seed {seed}: not all delivered; stats {a.endpoint.stats}"
+    assert sorted(m.data for m in b.received()) == sorted(payloads)  # each exactly once
+
+
+def test_messages_from_different_senders_never_mix() -> None:
+    net, _, a, b = _network(profile=LinkProfile(latency=0.01, jitter=0.02, loss=0.05))
+    c = net.add_node()
+    c.endpoint.add_introducer(list(net.nodes)[0], net.now)
+    net.flush(c)
+    net.run(3)
+    data_a, data_c = b"A" * 50000, b"C" * 50000
+    ha = a.endpoint.send_message(b.peer_id, data_a, net.now)
+    hc = c.endpoint.send_message(b.peer_id, data_c, net.now)
+    net.flush(a)
+    net.flush(c)
+    assert net.run(30, until=lambda: _delivered(a, ha) and _delivered(c, hc))
+    got = {(m.peer_id, m.data) for m in b.received()}
+    assert got == {(a.peer_id, data_a), (c.peer_id, data_c)}
+
+
+def test_seeded_runs_are_identical() -> None:
+    def trace(seed: int) -> list[str]:
+        profile = LinkProfile(latency=0.01, jitter=0.02, loss=0.1, duplicate=0.05)
+        net, _, a, b = _network(seed=seed, profile=profile)
+        a.endpoint.send_message(b.peer_id, b"x" * 20000, net.now)
+        net.flush(a)
+        net.run(10)
+        return [repr(e) for e in a.events + b.events] + [str(net.now), str(net.delivered)]
+
+    assert trace(7) == trace(7)
+    assert trace(7) != trace(8)
+
+
+def test_unknown_peer_fails_with_ehostunreach_at_the_deadline() -> None:
+    net, _, a, _ = _network(message_timeout=4.0)
+    handle = a.endpoint.send_message("ab" * 32, b"hi", net.now)
+    net.flush(a)
+    assert not net.run(3.5, until=lambda: _failed(a, handle) is not None)
+    net.run(1, until=lambda: _failed(a, handle) is not None)
+    failure = _failed(a, handle)
+    assert failure is not None and failure.code == "EHOSTUNREACH"
+
+
+def test_message_to_a_vanished_peer_times_out() -> None:
+    net, _, a, b = _network(message_timeout=5.0)
+    warm = a.endpoint.send_message(b.peer_id, b"warm", net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: _delivered(a, warm))
+    b.online = False
+    handle = a.endpoint.send_message(b.peer_id, b"lost", net.now)
+    net.flush(a)
+    net.run(10, until=lambda: _failed(a, handle) is not None)
+    failure = _failed(a, handle)
+    assert failure is not None and failure.code in ("ETIMEDOUT", "ECONNRESET")
+
+
+def test_keepalive_holds_a_quiet_session_and_a_dead_peer_is_dropped() -> None:
+    net, _, a, b = _network(keepalive_interval=2.0, idle_timeout=6.0)
+    handle = a.endpoint.send_message(b.peer_id, b"hi", net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: _delivered(a, handle))
+    net.run(30)  # quiet, but keepalives flow: no disconnect
+    assert not any(isinstance(e, ev.PeerDisconnected) for e in a.events)
+    assert any(p.peer_id == b.peer_id and p.connected for p in a.endpoint.peers())
+    b.online = False
+    net.run(10)
+    gone = [e for e in a.events if isinstance(e, ev.PeerDisconnected) and e.peer_id == b.peer_id]
+    assert gone and "idle" in gone[0].reason
+    assert not any(p.peer_id == b.peer_id and p.connected for p in a.endpoint.peers())
+
+
+def test_forged_and_replayed_datagrams_are_dropped_and_counted() -> None:
+    net, _, a, b = _network()
+    captured: list[bytes] = []
+
+    def tap(data: bytes, src: tuple, dst: tuple) -> bytes:
+        if dst == b.address and data[0] == PacketKind.DATA:
+            captured.append(data)
+        return data
+
+    net.tap = tap
+    handle = a.endpoint.send_message(b.peer_id, b"once", net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: _delivered(a, handle))
+    net.run(1)  # let every captured datagram arrive first
+
+    def drops() -> int:
+        stats = b.endpoint.stats
+        return stats["dropped_unauthenticated"] + stats["dropped_unknown_session"]
+
+    before = drops()
+    for data in captured:  # replay every packet
+        b.endpoint.receive_datagram(data, a.address, net.now)
+    forged = bytearray(captured[0])
+    forged[-1] ^= 0xFF
+    b.endpoint.receive_datagram(bytes(forged), a.address, net.now)
+    header_flip = bytearray(captured[0])
+    header_flip[12] ^= 0x01  # packet number is authenticated as associated data
+    b.endpoint.receive_datagram(bytes(header_flip), a.address, net.now)
+    net.flush(b)
+    assert [m.data for m in b.received()] == [b"once"]
+    assert drops() - before == len(captured) + 2
+
+
+def test_short_init_gets_no_answer_and_answers_never_amplify() -> None:
+    net = SimNetwork(seed=3)
+    target = net.add_node(config=CoreConfig(introducer=True))
+    sizes: list[tuple[int, int]] = []
+    client = net.add_node()
+
+    def tap(data: bytes, src: tuple, dst: tuple) -> bytes:
+        sizes.append((data[0], len(data)))
+        return data
+
+    net.tap = tap
+    client.endpoint.connect(target.address, net.now)
+    net.flush(client)
+    net.run(2)
+    init = [size for kind, size in sizes if kind == PacketKind.INIT]
+    resp = [size for kind, size in sizes if kind == PacketKind.RESP]
+    assert init and resp and max(resp) < min(init) == MIN_INIT_SIZE
+    truncated = b"\xd1\x01" + os.urandom(200)
+    target.endpoint.receive_datagram(truncated, ("10.9.9.9", 1), net.now)
+    assert target.endpoint.datagrams_to_send(net.now) == []
+    assert target.endpoint.stats["dropped_malformed"] >= 1
+
+
+def test_handshake_floods_are_rate_limited_per_source() -> None:
+    from shoal.core.wire import encode_init
+
+    net = SimNetwork(seed=4)
+    target = net.add_node()
+    attacker = ("10.66.0.1", 4000)
+    answered = 0
+    for i in range(200):
+        datagram = encode_init(i.to_bytes(8, "big"), net.rng.randbytes(32))
+        target.endpoint.receive_datagram(datagram, attacker, 0.0)
+        answered += len(target.endpoint.datagrams_to_send(0.0))
+    assert answered <= CoreConfig().handshake_burst
+    assert target.endpoint.stats["dropped_rate_limited"] >= 200 - answered
+
+
+def test_dialing_the_wrong_identity_is_refused() -> None:
+    net = SimNetwork(seed=5)
+    a, b, c = net.add_node(), net.add_node(), net.add_node()
+    a.endpoint.connect(b.address, net.now, peer_id=c.peer_id)  # b answers, but is not c
+    net.flush(a)
+    net.run(3)
+    assert a.endpoint.stats["dropped_wrong_peer"] == 1
+    assert not any(isinstance(e, ev.PeerConnected) for e in a.events)
+
+
+def test_oversized_message_is_refused_locally() -> None:
+    from shoal.errors import LocalProtocolError
+
+    net = SimNetwork(seed=6)
+    a, b = net.add_node(config=CoreConfig(max_message_size=1000)), net.add_node()
+    with pytest.raises(LocalProtocolError) as info:
+        a.endpoint.send_message(b.peer_id, b"x" * 1001, net.now)
+    assert info.value.code == "EMSGSIZE"
+
+
+def test_session_survives_an_address_change() -> None:
+    net, _, a, b = _network()
+    first = a.endpoint.send_message(b.peer_id, b"before", net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: _delivered(a, first))
+    old = a.address
+    new = ("10.0.9.9", 40000)  # a NAT rebinding: same node, new source address
+    del net.nodes[old]
+    a.address = new
+    net.nodes[new] = a
+    second = a.endpoint.send_message(b.peer_id, b"after", net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: _delivered(a, second))
+    assert [m.data for m in b.received()] == [b"before", b"after"]
+    b_view = next(p for p in b.endpoint.peers() if p.peer_id == a.peer_id)
+    assert b_view.address == new

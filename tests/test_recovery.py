@@ -1,0 +1,58 @@
+"""Received-packet ranges and the anti-replay window."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shoal.core.recovery import NewReno, RangeSet, ReplayWindow, RttEstimator
+
+
+@given(st.lists(st.integers(0, 300), max_size=200))
+def test_range_set_matches_a_plain_set(numbers: list[int]) -> None:
+    ranges = RangeSet(limit=1000)
+    for n in numbers:
+        ranges.add(n)
+    covered = {n for lo, hi in ranges.as_tuples() for n in range(lo, hi + 1)}
+    assert covered == set(numbers)
+    flat = ranges.as_tuples()
+    for (lo1, _hi1), (_lo2, hi2) in zip(flat, flat[1:], strict=False):
+        assert hi2 < lo1 - 1  # sorted high to low, disjoint, never adjacent
+
+
+@given(st.lists(st.integers(0, 10000), max_size=300))
+def test_replay_window_accepts_each_number_once(numbers: list[int]) -> None:
+    window = ReplayWindow(size=4096)
+    seen: set[int] = set()
+    for n in numbers:
+        accepted = window.check(n)
+        if n in seen:
+            assert not accepted
+        if accepted:
+            window.record(n)
+            seen.add(n)
+
+
+def test_replay_window_refuses_packets_older_than_the_window() -> None:
+    window = ReplayWindow(size=64)
+    window.record(1000)
+    assert not window.check(1000 - 64)
+    assert window.check(1000 - 63)
+
+
+def test_congestion_window_halves_once_per_loss_event() -> None:
+    cc = NewReno()
+    start = cc.window
+    for _ in range(5):
+        cc.on_sent(1000)
+    cc.on_lost(1000, time_sent=1.0, now=2.0)
+    cc.on_lost(1000, time_sent=1.5, now=2.1)  # sent before recovery began: same event
+    assert cc.window == start // 2
+    cc.on_lost(1000, time_sent=2.5, now=3.0)
+    assert cc.window == start // 4
+
+
+def test_rtt_estimator_converges() -> None:
+    rtt = RttEstimator()
+    for _ in range(50):
+        rtt.update(0.050, 0.0)
+    assert abs(rtt.smoothed - 0.050) < 1e-3
+    assert rtt.pto() < 0.1
