@@ -19,7 +19,7 @@ def _network(seed: int = 1, profile: LinkProfile | None = None, **config: object
     for node in nodes:
         node.endpoint.add_introducer(introducer.address, net.now)
         net.flush(node)
-    assert net.run(5, until=lambda: all(
+    assert net.run(20, until=lambda: all(
         any(isinstance(e, ev.AddressObserved) for e in n.events) for n in nodes
     ))
     return net, introducer, nodes[0], nodes[1]
@@ -69,7 +69,7 @@ def test_large_messages_survive_loss_duplication_and_reordering(seed: int) -> No
 def test_messages_from_different_senders_never_mix() -> None:
     net, _, a, b = _network(profile=LinkProfile(latency=0.01, jitter=0.02, loss=0.05))
     c = net.add_node()
-    c.endpoint.add_introducer(list(net.nodes)[0], net.now)
+    c.endpoint.add_introducer(next(iter(net.nodes)), net.now)
     net.flush(c)
     net.run(3)
     data_a, data_c = b"A" * 50000, b"C" * 50000

@@ -1,5 +1,7 @@
 """Received-packet ranges and the anti-replay window."""
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,7 +16,7 @@ def test_range_set_matches_a_plain_set(numbers: list[int]) -> None:
     covered = {n for lo, hi in ranges.as_tuples() for n in range(lo, hi + 1)}
     assert covered == set(numbers)
     flat = ranges.as_tuples()
-    for (lo1, _hi1), (_lo2, hi2) in zip(flat, flat[1:], strict=False):
+    for (lo1, _hi1), (_lo2, hi2) in itertools.pairwise(flat):
         assert hi2 < lo1 - 1  # sorted high to low, disjoint, never adjacent
 
 

@@ -539,6 +539,8 @@ class Endpoint:
             peer_introducer=is_introducer, initiator=True, send_key=send_key,
             recv_key=recv_key, address=address, now=now, config=self.config,
         )
+        if handshake.backoff == self.config.handshake_retry:  # INIT was never repeated
+            session.rtt.update(now - handshake.created, 0.0)
         session.final_datagram = final
         session.final_deadline = now + max(session.rtt.pto(), self.config.handshake_retry)
         self._out.append((final, address))
@@ -571,6 +573,7 @@ class Endpoint:
             peer_introducer=is_introducer, initiator=False, send_key=send_key,
             recv_key=recv_key, address=address, now=now, config=self.config,
         )
+        session.rtt.update(now - handshake.created, 0.0)  # RESP out to FINAL in
         session.queue_control(HandshakeDone(), reliable=False)
         self._established(session, now)
 
