@@ -22,8 +22,8 @@ import time
 
 os.environ.setdefault("SHOAL_NO_LAN", "1")
 
-import shoal  # noqa: E402
-from shoal.identity import Identity  # noqa: E402
+import shoal
+from shoal.identity import Identity
 
 
 def _use_uvloop() -> str:

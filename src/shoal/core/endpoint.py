@@ -481,6 +481,8 @@ class Endpoint:
                     rtt=now - query.first_sent,
                 )
             )
+        else:
+            self.stats["dropped_stun_other"] += 1
 
     def _on_init(self, data: bytes, address: Address, now: float) -> None:
         version, remote_sid, noise_message = decode_init(data)
@@ -490,6 +492,7 @@ class Endpoint:
         existing = self._responder_index.get((address, remote_sid))
         if existing is not None and existing in self._handshakes:
             self._out.append((self._handshakes[existing].datagram, address))
+            self.stats["handshakes_repeated"] += 1
             return
         if not self._allow(address, now):
             self.stats["dropped_rate_limited"] += 1
@@ -513,6 +516,7 @@ class Endpoint:
         self._handshakes[local_sid] = handshake
         self._responder_index[(address, remote_sid)] = local_sid
         self._out.append((reply, address))
+        self.stats["handshakes_answered"] += 1
 
     def _on_resp(self, data: bytes, address: Address, now: float) -> None:
         version, receiver_sid, sender_sid, noise_message = decode_resp(data)

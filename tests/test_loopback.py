@@ -1,0 +1,241 @@
+"""Real sockets on loopback: the public Node API, the CLI, STUN interop with coturn, and a
+node fed 100k hostile datagrams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import shoal
+from shoal.core.wire import PacketKind, encode_init
+
+LOOPBACK = "127.0.0.1:0"
+
+
+def _node(**kwargs: object) -> shoal.Node:
+    return shoal.Node(shoal.Identity.generate(), listen=LOOPBACK, lan_discovery=False, **kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_introducer_and_two_nodes_exchange_messages_both_ways() -> None:
+    async with _node(introducer=True) as introducer:
+        where = [f"127.0.0.1:{introducer.address[1]}"]
+        async with _node(introducers=where) as a, _node(introducers=where) as b:
+            await a.wait_for_introducers()
+            await b.wait_for_introducers()
+            delivery = await a.send(b.peer_id, b"hello b", timeout=5)
+            assert delivery.path == "direct"
+            message = await b.receive(timeout=5)
+            assert (message.sender, message.data, message.path) == (a.peer_id, b"hello b", "direct")
+            big = os.urandom(65536)
+            await b.send(a.peer_id, big, timeout=5)
+            message = await a.receive(timeout=5)
+            assert (message.sender, message.data) == (b.peer_id, big)
+
+
+async def test_unknown_peer_times_out_with_a_typed_error() -> None:
+    async with _node(introducer=True) as introducer:
+        where = [f"127.0.0.1:{introducer.address[1]}"]
+        async with _node(introducers=where) as a:
+            await a.wait_for_introducers()
+            with pytest.raises(shoal.DeliveryError) as info:
+                await a.send("cd" * 32, b"anyone?", timeout=1.0)
+            assert info.value.code == "ETIMEDOUT"
+
+
+async def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this kernel")
+    async with shoal.Node(shoal.Identity.generate(), listen="[::1]:0", lan_discovery=False) as a:
+        async with shoal.Node(shoal.Identity.generate(), listen="[::1]:0",
+                              lan_discovery=False) as b:
+            peer = await a.connect(b.address)
+            assert peer == b.peer_id
+            await a.send(b.peer_id, b"six", timeout=5)
+            assert (await b.receive(timeout=5)).data == b"six"
+
+
+async def test_live_node_survives_100k_hostile_datagrams() -> None:
+    async with _node() as victim, _node() as friend:
+        await friend.connect(victim.address)
+        await friend.send(victim.peer_id, b"before", timeout=5)
+        assert (await victim.receive(timeout=5)).data == b"before"
+        session_id = next(iter(victim.endpoint.sessions))
+        before = dict(victim.stats)
+        rng = __import__("random").Random(1234)
+        templates = [
+            encode_init(b"\x00" * 8, b"\x01" * 32),
+            bytes([PacketKind.DATA]) + session_id + bytes(8) + bytes(40),
+            b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12),
+        ]
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        target = victim.address
+        for i in range(100_000):
+            kind = i % 4
+            if kind == 3:
+                datagram = rng.randbytes(rng.randint(0, 1400))
+            else:
+                datagram = bytearray(templates[kind])
+                for _ in range(rng.randint(1, 8)):
+                    datagram[rng.randrange(len(datagram))] = rng.randrange(256)
+                datagram = bytes(datagram[: rng.randint(1, len(datagram))])
+            try:
+                sender.sendto(datagram, target)
+            except OSError:
+                pass
+            if i % 100 == 0:
+                await asyncio.sleep(0.001)
+        sender.close()
+        await asyncio.sleep(0.3)
+        stats = victim.stats
+        received = stats["rx_datagrams"] - before["rx_datagrams"]
+        handled = sum(v - before.get(k, 0) for k, v in stats.items() if k.startswith("dropped_"))
+        handled += sum(
+            stats.get(k, 0) - before.get(k, 0)
+            for k in ("stun_answered", "handshakes_answered", "handshakes_repeated")
+        )
+        assert received > 50_000, stats  # the kernel may drop some under load
+        assert handled == received, stats  # every hostile datagram is accounted for
+        with pytest.raises(TimeoutError):
+            await victim.receive(timeout=0.2)  # nothing hostile reached the application
+        await friend.send(victim.peer_id, b"after", timeout=5)
+        assert (await victim.receive(timeout=5)).data == b"after"
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def _shoal(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shoal.cli.main", *args]
+
+
+@pytest.fixture
+def introducer_process(tmp_path) -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        _shoal("introducer", "--listen", f"127.0.0.1:{port}", "--json", "--no-lan",
+               "--identity", str(tmp_path / "intro.key")),
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    ready = json.loads(proc.stdout.readline())
+    assert ready["event"] == "ready" and ready["listen"] == f"127.0.0.1:{port}"
+    yield ready["listen"]
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_cli_listen_and_send(tmp_path, introducer_process: str) -> None:
+    listener_key = tmp_path / "listener.key"
+    peer_id = json.loads(subprocess.run(
+        _shoal("id", "--identity", str(listener_key), "--json"),
+        capture_output=True, text=True, check=True,
+    ).stdout)["peer_id"]
+    listener = subprocess.Popen(
+        _shoal("listen", "--introducer", introducer_process, "--identity", str(listener_key),
+               "--json", "--no-lan", "--listen", LOOPBACK),
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert listener.stdout is not None
+        ready = json.loads(listener.stdout.readline())
+        assert ready == {"event": "ready", "peer_id": peer_id, "listen": ready["listen"]}
+        sent = subprocess.run(
+            _shoal("send", "--introducer", introducer_process, "--to", peer_id, "--json",
+                   "--no-lan", "--listen", LOOPBACK, "--identity", str(tmp_path / "s.key"),
+                   "héllo wörld"),
+            capture_output=True, text=True, timeout=30,
+        )
+        assert sent.returncode == 0, sent.stderr
+        delivered = json.loads(sent.stdout.strip().splitlines()[-1])
+        assert delivered["event"] == "delivered" and delivered["path"] == "direct"
+        assert delivered["ms"] > 0
+        message = json.loads(listener.stdout.readline())
+        assert message["event"] == "message"
+        assert message["data"] == "héllo wörld" and message["path"] == "direct"
+    finally:
+        listener.terminate()
+        listener.wait(timeout=10)
+
+
+def test_cli_send_times_out_with_one_json_error_line(tmp_path, introducer_process: str) -> None:
+    started = time.monotonic()
+    sent = subprocess.run(
+        _shoal("send", "--introducer", introducer_process, "--to", "ef" * 32, "--timeout", "2",
+               "--json", "--no-lan", "--listen", LOOPBACK, "--identity", str(tmp_path / "k"),
+               "x"),
+        capture_output=True, text=True, timeout=30,
+    )
+    assert sent.returncode != 0
+    lines = sent.stdout.strip().splitlines()
+    error = json.loads(lines[-1])
+    assert error["event"] == "error" and error["code"] in ("ETIMEDOUT", "EHOSTUNREACH")
+    assert "Traceback" not in sent.stderr
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["send", "--to", "nothex", "x"], ["send", "--to", "ab" * 32, "--introducer", "nope", "x"],
+     ["introducer", "--listen", "1.2.3.4:99999"]],
+)
+def test_cli_bad_input_is_one_clear_line(args: list[str], tmp_path) -> None:
+    result = subprocess.run(_shoal(*args, "--identity", str(tmp_path / "k")),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------- STUN interop
+
+
+def _coturn() -> tuple[str, str]:
+    server, client = shutil.which("turnserver"), shutil.which("turnutils_stunclient")
+    assert server and client, "coturn is required (apt-get install coturn)"
+    return server, client
+
+
+def test_coturn_client_learns_its_address_from_a_shoal_introducer(introducer_process) -> None:
+    _, client = _coturn()
+    port = introducer_process.rsplit(":", 1)[1]
+    result = subprocess.run([client, "-p", port, "127.0.0.1"], capture_output=True, text=True,
+                            timeout=20)
+    assert "UDP reflexive addr: 127.0.0.1:" in result.stdout + result.stderr
+
+
+async def test_shoal_node_learns_its_address_from_coturn(tmp_path) -> None:
+    server, _ = _coturn()
+    port = _free_port()
+    proc = subprocess.Popen(
+        [server, "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}", "--stun-only",
+         "--no-cli", "--no-tls", "--no-dtls", f"--pidfile={tmp_path / 'turn.pid'}",
+         "--log-file=stdout", f"--userdb={tmp_path / 'turn.db'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with _node() as node:
+            result = None
+            for _ in range(20):  # the server needs a moment to bind
+                result = await node.stun(("127.0.0.1", port), timeout=5)
+                if result.mapped is not None:
+                    break
+                await asyncio.sleep(0.25)
+            assert result is not None and result.mapped == node.address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
