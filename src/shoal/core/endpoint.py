@@ -524,14 +524,10 @@ class Endpoint:
         if handshake is None or not handshake.initiator or version != PROTOCOL_VERSION:
             self.stats["dropped_unknown_session"] += 1
             return
-        try:
-            payload = handshake.state.read_message(noise_message)
-            peer, is_introducer = check_proof(payload, handshake.state.remote_static)
-        except RemoteProtocolError:
-            self.stats["dropped_handshake"] += 1
-            self._remove_handshake(handshake)
+        proven = self._complete_read(handshake, noise_message)
+        if proven is None:
             return
-        self._remove_handshake(handshake)
+        peer, is_introducer = proven
         if peer == self._me or (handshake.expected_peer and peer != handshake.expected_peer):
             self.stats["dropped_wrong_peer"] += 1
             self._after_failed_dial(handshake, now)
@@ -555,20 +551,28 @@ class Endpoint:
                 intro.peer, intro.dialing, intro.backoff = peer, False, 1.0
         self._established(session, now)
 
+    def _complete_read(
+        self, handshake: PendingHandshake, noise_message: bytes
+    ) -> tuple[bytes, bool] | None:
+        """Read the peer's last handshake message and check its identity proof."""
+        self._remove_handshake(handshake)
+        try:
+            payload = handshake.state.read_message(noise_message)
+            return check_proof(payload, handshake.state.remote_static)
+        except RemoteProtocolError:
+            self.stats["dropped_handshake"] += 1
+            return None
+
     def _on_final(self, data: bytes, address: Address, now: float) -> None:
         receiver_sid, noise_message = decode_final(data)
         handshake = self._handshakes.get(receiver_sid)
         if handshake is None or handshake.initiator:
             self.stats["dropped_unknown_session"] += 1
             return
-        try:
-            payload = handshake.state.read_message(noise_message)
-            peer, is_introducer = check_proof(payload, handshake.state.remote_static)
-        except RemoteProtocolError:
-            self.stats["dropped_handshake"] += 1
-            self._remove_handshake(handshake)
+        proven = self._complete_read(handshake, noise_message)
+        if proven is None:
             return
-        self._remove_handshake(handshake)
+        peer, is_introducer = proven
         if peer == self._me:
             return
         recv_key, send_key = handshake.state.split()
