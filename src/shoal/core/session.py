@@ -160,11 +160,10 @@ class Session:
         self.control_out.append((encode_frame(frame), reliable))
 
     def cancel_message(self, handle: int) -> bool:
-        for queue in (self.send_queue,):
-            for message in queue:
-                if message.handle == handle:
-                    queue.remove(message)
-                    return True
+        for message in self.send_queue:
+            if message.handle == handle:
+                self.send_queue.remove(message)
+                return True
         for packet in self.sent.values():
             for message, _, _ in packet.fragments:
                 if message.handle == handle:
