@@ -82,7 +82,6 @@ class _Peer:
     addresses: dict[Address, str] = field(default_factory=dict)
     pending: list[tuple[int, bytes]] = field(default_factory=list)
     intro_requested: float = -1e9
-    intro_outstanding: int = 0
     unknown: bool = False
     """Every introducer asked said it does not know this peer."""
 
@@ -449,8 +448,6 @@ class Endpoint:
         if frame.peer == self._me:
             return
         state = self._peer(frame.peer)
-        if frame.request_id and state.intro_outstanding > 0:
-            state.intro_outstanding -= 1
         for address in frame.addresses:
             state.addresses.setdefault(address, "introducer")
         if state.session is not None and not state.session.closed:
@@ -669,7 +666,6 @@ class Endpoint:
             self._dial(address, now, expected=state.peer)
         if now < state.intro_requested + INTRO_RETRY:
             return
-        asked = 0
         for peer in self._introducer_peers:
             session = self._peers[peer].session if peer in self._peers else None
             if session is None or session.closed or peer == state.peer:
@@ -677,9 +673,7 @@ class Endpoint:
             session.queue_control(IntroRequest(self._next_request_id, state.peer))
             self._next_request_id += 1
             self._mark(session)
-            asked += 1
         state.intro_requested = now
-        state.intro_outstanding = asked
 
     def _dial(self, address: Address, now: float, *, expected: bytes | None,
               purpose: str = "peer") -> None:
@@ -717,7 +711,7 @@ class Endpoint:
         state = self._peers.get(handshake.expected_peer)
         if state is None or not state.pending or self._connecting(state):
             return
-        if state.intro_outstanding == 0 and not self._introducer_peers:
+        if not self._introducer_peers:
             self._fail_pending(state, "EHOSTUNREACH", "peer did not answer at any known address")
 
     def _remove_handshake(self, handshake: PendingHandshake) -> None:

@@ -335,12 +335,15 @@ class Session:
                 self.loss_time = packet.time_sent + loss_delay
                 break
 
-    def _requeue(self, packet: SentPacket) -> None:
+    def _requeue(self, packet: SentPacket, *, first: bool = False) -> None:
+        """Queue a packet's frames again; ``first`` puts them ahead (PTO probes)."""
+        add_fragment = self.retransmit.appendleft if first else self.retransmit.append
+        add_control = self.control_out.appendleft if first else self.control_out.append
         for fragment in packet.fragments:
             if not fragment[0].done:
-                self.retransmit.append(fragment)
+                add_fragment(fragment)
         for raw in packet.controls:
-            self.control_out.append((raw, True))
+            add_control((raw, True))
 
     # ------------------------------------------------------------------ sending
 
@@ -462,7 +465,7 @@ class Session:
                 self.pto_count += 1
                 self.probes = 2
                 oldest = next(iter(self.sent.values()))
-                self._requeue_copy(oldest)
+                self._requeue(oldest, first=True)  # a copy: it stays in flight
                 self.control_out.append((_PING, False))
                 self.last_eliciting_sent = now
         if self.wanted and now >= self.last_eliciting_sent + self.config.keepalive_interval:
@@ -472,13 +475,6 @@ class Session:
             self.raw_out.append(self.final_datagram)
             self.final_backoff = min(self.final_backoff * 2, 4.0)
             self.final_deadline = now + self.final_backoff
-
-    def _requeue_copy(self, packet: SentPacket) -> None:
-        for fragment in packet.fragments:
-            if not fragment[0].done:
-                self.retransmit.appendleft(fragment)
-        for raw in packet.controls:
-            self.control_out.appendleft((raw, True))
 
 
 def _fragment_frame(message: OutgoingMessage, offset: int, length: int) -> bytes:
