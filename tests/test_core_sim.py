@@ -229,11 +229,8 @@ def test_session_survives_an_address_change() -> None:
     first = a.endpoint.send_message(b.peer_id, b"before", net.now)
     net.flush(a)
     assert net.run(5, until=lambda: _delivered(a, first))
-    old = a.address
     new = ("10.0.9.9", 40000)  # a NAT rebinding: same node, new source address
-    del net.nodes[old]
-    a.address = new
-    net.nodes[new] = a
+    net.move(a, new)
     second = a.endpoint.send_message(b.peer_id, b"after", net.now)
     net.flush(a)
     assert net.run(5, until=lambda: _delivered(a, second))

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from shoal.core import stun
 from shoal.core.wire import (
+    MAX_DATA_PAYLOAD,
+    MAX_RELAYED_DATAGRAM,
     MAX_VARINT,
     MIN_INIT_SIZE,
     Ack,
@@ -19,6 +21,8 @@ from shoal.core.wire import (
     ObservedAddress,
     Ping,
     Register,
+    RelayRecv,
+    RelaySend,
     decode_frames,
     decode_init,
     decode_varint,
@@ -63,10 +67,13 @@ frames = st.one_of(
     fragments(),
     st.builds(Close, st.integers(0, 1000), st.text(max_size=40)),
     st.builds(ObservedAddress, addresses),
-    st.builds(Register, st.lists(addresses, max_size=5).map(tuple)),
+    st.builds(Register, st.lists(addresses, max_size=5).map(tuple), st.integers(0, 255)),
     st.builds(IntroRequest, st.integers(0, 2**30), peer_ids),
-    st.builds(Intro, st.integers(0, 2**30), peer_ids, st.lists(addresses, max_size=5).map(tuple)),
+    st.builds(Intro, st.integers(0, 2**30), peer_ids, st.lists(addresses, max_size=5).map(tuple),
+              st.integers(0, 255), st.binary(min_size=8, max_size=8)),
     st.builds(IntroFailed, st.integers(0, 2**30), peer_ids),
+    st.builds(RelaySend, peer_ids, st.binary(min_size=1, max_size=1164)),
+    st.builds(RelayRecv, peer_ids, st.binary(min_size=1, max_size=1164)),
 )
 
 
@@ -102,6 +109,19 @@ def test_init_is_padded_against_amplification() -> None:
     assert decode_init(datagram)[1:] == (b"12345678", b"e" * 32)
     with pytest.raises(RemoteProtocolError):
         decode_init(datagram[:1000])
+    relayed = encode_init(b"12345678", b"e" * 32, pad=False)
+    assert len(relayed) < 64
+    assert decode_init(relayed, padded=False)[1:] == (b"12345678", b"e" * 32)
+    with pytest.raises(RemoteProtocolError):
+        decode_init(relayed)
+
+
+def test_relay_frames_refuse_packets_that_do_not_fit() -> None:
+    raw = encode_frame(RelaySend(bytes(32), b"x" * (MAX_RELAYED_DATAGRAM + 1)))
+    with pytest.raises(RemoteProtocolError):
+        list(decode_frames(raw))
+    fits = encode_frame(RelaySend(bytes(32), b"x" * MAX_RELAYED_DATAGRAM))
+    assert len(fits) <= MAX_DATA_PAYLOAD
 
 
 @given(st.binary(min_size=12, max_size=12), addresses)

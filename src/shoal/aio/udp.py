@@ -1,8 +1,13 @@
-"""The asyncio driver: one UDP socket, drained in batches, feeding an ``Endpoint``.
+"""The asyncio driver: UDP sockets, drained in batches, feeding an ``Endpoint``.
 
 The stdlib's datagram transport performs one ``recvfrom`` per event-loop wake-up; this
 driver registers a reader callback that drains up to ``BATCH`` datagrams at a time, then
 flushes whatever the core wants to send once, so ACKs for a whole batch share packets.
+
+The node's own socket is id 0. The core may name more: a positive id is a pool socket
+for hole punching, opened here the first time a datagram is sent from it (same family
+and host as socket 0, any port) and closed when the core says so; negative ids are
+sockets the owner registered with ``add_socket`` (a STUN server's alternate addresses).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class UdpDriver:
     ) -> None:
         self.endpoint = endpoint
         self.sock = sock
+        self._sockets: dict[int, socket.socket] = {}
         self._on_event = on_event
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
@@ -71,7 +77,15 @@ class UdpDriver:
         self._dual_stack = sock.family == socket.AF_INET6
         self._closed = False
         self.send_errors = 0
-        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self.add_socket(0, sock)
+
+    def add_socket(self, socket_id: int, sock: socket.socket) -> None:
+        """Feed datagrams arriving on ``sock`` to the core as socket ``socket_id``."""
+        self._sockets[socket_id] = sock
+        if socket_id == 0:
+            self._loop.add_reader(sock.fileno(), self._on_readable)
+        else:
+            self._loop.add_reader(sock.fileno(), self._on_readable_extra, socket_id)
 
     @property
     def local_address(self) -> Address:
@@ -95,19 +109,50 @@ class UdpDriver:
             endpoint.receive_datagram(data, normalize_address(raw), now)
         self.flush()
 
+    def _on_readable_extra(self, socket_id: int) -> None:
+        sock = self._sockets.get(socket_id)
+        if sock is None:
+            return
+        now = time.monotonic()
+        for _ in range(BATCH):
+            try:
+                data, raw = sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            self.endpoint.receive_datagram(data, normalize_address(raw), now, socket_id)
+        self.flush()
+
+    def _extra_socket(self, socket_id: int) -> socket.socket | None:
+        sock = self._sockets.get(socket_id)
+        if sock is None and socket_id > 0:
+            host = self.sock.getsockname()[0]
+            try:
+                sock = open_udp_socket(host, 0)
+            except OSError:
+                return None
+            self.add_socket(socket_id, sock)
+        return sock
+
     def flush(self) -> None:
         """Send what the core produced, deliver its events and re-arm the timer."""
         if self._closed:
             return
         now = time.monotonic()
         sendto = self.sock.sendto
-        for data, address in self.endpoint.datagrams_to_send(now):
+        for data, address, socket_id in self.endpoint.datagrams_to_send(now):
             try:
-                sendto(data, self._socket_address(address))
+                if socket_id == 0:
+                    sendto(data, self._socket_address(address))
+                elif (extra := self._extra_socket(socket_id)) is not None:
+                    extra.sendto(data, self._socket_address(address))
             except (BlockingIOError, InterruptedError):
                 self.send_errors += 1  # a full buffer loses the datagram, as the network may
             except OSError:
                 self.send_errors += 1
+        for socket_id in self.endpoint.sockets_to_close():
+            self._close_socket(socket_id)
         while (event := self.endpoint.next_event()) is not None:
             self._on_event(event)
         self._arm_timer()
@@ -144,5 +189,11 @@ class UdpDriver:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        self._loop.remove_reader(self.sock.fileno())
-        self.sock.close()
+        for socket_id in list(self._sockets):
+            self._close_socket(socket_id)
+
+    def _close_socket(self, socket_id: int) -> None:
+        sock = self._sockets.pop(socket_id, None)
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()

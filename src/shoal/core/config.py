@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shoal.core.wire import Address
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CoreConfig:
@@ -32,3 +34,16 @@ class CoreConfig:
     stun_server: bool = True
     """Answer STUN Binding requests."""
     stun_timeout: float = 3.0
+    stun_servers: tuple[Address, ...] = ()
+    """STUN servers the NAT check asks besides the introducers."""
+    nat_check: bool = True
+    """Detect this node's NAT kind once an introducer has answered."""
+    punching: bool = True
+    """Use birthday punching where the NAT kinds call for it."""
+    relay: bool = True
+    """Relay between two peers that are both connected to this node."""
+    relay_bytes_per_second: float = 512 * 1024
+    """Relayed bytes accepted per second from one peer (the burst is two seconds' worth)."""
+    max_relay_targets: int = 16
+    """Distinct peers one peer may reach through this node at a time."""
+    max_relayed_pairs: int = 1024

@@ -16,8 +16,16 @@ IP, and an INIT must be padded to 1200 bytes so a RESP (about 210 bytes) never a
 
 Peers are reached in this order: an established session; addresses we already know
 (LAN discovery, earlier sessions); an introduction through every connected introducer,
-which tells both sides each other's addresses so both start handshakes at once. When
-two sessions with one peer exist, both sides prefer the one started by the smaller id.
+which tells both sides each other's addresses and NAT kinds so both start handshakes at
+once. From the two NAT kinds each side derives the same ``traversal.Plan``: plain
+dialing, a birthday punch, and a relayed session through the introducer if no direct
+one exists by the plan's deadline. When two sessions with one peer exist, a direct one
+wins over a relayed one; otherwise both sides prefer the one started by the smaller id.
+
+Besides the node's own socket (id 0) the core may use more: a birthday punch sends from
+a pool of sockets with positive ids (the driver opens one the first time a datagram
+names it, and closes those ``sockets_to_close`` returns), and a STUN server with an
+alternate address answers from sockets with negative ids that its driver registered.
 """
 
 from __future__ import annotations
@@ -32,11 +40,21 @@ from shoal.core import events as ev
 from shoal.core import stun
 from shoal.core.config import CoreConfig
 from shoal.core.handshake import PROLOGUE, PendingHandshake, check_proof, make_proof
+from shoal.core.natcheck import NatCheck, NatReport
 from shoal.core.noise import HandshakeState
 from shoal.core.session import CLOSE_NORMAL, Session
+from shoal.core.traversal import (
+    POOL_SIZE,
+    PUNCH_COOLDOWN,
+    BirthdayPunch,
+    NatType,
+    Plan,
+    choose_plan,
+)
 from shoal.core.wire import (
     AEAD_TAG_SIZE,
     DATA_HEADER_SIZE,
+    MAX_RELAYED_DATAGRAM,
     PROTOCOL_VERSION,
     Address,
     HandshakeDone,
@@ -46,8 +64,12 @@ from shoal.core.wire import (
     ObservedAddress,
     PacketKind,
     Register,
+    RelayPath,
+    RelayRecv,
+    RelaySend,
     decode_final,
     decode_init,
+    decode_punch,
     decode_resp,
     encode_final,
     encode_init,
@@ -84,6 +106,13 @@ class _Peer:
     intro_requested: float = -1e9
     unknown: bool = False
     """Every introducer asked said it does not know this peer."""
+    nat: NatType = field(default_factory=NatType)
+    plan: Plan | None = None
+    relay_via: bytes | None = None
+    """The introducer that introduced us, which can relay between us."""
+    relay_at: float | None = None
+    punch_target: Address | None = None
+    token: bytes = b""
 
 
 @dataclass(slots=True)
@@ -93,6 +122,16 @@ class _Introducer:
     dialing: bool = False
     next_attempt: float = 0.0
     backoff: float = 1.0
+
+
+@dataclass(slots=True)
+class _StunAlternate:
+    """A STUN server's other addresses (RFC 5780) and the sockets that send from them."""
+
+    primary: Address
+    other: Address
+    port_socket: int
+    both_socket: int
 
 
 @dataclass(slots=True)
@@ -111,6 +150,14 @@ class _TokenBucket:
     def __init__(self, tokens: float, stamp: float) -> None:
         self.tokens = tokens
         self.stamp = stamp
+
+    def take(self, amount: float, rate: float, burst: float, now: float) -> bool:
+        self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        if self.tokens < amount:
+            return False
+        self.tokens -= amount
+        return True
 
 
 class Endpoint:
@@ -143,9 +190,22 @@ class Endpoint:
         self._stun: dict[bytes, _StunQuery] = {}
         self._buckets: dict[str, _TokenBucket] = {}
         self._events: deque[ev.Event] = deque()
-        self._out: list[tuple[bytes, Address]] = []
+        self._out: list[tuple[bytes, Address, int]] = []
         self._dirty: dict[Session, None] = {}  # ordered, so runs replay exactly
         self._next_request_id = 1
+        self._nat_check: NatCheck | None = None
+        self.nat_report: NatReport | None = None
+        self._nat = NatType()
+        self._stun_alternate: _StunAlternate | None = None
+        self._punch: BirthdayPunch | None = None
+        self._punch_queue: deque[bytes] = deque()
+        self._punch_idle_at = 0.0
+        self._punch_tokens: dict[bytes, bytes] = {}
+        self._next_socket = 1
+        self._pool_sockets: set[int] = set()
+        self._closing_sockets: list[int] = []
+        self._relay_buckets: dict[bytes, _TokenBucket] = {}
+        self._relay_pairs: dict[tuple[bytes, bytes], float] = {}
         self._closed = False
         self.stats: Counter[str] = Counter()
 
@@ -227,8 +287,43 @@ class Endpoint:
             handle, server, request, now, [now + t for t in STUN_RETRIES],
             now + self.config.stun_timeout,
         )
-        self._out.append((request, server))
+        self._send(request, server)
         return handle
+
+    def start_nat_check(self, now: float, servers: Iterable[Address] = ()) -> None:
+        """Learn this node's NAT kind from the introducers (and ``servers``) now.
+
+        Also runs by itself once the first introducer reports our address, and again when
+        an introducer reports a different one. Ends with a ``NatDetected`` event.
+        """
+        self._check_open()
+        every = [*self._introducers, *self.config.stun_servers, *servers]
+        targets = tuple(dict.fromkeys(a for a in every if not isinstance(a, RelayPath)))
+        if not targets:
+            return
+        self._nat_check = NatCheck(targets, self._local_addresses, self._random, now)
+        for datagram, address in self._nat_check.datagrams():
+            self._send(datagram, address)
+
+    @property
+    def nat(self) -> NatType:
+        """This node's NAT kind as last detected (all "unknown" before the first check)."""
+        return self._nat
+
+    def set_stun_alternate(
+        self, primary: Address, other: Address, *, port_socket: int, both_socket: int
+    ) -> None:
+        """Answer RFC 5780 CHANGE-REQUESTs: this node listens at ``primary`` on socket 0,
+        at the primary IP with ``other``'s port on ``port_socket`` and at ``other`` on
+        ``both_socket`` (negative ids the driver has opened and feeds datagrams from)."""
+        if port_socket >= 0 or both_socket >= 0:
+            raise LocalProtocolError("alternate STUN sockets use negative ids")
+        self._stun_alternate = _StunAlternate(primary, other, port_socket, both_socket)
+
+    def sockets_to_close(self) -> list[int]:
+        """Pool sockets the driver should close now (their punch is over)."""
+        out, self._closing_sockets = self._closing_sockets, []
+        return out
 
     def close(self, now: float) -> None:
         """Close every session (peers are told) and fail every undelivered message."""
@@ -237,11 +332,14 @@ class Endpoint:
         for session in list(self.sessions.values()):
             if not session.closed:
                 session.close(CLOSE_NORMAL, "node shutting down")
-                self._out.extend((d, session.address) for d in session.datagrams(now))
+                for datagram in session.datagrams(now):
+                    self._send(datagram, session.address, session.socket)
             self._drop_session(session, "node shutting down", notify=False)
         for handle in list(self._message_peer):
             self._fail_message(handle, "ECLOSED", "node closed")
         self._handshakes.clear()
+        self._closing_sockets.extend(sorted(self._pool_sockets))
+        self._pool_sockets.clear()
         self._closed = True
 
     def peers(self) -> list[PeerInfo]:
@@ -268,8 +366,9 @@ class Endpoint:
 
     # ================================================================== driver interface
 
-    def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
-        """Process one datagram. Never raises for anything the network sends."""
+    def receive_datagram(self, data: bytes, address: Address, now: float, socket: int = 0) -> None:
+        """Process one datagram that arrived on ``socket``. Never raises for anything the
+        network sends."""
         if self._closed:
             return
         self.stats["rx_datagrams"] += 1
@@ -278,12 +377,19 @@ class Endpoint:
             return
         kind = data[0]
         try:
-            if kind == PacketKind.DATA:
+            if socket < 0:  # a STUN server's alternate address answers STUN only
+                if kind < 0x40:
+                    self._on_stun(data, address, now, socket)
+                else:
+                    self.stats["dropped_malformed"] += 1
+            elif kind == PacketKind.DATA:
                 self._on_data(data, address, now)
             elif kind < 0x40:
-                self._on_stun(data, address, now)
+                self._on_stun(data, address, now, socket)
+            elif kind == PacketKind.PUNCH:
+                self._on_punch(data, address, now, socket)
             elif kind == PacketKind.INIT:
-                self._on_init(data, address, now)
+                self._on_init(data, address, now, socket)
             elif kind == PacketKind.RESP:
                 self._on_resp(data, address, now)
             elif kind == PacketKind.FINAL:
@@ -307,7 +413,7 @@ class Endpoint:
             elif handshake.initiator and now >= handshake.next_retry:
                 handshake.backoff = min(handshake.backoff * 2, 2.0)
                 handshake.next_retry = now + handshake.backoff
-                self._out.append((handshake.datagram, handshake.address))
+                self._send(handshake.datagram, handshake.address, handshake.socket)
         while self._deadlines and self._deadlines[0][0] <= now:
             _, handle = heapq.heappop(self._deadlines)
             peer = self._message_peer.get(handle)
@@ -325,11 +431,19 @@ class Endpoint:
                 )
             elif query.retries and now >= query.retries[0]:
                 query.retries.pop(0)
-                self._out.append((query.request, query.server))
+                self._send(query.request, query.server)
         self._service_introducers(now)
         for state in self._peers.values():
             if state.pending and now >= state.intro_requested + INTRO_RETRY:
                 self._ensure_connecting(state, now)
+            if state.relay_at is not None and now >= state.relay_at:
+                state.relay_at = None
+                self._dial_relayed(state, now)
+        check = self._nat_check
+        if check is not None:
+            check.handle_timer(now)
+            self._after_nat_check(now)
+        self._run_punch(now)
 
     def get_timer(self) -> float | None:
         """The next absolute time ``handle_timer`` must run, or None."""
@@ -347,22 +461,39 @@ class Endpoint:
         for intro in self._introducers.values():
             if intro.peer is None and not intro.dialing:
                 candidates.append(intro.next_attempt)
-        waiting = [s.intro_requested for s in self._peers.values() if s.pending]
-        if waiting:
-            candidates.append(min(waiting) + INTRO_RETRY)
+        for state in self._peers.values():
+            if state.pending:
+                candidates.append(state.intro_requested + INTRO_RETRY)
+            if state.relay_at is not None:
+                candidates.append(state.relay_at)
+        if self._nat_check is not None and (deadline := self._nat_check.get_timer()) is not None:
+            candidates.append(deadline)
+        if self._punch is not None:
+            deadline = self._punch.get_timer()
+            candidates.append(self._punch.deadline if deadline is None else deadline)
+        elif self._punch_queue:
+            candidates.append(self._punch_idle_at)
         return min(candidates) if candidates else None
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        """Everything to put on the wire now, as (datagram, destination) pairs."""
-        out = self._out
-        self._out = []
-        if self._dirty:
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address, int]]:
+        """Everything to put on the wire now, as (datagram, destination, socket id)."""
+        # Relayed sessions hand their packets to the relay's session, which may then
+        # have more to send: hence the loop.
+        while self._dirty:
             dirty = self._dirty
             self._dirty = {}
+            out = self._out
             for session in dirty:
                 address = session.address
-                for datagram in session.datagrams(now):
-                    out.append((datagram, address))
+                if isinstance(address, RelayPath):
+                    for datagram in session.datagrams(now):
+                        self._send(datagram, address)
+                else:
+                    socket = session.socket
+                    for datagram in session.datagrams(now):
+                        out.append((datagram, address, socket))
+        out = self._out
+        self._out = []
         self.stats["tx_datagrams"] += len(out)
         return out
 
@@ -402,23 +533,34 @@ class Endpoint:
                 self._on_control(session, frame, now)
         self._mark(session)
         if session.closed:
-            self._out.extend((d, session.address) for d in session.datagrams(now))
+            for datagram in session.datagrams(now):
+                self._send(datagram, session.address, session.socket)
             self._drop_session(session, session.close_reason)
 
     def _on_control(self, session: Session, frame: object, now: float) -> None:
-        if isinstance(frame, ObservedAddress):
+        if isinstance(frame, RelaySend):
+            self._on_relay_send(session, frame, now)
+        elif isinstance(frame, RelayRecv):
+            self._receive_relayed(frame.packet, RelayPath(session.peer, frame.peer), now)
+        elif isinstance(frame, ObservedAddress):
+            previous = self._observed.get(session.peer)
             self._observed[session.peer] = frame.address
             self._events.append(ev.AddressObserved(reporter=session.peer_id, address=frame.address))
+            if session.peer in self._introducer_peers and self.config.nat_check and (
+                (self._nat_check is None and self.nat_report is None)
+                or (previous is not None and previous != frame.address)
+            ):
+                self.start_nat_check(now)
         elif isinstance(frame, Register):
-            if self.config.introducer:
-                self._registry[session.peer] = (session, frame.local)
+            if self.config.introducer and not isinstance(session.address, RelayPath):
+                self._registry[session.peer] = (session, frame.local, frame.nat)
                 # Answering only now tells the peer it is listed and can be introduced.
                 session.queue_control(ObservedAddress(session.address))
         elif isinstance(frame, IntroRequest):
             self._on_intro_request(session, frame)
         elif isinstance(frame, Intro):
             if session.peer in self._introducer_peers:
-                self._on_intro(frame, now)
+                self._on_intro(frame, session.peer, now)
             else:
                 self.stats["dropped_unsolicited_intro"] += 1
         elif isinstance(frame, IntroFailed) and session.peer in self._introducer_peers:
@@ -432,30 +574,47 @@ class Endpoint:
         if target is None or target[0].closed or frame.target == session.peer:
             session.queue_control(IntroFailed(frame.request_id, frame.target))
             return
-        target_session, target_local = target
+        target_session, target_local, target_nat = target
         mine = self._registry.get(session.peer)
-        my_local = mine[1] if mine else ()
+        my_local, my_nat = (mine[1], mine[2]) if mine else ((), 0)
+        token = self._random(8)
         session.queue_control(
-            Intro(frame.request_id, frame.target, _addresses(target_session.address, target_local))
+            Intro(frame.request_id, frame.target, _addresses(target_session.address, target_local),
+                  target_nat, token)
         )
         target_session.queue_control(
-            Intro(0, session.peer, _addresses(session.address, my_local))
+            Intro(0, session.peer, _addresses(session.address, my_local), my_nat, token)
         )
         self._mark(target_session)
         self.stats["introductions"] += 1
 
-    def _on_intro(self, frame: Intro, now: float) -> None:
+    def _on_intro(self, frame: Intro, introducer: bytes, now: float) -> None:
         if frame.peer == self._me:
             return
         state = self._peer(frame.peer)
         for address in frame.addresses:
             state.addresses.setdefault(address, "introducer")
-        if state.session is not None and not state.session.closed:
+        state.nat = NatType.from_code(frame.nat)
+        state.relay_via = introducer
+        if state.token:
+            self._punch_tokens.pop(state.token, None)
+        state.token = frame.token
+        self._punch_tokens[frame.token] = frame.peer
+        if self._has_direct(state):
             return
+        plan = state.plan = choose_plan(self._nat, state.nat)
+        self.stats[f"plan_{plan.strategy}"] += 1
         for address in frame.addresses:
             self._dial(address, now, expected=frame.peer)
+        if self.config.relay and (state.session is None or state.session.closed):
+            state.relay_at = now + plan.relay_after
+        if plan.strategy == "birthday" and self.config.punching and frame.addresses:
+            state.punch_target = frame.addresses[0]
+            self._queue_punch(state, now)
+        elif plan.strategy != "birthday" and frame.peer in self._punch_queue:
+            self._punch_queue.remove(frame.peer)
 
-    def _on_stun(self, data: bytes, address: Address, now: float) -> None:
+    def _on_stun(self, data: bytes, address: Address, now: float, socket: int) -> None:
         if not stun.looks_like_stun(data):
             self.stats["dropped_malformed"] += 1
             return
@@ -464,10 +623,14 @@ class Endpoint:
             if not self.config.stun_server or not self._allow(address, now):
                 self.stats["dropped_rate_limited"] += 1
                 return
-            answer = stun.encode_binding_success(message.transaction_id, address)
-            self._out.append((answer, address))
-            self.stats["stun_answered"] += 1
+            self._answer_stun(message, address, socket)
         elif message.method_class == stun.BINDING_SUCCESS:
+            check = self._nat_check
+            if check is not None and check.on_answer(message, now):
+                for datagram, destination in check.datagrams():
+                    self._send(datagram, destination)
+                self._after_nat_check(now)
+                return
             query = self._stun.pop(message.transaction_id, None)
             if query is None:
                 self.stats["dropped_unsolicited_stun"] += 1
@@ -481,14 +644,40 @@ class Endpoint:
         else:
             self.stats["dropped_stun_other"] += 1
 
-    def _on_init(self, data: bytes, address: Address, now: float) -> None:
-        version, remote_sid, noise_message = decode_init(data)
+    def _answer_stun(self, message: stun.StunMessage, address: Address, socket: int) -> None:
+        """Answer a Binding request, from a changed address when asked (RFC 5780) and
+        with the alternate named, as long as the answer is no larger than the request."""
+        alternate = self._stun_alternate
+        txid = message.transaction_id
+        answer = stun.encode_binding_success(txid, address)
+        if alternate is not None and socket == 0:
+            reply_socket, origin = 0, alternate.primary
+            if message.change & stun.CHANGE_IP:
+                reply_socket, origin = alternate.both_socket, alternate.other
+            elif message.change & stun.CHANGE_PORT:
+                reply_socket, origin = alternate.port_socket, (alternate.primary[0],
+                                                               alternate.other[1])
+            rich = stun.encode_binding_success(txid, address, other=alternate.other, origin=origin)
+            if len(rich) <= message.size:
+                self._send(rich, address, reply_socket)
+                self.stats["stun_answered"] += 1
+                return
+            if message.change:  # unpadded change requests would amplify: stay silent
+                self.stats["dropped_stun_unpadded"] += 1
+                return
+        self._send(answer, address, socket)
+        self.stats["stun_answered"] += 1
+
+    def _on_init(
+        self, data: bytes, address: Address, now: float, socket: int = 0, *, relayed: bool = False
+    ) -> None:
+        version, remote_sid, noise_message = decode_init(data, padded=not relayed)
         if version != PROTOCOL_VERSION:
             self.stats["dropped_version"] += 1
             return
         existing = self._responder_index.get((address, remote_sid))
         if existing is not None and existing in self._handshakes:
-            self._out.append((self._handshakes[existing].datagram, address))
+            self._send(self._handshakes[existing].datagram, address, socket)
             self.stats["handshakes_repeated"] += 1
             return
         if not self._allow(address, now):
@@ -504,15 +693,16 @@ class Endpoint:
         state.read_message(noise_message)
         local_sid = self._new_sid()
         reply = encode_resp(remote_sid, local_sid, state.write_message(self._proof))
-        if len(reply) > len(data):  # never amplify: cannot happen with a padded INIT
+        if len(reply) > len(data) and not relayed:  # never amplify; a padded INIT cannot
             return
         handshake = PendingHandshake(
             local_sid=local_sid, state=state, initiator=False, address=address, created=now,
             remote_sid=remote_sid, datagram=reply, deadline=now + self.config.handshake_timeout,
+            socket=socket,
         )
         self._handshakes[local_sid] = handshake
         self._responder_index[(address, remote_sid)] = local_sid
-        self._out.append((reply, address))
+        self._send(reply, address, socket)
         self.stats["handshakes_answered"] += 1
 
     def _on_resp(self, data: bytes, address: Address, now: float) -> None:
@@ -535,12 +725,13 @@ class Endpoint:
             local_sid=handshake.local_sid, remote_sid=sender_sid, peer=peer,
             peer_introducer=is_introducer, initiator=True, send_key=send_key,
             recv_key=recv_key, address=address, now=now, config=self.config,
+            socket=handshake.socket,
         )
         if handshake.backoff == self.config.handshake_retry:  # INIT was never repeated
             session.rtt.update(now - handshake.created, 0.0)
         session.final_datagram = final
         session.final_deadline = now + max(session.rtt.pto(), self.config.handshake_retry)
-        self._out.append((final, address))
+        self._send(final, address, handshake.socket)
         if handshake.purpose == "introducer":
             self._introducer_peers.add(peer)
             intro = self._introducers.get(handshake.address)
@@ -577,6 +768,7 @@ class Endpoint:
             local_sid=handshake.local_sid, remote_sid=handshake.remote_sid, peer=peer,
             peer_introducer=is_introducer, initiator=False, send_key=send_key,
             recv_key=recv_key, address=address, now=now, config=self.config,
+            socket=handshake.socket,
         )
         session.rtt.update(now - handshake.created, 0.0)  # RESP out to FINAL in
         session.queue_control(HandshakeDone(), reliable=False)
@@ -587,7 +779,12 @@ class Endpoint:
     def _established(self, session: Session, now: float) -> None:
         self.sessions[session.local_sid] = session
         state = self._peer(session.peer)
-        state.addresses.setdefault(session.address, "session")
+        relayed = isinstance(session.address, RelayPath)
+        if not relayed:
+            state.addresses.setdefault(session.address, "session")
+            state.relay_at = None
+            if self._punch is not None and self._punch.peer == session.peer:
+                self._end_punch(now)
         state.unknown = False
         old = state.session
         if old is None or old.closed or self._prefer(session, old):
@@ -596,10 +793,10 @@ class Endpoint:
                 old.wanted = False
         else:
             session.wanted = False
-        if not (self.config.introducer and not session.initiator):
+        if not relayed and not (self.config.introducer and not session.initiator):
             session.queue_control(ObservedAddress(session.address))
         if session.peer in self._introducer_peers and session.initiator:
-            session.queue_control(Register(self._local_addresses))
+            session.queue_control(Register(self._local_addresses, self._nat.code))
             for waiting in self._peers.values():
                 if waiting.pending and waiting is not state:
                     waiting.intro_requested = -1e9
@@ -620,6 +817,9 @@ class Endpoint:
 
     def _prefer(self, new: Session, old: Session) -> bool:
         """Whether ``new`` should replace ``old`` as the session used for sending."""
+        new_direct = not isinstance(new.address, RelayPath)
+        if new_direct != (not isinstance(old.address, RelayPath)):
+            return new_direct
         new_starter = self._me if new.initiator else new.peer
         old_starter = self._me if old.initiator else old.peer
         if new_starter != old_starter:
@@ -633,10 +833,9 @@ class Endpoint:
         handles = session.pending_handles()
         if state is not None and state.session is session:
             state.session = None
-            replacement = next(
-                (s for s in self.sessions.values() if s.peer == session.peer and not s.closed),
-                None,
-            )
+            others = [s for s in self.sessions.values() if s.peer == session.peer and not s.closed]
+            others.sort(key=lambda s: isinstance(s.address, RelayPath))
+            replacement = others[0] if others else None
             if replacement is not None:
                 replacement.wanted = True
                 state.session = replacement
@@ -651,6 +850,8 @@ class Endpoint:
             if intro.peer == session.peer and (state is None or state.session is None):
                 intro.peer = None
                 intro.next_attempt = 0.0
+        if session.socket > 0:
+            self._sweep_sockets()
 
     def _peer(self, peer: bytes) -> _Peer:
         state = self._peers.get(peer)
@@ -676,25 +877,28 @@ class Endpoint:
         state.intro_requested = now
 
     def _dial(self, address: Address, now: float, *, expected: bytes | None,
-              purpose: str = "peer") -> None:
+              purpose: str = "peer", socket: int = 0) -> None:
         for handshake in self._handshakes.values():
             if handshake.initiator and handshake.address == address and (
-                handshake.expected_peer == expected
+                handshake.expected_peer == expected and handshake.socket == socket
             ):
                 return
         state = HandshakeState("XX", True, PROLOGUE, self.identity.static_key, self._random(32))
         local_sid = self._new_sid()
-        datagram = encode_init(local_sid, state.write_message(b""))
+        relayed = isinstance(address, RelayPath)
+        datagram = encode_init(local_sid, state.write_message(b""), pad=not relayed)
         self._handshakes[local_sid] = PendingHandshake(
             local_sid=local_sid, state=state, initiator=True, address=address, created=now,
             expected_peer=expected, datagram=datagram,
             next_retry=now + self.config.handshake_retry, backoff=self.config.handshake_retry,
-            deadline=now + self.config.handshake_timeout, purpose=purpose,
+            deadline=now + self.config.handshake_timeout, purpose=purpose, socket=socket,
         )
-        self._out.append((datagram, address))
+        self._send(datagram, address, socket)
 
     def _handshake_timed_out(self, handshake: PendingHandshake, now: float) -> None:
         self._remove_handshake(handshake)
+        if handshake.socket > 0:
+            self._sweep_sockets()
         self.stats["handshake_timeouts"] += 1
         self._after_failed_dial(handshake, now)
 
@@ -724,6 +928,213 @@ class Endpoint:
             if intro.peer is None and not intro.dialing and now >= intro.next_attempt:
                 intro.dialing = True
                 self._dial(intro.address, now, expected=None, purpose="introducer")
+
+    # ================================================================== relaying
+
+    def _send(self, datagram: bytes, address: Address, socket: int = 0) -> None:
+        """Queue one datagram; one for a relayed path goes into a frame to the relay."""
+        if isinstance(address, RelayPath):
+            relay = self._peers.get(address.relay)
+            session = relay.session if relay is not None else None
+            if session is None or session.closed or len(datagram) > MAX_RELAYED_DATAGRAM:
+                self.stats["dropped_relay_unavailable"] += 1
+                return
+            session.queue_control(RelaySend(address.peer, datagram), reliable=False)
+            self._mark(session)
+            return
+        self._out.append((datagram, address, socket))
+
+    def _receive_relayed(self, packet: bytes, path: RelayPath, now: float) -> None:
+        """A Shoal datagram that came through a relay, from ``path.peer``."""
+        self.stats["rx_relayed"] += 1
+        kind = packet[0]
+        try:
+            if kind == PacketKind.DATA:
+                self._on_data(packet, path, now)  # type: ignore[arg-type]
+            elif kind == PacketKind.INIT:
+                self._on_init(packet, path, now, relayed=True)  # type: ignore[arg-type]
+            elif kind == PacketKind.RESP:
+                self._on_resp(packet, path, now)  # type: ignore[arg-type]
+            elif kind == PacketKind.FINAL:
+                self._on_final(packet, path, now)  # type: ignore[arg-type]
+            else:
+                self.stats["dropped_malformed"] += 1
+        except RemoteProtocolError:
+            self.stats["dropped_malformed"] += 1
+
+    def _on_relay_send(self, session: Session, frame: RelaySend, now: float) -> None:
+        """Pass a peer's packet on to another connected peer, within the quotas."""
+        source, target = session.peer, frame.peer
+        state = self._peers.get(target)
+        onward = state.session if state is not None else None
+        if (
+            not self.config.relay
+            or onward is None
+            or onward.closed
+            or target == source
+            or isinstance(onward.address, RelayPath)
+            or isinstance(session.address, RelayPath)
+        ):
+            self.stats["dropped_relay_refused"] += 1
+            return
+        pair = (source, target)
+        if pair not in self._relay_pairs:
+            targets = sum(1 for s, _ in self._relay_pairs if s == source)
+            if (
+                targets >= self.config.max_relay_targets
+                or len(self._relay_pairs) >= self.config.max_relayed_pairs
+            ):
+                self._expire_relay_pairs(now)
+                targets = sum(1 for s, _ in self._relay_pairs if s == source)
+                if (
+                    targets >= self.config.max_relay_targets
+                    or len(self._relay_pairs) >= self.config.max_relayed_pairs
+                ):
+                    self.stats["dropped_relay_quota"] += 1
+                    return
+        rate = self.config.relay_bytes_per_second
+        bucket = self._relay_buckets.get(source)
+        if bucket is None:
+            bucket = self._relay_buckets[source] = _TokenBucket(2 * rate, now)
+        if not bucket.take(len(frame.packet), rate, 2 * rate, now):
+            self.stats["dropped_relay_quota"] += 1
+            return
+        self._relay_pairs[pair] = now
+        onward.queue_control(RelayRecv(source, frame.packet), reliable=False)
+        self._mark(onward)
+        self.stats["relayed_packets"] += 1
+        self.stats["relayed_bytes"] += len(frame.packet)
+
+    def _expire_relay_pairs(self, now: float) -> None:
+        idle = self.config.idle_timeout
+        for pair, used in list(self._relay_pairs.items()):
+            if now - used > idle or not self._connected_direct(pair[0]) or (
+                not self._connected_direct(pair[1])
+            ):
+                del self._relay_pairs[pair]
+
+    def _connected_direct(self, peer: bytes) -> bool:
+        state = self._peers.get(peer)
+        return state is not None and self._has_direct(state)
+
+    def _has_direct(self, state: _Peer) -> bool:
+        session = state.session
+        return (
+            session is not None and not session.closed
+            and not isinstance(session.address, RelayPath)
+        )
+
+    def _dial_relayed(self, state: _Peer, now: float) -> None:
+        relay = state.relay_via
+        if relay is None or self._has_direct(state) or relay == state.peer:
+            return
+        session = state.session
+        if session is not None and not session.closed:
+            return
+        if not self._connected_direct(relay):
+            return
+        self.stats["relay_dials"] += 1
+        self._dial(RelayPath(relay, state.peer), now, expected=state.peer)  # type: ignore[arg-type]
+
+    # ================================================================== hole punching
+
+    def _on_punch(self, data: bytes, address: Address, now: float, socket: int) -> None:
+        """A PUNCH got through a NAT: dial its sender back from the socket it reached."""
+        peer = self._punch_tokens.get(decode_punch(data))
+        if peer is None:
+            self.stats["dropped_punch"] += 1
+            return
+        state = self._peers.get(peer)
+        if state is None or self._has_direct(state) or not self._allow(address, now):
+            self.stats["punches_ignored"] += 1
+            return
+        self.stats["punches_received"] += 1
+        self._dial(address, now, expected=peer, socket=socket)
+
+    def _queue_punch(self, state: _Peer, now: float) -> None:
+        if self._punch is not None and self._punch.peer == state.peer:
+            return
+        if state.peer not in self._punch_queue:
+            self._punch_queue.append(state.peer)
+        self._run_punch(now)
+
+    def _run_punch(self, now: float) -> None:
+        punch = self._punch
+        if punch is not None:
+            for datagram, address, socket in punch.due(now):
+                if socket > 0:
+                    self._pool_sockets.add(socket)
+                self._out.append((datagram, address, socket))
+            if punch.finished:
+                self._end_punch(now)
+            return
+        while self._punch_queue and now >= self._punch_idle_at:
+            peer = self._punch_queue.popleft()
+            state = self._peers.get(peer)
+            plan = state.plan if state is not None else None
+            if (
+                state is None or plan is None or plan.punch_role is None
+                or state.punch_target is None or self._has_direct(state)
+            ):
+                continue
+            first = self._next_socket
+            self._next_socket += POOL_SIZE
+            self._punch = BirthdayPunch(
+                role=plan.punch_role, peer=peer, target=state.punch_target, token=state.token,
+                now=now, random_bytes=self._random, first_socket=first,
+            )
+            self.stats["punches_started"] += 1
+            self._run_punch(now)
+            return
+
+    def _end_punch(self, now: float) -> None:
+        punch = self._punch
+        if punch is None:
+            return
+        self._punch = None
+        punch.finished = True
+        self._punch_idle_at = now + PUNCH_COOLDOWN
+        self._sweep_sockets()
+
+    def _sweep_sockets(self) -> None:
+        """Close pool sockets that no punch, handshake or session uses any more."""
+        if not self._pool_sockets:
+            return
+        keep = set(self._punch.sockets) if self._punch is not None else set()
+        keep.update(s.socket for s in self.sessions.values())
+        keep.update(h.socket for h in self._handshakes.values())
+        for socket in sorted(self._pool_sockets - keep):
+            self._pool_sockets.discard(socket)
+            self._closing_sockets.append(socket)
+
+    # ================================================================== NAT kind
+
+    def _after_nat_check(self, now: float) -> None:
+        check = self._nat_check
+        if check is None or not check.done:
+            return
+        self._nat_check = None
+        report = check.report
+        assert report is not None
+        self.nat_report = report
+        changed = report.nat != self._nat
+        self._nat = report.nat
+        self._events.append(ev.NatDetected(report=report))
+        if not changed:
+            return
+        for peer in self._introducer_peers:
+            state = self._peers.get(peer)
+            if state is not None and self._has_direct(state):
+                assert state.session is not None
+                state.session.queue_control(Register(self._local_addresses, self._nat.code))
+                self._mark(state.session)
+        # Peers still waiting, or only relayed, get a fresh introduction with our new kind.
+        for state in self._peers.values():
+            if state.peer in self._introducer_peers or self._has_direct(state):
+                continue
+            if state.pending or state.session is not None:
+                state.intro_requested = -1e9
+                self._ensure_connecting(state, now)
 
     # ================================================================== messages
 
@@ -760,12 +1171,7 @@ class Endpoint:
             if len(self._buckets) > 65536:
                 self._buckets.clear()
             bucket = self._buckets[address[0]] = _TokenBucket(burst, now)
-        bucket.tokens = min(burst, bucket.tokens + (now - bucket.stamp) * rate)
-        bucket.stamp = now
-        if bucket.tokens < 1:
-            return False
-        bucket.tokens -= 1
-        return True
+        return bucket.take(1, rate, burst, now)
 
     def _mark(self, session: Session) -> None:
         self._dirty[session] = None

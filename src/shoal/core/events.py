@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shoal.core.natcheck import NatReport
 from shoal.core.wire import Address
 
 
@@ -72,7 +73,14 @@ class StunResult:
     rtt: float | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatDetected:
+    """A NAT check finished: ``report`` holds this node's NAT kind and public addresses."""
+
+    report: NatReport
+
+
 Event = (
     PeerConnected | PeerDisconnected | MessageReceived | MessageDelivered | MessageFailed
-    | AddressObserved | StunResult
+    | AddressObserved | StunResult | NatDetected
 )

@@ -54,3 +54,5 @@ class PendingHandshake:
     backoff: float = 0.25
     deadline: float = 0.0
     purpose: str = "peer"
+    socket: int = 0
+    """The local socket the handshake's packets use."""

@@ -30,10 +30,12 @@ from shoal.core import events as ev
 from shoal.core.config import CoreConfig
 from shoal.core.recovery import NewReno, RangeSet, ReplayWindow, RttEstimator
 from shoal.core.wire import (
+    AEAD_TAG_SIZE,
     DATA_HEADER,
     DATA_HEADER_SIZE,
     MAX_DATA_PAYLOAD,
     MAX_DATAGRAM_SIZE,
+    MAX_RELAYED_DATAGRAM,
     Ack,
     Address,
     Close,
@@ -42,6 +44,7 @@ from shoal.core.wire import (
     MessageFragment,
     PacketKind,
     Ping,
+    RelayPath,
     decode_frames,
     encode_ack,
     encode_frame,
@@ -105,7 +108,7 @@ class Session:
         address: Address,
         now: float,
         config: CoreConfig,
-        path: str = "direct",
+        socket: int = 0,
     ) -> None:
         self.local_sid = local_sid
         self.remote_sid = remote_sid
@@ -114,7 +117,13 @@ class Session:
         self.peer_introducer = peer_introducer
         self.initiator = initiator
         self.address = address
-        self.path = path
+        self.socket = socket
+        """The local socket this session's packets use (0: the node's own)."""
+        relayed = isinstance(address, RelayPath)
+        self.path = "relay" if relayed else "direct"
+        self.max_payload = (
+            MAX_RELAYED_DATAGRAM - DATA_HEADER_SIZE - AEAD_TAG_SIZE if relayed else MAX_DATA_PAYLOAD
+        )
         self.config = config
         self._send = ChaCha20Poly1305(send_key)
         self._recv = ChaCha20Poly1305(recv_key)
@@ -355,7 +364,7 @@ class Session:
             return out
         while True:
             parts: list[bytes] = []
-            budget = MAX_DATA_PAYLOAD
+            budget = self.max_payload
             fragments: list[tuple[OutgoingMessage, int, int]] = []
             controls: list[bytes] = []
             eliciting = False

@@ -9,6 +9,10 @@ Every Shoal datagram starts with a one-byte kind. Kinds 0x00-0x3f are left to ST
     RESP   d2 | version u8 | receiver_sid[8] | sender_sid[8] | noise msg 2
     FINAL  d3 | receiver_sid[8] | noise msg 3
     DATA   d4 | receiver_sid[8] | packet_number u64 | AEAD(frames)   (AD = the 17 header bytes)
+    PUNCH  d5 | token[8]     (hole punching: opens NAT mappings, carries no data)
+
+An INIT that travels inside a relay (see ``RelaySend``) is not padded: it reaches the
+receiver through an authenticated session, so it cannot be used for amplification.
 
 Session ids are random and chosen by the receiver of the packets that carry them, so a
 session survives a change of address (NAT rebinding, roaming). A DATA packet's payload
@@ -26,6 +30,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from shoal.errors import RemoteProtocolError
 
@@ -36,8 +41,23 @@ SID_SIZE = 8
 DATA_HEADER_SIZE = 1 + SID_SIZE + 8
 AEAD_TAG_SIZE = 16
 MAX_DATA_PAYLOAD = MAX_DATAGRAM_SIZE - DATA_HEADER_SIZE - AEAD_TAG_SIZE
+RELAY_FRAME_OVERHEAD = 1 + 32 + 2
+MAX_RELAYED_DATAGRAM = MAX_DATA_PAYLOAD - RELAY_FRAME_OVERHEAD
+"""The largest Shoal datagram that fits in one relay frame of one DATA packet."""
+PUNCH_SIZE = 9
 
 Address = tuple[str, int]
+
+
+class RelayPath(NamedTuple):
+    """Where a relayed session's packets go: through node ``relay`` to node ``peer``.
+
+    It stands in for an ``Address`` wherever the core names a packet's destination or
+    source; drivers never see one, as the endpoint wraps such packets in relay frames.
+    """
+
+    relay: bytes
+    peer: bytes
 
 
 class PacketKind(IntEnum):
@@ -45,6 +65,7 @@ class PacketKind(IntEnum):
     RESP = 0xD2
     FINAL = 0xD3
     DATA = 0xD4
+    PUNCH = 0xD5
 
 
 class FrameType(IntEnum):
@@ -58,6 +79,8 @@ class FrameType(IntEnum):
     INTRO_REQUEST = 0x22
     INTRO = 0x23
     INTRO_FAILED = 0x24
+    RELAY_SEND = 0x30
+    RELAY_RECV = 0x31
 
 
 # ----------------------------------------------------------------------------- varints
@@ -197,9 +220,11 @@ class ObservedAddress:
 
 @dataclass(frozen=True, slots=True)
 class Register:
-    """Ask an introducer to list this node; ``local`` are its LAN addresses."""
+    """Ask an introducer to list this node; ``local`` are its LAN addresses and ``nat``
+    its NAT kind as ``NatType.code`` (0 while unknown)."""
 
     local: tuple[Address, ...]
+    nat: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +235,17 @@ class IntroRequest:
 
 @dataclass(frozen=True, slots=True)
 class Intro:
-    """Peer ``peer`` can be reached at ``addresses``; start sending to it now."""
+    """Peer ``peer`` can be reached at ``addresses``; start sending to it now.
+
+    ``nat`` is the peer's NAT kind (``NatType.code``) and ``token`` a secret both sides
+    of this introduction share, carried by their PUNCH packets.
+    """
 
     request_id: int
     peer: bytes
     addresses: tuple[Address, ...]
+    nat: int = 0
+    token: bytes = bytes(8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,9 +254,25 @@ class IntroFailed:
     target: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class RelaySend:
+    """Ask the receiving node to pass ``packet`` on to ``peer`` (a relayed Shoal datagram)."""
+
+    peer: bytes
+    packet: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRecv:
+    """``packet`` was relayed by the sending node from ``peer``."""
+
+    peer: bytes
+    packet: bytes
+
+
 Frame = (
     Ping | Ack | Close | HandshakeDone | MessageFragment | ObservedAddress | Register
-    | IntroRequest | Intro | IntroFailed
+    | IntroRequest | Intro | IntroFailed | RelaySend | RelayRecv
 )
 
 _PING = bytes((FrameType.PING,))
@@ -249,14 +296,20 @@ def encode_frame(frame: Frame) -> bytes:
             return b"\x03" + ev(code) + ev(len(raw)) + raw
         case ObservedAddress(address):
             return b"\x20" + encode_address(address)
-        case Register(local):
-            return b"\x21" + _encode_addresses(local)
+        case Register(local, nat):
+            return b"\x21" + _encode_addresses(local) + ev(nat)
         case IntroRequest(request_id, target):
             return b"\x22" + ev(request_id) + target
-        case Intro(request_id, peer, addresses):
-            return b"\x23" + ev(request_id) + peer + _encode_addresses(addresses)
+        case Intro(request_id, peer, addresses, nat, token):
+            return b"".join(
+                (b"\x23", ev(request_id), peer, _encode_addresses(addresses), ev(nat), token)
+            )
         case IntroFailed(request_id, target):
             return b"\x24" + ev(request_id) + target
+        case RelaySend(peer, packet):
+            return b"\x30" + peer + ev(len(packet)) + packet
+        case RelayRecv(peer, packet):
+            return b"\x31" + peer + ev(len(packet)) + packet
     raise TypeError(f"not a frame: {frame!r}")
 
 
@@ -330,7 +383,8 @@ def decode_frames(payload: bytes) -> Iterator[Frame]:
             yield ObservedAddress(address)
         elif kind == 0x21:
             local, pos = _decode_addresses(payload, pos)
-            yield Register(local)
+            nat, pos = dv(payload, pos)
+            yield Register(local, nat)
         elif kind == 0x22:
             request_id, pos = dv(payload, pos)
             target, pos = _take(payload, pos, 32)
@@ -339,11 +393,19 @@ def decode_frames(payload: bytes) -> Iterator[Frame]:
             request_id, pos = dv(payload, pos)
             peer, pos = _take(payload, pos, 32)
             addresses, pos = _decode_addresses(payload, pos)
-            yield Intro(request_id, peer, addresses)
+            nat, pos = dv(payload, pos)
+            token, pos = _take(payload, pos, 8)
+            yield Intro(request_id, peer, addresses, nat, token)
         elif kind == 0x24:
             request_id, pos = dv(payload, pos)
             target, pos = _take(payload, pos, 32)
             yield IntroFailed(request_id, target)
+        elif kind == 0x30 or kind == 0x31:
+            peer, pos = _take(payload, pos, 32)
+            packet, pos = _take_blob_at(payload, pos)
+            if not packet or len(packet) > MAX_RELAYED_DATAGRAM:
+                raise RemoteProtocolError("relayed packet empty or too large")
+            yield RelaySend(peer, packet) if kind == 0x30 else RelayRecv(peer, packet)
         else:
             raise RemoteProtocolError(f"unknown frame type 0x{kind:02x}")
 
@@ -368,15 +430,16 @@ FINAL_HEADER = struct.Struct("!B8s")
 DATA_HEADER = struct.Struct("!B8sQ")
 
 
-def encode_init(sender_sid: bytes, noise_message: bytes) -> bytes:
+def encode_init(sender_sid: bytes, noise_message: bytes, *, pad: bool = True) -> bytes:
+    """An INIT, padded to ``MIN_INIT_SIZE`` unless it travels through a relay."""
     head = INIT_HEADER.pack(PacketKind.INIT, PROTOCOL_VERSION, sender_sid)
     body = head + _U16.pack(len(noise_message)) + noise_message
-    return body.ljust(MIN_INIT_SIZE, b"\x00")
+    return body.ljust(MIN_INIT_SIZE, b"\x00") if pad else body
 
 
-def decode_init(datagram: bytes) -> tuple[int, bytes, bytes]:
+def decode_init(datagram: bytes, *, padded: bool = True) -> tuple[int, bytes, bytes]:
     """(version, sender_sid, noise message)."""
-    if len(datagram) < MIN_INIT_SIZE:
+    if len(datagram) < INIT_HEADER.size + 2 or (padded and len(datagram) < MIN_INIT_SIZE):
         raise RemoteProtocolError("INIT shorter than the anti-amplification minimum")
     _, version, sid = INIT_HEADER.unpack_from(datagram)
     (size,) = _U16.unpack_from(datagram, INIT_HEADER.size)
@@ -408,3 +471,14 @@ def decode_final(datagram: bytes) -> tuple[bytes, bytes]:
         raise RemoteProtocolError("truncated FINAL")
     _, receiver = FINAL_HEADER.unpack_from(datagram)
     return receiver, bytes(datagram[FINAL_HEADER.size :])
+
+
+def encode_punch(token: bytes) -> bytes:
+    return bytes((PacketKind.PUNCH,)) + token
+
+
+def decode_punch(datagram: bytes) -> bytes:
+    """The token of a PUNCH packet."""
+    if len(datagram) != PUNCH_SIZE:
+        raise RemoteProtocolError("PUNCH of the wrong size")
+    return bytes(datagram[1:])

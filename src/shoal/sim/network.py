@@ -13,6 +13,8 @@ from shoal.core.endpoint import Endpoint
 from shoal.core.wire import Address
 from shoal.identity import Identity
 
+POOL_PORT_BASE = 20000
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkProfile:
@@ -30,12 +32,16 @@ class LinkProfile:
 
 @dataclass(slots=True)
 class SimNode:
-    """One simulated node: its endpoint, address and the events it produced."""
+    """One simulated node: its endpoint, address and the events it produced.
+
+    Extra sockets the core asks for get ports ``POOL_PORT_BASE + id`` on the node's IP.
+    """
 
     endpoint: Endpoint
     address: Address
     events: list[ev.Event] = field(default_factory=list)
     online: bool = True
+    sockets: dict[int, Address] = field(default_factory=dict)
 
     @property
     def peer_id(self) -> str:
@@ -54,6 +60,7 @@ class SimNetwork:
         self.profile = profile or LinkProfile()
         self.now = 0.0
         self.nodes: dict[Address, SimNode] = {}
+        self._bound: dict[Address, tuple[SimNode, int]] = {}
         self._queue: list[tuple[float, int, Address, Address, bytes]] = []
         self._sequence = 0
         self.delivered = 0
@@ -73,14 +80,36 @@ class SimNetwork:
         identity = identity or Identity(self.rng.randbytes(32))
         endpoint = Endpoint(identity, random_bytes=self.rng.randbytes, config=config)
         endpoint.set_local_addresses([address])
-        node = SimNode(endpoint, address)
+        node = SimNode(endpoint, address, sockets={0: address})
         self.nodes[address] = node
+        self._bound[address] = (node, 0)
         return node
+
+    def bind(self, node: SimNode, socket: int, address: Address) -> None:
+        """Give ``node`` another socket (e.g. a STUN server's alternate address)."""
+        node.sockets[socket] = address
+        self._bound[address] = (node, socket)
+
+    def move(self, node: SimNode, address: Address) -> None:
+        """Give ``node``'s own socket a new address, as a NAT rebinding would."""
+        del self.nodes[node.address]
+        self._bound.pop(node.address, None)
+        node.address = address
+        self.nodes[address] = node
+        self.bind(node, 0, address)
 
     def flush(self, node: SimNode) -> None:
         """Put a node's outgoing datagrams on the wire and collect its events."""
-        for data, destination in node.endpoint.datagrams_to_send(self.now):
-            self._transmit(data, node.address, destination)
+        for data, destination, socket in node.endpoint.datagrams_to_send(self.now):
+            source = node.sockets.get(socket)
+            if source is None:
+                source = (node.address[0], POOL_PORT_BASE + socket)
+                self.bind(node, socket, source)
+            self._transmit(data, source, destination)
+        for socket in node.endpoint.sockets_to_close():
+            address = node.sockets.pop(socket, None)
+            if address is not None:
+                self._bound.pop(address, None)
         while (event := node.endpoint.next_event()) is not None:
             node.events.append(event)
 
@@ -123,12 +152,13 @@ class SimNetwork:
             return True
         when, _, source, destination, data = heapq.heappop(self._queue)
         self.now = max(self.now, when)
-        node = self.nodes.get(destination)
-        if node is None or not node.online:
+        bound = self._bound.get(destination)
+        if bound is None or not bound[0].online:
             self.dropped += 1
             return True
+        node, socket = bound
         self.delivered += 1
-        node.endpoint.receive_datagram(data, source, self.now)
+        node.endpoint.receive_datagram(data, source, self.now, socket)
         self.flush(node)
         return True
 
