@@ -302,13 +302,16 @@ class Endpoint:
         if not targets:
             return
         self._nat_check = NatCheck(targets, self._local_addresses, self._random, now)
-        for datagram, address in self._nat_check.datagrams():
-            self._send(datagram, address)
+        self._after_nat_check(now)
 
     @property
     def nat(self) -> NatType:
         """This node's NAT kind as last detected (all "unknown" before the first check)."""
         return self._nat
+
+    def set_nat_type(self, nat: NatType) -> None:
+        """Declare this node's NAT kind instead of detecting it (with ``nat_check`` off)."""
+        self._nat = nat
 
     def set_stun_alternate(
         self, primary: Address, other: Address, *, port_socket: int, both_socket: int
@@ -607,7 +610,9 @@ class Endpoint:
         for address in frame.addresses:
             self._dial(address, now, expected=frame.peer)
         if self.config.relay and (state.session is None or state.session.closed):
-            state.relay_at = now + plan.relay_after
+            # Repeated introductions must not push the fallback further away.
+            deadline = now + plan.relay_after
+            state.relay_at = deadline if state.relay_at is None else min(state.relay_at, deadline)
         if plan.strategy == "birthday" and self.config.punching and frame.addresses:
             state.punch_target = frame.addresses[0]
             self._queue_punch(state, now)
@@ -627,8 +632,6 @@ class Endpoint:
         elif message.method_class == stun.BINDING_SUCCESS:
             check = self._nat_check
             if check is not None and check.on_answer(message, now):
-                for datagram, destination in check.datagrams():
-                    self._send(datagram, destination)
                 self._after_nat_check(now)
                 return
             query = self._stun.pop(message.transaction_id, None)
@@ -1045,7 +1048,10 @@ class Endpoint:
             self.stats["dropped_punch"] += 1
             return
         state = self._peers.get(peer)
-        if state is None or self._has_direct(state) or not self._allow(address, now):
+        punching = any(
+            h.expected_peer == peer and h.socket > 0 for h in self._handshakes.values()
+        )
+        if state is None or self._has_direct(state) or punching or not self._allow(address, now):
             self.stats["punches_ignored"] += 1
             return
         self.stats["punches_received"] += 1
@@ -1111,7 +1117,11 @@ class Endpoint:
 
     def _after_nat_check(self, now: float) -> None:
         check = self._nat_check
-        if check is None or not check.done:
+        if check is None:
+            return
+        for datagram, destination in check.datagrams():
+            self._send(datagram, destination)
+        if not check.done:
             return
         self._nat_check = None
         report = check.report

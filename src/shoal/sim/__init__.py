@@ -6,6 +6,7 @@ duplicate and reorder them. Identical seeds give identical runs, so a failing ca
 replayed. App authors can use it to test their own protocols on top of Shoal.
 """
 
+from shoal.sim.nat import SimNat
 from shoal.sim.network import LinkProfile, SimNetwork, SimNode
 
-__all__ = ["LinkProfile", "SimNetwork", "SimNode"]
+__all__ = ["LinkProfile", "SimNat", "SimNetwork", "SimNode"]

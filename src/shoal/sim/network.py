@@ -12,6 +12,7 @@ from shoal.core.config import CoreConfig
 from shoal.core.endpoint import Endpoint
 from shoal.core.wire import Address
 from shoal.identity import Identity
+from shoal.sim.nat import SimNat
 
 POOL_PORT_BASE = 20000
 
@@ -42,6 +43,8 @@ class SimNode:
     events: list[ev.Event] = field(default_factory=list)
     online: bool = True
     sockets: dict[int, Address] = field(default_factory=dict)
+    nat: SimNat | None = None
+    """The NAT this node sits behind (None: it has a public address)."""
 
     @property
     def peer_id(self) -> str:
@@ -61,6 +64,7 @@ class SimNetwork:
         self.now = 0.0
         self.nodes: dict[Address, SimNode] = {}
         self._bound: dict[Address, tuple[SimNode, int]] = {}
+        self._nats: dict[str, SimNat] = {}
         self._queue: list[tuple[float, int, Address, Address, bytes]] = []
         self._sequence = 0
         self.delivered = 0
@@ -68,19 +72,26 @@ class SimNetwork:
         self.tap: Callable[[bytes, Address, Address], bytes | None] | None = None
         """Optional hook that sees (data, src, dst) and may replace or drop (None) a datagram."""
 
+    def add_nat(self, public_ip: str, *, mapping: str, filtering: str) -> SimNat:
+        """A NAT box with ``public_ip``; put nodes behind it with ``add_node(nat=...)``."""
+        nat = SimNat(public_ip, mapping=mapping, filtering=filtering, rng=self.rng)
+        self._nats[public_ip] = nat
+        return nat
+
     def add_node(
         self,
         *,
         config: CoreConfig | None = None,
         address: Address | None = None,
         identity: Identity | None = None,
+        nat: SimNat | None = None,
     ) -> SimNode:
         index = len(self.nodes) + 1
         address = address or (f"10.0.{index // 250}.{index % 250 + 1}", 7000)
         identity = identity or Identity(self.rng.randbytes(32))
         endpoint = Endpoint(identity, random_bytes=self.rng.randbytes, config=config)
         endpoint.set_local_addresses([address])
-        node = SimNode(endpoint, address, sockets={0: address})
+        node = SimNode(endpoint, address, sockets={0: address}, nat=nat)
         self.nodes[address] = node
         self._bound[address] = (node, 0)
         return node
@@ -89,6 +100,10 @@ class SimNetwork:
         """Give ``node`` another socket (e.g. a STUN server's alternate address)."""
         node.sockets[socket] = address
         self._bound[address] = (node, socket)
+
+    def _behind(self, nat: SimNat, address: Address) -> bool:
+        bound = self._bound.get(address)
+        return bound is not None and bound[0].nat is nat
 
     def move(self, node: SimNode, address: Address) -> None:
         """Give ``node``'s own socket a new address, as a NAT rebinding would."""
@@ -105,6 +120,8 @@ class SimNetwork:
             if source is None:
                 source = (node.address[0], POOL_PORT_BASE + socket)
                 self.bind(node, socket, source)
+            if node.nat is not None and not self._behind(node.nat, destination):
+                source = node.nat.outbound(source, destination)
             self._transmit(data, source, destination)
         for socket in node.endpoint.sockets_to_close():
             address = node.sockets.pop(socket, None)
@@ -152,6 +169,13 @@ class SimNetwork:
             return True
         when, _, source, destination, data = heapq.heappop(self._queue)
         self.now = max(self.now, when)
+        nat = self._nats.get(destination[0])
+        if nat is not None:
+            private = nat.inbound(source, destination[1])
+            if private is None:
+                self.dropped += 1
+                return True
+            destination = private
         bound = self._bound.get(destination)
         if bound is None or not bound[0].online:
             self.dropped += 1

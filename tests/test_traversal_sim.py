@@ -1,0 +1,274 @@
+"""NAT traversal in virtual time: NAT detection, strategy choice, birthday punching and
+relaying, over the simulator's NAT boxes."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.core import events as ev
+from shoal.core.config import CoreConfig
+from shoal.core.traversal import (
+    ADDRESS_AND_PORT_DEPENDENT as APD,
+)
+from shoal.core.traversal import (
+    ADDRESS_DEPENDENT as AD,
+)
+from shoal.core.traversal import (
+    ENDPOINT_INDEPENDENT as EI,
+)
+from shoal.core.traversal import (
+    POOL_SIZE,
+    POOL_SPREAD,
+    PROBE_RATE,
+    PUNCH_DURATION,
+    BirthdayPunch,
+    NatType,
+    choose_plan,
+)
+from shoal.core.wire import PacketKind
+from shoal.sim import LinkProfile, SimNetwork, SimNode
+
+INTRODUCER = ("203.0.113.2", 7000)
+ALTERNATE = ("203.0.113.3", 7001)
+
+KINDS: dict[str, tuple[str, str] | None] = {
+    "public": None,
+    "full-cone": (EI, EI),
+    "restricted-cone": (EI, AD),
+    "port-restricted": (EI, APD),
+    "symmetric": (APD, APD),
+}
+
+
+def _lab(seed: int, kinds: list[str], profile: LinkProfile | None = None,
+         config: CoreConfig | None = None) -> tuple[SimNetwork, SimNode, list[SimNode]]:
+    net = SimNetwork(seed=seed, profile=profile or LinkProfile(latency=0.025))
+    introducer = net.add_node(config=CoreConfig(introducer=True), address=INTRODUCER)
+    net.bind(introducer, -1, (INTRODUCER[0], ALTERNATE[1]))
+    net.bind(introducer, -2, ALTERNATE)
+    introducer.endpoint.set_stun_alternate(INTRODUCER, ALTERNATE, port_socket=-1, both_socket=-2)
+    nodes = []
+    for index, kind in enumerate(kinds, start=1):
+        behaviour = KINDS[kind]
+        if behaviour is None:
+            node = net.add_node(address=(f"203.0.113.{100 + index}", 7000), config=config)
+        else:
+            nat = net.add_nat(f"198.51.100.{index}", mapping=behaviour[0], filtering=behaviour[1])
+            node = net.add_node(address=(f"10.{index}.0.2", 7000), nat=nat, config=config)
+        node.endpoint.add_introducer(INTRODUCER, net.now)
+        net.flush(node)
+        nodes.append(node)
+    assert net.run(10, until=lambda: all(_nat(n) is not None for n in nodes))
+    return net, introducer, nodes
+
+
+def _nat(node: SimNode) -> ev.NatDetected | None:
+    return next((e for e in reversed(node.events) if isinstance(e, ev.NatDetected)), None)
+
+
+def _delivery(node: SimNode, handle: int) -> ev.MessageDelivered | None:
+    return next(
+        (e for e in node.events if isinstance(e, ev.MessageDelivered) and e.handle == handle),
+        None,
+    )
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_nat_check_names_each_kind(kind: str) -> None:
+    _, _, (node,) = _lab(1, [kind])
+    detected = _nat(node)
+    assert detected is not None
+    report = detected.report
+    expected = KINDS[kind] or (EI, EI)
+    assert (report.mapping, report.filtering) == expected
+    assert report.nat.public is (kind == "public")
+    assert report.udp
+
+
+def test_nat_check_without_alternate_sees_a_varying_mapping() -> None:
+    net = SimNetwork(seed=3)
+    servers = [net.add_node(address=(f"203.0.113.{i}", 3478)) for i in (7, 8)]
+    nat = net.add_nat("198.51.100.9", mapping=APD, filtering=APD)
+    node = net.add_node(address=("10.9.0.2", 7000), nat=nat)
+    node.endpoint.start_nat_check(net.now, [s.address for s in servers])
+    net.flush(node)
+    assert net.run(10, until=lambda: _nat(node) is not None)
+    report = _nat(node).report  # type: ignore[union-attr]
+    assert report.mapping == "unknown" and report.nat.varies and report.nat.hard
+    assert report.filtering == "unknown"
+    assert len(report.public) == 2
+
+
+@pytest.mark.parametrize(
+    ("mine", "theirs", "strategy", "role"),
+    [
+        (NatType(public=True), NatType(APD, APD), "direct", None),
+        (NatType(EI, EI), NatType(APD, APD), "direct", None),
+        (NatType(EI, APD), NatType(EI, APD), "simultaneous", None),
+        (NatType(EI, APD), NatType(APD, APD), "birthday", "probe"),
+        (NatType(APD, APD), NatType(EI, AD), "birthday", "pool"),
+        (NatType(AD, APD), NatType(APD, APD), "relay", None),
+        (NatType(varies=True), NatType(APD, APD), "relay", None),
+        (NatType(), NatType(), "simultaneous", None),
+    ],
+)
+def test_strategy_choice(mine: NatType, theirs: NatType, strategy: str, role: str | None) -> None:
+    plan = choose_plan(mine, theirs)
+    assert (plan.strategy, plan.punch_role) == (strategy, role)
+    mirrored = choose_plan(theirs, mine)
+    assert mirrored.strategy == strategy
+    if role is not None:
+        assert mirrored.punch_role == {"pool": "probe", "probe": "pool"}[role]
+
+
+def test_nat_type_code_round_trips() -> None:
+    for mapping in ("unknown", EI, AD, APD):
+        for filtering in ("unknown", EI, AD, APD):
+            for public in (False, True):
+                kind = NatType(mapping, filtering, public, varies=mapping == "unknown")
+                assert NatType.from_code(kind.code) == kind
+
+
+def test_birthday_probes_are_paced_and_never_repeat() -> None:
+    counter = iter(range(10**9))
+    punch = BirthdayPunch(
+        role="probe", peer=b"p" * 32, target=("198.51.100.1", 4000), token=b"t" * 8, now=0.0,
+        random_bytes=lambda n: next(counter).to_bytes(n, "big"),
+    )
+    sent: list[tuple[float, int]] = []
+    now = 0.0
+    while (deadline := punch.get_timer()) is not None:
+        now = deadline
+        sent += [(now, dest[1]) for _, dest, socket in punch.due(now) if socket == 0]
+    ports = [p for _, p in sent]
+    assert len(ports) == len(set(ports))
+    per_second = [sum(1 for t, _ in sent if s <= t < s + 1) for s in range(int(PUNCH_DURATION))]
+    assert all(0.9 * PROBE_RATE <= n <= 1.1 * PROBE_RATE for n in per_second), per_second
+    assert max(t for t, _ in sent) < PUNCH_DURATION
+
+
+def test_birthday_pool_opens_every_socket_once_over_the_spread() -> None:
+    punch = BirthdayPunch(
+        role="pool", peer=b"p" * 32, target=("198.51.100.1", 4000), token=b"t" * 8, now=5.0,
+        random_bytes=bytes, first_socket=300,
+    )
+    sent: list[tuple[float, int]] = []
+    while (deadline := punch.get_timer()) is not None and deadline < 6.0:
+        sent += [(deadline, socket) for _, _, socket in punch.due(deadline)]
+    sockets = [s for _, s in sent]
+    assert sorted(sockets) == list(range(300, 300 + POOL_SIZE))
+    assert max(t for t, _ in sent) - 5.0 <= POOL_SPREAD + 0.05
+    first_tick = [s for t, s in sent if t == 5.0]
+    assert len(first_tick) < POOL_SIZE // 4  # paced, not one burst
+
+
+PAIRS = [
+    ("public", "symmetric", "direct", "direct"),
+    ("full-cone", "symmetric", "direct", "direct"),
+    ("port-restricted", "port-restricted", "simultaneous", "direct"),
+    ("restricted-cone", "port-restricted", "simultaneous", "direct"),
+    ("port-restricted", "symmetric", "birthday", "direct"),
+    ("symmetric", "port-restricted", "birthday", "direct"),
+    ("symmetric", "symmetric", "relay", "relay"),
+]
+
+
+@pytest.mark.parametrize(("kind_a", "kind_b", "strategy", "path"), PAIRS)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_pairs_of_nat_kinds_connect(kind_a: str, kind_b: str, strategy: str, path: str,
+                                    seed: int) -> None:
+    net, introducer, (a, b) = _lab(seed, [kind_a, kind_b])
+    start = net.now
+    handle = a.endpoint.send_message(b.peer_id, b"across the NATs", net.now)
+    net.flush(a)
+    assert net.run(30, until=lambda: _delivery(a, handle) is not None)
+    delivery = _delivery(a, handle)
+    assert delivery is not None and delivery.path == path
+    assert [m.data for m in b.received()] == [b"across the NATs"]
+    assert a.endpoint.stats[f"plan_{strategy}"] >= 1
+    elapsed = net.now - start
+    assert elapsed < (10.0 if strategy in ("birthday", "relay") else 1.0), elapsed
+    if path == "relay":
+        assert introducer.endpoint.stats["relayed_packets"] > 0
+    if strategy == "birthday":
+        hard = a if kind_a == "symmetric" else b
+        assert hard.endpoint.stats["punches_started"] == 1
+        # The pool is released once the punch is over, except the socket in use.
+        assert net.run(PUNCH_DURATION + 5)
+        assert len(hard.sockets) <= 2
+
+
+def test_relayed_session_upgrades_when_a_direct_path_appears() -> None:
+    net, _, (a, b) = _lab(4, ["port-restricted", "port-restricted"],
+                          config=CoreConfig(punching=False))
+    # Block direct traffic between the two NATs for a while: only the relay works.
+    blocked = {"on": True}
+
+    def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
+        crossing = source[0].startswith("198.51.100") and destination[0].startswith("198.51.100")
+        return None if crossing and blocked["on"] else data
+
+    net.tap = tap
+    first = a.endpoint.send_message(b.peer_id, b"one", net.now)
+    net.flush(a)
+    assert net.run(30, until=lambda: _delivery(a, first) is not None)
+    assert _delivery(a, first).path == "relay"  # type: ignore[union-attr]
+    blocked["on"] = False
+    net.tap = None
+    # A new introduction (as a NAT re-check would trigger) finds the direct path.
+    a.endpoint._peers[b.endpoint.identity.public_key].intro_requested = -1e9
+    a.endpoint._ensure_connecting(a.endpoint._peers[b.endpoint.identity.public_key], net.now)
+    net.flush(a)
+    assert net.run(10, until=lambda: any(
+        p.peer_id == b.peer_id and p.path == "direct" for p in a.endpoint.peers()))
+    second = a.endpoint.send_message(b.peer_id, b"two", net.now)
+    net.flush(a)
+    assert net.run(10, until=lambda: _delivery(a, second) is not None)
+    assert _delivery(a, second).path == "direct"  # type: ignore[union-attr]
+    assert [m.data for m in b.received()] == [b"one", b"two"]
+
+
+def test_a_relay_cannot_alter_what_it_carries() -> None:
+    net, introducer, (a, b) = _lab(5, ["symmetric", "symmetric"])
+    relay = introducer.endpoint
+    original = relay._on_relay_send
+
+    def tamper(session, frame, now):  # flips one bit of every relayed DATA packet
+        packet = frame.packet
+        if packet[0] == PacketKind.DATA:
+            packet = packet[:-1] + bytes([packet[-1] ^ 1])
+        original(session, type(frame)(frame.peer, packet), now)
+
+    relay._on_relay_send = tamper  # type: ignore[method-assign]
+    handle = a.endpoint.send_message(b.peer_id, b"secret", net.now)
+    net.flush(a)
+    net.run(8)
+    assert _delivery(a, handle) is None
+    assert b.received() == []
+    assert b.endpoint.stats["dropped_unauthenticated"] > 0
+
+
+def test_relay_quota_limits_a_greedy_peer() -> None:
+    config = CoreConfig(introducer=True, relay_bytes_per_second=20_000)
+    net = SimNetwork(seed=6, profile=LinkProfile(latency=0.01))
+    introducer = net.add_node(config=config, address=INTRODUCER)
+    nodes = []
+    for index in (1, 2):
+        nat = net.add_nat(f"198.51.100.{index}", mapping=APD, filtering=APD)
+        node = net.add_node(address=(f"10.{index}.0.2", 7000), nat=nat,
+                            config=CoreConfig(nat_check=False))
+        node.endpoint.set_nat_type(NatType(APD, APD))
+        node.endpoint.add_introducer(INTRODUCER, net.now)
+        net.flush(node)
+        nodes.append(node)
+    a, b = nodes
+    assert net.run(10, until=lambda: all(
+        any(isinstance(e, ev.AddressObserved) for e in n.events) for n in nodes))
+    handle = a.endpoint.send_message(b.peer_id, bytes(150_000), net.now)
+    net.flush(a)
+    assert net.run(60, until=lambda: _delivery(a, handle) is not None)
+    stats = introducer.endpoint.stats
+    assert stats["dropped_relay_quota"] > 0
+    # Delivered all the same: the end-to-end session retransmits what the relay dropped.
+    assert len(b.received()[0].data) == 150_000
+    assert net.now > 150_000 / 20_000 / 2
