@@ -272,3 +272,24 @@ def test_relay_quota_limits_a_greedy_peer() -> None:
     # Delivered all the same: the end-to-end session retransmits what the relay dropped.
     assert len(b.received()[0].data) == 150_000
     assert net.now > 150_000 / 20_000 / 2
+
+
+@pytest.mark.parametrize(("kind_a", "kind_b", "path"), [
+    ("symmetric", "port-restricted", "direct"),
+    ("port-restricted", "symmetric", "direct"),
+    ("symmetric", "symmetric", "relay"),
+])
+def test_a_sender_that_has_not_finished_its_nat_check_replans(kind_a: str, kind_b: str,
+                                                              path: str) -> None:
+    net, _, (b,) = _lab(7, [kind_b])
+    behaviour = KINDS[kind_a]
+    assert behaviour is not None
+    nat = net.add_nat("198.51.100.77", mapping=behaviour[0], filtering=behaviour[1])
+    a = net.add_node(address=("10.77.0.2", 7000), nat=nat)
+    a.endpoint.add_introducer(INTRODUCER, net.now)
+    handle = a.endpoint.send_message(b.peer_id, b"early", net.now)
+    net.flush(a)
+    start = net.now
+    assert net.run(30, until=lambda: _delivery(a, handle) is not None)
+    assert _delivery(a, handle).path == path  # type: ignore[union-attr]
+    assert net.now - start < 10.0

@@ -17,12 +17,18 @@ from shoal.aio.udp import UdpDriver, open_udp_socket
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
 from shoal.core.endpoint import Endpoint, PeerInfo
+from shoal.core.natcheck import NatReport
 from shoal.core.wire import Address
 from shoal.errors import ClosedError, DeliveryError, LocalProtocolError, ShoalError
 from shoal.identity import Identity
 from shoal.net import local_addresses, parse_address
 
-__all__ = ["Delivery", "Message", "Node", "PeerInfo"]
+__all__ = ["Delivery", "Message", "NatReport", "Node", "PeerInfo"]
+
+NETWORK_POLL = 5.0
+"""Seconds between checks of the local addresses (a change re-runs the NAT check)."""
+ALTERNATE_PORT_SOCKET = -1
+ALTERNATE_BOTH_SOCKET = -2
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +74,22 @@ class Node:
         introducer: bool = False,
         lan_discovery: bool | None = None,
         config: CoreConfig | None = None,
+        alternate: str | Address | None = None,
+        stun_servers: Iterable[str | Address] = (),
     ) -> None:
+        """``alternate``: a second IP and port of this host, from which a node acting as
+        STUN server answers NAT behaviour tests (RFC 5780); ``stun_servers``: STUN
+        servers the NAT check asks besides the introducers."""
         self.identity = identity or Identity.load_or_create()
         self._introducers = [parse_address(a) for a in introducers]
         self._listen = parse_address(listen, default_port=0)
+        self._alternate = parse_address(alternate) if alternate is not None else None
         base = config or CoreConfig()
-        self.config = replace(base, introducer=introducer or base.introducer)
+        self.config = replace(
+            base,
+            introducer=introducer or base.introducer,
+            stun_servers=(*base.stun_servers, *(parse_address(a) for a in stun_servers)),
+        )
         self.lan_discovery = lan_discovery_default() if lan_discovery is None else lan_discovery
         self.endpoint = Endpoint(self.identity, random_bytes=secrets.token_bytes,
                                  config=self.config)
@@ -84,6 +100,8 @@ class Node:
         self._stun_waiters: dict[int, asyncio.Future[ev.StunResult]] = {}
         self._connected: dict[str, asyncio.Event] = {}
         self._observed: asyncio.Event = asyncio.Event()
+        self._nat_waiters: list[asyncio.Future[NatReport]] = []
+        self._watcher: asyncio.Task[None] | None = None
         self._closed = False
         self.events: asyncio.Queue[ev.Event] | None = None
         """Set to a queue to receive every core event as well (for tools and tests)."""
@@ -102,6 +120,8 @@ class Node:
                              code="EADDRINUSE" if exc.errno == 98 else "EIO") from exc
         self._driver = UdpDriver(self.endpoint, sock, self._on_event)
         bound = self._driver.local_address
+        if self._alternate is not None:
+            self._open_alternates(bound)
         self.endpoint.set_local_addresses(local_addresses(bound))
         now = self._driver.now()
         for address in self._introducers:
@@ -113,13 +133,54 @@ class Node:
             await lan.start()
             self._lan = lan
         self._driver.flush()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_network())
         return self
 
+    def _open_alternates(self, bound: Address) -> None:
+        assert self._driver is not None and self._alternate is not None
+        host, other = bound[0], self._alternate
+        if host in ("0.0.0.0", "::") or other[0] == host or other[1] == bound[1]:
+            raise ShoalError(
+                "an alternate address needs a specific listen IP, and a different IP and "
+                "port of its own", code="EINVAL",
+            )
+        sockets = {}
+        try:
+            for socket_id, address in ((ALTERNATE_PORT_SOCKET, (host, other[1])),
+                                       (ALTERNATE_BOTH_SOCKET, other)):
+                sockets[socket_id] = open_udp_socket(*address)
+        except OSError as exc:
+            for sock in sockets.values():
+                sock.close()
+            raise ShoalError(f"cannot listen on the alternate address: {exc.strerror}",
+                             code="EADDRINUSE" if exc.errno == 98 else "EIO") from exc
+        for socket_id, sock in sockets.items():
+            self._driver.add_socket(socket_id, sock)
+        self.endpoint.set_stun_alternate(bound, other, port_socket=ALTERNATE_PORT_SOCKET,
+                                         both_socket=ALTERNATE_BOTH_SOCKET)
+
+    async def _watch_network(self) -> None:
+        """Re-run the NAT check when the host's addresses change (a new network)."""
+        assert self._driver is not None
+        known = set(local_addresses(self._driver.local_address))
+        while not self._closed:
+            await asyncio.sleep(NETWORK_POLL)
+            if self._closed or self._driver is None:
+                return
+            current = set(local_addresses(self._driver.local_address))
+            if current != known:
+                known = current
+                self.endpoint.set_local_addresses(sorted(current))
+                if self.config.nat_check:
+                    self.endpoint.start_nat_check(self._driver.now())
+                    self._driver.flush()
     async def close(self) -> None:
         """Tell connected peers goodbye and release the socket."""
         if self._closed:
             return
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._lan is not None:
             await self._lan.close()  # type: ignore[attr-defined]
         if self._driver is not None:
@@ -127,6 +188,9 @@ class Node:
         for future, _ in self._waiters.values():
             if not future.done():
                 future.set_exception(ClosedError("the node is closed"))
+        for waiter in self._nat_waiters:
+            if not waiter.done():
+                waiter.set_exception(ClosedError("the node is closed"))
         self._inbox.put_nowait(None)
 
     async def __aenter__(self) -> Node:
@@ -162,6 +226,45 @@ class Node:
     def public_addresses(self) -> dict[str, Address]:
         """Our address as each connected peer (introducers included) reports it."""
         return self.endpoint.observed_addresses()
+
+    @property
+    def nat_report(self) -> NatReport | None:
+        """The latest NAT check's outcome (None before the first one finished)."""
+        return self.endpoint.nat_report
+
+    async def detect_nat(
+        self, servers: Iterable[str | Address] = (), *, timeout: float = 10.0
+    ) -> NatReport:
+        """Run a NAT check now against the introducers, the configured STUN servers and
+        ``servers``; returns its report (mapping and filtering in RFC 4787 terms)."""
+        driver = self._require_driver()
+        waiter = self._nat_waiter()
+        targets = [parse_address(a) for a in servers]
+        if not targets and not self._introducers and not self.config.stun_servers:
+            raise LocalProtocolError("a NAT check needs at least one introducer or STUN server")
+        self.endpoint.start_nat_check(driver.now(), targets)
+        driver.flush()
+        return await self._await_nat(waiter, timeout)
+
+    async def wait_for_nat(self, *, timeout: float = 10.0) -> NatReport:
+        """The NAT report, waiting for the automatic check if it has not finished yet."""
+        if self.endpoint.nat_report is not None:
+            return self.endpoint.nat_report
+        return await self._await_nat(self._nat_waiter(), timeout)
+
+    def _nat_waiter(self) -> asyncio.Future[NatReport]:
+        waiter: asyncio.Future[NatReport] = asyncio.get_running_loop().create_future()
+        self._nat_waiters.append(waiter)
+        return waiter
+
+    async def _await_nat(self, waiter: asyncio.Future[NatReport], timeout: float) -> NatReport:
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise DeliveryError("the NAT check did not finish", code="ETIMEDOUT") from None
+        finally:
+            if waiter in self._nat_waiters:
+                self._nat_waiters.remove(waiter)
 
     # ------------------------------------------------------------------ operations
 
@@ -298,6 +401,10 @@ class Node:
                 self._connected[waiter_key].set()
         elif isinstance(event, ev.AddressObserved):
             self._observed.set()
+        elif isinstance(event, ev.NatDetected):
+            for waiter in self._nat_waiters:
+                if not waiter.done():
+                    waiter.set_result(event.report)
         elif isinstance(event, ev.StunResult):
             future = self._stun_waiters.get(event.handle)
             if future is not None and not future.done():

@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from shoal import __version__
+from shoal.core.wire import RelayPath
 from shoal.errors import ShoalError
 from shoal.identity import Identity, peer_id_to_bytes
 from shoal.net import format_address, local_addresses, parse_address
@@ -146,22 +147,28 @@ def id_command(identity_path: str | None, as_json: bool) -> None:
 @cli.command()
 @_common
 @click.option("--listen", required=True, metavar="HOST:PORT", help="Address to serve on.")
+@click.option("--alternate", metavar="HOST:PORT",
+              help="A second IP and port of this host, for NAT behaviour tests (RFC 5780).")
 @click.option("--no-lan", is_flag=True, help="Turn LAN discovery (mDNS) off.")
 @_guard
-def introducer(identity_path: str | None, as_json: bool, listen: str, no_lan: bool) -> None:
-    """Run an introducer: a reachable node that introduces peers and answers STUN."""
+def introducer(identity_path: str | None, as_json: bool, listen: str, alternate: str | None,
+               no_lan: bool) -> None:
+    """Run an introducer: a reachable node that introduces peers, relays for them when no
+    direct path exists, and answers STUN."""
     from shoal import Node
 
     output = Output(as_json)
     listen_address = parse_address(listen)
+    alternate_address = parse_address(alternate) if alternate else None
     identity = _identity(identity_path)
 
     async def body() -> int:
         async with Node(identity, listen=listen_address, introducer=True,
-                        lan_discovery=_lan(no_lan)) as node:
+                        alternate=alternate_address, lan_discovery=_lan(no_lan)) as node:
             bound = format_address(node.address)
+            extra = {"alternate": format_address(alternate_address)} if alternate_address else {}
             output.event("ready", f"introducer {node.peer_id} listening on {bound}",
-                         peer_id=node.peer_id, listen=bound)
+                         peer_id=node.peer_id, listen=bound, **extra)
             await _print_peer_events(node, output)
         return 0
 
@@ -176,13 +183,28 @@ async def _print_peer_events(node: Any, output: Output) -> None:
     while True:
         event = await queue.get()
         if isinstance(event, ev.PeerConnected):
-            output.event("peer_connected", f"connected {event.peer_id} at "
-                         f"{format_address(event.address)} ({event.path})",
-                         peer_id=event.peer_id, address=format_address(event.address),
-                         path=event.path)
+            where = _where(event.address)
+            output.event("peer_connected", f"connected {event.peer_id} at {where} ({event.path})",
+                         peer_id=event.peer_id, address=where, path=event.path)
         elif isinstance(event, ev.PeerDisconnected):
             output.event("peer_disconnected", f"disconnected {event.peer_id}: {event.reason}",
                          peer_id=event.peer_id, reason=event.reason)
+
+
+async def _print_nat(node: Any, output: Output) -> None:
+    """Print the NAT kind once the automatic check has finished."""
+    with contextlib.suppress(ShoalError):
+        report = await node.wait_for_nat(timeout=30)
+        output.event("nat", f"NAT: mapping {report.mapping}, filtering {report.filtering}",
+                     public=[format_address(a) for a in report.public],
+                     mapping=report.mapping, filtering=report.filtering)
+
+
+def _where(address: Any) -> str:
+    """An address for humans; a relayed path names the relaying node."""
+    if isinstance(address, RelayPath):
+        return f"relay:{address.relay.hex()[:16]}"
+    return format_address(address)
 
 
 @cli.command()
@@ -206,6 +228,8 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
                 await node.wait_for_introducers(timeout=30)
             output.event("ready", f"listening as {node.peer_id}", peer_id=node.peer_id,
                          listen=format_address(node.address))
+            if addresses:
+                asyncio.get_running_loop().create_task(_print_nat(node, output))
             async for message in node.messages():
                 text = message.data.decode("utf-8", "replace")
                 output.event("message", f"{message.sender[:16]}… ({message.path}): {text}",
@@ -256,59 +280,64 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
 @click.option("--stun", "stun_servers", multiple=True, metavar="HOST:PORT",
               help="A STUN server to ask (repeatable).")
 @click.option("--listen", default="0.0.0.0:0", show_default=True, metavar="HOST:PORT")
-@click.option("--timeout", default=3.0, show_default=True, type=float)
+@click.option("--timeout", default=10.0, show_default=True, type=float)
 @_guard
 def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
            stun_servers: tuple[str, ...], listen: str, timeout: float) -> None:
-    """Report local addresses and the public address each server sees."""
+    """Check this network: addresses, UDP, NAT mapping and filtering, what they mean."""
     from shoal import Node
 
     output = Output(as_json)
     intro_addresses = [parse_address(a) for a in introducers]
     stun_addresses = [parse_address(a) for a in stun_servers]
+    if not intro_addresses and not stun_addresses:
+        raise click.UsageError("give at least one --introducer or --stun server")
     listen_address = parse_address(listen, default_port=0)
     identity = _identity(identity_path)
+    kinds = {a: "introducer" for a in intro_addresses} | {a: "stun" for a in stun_addresses}
 
     async def body() -> int:
         async with Node(identity, listen=listen_address, lan_discovery=False) as node:
-            servers = []
-            for kind, address in [("introducer", a) for a in intro_addresses] + [
-                ("stun", a) for a in stun_addresses
-            ]:
-                try:
-                    result = await node.stun(address, timeout=timeout + 1)
-                except TimeoutError:
-                    result = None
-                mapped = result.mapped if result else None
-                servers.append({
-                    "server": format_address(address),
-                    "kind": kind,
-                    "public": format_address(mapped) if mapped else None,
-                    "rtt_ms": (
-                        round(result.rtt * 1000, 2)
-                        if result and result.rtt is not None else None
-                    ),
-                })
-            public = sorted({s["public"] for s in servers if s["public"]})
-            report = {
-                "peer_id": node.peer_id,
-                "local": [format_address(a) for a in local_addresses(node.address)],
-                "public": public,
-                "udp": bool(public) if servers else None,
-                "servers": servers,
+            nat = await node.detect_nat(list(kinds), timeout=timeout)
+            local = [format_address(a) for a in local_addresses(node.address)]
+        servers = [
+            {
+                "server": format_address(result.server),
+                "kind": kinds.get(result.server, "stun"),
+                "public": format_address(result.mapped) if result.mapped else None,
+                "rtt_ms": round(result.rtt * 1000, 2) if result.rtt is not None else None,
             }
+            for result in nat.servers
+        ]
+        report = {
+            "peer_id": node.peer_id,
+            "local": local,
+            "public": [format_address(a) for a in nat.public],
+            "udp": nat.udp,
+            "nat": not nat.nat.public if nat.udp else None,
+            "mapping": nat.mapping,
+            "filtering": nat.filtering,
+            "mapping_varies": nat.nat.varies or nat.nat.hard,
+            "port_preserving": nat.port_preserving,
+            "port_delta": nat.port_delta,
+            "reachability": nat.summary(),
+            "servers": servers,
+        }
         if as_json:
             click.echo(json.dumps(report))
         else:
-            click.echo(f"peer id:  {report['peer_id']}")
-            click.echo(f"local:    {', '.join(report['local'])}")
+            click.echo(f"peer id:    {report['peer_id']}")
+            click.echo(f"local:      {', '.join(local)}")
+            click.echo(f"public:     {', '.join(report['public']) or '-'}")
+            click.echo(f"UDP:        {'works' if nat.udp else 'no answer'}")
+            click.echo(f"mapping:    {nat.mapping}")
+            click.echo(f"filtering:  {nat.filtering}")
             for server in servers:
                 answer = (f"sees us at {server['public']} ({server['rtt_ms']} ms)"
                           if server["public"] else "no answer")
-                click.echo(f"{server['kind']:<10} {server['server']}: {answer}")
-            if servers and not public:
-                click.echo("UDP: no server answered; UDP may be blocked on this network")
-        return 0 if not servers or public else EXIT_ERROR
+                click.echo(f"{server['kind']:<10}  {server['server']}: {answer}")
+            click.echo(f"meaning:    {nat.summary()}")
+        return 0 if nat.udp else EXIT_ERROR
 
     _run(output, body)
 

@@ -79,6 +79,7 @@ from shoal.errors import ClosedError, LocalProtocolError, RemoteProtocolError
 from shoal.identity import Identity, peer_id_to_bytes
 
 MAX_PENDING_RESPONDER = 1024
+MAX_PUNCH_TOKENS = 4096
 INTRO_RETRY = 2.0
 INTRODUCER_BACKOFF_MAX = 30.0
 STUN_RETRIES = (0.5, 1.0)
@@ -599,25 +600,34 @@ class Endpoint:
             state.addresses.setdefault(address, "introducer")
         state.nat = NatType.from_code(frame.nat)
         state.relay_via = introducer
-        if state.token:
-            self._punch_tokens.pop(state.token, None)
         state.token = frame.token
+        # Earlier tokens stay valid: a punch in progress still carries one.
         self._punch_tokens[frame.token] = frame.peer
+        if len(self._punch_tokens) > MAX_PUNCH_TOKENS:
+            del self._punch_tokens[next(iter(self._punch_tokens))]
         if self._has_direct(state):
             return
+        previous = state.plan
         plan = state.plan = choose_plan(self._nat, state.nat)
         self.stats[f"plan_{plan.strategy}"] += 1
         for address in frame.addresses:
             self._dial(address, now, expected=frame.peer)
-        if self.config.relay and (state.session is None or state.session.closed):
-            # Repeated introductions must not push the fallback further away.
-            deadline = now + plan.relay_after
-            state.relay_at = deadline if state.relay_at is None else min(state.relay_at, deadline)
+        if self.config.relay and (state.session is None or state.session.closed) and (
+            # Repeated introductions with the same plan must not push the fallback away.
+            state.relay_at is None or previous != plan
+        ):
+            state.relay_at = now + plan.relay_after
         if plan.strategy == "birthday" and self.config.punching and frame.addresses:
             state.punch_target = frame.addresses[0]
+            punch = self._punch
+            if punch is not None and punch.peer == frame.peer and punch.role != plan.punch_role:
+                self._end_punch(now)
             self._queue_punch(state, now)
-        elif plan.strategy != "birthday" and frame.peer in self._punch_queue:
-            self._punch_queue.remove(frame.peer)
+        else:
+            if frame.peer in self._punch_queue:
+                self._punch_queue.remove(frame.peer)
+            if self._punch is not None and self._punch.peer == frame.peer:
+                self._end_punch(now)
 
     def _on_stun(self, data: bytes, address: Address, now: float, socket: int) -> None:
         if not stun.looks_like_stun(data):
@@ -788,6 +798,8 @@ class Endpoint:
             state.relay_at = None
             if self._punch is not None and self._punch.peer == session.peer:
                 self._end_punch(now)
+            for token in [t for t, p in self._punch_tokens.items() if p == session.peer]:
+                del self._punch_tokens[token]
         state.unknown = False
         old = state.session
         if old is None or old.closed or self._prefer(session, old):

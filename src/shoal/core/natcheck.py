@@ -224,7 +224,7 @@ class NatCheck:
         public = tuple(dict.fromkeys(m for _, m in seen))
         local_ips = {a[0] for a in self.local}
         local_ports = {a[1] for a in self.local}
-        is_public = bool(seen) and all(m[0] in local_ips for _, m in seen)
+        is_public = bool(seen) and all(m[0] in local_ips or _loopback(m[0]) for _, m in seen)
         mapping, varies = _mapping(seen)
         filtering = UNKNOWN
         answered = {q.change for q in self.queries.values() if q.purpose == "filter" and q.answered}
@@ -267,6 +267,13 @@ def _mapping(seen: list[tuple[Address, Address]]) -> tuple[str, bool]:
     if same_ip_agrees:
         return ADDRESS_DEPENDENT, False
     return UNKNOWN, True
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _same_ip(a: Address, b: Address) -> bool:
