@@ -22,7 +22,8 @@ Routers drop unsolicited packets to themselves (``ct state new`` on the WAN inpu
 real ones do; without that, probes create conntrack entries that steal ports. An access
 link can delay and drop frames (``delay``, ``loss``): a userspace forwarder
 (``shoal.lab.link``) sits between the site and the bridge, since this kernel has no
-netem. Everything is removed on exit, also after errors; names carry a per-run tag so
+netem; checksum offload is then turned off on every veth, so copied frames carry
+finished checksums. Everything is removed on exit, also after errors; names carry a per-run tag so
 parallel labs do not collide.
 """
 
@@ -289,6 +290,10 @@ class NatLab:
                    name_b, "netns", ns_b])
         self._in(ns_a, "ip", "link", "set", name_a, "up")
         self._in(ns_b, "ip", "link", "set", name_b, "up")
+        if self.delay > 0 or self.loss > 0:
+            # Frames copied by the userspace link must carry finished checksums.
+            for netns, name in ((ns_a, name_a), (ns_b, name_b)):
+                self._in(netns, "ethtool", "-K", name, "tx", "off")
 
     def _bridge_port(self, name: str) -> None:
         self._in(self.inet, "ip", "link", "set", name, "master", "br0")

@@ -1,0 +1,170 @@
+"""The NAT matrix: every pair of NAT kinds, driven through the ``shoal`` CLI in a ``NatLab``.
+
+One lab holds two sites of each kind (so a kind can meet itself) and one "shared" site
+with two hosts behind one NAT. An introducer (with an alternate address for NAT tests)
+runs on the lab's internet. A trial forgets every NAT mapping, starts ``shoal listen``
+on the receiver, waits until it has registered and learned its NAT kind, then runs
+``shoal send`` on the sender and records the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from shoal.lab.netlab import Host, NatLab
+
+PAIR_KINDS = ("public", "full-cone", "port-restricted", "symmetric", "double")
+EXPECTED_NAT = {
+    "public": ("endpoint-independent", "endpoint-independent"),
+    "full-cone": ("endpoint-independent", "endpoint-independent"),
+    "port-restricted": ("endpoint-independent", "address-and-port-dependent"),
+    "symmetric": ("address-and-port-dependent", "address-and-port-dependent"),
+    "double": ("endpoint-independent", "address-and-port-dependent"),
+    "shared": ("endpoint-independent", "address-and-port-dependent"),
+}
+"""RFC 4787 (mapping, filtering) that ``shoal doctor`` must report in each kind of site."""
+
+
+def all_pairs() -> list[tuple[str, str]]:
+    """Every ordered (sender, receiver) pair of kinds, plus two hosts behind one NAT."""
+    return [(a, b) for a in PAIR_KINDS for b in PAIR_KINDS] + [("shared", "shared")]
+
+
+def expected_path(sender: str, receiver: str) -> str:
+    """Direct for every pair except two NATs that both map per destination."""
+    return "relay" if sender == receiver == "symmetric" else "direct"
+
+
+def strategy_class(sender: str, receiver: str) -> str:
+    kinds = {sender, receiver}
+    if "public" in kinds or "full-cone" in kinds:
+        return "direct"
+    if kinds == {"symmetric"}:
+        return "relay"
+    if "symmetric" in kinds:
+        return "birthday"
+    return "cone"
+
+
+@dataclass(slots=True)
+class Trial:
+    sender: str
+    receiver: str
+    delivered: bool
+    path: str | None
+    ms: float | None
+    received_path: str | None
+    error: str | None = None
+
+
+class Matrix:
+    """A running lab plus introducer; ``run(sender_kind, receiver_kind)`` is one trial."""
+
+    def __init__(self, workdir: Path, *, delay: float = 0.0, loss: float = 0.0,
+                 seed: int = 0, timeout: float = 30.0) -> None:
+        self.workdir = workdir
+        self.timeout = timeout
+        sites = [(f"{kind}-{n}", kind) for kind in PAIR_KINDS for n in (1, 2)]
+        sites.append(("shared", "shared"))
+        self.lab = NatLab(sites, delay=delay, loss=loss, seed=seed)
+        self.env = {"SHOAL_NO_LAN": "1", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+    def __enter__(self) -> Matrix:
+        self.lab.__enter__()
+        try:
+            introducer = self.lab.spawn(
+                self.lab.server,
+                self._shoal("introducer", "--listen", self.lab.introducer_address,
+                            "--alternate", self.lab.alternate_address,
+                            "--identity", str(self.workdir / "introducer.key")),
+                stdout=subprocess.PIPE, text=True, env=self.env,
+            )
+            assert introducer.stdout is not None
+            ready = json.loads(introducer.stdout.readline())
+            if ready.get("event") != "ready":
+                raise RuntimeError(f"introducer did not start: {ready}")
+        except BaseException:
+            self.lab.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lab.close()
+
+    def hosts(self, sender: str, receiver: str) -> tuple[Host, Host]:
+        if sender == receiver == "shared":
+            return self.lab.host("shared", 0), self.lab.host("shared", 1)
+        if sender == receiver:
+            return self.lab.host(f"{sender}-1"), self.lab.host(f"{receiver}-2")
+        return self.lab.host(f"{sender}-1"), self.lab.host(f"{receiver}-1")
+
+    def doctor(self, site: str, index: int = 0) -> dict:
+        """``shoal doctor --json`` run in one site's host."""
+        host = self.lab.host(site, index)
+        result = subprocess.run(
+            self.lab.command(host, self._shoal(
+                "doctor", "--introducer", self.lab.introducer_address,
+                "--identity", str(self.workdir / f"{host.netns}.key"))),
+            capture_output=True, text=True, env=self.env, timeout=60, check=False,
+        )
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def run(self, sender: str, receiver: str, text: str = "across the NATs") -> Trial:
+        self.lab.flush_conntrack()
+        source, target = self.hosts(sender, receiver)
+        listener = self.lab.spawn(
+            target,
+            self._shoal("listen", "--introducer", self.lab.introducer_address,
+                        "--identity", str(self.workdir / f"{target.netns}.key")),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
+        )
+        try:
+            assert listener.stdout is not None
+            peer_id = None
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                line = listener.stdout.readline()
+                if not line:
+                    break
+                event = json.loads(line)
+                if event["event"] == "ready":
+                    peer_id = event["peer_id"]
+                elif event["event"] == "nat":
+                    break
+            if peer_id is None:
+                return Trial(sender, receiver, False, None, None, None, "listener not ready")
+            sent = subprocess.run(
+                self.lab.command(source, self._shoal(
+                    "send", "--introducer", self.lab.introducer_address,
+                    "--timeout", str(self.timeout), "--to", peer_id, text,
+                    "--identity", str(self.workdir / f"{source.netns}.key"))),
+                capture_output=True, text=True, env=self.env, timeout=self.timeout + 30,
+                check=False,
+            )
+            outcome = json.loads((sent.stdout.strip().splitlines() or ["{}"])[-1])
+            if outcome.get("event") != "delivered":
+                return Trial(sender, receiver, False, None, None, None,
+                             outcome.get("message") or sent.stderr[-300:])
+            message = json.loads(listener.stdout.readline())
+            ok = message.get("event") == "message" and message.get("data") == text
+            return Trial(sender, receiver, ok, outcome["path"], outcome["ms"],
+                         message.get("path"))
+        finally:
+            listener.terminate()
+            try:
+                listener.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                listener.kill()
+                listener.wait()
+
+    def _shoal(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "shoal.cli.main", *args, "--json"]
+
+
+def trial_dict(trial: Trial) -> dict:
+    return asdict(trial)
