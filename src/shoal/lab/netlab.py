@@ -81,6 +81,8 @@ class NatLab:
     (probability) apply to every site's access link.
     """
 
+    _count = 0
+
     def __init__(
         self,
         sites: Sequence[tuple[str, str]],
@@ -97,7 +99,8 @@ class NatLab:
                 raise LabError(f"site {name!r}: unknown kind {kind!r} (one of {', '.join(KINDS)})")
         if len(sites) > 80:
             raise LabError("at most 80 sites")
-        self.tag = tag or f"l{os.getpid() % 10000}"
+        NatLab._count += 1
+        self.tag = tag or f"l{os.getpid() % 1000}{NatLab._count % 100}"
         self.delay = delay
         self.loss = loss
         self.seed = seed
