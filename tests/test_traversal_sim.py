@@ -45,8 +45,10 @@ def _lab(seed: int, kinds: list[str], profile: LinkProfile | None = None,
     net = SimNetwork(seed=seed, profile=profile or LinkProfile(latency=0.025))
     introducer = net.add_node(config=CoreConfig(introducer=True), address=INTRODUCER)
     net.bind(introducer, -1, (INTRODUCER[0], ALTERNATE[1]))
-    net.bind(introducer, -2, ALTERNATE)
-    introducer.endpoint.set_stun_alternate(INTRODUCER, ALTERNATE, port_socket=-1, both_socket=-2)
+    net.bind(introducer, -2, (ALTERNATE[0], INTRODUCER[1]))
+    net.bind(introducer, -3, ALTERNATE)
+    introducer.endpoint.set_stun_alternate(INTRODUCER, ALTERNATE, port_socket=-1, ip_socket=-2,
+                                           both_socket=-3)
     nodes = []
     for index, kind in enumerate(kinds, start=1):
         behaviour = KINDS[kind]
@@ -293,3 +295,17 @@ def test_a_sender_that_has_not_finished_its_nat_check_replans(kind_a: str, kind_
     assert net.run(30, until=lambda: _delivery(a, handle) is not None)
     assert _delivery(a, handle).path == path  # type: ignore[union-attr]
     assert net.now - start < 10.0
+
+
+def test_a_new_public_address_triggers_a_new_nat_check() -> None:
+    net, _, (node,) = _lab(8, ["port-restricted"])
+    checks = sum(isinstance(e, ev.NatDetected) for e in node.events)
+    assert checks == 1
+    # The node moves behind a symmetric NAT (a new network): the introducer sees the new
+    # address on the next packet, says so, and the node checks its NAT again.
+    symmetric = net.add_nat("198.51.100.99", mapping=APD, filtering=APD)
+    node.nat = symmetric
+    net.move(node, ("10.99.0.2", 7000))
+    node.endpoint.set_local_addresses([node.address])
+    assert net.run(40, until=lambda: sum(isinstance(e, ev.NatDetected) for e in node.events) > 1)
+    assert node.endpoint.nat.hard

@@ -28,7 +28,8 @@ __all__ = ["Delivery", "Message", "NatReport", "Node", "PeerInfo"]
 NETWORK_POLL = 5.0
 """Seconds between checks of the local addresses (a change re-runs the NAT check)."""
 ALTERNATE_PORT_SOCKET = -1
-ALTERNATE_BOTH_SOCKET = -2
+ALTERNATE_IP_SOCKET = -2
+ALTERNATE_BOTH_SOCKET = -3
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,7 @@ class Node:
         sockets = {}
         try:
             for socket_id, address in ((ALTERNATE_PORT_SOCKET, (host, other[1])),
+                                       (ALTERNATE_IP_SOCKET, (other[0], bound[1])),
                                        (ALTERNATE_BOTH_SOCKET, other)):
                 sockets[socket_id] = open_udp_socket(*address)
         except OSError as exc:
@@ -157,6 +159,7 @@ class Node:
         for socket_id, sock in sockets.items():
             self._driver.add_socket(socket_id, sock)
         self.endpoint.set_stun_alternate(bound, other, port_socket=ALTERNATE_PORT_SOCKET,
+                                         ip_socket=ALTERNATE_IP_SOCKET,
                                          both_socket=ALTERNATE_BOTH_SOCKET)
 
     async def _watch_network(self) -> None:

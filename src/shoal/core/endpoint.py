@@ -127,12 +127,14 @@ class _Introducer:
 
 @dataclass(slots=True)
 class _StunAlternate:
-    """A STUN server's other addresses (RFC 5780) and the sockets that send from them."""
+    """A STUN server's four addresses (RFC 5780), keyed by (other IP?, other port?)."""
 
-    primary: Address
     other: Address
-    port_socket: int
-    both_socket: int
+    sockets: dict[tuple[bool, bool], int]
+    addresses: dict[tuple[bool, bool], Address]
+
+    def place(self, socket: int) -> tuple[bool, bool] | None:
+        return next((k for k, s in self.sockets.items() if s == socket), None)
 
 
 @dataclass(slots=True)
@@ -315,14 +317,23 @@ class Endpoint:
         self._nat = nat
 
     def set_stun_alternate(
-        self, primary: Address, other: Address, *, port_socket: int, both_socket: int
+        self, primary: Address, other: Address, *, port_socket: int, ip_socket: int,
+        both_socket: int,
     ) -> None:
-        """Answer RFC 5780 CHANGE-REQUESTs: this node listens at ``primary`` on socket 0,
-        at the primary IP with ``other``'s port on ``port_socket`` and at ``other`` on
-        ``both_socket`` (negative ids the driver has opened and feeds datagrams from)."""
-        if port_socket >= 0 or both_socket >= 0:
+        """Act as an RFC 5780 STUN server. This node listens at ``primary`` on socket 0 and
+        the driver has opened (and feeds datagrams from) negative-id sockets at the
+        primary IP with the other port (``port_socket``), the other IP with the primary
+        port (``ip_socket``) and ``other`` itself (``both_socket``)."""
+        if max(port_socket, ip_socket, both_socket) >= 0:
             raise LocalProtocolError("alternate STUN sockets use negative ids")
-        self._stun_alternate = _StunAlternate(primary, other, port_socket, both_socket)
+        (ip1, port1), (ip2, port2) = primary, other
+        self._stun_alternate = _StunAlternate(
+            other,
+            {(False, False): 0, (False, True): port_socket, (True, False): ip_socket,
+             (True, True): both_socket},
+            {(False, False): primary, (False, True): (ip1, port2), (True, False): (ip2, port1),
+             (True, True): other},
+        )
 
     def sockets_to_close(self) -> list[int]:
         """Pool sockets the driver should close now (their punch is over)."""
@@ -530,6 +541,9 @@ class Endpoint:
                     continue  # already failed or cancelled
                 self._events.append(event)
             session.events.clear()
+        if session.rebound:
+            session.rebound = False
+            session.queue_control(ObservedAddress(session.address))
         if session.control_in:
             frames = session.control_in
             session.control_in = []
@@ -663,13 +677,11 @@ class Endpoint:
         alternate = self._stun_alternate
         txid = message.transaction_id
         answer = stun.encode_binding_success(txid, address)
-        if alternate is not None and socket == 0:
-            reply_socket, origin = 0, alternate.primary
-            if message.change & stun.CHANGE_IP:
-                reply_socket, origin = alternate.both_socket, alternate.other
-            elif message.change & stun.CHANGE_PORT:
-                reply_socket, origin = alternate.port_socket, (alternate.primary[0],
-                                                               alternate.other[1])
+        place = alternate.place(socket) if alternate is not None else None
+        if alternate is not None and place is not None:
+            reply = (place[0] != bool(message.change & stun.CHANGE_IP),
+                     place[1] != bool(message.change & stun.CHANGE_PORT))
+            reply_socket, origin = alternate.sockets[reply], alternate.addresses[reply]
             rich = stun.encode_binding_success(txid, address, other=alternate.other, origin=origin)
             if len(rich) <= message.size:
                 self._send(rich, address, reply_socket)

@@ -153,6 +153,8 @@ class Session:
         self.final_deadline = 0.0
         self.final_backoff = config.handshake_retry
         self.wanted = True
+        self.rebound = False
+        """The peer's address changed (NAT rebinding) and it has not been told yet."""
         self.closed = False
         self.close_reason = ""
         self.events: list[ev.Event] = []
@@ -224,6 +226,7 @@ class Session:
         self.last_received = now
         if newest and address != self.address:
             self.address = address
+            self.rebound = True
         if not self.confirmed:
             self.confirmed = True
             self.final_datagram = None

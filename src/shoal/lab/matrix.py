@@ -10,11 +10,14 @@ on the receiver, waits until it has registered and learned its NAT kind, then ru
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 from shoal.lab.netlab import Host, NatLab
 
@@ -41,7 +44,10 @@ def expected_path(sender: str, receiver: str) -> str:
 
 
 def strategy_class(sender: str, receiver: str) -> str:
+    """How the pair is expected to connect: direct, cone, birthday, relay or lan."""
     kinds = {sender, receiver}
+    if kinds == {"shared"}:
+        return "lan"
     if "public" in kinds or "full-cone" in kinds:
         return "direct"
     if kinds == {"symmetric"}:
@@ -77,17 +83,21 @@ class Matrix:
     def __enter__(self) -> Matrix:
         self.lab.__enter__()
         try:
-            introducer = self.lab.spawn(
-                self.lab.server,
-                self._shoal("introducer", "--listen", self.lab.introducer_address,
-                            "--alternate", self.lab.alternate_address,
-                            "--identity", str(self.workdir / "introducer.key")),
-                stdout=subprocess.PIPE, text=True, env=self.env,
-            )
-            assert introducer.stdout is not None
-            ready = json.loads(introducer.stdout.readline())
-            if ready.get("event") != "ready":
-                raise RuntimeError(f"introducer did not start: {ready}")
+            # Its event log goes to a file: an unread pipe would fill and stall it.
+            log = self.workdir / "introducer.log"
+            with log.open("w") as sink:
+                self.lab.spawn(
+                    self.lab.server,
+                    self._shoal("introducer", "--listen", self.lab.introducer_address,
+                                "--alternate", self.lab.alternate_address,
+                                "--identity", str(self.workdir / "introducer.key")),
+                    stdout=sink, text=True, env=self.env,
+                )
+            deadline = time.monotonic() + 20
+            while '"ready"' not in log.read_text():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"introducer did not start: {log.read_text()!r}")
+                time.sleep(0.05)
         except BaseException:
             self.lab.close()
             raise
@@ -125,13 +135,10 @@ class Matrix:
         )
         try:
             assert listener.stdout is not None
+            events = _EventReader(listener.stdout)
             peer_id = None
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                line = listener.stdout.readline()
-                if not line:
-                    break
-                event = json.loads(line)
+            while (event := events.next(deadline)) is not None:
                 if event["event"] == "ready":
                     peer_id = event["peer_id"]
                 elif event["event"] == "nat":
@@ -150,7 +157,7 @@ class Matrix:
             if outcome.get("event") != "delivered":
                 return Trial(sender, receiver, False, None, None, None,
                              outcome.get("message") or sent.stderr[-300:])
-            message = json.loads(listener.stdout.readline())
+            message = events.next(time.monotonic() + 10) or {}
             ok = message.get("event") == "message" and message.get("data") == text
             return Trial(sender, receiver, ok, outcome["path"], outcome["ms"],
                          message.get("path"))
@@ -168,3 +175,24 @@ class Matrix:
 
 def trial_dict(trial: Trial) -> dict:
     return asdict(trial)
+
+
+class _EventReader:
+    """JSON lines from a process's stdout, read by a thread so waits can time out."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def next(self, deadline: float) -> dict | None:
+        """The next event, or None at end of output or at ``deadline``."""
+        try:
+            line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return None
+        return None if line is None else json.loads(line)
