@@ -9,6 +9,7 @@ the sites and checks delivery and the path taken.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -64,3 +65,26 @@ def test_every_pair_delivers_with_five_percent_loss(lossy_matrix: Matrix) -> Non
         if not trial.delivered:
             failures.append(trial)
     assert failures == []
+
+
+NATDISCOVERY_VERDICTS = {
+    "endpoint-independent": "Endpoint Independent",
+    "address-dependent": "Address Dependent",
+    "address-and-port-dependent": "Address and Port Dependent",
+}
+
+
+@pytest.mark.parametrize("site", ["full-cone-1", "port-restricted-1", "symmetric-1"])
+def test_coturn_natdiscovery_agrees_with_the_introducers_rfc5780_answers(
+    matrix: Matrix, site: str
+) -> None:
+    """coturn's RFC 5780 client, pointed at a Shoal introducer, names the same kinds."""
+    host = matrix.lab.host(site)
+    result = subprocess.run(
+        matrix.lab.command(host, ["turnutils_natdiscovery", "-m", "-f", "-P", "-p", "7000",
+                                  "203.0.113.2"]),
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    mapping, filtering = EXPECTED_NAT[matrix.lab.sites[site].kind]
+    assert f"NAT with {NATDISCOVERY_VERDICTS[mapping]} Mapping!" in result.stdout, result.stdout
+    assert f"NAT with {NATDISCOVERY_VERDICTS[filtering]} Filtering!" in result.stdout
