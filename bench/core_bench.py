@@ -1,7 +1,8 @@
 """Benchmark of the core over real UDP sockets on loopback; prints one JSON object.
 
 Two nodes run in two processes (one per core):
-- acknowledged 1 KiB messages per second, with up to ``--window`` messages in flight;
+- acknowledged 1 KiB messages per second, with up to ``--window`` messages in flight
+  (``Node.send_nowait``; also with one awaited ``Node.send`` task per message);
 - round trip (send until acknowledged) of one small message at a time, p50 and p99;
 - datagrams per second through the receive path (1200-byte datagrams blasted at a node).
 
@@ -56,6 +57,36 @@ def receiver(ready: mp.Queue, stop: mp.Event, seed: bytes) -> None:
 
 
 async def _throughput(node: shoal.Node, peer: str, count: int, window: int) -> float:
+    """Acknowledged messages per second, ``window`` in flight, via ``Node.send_nowait``."""
+    payload = os.urandom(1024)
+    finished = asyncio.get_running_loop().create_future()
+    sent = acked = 0
+
+    def launch() -> None:
+        nonlocal sent
+        sent += 1
+        node.send_nowait(peer, payload).add_done_callback(on_done)
+
+    def on_done(future: asyncio.Future) -> None:
+        nonlocal acked
+        if future.exception() is not None and not finished.done():
+            finished.set_exception(future.exception())
+            return
+        acked += 1
+        if sent < count:
+            launch()
+        elif acked == count and not finished.done():
+            finished.set_result(None)
+
+    started = time.perf_counter()
+    for _ in range(min(window, count)):
+        launch()
+    await finished
+    return count / (time.perf_counter() - started)
+
+
+async def _throughput_awaiting(node: shoal.Node, peer: str, count: int, window: int) -> float:
+    """The same with one awaited ``Node.send`` per message (a task each)."""
     payload = os.urandom(1024)
     semaphore = asyncio.Semaphore(window)
 
@@ -114,6 +145,8 @@ def main() -> None:
             rate = await _throughput(node, peer, args.messages, args.window)
             result["acked_messages_per_s"] = round(rate)
             result["acked_mbit_per_s"] = round(rate * 1024 * 8 / 1e6, 1)
+            awaiting = await _throughput_awaiting(node, peer, args.messages // 2, args.window)
+            result["acked_messages_per_s_awaiting_send"] = round(awaiting)
             samples = await _round_trips(node, peer, args.round_trips)
             samples.sort()
             result["rtt_p50_ms"] = round(statistics.median(samples) * 1000, 3)

@@ -98,6 +98,7 @@ class Node:
         self._lan: object | None = None
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
         self._waiters: dict[int, tuple[asyncio.Future[Delivery], float]] = {}
+        self._handles: dict[asyncio.Future[Delivery], int] = {}
         self._stun_waiters: dict[int, asyncio.Future[ev.StunResult]] = {}
         self._connected: dict[str, asyncio.Event] = {}
         self._observed: asyncio.Event = asyncio.Event()
@@ -276,6 +277,25 @@ class Node:
 
         Raises ``DeliveryError`` (``ETIMEDOUT``, ``EHOSTUNREACH``, ...) if it was not.
         """
+        future = self.send_nowait(peer_id, data)
+        if timeout is None:
+            return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            self._cancel(future, timeout)
+            raise DeliveryError(
+                f"{peer_id[:16]}… did not acknowledge within {timeout:g} s", code="ETIMEDOUT"
+            ) from None
+
+    def send_nowait(self, peer_id: str, data: bytes) -> asyncio.Future[Delivery]:
+        """Queue ``data`` for ``peer_id`` and return a future of its ``Delivery``.
+
+        The cheap form of ``send`` for many messages in flight: no task per message, and
+        messages queued in one loop iteration leave together. The future fails with
+        ``DeliveryError`` when the message cannot be delivered (after ``message_timeout``
+        of the config at the latest).
+        """
         driver = self._require_driver()
         if not isinstance(data, bytes | bytearray | memoryview):
             raise LocalProtocolError("message data must be bytes")
@@ -283,19 +303,17 @@ class Node:
         handle = self.endpoint.send_message(peer_id, bytes(data), now)
         future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
         self._waiters[handle] = (future, now)
-        driver.flush()
-        try:
-            if timeout is None:
-                return await future
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            self.endpoint.cancel_message(handle, driver.now(), "timed out")
-            driver.flush()
-            raise DeliveryError(
-                f"{peer_id[:16]}… did not acknowledge within {timeout:g} s", code="ETIMEDOUT"
-            ) from None
-        finally:
-            self._waiters.pop(handle, None)
+        self._handles[future] = handle
+        driver.flush_soon()
+        return future
+
+    def _cancel(self, future: asyncio.Future[Delivery], timeout: float) -> None:
+        handle = self._handles.pop(future, None)
+        if handle is None or self._driver is None or self._closed:
+            return
+        self._waiters.pop(handle, None)
+        self.endpoint.cancel_message(handle, self._driver.now(), f"timed out after {timeout:g} s")
+        self._driver.flush_soon()
 
     async def messages(self) -> AsyncIterator[Message]:
         """Every direct message received, until the node closes."""
@@ -390,14 +408,20 @@ class Node:
         if isinstance(event, ev.MessageReceived):
             self._inbox.put_nowait(Message(event.peer_id, event.data, event.path))
         elif isinstance(event, ev.MessageDelivered):
-            waiter = self._waiters.get(event.handle)
-            if waiter is not None and not waiter[0].done():
-                seconds = self._driver.now() - waiter[1] if self._driver else 0.0
-                waiter[0].set_result(Delivery(event.peer_id, event.path, seconds))
+            waiter = self._waiters.pop(event.handle, None)
+            if waiter is not None:
+                future = waiter[0]
+                self._handles.pop(future, None)
+                if not future.done():
+                    seconds = self._driver.now() - waiter[1] if self._driver else 0.0
+                    future.set_result(Delivery(event.peer_id, event.path, seconds))
         elif isinstance(event, ev.MessageFailed):
-            waiter = self._waiters.get(event.handle)
-            if waiter is not None and not waiter[0].done():
-                waiter[0].set_exception(DeliveryError(event.reason, code=event.code))
+            waiter = self._waiters.pop(event.handle, None)
+            if waiter is not None:
+                future = waiter[0]
+                self._handles.pop(future, None)
+                if not future.done():
+                    future.set_exception(DeliveryError(event.reason, code=event.code))
         elif isinstance(event, ev.PeerConnected):
             waiter_key = f"addr:{event.address[0]}:{event.address[1]}"
             if waiter_key in self._connected:

@@ -76,6 +76,7 @@ class UdpDriver:
         self._timer_at: float | None = None
         self._dual_stack = sock.family == socket.AF_INET6
         self._closed = False
+        self._flush_scheduled = False
         self.send_errors = 0
         self.add_socket(0, sock)
 
@@ -135,8 +136,16 @@ class UdpDriver:
             self.add_socket(socket_id, sock)
         return sock
 
+    def flush_soon(self) -> None:
+        """Flush once the current callback returns: commands issued together (many sends
+        in one loop iteration) then share one pass, and their packets one burst."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
     def flush(self) -> None:
         """Send what the core produced, deliver its events and re-arm the timer."""
+        self._flush_scheduled = False
         if self._closed:
             return
         now = time.monotonic()

@@ -30,7 +30,6 @@ alternate address answers from sockets with negative ids that its driver registe
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -189,7 +188,9 @@ class Endpoint:
         self._observed: dict[bytes, Address] = {}
         self._next_handle = 1
         self._message_peer: dict[int, bytes] = {}
-        self._deadlines: list[tuple[float, int]] = []
+        # Every message gets the same timeout, so deadlines arrive in order: a FIFO, from
+        # which delivered messages are dropped lazily.
+        self._deadlines: deque[tuple[float, int]] = deque()
         self._stun: dict[bytes, _StunQuery] = {}
         self._buckets: dict[str, _TokenBucket] = {}
         self._events: deque[ev.Event] = deque()
@@ -264,7 +265,10 @@ class Endpoint:
         handle = self._next_handle
         self._next_handle += 1
         self._message_peer[handle] = peer
-        heapq.heappush(self._deadlines, (now + self.config.message_timeout, handle))
+        self._deadlines.append((now + self.config.message_timeout, handle))
+        if len(self._deadlines) > 2 * len(self._message_peer) + 1024:
+            live = self._message_peer
+            self._deadlines = deque(d for d in self._deadlines if d[1] in live)
         state = self._peer(peer)
         session = state.session
         if session is not None and not session.closed:
@@ -429,8 +433,9 @@ class Endpoint:
                 handshake.backoff = min(handshake.backoff * 2, 2.0)
                 handshake.next_retry = now + handshake.backoff
                 self._send(handshake.datagram, handshake.address, handshake.socket)
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, handle = heapq.heappop(self._deadlines)
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in self._message_peer):
+            _, handle = deadlines.popleft()
             peer = self._message_peer.get(handle)
             if peer is not None:
                 state = self._peers.get(peer)
@@ -469,6 +474,8 @@ class Endpoint:
             candidates.append(handshake.deadline)
             if handshake.initiator:
                 candidates.append(handshake.next_retry)
+        while self._deadlines and self._deadlines[0][1] not in self._message_peer:
+            self._deadlines.popleft()
         if self._deadlines:
             candidates.append(self._deadlines[0][0])
         for query in self._stun.values():

@@ -40,12 +40,14 @@ from shoal.core.wire import (
     Address,
     Close,
     Frame,
+    FrameType,
     HandshakeDone,
     MessageFragment,
     PacketKind,
     Ping,
     RelayPath,
     decode_frames,
+    decode_varint,
     encode_ack,
     encode_frame,
     encode_varint,
@@ -55,6 +57,7 @@ from shoal.errors import RemoteProtocolError
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
 _PACK_PN = struct.Struct("<Q").pack
 _PING = encode_frame(Ping())
+_MESSAGE = int(FrameType.MESSAGE)
 MAX_MESSAGE_WINDOW = 1 << 16
 
 CLOSE_NORMAL = 0
@@ -232,10 +235,24 @@ class Session:
             self.final_datagram = None
         eliciting = False
         try:
-            for frame in decode_frames(payload):
+            pos, end = 0, len(payload)
+            # MESSAGE frames are parsed here, without a frame object: they are most of the
+            # traffic. The first other frame hands the rest of the payload to the codec.
+            while pos < end and payload[pos] == _MESSAGE:
+                eliciting = True
+                message_id, pos = decode_varint(payload, pos + 1)
+                total, pos = decode_varint(payload, pos)
+                offset, pos = decode_varint(payload, pos)
+                size, pos = decode_varint(payload, pos)
+                if pos + size > end or offset + size > total:
+                    raise RemoteProtocolError("message fragment beyond its bounds")
+                self._on_fragment(message_id, total, offset, payload[pos : pos + size])
+                pos += size
+            for frame in decode_frames(payload, pos) if pos < end else ():
                 if isinstance(frame, MessageFragment):
                     eliciting = True
-                    self._on_fragment(frame)
+                    self._on_fragment(frame.message_id, frame.total_length, frame.offset,
+                                      frame.data)
                 elif isinstance(frame, Ack):
                     self._on_ack(frame, now)
                 elif isinstance(frame, Ping | HandshakeDone):
@@ -254,34 +271,39 @@ class Session:
             self.ack_pending = True
         return True
 
-    def _on_fragment(self, frame: MessageFragment) -> None:
-        message_id = frame.message_id
+    def _on_fragment(self, message_id: int, total: int, offset: int, data: bytes) -> None:
         if message_id < self.delivered_floor or message_id in self.delivered_above:
             return
         if message_id >= self.delivered_floor + MAX_MESSAGE_WINDOW:
             raise RemoteProtocolError("message id too far ahead")
-        if frame.total_length > self.config.max_message_size:
+        if total > self.config.max_message_size:
             raise RemoteProtocolError("message larger than this node accepts")
         entry = self.incoming.get(message_id)
-        if entry is None:
-            entry = self.incoming[message_id] = _Reassembly(frame.total_length)
-        elif entry.total != frame.total_length:
-            raise RemoteProtocolError("message fragments disagree on length")
-        if frame.offset in entry.parts:
+        if entry is None and offset == 0 and len(data) == total:
+            self._deliver(message_id, data)  # the whole message in one fragment
             return
-        size = len(frame.data)
+        if entry is None:
+            entry = self.incoming[message_id] = _Reassembly(total)
+        elif entry.total != total:
+            raise RemoteProtocolError("message fragments disagree on length")
+        if offset in entry.parts:
+            return
+        size = len(data)
         if self.incoming_bytes + size > self.config.max_reassembly_bytes:
             raise RemoteProtocolError("peer exceeded the reassembly budget")
-        entry.parts[frame.offset] = frame.data
+        entry.parts[offset] = data
         entry.received += size
         self.incoming_bytes += size
         if entry.received < entry.total or (entry.total == 0 and not entry.parts):
             return
-        data = b"".join(entry.parts[k] for k in sorted(entry.parts))
+        whole = b"".join(entry.parts[k] for k in sorted(entry.parts))
         del self.incoming[message_id]
         self.incoming_bytes -= entry.received
-        if len(data) != entry.total:
+        if len(whole) != entry.total:
             raise RemoteProtocolError("message fragments overlap")
+        self._deliver(message_id, whole)
+
+    def _deliver(self, message_id: int, data: bytes) -> None:
         self.delivered_above.add(message_id)
         while self.delivered_floor in self.delivered_above:
             self.delivered_above.discard(self.delivered_floor)

@@ -351,9 +351,8 @@ def _decode_ack(buf: bytes, pos: int) -> tuple[Ack, int]:
     return Ack(tuple(ranges), delay), pos
 
 
-def decode_frames(payload: bytes) -> Iterator[Frame]:
-    """Yield the frames in a decrypted DATA payload."""
-    pos = 0
+def decode_frames(payload: bytes, pos: int = 0) -> Iterator[Frame]:
+    """Yield the frames in a decrypted DATA payload, from byte ``pos`` on."""
     end = len(payload)
     dv = decode_varint
     while pos < end:
