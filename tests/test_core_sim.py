@@ -150,9 +150,11 @@ def test_forged_and_replayed_datagrams_are_dropped_and_counted() -> None:
 
     def drops() -> int:
         stats = b.endpoint.stats
-        return stats["dropped_unauthenticated"] + stats["dropped_unknown_session"]
+        return (stats["dropped_unauthenticated"] + stats["dropped_unknown_session"]
+                + stats["dropped_replay"])
 
     before = drops()
+    replays_before = b.endpoint.stats["dropped_replay"]
     for data in captured:  # replay every packet
         b.endpoint.receive_datagram(data, a.address, net.now)
     forged = bytearray(captured[0])
@@ -164,6 +166,7 @@ def test_forged_and_replayed_datagrams_are_dropped_and_counted() -> None:
     net.flush(b)
     assert [m.data for m in b.received()] == [b"once"]
     assert drops() - before == len(captured) + 2
+    assert b.endpoint.stats["dropped_replay"] - replays_before >= len(captured)
 
 
 def test_short_init_gets_no_answer_and_answers_never_amplify() -> None:

@@ -533,7 +533,7 @@ class Endpoint:
             self.stats["dropped_unknown_session"] += 1
             return
         if not session.receive(data, address, now):
-            self.stats["dropped_unauthenticated"] += 1
+            self.stats[f"dropped_{session.drop_reason}"] += 1
             return
         self._after_session(session, now)
 

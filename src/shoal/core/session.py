@@ -158,6 +158,7 @@ class Session:
         self.wanted = True
         self.rebound = False
         """The peer's address changed (NAT rebinding) and it has not been told yet."""
+        self.drop_reason = ""
         self.closed = False
         self.close_reason = ""
         self.events: list[ev.Event] = []
@@ -212,9 +213,11 @@ class Session:
     # ------------------------------------------------------------------ receiving
 
     def receive(self, datagram: bytes, address: Address, now: float) -> bool:
-        """Authenticate and process one DATA packet; False if it was dropped."""
+        """Authenticate and process one DATA packet; False if it was dropped (the reason
+        is then in ``drop_reason``: "replay" or "unauthenticated")."""
         _, _, pn = DATA_HEADER.unpack_from(datagram)
         if not self.replay.check(pn):
+            self.drop_reason = "replay"
             return False
         try:
             payload = self._recv.decrypt(
@@ -223,6 +226,7 @@ class Session:
                 datagram[:DATA_HEADER_SIZE],
             )
         except InvalidTag:
+            self.drop_reason = "unauthenticated"
             return False
         newest = pn > self.replay.highest
         self.replay.record(pn)
