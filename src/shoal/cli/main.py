@@ -1,4 +1,4 @@
-"""``shoal`` commands: id, introducer, listen, send, doctor.
+"""``shoal`` commands: id, introducer, listen, send, doctor, and init, run, dev for apps.
 
 With ``--json`` every command prints one JSON object per line and per event. Errors are
 one line on stderr (or an ``{"event": "error"}`` object with ``--json``) and a non-zero
@@ -338,6 +338,84 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
                 click.echo(f"{server['kind']:<10}  {server['server']}: {answer}")
             click.echo(f"meaning:    {nat.summary()}")
         return 0 if nat.udp else EXIT_ERROR
+
+    _run(output, body)
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--template", type=click.Choice(["blank", "chat"]), default="blank",
+              show_default=True, help="What the new app starts from.")
+@click.option("--name", help="The app's name (default: the folder's name).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_guard
+def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
+    """Create a new app in FOLDER: index.html, app.js, app.py, shoal.toml and a test."""
+    from shoal.runtime.scaffold import create_app
+
+    output = Output(as_json)
+    written = create_app(folder, template=template, name=name)
+    output.event("created", f"created {folder} ({template}); run it with: shoal run {folder}",
+                 folder=str(folder), template=template, files=[str(p) for p in written])
+
+
+def _app_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.argument("folder", type=click.Path(file_okay=False, path_type=Path),
+                          default=Path("."))(func)
+    func = click.option("--browser", is_flag=True,
+                        help="Serve for a browser instead of opening a window.")(func)
+    func = click.option("--port", default=0, type=click.IntRange(0, 65535),
+                        help="Port of the local app server (default: any free port).")(func)
+    func = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+                        help="The app's own data folder (default: in the user data dir).")(func)
+    func = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")(func)
+    return func
+
+
+@cli.command()
+@_app_options
+@_guard
+def run(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool) -> None:
+    """Open the app in FOLDER in a native window (or a browser with --browser)."""
+    _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json, dev=False)
+
+
+@cli.command()
+@_app_options
+@_guard
+def dev(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool) -> None:
+    """Like run, and reload the page whenever a file of the app changes."""
+    _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json, dev=True)
+
+
+def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, as_json: bool,
+             dev: bool) -> None:
+    from shoal.runtime.config import load_config
+    from shoal.runtime.host import AppHost
+    from shoal.runtime.window import gui_unavailable, run_in_window
+
+    output = Output(as_json)
+    load_config(folder)  # bad config: one clear line before anything starts
+    if not browser:
+        reason = gui_unavailable()
+        if reason is None:
+            started = time.monotonic()
+
+            def ready(url: str) -> None:
+                ms = round((time.monotonic() - started) * 1000, 1)
+                output.event("ready", f"window open ({ms} ms)", mode="window", ms=ms)
+
+            run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready)
+            return
+        output.event("notice", f"no native window: {reason}; serving for a browser instead",
+                     reason=reason)
+
+    async def body() -> int:
+        async with AppHost(folder, data_dir=data_dir, dev=dev, port=port) as host:
+            output.event("ready", f"open {host.url} in a browser", mode="browser",
+                         url=host.url, dev=dev)
+            await asyncio.Event().wait()
+        return 0
 
     _run(output, body)
 

@@ -1,0 +1,11 @@
+"""The app runtime: web apps with a checked JS API, in a native window or a browser tab.
+
+An app is a folder with ``shoal.toml``, web files and optionally ``app.py``; see
+``docs/runtime.md``. ``expose`` marks ``app.py`` functions the page may ``invoke``.
+"""
+
+from shoal.runtime.config import AppConfig, ConfigError, load_config
+from shoal.runtime.host import AppHost
+from shoal.runtime.netapi import expose
+
+__all__ = ["AppConfig", "AppHost", "ConfigError", "expose", "load_config"]

@@ -1,0 +1,305 @@
+// Shoal's JS API: import { fs, os, path, network, dgram, window, dialog, notification,
+// clipboard, invoke } from "shoal:api". Every call goes over one WebSocket to the Python
+// host, which checks it against the app's shoal.toml. Promises everywhere; binary data is
+// Uint8Array; failures are ShoalError with a code (EPERM, ENOENT, ...).
+
+export class ShoalError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = "ShoalError";
+    this.code = code;
+  }
+}
+
+const SECRET_KEY = "shoal.secret";
+
+function takeSecret() {
+  const match = location.hash.match(/[#&]shoal=([A-Za-z0-9_-]+)/);
+  if (match) {
+    sessionStorage.setItem(SECRET_KEY, match[1]);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem(SECRET_KEY) || "";
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const pending = new Map();
+const listeners = new Map();
+let nextId = 1;
+let socket = null;
+let opened = null;
+
+function connect() {
+  if (opened) return opened;
+  opened = new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://${location.host}/_shoal/bridge?secret=${takeSecret()}`);
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => { socket = ws; resolve(ws); };
+    ws.onerror = () => reject(new ShoalError("ECONNREFUSED", "the Shoal bridge refused this page"));
+    ws.onclose = () => {
+      socket = null;
+      opened = null;
+      for (const { reject: fail } of pending.values()) {
+        fail(new ShoalError("ECONNRESET", "the Shoal bridge closed"));
+      }
+      pending.clear();
+    };
+    ws.onmessage = (event) => receive(event.data);
+  });
+  return opened;
+}
+
+function receive(data) {
+  if (data instanceof ArrayBuffer) {
+    const id = new DataView(data).getUint32(0);
+    const waiter = pending.get(id);
+    if (waiter) {
+      pending.delete(id);
+      waiter.resolve(new Uint8Array(data, 4));
+    }
+    return;
+  }
+  const message = JSON.parse(data);
+  if (message.event) {
+    for (const listener of listeners.get(message.event) || []) {
+      try { listener(message.data); } catch (error) { console.error(error); }
+    }
+    return;
+  }
+  const waiter = pending.get(message.id);
+  if (!waiter) return;
+  pending.delete(message.id);
+  if (message.error) waiter.reject(new ShoalError(message.error.code, message.error.message));
+  else waiter.resolve(message.ok);
+}
+
+function isBinary(value) {
+  return value instanceof Uint8Array || value instanceof ArrayBuffer;
+}
+
+async function call(name, ...args) {
+  const ws = socket || (await connect());
+  const id = nextId++;
+  const binary = args.findIndex(isBinary);
+  const result = new Promise((resolve, reject) => pending.set(id, { resolve, reject }));
+  if (binary < 0) {
+    ws.send(JSON.stringify({ id, call: name, args }));
+  } else {
+    const bytes = args[binary] instanceof ArrayBuffer ? new Uint8Array(args[binary]) : args[binary];
+    const plain = args.map((a, i) => (i === binary ? null : a));
+    const header = encoder.encode(JSON.stringify({ id, call: name, args: plain, binary }));
+    const frame = new Uint8Array(8 + header.length + bytes.length);
+    const view = new DataView(frame.buffer);
+    view.setUint32(0, id);
+    view.setUint32(4, header.length);
+    frame.set(header, 8);
+    frame.set(bytes, 8 + header.length);
+    ws.send(frame);
+  }
+  return result;
+}
+
+function on(event, listener) {
+  if (!listeners.has(event)) listeners.set(event, new Set());
+  listeners.get(event).add(listener);
+  return () => listeners.get(event).delete(listener);
+}
+
+function fromBase64(text) {
+  const raw = atob(text);
+  const out = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+  return out;
+}
+
+const READ_CHUNK = 4 << 20;
+
+export const fs = {
+  async readFile(file, options = {}) {
+    const bytes = await call("fs.readFile", file);
+    const encoding = typeof options === "string" ? options : options.encoding;
+    return encoding ? decoder.decode(bytes) : bytes;
+  },
+  writeFile: (file, data) => call("fs.writeFile", file, typeof data === "string" ? encoder.encode(data) : data),
+  appendFile: (file, data) => call("fs.appendFile", file, typeof data === "string" ? encoder.encode(data) : data),
+  stat: (file) => call("fs.stat", file),
+  readdir: (dir = ".") => call("fs.readdir", dir),
+  mkdir: (dir, options = {}) => call("fs.mkdir", dir, Boolean(options.recursive)),
+  rm: (file, options = {}) => call("fs.rm", file, Boolean(options.recursive)),
+  rename: (from, to) => call("fs.rename", from, to),
+  dataDir: () => call("fs.dataDir"),
+  async watch(file, listener) {
+    const id = await call("fs.watch", file);
+    const off = on("fs.watch", (event) => { if (event.id === id) listener(event.type, event.filename); });
+    return { close: async () => { off(); await call("fs.unwatch", id); } };
+  },
+  createReadStream(file, options = {}) {
+    const chunkSize = options.chunkSize || READ_CHUNK;
+    let offset = options.start || 0;
+    return new ReadableStream({
+      async pull(controller) {
+        const chunk = await call("fs.read", file, offset, chunkSize);
+        if (chunk.length === 0) { controller.close(); return; }
+        offset += chunk.length;
+        controller.enqueue(chunk);
+      },
+    });
+  },
+  createWriteStream(file) {
+    let first = true;
+    return new WritableStream({
+      async write(chunk) {
+        const bytes = typeof chunk === "string" ? encoder.encode(chunk) : chunk;
+        await call(first ? "fs.writeFile" : "fs.appendFile", file, bytes);
+        first = false;
+      },
+      async close() { if (first) await call("fs.writeFile", file, new Uint8Array(0)); },
+    });
+  },
+};
+
+export const os = {
+  info: () => call("os.info"),
+  dirs: () => call("os.dirs"),
+  platform: async () => (await call("os.info")).platform,
+  arch: async () => (await call("os.info")).arch,
+  hostname: async () => (await call("os.info")).hostname,
+  totalmem: async () => (await call("os.info")).totalmem,
+  freemem: async () => (await call("os.info")).freemem,
+  cpus: async () => (await call("os.info")).cpus,
+};
+
+function normalizeParts(parts, absolute) {
+  const out = [];
+  for (const part of parts) {
+    if (!part || part === ".") continue;
+    if (part === "..") {
+      if (out.length && out[out.length - 1] !== "..") out.pop();
+      else if (!absolute) out.push("..");
+    } else out.push(part);
+  }
+  return out;
+}
+
+export const path = {
+  sep: "/",
+  normalize(p) {
+    const absolute = p.startsWith("/");
+    const joined = normalizeParts(p.split("/"), absolute).join("/");
+    return (absolute ? "/" : "") + joined || (absolute ? "/" : ".");
+  },
+  join: (...parts) => path.normalize(parts.filter(Boolean).join("/")),
+  resolve: (...parts) => {
+    let resolved = "";
+    for (const part of parts.reverse()) {
+      resolved = resolved ? `${part}/${resolved}` : part;
+      if (part.startsWith("/")) break;
+    }
+    return path.normalize(resolved);
+  },
+  dirname(p) {
+    const trimmed = p.replace(/\/+$/, "");
+    const at = trimmed.lastIndexOf("/");
+    return at < 0 ? "." : at === 0 ? "/" : trimmed.slice(0, at);
+  },
+  basename(p, ext = "") {
+    const base = p.replace(/\/+$/, "").split("/").pop() || "";
+    return ext && base.endsWith(ext) ? base.slice(0, -ext.length) : base;
+  },
+  extname(p) {
+    const base = path.basename(p);
+    const at = base.lastIndexOf(".");
+    return at <= 0 ? "" : base.slice(at);
+  },
+  isAbsolute: (p) => p.startsWith("/"),
+};
+
+export const network = {
+  id: () => call("network.id"),
+  nat: () => call("network.nat"),
+  peers: () => call("network.peers"),
+  send: (peerId, data, options = {}) =>
+    call("network.send", peerId, typeof data === "string" ? encoder.encode(data) : data, options),
+  on(event, listener) {
+    if (event === "message") {
+      return on("network.message", (m) => {
+        const data = fromBase64(m.data);
+        listener({ from: m.from, path: m.path, data, text: () => decoder.decode(data) });
+      });
+    }
+    if (event === "peer") return on("network.peer", listener);
+    throw new ShoalError("EINVAL", `unknown network event: ${event}`);
+  },
+};
+
+class UdpSocket {
+  constructor(id) { this.id = id; }
+  send(data, port, host) {
+    return call("dgram.send", this.id, typeof data === "string" ? encoder.encode(data) : data, host, port);
+  }
+  address() { return call("dgram.address", this.id); }
+  on(event, listener) {
+    if (event !== "message") throw new ShoalError("EINVAL", `unknown dgram event: ${event}`);
+    return on("dgram.message", (m) => {
+      if (m.id === this.id) listener(fromBase64(m.data), { address: m.host, port: m.port });
+    });
+  }
+  close() { return call("dgram.close", this.id); }
+}
+
+export const dgram = {
+  async createSocket(options = {}) { return new UdpSocket(await call("dgram.createSocket", options)); },
+};
+
+export const window = {
+  async setTitle(title) {
+    await call("window.setTitle", title);
+    document.title = title;
+  },
+  setSize: (width, height) => call("window.setSize", width, height),
+  close: () => call("window.close"),
+};
+
+export const dialog = {
+  open: (options = {}) => call("dialog.open", options),
+  save: (options = {}) => call("dialog.save", options),
+};
+
+export const notification = {
+  show: (title, options = {}) => call("notification.show", title, options.body || ""),
+};
+
+export const clipboard = {
+  readText: () => call("clipboard.readText"),
+  writeText: (text) => call("clipboard.writeText", text),
+};
+
+export const invoke = (name, args = []) => call("invoke", name, args);
+
+export const dev = { on: (event, listener) => on(`dev.${event}`, listener) };
+
+// Links that leave the app open in the system browser, not in the app's window.
+function isExternal(href) {
+  try { return new URL(href, location.href).origin !== location.origin; } catch { return false; }
+}
+
+document.addEventListener("click", (event) => {
+  const link = event.target instanceof Element ? event.target.closest("a[href]") : null;
+  if (link && isExternal(link.href)) {
+    event.preventDefault();
+    call("shell.openExternal", new URL(link.href, location.href).href).catch(console.error);
+  }
+});
+
+const openWindow = globalThis.open;
+globalThis.open = (url, ...rest) => {
+  if (url && isExternal(url)) {
+    call("shell.openExternal", new URL(url, location.href).href).catch(console.error);
+    return null;
+  }
+  return openWindow.call(globalThis, url, ...rest);
+};
+
+on("dev.reload", () => location.reload());
+connect().catch(() => {});

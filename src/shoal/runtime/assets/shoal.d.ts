@@ -1,0 +1,81 @@
+// Type declarations for Shoal's page API: import { ... } from "shoal:api".
+
+export class ShoalError extends Error {
+  /** EPERM, ENOENT, EINVAL, ENOTSUP, ETIMEDOUT, ... */
+  readonly code: string;
+}
+
+export interface Stats {
+  size: number; mtimeMs: number; ctimeMs: number; mode: number;
+  isFile: boolean; isDirectory: boolean;
+}
+export interface DirEntry { name: string; isFile: boolean; isDirectory: boolean; isSymbolicLink: boolean; }
+
+export declare const fs: {
+  readFile(path: string): Promise<Uint8Array>;
+  readFile(path: string, options: { encoding: "utf8" } | "utf8"): Promise<string>;
+  writeFile(path: string, data: Uint8Array | string): Promise<void>;
+  appendFile(path: string, data: Uint8Array | string): Promise<void>;
+  stat(path: string): Promise<Stats>;
+  readdir(path?: string): Promise<DirEntry[]>;
+  mkdir(path: string, options?: { recursive?: boolean }): Promise<void>;
+  rm(path: string, options?: { recursive?: boolean }): Promise<void>;
+  rename(from: string, to: string): Promise<void>;
+  dataDir(): Promise<string>;
+  watch(path: string, listener: (type: "change" | "rename", filename: string) => void):
+    Promise<{ close(): Promise<void> }>;
+  createReadStream(path: string, options?: { chunkSize?: number; start?: number }): ReadableStream<Uint8Array>;
+  createWriteStream(path: string): WritableStream<Uint8Array | string>;
+};
+
+export interface OsInfo {
+  platform: string; arch: string; hostname: string; release: string;
+  totalmem: number; freemem: number; cpus: number; cpuSpeedMHz: number | null; uptime: number;
+}
+export declare const os: {
+  info(): Promise<OsInfo>;
+  dirs(): Promise<Record<"home" | "data" | "cache" | "temp" | "documents" | "downloads" |
+    "desktop" | "pictures" | "music" | "videos", string>>;
+  platform(): Promise<string>; arch(): Promise<string>; hostname(): Promise<string>;
+  totalmem(): Promise<number>; freemem(): Promise<number>; cpus(): Promise<number>;
+};
+
+export declare const path: {
+  sep: "/";
+  normalize(p: string): string; join(...parts: string[]): string; resolve(...parts: string[]): string;
+  dirname(p: string): string; basename(p: string, ext?: string): string; extname(p: string): string;
+  isAbsolute(p: string): boolean;
+};
+
+export interface NetworkMessage { from: string; path: "direct" | "relay"; data: Uint8Array; text(): string; }
+export declare const network: {
+  id(): Promise<string>;
+  nat(): Promise<{ mapping: string; filtering: string; public: string[]; udp: boolean; summary: string } | null>;
+  peers(): Promise<{ peerId: string; connected: boolean; path: string | null; rttMs: number | null }[]>;
+  send(peerId: string, data: Uint8Array | string, options?: { timeout?: number }):
+    Promise<{ path: "direct" | "relay"; ms: number }>;
+  on(event: "message", listener: (message: NetworkMessage) => void): () => void;
+  on(event: "peer", listener: (peer: { peerId: string; connected: boolean; path?: string }) => void): () => void;
+};
+
+export interface UdpSocket {
+  send(data: Uint8Array | string, port: number, host: string): Promise<void>;
+  address(): Promise<{ address: string; port: number }>;
+  on(event: "message", listener: (data: Uint8Array, from: { address: string; port: number }) => void): () => void;
+  close(): Promise<void>;
+}
+export declare const dgram: { createSocket(options?: { port?: number; address?: string }): Promise<UdpSocket> };
+
+export declare const window: {
+  setTitle(title: string): Promise<void>;
+  setSize(width: number, height: number): Promise<void>;
+  close(): Promise<void>;
+};
+export declare const dialog: {
+  open(options?: { directory?: boolean; multiple?: boolean }): Promise<string[] | null>;
+  save(options?: { filename?: string }): Promise<string | null>;
+};
+export declare const notification: { show(title: string, options?: { body?: string }): Promise<void> };
+export declare const clipboard: { readText(): Promise<string>; writeText(text: string): Promise<void> };
+export declare function invoke<T = unknown>(name: string, args?: unknown[] | Record<string, unknown>): Promise<T>;
+export declare const dev: { on(event: "reload", listener: () => void): () => void };

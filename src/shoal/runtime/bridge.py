@@ -1,0 +1,299 @@
+"""The app server: the app's files under a strict CSP, and the page's bridge to Python.
+
+Theory of operation
+-------------------
+One aiohttp server on 127.0.0.1 serves the app folder and ``/_shoal/api.js``. Every
+response carries a Content-Security-Policy without ``'unsafe-eval'`` or
+``'unsafe-inline'`` whose ``connect-src`` is the bridge alone; HTML responses get an
+import map (``"shoal:api"`` -> ``/_shoal/api.js``) whose hash is the only inline script
+the policy admits.
+
+The bridge is a WebSocket at ``/_shoal/bridge``. A request is refused (403, no side
+effect) unless its ``Host`` is exactly this server's ``127.0.0.1:PORT`` (DNS rebinding),
+its ``Origin`` is exactly the app's origin (other pages in a browser), and it carries the
+per-launch secret (other local processes). The secret travels only in the URL fragment
+handed to the window, which is never sent over HTTP; ``api.js`` moves it to
+``sessionStorage``. Every request except the WebSocket upgrade also needs the right
+``Host``.
+
+Messages: the page sends ``{"id", "call", "args"}`` as text, or, when an argument is
+binary, a binary frame ``id u32 | header length u32 | header JSON | bytes`` where the
+header's ``"binary"`` names the argument the bytes replace. Answers are
+``{"id", "ok"}`` / ``{"id", "error": {"code", "message"}}``, or a binary frame
+``id u32 | bytes`` for a binary result. Events are ``{"event", "data"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import mimetypes
+import os
+import secrets
+import struct
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from shoal.errors import ShoalError
+from shoal.runtime.config import AppConfig
+from shoal.runtime.fsapi import BridgeError
+
+BRIDGE_PATH = "/_shoal/bridge"
+API_PATH = "/_shoal/api.js"
+IMPORT_MAP = '{"imports":{"shoal:api":"/_shoal/api.js"}}'
+IMPORT_MAP_TAG = f'<script type="importmap">{IMPORT_MAP}</script>'
+MAX_CALLS_IN_FLIGHT = 256
+MAX_FRAME = 128 << 20
+HIDDEN = {"shoal.toml", "app.py", "__pycache__"}
+_U32 = struct.Struct("!I")
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def content_security_policy(port: int, extra: dict[str, tuple[str, ...]]) -> str:
+    """The page's policy: only this server, the bridge, and the import map's hash."""
+    import_map_hash = base64.b64encode(hashlib.sha256(IMPORT_MAP.encode()).digest()).decode()
+    policy: dict[str, list[str]] = {
+        "default-src": ["'none'"],
+        "script-src": ["'self'", f"'sha256-{import_map_hash}'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "blob:"],
+        "font-src": ["'self'"],
+        "media-src": ["'self'", "blob:"],
+        "connect-src": [f"ws://127.0.0.1:{port}{BRIDGE_PATH}"],
+        "worker-src": ["'self'"],
+        "manifest-src": ["'self'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "object-src": ["'none'"],
+    }
+    for directive, sources in extra.items():
+        current = policy.setdefault(directive, [])
+        if current == ["'none'"]:
+            current.clear()
+        current.extend(s for s in sources if s not in current)
+    return "; ".join(f"{k} {' '.join(v)}" for k, v in policy.items())
+
+
+class AppServer:
+    """Serves one app on 127.0.0.1 and answers its bridge calls with ``calls``."""
+
+    def __init__(self, config: AppConfig, calls: dict[str, Handler], *,
+                 port: int = 0, dev: bool = False) -> None:
+        self.config = config
+        self.calls = calls
+        self.secret = secrets.token_urlsafe(32)
+        self.dev = dev
+        self._requested_port = port
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._csp = ""
+        self.refused = 0
+        """Requests refused for a wrong Host, Origin or secret (for tests and logs)."""
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """What the window opens: the entry page, with the secret in the fragment."""
+        return f"{self.origin}/#shoal={self.secret}"
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_FRAME)
+        app.router.add_get(BRIDGE_PATH, self._bridge)
+        app.router.add_get(API_PATH, self._api_module)
+        app.router.add_get("/_shoal/shoal.d.ts", self._api_types)
+        app.router.add_get("/{path:.*}", self._file)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self._requested_port)
+        await site.start()
+        server = site._server  # aiohttp keeps the bound sockets here
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._csp = content_security_policy(self.port, self.config.csp)
+
+    async def close(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def emit(self, event: str, data: dict[str, Any]) -> None:
+        """Send an event to every connected page."""
+        text = json.dumps({"event": event, "data": data})
+        for ws in list(self._sockets):
+            if not ws.closed:
+                task = asyncio.get_running_loop().create_task(ws.send_str(text))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ HTTP
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.headers.get("Host") != f"127.0.0.1:{self.port}":
+            self.refused += 1
+            return web.Response(status=403, text="forbidden: wrong Host\n")
+        response = await handler(request)
+        headers = response.headers
+        headers["Content-Security-Policy"] = self._csp
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "no-referrer"
+        headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        headers["Cross-Origin-Resource-Policy"] = "same-origin"
+        headers["X-Frame-Options"] = "DENY"
+        headers["Cache-Control"] = "no-store"
+        return response
+
+    async def _api_module(self, request: web.Request) -> web.StreamResponse:
+        text = _asset("api.js")
+        return web.Response(text=text, content_type="text/javascript")
+
+    async def _api_types(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text=_asset("shoal.d.ts"), content_type="text/plain")
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        relative = request.match_info["path"] or self.config.entry
+        parts = Path(relative).parts
+        if any(p.startswith(".") or p in HIDDEN for p in parts):
+            raise web.HTTPNotFound()
+        root = self.config.root
+        target = Path(os.path.realpath(root / relative))
+        if not str(target).startswith(str(root) + os.sep) or not target.is_file():
+            raise web.HTTPNotFound()
+        content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if content_type == "text/html":
+            html = target.read_text(encoding="utf-8", errors="replace")
+            return web.Response(text=_with_import_map(html), content_type="text/html")
+        return web.FileResponse(target, headers={"Content-Type": content_type})
+
+    # ------------------------------------------------------------------ bridge
+
+    async def _bridge(self, request: web.Request) -> web.StreamResponse:
+        offered = request.query.get("secret", "")
+        if request.headers.get("Origin") != self.origin or not hmac.compare_digest(
+            offered.encode(), self.secret.encode()
+        ):
+            self.refused += 1
+            return web.Response(status=403, text="forbidden\n")
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        in_flight = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    parsed = _parse_text(message.data)
+                elif message.type == WSMsgType.BINARY:
+                    parsed = _parse_binary(message.data)
+                else:
+                    continue
+                await in_flight.acquire()
+                task = asyncio.get_running_loop().create_task(self._answer(ws, parsed))
+                task.add_done_callback(lambda _: in_flight.release())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            self._sockets.discard(ws)
+        return ws
+
+    async def _answer(self, ws: web.WebSocketResponse,
+                      parsed: tuple[int, str, list[Any]] | BridgeError) -> None:
+        if isinstance(parsed, BridgeError):
+            await _send_json(ws, {"id": 0, "error": {"code": parsed.code,
+                                                      "message": parsed.message}})
+            return
+        call_id, name, args = parsed
+        handler = self.calls.get(name)
+        try:
+            if handler is None:
+                raise BridgeError(f"no such call: {name}", code="ENOSYS")
+            try:
+                result = await handler(*args)
+            except TypeError as exc:
+                if "argument" not in str(exc):
+                    raise
+                raise BridgeError(f"{name}: wrong arguments", code="EINVAL") from None
+        except ShoalError as exc:
+            await _send_json(ws, {"id": call_id, "error": {"code": exc.code,
+                                                            "message": exc.message}})
+            return
+        if isinstance(result, bytes | bytearray):
+            with contextlib.suppress(ConnectionError):
+                await ws.send_bytes(_U32.pack(call_id) + bytes(result))
+            return
+        await _send_json(ws, {"id": call_id, "ok": result})
+
+
+async def _send_json(ws: web.WebSocketResponse, payload: dict[str, Any]) -> None:
+    if not ws.closed:
+        with contextlib.suppress(ConnectionError):
+            await ws.send_str(json.dumps(payload))
+
+
+def _parse_text(text: str) -> tuple[int, str, list[Any]] | BridgeError:
+    try:
+        request = json.loads(text)
+    except ValueError:
+        return BridgeError("a bridge message must be JSON", code="EINVAL")
+    return _request(request)
+
+
+def _parse_binary(data: bytes) -> tuple[int, str, list[Any]] | BridgeError:
+    if len(data) < 8:
+        return BridgeError("truncated binary bridge message", code="EINVAL")
+    (header_size,) = _U32.unpack_from(data, 4)
+    if 8 + header_size > len(data):
+        return BridgeError("truncated binary bridge message", code="EINVAL")
+    try:
+        request = json.loads(data[8 : 8 + header_size])
+    except ValueError:
+        return BridgeError("a bridge header must be JSON", code="EINVAL")
+    parsed = _request(request)
+    if isinstance(parsed, BridgeError):
+        return parsed
+    index = request.get("binary")
+    if not isinstance(index, int) or not 0 <= index < len(parsed[2]):
+        return BridgeError("binary argument index out of range", code="EINVAL")
+    parsed[2][index] = bytes(data[8 + header_size :])
+    return parsed
+
+
+def _request(request: Any) -> tuple[int, str, list[Any]] | BridgeError:
+    if not isinstance(request, dict):
+        return BridgeError("a bridge message must be an object", code="EINVAL")
+    call_id, name, args = request.get("id"), request.get("call"), request.get("args", [])
+    if not isinstance(call_id, int) or not isinstance(name, str) or not isinstance(args, list):
+        return BridgeError("a bridge message needs id, call and args", code="EINVAL")
+    return call_id, name, args
+
+
+def _with_import_map(html: str) -> str:
+    if "importmap" in html:
+        return html
+    lower = html.lower()
+    at = lower.find("<head>")
+    if at >= 0:
+        at += len("<head>")
+        return html[:at] + IMPORT_MAP_TAG + html[at:]
+    return IMPORT_MAP_TAG + html
+
+
+def _asset(name: str) -> str:
+    return resources.files("shoal.runtime").joinpath("assets", name).read_text(encoding="utf-8")

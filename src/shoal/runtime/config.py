@@ -1,0 +1,255 @@
+"""``shoal.toml``: an app's name, window, permissions, network and CSP, validated.
+
+Every capability is denied unless the file grants it. Unknown keys and bad values raise
+``ConfigError`` naming the file, the key and the reason, e.g.
+``myapp/shoal.toml: permissions.fs.read[0]: must be a string``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import ShoalError
+from shoal.net import parse_address
+
+CONFIG_NAME = "shoal.toml"
+APP_ID = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)+$")
+CSP_DIRECTIVES = frozenset({
+    "default-src", "script-src", "style-src", "img-src", "font-src", "media-src",
+    "connect-src", "worker-src", "manifest-src", "frame-src",
+})
+FORBIDDEN_SOURCES = ("'unsafe-eval'", "'unsafe-inline'", "'unsafe-hashes'", "*", "data:")
+SIMPLE_PERMISSIONS = ("os", "network", "window", "dialog", "notification", "clipboard")
+
+
+class ConfigError(ShoalError):
+    """``shoal.toml`` is missing, malformed or asks for something invalid."""
+
+    default_code = "EINVAL"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    title: str
+    width: int = 1024
+    height: int = 768
+    resizable: bool = True
+    min_width: int = 200
+    min_height: int = 150
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """What the page may do; everything else is refused with ``EPERM``."""
+
+    fs_read: tuple[str, ...] = ()
+    """Folders readable besides the app's data dir (``~`` expands)."""
+    fs_write: tuple[str, ...] = ()
+    """Folders readable and writable besides the app's data dir."""
+    os: bool = False
+    network: bool = False
+    window: bool = False
+    dialog: bool = False
+    notification: bool = False
+    clipboard: bool = False
+    dgram: tuple[tuple[str, int | None], ...] = ()
+    """(host, port) pairs UDP may send to; port None means any port of that host."""
+    invoke: tuple[str, ...] = ()
+    """Python functions of ``app.py`` the page may call."""
+
+    def allows(self, capability: str) -> bool:
+        return bool(getattr(self, capability, False))
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    introducers: tuple[tuple[str, int], ...] = ()
+    lan: bool = True
+    listen: str = "0.0.0.0:0"
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    """A validated ``shoal.toml``."""
+
+    root: Path
+    name: str
+    id: str
+    version: str
+    window: WindowConfig
+    permissions: Permissions
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    csp: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    entry: str = "index.html"
+
+
+def load_config(folder: Path) -> AppConfig:
+    """Read and validate ``folder/shoal.toml``."""
+    path = folder / CONFIG_NAME
+    where = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: not found (is {folder} a Shoal app?)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    return _Reader(where).app(folder, raw)
+
+
+class _Reader:
+    """Validates one file's tables, naming the offending key in every error."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {key}: {reason}")
+
+    def table(self, raw: dict[str, Any], key: str, allowed: set[str],
+              required: bool = False) -> dict[str, Any]:
+        value = raw.get(key)
+        if value is None:
+            if required:
+                raise self.fail(key, "missing table")
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table")
+        for name in value:
+            if name not in allowed:
+                raise self.fail(f"{key}.{name}", "unknown key")
+        return value
+
+    def string(self, table: dict[str, Any], key: str, name: str, default: str | None = None,
+               pattern: re.Pattern[str] | None = None, hint: str = "") -> str:
+        value = table.get(name, default)
+        if value is None:
+            raise self.fail(f"{key}.{name}", "missing")
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(f"{key}.{name}", "must be a non-empty string")
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(f"{key}.{name}", f"{value!r} is not valid{hint}")
+        return value
+
+    def boolean(self, table: dict[str, Any], key: str, name: str, default: bool) -> bool:
+        value = table.get(name, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{key}.{name}", "must be true or false")
+        return value
+
+    def integer(self, table: dict[str, Any], key: str, name: str, default: int,
+                low: int, high: int) -> int:
+        value = table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(f"{key}.{name}", f"must be an integer from {low} to {high}")
+        return value
+
+    def strings(self, value: Any, key: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail(key, "must be a list of strings")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise self.fail(f"{key}[{index}]", "must be a non-empty string")
+        return tuple(value)
+
+    def app(self, folder: Path, raw: dict[str, Any]) -> AppConfig:
+        for name in raw:
+            if name not in ("app", "window", "permissions", "network", "csp"):
+                raise self.fail(name, "unknown table")
+        app = self.table(raw, "app", {"name", "id", "version", "entry"}, required=True)
+        name = self.string(app, "app", "name")
+        app_id = self.string(app, "app", "id", pattern=APP_ID,
+                             hint=" (use reverse-DNS like org.example.notes)")
+        version = self.string(app, "app", "version", default="0.1.0")
+        entry = self.string(app, "app", "entry", default="index.html")
+        if entry.startswith(("/", "\\")) or ".." in Path(entry).parts:
+            raise self.fail("app.entry", "must be a path inside the app folder")
+        window = self.table(raw, "window", {"title", "width", "height", "resizable",
+                                            "min_width", "min_height"})
+        return AppConfig(
+            root=folder.resolve(),
+            name=name,
+            id=app_id,
+            version=version,
+            entry=entry,
+            window=WindowConfig(
+                title=self.string(window, "window", "title", default=name),
+                width=self.integer(window, "window", "width", 1024, 100, 16384),
+                height=self.integer(window, "window", "height", 768, 100, 16384),
+                resizable=self.boolean(window, "window", "resizable", True),
+                min_width=self.integer(window, "window", "min_width", 200, 50, 16384),
+                min_height=self.integer(window, "window", "min_height", 150, 50, 16384),
+            ),
+            permissions=self.permissions(raw),
+            network=self.network(raw),
+            csp=self.csp(raw),
+        )
+
+    def permissions(self, raw: dict[str, Any]) -> Permissions:
+        allowed = {"fs", "dgram", "invoke", *SIMPLE_PERMISSIONS}
+        table = self.table(raw, "permissions", allowed)
+        fs = table.get("fs", {})
+        if not isinstance(fs, dict):
+            raise self.fail("permissions.fs", "must be a table with read and write lists")
+        for name in fs:
+            if name not in ("read", "write"):
+                raise self.fail(f"permissions.fs.{name}", "unknown key (read or write)")
+        dgram = []
+        for index, item in enumerate(self.strings(table.get("dgram", []), "permissions.dgram")):
+            host, sep, port = item.rpartition(":")
+            if not sep or not host:
+                raise self.fail(f"permissions.dgram[{index}]", "must be HOST:PORT or HOST:*")
+            if port == "*":
+                dgram.append((host.strip("[]"), None))
+                continue
+            try:
+                dgram.append(parse_address(item))
+            except ShoalError as exc:
+                raise self.fail(f"permissions.dgram[{index}]", exc.message) from None
+        invoke = self.strings(table.get("invoke", []), "permissions.invoke")
+        for index, function in enumerate(invoke):
+            if not function.isidentifier():
+                raise self.fail(f"permissions.invoke[{index}]", "must be a Python function name")
+        flags = {name: self.boolean(table, "permissions", name, False)
+                 for name in SIMPLE_PERMISSIONS}
+        return Permissions(
+            fs_read=self.strings(fs.get("read", []), "permissions.fs.read"),
+            fs_write=self.strings(fs.get("write", []), "permissions.fs.write"),
+            dgram=tuple(dgram),
+            invoke=invoke,
+            **flags,
+        )
+
+    def network(self, raw: dict[str, Any]) -> NetworkConfig:
+        table = self.table(raw, "network", {"introducers", "lan", "listen"})
+        introducers = []
+        for index, item in enumerate(self.strings(table.get("introducers", []),
+                                                  "network.introducers")):
+            try:
+                introducers.append(parse_address(item))
+            except ShoalError as exc:
+                raise self.fail(f"network.introducers[{index}]", exc.message) from None
+        listen = self.string(table, "network", "listen", default="0.0.0.0:0")
+        try:
+            parse_address(listen, default_port=0)
+        except ShoalError as exc:
+            raise self.fail("network.listen", exc.message) from None
+        return NetworkConfig(tuple(introducers), self.boolean(table, "network", "lan", True),
+                             listen)
+
+    def csp(self, raw: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+        table = self.table(raw, "csp", set(CSP_DIRECTIVES))
+        out = {}
+        for directive, value in table.items():
+            sources = self.strings(value, f"csp.{directive}")
+            for index, source in enumerate(sources):
+                if source in FORBIDDEN_SOURCES or any(c in source for c in ";,\n\r "):
+                    raise self.fail(f"csp.{directive}[{index}]",
+                                    f"{source!r} would weaken the policy and is not allowed")
+            out[directive] = sources
+        return out

@@ -1,0 +1,128 @@
+"""``AppHost``: one running app — its config, data dir, capabilities, network and server.
+
+The CLI (``shoal run``/``shoal dev``) and tests use this class; the window, when there is
+one, only shows ``host.url``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from shoal.aio.node import Node
+from shoal.identity import Identity
+from shoal.runtime.bridge import AppServer
+from shoal.runtime.config import AppConfig, load_config
+from shoal.runtime.fsapi import FileSystem, PathPolicy
+from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
+from shoal.runtime.system import BrowserBackend, System, WindowBackend
+
+RELOAD_POLL = 0.3
+
+
+def default_data_dir(app_id: str) -> Path:
+    """Where an app's own files live: ``$SHOAL_DATA_DIR/<id>`` or the user data dir."""
+    base = os.environ.get("SHOAL_DATA_DIR")
+    if base:
+        return Path(base) / app_id
+    return Path(platformdirs.user_data_dir("shoal")) / "apps" / app_id
+
+
+class AppHost:
+    """Runs the app in ``folder`` until ``close``. ``window`` is the native window's
+    backend, or None for a browser tab."""
+
+    def __init__(self, folder: Path, *, data_dir: Path | None = None,
+                 window: WindowBackend | None = None, dev: bool = False, port: int = 0,
+                 lan_discovery: bool | None = None) -> None:
+        self.folder = folder
+        self.config: AppConfig = load_config(folder)
+        self.data_dir = data_dir or default_data_dir(self.config.id)
+        self.window = window or BrowserBackend()
+        self.dev = dev
+        self.port = port
+        self.lan_discovery = lan_discovery
+        self.node: Node | None = None
+        self.server: AppServer | None = None
+        self._parts: list[Any] = []
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None, "start the host first"
+        return self.server.url
+
+    async def start(self) -> AppHost:
+        config = self.config
+        permissions = config.permissions
+        functions = load_exposed(self.folder / "app.py")
+        calls: dict[str, Any] = {}
+        server = AppServer(config, calls, port=self.port, dev=self.dev)
+        emit = server.emit
+        policy = PathPolicy(self.data_dir, permissions.fs_read, permissions.fs_write)
+        if permissions.network:
+            network = config.network
+            lan = network.lan if self.lan_discovery is None else self.lan_discovery
+            self.node = Node(
+                Identity.load_or_create(self.data_dir / "identity.key"),
+                introducers=network.introducers, listen=network.listen,
+                lan_discovery=lan and not os.environ.get("SHOAL_NO_LAN"),
+            )
+            await self.node.start()
+        await server.start()
+        self.server = server
+        files = FileSystem(policy, emit)
+        system = System(permissions, str(policy.data_dir), self.window, server.origin)
+        net = Network(self.node, permissions.network, emit)
+        datagrams = Datagrams(permissions.dgram, emit)
+        invoker = Invoker(functions, permissions.invoke)
+        self._parts = [files, net, datagrams]
+        for part in (files, system, net, datagrams, invoker):
+            calls.update(part.calls())
+        if self.dev:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_files())
+        return self
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        for part in self._parts:
+            part.close()
+        if self.server is not None:
+            await self.server.close()
+        if self.node is not None:
+            await self.node.close()
+
+    async def __aenter__(self) -> AppHost:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _watch_files(self) -> None:
+        """Live reload: tell every page to reload when a file of the app changes."""
+        before = await asyncio.to_thread(_tree, self.folder)
+        while True:
+            await asyncio.sleep(RELOAD_POLL)
+            after = await asyncio.to_thread(_tree, self.folder)
+            if after != before:
+                before = after
+                assert self.server is not None
+                self.server.emit("dev.reload", {})
+
+
+def _tree(folder: Path) -> dict[str, int]:
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                out[path] = os.stat(path).st_mtime_ns
+            except OSError:
+                continue
+    return out

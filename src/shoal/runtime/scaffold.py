@@ -1,0 +1,35 @@
+"""``shoal init``: a new app folder from one of the bundled templates."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+from shoal.runtime.config import ConfigError
+
+TEMPLATES = ("blank", "chat")
+
+
+def create_app(folder: Path, *, template: str = "blank", name: str | None = None) -> list[Path]:
+    """Write the template into ``folder`` (which must not exist or be empty)."""
+    if template not in TEMPLATES:
+        raise ConfigError(f"unknown template {template!r} (one of {', '.join(TEMPLATES)})")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ConfigError(f"{folder} already exists and is not an empty folder", code="EEXIST")
+    title = name or folder.resolve().name
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "app"
+    values = {"{{name}}": title.replace('"', "'"), "{{id}}": f"local.shoal.{slug}"}
+    source = resources.files("shoal.runtime").joinpath("templates", template)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for entry in sorted(source.iterdir(), key=lambda e: e.name):
+        if not entry.is_file():
+            continue
+        text = entry.read_text(encoding="utf-8")
+        for key, value in values.items():
+            text = text.replace(key, value)
+        target = folder / entry.name
+        target.write_text(text, encoding="utf-8")
+        written.append(target)
+    return written

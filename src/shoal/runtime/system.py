@@ -1,0 +1,203 @@
+"""``os``, ``window``, ``dialog``, ``notification``, ``clipboard`` and ``shell`` calls.
+
+Window, dialog and clipboard calls go to a ``WindowBackend``: the native window when the
+app runs in one, or a browser backend that answers ``ENOTSUP`` for what a browser tab
+cannot do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shutil
+import socket
+import sys
+import time
+import webbrowser
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import platformdirs
+import psutil
+
+from shoal.runtime.fsapi import BridgeError
+
+_PLATFORMS = {"linux": "linux", "darwin": "darwin", "win32": "win32"}
+_ARCHES = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64",
+           "i386": "ia32", "i686": "ia32", "armv7l": "arm"}
+
+
+class WindowBackend(Protocol):
+    """What the hosting window can do for the page."""
+
+    def set_title(self, title: str) -> None: ...
+    def set_size(self, width: int, height: int) -> None: ...
+    def close(self) -> None: ...
+    def open_dialog(self, kind: str, options: dict[str, Any]) -> list[str] | None: ...
+    def read_clipboard(self) -> str: ...
+    def write_clipboard(self, text: str) -> None: ...
+
+
+class BrowserBackend:
+    """The app is open in a browser tab: the page manages title itself; the rest is not
+    available from a tab."""
+
+    def set_title(self, title: str) -> None:
+        return None
+
+    def set_size(self, width: int, height: int) -> None:
+        raise BridgeError("a browser tab cannot be resized by the app", code="ENOTSUP")
+
+    def close(self) -> None:
+        raise BridgeError("a browser tab is closed by the user", code="ENOTSUP")
+
+    def open_dialog(self, kind: str, options: dict[str, Any]) -> list[str] | None:
+        raise BridgeError("native dialogs need the app window (shoal run without --browser)",
+                          code="ENOTSUP")
+
+    def read_clipboard(self) -> str:
+        return _clipboard_command(read=True)
+
+    def write_clipboard(self, text: str) -> None:
+        _clipboard_command(read=False, text=text)
+
+
+def _clipboard_command(*, read: bool, text: str = "") -> str:
+    """The system clipboard through wl-clipboard or xclip, where one is installed."""
+    if os.environ.get("WAYLAND_DISPLAY") and shutil.which("wl-paste"):
+        argv = ["wl-paste", "--no-newline"] if read else ["wl-copy"]
+    elif os.environ.get("DISPLAY") and shutil.which("xclip"):
+        argv = ["xclip", "-selection", "clipboard", *(["-o"] if read else [])]
+    else:
+        raise BridgeError("no clipboard is reachable here", code="ENOTSUP")
+    import subprocess
+
+    result = subprocess.run(argv, input=None if read else text, capture_output=True, text=True,
+                            timeout=5, check=False)
+    if result.returncode != 0:
+        raise BridgeError(f"clipboard tool failed: {result.stderr.strip()}", code="EIO")
+    return result.stdout if read else ""
+
+
+class System:
+    """The calls of this module, checked against the app's permissions."""
+
+    def __init__(self, permissions: Any, data_dir: str, window: WindowBackend,
+                 app_origin: str) -> None:
+        self.permissions = permissions
+        self.data_dir = data_dir
+        self.window = window
+        self.app_origin = app_origin
+
+    def calls(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "os.info": self.os_info,
+            "os.dirs": self.os_dirs,
+            "window.setTitle": self.set_title,
+            "window.setSize": self.set_size,
+            "window.close": self.close,
+            "dialog.open": self.dialog_open,
+            "dialog.save": self.dialog_save,
+            "notification.show": self.notify,
+            "clipboard.readText": self.clipboard_read,
+            "clipboard.writeText": self.clipboard_write,
+            "shell.openExternal": self.open_external,
+        }
+
+    def _require(self, capability: str) -> None:
+        if not self.permissions.allows(capability):
+            raise BridgeError(f"this app did not declare the {capability!r} permission",
+                              code="EPERM")
+
+    async def os_info(self) -> dict[str, Any]:
+        self._require("os")
+        memory = psutil.virtual_memory()
+        frequency = psutil.cpu_freq()
+        return {
+            "platform": _PLATFORMS.get(sys.platform, sys.platform),
+            "arch": _ARCHES.get(platform.machine().lower(), platform.machine().lower()),
+            "hostname": socket.gethostname(),
+            "release": platform.release(),
+            "totalmem": memory.total,
+            "freemem": memory.available,
+            "cpus": psutil.cpu_count() or 1,
+            "cpuSpeedMHz": round(frequency.current) if frequency else None,
+            "uptime": round(time.time() - psutil.boot_time()),
+        }
+
+    async def os_dirs(self) -> dict[str, str]:
+        self._require("os")
+        return {
+            "home": os.path.expanduser("~"),
+            "data": self.data_dir,
+            "cache": platformdirs.user_cache_dir("shoal"),
+            "temp": _tempdir(),
+            "documents": platformdirs.user_documents_dir(),
+            "downloads": platformdirs.user_downloads_dir(),
+            "desktop": platformdirs.user_desktop_dir(),
+            "pictures": platformdirs.user_pictures_dir(),
+            "music": platformdirs.user_music_dir(),
+            "videos": platformdirs.user_videos_dir(),
+        }
+
+    async def set_title(self, title: str) -> None:
+        self._require("window")
+        if not isinstance(title, str):
+            raise BridgeError("title must be a string", code="EINVAL")
+        self.window.set_title(title[:256])
+
+    async def set_size(self, width: int, height: int) -> None:
+        self._require("window")
+        if not all(isinstance(v, int) and 100 <= v <= 16384 for v in (width, height)):
+            raise BridgeError("width and height must be integers from 100 to 16384",
+                              code="EINVAL")
+        self.window.set_size(width, height)
+
+    async def close(self) -> None:
+        self._require("window")
+        self.window.close()
+
+    async def dialog_open(self, options: dict[str, Any] | None = None) -> list[str] | None:
+        self._require("dialog")
+        return self.window.open_dialog("open", options or {})
+
+    async def dialog_save(self, options: dict[str, Any] | None = None) -> str | None:
+        self._require("dialog")
+        chosen = self.window.open_dialog("save", options or {})
+        return chosen[0] if chosen else None
+
+    async def notify(self, title: str, body: str = "") -> None:
+        self._require("notification")
+        if not isinstance(title, str) or not isinstance(body, str):
+            raise BridgeError("title and body must be strings", code="EINVAL")
+        tool = shutil.which("notify-send")
+        if tool is None or not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                                or os.environ.get("DBUS_SESSION_BUS_ADDRESS")):
+            raise BridgeError("no desktop notification service here", code="ENOTSUP")
+        process = await asyncio.create_subprocess_exec(tool, "--", title[:200], body[:2000])
+        await process.wait()
+
+    async def clipboard_read(self) -> str:
+        self._require("clipboard")
+        return await asyncio.to_thread(self.window.read_clipboard)
+
+    async def clipboard_write(self, text: str) -> None:
+        self._require("clipboard")
+        if not isinstance(text, str):
+            raise BridgeError("text must be a string", code="EINVAL")
+        await asyncio.to_thread(self.window.write_clipboard, text)
+
+    async def open_external(self, url: str) -> None:
+        """Open a link that leaves the app in the system browser (http and https only)."""
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise BridgeError("only http and https links open outside the app", code="EINVAL")
+        if url.startswith(self.app_origin + "/") or url == self.app_origin:
+            raise BridgeError("that link is inside the app", code="EINVAL")
+        await asyncio.to_thread(webbrowser.open, url)
+
+
+def _tempdir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()

@@ -1,0 +1,123 @@
+"""The native window: pywebview showing the app server's URL (``shoal[gui]``).
+
+pywebview's own JS bridge is never used (it needs ``'unsafe-eval'`` and answers any page
+the window shows); the page talks to Python over the app server's bridge only. The GUI
+loop owns the main thread, so the app host runs on an asyncio loop in a second thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shoal.runtime.fsapi import BridgeError
+
+
+def gui_unavailable() -> str | None:
+    """Why no native window can open here, or None when one can."""
+    try:
+        import webview  # noqa: F401
+    except ImportError:
+        return "the GUI extra is not installed (pip install 'shoal[gui]')"
+    if sys.platform.startswith("linux"):
+        offscreen = os.environ.get("QT_QPA_PLATFORM") == "offscreen"
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or offscreen):
+            return "there is no display (DISPLAY or WAYLAND_DISPLAY is not set)"
+        try:
+            from PySide6 import QtWebEngineWidgets  # noqa: F401
+        except ImportError:
+            try:
+                import gi  # noqa: F401
+            except ImportError:
+                return "neither QtWebEngine (PySide6) nor WebKitGTK (PyGObject) is installed"
+    return None
+
+
+class PywebviewBackend:
+    """Window calls from the page, carried out on the pywebview window."""
+
+    def __init__(self) -> None:
+        self.window: Any = None
+
+    def set_title(self, title: str) -> None:
+        self.window.set_title(title)
+
+    def set_size(self, width: int, height: int) -> None:
+        self.window.resize(width, height)
+
+    def close(self) -> None:
+        self.window.destroy()
+
+    def open_dialog(self, kind: str, options: dict[str, Any]) -> list[str] | None:
+        import webview
+
+        if kind == "save":
+            dialog = webview.FileDialog.SAVE
+            chosen = self.window.create_file_dialog(
+                dialog, save_filename=str(options.get("filename", "")))
+        else:
+            dialog = webview.FileDialog.FOLDER if options.get("directory") else (
+                webview.FileDialog.OPEN)
+            chosen = self.window.create_file_dialog(
+                dialog, allow_multiple=bool(options.get("multiple")))
+        if chosen is None:
+            return None
+        return [chosen] if isinstance(chosen, str) else list(chosen)
+
+    def read_clipboard(self) -> str:
+        raise BridgeError("clipboard access is not available in this window", code="ENOTSUP")
+
+    def write_clipboard(self, text: str) -> None:
+        raise BridgeError("clipboard access is not available in this window", code="ENOTSUP")
+
+
+def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
+                  on_ready: Callable[[str], None], gui: str | None = None) -> None:
+    """Open the app in a native window; returns when the window is closed."""
+    import webview
+
+    from shoal.runtime.host import AppHost
+
+    if os.geteuid() == 0 if hasattr(os, "geteuid") else False:
+        # Chromium's sandbox refuses to run as root; QtWebEngine must be told.
+        os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
+    backend = PywebviewBackend()
+    host = AppHost(folder, data_dir=data_dir, window=backend, dev=dev)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(host.start())
+        except BaseException as exc:  # reported on the main thread
+            failure.append(exc)
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(host.close())
+
+    thread = threading.Thread(target=serve, name="shoal-app", daemon=True)
+    thread.start()
+    started.wait()
+    if failure:
+        raise failure[0]
+    window_config = host.config.window
+    backend.window = webview.create_window(
+        window_config.title, host.url, width=window_config.width,
+        height=window_config.height, resizable=window_config.resizable,
+        min_size=(window_config.min_width, window_config.min_height),
+    )
+    backend.window.events.loaded += lambda: on_ready(host.url)
+    try:
+        webview.start(gui=gui, private_mode=True)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)

@@ -1,0 +1,62 @@
+// Runs as a page script, so the Content-Security-Policy applies to everything here.
+import { fs, os, invoke, network, path, ShoalError } from "shoal:api";
+
+const results = {};
+async function check(name, body) {
+  try {
+    results[name] = { ok: await body() };
+  } catch (error) {
+    results[name] = { error: error instanceof ShoalError ? error.code : String(error.name || error) };
+  }
+}
+
+await check("eval", () => eval("40 + 2"));
+await check("newFunction", () => new Function("return 42")());
+await check("inlineScript", () => new Promise((resolve) => {
+  globalThis.inlineRan = false;
+  const script = document.createElement("script");
+  script.textContent = "globalThis.inlineRan = true";
+  document.head.append(script);
+  setTimeout(() => resolve(globalThis.inlineRan), 100);
+}));
+await check("fetchElsewhere", async () => (await fetch("http://127.0.0.1:9/")).status);
+await check("writeMissingFolder", () => fs.writeFile("nowhere/today.txt", "x"));
+await check("writeRead", async () => {
+  await fs.mkdir("notes");
+  await fs.writeFile("notes/today.txt", "hello from the page");
+  return fs.readFile("notes/today.txt", "utf8");
+});
+await check("mkdirReaddir", async () => {
+  await fs.mkdir("made/deeper", { recursive: true });
+  return (await fs.readdir("made")).map((e) => e.name);
+});
+await check("binaryRoundTrip", async () => {
+  const bytes = new Uint8Array(300000).map((_, i) => i % 251);
+  await fs.writeFile("blob.bin", bytes);
+  const back = await fs.readFile("blob.bin");
+  return back.length === bytes.length && back.every((v, i) => v === bytes[i]);
+});
+await check("stream", async () => {
+  let total = 0;
+  const reader = fs.createReadStream("blob.bin", { chunkSize: 65536 }).getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.length;
+  }
+  return total;
+});
+await check("readOutside", () => fs.readFile("/etc/hostname"));
+await check("traversal", () => fs.readFile("../../../../etc/hostname"));
+await check("writeOutside", () => fs.writeFile("/tmp/shoal-page-escape.txt", "x"));
+await check("missing", () => fs.readFile("no-such-file.txt"));
+await check("osPlatform", () => os.platform());
+await check("invokeAdd", () => invoke("add", [2, 3]));
+await check("invokeNotGranted", () => invoke("not_granted"));
+await check("invokeAppError", () => invoke("fail"));
+await check("invokeAsync", () => invoke("slow_echo", ["later"]));
+await check("networkDenied", () => network.id());
+await check("path", () => path.join("/a/b", "../c", "d.txt"));
+
+document.body.dataset.results = JSON.stringify(results);
+document.body.dataset.ready = "true";

@@ -1,0 +1,139 @@
+"""The app runtime end to end in a real browser: Debian's chromium driven by Playwright,
+loading an app served by ``shoal run --browser``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, sync_playwright
+
+APP = Path(__file__).parent / "data" / "webapp"
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    data_dir = tmp_path_factory.mktemp("webapp-data")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "run", "--browser", "--json", str(APP),
+         "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        ready = json.loads(process.stdout.readline())
+        assert ready["event"] == "ready" and ready["mode"] == "browser"
+        yield {"url": ready["url"], "data_dir": data_dir}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+def _results(browser: Browser, url: str) -> tuple[dict, str]:
+    page = browser.new_page()
+    try:
+        page.goto(url)
+        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=20000)
+        return json.loads(page.get_attribute("body", "data-results") or "{}"), page.url
+    finally:
+        page.close()
+
+
+def test_page_uses_the_api_under_a_strict_policy(served: dict, browser: Browser) -> None:
+    results, url_after = _results(browser, served["url"])
+    assert "#shoal=" not in url_after  # the secret left the address bar
+    # The policy: no eval, no inline script, no connections but the bridge.
+    assert results["eval"] == {"error": "EvalError"}
+    assert results["newFunction"] == {"error": "EvalError"}
+    assert results["inlineScript"] == {"ok": False}
+    assert results["fetchElsewhere"] == {"error": "TypeError"}
+    # What the app may do works.
+    assert results["writeRead"] == {"ok": "hello from the page"}
+    assert (served["data_dir"] / "notes" / "today.txt").read_text() == "hello from the page"
+    assert results["mkdirReaddir"] == {"ok": ["deeper"]}
+    assert results["binaryRoundTrip"] == {"ok": True}
+    assert results["stream"] == {"ok": 300000}
+    assert results["osPlatform"] == {"ok": "linux"}
+    assert results["invokeAdd"] == {"ok": 5}
+    assert results["invokeAsync"] == {"ok": "later"}
+    assert results["path"] == {"ok": "/a/c/d.txt"}
+    # What it may not do is refused with a code, and leaves nothing behind.
+    assert results["readOutside"] == {"error": "EPERM"}
+    assert results["traversal"] == {"error": "EPERM"}
+    assert results["writeOutside"] == {"error": "EPERM"}
+    assert not Path("/tmp/shoal-page-escape.txt").exists()
+    assert results["missing"] == {"error": "ENOENT"}
+    assert results["writeMissingFolder"] == {"error": "ENOENT"}
+    assert results["invokeNotGranted"] == {"error": "EPERM"}
+    assert results["invokeAppError"] == {"error": "EAPP"}
+    assert results["networkDenied"] == {"error": "EPERM"}
+
+
+def test_bridge_without_the_secret_is_refused_in_the_page(served: dict, browser: Browser) -> None:
+    page = browser.new_page()
+    try:
+        page.goto(served["url"])
+        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=20000)
+        outcome = page.evaluate("""() => new Promise((resolve) => {
+            const ws = new WebSocket(`ws://${location.host}/_shoal/bridge`);
+            ws.onopen = () => resolve("open");
+            ws.onerror = () => resolve("refused");
+        })""")
+        assert outcome == "refused"
+    finally:
+        page.close()
+
+
+class _Foreign(BaseHTTPRequestHandler):
+    """A page on another origin that knows the bridge's address and even its secret."""
+
+    bridge = ""
+
+    def do_GET(self) -> None:
+        body = (
+            "<!doctype html><script>"
+            f"const ws = new WebSocket({json.dumps(self.bridge)});"
+            "ws.onopen = () => document.title = 'open';"
+            "ws.onerror = () => document.title = 'refused';"
+            "</script>"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_foreign_page_cannot_use_the_bridge_even_with_the_secret(served: dict,
+                                                                   browser: Browser) -> None:
+    origin, _, secret = served["url"].partition("/#shoal=")
+    _Foreign.bridge = origin.replace("http://", "ws://") + f"/_shoal/bridge?secret={secret}"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Foreign)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    page = browser.new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.wait_for_function("document.title !== ''", timeout=10000)
+        assert page.title() == "refused"
+    finally:
+        page.close()
+        server.shutdown()
