@@ -59,4 +59,5 @@ await check("networkDenied", () => network.id());
 await check("path", () => path.join("/a/b", "../c", "d.txt"));
 
 document.body.dataset.results = JSON.stringify(results);
+await fs.writeFile("results.json", JSON.stringify(results));
 document.body.dataset.ready = "true";

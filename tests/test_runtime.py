@@ -1,0 +1,295 @@
+"""The app runtime from Python: config validation, every API, every permission rule, and
+the bridge's refusals (secret, Origin, Host)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from shoal.runtime import AppHost, ConfigError, load_config
+from shoal.runtime.fsapi import BridgeError
+from shoal.runtime.testing import BridgeClient
+
+WEBAPP = Path(__file__).parent / "data" / "webapp"
+
+
+def _app(folder: Path, toml: str, app_py: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "shoal.toml").write_text(toml)
+    (folder / "index.html").write_text("<!doctype html><html><head></head><body>hi</body></html>")
+    if app_py:
+        (folder / "app.py").write_text(app_py)
+    return folder
+
+
+BASE = '[app]\nname = "T"\nid = "test.shoal.t"\n'
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(("toml", "key", "reason"), [
+    ('[app]\nname = "T"\n', "app.id", "missing"),
+    (BASE + "[window]\nwidth = 5\n", "window.width", "integer from 100"),
+    (BASE + "[window]\ncolour = 1\n", "window.colour", "unknown key"),
+    (BASE + "[permissions]\nfs = { read = [3] }\n", "permissions.fs.read[0]", "string"),
+    (BASE + "[permissions]\nos = \"yes\"\n", "permissions.os", "true or false"),
+    (BASE + "[permissions]\nsudo = true\n", "permissions.sudo", "unknown key"),
+    (BASE + "[permissions]\ndgram = [\"example.com:53\"]\n", "permissions.dgram[0]", "address"),
+    (BASE + "[permissions]\ninvoke = [\"rm -rf\"]\n", "permissions.invoke[0]", "function name"),
+    (BASE + "[csp]\nscript-src = [\"'unsafe-eval'\"]\n", "csp.script-src[0]", "weaken"),
+    (BASE + "[csp]\nsandbox = [\"x\"]\n", "csp.sandbox", "unknown key"),
+    ('[app]\nname = "T"\nid = "Not An Id"\n', "app.id", "reverse-DNS"),
+    (BASE + "[extra]\n", "extra", "unknown table"),
+    ("[app\n", "", "not valid TOML"),
+])
+def test_bad_config_names_file_key_and_reason(tmp_path: Path, toml: str, key: str,
+                                             reason: str) -> None:
+    _app(tmp_path, toml)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'shoal.toml'}: {key}")
+    assert reason in message
+    assert info.value.code == "EINVAL"
+
+
+def test_good_config_denies_everything_not_granted(tmp_path: Path) -> None:
+    _app(tmp_path, BASE + '[permissions]\nos = true\ndgram = ["127.0.0.1:*", "10.0.0.1:53"]\n'
+                          '[csp]\nimg-src = ["https://images.example"]\n')
+    config = load_config(tmp_path)
+    assert config.permissions.os and not config.permissions.network
+    assert not config.permissions.window and config.permissions.fs_read == ()
+    assert config.permissions.dgram == (("127.0.0.1", None), ("10.0.0.1", 53))
+    assert config.window.title == "T"
+    assert config.csp == {"img-src": ("https://images.example",)}
+
+
+def test_missing_config_is_one_clear_cli_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "shoal.cli.main", "run", "--browser",
+                             str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line]
+    assert len(lines) == 1 and "shoal.toml: not found" in lines[0]
+
+
+def test_init_writes_an_app_whose_own_test_passes(tmp_path: Path) -> None:
+    folder = tmp_path / "notes"
+    made = subprocess.run([sys.executable, "-m", "shoal.cli.main", "init", str(folder),
+                           "--json"], capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0, made.stderr
+    assert {"index.html", "app.js", "app.py", "shoal.toml", "test_app.py"} <= {
+        p.name for p in folder.iterdir()}
+    assert load_config(folder).id == "local.shoal.notes"
+    again = subprocess.run([sys.executable, "-m", "shoal.cli.main", "init", str(folder)],
+                           capture_output=True, text=True, timeout=30)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "--rootdir", str(folder), str(folder / "test_app.py")],
+                            capture_output=True, text=True, timeout=120, cwd=folder)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+# ---------------------------------------------------------------------------- files
+
+
+@pytest.fixture
+async def page(tmp_path: Path):
+    outside = tmp_path / "outside"
+    (outside / "docs").mkdir(parents=True)
+    (outside / "docs" / "readme.txt").write_text("granted for reading")
+    (outside / "box").mkdir()
+    (outside / "secret.txt").write_text("not granted")
+    folder = _app(tmp_path / "app", BASE + (
+        "[permissions]\n"
+        f'fs = {{ read = ["{outside / "docs"}"], write = ["{outside / "box"}"] }}\n'
+    ))
+    data = tmp_path / "data"
+    async with AppHost(folder, data_dir=data) as host, BridgeClient(host) as client:
+        client.outside = outside  # type: ignore[attr-defined]
+        client.data = data  # type: ignore[attr-defined]
+        yield client
+
+
+async def _code(coroutine) -> str:
+    with pytest.raises(BridgeError) as info:
+        await coroutine
+    return info.value.code
+
+
+async def test_files_in_the_data_dir(page) -> None:
+    await page.call("fs.mkdir", "a/b", True)
+    await page.call("fs.writeFile", "a/b/c.txt", b"\x00\x01binary")
+    assert await page.call("fs.readFile", "a/b/c.txt") == b"\x00\x01binary"
+    await page.call("fs.appendFile", "a/b/c.txt", b"!")
+    info = await page.call("fs.stat", "a/b/c.txt")
+    assert info["size"] == 9 and info["isFile"] and not info["isDirectory"]
+    assert await page.call("fs.read", "a/b/c.txt", 2, 3) == b"bin"
+    await page.call("fs.rename", "a/b/c.txt", "a/moved.txt")
+    assert [e["name"] for e in await page.call("fs.readdir", "a")] == ["b", "moved.txt"]
+    await page.call("fs.rm", "a", True)
+    assert await page.call("fs.readdir", ".") == []
+    assert await page.call("fs.dataDir") == str(page.data.resolve())
+
+
+async def test_granted_folders_are_read_only_or_read_write(page) -> None:
+    docs, box = page.outside / "docs", page.outside / "box"
+    assert await page.call("fs.readFile", str(docs / "readme.txt")) == b"granted for reading"
+    assert await _code(page.call("fs.writeFile", str(docs / "new.txt"), b"x")) == "EPERM"
+    assert not (docs / "new.txt").exists()
+    assert await _code(page.call("fs.rm", str(docs / "readme.txt"))) == "EPERM"
+    assert (docs / "readme.txt").exists()
+    await page.call("fs.writeFile", str(box / "ok.txt"), b"written")
+    assert (box / "ok.txt").read_bytes() == b"written"
+    assert await _code(page.call("fs.rm", str(box))) == "EPERM"  # a granted root itself
+
+
+async def test_paths_are_resolved_before_they_are_checked(page) -> None:
+    outside = page.outside
+    assert await _code(page.call("fs.readFile", str(outside / "secret.txt"))) == "EPERM"
+    assert await _code(page.call("fs.readFile", "../outside/secret.txt")) == "EPERM"
+    assert await _code(page.call("fs.readFile",
+                                 str(outside / "docs" / ".." / "secret.txt"))) == "EPERM"
+    # A symlink inside the data dir that points out is followed, then refused.
+    os.symlink(outside / "secret.txt", page.data / "escape")
+    assert await _code(page.call("fs.readFile", "escape")) == "EPERM"
+    assert await _code(page.call("fs.writeFile", "escape", b"overwrite")) == "EPERM"
+    assert (outside / "secret.txt").read_text() == "not granted"
+    os.symlink(outside, page.data / "dirlink")
+    assert await _code(page.call("fs.readdir", "dirlink")) == "EPERM"
+    assert await _code(page.call("fs.writeFile", "dirlink/planted.txt", b"x")) == "EPERM"
+    assert not (outside / "planted.txt").exists()
+    # A symlink that stays inside a grant is fine.
+    os.symlink(outside / "docs" / "readme.txt", page.data / "inside")
+    assert await page.call("fs.readFile", "inside") == b"granted for reading"
+    # A prefix is not a parent: "docs-evil" is not inside "docs".
+    (outside / "docs-evil").mkdir()
+    (outside / "docs-evil" / "x").write_text("x")
+    assert await _code(page.call("fs.readFile", str(outside / "docs-evil" / "x"))) == "EPERM"
+    assert await _code(page.call("fs.readFile", "")) == "EINVAL"
+    assert await _code(page.call("fs.readFile", "a\x00b")) == "EINVAL"
+    assert await _code(page.call("fs.rename", "x", str(outside / "stolen"))) == "EPERM"
+
+
+async def test_watch_reports_changes(page) -> None:
+    await page.call("fs.mkdir", "watched")
+    watch_id = await page.call("fs.watch", "watched")
+    await asyncio.sleep(0.1)
+    (page.data / "watched" / "new.txt").write_text("x")
+    event, data = await asyncio.wait_for(page.events.get(), 5)
+    assert event == "fs.watch" and data == {"id": watch_id, "type": "rename",
+                                            "filename": "new.txt"}
+    await page.call("fs.unwatch", watch_id)
+
+
+async def test_capabilities_not_declared_are_refused(page) -> None:
+    for call, args in [("os.info", ()), ("network.id", ()), ("window.setTitle", ("x",)),
+                       ("dialog.open", ()), ("clipboard.readText", ()),
+                       ("notification.show", ("t",)), ("invoke", ("anything",)),
+                       ("dgram.createSocket", ())]:
+        assert await _code(page.call(call, *args)) == "EPERM", call
+    assert await _code(page.call("no.such.call")) == "ENOSYS"
+    assert await _code(page.call("fs.readFile")) == "EINVAL"
+
+
+# ---------------------------------------------------------------------------- other APIs
+
+
+async def test_invoke_dgram_and_os(tmp_path: Path) -> None:
+    async with AppHost(WEBAPP, data_dir=tmp_path) as host, BridgeClient(host) as page:
+        assert await page.call("invoke", "add", [20, 22]) == 42
+        assert await page.call("invoke", "add", {"a": 1, "b": 2}) == 3
+        assert await _code(page.call("invoke", "add", [1])) == "EINVAL"
+        assert await _code(page.call("invoke", "not_granted")) == "EPERM"
+        assert await _code(page.call("invoke", "fail")) == "EAPP"
+        info = await page.call("os.info")
+        assert info["platform"] == "linux" and info["cpus"] >= 1 and info["totalmem"] > 0
+        dirs = await page.call("os.dirs")
+        assert dirs["data"] == str(tmp_path.resolve())
+        # UDP to an allowed host works both ways; anything else is refused.
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(5)
+        sock = await page.call("dgram.createSocket", {"address": "127.0.0.1"})
+        await page.call("dgram.send", sock, b"ping", "127.0.0.1", peer.getsockname()[1])
+        data, source = peer.recvfrom(100)
+        assert data == b"ping"
+        peer.sendto(b"pong", source)
+        event, message = await asyncio.wait_for(page.events.get(), 5)
+        assert event == "dgram.message" and message["id"] == sock
+        assert await _code(page.call("dgram.send", sock, b"x", "127.0.0.2", 9)) == "EPERM"
+        assert await _code(page.call("dgram.send", sock, b"x", "example.org", 9)) == "EINVAL"
+        await page.call("dgram.close", sock)
+        peer.close()
+
+
+async def test_network_api_sends_between_two_apps(tmp_path: Path) -> None:
+    toml = BASE + "[permissions]\nnetwork = true\n[network]\nlan = false\nlisten = \"127.0.0.1:0\"\n"
+    first, second = _app(tmp_path / "a", toml), _app(tmp_path / "b", toml)
+    async with AppHost(first, data_dir=tmp_path / "da", lan_discovery=False) as host_a, \
+            AppHost(second, data_dir=tmp_path / "db", lan_discovery=False) as host_b, \
+            BridgeClient(host_a) as page_a, BridgeClient(host_b) as page_b:
+        id_b = await page_b.call("network.id")
+        assert host_b.node is not None and host_a.node is not None
+        host_a.node.add_peer_address(id_b, host_b.node.address)
+        delivery = await page_a.call("network.send", id_b, b"hello app", {"timeout": 10})
+        assert delivery["path"] == "direct"
+        event, message = await asyncio.wait_for(page_b.events.get(), 5)
+        while event != "network.message":
+            event, message = await asyncio.wait_for(page_b.events.get(), 5)
+        assert message["from"] == await page_a.call("network.id")
+
+
+# ---------------------------------------------------------------------------- the wall
+
+
+async def test_bridge_refuses_without_secret_foreign_origin_or_host(tmp_path: Path) -> None:
+    async with AppHost(WEBAPP, data_dir=tmp_path) as host:
+        server = host.server
+        assert server is not None
+        bridge = f"{server.origin}/_shoal/bridge"
+        attempts = [
+            (f"{bridge}", {"Origin": server.origin}),
+            (f"{bridge}?secret=wrong", {"Origin": server.origin}),
+            (f"{bridge}?secret={server.secret}", {"Origin": "http://evil.example"}),
+            (f"{bridge}?secret={server.secret}", {"Origin": server.origin,
+                                                   "Host": "evil.example:80"}),
+            (f"{bridge}?secret={server.secret}", {}),
+        ]
+        async with aiohttp.ClientSession() as session:
+            for url, headers in attempts:
+                with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                    await session.ws_connect(url, headers=headers)
+                assert info.value.status == 403, (url, headers)
+            # Files: a rebinding Host is refused; the config and app.py are never served.
+            async with session.get(f"{server.origin}/", headers={"Host": "evil.example"}) as r:
+                assert r.status == 403
+            for hidden in ("shoal.toml", "app.py", "../../etc/passwd", ".git/config"):
+                async with session.get(f"{server.origin}/{hidden}") as r:
+                    assert r.status == 404, hidden
+            async with session.get(f"{server.origin}/") as r:
+                policy = r.headers["Content-Security-Policy"]
+                html = await r.text()
+        assert server.refused == len(attempts) + 1
+        assert "'unsafe-eval'" not in policy and "'unsafe-inline'" not in policy
+        assert f"connect-src ws://127.0.0.1:{server.port}/_shoal/bridge" in policy
+        assert '<script type="importmap">' in html
+
+
+async def test_malformed_bridge_messages_get_errors_not_crashes(tmp_path: Path) -> None:
+    async with AppHost(WEBAPP, data_dir=tmp_path) as host, BridgeClient(host) as page:
+        assert page._ws is not None
+        for junk in ("not json", "[]", json.dumps({"id": "x"})):
+            await page._ws.send_str(junk)
+        await page._ws.send_bytes(b"\x00\x00")
+        await asyncio.sleep(0.2)
+        assert await page.call("invoke", "add", [1, 1]) == 2  # still serving

@@ -1,0 +1,45 @@
+"""One real window: the app in pywebview (Qt, offscreen), its page calling the bridge."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+APP = Path(__file__).parent / "data" / "webapp"
+
+
+def test_app_in_a_native_window_reaches_the_bridge(tmp_path: Path) -> None:
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "run", "--json", str(APP),
+         "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,  # so the browser processes Qt starts go down with it
+    )
+    try:
+        assert process.stdout is not None
+        ready = json.loads(process.stdout.readline() or "{}")
+        assert ready.get("event") == "ready" and ready.get("mode") == "window", ready
+        report = tmp_path / "results.json"
+        deadline = time.monotonic() + 30
+        while not report.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # The page's script ran in the window, under the policy, through the bridge.
+        results = json.loads(report.read_text())
+        assert results["eval"] == {"error": "EvalError"}
+        assert results["writeRead"] == {"ok": "hello from the page"}
+        assert results["invokeAdd"] == {"ok": 5}
+        assert results["readOutside"] == {"error": "EPERM"}
+        assert (tmp_path / "notes" / "today.txt").read_text() == "hello from the page"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
