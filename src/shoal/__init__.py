@@ -3,8 +3,8 @@
 The network API lives here; ``shoal.sim`` runs the same protocol core in virtual time.
 """
 
-from shoal.aio.node import Delivery, Message, Node, PeerInfo
-from shoal.core.config import CoreConfig
+from typing import TYPE_CHECKING, Any
+
 from shoal.errors import (
     ClosedError,
     DeliveryError,
@@ -13,7 +13,32 @@ from shoal.errors import (
     RemoteProtocolError,
     ShoalError,
 )
-from shoal.identity import Identity
+
+if TYPE_CHECKING:
+    from shoal.aio.node import Delivery, Message, Node, PeerInfo
+    from shoal.core.config import CoreConfig
+    from shoal.identity import Identity
+
+_LAZY = {
+    "Delivery": "shoal.aio.node",
+    "Message": "shoal.aio.node",
+    "Node": "shoal.aio.node",
+    "PeerInfo": "shoal.aio.node",
+    "CoreConfig": "shoal.core.config",
+    "Identity": "shoal.identity",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # The network stack loads on first use, so tools that do not need it start faster.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __version__ = "0.1.0"
 

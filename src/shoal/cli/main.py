@@ -391,7 +391,6 @@ def dev(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: 
 def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, as_json: bool,
              dev: bool) -> None:
     from shoal.runtime.config import load_config
-    from shoal.runtime.host import AppHost
     from shoal.runtime.window import gui_unavailable, run_in_window
 
     output = Output(as_json)
@@ -405,12 +404,14 @@ def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, a
                 ms = round((time.monotonic() - started) * 1000, 1)
                 output.event("ready", f"window open ({ms} ms)", mode="window", ms=ms)
 
-            run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready)
+            run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port)
             return
         output.event("notice", f"no native window: {reason}; serving for a browser instead",
                      reason=reason)
 
     async def body() -> int:
+        from shoal.runtime.host import AppHost
+
         async with AppHost(folder, data_dir=data_dir, dev=dev, port=port) as host:
             output.event("ready", f"open {host.url} in a browser", mode="browser",
                          url=host.url, dev=dev)

@@ -34,6 +34,7 @@ import json
 import mimetypes
 import os
 import secrets
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -44,7 +45,8 @@ from aiohttp import WSMsgType, web
 
 from shoal.errors import ShoalError
 from shoal.runtime.config import AppConfig
-from shoal.runtime.fsapi import BridgeError
+from shoal.runtime.fsapi import BridgeError, FramedBytes
+from shoal.runtime.window import bind_listener
 
 BRIDGE_PATH = "/_shoal/bridge"
 API_PATH = "/_shoal/api.js"
@@ -88,10 +90,12 @@ class AppServer:
     """Serves one app on 127.0.0.1 and answers its bridge calls with ``calls``."""
 
     def __init__(self, config: AppConfig, calls: dict[str, Handler], *,
-                 port: int = 0, dev: bool = False) -> None:
+                 port: int = 0, dev: bool = False, listener: socket.socket | None = None,
+                 secret: str | None = None) -> None:
         self.config = config
         self.calls = calls
-        self.secret = secrets.token_urlsafe(32)
+        self.secret = secret or secrets.token_urlsafe(32)
+        self._listener = listener
         self.dev = dev
         self._requested_port = port
         self.port = 0
@@ -119,11 +123,9 @@ class AppServer:
         app.router.add_get("/{path:.*}", self._file)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._requested_port)
-        await site.start()
-        server = site._server  # aiohttp keeps the bound sockets here
-        assert server is not None and server.sockets  # type: ignore[attr-defined]
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        listener = self._listener or bind_listener(self._requested_port)
+        self.port = listener.getsockname()[1]
+        await web.SockSite(self._runner, listener).start()
         self._csp = content_security_policy(self.port, self.config.csp)
 
     async def close(self) -> None:
@@ -192,7 +194,8 @@ class AppServer:
         ):
             self.refused += 1
             return web.Response(status=403, text="forbidden\n")
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30)
+        # No permessage-deflate: it would cost more CPU than it saves on a loopback link.
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30, compress=False)
         await ws.prepare(request)
         self._sockets.add(ws)
         in_flight = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
@@ -233,6 +236,11 @@ class AppServer:
         except ShoalError as exc:
             await _send_json(ws, {"id": call_id, "error": {"code": exc.code,
                                                             "message": exc.message}})
+            return
+        if isinstance(result, FramedBytes):
+            _U32.pack_into(result, 0, call_id)
+            with contextlib.suppress(ConnectionError):
+                await ws.send_bytes(result)
             return
         if isinstance(result, bytes | bytearray):
             with contextlib.suppress(ConnectionError):

@@ -29,6 +29,14 @@ class BridgeError(ShoalError):
     """A call from the page failed; ``code`` reaches the page unchanged."""
 
 
+class FramedBytes(bytearray):
+    """A binary result whose first ``FRAME_PREFIX`` bytes are left free for the bridge's
+    frame header, so a large file goes to the page without another copy."""
+
+
+FRAME_PREFIX = 4
+
+
 def os_error(exc: OSError, shown: str) -> BridgeError:
     """A ``BridgeError`` with the errno name (``ENOENT``, ...) as its code."""
     code = errno.errorcode.get(exc.errno or 0, "EIO")
@@ -103,9 +111,9 @@ class FileSystem:
     async def data_dir(self) -> str:
         return str(self.policy.data_dir)
 
-    async def read_file(self, path: str) -> bytes:
+    async def read_file(self, path: str) -> FramedBytes:
         real = self.policy.resolve(path, write=False)
-        return await _io(real.read_bytes, path)
+        return await _io(lambda: _read_framed(real), path)
 
     async def read(self, path: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset``: the pull side of read streams."""
@@ -225,6 +233,24 @@ class FileSystem:
                     kind = "change" if name in before and name in after else "rename"
                     self._emit("fs.watch", {"id": watch_id, "type": kind, "filename": name})
             before = after
+
+
+def _read_framed(real: Path) -> FramedBytes:
+    with real.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        buffer = FramedBytes(FRAME_PREFIX + size)
+        view = memoryview(buffer)
+        filled = FRAME_PREFIX
+        while filled < len(buffer):
+            count = handle.readinto(view[filled:])
+            if not count:
+                break
+            filled += count
+        view.release()
+        del buffer[filled:]  # the file shrank while it was read
+        rest = handle.read()  # or grew
+    buffer += rest
+    return buffer
 
 
 def _snapshot(real: Path) -> dict[str, tuple[int, int]]:

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
-from shoal.aio.node import Node
-from shoal.identity import Identity
 from shoal.runtime.bridge import AppServer
 from shoal.runtime.config import AppConfig, load_config
 from shoal.runtime.fsapi import FileSystem, PathPolicy
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
 from shoal.runtime.system import BrowserBackend, System, WindowBackend
+
+if TYPE_CHECKING:
+    from shoal.aio.node import Node
 
 RELOAD_POLL = 0.3
 
@@ -38,7 +40,10 @@ class AppHost:
 
     def __init__(self, folder: Path, *, data_dir: Path | None = None,
                  window: WindowBackend | None = None, dev: bool = False, port: int = 0,
-                 lan_discovery: bool | None = None) -> None:
+                 lan_discovery: bool | None = None, listener: socket.socket | None = None,
+                 secret: str | None = None) -> None:
+        """``listener`` and ``secret``: a socket already listening on 127.0.0.1 and the
+        launch secret, when the window must know the URL before the host has started."""
         self.folder = folder
         self.config: AppConfig = load_config(folder)
         self.data_dir = data_dir or default_data_dir(self.config.id)
@@ -46,6 +51,8 @@ class AppHost:
         self.dev = dev
         self.port = port
         self.lan_discovery = lan_discovery
+        self.listener = listener
+        self.secret = secret
         self.node: Node | None = None
         self.server: AppServer | None = None
         self._parts: list[Any] = []
@@ -61,10 +68,14 @@ class AppHost:
         permissions = config.permissions
         functions = load_exposed(self.folder / "app.py")
         calls: dict[str, Any] = {}
-        server = AppServer(config, calls, port=self.port, dev=self.dev)
+        server = AppServer(config, calls, port=self.port, dev=self.dev, listener=self.listener,
+                           secret=self.secret)
         emit = server.emit
         policy = PathPolicy(self.data_dir, permissions.fs_read, permissions.fs_write)
         if permissions.network:
+            from shoal.aio.node import Node
+            from shoal.identity import Identity
+
             network = config.network
             lan = network.lan if self.lan_discovery is None else self.lan_discovery
             self.node = Node(

@@ -17,13 +17,15 @@ import ipaddress
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shoal.aio.node import Node
-from shoal.core import events as ev
 from shoal.errors import ShoalError
 from shoal.net import format_address
 from shoal.runtime.fsapi import BridgeError
+
+if TYPE_CHECKING:
+    from shoal.aio.node import Node
+    from shoal.core.events import Event
 
 EXPOSED = "__shoal_expose__"
 MAX_DGRAM_SOCKETS = 64
@@ -104,7 +106,7 @@ class Network:
         self._emit = emit
         self._tasks: list[asyncio.Task[None]] = []
         if node is not None:
-            queue: asyncio.Queue[ev.Event] = asyncio.Queue()
+            queue: asyncio.Queue[Event] = asyncio.Queue()
             node.events = queue
             loop = asyncio.get_running_loop()
             self._tasks.append(loop.create_task(self._forward_messages(node)))
@@ -161,7 +163,9 @@ class Network:
                 "data": base64.b64encode(message.data).decode(),
             })
 
-    async def _forward_events(self, queue: asyncio.Queue[ev.Event]) -> None:
+    async def _forward_events(self, queue: asyncio.Queue[Event]) -> None:
+        from shoal.core import events as ev
+
         while True:
             event = await queue.get()
             if isinstance(event, ev.PeerConnected) and not event.introducer:

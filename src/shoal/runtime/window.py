@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -16,6 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from shoal.runtime.fsapi import BridgeError
+
+
+def bind_listener(port: int = 0) -> socket.socket:
+    """A TCP socket listening on 127.0.0.1 for the app server, bound ahead of time."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    return listener
 
 
 def gui_unavailable() -> str | None:
@@ -77,47 +88,58 @@ class PywebviewBackend:
 
 
 def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
-                  on_ready: Callable[[str], None], gui: str | None = None) -> None:
-    """Open the app in a native window; returns when the window is closed."""
-    import webview
+                  on_ready: Callable[[str], None], port: int = 0, gui: str | None = None) -> None:
+    """Open the app in a native window; returns when the window is closed.
 
-    from shoal.runtime.host import AppHost
+    The server's socket and secret exist before anything else, so the window can start
+    loading the URL while the host (and its imports) start on their own thread; the
+    browser's first request waits in the listen queue until the server answers.
+    """
+    from shoal.runtime.config import load_config
 
-    if os.geteuid() == 0 if hasattr(os, "geteuid") else False:
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
         # Chromium's sandbox refuses to run as root; QtWebEngine must be told.
         os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
+    config = load_config(folder)
+    listener = bind_listener(port)
+    secret = secrets.token_urlsafe(32)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/#shoal={secret}"
     backend = PywebviewBackend()
-    host = AppHost(folder, data_dir=data_dir, window=backend, dev=dev)
     loop = asyncio.new_event_loop()
-    started = threading.Event()
     failure: list[BaseException] = []
 
     def serve() -> None:
+        from shoal.runtime.host import AppHost
+
         asyncio.set_event_loop(loop)
+        host = AppHost(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
+                       secret=secret)
         try:
             loop.run_until_complete(host.start())
-        except BaseException as exc:  # reported on the main thread
+        except BaseException as exc:  # re-raised on the main thread once the window is gone
             failure.append(exc)
-            started.set()
+            if backend.window is not None:
+                backend.window.destroy()
             return
-        started.set()
         loop.run_forever()
         loop.run_until_complete(host.close())
 
     thread = threading.Thread(target=serve, name="shoal-app", daemon=True)
     thread.start()
-    started.wait()
-    if failure:
-        raise failure[0]
-    window_config = host.config.window
+    import webview
+
+    window_config = config.window
     backend.window = webview.create_window(
-        window_config.title, host.url, width=window_config.width,
-        height=window_config.height, resizable=window_config.resizable,
+        window_config.title, url, width=window_config.width, height=window_config.height,
+        resizable=window_config.resizable,
         min_size=(window_config.min_width, window_config.min_height),
     )
-    backend.window.events.loaded += lambda: on_ready(host.url)
+    backend.window.events.loaded += lambda: on_ready(url)
     try:
-        webview.start(gui=gui, private_mode=True)
+        if not failure:
+            webview.start(gui=gui, private_mode=True)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
+    if failure:
+        raise failure[0]

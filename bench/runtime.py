@@ -1,0 +1,148 @@
+"""Benchmark of the app runtime in a native window; prints one JSON object.
+
+    python bench/runtime.py --json          (QT_QPA_PLATFORM=offscreen where there is no display)
+
+- ``shoal run bench/runtime_app`` in a pywebview window: bridge round trip p50/p99 of a
+  small call (``invoke`` of an async no-op), MB/s reading a 64 MiB file into the page,
+  time from starting ``shoal run`` to the page's first paint, and the memory (PSS) of
+  the whole process tree half a second after that paint (before the other measurements);
+- the baseline: a bare pywebview window showing the same page from a plain file
+  server (no bridge, no policy), measured the same way, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psutil
+
+APP = Path(__file__).parent / "runtime_app"
+BIG = 64 << 20
+
+BASELINE = r"""
+import json, sys, time
+import webview
+url, started = sys.argv[1], float(sys.argv[2])
+window = webview.create_window("Runtime bench", url)
+def loaded():
+    script = "(performance.getEntriesByType('paint')[0] || {}).startTime"
+    for _ in range(200):
+        start = window.evaluate_js(script)
+        if start:
+            break
+        time.sleep(0.02)
+    origin = window.evaluate_js("performance.timeOrigin")
+    print(json.dumps({"first_paint_ms": origin + start - started * 1000}), flush=True)
+window.events.loaded += loaded
+webview.start(private_mode=True)
+"""
+
+
+def tree_pss_mb(pid: int) -> float:
+    """Proportional memory of a process and all its descendants, in MB."""
+    root = psutil.Process(pid)
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            info = process.memory_full_info()
+            total += getattr(info, "pss", info.rss)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return round(total / 1e6, 1)
+
+
+def stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def measure_shoal(env: dict[str, str]) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as data:
+        data_dir = Path(data)
+        (data_dir / "big.bin").write_bytes(os.urandom(BIG))
+        started = time.time()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shoal.cli.main", "run", "--json", str(APP),
+             "--data-dir", str(data_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            for name in ("painted.json", "bench.json"):
+                report = data_dir / name
+                while not report.exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if name == "painted.json":
+                    time.sleep(0.5)
+                    memory = tree_pss_mb(process.pid)
+            time.sleep(0.2)
+            result = json.loads(report.read_text())
+        finally:
+            stop(process)
+    return {
+        "first_paint_ms": round(result["first_paint_epoch_ms"] - started * 1000, 1),
+        "round_trip_p50_ms": round(result["round_trip_p50_ms"], 3),
+        "round_trip_p99_ms": round(result["round_trip_p99_ms"], 3),
+        "read_64mib_mb_per_s": round(result["read_mb_per_s"], 1),
+        "memory_mb": memory,
+    }
+
+
+def measure_baseline(env: dict[str, str]) -> dict[str, float]:
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(APP))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/baseline.html"
+    started = time.time()
+    process = subprocess.Popen([sys.executable, "-c", BASELINE, url, str(started)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env=env, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        result = json.loads(process.stdout.readline())
+        time.sleep(0.5)  # the same settling as the Shoal run gets after its first paint
+        memory = tree_pss_mb(process.pid)
+    finally:
+        stop(process)
+        server.shutdown()
+    return {"first_paint_ms": round(result["first_paint_ms"], 1), "memory_mb": memory}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="(output is always JSON)")
+    parser.parse_args()
+    env = {**os.environ}
+    if sys.platform.startswith("linux") and not (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")):
+        env.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        env.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
+    baseline = measure_baseline(env)
+    shoal = measure_shoal(env)
+    print(json.dumps({
+        "window": env.get("QT_QPA_PLATFORM", "native"),
+        **shoal,
+        "baseline_first_paint_ms": baseline["first_paint_ms"],
+        "baseline_memory_mb": baseline["memory_mb"],
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+from shoal.runtime import expose
+
+
+@expose
+async def noop() -> int:
+    return 0
