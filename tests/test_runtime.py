@@ -293,3 +293,27 @@ async def test_malformed_bridge_messages_get_errors_not_crashes(tmp_path: Path) 
         await page._ws.send_bytes(b"\x00\x00")
         await asyncio.sleep(0.2)
         assert await page.call("invoke", "add", [1, 1]) == 2  # still serving
+
+
+async def test_file_endpoint_has_the_same_wall(tmp_path: Path) -> None:
+    async with AppHost(WEBAPP, data_dir=tmp_path) as host:
+        server = host.server
+        assert server is not None
+        (tmp_path / "page.txt").write_text("for the page")
+        url = f"{server.origin}/_shoal/file"
+        good = {"X-Shoal-Secret": server.secret}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, params={"path": "page.txt"}, headers=good) as r:
+                assert r.status == 200 and await r.read() == b"for the page"
+            for headers in ({}, {"X-Shoal-Secret": "wrong"},
+                            {**good, "Origin": "http://evil.example"},
+                            {**good, "Sec-Fetch-Site": "cross-site"},
+                            {**good, "Host": "evil.example"}):
+                async with session.get(url, params={"path": "page.txt"}, headers=headers) as r:
+                    assert r.status == 403, headers
+            async with session.get(url, params={"path": "/etc/hostname"}, headers=good) as r:
+                assert r.status == 403 and (await r.json())["code"] == "EPERM"
+            async with session.get(url, params={"path": "nothing.txt"}, headers=good) as r:
+                assert r.status == 404 and (await r.json())["code"] == "ENOENT"
+            async with session.get(url, params={"path": "."}, headers=good) as r:
+                assert (await r.json())["code"] == "EISDIR"

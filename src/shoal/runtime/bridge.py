@@ -49,6 +49,7 @@ from shoal.runtime.fsapi import BridgeError, FramedBytes
 from shoal.runtime.window import bind_listener
 
 BRIDGE_PATH = "/_shoal/bridge"
+FILE_PATH = "/_shoal/file"
 API_PATH = "/_shoal/api.js"
 IMPORT_MAP = '{"imports":{"shoal:api":"/_shoal/api.js"}}'
 IMPORT_MAP_TAG = f'<script type="importmap">{IMPORT_MAP}</script>'
@@ -70,7 +71,8 @@ def content_security_policy(port: int, extra: dict[str, tuple[str, ...]]) -> str
         "img-src": ["'self'", "blob:"],
         "font-src": ["'self'"],
         "media-src": ["'self'", "blob:"],
-        "connect-src": [f"ws://127.0.0.1:{port}{BRIDGE_PATH}"],
+        "connect-src": [f"ws://127.0.0.1:{port}{BRIDGE_PATH}",
+                        f"http://127.0.0.1:{port}{FILE_PATH}"],
         "worker-src": ["'self'"],
         "manifest-src": ["'self'"],
         "base-uri": ["'none'"],
@@ -91,9 +93,14 @@ class AppServer:
 
     def __init__(self, config: AppConfig, calls: dict[str, Handler], *,
                  port: int = 0, dev: bool = False, listener: socket.socket | None = None,
-                 secret: str | None = None) -> None:
+                 secret: str | None = None,
+                 readable: Callable[[str], Path] | None = None) -> None:
+        """``readable`` resolves a page path for reading (raising ``BridgeError``): bulk
+        reads are served over HTTP at ``FILE_PATH``, which moves large files much faster
+        than WebSocket frames do."""
         self.config = config
         self.calls = calls
+        self.readable = readable
         self.secret = secret or secrets.token_urlsafe(32)
         self._listener = listener
         self.dev = dev
@@ -119,6 +126,7 @@ class AppServer:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_FRAME)
         app.router.add_get(BRIDGE_PATH, self._bridge)
         app.router.add_get(API_PATH, self._api_module)
+        app.router.add_get(FILE_PATH, self._read_file)
         app.router.add_get("/_shoal/shoal.d.ts", self._api_types)
         app.router.add_get("/{path:.*}", self._file)
         self._runner = web.AppRunner(app, access_log=None)
@@ -159,6 +167,7 @@ class AppServer:
         headers["Referrer-Policy"] = "no-referrer"
         headers["Cross-Origin-Opener-Policy"] = "same-origin"
         headers["Cross-Origin-Resource-Policy"] = "same-origin"
+        headers["Cross-Origin-Embedder-Policy"] = "require-corp"
         headers["X-Frame-Options"] = "DENY"
         headers["Cache-Control"] = "no-store"
         return response
@@ -184,6 +193,29 @@ class AppServer:
             html = target.read_text(encoding="utf-8", errors="replace")
             return web.Response(text=_with_import_map(html), content_type="text/html")
         return web.FileResponse(target, headers={"Content-Type": content_type})
+
+    async def _read_file(self, request: web.Request) -> web.StreamResponse:
+        """A file for ``fs.readFile``: same checks as the bridge, the secret in a header
+        (a foreign page cannot send one without a CORS preflight, which fails here)."""
+        offered = request.headers.get("X-Shoal-Secret", "")
+        origin = request.headers.get("Origin")
+        site = request.headers.get("Sec-Fetch-Site")
+        if (origin not in (None, self.origin) or site not in (None, "same-origin")
+                or not hmac.compare_digest(offered.encode(), self.secret.encode())):
+            self.refused += 1
+            return web.Response(status=403, text="forbidden\n")
+        try:
+            if self.readable is None:
+                raise BridgeError("file reads are not available", code="ENOSYS")
+            real = self.readable(request.query.get("path", ""))
+            if real.is_dir():
+                raise BridgeError(f"is a directory: {request.query.get('path')}", code="EISDIR")
+            if not real.is_file():
+                raise BridgeError(f"no such file: {request.query.get('path')}", code="ENOENT")
+        except ShoalError as exc:
+            status = {"EPERM": 403, "ENOENT": 404}.get(exc.code, 400)
+            return web.json_response({"code": exc.code, "message": exc.message}, status=status)
+        return web.FileResponse(real, headers={"Content-Type": "application/octet-stream"})
 
     # ------------------------------------------------------------------ bridge
 

@@ -68,10 +68,11 @@ class AppHost:
         permissions = config.permissions
         functions = load_exposed(self.folder / "app.py")
         calls: dict[str, Any] = {}
-        server = AppServer(config, calls, port=self.port, dev=self.dev, listener=self.listener,
-                           secret=self.secret)
-        emit = server.emit
         policy = PathPolicy(self.data_dir, permissions.fs_read, permissions.fs_write)
+        server = AppServer(config, calls, port=self.port, dev=self.dev, listener=self.listener,
+                           secret=self.secret,
+                           readable=lambda path: policy.resolve(path, write=False))
+        emit = server.emit
         if permissions.network:
             from shoal.aio.node import Node
             from shoal.identity import Identity

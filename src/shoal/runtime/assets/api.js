@@ -115,9 +115,29 @@ function fromBase64(text) {
 
 const READ_CHUNK = 4 << 20;
 
+// Whole files come over HTTP (fast for large files), with the same checks as the bridge.
+async function fetchFile(file) {
+  let response;
+  try {
+    response = await fetch(`/_shoal/file?path=${encodeURIComponent(file)}`, {
+      headers: { "X-Shoal-Secret": takeSecret() },
+      cache: "no-store",
+    });
+  } catch (error) {
+    throw new ShoalError("ECONNREFUSED", `the Shoal bridge is unreachable: ${error}`);
+  }
+  if (!response.ok) {
+    let failure = { code: "EIO", message: `HTTP ${response.status}` };
+    try { failure = await response.json(); } catch {}
+    throw new ShoalError(failure.code, failure.message);
+  }
+  return new Uint8Array(await response.arrayBuffer());
+}
+
 export const fs = {
   async readFile(file, options = {}) {
-    const bytes = await call("fs.readFile", file);
+    if (typeof file !== "string") throw new ShoalError("EINVAL", "a path must be a string");
+    const bytes = await fetchFile(file);
     const encoding = typeof options === "string" ? options : options.encoding;
     return encoding ? decoder.decode(bytes) : bytes;
   },
