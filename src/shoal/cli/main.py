@@ -16,15 +16,17 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from shoal import __version__
 from shoal.core.wire import RelayPath
 from shoal.errors import ShoalError
-from shoal.identity import Identity, peer_id_to_bytes
 from shoal.net import format_address, local_addresses, parse_address
+
+if TYPE_CHECKING:
+    from shoal.identity import Identity
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -80,6 +82,8 @@ def _run(output: Output, body: Callable[[], Awaitable[int | None]]) -> None:
 
 
 def _identity(path: str | None) -> Identity:
+    from shoal.identity import Identity
+
     return Identity.load_or_create(Path(path) if path else None)
 
 
@@ -251,6 +255,7 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
          no_lan: bool, to: str, timeout: float, text: str) -> None:
     """Send TEXT to a peer and wait until it acknowledges."""
     from shoal import Node
+    from shoal.identity import peer_id_to_bytes
 
     output = Output(as_json)
     peer_id_to_bytes(to)

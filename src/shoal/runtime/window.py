@@ -105,7 +105,12 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     secret = secrets.token_urlsafe(32)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}/#shoal={secret}"
     backend = PywebviewBackend()
-    loop = asyncio.new_event_loop()
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
     failure: list[BaseException] = []
 
     def serve() -> None:
