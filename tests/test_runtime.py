@@ -233,7 +233,8 @@ async def test_invoke_dgram_and_os(tmp_path: Path) -> None:
 
 
 async def test_network_api_sends_between_two_apps(tmp_path: Path) -> None:
-    toml = BASE + "[permissions]\nnetwork = true\n[network]\nlan = false\nlisten = \"127.0.0.1:0\"\n"
+    toml = BASE + ('[permissions]\nnetwork = true\n'
+                   '[network]\nlan = false\nlisten = "127.0.0.1:0"\n')
     first, second = _app(tmp_path / "a", toml), _app(tmp_path / "b", toml)
     async with AppHost(first, data_dir=tmp_path / "da", lan_discovery=False) as host_a, \
             AppHost(second, data_dir=tmp_path / "db", lan_discovery=False) as host_b, \
