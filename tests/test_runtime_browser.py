@@ -4,7 +4,9 @@ loading an app served by ``shoal run --browser``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 import sys
 import threading
 from collections.abc import Iterator
@@ -21,16 +23,22 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     data_dir = tmp_path_factory.mktemp("webapp-data")
+    # "The system browser" is a script that notes the URLs it was asked to open.
+    opened = data_dir.parent / "opened.txt"
+    recorder = data_dir.parent / "browser.sh"
+    recorder.write_text(f'#!/bin/sh\necho "$1" >> {opened}\n')
+    recorder.chmod(0o755)
     process = subprocess.Popen(
         [sys.executable, "-m", "shoal.cli.main", "run", "--browser", "--json", str(APP),
          "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "BROWSER": str(recorder)},
     )
     try:
         assert process.stdout is not None
         ready = json.loads(process.stdout.readline())
         assert ready["event"] == "ready" and ready["mode"] == "browser"
-        yield {"url": ready["url"], "data_dir": data_dir}
+        yield {"url": ready["url"], "data_dir": data_dir, "opened": opened}
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -137,3 +145,51 @@ def test_a_foreign_page_cannot_use_the_bridge_even_with_the_secret(served: dict,
     finally:
         page.close()
         server.shutdown()
+
+
+def test_links_out_of_the_app_open_in_the_system_browser(served: dict, browser: Browser) -> None:
+    page = browser.new_page()
+    try:
+        page.goto(served["url"])
+        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=20000)
+        app_url = page.url
+        page.click("#away")
+        deadline = time.monotonic() + 10
+        while not served["opened"].exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert served["opened"].read_text().split() == ["https://example.org/elsewhere"]
+        assert page.url == app_url  # the page stayed on the app
+    finally:
+        page.close()
+
+
+def test_dev_reloads_the_page_when_a_file_changes(tmp_path: Path, browser: Browser) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    for source in APP.iterdir():
+        (app / source.name).write_bytes(source.read_bytes())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "dev", "--browser", "--json", str(app),
+         "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    page = browser.new_page()
+    try:
+        assert process.stdout is not None
+        ready = json.loads(process.stdout.readline())
+        assert ready["dev"] is True
+        page.goto(ready["url"])
+        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=20000)
+        with page.expect_event("load", timeout=10000):
+            (app / "index.html").write_text(
+                (app / "index.html").read_text().replace("away</a>", "away</a><i>v2</i>"))
+        page.wait_for_selector("i", state="attached", timeout=10000)
+        assert page.text_content("i") == "v2"
+        # The reloaded page reached the bridge again (its secret is in sessionStorage).
+        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=20000)
+        results = json.loads(page.get_attribute("body", "data-results") or "{}")
+        assert results["invokeAdd"] == {"ok": 5}
+    finally:
+        page.close()
+        process.terminate()
+        process.wait(timeout=10)
