@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
