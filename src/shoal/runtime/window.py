@@ -91,11 +91,15 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                   on_ready: Callable[[str], None], port: int = 0, gui: str | None = None) -> None:
     """Open the app in a native window; returns when the window is closed.
 
-    The server's socket and secret exist before anything else, so the window can start
-    loading the URL while the host (and its imports) start on their own thread; the
-    browser's first request waits in the listen queue until the server answers.
+    The server's socket and secret exist before the window, so the window can start
+    loading the URL while the host starts on its own thread; the browser's first
+    request waits in the listen queue until the server answers.
     """
     from shoal.runtime.config import load_config
+
+    # Imported here, not on the host's thread: imports racing Qt's start-up for the GIL
+    # delay the first paint more than importing first does.
+    from shoal.runtime.host import AppHost
 
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         # Chromium's sandbox refuses to run as root; QtWebEngine must be told.
@@ -114,8 +118,6 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     failure: list[BaseException] = []
 
     def serve() -> None:
-        from shoal.runtime.host import AppHost
-
         asyncio.set_event_loop(loop)
         host = AppHost(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
                        secret=secret)
