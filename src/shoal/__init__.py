@@ -3,8 +3,9 @@
 The network API lives here; ``shoal.sim`` runs the same protocol core in virtual time.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from shoal._lazy import lazy_exports
 from shoal.errors import (
     ClosedError,
     DeliveryError,
@@ -29,16 +30,8 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # The network stack loads on first use, so tools that do not need it start faster.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+# The network stack loads on first use.
+__getattr__ = lazy_exports(globals(), _LAZY)
 
 __version__ = "0.1.0"
 

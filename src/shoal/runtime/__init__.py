@@ -4,7 +4,9 @@ An app is a folder with ``shoal.toml``, web files and optionally ``app.py``; see
 ``docs/runtime.md``. ``expose`` marks ``app.py`` functions the page may ``invoke``.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from shoal._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from shoal.runtime.config import AppConfig, ConfigError, load_config
@@ -22,13 +24,5 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # Loading lazily lets a window start before the web server's modules are imported.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'shoal.runtime' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+# The web server's modules load on first use.
+__getattr__ = lazy_exports(globals(), _LAZY)
