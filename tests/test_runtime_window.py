@@ -14,7 +14,12 @@ APP = Path(__file__).parent / "data" / "webapp"
 
 
 def test_app_in_a_native_window_reaches_the_bridge(tmp_path: Path) -> None:
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    opened = tmp_path.parent / f"{tmp_path.name}-opened.txt"
+    recorder = tmp_path.parent / f"{tmp_path.name}-browser.sh"
+    recorder.write_text(f'#!/bin/sh\necho "$1" >> {opened}\n')
+    recorder.chmod(0o755)
+    (tmp_path / "leave.txt").write_text("navigate away once")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "BROWSER": str(recorder)}
     process = subprocess.Popen(
         [sys.executable, "-m", "shoal.cli.main", "run", "--json", str(APP),
          "--data-dir", str(tmp_path)],
@@ -36,6 +41,16 @@ def test_app_in_a_native_window_reaches_the_bridge(tmp_path: Path) -> None:
         assert results["invokeAdd"] == {"ok": 5}
         assert results["readOutside"] == {"error": "EPERM"}
         assert (tmp_path / "notes" / "today.txt").read_text() == "hello from the page"
+        # The page then sent the window elsewhere: that address went to the system
+        # browser, and the window came back to the app, whose page ran once more.
+        first_run = report.stat().st_mtime_ns
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+            opened.exists() and report.stat().st_mtime_ns != first_run
+        ):
+            time.sleep(0.1)
+        assert opened.read_text().split() == ["http://127.0.0.1:9/elsewhere"]
+        assert report.stat().st_mtime_ns != first_run
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

@@ -87,6 +87,19 @@ class PywebviewBackend:
         raise BridgeError("clipboard access is not available in this window", code="ENOTSUP")
 
 
+def keep_on_app(window: Any, origin: str) -> None:
+    """If the window navigated away from the app (a script changed ``location``, say),
+    open that address in the system browser and bring the window back to the app."""
+    current = window.get_current_url() or ""
+    if current == origin or current.startswith(origin + "/"):
+        return
+    if current.startswith(("http://", "https://")):
+        import webbrowser
+
+        webbrowser.open(current)
+    window.load_url(origin + "/")
+
+
 def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                   on_ready: Callable[[str], None], port: int = 0, gui: str | None = None) -> None:
     """Open the app in a native window; returns when the window is closed.
@@ -141,7 +154,16 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         resizable=window_config.resizable,
         min_size=(window_config.min_width, window_config.min_height),
     )
-    backend.window.events.loaded += lambda: on_ready(url)
+    origin = url.split("/#", 1)[0]
+    announced: list[bool] = []
+
+    def loaded() -> None:
+        if not announced:
+            announced.append(True)
+            on_ready(url)
+        keep_on_app(backend.window, origin)
+
+    backend.window.events.loaded += loaded
     try:
         if not failure:
             webview.start(gui=gui, private_mode=True)

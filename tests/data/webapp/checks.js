@@ -61,3 +61,9 @@ await check("path", () => path.join("/a/b", "../c", "d.txt"));
 document.body.dataset.results = JSON.stringify(results);
 await fs.writeFile("results.json", JSON.stringify(results));
 document.body.dataset.ready = "true";
+// Asked to leave the app (the window test does): the window must bring the app back.
+if (!sessionStorage.getItem("left") && (await fs.stat("leave.txt").then(() => true, () => false))) {
+  sessionStorage.setItem("left", "yes");
+  await fs.rm("leave.txt");
+  location.href = "http://127.0.0.1:9/elsewhere";
+}
