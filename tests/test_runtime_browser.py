@@ -193,3 +193,57 @@ def test_dev_reloads_the_page_when_a_file_changes(tmp_path: Path, browser: Brows
         page.close()
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_two_chat_apps_message_each_other(tmp_path: Path, browser: Browser) -> None:
+    """The chat template, twice, through an introducer on loopback: the JS network API."""
+    shoal = [sys.executable, "-m", "shoal.cli.main"]
+    env = {**os.environ, "SHOAL_NO_LAN": "1"}
+    introducer = subprocess.Popen(
+        [*shoal, "introducer", "--listen", "127.0.0.1:0", "--json", "--no-lan",
+         "--identity", str(tmp_path / "introducer.key")],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )
+    processes = [introducer]
+    pages = []
+    try:
+        assert introducer.stdout is not None
+        address = json.loads(introducer.stdout.readline())["listen"]
+        urls = []
+        for name in ("alice", "bob"):
+            folder = tmp_path / name
+            subprocess.run([*shoal, "init", str(folder), "--template", "chat"], check=True,
+                           capture_output=True)
+            config = folder / "shoal.toml"
+            config.write_text(config.read_text()
+                              .replace("introducers = []", f'introducers = ["{address}"]')
+                              .replace("lan = true", 'lan = false\nlisten = "127.0.0.1:0"'))
+            app = subprocess.Popen(
+                [*shoal, "run", "--browser", "--json", str(folder),
+                 "--data-dir", str(tmp_path / f"{name}-data")],
+                stdout=subprocess.PIPE, text=True, env=env,
+            )
+            processes.append(app)
+            assert app.stdout is not None
+            urls.append(json.loads(app.stdout.readline())["url"])
+        for url in urls:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_selector("body[data-ready=true]", state="attached", timeout=20000)
+            pages.append(page)
+        alice, bob = pages
+        bob_id = bob.text_content("#me") or ""
+        assert len(bob_id) == 64
+        alice.fill("#to", bob_id)
+        alice.fill("#text", "hello bob")
+        alice.click("button")
+        bob.wait_for_selector("#log li", timeout=30000)
+        assert (bob.text_content("#log li") or "").endswith("(direct): hello bob")
+        alice.wait_for_selector("#log li", timeout=10000)
+        assert "me →" in (alice.text_content("#log li") or "")
+    finally:
+        for page in pages:
+            page.close()
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=10)
