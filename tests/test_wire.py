@@ -139,3 +139,18 @@ def test_stun_binding_round_trip(txid: bytes, address: tuple) -> None:
 def test_stun_parser_raises_only_protocol_errors(raw: bytes) -> None:
     with contextlib.suppress(RemoteProtocolError):
         stun.decode(raw)
+
+
+@given(st.binary(min_size=12, max_size=12), addresses, addresses, addresses)
+def test_padded_requests_leave_room_for_a_full_rfc5780_answer(
+    txid: bytes, mapped: tuple, other: tuple, origin: tuple
+) -> None:
+    request = stun.encode_binding_request(txid, change=stun.CHANGE_IP | stun.CHANGE_PORT,
+                                          pad_to=stun.PADDED_REQUEST_SIZE)
+    assert len(request) == stun.PADDED_REQUEST_SIZE
+    parsed = stun.decode(request)
+    assert parsed.change == stun.CHANGE_IP | stun.CHANGE_PORT and parsed.size == len(request)
+    answer = stun.encode_binding_success(txid, mapped, other=other, origin=origin)
+    assert len(answer) <= len(request)
+    decoded = stun.decode(answer)
+    assert (decoded.mapped, decoded.other) == (mapped, other)

@@ -33,7 +33,7 @@ ATTR_RESPONSE_ORIGIN = 0x802B
 ATTR_OTHER_ADDRESS = 0x802C
 CHANGE_IP = 0x04
 CHANGE_PORT = 0x02
-PADDED_REQUEST_SIZE = 68
+PADDED_REQUEST_SIZE = 96
 """Size of the requests Shoal's NAT check sends: room for a full RFC 5780 answer."""
 _COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
 
