@@ -318,3 +318,23 @@ async def test_file_endpoint_has_the_same_wall(tmp_path: Path) -> None:
                 assert r.status == 404 and (await r.json())["code"] == "ENOENT"
             async with session.get(url, params={"path": "."}, headers=good) as r:
                 assert (await r.json())["code"] == "EISDIR"
+
+
+def test_run_without_a_display_says_so_and_serves_for_a_browser(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "run", "--json", str(WEBAPP),
+         "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert process.stdout is not None
+        notice = json.loads(process.stdout.readline())
+        assert notice["event"] == "notice" and "display" in notice["reason"]
+        ready = json.loads(process.stdout.readline())
+        assert ready["event"] == "ready" and ready["mode"] == "browser"
+        assert ready["url"].startswith("http://127.0.0.1:") and "#shoal=" in ready["url"]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
