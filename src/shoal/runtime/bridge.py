@@ -230,7 +230,13 @@ class AppServer:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30, compress=False)
         await ws.prepare(request)
         self._sockets.add(ws)
-        in_flight = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
+        in_flight: set[asyncio.Task[Any]] = set()
+        loop = asyncio.get_running_loop()
+
+        def finished(task: asyncio.Task[Any]) -> None:
+            in_flight.discard(task)
+            self._tasks.discard(task)
+
         try:
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
@@ -239,11 +245,12 @@ class AppServer:
                     parsed = _parse_binary(message.data)
                 else:
                     continue
-                await in_flight.acquire()
-                task = asyncio.get_running_loop().create_task(self._answer(ws, parsed))
-                task.add_done_callback(lambda _: in_flight.release())
+                if len(in_flight) >= MAX_CALLS_IN_FLIGHT:  # a page flooding calls waits
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                task = loop.create_task(self._answer(ws, parsed))
+                in_flight.add(task)
                 self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(finished)
         finally:
             self._sockets.discard(ws)
         return ws
