@@ -309,3 +309,24 @@ def test_a_new_public_address_triggers_a_new_nat_check() -> None:
     node.endpoint.set_local_addresses([node.address])
     assert net.run(40, until=lambda: sum(isinstance(e, ev.NatDetected) for e in node.events) > 1)
     assert node.endpoint.nat.hard
+
+
+def test_relay_quotas_bound_targets_pairs_and_bytes() -> None:
+    from shoal.core.relay import RelayQuotas
+
+    config = CoreConfig(max_relay_targets=2, max_relayed_pairs=3, relay_bytes_per_second=1000,
+                        idle_timeout=10.0)
+    alive = {b"a", b"b", b"t1", b"t2", b"t3"}
+    quotas = RelayQuotas(config, lambda peer: peer in alive)
+    assert quotas.admit(b"a", b"t1", 100, 0.0)
+    assert quotas.admit(b"a", b"t2", 100, 0.0)
+    assert not quotas.admit(b"a", b"t3", 100, 0.0)  # a third target for one source
+    assert quotas.admit(b"b", b"t3", 100, 0.0)
+    assert not quotas.admit(b"b", b"t1", 100, 0.0)  # three pairs in all
+    alive.discard(b"t2")  # a gone peer frees its pair
+    assert quotas.admit(b"b", b"t1", 100, 0.1)
+    assert quotas.admit(b"a", b"t3", 100, 20.0)  # idle pairs expire
+    # Bytes: a two-second burst, then the rate.
+    assert quotas.admit(b"a", b"t3", 1700, 20.0)
+    assert not quotas.admit(b"a", b"t3", 500, 20.0)
+    assert quotas.admit(b"a", b"t3", 500, 20.5)

@@ -41,15 +41,10 @@ from shoal.core.config import CoreConfig
 from shoal.core.handshake import PROLOGUE, PendingHandshake, check_proof, make_proof
 from shoal.core.natcheck import NatCheck, NatReport
 from shoal.core.noise import HandshakeState
+from shoal.core.punching import PunchScheduler
+from shoal.core.relay import RelayQuotas, TokenBucket
 from shoal.core.session import CLOSE_NORMAL, Session
-from shoal.core.traversal import (
-    POOL_SIZE,
-    PUNCH_COOLDOWN,
-    BirthdayPunch,
-    NatType,
-    Plan,
-    choose_plan,
-)
+from shoal.core.traversal import NatType, Plan, choose_plan
 from shoal.core.wire import (
     AEAD_TAG_SIZE,
     DATA_HEADER_SIZE,
@@ -146,22 +141,6 @@ class _StunQuery:
     deadline: float
 
 
-class _TokenBucket:
-    __slots__ = ("tokens", "stamp")
-
-    def __init__(self, tokens: float, stamp: float) -> None:
-        self.tokens = tokens
-        self.stamp = stamp
-
-    def take(self, amount: float, rate: float, burst: float, now: float) -> bool:
-        self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
-        self.stamp = now
-        if self.tokens < amount:
-            return False
-        self.tokens -= amount
-        return True
-
-
 class Endpoint:
     """All of one node's protocol state. See the module docstring for the driving contract."""
 
@@ -192,7 +171,7 @@ class Endpoint:
         # which delivered messages are dropped lazily.
         self._deadlines: deque[tuple[float, int]] = deque()
         self._stun: dict[bytes, _StunQuery] = {}
-        self._buckets: dict[str, _TokenBucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self._events: deque[ev.Event] = deque()
         self._out: list[tuple[bytes, Address, int]] = []
         self._dirty: dict[Session, None] = {}  # ordered, so runs replay exactly
@@ -201,15 +180,9 @@ class Endpoint:
         self.nat_report: NatReport | None = None
         self._nat = NatType()
         self._stun_alternate: _StunAlternate | None = None
-        self._punch: BirthdayPunch | None = None
-        self._punch_queue: deque[bytes] = deque()
-        self._punch_idle_at = 0.0
+        self._punches = PunchScheduler(random_bytes)
         self._punch_tokens: dict[bytes, bytes] = {}
-        self._next_socket = 1
-        self._pool_sockets: set[int] = set()
-        self._closing_sockets: list[int] = []
-        self._relay_buckets: dict[bytes, _TokenBucket] = {}
-        self._relay_pairs: dict[tuple[bytes, bytes], float] = {}
+        self._relay_quotas = RelayQuotas(self.config, self._connected_direct)
         self._closed = False
         self.stats: Counter[str] = Counter()
 
@@ -341,7 +314,7 @@ class Endpoint:
 
     def sockets_to_close(self) -> list[int]:
         """Pool sockets the driver should close now (their punch is over)."""
-        out, self._closing_sockets = self._closing_sockets, []
+        out, self._punches.closing = self._punches.closing, []
         return out
 
     def close(self, now: float) -> None:
@@ -357,8 +330,7 @@ class Endpoint:
         for handle in list(self._message_peer):
             self._fail_message(handle, "ECLOSED", "node closed")
         self._handshakes.clear()
-        self._closing_sockets.extend(sorted(self._pool_sockets))
-        self._pool_sockets.clear()
+        self._punches.close_all()
         self._closed = True
 
     def peers(self) -> list[PeerInfo]:
@@ -490,11 +462,8 @@ class Endpoint:
                 candidates.append(state.relay_at)
         if self._nat_check is not None and (deadline := self._nat_check.get_timer()) is not None:
             candidates.append(deadline)
-        if self._punch is not None:
-            deadline = self._punch.get_timer()
-            candidates.append(self._punch.deadline if deadline is None else deadline)
-        elif self._punch_queue:
-            candidates.append(self._punch_idle_at)
+        if (deadline := self._punches.get_timer()) is not None:
+            candidates.append(deadline)
         return min(candidates) if candidates else None
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address, int]]:
@@ -640,14 +609,16 @@ class Endpoint:
             state.relay_at = now + plan.relay_after
         if plan.strategy == "birthday" and self.config.punching and frame.addresses:
             state.punch_target = frame.addresses[0]
-            punch = self._punch
-            if punch is not None and punch.peer == frame.peer and punch.role != plan.punch_role:
+            active = self._punches.active
+            if active is not None and active.peer == frame.peer and (
+                active.role != plan.punch_role
+            ):
                 self._end_punch(now)
-            self._queue_punch(state, now)
+            self._punches.request(frame.peer)
+            self._run_punch(now)
         else:
-            if frame.peer in self._punch_queue:
-                self._punch_queue.remove(frame.peer)
-            if self._punch is not None and self._punch.peer == frame.peer:
+            self._punches.forget(frame.peer)
+            if self._punches.is_punching(frame.peer):
                 self._end_punch(now)
 
     def _on_stun(self, data: bytes, address: Address, now: float, socket: int) -> None:
@@ -815,7 +786,7 @@ class Endpoint:
         if not relayed:
             state.addresses.setdefault(session.address, "session")
             state.relay_at = None
-            if self._punch is not None and self._punch.peer == session.peer:
+            if self._punches.is_punching(session.peer):
                 self._end_punch(now)
             for token in [t for t, p in self._punch_tokens.items() if p == session.peer]:
                 del self._punch_tokens[token]
@@ -1011,41 +982,13 @@ class Endpoint:
         ):
             self.stats["dropped_relay_refused"] += 1
             return
-        pair = (source, target)
-        if pair not in self._relay_pairs:
-            targets = sum(1 for s, _ in self._relay_pairs if s == source)
-            if (
-                targets >= self.config.max_relay_targets
-                or len(self._relay_pairs) >= self.config.max_relayed_pairs
-            ):
-                self._expire_relay_pairs(now)
-                targets = sum(1 for s, _ in self._relay_pairs if s == source)
-                if (
-                    targets >= self.config.max_relay_targets
-                    or len(self._relay_pairs) >= self.config.max_relayed_pairs
-                ):
-                    self.stats["dropped_relay_quota"] += 1
-                    return
-        rate = self.config.relay_bytes_per_second
-        bucket = self._relay_buckets.get(source)
-        if bucket is None:
-            bucket = self._relay_buckets[source] = _TokenBucket(2 * rate, now)
-        if not bucket.take(len(frame.packet), rate, 2 * rate, now):
+        if not self._relay_quotas.admit(source, target, len(frame.packet), now):
             self.stats["dropped_relay_quota"] += 1
             return
-        self._relay_pairs[pair] = now
         onward.queue_control(RelayRecv(source, frame.packet), reliable=False)
         self._mark(onward)
         self.stats["relayed_packets"] += 1
         self.stats["relayed_bytes"] += len(frame.packet)
-
-    def _expire_relay_pairs(self, now: float) -> None:
-        idle = self.config.idle_timeout
-        for pair, used in list(self._relay_pairs.items()):
-            if now - used > idle or not self._connected_direct(pair[0]) or (
-                not self._connected_direct(pair[1])
-            ):
-                del self._relay_pairs[pair]
 
     def _connected_direct(self, peer: bytes) -> bool:
         state = self._peers.get(peer)
@@ -1088,61 +1031,33 @@ class Endpoint:
         self.stats["punches_received"] += 1
         self._dial(address, now, expected=peer, socket=socket)
 
-    def _queue_punch(self, state: _Peer, now: float) -> None:
-        if self._punch is not None and self._punch.peer == state.peer:
-            return
-        if state.peer not in self._punch_queue:
-            self._punch_queue.append(state.peer)
-        self._run_punch(now)
-
     def _run_punch(self, now: float) -> None:
-        punch = self._punch
-        if punch is not None:
-            for datagram, address, socket in punch.due(now):
-                if socket > 0:
-                    self._pool_sockets.add(socket)
-                self._out.append((datagram, address, socket))
-            if punch.finished:
-                self._end_punch(now)
-            return
-        while self._punch_queue and now >= self._punch_idle_at:
-            peer = self._punch_queue.popleft()
-            state = self._peers.get(peer)
-            plan = state.plan if state is not None else None
-            if (
-                state is None or plan is None or plan.punch_role is None
-                or state.punch_target is None or self._has_direct(state)
-            ):
-                continue
-            first = self._next_socket
-            self._next_socket += POOL_SIZE
-            self._punch = BirthdayPunch(
-                role=plan.punch_role, peer=peer, target=state.punch_target, token=state.token,
-                now=now, random_bytes=self._random, first_socket=first,
-            )
-            self.stats["punches_started"] += 1
-            self._run_punch(now)
-            return
+        self._out.extend(self._punches.run(now, self._punch_plan))
+        if self._punches.active is None and self._punches.pool_sockets:
+            self._sweep_sockets()
+
+    def _punch_plan(self, peer: bytes) -> tuple[str, Address, bytes] | None:
+        state = self._peers.get(peer)
+        plan = state.plan if state is not None else None
+        if (
+            state is None or plan is None or plan.punch_role is None
+            or state.punch_target is None or self._has_direct(state)
+        ):
+            return None
+        self.stats["punches_started"] += 1
+        return plan.punch_role, state.punch_target, state.token
 
     def _end_punch(self, now: float) -> None:
-        punch = self._punch
-        if punch is None:
-            return
-        self._punch = None
-        punch.finished = True
-        self._punch_idle_at = now + PUNCH_COOLDOWN
+        self._punches.end(now)
         self._sweep_sockets()
 
     def _sweep_sockets(self) -> None:
         """Close pool sockets that no punch, handshake or session uses any more."""
-        if not self._pool_sockets:
+        if not self._punches.pool_sockets:
             return
-        keep = set(self._punch.sockets) if self._punch is not None else set()
-        keep.update(s.socket for s in self.sessions.values())
-        keep.update(h.socket for h in self._handshakes.values())
-        for socket in sorted(self._pool_sockets - keep):
-            self._pool_sockets.discard(socket)
-            self._closing_sockets.append(socket)
+        in_use = {s.socket for s in self.sessions.values()}
+        in_use.update(h.socket for h in self._handshakes.values())
+        self._punches.sweep(in_use)
 
     # ================================================================== NAT kind
 
@@ -1211,7 +1126,7 @@ class Endpoint:
         if bucket is None:
             if len(self._buckets) > 65536:
                 self._buckets.clear()
-            bucket = self._buckets[address[0]] = _TokenBucket(burst, now)
+            bucket = self._buckets[address[0]] = TokenBucket(burst, now)
         return bucket.take(1, rate, burst, now)
 
     def _mark(self, session: Session) -> None:
