@@ -402,26 +402,28 @@ class Node:
             self.endpoint.add_peer_address(peer_id, address, now, "lan")
         self._driver.flush()
 
+    def _settle(self, event: ev.MessageDelivered | ev.MessageFailed) -> None:
+        """Resolve the future of the message ``event`` is about."""
+        waiter = self._waiters.pop(event.handle, None)
+        if waiter is None:
+            return
+        future, started = waiter
+        self._handles.pop(future, None)
+        if future.done():
+            return
+        if isinstance(event, ev.MessageDelivered):
+            seconds = self._driver.now() - started if self._driver else 0.0
+            future.set_result(Delivery(event.peer_id, event.path, seconds))
+        else:
+            future.set_exception(DeliveryError(event.reason, code=event.code))
+
     def _on_event(self, event: ev.Event) -> None:
         if self.events is not None:
             self.events.put_nowait(event)
         if isinstance(event, ev.MessageReceived):
             self._inbox.put_nowait(Message(event.peer_id, event.data, event.path))
-        elif isinstance(event, ev.MessageDelivered):
-            waiter = self._waiters.pop(event.handle, None)
-            if waiter is not None:
-                future = waiter[0]
-                self._handles.pop(future, None)
-                if not future.done():
-                    seconds = self._driver.now() - waiter[1] if self._driver else 0.0
-                    future.set_result(Delivery(event.peer_id, event.path, seconds))
-        elif isinstance(event, ev.MessageFailed):
-            waiter = self._waiters.pop(event.handle, None)
-            if waiter is not None:
-                future = waiter[0]
-                self._handles.pop(future, None)
-                if not future.done():
-                    future.set_exception(DeliveryError(event.reason, code=event.code))
+        elif isinstance(event, ev.MessageDelivered | ev.MessageFailed):
+            self._settle(event)
         elif isinstance(event, ev.PeerConnected):
             waiter_key = f"addr:{event.address[0]}:{event.address[1]}"
             if waiter_key in self._connected:
