@@ -92,7 +92,7 @@ class AppServer:
     """Serves one app on 127.0.0.1 and answers its bridge calls with ``calls``."""
 
     def __init__(self, config: AppConfig, calls: dict[str, Handler], *,
-                 port: int = 0, dev: bool = False, listener: socket.socket | None = None,
+                 port: int = 0, listener: socket.socket | None = None,
                  secret: str | None = None,
                  readable: Callable[[str], Path] | None = None) -> None:
         """``readable`` resolves a page path for reading (raising ``BridgeError``): bulk
@@ -103,7 +103,6 @@ class AppServer:
         self.readable = readable
         self.secret = secret or secrets.token_urlsafe(32)
         self._listener = listener
-        self.dev = dev
         self._requested_port = port
         self.port = 0
         self._runner: web.AppRunner | None = None

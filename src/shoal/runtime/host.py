@@ -69,7 +69,7 @@ class AppHost:
         functions = load_exposed(self.folder / "app.py")
         calls: dict[str, Any] = {}
         policy = PathPolicy(self.data_dir, permissions.fs_read, permissions.fs_write)
-        server = AppServer(config, calls, port=self.port, dev=self.dev, listener=self.listener,
+        server = AppServer(config, calls, port=self.port, listener=self.listener,
                            secret=self.secret,
                            readable=lambda path: policy.resolve(path, write=False))
         emit = server.emit
