@@ -417,10 +417,6 @@ def _take_blob_at(buf: bytes, pos: int) -> tuple[bytes, int]:
     return buf[pos:end], end
 
 
-def is_ack_eliciting(frame: Frame) -> bool:
-    return not isinstance(frame, Ack | Close)
-
-
 # ----------------------------------------------------------------------------- packets
 
 INIT_HEADER = struct.Struct("!BB8s")

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -171,10 +171,6 @@ class Matrix:
 
     def _shoal(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "shoal.cli.main", *args, "--json"]
-
-
-def trial_dict(trial: Trial) -> dict:
-    return asdict(trial)
 
 
 class _EventReader:
