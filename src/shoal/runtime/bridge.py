@@ -26,18 +26,13 @@ header's ``"binary"`` names the argument the bytes replace. Answers are
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import hmac
 import json
-import mimetypes
-import os
 import secrets
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -46,46 +41,25 @@ from aiohttp import WSMsgType, web
 from shoal.errors import ShoalError
 from shoal.runtime.config import AppConfig
 from shoal.runtime.fsapi import BridgeError, FramedBytes
+from shoal.runtime.pages import (
+    API_PATH,
+    BRIDGE_PATH,
+    FILE_PATH,
+    TYPES_PATH,
+    app_file,
+    asset,
+    content_security_policy,
+    content_type,
+    page_html,
+    security_headers,
+)
 from shoal.runtime.window import bind_listener
 
-BRIDGE_PATH = "/_shoal/bridge"
-FILE_PATH = "/_shoal/file"
-API_PATH = "/_shoal/api.js"
-IMPORT_MAP = '{"imports":{"shoal:api":"/_shoal/api.js"}}'
-IMPORT_MAP_TAG = f'<script type="importmap">{IMPORT_MAP}</script>'
 MAX_CALLS_IN_FLIGHT = 256
 MAX_FRAME = 128 << 20
-HIDDEN = {"shoal.toml", "app.py", "__pycache__"}
 _U32 = struct.Struct("!I")
 
 Handler = Callable[..., Awaitable[Any]]
-
-
-def content_security_policy(port: int, extra: dict[str, tuple[str, ...]]) -> str:
-    """The page's policy: only this server, the bridge, and the import map's hash."""
-    import_map_hash = base64.b64encode(hashlib.sha256(IMPORT_MAP.encode()).digest()).decode()
-    policy: dict[str, list[str]] = {
-        "default-src": ["'none'"],
-        "script-src": ["'self'", f"'sha256-{import_map_hash}'"],
-        "style-src": ["'self'"],
-        "img-src": ["'self'", "blob:"],
-        "font-src": ["'self'"],
-        "media-src": ["'self'", "blob:"],
-        "connect-src": [f"ws://127.0.0.1:{port}{BRIDGE_PATH}",
-                        f"http://127.0.0.1:{port}{FILE_PATH}"],
-        "worker-src": ["'self'"],
-        "manifest-src": ["'self'"],
-        "base-uri": ["'none'"],
-        "form-action": ["'none'"],
-        "frame-ancestors": ["'none'"],
-        "object-src": ["'none'"],
-    }
-    for directive, sources in extra.items():
-        current = policy.setdefault(directive, [])
-        if current == ["'none'"]:
-            current.clear()
-        current.extend(s for s in sources if s not in current)
-    return "; ".join(f"{k} {' '.join(v)}" for k, v in policy.items())
 
 
 class AppServer:
@@ -94,10 +68,13 @@ class AppServer:
     def __init__(self, config: AppConfig, calls: dict[str, Handler], *,
                  port: int = 0, listener: socket.socket | None = None,
                  secret: str | None = None,
-                 readable: Callable[[str], Path] | None = None) -> None:
+                 readable: Callable[[str], Path] | None = None,
+                 page_origin: str | None = None) -> None:
         """``readable`` resolves a page path for reading (raising ``BridgeError``): bulk
         reads are served over HTTP at ``FILE_PATH``, which moves large files much faster
-        than WebSocket frames do."""
+        than WebSocket frames do. ``page_origin``: the origin of the pages when something
+        else serves them (the native window's ``shoal://app``); only pages of that
+        origin may then use the bridge."""
         self.config = config
         self.calls = calls
         self.readable = readable
@@ -108,13 +85,19 @@ class AppServer:
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._csp = ""
+        self._headers: dict[str, str] = {}
+        self._page_origin = page_origin
         self.refused = 0
         """Requests refused for a wrong Host, Origin or secret (for tests and logs)."""
 
     @property
     def origin(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def page_origin(self) -> str:
+        """The only Origin the bridge and the file endpoint accept."""
+        return self._page_origin or self.origin
 
     @property
     def url(self) -> str:
@@ -126,14 +109,15 @@ class AppServer:
         app.router.add_get(BRIDGE_PATH, self._bridge)
         app.router.add_get(API_PATH, self._api_module)
         app.router.add_get(FILE_PATH, self._read_file)
-        app.router.add_get("/_shoal/shoal.d.ts", self._api_types)
+        app.router.add_route("OPTIONS", FILE_PATH, self._file_preflight)
+        app.router.add_get(TYPES_PATH, self._api_types)
         app.router.add_get("/{path:.*}", self._file)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         listener = self._listener or bind_listener(self._requested_port)
         self.port = listener.getsockname()[1]
         await web.SockSite(self._runner, listener).start()
-        self._csp = content_security_policy(self.port, self.config.csp)
+        self._headers = security_headers(content_security_policy(self.port, self.config.csp))
 
     async def close(self) -> None:
         for ws in list(self._sockets):
@@ -160,38 +144,38 @@ class AppServer:
             self.refused += 1
             return web.Response(status=403, text="forbidden: wrong Host\n")
         response = await handler(request)
-        headers = response.headers
-        headers["Content-Security-Policy"] = self._csp
-        headers["X-Content-Type-Options"] = "nosniff"
-        headers["Referrer-Policy"] = "no-referrer"
-        headers["Cross-Origin-Opener-Policy"] = "same-origin"
-        headers["Cross-Origin-Resource-Policy"] = "same-origin"
-        headers["Cross-Origin-Embedder-Policy"] = "require-corp"
-        headers["X-Frame-Options"] = "DENY"
-        headers["Cache-Control"] = "no-store"
+        response.headers.update(self._headers)
+        if self.page_origin != self.origin and request.path == FILE_PATH:
+            response.headers["Access-Control-Allow-Origin"] = self.page_origin
+            response.headers["Vary"] = "Origin"
         return response
 
     async def _api_module(self, request: web.Request) -> web.StreamResponse:
-        text = _asset("api.js")
-        return web.Response(text=text, content_type="text/javascript")
+        return web.Response(text=asset("api.js"), content_type="text/javascript")
 
     async def _api_types(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(text=_asset("shoal.d.ts"), content_type="text/plain")
+        return web.Response(text=asset("shoal.d.ts"), content_type="text/plain")
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
-        relative = request.match_info["path"] or self.config.entry
-        parts = Path(relative).parts
-        if any(p.startswith(".") or p in HIDDEN for p in parts):
+        target = app_file(self.config, request.match_info["path"])
+        if target is None:
             raise web.HTTPNotFound()
-        root = self.config.root
-        target = Path(os.path.realpath(root / relative))
-        if not str(target).startswith(str(root) + os.sep) or not target.is_file():
-            raise web.HTTPNotFound()
-        content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-        if content_type == "text/html":
-            html = target.read_text(encoding="utf-8", errors="replace")
-            return web.Response(text=_with_import_map(html), content_type="text/html")
-        return web.FileResponse(target, headers={"Content-Type": content_type})
+        kind = content_type(target)
+        if kind == "text/html":
+            return web.Response(text=page_html(target), content_type="text/html")
+        return web.FileResponse(target, headers={"Content-Type": kind})
+
+    async def _file_preflight(self, request: web.Request) -> web.StreamResponse:
+        """CORS preflight of a bulk read from a page served by the window's own scheme."""
+        if (self.page_origin == self.origin
+                or request.headers.get("Origin") != self.page_origin):
+            self.refused += 1
+            return web.Response(status=403, text="forbidden\n")
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": "GET",
+            "Access-Control-Allow-Headers": "X-Shoal-Secret",
+            "Access-Control-Max-Age": "600",
+        })
 
     async def _read_file(self, request: web.Request) -> web.StreamResponse:
         """A file for ``fs.readFile``: same checks as the bridge, the secret in a header
@@ -199,7 +183,9 @@ class AppServer:
         offered = request.headers.get("X-Shoal-Secret", "")
         origin = request.headers.get("Origin")
         site = request.headers.get("Sec-Fetch-Site")
-        if (origin not in (None, self.origin) or site not in (None, "same-origin")
+        same_site = ("same-origin",) if self.page_origin == self.origin else (
+            "same-origin", "same-site", "cross-site")
+        if (origin not in (None, self.page_origin) or site not in (None, *same_site)
                 or not hmac.compare_digest(offered.encode(), self.secret.encode())):
             self.refused += 1
             return web.Response(status=403, text="forbidden\n")
@@ -220,7 +206,7 @@ class AppServer:
 
     async def _bridge(self, request: web.Request) -> web.StreamResponse:
         offered = request.query.get("secret", "")
-        if request.headers.get("Origin") != self.origin or not hmac.compare_digest(
+        if request.headers.get("Origin") != self.page_origin or not hmac.compare_digest(
             offered.encode(), self.secret.encode()
         ):
             self.refused += 1
@@ -328,18 +314,3 @@ def _request(request: Any) -> tuple[int, str, list[Any]] | BridgeError:
     if not isinstance(call_id, int) or not isinstance(name, str) or not isinstance(args, list):
         return BridgeError("a bridge message needs id, call and args", code="EINVAL")
     return call_id, name, args
-
-
-def _with_import_map(html: str) -> str:
-    if "importmap" in html:
-        return html
-    lower = html.lower()
-    at = lower.find("<head>")
-    if at >= 0:
-        at += len("<head>")
-        return html[:at] + IMPORT_MAP_TAG + html[at:]
-    return IMPORT_MAP_TAG + html
-
-
-def _asset(name: str) -> str:
-    return resources.files("shoal.runtime").joinpath("assets", name).read_text(encoding="utf-8")

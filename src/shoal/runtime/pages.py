@@ -1,0 +1,100 @@
+"""What every server of an app's pages shares: the policy, the headers, the files.
+
+Nothing here imports a web framework: the native window's own URL scheme serves pages
+with these helpers before the app server (aiohttp) has even been imported.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import mimetypes
+import os
+from importlib import resources
+from pathlib import Path
+
+from shoal.runtime.config import AppConfig
+
+BRIDGE_PATH = "/_shoal/bridge"
+FILE_PATH = "/_shoal/file"
+API_PATH = "/_shoal/api.js"
+TYPES_PATH = "/_shoal/shoal.d.ts"
+IMPORT_MAP = '{"imports":{"shoal:api":"/_shoal/api.js"}}'
+IMPORT_MAP_TAG = f'<script type="importmap">{IMPORT_MAP}</script>'
+HIDDEN = {"shoal.toml", "app.py", "__pycache__"}
+
+
+def content_security_policy(port: int, extra: dict[str, tuple[str, ...]]) -> str:
+    """The page's policy: only the app's own files, the bridge on ``port``, and the
+    import map's hash."""
+    import_map_hash = base64.b64encode(hashlib.sha256(IMPORT_MAP.encode()).digest()).decode()
+    policy: dict[str, list[str]] = {
+        "default-src": ["'none'"],
+        "script-src": ["'self'", f"'sha256-{import_map_hash}'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "blob:"],
+        "font-src": ["'self'"],
+        "media-src": ["'self'", "blob:"],
+        "connect-src": [f"ws://127.0.0.1:{port}{BRIDGE_PATH}",
+                        f"http://127.0.0.1:{port}{FILE_PATH}"],
+        "worker-src": ["'self'"],
+        "manifest-src": ["'self'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "object-src": ["'none'"],
+    }
+    for directive, sources in extra.items():
+        current = policy.setdefault(directive, [])
+        if current == ["'none'"]:
+            current.clear()
+        current.extend(s for s in sources if s not in current)
+    return "; ".join(f"{k} {' '.join(v)}" for k, v in policy.items())
+
+
+def security_headers(csp: str) -> dict[str, str]:
+    """Headers every response to the page carries."""
+    return {
+        "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+        "Cross-Origin-Embedder-Policy": "require-corp",
+        "X-Frame-Options": "DENY",
+        "Cache-Control": "no-store",
+    }
+
+
+def app_file(config: AppConfig, relative: str) -> Path | None:
+    """The file of the app at URL path ``relative``, or None when it is missing, hidden
+    (dotfiles, ``shoal.toml``, ``app.py``) or resolves outside the app folder."""
+    relative = relative.lstrip("/") or config.entry
+    if any(p.startswith(".") or p in HIDDEN for p in Path(relative).parts):
+        return None
+    root = config.root
+    target = Path(os.path.realpath(root / relative))
+    if not str(target).startswith(str(root) + os.sep) or not target.is_file():
+        return None
+    return target
+
+
+def content_type(path: Path) -> str:
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def page_html(path: Path) -> str:
+    """An HTML page as served: with the ``shoal:api`` import map unless it has its own."""
+    html = path.read_text(encoding="utf-8", errors="replace")
+    if "importmap" in html:
+        return html
+    at = html.lower().find("<head>")
+    if at >= 0:
+        at += len("<head>")
+        return html[:at] + IMPORT_MAP_TAG + html[at:]
+    return IMPORT_MAP_TAG + html
+
+
+def asset(name: str) -> str:
+    """One of the runtime's own files (``api.js``, ``shoal.d.ts``)."""
+    return resources.files("shoal.runtime").joinpath("assets", name).read_text(encoding="utf-8")
