@@ -1,7 +1,7 @@
-"""What every server of an app's pages shares: the policy, the headers, the files.
+"""The app's pages as served: the policy, the headers, which files, the import map.
 
-Nothing here imports a web framework: the native window's own URL scheme serves pages
-with these helpers before the app server (aiohttp) has even been imported.
+Kept apart from the server, and free of any web framework, so that whatever serves the
+pages (the aiohttp app server today) applies the same rules.
 """
 
 from __future__ import annotations
