@@ -16,9 +16,10 @@ import pytest
 
 from shoal.runtime import AppHost, ConfigError, load_config
 from shoal.runtime.fsapi import BridgeError
+from shoal.runtime.pages import content_security_policy
+from shoal.runtime.qtscheme import ORIGIN, Answer, answer
 from shoal.runtime.testing import BridgeClient
-
-WEBAPP = Path(__file__).parent / "data" / "webapp"
+from webapp_checks import WEBAPP
 
 
 def _app(folder: Path, toml: str, app_py: str = "") -> Path:
@@ -318,6 +319,91 @@ async def test_file_endpoint_has_the_same_wall(tmp_path: Path) -> None:
                 assert r.status == 404 and (await r.json())["code"] == "ENOENT"
             async with session.get(url, params={"path": "."}, headers=good) as r:
                 assert (await r.json())["code"] == "EISDIR"
+
+
+async def test_pages_of_the_window_scheme_alone_reach_the_bridge(tmp_path: Path) -> None:
+    """With the window serving the pages (``shoal://app``), the server's bridge and file
+    endpoint answer that origin only, and bulk reads get CORS for it alone."""
+    async with AppHost(WEBAPP, data_dir=tmp_path, page_origin=ORIGIN) as host:
+        server = host.server
+        assert server is not None
+        (tmp_path / "page.txt").write_text("for the page")
+        bridge = f"{server.origin}/_shoal/bridge?secret={server.secret}"
+        files = f"{server.origin}/_shoal/file"
+        good = {"X-Shoal-Secret": server.secret, "Origin": ORIGIN,
+                "Sec-Fetch-Site": "cross-site"}
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(bridge, headers={"Origin": ORIGIN})
+            await ws.send_str(json.dumps({"id": 1, "call": "invoke", "args": ["add", [2, 3]]}))
+            assert json.loads((await ws.receive()).data) == {"id": 1, "ok": 5}
+            await ws.close()
+            with pytest.raises(aiohttp.WSServerHandshakeError):
+                await session.ws_connect(bridge, headers={"Origin": server.origin})
+            preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "GET",
+                         "Access-Control-Request-Headers": "x-shoal-secret"}
+            async with session.options(files, headers=preflight) as r:
+                assert r.status == 204
+                assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
+                assert r.headers["Access-Control-Allow-Headers"] == "X-Shoal-Secret"
+            async with session.options(files, headers={**preflight,
+                                                       "Origin": "http://evil.example"}) as r:
+                assert r.status == 403
+            async with session.get(files, params={"path": "page.txt"}, headers=good) as r:
+                assert r.status == 200 and await r.read() == b"for the page"
+                assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
+            for headers in ({**good, "Origin": server.origin},
+                            {**good, "X-Shoal-Secret": "wrong"}):
+                async with session.get(files, params={"path": "page.txt"},
+                                       headers=headers) as r:
+                    assert r.status == 403, headers
+        assert server.refused == 4
+
+
+async def test_server_pages_refuse_cross_origin_preflights(tmp_path: Path) -> None:
+    async with AppHost(WEBAPP, data_dir=tmp_path) as host:
+        server = host.server
+        assert server is not None
+        async with aiohttp.ClientSession() as session, session.options(
+                f"{server.origin}/_shoal/file", headers={"Origin": ORIGIN}) as r:
+            assert r.status == 403
+            assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_window_scheme_serves_the_app_and_nothing_else(tmp_path: Path) -> None:
+    folder = _app(tmp_path / "app", BASE)
+    (folder / "index.html").write_text("<html><head><title>t</title></head></html>")
+    (folder / "style.css").write_text("body {}")
+    (folder / ".private").write_text("hidden")
+    (tmp_path / "outside.txt").write_text("outside")
+    (folder / "escape.txt").symlink_to(tmp_path / "outside.txt")
+    config = load_config(folder)
+
+    def ask(path: str, host: str = "app", method: bytes = b"GET") -> Answer | None:
+        return answer(config, host=host, path=path, method=method)
+
+    page = ask("/")
+    assert page is not None and page.kind == "text/html"
+    assert b"importmap" not in page.body  # "shoal:api" resolves to shoal://api/ instead
+    style = ask("/style.css")
+    assert style is not None and style.file == folder / "style.css"
+    api = ask("/", host="api")
+    assert api is not None and api.cross_origin and b"export const fs" in api.body
+    for path in ("/shoal.toml", "/app.py", "/.private", "/../outside.txt", "/escape.txt",
+                 "/missing.js"):
+        assert ask(path) is None, path
+    assert ask("/", host="elsewhere") is None
+    assert ask("/", method=b"POST") is None
+
+
+def test_window_scheme_policy_survives_lowercased_headers() -> None:
+    """QtWebEngine lowercases header values from a scheme handler: the window's policy
+    must mean the same in lower case, so it carries no hash (and no inline script)."""
+    policy = content_security_policy(4321, {}, api_origin="shoal://api")
+    assert policy == policy.lower()
+    assert "'sha256-" not in policy and "'unsafe-inline'" not in policy
+    assert "script-src 'self' shoal://api;" in policy
+    assert "connect-src ws://127.0.0.1:4321/_shoal/bridge http://127.0.0.1:4321/_shoal/file" \
+        in policy
 
 
 def test_run_without_a_display_says_so_and_serves_for_a_browser(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-APP = Path(__file__).parent / "data" / "webapp"
+from webapp_checks import WEBAPP as APP
+from webapp_checks import assert_page_results
+
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -65,31 +67,7 @@ def _results(browser: Browser, url: str) -> tuple[dict, str]:
 def test_page_uses_the_api_under_a_strict_policy(served: dict, browser: Browser) -> None:
     results, url_after = _results(browser, served["url"])
     assert "#shoal=" not in url_after  # the secret left the address bar
-    # The policy: no eval, no inline script, no connections but the bridge.
-    assert results["eval"] == {"error": "EvalError"}
-    assert results["newFunction"] == {"error": "EvalError"}
-    assert results["inlineScript"] == {"ok": False}
-    assert results["fetchElsewhere"] == {"error": "TypeError"}
-    # What the app may do works.
-    assert results["writeRead"] == {"ok": "hello from the page"}
-    assert (served["data_dir"] / "notes" / "today.txt").read_text() == "hello from the page"
-    assert results["mkdirReaddir"] == {"ok": ["deeper"]}
-    assert results["binaryRoundTrip"] == {"ok": True}
-    assert results["stream"] == {"ok": 300000}
-    assert results["osPlatform"] == {"ok": "linux"}
-    assert results["invokeAdd"] == {"ok": 5}
-    assert results["invokeAsync"] == {"ok": "later"}
-    assert results["path"] == {"ok": "/a/c/d.txt"}
-    # What it may not do is refused with a code, and leaves nothing behind.
-    assert results["readOutside"] == {"error": "EPERM"}
-    assert results["traversal"] == {"error": "EPERM"}
-    assert results["writeOutside"] == {"error": "EPERM"}
-    assert not Path("/tmp/shoal-page-escape.txt").exists()
-    assert results["missing"] == {"error": "ENOENT"}
-    assert results["writeMissingFolder"] == {"error": "ENOENT"}
-    assert results["invokeNotGranted"] == {"error": "EPERM"}
-    assert results["invokeAppError"] == {"error": "EAPP"}
-    assert results["networkDenied"] == {"error": "EPERM"}
+    assert_page_results(results, served["data_dir"], served["url"].split("/#", 1)[0])
 
 
 def test_bridge_without_the_secret_is_refused_in_the_page(served: dict, browser: Browser) -> None:

@@ -7,7 +7,6 @@ exit status, never a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
@@ -21,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from shoal import __version__
-from shoal.core.wire import RelayPath
 from shoal.errors import ShoalError
 from shoal.net import format_address, local_addresses, parse_address
 
@@ -54,6 +52,7 @@ class Output:
 
 def _run(output: Output, body: Callable[[], Awaitable[int | None]]) -> None:
     """Run an async command body, turning every expected failure into one clear line."""
+    import asyncio
 
     async def runner() -> int | None:
         loop = asyncio.get_running_loop()
@@ -180,6 +179,8 @@ def introducer(identity_path: str | None, as_json: bool, listen: str, alternate:
 
 
 async def _print_peer_events(node: Any, output: Output) -> None:
+    import asyncio
+
     import shoal.core.events as ev
 
     queue: asyncio.Queue[ev.Event] = asyncio.Queue()
@@ -206,6 +207,8 @@ async def _print_nat(node: Any, output: Output) -> None:
 
 def _where(address: Any) -> str:
     """An address for humans; a relayed path names the relaying node."""
+    from shoal.core.wire import RelayPath
+
     if isinstance(address, RelayPath):
         return f"relay:{address.relay.hex()[:16]}"
     return format_address(address)
@@ -218,6 +221,8 @@ def _where(address: Any) -> str:
 def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
            listen: str, no_lan: bool) -> None:
     """Print every direct message this node receives."""
+    import asyncio
+
     from shoal import Node
 
     output = Output(as_json)
@@ -415,6 +420,8 @@ def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, a
                      reason=reason)
 
     async def body() -> int:
+        import asyncio
+
         from shoal.runtime.host import AppHost
 
         async with AppHost(folder, data_dir=data_dir, dev=dev, port=port) as host:

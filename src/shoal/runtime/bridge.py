@@ -68,10 +68,13 @@ class AppServer:
     def __init__(self, config: AppConfig, calls: dict[str, Handler], *,
                  port: int = 0, listener: socket.socket | None = None,
                  secret: str | None = None,
-                 readable: Callable[[str], Path] | None = None) -> None:
+                 readable: Callable[[str], Path] | None = None,
+                 page_origin: str | None = None) -> None:
         """``readable`` resolves a page path for reading (raising ``BridgeError``): bulk
         reads are served over HTTP at ``FILE_PATH``, which moves large files much faster
-        than WebSocket frames do."""
+        than WebSocket frames do. ``page_origin``: the pages' origin when something else
+        serves them (the native window's ``shoal://app``); only pages of that origin may
+        then open the bridge."""
         self.config = config
         self.calls = calls
         self.readable = readable
@@ -83,12 +86,18 @@ class AppServer:
         self._sockets: set[web.WebSocketResponse] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._headers: dict[str, str] = {}
+        self._page_origin = page_origin
         self.refused = 0
         """Requests refused for a wrong Host, Origin or secret (for tests and logs)."""
 
     @property
     def origin(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def page_origin(self) -> str:
+        """The Origin the bridge accepts."""
+        return self._page_origin or self.origin
 
     @property
     def url(self) -> str:
@@ -100,6 +109,7 @@ class AppServer:
         app.router.add_get(BRIDGE_PATH, self._bridge)
         app.router.add_get(API_PATH, self._api_module)
         app.router.add_get(FILE_PATH, self._read_file)
+        app.router.add_route("OPTIONS", FILE_PATH, self._file_preflight)
         app.router.add_get(TYPES_PATH, self._api_types)
         app.router.add_get("/{path:.*}", self._file)
         self._runner = web.AppRunner(app, access_log=None)
@@ -135,6 +145,9 @@ class AppServer:
             return web.Response(status=403, text="forbidden: wrong Host\n")
         response = await handler(request)
         response.headers.update(self._headers)
+        if request.path == FILE_PATH and self.page_origin != self.origin:
+            response.headers["Access-Control-Allow-Origin"] = self.page_origin
+            response.headers["Vary"] = "Origin"
         return response
 
     async def _api_module(self, request: web.Request) -> web.StreamResponse:
@@ -152,13 +165,26 @@ class AppServer:
             return web.Response(text=page_html(target), content_type="text/html")
         return web.FileResponse(target, headers={"Content-Type": kind})
 
+    async def _file_preflight(self, request: web.Request) -> web.StreamResponse:
+        """CORS preflight of a bulk read by a page the window serves itself."""
+        if self.page_origin == self.origin or request.headers.get("Origin") != self.page_origin:
+            self.refused += 1
+            return web.Response(status=403, text="forbidden\n")
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": "GET",
+            "Access-Control-Allow-Headers": "X-Shoal-Secret",
+            "Access-Control-Max-Age": "600",
+        })
+
     async def _read_file(self, request: web.Request) -> web.StreamResponse:
         """A file for ``fs.readFile``: same checks as the bridge, the secret in a header
         (a foreign page cannot send one without a CORS preflight, which fails here)."""
         offered = request.headers.get("X-Shoal-Secret", "")
         origin = request.headers.get("Origin")
         site = request.headers.get("Sec-Fetch-Site")
-        if (origin not in (None, self.origin) or site not in (None, "same-origin")
+        # A page served by the window's own scheme reads cross-site, with its Origin.
+        sites = ("same-origin",) if self.page_origin == self.origin else ("cross-site",)
+        if (origin not in (None, self.page_origin) or site not in (None, *sites)
                 or not hmac.compare_digest(offered.encode(), self.secret.encode())):
             self.refused += 1
             return web.Response(status=403, text="forbidden\n")
@@ -179,7 +205,7 @@ class AppServer:
 
     async def _bridge(self, request: web.Request) -> web.StreamResponse:
         offered = request.query.get("secret", "")
-        if request.headers.get("Origin") != self.origin or not hmac.compare_digest(
+        if request.headers.get("Origin") != self.page_origin or not hmac.compare_digest(
             offered.encode(), self.secret.encode()
         ):
             self.refused += 1

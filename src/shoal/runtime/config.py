@@ -7,11 +7,14 @@ Every capability is denied unless the file grants it. Unknown keys and bad value
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import platformdirs
 
 from shoal.errors import ShoalError
 from shoal.net import parse_address
@@ -253,3 +256,11 @@ class _Reader:
                                     f"{source!r} would weaken the policy and is not allowed")
             out[directive] = sources
         return out
+
+
+def default_data_dir(app_id: str) -> Path:
+    """Where an app's own files live: ``$SHOAL_DATA_DIR/<id>`` or the user data dir."""
+    base = os.environ.get("SHOAL_DATA_DIR")
+    if base:
+        return Path(base) / app_id
+    return Path(platformdirs.user_data_dir("shoal")) / "apps" / app_id

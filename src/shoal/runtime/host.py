@@ -12,10 +12,8 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import platformdirs
-
 from shoal.runtime.bridge import AppServer
-from shoal.runtime.config import AppConfig, load_config
+from shoal.runtime.config import AppConfig, default_data_dir, load_config
 from shoal.runtime.fsapi import FileSystem, PathPolicy
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
 from shoal.runtime.system import BrowserBackend, System, WindowBackend
@@ -26,14 +24,6 @@ if TYPE_CHECKING:
 RELOAD_POLL = 0.3
 
 
-def default_data_dir(app_id: str) -> Path:
-    """Where an app's own files live: ``$SHOAL_DATA_DIR/<id>`` or the user data dir."""
-    base = os.environ.get("SHOAL_DATA_DIR")
-    if base:
-        return Path(base) / app_id
-    return Path(platformdirs.user_data_dir("shoal")) / "apps" / app_id
-
-
 class AppHost:
     """Runs the app in ``folder`` until ``close``. ``window`` is the native window's
     backend, or None for a browser tab."""
@@ -41,9 +31,10 @@ class AppHost:
     def __init__(self, folder: Path, *, data_dir: Path | None = None,
                  window: WindowBackend | None = None, dev: bool = False, port: int = 0,
                  lan_discovery: bool | None = None, listener: socket.socket | None = None,
-                 secret: str | None = None) -> None:
+                 secret: str | None = None, page_origin: str | None = None) -> None:
         """``listener`` and ``secret``: a socket already listening on 127.0.0.1 and the
-        launch secret, when the window must know the URL before the host has started."""
+        launch secret, when the window must know the URL before the host has started.
+        ``page_origin``: the pages' origin when the window serves them itself."""
         self.folder = folder
         self.config: AppConfig = load_config(folder)
         self.data_dir = data_dir or default_data_dir(self.config.id)
@@ -53,6 +44,7 @@ class AppHost:
         self.lan_discovery = lan_discovery
         self.listener = listener
         self.secret = secret
+        self.page_origin = page_origin
         self.node: Node | None = None
         self.server: AppServer | None = None
         self._parts: list[Any] = []
@@ -70,7 +62,7 @@ class AppHost:
         calls: dict[str, Any] = {}
         policy = PathPolicy(self.data_dir, permissions.fs_read, permissions.fs_write)
         server = AppServer(config, calls, port=self.port, listener=self.listener,
-                           secret=self.secret,
+                           secret=self.secret, page_origin=self.page_origin,
                            readable=lambda path: policy.resolve(path, write=False))
         emit = server.emit
         if permissions.network:
@@ -88,7 +80,7 @@ class AppHost:
         await server.start()
         self.server = server
         files = FileSystem(policy, emit)
-        system = System(permissions, str(policy.data_dir), self.window, server.origin)
+        system = System(permissions, str(policy.data_dir), self.window, server.page_origin)
         net = Network(self.node, permissions.network, emit)
         datagrams = Datagrams(permissions.dgram, emit)
         invoker = Invoker(functions, permissions.invoke)

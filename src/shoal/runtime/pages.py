@@ -24,13 +24,19 @@ IMPORT_MAP_TAG = f'<script type="importmap">{IMPORT_MAP}</script>'
 HIDDEN = {"shoal.toml", "app.py", "__pycache__"}
 
 
-def content_security_policy(port: int, extra: dict[str, tuple[str, ...]]) -> str:
-    """The page's policy: only the app's own files, the bridge on ``port``, and the
-    import map's hash."""
-    import_map_hash = base64.b64encode(hashlib.sha256(IMPORT_MAP.encode()).digest()).decode()
+def content_security_policy(port: int, extra: dict[str, tuple[str, ...]], *,
+                            api_origin: str | None = None) -> str:
+    """The page's policy: only the app's own files, the bridge and bulk reads on
+    ``port``, and the ``shoal:api`` module: from ``api_origin`` when given, else through
+    the import map, whose hash is then the one inline script allowed."""
+    if api_origin is None:
+        digest = hashlib.sha256(IMPORT_MAP.encode()).digest()
+        api_source = f"'sha256-{base64.b64encode(digest).decode()}'"
+    else:
+        api_source = api_origin
     policy: dict[str, list[str]] = {
         "default-src": ["'none'"],
-        "script-src": ["'self'", f"'sha256-{import_map_hash}'"],
+        "script-src": ["'self'", api_source],
         "style-src": ["'self'"],
         "img-src": ["'self'", "blob:"],
         "font-src": ["'self'"],
@@ -83,10 +89,11 @@ def content_type(path: Path) -> str:
     return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
-def page_html(path: Path) -> str:
-    """An HTML page as served: with the ``shoal:api`` import map unless it has its own."""
+def page_html(path: Path, *, import_map: bool = True) -> str:
+    """An HTML page as served: with the ``shoal:api`` import map unless it has its own
+    (or ``import_map`` is false)."""
     html = path.read_text(encoding="utf-8", errors="replace")
-    if "importmap" in html:
+    if not import_map or "importmap" in html:
         return html
     at = html.lower().find("<head>")
     if at >= 0:

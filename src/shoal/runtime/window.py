@@ -1,13 +1,15 @@
-"""The native window: pywebview showing the app server's URL (``shoal[gui]``).
+"""The native window: pywebview showing the app (``shoal[gui]``).
 
-pywebview's own JS bridge is never used (it needs ``'unsafe-eval'`` and answers any page
-the window shows); the page talks to Python over the app server's bridge only. The GUI
-loop owns the main thread, so the app host runs on an asyncio loop in a second thread.
+On QtWebEngine (PySide6) the window serves the pages itself through ``shoal://app``
+(``qtscheme``); on other renderers it shows the app server's URL. pywebview's own JS
+bridge is never used (it needs ``'unsafe-eval'`` and answers any page the window shows):
+the page talks to Python over the app server's bridge only. The GUI loop owns the main
+thread, so the app host runs on an asyncio loop in a second thread.
 """
 
 from __future__ import annotations
 
-import asyncio
+import importlib.util
 import os
 import secrets
 import socket
@@ -17,7 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shoal.runtime.fsapi import BridgeError
+HOST_DELAY = 1.0
+"""Seconds after the window opens by which the host starts even if the page is still
+loading (see ``run_in_window``)."""
 
 
 def bind_listener(port: int = 0) -> socket.socket:
@@ -39,14 +43,17 @@ def gui_unavailable() -> str | None:
         offscreen = os.environ.get("QT_QPA_PLATFORM") == "offscreen"
         if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or offscreen):
             return "there is no display (DISPLAY or WAYLAND_DISPLAY is not set)"
-        try:
-            from PySide6 import QtWebEngineWidgets  # noqa: F401
-        except ImportError:
-            try:
-                import gi  # noqa: F401
-            except ImportError:
-                return "neither QtWebEngine (PySide6) nor WebKitGTK (PyGObject) is installed"
+        # Looked up, not imported: pywebview imports whichever it picks.
+        if not (_module_exists("PySide6.QtWebEngineWidgets") or _module_exists("gi")):
+            return "neither QtWebEngine (PySide6) nor WebKitGTK (PyGObject) is installed"
     return None
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # the parent package is missing
+        return False
 
 
 class PywebviewBackend:
@@ -54,6 +61,7 @@ class PywebviewBackend:
 
     def __init__(self) -> None:
         self.window: Any = None
+        self.scheme_handler: Any = None
 
     def set_title(self, title: str) -> None:
         self.window.set_title(title)
@@ -81,15 +89,20 @@ class PywebviewBackend:
         return [chosen] if isinstance(chosen, str) else list(chosen)
 
     def read_clipboard(self) -> str:
+        from shoal.runtime.fsapi import BridgeError
+
         raise BridgeError("clipboard access is not available in this window", code="ENOTSUP")
 
     def write_clipboard(self, text: str) -> None:
+        from shoal.runtime.fsapi import BridgeError
+
         raise BridgeError("clipboard access is not available in this window", code="ENOTSUP")
 
 
-def keep_on_app(window: Any, origin: str) -> None:
+def keep_on_app(window: Any, origin: str, load: Callable[[str], None] | None = None) -> None:
     """If the window navigated away from the app (a script changed ``location``, say),
-    open that address in the system browser and bring the window back to the app."""
+    open that address in the system browser and bring the window back to the app
+    (through ``load``, by default the window's ``load_url``)."""
     current = window.get_current_url() or ""
     if current == origin or current.startswith(origin + "/"):
         return
@@ -97,78 +110,142 @@ def keep_on_app(window: Any, origin: str) -> None:
         import webbrowser
 
         webbrowser.open(current)
-    window.load_url(origin + "/")
+    (load or window.load_url)(origin + "/")
 
 
 def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                   on_ready: Callable[[str], None], port: int = 0, gui: str | None = None) -> None:
     """Open the app in a native window; returns when the window is closed.
 
-    The server's socket and secret exist before the window, so the window can start
-    loading the URL while the host starts on its own thread; the browser's first
-    request waits in the listen queue until the server answers.
+    The server's socket and secret exist before the window, so every address is known
+    from the start. On QtWebEngine the window shows the app through its own
+    ``shoal://app`` scheme, and the host (the bridge) starts once the page has loaded:
+    its imports no longer stand between the user and the first paint, and a page's
+    first bridge call waits in the listen queue until the host answers. Other renderers
+    load the app server's URL, and the host starts at once.
     """
-    from shoal.runtime.config import load_config
-
-    # Imported here, not on the host's thread: imports racing Qt's start-up for the GIL
-    # delay the first paint more than importing first does.
-    from shoal.runtime.host import AppHost
+    from shoal.runtime.config import default_data_dir, load_config
+    from shoal.runtime.qtscheme import ORIGIN, SCHEME, register_scheme, scheme_handler
 
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         # Chromium's sandbox refuses to run as root; QtWebEngine must be told.
         os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
     config = load_config(folder)
+    data_dir = data_dir or default_data_dir(config.id)
     listener = bind_listener(port)
     secret = secrets.token_urlsafe(32)
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}/#shoal={secret}"
+    bridge = f"127.0.0.1:{listener.getsockname()[1]}"
+    server_url = f"http://{bridge}/#shoal={secret}"
+    # Possible only before Qt's application object exists, so before pywebview picks a
+    # renderer; harmless if it picks another. The handler is PySide6 code, so pywebview
+    # must drive Qt through PySide6 too (its qtpy layer would prefer PyQt if present).
+    own_scheme = (gui in (None, "qt") and os.environ.get("QT_API", "pyside6") == "pyside6"
+                  and register_scheme())
+    if own_scheme:
+        os.environ["QT_API"] = "pyside6"
+    shown = {"origin": f"http://{bridge}", "url": server_url}
     backend = PywebviewBackend()
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
-    failure: list[BaseException] = []
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        host = AppHost(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
+    host = _HostThread(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
                        secret=secret)
-        try:
-            loop.run_until_complete(host.start())
-        except BaseException as exc:  # re-raised on the main thread once the window is gone
-            failure.append(exc)
-            if backend.window is not None:
-                backend.window.destroy()
-            return
-        loop.run_forever()
-        loop.run_until_complete(host.close())
-
-    thread = threading.Thread(target=serve, name="shoal-app", daemon=True)
-    thread.start()
     import webview
 
     window_config = config.window
-    backend.window = webview.create_window(
-        window_config.title, url, width=window_config.width, height=window_config.height,
-        resizable=window_config.resizable,
+    window = backend.window = webview.create_window(
+        window_config.title, server_url, width=window_config.width,
+        height=window_config.height, resizable=window_config.resizable,
         min_size=(window_config.min_width, window_config.min_height),
     )
-    origin = url.split("/#", 1)[0]
+
+    def initialized(renderer: str) -> None:
+        # Main thread: pywebview has chosen its renderer; no window exists yet.
+        if own_scheme and renderer == "qtwebengine":
+            shown["origin"] = ORIGIN
+            shown["url"] = window.real_url = f"{ORIGIN}/#shoal={secret}&bridge={bridge}"
+        else:
+            host.start(shown["origin"])
+
+    def before_show() -> None:
+        # GUI thread: the page has its URL but has not asked for it yet.
+        if shown["origin"] != ORIGIN:
+            return
+        backend.scheme_handler = scheme_handler(config, listener.getsockname()[1])
+        window.native.profile.installUrlSchemeHandler(SCHEME, backend.scheme_handler)
+        timer = threading.Timer(HOST_DELAY, host.start, args=(ORIGIN,))
+        timer.daemon = True
+        timer.start()
+
     announced: list[bool] = []
 
     def loaded() -> None:
+        host.start(shown["origin"])
         if not announced:
             announced.append(True)
-            on_ready(url)
-        keep_on_app(backend.window, origin)
+            on_ready(shown["url"])
+        # pywebview's load_url would serve a non-HTTP address from a server of its own.
+        native = shown["origin"] == ORIGIN
+        keep_on_app(window, shown["origin"], window.native.load_url if native else None)
 
-    backend.window.events.loaded += loaded
+    host.on_failure = lambda: window.destroy()
+    window.events.initialized += initialized
+    window.events.before_show += before_show
+    window.events.loaded += loaded
     try:
-        if not failure:
-            webview.start(gui=gui, private_mode=True)
+        webview.start(gui=gui, private_mode=True)
     finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-    if failure:
-        raise failure[0]
+        host.stop()
+    if host.failure is not None:
+        raise host.failure
+
+
+class _HostThread:
+    """The app host on its own asyncio loop and thread, started at most once."""
+
+    def __init__(self, folder: Path, **host_options: Any) -> None:
+        self.folder = folder
+        self.options = host_options
+        self.failure: BaseException | None = None
+        self.on_failure: Callable[[], None] = lambda: None
+        self._thread = threading.Thread(target=self._serve, name="shoal-app", daemon=True)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._loop: Any = None
+        self._loop_ready = threading.Event()
+
+    def start(self, page_origin: str) -> None:
+        with self._lock:
+            if self._thread.ident is None and not self._closed:
+                self.options["page_origin"] = page_origin
+                self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._closed = True
+        if self._thread.ident is None:
+            return
+        if self._loop_ready.wait(timeout=10):
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def _serve(self) -> None:
+        import asyncio
+
+        from shoal.runtime.host import AppHost
+
+        try:
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+        except ImportError:
+            loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        self._loop_ready.set()
+        host = AppHost(self.folder, **self.options)
+        try:
+            loop.run_until_complete(host.start())
+        except BaseException as exc:  # re-raised on the main thread once the window is gone
+            self.failure = exc
+            self.on_failure()
+            return
+        loop.run_forever()
+        loop.run_until_complete(host.close())

@@ -19,6 +19,8 @@ await check("inlineScript", () => new Promise((resolve) => {
   document.head.append(script);
   setTimeout(() => resolve(globalThis.inlineRan), 100);
 }));
+await check("isolated", () => crossOriginIsolated);
+await check("origin", () => location.origin);
 await check("fetchElsewhere", async () => (await fetch("http://127.0.0.1:9/")).status);
 await check("writeMissingFolder", () => fs.writeFile("nowhere/today.txt", "x"));
 await check("writeRead", async () => {

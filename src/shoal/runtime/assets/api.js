@@ -12,14 +12,23 @@ export class ShoalError extends Error {
 }
 
 const SECRET_KEY = "shoal.secret";
+const BRIDGE_KEY = "shoal.bridge";
 
-function takeSecret() {
-  const match = location.hash.match(/[#&]shoal=([A-Za-z0-9_-]+)/);
-  if (match) {
-    sessionStorage.setItem(SECRET_KEY, match[1]);
+// The launch fragment: #shoal=SECRET, plus &bridge=127.0.0.1:PORT when the page is not
+// served by the app server itself (the native window's shoal://app scheme).
+function takeLaunch() {
+  const secret = location.hash.match(/[#&]shoal=([A-Za-z0-9_-]+)/);
+  if (secret) {
+    const bridge = location.hash.match(/[#&]bridge=(127\.0\.0\.1:[0-9]+)(?:&|$)/);
+    sessionStorage.setItem(SECRET_KEY, secret[1]);
+    if (bridge) sessionStorage.setItem(BRIDGE_KEY, bridge[1]);
     history.replaceState(null, "", location.pathname + location.search);
   }
-  return sessionStorage.getItem(SECRET_KEY) || "";
+  const served = location.protocol === "http:";
+  return {
+    secret: sessionStorage.getItem(SECRET_KEY) || "",
+    bridge: (served ? null : sessionStorage.getItem(BRIDGE_KEY)) || location.host,
+  };
 }
 
 const encoder = new TextEncoder();
@@ -33,7 +42,8 @@ let opened = null;
 function connect() {
   if (opened) return opened;
   opened = new Promise((resolve, reject) => {
-    const ws = new WebSocket(`ws://${location.host}/_shoal/bridge?secret=${takeSecret()}`);
+    const { secret, bridge } = takeLaunch();
+    const ws = new WebSocket(`ws://${bridge}/_shoal/bridge?secret=${secret}`);
     ws.binaryType = "arraybuffer";
     ws.onopen = () => { socket = ws; resolve(ws); };
     ws.onerror = () => reject(new ShoalError("ECONNREFUSED", "the Shoal bridge refused this page"));
@@ -119,8 +129,9 @@ const READ_CHUNK = 4 << 20;
 async function fetchFile(file) {
   let response;
   try {
-    response = await fetch(`/_shoal/file?path=${encodeURIComponent(file)}`, {
-      headers: { "X-Shoal-Secret": takeSecret() },
+    const { secret, bridge } = takeLaunch();
+    response = await fetch(`http://${bridge}/_shoal/file?path=${encodeURIComponent(file)}`, {
+      headers: { "X-Shoal-Secret": secret },
       cache: "no-store",
     });
   } catch (error) {

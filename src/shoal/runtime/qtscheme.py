@@ -1,0 +1,126 @@
+"""The window's own URL scheme on QtWebEngine: the app's pages at ``shoal://app/``.
+
+QtWebEngine asks a handler on its GUI thread for every page, script and style sheet,
+so the window shows the app without waiting for the app server, which starts once the
+page has loaded and carries the bridge and bulk file reads (``fs.readFile`` fetches
+them cross-origin, which the server allows for this origin alone). Pages get the same
+policy and headers as pages from the server.
+
+``import ... from "shoal:api"`` needs no import map here: Chromium reads ``shoal:api``
+as ``shoal://api/``, which this handler answers with the API module. No inline script
+is allowed at all, which matters because QtWebEngine lowercases the values of headers
+set by a scheme handler: a hash source in the policy would no longer match (a hash an
+app adds in ``[csp]`` is lowercased the same way, so such inline code stays blocked).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from shoal.runtime.config import AppConfig
+from shoal.runtime.pages import (
+    API_PATH,
+    TYPES_PATH,
+    app_file,
+    asset,
+    content_security_policy,
+    content_type,
+    page_html,
+    security_headers,
+)
+
+SCHEME = b"shoal"
+ORIGIN = "shoal://app"
+API_ORIGIN = "shoal://api"
+
+
+def register_scheme() -> bool:
+    """Declare ``shoal:`` to QtWebEngine. Must run before Qt's application object exists;
+    False where QtWebEngine is not installed."""
+    try:
+        from PySide6.QtWebEngineCore import QWebEngineUrlScheme
+    except ImportError:
+        return False
+    if QWebEngineUrlScheme.schemeByName(SCHEME).name() == SCHEME:
+        return True
+    scheme = QWebEngineUrlScheme(SCHEME)
+    scheme.setSyntax(QWebEngineUrlScheme.Syntax.Host)
+    flag = QWebEngineUrlScheme.Flag
+    # Secure: the page is a secure context. CorsEnabled: module scripts load from it.
+    scheme.setFlags(flag.SecureScheme | flag.CorsEnabled | flag.FetchApiAllowed)
+    QWebEngineUrlScheme.registerScheme(scheme)
+    return True
+
+
+class Answer:
+    """What the handler replies: a body (bytes, or a file Qt reads itself)."""
+
+    def __init__(self, kind: str, body: bytes = b"", file: Path | None = None,
+                 cross_origin: bool = False) -> None:
+        self.kind = kind
+        self.body = body
+        self.file = file
+        self.cross_origin = cross_origin
+        """Loaded by the app's pages from another origin (the API module)."""
+
+
+def answer(config: AppConfig, *, host: str, path: str, method: bytes) -> Answer | None:
+    """The answer to one request to ``shoal://``, or None for "not found"."""
+    if method != b"GET":
+        return None
+    if host == "api" and path in ("", "/"):
+        return Answer("text/javascript", asset("api.js").encode(), cross_origin=True)
+    if host != "app":
+        return None
+    if path == API_PATH:
+        return Answer("text/javascript", asset("api.js").encode())
+    if path == TYPES_PATH:
+        return Answer("text/plain", asset("shoal.d.ts").encode())
+    target = app_file(config, path)
+    if target is None:
+        return None
+    kind = content_type(target)
+    if kind == "text/html":
+        return Answer(kind, page_html(target, import_map=False).encode())
+    return Answer(kind, file=target)
+
+
+def scheme_handler(config: AppConfig, bridge_port: int) -> Any:
+    """A ``QWebEngineUrlSchemeHandler`` serving ``config``'s app (needs PySide6)."""
+    from PySide6.QtCore import QBuffer, QByteArray, QFile, QIODevice
+    from PySide6.QtWebEngineCore import QWebEngineUrlRequestJob, QWebEngineUrlSchemeHandler
+
+    policy = content_security_policy(bridge_port, config.csp, api_origin=API_ORIGIN)
+
+    def header_map(headers: dict[str, str]) -> dict[Any, list[Any]]:
+        # PySide6 takes a QMultiMap<QByteArray, QByteArray> as a dict of lists.
+        return {QByteArray(k.encode()): [QByteArray(v.encode())] for k, v in headers.items()}
+
+    common = header_map(security_headers(policy))
+    shared = header_map({**security_headers(policy),
+                         "Cross-Origin-Resource-Policy": "cross-origin",
+                         "Access-Control-Allow-Origin": ORIGIN})
+    read_only = QIODevice.OpenModeFlag.ReadOnly
+
+    class AppSchemeHandler(QWebEngineUrlSchemeHandler):
+        def requestStarted(self, job: QWebEngineUrlRequestJob) -> None:
+            url = job.requestUrl()
+            reply = answer(config, host=url.host(), path=url.path(),
+                           method=bytes(job.requestMethod().data()))
+            if reply is None:
+                job.fail(QWebEngineUrlRequestJob.Error.UrlNotFound)
+                return
+            if reply.file is not None:
+                device: Any = QFile(str(reply.file), job)
+                if not device.open(read_only):
+                    job.fail(QWebEngineUrlRequestJob.Error.RequestFailed)
+                    return
+            else:
+                device = QBuffer(job)
+                device.setData(QByteArray(reply.body))
+                device.open(read_only)
+            job.setAdditionalResponseHeaders(shared if reply.cross_origin else common)
+            job.reply(QByteArray(reply.kind.encode()), device)
+
+    return AppSchemeHandler()

@@ -1,0 +1,45 @@
+"""What the test app's page script (tests/data/webapp/checks.js) must report, wherever
+the page runs: a browser tab or the native window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WEBAPP = Path(__file__).parent / "data" / "webapp"
+
+EXPECTED = {
+    # The policy: no eval, no inline script, no connections but the bridge.
+    "eval": {"error": "EvalError"},
+    "newFunction": {"error": "EvalError"},
+    "inlineScript": {"ok": False},
+    "fetchElsewhere": {"error": "TypeError"},
+    "isolated": {"ok": True},  # COOP and COEP were applied
+    # What the app may do works.
+    "writeRead": {"ok": "hello from the page"},
+    "mkdirReaddir": {"ok": ["deeper"]},
+    "binaryRoundTrip": {"ok": True},
+    "stream": {"ok": 300000},
+    "osPlatform": {"ok": "linux"},
+    "invokeAdd": {"ok": 5},
+    "invokeAsync": {"ok": "later"},
+    "path": {"ok": "/a/c/d.txt"},
+    # What it may not do is refused with a code.
+    "readOutside": {"error": "EPERM"},
+    "traversal": {"error": "EPERM"},
+    "writeOutside": {"error": "EPERM"},
+    "missing": {"error": "ENOENT"},
+    "writeMissingFolder": {"error": "ENOENT"},
+    "invokeNotGranted": {"error": "EPERM"},
+    "invokeAppError": {"error": "EAPP"},
+    "networkDenied": {"error": "EPERM"},
+}
+
+
+def assert_page_results(results: dict, data_dir: Path, origin: str) -> None:
+    """Every check came out as expected, the page ran at ``origin``, and what it wrote
+    (or was refused) is on disk (or is not)."""
+    for name, expected in EXPECTED.items():
+        assert results.get(name) == expected, (name, results.get(name))
+    assert results["origin"] == {"ok": origin}
+    assert (data_dir / "notes" / "today.txt").read_text() == "hello from the page"
+    assert not Path("/tmp/shoal-page-escape.txt").exists()
