@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
-from shoal.core.wire import Address
 from shoal.errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from shoal.core.wire import Address
 
 
 def parse_address(value: str | Address, *, default_port: int | None = None) -> Address:

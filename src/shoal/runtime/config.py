@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 from shoal.errors import ShoalError
 from shoal.net import parse_address
 
@@ -263,4 +261,6 @@ def default_data_dir(app_id: str) -> Path:
     base = os.environ.get("SHOAL_DATA_DIR")
     if base:
         return Path(base) / app_id
+    import platformdirs
+
     return Path(platformdirs.user_data_dir("shoal")) / "apps" / app_id

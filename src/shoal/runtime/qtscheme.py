@@ -15,6 +15,7 @@ app adds in ``[csp]`` is lowercased the same way, so such inline code stays bloc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,18 @@ def scheme_handler(config: AppConfig, bridge_port: int) -> Any:
             job.reply(QByteArray(reply.kind.encode()), device)
 
     return AppSchemeHandler()
+
+
+def keep_navigation_on_app(page: Any, leave: Callable[[str], None]) -> None:
+    """Keep a ``QWebEnginePage`` on the app: a top-level navigation anywhere but
+    ``shoal://app/`` is refused before it starts (the page stays as it is), and
+    ``leave`` gets the address, to open it in the system browser."""
+
+    def navigation_requested(request: Any) -> None:
+        url = request.url()
+        if not request.isMainFrame() or (url.scheme() == "shoal" and url.host() == "app"):
+            return
+        request.reject()
+        leave(url.toString())
+
+    page.navigationRequested.connect(navigation_requested)

@@ -106,11 +106,16 @@ def keep_on_app(window: Any, origin: str, load: Callable[[str], None] | None = N
     current = window.get_current_url() or ""
     if current == origin or current.startswith(origin + "/"):
         return
-    if current.startswith(("http://", "https://")):
+    _open_elsewhere(current)
+    (load or window.load_url)(origin + "/")
+
+
+def _open_elsewhere(url: str) -> None:
+    """Open a web address in the system browser, off the calling (GUI) thread."""
+    if url.startswith(("http://", "https://")):
         import webbrowser
 
-        webbrowser.open(current)
-    (load or window.load_url)(origin + "/")
+        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
 
 
 def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
@@ -125,7 +130,13 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     load the app server's URL, and the host starts at once.
     """
     from shoal.runtime.config import default_data_dir, load_config
-    from shoal.runtime.qtscheme import ORIGIN, SCHEME, register_scheme, scheme_handler
+    from shoal.runtime.qtscheme import (
+        ORIGIN,
+        SCHEME,
+        keep_navigation_on_app,
+        register_scheme,
+        scheme_handler,
+    )
 
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         # Chromium's sandbox refuses to run as root; QtWebEngine must be told.
@@ -168,8 +179,16 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         # GUI thread: the page has its URL but has not asked for it yet.
         if shown["origin"] != ORIGIN:
             return
+        profile = getattr(window.native, "profile", None)
+        view = getattr(window.native, "webview", None)
+        if profile is None or view is None:  # a pywebview unlike this one: use the server
+            shown.update(origin=f"http://{bridge}", url=server_url)
+            host.start(shown["origin"])
+            window.native.load_url(server_url)
+            return
         backend.scheme_handler = scheme_handler(config, listener.getsockname()[1])
-        window.native.profile.installUrlSchemeHandler(SCHEME, backend.scheme_handler)
+        profile.installUrlSchemeHandler(SCHEME, backend.scheme_handler)
+        keep_navigation_on_app(view.page(), _open_elsewhere)
         timer = threading.Timer(HOST_DELAY, host.start, args=(ORIGIN,))
         timer.daemon = True
         timer.start()

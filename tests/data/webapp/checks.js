@@ -63,9 +63,12 @@ await check("path", () => path.join("/a/b", "../c", "d.txt"));
 document.body.dataset.results = JSON.stringify(results);
 await fs.writeFile("results.json", JSON.stringify(results));
 document.body.dataset.ready = "true";
-// Asked to leave the app (the window test does): the window must bring the app back.
+// Asked to leave the app (the window test does): the window must keep the app, and a
+// page that is still this one afterwards says so.
 if (!sessionStorage.getItem("left") && (await fs.stat("leave.txt").then(() => true, () => false))) {
   sessionStorage.setItem("left", "yes");
   await fs.rm("leave.txt");
   location.href = "http://127.0.0.1:9/elsewhere";
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  await fs.writeFile("stayed.txt", location.href);
 }
