@@ -8,7 +8,9 @@
   first bridge call, and the memory (PSS) of the whole process tree half a second after
   that call (before the other measurements);
 - the baseline: a bare pywebview window showing the same page from a plain file
-  server (no bridge, no policy), measured the same way, in the same run.
+  server (no bridge, no policy), measured the same way, in the same run;
+- the floor of any WebSocket bridge in this webview: a bare window whose page makes the
+  same round trips to a WebSocket that echoes a fixed answer, with no work behind it.
 
 Both windows use the same Qt binding, PySide6 (the one ``shoal[gui]`` installs): where
 PyQt6 is installed as well, pywebview alone would otherwise pick it, a different build
@@ -131,6 +133,96 @@ def measure_baseline(env: dict[str, str]) -> dict[str, float]:
     return {"first_paint_ms": round(result["first_paint_ms"], 1), "memory_mb": memory}
 
 
+FLOOR_PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>Floor</title>
+<script type="module" src="/floor.js"></script></head><body><h1>Floor</h1></body></html>"""
+
+FLOOR_SCRIPT = b"""
+const ws = new WebSocket(`ws://${location.host}/echo`);
+await new Promise((resolve) => { ws.onopen = resolve; });
+let answer;
+ws.onmessage = (event) => answer(event.data);
+const call = () => new Promise((resolve) => {
+  answer = resolve;
+  ws.send(JSON.stringify({ id: 1, call: "invoke", args: ["noop", []] }));
+});
+for (let i = 0; i < 200; i++) await call();
+const samples = [];
+for (let i = 0; i < 2000; i++) {
+  const start = performance.now();
+  await call();
+  samples.push(performance.now() - start);
+}
+samples.sort((a, b) => a - b);
+await fetch("/result", { method: "POST", body: JSON.stringify({
+  p50: samples[1000], p99: samples[1980], isolated: crossOriginIsolated }) });
+"""
+
+
+def measure_floor(env: dict[str, str]) -> dict[str, float]:
+    """Round trips from a bare window's page to a WebSocket echo (see the module doc)."""
+    import asyncio
+
+    from aiohttp import WSMsgType, web
+
+    isolation = {"Cross-Origin-Opener-Policy": "same-origin",
+                 "Cross-Origin-Embedder-Policy": "require-corp"}
+    results: list[dict[str, float]] = []
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=FLOOR_PAGE, content_type="text/html", headers=isolation)
+
+    async def script(request: web.Request) -> web.Response:
+        return web.Response(body=FLOOR_SCRIPT, content_type="text/javascript",
+                            headers=isolation)
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=False)
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                await ws.send_str('{"id":1,"ok":0}')
+        return ws
+
+    async def result(request: web.Request) -> web.Response:
+        results.append(json.loads(await request.read()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_get("/floor.js", script)
+    app.router.add_get("/echo", echo)
+    app.router.add_post("/result", result)
+    runner = web.AppRunner(app, access_log=None)
+    ports: list[int] = []
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        ports.append(runner.addresses[0][1])
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    ready.wait()
+    process = subprocess.Popen(
+        [sys.executable, "-c", BASELINE, f"http://127.0.0.1:{ports[0]}/", str(time.time())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not results and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop(process)
+        loop.call_soon_threadsafe(loop.stop)
+    if not results or not results[0]["isolated"]:
+        raise SystemExit("the floor page did not report (or was not cross-origin isolated)")
+    return {"p50": round(results[0]["p50"], 3), "p99": round(results[0]["p99"], 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="(output is always JSON)")
@@ -143,11 +235,14 @@ def main() -> None:
     env["QT_API"] = "pyside6"
     baseline = measure_baseline(env)
     shoal = measure_shoal(env)
+    floor = measure_floor(env)
     print(json.dumps({
         "window": env.get("QT_QPA_PLATFORM", "native"),
         **shoal,
         "baseline_first_paint_ms": baseline["first_paint_ms"],
         "baseline_memory_mb": baseline["memory_mb"],
+        "websocket_floor_p50_ms": floor["p50"],
+        "websocket_floor_p99_ms": floor["p99"],
     }))
 
 
