@@ -83,6 +83,23 @@ def test_missing_config_is_one_clear_cli_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "shoal.toml: not found" in lines[0]
 
 
+@pytest.mark.parametrize(("code", "expected"), [
+    ("def broken(:\n", "app.py:1: SyntaxError"),
+    ("raise RuntimeError('no database')\n", "failed to load: RuntimeError: no database"),
+])
+def test_broken_app_code_is_one_clear_cli_line(tmp_path: Path, code: str,
+                                                expected: str) -> None:
+    folder = _app(tmp_path / "app", BASE)
+    (folder / "app.py").write_text(code)
+    result = subprocess.run([sys.executable, "-m", "shoal.cli.main", "run", "--browser",
+                             str(folder), "--data-dir", str(tmp_path / "data")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line]
+    assert len(lines) == 1 and expected in lines[0], lines
+
+
 def test_init_writes_an_app_whose_own_test_passes(tmp_path: Path) -> None:
     folder = tmp_path / "notes"
     made = subprocess.run([sys.executable, "-m", "shoal.cli.main", "init", str(folder),

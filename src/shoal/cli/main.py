@@ -400,11 +400,12 @@ def dev(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: 
 
 def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, as_json: bool,
              dev: bool) -> None:
-    from shoal.runtime.config import load_config
+    from shoal.runtime.config import check_app_code, load_config
     from shoal.runtime.window import gui_unavailable, run_in_window
 
     output = Output(as_json)
-    load_config(folder)  # bad config: one clear line before anything starts
+    load_config(folder)  # bad config or app code: one clear line before anything starts
+    check_app_code(folder)
     if not browser:
         reason = gui_unavailable()
         if reason is None:

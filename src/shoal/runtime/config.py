@@ -18,6 +18,7 @@ from shoal.errors import ShoalError
 from shoal.net import parse_address
 
 CONFIG_NAME = "shoal.toml"
+APP_CODE = "app.py"
 APP_ID = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)+$")
 CSP_DIRECTIVES = frozenset({
     "default-src", "script-src", "style-src", "img-src", "font-src", "media-src",
@@ -101,6 +102,25 @@ def load_config(folder: Path) -> AppConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     return _Reader(where).app(folder, raw)
+
+
+def check_app_code(folder: Path) -> None:
+    """Compile the app's ``app.py``, if any, so that a syntax error is reported in one
+    line before a window opens (it is imported later, when the host starts)."""
+    path = folder / APP_CODE
+    try:
+        source = path.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from None
+    try:
+        compile(source, str(path), "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:
+        line = getattr(exc, "lineno", None)
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(f"{where}: {type(exc).__name__}: {getattr(exc, 'msg', exc)}") \
+            from None
 
 
 class _Reader:
