@@ -18,9 +18,6 @@ import webbrowser
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import platformdirs
-import psutil
-
 from shoal.runtime.fsapi import BridgeError
 
 _PLATFORMS = {"linux": "linux", "darwin": "darwin", "win32": "win32"}
@@ -112,6 +109,8 @@ class System:
 
     async def os_info(self) -> dict[str, Any]:
         self._require("os")
+        import psutil  # only for apps that ask
+
         memory = psutil.virtual_memory()
         frequency = psutil.cpu_freq()
         return {
@@ -128,6 +127,8 @@ class System:
 
     async def os_dirs(self) -> dict[str, str]:
         self._require("os")
+        import platformdirs
+
         return {
             "home": os.path.expanduser("~"),
             "data": self.data_dir,
