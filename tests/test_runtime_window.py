@@ -54,3 +54,20 @@ def test_app_in_a_native_window_reaches_the_bridge(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_app_code_failing_in_the_window_is_one_clear_line(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "shoal.toml").write_text('[app]\nname = "Broken"\nid = "test.shoal.broken"\n')
+    (app / "index.html").write_text("<!doctype html><title>broken</title><p>hello</p>")
+    (app / "app.py").write_text("raise RuntimeError('no database')\n")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    result = subprocess.run(
+        [sys.executable, "-m", "shoal.cli.main", "run", str(app), "--data-dir",
+         str(tmp_path / "data")],
+        capture_output=True, text=True, env=env, timeout=60, start_new_session=True)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("shoal: error")]
+    assert len(errors) == 1 and "failed to load: RuntimeError: no database" in errors[0]

@@ -9,6 +9,7 @@ thread, so the app host runs on an asyncio loop in a second thread.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -154,6 +155,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                   and register_scheme())
     if own_scheme:
         os.environ["QT_API"] = "pyside6"
+        gui = "qt"  # what shoal[gui] installs; pywebview would try GTK first
     shown = {"origin": f"http://{bridge}", "url": server_url}
     backend = PywebviewBackend()
     host = _HostThread(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
@@ -241,14 +243,13 @@ class _HostThread:
             self._closed = True
         if self._thread.ident is None:
             return
-        if self._loop_ready.wait(timeout=10):
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._loop_ready.wait(timeout=10) and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # it closed its loop meanwhile
+                self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 
     def _serve(self) -> None:
         import asyncio
-
-        from shoal.runtime.host import AppHost
 
         try:
             import uvloop
@@ -259,12 +260,16 @@ class _HostThread:
         asyncio.set_event_loop(loop)
         self._loop = loop
         self._loop_ready.set()
-        host = AppHost(self.folder, **self.options)
         try:
+            from shoal.runtime.host import AppHost
+
+            host = AppHost(self.folder, **self.options)
             loop.run_until_complete(host.start())
         except BaseException as exc:  # re-raised on the main thread once the window is gone
             self.failure = exc
             self.on_failure()
+            loop.close()
             return
         loop.run_forever()
         loop.run_until_complete(host.close())
+        loop.close()
