@@ -191,6 +191,8 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         backend.scheme_handler = scheme_handler(config, listener.getsockname()[1])
         profile.installUrlSchemeHandler(SCHEME, backend.scheme_handler)
         keep_navigation_on_app(view.page(), _open_elsewhere)
+        # pywebview's own bridge would be a second way into Python, outside the policy.
+        view.page().setWebChannel(None)
         timer = threading.Timer(HOST_DELAY, host.start, args=(ORIGIN,))
         timer.daemon = True
         timer.start()

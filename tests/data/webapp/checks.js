@@ -21,6 +21,8 @@ await check("inlineScript", () => new Promise((resolve) => {
 }));
 await check("isolated", () => crossOriginIsolated);
 await check("origin", () => location.origin);
+// No Qt web channel (pywebview's way into Python) is attached to the page.
+await check("qtChannel", () => typeof globalThis.qt);
 await check("fetchElsewhere", async () => (await fetch("http://127.0.0.1:9/")).status);
 await check("writeMissingFolder", () => fs.writeFile("nowhere/today.txt", "x"));
 await check("writeRead", async () => {
