@@ -405,6 +405,8 @@ def test_window_scheme_serves_the_app_and_nothing_else(tmp_path: Path) -> None:
     assert style is not None and style.file == folder / "style.css"
     api = ask("/", host="api")
     assert api is not None and api.cross_origin and b"export const fs" in api.body
+    fixed_url = ask("/_shoal/api.js")  # re-exports it: one module instance either way
+    assert fixed_url is not None and fixed_url.body == b'export * from "shoal:api";\n'
     for path in ("/shoal.toml", "/app.py", "/.private", "/../outside.txt", "/escape.txt",
                  "/missing.js"):
         assert ask(path) is None, path

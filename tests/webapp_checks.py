@@ -15,6 +15,7 @@ EXPECTED = {
     "fetchElsewhere": {"error": "TypeError"},
     "isolated": {"ok": True},  # COOP and COEP were applied
     "qtChannel": {"ok": "undefined"},  # no second way into Python
+    "oneModule": {"ok": True},  # "shoal:api" and /_shoal/api.js are one module
     # What the app may do works.
     "writeRead": {"ok": "hello from the page"},
     "mkdirReaddir": {"ok": ["deeper"]},

@@ -74,8 +74,8 @@ def answer(config: AppConfig, *, host: str, path: str, method: bytes) -> Answer 
         return Answer("text/javascript", asset("api.js").encode(), cross_origin=True)
     if host != "app":
         return None
-    if path == API_PATH:
-        return Answer("text/javascript", asset("api.js").encode())
+    if path == API_PATH:  # the same module instance as "shoal:api", not a second one
+        return Answer("text/javascript", b'export * from "shoal:api";\n')
     if path == TYPES_PATH:
         return Answer("text/plain", asset("shoal.d.ts").encode())
     target = app_file(config, path)
@@ -107,8 +107,12 @@ def scheme_handler(config: AppConfig, bridge_port: int) -> Any:
     class AppSchemeHandler(QWebEngineUrlSchemeHandler):
         def requestStarted(self, job: QWebEngineUrlRequestJob) -> None:
             url = job.requestUrl()
-            reply = answer(config, host=url.host(), path=url.path(),
-                           method=bytes(job.requestMethod().data()))
+            try:
+                reply = answer(config, host=url.host(), path=url.path(),
+                               method=bytes(job.requestMethod().data()))
+            except OSError:  # unreadable file: fail this request, not the window
+                job.fail(QWebEngineUrlRequestJob.Error.RequestFailed)
+                return
             if reply is None:
                 job.fail(QWebEngineUrlRequestJob.Error.UrlNotFound)
                 return

@@ -1,5 +1,6 @@
 // Runs as a page script, so the Content-Security-Policy applies to everything here.
 import { fs, os, invoke, network, path, ShoalError } from "shoal:api";
+import * as byFixedUrl from "/_shoal/api.js";
 
 const results = {};
 async function check(name, body) {
@@ -23,6 +24,7 @@ await check("isolated", () => crossOriginIsolated);
 await check("origin", () => location.origin);
 // No Qt web channel (pywebview's way into Python) is attached to the page.
 await check("qtChannel", () => typeof globalThis.qt);
+await check("oneModule", () => byFixedUrl.fs === fs);
 await check("fetchElsewhere", async () => (await fetch("http://127.0.0.1:9/")).status);
 await check("writeMissingFolder", () => fs.writeFile("nowhere/today.txt", "x"));
 await check("writeRead", async () => {
