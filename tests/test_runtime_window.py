@@ -71,3 +71,38 @@ def test_app_code_failing_in_the_window_is_one_clear_line(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("shoal: error")]
     assert len(errors) == 1 and "failed to load: RuntimeError: no database" in errors[0]
+
+
+def test_window_survives_many_window_calls(tmp_path: Path) -> None:
+    """Every window call is a Qt signal in pywebview; some Qt bindings abort Python after
+    a few thousand (PySide6 6.12.0, which shoal[gui] excludes)."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "shoal.toml").write_text('[app]\nname = "Titles"\nid = "test.shoal.titles"\n'
+                                    "[permissions]\nwindow = true\n")
+    (app / "index.html").write_text('<!doctype html><title>0</title>'
+                                    '<script type="module" src="titles.js"></script>')
+    (app / "titles.js").write_text(
+        'import { fs, window } from "shoal:api";\n'
+        "for (let i = 1; i <= 10000; i++) await window.setTitle(`title ${i}`);\n"
+        'await fs.writeFile("done.txt", document.title);\n')
+    data = tmp_path / "data"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "run", "--json", str(app), "--data-dir",
+         str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (data / "done.txt").exists() and process.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert (data / "done.txt").read_text() == "title 10000"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
