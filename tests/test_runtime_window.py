@@ -48,12 +48,7 @@ def test_app_in_a_native_window_reaches_the_bridge(tmp_path: Path) -> None:
         assert opened.read_text().split() == ["http://127.0.0.1:9/elsewhere"]
         assert stayed.read_text().startswith("shoal://app/")
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        _stop(process)
 
 
 def test_app_code_failing_in_the_window_is_one_clear_line(tmp_path: Path) -> None:
@@ -100,9 +95,14 @@ def test_window_survives_many_window_calls(tmp_path: Path) -> None:
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
         assert (data / "done.txt").read_text() == "title 10000"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End ``shoal run`` and the browser processes Qt started in its session."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
