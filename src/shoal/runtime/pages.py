@@ -7,6 +7,7 @@ pages (the aiohttp app server today) applies the same rules.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import mimetypes
 import os
@@ -102,6 +103,7 @@ def page_html(path: Path, *, import_map: bool = True) -> str:
     return IMPORT_MAP_TAG + html
 
 
+@functools.cache
 def asset(name: str) -> str:
     """One of the runtime's own files (``api.js``, ``shoal.d.ts``)."""
     return resources.files("shoal.runtime").joinpath("assets", name).read_text(encoding="utf-8")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from shoal.runtime.config import AppConfig
 from shoal.runtime.pages import (
@@ -54,16 +54,14 @@ def register_scheme() -> bool:
     return True
 
 
-class Answer:
+class Answer(NamedTuple):
     """What the handler replies: a body (bytes, or a file Qt reads itself)."""
 
-    def __init__(self, kind: str, body: bytes = b"", file: Path | None = None,
-                 cross_origin: bool = False) -> None:
-        self.kind = kind
-        self.body = body
-        self.file = file
-        self.cross_origin = cross_origin
-        """Loaded by the app's pages from another origin (the API module)."""
+    kind: str
+    body: bytes = b""
+    file: Path | None = None
+    cross_origin: bool = False
+    """Loaded by the app's pages from another origin (the API module)."""
 
 
 def answer(config: AppConfig, *, host: str, path: str, method: bytes) -> Answer | None:
