@@ -308,8 +308,8 @@ async def test_malformed_bridge_messages_get_errors_not_crashes(tmp_path: Path) 
     async with AppHost(WEBAPP, data_dir=tmp_path) as host, BridgeClient(host) as page:
         assert page._ws is not None
         for junk in ("not json", "[]", json.dumps({"id": "x"})):
-            await page._ws.send_str(junk)
-        await page._ws.send_bytes(b"\x00\x00")
+            await page._ws.send(junk)
+        await page._ws.send(b"\x00\x00")
         await asyncio.sleep(0.2)
         assert await page.call("invoke", "add", [1, 1]) == 2  # still serving
 

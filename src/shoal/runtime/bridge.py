@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-One aiohttp server on 127.0.0.1 serves the app folder and ``/_shoal/api.js``. Every
+One loopback server (``server.py``) on 127.0.0.1 serves the app folder and ``/_shoal/api.js``. Every
 response carries a Content-Security-Policy without ``'unsafe-eval'`` or
 ``'unsafe-inline'`` whose ``connect-src`` is the bridge alone; HTML responses get an
 import map (``"shoal:api"`` -> ``/_shoal/api.js``) whose hash is the only inline script
@@ -26,7 +26,6 @@ header's ``"binary"`` names the argument the bytes replace. Answers are
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import secrets
@@ -35,8 +34,6 @@ import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-
-from aiohttp import WSMsgType, web
 
 from shoal.errors import ShoalError
 from shoal.runtime.config import AppConfig
@@ -52,6 +49,13 @@ from shoal.runtime.pages import (
     content_type,
     page_html,
     security_headers,
+)
+from shoal.runtime.server import (
+    LoopbackServer,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketAccept,
 )
 from shoal.runtime.window import bind_listener
 
@@ -82,9 +86,8 @@ class AppServer:
         self._listener = listener
         self._requested_port = port
         self.port = 0
-        self._runner: web.AppRunner | None = None
-        self._sockets: set[web.WebSocketResponse] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server = LoopbackServer(self._handle)
+        self._sessions: set[_BridgeSession] = set()
         self._headers: dict[str, str] = {}
         self._page_origin = page_origin
         self.refused = 0
@@ -105,148 +108,148 @@ class AppServer:
         return f"{self.origin}/#shoal={self.secret}"
 
     async def start(self) -> None:
-        app = web.Application(middlewares=[self._guard], client_max_size=MAX_FRAME)
-        app.router.add_get(BRIDGE_PATH, self._bridge)
-        app.router.add_get(API_PATH, self._api_module)
-        app.router.add_get(FILE_PATH, self._read_file)
-        app.router.add_route("OPTIONS", FILE_PATH, self._file_preflight)
-        app.router.add_get(TYPES_PATH, self._api_types)
-        app.router.add_get("/{path:.*}", self._file)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
         listener = self._listener or bind_listener(self._requested_port)
         self.port = listener.getsockname()[1]
-        await web.SockSite(self._runner, listener).start()
         self._headers = security_headers(content_security_policy(self.port, self.config.csp))
+        await self._server.start(listener)
 
     async def close(self) -> None:
-        for ws in list(self._sockets):
-            await ws.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for session in list(self._sessions):
+            session.close()
+        await self._server.close()
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
         """Send an event to every connected page."""
         text = json.dumps({"event": event, "data": data})
-        for ws in list(self._sockets):
-            if not ws.closed:
-                task = asyncio.get_running_loop().create_task(ws.send_str(text))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        for session in list(self._sessions):
+            session.ws.send_text(text)
 
     # ------------------------------------------------------------------ HTTP
 
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.headers.get("Host") != f"127.0.0.1:{self.port}":
+    def _handle(self, request: Request) -> Response | WebSocketAccept:
+        if request.headers.get("host") != f"127.0.0.1:{self.port}":
             self.refused += 1
-            return web.Response(status=403, text="forbidden: wrong Host\n")
-        response = await handler(request)
+            return Response.text(403, "forbidden: wrong Host\n")
+        if request.path == BRIDGE_PATH and request.method == "GET":
+            return self._bridge(request)
+        if request.path == FILE_PATH:
+            response = (self._file_preflight(request) if request.method == "OPTIONS"
+                        else self._read_file(request))
+            if self.page_origin != self.origin:
+                response.headers["Access-Control-Allow-Origin"] = self.page_origin
+                response.headers["Vary"] = "Origin"
+        elif request.method == "OPTIONS":
+            response = Response.text(405, "method not allowed\n")
+        elif request.path == API_PATH:
+            response = Response(body=asset("api.js").encode(),
+                                headers={"Content-Type": "text/javascript; charset=utf-8"})
+        elif request.path == TYPES_PATH:
+            response = Response(body=asset("shoal.d.ts").encode(),
+                                headers={"Content-Type": "text/plain; charset=utf-8"})
+        else:
+            response = self._file(request)
         response.headers.update(self._headers)
-        if request.path == FILE_PATH and self.page_origin != self.origin:
-            response.headers["Access-Control-Allow-Origin"] = self.page_origin
-            response.headers["Vary"] = "Origin"
         return response
 
-    async def _api_module(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(text=asset("api.js"), content_type="text/javascript")
-
-    async def _api_types(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(text=asset("shoal.d.ts"), content_type="text/plain")
-
-    async def _file(self, request: web.Request) -> web.StreamResponse:
-        target = app_file(self.config, request.match_info["path"])
+    def _file(self, request: Request) -> Response:
+        target = app_file(self.config, request.path)
         if target is None:
-            raise web.HTTPNotFound()
+            return Response.text(404, "not found\n")
         kind = content_type(target)
         if kind == "text/html":
-            return web.Response(text=page_html(target), content_type="text/html")
-        return web.FileResponse(target, headers={"Content-Type": kind})
+            return Response(body=page_html(target).encode(),
+                            headers={"Content-Type": "text/html; charset=utf-8"})
+        return Response(file=target, headers={"Content-Type": kind})
 
-    async def _file_preflight(self, request: web.Request) -> web.StreamResponse:
+    def _file_preflight(self, request: Request) -> Response:
         """CORS preflight of a bulk read by a page the window serves itself."""
-        if self.page_origin == self.origin or request.headers.get("Origin") != self.page_origin:
+        if self.page_origin == self.origin or request.headers.get("origin") != self.page_origin:
             self.refused += 1
-            return web.Response(status=403, text="forbidden\n")
-        return web.Response(status=204, headers={
+            return Response.text(403, "forbidden\n")
+        return Response(204, headers={
             "Access-Control-Allow-Methods": "GET",
             "Access-Control-Allow-Headers": "X-Shoal-Secret",
             "Access-Control-Max-Age": "600",
         })
 
-    async def _read_file(self, request: web.Request) -> web.StreamResponse:
+    def _read_file(self, request: Request) -> Response:
         """A file for ``fs.readFile``: same checks as the bridge, the secret in a header
         (a foreign page cannot send one without a CORS preflight, which fails here)."""
-        offered = request.headers.get("X-Shoal-Secret", "")
-        origin = request.headers.get("Origin")
-        site = request.headers.get("Sec-Fetch-Site")
+        offered = request.headers.get("x-shoal-secret", "")
+        origin = request.headers.get("origin")
+        site = request.headers.get("sec-fetch-site")
         # A page served by the window's own scheme reads cross-site, with its Origin.
         sites = ("same-origin",) if self.page_origin == self.origin else ("cross-site",)
         if (origin not in (None, self.page_origin) or site not in (None, *sites)
                 or not hmac.compare_digest(offered.encode(), self.secret.encode())):
             self.refused += 1
-            return web.Response(status=403, text="forbidden\n")
+            return Response.text(403, "forbidden\n")
+        path = request.query.get("path", "")
         try:
             if self.readable is None:
                 raise BridgeError("file reads are not available", code="ENOSYS")
-            real = self.readable(request.query.get("path", ""))
+            real = self.readable(path)
             if real.is_dir():
-                raise BridgeError(f"is a directory: {request.query.get('path')}", code="EISDIR")
+                raise BridgeError(f"is a directory: {path}", code="EISDIR")
             if not real.is_file():
-                raise BridgeError(f"no such file: {request.query.get('path')}", code="ENOENT")
+                raise BridgeError(f"no such file: {path}", code="ENOENT")
         except ShoalError as exc:
             status = {"EPERM": 403, "ENOENT": 404}.get(exc.code, 400)
-            return web.json_response({"code": exc.code, "message": exc.message}, status=status)
-        return web.FileResponse(real, headers={"Content-Type": "application/octet-stream"})
+            body = json.dumps({"code": exc.code, "message": exc.message}).encode()
+            return Response(status, body, {"Content-Type": "application/json"})
+        return Response(file=real, headers={"Content-Type": "application/octet-stream"})
 
     # ------------------------------------------------------------------ bridge
 
-    async def _bridge(self, request: web.Request) -> web.StreamResponse:
+    def _bridge(self, request: Request) -> Response | WebSocketAccept:
         offered = request.query.get("secret", "")
-        if request.headers.get("Origin") != self.page_origin or not hmac.compare_digest(
+        if request.headers.get("origin") != self.page_origin or not hmac.compare_digest(
             offered.encode(), self.secret.encode()
         ):
             self.refused += 1
-            return web.Response(status=403, text="forbidden\n")
-        # No permessage-deflate: it would cost more CPU than it saves on a loopback link.
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30, compress=False)
-        await ws.prepare(request)
-        self._sockets.add(ws)
-        in_flight: set[asyncio.Task[Any]] = set()
-        loop = asyncio.get_running_loop()
+            return Response.text(403, "forbidden\n")
+        return WebSocketAccept(lambda ws: _BridgeSession(self, ws), max_message=MAX_FRAME)
 
-        def finished(task: asyncio.Task[Any]) -> None:
-            in_flight.discard(task)
-            self._tasks.discard(task)
 
-        try:
-            async for message in ws:
-                if message.type == WSMsgType.TEXT:
-                    parsed = _parse_text(message.data)
-                elif message.type == WSMsgType.BINARY:
-                    parsed = _parse_binary(message.data)
-                else:
-                    continue
-                if len(in_flight) >= MAX_CALLS_IN_FLIGHT:  # a page flooding calls waits
-                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                task = loop.create_task(self._answer(ws, parsed))
-                in_flight.add(task)
-                self._tasks.add(task)
-                task.add_done_callback(finished)
-        finally:
-            self._sockets.discard(ws)
-        return ws
+class _BridgeSession:
+    """One page's bridge WebSocket: each message is a call, answered by its own task."""
 
-    async def _answer(self, ws: web.WebSocketResponse,
-                      parsed: tuple[int, str, list[Any]] | BridgeError) -> None:
+    def __init__(self, server: AppServer, ws: WebSocket) -> None:
+        self.server = server
+        self.ws = ws
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        server._sessions.add(self)
+
+    def message(self, data: bytes, text: bool) -> None:
+        parsed = _parse_text(data) if text else _parse_binary(data)
+        task = self._loop.create_task(self._answer(parsed))
+        self._in_flight.add(task)
+        task.add_done_callback(self._finished)
+        if len(self._in_flight) >= MAX_CALLS_IN_FLIGHT:  # a page flooding calls waits
+            self.ws.pause_reading()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if len(self._in_flight) < MAX_CALLS_IN_FLIGHT:
+            self.ws.resume_reading()
+
+    def closed(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.server._sessions.discard(self)
+        self.ws.close()
+        for task in list(self._in_flight):
+            task.cancel()
+
+    async def _answer(self, parsed: tuple[int, str, list[Any]] | BridgeError) -> None:
+        ws = self.ws
         if isinstance(parsed, BridgeError):
-            await _send_json(ws, {"id": 0, "error": {"code": parsed.code,
-                                                      "message": parsed.message}})
+            _send_json(ws, {"id": 0, "error": {"code": parsed.code, "message": parsed.message}})
             return
         call_id, name, args = parsed
-        handler = self.calls.get(name)
+        handler = self.server.calls.get(name)
         try:
             if handler is None:
                 raise BridgeError(f"no such call: {name}", code="ENOSYS")
@@ -257,28 +260,24 @@ class AppServer:
                     raise
                 raise BridgeError(f"{name}: wrong arguments", code="EINVAL") from None
         except ShoalError as exc:
-            await _send_json(ws, {"id": call_id, "error": {"code": exc.code,
-                                                            "message": exc.message}})
+            _send_json(ws, {"id": call_id, "error": {"code": exc.code, "message": exc.message}})
             return
         if isinstance(result, FramedBytes):
             _U32.pack_into(result, 0, call_id)
-            with contextlib.suppress(ConnectionError):
-                await ws.send_bytes(result)
+            ws.send_bytes(result)
+        elif isinstance(result, bytes | bytearray):
+            ws.send_bytes(_U32.pack(call_id) + bytes(result))
+        else:
+            _send_json(ws, {"id": call_id, "ok": result})
             return
-        if isinstance(result, bytes | bytearray):
-            with contextlib.suppress(ConnectionError):
-                await ws.send_bytes(_U32.pack(call_id) + bytes(result))
-            return
-        await _send_json(ws, {"id": call_id, "ok": result})
+        await ws.drain()
 
 
-async def _send_json(ws: web.WebSocketResponse, payload: dict[str, Any]) -> None:
-    if not ws.closed:
-        with contextlib.suppress(ConnectionError):
-            await ws.send_str(json.dumps(payload))
+def _send_json(ws: WebSocket, payload: dict[str, Any]) -> None:
+    ws.send_text(json.dumps(payload))
 
 
-def _parse_text(text: str) -> tuple[int, str, list[Any]] | BridgeError:
+def _parse_text(text: bytes) -> tuple[int, str, list[Any]] | BridgeError:
     try:
         request = json.loads(text)
     except ValueError:

@@ -1,7 +1,7 @@
 """The app's pages as served: the policy, the headers, which files, the import map.
 
 Kept apart from the server, and free of any web framework, so that whatever serves the
-pages (the aiohttp app server today) applies the same rules.
+pages (the app server, or the native window's own scheme) applies the same rules.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import json
 import struct
 from typing import Any
 
-import aiohttp
+from websockets.asyncio.client import ClientConnection, connect
 
 from shoal.runtime.bridge import BRIDGE_PATH
 from shoal.runtime.fsapi import BridgeError
@@ -20,8 +20,7 @@ class BridgeClient:
 
     def __init__(self, host: AppHost) -> None:
         self.host = host
-        self._session: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ws: ClientConnection | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -30,10 +29,10 @@ class BridgeClient:
     async def __aenter__(self) -> BridgeClient:
         server = self.host.server
         assert server is not None
-        self._session = aiohttp.ClientSession()
-        self._ws = await self._session.ws_connect(
-            f"{server.origin}{BRIDGE_PATH}?secret={server.secret}",
-            headers={"Origin": server.origin}, max_msg_size=0,
+        self._ws = await connect(
+            f"ws://127.0.0.1:{server.port}{BRIDGE_PATH}?secret={server.secret}",
+            origin=server.page_origin,  # type: ignore[arg-type]
+            max_size=None, compression=None, proxy=None,
         )
         self._reader = asyncio.get_running_loop().create_task(self._read())
         return self
@@ -43,8 +42,6 @@ class BridgeClient:
             self._reader.cancel()
         if self._ws is not None:
             await self._ws.close()
-        if self._session is not None:
-            await self._session.close()
 
     async def call(self, name: str, *args: Any) -> Any:
         """One bridge call; raises ``BridgeError`` with the page-visible code on failure."""
@@ -54,25 +51,25 @@ class BridgeClient:
         self._pending[call_id] = future
         binary = next((i for i, a in enumerate(args) if isinstance(a, bytes | bytearray)), None)
         if binary is None:
-            await self._ws.send_str(json.dumps({"id": call_id, "call": name, "args": list(args)}))
+            await self._ws.send(json.dumps({"id": call_id, "call": name, "args": list(args)}))
         else:
             plain = [None if i == binary else a for i, a in enumerate(args)]
             header = json.dumps({"id": call_id, "call": name, "args": plain,
                                  "binary": binary}).encode()
-            await self._ws.send_bytes(struct.pack("!II", call_id, len(header)) + header
+            await self._ws.send(struct.pack("!II", call_id, len(header)) + header
                                       + bytes(args[binary]))
         return await future
 
     async def _read(self) -> None:
         assert self._ws is not None
         async for message in self._ws:
-            if message.type == aiohttp.WSMsgType.BINARY:
-                (call_id,) = struct.unpack_from("!I", message.data)
+            if isinstance(message, bytes):
+                (call_id,) = struct.unpack_from("!I", message)
                 future = self._pending.pop(call_id, None)
                 if future is not None and not future.done():
-                    future.set_result(bytes(message.data[4:]))
-            elif message.type == aiohttp.WSMsgType.TEXT:
-                payload = json.loads(message.data)
+                    future.set_result(message[4:])
+            else:
+                payload = json.loads(message)
                 if "event" in payload:
                     self.events.put_nowait((payload["event"], payload["data"]))
                     continue

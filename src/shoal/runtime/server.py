@@ -1,0 +1,426 @@
+"""A small HTTP/1.1 and WebSocket server for the app's loopback connections.
+
+HTTP parsing is ``h11``'s and WebSocket framing is the sans-IO protocol of
+``websockets``; this module only joins them to an asyncio transport. It exists because
+the app server needs a handful of routes, one WebSocket and fast file bodies, and a web
+framework would cost the window process more memory and each bridge call more hops.
+
+The owner gives ``LoopbackServer`` one synchronous ``handle(request)`` that returns a
+``Response`` (a body, or a file streamed from disk) or a ``WebSocketAccept`` whose
+session then receives every message of that WebSocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, cast
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import h11
+from websockets.datastructures import Headers
+from websockets.frames import Opcode
+from websockets.http11 import Request as HandshakeRequest
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+MAX_REQUEST_HEAD = 16 << 10
+MAX_REQUEST_BODY = 64 << 10
+FILE_CHUNK = 1 << 20
+_REASONS = {200: "OK", 204: "No Content", 206: "Partial Content", 400: "Bad Request",
+            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            413: "Payload Too Large", 416: "Range Not Satisfiable"}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request; header names are lower case."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class Response:
+    """A response with ``body``, or with the bytes of ``file`` (ranges honoured)."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    file: Path | None = None
+
+    @classmethod
+    def text(cls, status: int, text: str) -> Response:
+        return cls(status, text.encode(), {"Content-Type": "text/plain; charset=utf-8"})
+
+
+class WebSocketSession(Protocol):
+    """What receives the messages of one accepted WebSocket."""
+
+    def message(self, data: bytes, text: bool) -> None:
+        """A whole message: UTF-8 bytes when ``text``."""
+
+    def closed(self) -> None:
+        """The WebSocket is gone; nothing more arrives."""
+
+
+@dataclass(slots=True)
+class WebSocketAccept:
+    """Accept the request's WebSocket upgrade; ``session`` is made once it is open."""
+
+    session: Callable[[WebSocket], WebSocketSession]
+    max_message: int = 1 << 20
+
+
+class WebSocket:
+    """The server's end of one open WebSocket."""
+
+    def __init__(self, connection: _Connection, protocol: ServerProtocol) -> None:
+        self._connection = connection
+        self._protocol = protocol
+
+    @property
+    def closed(self) -> bool:
+        return self._protocol.state is not State.OPEN or self._connection.lost
+
+    def send_text(self, text: str) -> None:
+        if not self.closed:
+            self._protocol.send_text(text.encode())
+            self._connection.flush_websocket()
+
+    def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.closed:
+            self._protocol.send_binary(data)
+            self._connection.flush_websocket()
+
+    async def drain(self) -> None:
+        """Wait while the socket's send buffer is over its high-water mark."""
+        await self._connection.drain()
+
+    def pause_reading(self) -> None:
+        self._connection.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._connection.resume_reading()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._protocol.send_close()
+            self._connection.flush_websocket()
+
+
+Handle = Callable[[Request], "Response | WebSocketAccept"]
+
+
+class LoopbackServer:
+    """Serves ``handle`` on an already bound, listening socket."""
+
+    def __init__(self, handle: Handle) -> None:
+        self.handle = handle
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+
+    async def start(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), sock=listener)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection: HTTP requests in turn, until it becomes a WebSocket."""
+
+    def __init__(self, server: LoopbackServer) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        self._request: h11.Request | None = None
+        self._body_size = 0
+        self._sending_file = False
+        self._websocket: ServerProtocol | None = None
+        self._session: WebSocketSession | None = None
+        self._fragments: list[bytes] = []
+        self._fragment_text = False
+        self._writable: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self.lost = False
+
+    # ------------------------------------------------------------------ transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._server._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._websocket is not None:
+            self._websocket_received(data)
+            return
+        self._http.receive_data(data)
+        self._next_requests()
+
+    def eof_received(self) -> bool:
+        if self._websocket is not None:
+            self._websocket.receive_eof()
+            self.flush_websocket()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._server._connections.discard(self)
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.closed()
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    async def drain(self) -> None:
+        if self._writable is not None:
+            await self._writable
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and self._reading_paused and not self.lost:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _write(self, data: bytes) -> None:
+        assert self._transport is not None
+        if data and not self.lost:
+            self._transport.write(data)
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _next_requests(self) -> None:
+        while not self._sending_file and self._websocket is None and not self.lost:
+            try:
+                event = self._http.next_event()
+            except h11.RemoteProtocolError:
+                self._fail(400, "bad request\n")
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self._request, self._body_size = event, 0
+            elif isinstance(event, h11.Data):
+                self._body_size += len(event.data)
+                if self._body_size > MAX_REQUEST_BODY:
+                    self._fail(413, "request body too large\n")
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                assert self._request is not None
+                self._respond(self._request)
+            elif isinstance(event, h11.ConnectionClosed):
+                self.abort()
+                return
+
+    def _respond(self, raw: h11.Request) -> None:
+        request = _request(raw)
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            self._send(request, Response.text(405, "method not allowed\n"))
+            return
+        try:
+            answer = self._server.handle(request)
+        except Exception:  # a bug behind one request must not take the server down
+            answer = Response.text(500, "internal error\n")
+        if isinstance(answer, WebSocketAccept):
+            self._upgrade(request, answer)
+        else:
+            self._send(request, answer)
+
+    def _send(self, request: Request, response: Response) -> None:
+        headers = dict(response.headers)
+        body = response.body
+        span: tuple[int, int] | None = None
+        if response.file is not None:
+            try:
+                size = os.stat(response.file).st_size
+            except OSError:
+                size, response = 0, Response.text(404, "not found\n")
+                headers.update(response.headers)
+                body = response.body
+            else:
+                headers["Accept-Ranges"] = "bytes"
+                span = _range(request.headers.get("range"), size)
+                if span is None:
+                    span = (0, size)
+                elif span == (-1, -1):
+                    headers["Content-Range"] = f"bytes */{size}"
+                    response, span, body = Response(416), None, b""
+                else:
+                    response = Response(206, file=response.file)
+                    headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{size}"
+        length = span[1] - span[0] if span is not None else len(body)
+        headers["Content-Length"] = str(length)
+        self._write(self._http.send(h11.Response(
+            status_code=response.status, reason=_REASONS.get(response.status, ""),
+            headers=list(headers.items()))) or b"")
+        if request.method == "HEAD" or length == 0:
+            self._end_of_response()
+        elif span is not None and response.file is not None:
+            self._sending_file = True
+            asyncio.get_running_loop().create_task(self._send_file(response.file, *span))
+        else:
+            self._write(self._http.send(h11.Data(data=body)) or b"")
+            self._end_of_response()
+
+    async def _send_file(self, path: Path, start: int, end: int) -> None:
+        loop = asyncio.get_running_loop()
+        sent = 0
+        try:
+            with open(path, "rb") as file:
+                file.seek(start)
+                while sent < end - start and not self.lost:
+                    chunk = await loop.run_in_executor(
+                        None, file.read, min(FILE_CHUNK, end - start - sent))
+                    if not chunk:
+                        break
+                    self._write(chunk)
+                    sent += len(chunk)
+                    await self.drain()
+        except OSError:
+            pass
+        if sent != end - start or self.lost:  # the file changed or the peer left
+            self.abort()
+            return
+        self._http.send_with_data_passthrough(h11.Data(data=_Length(sent)))
+        self._sending_file = False
+        self._end_of_response()
+
+    def _end_of_response(self) -> None:
+        self._write(self._http.send(h11.EndOfMessage()) or b"")
+        if self._http.our_state is h11.MUST_CLOSE:
+            assert self._transport is not None
+            self._transport.close()
+            return
+        if self._http.our_state is h11.DONE and self._http.their_state is h11.DONE:
+            self._http.start_next_cycle()
+        asyncio.get_running_loop().call_soon(self._next_requests)
+
+    def _fail(self, status: int, text: str) -> None:
+        if self._http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            body = text.encode()
+            with contextlib.suppress(h11.LocalProtocolError):
+                self._write(self._http.send(h11.Response(
+                    status_code=status, reason=_REASONS.get(status, ""),
+                    headers=[("Content-Length", str(len(body))), ("Connection", "close"),
+                             ("Content-Type", "text/plain; charset=utf-8")])) or b"")
+                self._write(self._http.send(h11.Data(data=body)) or b"")
+        assert self._transport is not None
+        self._transport.close()
+
+    # ------------------------------------------------------------------ WebSocket
+
+    def _upgrade(self, request: Request, accept: WebSocketAccept) -> None:
+        handshake = ServerProtocol()
+        reply = handshake.accept(HandshakeRequest(request.path, Headers(request.headers)))
+        if reply.status_code != 101:
+            self._send(request, Response(reply.status_code, bytes(reply.body),
+                                         {"Content-Type": "text/plain; charset=utf-8"}))
+            return
+        self._write(reply.serialize())
+        trailing, _ = self._http.trailing_data
+        self._websocket = ServerProtocol(state=State.OPEN, max_size=accept.max_message)
+        self._session = accept.session(WebSocket(self, self._websocket))
+        if trailing:
+            self._websocket_received(bytes(trailing))
+
+    def _websocket_received(self, data: bytes) -> None:
+        protocol = self._websocket
+        assert protocol is not None
+        protocol.receive_data(data)
+        for frame in protocol.events_received():
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if frame.fin:
+                    self._deliver(frame.data, opcode is Opcode.TEXT)
+                else:
+                    self._fragments = [frame.data]
+                    self._fragment_text = opcode is Opcode.TEXT
+            elif opcode is Opcode.CONT:
+                self._fragments.append(frame.data)
+                if frame.fin:
+                    whole, self._fragments = b"".join(self._fragments), []
+                    self._deliver(whole, self._fragment_text)
+        self.flush_websocket()
+
+    def _deliver(self, data: bytes, text: bool) -> None:
+        if self._session is not None:
+            self._session.message(data, text)
+
+    def flush_websocket(self) -> None:
+        assert self._websocket is not None and self._transport is not None
+        for chunk in self._websocket.data_to_send():
+            if chunk:
+                self._write(chunk)
+            else:  # the closing handshake is over: the server closes TCP first
+                self._transport.close()
+
+
+class _Length:
+    """Stands for a body written past h11, so that h11 still counts its bytes."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+
+    def __len__(self) -> int:
+        return self._size
+
+
+def _request(raw: h11.Request) -> Request:
+    target = urlsplit(raw.target.decode("latin-1"))
+    headers: dict[str, str] = {}
+    for name, value in raw.headers:
+        key = name.decode("latin-1")
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return Request(method=raw.method.decode("latin-1"), path=unquote(target.path),
+                   query=dict(parse_qsl(target.query)), headers=headers)
+
+
+def _range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The byte span ``[start, end)`` one ``Range`` header asks for: None for the whole
+    file (no header, or one this server does not serve), (-1, -1) when unsatisfiable."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[6:].strip().partition("-")
+    try:
+        if not first:
+            suffix = int(last)
+            return (max(size - suffix, 0), size) if suffix > 0 and size else (-1, -1)
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        return None
+    if start >= size or end <= start:
+        return (-1, -1)
+    return start, min(end, size)
+

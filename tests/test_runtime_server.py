@@ -1,0 +1,160 @@
+"""The loopback HTTP/WebSocket server under the app server, spoken to byte by byte."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from shoal.runtime.server import LoopbackServer, Request, Response, WebSocket, WebSocketAccept
+from shoal.runtime.window import bind_listener
+
+
+class Echo:
+    """A WebSocket session that answers each message with itself, marked by kind."""
+
+    def __init__(self, ws: WebSocket, closed: list[bool]) -> None:
+        self.ws = ws
+        self._closed = closed
+
+    def message(self, data: bytes, text: bool) -> None:
+        if text:
+            self.ws.send_text("text:" + data.decode())
+        else:
+            self.ws.send_bytes(b"bytes:" + data)
+
+    def closed(self) -> None:
+        self._closed.append(True)
+
+
+class Served:
+    def __init__(self, tmp: Path) -> None:
+        self.big = tmp / "big.bin"
+        self.big.write_bytes(os.urandom(5 << 20))
+        self.closed: list[bool] = []
+        self.seen: list[Request] = []
+        self.port = 0
+
+    def handle(self, request: Request) -> Response | WebSocketAccept:
+        self.seen.append(request)
+        if request.path == "/ws":
+            return WebSocketAccept(lambda ws: Echo(ws, self.closed), max_message=1 << 16)
+        if request.path == "/big":
+            return Response(file=self.big, headers={"Content-Type": "application/octet-stream"})
+        if request.path == "/gone":
+            return Response(file=self.big.with_name("missing"))
+        if request.path == "/boom":
+            raise ValueError("a bug in a handler")
+        return Response.text(200, f"{request.method} {request.path} {request.query}\n")
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    state = Served(tmp_path)
+    server = LoopbackServer(state.handle)
+    listener = bind_listener()
+    state.port = listener.getsockname()[1]
+    await server.start(listener)
+    yield state
+    await server.close()
+
+
+async def exchange(port: int, raw: bytes) -> bytes:
+    """Send ``raw`` and read until the server closes or goes quiet."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    chunks = []
+    try:
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), 0.5):
+            chunks.append(chunk)
+    except TimeoutError:
+        pass
+    writer.close()
+    return b"".join(chunks)
+
+
+def get(path: str, extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: h\r\n{extra}\r\n".encode()
+
+
+async def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
+    ranged = get("/big", "Range: bytes=0-9\r\n")
+    reply = await exchange(served.port, get("/a?x=1") + get("/b%20c") + ranged)
+    assert reply.count(b"HTTP/1.1 200 OK") == 2 and b"HTTP/1.1 206" in reply
+    assert reply.index(b"GET /a {'x': '1'}") < reply.index(b"GET /b c {}")
+    assert reply.endswith(served.big.read_bytes()[:10])
+
+
+async def test_file_ranges(served: Served) -> None:
+    data = served.big.read_bytes()
+    size = len(data)
+    cases = {
+        "bytes=10-19": (206, data[10:20], f"bytes 10-19/{size}"),
+        f"bytes={size - 5}-": (206, data[-5:], f"bytes {size - 5}-{size - 1}/{size}"),
+        "bytes=-7": (206, data[-7:], f"bytes {size - 7}-{size - 1}/{size}"),
+        f"bytes={size}-": (416, b"", f"bytes */{size}"),
+        "bytes=0-1,4-5": (200, data, None),  # several ranges: the whole file
+    }
+    for header, (status, body, content_range) in cases.items():
+        ask = get("/big", f"Range: {header}\r\nConnection: close\r\n")
+        reply = await exchange(served.port, ask)
+        head, _, got = reply.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {status}".encode()), header
+        assert got == body, header
+        if content_range:
+            assert f"content-range: {content_range}".encode() in head.lower()
+
+
+async def test_head_and_methods(served: Served) -> None:
+    head = b"HEAD /big HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    reply = await exchange(served.port, head)
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"\r\n\r\n")
+    assert f"content-length: {5 << 20}".encode() in reply.lower()
+    post = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"
+    reply = await exchange(served.port, post)
+    assert reply.startswith(b"HTTP/1.1 405")
+    assert all(r.method != "POST" for r in served.seen)  # never reached the handler
+
+
+async def test_bad_input_gets_an_http_error(served: Served) -> None:
+    assert (await exchange(served.port, b"NONSENSE\r\n\r\n")).startswith(b"HTTP/1.1 400")
+    huge = b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"a" * (64 << 10)  # a head without end
+    assert (await exchange(served.port, huge)).startswith(b"HTTP/1.1 400")
+    body = b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n" + b"a" * 100000
+    assert (await exchange(served.port, body)).startswith(b"HTTP/1.1 413")
+    assert (await exchange(served.port, get("/boom"))).startswith(b"HTTP/1.1 500")
+    assert (await exchange(served.port, get("/gone"))).startswith(b"HTTP/1.1 404")
+    # ... and the server still serves.
+    assert b"GET /ok" in await exchange(served.port, get("/ok"))
+
+
+async def test_websocket_messages_fragments_and_close(served: Served) -> None:
+    async with connect(f"ws://127.0.0.1:{served.port}/ws", proxy=None) as ws:
+        await ws.send("hello")
+        assert await ws.recv() == "text:hello"
+        await ws.send(b"\x00\x01")
+        assert await ws.recv() == b"bytes:\x00\x01"
+        await ws.send(["frag", "mented"])  # one message in three frames
+        assert await ws.recv() == "text:fragmented"
+        await ws.send(b"x" * (1 << 17))  # over max_message: the server closes with 1009
+        with pytest.raises(Exception) as info:
+            await asyncio.wait_for(ws.recv(), 2)
+        assert "1009" in str(info.value)
+    for _ in range(50):
+        if served.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert served.closed == [True]
+
+
+async def test_websocket_handshake_is_checked(served: Served) -> None:
+    reply = await exchange(served.port, get("/ws", "Connection: Upgrade\r\nUpgrade: websocket\r\n"))
+    assert reply.startswith(b"HTTP/1.1 400")  # no key, no version
+    with pytest.raises(InvalidStatus):
+        async with connect(f"ws://127.0.0.1:{served.port}/plain", proxy=None):
+            pass
