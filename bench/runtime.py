@@ -20,6 +20,7 @@ of the engine, with different time and memory.
 from __future__ import annotations
 
 import argparse
+import compileall
 import functools
 import json
 import os
@@ -233,6 +234,11 @@ def main() -> None:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         env.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
     env["QT_API"] = "pyside6"
+    # pip compiles an installed package's bytecode, as it did pywebview's; an editable
+    # checkout under PYTHONDONTWRITEBYTECODE has none and would compile Shoal every run.
+    import shoal
+
+    compileall.compile_dir(Path(shoal.__file__).parent, quiet=1)
     baseline = measure_baseline(env)
     shoal = measure_shoal(env)
     floor = measure_floor(env)

@@ -314,6 +314,21 @@ async def test_malformed_bridge_messages_get_errors_not_crashes(tmp_path: Path) 
         assert await page.call("invoke", "add", [1, 1]) == 2  # still serving
 
 
+async def test_a_bug_behind_a_call_is_an_error_for_the_page(tmp_path: Path) -> None:
+    async with AppHost(WEBAPP, data_dir=tmp_path) as host, BridgeClient(host) as page:
+        assert host.server is not None
+
+        async def broken() -> None:
+            await asyncio.sleep(0)
+            raise RuntimeError("a bug")
+
+        host.server.calls["broken"] = broken
+        with pytest.raises(BridgeError) as info:
+            await page.call("broken")
+        assert info.value.code == "EIO"
+        assert await page.call("invoke", "add", [1, 1]) == 2  # still serving
+
+
 async def test_file_endpoint_has_the_same_wall(tmp_path: Path) -> None:
     async with AppHost(WEBAPP, data_dir=tmp_path) as host:
         server = host.server

@@ -11,6 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from shoal.runtime.bridge import start_eagerly
 from shoal.runtime.server import LoopbackServer, Request, Response, WebSocket, WebSocketAccept
 from shoal.runtime.window import bind_listener
 
@@ -158,3 +159,48 @@ async def test_websocket_handshake_is_checked(served: Served) -> None:
     with pytest.raises(InvalidStatus):
         async with connect(f"ws://127.0.0.1:{served.port}/plain", proxy=None):
             pass
+
+
+async def test_calls_start_eagerly_and_carry_on_when_they_wait() -> None:
+    loop = asyncio.get_running_loop()
+    log: list[str] = []
+
+    async def at_once() -> None:
+        log.append("at once")
+
+    async def waits(future: asyncio.Future[int]) -> None:
+        try:
+            log.append(f"got {await future}")
+            await asyncio.sleep(0)
+            await asyncio.to_thread(lambda: None)
+            await future  # done already
+            log.append("after")
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+
+    async def fails(future: asyncio.Future[int]) -> None:
+        try:
+            await future
+        except ValueError as exc:
+            log.append(f"caught {exc}")
+
+    assert start_eagerly(loop, at_once()) is None and log == ["at once"]
+    future: asyncio.Future[int] = loop.create_future()
+    task = start_eagerly(loop, waits(future))
+    assert task is not None and log == ["at once"]  # suspended on the future
+    future.set_result(7)
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    assert log[1:] == ["got 7", "after"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert log[-1] == "cancelled"
+    failing: asyncio.Future[int] = loop.create_future()
+    task = start_eagerly(loop, fails(failing))
+    assert task is not None
+    failing.set_exception(ValueError("no"))
+    await task
+    assert log[-1] == "caught no"

@@ -74,6 +74,7 @@ class Invoker:
     def __init__(self, functions: dict[str, Callable[..., Any]], granted: tuple[str, ...]) -> None:
         self.functions = functions
         self.granted = set(granted)
+        self._coroutine = {n: inspect.iscoroutinefunction(f) for n, f in functions.items()}
 
     def calls(self) -> dict[str, Callable[..., Any]]:
         return {"invoke": self.invoke}
@@ -86,7 +87,7 @@ class Invoker:
             raise BridgeError(f"app.py has no exposed function {name!r}", code="ENOENT")
         positional, keywords = ([], args) if isinstance(args, dict) else (list(args or []), {})
         try:
-            if inspect.iscoroutinefunction(function):
+            if self._coroutine[name]:
                 return await function(*positional, **keywords)
             return await asyncio.to_thread(function, *positional, **keywords)
         except ShoalError:
