@@ -1,7 +1,7 @@
 // Type declarations for Shoal's page API: import { ... } from "shoal:api".
 
 export class ShoalError extends Error {
-  /** EPERM, ENOENT, EINVAL, ENOTSUP, ETIMEDOUT, ... */
+  /** EPERM, ENOENT, EINVAL, ENOTSUP, ETIMEDOUT, EAPP, EIO, ... */
   readonly code: string;
 }
 
