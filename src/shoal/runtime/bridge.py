@@ -284,35 +284,13 @@ class _BridgeSession:
 
 def start_eagerly(loop: asyncio.AbstractEventLoop,
                   coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
-    """Run ``coroutine`` now, up to its first wait; None if it finished, else the task
-    that carries it on. A call answered without waiting then costs no loop turn."""
+    """Run ``coroutine`` as a task; where Python has eager tasks (3.12+), its first step
+    runs now, so a call that need not wait is answered without a turn of the loop.
+    Returns None when it has finished already."""
     if sys.version_info >= (3, 12):
         task = asyncio.Task(coroutine, loop=loop, eager_start=True)
         return None if task.done() else task
-    try:
-        waiting = coroutine.send(None)
-    except StopIteration:
-        return None
-    return loop.create_task(_carry_on(coroutine, waiting))
-
-
-async def _carry_on(coroutine: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Resume ``coroutine``, suspended on ``waiting``, each time what it waits on is done;
-    how that ended (a result, an error, a cancellation) it reads itself on resuming."""
-    while True:
-        if waiting is None:  # a bare yield: one loop turn
-            await asyncio.sleep(0)
-        else:
-            waiting._asyncio_future_blocking = False  # taken over, as a task would
-            try:
-                await waiting
-            except BaseException:
-                if not waiting.done():
-                    raise
-        try:
-            waiting = coroutine.send(None)
-        except StopIteration:
-            return
+    return loop.create_task(coroutine)
 
 
 def _send_json(ws: WebSocket, payload: dict[str, Any]) -> None:
