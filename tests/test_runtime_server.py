@@ -112,6 +112,20 @@ async def test_file_ranges(served: Served) -> None:
             assert f"content-range: {content_range}".encode() in head.lower()
 
 
+async def test_files_are_copied_where_the_loop_has_no_sendfile(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_sendfile(*args: object, **kwargs: object) -> int:
+        raise NotImplementedError  # as on uvloop
+
+    monkeypatch.setattr(type(asyncio.get_running_loop()), "sendfile", no_sendfile)
+    data = served.big.read_bytes()
+    reply = await exchange(served.port, get("/big", "Connection: close\r\n")
+                           + get("/big", "Range: bytes=3-70000\r\n"))
+    assert reply.partition(b"\r\n\r\n")[2] == data
+    reply = await exchange(served.port, get("/big", "Range: bytes=3-70000\r\n"))
+    assert reply.partition(b"\r\n\r\n")[2] == data[3:70001]
+
+
 async def test_head_and_methods(served: Served) -> None:
     head = b"HEAD /big HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
     reply = await exchange(served.port, head)

@@ -6,8 +6,8 @@ the app server needs a handful of routes, one WebSocket and fast file bodies, an
 framework would cost the window process more memory and each bridge call more hops.
 
 The owner gives ``LoopbackServer`` one synchronous ``handle(request)`` that returns a
-``Response`` (a body, or a file streamed from disk) or a ``WebSocketAccept`` whose
-session then receives every message of that WebSocket.
+``Response`` (a body, or a file, sent with ``sendfile`` where the loop can) or a
+``WebSocketAccept`` whose session then receives every message of that WebSocket.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, cast
+from typing import BinaryIO, Protocol, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
@@ -293,20 +293,16 @@ class _Connection(asyncio.Protocol):
             self._end_of_response()
 
     async def _send_file(self, path: Path, start: int, end: int) -> None:
+        assert self._transport is not None
         loop = asyncio.get_running_loop()
         sent = 0
         try:
             with open(path, "rb") as file:
-                file.seek(start)
-                while sent < end - start and not self.lost:
-                    chunk = await loop.run_in_executor(
-                        None, file.read, min(FILE_CHUNK, end - start - sent))
-                    if not chunk:
-                        break
-                    self._write(chunk)
-                    sent += len(chunk)
-                    await self.drain()
-        except OSError:
+                try:  # zero-copy where the loop can (asyncio's own, on most systems)
+                    sent = await loop.sendfile(self._transport, file, start, end - start)
+                except NotImplementedError:
+                    sent = await self._copy_file(file, start, end)
+        except (OSError, RuntimeError):  # the peer left, or the transport closed under it
             pass
         if sent != end - start or self.lost:  # the file changed or the peer left
             self.abort()
@@ -314,6 +310,19 @@ class _Connection(asyncio.Protocol):
         self._http.send_with_data_passthrough(h11.Data(data=_Length(sent)))
         self._sending_file = False
         self._end_of_response()
+
+    async def _copy_file(self, file: BinaryIO, start: int, end: int) -> int:
+        loop = asyncio.get_running_loop()
+        file.seek(start)
+        sent = 0
+        while sent < end - start and not self.lost:
+            chunk = await loop.run_in_executor(None, file.read, min(FILE_CHUNK, end - start - sent))
+            if not chunk:
+                break
+            self._write(chunk)
+            sent += len(chunk)
+            await self.drain()
+        return sent
 
     def _end_of_response(self) -> None:
         self._write(self._http.send(h11.EndOfMessage()) or b"")
