@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
-import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -176,41 +177,73 @@ async def test_websocket_handshake_is_checked(served: Served) -> None:
             pass
 
 
-async def test_calls_start_as_tasks_and_carry_on_when_they_wait() -> None:
+async def start_from_callback(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """``start_eagerly`` as the bridge calls it: from a plain callback of the loop."""
     loop = asyncio.get_running_loop()
+    started: asyncio.Future[asyncio.Task[None] | None] = loop.create_future()
+    loop.call_soon(lambda: started.set_result(start_eagerly(loop, coroutine)))
+    return await started
+
+
+async def test_calls_start_eagerly_as_tasks() -> None:
     log: list[str] = []
+    name: contextvars.ContextVar[str] = contextvars.ContextVar("name", default="unset")
 
     async def at_once() -> None:
         log.append(f"at once, in a task: {asyncio.current_task() is not None}")
+        name.set("at once")
 
     async def waits(future: asyncio.Future[int]) -> None:
+        name.set("waits")
         try:
             async with asyncio.timeout(5):  # needs a current task from the first step on
                 log.append(f"got {await future}")
                 await asyncio.sleep(0)
                 await asyncio.to_thread(lambda: None)
-            log.append("after")
+            log.append(f"after, as {name.get()}")
             await asyncio.sleep(10)
         except asyncio.CancelledError:
             log.append("cancelled")
             raise
 
-    task = start_eagerly(loop, at_once())
-    if sys.version_info >= (3, 12):
-        assert task is None  # answered within this turn of the loop
-    elif task is not None:
-        await task
-    assert log == ["at once, in a task: True"]
-    future: asyncio.Future[int] = loop.create_future()
-    task = start_eagerly(loop, waits(future))
-    assert task is not None
+    assert await start_from_callback(at_once()) is None  # answered in that same turn
+    assert log == ["at once, in a task: True"] and name.get() == "unset"
+    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = await start_from_callback(waits(future))
+    assert task is not None and log == ["at once, in a task: True"]
     future.set_result(7)
     for _ in range(50):
         await asyncio.sleep(0.01)
         if len(log) == 3:
             break
-    assert log[1:] == ["got 7", "after"]
+    assert log[1:] == ["got 7", "after, as waits"] and name.get() == "unset"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert log[-1] == "cancelled"
+
+
+async def test_an_eager_call_cancelled_or_failing_at_once() -> None:
+    log: list[str] = []
+
+    async def waits_forever() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+
+    async def fails() -> None:
+        raise ValueError("at once")
+
+    task = await start_from_callback(waits_forever())
+    assert task is not None
+    task.cancel()  # before the task has taken a step of its own
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert log == ["cancelled"]
+    for failing in (await start_from_callback(fails()),
+                    start_eagerly(asyncio.get_running_loop(), fails())):  # inside a task
+        assert failing is not None
+        with pytest.raises(ValueError, match="at once"):
+            await failing
