@@ -7,8 +7,8 @@
   time from starting ``shoal run`` to the page's first paint and to the answer of its
   first bridge call, and the memory (PSS) of the whole process tree half a second after
   that call (before the other measurements);
-- the baseline: a bare pywebview window showing the same page from a plain file
-  server (no bridge, no policy), measured the same way, in the same run;
+- the baseline: a bare pywebview window of the same size showing the same page from a
+  plain file server (no bridge, no policy), measured the same way, in the same run;
 - the floor of any WebSocket bridge in this webview: a bare window whose page makes the
   same round trips to a WebSocket that echoes a fixed answer, with no work behind it.
 
@@ -37,12 +37,14 @@ import psutil
 
 APP = Path(__file__).parent / "runtime_app"
 BIG = 64 << 20
+# The bare windows get the size the app's window has: pixels cost memory and paint time.
+WINDOW_SIZE: list[str] = []
 
 BASELINE = r"""
 import json, sys, time
 import webview
-url, started = sys.argv[1], float(sys.argv[2])
-window = webview.create_window("Runtime bench", url)
+url, started, width, height = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:5])
+window = webview.create_window("Runtime bench", url, width=width, height=height)
 def loaded():
     script = "(performance.getEntriesByType('paint')[0] || {}).startTime"
     for _ in range(200):
@@ -120,7 +122,7 @@ def measure_baseline(env: dict[str, str]) -> dict[str, float]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/baseline.html"
     started = time.time()
-    process = subprocess.Popen([sys.executable, "-c", BASELINE, url, str(started)],
+    process = subprocess.Popen([sys.executable, "-c", BASELINE, url, str(started), *WINDOW_SIZE],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                env=env, start_new_session=True)
     try:
@@ -210,7 +212,8 @@ def measure_floor(env: dict[str, str]) -> dict[str, float]:
     threading.Thread(target=serve, daemon=True).start()
     ready.wait()
     process = subprocess.Popen(
-        [sys.executable, "-c", BASELINE, f"http://127.0.0.1:{ports[0]}/", str(time.time())],
+        [sys.executable, "-c", BASELINE, f"http://127.0.0.1:{ports[0]}/", str(time.time()),
+         *WINDOW_SIZE],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -237,8 +240,11 @@ def main() -> None:
     # pip compiles an installed package's bytecode, as it did pywebview's; an editable
     # checkout under PYTHONDONTWRITEBYTECODE has none and would compile Shoal every run.
     import shoal
+    from shoal.runtime.config import load_config
 
     compileall.compile_dir(Path(shoal.__file__).parent, quiet=1)
+    window = load_config(APP).window
+    WINDOW_SIZE[:] = [str(window.width), str(window.height)]
     baseline = measure_baseline(env)
     shoal = measure_shoal(env)
     floor = measure_floor(env)
