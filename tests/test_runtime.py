@@ -51,6 +51,7 @@ BASE = '[app]\nname = "T"\nid = "test.shoal.t"\n'
     ('[app]\nname = "T"\nid = "Not An Id"\n', "app.id", "reverse-DNS"),
     (BASE + "[extra]\n", "extra", "unknown table"),
     ("[app\n", "", "not valid TOML"),
+    (BASE + "cross_origin_isolated = 1\n", "app.cross_origin_isolated", "true or false"),
 ])
 def test_bad_config_names_file_key_and_reason(tmp_path: Path, toml: str, key: str,
                                              reason: str) -> None:
@@ -72,6 +73,22 @@ def test_good_config_denies_everything_not_granted(tmp_path: Path) -> None:
     assert config.permissions.dgram == (("127.0.0.1", None), ("10.0.0.1", 53))
     assert config.window.title == "T"
     assert config.csp == {"img-src": ("https://images.example",)}
+    assert not config.cross_origin_isolated
+
+
+@pytest.mark.parametrize("isolated", [False, True])
+async def test_cross_origin_isolation_is_the_apps_choice(tmp_path: Path, isolated: bool) -> None:
+    toml = BASE + ("cross_origin_isolated = true\n" if isolated else "")
+    app = _app(tmp_path / "app", toml)
+    async with AppHost(app, data_dir=tmp_path / "data") as host, aiohttp.ClientSession() as s:
+        assert host.server is not None
+        for path in ("/", "/_shoal/api.js"):
+            async with s.get(f"{host.server.origin}{path}") as r:
+                assert r.status == 200
+                assert r.headers["Cross-Origin-Resource-Policy"] == "same-origin"
+                assert ("Cross-Origin-Opener-Policy" in r.headers) is isolated
+                assert r.headers.get("Cross-Origin-Embedder-Policy") == (
+                    "require-corp" if isolated else None)
 
 
 def test_missing_config_is_one_clear_cli_line(tmp_path: Path) -> None:

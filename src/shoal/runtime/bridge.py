@@ -112,7 +112,8 @@ class AppServer:
     async def start(self) -> None:
         listener = self._listener or bind_listener(self._requested_port)
         self.port = listener.getsockname()[1]
-        self._headers = security_headers(content_security_policy(self.port, self.config.csp))
+        self._headers = security_headers(content_security_policy(self.port, self.config.csp),
+                                         isolated=self.config.cross_origin_isolated)
         await self._server.start(listener)
 
     async def close(self) -> None:

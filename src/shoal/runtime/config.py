@@ -87,6 +87,10 @@ class AppConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     csp: dict[str, tuple[str, ...]] = field(default_factory=dict)
     entry: str = "index.html"
+    cross_origin_isolated: bool = False
+    """Serve the pages with COOP and COEP (``SharedArrayBuffer``, precise timers); it
+    delays the first paint, and cross-origin resources allowed in ``[csp]`` then need
+    CORP headers of their own."""
 
 
 def load_config(folder: Path) -> AppConfig:
@@ -182,7 +186,8 @@ class _Reader:
         for name in raw:
             if name not in ("app", "window", "permissions", "network", "csp"):
                 raise self.fail(name, "unknown table")
-        app = self.table(raw, "app", {"name", "id", "version", "entry"}, required=True)
+        app = self.table(raw, "app", {"name", "id", "version", "entry", "cross_origin_isolated"},
+                         required=True)
         name = self.string(app, "app", "name")
         app_id = self.string(app, "app", "id", pattern=APP_ID,
                              hint=" (use reverse-DNS like org.example.notes)")
@@ -198,6 +203,7 @@ class _Reader:
             id=app_id,
             version=version,
             entry=entry,
+            cross_origin_isolated=self.boolean(app, "app", "cross_origin_isolated", False),
             window=WindowConfig(
                 title=self.string(window, "window", "title", default=name),
                 width=self.integer(window, "window", "width", 1024, 100, 16384),

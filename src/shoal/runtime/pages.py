@@ -59,18 +59,20 @@ def content_security_policy(port: int, extra: dict[str, tuple[str, ...]], *,
     return "; ".join(f"{k} {' '.join(v)}" for k, v in policy.items())
 
 
-def security_headers(csp: str) -> dict[str, str]:
-    """Headers every response to the page carries."""
-    return {
+def security_headers(csp: str, *, isolated: bool = False) -> dict[str, str]:
+    """Headers every response to the page carries; ``isolated`` adds COOP and COEP."""
+    headers = {
         "Content-Security-Policy": csp,
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
-        "Cross-Origin-Opener-Policy": "same-origin",
         "Cross-Origin-Resource-Policy": "same-origin",
-        "Cross-Origin-Embedder-Policy": "require-corp",
         "X-Frame-Options": "DENY",
         "Cache-Control": "no-store",
     }
+    if isolated:
+        headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        headers["Cross-Origin-Embedder-Policy"] = "require-corp"
+    return headers
 
 
 def app_file(config: AppConfig, relative: str) -> Path | None:

@@ -96,8 +96,9 @@ def scheme_handler(config: AppConfig, bridge_port: int) -> Any:
         # PySide6 takes a QMultiMap<QByteArray, QByteArray> as a dict of lists.
         return {QByteArray(k.encode()): [QByteArray(v.encode())] for k, v in headers.items()}
 
-    common = header_map(security_headers(policy))
-    shared = header_map({**security_headers(policy),
+    headers = security_headers(policy, isolated=config.cross_origin_isolated)
+    common = header_map(headers)
+    shared = header_map({**headers,
                          "Cross-Origin-Resource-Policy": "cross-origin",
                          "Access-Control-Allow-Origin": ORIGIN})
     read_only = QIODevice.OpenModeFlag.ReadOnly
