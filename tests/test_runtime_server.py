@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from shoal.runtime.bridge import start_eagerly
+from shoal.runtime.eager import start_eagerly
 from shoal.runtime.server import LoopbackServer, Request, Response, WebSocket, WebSocketAccept
 from shoal.runtime.window import bind_listener
 
