@@ -475,3 +475,21 @@ def test_run_without_a_display_says_so_and_serves_for_a_browser(tmp_path: Path) 
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_a_missing_webview_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.runtime import window
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")  # a display for Qt alone
+    assert window.gui_unavailable("qt") is None
+    assert "no display" in (window.gui_unavailable("gtk") or "")
+    monkeypatch.setenv("DISPLAY", ":99")
+    installed = {"PySide6.QtWebEngineWidgets": False, "gi": True}
+    monkeypatch.setattr(window, "_module_exists", lambda name: installed[name])
+    assert "QtWebEngine is not installed" in (window.gui_unavailable("qt") or "")
+    assert window.gui_unavailable("gtk") is None and window.gui_unavailable() is None
+    installed["gi"] = False
+    assert "shoal[gtk]" in (window.gui_unavailable("gtk") or "")
+    assert "neither" in (window.gui_unavailable() or "")

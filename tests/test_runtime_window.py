@@ -1,31 +1,42 @@
-"""One real window: the app in pywebview (Qt, offscreen), its page calling the bridge."""
+"""Real windows: the app in pywebview (Qt offscreen, WebKitGTK under Xvfb), its page
+calling the bridge."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from webapp_checks import WEBAPP as APP
 from webapp_checks import assert_page_results
 
 
-def test_app_in_a_native_window_reaches_the_bridge(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gui", ["qt", "gtk"])
+def test_app_in_a_native_window_reaches_the_bridge(tmp_path: Path, gui: str) -> None:
     opened = tmp_path.parent / f"{tmp_path.name}-opened.txt"
     recorder = tmp_path.parent / f"{tmp_path.name}-browser.sh"
     recorder.write_text(f'#!/bin/sh\necho "$1" >> {opened}\n')
     recorder.chmod(0o755)
     (tmp_path / "leave.txt").write_text("navigate away once")
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "BROWSER": str(recorder)}
+    command = [sys.executable, "-m", "shoal.cli.main", "run", "--json", "--gui", gui,
+               str(APP), "--data-dir", str(tmp_path)]
+    env = {**os.environ, "BROWSER": str(recorder)}
+    if gui == "qt":
+        env["QT_QPA_PLATFORM"] = "offscreen"
+    else:  # WebKitGTK needs a display: a virtual one
+        command = ["xvfb-run", "--auto-servernum", *command]
+        if os.geteuid() == 0:  # its sandbox cannot run as root
+            env["WEBKIT_DISABLE_SANDBOX_THIS_IS_DANGEROUS"] = "1"
     process = subprocess.Popen(
-        [sys.executable, "-m", "shoal.cli.main", "run", "--json", str(APP),
-         "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True,  # so the browser processes Qt starts go down with it
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,  # so the browser processes it starts go down with it
     )
     try:
         assert process.stdout is not None
@@ -35,18 +46,25 @@ def test_app_in_a_native_window_reaches_the_bridge(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while not report.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
+        results = json.loads(report.read_text())
         # The page's script ran in the window, under the policy, through the bridge.
-        # Qt shows it through the window's own scheme; the bridge and bulk reads are
-        # the app server's.
-        assert_page_results(json.loads(report.read_text()), tmp_path, "shoal://app")
+        # Qt shows it through the window's own scheme (the bridge and bulk reads are the
+        # app server's); WebKitGTK loads it from the app server.
+        if gui == "qt":
+            origin = "shoal://app"
+        else:
+            origin = results["origin"]["ok"]
+            assert re.fullmatch(r"http://127\.0\.0\.1:\d+", origin), origin
+        assert_page_results(results, tmp_path, origin)
         # The page then sent the window elsewhere: that address went to the system
         # browser, and the navigation never happened: the same page was still there.
         stayed = tmp_path / "stayed.txt"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (opened.exists() and stayed.exists()):
             time.sleep(0.1)
-        assert opened.read_text().split() == ["http://127.0.0.1:9/elsewhere"]
-        assert stayed.read_text().startswith("shoal://app/")
+        assert opened.read_text().split() == ["http://127.0.0.1:65534/elsewhere"]
+        assert stayed.read_text().startswith(f"{origin}/")
+        assert not (tmp_path / "returned.txt").exists()  # never loaded again
     finally:
         _stop(process)
 

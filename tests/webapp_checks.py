@@ -14,7 +14,8 @@ EXPECTED = {
     "inlineScript": {"ok": False},
     "fetchElsewhere": {"error": "TypeError"},
     "isolated": {"ok": True},  # COOP and COEP were applied
-    "qtChannel": {"ok": "undefined"},  # no second way into Python
+    "qtChannel": {"ok": "undefined"},  # no second way into Python: not pywebview's Qt
+    "gtkBridge": {"ok": "undefined"},  # channel, nor its WebKitGTK message handler
     "oneModule": {"ok": True},  # "shoal:api" and /_shoal/api.js are one module
     # What the app may do works.
     "writeRead": {"ok": "hello from the page"},

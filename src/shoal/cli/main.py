@@ -379,27 +379,34 @@ def _app_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
                         help="The app's own data folder (default: in the user data dir).")(func)
     func = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")(func)
+    func = click.option("--gui", type=click.Choice(["qt", "gtk"]),
+                        help="The webview on Linux: QtWebEngine (the default where installed) "
+                             "or WebKitGTK.")(func)
     return func
 
 
 @cli.command()
 @_app_options
 @_guard
-def run(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool) -> None:
+def run(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool,
+        gui: str | None) -> None:
     """Open the app in FOLDER in a native window (or a browser with --browser)."""
-    _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json, dev=False)
+    _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json,
+             gui=gui, dev=False)
 
 
 @cli.command()
 @_app_options
 @_guard
-def dev(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool) -> None:
+def dev(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool,
+        gui: str | None) -> None:
     """Like run, and reload the page whenever a file of the app changes."""
-    _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json, dev=True)
+    _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json,
+             gui=gui, dev=True)
 
 
 def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, as_json: bool,
-             dev: bool) -> None:
+             gui: str | None, dev: bool) -> None:
     from shoal.runtime.config import check_app_code, load_config
     from shoal.runtime.window import gui_unavailable, run_in_window
 
@@ -407,7 +414,7 @@ def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, a
     load_config(folder)  # bad config or app code: one clear line before anything starts
     check_app_code(folder)
     if not browser:
-        reason = gui_unavailable()
+        reason = gui_unavailable(gui)
         if reason is None:
             started = time.monotonic()
 
@@ -415,7 +422,7 @@ def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, a
                 ms = round((time.monotonic() - started) * 1000, 1)
                 output.event("ready", f"window open ({ms} ms)", mode="window", ms=ms)
 
-            run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port)
+            run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port, gui=gui)
             return
         output.event("notice", f"no native window: {reason}; serving for a browser instead",
                      reason=reason)

@@ -34,18 +34,24 @@ def bind_listener(port: int = 0) -> socket.socket:
     return listener
 
 
-def gui_unavailable() -> str | None:
-    """Why no native window can open here, or None when one can."""
+def gui_unavailable(gui: str | None = None) -> str | None:
+    """Why no native window (of kind ``gui``, if given) can open here, or None."""
     try:
         import webview  # noqa: F401
     except ImportError:
         return "the GUI extra is not installed (pip install 'shoal[gui]')"
     if sys.platform.startswith("linux"):
-        offscreen = os.environ.get("QT_QPA_PLATFORM") == "offscreen"
+        # Looked up, not imported: pywebview imports whichever it picks.
+        qt = _module_exists("PySide6.QtWebEngineWidgets")
+        gtk = _module_exists("gi")
+        offscreen = gui != "gtk" and os.environ.get("QT_QPA_PLATFORM") == "offscreen"
         if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or offscreen):
             return "there is no display (DISPLAY or WAYLAND_DISPLAY is not set)"
-        # Looked up, not imported: pywebview imports whichever it picks.
-        if not (_module_exists("PySide6.QtWebEngineWidgets") or _module_exists("gi")):
+        if gui == "qt" and not qt:
+            return "QtWebEngine is not installed (pip install 'shoal[gui]')"
+        if gui == "gtk" and not gtk:
+            return "WebKitGTK's Python bindings are not installed (pip install 'shoal[gtk]')"
+        if not (qt or gtk):
             return "neither QtWebEngine (PySide6) nor WebKitGTK (PyGObject) is installed"
     return None
 
@@ -171,6 +177,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
 
     def initialized(renderer: str) -> None:
         # Main thread: pywebview has chosen its renderer; no window exists yet.
+        shown["renderer"] = renderer
         if own_scheme and renderer == "qtwebengine":
             shown["origin"] = ORIGIN
             shown["url"] = window.real_url = f"{ORIGIN}/#shoal={secret}&bridge={bridge}"
@@ -179,6 +186,10 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
 
     def before_show() -> None:
         # GUI thread: the page has its URL but has not asked for it yet.
+        if shown.get("renderer") == "gtkwebkit2":
+            from shoal.runtime.gtkwindow import guard_window
+
+            guard_window(window.native, shown["origin"], _open_elsewhere)
         if shown["origin"] != ORIGIN:
             return
         profile = getattr(window.native, "profile", None)

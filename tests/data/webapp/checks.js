@@ -24,6 +24,7 @@ await check("isolated", () => crossOriginIsolated);
 await check("origin", () => location.origin);
 // No Qt web channel (pywebview's way into Python) is attached to the page.
 await check("qtChannel", () => typeof globalThis.qt);
+await check("gtkBridge", () => typeof globalThis.webkit?.messageHandlers?.jsBridge);
 await check("oneModule", () => byFixedUrl.fs === fs);
 await check("fetchElsewhere", async () => (await fetch("http://127.0.0.1:9/")).status);
 await check("writeMissingFolder", () => fs.writeFile("nowhere/today.txt", "x"));
@@ -68,11 +69,13 @@ document.body.dataset.results = JSON.stringify(results);
 await fs.writeFile("results.json", JSON.stringify(results));
 document.body.dataset.ready = "true";
 // Asked to leave the app (the window test does): the window must keep the app, and a
-// page that is still this one afterwards says so.
+// page that is still this one afterwards says so. A page loaded again afterwards would
+// say that instead.
+if (sessionStorage.getItem("left")) await fs.writeFile("returned.txt", location.href);
 if (!sessionStorage.getItem("left") && (await fs.stat("leave.txt").then(() => true, () => false))) {
   sessionStorage.setItem("left", "yes");
   await fs.rm("leave.txt");
-  location.href = "http://127.0.0.1:9/elsewhere";
+  location.href = "http://127.0.0.1:65534/elsewhere";  // not a port browsers block
   await new Promise((resolve) => setTimeout(resolve, 1500));
   await fs.writeFile("stayed.txt", location.href);
 }

@@ -1,0 +1,53 @@
+"""The window on WebKitGTK (pywebview's ``gtk`` renderer): the same wall as on Qt.
+
+pywebview gives every page in its GTK window a message handler, ``jsBridge``, through
+which any script can call into pywebview (move the window, show message boxes, and
+whatever else it exposes). Shoal's pages reach Python through the bridge alone, so the
+handler is taken away before the page loads. Navigation away from the app is refused
+before it happens, as on Qt, and the address goes to the system browser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def guard_window(native: Any, origin: str, leave: Callable[[str], None]) -> bool:
+    """Apply the wall to the web view in ``native``, pywebview's ``Gtk.Window``, which
+    shows the app at ``origin``; False when there is no web view in it."""
+    from gi.repository import WebKit2
+
+    view = _web_view(native, WebKit2.WebView)
+    if view is None:
+        return False
+    view.get_user_content_manager().unregister_script_message_handler("jsBridge")
+    view.connect("decide-policy", _keep_on(origin, leave, WebKit2))
+    return True
+
+
+def _web_view(widget: Any, kind: type) -> Any:
+    if isinstance(widget, kind):
+        return widget
+    for child in widget.get_children() if hasattr(widget, "get_children") else ():
+        found = _web_view(child, kind)
+        if found is not None:
+            return found
+    return None
+
+
+def _keep_on(origin: str, leave: Callable[[str], None], WebKit2: Any) -> Callable[..., bool]:
+    navigations = (WebKit2.PolicyDecisionType.NAVIGATION_ACTION,
+                   WebKit2.PolicyDecisionType.NEW_WINDOW_ACTION)
+
+    def decide(view: Any, decision: Any, kind: Any) -> bool:
+        if kind not in navigations:
+            return False
+        uri = decision.get_navigation_action().get_request().get_uri() or ""
+        if uri == origin or uri.startswith(origin + "/") or uri == "about:blank":
+            return False
+        decision.ignore()
+        leave(uri)
+        return True
+
+    return decide
