@@ -19,7 +19,8 @@ lists the rounds' paint differences.
 
 Both windows use the same Qt binding, PySide6 (the one ``shoal[gui]`` installs): where
 PyQt6 is installed as well, pywebview alone would otherwise pick it, a different build
-of the engine, with different time and memory.
+of the engine, with different time and memory. The bare windows ask for Qt, as Shoal's
+does: where PyGObject is installed, pywebview alone would try WebKitGTK first.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def loaded():
     origin = window.evaluate_js("performance.timeOrigin")
     print(json.dumps({"first_paint_ms": origin + start - started * 1000}), flush=True)
 window.events.loaded += loaded
-webview.start(private_mode=True)
+webview.start(private_mode=True, gui="qt")
 """
 
 
