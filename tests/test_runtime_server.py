@@ -113,11 +113,12 @@ async def test_file_ranges(served: Served) -> None:
             assert f"content-range: {content_range}".encode() in head.lower()
 
 
+async def no_sendfile(*args: object, **kwargs: object) -> int:
+    raise NotImplementedError  # as on uvloop
+
+
 async def test_files_are_copied_where_the_loop_has_no_sendfile(
         served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def no_sendfile(*args: object, **kwargs: object) -> int:
-        raise NotImplementedError  # as on uvloop
-
     monkeypatch.setattr(type(asyncio.get_running_loop()), "sendfile", no_sendfile)
     data = served.big.read_bytes()
     reply = await exchange(served.port, get("/big", "Connection: close\r\n")
@@ -125,6 +126,19 @@ async def test_files_are_copied_where_the_loop_has_no_sendfile(
     assert reply.partition(b"\r\n\r\n")[2] == data
     reply = await exchange(served.port, get("/big", "Range: bytes=3-70000\r\n"))
     assert reply.partition(b"\r\n\r\n")[2] == data[3:70001]
+
+
+@pytest.mark.parametrize("sendfile", [True, False])
+async def test_a_file_goes_out_whole_after_the_client_stops_sending(
+        served: Served, monkeypatch: pytest.MonkeyPatch, sendfile: bool) -> None:
+    if not sendfile:
+        monkeypatch.setattr(type(asyncio.get_running_loop()), "sendfile", no_sendfile)
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(get("/big"))
+    writer.write_eof()  # half-close: the answer must still come, then the connection ends
+    reply = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert reply.partition(b"\r\n\r\n")[2] == served.big.read_bytes()
 
 
 async def test_head_and_methods(served: Served) -> None:

@@ -156,6 +156,7 @@ class _Connection(asyncio.Protocol):
         self._fragment_text = False
         self._writable: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self._peer_done = False
         self.lost = False
 
     # ------------------------------------------------------------------ transport
@@ -175,7 +176,10 @@ class _Connection(asyncio.Protocol):
         if self._websocket is not None:
             self._websocket.receive_eof()
             self.flush_websocket()
-        return False
+            return False
+        # The peer is done sending; a file still on its way goes out first.
+        self._peer_done = True
+        return self._sending_file
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -326,7 +330,7 @@ class _Connection(asyncio.Protocol):
 
     def _end_of_response(self) -> None:
         self._write(self._http.send(h11.EndOfMessage()) or b"")
-        if self._http.our_state is h11.MUST_CLOSE:
+        if self._http.our_state is h11.MUST_CLOSE or self._peer_done:
             assert self._transport is not None
             self._transport.close()
             return
