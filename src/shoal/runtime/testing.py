@@ -57,7 +57,7 @@ class BridgeClient:
             header = json.dumps({"id": call_id, "call": name, "args": plain,
                                  "binary": binary}).encode()
             await self._ws.send(struct.pack("!II", call_id, len(header)) + header
-                                      + bytes(args[binary]))
+                                + bytes(args[binary]))
         return await future
 
     async def _read(self) -> None:
