@@ -141,6 +141,20 @@ async def test_a_file_goes_out_whole_after_the_client_stops_sending(
     assert reply.partition(b"\r\n\r\n")[2] == served.big.read_bytes()
 
 
+async def test_a_silent_http_connection_is_closed_and_a_websocket_is_not(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(LoopbackServer, "idle_timeout", 0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n")  # and then nothing
+    assert await asyncio.wait_for(reader.read(), 3) == b""  # closed without an answer
+    writer.close()
+    async with connect(f"ws://127.0.0.1:{served.port}/ws", proxy=None,
+                       ping_interval=None) as ws:
+        await asyncio.sleep(0.8)
+        await ws.send("still here")
+        assert await ws.recv() == "text:still here"
+
+
 async def test_head_and_methods(served: Served) -> None:
     head = b"HEAD /big HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
     reply = await exchange(served.port, head)

@@ -122,6 +122,9 @@ Handle = Callable[[Request], "Response | WebSocketAccept"]
 class LoopbackServer:
     """Serves ``handle`` on an already bound, listening socket."""
 
+    idle_timeout = 75.0
+    """Seconds an HTTP connection may stay silent between requests (not a WebSocket)."""
+
     def __init__(self, handle: Handle) -> None:
         self.handle = handle
         self._server: asyncio.Server | None = None
@@ -157,6 +160,7 @@ class _Connection(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._peer_done = False
+        self._heard = 0.0
         self.lost = False
 
     # ------------------------------------------------------------------ transport
@@ -164,13 +168,29 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._server._connections.add(self)
+        self._heard = asyncio.get_running_loop().time()
+        self._watch_idle()
 
     def data_received(self, data: bytes) -> None:
         if self._websocket is not None:
             self._websocket_received(data)
             return
+        self._heard = asyncio.get_running_loop().time()
         self._http.receive_data(data)
         self._next_requests()
+
+    def _watch_idle(self) -> None:
+        """Close an HTTP connection silent for ``idle_timeout`` while no answer is going
+        out; a WebSocket stays open as long as its peer wants."""
+        if self.lost or self._websocket is not None:
+            return
+        loop = asyncio.get_running_loop()
+        quiet_until = self._heard + self._server.idle_timeout
+        if loop.time() >= quiet_until and not self._sending_file:
+            assert self._transport is not None
+            self._transport.close()
+            return
+        loop.call_at(max(quiet_until, loop.time() + 0.05), self._watch_idle)
 
     def eof_received(self) -> bool:
         if self._websocket is not None:
