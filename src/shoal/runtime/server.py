@@ -32,6 +32,7 @@ from websockets.server import ServerProtocol
 MAX_REQUEST_HEAD = 16 << 10
 MAX_REQUEST_BODY = 64 << 10
 FILE_CHUNK = 1 << 20
+UNSATISFIABLE = (-1, -1)
 _REASONS = {200: "OK", 204: "No Content", 206: "Partial Content", 400: "Bad Request",
             403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             413: "Payload Too Large", 416: "Range Not Satisfiable"}
@@ -281,29 +282,11 @@ class _Connection(asyncio.Protocol):
             self._send(request, answer)
 
     def _send(self, request: Request, response: Response) -> None:
-        headers = dict(response.headers)
-        body = response.body
-        span: tuple[int, int] | None = None
+        span = None
         if response.file is not None:
-            try:
-                size = os.stat(response.file).st_size
-            except OSError:
-                size, response = 0, Response.text(404, "not found\n")
-                headers.update(response.headers)
-                body = response.body
-            else:
-                headers["Accept-Ranges"] = "bytes"
-                span = _range(request.headers.get("range"), size)
-                if span is None:
-                    span = (0, size)
-                elif span == (-1, -1):
-                    headers["Content-Range"] = f"bytes */{size}"
-                    response, span, body = Response(416), None, b""
-                else:
-                    response = Response(206, file=response.file)
-                    headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{size}"
-        length = span[1] - span[0] if span is not None else len(body)
-        headers["Content-Length"] = str(length)
+            response, span = _file_part(request, response)
+        length = span[1] - span[0] if span is not None else len(response.body)
+        headers = {**response.headers, "Content-Length": str(length)}
         self._write(self._http.send(h11.Response(
             status_code=response.status, reason=_REASONS.get(response.status, ""),
             headers=list(headers.items()))) or b"")
@@ -313,7 +296,7 @@ class _Connection(asyncio.Protocol):
             self._sending_file = True
             asyncio.get_running_loop().create_task(self._send_file(response.file, *span))
         else:
-            self._write(self._http.send(h11.Data(data=body)) or b"")
+            self._write(self._http.send(h11.Data(data=response.body)) or b"")
             self._end_of_response()
 
     async def _send_file(self, path: Path, start: int, end: int) -> None:
@@ -439,21 +422,40 @@ def _request(raw: h11.Request) -> Request:
                    query=dict(parse_qsl(target.query)), headers=headers)
 
 
+def _file_part(request: Request, response: Response) -> tuple[Response, tuple[int, int] | None]:
+    """The response to send for ``response.file``, and the bytes ``[start, end)`` of the
+    file that follow it (None when none do)."""
+    assert response.file is not None
+    try:
+        size = os.stat(response.file).st_size
+    except OSError:
+        return Response(404, b"not found\n", {**response.headers,
+                                              "Content-Type": "text/plain; charset=utf-8"}), None
+    headers = {**response.headers, "Accept-Ranges": "bytes"}
+    span = _range(request.headers.get("range"), size)
+    if span is None:
+        return Response(response.status, headers=headers, file=response.file), (0, size)
+    if span == UNSATISFIABLE:
+        return Response(416, headers={**headers, "Content-Range": f"bytes */{size}"}), None
+    headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{size}"
+    return Response(206, headers=headers, file=response.file), span
+
+
 def _range(header: str | None, size: int) -> tuple[int, int] | None:
     """The byte span ``[start, end)`` one ``Range`` header asks for: None for the whole
-    file (no header, or one this server does not serve), (-1, -1) when unsatisfiable."""
+    file (no header, or one this server does not serve), or ``UNSATISFIABLE``."""
     if not header or not header.startswith("bytes=") or "," in header:
         return None
     first, _, last = header[6:].strip().partition("-")
     try:
         if not first:
             suffix = int(last)
-            return (max(size - suffix, 0), size) if suffix > 0 and size else (-1, -1)
+            return (max(size - suffix, 0), size) if suffix > 0 and size else UNSATISFIABLE
         start = int(first)
         end = int(last) + 1 if last else size
     except ValueError:
         return None
     if start >= size or end <= start:
-        return (-1, -1)
+        return UNSATISFIABLE
     return start, min(end, size)
 
