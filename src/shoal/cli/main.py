@@ -411,7 +411,8 @@ def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, a
     from shoal.runtime.window import gui_unavailable, run_in_window
 
     output = Output(as_json)
-    load_config(folder)  # bad config or app code: one clear line before anything starts
+    # A bad config or app code: one clear line before anything starts.
+    config = load_config(folder)
     check_app_code(folder)
     if not browser:
         reason = gui_unavailable(gui)
@@ -422,7 +423,8 @@ def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, a
                 ms = round((time.monotonic() - started) * 1000, 1)
                 output.event("ready", f"window open ({ms} ms)", mode="window", ms=ms)
 
-            run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port, gui=gui)
+            run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port, gui=gui,
+                          config=config)
             return
         output.event("notice", f"no native window: {reason}; serving for a browser instead",
                      reason=reason)
@@ -432,7 +434,8 @@ def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, a
 
         from shoal.runtime.host import AppHost
 
-        async with AppHost(folder, data_dir=data_dir, dev=dev, port=port) as host:
+        async with AppHost(folder, data_dir=data_dir, dev=dev, port=port,
+                           config=config) as host:
             output.event("ready", f"open {host.url} in a browser", mode="browser",
                          url=host.url, dev=dev)
             await asyncio.Event().wait()

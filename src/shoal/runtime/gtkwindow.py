@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from shoal.runtime.pages import on_origin
+
 
 def guard_window(native: Any, origin: str, leave: Callable[[str], None]) -> bool:
     """Apply the wall to the web view in ``native``, pywebview's ``Gtk.Window``, which
@@ -44,7 +46,7 @@ def _keep_on(origin: str, leave: Callable[[str], None], WebKit2: Any) -> Callabl
         if kind not in navigations:
             return False
         uri = decision.get_navigation_action().get_request().get_uri() or ""
-        if uri == origin or uri.startswith(origin + "/") or uri == "about:blank":
+        if on_origin(uri, origin) or uri == "about:blank":
             return False
         decision.ignore()
         leave(uri)

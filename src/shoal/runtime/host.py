@@ -31,12 +31,14 @@ class AppHost:
     def __init__(self, folder: Path, *, data_dir: Path | None = None,
                  window: WindowBackend | None = None, dev: bool = False, port: int = 0,
                  lan_discovery: bool | None = None, listener: socket.socket | None = None,
-                 secret: str | None = None, page_origin: str | None = None) -> None:
+                 secret: str | None = None, page_origin: str | None = None,
+                 config: AppConfig | None = None) -> None:
         """``listener`` and ``secret``: a socket already listening on 127.0.0.1 and the
         launch secret, when the window must know the URL before the host has started.
-        ``page_origin``: the pages' origin when the window serves them itself."""
+        ``page_origin``: the pages' origin when the window serves them itself.
+        ``config``: the app's ``shoal.toml`` when the caller has read it already."""
         self.folder = folder
-        self.config: AppConfig = load_config(folder)
+        self.config: AppConfig = config or load_config(folder)
         self.data_dir = data_dir or default_data_dir(self.config.id)
         self.window = window or BrowserBackend()
         self.dev = dev

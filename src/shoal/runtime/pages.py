@@ -75,6 +75,11 @@ def security_headers(csp: str, *, isolated: bool = False) -> dict[str, str]:
     return headers
 
 
+def on_origin(url: str, origin: str) -> bool:
+    """Whether ``url`` is a page of ``origin`` (the app's), so the window may show it."""
+    return url == origin or url.startswith(origin + "/")
+
+
 def app_file(config: AppConfig, relative: str) -> Path | None:
     """The file of the app at URL path ``relative``, or None when it is missing, hidden
     (dotfiles, ``shoal.toml``, ``app.py``) or resolves outside the app folder."""

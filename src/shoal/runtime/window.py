@@ -18,7 +18,10 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shoal.runtime.config import AppConfig
 
 HOST_DELAY = 1.0
 """Seconds after the window opens by which the host starts even if the page is still
@@ -111,7 +114,9 @@ def keep_on_app(window: Any, origin: str, load: Callable[[str], None] | None = N
     open that address in the system browser and bring the window back to the app
     (through ``load``, by default the window's ``load_url``)."""
     current = window.get_current_url() or ""
-    if current == origin or current.startswith(origin + "/"):
+    from shoal.runtime.pages import on_origin
+
+    if on_origin(current, origin):
         return
     _open_elsewhere(current)
     (load or window.load_url)(origin + "/")
@@ -126,7 +131,8 @@ def _open_elsewhere(url: str) -> None:
 
 
 def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
-                  on_ready: Callable[[str], None], port: int = 0, gui: str | None = None) -> None:
+                  on_ready: Callable[[str], None], port: int = 0, gui: str | None = None,
+                  config: AppConfig | None = None) -> None:
     """Open the app in a native window; returns when the window is closed.
 
     The server's socket and secret exist before the window, so every address is known
@@ -148,7 +154,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         # Chromium's sandbox refuses to run as root; QtWebEngine must be told.
         os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
-    config = load_config(folder)
+    config = config or load_config(folder)
     data_dir = data_dir or default_data_dir(config.id)
     listener = bind_listener(port)
     secret = secrets.token_urlsafe(32)
@@ -165,7 +171,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     shown = {"origin": f"http://{bridge}", "url": server_url}
     backend = PywebviewBackend()
     host = _HostThread(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
-                       secret=secret)
+                       secret=secret, config=config)
     import webview
 
     window_config = config.window
