@@ -8,8 +8,11 @@
 - the same app with ``cross_origin_isolated = true`` (only there does the page get timers
   fine enough): bridge round trip p50/p99 of a small call (``invoke`` of an async no-op)
   and MB/s reading a 64 MiB file into the page; its paint and memory are reported too;
-- the baseline: a bare pywebview window of the same size showing the same page from a
-  plain file server (no bridge, no policy), measured the same way, in the same run;
+- the baselines, measured the same way in the same run, each a bare pywebview window of
+  the same size whose page a plain file server serves: the same page without its script
+  (no bridge, no policy: ``baseline_*``), and the same page making the same calls on
+  pywebview's own bridge, a ``js_api`` object (``pywebview_bridge_*``; its timer is the
+  browser's coarse one, 0.1 ms);
 - the floor of any WebSocket bridge in this webview: a bare window whose page makes the
   same round trips to a WebSocket that echoes a fixed answer, with no work behind it.
 
@@ -69,6 +72,21 @@ webview.start(private_mode=True, gui="qt")
 """
 
 
+PYWEBVIEW_BRIDGE = r"""
+import sys
+from pathlib import Path
+import webview
+url, data, width, height = sys.argv[1], Path(sys.argv[2]), *map(int, sys.argv[3:5])
+class Api:
+    def write_file(self, name, text):
+        (data / name).write_text(text)
+    def noop(self):
+        return 0
+webview.create_window("Runtime bench", url, js_api=Api(), width=width, height=height)
+webview.start(private_mode=True, gui="qt")
+"""
+
+
 def tree_pss_mb(pid: int) -> float:
     """Proportional memory of a process and all its descendants, in MB."""
     root = psutil.Process(pid)
@@ -103,19 +121,28 @@ def measure_shoal(env: dict[str, str], app: Path) -> dict[str, Any]:
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
             start_new_session=True,
         )
-        try:
-            deadline = time.monotonic() + 120
-            for name in ("painted.json", "bench.json"):
-                report = data_dir / name
-                while not report.exists() and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                if name == "painted.json":
-                    time.sleep(0.5)
-                    memory = tree_pss_mb(process.pid)
-            time.sleep(0.2)
-            result = json.loads(report.read_text())
-        finally:
-            stop(process)
+        return page_reports(process, data_dir, started)
+
+
+def page_reports(process: subprocess.Popen, data_dir: Path, started: float) -> dict[str, Any]:
+    """What a bench page wrote into ``data_dir`` (its first call writes ``painted.json``,
+    its last ``bench.json``), with the tree's memory half a second after that first call;
+    stops the process."""
+    try:
+        deadline = time.monotonic() + 120
+        for name in ("painted.json", "bench.json"):
+            report = data_dir / name
+            while not report.exists() and time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise SystemExit(f"the window exited before its page wrote {name}")
+                time.sleep(0.02)
+            if name == "painted.json":
+                time.sleep(0.5)
+                memory = tree_pss_mb(process.pid)
+        time.sleep(0.2)
+        result = json.loads(report.read_text())
+    finally:
+        stop(process)
     return {**result,
             "first_paint_ms": round(result["first_paint_epoch_ms"] - started * 1000, 1),
             "first_call_ms": round(result["first_call_epoch_ms"] - started * 1000, 1),
@@ -132,12 +159,21 @@ def isolated_copy(folder: Path) -> Path:
     return copy
 
 
-def measure_baseline(env: dict[str, str]) -> dict[str, float]:
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(APP))
-    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve_app_folder(page: str) -> tuple[ThreadingHTTPServer, str]:
+    """A plain file server of the bench app's folder, and the URL of ``page`` on it."""
+    handler = functools.partial(_QuietFiles, directory=str(APP))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/baseline.html"
+    return server, f"http://127.0.0.1:{server.server_address[1]}/{page}"
+
+
+def measure_baseline(env: dict[str, str]) -> dict[str, float]:
+    server, url = serve_app_folder("baseline.html")
     started = time.time()
     process = subprocess.Popen([sys.executable, "-c", BASELINE, url, str(started), *WINDOW_SIZE],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -151,6 +187,21 @@ def measure_baseline(env: dict[str, str]) -> dict[str, float]:
         stop(process)
         server.shutdown()
     return {"first_paint_ms": round(result["first_paint_ms"], 1), "memory_mb": memory}
+
+
+def measure_pywebview_bridge(env: dict[str, str]) -> dict[str, Any]:
+    """The bench page's calls on pywebview's own bridge, in a bare pywebview window."""
+    server, url = serve_app_folder("pywebview.html")
+    with tempfile.TemporaryDirectory() as data:
+        started = time.time()
+        process = subprocess.Popen(
+            [sys.executable, "-c", PYWEBVIEW_BRIDGE, url, data, *WINDOW_SIZE],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+            start_new_session=True)
+        try:
+            return page_reports(process, Path(data), started)
+        finally:
+            server.shutdown()
 
 
 FLOOR_PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>Floor</title>
@@ -256,6 +307,8 @@ def one_round(env: dict[str, str], scratch: Path, shoal_first: bool) -> dict[str
         settle()
         shoal = measure_shoal(env, APP)
     settle()
+    on_pywebview = measure_pywebview_bridge(env)
+    settle()
     isolated = measure_shoal(env, isolated_copy(scratch))
     settle()
     if shoal["isolated"] or not isolated["isolated"]:
@@ -272,6 +325,11 @@ def one_round(env: dict[str, str], scratch: Path, shoal_first: bool) -> dict[str
         "isolated_memory_mb": isolated["memory_mb"],
         "baseline_first_paint_ms": baseline["first_paint_ms"],
         "baseline_memory_mb": baseline["memory_mb"],
+        "pywebview_bridge_first_paint_ms": on_pywebview["first_paint_ms"],
+        "pywebview_bridge_first_call_ms": on_pywebview["first_call_ms"],
+        "pywebview_bridge_memory_mb": on_pywebview["memory_mb"],
+        "pywebview_bridge_round_trip_p50_ms": on_pywebview["round_trip_p50_ms"],
+        "pywebview_bridge_round_trip_p99_ms": on_pywebview["round_trip_p99_ms"],
         "websocket_floor_p50_ms": floor["p50"],
         "websocket_floor_p99_ms": floor["p99"],
     }

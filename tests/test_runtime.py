@@ -493,3 +493,19 @@ def test_a_missing_webview_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     installed["gi"] = False
     assert "shoal[gtk]" in (window.gui_unavailable("gtk") or "")
     assert "neither" in (window.gui_unavailable() or "")
+
+
+def test_looking_for_a_webview_imports_none() -> None:
+    # Imported, PySide6 hooks every later import; the host's modules must come first.
+    script = (
+        "import sys\n"
+        "from shoal.runtime.window import _module_exists, gui_unavailable\n"
+        "gui_unavailable('qt'); gui_unavailable('gtk')\n"
+        "found = [_module_exists(n) for n in ('PySide6.QtWebEngineWidgets', 'gi',\n"
+        "         'PySide6.NoSuchModule', 'no_such_package.module', 'json.decoder')]\n"
+        "print(found, sorted(m for m in sys.modules if m.startswith(('PySide6', 'gi'))))\n"
+    )
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=60, check=True).stdout
+    assert out.strip() == "[True, True, False, False, True] []"

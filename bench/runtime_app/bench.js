@@ -1,15 +1,5 @@
 import { fs, invoke } from "shoal:api";
-
-function firstPaint() {
-  return new Promise((resolve) => {
-    const found = () => performance.getEntriesByType("paint")[0];
-    if (found()) return resolve(found());
-    new PerformanceObserver((list, observer) => {
-      observer.disconnect();
-      resolve(list.getEntries()[0]);
-    }).observe({ type: "paint", buffered: true });
-  });
-}
+import { firstPaint } from "./paint.js";
 
 // Round trips and a 64 MiB read. Only where the page is cross-origin isolated: elsewhere
 // the browser coarsens performance.now() to 100 us.
