@@ -65,6 +65,12 @@ def test_app_in_a_native_window_reaches_the_bridge(tmp_path: Path, gui: str) -> 
         assert opened.read_text().split() == ["http://127.0.0.1:65534/elsewhere"]
         assert stayed.read_text().startswith(f"{origin}/")
         assert not (tmp_path / "returned.txt").exists()  # never loaded again
+        # pywebview runs its JS API and QWebChannel's script in every page it loads. The
+        # Qt window stops that; WebKitGTK's still gets pywebview's object, without the
+        # message handler it would call (see the gtkBridge check).
+        injected = json.loads((tmp_path / "globals.json").read_text())
+        pywebview_object = "undefined" if gui == "qt" else "object"
+        assert injected == {"pywebview": pywebview_object, "QWebChannel": "undefined"}
     finally:
         _stop(process)
 

@@ -15,6 +15,7 @@ app adds in ``[csp]`` is lowercased the same way, so such inline code stays bloc
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -143,3 +144,17 @@ def keep_navigation_on_app(page: Any, leave: Callable[[str], None]) -> None:
         leave(url.toString())
 
     page.navigationRequested.connect(navigation_requested)
+
+
+def report_loads_plainly(page: Any, pywebview_handler: Callable[[bool], None],
+                         loaded: Callable[[], object]) -> bool:
+    """Call ``loaded`` when a load of ``page`` finishes, in place of pywebview's handler,
+    which would run pywebview's JS API and QWebChannel's script in the page, outside its
+    policy (and to no use: the page has no channel). False, with nothing changed, where
+    that handler is not connected."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # PySide6 warns when not connected
+        if not page.loadFinished.disconnect(pywebview_handler):
+            return False
+    page.loadFinished.connect(lambda ok: loaded())
+    return True

@@ -162,6 +162,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         SCHEME,
         keep_navigation_on_app,
         register_scheme,
+        report_loads_plainly,
         scheme_handler,
     )
 
@@ -224,6 +225,9 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         keep_navigation_on_app(view.page(), _open_elsewhere)
         # pywebview's own bridge would be a second way into Python, outside the policy.
         view.page().setWebChannel(None)
+        handler = getattr(window.native, "on_load_finished", None)
+        if handler is not None:
+            report_loads_plainly(view.page(), handler, window.events.loaded.set)
         timer = threading.Timer(HOST_DELAY, host.start, args=(ORIGIN,))
         timer.daemon = True
         timer.start()
