@@ -130,3 +130,43 @@ def _stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def test_dev_reloads_the_page_in_the_window(tmp_path: Path) -> None:
+    """``shoal dev``: a changed file reloads the window's page, which reaches the bridge
+    again (the window hears of each load itself, not through pywebview's scripts)."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "shoal.toml").write_text('[app]\nname = "Reload"\nid = "test.shoal.reload"\n')
+    (app / "index.html").write_text('<!doctype html><title>reload</title>'
+                                    '<script type="module" src="count.js"></script>')
+    (app / "count.js").write_text(
+        'import { fs } from "shoal:api";\n'
+        'const before = await fs.readFile("loads.txt", "utf8").catch(() => "0");\n'
+        'await fs.writeFile("loads.txt", String(Number(before) + 1));\n')
+    data = tmp_path / "data"
+    loads = data / "loads.txt"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "dev", "--json", str(app), "--data-dir",
+         str(data)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True)
+
+    def wait_for_loads(count: str) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and process.poll() is None:
+            if loads.exists() and loads.read_text() == count:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"loads: {loads.read_text() if loads.exists() else None}")
+
+    try:
+        assert process.stdout is not None
+        ready = json.loads(process.stdout.readline() or "{}")
+        assert ready.get("event") == "ready" and ready.get("mode") == "window", ready
+        wait_for_loads("1")
+        (app / "index.html").write_text('<!doctype html><title>reloaded</title>'
+                                        '<script type="module" src="count.js"></script>')
+        wait_for_loads("2")
+    finally:
+        _stop(process)

@@ -210,18 +210,25 @@ class AppServer:
         ):
             self.refused += 1
             return Response.text(403, "forbidden\n")
-        return WebSocketAccept(lambda ws: _BridgeSession(self, ws), max_message=MAX_FRAME)
+        return WebSocketAccept(self._open_session, max_message=MAX_FRAME)
+
+    def _open_session(self, ws: WebSocket) -> _BridgeSession:
+        session = _BridgeSession(self.calls, ws, forget=self._sessions.discard)
+        self._sessions.add(session)
+        return session
 
 
 class _BridgeSession:
     """One page's bridge WebSocket: each message is a call, answered by its own task."""
 
-    def __init__(self, server: AppServer, ws: WebSocket) -> None:
-        self.server = server
+    def __init__(self, calls: dict[str, Handler], ws: WebSocket, *,
+                 forget: Callable[[_BridgeSession], None]) -> None:
+        """``forget`` is called with this session once it has closed."""
+        self.calls = calls
         self.ws = ws
+        self._forget = forget
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
-        server._sessions.add(self)
 
     def message(self, data: bytes, text: bool) -> None:
         parsed = _parse_text(data) if text else _parse_binary(data)
@@ -242,7 +249,7 @@ class _BridgeSession:
         self.close()
 
     def close(self) -> None:
-        self.server._sessions.discard(self)
+        self._forget(self)
         self.ws.close()
         for task in list(self._in_flight):
             task.cancel()
@@ -253,7 +260,7 @@ class _BridgeSession:
             _send_json(ws, {"id": 0, "error": {"code": parsed.code, "message": parsed.message}})
             return
         call_id, name, args = parsed
-        handler = self.server.calls.get(name)
+        handler = self.calls.get(name)
         try:
             if handler is None:
                 raise BridgeError(f"no such call: {name}", code="ENOSYS")
