@@ -95,16 +95,10 @@ def test_app_code_failing_in_the_window_is_one_clear_line(tmp_path: Path) -> Non
 def test_window_survives_many_window_calls(tmp_path: Path) -> None:
     """Every window call is a Qt signal in pywebview; some Qt bindings abort Python after
     a few thousand (PySide6 6.12.0, which shoal[gui] excludes)."""
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "shoal.toml").write_text('[app]\nname = "Titles"\nid = "test.shoal.titles"\n'
-                                    "[permissions]\nwindow = true\n")
-    (app / "index.html").write_text('<!doctype html><title>0</title>'
-                                    '<script type="module" src="titles.js"></script>')
-    (app / "titles.js").write_text(
-        'import { fs, window } from "shoal:api";\n'
-        "for (let i = 1; i <= 10000; i++) await window.setTitle(`title ${i}`);\n"
-        'await fs.writeFile("done.txt", document.title);\n')
+    app = _script_app(tmp_path / "app", "titles", "[permissions]\nwindow = true\n",
+                      'import { fs, window } from "shoal:api";\n'
+                      "for (let i = 1; i <= 10000; i++) await window.setTitle(`title ${i}`);\n"
+                      'await fs.writeFile("done.txt", document.title);\n')
     data = tmp_path / "data"
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     process = subprocess.Popen(
@@ -122,6 +116,17 @@ def test_window_survives_many_window_calls(tmp_path: Path) -> None:
         _stop(process)
 
 
+def _script_app(folder: Path, name: str, toml: str, script: str) -> Path:
+    """An app in ``folder`` whose page runs ``script``; ``toml`` follows ``[app]``."""
+    folder.mkdir()
+    (folder / "shoal.toml").write_text(
+        f'[app]\nname = "{name}"\nid = "test.shoal.{name}"\n{toml}')
+    (folder / "index.html").write_text(f'<!doctype html><title>{name}</title>'
+                                       '<script type="module" src="main.js"></script>')
+    (folder / "main.js").write_text(script)
+    return folder
+
+
 def _stop(process: subprocess.Popen) -> None:
     """End ``shoal run`` and the browser processes Qt started in its session."""
     os.killpg(process.pid, signal.SIGTERM)
@@ -135,15 +140,10 @@ def _stop(process: subprocess.Popen) -> None:
 def test_dev_reloads_the_page_in_the_window(tmp_path: Path) -> None:
     """``shoal dev``: a changed file reloads the window's page, which reaches the bridge
     again (the window hears of each load itself, not through pywebview's scripts)."""
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "shoal.toml").write_text('[app]\nname = "Reload"\nid = "test.shoal.reload"\n')
-    (app / "index.html").write_text('<!doctype html><title>reload</title>'
-                                    '<script type="module" src="count.js"></script>')
-    (app / "count.js").write_text(
-        'import { fs } from "shoal:api";\n'
-        'const before = await fs.readFile("loads.txt", "utf8").catch(() => "0");\n'
-        'await fs.writeFile("loads.txt", String(Number(before) + 1));\n')
+    app = _script_app(tmp_path / "app", "reload", "",
+                      'import { fs } from "shoal:api";\n'
+                      'const before = await fs.readFile("loads.txt", "utf8").catch(() => "0");\n'
+                      'await fs.writeFile("loads.txt", String(Number(before) + 1));\n')
     data = tmp_path / "data"
     loads = data / "loads.txt"
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
@@ -165,8 +165,8 @@ def test_dev_reloads_the_page_in_the_window(tmp_path: Path) -> None:
         ready = json.loads(process.stdout.readline() or "{}")
         assert ready.get("event") == "ready" and ready.get("mode") == "window", ready
         wait_for_loads("1")
-        (app / "index.html").write_text('<!doctype html><title>reloaded</title>'
-                                        '<script type="module" src="count.js"></script>')
+        (app / "index.html").write_text(
+            (app / "index.html").read_text().replace("<title>reload", "<title>reloaded"))
         wait_for_loads("2")
     finally:
         _stop(process)
