@@ -16,7 +16,12 @@ import pytest
 
 from shoal.runtime import AppHost, ConfigError, load_config
 from shoal.runtime.fsapi import BridgeError
-from shoal.runtime.pages import content_security_policy
+from shoal.runtime.pages import (
+    IMPORT_MAP_TAG,
+    content_security_policy,
+    lowercase_safe,
+    page_html,
+)
 from shoal.runtime.qtscheme import ORIGIN, Answer, answer
 from shoal.runtime.testing import BridgeClient
 from webapp_checks import WEBAPP
@@ -431,8 +436,12 @@ def test_window_scheme_serves_the_app_and_nothing_else(tmp_path: Path) -> None:
         return answer(config, host=host, path=path, method=method)
 
     page = ask("/")
-    assert page is not None and page.kind == "text/html"
+    assert page is not None and page.kind == "text/html; charset=utf-8"
     assert b"importmap" not in page.body  # "shoal:api" resolves to shoal://api/ instead
+    assert b"<meta" not in page.body
+    with_policy = answer(config, host="app", path="/", method=b"GET", policy="img-src 'A'")
+    assert with_policy is not None and with_policy.body.startswith(
+        b'<meta http-equiv="Content-Security-Policy" content="img-src &#x27;A&#x27;"><html>')
     style = ask("/style.css")
     assert style is not None and style.file == folder / "style.css"
     api = ask("/", host="api")
@@ -447,14 +456,45 @@ def test_window_scheme_serves_the_app_and_nothing_else(tmp_path: Path) -> None:
 
 
 def test_window_scheme_policy_survives_lowercased_headers() -> None:
-    """QtWebEngine lowercases header values from a scheme handler: the window's policy
-    must mean the same in lower case, so it carries no hash (and no inline script)."""
+    """QtWebEngine lowercases header values from a scheme handler: the window's own
+    policy must mean the same in lower case, so it carries no hash."""
     policy = content_security_policy(4321, {}, api_origin="shoal://api")
     assert policy == policy.lower()
     assert "'sha256-" not in policy and "'unsafe-inline'" not in policy
     assert "script-src 'self' shoal://api;" in policy
     assert "connect-src ws://127.0.0.1:4321/_shoal/bridge http://127.0.0.1:4321/_shoal/file" \
         in policy
+    assert lowercase_safe(policy) == (policy, None)
+
+
+def test_an_apps_case_sensitive_sources_reach_the_window_exactly() -> None:
+    """Hashes and capitals in URL paths from ``[csp]``: the header widens them (what
+    survives lowercasing), the page's meta element states them exactly."""
+    extra = {"script-src": ("'sha256-AbC+/9='",),
+             "img-src": ("https://Pics.example.org/Albums/", "https://CDN.example.org/x")}
+    policy = content_security_policy(4321, extra, api_origin="shoal://api")
+    header, exact = lowercase_safe(policy)
+    directives = dict(d.split(" ", 1) for d in header.split("; "))
+    assert directives["script-src"] == "'self' shoal://api 'unsafe-inline'"
+    assert directives["img-src"] == "'self' blob: https://Pics.example.org https://CDN.example.org/x"
+    assert directives["style-src"] == "'self'" and directives["default-src"] == "'none'"
+    assert exact == ("script-src 'self' shoal://api 'sha256-AbC+/9='; "
+                     "img-src 'self' blob: https://Pics.example.org/Albums/ https://CDN.example.org/x")
+
+
+def test_served_pages_keep_their_doctype_first(tmp_path: Path) -> None:
+    """What Shoal adds to a page goes after its doctype (before it, the page would be in
+    quirks mode): the import map into the head, a policy before everything else."""
+    page = tmp_path / "page.html"
+    page.write_text("\ufeff<!DOCTYPE html><title>t</title><script src=a.js></script>")
+    assert page_html(page).startswith(f"\ufeff<!DOCTYPE html>{IMPORT_MAP_TAG}<title>")
+    page.write_text('<!doctype html>\n<html><head lang="en"><title>t</title></head></html>')
+    assert page_html(page) == ('<!doctype html>\n<html><head lang="en">'
+                               f'{IMPORT_MAP_TAG}<title>t</title></head></html>')
+    assert page_html(page, import_map=False, policy="script-src 'self'") == (
+        '<!doctype html><meta http-equiv="Content-Security-Policy" '
+        'content="script-src &#x27;self&#x27;">\n<html><head lang="en"><title>t</title>'
+        '</head></html>')
 
 
 def test_run_without_a_display_says_so_and_serves_for_a_browser(tmp_path: Path) -> None:

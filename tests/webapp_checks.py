@@ -12,6 +12,8 @@ EXPECTED = {
     "eval": {"error": "EvalError"},
     "newFunction": {"error": "EvalError"},
     "inlineScript": {"ok": False},
+    "unhashedInline": {"ok": False},
+    "hashedInline": {"ok": True},  # its hash is in the app's [csp]
     "fetchElsewhere": {"error": "TypeError"},
     "isolated": {"ok": True},  # COOP and COEP were applied
     "qtChannel": {"ok": "undefined"},  # no second way into Python: not pywebview's Qt

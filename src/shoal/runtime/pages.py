@@ -11,6 +11,8 @@ import functools
 import hashlib
 import mimetypes
 import os
+import re
+from html import escape
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +24,9 @@ API_PATH = "/_shoal/api.js"
 TYPES_PATH = "/_shoal/shoal.d.ts"
 IMPORT_MAP = '{"imports":{"shoal:api":"/_shoal/api.js"}}'
 IMPORT_MAP_TAG = f'<script type="importmap">{IMPORT_MAP}</script>'
+_HEAD = re.compile(r"<head(\s[^>]*)?>", re.IGNORECASE)
+_DOCTYPE = re.compile(r"\ufeff?\s*<!doctype[^>]*>", re.IGNORECASE)
+_CASE_SENSITIVE_KEYWORD = re.compile(r"'(sha256|sha384|sha512|nonce)-", re.IGNORECASE)
 HIDDEN = {"shoal.toml", "app.py", "__pycache__"}
 
 
@@ -97,17 +102,59 @@ def content_type(path: Path) -> str:
     return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
-def page_html(path: Path, *, import_map: bool = True) -> str:
-    """An HTML page as served: with the ``shoal:api`` import map unless it has its own
-    (or ``import_map`` is false)."""
+def page_html(path: Path, *, import_map: bool = True, policy: str | None = None) -> str:
+    """An HTML page as served: with the ``shoal:api`` import map at the start of its
+    head unless it has its own (or ``import_map`` is false), and ``policy``, if given,
+    in a ``<meta>`` element before everything else the page holds."""
     html = path.read_text(encoding="utf-8", errors="replace")
-    if not import_map or "importmap" in html:
-        return html
-    at = html.lower().find("<head>")
-    if at >= 0:
-        at += len("<head>")
-        return html[:at] + IMPORT_MAP_TAG + html[at:]
-    return IMPORT_MAP_TAG + html
+    if import_map and "importmap" not in html:
+        found = _HEAD.search(html)
+        html = _insert(html, found.end() if found else _document_start(html), IMPORT_MAP_TAG)
+    if policy is not None:
+        meta = f'<meta http-equiv="Content-Security-Policy" content="{escape(policy)}">'
+        html = _insert(html, _document_start(html), meta)
+    return html
+
+
+def _document_start(html: str) -> int:
+    """Where a page's content starts: after its doctype (an element before that would
+    put the page in quirks mode)."""
+    doctype = _DOCTYPE.match(html)
+    return doctype.end() if doctype else 0
+
+
+def _insert(html: str, at: int, markup: str) -> str:
+    return html[:at] + markup + html[at:]
+
+
+def lowercase_safe(policy: str) -> tuple[str, str | None]:
+    """``policy`` for a header whose value will be lowercased (QtWebEngine does that to
+    headers from a scheme handler): the header's policy, which means the same or more
+    in lower case, and the directives it had to widen, exact, for the page's ``<meta>``
+    element (None if none). A page enforces both, which together are ``policy``.
+
+    Widened: a hash source becomes ``'unsafe-inline'``, and a URL source whose path has
+    capitals (paths match case-sensitively) becomes its scheme and host."""
+    header, exact = [], []
+    for directive in policy.split("; "):
+        name, *sources = directive.split(" ")
+        widened = [_lowercase_safe_source(source) for source in sources]
+        if widened != sources:
+            exact.append(directive)
+        header.append(" ".join([name, *dict.fromkeys(widened)]))
+    return "; ".join(header), "; ".join(exact) or None
+
+
+def _lowercase_safe_source(source: str) -> str:
+    if source == source.lower():
+        return source
+    if _CASE_SENSITIVE_KEYWORD.match(source):
+        return "'unsafe-inline'"
+    scheme, separator, rest = source.partition("://")
+    host, _, path = rest.partition("/")
+    if path == path.lower():  # scheme and host do not care about case
+        return source
+    return f"{scheme}{separator}{host}" if separator else host
 
 
 @functools.cache

@@ -7,10 +7,10 @@ them cross-origin, which the server allows for this origin alone). Pages get the
 policy and headers as pages from the server.
 
 ``import ... from "shoal:api"`` needs no import map here: Chromium reads ``shoal:api``
-as ``shoal://api/``, which this handler answers with the API module. No inline script
-is allowed at all, which matters because QtWebEngine lowercases the values of headers
-set by a scheme handler: a hash source in the policy would no longer match (a hash an
-app adds in ``[csp]`` is lowercased the same way, so such inline code stays blocked).
+as ``shoal://api/``, which this handler answers with the API module. QtWebEngine
+lowercases the values of the headers a scheme handler sets, which would break a hash
+an app adds to the policy in ``[csp]``: such directives go into the header widened and
+into the page's ``<meta>`` element exact (``pages.lowercase_safe``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from shoal.runtime.pages import (
     asset,
     content_security_policy,
     content_type,
+    lowercase_safe,
     page_html,
     security_headers,
 )
@@ -65,8 +66,10 @@ class Answer(NamedTuple):
     """Loaded by the app's pages from another origin (the API module)."""
 
 
-def answer(config: AppConfig, *, host: str, path: str, method: bytes) -> Answer | None:
-    """The answer to one request to ``shoal://``, or None for "not found"."""
+def answer(config: AppConfig, *, host: str, path: str, method: bytes,
+           policy: str | None = None) -> Answer | None:
+    """The answer to one request to ``shoal://``, or None for "not found". ``policy``:
+    what pages must also carry in a ``<meta>`` element (see ``lowercase_safe``)."""
     if method != b"GET":
         return None
     if host == "api" and path in ("", "/"):
@@ -81,8 +84,9 @@ def answer(config: AppConfig, *, host: str, path: str, method: bytes) -> Answer 
     if target is None:
         return None
     kind = content_type(target)
-    if kind == "text/html":
-        return Answer(kind, page_html(target, import_map=False).encode())
+    if kind == "text/html":  # read as UTF-8, so served as UTF-8 (Chromium's default differs)
+        page = page_html(target, import_map=False, policy=policy)
+        return Answer("text/html; charset=utf-8", page.encode())
     return Answer(kind, file=target)
 
 
@@ -91,7 +95,8 @@ def scheme_handler(config: AppConfig, bridge_port: int) -> Any:
     from PySide6.QtCore import QBuffer, QByteArray, QFile, QIODevice
     from PySide6.QtWebEngineCore import QWebEngineUrlRequestJob, QWebEngineUrlSchemeHandler
 
-    policy = content_security_policy(bridge_port, config.csp, api_origin=API_ORIGIN)
+    policy, exact = lowercase_safe(
+        content_security_policy(bridge_port, config.csp, api_origin=API_ORIGIN))
 
     def header_map(headers: dict[str, str]) -> dict[Any, list[Any]]:
         # PySide6 takes a QMultiMap<QByteArray, QByteArray> as a dict of lists.
@@ -109,7 +114,7 @@ def scheme_handler(config: AppConfig, bridge_port: int) -> Any:
             url = job.requestUrl()
             try:
                 reply = answer(config, host=url.host(), path=url.path(),
-                               method=bytes(job.requestMethod().data()))
+                               method=bytes(job.requestMethod().data()), policy=exact)
             except OSError:  # unreadable file: fail this request, not the window
                 job.fail(QWebEngineUrlRequestJob.Error.RequestFailed)
                 return

@@ -20,6 +20,8 @@ await check("inlineScript", () => new Promise((resolve) => {
   document.head.append(script);
   setTimeout(() => resolve(globalThis.inlineRan), 100);
 }));
+await check("hashedInline", () => globalThis.hashedInline === true);  // allowed in [csp]
+await check("unhashedInline", () => globalThis.unhashedInline === true);
 await check("isolated", () => crossOriginIsolated);
 await check("origin", () => location.origin);
 // No Qt web channel (pywebview's way into Python) is attached to the page.
