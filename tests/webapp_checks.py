@@ -16,6 +16,7 @@ EXPECTED = {
     "hashedInline": {"ok": True},  # its hash is in the app's [csp]
     "fetchElsewhere": {"error": "TypeError"},
     "isolated": {"ok": True},  # COOP and COEP were applied
+    "characterSet": {"ok": "UTF-8"},  # the page has no <meta charset>
     "qtChannel": {"ok": "undefined"},  # no second way into Python: not pywebview's Qt
     "gtkBridge": {"ok": "undefined"},  # channel, nor its WebKitGTK message handler
     "oneModule": {"ok": True},  # "shoal:api" and /_shoal/api.js are one module

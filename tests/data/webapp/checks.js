@@ -23,6 +23,7 @@ await check("inlineScript", () => new Promise((resolve) => {
 await check("hashedInline", () => globalThis.hashedInline === true);  // allowed in [csp]
 await check("unhashedInline", () => globalThis.unhashedInline === true);
 await check("isolated", () => crossOriginIsolated);
+await check("characterSet", () => document.characterSet);  // from the response alone
 await check("origin", () => location.origin);
 // No Qt web channel (pywebview's way into Python) is attached to the page.
 await check("qtChannel", () => typeof globalThis.qt);
