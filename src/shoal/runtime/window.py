@@ -118,17 +118,16 @@ class PywebviewBackend:
         raise BridgeError("clipboard access is not available in this window", code="ENOTSUP")
 
 
-def keep_on_app(window: Any, origin: str, load: Callable[[str], None] | None = None) -> None:
-    """If the window navigated away from the app (a script changed ``location``, say),
-    open that address in the system browser and bring the window back to the app
-    (through ``load``, by default the window's ``load_url``)."""
-    current = window.get_current_url() or ""
+def keep_on_app(current: str, origin: str, load: Callable[[str], None]) -> None:
+    """If the window has left the app (``current``, its address, is elsewhere: a script
+    changed ``location``, say), open that address in the system browser and ``load``
+    the app again."""
     from shoal.runtime.pages import on_origin
 
     if on_origin(current, origin):
         return
     _open_elsewhere(current)
-    (load or window.load_url)(origin + "/")
+    load(origin + "/")
 
 
 def _open_elsewhere(url: str) -> None:
@@ -225,23 +224,38 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         keep_navigation_on_app(view.page(), _open_elsewhere)
         # pywebview's own bridge would be a second way into Python, outside the policy.
         view.page().setWebChannel(None)
+
+        def page_loaded() -> None:
+            # The GUI thread, after each load: nothing here waits on another thread.
+            host.start(ORIGIN)
+            announce()
+            keep_on_app(view.url().toString(), ORIGIN, window.native.load_url)
+            window.events.loaded.set()  # for pywebview's calls that wait for a load
+
         handler = getattr(window.native, "on_load_finished", None)
-        if handler is not None:
-            report_loads_plainly(view.page(), handler, window.events.loaded.set)
+        if handler is not None and report_loads_plainly(view.page(), handler, page_loaded):
+            shown["loads"] = "gui"
         timer = threading.Timer(HOST_DELAY, host.start, args=(ORIGIN,))
         timer.daemon = True
         timer.start()
 
     announced: list[bool] = []
 
-    def loaded() -> None:
-        host.start(shown["origin"])
+    def announce() -> None:
         if not announced:
             announced.append(True)
             on_ready(shown["url"])
+
+    def loaded() -> None:
+        # A thread of pywebview's, after each load, unless page_loaded has it covered.
+        if shown.get("loads") == "gui":
+            return
+        host.start(shown["origin"])
+        announce()
         # pywebview's load_url would serve a non-HTTP address from a server of its own.
         native = shown["origin"] == ORIGIN
-        keep_on_app(window, shown["origin"], window.native.load_url if native else None)
+        keep_on_app(window.get_current_url() or "", shown["origin"],
+                    window.native.load_url if native else window.load_url)
 
     host.on_failure = lambda: window.destroy()
     window.events.initialized += initialized

@@ -80,8 +80,8 @@ if (!sessionStorage.getItem("left") && (await fs.stat("leave.txt").then(() => tr
   await fs.rm("leave.txt");
   location.href = "http://127.0.0.1:65534/elsewhere";  // not a port browsers block
   await new Promise((resolve) => setTimeout(resolve, 1500));
-  await fs.writeFile("stayed.txt", location.href);
   // Long after the page loaded: what the window's webview put into it of its own.
   await fs.writeFile("globals.json", JSON.stringify({
     pywebview: typeof globalThis.pywebview, QWebChannel: typeof globalThis.QWebChannel }));
+  await fs.writeFile("stayed.txt", location.href);  // written last: the test waits for it
 }
