@@ -536,7 +536,7 @@ def test_a_missing_webview_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_looking_for_a_webview_imports_none() -> None:
-    # Imported, PySide6 hooks every later import; the host's modules must come first.
+    # Imported, PySide6 hooks every later import (slower, and its source kept in memory).
     script = (
         "import sys\n"
         "from shoal.runtime.window import _module_exists, gui_unavailable\n"
