@@ -470,16 +470,20 @@ def test_window_scheme_policy_survives_lowercased_headers() -> None:
 def test_an_apps_case_sensitive_sources_reach_the_window_exactly() -> None:
     """Hashes and capitals in URL paths from ``[csp]``: the header widens them (what
     survives lowercasing), the page's meta element states them exactly."""
-    extra = {"script-src": ("'sha256-AbC+/9='",),
-             "img-src": ("https://Pics.example.org/Albums/", "https://CDN.example.org/x")}
+    extra = {"script-src": ("'sha256-AbC+/9='", "'sha256-lower'"),
+             "img-src": ("https://Pics.example.org/Albums/", "https://CDN.example.org/x"),
+             "media-src": ("Media.example.org/Clips/",)}
     policy = content_security_policy(4321, extra, api_origin="shoal://api")
     header, exact = lowercase_safe(policy)
     directives = dict(d.split(" ", 1) for d in header.split("; "))
     assert directives["script-src"] == "'self' shoal://api 'unsafe-inline'"
     assert directives["img-src"] == "'self' blob: https://Pics.example.org https://CDN.example.org/x"
+    assert directives["media-src"] == "'self' blob: Media.example.org"
     assert directives["style-src"] == "'self'" and directives["default-src"] == "'none'"
-    assert exact == ("script-src 'self' shoal://api 'sha256-AbC+/9='; "
-                     "img-src 'self' blob: https://Pics.example.org/Albums/ https://CDN.example.org/x")
+    assert exact == ("script-src 'self' shoal://api 'sha256-AbC+/9=' 'sha256-lower'; "
+                     "img-src 'self' blob: https://Pics.example.org/Albums/ "
+                     "https://CDN.example.org/x; "
+                     "media-src 'self' blob: Media.example.org/Clips/")
 
 
 def test_served_pages_keep_their_doctype_first(tmp_path: Path) -> None:

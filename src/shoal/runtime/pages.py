@@ -146,15 +146,15 @@ def lowercase_safe(policy: str) -> tuple[str, str | None]:
 
 
 def _lowercase_safe_source(source: str) -> str:
-    if source == source.lower():
-        return source
-    if _CASE_SENSITIVE_KEYWORD.match(source):
-        return "'unsafe-inline'"
+    if _CASE_SENSITIVE_KEYWORD.match(source):  # all of them: next to a hash that stays,
+        return "'unsafe-inline'"               # 'unsafe-inline' would be ignored
     scheme, separator, rest = source.partition("://")
+    if not separator:
+        scheme, rest = "", source
     host, _, path = rest.partition("/")
     if path == path.lower():  # scheme and host do not care about case
         return source
-    return f"{scheme}{separator}{host}" if separator else host
+    return f"{scheme}{separator}{host}"
 
 
 @functools.cache
