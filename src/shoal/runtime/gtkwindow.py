@@ -28,6 +28,23 @@ def guard_window(native: Any, origin: str, leave: Callable[[str], None]) -> bool
     return True
 
 
+def report_loads(native: Any, loaded: Callable[[str], None]) -> bool:
+    """Call ``loaded`` on GTK's thread with the address of each page the web view in
+    ``native`` has finished loading; False when there is no web view in it."""
+    from gi.repository import WebKit2
+
+    view = _web_view(native, WebKit2.WebView)
+    if view is None:
+        return False
+
+    def changed(view: Any, event: Any) -> None:
+        if event == WebKit2.LoadEvent.FINISHED:
+            loaded(view.get_uri() or "")
+
+    view.connect("load-changed", changed)
+    return True
+
+
 def _web_view(widget: Any, kind: type) -> Any:
     if isinstance(widget, kind):
         return widget

@@ -196,6 +196,19 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         min_size=(window_config.min_width, window_config.min_height),
     )
 
+    announced: list[bool] = []
+
+    def announce() -> None:
+        if not announced:
+            announced.append(True)
+            on_ready(shown["url"])
+
+    def after_load(url: str, load: Callable[[str], None]) -> None:
+        # The GUI thread, after each load: nothing here waits on another thread.
+        host.start(shown["origin"])
+        announce()
+        keep_on_app(url, shown["origin"], load)
+
     def initialized(renderer: str) -> None:
         # Main thread: pywebview has chosen its renderer; no window exists yet.
         shown["renderer"] = renderer
@@ -208,9 +221,11 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     def before_show() -> None:
         # GUI thread: the page has its URL but has not asked for it yet.
         if shown.get("renderer") == "gtkwebkit2":
-            from shoal.runtime.gtkwindow import guard_window
+            from shoal.runtime.gtkwindow import guard_window, report_loads
 
             guard_window(window.native, shown["origin"], _open_elsewhere)
+            if report_loads(window.native, lambda url: after_load(url, window.load_url)):
+                shown["loads"] = "gui"
         if shown["origin"] != ORIGIN:
             return
         profile = getattr(window.native, "profile", None)
@@ -227,10 +242,8 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         view.page().setWebChannel(None)
 
         def page_loaded() -> None:
-            # The GUI thread, after each load: nothing here waits on another thread.
-            host.start(ORIGIN)
-            announce()
-            keep_on_app(view.url().toString(), ORIGIN, window.native.load_url)
+            # pywebview's load_url would serve a non-HTTP address from a server of its own.
+            after_load(view.url().toString(), window.native.load_url)
             window.events.loaded.set()  # for pywebview's calls that wait for a load
 
         handler = getattr(window.native, "on_load_finished", None)
@@ -240,15 +253,8 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         timer.daemon = True
         timer.start()
 
-    announced: list[bool] = []
-
-    def announce() -> None:
-        if not announced:
-            announced.append(True)
-            on_ready(shown["url"])
-
     def loaded() -> None:
-        # A thread of pywebview's, after each load, unless page_loaded has it covered.
+        # A thread of pywebview's, after each load, unless the GUI thread has it covered.
         if shown.get("loads") == "gui":
             return
         host.start(shown["origin"])
