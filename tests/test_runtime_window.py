@@ -100,11 +100,7 @@ def test_window_survives_many_window_calls(tmp_path: Path) -> None:
                       "for (let i = 1; i <= 10000; i++) await window.setTitle(`title ${i}`);\n"
                       'await fs.writeFile("done.txt", document.title);\n')
     data = tmp_path / "data"
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shoal.cli.main", "run", "--json", str(app), "--data-dir",
-         str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True)
+    process = _in_qt_window("run", app, data, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while not (data / "done.txt").exists() and process.poll() is None \
@@ -127,6 +123,15 @@ def _script_app(folder: Path, name: str, toml: str, script: str) -> Path:
     return folder
 
 
+def _in_qt_window(command: str, app: Path, data: Path, *, stdout: int) -> subprocess.Popen:
+    """``shoal run`` or ``shoal dev`` of ``app`` in an offscreen Qt window, with JSON
+    events on ``stdout``; stop it with ``_stop``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", command, "--json", str(app), "--data-dir",
+         str(data)], stdout=stdout, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, start_new_session=True)
+
+
 def _stop(process: subprocess.Popen) -> None:
     """End ``shoal run`` and the browser processes Qt started in its session."""
     os.killpg(process.pid, signal.SIGTERM)
@@ -146,11 +151,7 @@ def test_dev_reloads_the_page_in_the_window(tmp_path: Path) -> None:
                       'await fs.writeFile("loads.txt", String(Number(before) + 1));\n')
     data = tmp_path / "data"
     loads = data / "loads.txt"
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shoal.cli.main", "dev", "--json", str(app), "--data-dir",
-         str(data)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True)
+    process = _in_qt_window("dev", app, data, stdout=subprocess.PIPE)
 
     def wait_for_loads(count: str) -> None:
         deadline = time.monotonic() + 30
