@@ -328,10 +328,9 @@ async def test_bridge_refuses_without_secret_foreign_origin_or_host(tmp_path: Pa
 
 async def test_malformed_bridge_messages_get_errors_not_crashes(tmp_path: Path) -> None:
     async with AppHost(WEBAPP, data_dir=tmp_path) as host, BridgeClient(host) as page:
-        assert page._ws is not None
         for junk in ("not json", "[]", json.dumps({"id": "x"})):
-            await page._ws.send(junk)
-        await page._ws.send(b"\x00\x00")
+            await page.send_raw(junk)
+        await page.send_raw(b"\x00\x00")
         await asyncio.sleep(0.2)
         assert await page.call("invoke", "add", [1, 1]) == 2  # still serving
 
@@ -537,6 +536,30 @@ def test_a_missing_webview_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     installed["gi"] = False
     assert "shoal[gtk]" in (window.gui_unavailable("gtk") or "")
     assert "neither" in (window.gui_unavailable() or "")
+
+
+def test_pyside6s_import_hook_keeps_no_source(tmp_path: Path) -> None:
+    pytest.importorskip("PySide6.QtCore")
+    (tmp_path / "names_it.py").write_text("# uses PySide6\n")
+    (tmp_path / "plain.py").write_text("VALUE = 1\n")
+    script = (
+        "import linecache, sys\n"
+        "import PySide6.QtCore\n"
+        "from shoal.runtime.qtscheme import spare_import_hook_memory\n"
+        "spare_import_hook_memory()\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import names_it, plain, tabnanny\n"
+        "chosen = sys.modules['shibokensupport.feature'].pyside_feature_dict\n"
+        "kept = [name for name in linecache.cache if 'names_it' in name or 'plain' in name"
+        " or 'tabnanny' in name]\n"
+        "print(kept, chosen['names_it'], chosen['plain'], chosen['tabnanny'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, timeout=60,
+                         check=True).stdout
+    # Nothing is kept, and the hook still tells a module that names PySide6 (0) from one
+    # that does not (-1).
+    assert out.strip() == "[] 0 -1 -1"
 
 
 def test_looking_for_a_webview_imports_none() -> None:

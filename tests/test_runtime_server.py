@@ -25,9 +25,9 @@ class Echo:
         self.ws = ws
         self._closed = closed
 
-    def message(self, data: bytes, text: bool) -> None:
-        if text:
-            self.ws.send_text("text:" + data.decode())
+    def message(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            self.ws.send_text("text:" + data)
         else:
             self.ws.send_bytes(b"bytes:" + data)
 
@@ -195,6 +195,85 @@ async def test_websocket_messages_fragments_and_close(served: Served) -> None:
             break
         await asyncio.sleep(0.02)
     assert served.closed == [True]
+
+
+UPGRADE = ("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One masked, final frame as a browser sends it (payloads under 126 bytes)."""
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def server_frames(data: bytes) -> list[tuple[int, bool, bytes]]:
+    """(opcode, fin, payload) of each unmasked frame in ``data``."""
+    frames = []
+    while data:
+        length, at = data[1] & 0x7F, 2
+        if length == 126:
+            length, at = int.from_bytes(data[2:4]), 4
+        elif length == 127:
+            length, at = int.from_bytes(data[2:10]), 10
+        frames.append((data[0] & 0x0F, bool(data[0] & 0x80), data[at:at + length]))
+        data = data[at + length:]
+    return frames
+
+
+async def websocket_exchange(port: int, *frames: bytes) -> list[tuple[int, bool, bytes]]:
+    reply = await exchange(port, get("/ws", UPGRADE) + b"".join(frames))
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head  # the RFC 6455 example's answer
+    return server_frames(rest)
+
+
+async def test_websocket_ping_bad_text_and_the_peers_close(served: Served) -> None:
+    frames = await websocket_exchange(served.port, client_frame(0x9, b"are you there"),
+                                      client_frame(0x1, b"ok"))
+    assert frames == [(0xA, True, b"are you there"), (0x1, True, b"text:ok")]
+    # Text that is not UTF-8 fails the connection with 1007, and nothing is delivered.
+    frames = await websocket_exchange(served.port, client_frame(0x1, b"\xff\xfe"),
+                                      client_frame(0x1, b"after"))
+    assert [(op, payload[:2]) for op, _, payload in frames] == [(0x8, (1007).to_bytes(2))]
+    # The peer's close is answered with its code, and the server ends TCP (exchange
+    # returned before its timeout only because it did).
+    frames = await websocket_exchange(served.port, client_frame(0x8, (1000).to_bytes(2)))
+    assert frames == [(0x8, True, (1000).to_bytes(2))]
+
+
+async def test_large_and_empty_binary_messages_arrive_whole(tmp_path: Path) -> None:
+    sessions: list[WebSocket] = []
+
+    class Keep:
+        def __init__(self, ws: WebSocket) -> None:
+            sessions.append(ws)
+
+        def message(self, data: bytes | str) -> None:
+            pass
+
+        def closed(self) -> None:
+            pass
+
+    server = LoopbackServer(lambda request: WebSocketAccept(Keep))
+    listener = bind_listener()
+    await server.start(listener)
+    try:
+        async with connect(f"ws://127.0.0.1:{listener.getsockname()[1]}/", proxy=None,
+                           max_size=None) as ws:
+            for _ in range(100):
+                if sessions:
+                    break
+                await asyncio.sleep(0.01)
+            data = os.urandom((3 << 20) + 5)
+            sessions[0].send_bytes(bytearray(data))
+            sessions[0].send_bytes(b"")
+            assert await ws.recv() == data
+            assert await ws.recv() == b""
+    finally:
+        await server.close()
 
 
 async def test_websocket_handshake_is_checked(served: Served) -> None:

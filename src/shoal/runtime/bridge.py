@@ -230,8 +230,8 @@ class _BridgeSession:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
 
-    def message(self, data: bytes, text: bool) -> None:
-        parsed = _parse_text(data) if text else _parse_binary(data)
+    def message(self, data: bytes | str) -> None:
+        parsed = _parse_text(data) if isinstance(data, str) else _parse_binary(data)
         task = start_eagerly(self._loop, self._answer(parsed))
         if task is None:  # answered already: most calls never wait
             return
@@ -294,10 +294,10 @@ def _send_json(ws: WebSocket, payload: dict[str, Any]) -> None:
     ws.send_text(json.dumps(payload))
 
 
-def _parse_text(text: bytes) -> tuple[int, str, list[Any]] | BridgeError:
+def _parse_text(text: str) -> tuple[int, str, list[Any]] | BridgeError:
     try:
-        request = json.loads(text.decode())
-    except ValueError:  # not JSON, or not UTF-8
+        request = json.loads(text)
+    except ValueError:
         return BridgeError("a bridge message must be JSON", code="EINVAL")
     return _request(request)
 

@@ -56,6 +56,34 @@ def register_scheme() -> bool:
     return True
 
 
+def spare_import_hook_memory() -> None:
+    """Keep PySide6's import hook from holding the source of every later module.
+
+    Importing PySide6 replaces ``__import__`` with a hook that asks, of each module
+    imported after it, whether its source names PySide6 (only such a module may switch
+    on PySide's ``__feature__`` options). It reads the source through ``linecache``,
+    where the text then stays: about 3 MB in the window, for asyncio, the app host and
+    pywebview. Here the same question is answered from the file, read and let go.
+    Nothing changes where PySide6 has no such hook.
+    """
+    import sys
+
+    feature = sys.modules.get("shibokensupport.feature")
+    if feature is not None and callable(getattr(feature, "_mod_uses_pyside", None)):
+        feature._mod_uses_pyside = _source_names_pyside
+
+
+def _source_names_pyside(module: Any) -> bool:
+    path = getattr(module, "__file__", None)
+    if not isinstance(path, str) or not path.endswith(".py"):
+        return False  # the hook's own answer where a module has no source
+    try:
+        with open(path, "rb") as source:
+            return b"PySide6" in source.read()
+    except OSError:
+        return False
+
+
 class Answer(NamedTuple):
     """What the handler replies: a body (bytes, or a file Qt reads itself)."""
 

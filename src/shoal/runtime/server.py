@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 from websockets.datastructures import Headers
-from websockets.frames import Opcode
+from websockets.frames import CloseCode, Opcode
 from websockets.http11 import Request as HandshakeRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -65,8 +65,8 @@ class Response:
 class WebSocketSession(Protocol):
     """What receives the messages of one accepted WebSocket."""
 
-    def message(self, data: bytes, text: bool) -> None:
-        """A whole message: UTF-8 bytes when ``text``."""
+    def message(self, data: bytes | str) -> None:
+        """A whole message: ``str`` for a text message, ``bytes`` for a binary one."""
 
     def closed(self) -> None:
         """The WebSocket is gone; nothing more arrives."""
@@ -389,8 +389,18 @@ class _Connection(asyncio.Protocol):
         self.flush_websocket()
 
     def _deliver(self, data: bytes, text: bool) -> None:
-        if self._session is not None:
-            self._session.message(data, text)
+        protocol = self._websocket
+        if self._session is None or protocol is None or protocol.state is not State.OPEN:
+            return
+        if not text:
+            self._session.message(data)
+            return
+        try:
+            decoded = data.decode()
+        except UnicodeDecodeError:
+            protocol.fail(CloseCode.INVALID_DATA, "a text message must be UTF-8")
+            return
+        self._session.message(decoded)
 
     def flush_websocket(self) -> None:
         assert self._websocket is not None and self._transport is not None

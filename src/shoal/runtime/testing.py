@@ -60,6 +60,11 @@ class BridgeClient:
                                 + bytes(args[binary]))
         return await future
 
+    async def send_raw(self, message: str | bytes) -> None:
+        """One WebSocket message as given, for a test of what the bridge does with junk."""
+        assert self._ws is not None, "use BridgeClient in an async with block"
+        await self._ws.send(message)
+
     async def _read(self) -> None:
         assert self._ws is not None
         async for message in self._ws:
