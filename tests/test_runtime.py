@@ -9,6 +9,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import aiohttp
@@ -560,6 +562,31 @@ def test_pyside6s_import_hook_keeps_no_source(tmp_path: Path) -> None:
     # Nothing is kept, and the hook still tells a module that names PySide6 (0) from one
     # that does not (-1).
     assert out.strip() == "[] 0 -1 -1"
+
+
+def test_asking_a_window_its_address_never_waits_forever() -> None:
+    from shoal.runtime import window
+
+    never = threading.Event()
+
+    class Window:
+        def __init__(self, address: str | None, answers: bool = True) -> None:
+            self.address, self.answers = address, answers
+
+        def get_current_url(self) -> str | None:
+            if not self.answers:
+                never.wait()  # a GUI thread that has gone
+            return self.address
+
+    assert window.address_within(Window("shoal://app/"), 1) == "shoal://app/"
+    assert window.address_within(Window(None), 1) == ""
+    started = time.monotonic()
+    assert window.address_within(Window("x", answers=False), 0.2) is None
+    assert time.monotonic() - started < 1
+    stuck = [t for t in threading.enumerate() if t.is_alive() and not t.daemon
+             and t is not threading.main_thread()]
+    assert stuck == []  # nothing left that Python would wait for at exit
+    never.set()
 
 
 def test_looking_for_a_webview_imports_none() -> None:

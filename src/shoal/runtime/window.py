@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 HOST_DELAY = 1.0
 """Seconds after the window opens by which the host starts even if the page is still
 loading (see ``run_in_window``)."""
+ADDRESS_WAIT = 5.0
+"""Seconds a check of the window's address after a load waits for the GUI thread."""
 
 
 def bind_listener(port: int = 0) -> socket.socket:
@@ -129,6 +131,19 @@ def keep_on_app(current: str, origin: str, load: Callable[[str], None]) -> None:
         return
     _open_elsewhere(current)
     load(origin + "/")
+
+
+def address_within(window: Any, timeout: float) -> str | None:
+    """``window.get_current_url()`` ("" for no address), or None if the GUI thread has
+    not answered within ``timeout``. The asking thread is a daemon: on some renderers the
+    call waits on the GUI thread, and once that thread has closed the window the wait
+    never ends; Python would wait for a thread of its own at exit."""
+    answer: list[str] = []
+    asking = threading.Thread(target=lambda: answer.append(window.get_current_url() or ""),
+                              daemon=True)
+    asking.start()
+    asking.join(timeout)
+    return answer[0] if answer else None
 
 
 def _open_elsewhere(url: str) -> None:
@@ -261,9 +276,12 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
             return
         host.start(shown["origin"])
         announce()
+        current = address_within(window, ADDRESS_WAIT)
+        if current is None:  # the GUI thread did not say: the window is likely gone
+            return
         # pywebview's load_url would serve a non-HTTP address from a server of its own.
         native = shown["origin"] == ORIGIN
-        keep_on_app(window.get_current_url() or "", shown["origin"],
+        keep_on_app(current, shown["origin"],
                     window.native.load_url if native else window.load_url)
 
     host.on_failure = lambda: window.destroy()
