@@ -159,21 +159,51 @@ def isolated_copy(folder: Path) -> Path:
     return copy
 
 
-class _QuietFiles(SimpleHTTPRequestHandler):
+BENCH_SCRIPT = '<script type="module" src="bench.js"></script>'
+
+
+def bench_page(script: str | None) -> bytes:
+    """The bench app's page with ``script`` in place of its own (none if None): the
+    same page for the bare windows."""
+    html = (APP / "index.html").read_text(encoding="utf-8")
+    line = next((line for line in html.splitlines(keepends=True) if BENCH_SCRIPT in line), None)
+    if line is None:
+        raise SystemExit(f"{APP / 'index.html'} no longer loads bench.js as the bench expects")
+    swapped = line.replace(BENCH_SCRIPT, f'<script type="module" src="{script}"></script>')
+    return html.replace(line, swapped if script else "", 1).encode()
+
+
+class _AppFolder(SimpleHTTPRequestHandler):
+    """The bench app's folder, with ``/page.html`` served from memory, and no log."""
+
+    def __init__(self, *args: Any, page: bytes, **kwargs: Any) -> None:
+        self.page = page
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self) -> None:
+        if self.path != "/page.html":
+            super().do_GET()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.page)))
+        self.end_headers()
+        self.wfile.write(self.page)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
-def serve_app_folder(page: str) -> tuple[ThreadingHTTPServer, str]:
+def serve_app_folder(page: bytes) -> tuple[ThreadingHTTPServer, str]:
     """A plain file server of the bench app's folder, and the URL of ``page`` on it."""
-    handler = functools.partial(_QuietFiles, directory=str(APP))
+    handler = functools.partial(_AppFolder, directory=str(APP), page=page)
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/{page}"
+    return server, f"http://127.0.0.1:{server.server_address[1]}/page.html"
 
 
 def measure_baseline(env: dict[str, str]) -> dict[str, float]:
-    server, url = serve_app_folder("baseline.html")
+    server, url = serve_app_folder(bench_page(None))
     started = time.time()
     process = subprocess.Popen([sys.executable, "-c", BASELINE, url, str(started), *WINDOW_SIZE],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -191,7 +221,7 @@ def measure_baseline(env: dict[str, str]) -> dict[str, float]:
 
 def measure_pywebview_bridge(env: dict[str, str]) -> dict[str, Any]:
     """The bench page's calls on pywebview's own bridge, in a bare pywebview window."""
-    server, url = serve_app_folder("pywebview.html")
+    server, url = serve_app_folder(bench_page("pywebview.js"))
     with tempfile.TemporaryDirectory() as data:
         started = time.time()
         process = subprocess.Popen(

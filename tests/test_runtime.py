@@ -564,6 +564,16 @@ def test_pyside6s_import_hook_keeps_no_source(tmp_path: Path) -> None:
     assert out.strip() == "[] 0 -1 -1"
 
 
+def test_a_page_is_on_the_app_origin_only_by_its_whole_host() -> None:
+    from shoal.runtime.pages import on_origin
+
+    for url in ("shoal://app", "shoal://app/", "shoal://app/a?b#c", "shoal://app?x",
+                "shoal://app#x"):
+        assert on_origin(url, "shoal://app"), url
+    for url in ("shoal://app.example/", "shoal://apps/", "http://app/", "", "shoal://"):
+        assert not on_origin(url, "shoal://app"), url
+
+
 def test_asking_a_window_its_address_never_waits_forever() -> None:
     from shoal.runtime import window
 

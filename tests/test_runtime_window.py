@@ -25,19 +25,8 @@ def test_app_in_a_native_window_reaches_the_bridge(tmp_path: Path, gui: str) -> 
     recorder.write_text(f'#!/bin/sh\necho "$1" >> {opened}\n')
     recorder.chmod(0o755)
     (tmp_path / "leave.txt").write_text("navigate away once")
-    command = [sys.executable, "-m", "shoal.cli.main", "run", "--json", "--gui", gui,
-               str(APP), "--data-dir", str(tmp_path)]
-    env = {**os.environ, "BROWSER": str(recorder)}
-    if gui == "qt":
-        env["QT_QPA_PLATFORM"] = "offscreen"
-    else:  # WebKitGTK needs a display: a virtual one
-        command = ["xvfb-run", "--auto-servernum", *command]
-        if os.geteuid() == 0:  # its sandbox cannot run as root
-            env["WEBKIT_DISABLE_SANDBOX_THIS_IS_DANGEROUS"] = "1"
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True,  # so the browser processes it starts go down with it
-    )
+    process = _in_window("run", APP, tmp_path, stdout=subprocess.PIPE, gui=gui,
+                         env={"BROWSER": str(recorder)})
     try:
         assert process.stdout is not None
         ready = json.loads(process.stdout.readline() or "{}")
@@ -100,7 +89,7 @@ def test_window_survives_many_window_calls(tmp_path: Path) -> None:
                       "for (let i = 1; i <= 10000; i++) await window.setTitle(`title ${i}`);\n"
                       'await fs.writeFile("done.txt", document.title);\n')
     data = tmp_path / "data"
-    process = _in_qt_window("run", app, data, stdout=subprocess.DEVNULL)
+    process = _in_window("run", app, data, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while not (data / "done.txt").exists() and process.poll() is None \
@@ -123,13 +112,22 @@ def _script_app(folder: Path, name: str, toml: str, script: str) -> Path:
     return folder
 
 
-def _in_qt_window(command: str, app: Path, data: Path, *, stdout: int) -> subprocess.Popen:
-    """``shoal run`` or ``shoal dev`` of ``app`` in an offscreen Qt window, with JSON
-    events on ``stdout``; stop it with ``_stop``."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "shoal.cli.main", command, "--json", str(app), "--data-dir",
-         str(data)], stdout=stdout, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, start_new_session=True)
+def _in_window(command: str, app: Path, data: Path, *, stdout: int, gui: str = "qt",
+               env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``shoal run`` or ``shoal dev`` of ``app`` in a window (Qt offscreen, or WebKitGTK
+    under Xvfb), with JSON events on ``stdout``; stop it with ``_stop``."""
+    argv = [sys.executable, "-m", "shoal.cli.main", command, "--json", "--gui", gui, str(app),
+            "--data-dir", str(data)]
+    env = {**os.environ, **(env or {})}
+    if gui == "qt":
+        env["QT_QPA_PLATFORM"] = "offscreen"
+    else:  # WebKitGTK needs a display: a virtual one
+        argv = ["xvfb-run", "--auto-servernum", *argv]
+        if os.geteuid() == 0:  # its sandbox cannot run as root
+            env["WEBKIT_DISABLE_SANDBOX_THIS_IS_DANGEROUS"] = "1"
+    # A session of its own, so the browser processes it starts go down with it.
+    return subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -151,7 +149,7 @@ def test_dev_reloads_the_page_in_the_window(tmp_path: Path) -> None:
                       'await fs.writeFile("loads.txt", String(Number(before) + 1));\n')
     data = tmp_path / "data"
     loads = data / "loads.txt"
-    process = _in_qt_window("dev", app, data, stdout=subprocess.PIPE)
+    process = _in_window("dev", app, data, stdout=subprocess.PIPE)
 
     def wait_for_loads(count: str) -> None:
         deadline = time.monotonic() + 30

@@ -15,41 +15,38 @@ from typing import Any
 from shoal.runtime.pages import on_origin
 
 
-def guard_window(native: Any, origin: str, leave: Callable[[str], None]) -> bool:
-    """Apply the wall to the web view in ``native``, pywebview's ``Gtk.Window``, which
-    shows the app at ``origin``; False when there is no web view in it."""
+def web_view(native: Any) -> Any:
+    """The ``WebKit2.WebView`` in ``native``, pywebview's ``Gtk.Window``, or None."""
     from gi.repository import WebKit2
 
-    view = _web_view(native, WebKit2.WebView)
-    if view is None:
-        return False
+    return _find(native, WebKit2.WebView)
+
+
+def guard_window(view: Any, origin: str, leave: Callable[[str], None]) -> None:
+    """Apply the wall to ``view``, which shows the app at ``origin``."""
+    from gi.repository import WebKit2
+
     view.get_user_content_manager().unregister_script_message_handler("jsBridge")
     view.connect("decide-policy", _keep_on(origin, leave, WebKit2))
-    return True
 
 
-def report_loads(native: Any, loaded: Callable[[str], None]) -> bool:
-    """Call ``loaded`` on GTK's thread with the address of each page the web view in
-    ``native`` has finished loading; False when there is no web view in it."""
+def report_loads(view: Any, loaded: Callable[[str], None]) -> None:
+    """Call ``loaded`` on GTK's thread with the address of each page ``view`` has
+    finished loading."""
     from gi.repository import WebKit2
-
-    view = _web_view(native, WebKit2.WebView)
-    if view is None:
-        return False
 
     def changed(view: Any, event: Any) -> None:
         if event == WebKit2.LoadEvent.FINISHED:
             loaded(view.get_uri() or "")
 
     view.connect("load-changed", changed)
-    return True
 
 
-def _web_view(widget: Any, kind: type) -> Any:
+def _find(widget: Any, kind: type) -> Any:
     if isinstance(widget, kind):
         return widget
     for child in widget.get_children() if hasattr(widget, "get_children") else ():
-        found = _web_view(child, kind)
+        found = _find(child, kind)
         if found is not None:
             return found
     return None

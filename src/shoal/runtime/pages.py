@@ -82,7 +82,7 @@ def security_headers(csp: str, *, isolated: bool = False) -> dict[str, str]:
 
 def on_origin(url: str, origin: str) -> bool:
     """Whether ``url`` is a page of ``origin`` (the app's), so the window may show it."""
-    return url == origin or url.startswith(origin + "/")
+    return url == origin or url.startswith((origin + "/", origin + "?", origin + "#"))
 
 
 def app_file(config: AppConfig, relative: str) -> Path | None:

@@ -29,6 +29,7 @@ from shoal.runtime.pages import (
     content_security_policy,
     content_type,
     lowercase_safe,
+    on_origin,
     page_html,
     security_headers,
 )
@@ -171,11 +172,11 @@ def keep_navigation_on_app(page: Any, leave: Callable[[str], None]) -> None:
     ``leave`` gets the address, to open it in the system browser."""
 
     def navigation_requested(request: Any) -> None:
-        url = request.url()
-        if not request.isMainFrame() or (url.scheme() == "shoal" and url.host() == "app"):
+        url = request.url().toString()
+        if not request.isMainFrame() or on_origin(url, ORIGIN):
             return
         request.reject()
-        leave(url.toString())
+        leave(url)
 
     page.navigationRequested.connect(navigation_requested)
 

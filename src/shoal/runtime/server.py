@@ -377,7 +377,7 @@ class _Connection(asyncio.Protocol):
             opcode = frame.opcode
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
                 if frame.fin:
-                    self._deliver(frame.data, opcode is Opcode.TEXT)
+                    self._deliver(protocol, frame.data, opcode is Opcode.TEXT)
                 else:
                     self._fragments = [frame.data]
                     self._fragment_text = opcode is Opcode.TEXT
@@ -385,12 +385,11 @@ class _Connection(asyncio.Protocol):
                 self._fragments.append(frame.data)
                 if frame.fin:
                     whole, self._fragments = b"".join(self._fragments), []
-                    self._deliver(whole, self._fragment_text)
+                    self._deliver(protocol, whole, self._fragment_text)
         self.flush_websocket()
 
-    def _deliver(self, data: bytes, text: bool) -> None:
-        protocol = self._websocket
-        if self._session is None or protocol is None or protocol.state is not State.OPEN:
+    def _deliver(self, protocol: ServerProtocol, data: bytes, text: bool) -> None:
+        if self._session is None or protocol.state is not State.OPEN:
             return
         if not text:
             self._session.message(data)

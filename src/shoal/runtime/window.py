@@ -220,11 +220,12 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
             announced.append(True)
             on_ready(shown["url"])
 
-    def after_load(url: str, load: Callable[[str], None]) -> None:
-        # The GUI thread, after each load: nothing here waits on another thread.
+    def after_load(url: str | None, load: Callable[[str], None]) -> None:
+        # After each load; ``url`` is None when the window's address is not known.
         host.start(shown["origin"])
         announce()
-        keep_on_app(url, shown["origin"], load)
+        if url is not None:
+            keep_on_app(url, shown["origin"], load)
 
     def initialized(renderer: str) -> None:
         # Main thread: pywebview has chosen its renderer; no window exists yet.
@@ -238,10 +239,12 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     def before_show() -> None:
         # GUI thread: the page has its URL but has not asked for it yet.
         if shown.get("renderer") == "gtkwebkit2":
-            from shoal.runtime.gtkwindow import guard_window, report_loads
+            from shoal.runtime.gtkwindow import guard_window, report_loads, web_view
 
-            guard_window(window.native, shown["origin"], _open_elsewhere)
-            if report_loads(window.native, lambda url: after_load(url, window.load_url)):
+            view = web_view(window.native)
+            if view is not None:
+                guard_window(view, shown["origin"], _open_elsewhere)
+                report_loads(view, lambda url: after_load(url, window.load_url))
                 shown["loads"] = "gui"
         if shown["origin"] != ORIGIN:
             return
@@ -259,7 +262,8 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         view.page().setWebChannel(None)
 
         def page_loaded() -> None:
-            # pywebview's load_url would serve a non-HTTP address from a server of its own.
+            # The GUI thread: nothing here waits on another thread. pywebview's load_url
+            # would serve a non-HTTP address from a server of its own.
             after_load(view.url().toString(), window.native.load_url)
             window.events.loaded.set()  # for pywebview's calls that wait for a load
 
@@ -274,15 +278,10 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         # A thread of pywebview's, after each load, unless the GUI thread has it covered.
         if shown.get("loads") == "gui":
             return
-        host.start(shown["origin"])
-        announce()
-        current = address_within(window, ADDRESS_WAIT)
-        if current is None:  # the GUI thread did not say: the window is likely gone
-            return
-        # pywebview's load_url would serve a non-HTTP address from a server of its own.
-        native = shown["origin"] == ORIGIN
-        keep_on_app(current, shown["origin"],
-                    window.native.load_url if native else window.load_url)
+        host.start(shown["origin"])  # before waiting on the GUI thread for the address
+        native = shown["origin"] == ORIGIN  # as in page_loaded
+        after_load(address_within(window, ADDRESS_WAIT),
+                   window.native.load_url if native else window.load_url)
 
     host.on_failure = lambda: window.destroy()
     window.events.initialized += initialized
