@@ -73,7 +73,7 @@ async def test_live_node_survives_100k_hostile_datagrams() -> None:
         await friend.connect(victim.address)
         await friend.send(victim.peer_id, b"before", timeout=5)
         assert (await victim.receive(timeout=5)).data == b"before"
-        session_id = next(iter(victim.endpoint.sessions))
+        session_id = next(iter(victim.endpoint.connections))
         before = dict(victim.stats)
         rng = __import__("random").Random(1234)
         templates = [
@@ -103,10 +103,10 @@ async def test_live_node_survives_100k_hostile_datagrams() -> None:
         handled = sum(v - before.get(k, 0) for k, v in stats.items() if k.startswith("dropped_"))
         handled += sum(
             stats.get(k, 0) - before.get(k, 0)
-            for k in ("stun_answered", "handshakes_answered", "handshakes_repeated")
+            for k in ("stun_answered", "handshakes_answered", "cookies_sent")
         )
         assert received > 50_000, stats  # the kernel may drop some under load
-        assert handled == received, stats  # every hostile datagram is accounted for
+        assert handled == received, {k: v for k, v in stats.items() if not k.startswith("dropped")}
         with pytest.raises(TimeoutError):
             await victim.receive(timeout=0.2)  # nothing hostile reached the application
         await friend.send(victim.peer_id, b"after", timeout=5)

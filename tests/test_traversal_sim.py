@@ -200,9 +200,10 @@ def test_pairs_of_nat_kinds_connect(kind_a: str, kind_b: str, strategy: str, pat
         assert len(hard.sockets) <= 2
 
 
-def test_relayed_session_upgrades_when_a_direct_path_appears() -> None:
+def test_relay_to_direct_upgrade_mid_stream_keeps_every_message_once_in_order() -> None:
     net, _, (a, b) = _lab(4, ["port-restricted", "port-restricted"],
                           config=CoreConfig(punching=False))
+    b.endpoint.serve_channel("chat/1")
     # Block direct traffic between the two NATs for a while: only the relay works.
     blocked = {"on": True}
 
@@ -211,37 +212,47 @@ def test_relayed_session_upgrades_when_a_direct_path_appears() -> None:
         return None if crossing and blocked["on"] else data
 
     net.tap = tap
-    first = a.endpoint.send_message(b.peer_id, b"one", net.now)
+    first = a.endpoint.send_message(b.peer_id, b"warm", net.now)
     net.flush(a)
     assert net.run(30, until=lambda: _delivery(a, first) is not None)
     assert _delivery(a, first).path == "relay"  # type: ignore[union-attr]
-    blocked["on"] = False
-    net.tap = None
-    # A new introduction (as a NAT re-check would trigger) finds the direct path.
-    a.endpoint._peers[b.endpoint.identity.public_key].intro_requested = -1e9
-    a.endpoint._ensure_connecting(a.endpoint._peers[b.endpoint.identity.public_key], net.now)
+    connection = a.endpoint.connection_to(b.endpoint.identity.public_key)
+    handles = []
+    for i in range(1000):
+        channel = "chat/1" if i % 2 else ""
+        handles.append(a.endpoint.send_message(b.peer_id, b"%d" % i, net.now, channel=channel))
+        if i == 300:
+            blocked["on"] = False  # a direct path opens while messages are in flight
+        if i % 50 == 0:
+            net.flush(a)
+            net.run(0.05)
     net.flush(a)
-    assert net.run(10, until=lambda: any(
-        p.peer_id == b.peer_id and p.path == "direct" for p in a.endpoint.peers()))
-    second = a.endpoint.send_message(b.peer_id, b"two", net.now)
-    net.flush(a)
-    assert net.run(10, until=lambda: _delivery(a, second) is not None)
-    assert _delivery(a, second).path == "direct"  # type: ignore[union-attr]
-    assert [m.data for m in b.received()] == [b"one", b"two"]
+    assert net.run(60, until=lambda: all(_delivery(a, h) for h in handles))
+    # One connection throughout: the relay was a path of it, and direct is the next.
+    assert a.endpoint.connection_to(b.endpoint.identity.public_key) is connection
+    assert connection.path_kind == "direct"
+    assert any(isinstance(e, ev.PathChanged) and e.path == "direct" for e in a.events)
+    got: dict[str, list[int]] = {"": [], "chat/1": []}
+    for message in b.received()[1:]:
+        got[message.channel].append(int(message.data))
+    assert got[""] == list(range(0, 1000, 2))
+    assert got["chat/1"] == list(range(1, 1000, 2))
+    paths = {_delivery(a, h).path for h in handles}  # type: ignore[union-attr]
+    assert paths == {"relay", "direct"}
 
 
 def test_a_relay_cannot_alter_what_it_carries() -> None:
     net, introducer, (a, b) = _lab(5, ["symmetric", "symmetric"])
-    relay = introducer.endpoint
-    original = relay._on_relay_send
+    relay = introducer.endpoint.relay
+    original = relay.forward
 
-    def tamper(session, frame, now):  # flips one bit of every relayed DATA packet
+    def tamper(connection, frame, now):  # flips one bit of every relayed DATA packet
         packet = frame.packet
         if packet[0] == PacketKind.DATA:
             packet = packet[:-1] + bytes([packet[-1] ^ 1])
-        original(session, type(frame)(frame.peer, packet), now)
+        original(connection, type(frame)(frame.peer, packet), now)
 
-    relay._on_relay_send = tamper  # type: ignore[method-assign]
+    relay.forward = tamper  # type: ignore[method-assign]
     handle = a.endpoint.send_message(b.peer_id, b"secret", net.now)
     net.flush(a)
     net.run(8)

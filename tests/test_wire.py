@@ -13,22 +13,36 @@ from shoal.core.wire import (
     MAX_VARINT,
     MIN_INIT_SIZE,
     Ack,
+    Channel,
+    ChannelAccepted,
+    ChannelRefused,
     Close,
+    Extension,
     Intro,
     IntroFailed,
     IntroRequest,
     MessageFragment,
     ObservedAddress,
+    PathChallenge,
+    PathResponse,
     Ping,
     Register,
     RelayRecv,
     RelaySend,
+    decode_cookie,
+    decode_final,
     decode_frames,
+    decode_hello,
     decode_init,
     decode_varint,
+    decode_version,
+    encode_cookie,
+    encode_final,
     encode_frame,
+    encode_hello,
     encode_init,
     encode_varint,
+    encode_version,
 )
 from shoal.errors import RemoteProtocolError
 
@@ -55,10 +69,11 @@ def ack_frames(draw: st.DrawFn) -> Ack:
 
 @st.composite
 def fragments(draw: st.DrawFn) -> MessageFragment:
-    data = draw(st.binary(max_size=300))
+    data = draw(st.binary(min_size=1, max_size=300))
     offset = draw(st.integers(0, 10**6))
     total = offset + len(data) + draw(st.integers(0, 1000))
-    return MessageFragment(draw(st.integers(0, 2**30)), total, offset, data)
+    return MessageFragment(draw(st.integers(0, 300)), draw(st.integers(0, 2**30)), total, offset,
+                           data)
 
 
 frames = st.one_of(
@@ -74,6 +89,12 @@ frames = st.one_of(
     st.builds(IntroFailed, st.integers(0, 2**30), peer_ids),
     st.builds(RelaySend, peer_ids, st.binary(min_size=1, max_size=1164)),
     st.builds(RelayRecv, peer_ids, st.binary(min_size=1, max_size=1164)),
+    st.builds(PathChallenge, st.binary(min_size=8, max_size=8)),
+    st.builds(PathResponse, st.binary(min_size=8, max_size=8)),
+    st.builds(Channel, st.integers(0, 2**20), st.text(max_size=40)),
+    st.builds(ChannelAccepted, st.integers(0, 2**20)),
+    st.builds(ChannelRefused, st.integers(0, 2**20)),
+    st.builds(Extension, st.integers(0xC0, 0xFF), st.binary(max_size=100)),
 )
 
 
@@ -97,23 +118,61 @@ def test_random_payloads_raise_only_protocol_errors(raw: bytes) -> None:
 
 @given(st.lists(frames, min_size=1, max_size=4), st.data())
 def test_truncated_frames_are_rejected_cleanly(items: list, data: st.DataObject) -> None:
-    raw = b"".join(encode_frame(f) for f in items)
+    encoded = [encode_frame(f) for f in items]
+    raw = b"".join(encoded)
     cut = data.draw(st.integers(0, len(raw) - 1))
-    with contextlib.suppress(RemoteProtocolError):
-        list(decode_frames(raw[:cut]))
+    try:
+        decoded = list(decode_frames(raw[:cut]))
+    except RemoteProtocolError:
+        return
+    # Decoding silently is right only at a frame boundary, and then it yields exactly the
+    # whole frames before the cut.
+    boundaries = [sum(len(e) for e in encoded[:i]) for i in range(len(encoded) + 1)]
+    assert cut in boundaries
+    assert decoded == items[: boundaries.index(cut)]
 
 
 def test_init_is_padded_against_amplification() -> None:
     datagram = encode_init(b"12345678", b"e" * 32)
     assert len(datagram) == MIN_INIT_SIZE
-    assert decode_init(datagram)[1:] == (b"12345678", b"e" * 32)
+    assert decode_init(datagram)[1:] == (b"12345678", b"e" * 32, b"")
     with pytest.raises(RemoteProtocolError):
         decode_init(datagram[:1000])
-    relayed = encode_init(b"12345678", b"e" * 32, pad=False)
-    assert len(relayed) < 64
-    assert decode_init(relayed, padded=False)[1:] == (b"12345678", b"e" * 32)
+    relayed = encode_init(b"12345678", b"e" * 32, pad=False, cookie=b"c" * 16)
+    assert len(relayed) < 80
+    assert decode_init(relayed, padded=False)[1:] == (b"12345678", b"e" * 32, b"c" * 16)
     with pytest.raises(RemoteProtocolError):
         decode_init(relayed)
+    with pytest.raises(RemoteProtocolError):
+        decode_init(relayed[:-1], padded=False)  # the cookie is cut
+
+
+def test_handshake_packets_round_trip_and_stay_small() -> None:
+    final = encode_final(b"r" * 8, b"s" * 8, b"m1" * 20, b"m3" * 40)
+    assert decode_final(final) == (b"r" * 8, b"s" * 8, b"m1" * 20, b"m3" * 40)
+    cookie = encode_cookie(b"s" * 8, b"c" * 16)
+    assert decode_cookie(cookie) == (b"s" * 8, b"c" * 16)
+    assert len(cookie) < MIN_INIT_SIZE
+    version = encode_version(b"s" * 8, (2, 3))
+    assert decode_version(version) == (b"s" * 8, (2, 3))
+    for bad in (cookie[:-1], version[:-1], final[:18]):
+        with pytest.raises(RemoteProtocolError):
+            {0xD6: decode_cookie, 0xD7: decode_version, 0xD3: decode_final}[bad[0]](bad)
+    assert decode_hello(encode_hello((2, 7), 5)) == ((2, 7), 5)
+
+
+def test_unknown_extension_frames_are_skipped_and_other_unknown_types_are_errors() -> None:
+    payload = encode_frame(Ping()) + bytes((0xE7, 3)) + b"abc" + encode_frame(ChannelAccepted(4))
+    assert list(decode_frames(payload)) == [Ping(), Extension(0xE7, b"abc"), ChannelAccepted(4)]
+    with pytest.raises(RemoteProtocolError):
+        list(decode_frames(encode_frame(Ping()) + b"\x7f"))
+
+
+def test_empty_fragments_of_non_empty_messages_are_refused() -> None:
+    assert list(decode_frames(encode_frame(MessageFragment(0, 0, 0, 0, b"")))) == [
+        MessageFragment(0, 0, 0, 0, b"")]
+    with pytest.raises(RemoteProtocolError):
+        list(decode_frames(encode_frame(MessageFragment(0, 0, 10, 3, b""))))
 
 
 def test_relay_frames_refuse_packets_that_do_not_fit() -> None:

@@ -16,11 +16,13 @@ from shoal.errors import (
 )
 
 if TYPE_CHECKING:
-    from shoal.aio.node import Delivery, Message, Node, PeerInfo
+    from shoal.aio.node import Channel, Delivery, Message, Node, PeerInfo, Subscription
     from shoal.core.config import CoreConfig
     from shoal.identity import Identity
 
 _LAZY = {
+    "Channel": "shoal.aio.node",
+    "Subscription": "shoal.aio.node",
     "Delivery": "shoal.aio.node",
     "Message": "shoal.aio.node",
     "Node": "shoal.aio.node",
@@ -36,6 +38,7 @@ __getattr__ = lazy_exports(globals(), _LAZY)
 __version__ = "0.1.0"
 
 __all__ = [
+    "Channel",
     "ClosedError",
     "CoreConfig",
     "Delivery",
@@ -48,5 +51,6 @@ __all__ = [
     "PeerInfo",
     "RemoteProtocolError",
     "ShoalError",
+    "Subscription",
     "__version__",
 ]

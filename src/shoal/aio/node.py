@@ -23,7 +23,7 @@ from shoal.errors import ClosedError, DeliveryError, LocalProtocolError, ShoalEr
 from shoal.identity import Identity
 from shoal.net import local_addresses, parse_address
 
-__all__ = ["Delivery", "Message", "NatReport", "Node", "PeerInfo"]
+__all__ = ["Channel", "Delivery", "Message", "NatReport", "Node", "PeerInfo", "Subscription"]
 
 NETWORK_POLL = 5.0
 """Seconds between checks of the local addresses (a change re-runs the NAT check)."""
@@ -34,11 +34,12 @@ ALTERNATE_BOTH_SOCKET = -3
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A direct message. ``sender`` is a peer id proven by the session handshake."""
+    """A message. ``sender`` is a peer id proven by the connection's handshake."""
 
     sender: str
     data: bytes
     path: str
+    channel: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,8 @@ class Node:
         self._driver: UdpDriver | None = None
         self._lan: object | None = None
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._inboxes: dict[str, asyncio.Queue[Message | None]] = {"": self._inbox}
+        self._subscriptions: list[Subscription] = []
         self._waiters: dict[int, tuple[asyncio.Future[Delivery], float]] = {}
         self._handles: dict[asyncio.Future[Delivery], int] = {}
         self._stun_waiters: dict[int, asyncio.Future[ev.StunResult]] = {}
@@ -106,7 +109,8 @@ class Node:
         self._watcher: asyncio.Task[None] | None = None
         self._closed = False
         self.events: asyncio.Queue[ev.Event] | None = None
-        """Set to a queue to receive every core event as well (for tools and tests)."""
+        """Set to a queue to receive every core event as well; ``subscribe()`` gives each
+        consumer a queue of its own."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -195,7 +199,10 @@ class Node:
         for waiter in self._nat_waiters:
             if not waiter.done():
                 waiter.set_exception(ClosedError("the node is closed"))
-        self._inbox.put_nowait(None)
+        for inbox in self._inboxes.values():
+            inbox.put_nowait(None)
+        for subscription in list(self._subscriptions):
+            subscription._queue.put_nowait(None)
 
     async def __aenter__(self) -> Node:
         return await self.start()
@@ -272,12 +279,14 @@ class Node:
 
     # ------------------------------------------------------------------ operations
 
-    async def send(self, peer_id: str, data: bytes, *, timeout: float | None = None) -> Delivery:
+    async def send(self, peer_id: str, data: bytes, *, timeout: float | None = None,
+                   channel: str = "") -> Delivery:
         """Send ``data`` to ``peer_id``; returns once the peer acknowledged every byte.
 
-        Raises ``DeliveryError`` (``ETIMEDOUT``, ``EHOSTUNREACH``, ...) if it was not.
+        Raises ``DeliveryError`` (``ETIMEDOUT``, ``EHOSTUNREACH``, ``ENOPROTOOPT`` when the
+        peer does not serve ``channel``, ...) if it was not.
         """
-        future = self.send_nowait(peer_id, data)
+        future = self.send_nowait(peer_id, data, channel=channel)
         if timeout is None:
             return await future
         try:
@@ -288,7 +297,8 @@ class Node:
                 f"{peer_id[:16]}… did not acknowledge within {timeout:g} s", code="ETIMEDOUT"
             ) from None
 
-    def send_nowait(self, peer_id: str, data: bytes) -> asyncio.Future[Delivery]:
+    def send_nowait(self, peer_id: str, data: bytes, *, channel: str = ""
+                    ) -> asyncio.Future[Delivery]:
         """Queue ``data`` for ``peer_id`` and return a future of its ``Delivery``.
 
         The cheap form of ``send`` for many messages in flight: no task per message, and
@@ -300,7 +310,7 @@ class Node:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise LocalProtocolError("message data must be bytes")
         now = driver.now()
-        handle = self.endpoint.send_message(peer_id, bytes(data), now)
+        handle = self.endpoint.send_message(peer_id, bytes(data), now, channel)
         future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
         self._waiters[handle] = (future, now)
         self._handles[future] = handle
@@ -315,8 +325,32 @@ class Node:
         self.endpoint.cancel_message(handle, self._driver.now(), f"timed out after {timeout:g} s")
         self._driver.flush_soon()
 
+    def channel(self, name: str) -> Channel:
+        """Open the named channel ``name`` (an application protocol, such as ``"chat/1"``):
+        this node then accepts messages on it, and they go to the returned ``Channel``
+        only. One ``Channel`` per name at a time; ``close()`` it to stop serving."""
+        if not isinstance(name, str) or not name:
+            raise LocalProtocolError("a channel needs a non-empty name (\"\" is the default)")
+        if name in self._inboxes:
+            raise LocalProtocolError(f"channel {name!r} is already open", code="EBUSY")
+        self.endpoint.serve_channel(name)
+        self._inboxes[name] = asyncio.Queue()
+        return Channel(self, name)
+
+    def _close_channel(self, name: str) -> None:
+        inbox = self._inboxes.pop(name, None)
+        if inbox is not None:
+            self.endpoint.unserve_channel(name)
+            inbox.put_nowait(None)
+
+    def subscribe(self) -> Subscription:
+        """A queue of every core event (connections, paths, NAT, ...) for one consumer."""
+        subscription = Subscription(self)
+        self._subscriptions.append(subscription)
+        return subscription
+
     async def messages(self) -> AsyncIterator[Message]:
-        """Every direct message received, until the node closes."""
+        """Every message received on the default channel, until the node closes."""
         while True:
             message = await self._inbox.get()
             if message is None:
@@ -420,8 +454,12 @@ class Node:
     def _on_event(self, event: ev.Event) -> None:
         if self.events is not None:
             self.events.put_nowait(event)
+        for subscription in self._subscriptions:
+            subscription._queue.put_nowait(event)
         if isinstance(event, ev.MessageReceived):
-            self._inbox.put_nowait(Message(event.peer_id, event.data, event.path))
+            inbox = self._inboxes.get(event.channel)
+            if inbox is not None:
+                inbox.put_nowait(Message(event.peer_id, event.data, event.path, event.channel))
         elif isinstance(event, ev.MessageDelivered | ev.MessageFailed):
             self._settle(event)
         elif isinstance(event, ev.PeerConnected):
@@ -438,3 +476,81 @@ class Node:
             future = self._stun_waiters.get(event.handle)
             if future is not None and not future.done():
                 future.set_result(event)
+
+
+async def _next(queue: asyncio.Queue, timeout: float | None, what: str):  # type: ignore[no-untyped-def]
+    item = await asyncio.wait_for(queue.get(), timeout)
+    if item is None:
+        queue.put_nowait(None)
+        raise ClosedError(f"the {what} is closed")
+    return item
+
+
+class Channel:
+    """A named channel on a node: messages sent here reach the peer's channel of the
+    same name, and the peer's messages on it arrive here only."""
+
+    def __init__(self, node: Node, name: str) -> None:
+        self.node = node
+        self.name = name
+
+    async def send(self, peer_id: str, data: bytes, *, timeout: float | None = None
+                   ) -> Delivery:
+        """Send on this channel; see ``Node.send``."""
+        return await self.node.send(peer_id, data, timeout=timeout, channel=self.name)
+
+    def send_nowait(self, peer_id: str, data: bytes) -> asyncio.Future[Delivery]:
+        return self.node.send_nowait(peer_id, data, channel=self.name)
+
+    async def receive(self, timeout: float | None = None) -> Message:
+        """The next message on this channel."""
+        inbox = self.node._inboxes.get(self.name)
+        if inbox is None:
+            raise ClosedError(f"channel {self.name!r} is closed")
+        return await _next(inbox, timeout, "channel")
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        while True:
+            try:
+                yield await self.receive()
+            except ClosedError:
+                return
+
+    def close(self) -> None:
+        """Stop serving the channel; peers' later messages on it fail with ENOPROTOOPT."""
+        if self.node._inboxes.get(self.name) is not None:
+            self.node._close_channel(self.name)
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Subscription:
+    """Every core event from the moment of subscribing, for one consumer."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._queue: asyncio.Queue[ev.Event | None] = asyncio.Queue()
+
+    async def get(self, timeout: float | None = None) -> ev.Event:
+        return await _next(self._queue, timeout, "node")
+
+    def __aiter__(self) -> AsyncIterator[ev.Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[ev.Event]:
+        while True:
+            try:
+                yield await self.get()
+            except ClosedError:
+                return
+
+    def close(self) -> None:
+        if self in self._node._subscriptions:
+            self._node._subscriptions.remove(self)

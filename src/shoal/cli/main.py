@@ -179,14 +179,10 @@ def introducer(identity_path: str | None, as_json: bool, listen: str, alternate:
 
 
 async def _print_peer_events(node: Any, output: Output) -> None:
-    import asyncio
 
     import shoal.core.events as ev
 
-    queue: asyncio.Queue[ev.Event] = asyncio.Queue()
-    node.events = queue
-    while True:
-        event = await queue.get()
+    async for event in node.subscribe():
         if isinstance(event, ev.PeerConnected):
             where = _where(event.address)
             output.event("peer_connected", f"connected {event.peer_id} at {where} ({event.path})",

@@ -25,10 +25,18 @@ class CoreConfig:
     """Largest direct message accepted or sent (bytes)."""
     max_reassembly_bytes: int = 8 << 20
     """Bytes of partly received messages one session may hold."""
+    max_reassembly_total: int = 64 << 20
+    """Bytes of partly received messages all connections together may hold."""
+    reassembly_timeout: float = 30.0
+    """A message unfinished for this long closes its connection."""
     max_sessions: int = 4096
     max_handshakes_per_source: float = 20.0
-    """Unauthenticated datagrams (INIT, STUN) accepted per second from one IP, sustained."""
+    """INITs and PUNCH answers accepted per second from one IP, sustained."""
     handshake_burst: float = 40.0
+    max_stun_per_source: float = 20.0
+    """STUN requests answered per second from one IP (a bucket apart from handshakes)."""
+    handshake_rate: float = 1000.0
+    """INITs answered per second in all before the node asks for cookies (busy)."""
     introducer: bool = False
     """Keep a registry of connected peers and introduce them to each other."""
     stun_server: bool = True

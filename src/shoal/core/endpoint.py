@@ -8,19 +8,24 @@ it sends what ``datagrams_to_send(now)`` returns and reads ``next_event()`` unti
 Nothing here reads a clock, touches a socket or draws randomness of its own: the
 driver passes ``random_bytes``, so a simulation replays exactly from a seed.
 
-Datagrams are demultiplexed by their first byte: STUN (0x00-0x3f), then Shoal's INIT,
-RESP, FINAL and DATA (see ``wire``). Handshakes are Noise XX with identity proofs
-(``handshake``); established sessions are ``Session`` objects keyed by the session id we
-chose, never by address. Unauthenticated input (INIT, STUN) is rate-limited per source
-IP, and an INIT must be padded to 1200 bytes so a RESP (about 210 bytes) never amplifies.
+The endpoint keeps only what every protocol shares: demultiplexing by first byte,
+handshakes (Noise XX with identity proofs, see ``handshake``), the connection table and
+a registry of *services*. Each service owns frame types (and datagram kinds) and a few
+timers: messages on named channels, rendezvous (introducers, introductions, punching),
+relaying and the NAT check. Frames reach their service through a dispatch table, and
+every deadline (connections, dials, services) lives in one heap, so a wakeup costs
+O(log n) whatever the number of peers.
 
-Peers are reached in this order: an established session; addresses we already know
-(LAN discovery, earlier sessions); an introduction through every connected introducer,
-which tells both sides each other's addresses and NAT kinds so both start handshakes at
-once. From the two NAT kinds each side derives the same ``traversal.Plan``: plain
-dialing, a birthday punch, and a relayed session through the introducer if no direct
-one exists by the plan's deadline. When two sessions with one peer exist, a direct one
-wins over a relayed one; otherwise both sides prefer the one started by the smaller id.
+There is one connection per peer. A connection outlives its path: a relay, a direct
+address, a rebinding. When two handshakes with one peer complete at nearly the same
+time (both sides dialed), the one started by the smaller peer id is kept; the other
+finishes what it carries and closes, and the kept one sends nothing new until then. A
+later handshake with a connected peer means the peer lost its connection (a restart),
+and replaces the old one.
+
+Responders keep no state per INIT (see ``handshake``). Unauthenticated input is rate
+limited per source IP, an INIT must be padded to 1200 bytes so no answer amplifies, and
+beyond ``handshake_rate`` INITs a second the node answers with cookies only.
 
 Besides the node's own socket (id 0) the core may use more: a birthday punch sends from
 a pool of sockets with positive ids (the driver opens one the first time a datagram
@@ -30,53 +35,62 @@ alternate address answers from sockets with negative ids that its driver registe
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shoal.core import events as ev
-from shoal.core import stun
 from shoal.core.config import CoreConfig
-from shoal.core.handshake import PROLOGUE, PendingHandshake, check_proof, make_proof
-from shoal.core.natcheck import NatCheck, NatReport
+from shoal.core.connection import CLOSE_NORMAL, CLOSE_SUPERSEDED, Connection
+from shoal.core.handshake import (
+    PROLOGUE,
+    Dial,
+    ResponderSecrets,
+    check_proof,
+    choose_version,
+    initiator_state,
+    make_proof,
+)
+from shoal.core.natcheck import NatReport
 from shoal.core.noise import HandshakeState
 from shoal.core.punching import PunchScheduler
-from shoal.core.relay import RelayQuotas, TokenBucket
-from shoal.core.session import CLOSE_NORMAL, Session
-from shoal.core.traversal import NatType, Plan, choose_plan
+from shoal.core.relay import TokenBucket
+from shoal.core.services.base import Service
+from shoal.core.services.messages import MessageService
+from shoal.core.services.nat import NatService
+from shoal.core.services.relaying import RelayService
+from shoal.core.services.rendezvous import RendezvousService
+from shoal.core.timers import TimerHeap
+from shoal.core.traversal import NatType
 from shoal.core.wire import (
     AEAD_TAG_SIZE,
     DATA_HEADER_SIZE,
-    MAX_RELAYED_DATAGRAM,
-    PROTOCOL_VERSION,
+    FRAME_CLASSES,
+    SUPPORTED_VERSIONS,
     Address,
+    Extension,
     HandshakeDone,
-    Intro,
-    IntroFailed,
-    IntroRequest,
-    ObservedAddress,
     PacketKind,
-    Register,
     RelayPath,
-    RelayRecv,
-    RelaySend,
+    decode_cookie,
     decode_final,
+    decode_hello,
     decode_init,
-    decode_punch,
     decode_resp,
+    decode_version,
+    encode_cookie,
     encode_final,
     encode_init,
     encode_resp,
+    encode_version,
 )
 from shoal.errors import ClosedError, LocalProtocolError, RemoteProtocolError
 from shoal.identity import Identity, peer_id_to_bytes
 
-MAX_PENDING_RESPONDER = 1024
-MAX_PUNCH_TOKENS = 4096
-INTRO_RETRY = 2.0
-INTRODUCER_BACKOFF_MAX = 30.0
-STUN_RETRIES = (0.5, 1.0)
+CROSSED_DIAL_WINDOW = 5.0
+"""A second connection this soon after the first is a crossed dial, not a reconnection."""
+_SECRETS = "secrets"
+_PUNCH = "punch"
 
 
 @dataclass(slots=True)
@@ -90,55 +104,8 @@ class PeerInfo:
     rtt: float | None
     introducer: bool
     known_addresses: tuple[Address, ...]
-
-
-@dataclass(slots=True)
-class _Peer:
-    peer: bytes
-    session: Session | None = None
-    addresses: dict[Address, str] = field(default_factory=dict)
-    pending: list[tuple[int, bytes]] = field(default_factory=list)
-    intro_requested: float = -1e9
-    unknown: bool = False
-    """Every introducer asked said it does not know this peer."""
-    nat: NatType = field(default_factory=NatType)
-    plan: Plan | None = None
-    relay_via: bytes | None = None
-    """The introducer that introduced us, which can relay between us."""
-    relay_at: float | None = None
-    punch_target: Address | None = None
-    token: bytes = b""
-
-
-@dataclass(slots=True)
-class _Introducer:
-    address: Address
-    peer: bytes | None = None
-    dialing: bool = False
-    next_attempt: float = 0.0
-    backoff: float = 1.0
-
-
-@dataclass(slots=True)
-class _StunAlternate:
-    """A STUN server's four addresses (RFC 5780), keyed by (other IP?, other port?)."""
-
-    other: Address
-    sockets: dict[tuple[bool, bool], int]
-    addresses: dict[tuple[bool, bool], Address]
-
-    def place(self, socket: int) -> tuple[bool, bool] | None:
-        return next((k for k, s in self.sockets.items() if s == socket), None)
-
-
-@dataclass(slots=True)
-class _StunQuery:
-    handle: int
-    server: Address
-    request: bytes
-    first_sent: float
-    retries: list[float]
-    deadline: float
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
 
 class Endpoint:
@@ -150,41 +117,64 @@ class Endpoint:
         *,
         random_bytes: Callable[[int], bytes],
         config: CoreConfig | None = None,
+        services: Iterable[Service] = (),
     ) -> None:
         self.identity = identity
         self.config = config or CoreConfig()
-        self._random = random_bytes
-        self._proof = make_proof(identity, self.config.introducer)
+        self.random = random_bytes
         self._me = identity.public_key
-        self.sessions: dict[bytes, Session] = {}
-        self._handshakes: dict[bytes, PendingHandshake] = {}
-        self._responder_index: dict[tuple[Address, bytes], bytes] = {}
-        self._peers: dict[bytes, _Peer] = {}
-        self._introducers: dict[Address, _Introducer] = {}
-        self._introducer_peers: set[bytes] = set()
-        self._registry: dict[bytes, tuple[Session, tuple[Address, ...]]] = {}
-        self._local_addresses: tuple[Address, ...] = ()
-        self._observed: dict[bytes, Address] = {}
-        self._next_handle = 1
-        self._message_peer: dict[int, bytes] = {}
-        # Every message gets the same timeout, so deadlines arrive in order: a FIFO, from
-        # which delivered messages are dropped lazily.
-        self._deadlines: deque[tuple[float, int]] = deque()
-        self._stun: dict[bytes, _StunQuery] = {}
+        self.local_addresses: tuple[Address, ...] = ()
+        self.connections: dict[bytes, Connection] = {}
+        self._current: dict[bytes, Connection] = {}
+        self._by_peer: dict[bytes, list[Connection]] = {}
+        self._dials: dict[bytes, Dial] = {}
+        self.timers = TimerHeap()
+        self._secrets = ResponderSecrets(random_bytes, 0.0)
+        self.timers.set(_SECRETS, self._secrets.next_rotation())
         self._buckets: dict[str, TokenBucket] = {}
+        self._work: TokenBucket | None = None
         self._events: deque[ev.Event] = deque()
         self._out: list[tuple[bytes, Address, int]] = []
-        self._dirty: dict[Session, None] = {}  # ordered, so runs replay exactly
-        self._next_request_id = 1
-        self._nat_check: NatCheck | None = None
-        self.nat_report: NatReport | None = None
-        self._nat = NatType()
-        self._stun_alternate: _StunAlternate | None = None
-        self._punches = PunchScheduler(random_bytes)
-        self._punch_tokens: dict[bytes, bytes] = {}
-        self._relay_quotas = RelayQuotas(self.config, self._connected_direct)
+        self._dirty: dict[Connection, None] = {}  # ordered, so runs replay exactly
+        self.punches = PunchScheduler(random_bytes)
         self._closed = False
         self.stats: Counter[str] = Counter()
+        self.messages = MessageService()
+        self.rendezvous = RendezvousService()
+        self.relay = RelayService()
+        self.nat_service = NatService()
+        self.services: list[Service] = []
+        self._frame_handlers: dict[type, Service] = {}
+        self._extension_handlers: dict[int, Service] = {}
+        self._packet_handlers: dict[int, Service] = {}
+        for service in (self.messages, self.rendezvous, self.relay, self.nat_service,
+                        *services):
+            self.add_service(service)
+        self._proofs: dict[tuple[int, int], bytes] = {}
+
+    # ================================================================== services
+
+    def add_service(self, service: Service) -> None:
+        """Plug a protocol service in: its frame types and datagram kinds route to it."""
+        for code in service.frame_types:
+            if code >= 0xC0:
+                owner = self._extension_handlers.setdefault(code, service)
+            else:
+                cls = FRAME_CLASSES.get(code)
+                if cls is None:
+                    raise LocalProtocolError(f"frame type 0x{code:02x} has no codec")
+                owner = self._frame_handlers.setdefault(cls, service)
+            if owner is not service:
+                raise LocalProtocolError(f"frame type 0x{code:02x} is already owned by "
+                                         f"{owner.name}")
+        for kind in service.packet_kinds:
+            if self._packet_handlers.setdefault(kind, service) is not service:
+                raise LocalProtocolError(f"datagram kind 0x{kind:02x} is already owned")
+        service.attach(self)
+        self.services.append(service)
+
+    def service(self, cls: type[Service]) -> Service | None:
+        return next((s for s in self.services if isinstance(s, cls)), None)
 
     # ================================================================== public commands
 
@@ -194,80 +184,61 @@ class Endpoint:
 
     def set_local_addresses(self, addresses: Iterable[Address]) -> None:
         """The addresses this node can be reached at on its own networks (sent to introducers)."""
-        self._local_addresses = tuple(dict.fromkeys(addresses))[:8]
+        self.local_addresses = tuple(dict.fromkeys(addresses))[:8]
 
     def add_introducer(self, address: Address, now: float) -> None:
         """Connect to an introducer at ``address`` now, and again whenever it drops."""
         self._check_open()
-        if address not in self._introducers:
-            self._introducers[address] = _Introducer(address)
-        self._service_introducers(now)
+        self.rendezvous.add_introducer(address, now)
 
     def add_peer_address(self, peer_id: str, address: Address, now: float, source: str) -> None:
         """Learn a candidate address for ``peer_id`` (from LAN discovery or the app)."""
         peer = peer_id_to_bytes(peer_id)
-        if peer == self._me:
-            return
-        state = self._peer(peer)
-        state.addresses[address] = source
-        if state.pending and (state.session is None or state.session.closed):
-            self._dial(address, now, expected=peer)
+        if peer != self._me:
+            self.rendezvous.add_address(peer, address, source, now)
 
     def connect(self, address: Address, now: float, peer_id: str | None = None) -> None:
         """Start a handshake with whatever node listens at ``address``."""
         self._check_open()
         expected = peer_id_to_bytes(peer_id) if peer_id else None
-        self._dial(address, now, expected=expected)
+        self.dial(address, now, expected=expected)
 
-    def send_message(self, peer_id: str, data: bytes, now: float) -> int:
-        """Queue a direct message; returns a handle that later events refer to.
+    def reconnect(self, peer_id: str, now: float) -> None:
+        """Ask the introducers for ``peer_id`` again now: a fresh introduction lets a
+        relayed connection find a direct path, or an unreachable peer be tried again."""
+        self._check_open()
+        self.rendezvous.reach(peer_id_to_bytes(peer_id), now, fresh=True)
 
-        ``MessageDelivered`` follows once the receiver acknowledged every byte, or
-        ``MessageFailed`` when it cannot be delivered within ``message_timeout``.
+    def send_message(self, peer_id: str, data: bytes, now: float, channel: str = "") -> int:
+        """Queue a message on ``channel``; returns a handle that later events refer to.
+
+        ``MessageDelivered`` follows once the receiver acknowledged every byte (and
+        serves the channel), or ``MessageFailed`` when it cannot be delivered within
+        ``message_timeout`` (``ENOPROTOOPT``: the peer does not serve the channel).
         """
         self._check_open()
         peer = peer_id_to_bytes(peer_id)
         if peer == self._me:
             raise LocalProtocolError("cannot send a message to this node itself")
-        if len(data) > self.config.max_message_size:
-            raise LocalProtocolError(
-                f"message of {len(data)} bytes exceeds the limit of "
-                f"{self.config.max_message_size}",
-                code="EMSGSIZE",
-            )
-        handle = self._next_handle
-        self._next_handle += 1
-        self._message_peer[handle] = peer
-        self._deadlines.append((now + self.config.message_timeout, handle))
-        if len(self._deadlines) > 2 * len(self._message_peer) + 1024:
-            live = self._message_peer
-            self._deadlines = deque(d for d in self._deadlines if d[1] in live)
-        state = self._peer(peer)
-        session = state.session
-        if session is not None and not session.closed:
-            session.send_message(handle, bytes(data))
-            self._mark(session)
-        else:
-            state.pending.append((handle, bytes(data)))
-            self._ensure_connecting(state, now)
-        return handle
+        return self.messages.send(peer, bytes(data), channel, now)
 
     def cancel_message(self, handle: int, now: float, reason: str = "cancelled") -> None:
         """Give up on a message: it fails with ``ECANCELED`` unless already delivered."""
-        self._fail_message(handle, "ECANCELED", reason)
+        self.messages.cancel(handle, reason)
+
+    def serve_channel(self, channel: str) -> None:
+        """Accept messages on ``channel`` (the default channel ``""`` is always served)."""
+        self.messages.serve(channel)
+
+    def unserve_channel(self, channel: str) -> None:
+        self.messages.unserve(channel)
 
     def stun_request(self, server: Address, now: float) -> int:
         """Ask a STUN server for our public address; answered by a ``StunResult`` event."""
         self._check_open()
-        handle = self._next_handle
-        self._next_handle += 1
-        txid = self._random(12)
-        request = stun.encode_binding_request(txid)
-        self._stun[txid] = _StunQuery(
-            handle, server, request, now, [now + t for t in STUN_RETRIES],
-            now + self.config.stun_timeout,
-        )
-        self._send(request, server)
+        handle = self.messages._next_handle
+        self.messages._next_handle += 1
+        self.nat_service.request(server, handle, now)
         return handle
 
     def start_nat_check(self, now: float, servers: Iterable[Address] = ()) -> None:
@@ -277,21 +248,20 @@ class Endpoint:
         an introducer reports a different one. Ends with a ``NatDetected`` event.
         """
         self._check_open()
-        every = [*self._introducers, *self.config.stun_servers, *servers]
-        targets = tuple(dict.fromkeys(a for a in every if not isinstance(a, RelayPath)))
-        if not targets:
-            return
-        self._nat_check = NatCheck(targets, self._local_addresses, self._random, now)
-        self._after_nat_check(now)
+        self.nat_service.start_check(now, servers)
 
     @property
     def nat(self) -> NatType:
         """This node's NAT kind as last detected (all "unknown" before the first check)."""
-        return self._nat
+        return self.nat_service.nat
+
+    @property
+    def nat_report(self) -> NatReport | None:
+        return self.nat_service.report
 
     def set_nat_type(self, nat: NatType) -> None:
         """Declare this node's NAT kind instead of detecting it (with ``nat_check`` off)."""
-        self._nat = nat
+        self.nat_service.nat = nat
 
     def set_stun_alternate(
         self, primary: Address, other: Address, *, port_socket: int, ip_socket: int,
@@ -301,59 +271,54 @@ class Endpoint:
         the driver has opened (and feeds datagrams from) negative-id sockets at the
         primary IP with the other port (``port_socket``), the other IP with the primary
         port (``ip_socket``) and ``other`` itself (``both_socket``)."""
-        if max(port_socket, ip_socket, both_socket) >= 0:
-            raise LocalProtocolError("alternate STUN sockets use negative ids")
-        (ip1, port1), (ip2, port2) = primary, other
-        self._stun_alternate = _StunAlternate(
-            other,
-            {(False, False): 0, (False, True): port_socket, (True, False): ip_socket,
-             (True, True): both_socket},
-            {(False, False): primary, (False, True): (ip1, port2), (True, False): (ip2, port1),
-             (True, True): other},
-        )
+        self.nat_service.set_alternate(primary, other, port_socket=port_socket,
+                                       ip_socket=ip_socket, both_socket=both_socket)
 
     def sockets_to_close(self) -> list[int]:
         """Pool sockets the driver should close now (their punch is over)."""
-        out, self._punches.closing = self._punches.closing, []
+        out, self.punches.closing = self.punches.closing, []
         return out
 
     def close(self, now: float) -> None:
-        """Close every session (peers are told) and fail every undelivered message."""
+        """Close every connection (peers are told) and fail every undelivered message."""
         if self._closed:
             return
-        for session in list(self.sessions.values()):
-            if not session.closed:
-                session.close(CLOSE_NORMAL, "node shutting down")
-                for datagram in session.datagrams(now):
-                    self._send(datagram, session.address, session.socket)
-            self._drop_session(session, "node shutting down", notify=False)
-        for handle in list(self._message_peer):
-            self._fail_message(handle, "ECLOSED", "node closed")
-        self._handshakes.clear()
-        self._punches.close_all()
+        for connection in list(self.connections.values()):
+            if not connection.closed:
+                connection.close(CLOSE_NORMAL, "node shutting down")
+                self._flush_connection(connection, now)
+            self._drop(connection, "node shutting down", now, notify=False)
+        for service in self.services:
+            service.close(now)
+        self._dials.clear()
+        self.punches.close_all()
         self._closed = True
 
     def peers(self) -> list[PeerInfo]:
         """Known peers, connected or not."""
         out = []
-        for state in self._peers.values():
-            session = state.session if state.session and not state.session.closed else None
+        known = self.rendezvous.peers
+        for peer in dict.fromkeys([*self._current, *known]):
+            connection = self.connection_to(peer)
+            state = known.get(peer)
             out.append(
                 PeerInfo(
-                    peer_id=state.peer.hex(),
-                    connected=session is not None,
-                    address=session.address if session else None,
-                    path=session.path if session else None,
-                    rtt=session.rtt.smoothed if session else None,
-                    introducer=state.peer in self._introducer_peers,
-                    known_addresses=tuple(state.addresses),
+                    peer_id=peer.hex(),
+                    connected=connection is not None,
+                    address=connection.address if connection else None,
+                    path=connection.path_kind if connection else None,
+                    rtt=connection.rtt.smoothed if connection else None,
+                    introducer=peer in self.rendezvous.introducer_peers,
+                    known_addresses=tuple(state.addresses) if state else (),
+                    bytes_sent=connection.bytes_sent if connection else 0,
+                    bytes_received=connection.bytes_received if connection else 0,
                 )
             )
         return out
 
     def observed_addresses(self) -> dict[str, Address]:
         """Our address as each connected peer reports seeing it."""
-        return {peer.hex(): address for peer, address in self._observed.items()}
+        return {peer.hex(): address for peer, address in self.rendezvous.observed.items()}
 
     # ================================================================== driver interface
 
@@ -368,23 +333,22 @@ class Endpoint:
             return
         kind = data[0]
         try:
-            if socket < 0:  # a STUN server's alternate address answers STUN only
-                if kind < 0x40:
-                    self._on_stun(data, address, now, socket)
-                else:
-                    self.stats["dropped_malformed"] += 1
-            elif kind == PacketKind.DATA:
-                self._on_data(data, address, now)
-            elif kind < 0x40:
-                self._on_stun(data, address, now, socket)
-            elif kind == PacketKind.PUNCH:
-                self._on_punch(data, address, now, socket)
+            if kind == PacketKind.DATA and socket >= 0:
+                self._on_data(data, address, now, socket)
+            elif socket < 0 and kind >= 0x40:  # a STUN server's alternate address
+                self.stats["dropped_malformed"] += 1
             elif kind == PacketKind.INIT:
                 self._on_init(data, address, now, socket)
             elif kind == PacketKind.RESP:
                 self._on_resp(data, address, now)
             elif kind == PacketKind.FINAL:
-                self._on_final(data, address, now)
+                self._on_final(data, address, now, socket)
+            elif kind == PacketKind.COOKIE:
+                self._on_cookie(data, address, now)
+            elif kind == PacketKind.VERSION:
+                self._on_version(data, address, now)
+            elif (handler := self._packet_handlers.get(kind)) is not None:
+                handler.on_packet(data, address, now, socket)
             else:
                 self.stats["dropped_malformed"] += 1
         except RemoteProtocolError:
@@ -394,95 +358,40 @@ class Endpoint:
         """Run everything whose deadline has passed."""
         if self._closed:
             return
-        for session in list(self.sessions.values()):
-            if session.get_timer() <= now:
-                session.handle_timer(now)
-                self._after_session(session, now)
-        for handshake in list(self._handshakes.values()):
-            if now >= handshake.deadline:
-                self._handshake_timed_out(handshake, now)
-            elif handshake.initiator and now >= handshake.next_retry:
-                handshake.backoff = min(handshake.backoff * 2, 2.0)
-                handshake.next_retry = now + handshake.backoff
-                self._send(handshake.datagram, handshake.address, handshake.socket)
-        deadlines = self._deadlines
-        while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in self._message_peer):
-            _, handle = deadlines.popleft()
-            peer = self._message_peer.get(handle)
-            if peer is not None:
-                state = self._peers.get(peer)
-                if state is not None and state.unknown and state.session is None:
-                    self._fail_message(handle, "EHOSTUNREACH", "no introducer knows this peer")
-                else:
-                    self._fail_message(handle, "ETIMEDOUT", "not acknowledged in time")
-        for txid, query in list(self._stun.items()):
-            if now >= query.deadline:
-                del self._stun[txid]
-                self._events.append(
-                    ev.StunResult(handle=query.handle, server=query.server, mapped=None, rtt=None)
-                )
-            elif query.retries and now >= query.retries[0]:
-                query.retries.pop(0)
-                self._send(query.request, query.server)
-        self._service_introducers(now)
-        for state in self._peers.values():
-            if state.pending and now >= state.intro_requested + INTRO_RETRY:
-                self._ensure_connecting(state, now)
-            if state.relay_at is not None and now >= state.relay_at:
-                state.relay_at = None
-                self._dial_relayed(state, now)
-        check = self._nat_check
-        if check is not None:
-            check.handle_timer(now)
-            self._after_nat_check(now)
-        self._run_punch(now)
+        for owner in self.timers.pop_due(now):
+            if isinstance(owner, Connection):
+                if owner.local_sid in self.connections:
+                    owner.handle_timer(now)
+                    self.messages.check_reassembly(owner, now)
+                    self._after_connection(owner, now)
+            elif isinstance(owner, Dial):
+                self._dial_timer(owner, now)
+            elif isinstance(owner, tuple):
+                service, key = owner
+                service.on_timer(now, key)
+            elif owner == _SECRETS:
+                self._secrets.rotate(now)
+                self.timers.set(_SECRETS, self._secrets.next_rotation())
+            elif owner == _PUNCH:
+                self.run_punch(now)
 
     def get_timer(self) -> float | None:
         """The next absolute time ``handle_timer`` must run, or None."""
         if self._closed:
             return None
-        candidates = [s.get_timer() for s in self.sessions.values()]
-        for handshake in self._handshakes.values():
-            candidates.append(handshake.deadline)
-            if handshake.initiator:
-                candidates.append(handshake.next_retry)
-        while self._deadlines and self._deadlines[0][1] not in self._message_peer:
-            self._deadlines.popleft()
-        if self._deadlines:
-            candidates.append(self._deadlines[0][0])
-        for query in self._stun.values():
-            candidates.append(query.retries[0] if query.retries else query.deadline)
-        for intro in self._introducers.values():
-            if intro.peer is None and not intro.dialing:
-                candidates.append(intro.next_attempt)
-        for state in self._peers.values():
-            if state.pending:
-                candidates.append(state.intro_requested + INTRO_RETRY)
-            if state.relay_at is not None:
-                candidates.append(state.relay_at)
-        if self._nat_check is not None and (deadline := self._nat_check.get_timer()) is not None:
-            candidates.append(deadline)
-        if (deadline := self._punches.get_timer()) is not None:
-            candidates.append(deadline)
-        return min(candidates) if candidates else None
+        return self.timers.next()
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address, int]]:
         """Everything to put on the wire now, as (datagram, destination, socket id)."""
-        # Relayed sessions hand their packets to the relay's session, which may then
-        # have more to send: hence the loop.
+        # Relayed connections hand their packets to the relay's connection, which may
+        # then have more to send: hence the loop.
         while self._dirty:
             dirty = self._dirty
             self._dirty = {}
-            out = self._out
-            for session in dirty:
-                address = session.address
-                if isinstance(address, RelayPath):
-                    for datagram in session.datagrams(now):
-                        self._send(datagram, address)
-                else:
-                    socket = session.socket
-                    for datagram in session.datagrams(now):
-                        out.append((datagram, address, socket))
+            for connection in dirty:
+                self._flush_connection(connection, now)
+                if not connection.closed:
+                    self.timers.set(connection, connection.get_timer())
         out = self._out
         self._out = []
         self.stats["tx_datagrams"] += len(out)
@@ -491,635 +400,47 @@ class Endpoint:
     def next_event(self) -> ev.Event | None:
         return self._events.popleft() if self._events else None
 
-    # ================================================================== receiving
+    # ================================================================== for services
 
-    def _on_data(self, data: bytes, address: Address, now: float) -> None:
-        if len(data) < DATA_HEADER_SIZE + AEAD_TAG_SIZE:
-            self.stats["dropped_malformed"] += 1
-            return
-        session = self.sessions.get(data[1:9])
-        if session is None:
-            self.stats["dropped_unknown_session"] += 1
-            return
-        if not session.receive(data, address, now):
-            self.stats[f"dropped_{session.drop_reason}"] += 1
-            return
-        self._after_session(session, now)
+    def emit(self, event: ev.Event) -> None:
+        self._events.append(event)
 
-    def _after_session(self, session: Session, now: float) -> None:
-        """Collect what a session produced after input or a timer."""
-        if session.events:
-            for event in session.events:
-                if (
-                    isinstance(event, ev.MessageDelivered)
-                    and self._message_peer.pop(event.handle, None) is None
-                ):
-                    continue  # already failed or cancelled
-                self._events.append(event)
-            session.events.clear()
-        if session.rebound:
-            session.rebound = False
-            session.queue_control(ObservedAddress(session.address))
-        if session.control_in:
-            frames = session.control_in
-            session.control_in = []
-            for frame in frames:
-                self._on_control(session, frame, now)
-        self._mark(session)
-        if session.closed:
-            for datagram in session.datagrams(now):
-                self._send(datagram, session.address, session.socket)
-            self._drop_session(session, session.close_reason)
+    def mark(self, connection: Connection) -> None:
+        """``connection`` has something to send: flush it with the next datagrams."""
+        self._dirty[connection] = None
 
-    def _on_control(self, session: Session, frame: object, now: float) -> None:
-        if isinstance(frame, RelaySend):
-            self._on_relay_send(session, frame, now)
-        elif isinstance(frame, RelayRecv):
-            self._receive_relayed(frame.packet, RelayPath(session.peer, frame.peer), now)
-        elif isinstance(frame, ObservedAddress):
-            previous = self._observed.get(session.peer)
-            self._observed[session.peer] = frame.address
-            self._events.append(ev.AddressObserved(reporter=session.peer_id, address=frame.address))
-            if session.peer in self._introducer_peers and self.config.nat_check and (
-                (self._nat_check is None and self.nat_report is None)
-                or (previous is not None and previous != frame.address)
-            ):
-                self.start_nat_check(now)
-        elif isinstance(frame, Register):
-            if self.config.introducer and not isinstance(session.address, RelayPath):
-                self._registry[session.peer] = (session, frame.local, frame.nat)
-                # Answering only now tells the peer it is listed and can be introduced.
-                session.queue_control(ObservedAddress(session.address))
-        elif isinstance(frame, IntroRequest):
-            self._on_intro_request(session, frame)
-        elif isinstance(frame, Intro):
-            if session.peer in self._introducer_peers:
-                self._on_intro(frame, session.peer, now)
-            else:
-                self.stats["dropped_unsolicited_intro"] += 1
-        elif isinstance(frame, IntroFailed) and session.peer in self._introducer_peers:
-            # The peer may register later; requests repeat until the message deadline.
-            state = self._peers.get(frame.target)
-            if state is not None:
-                state.unknown = True
-
-    def _on_intro_request(self, session: Session, frame: IntroRequest) -> None:
-        target = self._registry.get(frame.target) if self.config.introducer else None
-        if target is None or target[0].closed or frame.target == session.peer:
-            session.queue_control(IntroFailed(frame.request_id, frame.target))
-            return
-        target_session, target_local, target_nat = target
-        mine = self._registry.get(session.peer)
-        my_local, my_nat = (mine[1], mine[2]) if mine else ((), 0)
-        token = self._random(8)
-        session.queue_control(
-            Intro(frame.request_id, frame.target, _addresses(target_session.address, target_local),
-                  target_nat, token)
-        )
-        target_session.queue_control(
-            Intro(0, session.peer, _addresses(session.address, my_local), my_nat, token)
-        )
-        self._mark(target_session)
-        self.stats["introductions"] += 1
-
-    def _on_intro(self, frame: Intro, introducer: bytes, now: float) -> None:
-        if frame.peer == self._me:
-            return
-        state = self._peer(frame.peer)
-        for address in frame.addresses:
-            state.addresses.setdefault(address, "introducer")
-        state.nat = NatType.from_code(frame.nat)
-        state.relay_via = introducer
-        state.token = frame.token
-        # Earlier tokens stay valid: a punch in progress still carries one.
-        self._punch_tokens[frame.token] = frame.peer
-        if len(self._punch_tokens) > MAX_PUNCH_TOKENS:
-            del self._punch_tokens[next(iter(self._punch_tokens))]
-        if self._has_direct(state):
-            return
-        previous = state.plan
-        plan = state.plan = choose_plan(self._nat, state.nat)
-        self.stats[f"plan_{plan.strategy}"] += 1
-        for address in frame.addresses:
-            self._dial(address, now, expected=frame.peer)
-        if self.config.relay and (state.session is None or state.session.closed) and (
-            # Repeated introductions with the same plan must not push the fallback away.
-            state.relay_at is None or previous != plan
-        ):
-            state.relay_at = now + plan.relay_after
-        if plan.strategy == "birthday" and self.config.punching and frame.addresses:
-            state.punch_target = frame.addresses[0]
-            active = self._punches.active
-            if active is not None and active.peer == frame.peer and (
-                active.role != plan.punch_role
-            ):
-                self._end_punch(now)
-            self._punches.request(frame.peer)
-            self._run_punch(now)
-        else:
-            self._punches.forget(frame.peer)
-            if self._punches.is_punching(frame.peer):
-                self._end_punch(now)
-
-    def _on_stun(self, data: bytes, address: Address, now: float, socket: int) -> None:
-        if not stun.looks_like_stun(data):
-            self.stats["dropped_malformed"] += 1
-            return
-        message = stun.decode(data)
-        if message.method_class == stun.BINDING_REQUEST:
-            if not self.config.stun_server or not self._allow(address, now):
-                self.stats["dropped_rate_limited"] += 1
-                return
-            self._answer_stun(message, address, socket)
-        elif message.method_class == stun.BINDING_SUCCESS:
-            check = self._nat_check
-            if check is not None and check.on_answer(message, now):
-                self._after_nat_check(now)
-                return
-            query = self._stun.pop(message.transaction_id, None)
-            if query is None:
-                self.stats["dropped_unsolicited_stun"] += 1
-                return
-            self._events.append(
-                ev.StunResult(
-                    handle=query.handle, server=query.server, mapped=message.mapped,
-                    rtt=now - query.first_sent,
-                )
-            )
-        else:
-            self.stats["dropped_stun_other"] += 1
-
-    def _answer_stun(self, message: stun.StunMessage, address: Address, socket: int) -> None:
-        """Answer a Binding request, from a changed address when asked (RFC 5780) and
-        with the alternate named, as long as the answer is no larger than the request."""
-        alternate = self._stun_alternate
-        txid = message.transaction_id
-        answer = stun.encode_binding_success(txid, address)
-        place = alternate.place(socket) if alternate is not None else None
-        if alternate is not None and place is not None:
-            reply = (place[0] != bool(message.change & stun.CHANGE_IP),
-                     place[1] != bool(message.change & stun.CHANGE_PORT))
-            reply_socket, origin = alternate.sockets[reply], alternate.addresses[reply]
-            rich = stun.encode_binding_success(txid, address, other=alternate.other, origin=origin)
-            if len(rich) <= message.size:
-                self._send(rich, address, reply_socket)
-                self.stats["stun_answered"] += 1
-                return
-            if message.change:  # unpadded change requests would amplify: stay silent
-                self.stats["dropped_stun_unpadded"] += 1
-                return
-        self._send(answer, address, socket)
-        self.stats["stun_answered"] += 1
-
-    def _on_init(
-        self, data: bytes, address: Address, now: float, socket: int = 0, *, relayed: bool = False
-    ) -> None:
-        version, remote_sid, noise_message = decode_init(data, padded=not relayed)
-        if version != PROTOCOL_VERSION:
-            self.stats["dropped_version"] += 1
-            return
-        existing = self._responder_index.get((address, remote_sid))
-        if existing is not None and existing in self._handshakes:
-            self._send(self._handshakes[existing].datagram, address, socket)
-            self.stats["handshakes_repeated"] += 1
-            return
-        if not self._allow(address, now):
-            self.stats["dropped_rate_limited"] += 1
-            return
-        responders = len(self._responder_index)
-        if responders >= MAX_PENDING_RESPONDER or len(self.sessions) >= self.config.max_sessions:
-            self.stats["dropped_busy"] += 1
-            return
-        state = HandshakeState(
-            "XX", False, PROLOGUE, self.identity.static_key, self._random(32)
-        )
-        state.read_message(noise_message)
-        local_sid = self._new_sid()
-        reply = encode_resp(remote_sid, local_sid, state.write_message(self._proof))
-        if len(reply) > len(data) and not relayed:  # never amplify; a padded INIT cannot
-            return
-        handshake = PendingHandshake(
-            local_sid=local_sid, state=state, initiator=False, address=address, created=now,
-            remote_sid=remote_sid, datagram=reply, deadline=now + self.config.handshake_timeout,
-            socket=socket,
-        )
-        self._handshakes[local_sid] = handshake
-        self._responder_index[(address, remote_sid)] = local_sid
-        self._send(reply, address, socket)
-        self.stats["handshakes_answered"] += 1
-
-    def _on_resp(self, data: bytes, address: Address, now: float) -> None:
-        version, receiver_sid, sender_sid, noise_message = decode_resp(data)
-        handshake = self._handshakes.get(receiver_sid)
-        if handshake is None or not handshake.initiator or version != PROTOCOL_VERSION:
-            self.stats["dropped_unknown_session"] += 1
-            return
-        proven = self._complete_read(handshake, noise_message)
-        if proven is None:
-            return
-        peer, is_introducer = proven
-        if peer == self._me or (handshake.expected_peer and peer != handshake.expected_peer):
-            self.stats["dropped_wrong_peer"] += 1
-            self._after_failed_dial(handshake, now)
-            return
-        final = encode_final(sender_sid, handshake.state.write_message(self._proof))
-        send_key, recv_key = handshake.state.split()
-        session = Session(
-            local_sid=handshake.local_sid, remote_sid=sender_sid, peer=peer,
-            peer_introducer=is_introducer, initiator=True, send_key=send_key,
-            recv_key=recv_key, address=address, now=now, config=self.config,
-            socket=handshake.socket,
-        )
-        if handshake.backoff == self.config.handshake_retry:  # INIT was never repeated
-            session.rtt.update(now - handshake.created, 0.0)
-        session.final_datagram = final
-        session.final_deadline = now + max(session.rtt.pto(), self.config.handshake_retry)
-        self._send(final, address, handshake.socket)
-        if handshake.purpose == "introducer":
-            self._introducer_peers.add(peer)
-            intro = self._introducers.get(handshake.address)
-            if intro is not None:
-                intro.peer, intro.dialing, intro.backoff = peer, False, 1.0
-        self._established(session, now)
-
-    def _complete_read(
-        self, handshake: PendingHandshake, noise_message: bytes
-    ) -> tuple[bytes, bool] | None:
-        """Read the peer's last handshake message and check its identity proof."""
-        self._remove_handshake(handshake)
-        try:
-            payload = handshake.state.read_message(noise_message)
-            return check_proof(payload, handshake.state.remote_static)
-        except RemoteProtocolError:
-            self.stats["dropped_handshake"] += 1
+    def connection_to(self, peer: bytes) -> Connection | None:
+        """The connection that carries new traffic to ``peer``, if any."""
+        connection = self._current.get(peer)
+        if connection is None or connection.closed:
             return None
+        return connection
 
-    def _on_final(self, data: bytes, address: Address, now: float) -> None:
-        receiver_sid, noise_message = decode_final(data)
-        handshake = self._handshakes.get(receiver_sid)
-        if handshake is None or handshake.initiator:
-            self.stats["dropped_unknown_session"] += 1
-            return
-        proven = self._complete_read(handshake, noise_message)
-        if proven is None:
-            return
-        peer, is_introducer = proven
-        if peer == self._me:
-            return
-        recv_key, send_key = handshake.state.split()
-        session = Session(
-            local_sid=handshake.local_sid, remote_sid=handshake.remote_sid, peer=peer,
-            peer_introducer=is_introducer, initiator=False, send_key=send_key,
-            recv_key=recv_key, address=address, now=now, config=self.config,
-            socket=handshake.socket,
-        )
-        session.rtt.update(now - handshake.created, 0.0)  # RESP out to FINAL in
-        session.queue_control(HandshakeDone(), reliable=False)
-        self._established(session, now)
+    def connections_with(self, peer: bytes) -> list[Connection]:
+        """Every connection with ``peer``, draining ones included."""
+        return list(self._by_peer.get(peer, ()))
 
-    # ================================================================== sessions and peers
-
-    def _established(self, session: Session, now: float) -> None:
-        self.sessions[session.local_sid] = session
-        state = self._peer(session.peer)
-        relayed = isinstance(session.address, RelayPath)
-        if not relayed:
-            state.addresses.setdefault(session.address, "session")
-            state.relay_at = None
-            if self._punches.is_punching(session.peer):
-                self._end_punch(now)
-            for token in [t for t, p in self._punch_tokens.items() if p == session.peer]:
-                del self._punch_tokens[token]
-        state.unknown = False
-        old = state.session
-        if old is None or old.closed or self._prefer(session, old):
-            state.session = session
-            if old is not None and not old.closed:
-                old.wanted = False
-        else:
-            session.wanted = False
-        if not relayed and not (self.config.introducer and not session.initiator):
-            session.queue_control(ObservedAddress(session.address))
-        if session.peer in self._introducer_peers and session.initiator:
-            session.queue_control(Register(self._local_addresses, self._nat.code))
-            for waiting in self._peers.values():
-                if waiting.pending and waiting is not state:
-                    waiting.intro_requested = -1e9
-                    self._ensure_connecting(waiting, now)
-        active = state.session
-        if state.pending and active is not None:
-            for handle, data in state.pending:
-                active.send_message(handle, data)
-            state.pending.clear()
-            self._mark(active)
-        self._mark(session)
-        self._events.append(
-            ev.PeerConnected(
-                peer_id=session.peer_id, address=session.address, path=session.path,
-                initiator=session.initiator, introducer=session.peer in self._introducer_peers,
-            )
-        )
-
-    def _prefer(self, new: Session, old: Session) -> bool:
-        """Whether ``new`` should replace ``old`` as the session used for sending."""
-        new_direct = not isinstance(new.address, RelayPath)
-        if new_direct != (not isinstance(old.address, RelayPath)):
-            return new_direct
-        new_starter = self._me if new.initiator else new.peer
-        old_starter = self._me if old.initiator else old.peer
-        if new_starter != old_starter:
-            return new_starter < old_starter
-        return True
-
-    def _drop_session(self, session: Session, reason: str, *, notify: bool = True) -> None:
-        self.sessions.pop(session.local_sid, None)
-        self._dirty.pop(session, None)
-        state = self._peers.get(session.peer)
-        handles = session.pending_handles()
-        if state is not None and state.session is session:
-            state.session = None
-            others = [s for s in self.sessions.values() if s.peer == session.peer and not s.closed]
-            others.sort(key=lambda s: isinstance(s.address, RelayPath))
-            replacement = others[0] if others else None
-            if replacement is not None:
-                replacement.wanted = True
-                state.session = replacement
-            elif notify:
-                self._events.append(ev.PeerDisconnected(peer_id=session.peer_id, reason=reason))
-        for handle in handles:
-            self._fail_message(handle, "ECONNRESET", f"session ended: {reason}")
-        if self._registry.get(session.peer, (None,))[0] is session:
-            del self._registry[session.peer]
-        self._observed.pop(session.peer, None)
-        for intro in self._introducers.values():
-            if intro.peer == session.peer and (state is None or state.session is None):
-                intro.peer = None
-                intro.next_attempt = 0.0
-        if session.socket > 0:
-            self._sweep_sockets()
-
-    def _peer(self, peer: bytes) -> _Peer:
-        state = self._peers.get(peer)
-        if state is None:
-            state = self._peers[peer] = _Peer(peer)
-        return state
-
-    def _connecting(self, state: _Peer) -> bool:
-        return any(h.expected_peer == state.peer for h in self._handshakes.values())
-
-    def _ensure_connecting(self, state: _Peer, now: float) -> None:
-        for address in state.addresses:
-            self._dial(address, now, expected=state.peer)
-        if now < state.intro_requested + INTRO_RETRY:
-            return
-        for peer in self._introducer_peers:
-            session = self._peers[peer].session if peer in self._peers else None
-            if session is None or session.closed or peer == state.peer:
-                continue
-            session.queue_control(IntroRequest(self._next_request_id, state.peer))
-            self._next_request_id += 1
-            self._mark(session)
-        state.intro_requested = now
-
-    def _dial(self, address: Address, now: float, *, expected: bytes | None,
-              purpose: str = "peer", socket: int = 0) -> None:
-        for handshake in self._handshakes.values():
-            if handshake.initiator and handshake.address == address and (
-                handshake.expected_peer == expected and handshake.socket == socket
-            ):
-                return
-        state = HandshakeState("XX", True, PROLOGUE, self.identity.static_key, self._random(32))
-        local_sid = self._new_sid()
-        relayed = isinstance(address, RelayPath)
-        datagram = encode_init(local_sid, state.write_message(b""), pad=not relayed)
-        self._handshakes[local_sid] = PendingHandshake(
-            local_sid=local_sid, state=state, initiator=True, address=address, created=now,
-            expected_peer=expected, datagram=datagram,
-            next_retry=now + self.config.handshake_retry, backoff=self.config.handshake_retry,
-            deadline=now + self.config.handshake_timeout, purpose=purpose, socket=socket,
-        )
-        self._send(datagram, address, socket)
-
-    def _handshake_timed_out(self, handshake: PendingHandshake, now: float) -> None:
-        self._remove_handshake(handshake)
-        if handshake.socket > 0:
-            self._sweep_sockets()
-        self.stats["handshake_timeouts"] += 1
-        self._after_failed_dial(handshake, now)
-
-    def _after_failed_dial(self, handshake: PendingHandshake, now: float) -> None:
-        if handshake.purpose == "introducer":
-            intro = self._introducers.get(handshake.address)
-            if intro is not None:
-                intro.dialing = False
-                intro.next_attempt = now + intro.backoff
-                intro.backoff = min(intro.backoff * 2, INTRODUCER_BACKOFF_MAX)
-            return
-        if handshake.expected_peer is None:
-            return
-        state = self._peers.get(handshake.expected_peer)
-        if state is None or not state.pending or self._connecting(state):
-            return
-        if not self._introducer_peers:
-            self._fail_pending(state, "EHOSTUNREACH", "peer did not answer at any known address")
-
-    def _remove_handshake(self, handshake: PendingHandshake) -> None:
-        self._handshakes.pop(handshake.local_sid, None)
-        if not handshake.initiator:
-            self._responder_index.pop((handshake.address, handshake.remote_sid), None)
-
-    def _service_introducers(self, now: float) -> None:
-        for intro in self._introducers.values():
-            if intro.peer is None and not intro.dialing and now >= intro.next_attempt:
-                intro.dialing = True
-                self._dial(intro.address, now, expected=None, purpose="introducer")
-
-    # ================================================================== relaying
-
-    def _send(self, datagram: bytes, address: Address, socket: int = 0) -> None:
+    def send_datagram(self, datagram: bytes, address: Address, socket: int = 0) -> None:
         """Queue one datagram; one for a relayed path goes into a frame to the relay."""
         if isinstance(address, RelayPath):
-            relay = self._peers.get(address.relay)
-            session = relay.session if relay is not None else None
-            if session is None or session.closed or len(datagram) > MAX_RELAYED_DATAGRAM:
-                self.stats["dropped_relay_unavailable"] += 1
-                return
-            session.queue_control(RelaySend(address.peer, datagram), reliable=False)
-            self._mark(session)
-            return
-        self._out.append((datagram, address, socket))
+            self.relay.send_via(address, datagram)
+        else:
+            self._out.append((datagram, address, socket))
 
-    def _receive_relayed(self, packet: bytes, path: RelayPath, now: float) -> None:
-        """A Shoal datagram that came through a relay, from ``path.peer``."""
-        self.stats["rx_relayed"] += 1
-        kind = packet[0]
-        try:
-            if kind == PacketKind.DATA:
-                self._on_data(packet, path, now)  # type: ignore[arg-type]
-            elif kind == PacketKind.INIT:
-                self._on_init(packet, path, now, relayed=True)  # type: ignore[arg-type]
-            elif kind == PacketKind.RESP:
-                self._on_resp(packet, path, now)  # type: ignore[arg-type]
-            elif kind == PacketKind.FINAL:
-                self._on_final(packet, path, now)  # type: ignore[arg-type]
-            else:
-                self.stats["dropped_malformed"] += 1
-        except RemoteProtocolError:
-            self.stats["dropped_malformed"] += 1
+    def reach(self, peer: bytes, now: float) -> None:
+        self.rendezvous.reach(peer, now)
 
-    def _on_relay_send(self, session: Session, frame: RelaySend, now: float) -> None:
-        """Pass a peer's packet on to another connected peer, within the quotas."""
-        source, target = session.peer, frame.peer
-        state = self._peers.get(target)
-        onward = state.session if state is not None else None
-        if (
-            not self.config.relay
-            or onward is None
-            or onward.closed
-            or target == source
-            or isinstance(onward.address, RelayPath)
-            or isinstance(session.address, RelayPath)
-        ):
-            self.stats["dropped_relay_refused"] += 1
-            return
-        if not self._relay_quotas.admit(source, target, len(frame.packet), now):
-            self.stats["dropped_relay_quota"] += 1
-            return
-        onward.queue_control(RelayRecv(source, frame.packet), reliable=False)
-        self._mark(onward)
-        self.stats["relayed_packets"] += 1
-        self.stats["relayed_bytes"] += len(frame.packet)
+    def unknown_peer(self, peer: bytes) -> bool:
+        return self.connection_to(peer) is None and self.rendezvous.unknown(peer)
 
-    def _connected_direct(self, peer: bytes) -> bool:
-        state = self._peers.get(peer)
-        return state is not None and self._has_direct(state)
+    def introducer_addresses(self) -> list[Address]:
+        return list(self.rendezvous.introducers)
 
-    def _has_direct(self, state: _Peer) -> bool:
-        session = state.session
-        return (
-            session is not None and not session.closed
-            and not isinstance(session.address, RelayPath)
-        )
+    def nat_changed(self, now: float) -> None:
+        self.rendezvous.nat_changed(now)
 
-    def _dial_relayed(self, state: _Peer, now: float) -> None:
-        relay = state.relay_via
-        if relay is None or self._has_direct(state) or relay == state.peer:
-            return
-        session = state.session
-        if session is not None and not session.closed:
-            return
-        if not self._connected_direct(relay):
-            return
-        self.stats["relay_dials"] += 1
-        self._dial(RelayPath(relay, state.peer), now, expected=state.peer)  # type: ignore[arg-type]
-
-    # ================================================================== hole punching
-
-    def _on_punch(self, data: bytes, address: Address, now: float, socket: int) -> None:
-        """A PUNCH got through a NAT: dial its sender back from the socket it reached."""
-        peer = self._punch_tokens.get(decode_punch(data))
-        if peer is None:
-            self.stats["dropped_punch"] += 1
-            return
-        state = self._peers.get(peer)
-        punching = any(
-            h.expected_peer == peer and h.socket > 0 for h in self._handshakes.values()
-        )
-        if state is None or self._has_direct(state) or punching or not self._allow(address, now):
-            self.stats["punches_ignored"] += 1
-            return
-        self.stats["punches_received"] += 1
-        self._dial(address, now, expected=peer, socket=socket)
-
-    def _run_punch(self, now: float) -> None:
-        self._out.extend(self._punches.run(now, self._punch_plan))
-        if self._punches.active is None and self._punches.pool_sockets:
-            self._sweep_sockets()
-
-    def _punch_plan(self, peer: bytes) -> tuple[str, Address, bytes] | None:
-        state = self._peers.get(peer)
-        plan = state.plan if state is not None else None
-        if (
-            state is None or plan is None or plan.punch_role is None
-            or state.punch_target is None or self._has_direct(state)
-        ):
-            return None
-        self.stats["punches_started"] += 1
-        return plan.punch_role, state.punch_target, state.token
-
-    def _end_punch(self, now: float) -> None:
-        self._punches.end(now)
-        self._sweep_sockets()
-
-    def _sweep_sockets(self) -> None:
-        """Close pool sockets that no punch, handshake or session uses any more."""
-        if not self._punches.pool_sockets:
-            return
-        in_use = {s.socket for s in self.sessions.values()}
-        in_use.update(h.socket for h in self._handshakes.values())
-        self._punches.sweep(in_use)
-
-    # ================================================================== NAT kind
-
-    def _after_nat_check(self, now: float) -> None:
-        check = self._nat_check
-        if check is None:
-            return
-        for datagram, destination in check.datagrams():
-            self._send(datagram, destination)
-        if not check.done:
-            return
-        self._nat_check = None
-        report = check.report
-        assert report is not None
-        self.nat_report = report
-        changed = report.nat != self._nat
-        self._nat = report.nat
-        self._events.append(ev.NatDetected(report=report))
-        if not changed:
-            return
-        for peer in self._introducer_peers:
-            state = self._peers.get(peer)
-            if state is not None and self._has_direct(state):
-                assert state.session is not None
-                state.session.queue_control(Register(self._local_addresses, self._nat.code))
-                self._mark(state.session)
-        # Peers still waiting, or only relayed, get a fresh introduction with our new kind.
-        for state in self._peers.values():
-            if state.peer in self._introducer_peers or self._has_direct(state):
-                continue
-            if state.pending or state.session is not None:
-                state.intro_requested = -1e9
-                self._ensure_connecting(state, now)
-
-    # ================================================================== messages
-
-    def _fail_message(self, handle: int, code: str, reason: str) -> None:
-        peer = self._message_peer.pop(handle, None)
-        if peer is None:
-            return
-        state = self._peers.get(peer)
-        if state is not None:
-            state.pending = [(h, d) for h, d in state.pending if h != handle]
-            if state.session is not None:
-                state.session.cancel_message(handle)
-        self._events.append(ev.MessageFailed(handle=handle, peer_id=peer.hex(), code=code,
-                                             reason=reason))
-
-    def _fail_pending(self, state: _Peer, code: str, reason: str) -> None:
-        for handle, _ in list(state.pending):
-            self._fail_message(handle, code, reason)
-
-    # ================================================================== helpers
-
-    def _new_sid(self) -> bytes:
-        while True:
-            sid = self._random(8)
-            if sid not in self.sessions and sid not in self._handshakes:
-                return sid
-
-    def _allow(self, address: Address, now: float) -> bool:
-        """Per-source-IP token bucket for unauthenticated datagrams."""
+    def allow_unauthenticated(self, address: Address, now: float) -> bool:
+        """Per-source-IP token bucket for unauthenticated input that costs work."""
         rate = self.config.max_handshakes_per_source
         burst = self.config.handshake_burst
         bucket = self._buckets.get(address[0])
@@ -1129,23 +450,394 @@ class Endpoint:
             bucket = self._buckets[address[0]] = TokenBucket(burst, now)
         return bucket.take(1, rate, burst, now)
 
-    def _mark(self, session: Session) -> None:
-        self._dirty[session] = None
+    def dialing(self, peer: bytes, *, pool: bool = False) -> bool:
+        """Whether a handshake with ``peer`` is in progress (from a pool socket, with ``pool``)."""
+        return any(d.expected_peer == peer and (not pool or d.socket > 0)
+                   for d in self._dials.values())
+
+    def dial(self, address: Address, now: float, *, expected: bytes | None,
+             purpose: str = "peer", socket: int = 0) -> None:
+        """Start a handshake with ``address`` (or, if ``expected`` is connected already,
+        probe ``address`` as a path of that connection)."""
+        if expected is not None and purpose == "peer":
+            connection = self.connection_to(expected)
+            if connection is not None:
+                connection.probe_path(address, socket, now)
+                self.mark(connection)
+                return
+        for dial in self._dials.values():
+            if dial.address == address and dial.expected_peer == expected and (
+                dial.socket == socket
+            ):
+                return
+        seed = self.random(32)
+        _, message = initiator_state(self.identity, seed)
+        local_sid = self._new_sid()
+        relayed = isinstance(address, RelayPath)
+        datagram = encode_init(local_sid, message, pad=not relayed)
+        retry = self.config.handshake_retry
+        dial = Dial(local_sid=local_sid, seed=seed, init_message=message, address=address,
+                    created=now, expected_peer=expected, datagram=datagram,
+                    next_retry=now + retry, backoff=retry,
+                    deadline=now + self.config.handshake_timeout, purpose=purpose,
+                    socket=socket)
+        self._dials[local_sid] = dial
+        self.timers.set(dial, dial.next_retry)
+        self.send_datagram(datagram, address, socket)
+
+    def receive_relayed(self, packet: bytes, path: RelayPath, now: float) -> None:
+        """A Shoal datagram that came through a relay, from ``path.peer``."""
+        self.stats["rx_relayed"] += 1
+        kind = packet[0]
+        try:
+            if kind == PacketKind.DATA:
+                self._on_data(packet, path, now, 0)  # type: ignore[arg-type]
+            elif kind == PacketKind.INIT:
+                self._on_init(packet, path, now, 0, relayed=True)  # type: ignore[arg-type]
+            elif kind == PacketKind.RESP:
+                self._on_resp(packet, path, now)  # type: ignore[arg-type]
+            elif kind == PacketKind.FINAL:
+                self._on_final(packet, path, now, 0)  # type: ignore[arg-type]
+            else:
+                self.stats["dropped_malformed"] += 1
+        except RemoteProtocolError:
+            self.stats["dropped_malformed"] += 1
+
+    def run_punch(self, now: float) -> None:
+        self._out.extend(self.punches.run(now, self.rendezvous.punch_plan))
+        if self.punches.active is None and self.punches.pool_sockets:
+            self._sweep_sockets()
+        self.timers.set(_PUNCH, self.punches.get_timer())
+
+    def end_punch(self, now: float) -> None:
+        self.punches.end(now)
+        self._sweep_sockets()
+        self.timers.set(_PUNCH, self.punches.get_timer())
+
+    # ================================================================== handshakes
+
+    def _proof(self, version: int) -> bytes:
+        key = (version, 0)
+        proof = self._proofs.get(key)
+        if proof is None:
+            proof = self._proofs[key] = make_proof(self.identity, self.config.introducer,
+                                                   version, 0)
+        return proof
+
+    def _work_allowed(self, now: float) -> bool:
+        rate = self.config.handshake_rate
+        if self._work is None:
+            self._work = TokenBucket(rate, now)
+        return self._work.take(1, rate, rate, now)
+
+    def _on_init(self, data: bytes, address: Address, now: float, socket: int = 0, *,
+                 relayed: bool = False) -> None:
+        init = decode_init(data, padded=not relayed)
+        if len(init.noise_message) < 32:
+            raise RemoteProtocolError("INIT carries no ephemeral key")
+        offered, _ = decode_hello(init.noise_message[32:])
+        version = choose_version(offered, init.version)
+        if version is None:
+            self.stats["dropped_version"] += 1
+            if not relayed and self.allow_unauthenticated(address, now):
+                self.send_datagram(encode_version(init.sender_sid, SUPPORTED_VERSIONS),
+                                   address, socket)
+            return
+        if not relayed and not self.allow_unauthenticated(address, now):
+            self.stats["dropped_rate_limited"] += 1
+            return
+        if not self._work_allowed(now):
+            if not self._secrets.cookie_valid(address, init.cookie):
+                self.stats["cookies_sent"] += 1
+                self.send_datagram(encode_cookie(init.sender_sid, self._secrets.cookie(address)),
+                                   address, socket)
+                return
+            self.stats["handshakes_with_cookie"] += 1
+        seed, local_sid = self._secrets.responder_keys(address, init.sender_sid,
+                                                       init.noise_message)
+        state = HandshakeState("XX", False, PROLOGUE, self.identity.static_key, seed)
+        state.read_message(init.noise_message)
+        reply = encode_resp(init.sender_sid, local_sid,
+                            state.write_message(self._proof(version)), version)
+        if len(reply) > len(data) and not relayed:  # never amplify; a padded INIT cannot
+            return
+        self.send_datagram(reply, address, socket)
+        self.stats["handshakes_answered"] += 1
+
+    def _on_cookie(self, data: bytes, address: Address, now: float) -> None:
+        receiver_sid, cookie = decode_cookie(data)
+        dial = self._dials.get(receiver_sid)
+        if dial is None or dial.address != address or dial.cookie == cookie:
+            self.stats["dropped_unsolicited_cookie"] += 1
+            return
+        dial.cookie = cookie
+        dial.datagram = encode_init(dial.local_sid, dial.init_message, cookie=cookie,
+                                    pad=not isinstance(dial.address, RelayPath))
+        self.send_datagram(dial.datagram, dial.address, dial.socket)
+        self.stats["cookies_echoed"] += 1
+
+    def _on_version(self, data: bytes, address: Address, now: float) -> None:
+        receiver_sid, versions = decode_version(data)
+        dial = self._dials.get(receiver_sid)
+        if dial is None or dial.address != address:
+            self.stats["dropped_unsolicited_version"] += 1
+            return
+        if not set(versions) & set(SUPPORTED_VERSIONS):
+            self.stats["dials_version_mismatch"] += 1
+            self._remove_dial(dial)
+            self.rendezvous.on_dial_failed(dial, now)
+
+    def _on_resp(self, data: bytes, address: Address, now: float) -> None:
+        version, receiver_sid, sender_sid, noise_message = decode_resp(data)
+        dial = self._dials.get(receiver_sid)
+        if dial is None or version not in SUPPORTED_VERSIONS:
+            self.stats["dropped_unknown_session"] += 1
+            return
+        # The Noise state is rebuilt from the dial's seed, so a forged RESP that fails
+        # here leaves the dial exactly as it was.
+        state, _ = initiator_state(self.identity, dial.seed)
+        try:
+            proof = check_proof(state.read_message(noise_message), state.remote_static)
+        except RemoteProtocolError:
+            self.stats["dropped_handshake"] += 1
+            return
+        if proof.peer == self._me or (dial.expected_peer and proof.peer != dial.expected_peer):
+            self.stats["dropped_wrong_peer"] += 1
+            self._remove_dial(dial)
+            self.rendezvous.on_dial_failed(dial, now)
+            return
+        if len(self.connections) >= self.config.max_sessions:
+            self.stats["dropped_busy"] += 1
+            return
+        self._remove_dial(dial)
+        final = encode_final(sender_sid, dial.local_sid, dial.init_message,
+                             state.write_message(self._proof(version)))
+        send_key, recv_key = state.split()
+        connection = Connection(
+            local_sid=dial.local_sid, remote_sid=sender_sid, peer=proof.peer,
+            peer_introducer=proof.introducer, initiator=True, send_key=send_key,
+            recv_key=recv_key, address=address, now=now, config=self.config,
+            random_bytes=self.random, socket=dial.socket, version=version,
+            capabilities=proof.capabilities,
+        )
+        connection.purpose, connection.dialed = dial.purpose, dial.address
+        if not dial.retransmitted:
+            connection.rtt.update(now - dial.created, 0.0)
+        connection.final_datagram = final
+        connection.final_deadline = now + max(connection.rtt.pto(), self.config.handshake_retry)
+        self.send_datagram(final, address, dial.socket)
+        self._established(connection, now)
+
+    def _on_final(self, data: bytes, address: Address, now: float, socket: int) -> None:
+        receiver_sid, sender_sid, first, noise_message = decode_final(data)
+        if receiver_sid in self.connections:
+            self.stats["dropped_repeated_final"] += 1
+            return
+        epoch = self._secrets.epoch_of(receiver_sid)
+        if epoch is None or len(first) < 32:
+            self.stats["dropped_unknown_session"] += 1
+            return
+        seed, local_sid = self._secrets.responder_keys(address, sender_sid, first, epoch)
+        if local_sid != receiver_sid:  # not our answer to an INIT from this address
+            self.stats["dropped_unknown_session"] += 1
+            return
+        offered, _ = decode_hello(first[32:])
+        version = choose_version(offered, SUPPORTED_VERSIONS[0])
+        if version is None:
+            self.stats["dropped_version"] += 1
+            return
+        state = HandshakeState("XX", False, PROLOGUE, self.identity.static_key, seed)
+        try:
+            state.read_message(first)
+            state.write_message(self._proof(version))
+            proof = check_proof(state.read_message(noise_message), state.remote_static)
+        except RemoteProtocolError:
+            self.stats["dropped_handshake"] += 1
+            return
+        if proof.peer == self._me:
+            return
+        if len(self.connections) >= self.config.max_sessions:
+            self.stats["dropped_busy"] += 1
+            return
+        recv_key, send_key = state.split()
+        connection = Connection(
+            local_sid=local_sid, remote_sid=sender_sid, peer=proof.peer,
+            peer_introducer=proof.introducer, initiator=False, send_key=send_key,
+            recv_key=recv_key, address=address, now=now, config=self.config,
+            random_bytes=self.random, socket=socket, version=version,
+            capabilities=proof.capabilities,
+        )
+        connection.queue_frame(HandshakeDone(), reliable=False)
+        self._established(connection, now)
+
+    def _dial_timer(self, dial: Dial, now: float) -> None:
+        if dial.local_sid not in self._dials:
+            return
+        if now >= dial.deadline:
+            self._remove_dial(dial)
+            if dial.socket > 0:
+                self._sweep_sockets()
+            self.stats["handshake_timeouts"] += 1
+            self.rendezvous.on_dial_failed(dial, now)
+            return
+        dial.retransmitted = True
+        dial.backoff = min(dial.backoff * 2, 2.0)
+        dial.next_retry = now + dial.backoff
+        self.timers.set(dial, min(dial.next_retry, dial.deadline))
+        self.send_datagram(dial.datagram, dial.address, dial.socket)
+
+    def _remove_dial(self, dial: Dial) -> None:
+        self._dials.pop(dial.local_sid, None)
+        self.timers.set(dial, None)
+
+    # ================================================================== connections
+
+    def _established(self, connection: Connection, now: float) -> None:
+        peer = connection.peer
+        self.connections[connection.local_sid] = connection
+        self.messages.flow(connection)
+        self._by_peer.setdefault(peer, []).append(connection)
+        existing = self.connection_to(peer)
+        if existing is None:
+            self._current[peer] = connection
+            for dial in [d for d in self._dials.values() if d.expected_peer == peer]:
+                self._remove_dial(dial)
+                if dial.address != connection.address:
+                    connection.probe_path(dial.address, dial.socket, now)
+            for service in self.services:
+                service.on_connection_up(connection, now)
+            self.emit(ev.PeerConnected(
+                peer_id=connection.peer_id, address=connection.address,
+                path=connection.path_kind, initiator=connection.initiator,
+                introducer=peer in self.rendezvous.introducer_peers,
+            ))
+        elif self._keeps(existing, connection, now):
+            self._current[peer] = connection
+            self.messages.take_over(existing, connection)
+            if now - existing.established_at < CROSSED_DIAL_WINDOW:
+                existing.draining, existing.wanted = True, False
+                self.stats["crossed_dials"] += 1
+            else:
+                existing.close(CLOSE_SUPERSEDED, "replaced by a new connection")
+                self.stats["connections_replaced"] += 1
+                self.mark(existing)
+                self._after_connection(existing, now)
+            for service in self.services:
+                service.on_connection_up(connection, now)
+        else:
+            connection.draining, connection.wanted = True, False
+            self.stats["crossed_dials"] += 1
+        self.mark(connection)
+        self._after_connection(connection, now)
+
+    def _keeps(self, existing: Connection, new: Connection, now: float) -> bool:
+        """Whether ``new`` replaces ``existing`` as the peer's connection."""
+        def starter(connection: Connection) -> bytes:
+            return self._me if connection.initiator else connection.peer
+
+        if now - existing.established_at < CROSSED_DIAL_WINDOW and (
+            starter(existing) != starter(new)
+        ):
+            return starter(new) < starter(existing)
+        return True
+
+    def _on_data(self, data: bytes, address: Address, now: float, socket: int) -> None:
+        if len(data) < DATA_HEADER_SIZE + AEAD_TAG_SIZE:
+            self.stats["dropped_malformed"] += 1
+            return
+        connection = self.connections.get(data[1:9])
+        if connection is None:
+            self.stats["dropped_unknown_session"] += 1
+            return
+        if not connection.receive(data, address, now, socket):
+            self.stats[f"dropped_{connection.drop_reason}"] += 1
+            return
+        self._after_connection(connection, now)
+
+    def _after_connection(self, connection: Connection, now: float) -> None:
+        """Route what a connection produced after input or a timer."""
+        if connection.frames_in:
+            frames = connection.frames_in
+            connection.frames_in = []
+            handlers = self._frame_handlers
+            for frame in frames:
+                if type(frame) is Extension:
+                    service = self._extension_handlers.get(frame.type)  # type: ignore[union-attr]
+                    if service is None:
+                        self.stats["skipped_extension_frames"] += 1
+                        continue
+                else:
+                    service = handlers.get(type(frame))
+                    if service is None:
+                        self.stats["dropped_unowned_frames"] += 1
+                        continue
+                service.on_frame(connection, frame, now)
+        if connection.path_changed:
+            connection.path_changed = False
+            self.stats["path_changes"] += 1
+            for service in self.services:
+                service.on_path_changed(connection, now)
+            self.emit(ev.PathChanged(peer_id=connection.peer_id, address=connection.address,
+                                     path=connection.path_kind))
+            self._sweep_sockets()
+        if connection.draining and not connection.closed and connection.idle():
+            self.messages.on_idle(connection)
+            if now >= connection.drained_at():
+                connection.close(CLOSE_SUPERSEDED, "superseded by another connection")
+        self.mark(connection)
+        if connection.closed:
+            self._flush_connection(connection, now)
+            self._drop(connection, connection.close_reason, now)
+        else:
+            self.timers.set(connection, connection.get_timer())
+
+    def _flush_connection(self, connection: Connection, now: float) -> None:
+        send = self.send_datagram
+        for datagram, destination, socket in connection.datagrams(now):
+            send(datagram, destination, socket)
+
+    def _drop(self, connection: Connection, reason: str, now: float, *,
+              notify: bool = True) -> None:
+        if self.connections.pop(connection.local_sid, None) is None:
+            return
+        self._dirty.pop(connection, None)
+        self.timers.set(connection, None)
+        peer = connection.peer
+        siblings = self._by_peer.get(peer, [])
+        if connection in siblings:
+            siblings.remove(connection)
+        if not siblings:
+            self._by_peer.pop(peer, None)
+        if self._current.get(peer) is connection:
+            del self._current[peer]
+            others = [c for c in siblings if not c.closed]
+            if others:
+                successor = others[-1]
+                successor.draining, successor.wanted = False, True
+                self._current[peer] = successor
+            elif notify:
+                self.emit(ev.PeerDisconnected(peer_id=connection.peer_id, reason=reason))
+        for service in self.services:
+            service.on_connection_down(connection, reason, now)
+        if connection.socket > 0 or any(p.socket > 0 for p in connection.paths.values()):
+            self._sweep_sockets()
+
+    def _sweep_sockets(self) -> None:
+        """Close pool sockets that no punch, handshake or connection uses any more."""
+        if not self.punches.pool_sockets:
+            return
+        in_use = {p.socket for c in self.connections.values() for p in c.paths.values()}
+        in_use.update(d.socket for d in self._dials.values())
+        self.punches.sweep(in_use)
+
+    # ================================================================== helpers
+
+    def _new_sid(self) -> bytes:
+        while True:
+            sid = self.random(8)
+            if sid not in self.connections and sid not in self._dials:
+                return sid
 
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("the node is closed")
-
-
-def _addresses(observed: Address, local: tuple[Address, ...]) -> tuple[Address, ...]:
-    """Candidates for reaching a peer: its observed address, then its usable LAN addresses."""
-    out = [observed]
-    for address in local:
-        try:
-            ip = ipaddress.ip_address(address[0])
-        except ValueError:
-            continue
-        if ip.is_unspecified or ip.is_multicast or address in out:
-            continue
-        out.append(address)
-    return tuple(out[:8])

@@ -10,7 +10,7 @@ from shoal.core.wire import Address
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PeerConnected:
-    """A session with ``peer_id`` is established (``initiator``: we started it)."""
+    """A connection with ``peer_id`` is established (``initiator``: we started it)."""
 
     peer_id: str
     address: Address
@@ -21,7 +21,7 @@ class PeerConnected:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PeerDisconnected:
-    """The session with ``peer_id`` ended: closed by either side, or the peer went silent."""
+    """The connection with ``peer_id`` ended: closed by either side, or the peer went silent."""
 
     peer_id: str
     reason: str
@@ -29,10 +29,20 @@ class PeerDisconnected:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessageReceived:
-    """A whole direct message from ``peer_id`` (a verified identity)."""
+    """A whole message from ``peer_id`` (a verified identity) on ``channel``."""
 
     peer_id: str
     data: bytes
+    path: str
+    channel: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathChanged:
+    """The connection with ``peer_id`` moved to another path (a relay to direct, say)."""
+
+    peer_id: str
+    address: object
     path: str
 
 
@@ -81,6 +91,6 @@ class NatDetected:
 
 
 Event = (
-    PeerConnected | PeerDisconnected | MessageReceived | MessageDelivered | MessageFailed
-    | AddressObserved | StunResult | NatDetected
+    PeerConnected | PeerDisconnected | PathChanged | MessageReceived | MessageDelivered
+    | MessageFailed | AddressObserved | StunResult | NatDetected
 )

@@ -1,58 +1,166 @@
-"""Handshake bookkeeping: one Noise XX exchange in flight, plus the identity proof that
-binds a peer's Ed25519 identity to the X25519 key it used.
+"""Handshakes: Noise XX with identity proofs, a responder that keeps no state per INIT,
+cookies for a busy responder, and version agreement.
 
+Identity proof
+--------------
 The proof travels as the payload of Noise messages 2 and 3 (so it is encrypted)::
 
-    ed25519_public[32] | signature[64] | flags u8     (flags bit 0: the sender is an introducer)
+    ed25519_public[32] | signature[64] | flags u8 | version varint | capabilities varint
 
 where the signature covers ``"shoal/static-key-endorsement/v1" || x25519_static_public``.
+In message 2, ``version`` is the version the responder chose from the initiator's hello
+and ``capabilities`` the responder's; in message 3 the initiator repeats the version.
+
+Stateless responder
+-------------------
+A responder answers an INIT without remembering it. Its ephemeral key and its session
+id are derived (HMAC-SHA256) from a secret that rotates every ``SECRET_LIFETIME``
+seconds, the INIT's first Noise message, the initiator's session id and the INIT's
+source address. The FINAL repeats that first message, so the responder rebuilds the
+same handshake state once the initiator has shown it receives packets at that address,
+and only then holds anything. The lowest bit of the responder's session id names the
+secret's epoch. A busy responder (more INITs than ``handshake_rate`` allows) answers
+with a COOKIE instead: 16 bytes bound to the source address that the initiator puts in
+its next INIT, which is then answered even under load.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from shoal.core.noise import HandshakeState
-from shoal.core.wire import Address
+from shoal.core.wire import (
+    COOKIE_SIZE,
+    SUPPORTED_VERSIONS,
+    Address,
+    RelayPath,
+    decode_varint,
+    encode_address,
+    encode_varint,
+)
 from shoal.errors import RemoteProtocolError
 from shoal.identity import STATIC_PROOF_CONTEXT, Identity, verify_signature
 
-PROLOGUE = b"shoal/1"
+PROLOGUE = b"shoal/2"
 PROOF_SIZE = 32 + 64 + 1
 FLAG_INTRODUCER = 0x01
+SECRET_LIFETIME = 120.0
 
 
-def make_proof(identity: Identity, introducer: bool) -> bytes:
+class Proof(NamedTuple):
+    peer: bytes
+    introducer: bool
+    version: int
+    capabilities: int
+
+
+def make_proof(identity: Identity, introducer: bool, version: int, capabilities: int) -> bytes:
     flags = FLAG_INTRODUCER if introducer else 0
-    return identity.public_key + identity.static_proof + bytes((flags,))
+    return (identity.public_key + identity.static_proof + bytes((flags,))
+            + encode_varint(version) + encode_varint(capabilities))
 
 
-def check_proof(payload: bytes, remote_static: bytes | None) -> tuple[bytes, bool]:
-    """Verify a peer's proof; returns (peer id bytes, is introducer)."""
+def check_proof(payload: bytes, remote_static: bytes | None) -> Proof:
+    """Verify a peer's proof."""
     if len(payload) < PROOF_SIZE or remote_static is None:
         raise RemoteProtocolError("handshake carries no identity proof")
     public, signature, flags = payload[:32], payload[32:96], payload[96]
     if not verify_signature(public, STATIC_PROOF_CONTEXT + remote_static, signature):
         raise RemoteProtocolError("identity proof does not verify")
-    return bytes(public), bool(flags & FLAG_INTRODUCER)
+    version, pos = decode_varint(payload, PROOF_SIZE)
+    capabilities, _ = decode_varint(payload, pos)
+    return Proof(bytes(public), bool(flags & FLAG_INTRODUCER), version, capabilities)
 
 
-@dataclass(slots=True)
-class PendingHandshake:
-    """A handshake we started (waiting for RESP) or answered (waiting for FINAL)."""
+def choose_version(offered: tuple[int, ...], header_version: int) -> int | None:
+    """The best version both sides speak (our order of preference), or None."""
+    offered = offered or (header_version,)
+    return next((v for v in SUPPORTED_VERSIONS if v in offered), None)
+
+
+def address_bytes(address: Address) -> bytes:
+    if isinstance(address, RelayPath):
+        return b"R" + address.relay + address.peer
+    try:
+        return encode_address(address)
+    except ValueError:
+        return repr(address).encode()
+
+
+class ResponderSecrets:
+    """The rotating secret behind stateless answers and cookies (current and previous)."""
+
+    def __init__(self, random_bytes, now: float) -> None:  # type: ignore[no-untyped-def]
+        self._random = random_bytes
+        self.epoch = 0
+        self._secrets = {0: random_bytes(32)}
+        self._rotated = now
+
+    def next_rotation(self) -> float:
+        return self._rotated + SECRET_LIFETIME
+
+    def rotate(self, now: float) -> None:
+        self.epoch += 1
+        self._secrets = {self.epoch: self._random(32),
+                         self.epoch - 1: self._secrets[self.epoch - 1]}
+        self._rotated = now
+
+    def _mac(self, epoch: int, label: bytes, *parts: bytes) -> bytes:
+        return hmac.new(self._secrets[epoch], label + b"".join(parts), hashlib.sha256).digest()
+
+    def responder_keys(self, address: Address, initiator_sid: bytes, message: bytes,
+                       epoch: int | None = None) -> tuple[bytes, bytes]:
+        """(ephemeral seed, responder session id) for one INIT, from ``epoch`` or now."""
+        epoch = self.epoch if epoch is None else epoch
+        where = address_bytes(address)
+        seed = self._mac(epoch, b"ephemeral", where, initiator_sid, message)
+        sid = self._mac(epoch, b"sid", where, initiator_sid, message)[:8]
+        sid = bytes((sid[0] & 0xFE | epoch & 1,)) + sid[1:]
+        return seed, sid
+
+    def epoch_of(self, sid: bytes) -> int | None:
+        """The epoch whose secret made session id ``sid``, if still kept."""
+        parity = sid[0] & 1
+        return next((e for e in self._secrets if e & 1 == parity), None)
+
+    def cookie(self, address: Address, epoch: int | None = None) -> bytes:
+        epoch = self.epoch if epoch is None else epoch
+        return self._mac(epoch, b"cookie", address_bytes(address))[:COOKIE_SIZE]
+
+    def cookie_valid(self, address: Address, cookie: bytes) -> bool:
+        return len(cookie) == COOKIE_SIZE and any(
+            hmac.compare_digest(cookie, self.cookie(address, e)) for e in self._secrets
+        )
+
+
+@dataclass(slots=True, eq=False)
+class Dial:
+    """A handshake this node started, waiting for the RESP."""
 
     local_sid: bytes
-    state: HandshakeState
-    initiator: bool
+    seed: bytes
+    """The ephemeral seed: the Noise state is rebuilt from it, so a forged RESP changes nothing."""
+    init_message: bytes
     address: Address
     created: float
-    expected_peer: bytes | None = None
-    remote_sid: bytes = b""
-    datagram: bytes = b""
-    """INIT to retransmit (initiator) or RESP to repeat when INIT repeats (responder)."""
-    next_retry: float = 0.0
-    backoff: float = 0.25
-    deadline: float = 0.0
+    expected_peer: bytes | None
+    datagram: bytes
+    next_retry: float
+    backoff: float
+    deadline: float
     purpose: str = "peer"
     socket: int = 0
-    """The local socket the handshake's packets use."""
+    cookie: bytes = b""
+    retransmitted: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def initiator_state(identity: Identity, seed: bytes) -> tuple[HandshakeState, bytes]:
+    """A fresh initiator handshake and its first message (carrying our hello)."""
+    from shoal.core.wire import encode_hello
+
+    state = HandshakeState("XX", True, PROLOGUE, identity.static_key, seed)
+    return state, state.write_message(encode_hello(SUPPORTED_VERSIONS, 0))

@@ -5,19 +5,27 @@ Theory of operation
 Every Shoal datagram starts with a one-byte kind. Kinds 0x00-0x3f are left to STUN
 (RFC 7983 demultiplexing), so Shoal's start at 0xd0::
 
-    INIT   d1 | version u8 | sender_sid[8] | noise msg 1 | zero padding to >= 1200 bytes
-    RESP   d2 | version u8 | receiver_sid[8] | sender_sid[8] | noise msg 2
-    FINAL  d3 | receiver_sid[8] | noise msg 3
-    DATA   d4 | receiver_sid[8] | packet_number u64 | AEAD(frames)   (AD = the 17 header bytes)
-    PUNCH  d5 | token[8]     (hole punching: opens NAT mappings, carries no data)
+    INIT    d1 | version u8 | sender_sid[8] | len u16 | noise msg 1 | cookie_len u8 | cookie
+                | zero padding to >= 1200 bytes
+    RESP    d2 | version u8 | receiver_sid[8] | sender_sid[8] | noise msg 2
+    FINAL   d3 | receiver_sid[8] | sender_sid[8] | len u16 | noise msg 1 | noise msg 3
+    DATA    d4 | receiver_sid[8] | packet_number u64 | AEAD(frames)   (AD = the 17 header bytes)
+    PUNCH   d5 | token[8]     (hole punching: opens NAT mappings, carries no data)
+    COOKIE  d6 | receiver_sid[8] | cookie[16]   (a busy responder: send the INIT again with it)
+    VERSION d7 | receiver_sid[8] | count u8 | version u8 *   (the versions the responder speaks)
+
+A responder keeps no state for an INIT: its ephemeral key and session id are derived from
+a rotating secret, the INIT and its source address, and the FINAL repeats noise message 1
+so that the responder can rebuild the handshake once the initiator has proven its address.
 
 An INIT that travels inside a relay (see ``RelaySend``) is not padded: it reaches the
 receiver through an authenticated session, so it cannot be used for amplification.
 
 Session ids are random and chosen by the receiver of the packets that carry them, so a
-session survives a change of address (NAT rebinding, roaming). A DATA packet's payload
-is a sequence of typed frames (see ``FrameType``); unknown frame types end the session,
-as a peer that sends them speaks a newer protocol and must negotiate first.
+connection survives a change of address (NAT rebinding, roaming, relay to direct).
+A DATA packet's payload is a sequence of typed frames (see ``FrameType``). Frame types
+0xc0-0xff are extensions: ``type u8 | length varint | body``; a node skips those it does
+not know. Any other unknown type is a protocol error.
 
 Integers inside frames are QUIC variable-length integers (RFC 9000 section 16).
 Parsers here raise only ``RemoteProtocolError``; anything else is a bug.
@@ -27,14 +35,16 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
 from shoal.errors import RemoteProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (2,)
+"""Every protocol version this implementation speaks, preferred first."""
 MIN_INIT_SIZE = 1200
 MAX_DATAGRAM_SIZE = 1232  # fits the IPv6 minimum MTU of 1280 after IP and UDP headers
 SID_SIZE = 8
@@ -66,6 +76,8 @@ class PacketKind(IntEnum):
     FINAL = 0xD3
     DATA = 0xD4
     PUNCH = 0xD5
+    COOKIE = 0xD6
+    VERSION = 0xD7
 
 
 class FrameType(IntEnum):
@@ -73,7 +85,12 @@ class FrameType(IntEnum):
     ACK = 0x02
     CLOSE = 0x03
     HANDSHAKE_DONE = 0x04
+    PATH_CHALLENGE = 0x05
+    PATH_RESPONSE = 0x06
     MESSAGE = 0x10
+    CHANNEL = 0x11
+    CHANNEL_ACCEPTED = 0x12
+    CHANNEL_REFUSED = 0x13
     OBSERVED_ADDRESS = 0x20
     REGISTER = 0x21
     INTRO_REQUEST = 0x22
@@ -202,9 +219,25 @@ class HandshakeDone:
 
 
 @dataclass(frozen=True, slots=True)
-class MessageFragment:
-    """``data`` is bytes ``offset .. offset+len(data)`` of message ``message_id``."""
+class PathChallenge:
+    """Asks the peer to echo ``data`` on the path this frame arrived by."""
 
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PathResponse:
+    """Echoes a ``PathChallenge``: the path it answers works both ways."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFragment:
+    """``data`` is bytes ``offset .. offset+len(data)`` of message ``message_id`` of
+    channel ``channel`` (0: the default channel)."""
+
+    channel: int
     message_id: int
     total_length: int
     offset: int
@@ -212,8 +245,28 @@ class MessageFragment:
 
 
 @dataclass(frozen=True, slots=True)
+class Channel:
+    """Binds channel number ``number`` (chosen by the sender) to the name ``name``."""
+
+    number: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAccepted:
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRefused:
+    """The receiver does not serve the channel the sender bound to ``number``."""
+
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
 class ObservedAddress:
-    """The address the sender sees this session's packets come from."""
+    """The address the sender sees this connection's packets come from."""
 
     address: Address
 
@@ -270,11 +323,22 @@ class RelayRecv:
     packet: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """A frame in the extension range (0xc0-0xff): ``type u8 | length varint | body``."""
+
+    type: int
+    body: bytes
+
+
 Frame = (
-    Ping | Ack | Close | HandshakeDone | MessageFragment | ObservedAddress | Register
-    | IntroRequest | Intro | IntroFailed | RelaySend | RelayRecv
+    Ping | Ack | Close | HandshakeDone | PathChallenge | PathResponse | MessageFragment
+    | Channel | ChannelAccepted | ChannelRefused | ObservedAddress | Register | IntroRequest
+    | Intro | IntroFailed | RelaySend | RelayRecv | Extension
 )
 
+EXTENSION_FIRST = 0xC0
+MAX_CHANNEL_NAME = 255
 _PING = bytes((FrameType.PING,))
 _HANDSHAKE_DONE = bytes((FrameType.HANDSHAKE_DONE,))
 
@@ -283,8 +347,9 @@ def encode_frame(frame: Frame) -> bytes:
     """The wire bytes of one frame."""
     ev = encode_varint
     match frame:
-        case MessageFragment(message_id, total, offset, data):
-            return b"".join((b"\x10", ev(message_id), ev(total), ev(offset), ev(len(data)), data))
+        case MessageFragment(channel, message_id, total, offset, data):
+            return b"".join((b"\x10", ev(channel), ev(message_id), ev(total), ev(offset),
+                             ev(len(data)), data))
         case Ack(ranges, delay):
             return encode_ack(ranges, delay)
         case Ping():
@@ -294,6 +359,17 @@ def encode_frame(frame: Frame) -> bytes:
         case Close(code, reason):
             raw = reason.encode()[:512]
             return b"\x03" + ev(code) + ev(len(raw)) + raw
+        case PathChallenge(data):
+            return b"\x05" + data
+        case PathResponse(data):
+            return b"\x06" + data
+        case Channel(number, name):
+            raw = name.encode()
+            return b"\x11" + ev(number) + ev(len(raw)) + raw
+        case ChannelAccepted(number):
+            return b"\x12" + ev(number)
+        case ChannelRefused(number):
+            return b"\x13" + ev(number)
         case ObservedAddress(address):
             return b"\x20" + encode_address(address)
         case Register(local, nat):
@@ -310,6 +386,10 @@ def encode_frame(frame: Frame) -> bytes:
             return b"\x30" + peer + ev(len(packet)) + packet
         case RelayRecv(peer, packet):
             return b"\x31" + peer + ev(len(packet)) + packet
+        case Extension(kind, body):
+            if not EXTENSION_FIRST <= kind <= 0xFF:
+                raise ValueError("extension frame types are 0xc0-0xff")
+            return bytes((kind,)) + ev(len(body)) + body
     raise TypeError(f"not a frame: {frame!r}")
 
 
@@ -351,60 +431,133 @@ def _decode_ack(buf: bytes, pos: int) -> tuple[Ack, int]:
     return Ack(tuple(ranges), delay), pos
 
 
+def _decode_fragment(buf: bytes, pos: int) -> tuple[MessageFragment, int]:
+    dv = decode_varint
+    channel, pos = dv(buf, pos)
+    message_id, pos = dv(buf, pos)
+    total, pos = dv(buf, pos)
+    offset, pos = dv(buf, pos)
+    data, pos = _take_blob_at(buf, pos)
+    if offset + len(data) > total:
+        raise RemoteProtocolError("message fragment beyond message length")
+    if not data and total:
+        raise RemoteProtocolError("empty fragment of a non-empty message")
+    return MessageFragment(channel, message_id, total, offset, data), pos
+
+
+def _decode_close(buf: bytes, pos: int) -> tuple[Close, int]:
+    code, pos = decode_varint(buf, pos)
+    raw, pos = _take_blob(buf, pos)
+    return Close(code, raw.decode("utf-8", "replace")), pos
+
+
+def _decode_path(kind: type[PathChallenge] | type[PathResponse]) -> FrameDecoder:
+    def decode(buf: bytes, pos: int) -> tuple[Frame, int]:
+        data, pos = _take(buf, pos, 8)
+        return kind(data), pos
+
+    return decode
+
+
+def _decode_channel(buf: bytes, pos: int) -> tuple[Channel, int]:
+    number, pos = decode_varint(buf, pos)
+    raw, pos = _take_blob(buf, pos)
+    if len(raw) > MAX_CHANNEL_NAME:
+        raise RemoteProtocolError("channel name too long")
+    try:
+        return Channel(number, raw.decode()), pos
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("channel name is not UTF-8") from None
+
+
+def _decode_number(kind: type[ChannelAccepted] | type[ChannelRefused]) -> FrameDecoder:
+    def decode(buf: bytes, pos: int) -> tuple[Frame, int]:
+        number, pos = decode_varint(buf, pos)
+        return kind(number), pos
+
+    return decode
+
+
+def _decode_register(buf: bytes, pos: int) -> tuple[Register, int]:
+    local, pos = _decode_addresses(buf, pos)
+    nat, pos = decode_varint(buf, pos)
+    return Register(local, nat), pos
+
+
+def _decode_intro_request(buf: bytes, pos: int) -> tuple[Frame, int]:
+    request_id, pos = decode_varint(buf, pos)
+    target, pos = _take(buf, pos, 32)
+    return IntroRequest(request_id, target), pos
+
+
+def _decode_intro(buf: bytes, pos: int) -> tuple[Intro, int]:
+    request_id, pos = decode_varint(buf, pos)
+    peer, pos = _take(buf, pos, 32)
+    addresses, pos = _decode_addresses(buf, pos)
+    nat, pos = decode_varint(buf, pos)
+    token, pos = _take(buf, pos, 8)
+    return Intro(request_id, peer, addresses, nat, token), pos
+
+
+def _decode_intro_failed(buf: bytes, pos: int) -> tuple[Frame, int]:
+    request_id, pos = decode_varint(buf, pos)
+    target, pos = _take(buf, pos, 32)
+    return IntroFailed(request_id, target), pos
+
+
+def _decode_relay(kind: type[RelaySend] | type[RelayRecv]) -> FrameDecoder:
+    def decode(buf: bytes, pos: int) -> tuple[Frame, int]:
+        peer, pos = _take(buf, pos, 32)
+        packet, pos = _take_blob_at(buf, pos)
+        if not packet or len(packet) > MAX_RELAYED_DATAGRAM:
+            raise RemoteProtocolError("relayed packet empty or too large")
+        return kind(peer, packet), pos
+
+    return decode
+
+
+def _decode_observed(buf: bytes, pos: int) -> tuple[Frame, int]:
+    address, pos = decode_address(buf, pos)
+    return ObservedAddress(address), pos
+
+
+FrameDecoder = Callable[[bytes, int], tuple[Frame, int]]
+
+DECODERS: dict[int, FrameDecoder] = {
+    FrameType.PING: lambda buf, pos: (Ping(), pos),
+    FrameType.ACK: _decode_ack,
+    FrameType.CLOSE: _decode_close,
+    FrameType.HANDSHAKE_DONE: lambda buf, pos: (HandshakeDone(), pos),
+    FrameType.PATH_CHALLENGE: _decode_path(PathChallenge),
+    FrameType.PATH_RESPONSE: _decode_path(PathResponse),
+    FrameType.MESSAGE: _decode_fragment,
+    FrameType.CHANNEL: _decode_channel,
+    FrameType.CHANNEL_ACCEPTED: _decode_number(ChannelAccepted),
+    FrameType.CHANNEL_REFUSED: _decode_number(ChannelRefused),
+    FrameType.OBSERVED_ADDRESS: _decode_observed,
+    FrameType.REGISTER: _decode_register,
+    FrameType.INTRO_REQUEST: _decode_intro_request,
+    FrameType.INTRO: _decode_intro,
+    FrameType.INTRO_FAILED: _decode_intro_failed,
+    FrameType.RELAY_SEND: _decode_relay(RelaySend),
+    FrameType.RELAY_RECV: _decode_relay(RelayRecv),
+}
+"""Frame type -> decoder of the fields after the type byte."""
+
+
 def decode_frames(payload: bytes, pos: int = 0) -> Iterator[Frame]:
     """Yield the frames in a decrypted DATA payload, from byte ``pos`` on."""
     end = len(payload)
-    dv = decode_varint
+    decoders = DECODERS
     while pos < end:
         kind = payload[pos]
-        pos += 1
-        if kind == 0x10:
-            message_id, pos = dv(payload, pos)
-            total, pos = dv(payload, pos)
-            offset, pos = dv(payload, pos)
-            data, pos = _take_blob_at(payload, pos)
-            if offset + len(data) > total:
-                raise RemoteProtocolError("message fragment beyond message length")
-            yield MessageFragment(message_id, total, offset, data)
-        elif kind == 0x02:
-            frame, pos = _decode_ack(payload, pos)
+        decoder = decoders.get(kind)
+        if decoder is not None:
+            frame, pos = decoder(payload, pos + 1)
             yield frame
-        elif kind == 0x01:
-            yield Ping()
-        elif kind == 0x04:
-            yield HandshakeDone()
-        elif kind == 0x03:
-            code, pos = dv(payload, pos)
-            raw, pos = _take_blob(payload, pos)
-            yield Close(code, raw.decode("utf-8", "replace"))
-        elif kind == 0x20:
-            address, pos = decode_address(payload, pos)
-            yield ObservedAddress(address)
-        elif kind == 0x21:
-            local, pos = _decode_addresses(payload, pos)
-            nat, pos = dv(payload, pos)
-            yield Register(local, nat)
-        elif kind == 0x22:
-            request_id, pos = dv(payload, pos)
-            target, pos = _take(payload, pos, 32)
-            yield IntroRequest(request_id, target)
-        elif kind == 0x23:
-            request_id, pos = dv(payload, pos)
-            peer, pos = _take(payload, pos, 32)
-            addresses, pos = _decode_addresses(payload, pos)
-            nat, pos = dv(payload, pos)
-            token, pos = _take(payload, pos, 8)
-            yield Intro(request_id, peer, addresses, nat, token)
-        elif kind == 0x24:
-            request_id, pos = dv(payload, pos)
-            target, pos = _take(payload, pos, 32)
-            yield IntroFailed(request_id, target)
-        elif kind == 0x30 or kind == 0x31:
-            peer, pos = _take(payload, pos, 32)
-            packet, pos = _take_blob_at(payload, pos)
-            if not packet or len(packet) > MAX_RELAYED_DATAGRAM:
-                raise RemoteProtocolError("relayed packet empty or too large")
-            yield RelaySend(peer, packet) if kind == 0x30 else RelayRecv(peer, packet)
+        elif kind >= EXTENSION_FIRST:
+            body, pos = _take_blob_at(payload, pos + 1)
+            yield Extension(kind, bytes(body))
         else:
             raise RemoteProtocolError(f"unknown frame type 0x{kind:02x}")
 
@@ -421,31 +574,46 @@ def _take_blob_at(buf: bytes, pos: int) -> tuple[bytes, int]:
 
 INIT_HEADER = struct.Struct("!BB8s")
 RESP_HEADER = struct.Struct("!BB8s8s")
-FINAL_HEADER = struct.Struct("!B8s")
+FINAL_HEADER = struct.Struct("!B8s8s")
 DATA_HEADER = struct.Struct("!B8sQ")
+COOKIE_SIZE = 16
+COOKIE_PACKET_SIZE = 1 + SID_SIZE + COOKIE_SIZE
+MAX_NOISE_MESSAGE = 512
 
 
-def encode_init(sender_sid: bytes, noise_message: bytes, *, pad: bool = True) -> bytes:
+class Init(NamedTuple):
+    version: int
+    sender_sid: bytes
+    noise_message: bytes
+    cookie: bytes
+
+
+def encode_init(sender_sid: bytes, noise_message: bytes, *, cookie: bytes = b"",
+                pad: bool = True, version: int = PROTOCOL_VERSION) -> bytes:
     """An INIT, padded to ``MIN_INIT_SIZE`` unless it travels through a relay."""
-    head = INIT_HEADER.pack(PacketKind.INIT, PROTOCOL_VERSION, sender_sid)
-    body = head + _U16.pack(len(noise_message)) + noise_message
+    head = INIT_HEADER.pack(PacketKind.INIT, version, sender_sid)
+    body = b"".join((head, _U16.pack(len(noise_message)), noise_message,
+                     bytes((len(cookie),)), cookie))
     return body.ljust(MIN_INIT_SIZE, b"\x00") if pad else body
 
 
-def decode_init(datagram: bytes, *, padded: bool = True) -> tuple[int, bytes, bytes]:
-    """(version, sender_sid, noise message)."""
+def decode_init(datagram: bytes, *, padded: bool = True) -> Init:
     if len(datagram) < INIT_HEADER.size + 2 or (padded and len(datagram) < MIN_INIT_SIZE):
         raise RemoteProtocolError("INIT shorter than the anti-amplification minimum")
     _, version, sid = INIT_HEADER.unpack_from(datagram)
     (size,) = _U16.unpack_from(datagram, INIT_HEADER.size)
     start = INIT_HEADER.size + 2
-    if start + size > len(datagram):
+    if size > MAX_NOISE_MESSAGE or start + size + 1 > len(datagram):
         raise RemoteProtocolError("truncated INIT")
-    return version, sid, bytes(datagram[start : start + size])
+    message = bytes(datagram[start : start + size])
+    cookie_size = datagram[start + size]
+    cookie, _ = _take(datagram, start + size + 1, cookie_size)
+    return Init(version, sid, message, cookie)
 
 
-def encode_resp(receiver_sid: bytes, sender_sid: bytes, noise_message: bytes) -> bytes:
-    head = RESP_HEADER.pack(PacketKind.RESP, PROTOCOL_VERSION, receiver_sid, sender_sid)
+def encode_resp(receiver_sid: bytes, sender_sid: bytes, noise_message: bytes,
+                version: int = PROTOCOL_VERSION) -> bytes:
+    head = RESP_HEADER.pack(PacketKind.RESP, version, receiver_sid, sender_sid)
     return head + noise_message
 
 
@@ -457,15 +625,65 @@ def decode_resp(datagram: bytes) -> tuple[int, bytes, bytes, bytes]:
     return version, receiver, sender, bytes(datagram[RESP_HEADER.size :])
 
 
-def encode_final(receiver_sid: bytes, noise_message: bytes) -> bytes:
-    return FINAL_HEADER.pack(PacketKind.FINAL, receiver_sid) + noise_message
+def encode_final(receiver_sid: bytes, sender_sid: bytes, init_message: bytes,
+                 noise_message: bytes) -> bytes:
+    head = FINAL_HEADER.pack(PacketKind.FINAL, receiver_sid, sender_sid)
+    return b"".join((head, _U16.pack(len(init_message)), init_message, noise_message))
 
 
-def decode_final(datagram: bytes) -> tuple[bytes, bytes]:
-    if len(datagram) < FINAL_HEADER.size:
+def decode_final(datagram: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """(receiver_sid, sender_sid, noise message 1 repeated, noise message 3)."""
+    if len(datagram) < FINAL_HEADER.size + 2:
         raise RemoteProtocolError("truncated FINAL")
-    _, receiver = FINAL_HEADER.unpack_from(datagram)
-    return receiver, bytes(datagram[FINAL_HEADER.size :])
+    _, receiver, sender = FINAL_HEADER.unpack_from(datagram)
+    (size,) = _U16.unpack_from(datagram, FINAL_HEADER.size)
+    start = FINAL_HEADER.size + 2
+    if size > MAX_NOISE_MESSAGE:
+        raise RemoteProtocolError("FINAL repeats an oversized INIT")
+    first, pos = _take(datagram, start, size)
+    return receiver, sender, first, bytes(datagram[pos:])
+
+
+def encode_cookie(receiver_sid: bytes, cookie: bytes) -> bytes:
+    return bytes((PacketKind.COOKIE,)) + receiver_sid + cookie
+
+
+def decode_cookie(datagram: bytes) -> tuple[bytes, bytes]:
+    """(receiver_sid, cookie)."""
+    if len(datagram) != COOKIE_PACKET_SIZE:
+        raise RemoteProtocolError("COOKIE of the wrong size")
+    return bytes(datagram[1:9]), bytes(datagram[9:])
+
+
+def encode_version(receiver_sid: bytes, versions: tuple[int, ...]) -> bytes:
+    return bytes((PacketKind.VERSION,)) + receiver_sid + bytes((len(versions), *versions))
+
+
+def decode_version(datagram: bytes) -> tuple[bytes, tuple[int, ...]]:
+    """(receiver_sid, the versions the sender speaks)."""
+    if len(datagram) < 10 or len(datagram) != 10 + datagram[9]:
+        raise RemoteProtocolError("malformed VERSION")
+    return bytes(datagram[1:9]), tuple(datagram[10:])
+
+
+def encode_hello(versions: tuple[int, ...], capabilities: int) -> bytes:
+    """The INIT's Noise payload: the versions the initiator speaks and its capabilities."""
+    return (encode_varint(len(versions)) + b"".join(encode_varint(v) for v in versions)
+            + encode_varint(capabilities))
+
+
+def decode_hello(payload: bytes) -> tuple[tuple[int, ...], int]:
+    if not payload:  # an initiator that names nothing speaks the version in its header
+        return (), 0
+    count, pos = decode_varint(payload, 0)
+    if count > 16:
+        raise RemoteProtocolError("too many versions offered")
+    versions = []
+    for _ in range(count):
+        version, pos = decode_varint(payload, pos)
+        versions.append(version)
+    capabilities, _ = decode_varint(payload, pos)
+    return tuple(versions), capabilities
 
 
 def encode_punch(token: bytes) -> bytes:
@@ -477,3 +695,16 @@ def decode_punch(datagram: bytes) -> bytes:
     if len(datagram) != PUNCH_SIZE:
         raise RemoteProtocolError("PUNCH of the wrong size")
     return bytes(datagram[1:])
+
+
+FRAME_CLASSES: dict[int, type] = {
+    FrameType.PING: Ping, FrameType.ACK: Ack, FrameType.CLOSE: Close,
+    FrameType.HANDSHAKE_DONE: HandshakeDone, FrameType.PATH_CHALLENGE: PathChallenge,
+    FrameType.PATH_RESPONSE: PathResponse, FrameType.MESSAGE: MessageFragment,
+    FrameType.CHANNEL: Channel, FrameType.CHANNEL_ACCEPTED: ChannelAccepted,
+    FrameType.CHANNEL_REFUSED: ChannelRefused, FrameType.OBSERVED_ADDRESS: ObservedAddress,
+    FrameType.REGISTER: Register, FrameType.INTRO_REQUEST: IntroRequest,
+    FrameType.INTRO: Intro, FrameType.INTRO_FAILED: IntroFailed,
+    FrameType.RELAY_SEND: RelaySend, FrameType.RELAY_RECV: RelayRecv,
+}
+"""Frame type -> the class its decoder yields."""

@@ -24,8 +24,7 @@ from shoal.net import format_address
 from shoal.runtime.fsapi import BridgeError
 
 if TYPE_CHECKING:
-    from shoal.aio.node import Node
-    from shoal.core.events import Event
+    from shoal.aio.node import Node, Subscription
 
 EXPOSED = "__shoal_expose__"
 MAX_DGRAM_SOCKETS = 64
@@ -107,11 +106,10 @@ class Network:
         self._emit = emit
         self._tasks: list[asyncio.Task[None]] = []
         if node is not None:
-            queue: asyncio.Queue[Event] = asyncio.Queue()
-            node.events = queue
+            events = node.subscribe()
             loop = asyncio.get_running_loop()
             self._tasks.append(loop.create_task(self._forward_messages(node)))
-            self._tasks.append(loop.create_task(self._forward_events(queue)))
+            self._tasks.append(loop.create_task(self._forward_events(events)))
 
     def calls(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -164,11 +162,10 @@ class Network:
                 "data": base64.b64encode(message.data).decode(),
             })
 
-    async def _forward_events(self, queue: asyncio.Queue[Event]) -> None:
+    async def _forward_events(self, events: Subscription) -> None:
         from shoal.core import events as ev
 
-        while True:
-            event = await queue.get()
+        async for event in events:
             if isinstance(event, ev.PeerConnected) and not event.introducer:
                 self._emit("network.peer", {"peerId": event.peer_id, "connected": True,
                                             "path": event.path})

@@ -1,0 +1,1 @@
+"""Protocol services that plug into the endpoint: messages, introductions, relaying, NAT."""

@@ -1,0 +1,574 @@
+"""Acknowledged messages on named channels.
+
+Theory of operation
+-------------------
+An application protocol has a name (``"chat/1"``); a node *serves* the names it wants
+messages on. On each connection the sender numbers the channels it uses and binds a
+number to its name with a CHANNEL frame; the receiver answers CHANNEL_ACCEPTED, or
+CHANNEL_REFUSED if it does not serve that name, and every message of the channel then
+fails at the sender with ``ENOPROTOOPT`` while the connection stays up. Channel 0 is the
+default channel (name ``""``), bound and accepted without frames.
+
+A message gets the next id of its channel and is split into MESSAGE fragments. The
+sender takes fragments round-robin from every channel with data, so a small message is
+never stuck behind a large one on another channel. A message is *delivered* (an event at
+the sender) once every fragment was acknowledged and its channel accepted. The receiver
+reassembles by (channel, id) and hands messages to the application in id order, each
+once.
+
+Memory. Partly received messages, and whole ones waiting for an earlier one, count
+their bytes plus a fixed overhead per fragment, against a per-connection and a
+node-wide budget; a message unfinished for ``reassembly_timeout`` closes the connection.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from shoal.core import events as ev
+from shoal.core.connection import CLOSE_PROTOCOL_ERROR, Connection
+from shoal.core.services.base import Service
+from shoal.core.wire import (
+    MAX_CHANNEL_NAME,
+    Channel,
+    ChannelAccepted,
+    ChannelRefused,
+    Frame,
+    FrameType,
+    encode_frame,
+    encode_varint,
+)
+from shoal.errors import LocalProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    pass
+
+DEFAULT_CHANNEL = ""
+MAX_MESSAGE_WINDOW = 1 << 16
+FRAGMENT_OVERHEAD = 96
+"""Bytes a stored fragment is counted as beyond its data (object and dict overhead)."""
+NO_CHANNEL = "ENOPROTOOPT"
+
+
+class OutgoingMessage:
+    __slots__ = ("handle", "channel", "message_id", "data", "next_offset", "acked",
+                 "acked_bytes", "done")
+
+    def __init__(self, handle: int, channel: _OutChannel, message_id: int, data: bytes) -> None:
+        self.handle = handle
+        self.channel = channel
+        self.message_id = message_id
+        self.data = data
+        self.next_offset = 0
+        self.acked: set[int] = set()
+        self.acked_bytes = 0
+        self.done = False
+
+
+@dataclass(slots=True, eq=False)
+class _OutChannel:
+    name: str
+    number: int
+    accepted: bool | None
+    queue: deque[OutgoingMessage] = field(default_factory=deque)
+    next_id: int = 0
+    held: list[OutgoingMessage] = field(default_factory=list)
+    """Fully acknowledged messages waiting for the channel to be accepted."""
+    prefix: bytes = b""
+
+
+@dataclass(slots=True, eq=False)
+class _Reassembly:
+    total: int
+    parts: dict[int, bytes] = field(default_factory=dict)
+    received: int = 0
+    started: float = 0.0
+
+
+@dataclass(slots=True, eq=False)
+class _InChannel:
+    name: str | None
+    """None until the sender's CHANNEL frame arrives."""
+    refused: bool = False
+    floor: int = 0
+    incoming: dict[int, _Reassembly] = field(default_factory=dict)
+    ready: dict[int, bytes] = field(default_factory=dict)
+    """Whole messages waiting for an earlier id, or for the channel's name."""
+
+
+class MessageFlow:
+    """The message service's state on one connection."""
+
+    def __init__(self, service: MessageService, connection: Connection) -> None:
+        self.service = service
+        self.connection = connection
+        default = _OutChannel(DEFAULT_CHANNEL, 0, True, prefix=b"\x10\x00")
+        self.out: dict[str, _OutChannel] = {DEFAULT_CHANNEL: default}
+        self.out_by_number: dict[int, _OutChannel] = {0: default}
+        self.next_number = 1
+        self.active: deque[_OutChannel] = deque()
+        self.retransmit: deque[tuple[OutgoingMessage, int, int]] = deque()
+        self.inbound: dict[int, _InChannel] = {0: _InChannel(DEFAULT_CHANNEL)}
+        self.stored = 0
+        self.unfinished: dict[int, OutgoingMessage] = {}
+        """Messages partly or wholly sent but not yet delivered, by handle."""
+        self.hold = False
+        """Send nothing new (another connection with the peer is draining first)."""
+
+    # ---------------------------------------------------------------- sending
+
+    def send(self, handle: int, channel: str, data: bytes) -> None:
+        out = self.out.get(channel)
+        if out is None:
+            number = self.next_number
+            self.next_number += 1
+            out = _OutChannel(channel, number, None, prefix=b"\x10" + encode_varint(number))
+            self.out[channel] = out
+            self.out_by_number[number] = out
+            self.connection.queue_frame(Channel(number, channel))
+        out.queue.append(OutgoingMessage(handle, out, out.next_id, data))
+        out.next_id += 1
+        if len(out.queue) == 1:
+            self.active.append(out)
+
+    def has_data(self) -> bool:
+        return bool(self.active or self.retransmit)
+
+    def undelivered(self) -> list[OutgoingMessage]:
+        """Every message not yet delivered, in the order it was sent."""
+        found = {m.handle: m for m in self.unfinished.values() if not m.done}
+        for out in self.out.values():
+            found.update((m.handle, m) for m in out.queue if not m.done)
+            found.update((m.handle, m) for m in out.held)
+        return [found[h] for h in sorted(found)]
+
+    def untouched(self) -> list[OutgoingMessage]:
+        """Queued messages of which nothing was sent yet (safe to move elsewhere)."""
+        return [m for out in self.out.values() for m in out.queue if m.next_offset == 0]
+
+    def cancel(self, handle: int) -> None:
+        for out in self.out.values():
+            for message in out.queue:
+                if message.handle == handle:
+                    message.done = True
+                    if message.next_offset == 0:
+                        out.queue.remove(message)
+                        if not out.queue and out in self.active:
+                            self.active.remove(out)
+                    return
+            for message in out.held:
+                if message.handle == handle:
+                    message.done = True
+                    out.held.remove(message)
+                    return
+        message = self.unfinished.pop(handle, None)
+        if message is not None:
+            message.done = True
+
+    def fill(self, parts: list[bytes], items: list, budget: int) -> int:
+        retransmit = self.retransmit
+        while retransmit and budget > 24:
+            message, offset, length = retransmit[0]
+            if message.done or offset in message.acked:
+                retransmit.popleft()
+                continue
+            frame = _fragment(message, offset, length)
+            if len(frame) > budget:
+                break
+            retransmit.popleft()
+            parts.append(frame)
+            items.append((message, offset, length))
+            budget -= len(frame)
+        if self.hold:
+            return budget
+        active = self.active
+        while active and budget > 24:
+            out = active[0]
+            message = out.queue[0]
+            if message.done and message.next_offset == 0:
+                out.queue.popleft()
+                if not out.queue:
+                    active.popleft()
+                continue
+            total = len(message.data)
+            offset = message.next_offset
+            length = min(total - offset, budget - 24)
+            if length <= 0 and total > 0:
+                break
+            frame = _fragment(message, offset, length)
+            parts.append(frame)
+            items.append((message, offset, length))
+            budget -= len(frame)
+            if offset == 0:
+                self.unfinished[message.handle] = message
+            message.next_offset = offset + length
+            active.rotate(-1)
+            if message.next_offset >= total:
+                out.queue.popleft()
+                if not out.queue:
+                    active.remove(out)
+        return budget
+
+    def on_acked(self, item: tuple[OutgoingMessage, int, int]) -> None:
+        message, offset, length = item
+        if offset in message.acked:
+            return
+        message.acked.add(offset)
+        message.acked_bytes += length
+        if message.done or message.acked_bytes < len(message.data) or (
+            message.next_offset < len(message.data)
+        ):
+            return
+        channel = message.channel
+        self.unfinished.pop(message.handle, None)
+        if channel.accepted:
+            message.done = True
+            self.service.delivered(message.handle, self.connection)
+        elif channel.accepted is None:
+            channel.held.append(message)
+
+    def on_lost(self, item: tuple[OutgoingMessage, int, int]) -> None:
+        message, offset, _ = item
+        if not message.done and offset not in message.acked:
+            self.retransmit.append(item)
+
+    def on_channel_answer(self, number: int, accepted: bool) -> None:
+        out = self.out_by_number.get(number)
+        if out is None or out.accepted is not None:
+            return
+        if accepted:
+            out.accepted = True
+            held, out.held = out.held, []
+            for message in held:
+                if not message.done:
+                    message.done = True
+                    self.service.delivered(message.handle, self.connection)
+            return
+        out.accepted = False
+        del self.out[out.name]
+        failed = [*out.queue, *out.held]
+        failed.extend(m for m in self.unfinished.values() if m.channel is out)
+        out.queue.clear()
+        out.held.clear()
+        if out in self.active:
+            self.active.remove(out)
+        for message in {id(m): m for m in failed}.values():
+            self.unfinished.pop(message.handle, None)
+            if not message.done:
+                message.done = True
+                self.service.failed(message.handle, NO_CHANNEL,
+                                    f"the peer does not serve channel {out.name!r}")
+
+    # ---------------------------------------------------------------- receiving
+
+    def on_fragment(self, number: int, message_id: int, total: int, offset: int,
+                    data: bytes) -> None:
+        channel = self.inbound.get(number)
+        if channel is None:
+            if len(self.inbound) > 4096:
+                raise RemoteProtocolError("too many channels")
+            channel = self.inbound[number] = _InChannel(None)
+        if channel.refused or message_id < channel.floor or message_id in channel.ready:
+            return
+        if message_id >= channel.floor + MAX_MESSAGE_WINDOW:
+            raise RemoteProtocolError("message id too far ahead")
+        service = self.service
+        if total > service.config.max_message_size:
+            raise RemoteProtocolError("message larger than this node accepts")
+        entry = channel.incoming.get(message_id)
+        if entry is None and offset == 0 and len(data) == total:
+            self._complete(channel, number, message_id, data)
+            return
+        if entry is None:
+            entry = channel.incoming[message_id] = _Reassembly(total, started=service.now)
+        elif entry.total != total:
+            raise RemoteProtocolError("message fragments disagree on length")
+        if offset in entry.parts:
+            return
+        cost = len(data) + FRAGMENT_OVERHEAD
+        self._store(cost)
+        entry.parts[offset] = data
+        entry.received += len(data)
+        if entry.received < entry.total:
+            return
+        whole = b"".join(entry.parts[k] for k in sorted(entry.parts))
+        del channel.incoming[message_id]
+        self._release(sum(len(p) + FRAGMENT_OVERHEAD for p in entry.parts.values()))
+        if len(whole) != entry.total:
+            raise RemoteProtocolError("message fragments overlap")
+        self._complete(channel, number, message_id, whole)
+
+    def _store(self, cost: int) -> None:
+        service = self.service
+        if self.stored + cost > service.config.max_reassembly_bytes:
+            raise RemoteProtocolError("peer exceeded the reassembly budget")
+        if service.stored + cost > service.config.max_reassembly_total:
+            service.endpoint.stats["reassembly_node_budget"] += 1
+            raise RemoteProtocolError("the node's reassembly budget is spent")
+        self.stored += cost
+        service.stored += cost
+
+    def _release(self, cost: int) -> None:
+        self.stored -= cost
+        self.service.stored -= cost
+
+    def _complete(self, channel: _InChannel, number: int, message_id: int, data: bytes) -> None:
+        if message_id == channel.floor and channel.name is not None:
+            self.service.received(self.connection, channel.name, data)
+            channel.floor += 1
+            self._drain(channel)
+            return
+        self._store(len(data) + FRAGMENT_OVERHEAD)
+        channel.ready[message_id] = data
+
+    def _drain(self, channel: _InChannel) -> None:
+        ready = channel.ready
+        while channel.floor in ready:
+            data = ready.pop(channel.floor)
+            self._release(len(data) + FRAGMENT_OVERHEAD)
+            self.service.received(self.connection, channel.name or "", data)
+            channel.floor += 1
+
+    def on_channel(self, frame: Channel) -> None:
+        channel = self.inbound.get(frame.number)
+        if channel is None:
+            if len(self.inbound) > 4096:
+                raise RemoteProtocolError("too many channels")
+            channel = self.inbound[frame.number] = _InChannel(None)
+        if channel.name is not None or channel.refused:
+            return
+        if frame.number == 0 or not self.service.serves(frame.name):
+            channel.refused = True
+            self._release(sum(len(d) + FRAGMENT_OVERHEAD for d in channel.ready.values())
+                          + sum(len(p) + FRAGMENT_OVERHEAD for r in channel.incoming.values()
+                                for p in r.parts.values()))
+            channel.ready.clear()
+            channel.incoming.clear()
+            self.service.endpoint.stats["channels_refused"] += 1
+            self.connection.queue_frame(ChannelRefused(frame.number))
+            return
+        channel.name = frame.name
+        self.connection.queue_frame(ChannelAccepted(frame.number))
+        self._drain(channel)
+
+    def oldest_unfinished(self) -> float | None:
+        starts = [r.started for c in self.inbound.values() for r in c.incoming.values()]
+        return min(starts) if starts else None
+
+    def drop(self) -> None:
+        """The connection is gone: give back what it stored."""
+        self.service.stored -= self.stored
+        self.stored = 0
+
+
+class MessageService(Service):
+    """Messages for the application, on named channels, across every connection."""
+
+    name = "messages"
+    frame_types = (FrameType.CHANNEL, FrameType.CHANNEL_ACCEPTED, FrameType.CHANNEL_REFUSED)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.served: set[str] = {DEFAULT_CHANNEL}
+        self.stored = 0
+        self.now = 0.0
+        self._handles: dict[int, bytes] = {}
+        self._pending: dict[bytes, list[tuple[int, str, bytes]]] = {}
+        self._deadlines: deque[tuple[float, int]] = deque()
+        self._next_handle = 1
+
+    # ---------------------------------------------------------------- commands
+
+    def serve(self, channel: str) -> None:
+        _check_name(channel)
+        self.served.add(channel)
+
+    def unserve(self, channel: str) -> None:
+        if channel != DEFAULT_CHANNEL:
+            self.served.discard(channel)
+
+    def serves(self, channel: str) -> bool:
+        return channel in self.served
+
+    def send(self, peer: bytes, data: bytes, channel: str, now: float) -> int:
+        _check_name(channel)
+        config = self.config
+        if len(data) > config.max_message_size:
+            raise LocalProtocolError(
+                f"message of {len(data)} bytes exceeds the limit of {config.max_message_size}",
+                code="EMSGSIZE",
+            )
+        handle = self._next_handle
+        self._next_handle += 1
+        self._handles[handle] = peer
+        self._deadlines.append((now + config.message_timeout, handle))
+        if len(self._deadlines) > 2 * len(self._handles) + 1024:
+            live = self._handles
+            self._deadlines = deque(d for d in self._deadlines if d[1] in live)
+        self._arm()
+        connection = self.endpoint.connection_to(peer)
+        if connection is not None:
+            self.flow(connection).send(handle, channel, data)
+            self.endpoint.mark(connection)
+        else:
+            self._pending.setdefault(peer, []).append((handle, channel, data))
+            self.endpoint.reach(peer, now)
+        return handle
+
+    def cancel(self, handle: int, reason: str) -> None:
+        self.failed(handle, "ECANCELED", reason)
+
+    def pending_for(self, peer: bytes) -> bool:
+        return bool(self._pending.get(peer))
+
+    def waiting_peers(self) -> list[bytes]:
+        return [peer for peer, queued in self._pending.items() if queued]
+
+    def fail_pending(self, peer: bytes, code: str, reason: str) -> None:
+        for handle, _, _ in list(self._pending.get(peer, ())):
+            self.failed(handle, code, reason)
+
+    # ---------------------------------------------------------------- outcomes
+
+    def delivered(self, handle: int, connection: Connection) -> None:
+        if self._handles.pop(handle, None) is None:
+            return  # already failed or cancelled
+        self.endpoint.emit(ev.MessageDelivered(handle=handle, peer_id=connection.peer_id,
+                                               path=connection.path_kind))
+
+    def failed(self, handle: int, code: str, reason: str) -> None:
+        peer = self._handles.pop(handle, None)
+        if peer is None:
+            return
+        queued = self._pending.get(peer)
+        if queued:
+            self._pending[peer] = [q for q in queued if q[0] != handle]
+        for candidate in self.endpoint.connections_with(peer):
+            flow = candidate.flow
+            if isinstance(flow, MessageFlow):
+                flow.cancel(handle)
+        self.endpoint.emit(ev.MessageFailed(handle=handle, peer_id=peer.hex(), code=code,
+                                            reason=reason))
+
+    def received(self, connection: Connection, channel: str, data: bytes) -> None:
+        self.endpoint.emit(ev.MessageReceived(peer_id=connection.peer_id, data=data,
+                                              path=connection.path_kind, channel=channel))
+
+    # ---------------------------------------------------------------- service hooks
+
+    def flow(self, connection: Connection) -> MessageFlow:
+        flow = connection.flow
+        if not isinstance(flow, MessageFlow):
+            flow = MessageFlow(self, connection)
+            connection.flow = flow
+        return flow
+
+    def on_connection_up(self, connection: Connection, now: float) -> None:
+        flow = self.flow(connection)
+        queued = self._pending.pop(connection.peer, None)
+        if queued:
+            for handle, channel, data in queued:
+                flow.send(handle, channel, data)
+            self.endpoint.mark(connection)
+
+    def take_over(self, old: Connection, new: Connection) -> None:
+        """Move what ``old`` has not started sending to ``new`` (``old`` drains the rest)."""
+        flow = old.flow
+        if not isinstance(flow, MessageFlow):
+            return
+        target = self.flow(new)
+        for message in flow.untouched():
+            flow.out[message.channel.name].queue.remove(message)
+            target.send(message.handle, message.channel.name, message.data)
+        for out in flow.out.values():
+            if not out.queue and out in flow.active:
+                flow.active.remove(out)
+        target.hold = flow.has_data() or bool(old.sent)
+
+    def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
+        flow = connection.flow
+        if not isinstance(flow, MessageFlow):
+            return
+        flow.drop()
+        successor = self.endpoint.connection_to(connection.peer)
+        undelivered = flow.undelivered()
+        if successor is not None:
+            # The peer keeps another connection (a crossed dial, a reconnection): what
+            # this one had not delivered goes there.
+            target = self.flow(successor)
+            target.hold = False
+            for message in undelivered:
+                message.done = True
+                target.send(message.handle, message.channel.name, message.data)
+            self.endpoint.mark(successor)
+            return
+        for message in undelivered:
+            self.failed(message.handle, "ECONNRESET", f"connection ended: {reason}")
+
+    def on_frame(self, connection: Connection, frame: Frame, now: float) -> None:
+        flow = self.flow(connection)
+        if isinstance(frame, Channel):
+            flow.on_channel(frame)
+        elif isinstance(frame, ChannelAccepted):
+            flow.on_channel_answer(frame.number, True)
+        elif isinstance(frame, ChannelRefused):
+            flow.on_channel_answer(frame.number, False)
+
+    def on_idle(self, connection: Connection) -> None:
+        """A draining predecessor finished: its successor may send again."""
+        successor = self.endpoint.connection_to(connection.peer)
+        if successor is not None and isinstance(successor.flow, MessageFlow) and (
+            successor.flow.hold
+        ):
+            successor.flow.hold = False
+            self.endpoint.mark(successor)
+
+    def _arm(self) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1] not in self._handles:
+            deadlines.popleft()
+        self.set_timer(deadlines[0][0] if deadlines else None)
+
+    def on_timer(self, now: float, key: object = None) -> None:
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in self._handles):
+            _, handle = deadlines.popleft()
+            peer = self._handles.get(handle)
+            if peer is None:
+                continue
+            if self.endpoint.unknown_peer(peer):
+                self.failed(handle, "EHOSTUNREACH", "no introducer knows this peer")
+            else:
+                self.failed(handle, "ETIMEDOUT", "not acknowledged in time")
+        self._arm()
+
+    def check_reassembly(self, connection: Connection, now: float) -> None:
+        flow = connection.flow
+        if not isinstance(flow, MessageFlow) or not flow.stored:
+            return
+        oldest = flow.oldest_unfinished()
+        if oldest is not None and now - oldest > self.config.reassembly_timeout:
+            self.endpoint.stats["reassembly_timeouts"] += 1
+            connection.close(CLOSE_PROTOCOL_ERROR, "a message stayed unfinished too long")
+
+    def close(self, now: float) -> None:
+        for handle in list(self._handles):
+            self.failed(handle, "ECLOSED", "node closed")
+
+
+def _check_name(channel: str) -> None:
+    if not isinstance(channel, str) or len(channel.encode()) > MAX_CHANNEL_NAME:
+        raise LocalProtocolError(f"a channel name is a string of at most {MAX_CHANNEL_NAME} "
+                                 "bytes")
+
+
+def _fragment(message: OutgoingMessage, offset: int, length: int) -> bytes:
+    data = message.data[offset : offset + length]
+    return b"".join((message.channel.prefix, encode_varint(message.message_id),
+                     encode_varint(len(message.data)), encode_varint(offset),
+                     encode_varint(length), data))
+
+
+__all__ = ["DEFAULT_CHANNEL", "MessageFlow", "MessageService", "encode_frame"]

@@ -1,0 +1,203 @@
+"""STUN and the NAT check as a service: a STUN client and server (RFC 8489, RFC 5780
+behaviour tests) and the orchestration of ``natcheck.NatCheck``.
+
+STUN datagrams (first byte 0x00-0x3f) never enter a connection. Requests are rate
+limited per source IP with a bucket of their own, so STUN traffic from a network cannot
+lock that network's nodes out of their handshakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from shoal.core import events as ev
+from shoal.core import stun
+from shoal.core.natcheck import NatCheck, NatReport
+from shoal.core.relay import TokenBucket
+from shoal.core.services.base import Service
+from shoal.core.traversal import NatType
+from shoal.core.wire import Address, RelayPath
+from shoal.errors import LocalProtocolError
+
+STUN_RETRIES = (0.5, 1.0)
+
+
+@dataclass(slots=True)
+class _StunAlternate:
+    """A STUN server's four addresses (RFC 5780), keyed by (other IP?, other port?)."""
+
+    other: Address
+    sockets: dict[tuple[bool, bool], int]
+    addresses: dict[tuple[bool, bool], Address]
+
+    def place(self, socket: int) -> tuple[bool, bool] | None:
+        return next((k for k, s in self.sockets.items() if s == socket), None)
+
+
+@dataclass(slots=True)
+class _StunQuery:
+    handle: int
+    server: Address
+    request: bytes
+    first_sent: float
+    retries: list[float]
+    deadline: float
+
+
+class NatService(Service):
+    name = "nat"
+    packet_kinds = tuple(range(0x40))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.check: NatCheck | None = None
+        self.report: NatReport | None = None
+        self.nat = NatType()
+        self.alternate: _StunAlternate | None = None
+        self._queries: dict[bytes, _StunQuery] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+
+    # ---------------------------------------------------------------- commands
+
+    def request(self, server: Address, handle: int, now: float) -> None:
+        txid = self.endpoint.random(12)
+        request = stun.encode_binding_request(txid)
+        self._queries[txid] = _StunQuery(
+            handle, server, request, now, [now + t for t in STUN_RETRIES],
+            now + self.config.stun_timeout,
+        )
+        self.endpoint.send_datagram(request, server)
+        self._arm()
+
+    def start_check(self, now: float, servers: Iterable[Address] = ()) -> None:
+        endpoint = self.endpoint
+        every = [*endpoint.introducer_addresses(), *self.config.stun_servers, *servers]
+        targets = tuple(dict.fromkeys(a for a in every if not isinstance(a, RelayPath)))
+        if not targets:
+            return
+        self.check = NatCheck(targets, endpoint.local_addresses, endpoint.random, now)
+        self._after_check(now)
+
+    def set_alternate(self, primary: Address, other: Address, *, port_socket: int,
+                      ip_socket: int, both_socket: int) -> None:
+        if max(port_socket, ip_socket, both_socket) >= 0:
+            raise LocalProtocolError("alternate STUN sockets use negative ids")
+        (ip1, port1), (ip2, port2) = primary, other
+        self.alternate = _StunAlternate(
+            other,
+            {(False, False): 0, (False, True): port_socket, (True, False): ip_socket,
+             (True, True): both_socket},
+            {(False, False): primary, (False, True): (ip1, port2), (True, False): (ip2, port1),
+             (True, True): other},
+        )
+
+    def address_reported(self, previous: Address | None, current: Address, now: float) -> None:
+        """An introducer told us our public address; check the NAT on the first report
+        and whenever it changes."""
+        if self.config.nat_check and (
+            (self.check is None and self.report is None)
+            or (previous is not None and previous != current)
+        ):
+            self.start_check(now)
+
+    # ---------------------------------------------------------------- input
+
+    def on_packet(self, data: bytes, address: Address, now: float, socket: int) -> None:
+        stats = self.endpoint.stats
+        if not stun.looks_like_stun(data):
+            stats["dropped_malformed"] += 1
+            return
+        message = stun.decode(data)
+        if message.method_class == stun.BINDING_REQUEST:
+            if not self.config.stun_server or not self._allow(address, now):
+                stats["dropped_rate_limited"] += 1
+                return
+            self._answer(message, address, socket)
+        elif message.method_class == stun.BINDING_SUCCESS:
+            check = self.check
+            if check is not None and check.on_answer(message, now):
+                self._after_check(now)
+                return
+            query = self._queries.pop(message.transaction_id, None)
+            if query is None:
+                stats["dropped_unsolicited_stun"] += 1
+                return
+            self.endpoint.emit(ev.StunResult(handle=query.handle, server=query.server,
+                                             mapped=message.mapped,
+                                             rtt=now - query.first_sent))
+            self._arm()
+        else:
+            stats["dropped_stun_other"] += 1
+
+    def _allow(self, address: Address, now: float) -> bool:
+        rate = self.config.max_stun_per_source
+        bucket = self._buckets.get(address[0])
+        if bucket is None:
+            if len(self._buckets) > 65536:
+                self._buckets.clear()
+            bucket = self._buckets[address[0]] = TokenBucket(2 * rate, now)
+        return bucket.take(1, rate, 2 * rate, now)
+
+    def _answer(self, message: stun.StunMessage, address: Address, socket: int) -> None:
+        """Answer a Binding request, from a changed address when asked (RFC 5780) and
+        with the alternate named, as long as the answer is no larger than the request."""
+        stats = self.endpoint.stats
+        alternate = self.alternate
+        txid = message.transaction_id
+        place = alternate.place(socket) if alternate is not None else None
+        if alternate is not None and place is not None:
+            reply = (place[0] != bool(message.change & stun.CHANGE_IP),
+                     place[1] != bool(message.change & stun.CHANGE_PORT))
+            reply_socket, origin = alternate.sockets[reply], alternate.addresses[reply]
+            rich = stun.encode_binding_success(txid, address, other=alternate.other,
+                                               origin=origin)
+            if len(rich) <= message.size:
+                self.endpoint.send_datagram(rich, address, reply_socket)
+                stats["stun_answered"] += 1
+                return
+            if message.change:  # unpadded change requests would amplify: stay silent
+                stats["dropped_stun_unpadded"] += 1
+                return
+        self.endpoint.send_datagram(stun.encode_binding_success(txid, address), address, socket)
+        stats["stun_answered"] += 1
+
+    # ---------------------------------------------------------------- timers
+
+    def _arm(self) -> None:
+        times = [q.retries[0] if q.retries else q.deadline for q in self._queries.values()]
+        if self.check is not None and (deadline := self.check.get_timer()) is not None:
+            times.append(deadline)
+        self.set_timer(min(times) if times else None)
+
+    def on_timer(self, now: float, key: object = None) -> None:
+        for txid, query in list(self._queries.items()):
+            if now >= query.deadline:
+                del self._queries[txid]
+                self.endpoint.emit(ev.StunResult(handle=query.handle, server=query.server,
+                                                 mapped=None, rtt=None))
+            elif query.retries and now >= query.retries[0]:
+                query.retries.pop(0)
+                self.endpoint.send_datagram(query.request, query.server)
+        if self.check is not None:
+            self.check.handle_timer(now)
+            self._after_check(now)
+        self._arm()
+
+    def _after_check(self, now: float) -> None:
+        check = self.check
+        if check is None:
+            return
+        for datagram, destination in check.datagrams():
+            self.endpoint.send_datagram(datagram, destination)
+        if check.done:
+            self.check = None
+            report = check.report
+            assert report is not None
+            self.report = report
+            changed = report.nat != self.nat
+            self.nat = report.nat
+            self.endpoint.emit(ev.NatDetected(report=report))
+            if changed:
+                self.endpoint.nat_changed(now)
+        self._arm()

@@ -1,0 +1,468 @@
+"""Finding and reaching peers: introducers, introductions, NAT traversal plans, hole
+punching and the relay fallback.
+
+Theory of operation
+-------------------
+Peers are reached in this order: an established connection; addresses already known
+(LAN discovery, earlier connections); an introduction through every connected
+introducer, which tells both sides each other's addresses and NAT kinds so both start at
+once. From the two NAT kinds each side derives the same ``traversal.Plan``: plain
+dialing, a birthday punch, and a relayed connection through the introducer if no direct
+one exists by the plan's deadline. A peer already connected (through a relay, say) is
+not dialed again: its connection probes the new addresses as paths, and moves to a
+direct one once the peer answers there.
+
+The introducer side keeps a registry of the peers that sent REGISTER over a direct
+connection, and answers INTRO_REQUEST with INTRO frames to both ends (rate limited per
+requester). A PUNCH is answered only from an address whose IP the introduction named
+for that peer, so a token cannot aim this node's packets anywhere else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from shoal.core import events as ev
+from shoal.core.connection import Connection
+from shoal.core.relay import TokenBucket
+from shoal.core.services.base import Service
+from shoal.core.traversal import NatType, Plan, choose_plan
+from shoal.core.wire import (
+    Address,
+    Frame,
+    FrameType,
+    Intro,
+    IntroFailed,
+    IntroRequest,
+    ObservedAddress,
+    PacketKind,
+    Register,
+    RelayPath,
+    decode_punch,
+)
+
+if TYPE_CHECKING:
+    from shoal.core.handshake import Dial
+
+MAX_PUNCH_TOKENS = 4096
+INTRO_RETRY = 2.0
+INTRODUCER_BACKOFF_MAX = 30.0
+REPROBE_INTERVAL = 5.0
+"""How often a relayed connection probes the peer's direct addresses again."""
+INTRODUCTIONS_PER_SECOND = 10.0
+MAX_DECLARED_ADDRESSES = 4
+
+
+@dataclass(slots=True, eq=False)
+class PeerState:
+    """What this node knows about reaching one peer."""
+
+    peer: bytes
+    addresses: dict[Address, str] = field(default_factory=dict)
+    intro_requested: float = -1e9
+    unknown: bool = False
+    """Every introducer asked said it does not know this peer."""
+    nat: NatType = field(default_factory=NatType)
+    plan: Plan | None = None
+    relay_via: bytes | None = None
+    """The introducer that introduced us, which can relay between us."""
+    relay_at: float | None = None
+    reprobe_at: float | None = None
+    punch_target: Address | None = None
+    token: bytes = b""
+
+
+@dataclass(slots=True, eq=False)
+class _Introducer:
+    address: Address
+    peer: bytes | None = None
+    dialing: bool = False
+    next_attempt: float = 0.0
+    backoff: float = 1.0
+
+
+class RendezvousService(Service):
+    name = "rendezvous"
+    frame_types = (FrameType.OBSERVED_ADDRESS, FrameType.REGISTER, FrameType.INTRO_REQUEST,
+                   FrameType.INTRO, FrameType.INTRO_FAILED)
+    packet_kinds = (PacketKind.PUNCH,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peers: dict[bytes, PeerState] = {}
+        self.introducers: dict[Address, _Introducer] = {}
+        self.introducer_peers: set[bytes] = set()
+        self.registry: dict[bytes, tuple[Connection, tuple[Address, ...], int]] = {}
+        self.observed: dict[bytes, Address] = {}
+        self._punch_tokens: dict[bytes, bytes] = {}
+        self._intro_buckets: dict[bytes, TokenBucket] = {}
+        self._next_request_id = 1
+
+    def peer(self, peer: bytes) -> PeerState:
+        state = self.peers.get(peer)
+        if state is None:
+            state = self.peers[peer] = PeerState(peer)
+        return state
+
+    # ---------------------------------------------------------------- commands
+
+    def add_introducer(self, address: Address, now: float) -> None:
+        if address not in self.introducers:
+            self.introducers[address] = _Introducer(address)
+        self._service_introducers(now)
+
+    def add_address(self, peer: bytes, address: Address, source: str, now: float) -> None:
+        state = self.peer(peer)
+        state.addresses[address] = source
+        connection = self.endpoint.connection_to(peer)
+        if connection is not None:
+            connection.probe_path(address, 0, now)
+            self.endpoint.mark(connection)
+        elif self.endpoint.messages.pending_for(peer):
+            self.endpoint.dial(address, now, expected=peer)
+
+    def reach(self, peer: bytes, now: float, *, fresh: bool = False) -> None:
+        """Start reaching ``peer``: dial what is known and ask the introducers."""
+        state = self.peer(peer)
+        if fresh:
+            state.intro_requested = -1e9
+        connection = self.endpoint.connection_to(peer)
+        if connection is None:
+            for address in state.addresses:
+                self.endpoint.dial(address, now, expected=peer)
+        if now >= state.intro_requested + INTRO_RETRY:
+            for introducer in self.introducer_peers:
+                link = self.endpoint.connection_to(introducer)
+                if link is None or introducer == peer:
+                    continue
+                link.queue_frame(IntroRequest(self._next_request_id, peer))
+                self._next_request_id += 1
+                self.endpoint.mark(link)
+            state.intro_requested = now
+        self._arm(state)
+
+    def unknown(self, peer: bytes) -> bool:
+        state = self.peers.get(peer)
+        return state is not None and state.unknown
+
+    # ---------------------------------------------------------------- introducers
+
+    def _service_introducers(self, now: float) -> None:
+        soonest = None
+        for intro in self.introducers.values():
+            if intro.peer is not None or intro.dialing:
+                continue
+            if now >= intro.next_attempt:
+                intro.dialing = True
+                self.endpoint.dial(intro.address, now, expected=None, purpose="introducer")
+            elif soonest is None or intro.next_attempt < soonest:
+                soonest = intro.next_attempt
+        self.set_timer(soonest)
+
+    def on_dial_failed(self, dial: Dial, now: float) -> None:
+        if dial.purpose == "introducer":
+            intro = self.introducers.get(dial.address)
+            if intro is not None:
+                intro.dialing = False
+                intro.next_attempt = now + intro.backoff
+                intro.backoff = min(intro.backoff * 2, INTRODUCER_BACKOFF_MAX)
+                self._service_introducers(now)
+            return
+        peer = dial.expected_peer
+        if peer is None or not self.endpoint.messages.pending_for(peer):
+            return
+        if self.endpoint.dialing(peer):
+            return
+        if not self.introducer_peers:
+            self.endpoint.messages.fail_pending(peer, "EHOSTUNREACH",
+                                                "peer did not answer at any known address")
+
+    def on_timer(self, now: float, key: object = None) -> None:
+        if key is None:
+            self._service_introducers(now)
+            return
+        state = self.peers.get(key)  # type: ignore[arg-type]
+        if state is None:
+            return
+        endpoint = self.endpoint
+        if endpoint.messages.pending_for(state.peer) and now >= state.intro_requested + INTRO_RETRY:
+            self.reach(state.peer, now)
+        if state.relay_at is not None and now >= state.relay_at:
+            state.relay_at = None
+            self._dial_relayed(state, now)
+        if state.reprobe_at is not None and now >= state.reprobe_at:
+            state.reprobe_at = None
+            connection = endpoint.connection_to(state.peer)
+            if connection is not None and connection.path.relayed:
+                for address in list(state.addresses)[:MAX_DECLARED_ADDRESSES]:
+                    connection.probe_path(address, 0, now)
+                endpoint.mark(connection)
+                state.reprobe_at = now + REPROBE_INTERVAL
+        self._arm(state)
+
+    def _arm(self, state: PeerState) -> None:
+        times = []
+        if self.endpoint.messages.pending_for(state.peer):
+            times.append(state.intro_requested + INTRO_RETRY)
+        if state.relay_at is not None:
+            times.append(state.relay_at)
+        if state.reprobe_at is not None:
+            times.append(state.reprobe_at)
+        self.set_timer(min(times) if times else None, state.peer)
+
+    # ---------------------------------------------------------------- connections
+
+    def on_connection_up(self, connection: Connection, now: float) -> None:
+        endpoint = self.endpoint
+        state = self.peer(connection.peer)
+        state.unknown = False
+        relayed = connection.path.relayed
+        if connection.purpose == "introducer":
+            self.introducer_peers.add(connection.peer)
+            intro = self.introducers.get(connection.dialed)
+            if intro is not None:
+                intro.peer, intro.dialing, intro.backoff = connection.peer, False, 1.0
+        if not relayed:
+            state.addresses.setdefault(connection.address, "connection")
+            self._direct(state, now)
+        else:
+            state.reprobe_at = now + REPROBE_INTERVAL
+        if not relayed and not (self.config.introducer and not connection.initiator):
+            connection.queue_frame(ObservedAddress(connection.address))
+        if connection.peer in self.introducer_peers and connection.initiator:
+            nat = endpoint.nat
+            connection.queue_frame(Register(endpoint.local_addresses, nat.code))
+            for waiting in endpoint.messages.waiting_peers():
+                if waiting != connection.peer:
+                    self.reach(waiting, now, fresh=True)
+        self._arm(state)
+
+    def _direct(self, state: PeerState, now: float) -> None:
+        """``state``'s peer is now reached directly: stop the fallbacks."""
+        state.relay_at = None
+        state.reprobe_at = None
+        punches = self.endpoint.punches
+        if punches.is_punching(state.peer):
+            self.endpoint.end_punch(now)
+        for token in [t for t, p in self._punch_tokens.items() if p == state.peer]:
+            del self._punch_tokens[token]
+
+    def on_path_changed(self, connection: Connection, now: float) -> None:
+        if connection.path.relayed:
+            return
+        state = self.peer(connection.peer)
+        state.addresses.setdefault(connection.address, "connection")
+        self._direct(state, now)
+        self._arm(state)
+        if connection.rebound:
+            connection.rebound = False
+            connection.queue_frame(ObservedAddress(connection.address))
+
+    def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
+        peer = connection.peer
+        if self.registry.get(peer, (None,))[0] is connection:
+            del self.registry[peer]
+        if self.endpoint.connection_to(peer) is not None:
+            return
+        self.observed.pop(peer, None)
+        for intro in self.introducers.values():
+            if intro.peer == peer:
+                intro.peer = None
+                intro.next_attempt = 0.0
+                self.introducer_peers.discard(peer)
+        self._service_introducers(now)
+        state = self.peers.get(peer)
+        if state is not None:
+            self._arm(state)
+            if not self.endpoint.messages.pending_for(peer) and not state.addresses:
+                del self.peers[peer]
+
+    # ---------------------------------------------------------------- frames
+
+    def on_frame(self, connection: Connection, frame: Frame, now: float) -> None:
+        if isinstance(frame, ObservedAddress):
+            previous = self.observed.get(connection.peer)
+            self.observed[connection.peer] = frame.address
+            self.endpoint.emit(ev.AddressObserved(reporter=connection.peer_id,
+                                                  address=frame.address))
+            if connection.peer in self.introducer_peers:
+                self.endpoint.nat_service.address_reported(previous, frame.address, now)
+        elif isinstance(frame, Register):
+            if self.config.introducer and not connection.path.relayed:
+                local = frame.local[:MAX_DECLARED_ADDRESSES]
+                self.registry[connection.peer] = (connection, local, frame.nat)
+                # Answering only now tells the peer it is listed and can be introduced.
+                connection.queue_frame(ObservedAddress(connection.address))
+        elif isinstance(frame, IntroRequest):
+            self._on_intro_request(connection, frame, now)
+        elif isinstance(frame, Intro):
+            if connection.peer in self.introducer_peers:
+                self._on_intro(frame, connection.peer, now)
+            else:
+                self.endpoint.stats["dropped_unsolicited_intro"] += 1
+        elif isinstance(frame, IntroFailed) and connection.peer in self.introducer_peers:
+            # The peer may register later; requests repeat until the message deadline.
+            state = self.peers.get(frame.target)
+            if state is not None:
+                state.unknown = True
+
+    def _on_intro_request(self, connection: Connection, frame: IntroRequest, now: float) -> None:
+        endpoint = self.endpoint
+        bucket = self._intro_buckets.get(connection.peer)
+        if bucket is None:
+            if len(self._intro_buckets) > 65536:
+                self._intro_buckets.clear()
+            bucket = self._intro_buckets[connection.peer] = TokenBucket(
+                2 * INTRODUCTIONS_PER_SECOND, now)
+        if not bucket.take(1, INTRODUCTIONS_PER_SECOND, 2 * INTRODUCTIONS_PER_SECOND, now):
+            endpoint.stats["dropped_intro_rate"] += 1
+            return
+        target = self.registry.get(frame.target) if self.config.introducer else None
+        if target is None or target[0].closed or frame.target == connection.peer:
+            connection.queue_frame(IntroFailed(frame.request_id, frame.target))
+            return
+        target_connection, target_local, target_nat = target
+        mine = self.registry.get(connection.peer)
+        my_local, my_nat = (mine[1], mine[2]) if mine else ((), 0)
+        token = endpoint.random(8)
+        connection.queue_frame(
+            Intro(frame.request_id, frame.target,
+                  _addresses(target_connection.address, target_local), target_nat, token)
+        )
+        target_connection.queue_frame(
+            Intro(0, connection.peer, _addresses(connection.address, my_local), my_nat, token)
+        )
+        endpoint.mark(target_connection)
+        endpoint.stats["introductions"] += 1
+
+    def _on_intro(self, frame: Intro, introducer: bytes, now: float) -> None:
+        endpoint = self.endpoint
+        if frame.peer == endpoint.identity.public_key:
+            return
+        state = self.peer(frame.peer)
+        for address in frame.addresses:
+            state.addresses.setdefault(address, "introducer")
+        state.nat = NatType.from_code(frame.nat)
+        state.relay_via = introducer
+        state.token = frame.token
+        # Earlier tokens stay valid: a punch in progress still carries one.
+        self._punch_tokens[frame.token] = frame.peer
+        if len(self._punch_tokens) > MAX_PUNCH_TOKENS:
+            del self._punch_tokens[next(iter(self._punch_tokens))]
+        connection = endpoint.connection_to(frame.peer)
+        if connection is not None and not connection.path.relayed:
+            return
+        previous = state.plan
+        plan = state.plan = choose_plan(endpoint.nat, state.nat)
+        endpoint.stats[f"plan_{plan.strategy}"] += 1
+        for address in frame.addresses:
+            if connection is not None:
+                connection.probe_path(address, 0, now)
+            else:
+                endpoint.dial(address, now, expected=frame.peer)
+        if connection is not None:
+            endpoint.mark(connection)
+        if self.config.relay and connection is None and (
+            # Repeated introductions with the same plan must not push the fallback away.
+            state.relay_at is None or previous != plan
+        ):
+            state.relay_at = now + plan.relay_after
+        punches = endpoint.punches
+        if plan.strategy == "birthday" and self.config.punching and frame.addresses:
+            state.punch_target = frame.addresses[0]
+            active = punches.active
+            if active is not None and active.peer == frame.peer and (
+                active.role != plan.punch_role
+            ):
+                endpoint.end_punch(now)
+            punches.request(frame.peer)
+            endpoint.run_punch(now)
+        else:
+            punches.forget(frame.peer)
+            if punches.is_punching(frame.peer):
+                endpoint.end_punch(now)
+        self._arm(state)
+
+    def punch_plan(self, peer: bytes) -> tuple[str, Address, bytes] | None:
+        state = self.peers.get(peer)
+        plan = state.plan if state is not None else None
+        connection = self.endpoint.connection_to(peer)
+        if (
+            state is None or plan is None or plan.punch_role is None
+            or state.punch_target is None
+            or (connection is not None and not connection.path.relayed)
+        ):
+            return None
+        self.endpoint.stats["punches_started"] += 1
+        return plan.punch_role, state.punch_target, state.token
+
+    def on_packet(self, data: bytes, address: Address, now: float, socket: int) -> None:
+        """A PUNCH got through a NAT: answer its sender from the socket it reached."""
+        endpoint = self.endpoint
+        peer = self._punch_tokens.get(decode_punch(data))
+        if peer is None:
+            endpoint.stats["dropped_punch"] += 1
+            return
+        state = self.peers.get(peer)
+        if state is None or not any(a[0] == address[0] for a in state.addresses):
+            endpoint.stats["dropped_punch"] += 1
+            return
+        connection = endpoint.connection_to(peer)
+        if connection is not None:
+            if connection.path.relayed:
+                connection.probe_path(address, socket, now)
+                endpoint.mark(connection)
+            else:
+                endpoint.stats["punches_ignored"] += 1
+            return
+        if endpoint.dialing(peer, pool=True) or not endpoint.allow_unauthenticated(address, now):
+            endpoint.stats["punches_ignored"] += 1
+            return
+        endpoint.stats["punches_received"] += 1
+        endpoint.dial(address, now, expected=peer, socket=socket)
+
+    def _dial_relayed(self, state: PeerState, now: float) -> None:
+        relay = state.relay_via
+        endpoint = self.endpoint
+        if relay is None or relay == state.peer or endpoint.connection_to(state.peer) is not None:
+            return
+        link = endpoint.connection_to(relay)
+        if link is None or link.path.relayed:
+            return
+        endpoint.stats["relay_dials"] += 1
+        endpoint.dial(RelayPath(relay, state.peer), now, expected=state.peer)  # type: ignore[arg-type]
+
+    def nat_changed(self, now: float) -> None:
+        endpoint = self.endpoint
+        for peer in self.introducer_peers:
+            connection = endpoint.connection_to(peer)
+            if connection is not None and not connection.path.relayed:
+                connection.queue_frame(Register(endpoint.local_addresses, endpoint.nat.code))
+                endpoint.mark(connection)
+        # Peers still waiting, or only relayed, get a fresh introduction with our new kind.
+        for state in list(self.peers.values()):
+            if state.peer in self.introducer_peers:
+                continue
+            connection = endpoint.connection_to(state.peer)
+            relayed = connection is not None and connection.path.relayed
+            if relayed or (connection is None and endpoint.messages.pending_for(state.peer)):
+                self.reach(state.peer, now, fresh=True)
+
+    def close(self, now: float) -> None:
+        self.set_timer(None)
+
+
+def _addresses(observed: Address, local: tuple[Address, ...]) -> tuple[Address, ...]:
+    """Candidates for reaching a peer: its observed address, then its usable LAN addresses."""
+    out = [observed]
+    for address in local:
+        try:
+            ip = ipaddress.ip_address(address[0])
+        except ValueError:
+            continue
+        if ip.is_unspecified or ip.is_multicast or address in out:
+            continue
+        out.append(address)
+    return tuple(out[: 1 + MAX_DECLARED_ADDRESSES])

@@ -1,0 +1,182 @@
+"""Connections in virtual time: crossed dials, path validation, the stateless responder
+with cookies under a flood, version agreement, channels, and plug-in services."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.core import events as ev
+from shoal.core.config import CoreConfig
+from shoal.core.services.base import Service
+from shoal.core.wire import (
+    SUPPORTED_VERSIONS,
+    Extension,
+    PacketKind,
+    decode_version,
+    encode_hello,
+    encode_init,
+)
+from shoal.sim import LinkProfile, SimNetwork, SimNode
+
+
+def _delivered(node: SimNode, handle: int) -> bool:
+    return any(isinstance(e, ev.MessageDelivered) and e.handle == handle for e in node.events)
+
+
+def _failure(node: SimNode, handle: int) -> ev.MessageFailed | None:
+    return next((e for e in node.events if isinstance(e, ev.MessageFailed)
+                 and e.handle == handle), None)
+
+
+def _pair(seed: int = 1, **config: object) -> tuple[SimNetwork, SimNode, SimNode]:
+    net = SimNetwork(seed=seed, profile=LinkProfile(latency=0.02))
+    a = net.add_node(config=CoreConfig(**config))
+    b = net.add_node(config=CoreConfig(**config))
+    return net, a, b
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_crossed_dial_ends_with_one_connection_and_loses_nothing(seed: int) -> None:
+    net, a, b = _pair(seed)
+    a.endpoint.connect(b.address, net.now)
+    b.endpoint.connect(a.address, net.now)
+    net.flush(a)
+    net.flush(b)
+    net.run(0.05)  # both handshakes cross on the wire
+    sent_a = [a.endpoint.send_message(b.peer_id, b"a%d" % i, net.now) for i in range(20)]
+    sent_b = [b.endpoint.send_message(a.peer_id, b"b%d" % i, net.now) for i in range(20)]
+    net.flush(a)
+    net.flush(b)
+    assert net.run(10, until=lambda: all(_delivered(a, h) for h in sent_a)
+                   and all(_delivered(b, h) for h in sent_b)), seed
+    net.run(5)  # the superseded connection drains and closes
+    assert len(a.endpoint.connections) == 1 and len(b.endpoint.connections) == 1, seed
+    (ca,), (cb,) = a.endpoint.connections.values(), b.endpoint.connections.values()
+    assert (ca.local_sid, ca.remote_sid) == (cb.remote_sid, cb.local_sid)
+    assert [m.data for m in b.received()] == [b"a%d" % i for i in range(20)]
+    assert [m.data for m in a.received()] == [b"b%d" % i for i in range(20)]
+    connected = [e for e in a.events if isinstance(e, ev.PeerConnected)]
+    assert len(connected) == 1
+    assert not any(isinstance(e, ev.PeerDisconnected) for e in a.events + b.events)
+
+
+def test_a_copied_packet_from_another_address_does_not_move_the_connection() -> None:
+    net, a, b = _pair(2)
+    a.endpoint.connect(b.address, net.now)
+    net.flush(a)
+    first = a.endpoint.send_message(b.peer_id, b"hello", net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: _delivered(a, first))
+    attacker = ("10.66.6.6", 6666)
+    to_attacker: list[bytes] = []
+    copied = {"done": False}
+
+    def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
+        if destination == attacker:
+            to_attacker.append(data)
+            return None
+        if not copied["done"] and source == a.address and data[0] == PacketKind.DATA:
+            copied["done"] = True
+            # The attacker is on the path: its copy arrives first, from its own address.
+            b.endpoint.receive_datagram(data, attacker, net.now)
+            net.flush(b)
+        return data
+
+    net.tap = tap
+    second = a.endpoint.send_message(b.peer_id, b"again", net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: _delivered(a, second))
+    net.run(5)
+    (connection,) = b.endpoint.connections.values()
+    assert connection.address == a.address  # never moved to the unproven address
+    assert to_attacker, "a challenge goes to the new address"
+    assert all(len(d) <= 64 for d in to_attacker)  # small challenges only, no data
+    assert len(to_attacker) <= 4
+    assert [m.data for m in b.received()] == [b"hello", b"again"]
+
+
+def test_the_responder_keeps_no_state_per_init_and_asks_for_cookies_when_busy() -> None:
+    net = SimNetwork(seed=3, profile=LinkProfile(latency=0.01))
+    target = net.add_node(config=CoreConfig(handshake_rate=50.0))
+    for i in range(2000):
+        source = (f"10.{100 + i // 250}.{i % 250}.1", 4000)
+        init = encode_init(net.rng.randbytes(8), net.rng.randbytes(32) + encode_hello((2,), 0))
+        target.endpoint.receive_datagram(init, source, net.now + i / 10_000)
+    out = target.endpoint.datagrams_to_send(net.now)
+    kinds = {d[0] for d, _, _ in out}
+    assert kinds == {PacketKind.RESP, PacketKind.COOKIE}
+    assert sum(d[0] == PacketKind.RESP for d, _, _ in out) <= 60  # the budget, then cookies
+    assert max(len(d) for d, _, _ in out) < 1200  # nothing amplifies
+    assert not target.endpoint.connections and not target.endpoint._dials
+    # A real peer during the flood: it gets a cookie, echoes it, and gets in.
+    peer = net.add_node()
+    started = net.now
+    peer.endpoint.connect(target.address, net.now)
+    net.flush(peer)
+    assert net.run(1.0, until=lambda: any(isinstance(e, ev.PeerConnected) for e in peer.events))
+    assert net.now - started < 1.0
+    assert peer.endpoint.stats["cookies_echoed"] == 1
+
+
+def test_versions_are_agreed_or_refused_with_the_versions_spoken() -> None:
+    net = SimNetwork(seed=4)
+    target = net.add_node()
+    only_future = encode_init(b"s" * 8, bytes(32) + encode_hello((9,), 0), version=9)
+    target.endpoint.receive_datagram(only_future, ("10.9.9.9", 1), 0.0)
+    (answer, _, _), = target.endpoint.datagrams_to_send(0.0)
+    assert answer[0] == PacketKind.VERSION and len(answer) < len(only_future)
+    assert decode_version(answer) == (b"s" * 8, SUPPORTED_VERSIONS)
+    both = encode_init(b"t" * 8, net.rng.randbytes(32) + encode_hello((9, 2), 0), version=9)
+    target.endpoint.receive_datagram(both, ("10.9.9.9", 1), 0.0)
+    (answer, _, _), = target.endpoint.datagrams_to_send(0.0)
+    assert answer[0] == PacketKind.RESP and answer[1] == 2
+
+
+def test_a_channel_the_peer_does_not_serve_fails_and_the_connection_stays() -> None:
+    net, a, b = _pair(5)
+    a.endpoint.connect(b.address, net.now)
+    net.flush(a)
+    refused = a.endpoint.send_message(b.peer_id, b"?", net.now, channel="games/1")
+    fine = a.endpoint.send_message(b.peer_id, b"ok", net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: _failure(a, refused) is not None and _delivered(a, fine))
+    assert _failure(a, refused).code == "ENOPROTOOPT"  # type: ignore[union-attr]
+    assert [m.data for m in b.received()] == [b"ok"]
+    assert len(a.endpoint.connections) == 1
+    assert not any(isinstance(e, ev.PeerDisconnected) for e in a.events + b.events)
+
+
+class _Echo(Service):
+    """A protocol added from outside the core: one extension frame type."""
+
+    name = "echo"
+    frame_types = (0xE1,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heard: list[bytes] = []
+
+    def on_frame(self, connection, frame, now) -> None:  # type: ignore[no-untyped-def]
+        self.heard.append(frame.body)
+
+
+def test_a_new_service_plugs_in_and_a_peer_without_it_skips_its_frames() -> None:
+    net = SimNetwork(seed=6, profile=LinkProfile(latency=0.01))
+    echo = _Echo()
+    a = net.add_node()
+    b = net.add_node()
+    b.endpoint.add_service(echo)
+    a.endpoint.connect(b.address, net.now)
+    net.flush(a)
+    assert net.run(2, until=lambda: a.endpoint.connections and b.endpoint.connections)
+    for source in (a, b):
+        (connection,) = source.endpoint.connections.values()
+        connection.queue_frame(Extension(0xE1, b"ping " + source.peer_id[:4].encode()))
+        source.endpoint.mark(connection)
+        net.flush(source)
+    net.run(2)
+    assert echo.heard == [b"ping " + a.peer_id[:4].encode()]
+    assert a.endpoint.stats["skipped_extension_frames"] == 1
+    handle = a.endpoint.send_message(b.peer_id, b"still up", net.now)
+    net.flush(a)
+    assert net.run(2, until=lambda: _delivered(a, handle))
