@@ -393,7 +393,8 @@ class MessageService(Service):
         return channel in self.served
 
     def send(self, peer: bytes, data: bytes, channel: str, now: float) -> int:
-        _check_name(channel)
+        if channel:
+            _check_name(channel)
         config = self.config
         if len(data) > config.max_message_size:
             raise LocalProtocolError(
@@ -403,11 +404,14 @@ class MessageService(Service):
         handle = self._next_handle
         self._next_handle += 1
         self._handles[handle] = peer
-        self._deadlines.append((now + config.message_timeout, handle))
-        if len(self._deadlines) > 2 * len(self._handles) + 1024:
+        deadlines = self._deadlines
+        deadlines.append((now + config.message_timeout, handle))
+        if len(deadlines) > 2 * len(self._handles) + 1024:
             live = self._handles
-            self._deadlines = deque(d for d in self._deadlines if d[1] in live)
-        self._arm()
+            self._deadlines = deque(d for d in deadlines if d[1] in live)
+            self._arm()
+        elif len(deadlines) == 1:  # every message has the same timeout: only a new head
+            self._arm()
         connection = self.endpoint.connection_to(peer)
         if connection is not None:
             self.flow(connection).send(handle, channel, data)
