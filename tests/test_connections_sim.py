@@ -180,3 +180,18 @@ def test_a_new_service_plugs_in_and_a_peer_without_it_skips_its_frames() -> None
     handle = a.endpoint.send_message(b.peer_id, b"still up", net.now)
     net.flush(a)
     assert net.run(2, until=lambda: _delivered(a, handle))
+
+
+def test_a_long_running_node_reassembles_a_slow_message() -> None:
+    net = SimNetwork(seed=7, profile=LinkProfile(latency=0.05, loss=0.2))
+    a = net.add_node(config=CoreConfig(reassembly_timeout=30.0))
+    b = net.add_node(config=CoreConfig(reassembly_timeout=30.0))
+    a.endpoint.connect(b.address, net.now)
+    net.flush(a)
+    net.run(40)  # well past one reassembly timeout of uptime
+    payload = net.rng.randbytes(200_000)
+    handle = a.endpoint.send_message(b.peer_id, payload, net.now)
+    net.flush(a)
+    assert net.run(30, until=lambda: _delivered(a, handle))
+    assert [m.data for m in b.received()] == [payload]
+    assert b.endpoint.stats["reassembly_timeouts"] == 0

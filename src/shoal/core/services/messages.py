@@ -282,7 +282,9 @@ class MessageFlow:
             self._complete(channel, number, message_id, data)
             return
         if entry is None:
-            entry = channel.incoming[message_id] = _Reassembly(total, started=service.now)
+            # The connection has just taken this packet in: its receive time is now.
+            started = self.connection.last_received
+            entry = channel.incoming[message_id] = _Reassembly(total, started=started)
         elif entry.total != total:
             raise RemoteProtocolError("message fragments disagree on length")
         if offset in entry.parts:
@@ -373,7 +375,6 @@ class MessageService(Service):
         super().__init__()
         self.served: set[str] = {DEFAULT_CHANNEL}
         self.stored = 0
-        self.now = 0.0
         self._handles: dict[int, bytes] = {}
         self._pending: dict[bytes, list[tuple[int, str, bytes]]] = {}
         self._deadlines: deque[tuple[float, int]] = deque()

@@ -1,0 +1,34 @@
+"""Every complete Python program in the docs runs as printed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def _programs() -> list[tuple[str, str]]:
+    found = []
+    for page in sorted(DOCS.glob("*.md")):
+        for index, code in enumerate(BLOCK.findall(page.read_text())):
+            if "asyncio.run(" in code:
+                found.append((f"{page.name}#{index}", code))
+    return found
+
+
+@pytest.mark.parametrize(("where", "code"), _programs(), ids=[w for w, _ in _programs()])
+def test_program_in_the_docs_runs(where: str, code: str, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path, env={"SHOAL_NO_LAN": "1", "PATH": ""})
+    assert result.returncode == 0, f"{where}: {result.stderr}"
+    assert result.stdout.strip(), where
+
+
+def test_the_channel_example_is_found() -> None:
+    assert any(where.startswith("python-api.md") for where, _ in _programs())
