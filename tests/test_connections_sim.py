@@ -184,8 +184,9 @@ def test_a_new_service_plugs_in_and_a_peer_without_it_skips_its_frames() -> None
 
 def test_a_long_running_node_reassembles_a_slow_message() -> None:
     net = SimNetwork(seed=7, profile=LinkProfile(latency=0.05, loss=0.2))
-    a = net.add_node(config=CoreConfig(reassembly_timeout=30.0))
-    b = net.add_node(config=CoreConfig(reassembly_timeout=30.0))
+    config = CoreConfig(reassembly_timeout=30.0, keepalive_interval=1.0)  # timers fire often
+    a = net.add_node(config=config)
+    b = net.add_node(config=config)
     a.endpoint.connect(b.address, net.now)
     net.flush(a)
     net.run(40)  # well past one reassembly timeout of uptime
