@@ -196,3 +196,26 @@ def test_a_long_running_node_reassembles_a_slow_message() -> None:
     assert net.run(30, until=lambda: _delivered(a, handle))
     assert [m.data for m in b.received()] == [payload]
     assert b.endpoint.stats["reassembly_timeouts"] == 0
+
+
+def test_a_stalled_message_closes_its_connection_when_its_time_is_up() -> None:
+    net = SimNetwork(seed=8, profile=LinkProfile(latency=0.05))
+    a = net.add_node(config=CoreConfig(reassembly_timeout=30.0))
+    b = net.add_node(config=CoreConfig(reassembly_timeout=30.0))
+    a.endpoint.connect(b.address, net.now)
+    net.flush(a)
+    net.run(40)
+    cut = {"on": False}
+
+    def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
+        return None if cut["on"] and source == a.address else data
+
+    net.tap = tap
+    a.endpoint.send_message(b.peer_id, bytes(500_000), net.now)
+    net.flush(a)
+    net.run(0.2)  # some parts arrive, then a's packets stop reaching b
+    cut["on"] = True
+    started = net.now
+    assert net.run(40, until=lambda: b.endpoint.stats["reassembly_timeouts"] == 1)
+    assert 29 <= net.now - started <= 31
+    assert not b.endpoint.connections

@@ -97,8 +97,8 @@ class Node:
                                  config=self.config)
         self._driver: UdpDriver | None = None
         self._lan: object | None = None
-        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
-        self._inboxes: dict[str, asyncio.Queue[Message | None]] = {"": self._inbox}
+        self._default = Channel(self, "")
+        self._channels: dict[str, Channel] = {"": self._default}
         self._subscriptions: list[Subscription] = []
         self._waiters: dict[int, tuple[asyncio.Future[Delivery], float]] = {}
         self._handles: dict[asyncio.Future[Delivery], int] = {}
@@ -108,9 +108,6 @@ class Node:
         self._nat_waiters: list[asyncio.Future[NatReport]] = []
         self._watcher: asyncio.Task[None] | None = None
         self._closed = False
-        self.events: asyncio.Queue[ev.Event] | None = None
-        """Set to a queue to receive every core event as well; ``subscribe()`` gives each
-        consumer a queue of its own."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -199,8 +196,8 @@ class Node:
         for waiter in self._nat_waiters:
             if not waiter.done():
                 waiter.set_exception(ClosedError("the node is closed"))
-        for inbox in self._inboxes.values():
-            inbox.put_nowait(None)
+        for channel in self._channels.values():
+            channel._inbox.put_nowait(None)
         for subscription in list(self._subscriptions):
             subscription._queue.put_nowait(None)
 
@@ -331,17 +328,11 @@ class Node:
         only. One ``Channel`` per name at a time; ``close()`` it to stop serving."""
         if not isinstance(name, str) or not name:
             raise LocalProtocolError("a channel needs a non-empty name (\"\" is the default)")
-        if name in self._inboxes:
+        if name in self._channels:
             raise LocalProtocolError(f"channel {name!r} is already open", code="EBUSY")
         self.endpoint.serve_channel(name)
-        self._inboxes[name] = asyncio.Queue()
-        return Channel(self, name)
-
-    def _close_channel(self, name: str) -> None:
-        inbox = self._inboxes.pop(name, None)
-        if inbox is not None:
-            self.endpoint.unserve_channel(name)
-            inbox.put_nowait(None)
+        channel = self._channels[name] = Channel(self, name)
+        return channel
 
     def subscribe(self) -> Subscription:
         """A queue of every core event (connections, paths, NAT, ...) for one consumer."""
@@ -351,20 +342,12 @@ class Node:
 
     async def messages(self) -> AsyncIterator[Message]:
         """Every message received on the default channel, until the node closes."""
-        while True:
-            message = await self._inbox.get()
-            if message is None:
-                self._inbox.put_nowait(None)
-                return
+        async for message in self._default:
             yield message
 
     async def receive(self, timeout: float | None = None) -> Message:
-        """The next direct message."""
-        message = await asyncio.wait_for(self._inbox.get(), timeout)
-        if message is None:
-            self._inbox.put_nowait(None)
-            raise ClosedError("the node is closed")
-        return message
+        """The next message on the default channel."""
+        return await self._default.receive(timeout)
 
     async def connect(self, address: str | Address, *, timeout: float = 10.0) -> str:
         """Handshake with the node at ``address``; returns its peer id."""
@@ -452,14 +435,13 @@ class Node:
             future.set_exception(DeliveryError(event.reason, code=event.code))
 
     def _on_event(self, event: ev.Event) -> None:
-        if self.events is not None:
-            self.events.put_nowait(event)
         for subscription in self._subscriptions:
             subscription._queue.put_nowait(event)
         if isinstance(event, ev.MessageReceived):
-            inbox = self._inboxes.get(event.channel)
-            if inbox is not None:
-                inbox.put_nowait(Message(event.peer_id, event.data, event.path, event.channel))
+            channel = self._channels.get(event.channel)
+            if channel is not None:
+                channel._inbox.put_nowait(
+                    Message(event.peer_id, event.data, event.path, event.channel))
         elif isinstance(event, ev.MessageDelivered | ev.MessageFailed):
             self._settle(event)
         elif isinstance(event, ev.PeerConnected):
@@ -478,12 +460,22 @@ class Node:
                 future.set_result(event)
 
 
-async def _next(queue: asyncio.Queue, timeout: float | None, what: str):  # type: ignore[no-untyped-def]
+async def _until_closed(queue: asyncio.Queue, timeout: float | None, what: str):  # type: ignore[no-untyped-def]
+    """The next item of ``queue``; a None in it means closed (and stays for others)."""
     item = await asyncio.wait_for(queue.get(), timeout)
     if item is None:
         queue.put_nowait(None)
         raise ClosedError(f"the {what} is closed")
     return item
+
+
+async def _each(receive):  # type: ignore[no-untyped-def]
+    """Every item ``receive()`` gives, until it raises ``ClosedError``."""
+    while True:
+        try:
+            yield await receive()
+        except ClosedError:
+            return
 
 
 class Channel:
@@ -493,6 +485,7 @@ class Channel:
     def __init__(self, node: Node, name: str) -> None:
         self.node = node
         self.name = name
+        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
 
     async def send(self, peer_id: str, data: bytes, *, timeout: float | None = None
                    ) -> Delivery:
@@ -504,25 +497,18 @@ class Channel:
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next message on this channel."""
-        inbox = self.node._inboxes.get(self.name)
-        if inbox is None:
-            raise ClosedError(f"channel {self.name!r} is closed")
-        return await _next(inbox, timeout, "channel")
+        what = f"channel {self.name!r}" if self.name else "node"
+        return await _until_closed(self._inbox, timeout, what)
 
     def __aiter__(self) -> AsyncIterator[Message]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Message]:
-        while True:
-            try:
-                yield await self.receive()
-            except ClosedError:
-                return
+        return _each(self.receive)
 
     def close(self) -> None:
         """Stop serving the channel; peers' later messages on it fail with ENOPROTOOPT."""
-        if self.node._inboxes.get(self.name) is not None:
-            self.node._close_channel(self.name)
+        if self.name and self.node._channels.get(self.name) is self:
+            del self.node._channels[self.name]
+            self.node.endpoint.unserve_channel(self.name)
+            self._inbox.put_nowait(None)
 
     async def __aenter__(self) -> Channel:
         return self
@@ -539,17 +525,10 @@ class Subscription:
         self._queue: asyncio.Queue[ev.Event | None] = asyncio.Queue()
 
     async def get(self, timeout: float | None = None) -> ev.Event:
-        return await _next(self._queue, timeout, "node")
+        return await _until_closed(self._queue, timeout, "node")
 
     def __aiter__(self) -> AsyncIterator[ev.Event]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[ev.Event]:
-        while True:
-            try:
-                yield await self.get()
-            except ClosedError:
-                return
+        return _each(self.get)
 
     def close(self) -> None:
         if self in self._node._subscriptions:

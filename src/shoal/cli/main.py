@@ -179,7 +179,6 @@ def introducer(identity_path: str | None, as_json: bool, listen: str, alternate:
 
 
 async def _print_peer_events(node: Any, output: Output) -> None:
-
     import shoal.core.events as ev
 
     async for event in node.subscribe():

@@ -180,9 +180,8 @@ class Connection:
         self.wanted = True
         self.draining = False
         """Superseded by another connection: takes no new work and closes once idle."""
-        self.rebound = False
-        """The current path changed and the peer has not been told its new address yet."""
         self.path_changed = False
+        """The current path changed and the services have not been told yet."""
         self.drop_reason = ""
         self.closed = False
         self.close_reason = ""
@@ -237,25 +236,26 @@ class Connection:
         """Start validating ``address`` (from local ``socket``) as a path to the peer."""
         if self.closed:
             return
-        key = (address, socket)
-        path = self.paths.get(key)
+        path = self.paths.get((address, socket))
         if path is None:
             if isinstance(address, RelayPath) and not self.path.relayed:
                 return  # never trade a direct path for a relay
-            if len(self.paths) >= MAX_PATHS:
-                self._forget_a_path()
-                if len(self.paths) >= MAX_PATHS:
-                    return
-            path = self.paths[key] = Path(address, socket)
-        if path.validated or path.challenge is not None:
-            return
-        self._challenge(path, now)
+            path = self._new_path(address, socket)
+        if path is not None and not path.validated and path.challenge is None:
+            self._challenge(path, now)
 
-    def _forget_a_path(self) -> None:
-        for key, path in list(self.paths.items()):
-            if path is not self.path and not path.validated and path.challenge is None:
-                del self.paths[key]
-                return
+    def _new_path(self, address: Address, socket: int) -> Path | None:
+        """Track a new path, making room by forgetting an idle unvalidated one; None
+        when every slot is busy."""
+        if len(self.paths) >= MAX_PATHS:
+            for key, path in list(self.paths.items()):
+                if path is not self.path and not path.validated and path.challenge is None:
+                    del self.paths[key]
+                    break
+            else:
+                return None
+        path = self.paths[(address, socket)] = Path(address, socket)
+        return path
 
     def _challenge(self, path: Path, now: float) -> None:
         path.challenge = self._random(8)
@@ -346,19 +346,12 @@ class Connection:
 
     def _arrived_elsewhere(self, address: Address, socket: int, newest: bool,
                            now: float) -> Path:
-        key = (address, socket)
-        path = self.paths.get(key)
-        if path is None:
-            if len(self.paths) >= MAX_PATHS:
-                self._forget_a_path()
-            path = Path(address, socket)
-            if len(self.paths) < MAX_PATHS:
-                self.paths[key] = path
+        path = self.paths.get((address, socket)) or self._new_path(address, socket)
+        if path is None:  # no room to track it: answer its challenges, nothing more
+            return Path(address, socket)
         if newest and path.validated and self._better(path, newest=True):
             self._move_to(path)
-        elif not path.validated and path.challenge is None and key in self.paths and (
-            path.tries < CHALLENGE_TRIES
-        ):
+        elif not path.validated and path.challenge is None and path.tries < CHALLENGE_TRIES:
             self._challenge(path, now)
         return path
 
@@ -385,8 +378,6 @@ class Connection:
     def _move_to(self, path: Path) -> None:
         self.path = path
         self.path_changed = True
-        if not path.relayed:
-            self.rebound = True
         # Keep the relay as a known path only while it is the one in use.
         for key, other in list(self.paths.items()):
             if other.relayed and other is not path:

@@ -150,7 +150,8 @@ class Endpoint:
         for service in (self.messages, self.rendezvous, self.relay, self.nat_service,
                         *services):
             self.add_service(service)
-        self._proofs: dict[tuple[int, int], bytes] = {}
+        self._proofs: dict[int, bytes] = {}
+        self._next_handle = 1
 
     # ================================================================== services
 
@@ -172,9 +173,6 @@ class Endpoint:
                 raise LocalProtocolError(f"datagram kind 0x{kind:02x} is already owned")
         service.attach(self)
         self.services.append(service)
-
-    def service(self, cls: type[Service]) -> Service | None:
-        return next((s for s in self.services if isinstance(s, cls)), None)
 
     # ================================================================== public commands
 
@@ -236,8 +234,7 @@ class Endpoint:
     def stun_request(self, server: Address, now: float) -> int:
         """Ask a STUN server for our public address; answered by a ``StunResult`` event."""
         self._check_open()
-        handle = self.messages._next_handle
-        self.messages._next_handle += 1
+        handle = self.new_handle()
         self.nat_service.request(server, handle, now)
         return handle
 
@@ -362,7 +359,6 @@ class Endpoint:
             if isinstance(owner, Connection):
                 if owner.local_sid in self.connections:
                     owner.handle_timer(now)
-                    self.messages.check_reassembly(owner, now)
                     self._after_connection(owner, now)
             elif isinstance(owner, Dial):
                 self._dial_timer(owner, now)
@@ -402,12 +398,24 @@ class Endpoint:
 
     # ================================================================== for services
 
+    def new_handle(self) -> int:
+        """A handle no other command of this node returned (messages, STUN queries)."""
+        handle = self._next_handle
+        self._next_handle += 1
+        return handle
+
     def emit(self, event: ev.Event) -> None:
         self._events.append(event)
 
     def mark(self, connection: Connection) -> None:
         """``connection`` has something to send: flush it with the next datagrams."""
         self._dirty[connection] = None
+
+    def close_connection(self, connection: Connection, code: int, reason: str,
+                         now: float) -> None:
+        """Close ``connection`` (the peer is told) and let every service know."""
+        connection.close(code, reason)
+        self._after_connection(connection, now)
 
     def connection_to(self, peer: bytes) -> Connection | None:
         """The connection that carries new traffic to ``peer``, if any."""
@@ -426,18 +434,6 @@ class Endpoint:
             self.relay.send_via(address, datagram)
         else:
             self._out.append((datagram, address, socket))
-
-    def reach(self, peer: bytes, now: float) -> None:
-        self.rendezvous.reach(peer, now)
-
-    def unknown_peer(self, peer: bytes) -> bool:
-        return self.connection_to(peer) is None and self.rendezvous.unknown(peer)
-
-    def introducer_addresses(self) -> list[Address]:
-        return list(self.rendezvous.introducers)
-
-    def nat_changed(self, now: float) -> None:
-        self.rendezvous.nat_changed(now)
 
     def allow_unauthenticated(self, address: Address, now: float) -> bool:
         """Per-source-IP token bucket for unauthenticated input that costs work."""
@@ -517,11 +513,10 @@ class Endpoint:
     # ================================================================== handshakes
 
     def _proof(self, version: int) -> bytes:
-        key = (version, 0)
-        proof = self._proofs.get(key)
+        proof = self._proofs.get(version)
         if proof is None:
-            proof = self._proofs[key] = make_proof(self.identity, self.config.introducer,
-                                                   version, 0)
+            proof = self._proofs[version] = make_proof(self.identity, self.config.introducer,
+                                                       version, 0)
         return proof
 
     def _work_allowed(self, now: float) -> bool:
@@ -695,7 +690,8 @@ class Endpoint:
     def _established(self, connection: Connection, now: float) -> None:
         peer = connection.peer
         self.connections[connection.local_sid] = connection
-        self.messages.flow(connection)
+        for service in self.services:
+            service.on_connection_created(connection)
         self._by_peer.setdefault(peer, []).append(connection)
         existing = self.connection_to(peer)
         if existing is None:
@@ -784,12 +780,11 @@ class Endpoint:
             self.messages.on_idle(connection)
             if now >= connection.drained_at():
                 connection.close(CLOSE_SUPERSEDED, "superseded by another connection")
-        self.mark(connection)
         if connection.closed:
             self._flush_connection(connection, now)
             self._drop(connection, connection.close_reason, now)
         else:
-            self.timers.set(connection, connection.get_timer())
+            self.mark(connection)  # flushed, and its timer re-armed, in datagrams_to_send
 
     def _flush_connection(self, connection: Connection, now: float) -> None:
         send = self.send_datagram
@@ -819,7 +814,7 @@ class Endpoint:
                 self.emit(ev.PeerDisconnected(peer_id=connection.peer_id, reason=reason))
         for service in self.services:
             service.on_connection_down(connection, reason, now)
-        if connection.socket > 0 or any(p.socket > 0 for p in connection.paths.values()):
+        if any(p.socket > 0 for p in connection.paths.values()):
             self._sweep_sockets()
 
     def _sweep_sockets(self) -> None:

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from shoal.core.noise import HandshakeState
@@ -39,6 +40,7 @@ from shoal.core.wire import (
     RelayPath,
     decode_varint,
     encode_address,
+    encode_hello,
     encode_varint,
 )
 from shoal.errors import RemoteProtocolError
@@ -93,7 +95,7 @@ def address_bytes(address: Address) -> bytes:
 class ResponderSecrets:
     """The rotating secret behind stateless answers and cookies (current and previous)."""
 
-    def __init__(self, random_bytes, now: float) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, random_bytes: Callable[[int], bytes], now: float) -> None:
         self._random = random_bytes
         self.epoch = 0
         self._secrets = {0: random_bytes(32)}
@@ -155,12 +157,9 @@ class Dial:
     socket: int = 0
     cookie: bytes = b""
     retransmitted: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def initiator_state(identity: Identity, seed: bytes) -> tuple[HandshakeState, bytes]:
     """A fresh initiator handshake and its first message (carrying our hello)."""
-    from shoal.core.wire import encode_hello
-
     state = HandshakeState("XX", True, PROLOGUE, identity.static_key, seed)
     return state, state.write_message(encode_hello(SUPPORTED_VERSIONS, 0))

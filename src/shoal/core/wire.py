@@ -484,10 +484,13 @@ def _decode_register(buf: bytes, pos: int) -> tuple[Register, int]:
     return Register(local, nat), pos
 
 
-def _decode_intro_request(buf: bytes, pos: int) -> tuple[Frame, int]:
-    request_id, pos = decode_varint(buf, pos)
-    target, pos = _take(buf, pos, 32)
-    return IntroRequest(request_id, target), pos
+def _decode_request(kind: type[IntroRequest] | type[IntroFailed]) -> FrameDecoder:
+    def decode(buf: bytes, pos: int) -> tuple[Frame, int]:
+        request_id, pos = decode_varint(buf, pos)
+        target, pos = _take(buf, pos, 32)
+        return kind(request_id, target), pos
+
+    return decode
 
 
 def _decode_intro(buf: bytes, pos: int) -> tuple[Intro, int]:
@@ -497,12 +500,6 @@ def _decode_intro(buf: bytes, pos: int) -> tuple[Intro, int]:
     nat, pos = decode_varint(buf, pos)
     token, pos = _take(buf, pos, 8)
     return Intro(request_id, peer, addresses, nat, token), pos
-
-
-def _decode_intro_failed(buf: bytes, pos: int) -> tuple[Frame, int]:
-    request_id, pos = decode_varint(buf, pos)
-    target, pos = _take(buf, pos, 32)
-    return IntroFailed(request_id, target), pos
 
 
 def _decode_relay(kind: type[RelaySend] | type[RelayRecv]) -> FrameDecoder:
@@ -536,9 +533,9 @@ DECODERS: dict[int, FrameDecoder] = {
     FrameType.CHANNEL_REFUSED: _decode_number(ChannelRefused),
     FrameType.OBSERVED_ADDRESS: _decode_observed,
     FrameType.REGISTER: _decode_register,
-    FrameType.INTRO_REQUEST: _decode_intro_request,
+    FrameType.INTRO_REQUEST: _decode_request(IntroRequest),
     FrameType.INTRO: _decode_intro,
-    FrameType.INTRO_FAILED: _decode_intro_failed,
+    FrameType.INTRO_FAILED: _decode_request(IntroFailed),
     FrameType.RELAY_SEND: _decode_relay(RelaySend),
     FrameType.RELAY_RECV: _decode_relay(RelayRecv),
 }

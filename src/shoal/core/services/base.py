@@ -47,6 +47,10 @@ class Service:
     def on_packet(self, data: bytes, address: Address, now: float, socket: int) -> None:
         """A datagram whose first byte is one of ``packet_kinds`` arrived."""
 
+    def on_connection_created(self, connection: Connection) -> None:
+        """A handshake completed: ``connection`` exists and may receive at once, whether
+        it becomes the peer's connection or one that a crossed dial supersedes."""
+
     def on_connection_up(self, connection: Connection, now: float) -> None:
         """A connection was established (it is the peer's connection now)."""
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from shoal.core import events as ev
 from shoal.core.connection import CLOSE_PROTOCOL_ERROR, Connection
@@ -37,13 +36,9 @@ from shoal.core.wire import (
     ChannelRefused,
     Frame,
     FrameType,
-    encode_frame,
     encode_varint,
 )
 from shoal.errors import LocalProtocolError, RemoteProtocolError
-
-if TYPE_CHECKING:
-    pass
 
 DEFAULT_CHANNEL = ""
 MAX_MESSAGE_WINDOW = 1 << 16
@@ -82,9 +77,12 @@ class _OutChannel:
 @dataclass(slots=True, eq=False)
 class _Reassembly:
     total: int
+    started: float
     parts: dict[int, bytes] = field(default_factory=dict)
     received: int = 0
-    started: float = 0.0
+    """Bytes of the message received so far."""
+    cost: int = 0
+    """What they count against the budgets (``_cost`` of each part)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -279,28 +277,30 @@ class MessageFlow:
             raise RemoteProtocolError("message larger than this node accepts")
         entry = channel.incoming.get(message_id)
         if entry is None and offset == 0 and len(data) == total:
-            self._complete(channel, number, message_id, data)
+            self._complete(channel, message_id, data)
             return
         if entry is None:
             # The connection has just taken this packet in: its receive time is now.
             started = self.connection.last_received
-            entry = channel.incoming[message_id] = _Reassembly(total, started=started)
+            entry = channel.incoming[message_id] = _Reassembly(total, started)
+            service.watch_reassembly(self.connection, entry.started)
         elif entry.total != total:
             raise RemoteProtocolError("message fragments disagree on length")
         if offset in entry.parts:
             return
-        cost = len(data) + FRAGMENT_OVERHEAD
+        cost = _cost(data)
         self._store(cost)
         entry.parts[offset] = data
         entry.received += len(data)
+        entry.cost += cost
         if entry.received < entry.total:
             return
         whole = b"".join(entry.parts[k] for k in sorted(entry.parts))
         del channel.incoming[message_id]
-        self._release(sum(len(p) + FRAGMENT_OVERHEAD for p in entry.parts.values()))
+        self._release(entry.cost)
         if len(whole) != entry.total:
             raise RemoteProtocolError("message fragments overlap")
-        self._complete(channel, number, message_id, whole)
+        self._complete(channel, message_id, whole)
 
     def _store(self, cost: int) -> None:
         service = self.service
@@ -316,20 +316,20 @@ class MessageFlow:
         self.stored -= cost
         self.service.stored -= cost
 
-    def _complete(self, channel: _InChannel, number: int, message_id: int, data: bytes) -> None:
+    def _complete(self, channel: _InChannel, message_id: int, data: bytes) -> None:
         if message_id == channel.floor and channel.name is not None:
             self.service.received(self.connection, channel.name, data)
             channel.floor += 1
             self._drain(channel)
             return
-        self._store(len(data) + FRAGMENT_OVERHEAD)
+        self._store(_cost(data))
         channel.ready[message_id] = data
 
     def _drain(self, channel: _InChannel) -> None:
         ready = channel.ready
         while channel.floor in ready:
             data = ready.pop(channel.floor)
-            self._release(len(data) + FRAGMENT_OVERHEAD)
+            self._release(_cost(data))
             self.service.received(self.connection, channel.name or "", data)
             channel.floor += 1
 
@@ -343,9 +343,8 @@ class MessageFlow:
             return
         if frame.number == 0 or not self.service.serves(frame.name):
             channel.refused = True
-            self._release(sum(len(d) + FRAGMENT_OVERHEAD for d in channel.ready.values())
-                          + sum(len(p) + FRAGMENT_OVERHEAD for r in channel.incoming.values()
-                                for p in r.parts.values()))
+            self._release(sum(_cost(d) for d in channel.ready.values())
+                          + sum(r.cost for r in channel.incoming.values()))
             channel.ready.clear()
             channel.incoming.clear()
             self.service.endpoint.stats["channels_refused"] += 1
@@ -378,7 +377,6 @@ class MessageService(Service):
         self._handles: dict[int, bytes] = {}
         self._pending: dict[bytes, list[tuple[int, str, bytes]]] = {}
         self._deadlines: deque[tuple[float, int]] = deque()
-        self._next_handle = 1
 
     # ---------------------------------------------------------------- commands
 
@@ -402,8 +400,7 @@ class MessageService(Service):
                 f"message of {len(data)} bytes exceeds the limit of {config.max_message_size}",
                 code="EMSGSIZE",
             )
-        handle = self._next_handle
-        self._next_handle += 1
+        handle = self.endpoint.new_handle()
         self._handles[handle] = peer
         deadlines = self._deadlines
         deadlines.append((now + config.message_timeout, handle))
@@ -419,7 +416,7 @@ class MessageService(Service):
             self.endpoint.mark(connection)
         else:
             self._pending.setdefault(peer, []).append((handle, channel, data))
-            self.endpoint.reach(peer, now)
+            self.endpoint.rendezvous.reach(peer, now)
         return handle
 
     def cancel(self, handle: int, reason: str) -> None:
@@ -470,6 +467,9 @@ class MessageService(Service):
             connection.flow = flow
         return flow
 
+    def on_connection_created(self, connection: Connection) -> None:
+        self.flow(connection)
+
     def on_connection_up(self, connection: Connection, now: float) -> None:
         flow = self.flow(connection)
         queued = self._pending.pop(connection.peer, None)
@@ -497,6 +497,7 @@ class MessageService(Service):
         if not isinstance(flow, MessageFlow):
             return
         flow.drop()
+        self.set_timer(None, connection)
         successor = self.endpoint.connection_to(connection.peer)
         undelivered = flow.undelivered()
         if successor is not None:
@@ -537,30 +538,50 @@ class MessageService(Service):
         self.set_timer(deadlines[0][0] if deadlines else None)
 
     def on_timer(self, now: float, key: object = None) -> None:
+        if isinstance(key, Connection):
+            self._check_reassembly(key, now)
+            return
         deadlines = self._deadlines
         while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in self._handles):
             _, handle = deadlines.popleft()
             peer = self._handles.get(handle)
             if peer is None:
                 continue
-            if self.endpoint.unknown_peer(peer):
+            if self.endpoint.rendezvous.unknown(peer):
                 self.failed(handle, "EHOSTUNREACH", "no introducer knows this peer")
             else:
                 self.failed(handle, "ETIMEDOUT", "not acknowledged in time")
         self._arm()
 
-    def check_reassembly(self, connection: Connection, now: float) -> None:
+    def watch_reassembly(self, connection: Connection, started: float) -> None:
+        """A message began arriving in parts: make sure a deadline covers it."""
+        if self.endpoint.timers.deadline((self, connection)) is None:
+            self.set_timer(started + self.config.reassembly_timeout, connection)
+
+    def _check_reassembly(self, connection: Connection, now: float) -> None:
         flow = connection.flow
-        if not isinstance(flow, MessageFlow) or not flow.stored:
+        if not isinstance(flow, MessageFlow) or connection.closed:
             return
         oldest = flow.oldest_unfinished()
-        if oldest is not None and now - oldest > self.config.reassembly_timeout:
+        if oldest is None:
+            return
+        deadline = oldest + self.config.reassembly_timeout
+        # The same expression as the deadline armed, so a timer firing at it always acts.
+        if now >= deadline:
             self.endpoint.stats["reassembly_timeouts"] += 1
-            connection.close(CLOSE_PROTOCOL_ERROR, "a message stayed unfinished too long")
+            self.endpoint.close_connection(connection, CLOSE_PROTOCOL_ERROR,
+                                           "a message stayed unfinished too long", now)
+        else:
+            self.set_timer(deadline, connection)
 
     def close(self, now: float) -> None:
         for handle in list(self._handles):
             self.failed(handle, "ECLOSED", "node closed")
+
+
+def _cost(data: bytes) -> int:
+    """What a stored part counts against the reassembly budgets."""
+    return len(data) + FRAGMENT_OVERHEAD
 
 
 def _check_name(channel: str) -> None:
@@ -575,5 +596,3 @@ def _fragment(message: OutgoingMessage, offset: int, length: int) -> bytes:
                      encode_varint(len(message.data)), encode_varint(offset),
                      encode_varint(length), data))
 
-
-__all__ = ["DEFAULT_CHANNEL", "MessageFlow", "MessageService", "encode_frame"]

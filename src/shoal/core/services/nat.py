@@ -72,7 +72,7 @@ class NatService(Service):
 
     def start_check(self, now: float, servers: Iterable[Address] = ()) -> None:
         endpoint = self.endpoint
-        every = [*endpoint.introducer_addresses(), *self.config.stun_servers, *servers]
+        every = [*endpoint.rendezvous.introducers, *self.config.stun_servers, *servers]
         targets = tuple(dict.fromkeys(a for a in every if not isinstance(a, RelayPath)))
         if not targets:
             return
@@ -199,5 +199,5 @@ class NatService(Service):
             self.nat = report.nat
             self.endpoint.emit(ev.NatDetected(report=report))
             if changed:
-                self.endpoint.nat_changed(now)
+                self.endpoint.rendezvous.nat_changed(now)
         self._arm()

@@ -9,17 +9,22 @@ read or alter. ``RelayQuotas`` bounds what one peer may make this node relay.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from shoal.core.connection import Connection
 from shoal.core.relay import RelayQuotas
 from shoal.core.services.base import Service
 from shoal.core.wire import MAX_RELAYED_DATAGRAM, Frame, FrameType, RelayPath, RelayRecv, RelaySend
+
+if TYPE_CHECKING:
+    from shoal.core.endpoint import Endpoint
 
 
 class RelayService(Service):
     name = "relay"
     frame_types = (FrameType.RELAY_SEND, FrameType.RELAY_RECV)
 
-    def attach(self, endpoint) -> None:  # type: ignore[no-untyped-def]
+    def attach(self, endpoint: Endpoint) -> None:
         super().attach(endpoint)
         self.quotas = RelayQuotas(endpoint.config, self._connected_direct)
 

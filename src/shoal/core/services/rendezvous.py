@@ -144,8 +144,9 @@ class RendezvousService(Service):
         self._arm(state)
 
     def unknown(self, peer: bytes) -> bool:
+        """Every introducer asked said it does not know ``peer``, and it is not connected."""
         state = self.peers.get(peer)
-        return state is not None and state.unknown
+        return state is not None and state.unknown and self.endpoint.connection_to(peer) is None
 
     # ---------------------------------------------------------------- introducers
 
@@ -256,9 +257,7 @@ class RendezvousService(Service):
         state.addresses.setdefault(connection.address, "connection")
         self._direct(state, now)
         self._arm(state)
-        if connection.rebound:
-            connection.rebound = False
-            connection.queue_frame(ObservedAddress(connection.address))
+        connection.queue_frame(ObservedAddress(connection.address))
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
         peer = connection.peer
@@ -449,9 +448,6 @@ class RendezvousService(Service):
             relayed = connection is not None and connection.path.relayed
             if relayed or (connection is None and endpoint.messages.pending_for(state.peer)):
                 self.reach(state.peer, now, fresh=True)
-
-    def close(self, now: float) -> None:
-        self.set_timer(None)
 
 
 def _addresses(observed: Address, local: tuple[Address, ...]) -> tuple[Address, ...]:
