@@ -340,10 +340,9 @@ class Node:
         self._subscriptions.append(subscription)
         return subscription
 
-    async def messages(self) -> AsyncIterator[Message]:
+    def messages(self) -> AsyncIterator[Message]:
         """Every message received on the default channel, until the node closes."""
-        async for message in self._default:
-            yield message
+        return aiter(self._default)
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next message on the default channel."""
@@ -462,20 +461,19 @@ class Node:
 
 async def _until_closed(queue: asyncio.Queue, timeout: float | None, what: str):  # type: ignore[no-untyped-def]
     """The next item of ``queue``; a None in it means closed (and stays for others)."""
-    item = await asyncio.wait_for(queue.get(), timeout)
+    get = queue.get()
+    item = await (get if timeout is None else asyncio.wait_for(get, timeout))
     if item is None:
         queue.put_nowait(None)
         raise ClosedError(f"the {what} is closed")
     return item
 
 
-async def _each(receive):  # type: ignore[no-untyped-def]
-    """Every item ``receive()`` gives, until it raises ``ClosedError``."""
-    while True:
-        try:
-            yield await receive()
-        except ClosedError:
-            return
+async def _each(queue: asyncio.Queue):  # type: ignore[no-untyped-def]
+    """Every item of ``queue`` until the None that closes it (left there for others)."""
+    while (item := await queue.get()) is not None:
+        yield item
+    queue.put_nowait(None)
 
 
 class Channel:
@@ -501,7 +499,7 @@ class Channel:
         return await _until_closed(self._inbox, timeout, what)
 
     def __aiter__(self) -> AsyncIterator[Message]:
-        return _each(self.receive)
+        return _each(self._inbox)
 
     def close(self) -> None:
         """Stop serving the channel; peers' later messages on it fail with ENOPROTOOPT."""
@@ -528,7 +526,7 @@ class Subscription:
         return await _until_closed(self._queue, timeout, "node")
 
     def __aiter__(self) -> AsyncIterator[ev.Event]:
-        return _each(self.get)
+        return _each(self._queue)
 
     def close(self) -> None:
         if self in self._node._subscriptions:
