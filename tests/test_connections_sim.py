@@ -219,3 +219,17 @@ def test_a_stalled_message_closes_its_connection_when_its_time_is_up() -> None:
     assert net.run(40, until=lambda: b.endpoint.stats["reassembly_timeouts"] == 1)
     assert 29 <= net.now - started <= 31
     assert not b.endpoint.connections
+
+
+def test_a_message_that_fits_a_packet_travels_whole() -> None:
+    net, a, b = _pair(9)
+    a.endpoint.connect(b.address, net.now)
+    net.flush(a)
+    small = [a.endpoint.send_message(b.peer_id, bytes([i]) * 1024, net.now) for i in range(100)]
+    large = a.endpoint.send_message(b.peer_id, bytes(5000), net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: all(_delivered(a, h) for h in [*small, large]))
+    assert [m.data for m in b.received()] == [bytes([i]) * 1024 for i in range(100)] + [
+        bytes(5000)]
+    # Only the message larger than a packet was cut in parts and put back together.
+    assert b.endpoint.stats["messages_reassembled"] == 1

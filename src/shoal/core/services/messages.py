@@ -42,6 +42,9 @@ from shoal.errors import LocalProtocolError, RemoteProtocolError
 
 DEFAULT_CHANNEL = ""
 MAX_MESSAGE_WINDOW = 1 << 16
+WHOLE_MESSAGE_ROOM = 64
+"""Room left in a packet for an ACK and a fragment header when judging whether a message
+fits in a packet of its own."""
 FRAGMENT_OVERHEAD = 96
 """Bytes a stored fragment is counted as beyond its data (object and dict overhead)."""
 NO_CHANNEL = "ENOPROTOOPT"
@@ -182,6 +185,7 @@ class MessageFlow:
         if self.hold:
             return budget
         active = self.active
+        whole_limit = self.connection.max_payload - WHOLE_MESSAGE_ROOM
         while active and budget > 24:
             out = active[0]
             message = out.queue[0]
@@ -193,7 +197,11 @@ class MessageFlow:
             total = len(message.data)
             offset = message.next_offset
             length = min(total - offset, budget - 24)
-            if length <= 0 and total > 0:
+            if (length <= 0 and total > 0) or (
+                # A message that fits a packet of its own is not split across two: the
+                # receiver then takes it whole, with no reassembly.
+                offset == 0 and length < total and total <= whole_limit
+            ):
                 break
             frame = _fragment(message, offset, length)
             parts.append(frame)
@@ -298,6 +306,7 @@ class MessageFlow:
         whole = b"".join(entry.parts[k] for k in sorted(entry.parts))
         del channel.incoming[message_id]
         self._release(entry.cost)
+        service.endpoint.stats["messages_reassembled"] += 1
         if len(whole) != entry.total:
             raise RemoteProtocolError("message fragments overlap")
         self._complete(channel, message_id, whole)
