@@ -233,3 +233,34 @@ def test_a_message_that_fits_a_packet_travels_whole() -> None:
         bytes(5000)]
     # Only the message larger than a packet was cut in parts and put back together.
     assert b.endpoint.stats["messages_reassembled"] == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_connection_the_peer_never_got_does_not_displace_the_one_it_has(seed: int) -> None:
+    net, a, b = _pair(seed)
+    if a.endpoint.identity.public_key > b.endpoint.identity.public_key:
+        a, b = b, a  # a has the smaller id: by the crossed-dial rule its own would win
+    lost_finals = {"count": 0}
+
+    def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
+        if data[0] == PacketKind.FINAL and source == a.address:
+            lost_finals["count"] += 1  # b never learns of the connection a started
+            return None
+        return data
+
+    net.tap = tap
+    a.endpoint.connect(b.address, net.now)
+    b.endpoint.connect(a.address, net.now)
+    net.flush(a)
+    net.flush(b)
+    handles = [a.endpoint.send_message(b.peer_id, b"m%d" % i, net.now) for i in range(5)]
+    net.flush(a)
+    assert net.run(10, until=lambda: all(_delivered(a, h) for h in handles))
+    assert [m.data for m in b.received()] == [b"m%d" % i for i in range(5)]
+    net.run(10)
+    assert lost_finals["count"] >= 1
+    (ca,), (cb,) = a.endpoint.connections.values(), b.endpoint.connections.values()
+    assert (ca.local_sid, ca.remote_sid) == (cb.remote_sid, cb.local_sid)
+    later = a.endpoint.send_message(b.peer_id, b"later", net.now)
+    net.flush(a)
+    assert net.run(2, until=lambda: _delivered(a, later))

@@ -77,6 +77,9 @@ CLOSE_SUPERSEDED = 3
 
 MAX_PATHS = 4
 CHALLENGE_TRIES = 4
+UNCONFIRMED_ASIDE = 3.0
+"""Seconds a connection set aside (see ``Endpoint``) waits for the peer to confirm it; its
+FINAL has gone out four times by then."""
 
 
 class Flow(Protocol):
@@ -180,6 +183,8 @@ class Connection:
         self.wanted = True
         self.draining = False
         """Superseded by another connection: takes no new work and closes once idle."""
+        self.undecided = False
+        """A second connection with the peer, kept aside until the peer confirms it."""
         self.path_changed = False
         """The current path changed and the services have not been told yet."""
         self.drop_reason = ""
@@ -534,7 +539,14 @@ class Connection:
                 deadline = min(deadline, path.next_try)
         if self.draining and self.idle():
             deadline = min(deadline, self.drained_at())
+        if not self.confirmed:
+            deadline = min(deadline, self.unconfirmed_until())
         return deadline
+
+    def unconfirmed_until(self) -> float:
+        """A connection we started that the peer never confirmed is given up then."""
+        wait = UNCONFIRMED_ASIDE if self.undecided else self.config.handshake_timeout
+        return self.established_at + wait
 
     def drained_at(self) -> float:
         """A draining connection closes once idle and quiet until then."""
@@ -545,6 +557,9 @@ class Connection:
             return
         if now >= self.last_received + self.config.idle_timeout:
             self._finish("peer went silent (idle timeout)")
+            return
+        if not self.confirmed and now >= self.unconfirmed_until():
+            self._finish("the peer never confirmed the handshake")
             return
         if self.loss_time is not None and now >= self.loss_time:
             self._detect_lost(now)

@@ -21,7 +21,11 @@ address, a rebinding. When two handshakes with one peer complete at nearly the s
 time (both sides dialed), the one started by the smaller peer id is kept; the other
 finishes what it carries and closes, and the kept one sends nothing new until then. A
 later handshake with a connected peer means the peer lost its connection (a restart),
-and replaces the old one.
+and replaces the old one. A connection this node started counts for that rule only once the
+peer has shown it holds it too (its first DATA), so both sides judge the same pair;
+until then a confirmed one carries new traffic, and one set aside that the peer never
+confirms closes after ``connection.UNCONFIRMED_ASIDE`` seconds, its messages moving to
+the other.
 
 Responders keep no state per INIT (see ``handshake``). Unauthenticated input is rate
 limited per source IP, an INIT must be padded to 1200 bytes so no answer amplifies, and
@@ -695,21 +699,52 @@ class Endpoint:
         self._by_peer.setdefault(peer, []).append(connection)
         existing = self.connection_to(peer)
         if existing is None:
+            self._adopt(connection, now)
+        elif not connection.confirmed:
+            # A second connection we started: the peer may never get our FINAL (lost,
+            # or sent to a punch socket that closed meanwhile). It counts once the peer
+            # shows it has it, with its first DATA.
+            self._set_aside(connection)
+        elif not existing.confirmed:
+            # The same the other way round: the one we hold may not exist at the peer,
+            # this one does. It carries new traffic; the rule waits for both.
             self._current[peer] = connection
-            for dial in [d for d in self._dials.values() if d.expected_peer == peer]:
-                self._remove_dial(dial)
-                if dial.address != connection.address:
-                    connection.probe_path(dial.address, dial.socket, now)
+            self.messages.take_over(existing, connection, hold=False)
+            self._set_aside(existing)
             for service in self.services:
                 service.on_connection_up(connection, now)
-            self.emit(ev.PeerConnected(
-                peer_id=connection.peer_id, address=connection.address,
-                path=connection.path_kind, initiator=connection.initiator,
-                introducer=peer in self.rendezvous.introducer_peers,
-            ))
-        elif self._keeps(existing, connection, now):
-            self._current[peer] = connection
-            self.messages.take_over(existing, connection)
+        else:
+            self._second_connection(existing, connection, now)
+        self.mark(connection)
+        self._after_connection(connection, now)
+
+    def _adopt(self, connection: Connection, now: float) -> None:
+        """``connection`` is the peer's only one: it carries the traffic from now on."""
+        peer = connection.peer
+        self._current[peer] = connection
+        for dial in [d for d in self._dials.values() if d.expected_peer == peer]:
+            self._remove_dial(dial)
+            if dial.address != connection.address:
+                connection.probe_path(dial.address, dial.socket, now)
+        for service in self.services:
+            service.on_connection_up(connection, now)
+        self.emit(ev.PeerConnected(
+            peer_id=connection.peer_id, address=connection.address,
+            path=connection.path_kind, initiator=connection.initiator,
+            introducer=peer in self.rendezvous.introducer_peers,
+        ))
+
+    def _set_aside(self, connection: Connection) -> None:
+        connection.undecided, connection.wanted = True, False
+        self.timers.set(connection, connection.get_timer())
+
+    def _second_connection(self, existing: Connection, new: Connection, now: float) -> None:
+        """Both sides hold ``existing`` and ``new`` with one peer: keep one (see the
+        module docstring)."""
+        if self._keeps(existing, new, now):
+            self._current[new.peer] = new
+            new.wanted = True
+            self.messages.take_over(existing, new)
             if now - existing.established_at < CROSSED_DIAL_WINDOW:
                 existing.draining, existing.wanted = True, False
                 self.stats["crossed_dials"] += 1
@@ -719,12 +754,10 @@ class Endpoint:
                 self.mark(existing)
                 self._after_connection(existing, now)
             for service in self.services:
-                service.on_connection_up(connection, now)
+                service.on_connection_up(new, now)
         else:
-            connection.draining, connection.wanted = True, False
+            new.draining, new.wanted = True, False
             self.stats["crossed_dials"] += 1
-        self.mark(connection)
-        self._after_connection(connection, now)
 
     def _keeps(self, existing: Connection, new: Connection, now: float) -> bool:
         """Whether ``new`` replaces ``existing`` as the peer's connection."""
@@ -776,9 +809,17 @@ class Endpoint:
             self.emit(ev.PathChanged(peer_id=connection.peer_id, address=connection.address,
                                      path=connection.path_kind))
             self._sweep_sockets()
-        if connection.draining and not connection.closed and connection.idle():
-            self.messages.on_idle(connection)
-            if now >= connection.drained_at():
+        if connection.undecided and connection.confirmed and not connection.closed:
+            connection.undecided = False
+            existing = self.connection_to(connection.peer)
+            if existing is None:
+                connection.wanted = True
+                self._adopt(connection, now)
+            else:
+                self._second_connection(existing, connection, now)
+        if connection.draining and not connection.closed:
+            self.messages.on_draining(connection)
+            if connection.idle() and now >= connection.drained_at():
                 connection.close(CLOSE_SUPERSEDED, "superseded by another connection")
         if connection.closed:
             self._flush_connection(connection, now)

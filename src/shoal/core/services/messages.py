@@ -487,8 +487,9 @@ class MessageService(Service):
                 flow.send(handle, channel, data)
             self.endpoint.mark(connection)
 
-    def take_over(self, old: Connection, new: Connection) -> None:
-        """Move what ``old`` has not started sending to ``new`` (``old`` drains the rest)."""
+    def take_over(self, old: Connection, new: Connection, *, hold: bool = True) -> None:
+        """Move what ``old`` has not started sending to ``new`` (``old`` drains the rest);
+        with ``hold``, ``new`` sends nothing new until then, so order is kept."""
         flow = old.flow
         if not isinstance(flow, MessageFlow):
             return
@@ -499,7 +500,7 @@ class MessageService(Service):
         for out in flow.out.values():
             if not out.queue and out in flow.active:
                 flow.active.remove(out)
-        target.hold = flow.has_data() or bool(old.sent)
+        target.hold = hold and bool(flow.undelivered())
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
         flow = connection.flow
@@ -531,12 +532,16 @@ class MessageService(Service):
         elif isinstance(frame, ChannelRefused):
             flow.on_channel_answer(frame.number, False)
 
-    def on_idle(self, connection: Connection) -> None:
-        """A draining predecessor finished: its successor may send again."""
+    def on_draining(self, connection: Connection) -> None:
+        """``connection`` is superseded: once it has delivered every message it carried,
+        its successor may send again (order per channel is then kept)."""
         successor = self.endpoint.connection_to(connection.peer)
-        if successor is not None and isinstance(successor.flow, MessageFlow) and (
-            successor.flow.hold
+        flow = connection.flow
+        if successor is None or not isinstance(successor.flow, MessageFlow) or (
+            not successor.flow.hold
         ):
+            return
+        if not isinstance(flow, MessageFlow) or not flow.undelivered():
             successor.flow.hold = False
             self.endpoint.mark(successor)
 
