@@ -24,6 +24,8 @@ def measure(peers: int, samples: int = 300) -> dict[str, float]:
     for node in nodes:
         node.endpoint.connect(hub.address, net.now)
         net.flush(node)
+    # ``sessions`` is the table's name before connections: the same script then measures
+    # an older checkout side by side.
     table = getattr(hub.endpoint, "connections", None)
     table = hub.endpoint.sessions if table is None else table
     net.run(5, until=lambda: len(table) >= peers)
