@@ -17,7 +17,7 @@ def _programs() -> list[tuple[str, str]]:
     found = []
     for page in sorted(DOCS.glob("*.md")):
         for index, code in enumerate(BLOCK.findall(page.read_text())):
-            if "asyncio.run(" in code:
+            if "asyncio.run(" in code or "sim.run(" in code:
                 found.append((f"{page.name}#{index}", code))
     return found
 
@@ -25,10 +25,12 @@ def _programs() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("where", "code"), _programs(), ids=[w for w, _ in _programs()])
 def test_program_in_the_docs_runs(where: str, code: str, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60, cwd=tmp_path, env={"SHOAL_NO_LAN": "1", "PATH": ""})
+                            timeout=180, cwd=tmp_path, env={"SHOAL_NO_LAN": "1", "PATH": ""})
     assert result.returncode == 0, f"{where}: {result.stderr}"
     assert result.stdout.strip(), where
 
 
-def test_the_channel_example_is_found() -> None:
-    assert any(where.startswith("python-api.md") for where, _ in _programs())
+def test_the_channel_and_simulator_examples_are_found() -> None:
+    programs = [code for where, code in _programs() if where.startswith("python-api.md")]
+    assert any("channel(" in code for code in programs)
+    assert any("sim.run(" in code for code in programs)

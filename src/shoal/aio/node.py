@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from types import TracebackType
+from typing import Protocol
 
+from shoal.aio.driver import LoopDriver
 from shoal.aio.udp import UdpDriver, open_udp_socket
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
@@ -21,7 +23,7 @@ from shoal.core.natcheck import NatReport
 from shoal.core.wire import Address
 from shoal.errors import ClosedError, DeliveryError, LocalProtocolError, ShoalError
 from shoal.identity import Identity
-from shoal.net import local_addresses, parse_address
+from shoal.net import parse_address
 
 __all__ = ["Channel", "Delivery", "Message", "NatReport", "Node", "PeerInfo", "Subscription"]
 
@@ -51,6 +53,14 @@ class Delivery:
     seconds: float
 
 
+class Network(Protocol):
+    """Somewhere other than the host's UDP stack to run a node (``shoal.sim``)."""
+
+    def random_bytes(self, count: int) -> bytes: ...
+    def attach(self, endpoint: Endpoint, on_event: Callable[[ev.Event], None]
+               ) -> LoopDriver: ...
+
+
 def lan_discovery_default() -> bool:
     """LAN discovery is on unless ``SHOAL_NO_LAN`` is set to a non-empty value."""
     return not os.environ.get("SHOAL_NO_LAN")
@@ -78,11 +88,17 @@ class Node:
         config: CoreConfig | None = None,
         alternate: str | Address | None = None,
         stun_servers: Iterable[str | Address] = (),
+        network: Network | None = None,
     ) -> None:
         """``alternate``: a second IP and port of this host, from which a node acting as
         STUN server answers NAT behaviour tests (RFC 5780); ``stun_servers``: STUN
-        servers the NAT check asks besides the introducers."""
+        servers the NAT check asks besides the introducers; ``network``: run somewhere
+        other than the host's UDP stack (``shoal.sim.VirtualNetwork.node`` passes it)."""
+        if network is not None and (identity is None or alternate is not None):
+            raise LocalProtocolError("a node on a simulated network needs an identity "
+                                     "and has no alternate address")
         self.identity = identity or Identity.load_or_create()
+        self._network = network
         self._introducers = [parse_address(a) for a in introducers]
         self._listen = parse_address(listen, default_port=0)
         self._alternate = parse_address(alternate) if alternate is not None else None
@@ -92,10 +108,15 @@ class Node:
             introducer=introducer or base.introducer,
             stun_servers=(*base.stun_servers, *(parse_address(a) for a in stun_servers)),
         )
-        self.lan_discovery = lan_discovery_default() if lan_discovery is None else lan_discovery
-        self.endpoint = Endpoint(self.identity, random_bytes=secrets.token_bytes,
-                                 config=self.config)
-        self._driver: UdpDriver | None = None
+        if network is not None:
+            self.lan_discovery = False
+        elif lan_discovery is None:
+            self.lan_discovery = lan_discovery_default()
+        else:
+            self.lan_discovery = lan_discovery
+        random_bytes = network.random_bytes if network is not None else secrets.token_bytes
+        self.endpoint = Endpoint(self.identity, random_bytes=random_bytes, config=self.config)
+        self._driver: LoopDriver | None = None
         self._lan: object | None = None
         self._default = Channel(self, "")
         self._channels: dict[str, Channel] = {"": self._default}
@@ -115,17 +136,12 @@ class Node:
         """Bind the socket, start LAN discovery and connect to the introducers."""
         if self._driver is not None:
             return self
-        host, port = self._listen
-        try:
-            sock = open_udp_socket(host, port)
-        except OSError as exc:
-            raise ShoalError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                             code="EADDRINUSE" if exc.errno == 98 else "EIO") from exc
-        self._driver = UdpDriver(self.endpoint, sock, self._on_event)
+        if self._network is not None:
+            self._driver = self._network.attach(self.endpoint, self._on_event)
+        else:
+            self._driver = self._open_udp()
         bound = self._driver.local_address
-        if self._alternate is not None:
-            self._open_alternates(bound)
-        self.endpoint.set_local_addresses(local_addresses(bound))
+        self.endpoint.set_local_addresses(self._driver.local_addresses())
         now = self._driver.now()
         for address in self._introducers:
             self.endpoint.add_introducer(address, now)
@@ -136,11 +152,28 @@ class Node:
             await lan.start()
             self._lan = lan
         self._driver.flush()
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_network())
+        if self._network is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_network())
         return self
 
-    def _open_alternates(self, bound: Address) -> None:
-        assert self._driver is not None and self._alternate is not None
+    def _open_udp(self) -> UdpDriver:
+        host, port = self._listen
+        try:
+            sock = open_udp_socket(host, port)
+        except OSError as exc:
+            raise ShoalError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                             code="EADDRINUSE" if exc.errno == 98 else "EIO") from exc
+        driver = UdpDriver(self.endpoint, sock, self._on_event)
+        if self._alternate is not None:
+            try:
+                self._open_alternates(driver, driver.local_address)
+            except BaseException:
+                driver.close()
+                raise
+        return driver
+
+    def _open_alternates(self, driver: UdpDriver, bound: Address) -> None:
+        assert self._alternate is not None
         host, other = bound[0], self._alternate
         if host in ("0.0.0.0", "::") or other[0] == host or other[1] == bound[1]:
             raise ShoalError(
@@ -159,7 +192,7 @@ class Node:
             raise ShoalError(f"cannot listen on the alternate address: {exc.strerror}",
                              code="EADDRINUSE" if exc.errno == 98 else "EIO") from exc
         for socket_id, sock in sockets.items():
-            self._driver.add_socket(socket_id, sock)
+            driver.add_socket(socket_id, sock)
         self.endpoint.set_stun_alternate(bound, other, port_socket=ALTERNATE_PORT_SOCKET,
                                          ip_socket=ALTERNATE_IP_SOCKET,
                                          both_socket=ALTERNATE_BOTH_SOCKET)
@@ -167,12 +200,12 @@ class Node:
     async def _watch_network(self) -> None:
         """Re-run the NAT check when the host's addresses change (a new network)."""
         assert self._driver is not None
-        known = set(local_addresses(self._driver.local_address))
+        known = set(self._driver.local_addresses())
         while not self._closed:
             await asyncio.sleep(NETWORK_POLL)
             if self._closed or self._driver is None:
                 return
-            current = set(local_addresses(self._driver.local_address))
+            current = set(self._driver.local_addresses())
             if current != known:
                 known = current
                 self.endpoint.set_local_addresses(sorted(current))
@@ -403,7 +436,7 @@ class Node:
 
     # ------------------------------------------------------------------ internals
 
-    def _require_driver(self) -> UdpDriver:
+    def _require_driver(self) -> LoopDriver:
         if self._closed:
             raise ClosedError("the node is closed")
         if self._driver is None:

@@ -12,16 +12,17 @@ sockets the owner registered with ``add_socket`` (a STUN server's alternate addr
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import socket
 import time
 from collections.abc import Callable
 
+from shoal.aio.driver import LoopDriver
 from shoal.core import events as ev
 from shoal.core.endpoint import Endpoint
 from shoal.core.wire import Address
+from shoal.net import local_addresses
 
 BATCH = 64
 RECV_SIZE = 2048
@@ -58,7 +59,7 @@ def open_udp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class UdpDriver:
+class UdpDriver(LoopDriver):
     """Runs ``endpoint`` on ``sock`` in the running loop; events go to ``on_event``."""
 
     def __init__(
@@ -67,16 +68,10 @@ class UdpDriver:
         sock: socket.socket,
         on_event: Callable[[ev.Event], None],
     ) -> None:
-        self.endpoint = endpoint
+        super().__init__(endpoint, on_event)
         self.sock = sock
         self._sockets: dict[int, socket.socket] = {}
-        self._on_event = on_event
-        self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         self._dual_stack = sock.family == socket.AF_INET6
-        self._closed = False
-        self._flush_scheduled = False
         self.send_errors = 0
         self.add_socket(0, sock)
 
@@ -91,6 +86,9 @@ class UdpDriver:
     @property
     def local_address(self) -> Address:
         return normalize_address(self.sock.getsockname())
+
+    def local_addresses(self) -> list[Address]:
+        return local_addresses(self.local_address)
 
     def now(self) -> float:
         # Not loop.time(): uvloop's clock only advances once per loop iteration, in ms.
@@ -136,68 +134,18 @@ class UdpDriver:
             self.add_socket(socket_id, sock)
         return sock
 
-    def flush_soon(self) -> None:
-        """Flush once the current callback returns: commands issued together (many sends
-        in one loop iteration) then share one pass, and their packets one burst."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
+    def _send(self, data: bytes, address: Address, socket_id: int) -> None:
+        if self._dual_stack and ":" not in address[0]:
+            address = (f"::ffff:{address[0]}", address[1])
+        try:
+            if socket_id == 0:
+                self.sock.sendto(data, address)
+            elif (extra := self._extra_socket(socket_id)) is not None:
+                extra.sendto(data, address)
+        except OSError:  # a full buffer loses the datagram, as the network may
+            self.send_errors += 1
 
-    def flush(self) -> None:
-        """Send what the core produced, deliver its events and re-arm the timer."""
-        self._flush_scheduled = False
-        if self._closed:
-            return
-        now = time.monotonic()
-        sendto = self.sock.sendto
-        for data, address, socket_id in self.endpoint.datagrams_to_send(now):
-            try:
-                if socket_id == 0:
-                    sendto(data, self._socket_address(address))
-                elif (extra := self._extra_socket(socket_id)) is not None:
-                    extra.sendto(data, self._socket_address(address))
-            except (BlockingIOError, InterruptedError):
-                self.send_errors += 1  # a full buffer loses the datagram, as the network may
-            except OSError:
-                self.send_errors += 1
-        for socket_id in self.endpoint.sockets_to_close():
-            self._close_socket(socket_id)
-        while (event := self.endpoint.next_event()) is not None:
-            self._on_event(event)
-        self._arm_timer()
-
-    def _socket_address(self, address: Address) -> tuple:
-        host, port = address
-        if self._dual_stack and ":" not in host:
-            return (f"::ffff:{host}", port)
-        return address
-
-    def _arm_timer(self) -> None:
-        deadline = self.endpoint.get_timer()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            delay = max(0.0, deadline - time.monotonic())
-            self._timer = self._loop.call_later(delay, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self.endpoint.handle_timer(time.monotonic())
-        self.flush()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self.endpoint.close(time.monotonic())
-        self.flush()
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+    def _release(self) -> None:
         for socket_id in list(self._sockets):
             self._close_socket(socket_id)
 

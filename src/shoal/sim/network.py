@@ -115,20 +115,29 @@ class SimNetwork:
 
     def flush(self, node: SimNode) -> None:
         """Put a node's outgoing datagrams on the wire and collect its events."""
-        for data, destination, socket in node.endpoint.datagrams_to_send(self.now):
-            source = node.sockets.get(socket)
-            if source is None:
-                source = (node.address[0], POOL_PORT_BASE + socket)
-                self.bind(node, socket, source)
-            if node.nat is not None and not self._behind(node.nat, destination):
-                source = node.nat.outbound(source, destination)
-            self._transmit(data, source, destination)
-        for socket in node.endpoint.sockets_to_close():
-            address = node.sockets.pop(socket, None)
-            if address is not None:
-                self._bound.pop(address, None)
-        while (event := node.endpoint.next_event()) is not None:
+        endpoint = node.endpoint
+        for data, destination, socket in endpoint.datagrams_to_send(self.now):
+            self.send_from(node, data, destination, socket)
+        for socket in endpoint.sockets_to_close():
+            self.close_socket(node, socket)
+        while (event := endpoint.next_event()) is not None:
             node.events.append(event)
+
+    def send_from(self, node: SimNode, data: bytes, destination: Address, socket: int) -> None:
+        """Send ``data`` from ``node``'s socket ``socket`` (bound on first use), through
+        its NAT when the destination lies outside it."""
+        source = node.sockets.get(socket)
+        if source is None:
+            source = (node.address[0], POOL_PORT_BASE + socket)
+            self.bind(node, socket, source)
+        if node.nat is not None and not self._behind(node.nat, destination):
+            source = node.nat.outbound(source, destination)
+        self._transmit(data, source, destination)
+
+    def close_socket(self, node: SimNode, socket: int) -> None:
+        address = node.sockets.pop(socket, None)
+        if address is not None:
+            self._bound.pop(address, None)
 
     def _transmit(self, data: bytes, source: Address, destination: Address) -> None:
         if self.tap is not None:
@@ -144,10 +153,27 @@ class SimNetwork:
                 self.dropped += 1
                 continue
             delay = profile.latency + (self.rng.random() * profile.jitter if profile.jitter else 0)
-            self._sequence += 1
-            heapq.heappush(
-                self._queue, (self.now + delay, self._sequence, source, destination, data)
-            )
+            self._enqueue(self.now + delay, source, destination, data)
+
+    def _enqueue(self, when: float, source: Address, destination: Address, data: bytes) -> None:
+        self._sequence += 1
+        heapq.heappush(self._queue, (when, self._sequence, source, destination, data))
+
+    def _route(self, source: Address, destination: Address) -> tuple[SimNode, int] | None:
+        """The node and socket a datagram reaches (through a NAT), or None when it dies."""
+        nat = self._nats.get(destination[0])
+        if nat is not None:
+            private = nat.inbound(source, destination[1])
+            if private is None:
+                self.dropped += 1
+                return None
+            destination = private
+        bound = self._bound.get(destination)
+        if bound is None or not bound[0].online:
+            self.dropped += 1
+            return None
+        self.delivered += 1
+        return bound
 
     def step(self) -> bool:
         """Advance to the next delivery or timer; False when nothing is left to do."""
@@ -169,21 +195,11 @@ class SimNetwork:
             return True
         when, _, source, destination, data = heapq.heappop(self._queue)
         self.now = max(self.now, when)
-        nat = self._nats.get(destination[0])
-        if nat is not None:
-            private = nat.inbound(source, destination[1])
-            if private is None:
-                self.dropped += 1
-                return True
-            destination = private
-        bound = self._bound.get(destination)
-        if bound is None or not bound[0].online:
-            self.dropped += 1
-            return True
-        node, socket = bound
-        self.delivered += 1
-        node.endpoint.receive_datagram(data, source, self.now, socket)
-        self.flush(node)
+        route = self._route(source, destination)
+        if route is not None:
+            node, socket = route
+            node.endpoint.receive_datagram(data, source, self.now, socket)
+            self.flush(node)
         return True
 
     def run(self, duration: float, until: Callable[[], bool] | None = None) -> bool:
