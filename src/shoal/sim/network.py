@@ -71,6 +71,9 @@ class SimNetwork:
         self.dropped = 0
         self.tap: Callable[[bytes, Address, Address], bytes | None] | None = None
         """Optional hook that sees (data, src, dst) and may replace or drop (None) a datagram."""
+        self.access_delay: dict[str, float] = {}
+        """Extra one-way delay of a site's access link, by the site's public IP: a datagram
+        from one site to another waits for both links on top of ``profile.latency``."""
 
     def add_nat(self, public_ip: str, *, mapping: str, filtering: str) -> SimNat:
         """A NAT box with ``public_ip``; put nodes behind it with ``add_node(nat=...)``."""
@@ -153,6 +156,9 @@ class SimNetwork:
                 self.dropped += 1
                 continue
             delay = profile.latency + (self.rng.random() * profile.jitter if profile.jitter else 0)
+            if self.access_delay:
+                delay += (self.access_delay.get(source[0], 0.0)
+                          + self.access_delay.get(destination[0], 0.0))
             self._enqueue(self.now + delay, source, destination, data)
 
     def _enqueue(self, when: float, source: Address, destination: Address, data: bytes) -> None:
@@ -160,7 +166,10 @@ class SimNetwork:
         heapq.heappush(self._queue, (when, self._sequence, source, destination, data))
 
     def _route(self, source: Address, destination: Address) -> tuple[SimNode, int] | None:
-        """The node and socket a datagram reaches (through a NAT), or None when it dies."""
+        """The node and socket a datagram reaches (through a NAT), or None when it dies.
+
+        A host behind a NAT is reached through that NAT, or from its own LAN: its private
+        address means nothing to the rest of the network."""
         nat = self._nats.get(destination[0])
         if nat is not None:
             private = nat.inbound(source, destination[1])
@@ -169,7 +178,9 @@ class SimNetwork:
                 return None
             destination = private
         bound = self._bound.get(destination)
-        if bound is None or not bound[0].online:
+        if bound is None or not bound[0].online or (
+            nat is None and bound[0].nat is not None and not self._behind(bound[0].nat, source)
+        ):
             self.dropped += 1
             return None
         self.delivered += 1

@@ -15,6 +15,7 @@ of nodes passes in as long as the work takes to compute. Runs are seeded and rep
 from __future__ import annotations
 
 import asyncio
+import heapq
 import selectors
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -126,6 +127,7 @@ class VirtualNetwork(SimNetwork):
         if not isinstance(self.loop, VirtualTimeLoop):
             raise LocalProtocolError("a VirtualNetwork runs in shoal.sim.run (virtual time)")
         self._drivers: dict[int, _SimDriver] = {}
+        self._wakeup: asyncio.TimerHandle | None = None
         self._next_ip = 0
 
     def node(self, *, nat: SimNat | None = None, address: Address | None = None,
@@ -168,16 +170,28 @@ class VirtualNetwork(SimNetwork):
                 return address
 
     def _enqueue(self, when: float, source: Address, destination: Address, data: bytes) -> None:
-        self.loop.call_at(when, self._arrive, source, destination, data)
+        # The network's own queue keeps datagrams due at one instant in the order sent
+        # (the loop's timer heap does not); one loop timer waits for the earliest.
+        super()._enqueue(when, source, destination, data)
+        if self._wakeup is None or when < self._wakeup.when():
+            if self._wakeup is not None:
+                self._wakeup.cancel()
+            self._wakeup = self.loop.call_at(when, self._arrive)
 
-    def _arrive(self, source: Address, destination: Address, data: bytes) -> None:
-        self.now = self.loop.time()
-        route = self._route(source, destination)
-        if route is not None:
-            node, socket = route
-            driver = self._drivers.get(id(node))
-            if driver is not None:
-                driver.receive(data, source, socket)
+    def _arrive(self) -> None:
+        self._wakeup = None
+        queue, now = self._queue, self.loop.time()
+        while queue and queue[0][0] <= now:
+            _, _, source, destination, data = heapq.heappop(queue)
+            self.now = now
+            route = self._route(source, destination)
+            if route is not None:
+                node, socket = route
+                driver = self._drivers.get(id(node))
+                if driver is not None:
+                    driver.receive(data, source, socket)
+        if queue:
+            self._wakeup = self.loop.call_at(queue[0][0], self._arrive)
 
     def step(self) -> bool:
         raise LocalProtocolError("a VirtualNetwork advances with its event loop, not step()")
