@@ -242,3 +242,59 @@ def test_session_survives_an_address_change() -> None:
     assert [m.data for m in b.received()] == [b"before", b"after"]
     b_view = next(p for p in b.endpoint.peers() if p.peer_id == a.peer_id)
     assert b_view.address == new
+
+
+def test_only_the_dialing_side_keeps_an_idle_connection_alive() -> None:
+    net, introducer, a, _ = _network()
+    net.run(5)
+    sent: dict[str, int] = {"to_introducer": 0, "from_introducer": 0}
+
+    def count(data: bytes, source: tuple, destination: tuple) -> bytes:
+        if destination == introducer.address and source == a.address:
+            sent["to_introducer"] += 1
+        elif source == introducer.address and destination == a.address:
+            sent["from_introducer"] += 1
+        return data
+
+    net.tap = count
+    net.run(150)
+    # a PING every 15 s from the node that dialed, an ACK back for each, nothing more
+    assert 9 <= sent["to_introducer"] <= 11
+    assert sent["from_introducer"] == sent["to_introducer"]
+    assert a.endpoint.connection_to(introducer.endpoint.identity.public_key) is not None
+    assert not any(isinstance(e, ev.PeerDisconnected) for e in introducer.events)
+
+
+def test_idle_connections_hold_no_message_state_until_a_message_comes() -> None:
+    net, introducer, a, _ = _network()
+    held = introducer.endpoint.connections.values()
+    assert held and all(connection.flow is None for connection in held)
+    handle = a.endpoint.send_message(introducer.peer_id, b"to the introducer", net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: _delivered(a, handle))
+    assert [m.data for m in introducer.received()] == [b"to the introducer"]
+    carrying = introducer.endpoint.connection_to(a.endpoint.identity.public_key)
+    assert carrying is not None and carrying.flow is not None
+
+
+def test_connections_beyond_the_cipher_cache_still_talk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.core import connection as connection_module
+
+    monkeypatch.setattr(connection_module._CIPHERS, "capacity", 2)
+    net, introducer, a, b = _network()
+    for round_ in range(3):
+        for sender, receiver in ((a, b), (b, a), (a, introducer)):
+            handle = sender.endpoint.send_message(receiver.peer_id, b"round %d" % round_,
+                                                  net.now)
+            net.flush(sender)
+            assert net.run(5, until=lambda s=sender, h=handle: _delivered(s, h))
+    live = [c for n in (a, b, introducer) for c in n.endpoint.connections.values()]
+    assert len(live) >= 6
+    assert sum(c._ciphers is not None for c in live) <= 2
+    assert len(b.received()) == 3 and len(introducer.received()) == 3
+
+
+def test_an_introducer_holds_far_more_connections_than_a_node() -> None:
+    assert CoreConfig().session_limit == 4096
+    assert CoreConfig(introducer=True).session_limit == 262_144
+    assert CoreConfig(introducer=True, max_sessions=10).session_limit == 10

@@ -70,16 +70,18 @@ class LoopDriver:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
+        # A later deadline leaves the armed timer alone: it fires early, finds nothing due
+        # and re-arms. Most input pushes a deadline back (a keepalive moves its
+        # connection's idle deadline), so this saves a cancel and a new loop timer per
+        # datagram for one spurious wakeup now and then.
         deadline = self.endpoint.get_timer()
-        if deadline == self._timer_at:
+        armed = self._timer_at
+        if deadline is None or (armed is not None and armed <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self._loop.call_later(max(0.0, deadline - self.now()),
-                                                self._on_timer)
+        self._timer = self._loop.call_later(max(0.0, deadline - self.now()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -12,7 +12,8 @@ class CoreConfig:
     """Every duration is in seconds."""
 
     keepalive_interval: float = 15.0
-    """A PING goes out on a wanted session after this much send silence (below NAT timeouts)."""
+    """The side that dialed sends a PING after this much send silence (below NAT timeouts);
+    the other side only answers."""
     idle_timeout: float = 45.0
     """A session that receives nothing authenticated for this long is dropped."""
     handshake_timeout: float = 10.0
@@ -29,7 +30,8 @@ class CoreConfig:
     """Bytes of partly received messages all connections together may hold."""
     reassembly_timeout: float = 30.0
     """A message unfinished for this long closes its connection."""
-    max_sessions: int = 4096
+    max_sessions: int | None = None
+    """Connections held at once (None: 4,096, or 262,144 for an introducer)."""
     max_handshakes_per_source: float = 20.0
     """INITs and PUNCH answers accepted per second from one IP, sustained."""
     handshake_burst: float = 40.0
@@ -55,3 +57,10 @@ class CoreConfig:
     max_relay_targets: int = 16
     """Distinct peers one peer may reach through this node at a time."""
     max_relayed_pairs: int = 1024
+
+    @property
+    def session_limit(self) -> int:
+        """``max_sessions``, or its default for this kind of node."""
+        if self.max_sessions is not None:
+            return self.max_sessions
+        return 262_144 if self.introducer else 4096

@@ -30,7 +30,7 @@ them were acknowledged or lost. Frames of other services arrive in ``frames_in``
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -93,6 +93,37 @@ class Flow(Protocol):
     def has_data(self) -> bool: ...
 
 
+class _CipherCache:
+    """The AEAD contexts of the connections that sent or received most recently.
+
+    A context costs about 2 KiB outside Python's heap; a node with a hundred thousand
+    idle peers (an introducer) keeps only their keys and makes a pair again, in about
+    3 us, when one of them speaks.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._holders: dict[Connection, None] = {}
+
+    def make(self, connection: Connection) -> tuple[ChaCha20Poly1305, ChaCha20Poly1305]:
+        send_key, recv_key = connection._keys
+        pair = connection._ciphers = (ChaCha20Poly1305(send_key), ChaCha20Poly1305(recv_key))
+        holders = self._holders
+        holders[connection] = None
+        while len(holders) > self.capacity:
+            oldest = next(iter(holders))
+            del holders[oldest]
+            oldest._ciphers = None
+        return pair
+
+    def forget(self, connection: Connection) -> None:
+        connection._ciphers = None
+        self._holders.pop(connection, None)
+
+
+_CIPHERS = _CipherCache(1024)
+
+
 class SentPacket:
     __slots__ = ("time_sent", "size", "items", "controls")
 
@@ -127,6 +158,57 @@ class Path:
 class Connection:
     """Transport state for one peer. Fed packets and time by the endpoint."""
 
+    __slots__ = (
+        "local_sid",
+        "remote_sid",
+        "peer",
+        "peer_id",
+        "peer_introducer",
+        "initiator",
+        "version",
+        "capabilities",
+        "established_at",
+        "config",
+        "_random",
+        "path",
+        "paths",
+        "_keys",
+        "_ciphers",
+        "next_pn",
+        "replay",
+        "received",
+        "ack_pending",
+        "rtt",
+        "cc",
+        "sent",
+        "largest_acked",
+        "loss_time",
+        "pto_count",
+        "probes",
+        "last_eliciting_sent",
+        "last_received",
+        "control_out",
+        "flow",
+        "confirmed",
+        "final_datagram",
+        "final_deadline",
+        "final_backoff",
+        "wanted",
+        "draining",
+        "undecided",
+        "path_changed",
+        "drop_reason",
+        "closed",
+        "close_reason",
+        "frames_in",
+        "raw_out",
+        "bytes_sent",
+        "bytes_received",
+        "purpose",
+        "dialed",
+        "flow_factory",
+    )
+
     def __init__(
         self,
         *,
@@ -159,23 +241,25 @@ class Connection:
         first = Path(address, socket, validated=True, last_received=now)
         self.path = first
         self.paths: dict[tuple[Address, int], Path] = {first.key: first}
-        self._send = ChaCha20Poly1305(send_key)
-        self._recv = ChaCha20Poly1305(recv_key)
+        self._keys = (send_key, recv_key)
+        self._ciphers: tuple[ChaCha20Poly1305, ChaCha20Poly1305] | None = None
         self.next_pn = 0
         self.replay = ReplayWindow()
         self.received = RangeSet()
         self.ack_pending = False
         self.rtt = RttEstimator()
         self.cc = NewReno()
-        self.sent: OrderedDict[int, SentPacket] = OrderedDict()
+        self.sent: dict[int, SentPacket] = {}
         self.largest_acked = -1
         self.loss_time: float | None = None
         self.pto_count = 0
         self.probes = 0
         self.last_eliciting_sent = now
         self.last_received = now
-        self.control_out: deque[tuple[bytes, bool]] = deque()
+        self.control_out: list[tuple[bytes, bool]] = []
         self.flow: Flow | None = None
+        self.flow_factory: Callable[[Connection], Flow] | None = None
+        """Makes the flow when the first message frame arrives (idle peers have none)."""
         self.confirmed = not initiator
         self.final_datagram: bytes | None = None
         self.final_deadline = 0.0
@@ -233,6 +317,7 @@ class Connection:
         self._finish(reason)
 
     def _finish(self, reason: str) -> None:
+        _CIPHERS.forget(self)
         self.closed = True
         self.close_reason = reason
         self.sent.clear()
@@ -275,6 +360,12 @@ class Connection:
 
     # ------------------------------------------------------------------ receiving
 
+    def _message_flow(self) -> Flow | None:
+        """The flow, made now if this is the connection's first message."""
+        if self.flow is None and self.flow_factory is not None:
+            self.flow = self.flow_factory(self)
+        return self.flow
+
     def receive(self, datagram: bytes, address: Address, now: float, socket: int = 0) -> bool:
         """Authenticate and process one DATA packet; False if it was dropped (the reason
         is then in ``drop_reason``: "replay" or "unauthenticated")."""
@@ -283,7 +374,7 @@ class Connection:
             self.drop_reason = "replay"
             return False
         try:
-            payload = self._recv.decrypt(
+            payload = (self._ciphers or _CIPHERS.make(self))[1].decrypt(
                 _NONCE_PREFIX + _PACK_PN(pn),
                 datagram[DATA_HEADER_SIZE:],
                 datagram[:DATA_HEADER_SIZE],
@@ -308,7 +399,9 @@ class Connection:
             flow = self.flow
             # MESSAGE frames are parsed here, without a frame object: they are most of the
             # traffic. The first other frame hands the rest of the payload to the codec.
-            while pos < end and payload[pos] == _MESSAGE and flow is not None:
+            while pos < end and payload[pos] == _MESSAGE and (
+                flow is not None or (flow := self._message_flow()) is not None
+            ):
                 eliciting = True
                 channel, pos = decode_varint(payload, pos + 1)
                 message_id, pos = decode_varint(payload, pos)
@@ -323,7 +416,9 @@ class Connection:
                 kind = type(frame)
                 if kind is Ack:
                     self._on_ack(frame, now)  # type: ignore[arg-type]
-                elif kind is MessageFragment and flow is not None:
+                elif kind is MessageFragment and (
+                    flow is not None or (flow := self._message_flow()) is not None
+                ):
                     eliciting = True
                     flow.on_fragment(frame.channel, frame.message_id, frame.total_length,  # type: ignore[union-attr]
                                      frame.offset, frame.data)  # type: ignore[union-attr]
@@ -443,9 +538,10 @@ class Connection:
         if flow is not None:
             for item in packet.items:
                 flow.on_lost(item)
-        add_control = self.control_out.appendleft if first else self.control_out.append
-        for raw in packet.controls:
-            add_control((raw, True))
+        if first:
+            self.control_out[:0] = [(raw, True) for raw in packet.controls]
+        else:
+            self.control_out.extend((raw, True) for raw in packet.controls)
 
     # ------------------------------------------------------------------ sending
 
@@ -471,7 +567,7 @@ class Connection:
                 self.ack_pending = False
             control_out = self.control_out
             while control_out and len(control_out[0][0]) <= budget:
-                raw, reliable = control_out.popleft()
+                raw, reliable = control_out.pop(0)
                 parts.append(raw)
                 budget -= len(raw)
                 eliciting = True
@@ -499,7 +595,8 @@ class Connection:
         pn = self.next_pn
         self.next_pn = pn + 1
         header = DATA_HEADER.pack(PacketKind.DATA, self.remote_sid, pn)
-        datagram = header + self._send.encrypt(_NONCE_PREFIX + _PACK_PN(pn), payload, header)
+        seal = (self._ciphers or _CIPHERS.make(self))[0].encrypt
+        datagram = header + seal(_NONCE_PREFIX + _PACK_PN(pn), payload, header)
         self.bytes_sent += len(datagram)
         if eliciting:
             self.sent[pn] = SentPacket(now, len(datagram), items, controls)
@@ -530,7 +627,7 @@ class Connection:
             pto = self._pto_deadline()
             if pto is not None:
                 deadline = min(deadline, pto)
-        if self.wanted:
+        if self.wanted and self.initiator:
             deadline = min(deadline, self.last_eliciting_sent + self.config.keepalive_interval)
         if self.final_datagram is not None:
             deadline = min(deadline, self.final_deadline)
@@ -572,7 +669,11 @@ class Connection:
                 self._requeue(oldest, first=True)  # a copy: it stays in flight
                 self.control_out.append((_PING, False))
                 self.last_eliciting_sent = now
-        if self.wanted and now >= self.last_eliciting_sent + self.config.keepalive_interval:
+        # The side that dialed keeps the connection (and its NATs' mappings) alive; the
+        # other answers with ACKs, so an introducer sends nothing to idle peers unasked.
+        if self.wanted and self.initiator and (
+            now >= self.last_eliciting_sent + self.config.keepalive_interval
+        ):
             self.control_out.append((_PING, False))
             self.last_eliciting_sent = now
         if self.final_datagram is not None and now >= self.final_deadline:

@@ -605,7 +605,7 @@ class Endpoint:
             self._remove_dial(dial)
             self.rendezvous.on_dial_failed(dial, now)
             return
-        if len(self.connections) >= self.config.max_sessions:
+        if len(self.connections) >= self.config.session_limit:
             self.stats["dropped_busy"] += 1
             return
         self._remove_dial(dial)
@@ -655,7 +655,7 @@ class Endpoint:
             return
         if proof.peer == self._me:
             return
-        if len(self.connections) >= self.config.max_sessions:
+        if len(self.connections) >= self.config.session_limit:
             self.stats["dropped_busy"] += 1
             return
         recv_key, send_key = state.split()

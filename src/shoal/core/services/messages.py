@@ -386,6 +386,7 @@ class MessageService(Service):
         self._handles: dict[int, bytes] = {}
         self._pending: dict[bytes, list[tuple[int, str, bytes]]] = {}
         self._deadlines: deque[tuple[float, int]] = deque()
+        self._flow_factory = self.flow
 
     # ---------------------------------------------------------------- commands
 
@@ -477,12 +478,13 @@ class MessageService(Service):
         return flow
 
     def on_connection_created(self, connection: Connection) -> None:
-        self.flow(connection)
+        # Most connections of an introducer never carry a message: the flow waits.
+        connection.flow_factory = self._flow_factory
 
     def on_connection_up(self, connection: Connection, now: float) -> None:
-        flow = self.flow(connection)
         queued = self._pending.pop(connection.peer, None)
         if queued:
+            flow = self.flow(connection)
             for handle, channel, data in queued:
                 flow.send(handle, channel, data)
             self.endpoint.mark(connection)
