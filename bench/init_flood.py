@@ -23,27 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import shoal
+from proc_stats import cpu_seconds, rss_kib
 from shoal.core.handshake import initiator_state
 from shoal.core.wire import encode_init
 from shoal.identity import Identity
 
 HOST = "127.0.0.1"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def flood(target: tuple[str, int], rate: int, sources: int, seconds: float,

@@ -27,25 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from proc_stats import cpu_seconds, rss_kib
 from shoal.core.config import CoreConfig
 from shoal.core.endpoint import Endpoint
 from shoal.core.wire import PacketKind
 from shoal.identity import Identity
 
 HOST = "127.0.0.1"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def introducer_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 class LoadGenerator:
@@ -159,9 +147,9 @@ def main() -> None:
                     generator.run(1.0)
                 joined = time.monotonic() - started
                 generator.run(args.window / 2)  # settle into the keepalive rhythm
-                cpu_before, wall_before = introducer_cpu_seconds(process.pid), time.monotonic()
+                cpu_before, wall_before = cpu_seconds(process.pid), time.monotonic()
                 generator.run(args.window)
-                cpu = (introducer_cpu_seconds(process.pid) - cpu_before) / (
+                cpu = (cpu_seconds(process.pid) - cpu_before) / (
                     time.monotonic() - wall_before)
                 memory = rss_kib(process.pid)
                 rows.append({

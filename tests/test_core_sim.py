@@ -298,3 +298,33 @@ def test_an_introducer_holds_far_more_connections_than_a_node() -> None:
     assert CoreConfig().session_limit == 4096
     assert CoreConfig(introducer=True).session_limit == 262_144
     assert CoreConfig(introducer=True, max_sessions=10).session_limit == 10
+
+
+def test_the_peer_tables_shrink_when_peers_leave() -> None:
+    net = SimNetwork(seed=4)
+    introducer = net.add_node(config=CoreConfig(introducer=True))
+    nodes = [net.add_node() for _ in range(40)]
+    for node in nodes:
+        node.endpoint.add_introducer(introducer.address, net.now)
+        net.flush(node)
+    net.run(10)
+    first, second = nodes[0], nodes[1]
+    handle = first.endpoint.send_message(second.peer_id, b"hello", net.now)
+    net.flush(first)
+    assert net.run(10, until=lambda: _delivered(first, handle))
+    rendezvous = introducer.endpoint.rendezvous
+    assert len(rendezvous.registry) == 40 and len(introducer.endpoint.connections) == 40
+    assert first.endpoint.identity.public_key in second.endpoint.rendezvous.peers
+    first.endpoint.close(net.now)
+    net.flush(first)
+    first.online = False
+    net.run(5)
+    assert first.endpoint.identity.public_key not in second.endpoint.rendezvous.peers
+    for node in nodes:
+        node.endpoint.close(net.now)
+        net.flush(node)
+        node.online = False
+    net.run(120)
+    assert introducer.endpoint.connections == {}
+    assert rendezvous.registry == {} and rendezvous.peers == {}
+    assert len(introducer.endpoint.timers) <= 2  # the node's own (secrets rotation)

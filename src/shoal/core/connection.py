@@ -162,7 +162,6 @@ class Connection:
         "local_sid",
         "remote_sid",
         "peer",
-        "peer_id",
         "peer_introducer",
         "initiator",
         "version",
@@ -230,7 +229,6 @@ class Connection:
         self.local_sid = local_sid
         self.remote_sid = remote_sid
         self.peer = peer
-        self.peer_id = peer.hex()
         self.peer_introducer = peer_introducer
         self.initiator = initiator
         self.version = version
@@ -283,6 +281,10 @@ class Connection:
         self.dialed: Address | None = None
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def peer_id(self) -> str:
+        return self.peer.hex()
 
     @property
     def address(self) -> Address:

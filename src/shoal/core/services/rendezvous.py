@@ -217,6 +217,10 @@ class RendezvousService(Service):
 
     def on_connection_up(self, connection: Connection, now: float) -> None:
         endpoint = self.endpoint
+        if self.config.introducer and not connection.initiator and (
+            connection.peer not in self.peers
+        ):
+            return  # a peer registering here: its registry entry is all this node keeps
         state = self.peer(connection.peer)
         state.unknown = False
         relayed = connection.path.relayed
@@ -275,7 +279,12 @@ class RendezvousService(Service):
         state = self.peers.get(peer)
         if state is not None:
             self._arm(state)
-            if not self.endpoint.messages.pending_for(peer) and not state.addresses:
+            # What the connection itself taught is forgotten with it, so the table only
+            # holds peers with work pending or addresses the app or the LAN gave.
+            if not self.endpoint.messages.pending_for(peer) and not any(
+                source in ("app", "lan") for source in state.addresses.values()
+            ):
+                self.set_timer(None, peer)
                 del self.peers[peer]
 
     # ---------------------------------------------------------------- frames
