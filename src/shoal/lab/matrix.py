@@ -9,12 +9,14 @@ on the receiver, waits until it has registered and learned its NAT kind, then ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -124,9 +126,10 @@ class Matrix:
         )
         return json.loads(result.stdout.strip().splitlines()[-1])
 
-    def run(self, sender: str, receiver: str, text: str = "across the NATs") -> Trial:
-        self.lab.flush_conntrack()
-        source, target = self.hosts(sender, receiver)
+    @contextlib.contextmanager
+    def listening(self, target: Host) -> Iterator[tuple[str | None, EventReader]]:
+        """``shoal listen`` on ``target``, once registered and done with its NAT check:
+        its peer id (None if it never became ready) and its events."""
         listener = self.lab.spawn(
             target,
             self._shoal("listen", "--introducer", self.lab.introducer_address,
@@ -135,7 +138,7 @@ class Matrix:
         )
         try:
             assert listener.stdout is not None
-            events = _EventReader(listener.stdout)
+            events = EventReader(listener.stdout)
             peer_id = None
             deadline = time.monotonic() + 30
             while (event := events.next(deadline)) is not None:
@@ -143,6 +146,19 @@ class Matrix:
                     peer_id = event["peer_id"]
                 elif event["event"] == "nat":
                     break
+            yield peer_id, events
+        finally:
+            listener.terminate()
+            try:
+                listener.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                listener.kill()
+                listener.wait()
+
+    def run(self, sender: str, receiver: str, text: str = "across the NATs") -> Trial:
+        self.lab.flush_conntrack()
+        source, target = self.hosts(sender, receiver)
+        with self.listening(target) as (peer_id, events):
             if peer_id is None:
                 return Trial(sender, receiver, False, None, None, None, "listener not ready")
             sent = subprocess.run(
@@ -161,19 +177,12 @@ class Matrix:
             ok = message.get("event") == "message" and message.get("data") == text
             return Trial(sender, receiver, ok, outcome["path"], outcome["ms"],
                          message.get("path"))
-        finally:
-            listener.terminate()
-            try:
-                listener.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                listener.kill()
-                listener.wait()
 
     def _shoal(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "shoal.cli.main", *args, "--json"]
 
 
-class _EventReader:
+class EventReader:
     """JSON lines from a process's stdout, read by a thread so waits can time out."""
 
     def __init__(self, stream: IO[str]) -> None:
