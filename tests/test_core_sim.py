@@ -328,3 +328,29 @@ def test_the_peer_tables_shrink_when_peers_leave() -> None:
     assert introducer.endpoint.connections == {}
     assert rendezvous.registry == {} and rendezvous.peers == {}
     assert len(introducer.endpoint.timers) <= 2  # the node's own (secrets rotation)
+
+
+def test_an_introduction_never_aims_a_target_at_addresses_a_peer_only_claims() -> None:
+    net = SimNetwork(seed=6)
+    introducer = net.add_node(config=CoreConfig(introducer=True))
+    attacker, target = net.add_node(), net.add_node()
+    victims = [("198.51.100.77", 53), ("10.9.9.9", 53), ("192.168.7.7", 80)]
+    attacker.endpoint.set_local_addresses([attacker.address, *victims])
+    for node in (attacker, target):
+        node.endpoint.add_introducer(introducer.address, net.now)
+        net.flush(node)
+    net.run(10)
+    aimed: list[tuple] = []
+
+    def watch(data: bytes, source: tuple, destination: tuple) -> bytes:
+        if destination in victims:
+            aimed.append((source, destination))
+        return data
+
+    net.tap = watch
+    handle = attacker.endpoint.send_message(target.peer_id, b"introduce me", net.now)
+    net.flush(attacker)
+    assert net.run(10, until=lambda: _delivered(attacker, handle))
+    net.run(20)
+    assert aimed == []
+    assert introducer.endpoint.stats["introductions"] >= 1

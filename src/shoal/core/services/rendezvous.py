@@ -337,10 +337,13 @@ class RendezvousService(Service):
         token = endpoint.random(8)
         connection.queue_frame(
             Intro(frame.request_id, frame.target,
-                  _addresses(target_connection.address, target_local), target_nat, token)
+                  _addresses(target_connection.address, target_local, connection.address),
+                  target_nat, token)
         )
         target_connection.queue_frame(
-            Intro(0, connection.peer, _addresses(connection.address, my_local), my_nat, token)
+            Intro(0, connection.peer,
+                  _addresses(connection.address, my_local, target_connection.address),
+                  my_nat, token)
         )
         endpoint.mark(target_connection)
         endpoint.stats["introductions"] += 1
@@ -459,15 +462,20 @@ class RendezvousService(Service):
                 self.reach(state.peer, now, fresh=True)
 
 
-def _addresses(observed: Address, local: tuple[Address, ...]) -> tuple[Address, ...]:
-    """Candidates for reaching a peer: its observed address, then its usable LAN addresses."""
+def _addresses(observed: Address, local: tuple[Address, ...],
+               other: Address) -> tuple[Address, ...]:
+    """Candidates for reaching a peer from a node ``other`` observed: the peer's observed
+    address, then, only when both sit behind the same public IP (one NAT, one LAN), its
+    private LAN addresses. Nobody is told to dial an address the peer merely claims."""
     out = [observed]
+    if observed[0] != other[0]:
+        return tuple(out)
     for address in local:
         try:
             ip = ipaddress.ip_address(address[0])
         except ValueError:
             continue
-        if ip.is_unspecified or ip.is_multicast or address in out:
+        if not ip.is_private or ip.is_unspecified or ip.is_multicast or address in out:
             continue
         out.append(address)
     return tuple(out[: 1 + MAX_DECLARED_ADDRESSES])
