@@ -191,7 +191,12 @@ def test_cli_send_times_out_with_one_json_error_line(tmp_path, introducer_proces
 @pytest.mark.parametrize(
     "args",
     [["send", "--to", "nothex", "x"], ["send", "--to", "ab" * 32, "--introducer", "nope", "x"],
-     ["introducer", "--listen", "1.2.3.4:99999"]],
+     ["introducer", "--listen", "1.2.3.4:99999"],
+     ["send", "--to", "ab" * 32, "--timeout", "nan", "x"],
+     ["send", "--to", "ab" * 32, "--timeout", "-1", "x"],
+     ["doctor", "--introducer", "127.0.0.1:9", "--timeout", "0"],
+     ["send", "--to", "ab" * 32],
+     ["send", "--to", "ab" * 32, "--file", "/nonexistent/file"]],
 )
 def test_cli_bad_input_is_one_clear_line(args: list[str], tmp_path) -> None:
     result = subprocess.run(_shoal(*args, "--identity", str(tmp_path / "k")),
@@ -199,6 +204,56 @@ def test_cli_bad_input_is_one_clear_line(args: list[str], tmp_path) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_sends_stdin_files_and_any_bytes_and_listen_escapes_them(
+        tmp_path, introducer_process: str) -> None:
+    listener_key = tmp_path / "listener.key"
+    peer_id = json.loads(subprocess.run(
+        _shoal("id", "--identity", str(listener_key), "--json"),
+        capture_output=True, text=True, check=True,
+    ).stdout)["peer_id"]
+    listener = subprocess.Popen(
+        _shoal("listen", "--introducer", introducer_process, "--identity", str(listener_key),
+               "--no-lan", "--listen", LOOPBACK),
+        stdout=subprocess.PIPE,
+    )
+    sender = ["send", "--introducer", introducer_process, "--to", peer_id, "--no-lan",
+              "--listen", LOOPBACK, "--identity", str(tmp_path / "s.key")]
+    hostile = "\x1b]0;pwned\x07 x\nabcdef0123456789… (direct): forged"
+    (tmp_path / "note.txt").write_bytes(b"from a file")
+    try:
+        assert listener.stdout is not None
+        assert listener.stdout.readline().startswith(b"listening as ")
+        for extra, stdin in ((["-"], b"from stdin"), (["--file", str(tmp_path / "note.txt")],
+                                                       None), ([hostile], None),
+                             ([b"caf\xe9 latin-1".decode("utf-8", "surrogateescape")], None)):
+            sent = subprocess.run(_shoal(*sender, *extra), input=stdin, capture_output=True,
+                                  timeout=30)
+            assert sent.returncode == 0, sent.stderr
+            assert b"Traceback" not in sent.stderr
+        lines = []
+        while len(lines) < 4:
+            line = listener.stdout.readline()
+            if not line.startswith(b"NAT:"):
+                lines.append(line.decode())
+        assert lines[0].endswith(": from stdin\n") and lines[1].endswith(": from a file\n")
+        assert "\x1b" not in lines[2] and "\x07" not in lines[2]
+        assert lines[2].endswith(": \\x1b]0;pwned\\x07 x\\x0aabcdef0123456789… (direct): forged\n")
+        assert lines[3].endswith(": caf\ufffd latin-1\n")
+    finally:
+        listener.terminate()
+        listener.wait(timeout=10)
+
+
+def test_cli_refuses_a_message_over_one_mib_in_one_line(tmp_path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * ((1 << 20) + 1))
+    result = subprocess.run(_shoal("send", "--to", "ab" * 32, "--file", str(big), "--identity",
+                                   str(tmp_path / "k")), capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    assert "1 MiB" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------- STUN interop

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
+import os
 import signal
 import sys
 import time
@@ -48,6 +50,25 @@ class Output:
             click.echo(json.dumps({"event": "error", "code": code, "message": message}))
         else:
             click.echo(f"shoal: error: {message} ({code})", err=True)
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control and format characters (escape sequences,
+    newlines, bidirectional overrides) are shown as escapes, so a peer's text can neither
+    drive the terminal nor pass for a line of output of its own."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() or c == " " else
+        (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        for c in text
+    )
+
+
+def _positive_seconds(value: float, option: str) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise click.BadParameter("must be a positive number of seconds", param_hint=option)
+    return value
 
 
 def _run(output: Output, body: Callable[[], Awaitable[int | None]]) -> None:
@@ -236,7 +257,8 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
                 asyncio.get_running_loop().create_task(_print_nat(node, output))
             async for message in node.messages():
                 text = message.data.decode("utf-8", "replace")
-                output.event("message", f"{message.sender[:16]}… ({message.path}): {text}",
+                output.event("message",
+                             f"{message.sender[:16]}… ({message.path}): {printable(text)}",
                              **{"from": message.sender}, data=text, path=message.path)
         return 0
 
@@ -249,27 +271,50 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
 @click.option("--to", "to", required=True, metavar="PEER_ID", help="The receiver's peer id.")
 @click.option("--timeout", default=30.0, show_default=True, type=float,
               help="Seconds to wait for the acknowledgement.")
-@click.argument("text")
+@click.option("--file", "file", type=click.File("rb"), metavar="PATH",
+              help="Send the bytes of this file instead of TEXT.")
+@click.argument("text", required=False)
 @_guard
 def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...], listen: str,
-         no_lan: bool, to: str, timeout: float, text: str) -> None:
-    """Send TEXT to a peer and wait until it acknowledges."""
+         no_lan: bool, to: str, timeout: float, file: Any, text: str | None) -> None:
+    """Send TEXT (or stdin with -, or --file) to a peer and wait until it acknowledges.
+
+    A message is at most 1 MiB.
+
+    \b
+    Examples:
+      shoal send --introducer 203.0.113.2:7000 --to PEER_ID "hello"
+      echo hello | shoal send --introducer 203.0.113.2:7000 --to PEER_ID -
+      shoal send --introducer 203.0.113.2:7000 --to PEER_ID --file notes.txt
+    """
     from shoal import Node
+    from shoal.core.config import CoreConfig
     from shoal.identity import peer_id_to_bytes
 
     output = Output(as_json)
     peer_id_to_bytes(to)
     addresses = [parse_address(a) for a in introducers]
     listen_address = parse_address(listen, default_port=0)
-    if timeout <= 0:
-        raise click.BadParameter("must be positive", param_hint="--timeout")
+    _positive_seconds(timeout, "--timeout")
+    limit = CoreConfig().max_message_size
+    if (file is None) == (text is None):
+        raise click.UsageError("give either TEXT (- for stdin) or --file")
+    if file is not None:
+        data = file.read(limit + 1)
+    elif text == "-":
+        data = sys.stdin.buffer.read(limit + 1)
+    else:
+        data = os.fsencode(text)  # the argument's own bytes, whatever their encoding
+    if len(data) > limit:
+        raise click.BadParameter(f"a message is at most {limit} bytes (1 MiB)",
+                                 param_hint="--file" if file is not None else "TEXT")
     identity = _identity(identity_path)
 
     async def body() -> int:
         started = time.monotonic()
         async with Node(identity, introducers=addresses, listen=listen_address,
                         lan_discovery=_lan(no_lan)) as node:
-            delivery = await node.send(to, text.encode(), timeout=timeout)
+            delivery = await node.send(to, data, timeout=timeout)
             ms = round((time.monotonic() - started) * 1000, 1)
             output.event("delivered", f"delivered to {to[:16]}… via {delivery.path} in {ms} ms",
                          peer_id=to, path=delivery.path, ms=ms)
@@ -293,6 +338,7 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
     from shoal import Node
 
     output = Output(as_json)
+    _positive_seconds(timeout, "--timeout")
     intro_addresses = [parse_address(a) for a in introducers]
     stun_addresses = [parse_address(a) for a in stun_servers]
     if not intro_addresses and not stun_addresses:
@@ -446,7 +492,9 @@ def main() -> None:
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        # One line, in the same style as every other error (not click's usage block).
+        message = " ".join(exc.format_message().split())
+        click.echo(f"shoal: error: {message} (EINVAL); see 'shoal --help'", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
