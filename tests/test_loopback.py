@@ -294,3 +294,21 @@ async def test_shoal_node_learns_its_address_from_coturn(tmp_path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_cli_says_when_it_creates_an_identity_and_refuses_a_missing_folder(tmp_path) -> None:
+    key = tmp_path / "alice.key"
+    first = subprocess.run(_shoal("id", "--identity", str(key)), capture_output=True,
+                           text=True, timeout=30)
+    assert first.returncode == 0 and "created identity" in first.stderr and str(key) in first.stderr
+    again = subprocess.run(_shoal("id", "--identity", str(key)), capture_output=True,
+                           text=True, timeout=30)
+    assert again.stdout == first.stdout and again.stderr == ""
+    key.chmod(0o644)
+    exposed = subprocess.run(_shoal("id", "--identity", str(key)), capture_output=True,
+                             text=True, timeout=30)
+    assert exposed.stdout == first.stdout and "chmod 600" in exposed.stderr
+    typo = subprocess.run(_shoal("id", "--identity", str(tmp_path / "nodir" / "x.key")),
+                          capture_output=True, text=True, timeout=30)
+    assert typo.returncode != 0 and "no such folder" in typo.stderr
+    assert not (tmp_path / "nodir").exists()

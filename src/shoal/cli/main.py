@@ -102,9 +102,25 @@ def _run(output: Output, body: Callable[[], Awaitable[int | None]]) -> None:
 
 
 def _identity(path: str | None) -> Identity:
-    from shoal.identity import Identity
+    """The identity at ``path`` (or the default one). Creating one is said on stderr, a
+    typo in a folder is refused rather than made into a new peer, and a key that other
+    users can read is warned about."""
+    from shoal.identity import Identity, default_identity_path
 
-    return Identity.load_or_create(Path(path) if path else None)
+    target = Path(path) if path else default_identity_path()
+    if path and not target.parent.is_dir():
+        raise ShoalError(f"{target.parent}: no such folder for the identity file",
+                         code="ENOENT")
+    if target.exists():
+        identity = Identity.load(target)
+        with contextlib.suppress(OSError):
+            if target.stat().st_mode & 0o077:
+                click.echo(f"shoal: warning: {target} can be read by other users; "
+                           f"run: chmod 600 {target}", err=True)
+        return identity
+    identity = Identity.load_or_create(target)
+    click.echo(f"shoal: created identity {identity.peer_id[:16]}… in {target}", err=True)
+    return identity
 
 
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
