@@ -312,3 +312,17 @@ def test_cli_says_when_it_creates_an_identity_and_refuses_a_missing_folder(tmp_p
                           capture_output=True, text=True, timeout=30)
     assert typo.returncode != 0 and "no such folder" in typo.stderr
     assert not (tmp_path / "nodir").exists()
+
+
+def test_cli_says_no_introducer_answers_within_seconds(tmp_path) -> None:
+    dead = f"127.0.0.1:{_free_port()}"
+    for command in (["send", "--to", "ab" * 32, "x"], ["listen"]):
+        started = time.monotonic()
+        result = subprocess.run(
+            _shoal(*command, "--introducer", dead, "--no-lan", "--listen", LOOPBACK, "--json",
+                   "--identity", str(tmp_path / "k")),
+            capture_output=True, text=True, timeout=60)
+        error = json.loads(result.stdout.strip().splitlines()[-1])
+        assert result.returncode == 1
+        assert error["code"] == "ENETUNREACH" and dead in error["message"]
+        assert time.monotonic() - started < 10

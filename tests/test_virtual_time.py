@@ -130,3 +130,43 @@ def test_a_simulated_node_needs_an_identity_of_its_own() -> None:
 
     with pytest.raises(LocalProtocolError):
         sim.run(main)
+
+
+def test_a_dead_introducer_is_reported_as_such_within_seconds() -> None:
+    async def main(net: sim.VirtualNetwork) -> tuple[str, float, str, float, str, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with net.node(introducers=["203.0.113.99:7000"]) as lonely:
+            with pytest.raises(DeliveryError) as waited:
+                await lonely.wait_for_introducers(timeout=30)
+            waited_for = loop.time() - started
+            with pytest.raises(DeliveryError) as first:
+                await lonely.send("ab" * 32, b"anyone?", timeout=30)
+            first_after = loop.time() - started
+            await asyncio.sleep(60)
+            sent_at = loop.time()
+            with pytest.raises(DeliveryError) as later:
+                await lonely.send("ab" * 32, b"still nobody?", timeout=30)
+            return (waited.value.code, waited_for, first.value.code, first_after,
+                    later.value.code, loop.time() - sent_at)
+
+    waited, waited_for, first, first_after, later, later_after = sim.run(main)
+    assert waited == first == later == "ENETUNREACH"
+    assert 4 <= waited_for <= 6
+    assert first_after <= 6
+    assert later_after <= 6  # a retry of the introducer is under way, and fails again
+
+
+def test_a_live_introducer_is_not_mistaken_for_a_dead_one() -> None:
+    async def main(net: sim.VirtualNetwork) -> str:
+        introducer = await net.node(introducer=True).start()
+        where = [f"{introducer.address[0]}:{introducer.address[1]}"]
+        async with net.node(introducers=where) as alice, net.node(introducers=where) as bob:
+            await alice.wait_for_introducers()
+            with pytest.raises(DeliveryError) as unknown:
+                await alice.send("ab" * 32, b"to nobody", timeout=60)
+            await bob.wait_for_introducers()
+            await alice.send(bob.peer_id, b"hi", timeout=10)
+            return unknown.value.code
+
+    assert sim.run(main) == "EHOSTUNREACH"

@@ -7,6 +7,7 @@ of them speak the protocol themselves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -313,7 +314,8 @@ class Node:
                    channel: str = "") -> Delivery:
         """Send ``data`` to ``peer_id``; returns once the peer acknowledged every byte.
 
-        Raises ``DeliveryError`` (``ETIMEDOUT``, ``EHOSTUNREACH``, ``ENOPROTOOPT`` when the
+        Raises ``DeliveryError`` (``ETIMEDOUT``, ``EHOSTUNREACH``, ``ENETUNREACH`` when no
+        introducer answers, ``ENOPROTOOPT`` when the
         peer does not serve ``channel``, ...) if it was not.
         """
         future = self.send_nowait(peer_id, data, channel=channel)
@@ -407,13 +409,21 @@ class Node:
                             code="ECONNRESET")
 
     async def wait_for_introducers(self, timeout: float = 10.0) -> dict[str, Address]:
-        """Wait until at least one introducer reported our public address."""
+        """Wait until at least one introducer reported our public address. Raises
+        ``DeliveryError`` ``ENETUNREACH`` as soon as every introducer failed to answer
+        (about 5 s), or at ``timeout``."""
         if not self._introducers:
             return {}
-        try:
-            await asyncio.wait_for(self._observed.wait(), timeout)
-        except TimeoutError:
-            raise DeliveryError("no introducer answered", code="EHOSTUNREACH") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._observed.is_set():
+            rendezvous = self.endpoint.rendezvous
+            if rendezvous.introducers_unreachable() or loop.time() >= deadline:
+                names = ", ".join(f"{host}:{port}" for host, port in self._introducers)
+                raise DeliveryError(f"no introducer answered ({names})", code="ENETUNREACH")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._observed.wait(),
+                                       min(0.25, max(0.0, deadline - loop.time())))
         return self.public_addresses()
 
     async def stun(self, server: str | Address, *, timeout: float | None = None) -> ev.StunResult:

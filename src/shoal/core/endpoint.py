@@ -456,7 +456,7 @@ class Endpoint:
                    for d in self._dials.values())
 
     def dial(self, address: Address, now: float, *, expected: bytes | None,
-             purpose: str = "peer", socket: int = 0) -> None:
+             purpose: str = "peer", socket: int = 0, timeout: float | None = None) -> None:
         """Start a handshake with ``address`` (or, if ``expected`` is connected already,
         probe ``address`` as a path of that connection)."""
         if expected is not None and purpose == "peer":
@@ -479,7 +479,7 @@ class Endpoint:
         dial = Dial(local_sid=local_sid, seed=seed, init_message=message, address=address,
                     created=now, expected_peer=expected, datagram=datagram,
                     next_retry=now + retry, backoff=retry,
-                    deadline=now + self.config.handshake_timeout, purpose=purpose,
+                    deadline=now + (timeout or self.config.handshake_timeout), purpose=purpose,
                     socket=socket)
         self._dials[local_sid] = dial
         self.timers.set(dial, dial.next_retry)

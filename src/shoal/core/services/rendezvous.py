@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 MAX_PUNCH_TOKENS = 4096
 INTRO_RETRY = 2.0
 INTRODUCER_BACKOFF_MAX = 30.0
+INTRODUCER_DIAL_TIMEOUT = 5.0
+"""An introducer that has not answered by then counts as unreachable (and is tried again)."""
 REPROBE_INTERVAL = 5.0
 """How often a relayed connection probes the peer's direct addresses again."""
 INTRODUCTIONS_PER_SECOND = 10.0
@@ -81,6 +83,7 @@ class _Introducer:
     dialing: bool = False
     next_attempt: float = 0.0
     backoff: float = 1.0
+    failures: int = 0
 
 
 class RendezvousService(Service):
@@ -141,6 +144,8 @@ class RendezvousService(Service):
                 self._next_request_id += 1
                 self.endpoint.mark(link)
             state.intro_requested = now
+        if connection is None and not self.endpoint.dialing(peer):
+            self._no_introducer_answers()
         self._arm(state)
 
     def unknown(self, peer: bytes) -> bool:
@@ -157,7 +162,8 @@ class RendezvousService(Service):
                 continue
             if now >= intro.next_attempt:
                 intro.dialing = True
-                self.endpoint.dial(intro.address, now, expected=None, purpose="introducer")
+                self.endpoint.dial(intro.address, now, expected=None, purpose="introducer",
+                                   timeout=INTRODUCER_DIAL_TIMEOUT)
             elif soonest is None or intro.next_attempt < soonest:
                 soonest = intro.next_attempt
         self.set_timer(soonest)
@@ -167,9 +173,11 @@ class RendezvousService(Service):
             intro = self.introducers.get(dial.address)
             if intro is not None:
                 intro.dialing = False
+                intro.failures += 1
                 intro.next_attempt = now + intro.backoff
                 intro.backoff = min(intro.backoff * 2, INTRODUCER_BACKOFF_MAX)
                 self._service_introducers(now)
+                self._no_introducer_answers()
             return
         peer = dial.expected_peer
         if peer is None or not self.endpoint.messages.pending_for(peer):
@@ -179,6 +187,25 @@ class RendezvousService(Service):
         if not self.introducer_peers:
             self.endpoint.messages.fail_pending(peer, "EHOSTUNREACH",
                                                 "peer did not answer at any known address")
+
+    def introducers_unreachable(self) -> bool:
+        """Every introducer failed to answer its last dial, and none is connected."""
+        introducers = self.introducers.values()
+        return bool(introducers) and all(i.peer is None and i.failures for i in introducers)
+
+    def _no_introducer_answers(self) -> None:
+        """Every introducer has failed to answer and none is connected: messages waiting
+        for an introduction fail now, with a reason of their own, rather than at their
+        deadline as if the peer were offline."""
+        if not self.introducers_unreachable():
+            return
+        introducers = self.introducers.values()
+        endpoint = self.endpoint
+        names = ", ".join(f"{i.address[0]}:{i.address[1]}" for i in introducers)
+        for peer in list(endpoint.messages.waiting_peers()):
+            if endpoint.connection_to(peer) is None and not endpoint.dialing(peer):
+                endpoint.messages.fail_pending(peer, "ENETUNREACH",
+                                               f"no introducer answered ({names})")
 
     def on_timer(self, now: float, key: object = None) -> None:
         if key is None:
@@ -229,6 +256,7 @@ class RendezvousService(Service):
             intro = self.introducers.get(connection.dialed)
             if intro is not None:
                 intro.peer, intro.dialing, intro.backoff = connection.peer, False, 1.0
+                intro.failures = 0
         if not relayed:
             state.addresses.setdefault(connection.address, "connection")
             self._direct(state, now)
