@@ -326,3 +326,19 @@ def test_cli_says_no_introducer_answers_within_seconds(tmp_path) -> None:
         assert result.returncode == 1
         assert error["code"] == "ENETUNREACH" and dead in error["message"]
         assert time.monotonic() - started < 10
+
+
+def test_cli_refuses_a_second_node_with_the_same_identity(tmp_path) -> None:
+    key = str(tmp_path / "shared.key")
+    first = subprocess.Popen(_shoal("listen", "--identity", key, "--json", "--no-lan",
+                                    "--listen", LOOPBACK), stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None and '"ready"' in first.stdout.readline()
+        second = subprocess.run(_shoal("listen", "--identity", key, "--no-lan", "--listen",
+                                       LOOPBACK), capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert "in use by another running Shoal node" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        first.terminate()
+        first.wait(timeout=10)

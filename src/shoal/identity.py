@@ -8,7 +8,9 @@ derived from the Ed25519 seed and endorsed by an Ed25519 signature (see ``static
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -88,17 +90,25 @@ class Identity:
         return self._signing_key.sign(data)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the seed to ``path``, readable by the owner only (0600); never overwrites."""
+        """Write the seed to ``path``, readable by the owner only (0600); never overwrites,
+        and appears whole (a reader never sees a half-written file)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".shoal-key-")
+        except OSError as exc:
+            raise IdentityError(f"{target}: cannot create ({exc.strerror})") from exc
+        try:
+            with os.fdopen(fd, "w") as handle:  # mkstemp makes it 0600
+                handle.write(f"{_FILE_HEADER}\n{self._seed.hex()}\n")
+            os.link(temporary, target)
         except FileExistsError:
             raise IdentityError(f"{target}: already exists", code="EEXIST") from None
         except OSError as exc:
             raise IdentityError(f"{target}: cannot create ({exc.strerror})") from exc
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{_FILE_HEADER}\n{self._seed.hex()}\n")
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Identity:
@@ -145,3 +155,28 @@ def default_identity_path() -> Path:
     from platformdirs import user_data_path
 
     return user_data_path("shoal", appauthor=False) / "identity.key"
+
+
+_HELD: dict[Path, object] = {}
+
+
+def hold(path: str | os.PathLike[str]) -> None:
+    """Claim the identity file at ``path`` for this process until it exits: a second
+    process that runs a node with the same identity gets ``IdentityError`` ``EBUSY``
+    (two nodes with one peer id would take each other's connections)."""
+    target = Path(path).resolve()
+    if target in _HELD:
+        return
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform
+        return
+    handle = target.open("rb")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise IdentityError(
+            f"{path}: this identity is in use by another running Shoal node; give each "
+            "node its own (--identity)", code="EBUSY") from None
+    _HELD[target] = handle

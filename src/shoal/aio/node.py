@@ -119,6 +119,9 @@ class Node:
         self.endpoint = Endpoint(self.identity, random_bytes=random_bytes, config=self.config)
         self._driver: LoopDriver | None = None
         self._lan: object | None = None
+        self._lan_start: asyncio.Task[None] | None = None
+        self.lan_error: str | None = None
+        """Why LAN discovery stopped, if it did."""
         self._default = Channel(self, "")
         self._channels: dict[str, Channel] = {"": self._default}
         self._subscriptions: list[Subscription] = []
@@ -150,8 +153,10 @@ class Node:
             from shoal.aio.lan import LanDiscovery
 
             lan = LanDiscovery(self.peer_id, bound[1], self._on_lan_peer)
-            await lan.start()
             self._lan = lan
+            # Announcing takes about a second of mDNS probing: nothing waits for it.
+            self._lan_start = asyncio.get_running_loop().create_task(lan.start())
+            self._lan_start.add_done_callback(self._lan_started)
         self._driver.flush()
         if self._network is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_network())
@@ -220,8 +225,13 @@ class Node:
         self._closed = True
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._lan_start is not None and not self._lan_start.done():
+            self._lan_start.cancel()
+            with contextlib.suppress(BaseException):
+                await self._lan_start
         if self._lan is not None:
-            await self._lan.close()  # type: ignore[attr-defined]
+            with contextlib.suppress(Exception):
+                await self._lan.close()  # type: ignore[attr-defined]
         if self._driver is not None:
             self._driver.close()
         for future, _ in self._waiters.values():
@@ -452,6 +462,14 @@ class Node:
         if self._driver is None:
             raise LocalProtocolError("the node is not started (use 'async with Node(...)')")
         return self._driver
+
+    def _lan_started(self, task: asyncio.Task[None]) -> None:
+        """LAN discovery could not start (no multicast, or this identity is already
+        announced on the LAN): the node goes on without it."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self.lan_error = f"LAN discovery is off: {task.exception()!r}"
+        self.lan_discovery = False
 
     def _on_lan_peer(self, peer_id: str, addresses: list[Address]) -> None:
         if self._closed or self._driver is None or peer_id == self.peer_id:

@@ -101,25 +101,27 @@ def _run(output: Output, body: Callable[[], Awaitable[int | None]]) -> None:
     sys.exit(status or 0)
 
 
-def _identity(path: str | None) -> Identity:
-    """The identity at ``path`` (or the default one). Creating one is said on stderr, a
-    typo in a folder is refused rather than made into a new peer, and a key that other
-    users can read is warned about."""
-    from shoal.identity import Identity, default_identity_path
+def _identity(path: str | None, *, hold: bool = True) -> Identity:
+    """The identity at ``path`` (or the default one), held for this process (``hold``).
+    Creating one is said on stderr, a typo in a folder is refused rather than made into a
+    new peer, and a key that other users can read is warned about."""
+    from shoal import identity as identities
 
-    target = Path(path) if path else default_identity_path()
+    target = Path(path) if path else identities.default_identity_path()
     if path and not target.parent.is_dir():
         raise ShoalError(f"{target.parent}: no such folder for the identity file",
                          code="ENOENT")
     if target.exists():
-        identity = Identity.load(target)
+        identity = identities.Identity.load(target)
         with contextlib.suppress(OSError):
             if target.stat().st_mode & 0o077:
                 click.echo(f"shoal: warning: {target} can be read by other users; "
                            f"run: chmod 600 {target}", err=True)
-        return identity
-    identity = Identity.load_or_create(target)
-    click.echo(f"shoal: created identity {identity.peer_id[:16]}… in {target}", err=True)
+    else:
+        identity = identities.Identity.load_or_create(target)
+        click.echo(f"shoal: created identity {identity.peer_id[:16]}… in {target}", err=True)
+    if hold:
+        identities.hold(target)
     return identity
 
 
@@ -179,7 +181,7 @@ def cli() -> None:
 @_guard
 def id_command(identity_path: str | None, as_json: bool) -> None:
     """Print this node's peer id."""
-    identity = _identity(identity_path)
+    identity = _identity(identity_path, hold=False)
     output = Output(as_json)
     output.event("id", identity.peer_id, peer_id=identity.peer_id)
 

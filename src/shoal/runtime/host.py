@@ -69,12 +69,15 @@ class AppHost:
         emit = server.emit
         if permissions.network:
             from shoal.aio.node import Node
-            from shoal.identity import Identity
+            from shoal.identity import Identity, hold
 
             network = config.network
             lan = network.lan if self.lan_discovery is None else self.lan_discovery
+            key = self.data_dir / "identity.key"
+            identity = Identity.load_or_create(key)
+            hold(key)  # a second copy of the app would share its peer id: refused
             self.node = Node(
-                Identity.load_or_create(self.data_dir / "identity.key"),
+                identity,
                 introducers=network.introducers, listen=network.listen,
                 lan_discovery=lan and not os.environ.get("SHOAL_NO_LAN"),
             )
