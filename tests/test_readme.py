@@ -58,5 +58,4 @@ def test_the_try_it_block_runs_as_printed(tmp_path: Path) -> None:
     assert [e["data"] for e in received] == ["hello"]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["udp"] is True and report["servers"][0]["server"] == "127.0.0.1:7000"
-    assert delivered[0]["ms"] < 1000  # LAN discovery starting must not hold a send up
     assert result.returncode == 0, result.stderr
