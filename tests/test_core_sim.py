@@ -209,6 +209,23 @@ def test_handshake_floods_are_rate_limited_per_source() -> None:
     assert target.endpoint.stats["dropped_rate_limited"] >= 200 - answered
 
 
+def test_a_repeated_identical_init_counts_against_the_limit_like_any_other() -> None:
+    from shoal.core.handshake import initiator_state
+    from shoal.core.wire import encode_init
+    from shoal.identity import Identity
+
+    net = SimNetwork(seed=4)
+    target = net.add_node()
+    attacker = ("10.66.0.1", 4000)
+    datagram = encode_init(b"12345678", initiator_state(Identity.generate(), b"s" * 32)[1])
+    answers = []
+    for i in range(200):
+        target.endpoint.receive_datagram(datagram, attacker, i * 0.001)
+        answers += [d for d, _, _ in target.endpoint.datagrams_to_send(i * 0.001)]
+    assert 0 < len(answers) <= CoreConfig().handshake_burst + 0.2 * 20
+    assert len(set(answers)) == 1  # the same INIT always gets the same RESP, and no state
+
+
 def test_dialing_the_wrong_identity_is_refused() -> None:
     net = SimNetwork(seed=5)
     a, b, c = net.add_node(), net.add_node(), net.add_node()
@@ -354,3 +371,30 @@ def test_an_introduction_never_aims_a_target_at_addresses_a_peer_only_claims() -
     net.run(20)
     assert aimed == []
     assert introducer.endpoint.stats["introductions"] >= 1
+
+
+def test_a_punch_buys_at_most_four_inits() -> None:
+    from shoal.core.wire import encode_punch
+
+    net = SimNetwork(seed=8)
+    introducer = net.add_node(config=CoreConfig(introducer=True))
+    attacker, target = net.add_node(), net.add_node()
+    for node in (attacker, target):
+        node.endpoint.add_introducer(introducer.address, net.now)
+        net.flush(node)
+    net.run(10)
+    attacker.endpoint.send_message(target.peer_id, b"introduce me", net.now)
+    net.flush(attacker)
+    net.run(0.025)  # the introduction reached both; no handshake finished yet
+    token = attacker.endpoint.rendezvous.peers[target.endpoint.identity.public_key].token
+    assert token is not None
+    attacker.online = False  # it never answers: the target stays unconnected to it
+    victim = (attacker.address[0], 9999)  # another port of the introduced IP
+    sent_to_victim = []
+    net.tap = lambda data, source, destination: (
+        sent_to_victim.append(data[0]) if destination == victim else None) or data
+    target.endpoint.receive_datagram(encode_punch(token), victim, net.now)
+    net.flush(target)
+    net.run(30)
+    assert target.endpoint.stats["punches_received"] == 1, target.endpoint.stats
+    assert 1 <= len(sent_to_victim) <= 4

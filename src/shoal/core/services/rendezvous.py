@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 MAX_PUNCH_TOKENS = 4096
 INTRO_RETRY = 2.0
 INTRODUCER_BACKOFF_MAX = 30.0
+PUNCH_DIAL_TIMEOUT = 2.0
+"""A dial answering a PUNCH sends INITs for this long at most (4 of them)."""
 INTRODUCER_DIAL_TIMEOUT = 5.0
 """An introducer that has not answered by then counts as unreachable (and is tried again)."""
 REPROBE_INTERVAL = 5.0
@@ -460,7 +462,8 @@ class RendezvousService(Service):
             endpoint.stats["punches_ignored"] += 1
             return
         endpoint.stats["punches_received"] += 1
-        endpoint.dial(address, now, expected=peer, socket=socket)
+        # A 9-byte PUNCH buys at most a few INITs: the dial it starts gives up early.
+        endpoint.dial(address, now, expected=peer, socket=socket, timeout=PUNCH_DIAL_TIMEOUT)
 
     def _dial_relayed(self, state: PeerState, now: float) -> None:
         relay = state.relay_via
