@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
 def _programs() -> list[tuple[str, str]]:
     found = []
-    for page in sorted(DOCS.glob("*.md")):
+    for page in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
         for index, code in enumerate(BLOCK.findall(page.read_text())):
             if "asyncio.run(" in code or "sim.run(" in code:
                 found.append((f"{page.name}#{index}", code))
@@ -28,6 +29,10 @@ def test_program_in_the_docs_runs(where: str, code: str, tmp_path: Path) -> None
                             timeout=180, cwd=tmp_path, env={"SHOAL_NO_LAN": "1", "PATH": ""})
     assert result.returncode == 0, f"{where}: {result.stderr}"
     assert result.stdout.strip(), where
+
+
+def test_the_readme_program_is_found() -> None:
+    assert any(where.startswith("README.md") for where, _ in _programs())
 
 
 def test_the_channel_and_simulator_examples_are_found() -> None:
