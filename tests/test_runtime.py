@@ -4,6 +4,7 @@ the bridge's refusals (secret, Origin, Host)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import socket
@@ -290,6 +291,8 @@ async def test_network_api_sends_between_two_apps(tmp_path: Path) -> None:
         while event != "network.message":
             event, message = await asyncio.wait_for(page_b.events.get(), 5)
         assert message["from"] == await page_a.call("network.id")
+        assert base64.b64decode(message["data"]) == b"hello app"
+        assert message["path"] == "direct"
 
 
 # ---------------------------------------------------------------------------- the wall
