@@ -342,3 +342,12 @@ def test_cli_refuses_a_second_node_with_the_same_identity(tmp_path) -> None:
     finally:
         first.terminate()
         first.wait(timeout=10)
+
+
+def test_cli_names_the_socket_error_it_met(tmp_path) -> None:
+    result = subprocess.run(
+        _shoal("listen", "--listen", "192.0.2.1:0", "--no-lan", "--json", "--identity",
+               str(tmp_path / "k")), capture_output=True, text=True, timeout=30)
+    error = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 1
+    assert error["code"] == "EADDRNOTAVAIL" and "192.0.2.1:0" in error["message"]

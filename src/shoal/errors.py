@@ -56,3 +56,10 @@ class ClosedError(ShoalError):
     """The node or session was closed locally."""
 
     default_code = "ECLOSED"
+
+
+def os_error_code(exc: OSError) -> str:
+    """The POSIX name of an ``OSError`` (``EADDRINUSE``, ``EADDRNOTAVAIL``...), or EIO."""
+    import errno
+
+    return errno.errorcode.get(exc.errno or 0, "EIO")

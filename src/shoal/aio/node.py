@@ -22,7 +22,7 @@ from shoal.core.config import CoreConfig
 from shoal.core.endpoint import Endpoint, PeerInfo
 from shoal.core.natcheck import NatReport
 from shoal.core.wire import Address
-from shoal.errors import ClosedError, DeliveryError, LocalProtocolError, ShoalError
+from shoal.errors import ClosedError, DeliveryError, LocalProtocolError, ShoalError, os_error_code
 from shoal.identity import Identity
 from shoal.net import parse_address
 
@@ -168,7 +168,7 @@ class Node:
             sock = open_udp_socket(host, port)
         except OSError as exc:
             raise ShoalError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                             code="EADDRINUSE" if exc.errno == 98 else "EIO") from exc
+                             code=os_error_code(exc)) from exc
         driver = UdpDriver(self.endpoint, sock, self._on_event)
         if self._alternate is not None:
             try:
@@ -196,7 +196,7 @@ class Node:
             for sock in sockets.values():
                 sock.close()
             raise ShoalError(f"cannot listen on the alternate address: {exc.strerror}",
-                             code="EADDRINUSE" if exc.errno == 98 else "EIO") from exc
+                             code=os_error_code(exc)) from exc
         for socket_id, sock in sockets.items():
             driver.add_socket(socket_id, sock)
         self.endpoint.set_stun_alternate(bound, other, port_socket=ALTERNATE_PORT_SOCKET,

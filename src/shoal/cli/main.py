@@ -142,8 +142,8 @@ def _network_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="An introducer to connect to (repeatable).",
     )(func)
     func = click.option(
-        "--listen", default="0.0.0.0:0", show_default=True, metavar="HOST:PORT",
-        help="Local address for the node's UDP socket.",
+        "--listen", default="0.0.0.0:0", show_default=True, metavar="HOST[:PORT]",
+        help="Local address for the node's UDP socket (no port, or 0: any free port).",
     )(func)
     func = click.option(
         "--no-lan", is_flag=True, help="Turn LAN discovery (mDNS) off; SHOAL_NO_LAN=1 does too.",

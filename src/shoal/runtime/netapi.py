@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, os_error_code
 from shoal.net import format_address
 from shoal.runtime.fsapi import BridgeError
 
@@ -223,7 +223,7 @@ class Datagrams:
             )
         except OSError as exc:
             raise BridgeError(f"cannot bind UDP {host}:{port}: {exc.strerror}",
-                              code="EADDRINUSE" if exc.errno == 98 else "EIO") from None
+                              code=os_error_code(exc)) from None
         self._sockets[socket_id] = transport
         return socket_id
 
