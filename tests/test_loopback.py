@@ -351,3 +351,13 @@ def test_cli_names_the_socket_error_it_met(tmp_path) -> None:
     error = json.loads(result.stdout.strip().splitlines()[-1])
     assert result.returncode == 1
     assert error["code"] == "EADDRNOTAVAIL" and "192.0.2.1:0" in error["message"]
+
+
+@pytest.mark.parametrize("command", ["id", "introducer", "listen", "send", "doctor", "init",
+                                     "run", "dev"])
+def test_every_command_has_examples_in_its_help(command: str) -> None:
+    result = subprocess.run(_shoal(command, "--help"), capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0
+    examples = result.stdout.split("Examples:", 1)[1].splitlines()
+    assert any(line.strip().startswith(f"shoal {command}") for line in examples)

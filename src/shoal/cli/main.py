@@ -180,7 +180,13 @@ def cli() -> None:
 @_common
 @_guard
 def id_command(identity_path: str | None, as_json: bool) -> None:
-    """Print this node's peer id."""
+    """Print this node's peer id.
+
+    \b
+    Examples:
+      shoal id
+      shoal id --identity alice.key --json
+    """
     identity = _identity(identity_path, hold=False)
     output = Output(as_json)
     output.event("id", identity.peer_id, peer_id=identity.peer_id)
@@ -196,7 +202,13 @@ def id_command(identity_path: str | None, as_json: bool) -> None:
 def introducer(identity_path: str | None, as_json: bool, listen: str, alternate: str | None,
                no_lan: bool) -> None:
     """Run an introducer: a reachable node that introduces peers, relays for them when no
-    direct path exists, and answers STUN."""
+    direct path exists, and answers STUN.
+
+    \b
+    Examples:
+      shoal introducer --listen 0.0.0.0:7000
+      shoal introducer --listen 203.0.113.2:7000 --alternate 203.0.113.3:7001
+    """
     from shoal import Node
 
     output = Output(as_json)
@@ -254,7 +266,13 @@ def _where(address: Any) -> str:
 @_guard
 def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
            listen: str, no_lan: bool) -> None:
-    """Print every direct message this node receives."""
+    """Print every direct message this node receives.
+
+    \b
+    Examples:
+      shoal listen --introducer 203.0.113.2:7000
+      shoal listen --introducer 203.0.113.2:7000 --identity alice.key --json
+    """
     import asyncio
 
     from shoal import Node
@@ -352,7 +370,13 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
 @_guard
 def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
            stun_servers: tuple[str, ...], listen: str, timeout: float) -> None:
-    """Check this network: addresses, UDP, NAT mapping and filtering, what they mean."""
+    """Check this network: addresses, UDP, NAT mapping and filtering, what they mean.
+
+    \b
+    Examples:
+      shoal doctor --introducer 203.0.113.2:7000
+      shoal doctor --stun stun.example.net:3478 --json
+    """
     from shoal import Node
 
     output = Output(as_json)
@@ -419,7 +443,13 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @_guard
 def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
-    """Create a new app in FOLDER: index.html, app.js, app.py, shoal.toml and a test."""
+    """Create a new app in FOLDER: index.html, app.js, app.py, shoal.toml and a test.
+
+    \b
+    Examples:
+      shoal init notes
+      shoal init chat --template chat
+    """
     from shoal.runtime.scaffold import create_app
 
     output = Output(as_json)
@@ -449,7 +479,13 @@ def _app_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @_guard
 def run(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool,
         gui: str | None) -> None:
-    """Open the app in FOLDER in a native window (or a browser with --browser)."""
+    """Open the app in FOLDER in a native window (or a browser with --browser).
+
+    \b
+    Examples:
+      shoal run notes
+      shoal run notes --browser --port 8123
+    """
     _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json,
              gui=gui, dev=False)
 
@@ -459,7 +495,13 @@ def run(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: 
 @_guard
 def dev(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool,
         gui: str | None) -> None:
-    """Like run, and reload the page whenever a file of the app changes."""
+    """Like run, and reload the page whenever a file of the app changes.
+
+    \b
+    Examples:
+      shoal dev notes
+      shoal dev notes --browser
+    """
     _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json,
              gui=gui, dev=True)
 
