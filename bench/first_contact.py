@@ -113,12 +113,7 @@ class Comparison:
                 capture_output=True, text=True, timeout=60, check=False)
             return _last_json(result.stdout) or {"error": result.stderr[-300:]}
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            self.lab.stop(server)
 
 
 def _last_json(text: str) -> dict | None:

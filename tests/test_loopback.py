@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -120,6 +121,13 @@ def _shoal(*args: str) -> list[str]:
     return [sys.executable, "-m", "shoal.cli.main", *args]
 
 
+def _peer_id(key: Path) -> str:
+    """The peer id of the identity in ``key`` (created if missing), from ``shoal id``."""
+    return json.loads(subprocess.run(_shoal("id", "--identity", str(key), "--json"),
+                                     capture_output=True, text=True, check=True,
+                                     ).stdout)["peer_id"]
+
+
 @pytest.fixture
 def introducer_process(tmp_path) -> Iterator[str]:
     port = _free_port()
@@ -138,10 +146,7 @@ def introducer_process(tmp_path) -> Iterator[str]:
 
 def test_cli_listen_and_send(tmp_path, introducer_process: str) -> None:
     listener_key = tmp_path / "listener.key"
-    peer_id = json.loads(subprocess.run(
-        _shoal("id", "--identity", str(listener_key), "--json"),
-        capture_output=True, text=True, check=True,
-    ).stdout)["peer_id"]
+    peer_id = _peer_id(listener_key)
     listener = subprocess.Popen(
         _shoal("listen", "--introducer", introducer_process, "--identity", str(listener_key),
                "--json", "--no-lan", "--listen", LOOPBACK),
@@ -209,10 +214,7 @@ def test_cli_bad_input_is_one_clear_line(args: list[str], tmp_path) -> None:
 def test_cli_sends_stdin_files_and_any_bytes_and_listen_escapes_them(
         tmp_path, introducer_process: str) -> None:
     listener_key = tmp_path / "listener.key"
-    peer_id = json.loads(subprocess.run(
-        _shoal("id", "--identity", str(listener_key), "--json"),
-        capture_output=True, text=True, check=True,
-    ).stdout)["peer_id"]
+    peer_id = _peer_id(listener_key)
     listener = subprocess.Popen(
         _shoal("listen", "--introducer", introducer_process, "--identity", str(listener_key),
                "--no-lan", "--listen", LOOPBACK),

@@ -130,6 +130,8 @@ class Node:
         self._stun_waiters: dict[int, asyncio.Future[ev.StunResult]] = {}
         self._connected: dict[str, asyncio.Event] = {}
         self._observed: asyncio.Event = asyncio.Event()
+        self._introducer_news = asyncio.Event()
+        """Set whenever an introducer answered or all of them failed to."""
         self._nat_waiters: list[asyncio.Future[NatReport]] = []
         self._watcher: asyncio.Task[None] | None = None
         self._closed = False
@@ -427,13 +429,12 @@ class Node:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not self._observed.is_set():
-            rendezvous = self.endpoint.rendezvous
-            if rendezvous.introducers_unreachable() or loop.time() >= deadline:
+            if self.endpoint.rendezvous.introducers_unreachable() or loop.time() >= deadline:
                 names = ", ".join(f"{host}:{port}" for host, port in self._introducers)
                 raise DeliveryError(f"no introducer answered ({names})", code="ENETUNREACH")
+            self._introducer_news.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._observed.wait(),
-                                       min(0.25, max(0.0, deadline - loop.time())))
+                await asyncio.wait_for(self._introducer_news.wait(), deadline - loop.time())
         return self.public_addresses()
 
     async def stun(self, server: str | Address, *, timeout: float | None = None) -> ev.StunResult:
@@ -510,6 +511,9 @@ class Node:
                 self._connected[waiter_key].set()
         elif isinstance(event, ev.AddressObserved):
             self._observed.set()
+            self._introducer_news.set()
+        elif isinstance(event, ev.IntroducersUnreachable):
+            self._introducer_news.set()
         elif isinstance(event, ev.NatDetected):
             for waiter in self._nat_waiters:
                 if not waiter.done():

@@ -74,6 +74,14 @@ class AddressObserved:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class IntroducersUnreachable:
+    """Every introducer failed to answer its last dial, and none is connected (dials go
+    on, backing off)."""
+
+    addresses: tuple[Address, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StunResult:
     """A STUN server answered request ``handle``; ``mapped`` is None on timeout."""
 
@@ -92,5 +100,5 @@ class NatDetected:
 
 Event = (
     PeerConnected | PeerDisconnected | PathChanged | MessageReceived | MessageDelivered
-    | MessageFailed | AddressObserved | StunResult | NatDetected
+    | MessageFailed | AddressObserved | IntroducersUnreachable | StunResult | NatDetected
 )

@@ -148,12 +148,7 @@ class Matrix:
                     break
             yield peer_id, events
         finally:
-            listener.terminate()
-            try:
-                listener.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                listener.kill()
-                listener.wait()
+            self.lab.stop(listener, timeout=10)
 
     def run(self, sender: str, receiver: str, text: str = "across the NATs") -> Trial:
         self.lab.flush_conntrack()

@@ -132,11 +132,7 @@ class NatLab:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for process in reversed(self._processes):
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _reap(process)
         self._processes.clear()
         for netns in reversed(self._namespaces):
             subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
@@ -165,6 +161,13 @@ class NatLab:
         process = subprocess.Popen(self.command(host, args), **popen)  # type: ignore[call-overload]
         self._processes.append(process)
         return process
+
+    def stop(self, process: subprocess.Popen, timeout: float = 5.0) -> None:
+        """Stop a process ``spawn`` started, now: SIGTERM, then SIGKILL after ``timeout``."""
+        process.terminate()
+        _reap(process, timeout)
+        if process in self._processes:
+            self._processes.remove(process)
 
     def flush_conntrack(self) -> None:
         """Forget every NAT mapping, so the next trial starts as cold as the first."""
@@ -308,3 +311,12 @@ class NatLab:
         result = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise LabError(f"{' '.join(argv)}: {result.stderr.strip()}")
+
+
+def _reap(process: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Wait for ``process`` to exit, killing it after ``timeout``."""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -179,7 +179,10 @@ class RendezvousService(Service):
                 intro.next_attempt = now + intro.backoff
                 intro.backoff = min(intro.backoff * 2, INTRODUCER_BACKOFF_MAX)
                 self._service_introducers(now)
-                self._no_introducer_answers()
+                if self.introducers_unreachable():
+                    self.endpoint.emit(ev.IntroducersUnreachable(
+                        addresses=tuple(i.address for i in self.introducers.values())))
+                    self._no_introducer_answers()
             return
         peer = dial.expected_peer
         if peer is None or not self.endpoint.messages.pending_for(peer):
@@ -201,9 +204,8 @@ class RendezvousService(Service):
         deadline as if the peer were offline."""
         if not self.introducers_unreachable():
             return
-        introducers = self.introducers.values()
         endpoint = self.endpoint
-        names = ", ".join(f"{i.address[0]}:{i.address[1]}" for i in introducers)
+        names = ", ".join(f"{i.address[0]}:{i.address[1]}" for i in self.introducers.values())
         for peer in list(endpoint.messages.waiting_peers()):
             if endpoint.connection_to(peer) is None and not endpoint.dialing(peer):
                 endpoint.messages.fail_pending(peer, "ENETUNREACH",
