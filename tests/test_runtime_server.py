@@ -14,8 +14,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from shoal.runtime.eager import start_eagerly
-from shoal.runtime.server import LoopbackServer, Request, Response, WebSocket, WebSocketAccept
-from shoal.runtime.window import bind_listener
+from shoal.runtime.server import (
+    LoopbackServer,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketAccept,
+    bind_listener,
+)
 
 
 class Echo:

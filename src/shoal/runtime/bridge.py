@@ -26,14 +26,14 @@ header's ``"binary"`` names the argument the bytes replace. Answers are
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import json
 import secrets
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from shoal.errors import ShoalError
 from shoal.runtime.config import AppConfig
@@ -51,16 +51,25 @@ from shoal.runtime.pages import (
     page_html,
     security_headers,
 )
+from shoal.runtime.scope import PageScope, current_page
 from shoal.runtime.server import (
     LoopbackServer,
     Request,
     Response,
     WebSocket,
     WebSocketAccept,
+    bind_listener,
 )
-from shoal.runtime.window import bind_listener
 
 MAX_CALLS_IN_FLIGHT = 256
+MAX_BULK_IN_FLIGHT = 4
+"""Calls of one page with large results (file reads) running at once; each holds its
+turn until its result has left the socket buffer, so a page that stops reading cannot
+make the host hold more than this many results."""
+CALLS_PER_TURN = 64
+"""Messages of one page handled per turn of the event loop; the rest wait, unread, so
+that one page flooding calls cannot starve other connections."""
+MAX_CALL_ID = (1 << 32) - 1
 MAX_FRAME = 128 << 20
 _U32 = struct.Struct("!I")
 
@@ -73,9 +82,9 @@ class AppServer:
     def __init__(self, config: AppConfig, calls: dict[str, Handler], *,
                  port: int = 0, listener: socket.socket | None = None,
                  secret: str | None = None,
-                 readable: Callable[[str], Path] | None = None,
+                 readable: Callable[[str], BinaryIO] | None = None,
                  page_origin: str | None = None) -> None:
-        """``readable`` resolves a page path for reading (raising ``BridgeError``): bulk
+        """``readable`` opens a page path for reading (raising ``BridgeError``): bulk
         reads are served over HTTP at ``FILE_PATH``, which moves large files much faster
         than WebSocket frames do. ``page_origin``: the pages' origin when something else
         serves them (the native window's ``shoal://app``); only pages of that origin may
@@ -89,7 +98,6 @@ class AppServer:
         self.port = 0
         self._server = LoopbackServer(self._handle)
         self._sessions: set[_BridgeSession] = set()
-        self._headers: dict[str, str] = {}
         self._page_origin = page_origin
         self.refused = 0
         """Requests refused for a wrong Host, Origin or secret (for tests and logs)."""
@@ -111,8 +119,9 @@ class AppServer:
     async def start(self) -> None:
         listener = self._listener or bind_listener(self._requested_port)
         self.port = listener.getsockname()[1]
-        self._headers = security_headers(content_security_policy(self.port, self.config.csp),
-                                         isolated=self.config.cross_origin_isolated)
+        self._server.headers = security_headers(
+            content_security_policy(self.port, self.config.csp),
+            isolated=self.config.cross_origin_isolated)
         await self._server.start(listener)
 
     async def close(self) -> None:
@@ -132,6 +141,11 @@ class AppServer:
         if request.headers.get("host") != f"127.0.0.1:{self.port}":
             self.refused += 1
             return Response.text(403, "forbidden: wrong Host\n")
+        if "service-worker" in request.headers:
+            # Browsers mark the fetch of a service worker's script so; refused, no worker
+            # can stand between the app's pages and this server, or outlive the app.
+            self.refused += 1
+            return Response.text(403, "forbidden: service workers are not allowed\n")
         if request.path == BRIDGE_PATH and request.method == "GET":
             return self._bridge(request)
         if request.path == FILE_PATH:
@@ -150,7 +164,6 @@ class AppServer:
                                 headers={"Content-Type": "text/plain; charset=utf-8"})
         else:
             response = self._file(request)
-        response.headers.update(self._headers)
         return response
 
     def _file(self, request: Request) -> Response:
@@ -190,16 +203,12 @@ class AppServer:
         try:
             if self.readable is None:
                 raise BridgeError("file reads are not available", code="ENOSYS")
-            real = self.readable(path)
-            if real.is_dir():
-                raise BridgeError(f"is a directory: {path}", code="EISDIR")
-            if not real.is_file():
-                raise BridgeError(f"no such file: {path}", code="ENOENT")
+            opened = self.readable(path)
         except ShoalError as exc:
             status = {"EPERM": 403, "ENOENT": 404}.get(exc.code, 400)
             body = json.dumps({"code": exc.code, "message": exc.message}).encode()
             return Response(status, body, {"Content-Type": "application/json"})
-        return Response(file=real, headers={"Content-Type": "application/octet-stream"})
+        return Response(file=opened, headers={"Content-Type": "application/octet-stream"})
 
     # ------------------------------------------------------------------ bridge
 
@@ -219,30 +228,70 @@ class AppServer:
 
 
 class _BridgeSession:
-    """One page's bridge WebSocket: each message is a call, answered by its own task."""
+    """One page's bridge WebSocket: each message is a call, answered by its own task.
+
+    Within a turn of the event loop the first ``CALLS_PER_TURN`` calls start at once;
+    later ones queue, and reading stops until the queue has been worked off in later
+    turns. Reading also stops while ``MAX_CALLS_IN_FLIGHT`` calls are running, and (in
+    the server) while the page does not read its answers."""
 
     def __init__(self, calls: dict[str, Handler], ws: WebSocket, *,
                  forget: Callable[[_BridgeSession], None]) -> None:
         """``forget`` is called with this session once it has closed."""
         self.calls = calls
         self.ws = ws
+        self.scope = PageScope()
         self._forget = forget
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
+        self._queued: collections.deque[bytes | str] = collections.deque()
+        self._started_this_turn = 0
+        self._turn_scheduled = False
+        self._bulk = asyncio.Semaphore(MAX_BULK_IN_FLIGHT)
 
     def message(self, data: bytes | str) -> None:
+        if self._queued or self._started_this_turn >= CALLS_PER_TURN:
+            self._queued.append(data)
+            self._update_reading()
+        else:
+            self._start(data)
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            self._loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_scheduled = False
+        self._started_this_turn = 0
+        while self._queued and self._started_this_turn < CALLS_PER_TURN \
+                and not self.scope.closed:
+            self._start(self._queued.popleft())
+        if self._queued and not self.scope.closed:
+            self._turn_scheduled = True
+            self._loop.call_soon(self._next_turn)
+        self._update_reading()
+
+    def _start(self, data: bytes | str) -> None:
+        self._started_this_turn += 1
         parsed = _parse_text(data) if isinstance(data, str) else _parse_binary(data)
-        task = start_eagerly(self._loop, self._answer(parsed))
+        token = current_page.set(self.scope)
+        try:
+            task = start_eagerly(self._loop, self._answer(parsed))
+        finally:
+            current_page.reset(token)
         if task is None:  # answered already: most calls never wait
             return
         self._in_flight.add(task)
         task.add_done_callback(self._finished)
-        if len(self._in_flight) >= MAX_CALLS_IN_FLIGHT:  # a page flooding calls waits
-            self.ws.pause_reading()
+        self._update_reading()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        if len(self._in_flight) < MAX_CALLS_IN_FLIGHT:
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self._queued or len(self._in_flight) >= MAX_CALLS_IN_FLIGHT:
+            self.ws.pause_reading()
+        else:
             self.ws.resume_reading()
 
     def closed(self) -> None:
@@ -250,6 +299,8 @@ class _BridgeSession:
 
     def close(self) -> None:
         self._forget(self)
+        self._queued.clear()
+        self.scope.close()
         self.ws.close()
         for task in list(self._in_flight):
             task.cancel()
@@ -261,6 +312,15 @@ class _BridgeSession:
             return
         call_id, name, args = parsed
         handler = self.calls.get(name)
+        if handler is not None and getattr(handler, "bulk", False):
+            async with self._bulk:
+                await self._run(call_id, name, handler, args)
+        else:
+            await self._run(call_id, name, handler, args)
+
+    async def _run(self, call_id: int, name: str, handler: Handler | None,
+                   args: list[Any]) -> None:
+        ws = self.ws
         try:
             if handler is None:
                 raise BridgeError(f"no such call: {name}", code="ENOSYS")
@@ -287,6 +347,7 @@ class _BridgeSession:
         else:
             _send_json(ws, {"id": call_id, "ok": result})
             return
+        del result
         await ws.drain()
 
 
@@ -328,4 +389,7 @@ def _request(request: Any) -> tuple[int, str, list[Any]] | BridgeError:
     call_id, name, args = request.get("id"), request.get("call"), request.get("args", [])
     if not isinstance(call_id, int) or not isinstance(name, str) or not isinstance(args, list):
         return BridgeError("a bridge message needs id, call and args", code="EINVAL")
+    if isinstance(call_id, bool) or not 0 <= call_id <= MAX_CALL_ID:
+        return BridgeError(f"a call id must be an integer from 0 to {MAX_CALL_ID}",
+                           code="EINVAL")
     return call_id, name, args

@@ -7,6 +7,7 @@ one, only shows ``host.url``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -63,10 +64,13 @@ class AppHost:
         functions = load_exposed(self.folder / "app.py")
         calls: dict[str, Any] = {}
         policy = PathPolicy(self.data_dir, permissions.fs_read, permissions.fs_write)
+        files = FileSystem(policy, lambda event, data: server.emit(event, data))
         server = AppServer(config, calls, port=self.port, listener=self.listener,
                            secret=self.secret, page_origin=self.page_origin,
-                           readable=lambda path: policy.resolve(path, write=False))
+                           readable=files.open_for_reading)
         emit = server.emit
+        self._parts = [files]
+        raise_descriptor_limit()
         if permissions.network:
             from shoal.aio.node import Node
             from shoal.identity import Identity, hold
@@ -84,7 +88,6 @@ class AppHost:
             await self.node.start()
         await server.start()
         self.server = server
-        files = FileSystem(policy, emit)
         system = System(permissions, str(policy.data_dir), self.window, server.page_origin)
         net = Network(self.node, permissions.network, emit)
         datagrams = Datagrams(permissions.dgram, emit)
@@ -122,6 +125,21 @@ class AppHost:
                 before = after
                 assert self.server is not None
                 self.server.emit("dev.reload", {})
+
+
+def raise_descriptor_limit() -> None:
+    """Let the process open as many files as the system allows it (the soft limit is
+    often 1024, the hard one far more), so that the server's connection cap, not the
+    descriptor limit, is what a flood of connections meets first."""
+    try:
+        import resource
+    except ImportError:  # Windows has no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 16
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _tree(folder: Path) -> dict[str, int]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from shoal.errors import ShoalError, os_error_code
 from shoal.net import format_address
 from shoal.runtime.fsapi import BridgeError
+from shoal.runtime.scope import current_page
 
 if TYPE_CHECKING:
     from shoal.aio.node import Node, Subscription
@@ -225,7 +226,15 @@ class Datagrams:
             raise BridgeError(f"cannot bind UDP {host}:{port}: {exc.strerror}",
                               code=os_error_code(exc)) from None
         self._sockets[socket_id] = transport
+        page = current_page.get()
+        if page is not None:  # the socket closes with the page that opened it
+            page.hold(("dgram", socket_id), lambda: self._drop(socket_id))
         return socket_id
+
+    def _drop(self, socket_id: int) -> None:
+        transport = self._sockets.pop(socket_id, None)
+        if transport is not None:
+            transport.close()
 
     async def address(self, socket_id: int) -> dict[str, Any]:
         transport = self._socket(socket_id)
@@ -251,9 +260,7 @@ class Datagrams:
         transport.sendto(bytes(payload), (canonical, port))
 
     async def close_socket(self, socket_id: int) -> None:
-        transport = self._sockets.pop(socket_id, None)
-        if transport is not None:
-            transport.close()
+        self._drop(socket_id)
 
     def _socket(self, socket_id: int) -> asyncio.DatagramTransport:
         transport = self._sockets.get(socket_id)

@@ -31,11 +31,16 @@ from websockets.server import ServerProtocol
 
 MAX_REQUEST_HEAD = 16 << 10
 MAX_REQUEST_BODY = 64 << 10
+MAX_CONNECTIONS = 256
+"""Open TCP connections at most; past that the one heard from longest ago that is not an
+open WebSocket or sending a file is closed to make room (a page's own connections are
+busy, an attacker's idle ones are not)."""
 FILE_CHUNK = 1 << 20
 UNSATISFIABLE = (-1, -1)
 _REASONS = {200: "OK", 204: "No Content", 206: "Partial Content", 400: "Bad Request",
             403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Payload Too Large", 416: "Range Not Satisfiable"}
+            413: "Payload Too Large", 416: "Range Not Satisfiable",
+            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +55,13 @@ class Request:
 
 @dataclass(slots=True)
 class Response:
-    """A response with ``body``, or with the bytes of ``file`` (ranges honoured)."""
+    """A response with ``body``, or with the bytes of ``file`` (ranges honoured): a path,
+    or a file already open for reading, which the server closes once sent."""
 
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
-    file: Path | None = None
+    file: Path | BinaryIO | None = None
 
     @classmethod
     def text(cls, status: int, text: str) -> Response:
@@ -120,20 +126,43 @@ class WebSocket:
 Handle = Callable[[Request], "Response | WebSocketAccept"]
 
 
+def bind_listener(port: int = 0) -> socket.socket:
+    """A TCP socket listening on 127.0.0.1 for the app server, bound ahead of time."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    return listener
+
+
 class LoopbackServer:
     """Serves ``handle`` on an already bound, listening socket."""
 
     idle_timeout = 75.0
     """Seconds an HTTP connection may stay silent between requests (not a WebSocket)."""
+    max_connections = MAX_CONNECTIONS
 
-    def __init__(self, handle: Handle) -> None:
+    def __init__(self, handle: Handle, *, headers: dict[str, str] | None = None) -> None:
+        """``headers`` go on every response, the server's own errors included."""
         self.handle = handle
+        self.headers = headers if headers is not None else {}
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
 
     async def start(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), sock=listener)
+
+    def make_room(self, newcomer: _Connection) -> None:
+        """Close connections over ``max_connections``: the quietest HTTP ones first, and
+        the newcomer itself when every other one is busy."""
+        excess = len(self._connections) - self.max_connections
+        if excess <= 0:
+            return
+        idle = sorted((c for c in self._connections if c is not newcomer and c.evictable),
+                      key=lambda c: c.heard)
+        for connection in [*idle, newcomer][:excess]:
+            connection.abort()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -159,24 +188,30 @@ class _Connection(asyncio.Protocol):
         self._fragments: list[bytes] = []
         self._fragment_text = False
         self._writable: asyncio.Future[None] | None = None
+        self._held_by_owner = False
         self._reading_paused = False
         self._peer_done = False
-        self._heard = 0.0
+        self.heard = 0.0
         self.lost = False
+
+    @property
+    def evictable(self) -> bool:
+        return self._websocket is None and not self._sending_file and not self.lost
 
     # ------------------------------------------------------------------ transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._server._connections.add(self)
-        self._heard = asyncio.get_running_loop().time()
+        self.heard = asyncio.get_running_loop().time()
+        self._server.make_room(self)
         self._watch_idle()
 
     def data_received(self, data: bytes) -> None:
         if self._websocket is not None:
             self._websocket_received(data)
             return
-        self._heard = asyncio.get_running_loop().time()
+        self.heard = asyncio.get_running_loop().time()
         self._http.receive_data(data)
         self._next_requests()
 
@@ -186,7 +221,7 @@ class _Connection(asyncio.Protocol):
         if self.lost or self._websocket is not None:
             return
         loop = asyncio.get_running_loop()
-        quiet_until = self._heard + self._server.idle_timeout
+        quiet_until = self.heard + self._server.idle_timeout
         if loop.time() >= quiet_until and not self._sending_file:
             assert self._transport is not None
             self._transport.close()
@@ -213,23 +248,40 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writable = asyncio.get_running_loop().create_future()
+        self._update_reading()
 
     def resume_writing(self) -> None:
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
         self._writable = None
+        self._update_reading()
+        if self._websocket is None:
+            asyncio.get_running_loop().call_soon(self._next_requests)
 
     async def drain(self) -> None:
         if self._writable is not None:
             await self._writable
 
     def pause_reading(self) -> None:
-        if self._transport is not None and not self._reading_paused:
-            self._reading_paused = True
-            self._transport.pause_reading()
+        """The owner of a WebSocket has enough to do: read nothing more for now."""
+        self._held_by_owner = True
+        self._update_reading()
 
     def resume_reading(self) -> None:
-        if self._transport is not None and self._reading_paused and not self.lost:
+        self._held_by_owner = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read only while what is read can be answered: a peer that does not read what
+        it is sent, or floods requests, waits in its own socket buffers, not in ours."""
+        if self._transport is None or self.lost:
+            return
+        hold = (self._writable is not None or self._held_by_owner
+                or (self._websocket is None and self._sending_file))
+        if hold and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+        elif not hold and self._reading_paused:
             self._reading_paused = False
             self._transport.resume_reading()
 
@@ -245,7 +297,8 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ HTTP
 
     def _next_requests(self) -> None:
-        while not self._sending_file and self._websocket is None and not self.lost:
+        while (not self._sending_file and self._websocket is None and not self.lost
+               and self._writable is None):
             try:
                 event = self._http.next_event()
             except h11.RemoteProtocolError:
@@ -272,6 +325,9 @@ class _Connection(asyncio.Protocol):
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             self._send(request, Response.text(405, "method not allowed\n"))
             return
+        if "\x00" in request.path:
+            self._send(request, Response.text(400, "bad request\n"))
+            return
         try:
             answer = self._server.handle(request)
         except Exception:  # a bug behind one request must not take the server down
@@ -286,25 +342,29 @@ class _Connection(asyncio.Protocol):
         if response.file is not None:
             response, span = _file_part(request, response)
         length = span[1] - span[0] if span is not None else len(response.body)
-        headers = {**response.headers, "Content-Length": str(length)}
+        headers = {**response.headers, **self._server.headers, "Content-Length": str(length)}
         self._write(self._http.send(h11.Response(
             status_code=response.status, reason=_REASONS.get(response.status, ""),
             headers=list(headers.items()))) or b"")
         if request.method == "HEAD" or length == 0:
+            if response.file is not None:
+                _close(response.file)
             self._end_of_response()
         elif span is not None and response.file is not None:
             self._sending_file = True
+            self._update_reading()
             asyncio.get_running_loop().create_task(self._send_file(response.file, *span))
+            return
         else:
             self._write(self._http.send(h11.Data(data=response.body)) or b"")
             self._end_of_response()
 
-    async def _send_file(self, path: Path, start: int, end: int) -> None:
+    async def _send_file(self, source: Path | BinaryIO, start: int, end: int) -> None:
         assert self._transport is not None
         loop = asyncio.get_running_loop()
         sent = 0
         try:
-            with open(path, "rb") as file:
+            with source if not isinstance(source, Path) else open(source, "rb") as file:
                 try:  # zero-copy where the loop can (asyncio's own, on most systems)
                     sent = await loop.sendfile(self._transport, file, start, end - start)
                 except NotImplementedError:
@@ -316,6 +376,7 @@ class _Connection(asyncio.Protocol):
             return
         self._http.send_with_data_passthrough(h11.Data(data=_Length(sent)))
         self._sending_file = False
+        self._update_reading()
         self._end_of_response()
 
     async def _copy_file(self, file: BinaryIO, start: int, end: int) -> int:
@@ -347,7 +408,8 @@ class _Connection(asyncio.Protocol):
             with contextlib.suppress(h11.LocalProtocolError):
                 self._write(self._http.send(h11.Response(
                     status_code=status, reason=_REASONS.get(status, ""),
-                    headers=[("Content-Length", str(len(body))), ("Connection", "close"),
+                    headers=[*self._server.headers.items(),
+                             ("Content-Length", str(len(body))), ("Connection", "close"),
                              ("Content-Type", "text/plain; charset=utf-8")])) or b"")
                 self._write(self._http.send(h11.Data(data=body)) or b"")
         assert self._transport is not None
@@ -436,8 +498,12 @@ def _file_part(request: Request, response: Response) -> tuple[Response, tuple[in
     file that follow it (None when none do)."""
     assert response.file is not None
     try:
-        size = os.stat(response.file).st_size
+        if isinstance(response.file, Path):
+            size = os.stat(response.file).st_size
+        else:
+            size = os.fstat(response.file.fileno()).st_size
     except OSError:
+        _close(response.file)
         return Response(404, b"not found\n", {**response.headers,
                                               "Content-Type": "text/plain; charset=utf-8"}), None
     headers = {**response.headers, "Accept-Ranges": "bytes"}
@@ -445,9 +511,15 @@ def _file_part(request: Request, response: Response) -> tuple[Response, tuple[in
     if span is None:
         return Response(response.status, headers=headers, file=response.file), (0, size)
     if span == UNSATISFIABLE:
+        _close(response.file)
         return Response(416, headers={**headers, "Content-Range": f"bytes */{size}"}), None
     headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{size}"
     return Response(206, headers=headers, file=response.file), span
+
+
+def _close(file: Path | BinaryIO) -> None:
+    if not isinstance(file, Path):
+        file.close()
 
 
 def _range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -13,7 +13,6 @@ import contextlib
 import importlib.util
 import os
 import secrets
-import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -29,15 +28,6 @@ HOST_DELAY = 1.0
 loading (see ``run_in_window``)."""
 ADDRESS_WAIT = 5.0
 """Seconds a check of the window's address after a load waits for the GUI thread."""
-
-
-def bind_listener(port: int = 0) -> socket.socket:
-    """A TCP socket listening on 127.0.0.1 for the app server, bound ahead of time."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(128)
-    return listener
 
 
 def gui_unavailable(gui: str | None = None) -> str | None:
@@ -187,6 +177,8 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
     config = config or load_config(folder)
     data_dir = data_dir or default_data_dir(config.id)
+    from shoal.runtime.server import bind_listener
+
     listener = bind_listener(port)
     secret = secrets.token_urlsafe(32)
     bridge = f"127.0.0.1:{listener.getsockname()[1]}"
