@@ -54,7 +54,7 @@ BASE = '[app]\nname = "T"\nid = "test.shoal.t"\n'
     (BASE + "[permissions]\nsudo = true\n", "permissions.sudo", "unknown key"),
     (BASE + "[permissions]\ndgram = [\"example.com:53\"]\n", "permissions.dgram[0]", "address"),
     (BASE + "[permissions]\ninvoke = [\"rm -rf\"]\n", "permissions.invoke[0]", "function name"),
-    (BASE + "[csp]\nscript-src = [\"'unsafe-eval'\"]\n", "csp.script-src[0]", "weaken"),
+    (BASE + "[csp]\nscript-src = [\"'unsafe-eval'\"]\n", "csp.script-src[0]", "injected code"),
     (BASE + "[csp]\nsandbox = [\"x\"]\n", "csp.sandbox", "unknown key"),
     ('[app]\nname = "T"\nid = "Not An Id"\n', "app.id", "reverse-DNS"),
     (BASE + "[extra]\n", "extra", "unknown table"),

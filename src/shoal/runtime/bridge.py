@@ -99,6 +99,7 @@ class AppServer:
         self._server = LoopbackServer(self._handle)
         self._sessions: set[_BridgeSession] = set()
         self._page_origin = page_origin
+        self._clear_storage = False
         self.refused = 0
         """Requests refused for a wrong Host, Origin or secret (for tests and logs)."""
 
@@ -122,6 +123,10 @@ class AppServer:
         self._server.headers = security_headers(
             content_security_policy(self.port, self.config.csp),
             isolated=self.config.cross_origin_isolated)
+        if self._page_origin is None:  # the browser keeps this origin's storage
+            from shoal.runtime.origins import claim
+
+            self._clear_storage = claim(self.origin, self.config.id)
         await self._server.start(listener)
 
     async def close(self) -> None:
@@ -172,8 +177,12 @@ class AppServer:
             return Response.text(404, "not found\n")
         kind = content_type(target)
         if kind == "text/html":
-            return Response(body=page_html(target).encode(),
-                            headers={"Content-Type": "text/html; charset=utf-8"})
+            headers = {"Content-Type": "text/html; charset=utf-8"}
+            if self._clear_storage and request.headers.get("sec-fetch-dest") == "document":
+                # Until this launch's page holds the bridge: what another app left in
+                # this origin's storage is gone before the page runs.
+                headers["Clear-Site-Data"] = '"cache", "storage"'
+            return Response(body=page_html(target).encode(), headers=headers)
         return Response(file=target, headers={"Content-Type": kind})
 
     def _file_preflight(self, request: Request) -> Response:
@@ -222,6 +231,7 @@ class AppServer:
         return WebSocketAccept(self._open_session, max_message=MAX_FRAME)
 
     def _open_session(self, ws: WebSocket) -> _BridgeSession:
+        self._clear_storage = False
         session = _BridgeSession(self.calls, ws, forget=self._sessions.discard)
         self._sessions.add(session)
         return session

@@ -24,8 +24,20 @@ CSP_DIRECTIVES = frozenset({
     "default-src", "script-src", "style-src", "img-src", "font-src", "media-src",
     "connect-src", "worker-src", "manifest-src", "frame-src",
 })
-FORBIDDEN_SOURCES = ("'unsafe-eval'", "'unsafe-inline'", "'unsafe-hashes'", "*", "data:")
-SIMPLE_PERMISSIONS = ("os", "network", "window", "dialog", "notification", "clipboard")
+CSP_KEYWORDS = frozenset({"'self'", "'none'", "'strict-dynamic'", "'report-sample'",
+                          "'wasm-unsafe-eval'"})
+"""Keyword sources an app may add; the rest ('unsafe-eval', 'unsafe-inline',
+'unsafe-hashes', nonces, ...) would let injected code run."""
+CODE_DIRECTIVES = frozenset({"default-src", "script-src", "style-src", "worker-src",
+                             "frame-src"})
+"""Directives that decide what runs or styles the page: no bare scheme (``data:``,
+``blob:``, ``https:``, ...) may be added to these; name the hosts instead."""
+_CSP_SOURCE = re.compile(r"^[\x21-\x2b\x2d-\x3a\x3c-\x7e]+$")  # visible ASCII but , ;
+_CSP_HASH = re.compile(r"^'sha(?:256|384|512)-[A-Za-z0-9+/_-]+={0,2}'$", re.IGNORECASE)
+_CSP_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:$", re.IGNORECASE)
+_CSP_ANY_HOST = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?\*(?:[:/].*)?$", re.IGNORECASE)
+SIMPLE_PERMISSIONS = ("os", "network", "window", "dialog", "notification", "clipboard",
+                      "shell")
 
 
 class ConfigError(ShoalError):
@@ -58,6 +70,9 @@ class Permissions:
     dialog: bool = False
     notification: bool = False
     clipboard: bool = False
+    shell: bool = False
+    """Open links in the system browser (``shell.openExternal``, and in the window,
+    navigations away from the app)."""
     dgram: tuple[tuple[str, int | None], ...] = ()
     """(host, port) pairs UDP may send to; port None means any port of that host."""
     invoke: tuple[str, ...] = ()
@@ -273,13 +288,34 @@ class _Reader:
         table = self.table(raw, "csp", set(CSP_DIRECTIVES))
         out = {}
         for directive, value in table.items():
-            sources = self.strings(value, f"csp.{directive}")
-            for index, source in enumerate(sources):
-                if source in FORBIDDEN_SOURCES or any(c in source for c in ";,\n\r "):
+            sources = []
+            for index, source in enumerate(self.strings(value, f"csp.{directive}")):
+                reason = _weakening(directive, source)
+                if reason is not None:
                     raise self.fail(f"csp.{directive}[{index}]",
-                                    f"{source!r} would weaken the policy and is not allowed")
-            out[directive] = sources
+                                    f"{source!r} {reason} and is not allowed")
+                sources.append(source.lower() if source.startswith("'") and
+                               not _CSP_HASH.match(source) else source)
+            out[directive] = tuple(sources)
         return out
+
+
+def _weakening(directive: str, source: str) -> str | None:
+    """Why ``source`` may not be added to ``directive``, or None. Read as a browser reads
+    it: keywords and schemes in any case, and any ASCII whitespace or control character
+    would split it into several sources, so it may hold none."""
+    if not _CSP_SOURCE.match(source):
+        return "holds whitespace, a control character, ',' or ';'"
+    lowered = source.lower()
+    if source.startswith("'"):
+        if lowered in CSP_KEYWORDS or _CSP_HASH.match(source):
+            return None
+        return "would let injected code run"
+    if _CSP_ANY_HOST.match(source):
+        return "allows any host"
+    if _CSP_SCHEME.match(source) and directive in CODE_DIRECTIVES:
+        return f"allows any {lowered} source in {directive}"
+    return None
 
 
 def default_data_dir(app_id: str) -> Path:

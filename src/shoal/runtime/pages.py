@@ -87,15 +87,23 @@ def on_origin(url: str, origin: str) -> bool:
 
 def app_file(config: AppConfig, relative: str) -> Path | None:
     """The file of the app at URL path ``relative``, or None when it is missing, hidden
-    (dotfiles, ``shoal.toml``, ``app.py``) or resolves outside the app folder."""
+    (dotfiles, ``shoal.toml``, ``app.py``) or resolves outside the app folder. Hidden
+    names are looked for in the URL and in the file it resolves to (an app's own link
+    to ``shoal.toml`` is hidden too), without regard to case."""
     relative = relative.lstrip("/") or config.entry
-    if any(p.startswith(".") or p in HIDDEN for p in Path(relative).parts):
+    if "\x00" in relative or _hidden(Path(relative).parts):
         return None
     root = config.root
     target = Path(os.path.realpath(root / relative))
     if not str(target).startswith(str(root) + os.sep) or not target.is_file():
         return None
+    if _hidden(target.relative_to(root).parts):
+        return None
     return target
+
+
+def _hidden(parts: tuple[str, ...]) -> bool:
+    return any(p.startswith(".") or p.casefold() in HIDDEN for p in parts)
 
 
 def content_type(path: Path) -> str:

@@ -20,9 +20,45 @@ from typing import Any, Protocol
 
 from shoal.runtime.fsapi import BridgeError
 
+EXTERNAL_BURST = 3
+EXTERNAL_INTERVAL = 2.0
+"""Links opened in the system browser: ``EXTERNAL_BURST`` at once, then one per
+``EXTERNAL_INTERVAL`` seconds; past that they are refused (``EAGAIN``)."""
+
 _PLATFORMS = {"linux": "linux", "darwin": "darwin", "win32": "win32"}
 _ARCHES = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64",
            "i386": "ia32", "i686": "ia32", "armv7l": "arm"}
+
+
+class ExternalOpener:
+    """Opens web addresses in the system browser, no faster than a token bucket allows."""
+
+    def __init__(self, burst: int = EXTERNAL_BURST, interval: float = EXTERNAL_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+        self.opened = 0
+        self.refused = 0
+
+    def take(self) -> bool:
+        """Whether one more address may open now (and count it if so)."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) / self.interval)
+        self._at = now
+        if self._tokens < 1:
+            self.refused += 1
+            return False
+        self._tokens -= 1
+        self.opened += 1
+        return True
+
+
+EXTERNAL = ExternalOpener()
+"""The process's one opener: ``shell.openExternal`` and the window's navigations away
+from the app share its budget."""
 
 
 class WindowBackend(Protocol):
@@ -190,11 +226,17 @@ class System:
         await asyncio.to_thread(self.window.write_clipboard, text)
 
     async def open_external(self, url: str) -> None:
-        """Open a link that leaves the app in the system browser (http and https only)."""
+        """Open a link that leaves the app in the system browser (http and https only;
+        needs the ``shell`` permission, and a few per second at most)."""
+        self._require("shell")
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             raise BridgeError("only http and https links open outside the app", code="EINVAL")
+        if len(url) > 8192:
+            raise BridgeError("a link may be 8192 characters at most", code="EINVAL")
         if url.startswith(self.app_origin + "/") or url == self.app_origin:
             raise BridgeError("that link is inside the app", code="EINVAL")
+        if not EXTERNAL.take():
+            raise BridgeError("links are opening too fast; try again shortly", code="EAGAIN")
         await asyncio.to_thread(webbrowser.open, url)
 
 

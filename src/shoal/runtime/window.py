@@ -111,15 +111,16 @@ class PywebviewBackend:
         raise BridgeError("clipboard access is not available in this window", code="ENOTSUP")
 
 
-def keep_on_app(current: str, origin: str, load: Callable[[str], None]) -> None:
+def keep_on_app(current: str, origin: str, load: Callable[[str], None],
+                leave: Callable[[str], None]) -> None:
     """If the window has left the app (``current``, its address, is elsewhere: a script
-    changed ``location``, say), open that address in the system browser and ``load``
-    the app again."""
+    changed ``location``, say), hand that address to ``leave`` and ``load`` the app
+    again."""
     from shoal.runtime.pages import on_origin
 
     if on_origin(current, origin):
         return
-    _open_elsewhere(current)
+    leave(current)
     load(origin + "/")
 
 
@@ -136,12 +137,21 @@ def address_within(window: Any, timeout: float) -> str | None:
     return answer[0] if answer else None
 
 
-def _open_elsewhere(url: str) -> None:
-    """Open a web address in the system browser, off the calling (GUI) thread."""
-    if url.startswith(("http://", "https://")):
-        import webbrowser
+def opener_for(config: AppConfig) -> Callable[[str], None]:
+    """What the window does with an address outside the app: with the ``shell``
+    permission, open it in the system browser (off the calling GUI thread, within the
+    shared rate limit); without it, nothing."""
 
-        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+    def leave(url: str) -> None:
+        from shoal.runtime.system import EXTERNAL
+
+        if config.permissions.shell and url.startswith(("http://", "https://")) \
+                and EXTERNAL.take():
+            import webbrowser
+
+            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+
+    return leave
 
 
 def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
@@ -193,6 +203,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         os.environ["QT_API"] = "pyside6"
         gui = "qt"  # what shoal[gui] installs; pywebview would try GTK first
     shown = {"origin": f"http://{bridge}", "url": server_url}
+    leave = opener_for(config)
     backend = PywebviewBackend()
     host = _HostThread(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
                        secret=secret, config=config)
@@ -217,7 +228,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         host.start(shown["origin"])
         announce()
         if url is not None:
-            keep_on_app(url, shown["origin"], load)
+            keep_on_app(url, shown["origin"], load, leave)
 
     def initialized(renderer: str) -> None:
         # Main thread: pywebview has chosen its renderer; no window exists yet.
@@ -235,7 +246,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
 
             view = web_view(window.native)
             if view is not None:
-                guard_window(view, shown["origin"], _open_elsewhere)
+                guard_window(view, shown["origin"], leave)
                 report_loads(view, lambda url: after_load(url, window.load_url))
                 shown["loads"] = "gui"
         if shown["origin"] != ORIGIN:
@@ -249,7 +260,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
             return
         backend.scheme_handler = scheme_handler(config, listener.getsockname()[1])
         profile.installUrlSchemeHandler(SCHEME, backend.scheme_handler)
-        keep_navigation_on_app(view.page(), _open_elsewhere)
+        keep_navigation_on_app(view.page(), leave)
         # pywebview's own bridge would be a second way into Python, outside the policy.
         view.page().setWebChannel(None)
 

@@ -15,20 +15,26 @@ const SECRET_KEY = "shoal.secret";
 const BRIDGE_KEY = "shoal.bridge";
 
 // The launch fragment: #shoal=SECRET, plus &bridge=127.0.0.1:PORT when the page is not
-// served by the app server itself (the native window's shoal://app scheme).
-function takeLaunch() {
-  const secret = location.hash.match(/[#&]shoal=([A-Za-z0-9_-]+)/);
-  if (secret) {
-    const bridge = location.hash.match(/[#&]bridge=(127\.0\.0\.1:[0-9]+)(?:&|$)/);
-    sessionStorage.setItem(SECRET_KEY, secret[1]);
-    if (bridge) sessionStorage.setItem(BRIDGE_KEY, bridge[1]);
-    history.replaceState(null, "", location.pathname + location.search);
-  }
+// served by the app server itself (the native window's shoal://app scheme). A secret
+// from the fragment replaces the stored one only once the bridge has taken it: any page
+// may send this tab to the app's address with a fragment of its own choosing.
+function launchCandidates() {
   const served = location.protocol === "http:";
-  return {
+  const stored = {
     secret: sessionStorage.getItem(SECRET_KEY) || "",
     bridge: (served ? null : sessionStorage.getItem(BRIDGE_KEY)) || location.host,
   };
+  const secret = location.hash.match(/[#&]shoal=([A-Za-z0-9_-]+)/);
+  if (!secret) return [stored];
+  const bridge = location.hash.match(/[#&]bridge=(127\.0\.0\.1:[0-9]+)(?:&|$)/);
+  history.replaceState(null, "", location.pathname + location.search);
+  const fresh = { secret: secret[1], bridge: (!served && bridge && bridge[1]) || location.host };
+  return stored.secret && stored.secret !== fresh.secret ? [fresh, stored] : [fresh];
+}
+
+function remember({ secret, bridge }) {
+  sessionStorage.setItem(SECRET_KEY, secret);
+  if (bridge !== location.host) sessionStorage.setItem(BRIDGE_KEY, bridge);
 }
 
 const encoder = new TextEncoder();
@@ -38,16 +44,24 @@ const listeners = new Map();
 let nextId = 1;
 let socket = null;
 let opened = null;
+let accepted = null; // the launch (secret and bridge) the bridge took
 
 function connect() {
   if (opened) return opened;
-  opened = new Promise((resolve, reject) => {
-    const { secret, bridge } = takeLaunch();
-    const ws = new WebSocket(`ws://${bridge}/_shoal/bridge?secret=${secret}`);
+  const candidates = launchCandidates();
+  const attempt = (index, resolve, reject) => {
+    const launch = candidates[index];
+    const ws = new WebSocket(`ws://${launch.bridge}/_shoal/bridge?secret=${launch.secret}`);
     ws.binaryType = "arraybuffer";
-    ws.onopen = () => { socket = ws; resolve(ws); };
-    ws.onerror = () => reject(new ShoalError("ECONNREFUSED", "the Shoal bridge refused this page"));
+    let open = false;
+    ws.onopen = () => { open = true; remember(launch); accepted = launch; socket = ws; resolve(ws); };
+    ws.onerror = () => {
+      if (open) return;
+      if (index + 1 < candidates.length) attempt(index + 1, resolve, reject);
+      else reject(new ShoalError("ECONNREFUSED", "the Shoal bridge refused this page"));
+    };
     ws.onclose = () => {
+      if (!open) return;
       socket = null;
       opened = null;
       for (const { reject: fail } of pending.values()) {
@@ -56,7 +70,9 @@ function connect() {
       pending.clear();
     };
     ws.onmessage = (event) => receive(event.data);
-  });
+  };
+  opened = new Promise((resolve, reject) => attempt(0, resolve, reject));
+  opened.catch(() => { opened = null; });
   return opened;
 }
 
@@ -127,9 +143,10 @@ const READ_CHUNK = 4 << 20;
 
 // Whole files come over HTTP (fast for large files), with the same checks as the bridge.
 async function fetchFile(file) {
+  await connect();
   let response;
   try {
-    const { secret, bridge } = takeLaunch();
+    const { secret, bridge } = accepted;
     response = await fetch(`http://${bridge}/_shoal/file?path=${encodeURIComponent(file)}`, {
       headers: { "X-Shoal-Secret": secret },
       cache: "no-store",
