@@ -32,6 +32,7 @@ CODE_DIRECTIVES = frozenset({"default-src", "script-src", "style-src", "worker-s
                              "frame-src"})
 """Directives that decide what runs or styles the page: no bare scheme (``data:``,
 ``blob:``, ``https:``, ...) may be added to these; name the hosts instead."""
+NETWORK_SCHEMES = frozenset({"http:", "https:", "ws:", "wss:"})
 _CSP_SOURCE = re.compile(r"^[\x21-\x2b\x2d-\x3a\x3c-\x7e]+$")  # visible ASCII but , ;
 _CSP_HASH = re.compile(r"^'sha(?:256|384|512)-[A-Za-z0-9+/_-]+={0,2}'$", re.IGNORECASE)
 _CSP_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:$", re.IGNORECASE)
@@ -311,11 +312,26 @@ def _weakening(directive: str, source: str) -> str | None:
         if lowered in CSP_KEYWORDS or _CSP_HASH.match(source):
             return None
         return "would let injected code run"
-    if _CSP_ANY_HOST.match(source):
-        return "allows any host"
+    if _CSP_ANY_HOST.match(source) or lowered in NETWORK_SCHEMES:
+        return "allows any host (name the hosts)"
     if _CSP_SCHEME.match(source) and directive in CODE_DIRECTIVES:
         return f"allows any {lowered} source in {directive}"
     return None
+
+
+def csp_hosts(csp: dict[str, tuple[str, ...]]) -> list[str]:
+    """The network hosts an app's ``[csp]`` names (``images.example``,
+    ``*.example.com``, with ``:port`` when given): what its pages may reach."""
+    hosts = []
+    for sources in csp.values():
+        for source in sources:
+            if source.startswith("'") or _CSP_SCHEME.match(source):
+                continue
+            rest = source.split("://", 1)[-1]
+            host = rest.split("/", 1)[0]
+            if host and host not in hosts:
+                hosts.append(host)
+    return hosts
 
 
 def default_data_dir(app_id: str) -> Path:

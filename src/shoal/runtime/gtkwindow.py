@@ -4,7 +4,8 @@ pywebview gives every page in its GTK window a message handler, ``jsBridge``, th
 which any script can call into pywebview (move the window, show message boxes, and
 whatever else it exposes). Shoal's pages reach Python through the bridge alone, so the
 handler is taken away before the page loads. Navigation away from the app is refused
-before it happens, as on Qt, and the address goes to the system browser.
+before it happens, as on Qt, and the address goes to the system browser. WebRTC, which
+the policy does not govern, stays switched off.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def guard_window(view: Any, origin: str, leave: Callable[[str], None]) -> None:
 
     view.get_user_content_manager().unregister_script_message_handler("jsBridge")
     view.connect("decide-policy", _keep_on(origin, leave, WebKit2))
+    settings = view.get_settings()
+    for name in ("enable-webrtc", "enable-media-stream"):  # off by default; kept so
+        if settings.find_property(name) is not None:      # (WebRTC ignores the policy)
+            settings.set_property(name, False)
 
 
 def report_loads(view: Any, loaded: Callable[[str], None]) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from shoal.runtime.config import AppConfig
+from shoal.runtime.config import AppConfig, csp_hosts
 from shoal.runtime.pages import (
     API_PATH,
     TYPES_PATH,
@@ -55,6 +55,21 @@ def register_scheme() -> bool:
     scheme.setFlags(flag.SecureScheme | flag.CorsEnabled | flag.FetchApiAllowed)
     QWebEngineUrlScheme.registerScheme(scheme)
     return True
+
+
+def network_flags(config: AppConfig, bridge_port: int) -> list[str]:
+    """Chromium switches that keep the window's network to what the app declared.
+
+    A page's ``RTCPeerConnection`` ignores the policy's ``connect-src``: it would reach
+    any address over UDP (STUN) or TCP (TURN). WebRTC may use UDP only through a proxy
+    here, and every connection the policy does not name goes to a "proxy" that is the
+    app server itself, which refuses it (no ``CONNECT``, and a foreign ``Host``). The
+    bridge and the hosts in ``[csp]`` are reached directly. ``<-loopback>`` comes first:
+    Chromium otherwise reaches every loopback address directly."""
+    bypass = ["<-loopback>", f"127.0.0.1:{bridge_port}", *csp_hosts(config.csp)]
+    return ["--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+            f"--proxy-server=http://127.0.0.1:{bridge_port}",
+            f"--proxy-bypass-list={';'.join(bypass)}"]
 
 
 def spare_import_hook_memory() -> None:

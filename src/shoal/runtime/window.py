@@ -176,6 +176,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         ORIGIN,
         SCHEME,
         keep_navigation_on_app,
+        network_flags,
         register_scheme,
         report_loads_plainly,
         scheme_handler,
@@ -198,6 +199,10 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     # must drive Qt through PySide6 too (its qtpy layer would prefer PyQt if present).
     own_scheme = (gui in (None, "qt") and os.environ.get("QT_API", "pyside6") == "pyside6"
                   and register_scheme())
+    if gui in (None, "qt"):  # read when QtWebEngine starts, so before any window
+        flags = network_flags(config, listener.getsockname()[1])
+        os.environ["QTWEBENGINE_CHROMIUM_FLAGS"] = " ".join(
+            [os.environ.get("QTWEBENGINE_CHROMIUM_FLAGS", ""), *flags]).strip()
     if own_scheme:
         spare_import_hook_memory()
         os.environ["QT_API"] = "pyside6"
