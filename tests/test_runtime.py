@@ -333,10 +333,15 @@ async def test_bridge_refuses_without_secret_foreign_origin_or_host(tmp_path: Pa
 
 async def test_malformed_bridge_messages_get_errors_not_crashes(tmp_path: Path) -> None:
     async with AppHost(WEBAPP, data_dir=tmp_path) as host, BridgeClient(host) as page:
-        for junk in ("not json", "[]", json.dumps({"id": "x"})):
-            await page.send_raw(junk)
-        await page.send_raw(b"\x00\x00")
-        await asyncio.sleep(0.2)
+        junk: list[str | bytes] = ["not json", "[]", json.dumps({"id": "x"}), b"\x00\x00",
+                                   json.dumps({"id": -1, "call": "fs.dataDir"}),
+                                   json.dumps({"id": 1 << 32, "call": "fs.read"}),
+                                   json.dumps({"id": True, "call": "fs.dataDir"})]
+        for message in junk:
+            await page.send_raw(message)
+        replies = [await asyncio.wait_for(page.stray.get(), 5) for _ in junk]
+        assert [r["error"]["code"] for r in replies] == ["EINVAL"] * len(junk)
+        assert {r["id"] for r in replies} == {0}
         assert await page.call("invoke", "add", [1, 1]) == 2  # still serving
 
 

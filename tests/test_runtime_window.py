@@ -3,10 +3,12 @@ calling the bridge."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -169,3 +171,61 @@ def test_dev_reloads_the_page_in_the_window(tmp_path: Path) -> None:
         wait_for_loads("2")
     finally:
         _stop(process)
+
+
+def test_webrtc_in_the_window_reaches_nothing_the_app_did_not_declare(tmp_path: Path) -> None:
+    """A page asks WebRTC to reach a STUN server (UDP) and a TURN server (TCP) of its
+    choosing, from the page itself, a fresh iframe (where no page script could remove
+    RTCPeerConnection first) and an srcdoc iframe. Neither server hears a thing."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    servers = {"iceServers": [
+        {"urls": f"stun:127.0.0.1:{udp.getsockname()[1]}"},
+        {"urls": f"turn:127.0.0.1:{tcp.getsockname()[1]}?transport=tcp",
+         "username": "page-data", "credential": "x"},
+        {"urls": f"turn:127.0.0.1:{udp.getsockname()[1]}", "username": "u", "credential": "x"},
+    ]}
+    app = _script_app(tmp_path / "app", "webrtc", "", (
+        'import { fs } from "shoal:api";\n'
+        f"const servers = {json.dumps(servers)};\n"
+        "async function attempt(realm) {\n"
+        "  try {\n"
+        "    const peer = new realm.RTCPeerConnection(servers);\n"
+        '    peer.createDataChannel("out");\n'
+        "    await peer.setLocalDescription(await peer.createOffer());\n"
+        '    return "made";\n'
+        '  } catch (error) { return String(error); }\n'
+        "}\n"
+        "const results = [await attempt(window)];\n"
+        "for (const srcdoc of [null, '<p>x</p>']) {\n"
+        '  const frame = document.createElement("iframe");\n'
+        "  if (srcdoc) frame.srcdoc = srcdoc;\n"
+        "  document.body.append(frame);\n"
+        "  await new Promise((resolve) => setTimeout(resolve, 300));\n"
+        "  results.push(await attempt(frame.contentWindow));\n"
+        "}\n"
+        "await new Promise((resolve) => setTimeout(resolve, 4000));\n"
+        'await fs.writeFile("done.json", JSON.stringify(results));\n'))
+    data = tmp_path / "data"
+    process = _in_window("run", app, data, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (data / "done.json").exists() and process.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (data / "done.json").exists(), process.stderr.read() if process.stderr else ""
+        results = json.loads((data / "done.json").read_text())
+        assert results == ["made", "made", "made"]  # the attempts themselves ran
+        udp.setblocking(False)
+        tcp.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            raise AssertionError(f"a datagram reached the STUN server: {udp.recvfrom(2048)}")
+        with contextlib.suppress(BlockingIOError):
+            raise AssertionError(f"a connection reached the TURN server: {tcp.accept()}")
+    finally:
+        _stop(process)
+        udp.close()
+        tcp.close()

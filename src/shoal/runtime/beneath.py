@@ -65,9 +65,9 @@ def walk(root: Path, parts: tuple[str, ...]) -> int:
 
 def open_beneath(root: Path, real: Path, flags: int, mode: int = 0o666) -> int:
     """``os.open`` of ``real`` (inside ``root``) without following any link on the way
-    or at the end. ``O_NONBLOCK`` is added to opens for reading so that a FIFO or a
-    device cannot stall the caller; ``regular_file`` refuses those afterwards."""
-    extra = _NOFOLLOW | _CLOEXEC | (_NONBLOCK if flags & os.O_ACCMODE == os.O_RDONLY else 0)
+    or at the end. ``O_NONBLOCK`` is added so that opening a FIFO or a device cannot
+    stall the caller; ``regular_file`` refuses those afterwards."""
+    extra = _NOFOLLOW | _CLOEXEC | _NONBLOCK
     parts = parts_below(root, real)
     if not WALKS:
         return os.open(real, flags | extra, mode)

@@ -256,29 +256,39 @@ class _BridgeSession:
         self._loop = asyncio.get_running_loop()
         self._queued: collections.deque[bytes | str] = collections.deque()
         self._started_this_turn = 0
-        self._turn_scheduled = False
+        self._worker: asyncio.Task[None] | None = None
         self._bulk = asyncio.Semaphore(MAX_BULK_IN_FLIGHT)
 
     def message(self, data: bytes | str) -> None:
-        if self._queued or self._started_this_turn >= CALLS_PER_TURN:
+        if (self._queued or self._started_this_turn >= CALLS_PER_TURN
+                or not self.ws.writable):
             self._queued.append(data)
             self._update_reading()
-        else:
-            self._start(data)
-        if not self._turn_scheduled:
-            self._turn_scheduled = True
-            self._loop.call_soon(self._next_turn)
+            if self._worker is None:
+                self._worker = self._loop.create_task(self._work_off_queue())
+            return
+        if not self._started_this_turn:
+            self._loop.call_soon(self._new_turn)
+        self._start(data)
 
-    def _next_turn(self) -> None:
-        self._turn_scheduled = False
+    def _new_turn(self) -> None:
         self._started_this_turn = 0
-        while self._queued and self._started_this_turn < CALLS_PER_TURN \
-                and not self.scope.closed:
-            self._start(self._queued.popleft())
-        if self._queued and not self.scope.closed:
-            self._turn_scheduled = True
-            self._loop.call_soon(self._next_turn)
-        self._update_reading()
+
+    async def _work_off_queue(self) -> None:
+        """Start queued calls, ``CALLS_PER_TURN`` per turn, while the page reads its
+        answers."""
+        try:
+            while self._queued and not self.scope.closed:
+                await self.ws.drain()
+                await asyncio.sleep(0)
+                for _ in range(min(CALLS_PER_TURN, len(self._queued))):
+                    self._start(self._queued.popleft())
+                    if not self.ws.writable:
+                        break
+        finally:
+            self._worker = None
+            self._started_this_turn = 0
+            self._update_reading()
 
     def _start(self, data: bytes | str) -> None:
         self._started_this_turn += 1
@@ -310,6 +320,8 @@ class _BridgeSession:
     def close(self) -> None:
         self._forget(self)
         self._queued.clear()
+        if self._worker is not None:
+            self._worker.cancel()
         self.scope.close()
         self.ws.close()
         for task in list(self._in_flight):

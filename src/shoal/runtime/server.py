@@ -107,6 +107,11 @@ class WebSocket:
             self._protocol.send_binary(data)
             self._connection.flush_websocket()
 
+    @property
+    def writable(self) -> bool:
+        """False while the socket's send buffer is over its high-water mark."""
+        return not self._connection.write_paused
+
     async def drain(self) -> None:
         """Wait while the socket's send buffer is over its high-water mark."""
         await self._connection.drain()
@@ -257,6 +262,10 @@ class _Connection(asyncio.Protocol):
         self._update_reading()
         if self._websocket is None:
             asyncio.get_running_loop().call_soon(self._next_requests)
+
+    @property
+    def write_paused(self) -> bool:
+        return self._writable is not None and not self.lost
 
     async def drain(self) -> None:
         if self._writable is not None:

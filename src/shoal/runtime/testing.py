@@ -24,6 +24,8 @@ class BridgeClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.stray: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        """Replies to no call of this client: the errors junk messages get (id 0)."""
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> BridgeClient:
@@ -60,6 +62,12 @@ class BridgeClient:
                                 + bytes(args[binary]))
         return await future
 
+    @property
+    def websocket(self) -> ClientConnection:
+        """The underlying connection (for tests that must stop reading, say)."""
+        assert self._ws is not None, "use BridgeClient in an async with block"
+        return self._ws
+
     async def send_raw(self, message: str | bytes) -> None:
         """One WebSocket message as given, for a test of what the bridge does with junk."""
         assert self._ws is not None, "use BridgeClient in an async with block"
@@ -80,6 +88,7 @@ class BridgeClient:
                     continue
                 future = self._pending.pop(payload["id"], None)
                 if future is None or future.done():
+                    self.stray.put_nowait(payload)
                     continue
                 if "error" in payload:
                     error = payload["error"]
