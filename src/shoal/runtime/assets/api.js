@@ -1,5 +1,5 @@
 // Shoal's JS API: import { fs, os, path, network, dgram, window, dialog, notification,
-// clipboard, invoke } from "shoal:api". Every call goes over one WebSocket to the Python
+// clipboard, shell, invoke } from "shoal:api". Every call goes over one WebSocket to the Python
 // host, which checks it against the app's shoal.toml. Promises everywhere; binary data is
 // Uint8Array; failures are ShoalError with a code (EPERM, ENOENT, ...).
 
@@ -323,11 +323,14 @@ export const clipboard = {
   writeText: (text) => call("clipboard.writeText", text),
 };
 
+export const shell = { openExternal: (url) => call("shell.openExternal", String(url)) };
+
 export const invoke = (name, args = []) => call("invoke", name, args);
 
 export const dev = { on: (event, listener) => on(`dev.${event}`, listener) };
 
-// Links that leave the app open in the system browser, not in the app's window.
+// Links that leave the app open in the system browser (with the shell permission), not in
+// the app's window.
 function isExternal(href) {
   try { return new URL(href, location.href).origin !== location.origin; } catch { return false; }
 }

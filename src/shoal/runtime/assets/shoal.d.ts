@@ -77,5 +77,7 @@ export declare const dialog: {
 };
 export declare const notification: { show(title: string, options?: { body?: string }): Promise<void> };
 export declare const clipboard: { readText(): Promise<string>; writeText(text: string): Promise<void> };
+/** Needs the `shell` permission; a few links per second at most (EAGAIN past that). */
+export declare const shell: { openExternal(url: string): Promise<void> };
 export declare function invoke<T = unknown>(name: string, args?: unknown[] | Record<string, unknown>): Promise<T>;
 export declare const dev: { on(event: "reload", listener: () => void): () => void };
