@@ -225,3 +225,37 @@ def test_two_chat_apps_message_each_other(tmp_path: Path, browser: Browser) -> N
         for process in processes:
             process.terminate()
             process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("template", ["blank", "chat"])
+def test_a_template_loads_without_errors_and_says_how_to_open_it_without_its_link(
+        tmp_path: Path, browser: Browser, template: str) -> None:
+    shoal = [sys.executable, "-m", "shoal.cli.main"]
+    folder = tmp_path / "app"
+    subprocess.run([*shoal, "init", str(folder), "--template", template], check=True,
+                   capture_output=True)
+    process = subprocess.Popen(
+        [*shoal, "run", "--browser", "--json", str(folder), "--data-dir", str(tmp_path / "d")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "SHOAL_NO_LAN": "1"})
+    context = browser.new_context()
+    try:
+        assert process.stdout is not None
+        url = json.loads(process.stdout.readline())["url"]
+        page = context.new_page()
+        failures: list[str] = []
+        page.on("response", lambda r: failures.append(f"{r.status} {r.url}")
+                if r.status >= 400 else None)
+        page.on("console", lambda m: failures.append(m.text) if m.type == "error" else None)
+        page.goto(url)
+        page.wait_for_load_state("networkidle")
+        assert failures == []
+        # A bookmark of the app's address, without its launch link, in another tab.
+        stranger = browser.new_page()
+        stranger.goto(url.split("#", 1)[0])
+        stranger.wait_for_selector("#shoal-no-launch", timeout=10000)
+        assert "shoal run" in (stranger.text_content("#shoal-no-launch") or "")
+        stranger.close()
+    finally:
+        context.close()
+        process.terminate()
+        process.wait(timeout=10)

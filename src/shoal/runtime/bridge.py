@@ -70,6 +70,8 @@ CALLS_PER_TURN = 64
 """Messages of one page handled per turn of the event loop; the rest wait, unread, so
 that one page flooding calls cannot starve other connections."""
 MAX_CALL_ID = (1 << 32) - 1
+FILE_ERROR_TYPE = "application/vnd.shoal.error+json"
+"""Content type of a bulk read's answer when the call failed (EPERM, ENOENT, ...)."""
 MAX_FRAME = 128 << 20
 _U32 = struct.Struct("!I")
 
@@ -174,6 +176,8 @@ class AppServer:
     def _file(self, request: Request) -> Response:
         target = app_file(self.config, request.path)
         if target is None:
+            if request.path == "/favicon.ico":  # asked for by every browser: no icon
+                return Response(204)
             return Response.text(404, "not found\n")
         kind = content_type(target)
         if kind == "text/html":
@@ -214,9 +218,10 @@ class AppServer:
                 raise BridgeError("file reads are not available", code="ENOSYS")
             opened = self.readable(path)
         except ShoalError as exc:
-            status = {"EPERM": 403, "ENOENT": 404}.get(exc.code, 400)
+            # The call failed, not the request: 200, so that the browser does not log a
+            # failed load for what the page handles itself (a file not there yet, say).
             body = json.dumps({"code": exc.code, "message": exc.message}).encode()
-            return Response(status, body, {"Content-Type": "application/json"})
+            return Response(200, body, {"Content-Type": FILE_ERROR_TYPE})
         return Response(file=opened, headers={"Content-Type": "application/octet-stream"})
 
     # ------------------------------------------------------------------ bridge

@@ -163,7 +163,7 @@ class _Reader:
             raise self.fail(key, "must be a table")
         for name in value:
             if name not in allowed:
-                raise self.fail(f"{key}.{name}", "unknown key")
+                raise self.fail(f"{key}.{name}", "unknown key" + did_you_mean(name, allowed))
         return value
 
     def string(self, table: dict[str, Any], key: str, name: str, default: str | None = None,
@@ -198,10 +198,26 @@ class _Reader:
                 raise self.fail(f"{key}[{index}]", "must be a non-empty string")
         return tuple(value)
 
+    def folders(self, value: Any, key: str, *, write: bool) -> tuple[str, ...]:
+        """Granted folders: never the whole file system, and never the whole home folder
+        for writing (its dotfiles run code at the next login)."""
+        folders = self.strings(value, key)
+        home = Path(os.path.realpath(os.path.expanduser("~")))
+        for index, folder in enumerate(folders):
+            real = Path(os.path.realpath(os.path.expanduser(folder)))
+            if real == Path(real.anchor):
+                raise self.fail(f"{key}[{index}]", f"{folder!r} is the whole file system; "
+                                "grant the folders the app needs")
+            if write and real == home:
+                raise self.fail(f"{key}[{index}]", f"{folder!r} is the whole home folder; "
+                                "grant the folders the app writes to")
+        return folders
+
     def app(self, folder: Path, raw: dict[str, Any]) -> AppConfig:
+        tables = ("app", "window", "permissions", "network", "csp")
         for name in raw:
-            if name not in ("app", "window", "permissions", "network", "csp"):
-                raise self.fail(name, "unknown table")
+            if name not in tables:
+                raise self.fail(name, "unknown table" + did_you_mean(name, tables))
         app = self.table(raw, "app", {"name", "id", "version", "entry", "cross_origin_isolated"},
                          required=True)
         name = self.string(app, "app", "name")
@@ -211,6 +227,8 @@ class _Reader:
         entry = self.string(app, "app", "entry", default="index.html")
         if entry.startswith(("/", "\\")) or ".." in Path(entry).parts:
             raise self.fail("app.entry", "must be a path inside the app folder")
+        if not (folder / entry).is_file():
+            raise self.fail("app.entry", f"{entry!r} is not a file in {folder}")
         window = self.table(raw, "window", {"title", "width", "height", "resizable",
                                             "min_width", "min_height"})
         return AppConfig(
@@ -241,7 +259,8 @@ class _Reader:
             raise self.fail("permissions.fs", "must be a table with read and write lists")
         for name in fs:
             if name not in ("read", "write"):
-                raise self.fail(f"permissions.fs.{name}", "unknown key (read or write)")
+                raise self.fail(f"permissions.fs.{name}", "unknown key (read or write)"
+                                + did_you_mean(name, ("read", "write")))
         dgram = []
         for index, item in enumerate(self.strings(table.get("dgram", []), "permissions.dgram")):
             host, sep, port = item.rpartition(":")
@@ -261,8 +280,8 @@ class _Reader:
         flags = {name: self.boolean(table, "permissions", name, False)
                  for name in SIMPLE_PERMISSIONS}
         return Permissions(
-            fs_read=self.strings(fs.get("read", []), "permissions.fs.read"),
-            fs_write=self.strings(fs.get("write", []), "permissions.fs.write"),
+            fs_read=self.folders(fs.get("read", []), "permissions.fs.read", write=False),
+            fs_write=self.folders(fs.get("write", []), "permissions.fs.write", write=True),
             dgram=tuple(dgram),
             invoke=invoke,
             **flags,
@@ -299,6 +318,14 @@ class _Reader:
                                not _CSP_HASH.match(source) else source)
             out[directive] = tuple(sources)
         return out
+
+
+def did_you_mean(name: str, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _weakening(directive: str, source: str) -> str | None:

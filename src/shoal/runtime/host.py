@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoal.runtime.bridge import AppServer
-from shoal.runtime.config import AppConfig, default_data_dir, load_config
+from shoal.runtime.config import (
+    AppConfig,
+    ConfigError,
+    default_data_dir,
+    did_you_mean,
+    load_config,
+)
 from shoal.runtime.fsapi import FileSystem, PathPolicy
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
 from shoal.runtime.system import BrowserBackend, System, WindowBackend
@@ -62,6 +68,7 @@ class AppHost:
         config = self.config
         permissions = config.permissions
         functions = load_exposed(self.folder / "app.py")
+        check_invoke(config, functions)
         calls: dict[str, Any] = {}
         policy = PathPolicy(self.data_dir, permissions.fs_read, permissions.fs_write)
         files = FileSystem(policy, lambda event, data: server.emit(event, data))
@@ -125,6 +132,16 @@ class AppHost:
                 before = after
                 assert self.server is not None
                 self.server.emit("dev.reload", {})
+
+
+def check_invoke(config: AppConfig, functions: dict[str, Any]) -> None:
+    """Every name in ``permissions.invoke`` is a function ``app.py`` exposes."""
+    for index, name in enumerate(config.permissions.invoke):
+        if name not in functions:
+            exposed = ", ".join(sorted(functions)) or "none"
+            raise ConfigError(
+                f"{config.root / 'shoal.toml'}: permissions.invoke[{index}]: app.py exposes "
+                f"no function {name!r}{did_you_mean(name, functions)} (exposed: {exposed})")
 
 
 def raise_descriptor_limit() -> None:

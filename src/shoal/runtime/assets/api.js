@@ -46,9 +46,26 @@ let socket = null;
 let opened = null;
 let accepted = null; // the launch (secret and bridge) the bridge took
 
+// The page was opened without its launch link (a bookmark, a copied address): it cannot
+// reach the bridge, so it says how to open the app instead of waiting forever.
+function showHowToOpen() {
+  const note = document.createElement("p");
+  note.id = "shoal-no-launch";
+  note.textContent = "This page is a Shoal app and needs the address its launch prints. " +
+    "Start it with: shoal run <app folder>  (or shoal run <app folder> --browser, and open " +
+    "the address it prints).";
+  const show = () => document.body.replaceChildren(note);
+  if (document.body) show();
+  else document.addEventListener("DOMContentLoaded", show, { once: true });
+}
+
 function connect() {
   if (opened) return opened;
   const candidates = launchCandidates();
+  if (!candidates[0].secret) {
+    showHowToOpen();
+    return Promise.reject(new ShoalError("EACCES", "opened without its launch address"));
+  }
   const attempt = (index, resolve, reject) => {
     const launch = candidates[index];
     const ws = new WebSocket(`ws://${launch.bridge}/_shoal/bridge?secret=${launch.secret}`);
@@ -154,11 +171,11 @@ async function fetchFile(file) {
   } catch (error) {
     throw new ShoalError("ECONNREFUSED", `the Shoal bridge is unreachable: ${error}`);
   }
-  if (!response.ok) {
-    let failure = { code: "EIO", message: `HTTP ${response.status}` };
-    try { failure = await response.json(); } catch {}
+  if (response.headers.get("Content-Type") === "application/vnd.shoal.error+json") {
+    const failure = await response.json();
     throw new ShoalError(failure.code, failure.message);
   }
+  if (!response.ok) throw new ShoalError("EIO", `HTTP ${response.status}`);
   return new Uint8Array(await response.arrayBuffer());
 }
 
