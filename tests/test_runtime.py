@@ -648,3 +648,38 @@ def test_looking_for_a_webview_imports_none() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env=env, timeout=60, check=True).stdout
     assert out.strip() == "[True, True, False, False, True] []"
+
+
+def test_a_qt_plugin_missing_system_libraries_is_named(tmp_path: Path) -> None:
+    """Qt aborts the whole process when its X11 plugin cannot load; Shoal looks first and
+    names what is missing, with the package that has it."""
+    from shoal.runtime.window import qt_xcb_missing
+
+    (tmp_path / "dep.c").write_text("int shoal_dep(void) { return 1; }\n")
+    (tmp_path / "plugin.c").write_text(
+        "int shoal_dep(void);\nint use(void) { return shoal_dep(); }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libxcb-shoaltest.so.4"),
+                    "-Wl,-soname,libxcb-shoaltest.so.4", str(tmp_path / "dep.c")], check=True)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libqxcb.so"),
+                    str(tmp_path / "plugin.c"), str(tmp_path / "libxcb-shoaltest.so.4")],
+                   check=True)
+    (tmp_path / "libxcb-shoaltest.so.4").unlink()  # as on a machine without the package
+    missing = qt_xcb_missing(tmp_path / "libqxcb.so")
+    assert missing[0] == "libxcb-shoaltest.so.4"
+
+
+def test_without_qts_libraries_the_window_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.runtime import window
+
+    monkeypatch.setenv("DISPLAY", ":99")
+    monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(window, "gui_unavailable", lambda gui=None: None)
+    monkeypatch.setattr(window, "_module_exists", lambda name: True)
+    monkeypatch.setattr(window, "qt_xcb_missing", lambda: ["libxcb-icccm.so.4"])
+    assert window.choose_gui(None) == (
+        True, "gtk", "Qt cannot open a window on X11: libxcb-icccm.so.4 not found "
+        "(apt install libxcb-icccm4); using WebKitGTK instead")
+    assert window.choose_gui("qt")[:2] == (False, "qt")  # asked for Qt: serve for a browser
+    monkeypatch.setattr(window, "qt_xcb_missing", lambda: [])
+    assert window.choose_gui(None) == (True, None, None)

@@ -20,7 +20,7 @@ from webapp_checks import WEBAPP as APP
 from webapp_checks import assert_page_results
 
 
-@pytest.mark.parametrize("gui", ["qt", "gtk"])
+@pytest.mark.parametrize("gui", ["qt", "gtk", "default"])
 def test_app_in_a_native_window_reaches_the_bridge(tmp_path: Path, gui: str) -> None:
     opened = tmp_path.parent / f"{tmp_path.name}-opened.txt"
     recorder = tmp_path.parent / f"{tmp_path.name}-browser.sh"
@@ -41,7 +41,7 @@ def test_app_in_a_native_window_reaches_the_bridge(tmp_path: Path, gui: str) -> 
         # The page's script ran in the window, under the policy, through the bridge.
         # Qt shows it through the window's own scheme (the bridge and bulk reads are the
         # app server's); WebKitGTK loads it from the app server.
-        if gui == "qt":
+        if gui in ("qt", "default"):  # the default is Qt, here under Xvfb (X11)
             origin = "shoal://app"
         else:
             origin = results["origin"]["ok"]
@@ -60,7 +60,7 @@ def test_app_in_a_native_window_reaches_the_bridge(tmp_path: Path, gui: str) -> 
         # Qt window stops that; WebKitGTK's still gets pywebview's object, without the
         # message handler it would call (see the gtkBridge check).
         injected = json.loads((tmp_path / "globals.json").read_text())
-        pywebview_object = "undefined" if gui == "qt" else "object"
+        pywebview_object = "object" if gui == "gtk" else "undefined"
         assert injected == {"pywebview": pywebview_object, "QWebChannel": "undefined"}
     finally:
         _stop(process)
@@ -116,11 +116,14 @@ def _script_app(folder: Path, name: str, toml: str, script: str) -> Path:
 
 def _in_window(command: str, app: Path, data: Path, *, stdout: int, gui: str = "qt",
                env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``shoal run`` or ``shoal dev`` of ``app`` in a window (Qt offscreen, or WebKitGTK
-    under Xvfb), with JSON events on ``stdout``; stop it with ``_stop``."""
-    argv = [sys.executable, "-m", "shoal.cli.main", command, "--json", "--gui", gui, str(app),
+    """``shoal run`` or ``shoal dev`` of ``app`` in a window (Qt offscreen, WebKitGTK
+    under Xvfb, or ``default``: no ``--gui``, under Xvfb), with JSON events on
+    ``stdout``; stop it with ``_stop``."""
+    choice = [] if gui == "default" else ["--gui", gui]
+    argv = [sys.executable, "-m", "shoal.cli.main", command, "--json", *choice, str(app),
             "--data-dir", str(data)]
     env = {**os.environ, **(env or {})}
+    env.pop("QT_QPA_PLATFORM", None)
     if gui == "qt":
         env["QT_QPA_PLATFORM"] = "offscreen"
     else:  # WebKitGTK needs a display: a virtual one

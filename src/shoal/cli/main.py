@@ -509,15 +509,17 @@ def dev(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: 
 def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, as_json: bool,
              gui: str | None, dev: bool) -> None:
     from shoal.runtime.config import check_app_code, load_config
-    from shoal.runtime.window import gui_unavailable, run_in_window
+    from shoal.runtime.window import choose_gui, run_in_window
 
     output = Output(as_json)
     # A bad config or app code: one clear line before anything starts.
     config = load_config(folder)
     check_app_code(folder)
     if not browser:
-        reason = gui_unavailable(gui)
-        if reason is None:
+        can_open, gui, reason = choose_gui(gui)
+        if can_open and reason is not None:
+            output.event("notice", reason, reason=reason)
+        if can_open:
             started = time.monotonic()
 
             def ready(url: str) -> None:

@@ -52,6 +52,73 @@ def gui_unavailable(gui: str | None = None) -> str | None:
     return None
 
 
+def choose_gui(gui: str | None = None) -> tuple[bool, str | None, str | None]:
+    """``(a window can open, the webview to ask for, a line to show)``. Where Qt's X11
+    plugin cannot load for want of system libraries (Qt would abort the process), the
+    window falls back to WebKitGTK, or there is none; the line says why."""
+    reason = gui_unavailable(gui)
+    if reason is not None:
+        return False, gui, reason
+    if not sys.platform.startswith("linux") or gui == "gtk" or not _qt_on_x11():
+        return True, gui, None
+    if not _module_exists("PySide6.QtWebEngineWidgets"):
+        return True, gui, None  # pywebview will pick GTK itself
+    missing = qt_xcb_missing()
+    if not missing:
+        return True, gui, None
+    why = (f"Qt cannot open a window on X11: {', '.join(missing)} not found "
+           f"(apt install {' '.join(_debian_package(m) for m in missing)})")
+    if gui is None and _module_exists("gi"):
+        return True, "gtk", f"{why}; using WebKitGTK instead"
+    return False, gui, why
+
+
+def _qt_on_x11() -> bool:
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if platform:
+        return platform.startswith("xcb")
+    wayland = os.environ.get("WAYLAND_DISPLAY") and \
+        os.environ.get("XDG_SESSION_TYPE", "wayland") == "wayland"
+    return bool(os.environ.get("DISPLAY")) and not wayland
+
+
+XCB_CURSOR = "libxcb-cursor.so.0"
+"""Loaded by Qt's X11 plugin at run time (so ``ldd`` does not list it): Qt aborts
+without it."""
+
+
+def qt_xcb_missing(plugin: Path | None = None) -> list[str]:
+    """System libraries that Qt's X11 platform plugin (``plugin``, by default
+    PySide6's) needs and the dynamic linker cannot find."""
+    import ctypes.util
+    import shutil
+    import subprocess
+
+    if plugin is None:
+        spec = importlib.util.find_spec("PySide6")
+        where = spec.submodule_search_locations if spec is not None else None
+        if not where:
+            return []
+        plugin = Path(next(iter(where))) / "Qt" / "plugins" / "platforms" / "libqxcb.so"
+    if not plugin.exists() or shutil.which("ldd") is None:
+        return []
+    try:
+        listing = subprocess.run(["ldd", str(plugin)], capture_output=True, text=True,
+                                 timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    missing = [line.split()[0] for line in listing.splitlines() if "not found" in line]
+    if plugin.name == "libqxcb.so" and ctypes.util.find_library("xcb-cursor") is None:
+        missing.append(XCB_CURSOR)
+    return list(dict.fromkeys(missing))
+
+
+def _debian_package(library: str) -> str:
+    """``libxcb-icccm.so.4`` -> ``libxcb-icccm4``: Debian's name for the package."""
+    name, _, version = library.partition(".so.")
+    return f"{name}{version}" if version else name
+
+
 def _module_exists(name: str) -> bool:
     """Whether ``name`` (a top-level module, or a module of a top-level package) can be
     imported, found without running the package's code: importing PySide6 installs an
