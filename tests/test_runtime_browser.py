@@ -194,16 +194,17 @@ def test_two_chat_apps_message_each_other(tmp_path: Path, browser: Browser) -> N
                            capture_output=True)
             config = folder / "shoal.toml"
             config.write_text(config.read_text()
-                              .replace("introducers = []", f'introducers = ["{address}"]')
                               .replace("lan = true", 'lan = false\nlisten = "127.0.0.1:0"'))
             app = subprocess.Popen(
-                [*shoal, "run", "--browser", "--json", str(folder),
+                [*shoal, "run", "--browser", "--json", str(folder), "--introducer", address,
                  "--data-dir", str(tmp_path / f"{name}-data")],
                 stdout=subprocess.PIPE, text=True, env=env,
             )
             processes.append(app)
             assert app.stdout is not None
-            urls.append(json.loads(app.stdout.readline())["url"])
+            ready = json.loads(app.stdout.readline())  # no hint first: it has an introducer
+            assert ready["event"] == "ready", ready
+            urls.append(ready["url"])
         for url in urls:
             page = browser.new_page()
             page.goto(url)
@@ -240,7 +241,11 @@ def test_a_template_loads_without_errors_and_says_how_to_open_it_without_its_lin
     context = browser.new_context()
     try:
         assert process.stdout is not None
-        url = json.loads(process.stdout.readline())["url"]
+        first = json.loads(process.stdout.readline())
+        if template == "chat":  # a network app with no introducer and no LAN here
+            assert first["event"] == "notice" and "--introducer" in first["reason"], first
+            first = json.loads(process.stdout.readline())
+        url = first["url"]
         page = context.new_page()
         failures: list[str] = []
         page.on("response", lambda r: failures.append(f"{r.status} {r.url}")

@@ -468,6 +468,9 @@ def _app_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
                         help="The app's own data folder (default: in the user data dir).")(func)
     func = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")(func)
+    func = click.option("--introducer", "introducers", multiple=True, metavar="HOST:PORT",
+                        help="An introducer for the app's network, besides those in "
+                             "shoal.toml (repeatable).")(func)
     func = click.option("--gui", type=click.Choice(["qt", "gtk"]),
                         help="The webview on Linux: QtWebEngine (the default where installed) "
                              "or WebKitGTK.")(func)
@@ -478,23 +481,24 @@ def _app_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @_app_options
 @_guard
 def run(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool,
-        gui: str | None) -> None:
+        gui: str | None, introducers: tuple[str, ...]) -> None:
     """Open the app in FOLDER in a native window (or a browser with --browser).
 
     \b
     Examples:
       shoal run notes
       shoal run notes --browser --port 8123
+      shoal run chat --introducer 203.0.113.2:7000
     """
     _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json,
-             gui=gui, dev=False)
+             gui=gui, dev=False, introducers=introducers)
 
 
 @cli.command()
 @_app_options
 @_guard
 def dev(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool,
-        gui: str | None) -> None:
+        gui: str | None, introducers: tuple[str, ...]) -> None:
     """Like run, and reload the page whenever a file of the app changes.
 
     \b
@@ -503,11 +507,13 @@ def dev(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: 
       shoal dev notes --browser
     """
     _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json,
-             gui=gui, dev=True)
+             gui=gui, dev=True, introducers=introducers)
 
 
 def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, as_json: bool,
-             gui: str | None, dev: bool) -> None:
+             gui: str | None, dev: bool, introducers: tuple[str, ...] = ()) -> None:
+    import dataclasses
+
     from shoal.runtime.config import check_app_code, load_config
     from shoal.runtime.window import choose_gui, run_in_window
 
@@ -515,6 +521,14 @@ def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, a
     # A bad config or app code: one clear line before anything starts.
     config = load_config(folder)
     check_app_code(folder)
+    if introducers:
+        added = tuple(parse_address(a) for a in introducers)
+        network = dataclasses.replace(config.network, introducers=tuple(
+            dict.fromkeys((*config.network.introducers, *added))))
+        config = dataclasses.replace(config, network=network)
+    hint = _peer_hint(config)
+    if hint is not None:
+        output.event("notice", hint, reason=hint)
     if not browser:
         can_open, gui, reason = choose_gui(gui)
         if can_open and reason is not None:
@@ -545,6 +559,18 @@ def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, a
         return 0
 
     _run(output, body)
+
+
+def _peer_hint(config: Any) -> str | None:
+    """What to say when the app's network can find no peer, or only peers on this LAN."""
+    if not config.permissions.network or config.network.introducers:
+        return None
+    lan = config.network.lan and not os.environ.get("SHOAL_NO_LAN")
+    if not lan:
+        return ("this app has no introducer and LAN discovery is off, so it can find no "
+                "peer; add one with --introducer HOST:PORT (or [network] introducers)")
+    return ("this app has no introducer: it finds peers on this LAN only; add one with "
+            "--introducer HOST:PORT to reach others")
 
 
 def main() -> None:
