@@ -264,3 +264,65 @@ def test_a_template_loads_without_errors_and_says_how_to_open_it_without_its_lin
         context.close()
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_dev_shows_errors_keeps_watching_and_reloads_python(tmp_path: Path,
+                                                            browser: Browser) -> None:
+    """``shoal dev``: a syntax error in the page's script is shown over the page and in
+    the terminal, and once fixed the page reloads and works; a new ``app.py`` answers
+    the next call; a broken ``shoal.toml`` is reported and watching goes on."""
+    import queue
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "shoal.toml").write_text('[app]\nname = "Dev"\nid = "test.shoal.dev"\n'
+                                    '[permissions]\ninvoke = ["answer"]\n')
+    (app / "index.html").write_text('<!doctype html><title>dev</title>'
+                                    '<script type="module" src="app.js"></script><p>dev')
+    script = ('import { invoke } from "shoal:api";\n'
+              'document.body.dataset.answer = await invoke("answer");\n')
+    (app / "app.js").write_text(script)
+    python = "from shoal.runtime import expose\n\n@expose\ndef answer():\n    return {!r}\n"
+    (app / "app.py").write_text(python.format("one"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "dev", "--browser", "--json", str(app),
+         "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[dict] = queue.Queue()
+    assert process.stdout is not None
+    threading.Thread(target=lambda: [lines.put(json.loads(line)) for line in process.stdout],
+                     daemon=True).start()
+
+    def next_dev_line(kind: str, holding: str = "") -> str:
+        while True:
+            event = lines.get(timeout=20)
+            if event.get("event") == "dev" and event["kind"] == kind \
+                    and holding in event["message"]:
+                return event["message"]
+
+    page = browser.new_page()
+    try:
+        ready = lines.get(timeout=20)
+        page.goto(ready["url"])
+        page.wait_for_selector("body[data-answer=one]", state="attached", timeout=20000)
+        with page.expect_event("load", timeout=10000):
+            (app / "app.js").write_text(script.replace("await invoke", "await invoke("))
+        page.wait_for_selector("#shoal-dev-overlay", timeout=10000)
+        assert "SyntaxError" in (page.text_content("#shoal-dev-overlay") or "")
+        assert next_dev_line("error", "SyntaxError").startswith("page: ")
+        with page.expect_event("load", timeout=10000):
+            (app / "app.js").write_text(script)
+        page.wait_for_selector("body[data-answer=one]", state="attached", timeout=20000)
+        assert page.query_selector("#shoal-dev-overlay") is None
+        with page.expect_event("load", timeout=10000):
+            (app / "app.py").write_text(python.format("two"))
+        page.wait_for_selector("body[data-answer=two]", state="attached", timeout=20000)
+        assert next_dev_line("reload", "app.py") == "reloaded (app.py changed)"
+        (app / "shoal.toml").write_text("[app\n")
+        assert next_dev_line("error").startswith("shoal.toml: ")
+        page.wait_for_selector("#shoal-dev-overlay", timeout=10000)
+        assert "not valid TOML" in (page.text_content("#shoal-dev-overlay") or "")
+    finally:
+        page.close()
+        process.terminate()
+        process.wait(timeout=10)

@@ -529,6 +529,10 @@ def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, a
     hint = _peer_hint(config)
     if hint is not None:
         output.event("notice", hint, reason=hint)
+
+    def on_dev(kind: str, line: str) -> None:
+        output.event("dev", line if kind == "reload" else f"{kind}: {line}", kind=kind,
+                     message=line)
     if not browser:
         can_open, gui, reason = choose_gui(gui)
         if can_open and reason is not None:
@@ -541,7 +545,7 @@ def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, a
                 output.event("ready", f"window open ({ms} ms)", mode="window", ms=ms)
 
             run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port, gui=gui,
-                          config=config)
+                          config=config, on_dev=on_dev)
             return
         output.event("notice", f"no native window: {reason}; serving for a browser instead",
                      reason=reason)
@@ -552,7 +556,7 @@ def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, a
         from shoal.runtime.host import AppHost
 
         async with AppHost(folder, data_dir=data_dir, dev=dev, port=port,
-                           config=config) as host:
+                           config=config, on_dev=on_dev) as host:
             output.event("ready", f"open {host.url} in a browser", mode="browser",
                          url=host.url, dev=dev)
             await asyncio.Event().wait()

@@ -42,6 +42,7 @@ from shoal.runtime.fsapi import BridgeError, FramedBytes
 from shoal.runtime.pages import (
     API_PATH,
     BRIDGE_PATH,
+    DEV_PATH,
     FILE_PATH,
     TYPES_PATH,
     app_file,
@@ -85,7 +86,7 @@ class AppServer:
                  port: int = 0, listener: socket.socket | None = None,
                  secret: str | None = None,
                  readable: Callable[[str], BinaryIO] | None = None,
-                 page_origin: str | None = None) -> None:
+                 page_origin: str | None = None, dev: bool = False) -> None:
         """``readable`` opens a page path for reading (raising ``BridgeError``): bulk
         reads are served over HTTP at ``FILE_PATH``, which moves large files much faster
         than WebSocket frames do. ``page_origin``: the pages' origin when something else
@@ -94,6 +95,7 @@ class AppServer:
         self.config = config
         self.calls = calls
         self.readable = readable
+        self.dev = dev
         self.secret = secret or secrets.token_urlsafe(32)
         self._listener = listener
         self._requested_port = port
@@ -166,6 +168,9 @@ class AppServer:
         elif request.path == API_PATH:
             response = Response(body=asset("api.js").encode(),
                                 headers={"Content-Type": "text/javascript; charset=utf-8"})
+        elif request.path == DEV_PATH and self.dev:
+            response = Response(body=asset("dev.js").encode(),
+                                headers={"Content-Type": "text/javascript; charset=utf-8"})
         elif request.path == TYPES_PATH:
             response = Response(body=asset("shoal.d.ts").encode(),
                                 headers={"Content-Type": "text/plain; charset=utf-8"})
@@ -186,7 +191,7 @@ class AppServer:
                 # Until this launch's page holds the bridge: what another app left in
                 # this origin's storage is gone before the page runs.
                 headers["Clear-Site-Data"] = '"cache", "storage"'
-            return Response(body=page_html(target).encode(), headers=headers)
+            return Response(body=page_html(target, dev=self.dev).encode(), headers=headers)
         return Response(file=target, headers={"Content-Type": kind})
 
     def _file_preflight(self, request: Request) -> Response:

@@ -10,18 +10,21 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shoal.errors import ShoalError
 from shoal.runtime.bridge import AppServer
 from shoal.runtime.config import (
+    CONFIG_NAME,
     AppConfig,
     ConfigError,
     default_data_dir,
     did_you_mean,
     load_config,
 )
-from shoal.runtime.fsapi import FileSystem, PathPolicy
+from shoal.runtime.fsapi import BridgeError, FileSystem, PathPolicy
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
 from shoal.runtime.system import BrowserBackend, System, WindowBackend
 
@@ -39,11 +42,14 @@ class AppHost:
                  window: WindowBackend | None = None, dev: bool = False, port: int = 0,
                  lan_discovery: bool | None = None, listener: socket.socket | None = None,
                  secret: str | None = None, page_origin: str | None = None,
-                 config: AppConfig | None = None) -> None:
+                 config: AppConfig | None = None,
+                 on_dev: Callable[[str, str], None] | None = None) -> None:
         """``listener`` and ``secret``: a socket already listening on 127.0.0.1 and the
         launch secret, when the window must know the URL before the host has started.
         ``page_origin``: the pages' origin when the window serves them itself.
-        ``config``: the app's ``shoal.toml`` when the caller has read it already."""
+        ``config``: the app's ``shoal.toml`` when the caller has read it already.
+        ``on_dev``: under ``dev``, told ``(kind, line)`` of each reload (``"reload"``)
+        and each error (``"error"``), for the terminal."""
         self.folder = folder
         self.config: AppConfig = config or load_config(folder)
         self.data_dir = data_dir or default_data_dir(self.config.id)
@@ -54,8 +60,10 @@ class AppHost:
         self.listener = listener
         self.secret = secret
         self.page_origin = page_origin
+        self.on_dev = on_dev or (lambda kind, line: None)
         self.node: Node | None = None
         self.server: AppServer | None = None
+        self._invoker: Invoker | None = None
         self._parts: list[Any] = []
         self._watcher: asyncio.Task[None] | None = None
 
@@ -74,7 +82,7 @@ class AppHost:
         files = FileSystem(policy, lambda event, data: server.emit(event, data))
         server = AppServer(config, calls, port=self.port, listener=self.listener,
                            secret=self.secret, page_origin=self.page_origin,
-                           readable=files.open_for_reading)
+                           readable=files.open_for_reading, dev=self.dev)
         emit = server.emit
         self._parts = [files]
         raise_descriptor_limit()
@@ -98,11 +106,12 @@ class AppHost:
         system = System(permissions, str(policy.data_dir), self.window, server.page_origin)
         net = Network(self.node, permissions.network, emit)
         datagrams = Datagrams(permissions.dgram, emit)
-        invoker = Invoker(functions, permissions.invoke)
+        invoker = self._invoker = Invoker(functions, permissions.invoke)
         self._parts = [files, net, datagrams]
         for part in (files, system, net, datagrams, invoker):
             calls.update(part.calls())
         if self.dev:
+            calls["dev.report"] = self._page_reported
             self._watcher = asyncio.get_running_loop().create_task(self._watch_files())
         return self
 
@@ -123,15 +132,57 @@ class AppHost:
         await self.close()
 
     async def _watch_files(self) -> None:
-        """Live reload: tell every page to reload when a file of the app changes."""
+        """Under ``dev``: when a file of the app changes, reload every page; when
+        ``app.py`` changes, load it again first; a broken ``shoal.toml`` or ``app.py``
+        is reported (terminal and page) and watching goes on."""
         before = await asyncio.to_thread(_tree, self.folder)
         while True:
             await asyncio.sleep(RELOAD_POLL)
             after = await asyncio.to_thread(_tree, self.folder)
-            if after != before:
-                before = after
-                assert self.server is not None
-                self.server.emit("dev.reload", {})
+            if after == before:
+                continue
+            changed = sorted(Path(p).name for p in set(before) ^ set(after)
+                             | {p for p in after if before.get(p) != after[p]})
+            before = after
+            problem = await self._reload_python(changed)
+            assert self.server is not None
+            if problem is not None:
+                source, message = problem
+                self.on_dev("error", f"{source}: {message}")
+                self.server.emit("dev.error", {"source": source, "message": message})
+                continue
+            self.on_dev("reload", f"reloaded ({', '.join(changed)} changed)")
+            self.server.emit("dev.reload", {})
+
+    async def _reload_python(self, changed: list[str]) -> tuple[str, str] | None:
+        """Check ``shoal.toml`` and load ``app.py`` again if they changed: the problem
+        ``(file, message)``, or None."""
+        if CONFIG_NAME in changed:
+            try:
+                config = load_config(self.folder)
+            except ConfigError as exc:
+                return CONFIG_NAME, exc.message
+            if config != self.config:
+                self.on_dev("notice", "shoal.toml changed: restart the app to apply it")
+        if "app.py" in changed and self._invoker is not None:
+            try:
+                functions = await asyncio.to_thread(load_exposed, self.folder / "app.py")
+                check_invoke(self.config, functions)
+            except ShoalError as exc:
+                return "app.py", exc.message
+            self._invoker.replace(functions)
+        return None
+
+    async def _page_reported(self, text: str) -> None:
+        """``dev.report``: a page's error, for the terminal."""
+        if not isinstance(text, str):
+            raise BridgeError("text must be a string", code="EINVAL")
+        self.on_dev("error", f"page: {printable_line(text[:4000])}")
+
+
+def printable_line(text: str) -> str:
+    """``text`` on one terminal line: control characters shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def check_invoke(config: AppConfig, functions: dict[str, Any]) -> None:

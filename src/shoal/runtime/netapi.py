@@ -72,8 +72,12 @@ class Invoker:
     """``invoke`` calls into ``app.py``."""
 
     def __init__(self, functions: dict[str, Callable[..., Any]], granted: tuple[str, ...]) -> None:
-        self.functions = functions
         self.granted = set(granted)
+        self.replace(functions)
+
+    def replace(self, functions: dict[str, Callable[..., Any]]) -> None:
+        """Call these functions from now on (``app.py`` was loaded again)."""
+        self.functions = functions
         self._coroutine = {n: inspect.iscoroutinefunction(f) for n, f in functions.items()}
 
     def calls(self) -> dict[str, Callable[..., Any]]:

@@ -22,6 +22,10 @@ BRIDGE_PATH = "/_shoal/bridge"
 FILE_PATH = "/_shoal/file"
 API_PATH = "/_shoal/api.js"
 TYPES_PATH = "/_shoal/shoal.d.ts"
+DEV_PATH = "/_shoal/dev.js"
+DEV_TAG = f'<script type="module" src="{DEV_PATH}"></script>'
+"""Added to every page under ``shoal dev``: error overlay and reloads, in a module graph
+of its own so that it runs even when the app's script cannot."""
 IMPORT_MAP = '{"imports":{"shoal:api":"/_shoal/api.js"}}'
 IMPORT_MAP_TAG = f'<script type="importmap">{IMPORT_MAP}</script>'
 _HEAD = re.compile(r"<head(\s[^>]*)?>", re.IGNORECASE)
@@ -110,14 +114,19 @@ def content_type(path: Path) -> str:
     return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
-def page_html(path: Path, *, import_map: bool = True, policy: str | None = None) -> str:
+def page_html(path: Path, *, import_map: bool = True, policy: str | None = None,
+              dev: bool = False) -> str:
     """An HTML page as served: with the ``shoal:api`` import map at the start of its
-    head unless it has its own (or ``import_map`` is false), and ``policy``, if given,
-    in a ``<meta>`` element before everything else the page holds."""
+    head unless it has its own (or ``import_map`` is false), ``DEV_TAG`` after it when
+    ``dev``, and ``policy``, if given, in a ``<meta>`` element before everything else the
+    page holds."""
     html = path.read_text(encoding="utf-8", errors="replace")
+    added = DEV_TAG if dev else ""
     if import_map and "importmap" not in html:
+        added = IMPORT_MAP_TAG + added
+    if added:
         found = _HEAD.search(html)
-        html = _insert(html, found.end() if found else _document_start(html), IMPORT_MAP_TAG)
+        html = _insert(html, found.end() if found else _document_start(html), added)
     if policy is not None:
         meta = f'<meta http-equiv="Content-Security-Policy" content="{escape(policy)}">'
         html = _insert(html, _document_start(html), meta)

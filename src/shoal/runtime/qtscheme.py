@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from shoal.runtime.config import AppConfig, csp_hosts
 from shoal.runtime.pages import (
     API_PATH,
+    DEV_PATH,
     TYPES_PATH,
     app_file,
     asset,
@@ -112,7 +113,7 @@ class Answer(NamedTuple):
 
 
 def answer(config: AppConfig, *, host: str, path: str, method: bytes,
-           policy: str | None = None) -> Answer | None:
+           policy: str | None = None, dev: bool = False) -> Answer | None:
     """The answer to one request to ``shoal://``, or None for "not found". ``policy``:
     what pages must also carry in a ``<meta>`` element (see ``lowercase_safe``)."""
     if method != b"GET":
@@ -125,17 +126,19 @@ def answer(config: AppConfig, *, host: str, path: str, method: bytes,
         return Answer("text/javascript", b'export * from "shoal:api";\n')
     if path == TYPES_PATH:
         return Answer("text/plain", asset("shoal.d.ts").encode())
+    if path == DEV_PATH and dev:
+        return Answer("text/javascript", asset("dev.js").encode())
     target = app_file(config, path)
     if target is None:
         return None
     kind = content_type(target)
     if kind == "text/html":  # read as UTF-8, so served as UTF-8 (Chromium's default differs)
-        page = page_html(target, import_map=False, policy=policy)
+        page = page_html(target, import_map=False, policy=policy, dev=dev)
         return Answer("text/html; charset=utf-8", page.encode())
     return Answer(kind, file=target)
 
 
-def scheme_handler(config: AppConfig, bridge_port: int) -> Any:
+def scheme_handler(config: AppConfig, bridge_port: int, *, dev: bool = False) -> Any:
     """A ``QWebEngineUrlSchemeHandler`` serving ``config``'s app (needs PySide6)."""
     from PySide6.QtCore import QBuffer, QByteArray, QFile, QIODevice
     from PySide6.QtWebEngineCore import QWebEngineUrlRequestJob, QWebEngineUrlSchemeHandler
@@ -159,7 +162,8 @@ def scheme_handler(config: AppConfig, bridge_port: int) -> Any:
             url = job.requestUrl()
             try:
                 reply = answer(config, host=url.host(), path=url.path(),
-                               method=bytes(job.requestMethod().data()), policy=exact)
+                               method=bytes(job.requestMethod().data()), policy=exact,
+                               dev=dev)
             except OSError:  # unreadable file: fail this request, not the window
                 job.fail(QWebEngineUrlRequestJob.Error.RequestFailed)
                 return

@@ -223,7 +223,8 @@ def opener_for(config: AppConfig) -> Callable[[str], None]:
 
 def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                   on_ready: Callable[[str], None], port: int = 0, gui: str | None = None,
-                  config: AppConfig | None = None) -> None:
+                  config: AppConfig | None = None,
+                  on_dev: Callable[[str, str], None] | None = None) -> None:
     """Open the app in a native window; returns when the window is closed.
 
     The server's socket and secret exist before the window, so every address is known
@@ -278,7 +279,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     leave = opener_for(config)
     backend = PywebviewBackend()
     host = _HostThread(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
-                       secret=secret, config=config)
+                       secret=secret, config=config, on_dev=on_dev)
     import webview
 
     window_config = config.window
@@ -330,7 +331,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
             host.start(shown["origin"])
             window.native.load_url(server_url)
             return
-        backend.scheme_handler = scheme_handler(config, listener.getsockname()[1])
+        backend.scheme_handler = scheme_handler(config, listener.getsockname()[1], dev=dev)
         profile.installUrlSchemeHandler(SCHEME, backend.scheme_handler)
         keep_navigation_on_app(view.page(), leave)
         # pywebview's own bridge would be a second way into Python, outside the policy.

@@ -344,7 +344,10 @@ export const shell = { openExternal: (url) => call("shell.openExternal", String(
 
 export const invoke = (name, args = []) => call("invoke", name, args);
 
-export const dev = { on: (event, listener) => on(`dev.${event}`, listener) };
+export const dev = {
+  on: (event, listener) => on(`dev.${event}`, listener),
+  report: (text) => call("dev.report", String(text)),
+};
 
 // Links that leave the app open in the system browser (with the shell permission), not in
 // the app's window.

@@ -80,4 +80,9 @@ export declare const clipboard: { readText(): Promise<string>; writeText(text: s
 /** Needs the `shell` permission; a few links per second at most (EAGAIN past that). */
 export declare const shell: { openExternal(url: string): Promise<void> };
 export declare function invoke<T = unknown>(name: string, args?: unknown[] | Record<string, unknown>): Promise<T>;
-export declare const dev: { on(event: "reload", listener: () => void): () => void };
+export declare const dev: {
+  on(event: "reload", listener: () => void): () => void;
+  on(event: "error", listener: (problem: { source: string; message: string }) => void): () => void;
+  /** Under `shoal dev`: print a line in the terminal that runs the app. */
+  report(text: string): Promise<void>;
+};
