@@ -363,3 +363,32 @@ def test_every_command_has_examples_in_its_help(command: str) -> None:
     assert result.returncode == 0
     examples = result.stdout.split("Examples:", 1)[1].splitlines()
     assert any(line.strip().startswith(f"shoal {command}") for line in examples)
+
+
+def test_errors_are_red_on_a_terminal_only() -> None:
+    import pty
+
+    argv = [sys.executable, "-m", "shoal.cli.main", "send", "--to", "nobody", "hi"]
+    piped = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert piped.stderr.startswith("shoal: error:") and "\x1b[" not in piped.stderr
+    for no_color, coloured in (("", True), ("1", False)):
+        controller, terminal = pty.openpty()
+        process = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal,
+                                   env={**os.environ, "NO_COLOR": no_color})
+        os.close(terminal)
+        process.wait(timeout=30)
+        output = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(controller, 4096):
+                output += chunk
+        os.close(controller)
+        assert b"shoal: error:" in output
+        assert (b"\x1b[31m" in output) is coloured, output
+
+
+def test_the_command_list_is_whole() -> None:
+    result = subprocess.run([sys.executable, "-m", "shoal.cli.main", "--help"],
+                            capture_output=True, text=True, timeout=30)
+    commands = result.stdout.split("Commands:", 1)[1].strip().splitlines()
+    assert len(commands) == 8
+    assert not any(line.rstrip().endswith(("...", "…")) for line in commands), commands

@@ -42,14 +42,25 @@ class Output:
         if self.as_json:
             click.echo(json.dumps({"event": name, **fields}), nl=True)
         else:
-            click.echo(human)
+            click.secho(human, fg=_EVENT_COLOURS.get(name), color=_colour(sys.stdout))
         sys.stdout.flush()
 
     def error(self, code: str, message: str) -> None:
         if self.as_json:
             click.echo(json.dumps({"event": "error", "code": code, "message": message}))
         else:
-            click.echo(f"shoal: error: {message} ({code})", err=True)
+            click.secho(f"shoal: error: {message} ({code})", err=True, fg="red",
+                        color=_colour(sys.stderr))
+
+
+_EVENT_COLOURS = {"ready": "green", "delivered": "green", "notice": "yellow"}
+
+
+def _colour(stream: Any) -> bool | None:
+    """Colour on a terminal unless ``NO_COLOR`` is set (no-color.org); never in a pipe."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    return None  # click's own test: colour only where the stream is a terminal
 
 
 def printable(text: str) -> str:
@@ -192,7 +203,7 @@ def id_command(identity_path: str | None, as_json: bool) -> None:
     output.event("id", identity.peer_id, peer_id=identity.peer_id)
 
 
-@cli.command()
+@cli.command(short_help="Run an introducer that peers meet through.")
 @_common
 @click.option("--listen", required=True, metavar="HOST:PORT", help="Address to serve on.")
 @click.option("--alternate", metavar="HOST:PORT",
@@ -260,7 +271,7 @@ def _where(address: Any) -> str:
     return format_address(address)
 
 
-@cli.command()
+@cli.command(short_help="Print every direct message this node receives.")
 @_common
 @_network_options
 @_guard
@@ -301,7 +312,7 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
     _run(output, body)
 
 
-@cli.command()
+@cli.command(short_help="Send a message to a peer and wait for its ack.")
 @_common
 @_network_options
 @click.option("--to", "to", required=True, metavar="PEER_ID", help="The receiver's peer id.")
@@ -359,7 +370,7 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
     _run(output, body)
 
 
-@cli.command()
+@cli.command(short_help="Check this network: UDP, NAT kind, reachability.")
 @_common
 @click.option("--introducer", "introducers", multiple=True, metavar="HOST:PORT",
               help="An introducer to ask (repeatable).")
@@ -435,7 +446,7 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
     _run(output, body)
 
 
-@cli.command()
+@cli.command(short_help="Create a new app from a template.")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--template", type=click.Choice(["blank", "chat"]), default="blank",
               show_default=True, help="What the new app starts from.")
@@ -477,7 +488,7 @@ def _app_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-@cli.command()
+@cli.command(short_help="Open an app in a window (or a browser).")
 @_app_options
 @_guard
 def run(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool,
@@ -494,7 +505,7 @@ def run(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: 
              gui=gui, dev=False, introducers=introducers)
 
 
-@cli.command()
+@cli.command(short_help="Like run, with live reload and error overlay.")
 @_app_options
 @_guard
 def dev(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool,
@@ -586,7 +597,8 @@ def main() -> None:
     except click.ClickException as exc:
         # One line, in the same style as every other error (not click's usage block).
         message = " ".join(exc.format_message().split())
-        click.echo(f"shoal: error: {message} (EINVAL); see 'shoal --help'", err=True)
+        click.secho(f"shoal: error: {message} (EINVAL); see 'shoal --help'", err=True,
+                    fg="red", color=_colour(sys.stderr))
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
