@@ -152,12 +152,14 @@ def test_broken_app_code_is_one_clear_cli_line(tmp_path: Path, code: str,
     assert len(lines) == 1 and expected in lines[0], lines
 
 
-def test_init_writes_an_app_whose_own_test_passes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("template", ["blank", "chat"])
+def test_init_writes_an_app_whose_own_test_passes(tmp_path: Path, template: str) -> None:
     folder = tmp_path / "notes"
     made = subprocess.run([sys.executable, "-m", "shoal.cli.main", "init", str(folder),
-                           "--json"], capture_output=True, text=True, timeout=30)
+                           "--template", template, "--json"],
+                          capture_output=True, text=True, timeout=30)
     assert made.returncode == 0, made.stderr
-    assert {"index.html", "app.js", "app.py", "shoal.toml", "test_app.py"} <= {
+    assert {"index.html", "app.js", "shoal.toml", "test_app.py"} <= {
         p.name for p in folder.iterdir()}
     assert load_config(folder).id == "local.shoal.notes"
     again = subprocess.run([sys.executable, "-m", "shoal.cli.main", "init", str(folder)],
@@ -165,8 +167,10 @@ def test_init_writes_an_app_whose_own_test_passes(tmp_path: Path) -> None:
     assert again.returncode != 0 and "already exists" in again.stderr
     tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                              "--rootdir", str(folder), str(folder / "test_app.py")],
-                            capture_output=True, text=True, timeout=120, cwd=folder)
+                            capture_output=True, text=True, timeout=120, cwd=folder,
+                            env={**os.environ, "SHOAL_NO_LAN": "1"})
     assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "1 passed" in tested.stdout
 
 
 # ---------------------------------------------------------------------------- files
@@ -647,7 +651,13 @@ def test_looking_for_a_webview_imports_none() -> None:
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env=env, timeout=60, check=True).stdout
-    assert out.strip() == "[True, True, False, False, True] []"
+    # What is really importable here, found by importing each in a process of its own.
+    names = ("PySide6.QtWebEngineWidgets", "gi", "PySide6.NoSuchModule",
+             "no_such_package.module", "json.decoder")
+    truth = [subprocess.run([sys.executable, "-c", f"import {name}"], env=env, timeout=60,
+                            capture_output=True).returncode == 0 for name in names]
+    assert out.strip() == f"{truth} []"
+    assert truth[2:] == [False, False, True]
 
 
 def test_a_qt_plugin_missing_system_libraries_is_named(tmp_path: Path) -> None:
