@@ -392,3 +392,30 @@ def test_the_command_list_is_whole() -> None:
     commands = result.stdout.split("Commands:", 1)[1].strip().splitlines()
     assert len(commands) == 8
     assert not any(line.rstrip().endswith(("...", "…")) for line in commands), commands
+
+
+def test_doctor_explains_every_unknown(tmp_path, introducer_process: str) -> None:
+    key = str(tmp_path / "doctor.key")
+
+    def doctor(*args: str) -> tuple[int, dict]:
+        result = subprocess.run(_shoal("doctor", "--identity", key, "--json",
+                                       "--listen", "127.0.0.1", *args),
+                                capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in result.stderr
+        return result.returncode, json.loads(result.stdout.strip().splitlines()[-1])
+
+    # No server at all: what can be known locally, and what to add.
+    code, report = doctor()
+    assert code == 0 and report["udp"] is None and "--introducer" in report["reachability"]
+    # An introducer without --alternate: the mapping and filtering say why they are unknown.
+    code, report = doctor("--introducer", introducer_process)
+    assert code == 0 and report["udp"] is True
+    assert report["mapping"] == report["filtering"] == "unknown"
+    assert "two" in report["unknown_because"]["mapping"]
+    assert "--alternate" in report["unknown_because"]["filtering"]
+    # A closed port: no claim about TCP relays, and the possible causes named.
+    code, report = doctor("--introducer", f"127.0.0.1:{_free_port()}", "--timeout", "3")
+    assert code != 0 and report["udp"] is False
+    assert "TCP" not in report["reachability"] and "closed port" in report["reachability"]
+    assert report["unknown_because"] == {"mapping": "no server answered",
+                                         "filtering": "no server answered"}

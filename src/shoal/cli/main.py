@@ -376,8 +376,10 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
               help="An introducer to ask (repeatable).")
 @click.option("--stun", "stun_servers", multiple=True, metavar="HOST:PORT",
               help="A STUN server to ask (repeatable).")
-@click.option("--listen", default="0.0.0.0:0", show_default=True, metavar="HOST:PORT")
-@click.option("--timeout", default=10.0, show_default=True, type=float)
+@click.option("--listen", default="0.0.0.0:0", show_default=True, metavar="HOST[:PORT]",
+              help="The local address to check from (port optional).")
+@click.option("--timeout", default=10.0, show_default=True, type=float,
+              help="Seconds to wait for the servers' answers.")
 @_guard
 def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
            stun_servers: tuple[str, ...], listen: str, timeout: float) -> None:
@@ -394,16 +396,16 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
     _positive_seconds(timeout, "--timeout")
     intro_addresses = [parse_address(a) for a in introducers]
     stun_addresses = [parse_address(a) for a in stun_servers]
-    if not intro_addresses and not stun_addresses:
-        raise click.UsageError("give at least one --introducer or --stun server")
     listen_address = parse_address(listen, default_port=0)
     identity = _identity(identity_path)
     kinds = {a: "introducer" for a in intro_addresses} | {a: "stun" for a in stun_addresses}
 
     async def body() -> int:
         async with Node(identity, listen=listen_address, lan_discovery=False) as node:
-            nat = await node.detect_nat(list(kinds), timeout=timeout)
             local = [format_address(a) for a in local_addresses(node.address)]
+            if not kinds:
+                return _doctor_without_servers(output, node.peer_id, local)
+            nat = await node.detect_nat(list(kinds), timeout=timeout)
         servers = [
             {
                 "server": format_address(result.server),
@@ -425,6 +427,7 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
             "port_preserving": nat.port_preserving,
             "port_delta": nat.port_delta,
             "reachability": nat.summary(),
+            "unknown_because": nat.unknowns(),
             "servers": servers,
         }
         if as_json:
@@ -434,8 +437,11 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
             click.echo(f"local:      {', '.join(local)}")
             click.echo(f"public:     {', '.join(report['public']) or '-'}")
             click.echo(f"UDP:        {'works' if nat.udp else 'no answer'}")
-            click.echo(f"mapping:    {nat.mapping}")
-            click.echo(f"filtering:  {nat.filtering}")
+            why = nat.unknowns()
+            for name in ("mapping", "filtering"):
+                value = getattr(nat, name)
+                reason = f" ({why[name]})" if name in why else ""
+                click.echo(f"{name + ':':<11} {value}{reason}")
             for server in servers:
                 answer = (f"sees us at {server['public']} ({server['rtt_ms']} ms)"
                           if server["public"] else "no answer")
@@ -444,6 +450,20 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
         return 0 if nat.udp else EXIT_ERROR
 
     _run(output, body)
+
+
+def _doctor_without_servers(output: Output, peer_id: str, local: list[str]) -> int:
+    """``doctor`` with no server to ask: what can be known locally, and what to add."""
+    hint = ("no --introducer or --stun given: the public address and NAT kind need a "
+            "server to ask; e.g. shoal doctor --introducer HOST:PORT")
+    if output.as_json:
+        click.echo(json.dumps({"peer_id": peer_id, "local": local, "public": [], "udp": None,
+                               "reachability": hint, "servers": []}))
+    else:
+        click.echo(f"peer id:    {peer_id}")
+        click.echo(f"local:      {', '.join(local)}")
+        click.echo(f"meaning:    {hint}")
+    return 0
 
 
 @cli.command(short_help="Create a new app from a template.")

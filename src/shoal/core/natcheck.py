@@ -67,6 +67,8 @@ class NatReport:
     port_preserving: bool | None = None
     port_delta: int | None = None
     """Constant step between successive public ports, when the mapping varies that way."""
+    alternate: bool = False
+    """Whether a server offered an alternate address (needed to learn the filtering)."""
 
     @property
     def mapping(self) -> str:
@@ -76,11 +78,35 @@ class NatReport:
     def filtering(self) -> str:
         return self.nat.filtering
 
+    def unknowns(self) -> dict[str, str]:
+        """Why the mapping or filtering is ``unknown``, for each that is."""
+        why: dict[str, str] = {}
+        if not self.udp:
+            reason = "no server answered"
+            return {"mapping": reason, "filtering": reason}
+        if self.nat.mapping == UNKNOWN:
+            if self.nat.varies:
+                why["mapping"] = ("servers saw different public ports, but no two of them "
+                                  "share an IP, so whether the port depends on the "
+                                  "destination's address or port is not known")
+            else:
+                why["mapping"] = ("only one destination answered; the mapping needs two "
+                                  "(a server with an alternate address, or a second "
+                                  "--introducer or --stun)")
+        if self.nat.filtering == UNKNOWN:
+            why["filtering"] = ("no server offered an alternate address to answer from "
+                                "(an introducer started with --alternate, or a STUN server "
+                                "with two addresses)" if not self.alternate else
+                                "the check stopped before the filtering test")
+        return why
+
     def summary(self) -> str:
         """One sentence on what the kinds mean for reaching this node."""
         nat = self.nat
         if not self.udp:
-            return "UDP is blocked or no server answered: only relays through TCP could help"
+            return ("no server answered: check the addresses (a server that is down, a "
+                    "closed port and a firewall that drops UDP all look alike from here); "
+                    "until one answers, peers can reach this node only through the LAN")
         if nat.reachable:
             return "reachable directly: peers can start sessions with this node"
         if nat.hard:
@@ -244,6 +270,7 @@ class NatCheck:
             port_preserving=preserving,
             port_delta=_port_delta([m for _, m in seen]) if varies or mapping not in (
                 UNKNOWN, ENDPOINT_INDEPENDENT) else None,
+            alternate=self.other is not None,
         )
 
 
