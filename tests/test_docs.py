@@ -39,3 +39,28 @@ def test_the_channel_and_simulator_examples_are_found() -> None:
     programs = [code for where, code in _programs() if where.startswith("python-api.md")]
     assert any("channel(" in code for code in programs)
     assert any("sim.run(" in code for code in programs)
+
+
+def _blocks(page: Path, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", page.read_text(), re.S)
+
+
+def test_the_shoal_toml_in_the_docs_is_valid(tmp_path: Path) -> None:
+    from shoal.runtime.config import load_config
+
+    (example,) = _blocks(DOCS / "runtime.md", "toml")
+    (tmp_path / "shoal.toml").write_text(example)
+    (tmp_path / "index.html").write_text("<!doctype html><p>notes")
+    config = load_config(tmp_path)
+    assert config.permissions.shell and config.permissions.invoke == ("search", "export")
+
+
+def test_the_js_api_in_the_docs_is_what_the_module_exports() -> None:
+    api = (ROOT / "src" / "shoal" / "runtime" / "assets" / "api.js").read_text()
+    exported = set(re.findall(r"^export (?:const|class|function) (\w+)", api, re.M))
+    imports = [block for block in _blocks(DOCS / "runtime.md", "js") if "shoal:api" in block]
+    assert imports
+    for block in imports:
+        for names in re.findall(r"import \{([^}]*)\} from \"shoal:api\"", block):
+            named = {n.strip() for n in names.split(",") if n.strip()}
+            assert named <= exported, named - exported
