@@ -419,3 +419,24 @@ def test_doctor_explains_every_unknown(tmp_path, introducer_process: str) -> Non
     assert "TCP" not in report["reachability"] and "closed port" in report["reachability"]
     assert report["unknown_because"] == {"mapping": "no server answered",
                                          "filtering": "no server answered"}
+
+
+def test_waiting_shows_progress_on_a_terminal_only(tmp_path) -> None:
+    import pty
+
+    argv = _shoal("send", "--introducer", f"127.0.0.1:{_free_port()}", "--no-lan",
+                  "--identity", str(tmp_path / "a.key"), "--to", "ab" * 32, "hi")
+    piped = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert "acknowledgement" not in piped.stderr + piped.stdout
+    assert piped.stderr.strip().splitlines()[-1].endswith("(ENETUNREACH)")
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(controller, 4096):
+            output += chunk
+    process.wait(timeout=60)
+    os.close(controller)
+    assert b"waiting for its acknowledgement" in output and b" s)" in output
+    assert b"ENETUNREACH" in output

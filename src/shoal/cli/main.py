@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,26 @@ class Output:
         else:
             click.secho(human, fg=_EVENT_COLOURS.get(name), color=_colour(sys.stdout))
         sys.stdout.flush()
+
+    @contextlib.contextmanager
+    def waiting(self, text: str) -> Iterator[None]:
+        """A transient line with a spinner and the seconds waited, on a terminal only
+        (human output); nothing in JSON mode or in a pipe."""
+        if self.as_json or not sys.stderr.isatty():
+            yield
+            return
+        from rich.console import Console
+        from rich.text import Text
+
+        started = time.monotonic()
+
+        class Elapsed:
+            def __rich__(self) -> Text:
+                return Text(f"{text} ({time.monotonic() - started:.0f} s)")
+
+        console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+        with console.status(Elapsed()):
+            yield
 
     def error(self, code: str, message: str) -> None:
         if self.as_json:
@@ -297,7 +317,8 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
         async with Node(identity, introducers=addresses, listen=listen_address,
                         lan_discovery=_lan(no_lan)) as node:
             if addresses:
-                await node.wait_for_introducers(timeout=30)
+                with output.waiting(f"reaching {len(addresses)} introducer(s)"):
+                    await node.wait_for_introducers(timeout=30)
             output.event("ready", f"listening as {node.peer_id}", peer_id=node.peer_id,
                          listen=format_address(node.address))
             if addresses:
@@ -361,7 +382,8 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
         started = time.monotonic()
         async with Node(identity, introducers=addresses, listen=listen_address,
                         lan_discovery=_lan(no_lan)) as node:
-            delivery = await node.send(to, data, timeout=timeout)
+            with output.waiting(f"sending to {to[:16]}… and waiting for its acknowledgement"):
+                delivery = await node.send(to, data, timeout=timeout)
             ms = round((time.monotonic() - started) * 1000, 1)
             output.event("delivered", f"delivered to {to[:16]}… via {delivery.path} in {ms} ms",
                          peer_id=to, path=delivery.path, ms=ms)
