@@ -64,3 +64,35 @@ def test_the_js_api_in_the_docs_is_what_the_module_exports() -> None:
         for names in re.findall(r"import \{([^}]*)\} from \"shoal:api\"", block):
             named = {n.strip() for n in names.split(",") if n.strip()}
             assert named <= exported, named - exported
+
+
+def test_the_app_commands_in_the_docs_run_as_printed(tmp_path: Path) -> None:
+    """Each line of the first ``sh`` block of runtime.md, in a fresh folder, on a virtual
+    display: ``init`` finishes, and each ``run``/``dev`` opens its window or serves."""
+    import os
+    import signal
+
+    (block,) = _blocks(DOCS / "runtime.md", "sh")[:1]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines()]
+    assert commands[0].startswith("shoal init ") and len(commands) >= 5
+    env = {**os.environ, "SHOAL_NO_LAN": "1", "SHOAL_DATA_DIR": str(tmp_path / "data")}
+    env.pop("QT_QPA_PLATFORM", None)
+    if os.geteuid() == 0:
+        env["WEBKIT_DISABLE_SANDBOX_THIS_IS_DANGEROUS"] = "1"
+    for command in commands:
+        argv = ["xvfb-run", "--auto-servernum", "bash", "-c", command]
+        if command.startswith("shoal init "):
+            result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True,
+                                    text=True, timeout=60)
+            assert result.returncode == 0, (command, result.stderr)
+            continue
+        process = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            assert "window open" in line or '"ready"' in line or " in a browser" in line, (
+                command, line, process.stderr.read() if not line else "")
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
