@@ -232,3 +232,39 @@ def test_webrtc_in_the_window_reaches_nothing_the_app_did_not_declare(tmp_path: 
         _stop(process)
         udp.close()
         tcp.close()
+
+
+@pytest.mark.parametrize("gui", ["qt", "gtk"])
+def test_new_windows_leave_only_with_the_shell_permission(tmp_path: Path, gui: str) -> None:
+    """A page without ``shell`` tries every way out to the system browser that does not
+    pass through api.js: a target=_blank link whose click api.js never sees, and the
+    original window.open of a fresh iframe. Nothing reaches the browser."""
+    opened = tmp_path / "opened.txt"
+    recorder = tmp_path / "browser.sh"
+    recorder.write_text(f'#!/bin/sh\necho "$1" >> {opened}\n')
+    recorder.chmod(0o755)
+    app = _script_app(tmp_path / "app", "popups", "", (
+        'import { fs } from "shoal:api";\n'
+        'const link = document.createElement("a");\n'
+        'link.href = "https://example.org/leaked?by=link"; link.target = "_blank";\n'
+        "link.addEventListener(\"click\", (event) => event.stopPropagation());\n"
+        "document.body.append(link);\n"
+        "link.click();\n"
+        'const frame = document.createElement("iframe");\n'
+        "document.body.append(frame);\n"
+        'frame.contentWindow.open("https://example.org/leaked?by=open", "_blank");\n'
+        "await new Promise((resolve) => setTimeout(resolve, 2000));\n"
+        'await fs.writeFile("done.txt", "tried");\n'))
+    data = tmp_path / "data"
+    process = _in_window("run", app, data, stdout=subprocess.DEVNULL, gui=gui,
+                         env={"BROWSER": str(recorder)})
+    try:
+        deadline = time.monotonic() + 60
+        while not (data / "done.txt").exists() and process.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (data / "done.txt").exists(), process.stderr.read() if process.stderr else ""
+        time.sleep(1)
+        assert not opened.exists(), opened.read_text()
+    finally:
+        _stop(process)

@@ -364,6 +364,11 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     window.events.before_show += before_show
     window.events.loaded += loaded
     try:
+        # pywebview would hand new-window requests (target=_blank, window.open) straight
+        # to the system browser, around the shell permission and its rate limit: they
+        # load in the window instead, where the navigation guard hands them to ``leave``.
+        webview.settings["OPEN_EXTERNAL_LINKS_IN_BROWSER"] = False
+        webview.settings["ALLOW_FILE_URLS"] = False
         webview.start(gui=gui, private_mode=True)
     finally:
         host.stop()

@@ -355,18 +355,28 @@ function isExternal(href) {
   try { return new URL(href, location.href).origin !== location.origin; } catch { return false; }
 }
 
+const openWindow = globalThis.open;
+
+// Without the shell permission a link leaves as any link of a web page would: in a
+// browser tab it opens a new tab; a native window refuses it.
+function openOutside(href) {
+  call("shell.openExternal", href).catch((error) => {
+    if (error.code === "EPERM") openWindow.call(globalThis, href, "_blank", "noopener");
+    else console.error(error);
+  });
+}
+
 document.addEventListener("click", (event) => {
   const link = event.target instanceof Element ? event.target.closest("a[href]") : null;
   if (link && isExternal(link.href)) {
     event.preventDefault();
-    call("shell.openExternal", new URL(link.href, location.href).href).catch(console.error);
+    openOutside(new URL(link.href, location.href).href);
   }
 });
 
-const openWindow = globalThis.open;
 globalThis.open = (url, ...rest) => {
   if (url && isExternal(url)) {
-    call("shell.openExternal", new URL(url, location.href).href).catch(console.error);
+    openOutside(new URL(url, location.href).href);
     return null;
   }
   return openWindow.call(globalThis, url, ...rest);
