@@ -341,3 +341,31 @@ def test_relay_quotas_bound_targets_pairs_and_bytes() -> None:
     assert quotas.admit(b"a", b"t3", 1700, 20.0)
     assert not quotas.admit(b"a", b"t3", 500, 20.0)
     assert quotas.admit(b"a", b"t3", 500, 20.5)
+
+
+def test_a_relay_filled_by_a_few_sources_still_takes_a_new_pair() -> None:
+    """64 sources x 16 targets fill every relayed pair; a newcomer still gets one, taken
+    from the heaviest source's least recently used pair, and a source is never squeezed
+    below what the newcomer holds."""
+    from shoal.core.relay import RelayQuotas
+
+    config = CoreConfig(max_relay_targets=16, max_relayed_pairs=1024, idle_timeout=60.0)
+    quotas = RelayQuotas(config, lambda peer: True)
+    sources = [b"attacker-%02d" % i for i in range(64)]
+    for source in sources:
+        for t in range(16):
+            assert quotas.admit(source, b"target-%02d" % t, 100, 1.0 + t / 100)
+    assert quotas.pairs == 1024
+    assert quotas.admit(b"newcomer", b"friend", 100, 2.0)
+    assert quotas.pairs == 1024 and quotas.evicted == 1
+    assert quotas.admit(b"newcomer", b"friend", 100, 2.1)  # its pair stays in use
+    # The pair that went was the oldest of one of the heaviest sources; that source
+    # cannot take it back from another source holding no more than it held.
+    taken = [s for s in sources if not quotas.admit(s, b"target-00", 0, 2.2)]
+    assert taken == [sources[0]] and quotas.evicted == 1
+    # With everyone at one pair, nobody is evicted for another single pair.
+    small = RelayQuotas(CoreConfig(max_relay_targets=16, max_relayed_pairs=4,
+                                   idle_timeout=60.0), lambda peer: True)
+    for index in range(4):
+        assert small.admit(b"s%d" % index, b"t", 10, 0.0)
+    assert not small.admit(b"s9", b"t", 10, 0.0) and small.evicted == 0

@@ -3,8 +3,11 @@ endpoint's per-source limits.
 
 A relaying node admits a packet from ``source`` to ``target`` only while ``source`` stays
 under its byte rate (``relay_bytes_per_second``, a two-second burst), under its count of
-distinct targets, and the node under its total count of relayed pairs. Pairs idle for
-longer than the idle timeout, or whose ends went away, are forgotten when room is needed.
+distinct targets, and the node under its total count of relayed pairs. When the node is
+full, room is made in this order: pairs idle for longer than the idle timeout or whose
+ends went away are forgotten; then, so that the budget is shared fairly, the least
+recently used pair of the source holding the most pairs goes, if that source holds at
+least two more than the newcomer. A source never loses a pair to one that holds as many.
 """
 
 from __future__ import annotations
@@ -41,6 +44,14 @@ class RelayQuotas:
         self._connected = connected
         self._buckets: dict[bytes, TokenBucket] = {}
         self._pairs: dict[tuple[bytes, bytes], float] = {}
+        self._by_source: dict[bytes, dict[bytes, float]] = {}
+        """Each source's targets, least recently used first."""
+        self.evicted = 0
+        """Pairs taken from heavier sources to make room (for tests and stats)."""
+
+    @property
+    def pairs(self) -> int:
+        return len(self._pairs)
 
     def admit(self, source: bytes, target: bytes, size: int, now: float) -> bool:
         """Whether a ``size``-byte packet from ``source`` to ``target`` may be relayed."""
@@ -55,19 +66,44 @@ class RelayQuotas:
             bucket = self._buckets[source] = TokenBucket(2 * rate, now)
         if not bucket.take(size, rate, 2 * rate, now):
             return False
-        self._pairs[pair] = now
+        self._use(source, target, now)
         return True
 
-    def _room_for(self, source: bytes, now: float) -> bool:
-        if self._has_room(source):
-            return True
-        idle = self.config.idle_timeout
-        for pair, used in list(self._pairs.items()):
-            if now - used > idle or not (self._connected(pair[0]) and self._connected(pair[1])):
-                del self._pairs[pair]
-        return self._has_room(source)
+    def _use(self, source: bytes, target: bytes, now: float) -> None:
+        self._pairs[(source, target)] = now
+        targets = self._by_source.setdefault(source, {})
+        targets.pop(target, None)
+        targets[target] = now  # most recently used last
 
-    def _has_room(self, source: bytes) -> bool:
-        targets = sum(1 for s, _ in self._pairs if s == source)
-        return (targets < self.config.max_relay_targets
-                and len(self._pairs) < self.config.max_relayed_pairs)
+    def _drop(self, source: bytes, target: bytes) -> None:
+        del self._pairs[(source, target)]
+        targets = self._by_source[source]
+        del targets[target]
+        if not targets:
+            del self._by_source[source]
+
+    def _count(self, source: bytes) -> int:
+        return len(self._by_source.get(source, ()))
+
+    def _room_for(self, source: bytes, now: float) -> bool:
+        if self._count(source) >= self.config.max_relay_targets:
+            self._forget_stale(now)
+            return self._count(source) < self.config.max_relay_targets
+        if len(self._pairs) < self.config.max_relayed_pairs:
+            return True
+        self._forget_stale(now)
+        if len(self._pairs) < self.config.max_relayed_pairs:
+            return True
+        heaviest = max(self._by_source, key=lambda s: len(self._by_source[s]))
+        if self._count(heaviest) < self._count(source) + 2:
+            return False  # everyone holds about as much as the newcomer: full
+        oldest = next(iter(self._by_source[heaviest]))
+        self._drop(heaviest, oldest)
+        self.evicted += 1
+        return True
+
+    def _forget_stale(self, now: float) -> None:
+        idle = self.config.idle_timeout
+        for (source, target), used in list(self._pairs.items()):
+            if now - used > idle or not (self._connected(source) and self._connected(target)):
+                self._drop(source, target)
