@@ -400,3 +400,54 @@ def test_a_punch_buys_at_most_four_inits() -> None:
     net.run(30)
     assert target.endpoint.stats["punches_received"] == 1, target.endpoint.stats
     assert 1 <= len(sent_to_victim) <= 4
+
+
+def test_a_full_session_table_lets_peers_from_elsewhere_in() -> None:
+    """Throw-away identities from one /24 fill the table; a peer from another network
+    still connects (the flood's oldest session makes room), while one more from the
+    flood's own network is refused."""
+    net = SimNetwork(seed=9)
+    server = net.add_node(config=CoreConfig(introducer=True, max_sessions=8),
+                          address=("203.0.113.1", 7000))
+    flood = [net.add_node(address=(f"198.51.100.{i + 1}", 7000)) for i in range(8)]
+    for node in flood:
+        node.endpoint.send_message(server.peer_id, b"hold a seat", net.now)
+        node.endpoint.add_introducer(server.address, net.now)
+        net.flush(node)
+    net.run(5)
+    assert len(server.endpoint.connections) == 8
+    latecomer = net.add_node(address=("198.51.100.200", 7000))
+    latecomer.endpoint.add_introducer(server.address, net.now)
+    net.flush(latecomer)
+    net.run(5)
+    assert server.endpoint.connection_to(latecomer.endpoint.identity.public_key) is None
+    assert server.endpoint.stats["dropped_busy"] >= 1
+    friend = net.add_node(address=("192.0.2.7", 7000))
+    friend.endpoint.add_introducer(server.address, net.now)
+    net.flush(friend)
+    assert net.run(5, until=lambda: server.endpoint.connection_to(
+        friend.endpoint.identity.public_key) is not None)
+    assert server.endpoint.stats["evicted_sessions"] == 1
+    assert len(server.endpoint.connections) == 8
+    oldest = flood[0].endpoint.identity.public_key
+    assert server.endpoint.connection_to(oldest) is None  # the flood's oldest made room
+
+
+def test_prefixes_count_per_network() -> None:
+    from shoal.core.admission import PrefixShares, prefix_of
+
+    assert prefix_of(("198.51.100.7", 1)) == prefix_of(("198.51.100.200", 2)) == \
+        "198.51.100.0/24"
+    assert prefix_of(("2001:db8:1:2::1", 1)) == "2001:db8:1::/48"
+    assert prefix_of(("::ffff:198.51.100.7", 1)) == "198.51.100.0/24"
+    shares = PrefixShares()
+    for index in range(3):
+        shares.add(b"a%d" % index, "a")
+    shares.add(b"b0", "b")
+    assert shares.victim("b") == b"a0"  # three is two more than one: the oldest of a
+    assert shares.victim("a") is None and shares.victim("c") == b"a0"
+    shares.remove(b"a0")
+    assert shares.victim("b") is None and shares.victim("c") == b"a1"
+    shares.remove(b"a1")
+    shares.remove(b"a2")
+    assert len(shares) == 1 and shares.victim("c") is None

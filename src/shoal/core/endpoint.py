@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from shoal.core import events as ev
+from shoal.core.admission import PrefixShares, prefix_of
 from shoal.core.config import CoreConfig
 from shoal.core.connection import CLOSE_NORMAL, CLOSE_SUPERSEDED, Connection
 from shoal.core.handshake import (
@@ -129,6 +130,8 @@ class Endpoint:
         self._me = identity.public_key
         self.local_addresses: tuple[Address, ...] = ()
         self.connections: dict[bytes, Connection] = {}
+        self._shares = PrefixShares()
+        """Connections peers opened to this node, by source prefix (``admission``)."""
         self._current: dict[bytes, Connection] = {}
         self._by_peer: dict[bytes, list[Connection]] = {}
         self._dials: dict[bytes, Dial] = {}
@@ -655,7 +658,8 @@ class Endpoint:
             return
         if proof.peer == self._me:
             return
-        if len(self.connections) >= self.config.session_limit:
+        if len(self.connections) >= self.config.session_limit \
+                and not self._make_room(prefix_of(address), now):
             self.stats["dropped_busy"] += 1
             return
         recv_key, send_key = state.split()
@@ -691,9 +695,24 @@ class Endpoint:
 
     # ================================================================== connections
 
+    def _make_room(self, prefix: str, now: float) -> bool:
+        """Close the oldest connection of the heaviest source prefix, if that is fair to
+        a newcomer from ``prefix`` (see ``admission``)."""
+        victim = self._shares.victim(prefix)
+        connection = self.connections.get(victim) if victim is not None else None
+        if connection is None:
+            return False
+        connection.close(CLOSE_NORMAL, "room for a newcomer")
+        self._flush_connection(connection, now)
+        self._drop(connection, "evicted", now)
+        self.stats["evicted_sessions"] += 1
+        return True
+
     def _established(self, connection: Connection, now: float) -> None:
         peer = connection.peer
         self.connections[connection.local_sid] = connection
+        if not connection.initiator:
+            self._shares.add(connection.local_sid, prefix_of(connection.path.address))
         for service in self.services:
             service.on_connection_created(connection)
         self._by_peer.setdefault(peer, []).append(connection)
@@ -836,6 +855,7 @@ class Endpoint:
               notify: bool = True) -> None:
         if self.connections.pop(connection.local_sid, None) is None:
             return
+        self._shares.remove(connection.local_sid)
         self._dirty.pop(connection, None)
         self.timers.set(connection, None)
         peer = connection.peer
