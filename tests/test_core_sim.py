@@ -451,3 +451,31 @@ def test_prefixes_count_per_network() -> None:
     shares.remove(b"a1")
     shares.remove(b"a2")
     assert len(shares) == 1 and shares.victim("c") is None
+
+
+def test_stun_answers_never_amplify_but_for_a_small_budget_per_network() -> None:
+    """A spoofed flood of 20-byte Binding requests (what standard clients send) reflects
+    at most a few answers a second at the victim's network; padded requests, as Shoal's
+    own clients send them, get answers no larger than themselves."""
+    from shoal.core import stun
+
+    net = SimNetwork(seed=5)
+    server = net.add_node(config=CoreConfig(introducer=True))
+    victim = ("192.0.2.77", 4444)
+    sent = answered = 0
+    for index in range(100):
+        request = stun.encode_binding_request(os.urandom(12))
+        server.endpoint.receive_datagram(request, (victim[0], victim[1] + index % 3),
+                                         net.now + index * 0.01)
+        sent += len(request)
+        answered += sum(len(d) for d, _, _ in server.endpoint.datagrams_to_send(net.now))
+    stats = server.endpoint.stats
+    assert stats["dropped_stun_unpadded"] >= 40
+    assert stats["dropped_stun_unpadded"] + stats["dropped_rate_limited"] >= 94
+    assert answered <= 6 * 32 < sent  # the burst and a second's refill, 32 bytes each
+    later = net.now + 10.0
+    for index in range(10):
+        request = stun.encode_binding_request(os.urandom(12), pad_to=stun.PLAIN_PADDED_SIZE)
+        server.endpoint.receive_datagram(request, victim, later + index * 0.1)
+        out = server.endpoint.datagrams_to_send(later)
+        assert len(out) == 1 and len(out[0][0]) <= len(request)

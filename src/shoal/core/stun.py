@@ -3,7 +3,8 @@
 Shoal introducers answer Binding requests from any standard client, and a Shoal node can
 ask any standard STUN server for its address. Only Binding is spoken; other methods and
 classes are ignored. A plain answer carries nothing but XOR-MAPPED-ADDRESS (32 bytes for
-IPv4, 44 for IPv6).
+IPv4, 44 for IPv6), and only to a request at least that large, but for a small budget
+per source network kept for standard clients, which send 20-byte requests.
 
 A server with an alternate address also honours CHANGE-REQUEST (answering from its other
 port, or its other IP and port) and names that address in OTHER-ADDRESS, which is what
@@ -35,6 +36,8 @@ CHANGE_IP = 0x04
 CHANGE_PORT = 0x02
 PADDED_REQUEST_SIZE = 96
 """Size of the requests Shoal's NAT check sends: room for a full RFC 5780 answer."""
+PLAIN_PADDED_SIZE = 48
+"""Size of Shoal's plain Binding requests: room for an IPv6 XOR-MAPPED-ADDRESS answer."""
 _COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
 
 

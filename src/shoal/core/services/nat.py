@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from shoal.core import events as ev
 from shoal.core import stun
+from shoal.core.admission import prefix_of
 from shoal.core.natcheck import NatCheck, NatReport
 from shoal.core.relay import TokenBucket
 from shoal.core.services.base import Service
@@ -21,6 +22,8 @@ from shoal.core.wire import Address, RelayPath
 from shoal.errors import LocalProtocolError
 
 STUN_RETRIES = (0.5, 1.0)
+UNPADDED_PER_SECOND = 1.0
+UNPADDED_BURST = 4.0
 
 
 @dataclass(slots=True)
@@ -57,12 +60,15 @@ class NatService(Service):
         self.alternate: _StunAlternate | None = None
         self._queries: dict[bytes, _StunQuery] = {}
         self._buckets: dict[str, TokenBucket] = {}
+        self._unpadded: dict[str, TokenBucket] = {}
 
     # ---------------------------------------------------------------- commands
 
     def request(self, server: Address, handle: int, now: float) -> None:
         txid = self.endpoint.random(12)
-        request = stun.encode_binding_request(txid)
+        # Padded, so that the answer is no larger than the question; the last retry is
+        # plain, for a server that does not know PADDING.
+        request = stun.encode_binding_request(txid, pad_to=stun.PLAIN_PADDED_SIZE)
         self._queries[txid] = _StunQuery(
             handle, server, request, now, [now + t for t in STUN_RETRIES],
             now + self.config.stun_timeout,
@@ -113,7 +119,7 @@ class NatService(Service):
             if not self.config.stun_server or not self._allow(address, now):
                 stats["dropped_rate_limited"] += 1
                 return
-            self._answer(message, address, socket)
+            self._answer(message, address, socket, now)
         elif message.method_class == stun.BINDING_SUCCESS:
             check = self.check
             if check is not None and check.on_answer(message, now):
@@ -139,9 +145,22 @@ class NatService(Service):
             bucket = self._buckets[address[0]] = TokenBucket(2 * rate, now)
         return bucket.take(1, rate, 2 * rate, now)
 
-    def _answer(self, message: stun.StunMessage, address: Address, socket: int) -> None:
+    def _allow_unpadded(self, address: Address, now: float) -> bool:
+        """A plain 20-byte request (standard clients send no PADDING) gets a larger
+        answer only within a small budget per source prefix: that is all a spoofed
+        source can reflect at a victim's network."""
+        bucket = self._unpadded.get(prefix_of(address))
+        if bucket is None:
+            if len(self._unpadded) > 65536:
+                self._unpadded.clear()
+            bucket = self._unpadded[prefix_of(address)] = TokenBucket(UNPADDED_BURST, now)
+        return bucket.take(1, UNPADDED_PER_SECOND, UNPADDED_BURST, now)
+
+    def _answer(self, message: stun.StunMessage, address: Address, socket: int,
+                now: float) -> None:
         """Answer a Binding request, from a changed address when asked (RFC 5780) and
-        with the alternate named, as long as the answer is no larger than the request."""
+        with the alternate named, as long as the answer is no larger than the request;
+        an answer larger than an unpadded request only within ``_allow_unpadded``."""
         stats = self.endpoint.stats
         alternate = self.alternate
         txid = message.transaction_id
@@ -159,7 +178,11 @@ class NatService(Service):
             if message.change:  # unpadded change requests would amplify: stay silent
                 stats["dropped_stun_unpadded"] += 1
                 return
-        self.endpoint.send_datagram(stun.encode_binding_success(txid, address), address, socket)
+        plain = stun.encode_binding_success(txid, address)
+        if len(plain) > message.size and not self._allow_unpadded(address, now):
+            stats["dropped_stun_unpadded"] += 1
+            return
+        self.endpoint.send_datagram(plain, address, socket)
         stats["stun_answered"] += 1
 
     # ---------------------------------------------------------------- timers
@@ -178,6 +201,8 @@ class NatService(Service):
                                                  mapped=None, rtt=None))
             elif query.retries and now >= query.retries[0]:
                 query.retries.pop(0)
+                if not query.retries:
+                    query.request = stun.encode_binding_request(txid)
                 self.endpoint.send_datagram(query.request, query.server)
         if self.check is not None:
             self.check.handle_timer(now)
