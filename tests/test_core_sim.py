@@ -479,3 +479,20 @@ def test_stun_answers_never_amplify_but_for_a_small_budget_per_network() -> None
         server.endpoint.receive_datagram(request, victim, later + index * 0.1)
         out = server.endpoint.datagrams_to_send(later)
         assert len(out) == 1 and len(out[0][0]) <= len(request)
+
+
+def test_no_packet_kind_makes_an_introducer_answer_more_than_it_received() -> None:
+    """bench/amplification.py's measure, smaller: every kind a stranger can send, from
+    many sources at once; the bytes answered never exceed the bytes received."""
+    import importlib.util
+    from pathlib import Path
+
+    where = Path(__file__).resolve().parent.parent / "bench" / "amplification.py"
+    spec = importlib.util.spec_from_file_location("amplification_bench", where)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = bench.measure(count=120)
+    assert len(results) >= 12
+    assert all(r["answered"] <= r["sent"] for r in results.values()), results
+    assert results["INIT (fresh identities)"]["answered"] > 0  # it does answer strangers
