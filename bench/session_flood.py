@@ -1,0 +1,191 @@
+"""Throw-away identities fill a real node's session table: does a peer from elsewhere
+still get in, and what does the flood cost the node?
+
+    python bench/session_flood.py --sessions 4200 --networks 17
+
+Starts ``shoal listen`` (a node holding at most 4,096 sessions) on 127.0.0.1. A flooder
+process completes real handshakes from ``--sessions`` fresh identities, each on its own
+address in ``--networks`` /24s of 127.3.0.0/16, and keeps them alive. Then a legitimate
+``shoal.Node`` on 127.0.0.1 (another /24) connects and sends a message, and a flood
+identity from one of the flood's own networks tries one more session. The node's memory
+and CPU are read from /proc throughout. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import resource
+import selectors
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import shoal
+from proc_stats import cpu_seconds, rss_kib
+from shoal.core.endpoint import Endpoint
+from shoal.identity import Identity
+
+HOST = "127.0.0.1"
+
+
+def _address(index: int, networks: int) -> str:
+    return f"127.3.{index % networks}.{index // networks % 250 + 1}"
+
+
+def flood(target: tuple[str, int], sessions: int, networks: int, hold: float,
+          established: multiprocessing.Value, done: multiprocessing.Event) -> None:  # type: ignore[valid-type]
+    """Open ``sessions`` real sessions to ``target`` and keep them alive until ``done``."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    selector = selectors.DefaultSelector()
+    endpoints: list[tuple[Endpoint, socket.socket]] = []
+    now = time.monotonic
+    for index in range(sessions):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((_address(index, networks), 0))
+        sock.setblocking(False)
+        endpoint = Endpoint(Identity.generate(), random_bytes=os.urandom)
+        endpoint.set_local_addresses([sock.getsockname()])
+        endpoint.connect(target, now())
+        endpoints.append((endpoint, sock))
+        selector.register(sock, selectors.EVENT_READ, endpoint)
+        _flush(endpoint, sock)
+        if index % 50 == 49:
+            _pump(selector, endpoints, established, 0.005)
+            established.value = _confirmed(endpoints)  # type: ignore[attr-defined]
+    end = now() + hold
+    counted = 0.0
+    while now() < end and not done.is_set():
+        _pump(selector, endpoints, established, 0.05)
+        if now() - counted > 0.5:
+            counted = now()
+            established.value = _confirmed(endpoints)  # type: ignore[attr-defined]
+
+
+def _confirmed(endpoints: list) -> int:
+    """Sessions the node has confirmed (its HANDSHAKE_DONE arrived), not merely answered."""
+    return sum(1 for endpoint, _ in endpoints
+               for connection in endpoint.connections.values() if connection.confirmed)
+
+
+def _pump(selector: selectors.BaseSelector, endpoints: list, established: object,
+          wait: float) -> None:
+    del established
+    for key, _ in selector.select(wait):
+        endpoint: Endpoint = key.data
+        sock: socket.socket = key.fileobj  # type: ignore[assignment]
+        while True:
+            try:
+                data, source = sock.recvfrom(2048)
+            except BlockingIOError:
+                break
+            endpoint.receive_datagram(data, source, time.monotonic())
+        _flush(endpoint, sock)
+    moment = time.monotonic()
+    for endpoint, sock in endpoints:
+        deadline = endpoint.get_timer()
+        if deadline is not None and deadline <= moment:
+            endpoint.handle_timer(moment)
+            _flush(endpoint, sock)
+        while endpoint.next_event() is not None:
+            pass
+
+
+def _flush(endpoint: Endpoint, sock: socket.socket) -> None:
+    for datagram, destination, _ in endpoint.datagrams_to_send(time.monotonic()):
+        with contextlib.suppress(BlockingIOError):
+            sock.sendto(datagram, destination)
+
+
+async def _try(node: shoal.Node, target: tuple[str, int], peer_id: str) -> dict:
+    started = time.monotonic()
+    try:
+        await node.connect(target, timeout=10)
+        delivery = await node.send(peer_id, b"hello", timeout=10)
+        return {"delivered": True, "path": delivery.path,
+                "ms": round((time.monotonic() - started) * 1000, 1)}
+    except shoal.ShoalError as exc:
+        return {"delivered": False, "error": exc.code}
+
+
+async def newcomers(target: tuple[str, int], peer_id: str, flood_address: str) -> list[dict]:
+    """A peer from another network connects and sends a message; then, while it stays,
+    one more identity from a flood network tries the same."""
+    def node(source: str) -> shoal.Node:
+        return shoal.Node(Identity.generate(), listen=f"{source}:0", lan_discovery=False)
+
+    async with node(HOST) as elsewhere, node(flood_address) as flooding:
+        first = await _try(elsewhere, target, peer_id)
+        second = await _try(flooding, target, peer_id)
+    return [first, second]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=4200)
+    parser.add_argument("--networks", type=int, default=17)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((HOST, 0))
+            port = probe.getsockname()[1]
+        target = (HOST, port)
+        node = subprocess.Popen(
+            [sys.executable, "-m", "shoal.cli.main", "listen", "--listen", f"{HOST}:{port}",
+             "--no-lan", "--json", "--identity", f"{workdir}/n.key"],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert node.stdout is not None
+            peer_id = json.loads(node.stdout.readline())["peer_id"]
+            rss_before = rss_kib(node.pid)
+            established = multiprocessing.Value("q", 0)
+            done = multiprocessing.Event()
+            flooder = multiprocessing.Process(
+                target=flood, args=(target, args.sessions, args.networks, 300.0, established,
+                                    done))
+            cpu_before, wall_before = cpu_seconds(node.pid), time.monotonic()
+            flooder.start()
+            deadline = time.monotonic() + 240
+            last, still = -1, 0
+            while time.monotonic() < deadline and still < 8:
+                time.sleep(1)
+                still = still + 1 if established.value == last else 0
+                last = established.value
+            fill_seconds = round(time.monotonic() - wall_before, 1)
+            cpu = (cpu_seconds(node.pid) - cpu_before) / (time.monotonic() - wall_before)
+            rss_full = rss_kib(node.pid)
+            from_elsewhere, from_the_flood = asyncio.run(
+                newcomers(target, peer_id, _address(0, args.networks)))
+            flood_sessions = established.value
+            done.set()
+            flooder.join(timeout=30)
+            if flooder.is_alive():
+                flooder.kill()
+            time.sleep(2)
+            rss_after = rss_kib(node.pid)
+        finally:
+            node.terminate()
+            node.wait(timeout=10)
+    print(json.dumps({
+        "flood_sessions_attempted": args.sessions,
+        "flood_networks": args.networks,
+        "flood_sessions_held": flood_sessions,
+        "seconds_to_fill": fill_seconds,
+        "node_cores_while_filling": round(cpu, 2),
+        "peer_from_another_network": from_elsewhere,
+        "one_more_from_a_flood_network": from_the_flood,
+        "node_rss_mib": {"before": round(rss_before / 1024, 1),
+                         "full": round(rss_full / 1024, 1),
+                         "after": round(rss_after / 1024, 1)},
+    }))
+
+
+if __name__ == "__main__":
+    main()
