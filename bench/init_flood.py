@@ -20,12 +20,11 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
 import shoal
-from proc_stats import cpu_seconds, rss_kib
+from proc_stats import cpu_seconds, rss_kib, start_node
 from shoal.core.handshake import initiator_state
 from shoal.core.wire import encode_init
 from shoal.identity import Identity
@@ -81,15 +80,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((HOST, 0))
-            port = probe.getsockname()[1]
-        target = (HOST, port)
-        node = subprocess.Popen(
-            [sys.executable, "-m", "shoal.cli.main", "introducer", "--listen",
-             f"{HOST}:{port}", "--no-lan", "--json", "--identity", f"{workdir}/n.key"],
-            stdout=subprocess.DEVNULL,
-        )
+        node, target = start_node("introducer", workdir, HOST, stdout=subprocess.DEVNULL)
         try:
             time.sleep(1.5)
             quiet = asyncio.run(handshake_times(target, 3))

@@ -1,8 +1,12 @@
-"""CPU time and resident memory of another process, read from /proc (Linux)."""
+"""CPU time and resident memory of another process, read from /proc (Linux), and a
+``shoal`` node started on a free loopback port for a bench to attack."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -20,3 +24,16 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def start_node(command: str, workdir: str, host: str = "127.0.0.1",
+               **popen: object) -> tuple[subprocess.Popen, tuple[str, int]]:
+    """``shoal COMMAND`` (``introducer`` or ``listen``) on a free UDP port of ``host``,
+    with its identity in ``workdir``; the process and its address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", command, "--listen", f"{host}:{port}",
+         "--no-lan", "--json", "--identity", f"{workdir}/n.key"], **popen)  # type: ignore[call-overload]
+    return process, (host, port)

@@ -23,12 +23,11 @@ import resource
 import selectors
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
 import shoal
-from proc_stats import cpu_seconds, rss_kib
+from proc_stats import cpu_seconds, rss_kib, start_node
 from shoal.core.endpoint import Endpoint
 from shoal.identity import Identity
 
@@ -133,14 +132,7 @@ def main() -> None:
     parser.add_argument("--networks", type=int, default=17)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((HOST, 0))
-            port = probe.getsockname()[1]
-        target = (HOST, port)
-        node = subprocess.Popen(
-            [sys.executable, "-m", "shoal.cli.main", "listen", "--listen", f"{HOST}:{port}",
-             "--no-lan", "--json", "--identity", f"{workdir}/n.key"],
-            stdout=subprocess.PIPE, text=True)
+        node, target = start_node("listen", workdir, HOST, stdout=subprocess.PIPE, text=True)
         try:
             assert node.stdout is not None
             peer_id = json.loads(node.stdout.readline())["peer_id"]
