@@ -66,22 +66,29 @@ def test_the_js_api_in_the_docs_is_what_the_module_exports() -> None:
             assert named <= exported, named - exported
 
 
-def test_the_app_commands_in_the_docs_run_as_printed(tmp_path: Path) -> None:
-    """Each line of the first ``sh`` block of runtime.md, in a fresh folder, on a virtual
-    display: ``init`` finishes, and each ``run``/``dev`` opens its window or serves."""
+def _app_blocks() -> list[tuple[str, str]]:
+    readme = [b for b in _blocks(ROOT / "README.md", "sh") if "shoal init " in b]
+    return [("runtime.md", _blocks(DOCS / "runtime.md", "sh")[0]), *(
+        (f"README.md#{i}", b) for i, b in enumerate(readme))]
+
+
+@pytest.mark.parametrize(("where", "block"), _app_blocks(), ids=[w for w, _ in _app_blocks()])
+def test_the_app_commands_in_the_docs_run_as_printed(where: str, block: str,
+                                                      tmp_path: Path) -> None:
+    """Each line of a block of app commands, in a fresh folder, on a virtual display:
+    ``init`` and ``info`` finish, and each ``run``/``dev`` opens its window or serves."""
     import os
     import signal
 
-    (block,) = _blocks(DOCS / "runtime.md", "sh")[:1]
     commands = [line.split("#", 1)[0].strip() for line in block.splitlines()]
-    assert commands[0].startswith("shoal init ") and len(commands) >= 5
+    assert commands[0].startswith("shoal init ") and len(commands) >= 4
     env = {**os.environ, "SHOAL_NO_LAN": "1", "SHOAL_DATA_DIR": str(tmp_path / "data")}
     env.pop("QT_QPA_PLATFORM", None)
     if os.geteuid() == 0:
         env["WEBKIT_DISABLE_SANDBOX_THIS_IS_DANGEROUS"] = "1"
     for command in commands:
         argv = ["xvfb-run", "--auto-servernum", "bash", "-c", command]
-        if command.startswith("shoal init "):
+        if command.startswith(("shoal init ", "shoal info")):
             result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True,
                                     text=True, timeout=60)
             assert result.returncode == 0, (command, result.stderr)

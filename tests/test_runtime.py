@@ -693,3 +693,24 @@ def test_without_qts_libraries_the_window_falls_back(monkeypatch: pytest.MonkeyP
     assert window.choose_gui("qt")[:2] == (False, "qt")  # asked for Qt: serve for a browser
     monkeypatch.setattr(window, "qt_xcb_missing", lambda: [])
     assert window.choose_gui(None) == (True, None, None)
+
+
+def test_info_says_whether_a_window_opens_and_why_not() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY",
+                                                              "QT_QPA_PLATFORM")}
+    shoal_info = [sys.executable, "-m", "shoal.cli.main", "info", "--json"]
+    headless = json.loads(subprocess.run(shoal_info, capture_output=True, text=True, env=env,
+                                         timeout=60, check=True).stdout)
+    from shoal import __version__
+
+    assert headless["shoal"] == __version__ and headless["display"] is None
+    assert headless["window"] == "does not open: there is no display (DISPLAY or " \
+                                 "WAYLAND_DISPLAY is not set)"
+    assert set(headless["webviews"]) <= {"QtWebEngine", "WebKitGTK"}
+    with_display = json.loads(subprocess.run(
+        ["xvfb-run", "--auto-servernum", *shoal_info], capture_output=True, text=True,
+        env=env, timeout=60, check=True).stdout)
+    assert with_display["display"] and with_display["window"].startswith("opens with ")
+    human = subprocess.run(shoal_info[:-1], capture_output=True, text=True, env=env,
+                           timeout=60, check=True).stdout
+    assert "window:" in human and "does not open" in human

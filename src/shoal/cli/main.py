@@ -1,4 +1,5 @@
-"""``shoal`` commands: id, introducer, listen, send, doctor, and init, run, dev for apps.
+"""``shoal`` commands: id, introducer, listen, send, doctor, and init, run, dev, info for
+apps.
 
 With ``--json`` every command prints one JSON object per line and per event. Errors are
 one line on stderr (or an ``{"event": "error"}`` object with ``--json``) and a non-zero
@@ -472,6 +473,33 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
         return 0 if nat.udp else EXIT_ERROR
 
     _run(output, body)
+
+
+@cli.command(short_help="What this machine has for apps: versions, webviews, display.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@_guard
+def info(as_json: bool) -> None:
+    """Print what a user or a bug report needs: Shoal's and Python's versions, the
+    webviews installed, the display, and whether (and why not) a window would open.
+
+    \b
+    Examples:
+      shoal info
+      shoal info --json
+    """
+    from shoal.runtime.window import environment
+
+    report = {"shoal": __version__, **environment()}
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    width = max(len(k) for k in report) + 1
+    for key, value in report.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} ({v})" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            value = ", ".join(value) or "-"
+        click.echo(f"{key + ':':<{width}} {value if value not in (None, '') else '-'}")
 
 
 def _doctor_without_servers(output: Output, peer_id: str, local: list[str]) -> int:

@@ -73,6 +73,38 @@ def choose_gui(gui: str | None = None) -> tuple[bool, str | None, str | None]:
     return False, gui, why
 
 
+def environment() -> dict[str, object]:
+    """What decides whether and how an app window opens here (for ``shoal info``)."""
+    import platform
+    from importlib import metadata
+
+    def version(distribution: str) -> str | None:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            return None
+
+    webviews = {}
+    if _module_exists("PySide6.QtWebEngineWidgets"):
+        webviews["QtWebEngine"] = f"PySide6 {version('PySide6') or version('PySide6-Essentials')}"
+    if _module_exists("gi"):
+        webviews["WebKitGTK"] = f"PyGObject {version('PyGObject')}"
+    can_open, gui, why = choose_gui(None)
+    if gui is None:
+        gui = "qt" if "QtWebEngine" in webviews else "gtk"
+    return {
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "pywebview": version("pywebview"),
+        "webviews": webviews,
+        "display": os.environ.get("WAYLAND_DISPLAY") or os.environ.get("DISPLAY") or None,
+        "qt_x11_missing": qt_xcb_missing() if _qt_on_x11() else [],
+        "window": ("opens with " + {"gtk": "WebKitGTK", "qt": "QtWebEngine"}[gui]
+                   if can_open else "does not open: " + (why or "")),
+        "window_note": why if can_open else None,
+    }
+
+
 def _qt_on_x11() -> bool:
     platform = os.environ.get("QT_QPA_PLATFORM", "")
     if platform:
