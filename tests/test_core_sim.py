@@ -434,13 +434,13 @@ def test_a_full_session_table_lets_peers_from_elsewhere_in() -> None:
 
 
 def test_prefixes_count_per_network() -> None:
-    from shoal.core.admission import PrefixShares, prefix_of
+    from shoal.core.admission import FairShares, prefix_of
 
     assert prefix_of(("198.51.100.7", 1)) == prefix_of(("198.51.100.200", 2)) == \
         "198.51.100.0/24"
     assert prefix_of(("2001:db8:1:2::1", 1)) == "2001:db8:1::/48"
     assert prefix_of(("::ffff:198.51.100.7", 1)) == "198.51.100.0/24"
-    shares = PrefixShares()
+    shares = FairShares()
     for index in range(3):
         shares.add(b"a%d" % index, "a")
     shares.add(b"b0", "b")

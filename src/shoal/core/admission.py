@@ -1,4 +1,6 @@
-"""Who gets a session when the table is full: a fair share per network prefix.
+"""Who gets a place when a table is full: a fair share per owner (``FairShares``).
+
+The session table shares itself per source network, the relay its pairs per source peer.
 
 Sessions that peers open to this node are counted per source prefix (an IPv4 /24, an
 IPv6 /48: what one party most easily holds many addresses of). When the table is full,
@@ -12,6 +14,7 @@ dialed itself (its introducers, peers it chose) are not counted and never evicte
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Hashable
 
 from shoal.core.wire import Address
 
@@ -29,54 +32,63 @@ def prefix_of(address: Address) -> str:
     return str(ipaddress.ip_network(f"{v4}/24", strict=False))
 
 
-class PrefixShares:
-    """Sessions by source prefix, oldest first, with the heaviest prefix at hand."""
+class FairShares:
+    """Members (sessions, relayed pairs) by owner (a network, a source peer), oldest or
+    least recently used first, with the heaviest owner at hand: who gives up a member
+    when a newcomer's owner holds at least two fewer. Every step is O(1)."""
 
     def __init__(self) -> None:
-        self._members: dict[str, dict[bytes, None]] = {}
-        self._prefix: dict[bytes, str] = {}
-        self._by_count: dict[int, set[str]] = {}
+        self._members: dict[Hashable, dict[Hashable, None]] = {}
+        self._owner: dict[Hashable, Hashable] = {}
+        self._by_count: dict[int, dict[Hashable, None]] = {}
+        """Owners by how many members they hold, the first to reach a count first."""
         self._top = 0
 
     def __len__(self) -> int:
-        return len(self._prefix)
+        return len(self._owner)
 
-    def count(self, prefix: str) -> int:
-        return len(self._members.get(prefix, ()))
+    def count(self, owner: Hashable) -> int:
+        return len(self._members.get(owner, ()))
 
-    def add(self, key: bytes, prefix: str) -> None:
-        if key in self._prefix:
+    def add(self, key: Hashable, owner: Hashable) -> None:
+        if key in self._owner:
             return
-        members = self._members.setdefault(prefix, {})
-        self._move(prefix, len(members), len(members) + 1)
+        members = self._members.setdefault(owner, {})
+        self._move(owner, len(members), len(members) + 1)
         members[key] = None
-        self._prefix[key] = prefix
+        self._owner[key] = owner
 
-    def remove(self, key: bytes) -> None:
-        prefix = self._prefix.pop(key, None)
-        if prefix is None:
-            return
-        members = self._members[prefix]
+    def touch(self, key: Hashable) -> None:
+        """``key`` was just used: it becomes its owner's last to give up."""
+        members = self._members[self._owner[key]]
         del members[key]
-        self._move(prefix, len(members) + 1, len(members))
-        if not members:
-            del self._members[prefix]
+        members[key] = None
 
-    def victim(self, newcomer: str) -> bytes | None:
-        """The session to give up for a newcomer from ``newcomer``'s prefix, or None."""
+    def remove(self, key: Hashable) -> None:
+        owner = self._owner.pop(key, None)
+        if owner is None:
+            return
+        members = self._members[owner]
+        del members[key]
+        self._move(owner, len(members) + 1, len(members))
+        if not members:
+            del self._members[owner]
+
+    def victim(self, newcomer: Hashable) -> Hashable | None:
+        """The member to give up for a newcomer of owner ``newcomer``, or None."""
         if self._top < self.count(newcomer) + 2:
             return None
-        prefix = next(iter(self._by_count[self._top]))
-        return next(iter(self._members[prefix]))
+        owner = next(iter(self._by_count[self._top]))
+        return next(iter(self._members[owner]))
 
-    def _move(self, prefix: str, before: int, after: int) -> None:
+    def _move(self, owner: Hashable, before: int, after: int) -> None:
         if before:
             holders = self._by_count[before]
-            holders.discard(prefix)
+            del holders[owner]
             if not holders:
                 del self._by_count[before]
         if after:
-            self._by_count.setdefault(after, set()).add(prefix)
+            self._by_count.setdefault(after, {})[owner] = None
         if after > self._top:
             self._top = after
         while self._top and self._top not in self._by_count:

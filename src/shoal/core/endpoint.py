@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from shoal.core import events as ev
-from shoal.core.admission import PrefixShares, prefix_of
+from shoal.core.admission import FairShares, prefix_of
 from shoal.core.config import CoreConfig
 from shoal.core.connection import CLOSE_NORMAL, CLOSE_SUPERSEDED, Connection
 from shoal.core.handshake import (
@@ -59,7 +59,7 @@ from shoal.core.handshake import (
 from shoal.core.natcheck import NatReport
 from shoal.core.noise import HandshakeState
 from shoal.core.punching import PunchScheduler
-from shoal.core.relay import TokenBucket
+from shoal.core.relay import KeyedBuckets, TokenBucket
 from shoal.core.services.base import Service
 from shoal.core.services.messages import MessageService
 from shoal.core.services.nat import NatService
@@ -130,7 +130,7 @@ class Endpoint:
         self._me = identity.public_key
         self.local_addresses: tuple[Address, ...] = ()
         self.connections: dict[bytes, Connection] = {}
-        self._shares = PrefixShares()
+        self._shares = FairShares()
         """Connections peers opened to this node, by source prefix (``admission``)."""
         self._current: dict[bytes, Connection] = {}
         self._by_peer: dict[bytes, list[Connection]] = {}
@@ -138,7 +138,8 @@ class Endpoint:
         self.timers = TimerHeap()
         self._secrets = ResponderSecrets(random_bytes, 0.0)
         self.timers.set(_SECRETS, self._secrets.next_rotation())
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets = KeyedBuckets(self.config.max_handshakes_per_source,
+                                     self.config.handshake_burst)
         self._work: TokenBucket | None = None
         self._events: deque[ev.Event] = deque()
         self._out: list[tuple[bytes, Address, int]] = []
@@ -444,14 +445,7 @@ class Endpoint:
 
     def allow_unauthenticated(self, address: Address, now: float) -> bool:
         """Per-source-IP token bucket for unauthenticated input that costs work."""
-        rate = self.config.max_handshakes_per_source
-        burst = self.config.handshake_burst
-        bucket = self._buckets.get(address[0])
-        if bucket is None:
-            if len(self._buckets) > 65536:
-                self._buckets.clear()
-            bucket = self._buckets[address[0]] = TokenBucket(burst, now)
-        return bucket.take(1, rate, burst, now)
+        return self._buckets.take(address[0], now)
 
     def dialing(self, peer: bytes, *, pool: bool = False) -> bool:
         """Whether a handshake with ``peer`` is in progress (from a pool socket, with ``pool``)."""

@@ -12,8 +12,9 @@ least two more than the newcomer. A source never loses a pair to one that holds 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
+from shoal.core.admission import FairShares
 from shoal.core.config import CoreConfig
 
 
@@ -35,6 +36,27 @@ class TokenBucket:
         return True
 
 
+class KeyedBuckets:
+    """A full ``TokenBucket`` per key (a source IP, a peer, a network), made on first use;
+    past ``max_keys`` keys all are forgotten at once, so a flood of keys cannot grow it."""
+
+    __slots__ = ("rate", "burst", "max_keys", "_buckets")
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 65536) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: dict[Hashable, TokenBucket] = {}
+
+    def take(self, key: Hashable, now: float, amount: float = 1) -> bool:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) > self.max_keys:
+                self._buckets.clear()
+            bucket = self._buckets[key] = TokenBucket(self.burst, now)
+        return bucket.take(amount, self.rate, self.burst, now)
+
+
 class RelayQuotas:
     """Admission of relayed packets. ``connected(peer)`` says whether a peer still has a
     direct session with this node."""
@@ -42,10 +64,11 @@ class RelayQuotas:
     def __init__(self, config: CoreConfig, connected: Callable[[bytes], bool]) -> None:
         self.config = config
         self._connected = connected
-        self._buckets: dict[bytes, TokenBucket] = {}
+        rate = config.relay_bytes_per_second
+        self._bytes = KeyedBuckets(rate, 2 * rate, max_keys=4 * config.max_relayed_pairs)
         self._pairs: dict[tuple[bytes, bytes], float] = {}
-        self._by_source: dict[bytes, dict[bytes, float]] = {}
-        """Each source's targets, least recently used first."""
+        self._shares = FairShares()
+        """Each source's pairs, least recently used first."""
         self.evicted = 0
         """Pairs taken from heavier sources to make room (for tests and stats)."""
 
@@ -58,47 +81,30 @@ class RelayQuotas:
         pair = (source, target)
         if pair not in self._pairs and not self._room_for(source, now):
             return False
-        rate = self.config.relay_bytes_per_second
-        bucket = self._buckets.get(source)
-        if bucket is None:
-            if len(self._buckets) > 4 * self.config.max_relayed_pairs:
-                self._buckets.clear()
-            bucket = self._buckets[source] = TokenBucket(2 * rate, now)
-        if not bucket.take(size, rate, 2 * rate, now):
+        if not self._bytes.take(source, now, size):
             return False
-        self._use(source, target, now)
+        self._pairs[pair] = now
+        self._shares.add(pair, source)
+        self._shares.touch(pair)
         return True
 
-    def _use(self, source: bytes, target: bytes, now: float) -> None:
-        self._pairs[(source, target)] = now
-        targets = self._by_source.setdefault(source, {})
-        targets.pop(target, None)
-        targets[target] = now  # most recently used last
-
-    def _drop(self, source: bytes, target: bytes) -> None:
-        del self._pairs[(source, target)]
-        targets = self._by_source[source]
-        del targets[target]
-        if not targets:
-            del self._by_source[source]
-
-    def _count(self, source: bytes) -> int:
-        return len(self._by_source.get(source, ()))
+    def _drop(self, pair: tuple[bytes, bytes]) -> None:
+        del self._pairs[pair]
+        self._shares.remove(pair)
 
     def _room_for(self, source: bytes, now: float) -> bool:
-        if self._count(source) >= self.config.max_relay_targets:
+        if self._shares.count(source) >= self.config.max_relay_targets:
             self._forget_stale(now)
-            return self._count(source) < self.config.max_relay_targets
+            return self._shares.count(source) < self.config.max_relay_targets
         if len(self._pairs) < self.config.max_relayed_pairs:
             return True
         self._forget_stale(now)
         if len(self._pairs) < self.config.max_relayed_pairs:
             return True
-        heaviest = max(self._by_source, key=lambda s: len(self._by_source[s]))
-        if self._count(heaviest) < self._count(source) + 2:
+        victim = self._shares.victim(source)
+        if victim is None:
             return False  # everyone holds about as much as the newcomer: full
-        oldest = next(iter(self._by_source[heaviest]))
-        self._drop(heaviest, oldest)
+        self._drop(victim)  # type: ignore[arg-type]
         self.evicted += 1
         return True
 
@@ -106,4 +112,4 @@ class RelayQuotas:
         idle = self.config.idle_timeout
         for (source, target), used in list(self._pairs.items()):
             if now - used > idle or not (self._connected(source) and self._connected(target)):
-                self._drop(source, target)
+                self._drop((source, target))

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shoal.core import events as ev
 from shoal.core import stun
 from shoal.core.admission import prefix_of
 from shoal.core.natcheck import NatCheck, NatReport
-from shoal.core.relay import TokenBucket
+from shoal.core.relay import KeyedBuckets
 from shoal.core.services.base import Service
 from shoal.core.traversal import NatType
 from shoal.core.wire import Address, RelayPath
 from shoal.errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from shoal.core.endpoint import Endpoint
 
 STUN_RETRIES = (0.5, 1.0)
 UNPADDED_PER_SECOND = 1.0
@@ -59,8 +63,12 @@ class NatService(Service):
         self.nat = NatType()
         self.alternate: _StunAlternate | None = None
         self._queries: dict[bytes, _StunQuery] = {}
-        self._buckets: dict[str, TokenBucket] = {}
-        self._unpadded: dict[str, TokenBucket] = {}
+        self._unpadded = KeyedBuckets(UNPADDED_PER_SECOND, UNPADDED_BURST)
+
+    def attach(self, endpoint: Endpoint) -> None:
+        super().attach(endpoint)
+        rate = self.config.max_stun_per_source
+        self._buckets = KeyedBuckets(rate, 2 * rate)
 
     # ---------------------------------------------------------------- commands
 
@@ -116,7 +124,7 @@ class NatService(Service):
             return
         message = stun.decode(data)
         if message.method_class == stun.BINDING_REQUEST:
-            if not self.config.stun_server or not self._allow(address, now):
+            if not self.config.stun_server or not self._buckets.take(address[0], now):
                 stats["dropped_rate_limited"] += 1
                 return
             self._answer(message, address, socket, now)
@@ -136,31 +144,12 @@ class NatService(Service):
         else:
             stats["dropped_stun_other"] += 1
 
-    def _allow(self, address: Address, now: float) -> bool:
-        rate = self.config.max_stun_per_source
-        bucket = self._buckets.get(address[0])
-        if bucket is None:
-            if len(self._buckets) > 65536:
-                self._buckets.clear()
-            bucket = self._buckets[address[0]] = TokenBucket(2 * rate, now)
-        return bucket.take(1, rate, 2 * rate, now)
-
-    def _allow_unpadded(self, address: Address, now: float) -> bool:
-        """A plain 20-byte request (standard clients send no PADDING) gets a larger
-        answer only within a small budget per source prefix: that is all a spoofed
-        source can reflect at a victim's network."""
-        bucket = self._unpadded.get(prefix_of(address))
-        if bucket is None:
-            if len(self._unpadded) > 65536:
-                self._unpadded.clear()
-            bucket = self._unpadded[prefix_of(address)] = TokenBucket(UNPADDED_BURST, now)
-        return bucket.take(1, UNPADDED_PER_SECOND, UNPADDED_BURST, now)
 
     def _answer(self, message: stun.StunMessage, address: Address, socket: int,
                 now: float) -> None:
         """Answer a Binding request, from a changed address when asked (RFC 5780) and
         with the alternate named, as long as the answer is no larger than the request;
-        an answer larger than an unpadded request only within ``_allow_unpadded``."""
+        an answer larger than an unpadded request only within a budget per network."""
         stats = self.endpoint.stats
         alternate = self.alternate
         txid = message.transaction_id
@@ -179,7 +168,10 @@ class NatService(Service):
                 stats["dropped_stun_unpadded"] += 1
                 return
         plain = stun.encode_binding_success(txid, address)
-        if len(plain) > message.size and not self._allow_unpadded(address, now):
+        # A plain 20-byte request (standard clients send no PADDING) gets its larger
+        # answer only within a small budget per source network: that is all a spoofed
+        # source can reflect at a victim's network.
+        if len(plain) > message.size and not self._unpadded.take(prefix_of(address), now):
             stats["dropped_stun_unpadded"] += 1
             return
         self.endpoint.send_datagram(plain, address, socket)

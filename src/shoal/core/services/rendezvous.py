@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from shoal.core import events as ev
 from shoal.core.connection import Connection
-from shoal.core.relay import TokenBucket
+from shoal.core.relay import KeyedBuckets
 from shoal.core.services.base import Service
 from shoal.core.traversal import NatType, Plan, choose_plan
 from shoal.core.wire import (
@@ -102,7 +102,8 @@ class RendezvousService(Service):
         self.registry: dict[bytes, tuple[Connection, tuple[Address, ...], int]] = {}
         self.observed: dict[bytes, Address] = {}
         self._punch_tokens: dict[bytes, bytes] = {}
-        self._intro_buckets: dict[bytes, TokenBucket] = {}
+        self._intro_buckets = KeyedBuckets(INTRODUCTIONS_PER_SECOND,
+                                           2 * INTRODUCTIONS_PER_SECOND)
         self._next_request_id = 1
 
     def peer(self, peer: bytes) -> PeerState:
@@ -350,13 +351,7 @@ class RendezvousService(Service):
 
     def _on_intro_request(self, connection: Connection, frame: IntroRequest, now: float) -> None:
         endpoint = self.endpoint
-        bucket = self._intro_buckets.get(connection.peer)
-        if bucket is None:
-            if len(self._intro_buckets) > 65536:
-                self._intro_buckets.clear()
-            bucket = self._intro_buckets[connection.peer] = TokenBucket(
-                2 * INTRODUCTIONS_PER_SECOND, now)
-        if not bucket.take(1, INTRODUCTIONS_PER_SECOND, 2 * INTRODUCTIONS_PER_SECOND, now):
+        if not self._intro_buckets.take(connection.peer, now):
             endpoint.stats["dropped_intro_rate"] += 1
             return
         target = self.registry.get(frame.target) if self.config.introducer else None
