@@ -43,7 +43,7 @@ class Output:
         if self.as_json:
             click.echo(json.dumps({"event": name, **fields}), nl=True)
         else:
-            click.secho(human, fg=_EVENT_COLOURS.get(name), color=_colour(sys.stdout))
+            click.secho(human, fg=_EVENT_COLOURS.get(name), color=_colour())
         sys.stdout.flush()
 
     @contextlib.contextmanager
@@ -71,13 +71,13 @@ class Output:
             click.echo(json.dumps({"event": "error", "code": code, "message": message}))
         else:
             click.secho(f"shoal: error: {message} ({code})", err=True, fg="red",
-                        color=_colour(sys.stderr))
+                        color=_colour())
 
 
 _EVENT_COLOURS = {"ready": "green", "delivered": "green", "notice": "yellow"}
 
 
-def _colour(stream: Any) -> bool | None:
+def _colour() -> bool | None:
     """Colour on a terminal unless ``NO_COLOR`` is set (no-color.org); never in a pipe."""
     if os.environ.get("NO_COLOR"):
         return False
@@ -612,7 +612,8 @@ def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, a
         output.event("notice", hint, reason=hint)
 
     def on_dev(kind: str, line: str) -> None:
-        output.event("dev", line if kind == "reload" else f"{kind}: {line}", kind=kind,
+        shown = printable(line)  # a page's text must not drive the terminal
+        output.event("dev", shown if kind == "reload" else f"{kind}: {shown}", kind=kind,
                      message=line)
     if not browser:
         can_open, gui, reason = choose_gui(gui)
@@ -668,7 +669,7 @@ def main() -> None:
         # One line, in the same style as every other error (not click's usage block).
         message = " ".join(exc.format_message().split())
         click.secho(f"shoal: error: {message} (EINVAL); see 'shoal --help'", err=True,
-                    fg="red", color=_colour(sys.stderr))
+                    fg="red", color=_colour())
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from shoal.errors import ShoalError
-from shoal.runtime.beneath import WALKS, open_beneath, parent_of, regular_file, walk
+from shoal.runtime.beneath import (
+    WALKS,
+    open_beneath,
+    parent_of,
+    parts_below,
+    regular_file,
+    walk,
+)
 from shoal.runtime.scope import current_page
 
 MAX_CHUNK = 16 << 20
@@ -71,10 +78,6 @@ class PathPolicy:
     @staticmethod
     def _root(path: str) -> Path:
         return Path(os.path.realpath(os.path.expanduser(path)))
-
-    def resolve(self, path: Any, *, write: bool) -> Path:
-        """The real path behind ``path``, or ``EPERM`` if it lies outside the grants."""
-        return self.locate(path, write=write)[1]
 
     def locate(self, path: Any, *, write: bool) -> tuple[Path, Path]:
         """``(granted root, real path)`` for ``path``, or ``EPERM``."""
@@ -357,21 +360,26 @@ def _open_regular(root: Path, real: Path, shown: str) -> BinaryIO:
     return os.fdopen(descriptor, "rb")
 
 
+def _listing(folder: int | Path) -> list[tuple[str, os.stat_result]]:
+    """The names in an open folder (or at a path) with their own status (links not
+    followed)."""
+    with os.scandir(folder) as entries:
+        return [(e.name, e.stat(follow_symlinks=False)) for e in entries]
+
+
 def _entries(root: Path, real: Path) -> list[tuple[str, os.stat_result]]:
-    """The names in folder ``real`` with their own status (links not followed)."""
+    """``_listing`` of folder ``real``, reached from ``root`` without following links."""
     if not WALKS:
-        with os.scandir(real) as entries:
-            return [(e.name, e.stat(follow_symlinks=False)) for e in entries]
-    folder = walk(root, real.relative_to(root).parts)
+        return _listing(real)
+    folder = walk(root, parts_below(root, real))
     try:
-        with os.scandir(folder) as entries:
-            return [(e.name, e.stat(follow_symlinks=False)) for e in entries]
+        return _listing(folder)
     finally:
         os.close(folder)
 
 
 def _make_folder(root: Path, real: Path, recursive: bool) -> None:
-    parts = real.relative_to(root).parts
+    parts = parts_below(root, real)
     if not WALKS:
         real.mkdir(parents=recursive, exist_ok=recursive)
         return
@@ -416,11 +424,12 @@ def _snapshot(root: Path, real: Path, strict: bool = False) -> dict[str, tuple[i
         descriptor = open_beneath(root, real, os.O_RDONLY)
         try:
             info = os.fstat(descriptor)
+            if not stat_module.S_ISDIR(info.st_mode):
+                return {real.name: (info.st_mtime_ns, info.st_size)}
+            listing = _listing(descriptor if WALKS else real)  # the folder just opened
         finally:
             os.close(descriptor)
-        if not stat_module.S_ISDIR(info.st_mode):
-            return {real.name: (info.st_mtime_ns, info.st_size)}
-        return {name: (entry.st_mtime_ns, entry.st_size) for name, entry in _entries(root, real)}
+        return {name: (entry.st_mtime_ns, entry.st_size) for name, entry in listing}
     except OSError:
         if strict:
             raise

@@ -177,12 +177,7 @@ class AppHost:
         """``dev.report``: a page's error, for the terminal."""
         if not isinstance(text, str):
             raise BridgeError("text must be a string", code="EINVAL")
-        self.on_dev("error", f"page: {printable_line(text[:4000])}")
-
-
-def printable_line(text: str) -> str:
-    """``text`` on one terminal line: control characters shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        self.on_dev("error", f"page: {text[:4000]}")
 
 
 def check_invoke(config: AppConfig, functions: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ thread, so the app host runs on an asyncio loop in a second thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import secrets
@@ -119,19 +120,48 @@ XCB_CURSOR = "libxcb-cursor.so.0"
 without it."""
 
 
+LINKER_CACHE = "/etc/ld.so.cache"
+"""Rewritten by ``ldconfig`` whenever the system's libraries change."""
+
+
 def qt_xcb_missing(plugin: Path | None = None) -> list[str]:
     """System libraries that Qt's X11 platform plugin (``plugin``, by default
-    PySide6's) needs and the dynamic linker cannot find."""
+    PySide6's) needs and the dynamic linker cannot find. For PySide6's own plugin the
+    answer is remembered until the plugin or the linker's cache changes, so a window's
+    start does not pay for ``ldd`` each time."""
+    if plugin is not None:
+        return _linker_misses(plugin)
+    spec = importlib.util.find_spec("PySide6")
+    where = spec.submodule_search_locations if spec is not None else None
+    if not where:
+        return []
+    plugin = Path(next(iter(where))) / "Qt" / "plugins" / "platforms" / "libqxcb.so"
+    try:
+        key = (f"{plugin}:{plugin.stat().st_mtime_ns}:{os.stat(LINKER_CACHE).st_mtime_ns}:"
+               f"{os.environ.get('LD_LIBRARY_PATH', '')}")
+    except OSError:
+        return _linker_misses(plugin)
+    import json
+
+    import platformdirs
+
+    remembered = Path(platformdirs.user_cache_dir("shoal")) / "qt-x11.json"
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        saved = json.loads(remembered.read_text())
+        if saved["key"] == key:
+            return list(saved["missing"])
+    missing = _linker_misses(plugin)
+    with contextlib.suppress(OSError):
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        remembered.write_text(json.dumps({"key": key, "missing": missing}))
+    return missing
+
+
+def _linker_misses(plugin: Path) -> list[str]:
     import ctypes.util
     import shutil
     import subprocess
 
-    if plugin is None:
-        spec = importlib.util.find_spec("PySide6")
-        where = spec.submodule_search_locations if spec is not None else None
-        if not where:
-            return []
-        plugin = Path(next(iter(where))) / "Qt" / "plugins" / "platforms" / "libqxcb.so"
     if not plugin.exists() or shutil.which("ldd") is None:
         return []
     try:
@@ -151,6 +181,7 @@ def _debian_package(library: str) -> str:
     return f"{name}{version}" if version else name
 
 
+@functools.cache
 def _module_exists(name: str) -> bool:
     """Whether ``name`` (a top-level module, or a module of a top-level package) can be
     imported, found without running the package's code: importing PySide6 installs an
