@@ -24,7 +24,7 @@ import tempfile
 import time
 
 import shoal
-from proc_stats import cpu_seconds, rss_kib, start_node
+from proc_stats import cpu_seconds, node_process, rss_mib
 from shoal.core.handshake import initiator_state
 from shoal.core.wire import encode_init
 from shoal.identity import Identity
@@ -79,28 +79,24 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir:
-        node, target = start_node("introducer", workdir, HOST, stdout=subprocess.DEVNULL)
-        try:
-            time.sleep(1.5)
-            quiet = asyncio.run(handshake_times(target, 3))
-            rss_before = rss_kib(node.pid)
-            sent = multiprocessing.Value("q", 0)
-            flooder = multiprocessing.Process(
-                target=flood, args=(target, args.rate, args.sources, args.seconds, sent))
-            cpu_before, wall_before = cpu_seconds(node.pid), time.monotonic()
-            flooder.start()
-            time.sleep(1)
-            rss_early = rss_kib(node.pid)
-            under_flood = asyncio.run(handshake_times(target, args.seconds - 3))
-            rss_late = rss_kib(node.pid)
-            flooder.join()
-            cpu = (cpu_seconds(node.pid) - cpu_before) / (time.monotonic() - wall_before)
-            time.sleep(1)
-            rss_after = rss_kib(node.pid)
-        finally:
-            node.terminate()
-            node.wait(timeout=10)
+    with tempfile.TemporaryDirectory() as workdir, node_process(
+            "introducer", workdir, HOST, stdout=subprocess.DEVNULL) as (node, target):
+        time.sleep(1.5)
+        quiet = asyncio.run(handshake_times(target, 3))
+        rss_before = rss_mib(node.pid)
+        sent = multiprocessing.Value("q", 0)
+        flooder = multiprocessing.Process(
+            target=flood, args=(target, args.rate, args.sources, args.seconds, sent))
+        cpu_before, wall_before = cpu_seconds(node.pid), time.monotonic()
+        flooder.start()
+        time.sleep(1)
+        rss_early = rss_mib(node.pid)
+        under_flood = asyncio.run(handshake_times(target, args.seconds - 3))
+        rss_late = rss_mib(node.pid)
+        flooder.join()
+        cpu = (cpu_seconds(node.pid) - cpu_before) / (time.monotonic() - wall_before)
+        time.sleep(1)
+        rss_after = rss_mib(node.pid)
     print(json.dumps({
         "flood_inits_per_s": round(sent.value / args.seconds),
         "sources": args.sources,
@@ -110,10 +106,8 @@ def main() -> None:
         "handshakes_under_flood": len(under_flood),
         "handshakes_failed": sum(t == float("inf") for t in under_flood),
         "node_cores_during_flood": round(cpu, 2),
-        "node_rss_mib": {"before": round(rss_before / 1024, 1),
-                         "after_1s": round(rss_early / 1024, 1),
-                         "at_end": round(rss_late / 1024, 1),
-                         "after": round(rss_after / 1024, 1)},
+        "node_rss_mib": {"before": rss_before, "after_1s": rss_early, "at_end": rss_late,
+                         "after": rss_after},
     }))
 
 

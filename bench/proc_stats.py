@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -18,6 +20,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def rss_mib(pid: int) -> float:
+    """``pid``'s resident set in MiB, to a tenth."""
+    return round(rss_kib(pid) / 1024, 1)
+
+
 def rss_kib(pid: int) -> int:
     """``pid``'s resident set in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -26,14 +33,19 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def start_node(command: str, workdir: str, host: str = "127.0.0.1",
-               **popen: object) -> tuple[subprocess.Popen, tuple[str, int]]:
+@contextlib.contextmanager
+def node_process(command: str, workdir: str, host: str = "127.0.0.1",
+                 **popen: object) -> Iterator[tuple[subprocess.Popen, tuple[str, int]]]:
     """``shoal COMMAND`` (``introducer`` or ``listen``) on a free UDP port of ``host``,
-    with its identity in ``workdir``; the process and its address."""
+    with its identity in ``workdir``: the process and its address, stopped on exit."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind((host, 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "shoal.cli.main", command, "--listen", f"{host}:{port}",
          "--no-lan", "--json", "--identity", f"{workdir}/n.key"], **popen)  # type: ignore[call-overload]
-    return process, (host, port)
+    try:
+        yield process, (host, port)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -27,7 +27,7 @@ import tempfile
 import time
 
 import shoal
-from proc_stats import cpu_seconds, rss_kib, start_node
+from proc_stats import cpu_seconds, node_process, rss_mib
 from shoal.core.endpoint import Endpoint
 from shoal.identity import Identity
 
@@ -57,12 +57,12 @@ def flood(target: tuple[str, int], sessions: int, networks: int, hold: float,
         selector.register(sock, selectors.EVENT_READ, endpoint)
         _flush(endpoint, sock)
         if index % 50 == 49:
-            _pump(selector, endpoints, established, 0.005)
+            _pump(selector, endpoints, 0.005)
             established.value = _confirmed(endpoints)  # type: ignore[attr-defined]
     end = now() + hold
     counted = 0.0
     while now() < end and not done.is_set():
-        _pump(selector, endpoints, established, 0.05)
+        _pump(selector, endpoints, 0.05)
         if now() - counted > 0.5:
             counted = now()
             established.value = _confirmed(endpoints)  # type: ignore[attr-defined]
@@ -74,9 +74,7 @@ def _confirmed(endpoints: list) -> int:
                for connection in endpoint.connections.values() if connection.confirmed)
 
 
-def _pump(selector: selectors.BaseSelector, endpoints: list, established: object,
-          wait: float) -> None:
-    del established
+def _pump(selector: selectors.BaseSelector, endpoints: list, wait: float) -> None:
     for key, _ in selector.select(wait):
         endpoint: Endpoint = key.data
         sock: socket.socket = key.fileobj  # type: ignore[assignment]
@@ -131,40 +129,35 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=4200)
     parser.add_argument("--networks", type=int, default=17)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir:
-        node, target = start_node("listen", workdir, HOST, stdout=subprocess.PIPE, text=True)
-        try:
-            assert node.stdout is not None
-            peer_id = json.loads(node.stdout.readline())["peer_id"]
-            rss_before = rss_kib(node.pid)
-            established = multiprocessing.Value("q", 0)
-            done = multiprocessing.Event()
-            flooder = multiprocessing.Process(
-                target=flood, args=(target, args.sessions, args.networks, 300.0, established,
-                                    done))
-            cpu_before, wall_before = cpu_seconds(node.pid), time.monotonic()
-            flooder.start()
-            deadline = time.monotonic() + 240
-            last, still = -1, 0
-            while time.monotonic() < deadline and still < 8:
-                time.sleep(1)
-                still = still + 1 if established.value == last else 0
-                last = established.value
-            fill_seconds = round(time.monotonic() - wall_before, 1)
-            cpu = (cpu_seconds(node.pid) - cpu_before) / (time.monotonic() - wall_before)
-            rss_full = rss_kib(node.pid)
-            from_elsewhere, from_the_flood = asyncio.run(
-                newcomers(target, peer_id, _address(0, args.networks)))
-            flood_sessions = established.value
-            done.set()
-            flooder.join(timeout=30)
-            if flooder.is_alive():
-                flooder.kill()
-            time.sleep(2)
-            rss_after = rss_kib(node.pid)
-        finally:
-            node.terminate()
-            node.wait(timeout=10)
+    with tempfile.TemporaryDirectory() as workdir, node_process(
+            "listen", workdir, HOST, stdout=subprocess.PIPE, text=True) as (node, target):
+        assert node.stdout is not None
+        peer_id = json.loads(node.stdout.readline())["peer_id"]
+        rss_before = rss_mib(node.pid)
+        established = multiprocessing.Value("q", 0)
+        done = multiprocessing.Event()
+        flooder = multiprocessing.Process(
+            target=flood, args=(target, args.sessions, args.networks, 300.0, established, done))
+        cpu_before, wall_before = cpu_seconds(node.pid), time.monotonic()
+        flooder.start()
+        deadline = time.monotonic() + 240
+        last, still = -1, 0
+        while time.monotonic() < deadline and still < 8:
+            time.sleep(1)
+            still = still + 1 if established.value == last else 0
+            last = established.value
+        fill_seconds = round(time.monotonic() - wall_before, 1)
+        cpu = (cpu_seconds(node.pid) - cpu_before) / (time.monotonic() - wall_before)
+        rss_full = rss_mib(node.pid)
+        from_elsewhere, from_the_flood = asyncio.run(
+            newcomers(target, peer_id, _address(0, args.networks)))
+        flood_sessions = established.value
+        done.set()
+        flooder.join(timeout=30)
+        if flooder.is_alive():
+            flooder.kill()
+        time.sleep(2)
+        rss_after = rss_mib(node.pid)
     print(json.dumps({
         "flood_sessions_attempted": args.sessions,
         "flood_networks": args.networks,
@@ -173,9 +166,7 @@ def main() -> None:
         "node_cores_while_filling": round(cpu, 2),
         "peer_from_another_network": from_elsewhere,
         "one_more_from_a_flood_network": from_the_flood,
-        "node_rss_mib": {"before": round(rss_before / 1024, 1),
-                         "full": round(rss_full / 1024, 1),
-                         "after": round(rss_after / 1024, 1)},
+        "node_rss_mib": {"before": rss_before, "full": rss_full, "after": rss_after},
     }))
 
 

@@ -93,14 +93,18 @@ def test_window_survives_many_window_calls(tmp_path: Path) -> None:
     data = tmp_path / "data"
     process = _in_window("run", app, data, stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not (data / "done.txt").exists() and process.poll() is None \
-                and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _wait_for(data / "done.txt", process)
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
         assert (data / "done.txt").read_text() == "title 10000"
     finally:
         _stop(process)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 60) -> None:
+    """Until ``path`` exists, ``process`` ends or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _script_app(folder: Path, name: str, toml: str, script: str) -> Path:
@@ -215,10 +219,7 @@ def test_webrtc_in_the_window_reaches_nothing_the_app_did_not_declare(tmp_path: 
     data = tmp_path / "data"
     process = _in_window("run", app, data, stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not (data / "done.json").exists() and process.poll() is None \
-                and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _wait_for(data / "done.json", process)
         assert (data / "done.json").exists(), process.stderr.read() if process.stderr else ""
         results = json.loads((data / "done.json").read_text())
         assert results == ["made", "made", "made"]  # the attempts themselves ran
@@ -259,10 +260,7 @@ def test_new_windows_leave_only_with_the_shell_permission(tmp_path: Path, gui: s
     process = _in_window("run", app, data, stdout=subprocess.DEVNULL, gui=gui,
                          env={"BROWSER": str(recorder)})
     try:
-        deadline = time.monotonic() + 60
-        while not (data / "done.txt").exists() and process.poll() is None \
-                and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _wait_for(data / "done.txt", process)
         assert (data / "done.txt").exists(), process.stderr.read() if process.stderr else ""
         time.sleep(1)
         assert not opened.exists(), opened.read_text()
