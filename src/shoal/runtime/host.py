@@ -141,8 +141,8 @@ class AppHost:
             after = await asyncio.to_thread(_tree, self.folder)
             if after == before:
                 continue
-            changed = sorted(Path(p).name for p in set(before) ^ set(after)
-                             | {p for p in after if before.get(p) != after[p]})
+            changed = sorted(Path(p).name for p in {*before, *after}
+                             if before.get(p) != after.get(p))
             before = after
             problem = await self._reload_python(changed)
             assert self.server is not None
