@@ -15,20 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import multiprocessing
-import os
-import resource
-import selectors
-import socket
 import subprocess
 import tempfile
 import time
 
 import shoal
+from fleet import Fleet, raise_file_limit
 from proc_stats import cpu_seconds, node_process, rss_mib
-from shoal.core.endpoint import Endpoint
 from shoal.identity import Identity
 
 HOST = "127.0.0.1"
@@ -41,64 +36,19 @@ def _address(index: int, networks: int) -> str:
 def flood(target: tuple[str, int], sessions: int, networks: int, hold: float,
           established: multiprocessing.Value, done: multiprocessing.Event) -> None:  # type: ignore[valid-type]
     """Open ``sessions`` real sessions to ``target`` and keep them alive until ``done``."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    selector = selectors.DefaultSelector()
-    endpoints: list[tuple[Endpoint, socket.socket]] = []
-    now = time.monotonic
+    raise_file_limit()
+    fleet = Fleet()
     for index in range(sessions):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((_address(index, networks), 0))
-        sock.setblocking(False)
-        endpoint = Endpoint(Identity.generate(), random_bytes=os.urandom)
-        endpoint.set_local_addresses([sock.getsockname()])
-        endpoint.connect(target, now())
-        endpoints.append((endpoint, sock))
-        selector.register(sock, selectors.EVENT_READ, endpoint)
-        _flush(endpoint, sock)
+        endpoint = fleet.add(_address(index, networks))
+        endpoint.connect(target, time.monotonic())
+        fleet.flush(endpoint)
         if index % 50 == 49:
-            _pump(selector, endpoints, 0.005)
-            established.value = _confirmed(endpoints)  # type: ignore[attr-defined]
-    end = now() + hold
-    counted = 0.0
-    while now() < end and not done.is_set():
-        _pump(selector, endpoints, 0.05)
-        if now() - counted > 0.5:
-            counted = now()
-            established.value = _confirmed(endpoints)  # type: ignore[attr-defined]
-
-
-def _confirmed(endpoints: list) -> int:
-    """Sessions the node has confirmed (its HANDSHAKE_DONE arrived), not merely answered."""
-    return sum(1 for endpoint, _ in endpoints
-               for connection in endpoint.connections.values() if connection.confirmed)
-
-
-def _pump(selector: selectors.BaseSelector, endpoints: list, wait: float) -> None:
-    for key, _ in selector.select(wait):
-        endpoint: Endpoint = key.data
-        sock: socket.socket = key.fileobj  # type: ignore[assignment]
-        while True:
-            try:
-                data, source = sock.recvfrom(2048)
-            except BlockingIOError:
-                break
-            endpoint.receive_datagram(data, source, time.monotonic())
-        _flush(endpoint, sock)
-    moment = time.monotonic()
-    for endpoint, sock in endpoints:
-        deadline = endpoint.get_timer()
-        if deadline is not None and deadline <= moment:
-            endpoint.handle_timer(moment)
-            _flush(endpoint, sock)
-        while endpoint.next_event() is not None:
-            pass
-
-
-def _flush(endpoint: Endpoint, sock: socket.socket) -> None:
-    for datagram, destination, _ in endpoint.datagrams_to_send(time.monotonic()):
-        with contextlib.suppress(BlockingIOError):
-            sock.sendto(datagram, destination)
+            fleet.pump(0.005)
+            established.value = fleet.confirmed()  # type: ignore[attr-defined]
+    end = time.monotonic() + hold
+    while time.monotonic() < end and not done.is_set():
+        fleet.pump(0.5)
+        established.value = fleet.confirmed()  # type: ignore[attr-defined]
 
 
 async def _try(node: shoal.Node, target: tuple[str, int], peer_id: str) -> dict:

@@ -334,8 +334,9 @@ def test_relay_quotas_bound_targets_pairs_and_bytes() -> None:
     assert not quotas.admit(b"a", b"t3", 100, 0.0)  # a third target for one source
     assert quotas.admit(b"b", b"t3", 100, 0.0)
     assert not quotas.admit(b"b", b"t1", 100, 0.0)  # three pairs in all
-    alive.discard(b"t2")  # a gone peer frees its pair
-    assert quotas.admit(b"b", b"t1", 100, 0.1)
+    alive.discard(b"t2")  # a gone peer frees its pair, at the next sweep (one a second)
+    assert not quotas.admit(b"b", b"t1", 100, 0.5)
+    assert quotas.admit(b"b", b"t1", 100, 1.1)
     assert quotas.admit(b"a", b"t3", 100, 20.0)  # idle pairs expire
     # Bytes: a two-second burst, then the rate.
     assert quotas.admit(b"a", b"t3", 1700, 20.0)

@@ -588,6 +588,7 @@ class Connection:
             out.append((self._seal(b"".join(parts), now, eliciting, items, controls),
                         destination, socket))
             if self.closed:
+                _CIPHERS.forget(self)  # sealing the CLOSE made a context: hold none
                 break
         return out
 

@@ -12,6 +12,7 @@ least two more than the newcomer. A source never loses a pair to one that holds 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable
 
 from shoal.core.admission import FairShares
@@ -69,6 +70,7 @@ class RelayQuotas:
         self._pairs: dict[tuple[bytes, bytes], float] = {}
         self._shares = FairShares()
         """Each source's pairs, least recently used first."""
+        self._swept = -math.inf
         self.evicted = 0
         """Pairs taken from heavier sources to make room (for tests and stats)."""
 
@@ -109,6 +111,10 @@ class RelayQuotas:
         return True
 
     def _forget_stale(self, now: float) -> None:
+        # A sweep walks every pair: at most one a second, however many packets ask.
+        if now - self._swept < 1.0:
+            return
+        self._swept = now
         idle = self.config.idle_timeout
         for (source, target), used in list(self._pairs.items()):
             if now - used > idle or not (self._connected(source) and self._connected(target)):

@@ -17,8 +17,10 @@ reassembles by (channel, id) and hands messages to the application in id order, 
 once.
 
 Memory. Partly received messages, and whole ones waiting for an earlier one, count
-their bytes plus a fixed overhead per fragment, against a per-connection and a
-node-wide budget; a message unfinished for ``reassembly_timeout`` closes the connection.
+their bytes plus a fixed overhead per fragment and per message, against a per-connection and a
+node-wide budget. The node's budget is shared: when it is spent, the connection holding
+the most is closed to make room for one holding less. A message unfinished for
+``reassembly_timeout`` closes the connection.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ WHOLE_MESSAGE_ROOM = 64
 fits in a packet of its own."""
 FRAGMENT_OVERHEAD = 96
 """Bytes a stored fragment is counted as beyond its data (object and dict overhead)."""
+MESSAGE_OVERHEAD = 384
+"""Bytes a partly received message is counted as beyond its fragments."""
 NO_CHANNEL = "ENOPROTOOPT"
 
 
@@ -85,7 +89,7 @@ class _Reassembly:
     received: int = 0
     """Bytes of the message received so far."""
     cost: int = 0
-    """What they count against the budgets (``_cost`` of each part)."""
+    """What they count against the budgets: ``_cost`` of each part, and MESSAGE_OVERHEAD."""
 
 
 @dataclass(slots=True, eq=False)
@@ -288,9 +292,11 @@ class MessageFlow:
             self._complete(channel, message_id, data)
             return
         if entry is None:
+            self._store(MESSAGE_OVERHEAD)
             # The connection has just taken this packet in: its receive time is now.
             started = self.connection.last_received
-            entry = channel.incoming[message_id] = _Reassembly(total, started)
+            entry = channel.incoming[message_id] = _Reassembly(total, started,
+                                                                cost=MESSAGE_OVERHEAD)
             service.watch_reassembly(self.connection, entry.started)
         elif entry.total != total:
             raise RemoteProtocolError("message fragments disagree on length")
@@ -315,15 +321,25 @@ class MessageFlow:
         service = self.service
         if self.stored + cost > service.config.max_reassembly_bytes:
             raise RemoteProtocolError("peer exceeded the reassembly budget")
-        if service.stored + cost > service.config.max_reassembly_total:
+        while service.stored + cost > service.config.max_reassembly_total:
             service.endpoint.stats["reassembly_node_budget"] += 1
-            raise RemoteProtocolError("the node's reassembly budget is spent")
+            heaviest = max(service.holding, key=lambda flow: flow.stored)
+            if heaviest.stored <= self.stored + cost:
+                raise RemoteProtocolError("the node's reassembly budget is spent")
+            # The node's budget is shared: the connection holding the most makes room.
+            service.endpoint.close_connection(
+                heaviest.connection, CLOSE_PROTOCOL_ERROR,
+                "held more of the node's reassembly budget than any other",
+                self.connection.last_received)
         self.stored += cost
         service.stored += cost
+        service.holding.add(self)
 
     def _release(self, cost: int) -> None:
         self.stored -= cost
         self.service.stored -= cost
+        if not self.stored:
+            self.service.holding.discard(self)
 
     def _complete(self, channel: _InChannel, message_id: int, data: bytes) -> None:
         if message_id == channel.floor and channel.name is not None:
@@ -371,6 +387,8 @@ class MessageFlow:
         """The connection is gone: give back what it stored."""
         self.service.stored -= self.stored
         self.stored = 0
+        self.service.holding.discard(self)
+        self.inbound.clear()
 
 
 class MessageService(Service):
@@ -383,6 +401,8 @@ class MessageService(Service):
         super().__init__()
         self.served: set[str] = {DEFAULT_CHANNEL}
         self.stored = 0
+        self.holding: set[MessageFlow] = set()
+        """Flows storing parts of messages; the heaviest yields when the node is full."""
         self._handles: dict[int, bytes] = {}
         self._pending: dict[bytes, list[tuple[int, str, bytes]]] = {}
         self._deadlines: deque[tuple[float, int]] = deque()
