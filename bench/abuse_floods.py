@@ -179,7 +179,7 @@ async def deliver_big_and_small(target: tuple[str, int], peer_id: str) -> dict:
             out["connect_ms"] = _ms(started)
             for name, size in (("one_mib_ms", 1 << 20), ("small_ms", 100)):
                 started = time.monotonic()
-                await node.send(peer_id, os.urandom(size), timeout=15)
+                await node.send(peer_id, b"x" * size, timeout=15)
                 out[name] = _ms(started)
             out["delivered"] = True
         except shoal.ShoalError as exc:
@@ -219,6 +219,13 @@ def _ms(started: float) -> float:
 # -------------------------------------------------------------------------- driver
 
 
+def _sample_peak(pid: int, flooder: multiprocessing.Process, peak: list[float]) -> None:
+    """Keep the highest resident memory of ``pid`` in ``peak[0]`` while the flood lasts."""
+    while flooder.is_alive() or flooder.exitcode is None:
+        peak[0] = max(peak[0], rss_mib(pid))
+        time.sleep(0.25)
+
+
 def attack(kind: str, seconds: float, rate: int) -> dict:
     with tempfile.TemporaryDirectory() as workdir, node_process(
             "listen", workdir, HOST, stdout=subprocess.PIPE) as (node, target):
@@ -232,16 +239,17 @@ def attack(kind: str, seconds: float, rate: int) -> dict:
         flooder = multiprocessing.Process(target=_run_flood,
                                           args=(kind, target, seconds, rate, results))
         cpu_before, wall_before = cpu_seconds(node.pid), time.monotonic()
-        peak = rss_before
+        peak = [rss_before]
         flooder.start()
+        sampler = threading.Thread(target=_sample_peak, args=(node.pid, flooder, peak))
+        sampler.start()
         time.sleep(LEGIT_AFTER)
         if kind == "relay":
             legit = deliver_through_relay(target)
         else:
             legit = asyncio.run(deliver_big_and_small(target, peer_id))
-        while flooder.is_alive() and time.monotonic() - wall_before < seconds + 30:
-            peak = max(peak, rss_mib(node.pid))
-            flooder.join(0.25)
+        flooder.join(seconds + 30)
+        sampler.join()
         cores = (cpu_seconds(node.pid) - cpu_before) / (time.monotonic() - wall_before)
         report = results.get(timeout=30) if not results.empty() else {}
         time.sleep(2)
@@ -251,7 +259,7 @@ def attack(kind: str, seconds: float, rate: int) -> dict:
         alive = node.poll() is None
     return {"flood": kind, "seconds": seconds, **report, "node_alive": alive,
             "node_cores_during_flood": round(cores, 2), "legitimate_peer": legit,
-            "node_rss_mib": {"before": rss_before, "peak": peak, "after": after,
+            "node_rss_mib": {"before": rss_before, "peak": peak[0], "after": after,
                              "after_timeouts": settled}}
 
 

@@ -417,11 +417,18 @@ def test_a_full_session_table_lets_peers_from_elsewhere_in() -> None:
     net.run(5)
     assert len(server.endpoint.connections) == 8
     latecomer = net.add_node(address=("198.51.100.200", 7000))
-    latecomer.endpoint.add_introducer(server.address, net.now)
+    latecomer.endpoint.connect(server.address, net.now)
+    handle = latecomer.endpoint.send_message(server.peer_id, b"let me in", net.now)
     net.flush(latecomer)
-    net.run(5)
+    started = net.now
+    # Refused at once, authenticated, with its own code: not left to time out.
+    assert net.run(5, until=lambda: any(isinstance(e, ev.MessageFailed) for e in latecomer.events))
+    failure = next(e for e in latecomer.events if isinstance(e, ev.MessageFailed))
+    assert (failure.handle, failure.code) == (handle, "ECONNREFUSED")
+    assert net.now - started < 0.5
     assert server.endpoint.connection_to(latecomer.endpoint.identity.public_key) is None
-    assert server.endpoint.stats["dropped_busy"] >= 1
+    assert not latecomer.endpoint.connections
+    assert server.endpoint.stats["refused_busy"] >= 1
     friend = net.add_node(address=("192.0.2.7", 7000))
     friend.endpoint.add_introducer(server.address, net.now)
     net.flush(friend)

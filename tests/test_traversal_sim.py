@@ -241,6 +241,37 @@ def test_relay_to_direct_upgrade_mid_stream_keeps_every_message_once_in_order() 
     assert paths == {"relay", "direct"}
 
 
+def test_a_direct_path_that_dies_falls_back_to_the_relay_and_comes_back() -> None:
+    net, _, (a, b) = _lab(6, ["full-cone", "port-restricted"])
+    first = a.endpoint.send_message(b.peer_id, b"direct", net.now)
+    net.flush(a)
+    assert net.run(10, until=lambda: _delivery(a, first) is not None)
+    assert _delivery(a, first).path == "direct"  # type: ignore[union-attr]
+    connection = a.endpoint.connection_to(b.endpoint.identity.public_key)
+    blocked = {"on": True}
+
+    def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
+        crossing = source[0].startswith("198.51.100") and destination[0].startswith("198.51.100")
+        return None if crossing and blocked["on"] else data
+
+    net.tap = tap  # the direct path dies (a route or a NAT mapping went away)
+    started = net.now
+    handles = [a.endpoint.send_message(b.peer_id, b"%d" % i, net.now) for i in range(100)]
+    net.flush(a)
+    assert net.run(15, until=lambda: all(_delivery(a, h) for h in handles))
+    assert net.now - started < 5  # not the 45 s idle timeout
+    assert a.endpoint.connection_to(b.endpoint.identity.public_key) is connection
+    assert connection.path_kind == "relay"
+    assert [m.data for m in b.received()] == [b"direct"] + [b"%d" % i for i in range(100)]
+    blocked["on"] = False  # the direct path works again: the connection goes back to it
+    assert net.run(30, until=lambda: connection.path_kind == "direct")
+    last = a.endpoint.send_message(b.peer_id, b"direct again", net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: _delivery(a, last) is not None)
+    assert _delivery(a, last).path == "direct"  # type: ignore[union-attr]
+    assert b.received()[-1].data == b"direct again" and len(b.received()) == 102
+
+
 def test_a_relay_cannot_alter_what_it_carries() -> None:
     net, introducer, (a, b) = _lab(5, ["symmetric", "symmetric"])
     relay = introducer.endpoint.relay
@@ -342,6 +373,24 @@ def test_relay_quotas_bound_targets_pairs_and_bytes() -> None:
     assert quotas.admit(b"a", b"t3", 1700, 20.0)
     assert not quotas.admit(b"a", b"t3", 500, 20.0)
     assert quotas.admit(b"a", b"t3", 500, 20.5)
+
+
+def test_heavy_sources_share_the_node_wide_relay_budget_and_a_light_one_still_passes() -> None:
+    from shoal.core.relay import LIGHT_RATE, RelayQuotas
+
+    config = CoreConfig(relay_bytes_per_second=1e6, relay_total_bytes_per_second=1e5)
+    quotas = RelayQuotas(config, lambda peer: True)
+    heavy = [bytes([i]) for i in range(8)]
+    relayed = 0
+    for step in range(1000):  # ten seconds of 8 sources pushing 1,000 bytes each 10 ms
+        now = step / 100
+        relayed += sum(quotas.admit(source, b"t", 1000, now) for source in heavy)
+    # The node's budget (two seconds' burst, then its rate) and each source's light
+    # allowance: far below the 8 x 1 MB/s the sources may send one by one.
+    assert relayed * 1000 <= 2e5 + 10 * 1e5 + len(heavy) * (2 * LIGHT_RATE + 10 * LIGHT_RATE)
+    assert relayed * 1000 >= 10 * 1e5
+    chat = [quotas.admit(b"chat", b"t", 200, 10 + i / 10) for i in range(50)]
+    assert all(chat)
 
 
 def test_a_relay_filled_by_a_few_sources_still_takes_a_new_pair() -> None:

@@ -54,6 +54,9 @@ class CoreConfig:
     """Relay between two peers that are both connected to this node."""
     relay_bytes_per_second: float = 512 * 1024
     """Relayed bytes accepted per second from one peer (the burst is two seconds' worth)."""
+    relay_total_bytes_per_second: float = 4 * 1024 * 1024
+    """Relayed bytes accepted per second from all peers together (a two-second burst);
+    peers that relay little are never held back by it."""
     max_relay_targets: int = 16
     """Distinct peers one peer may reach through this node at a time."""
     max_relayed_pairs: int = 1024

@@ -74,9 +74,15 @@ CLOSE_NORMAL = 0
 CLOSE_PROTOCOL_ERROR = 1
 CLOSE_IDLE = 2
 CLOSE_SUPERSEDED = 3
+CLOSE_BUSY = 4
+"""The responder is full: its FINAL was authenticated, but no connection was made."""
 
 MAX_PATHS = 4
 CHALLENGE_TRIES = 4
+FAILOVER_PTOS = 2
+"""Probe timeouts in a row, with nothing heard on the path, before a relay is tried."""
+FAILOVER_SILENCE = 1.0
+"""Seconds a direct path must have been silent before a relay path may replace it."""
 UNCONFIRMED_ASIDE = 3.0
 """Seconds a connection set aside (see ``Endpoint``) waits for the peer to confirm it; its
 FINAL has gone out four times by then."""
@@ -196,9 +202,11 @@ class Connection:
         "draining",
         "undecided",
         "path_changed",
+        "path_failing",
         "drop_reason",
         "closed",
         "close_reason",
+        "close_code",
         "frames_in",
         "raw_out",
         "bytes_sent",
@@ -268,10 +276,15 @@ class Connection:
         self.undecided = False
         """A second connection with the peer, kept aside until the peer confirms it."""
         self.path_changed = False
+        self.path_failing = False
+        """Set when the direct path went silent with packets in flight (for the endpoint
+        to offer a relay as another path); the endpoint clears it."""
         """The current path changed and the services have not been told yet."""
         self.drop_reason = ""
         self.closed = False
         self.close_reason = ""
+        self.close_code: int | None = None
+        """The code of the CLOSE the peer sent, if it sent one."""
         self.frames_in: list[Frame] = []
         self.raw_out: list[tuple[bytes, Address, int]] = []
         self.bytes_sent = 0
@@ -330,8 +343,9 @@ class Connection:
             return
         path = self.paths.get((address, socket))
         if path is None:
-            if isinstance(address, RelayPath) and not self.path.relayed:
-                return  # never trade a direct path for a relay
+            if isinstance(address, RelayPath) and not self.path.relayed \
+                    and not self._silent(now):
+                return  # never trade a working direct path for a relay
             path = self._new_path(address, socket)
         if path is not None and not path.validated and path.challenge is None:
             self._challenge(path, now)
@@ -433,6 +447,7 @@ class Connection:
                     eliciting = True
                     self._on_path_response(frame.data, now)  # type: ignore[union-attr]
                 elif kind is Close:
+                    self.close_code = frame.code  # type: ignore[union-attr]
                     self._finish(f"closed by peer: {frame.reason}")  # type: ignore[union-attr]
                     return True
                 else:
@@ -451,19 +466,24 @@ class Connection:
         path = self.paths.get((address, socket)) or self._new_path(address, socket)
         if path is None:  # no room to track it: answer its challenges, nothing more
             return Path(address, socket)
-        if newest and path.validated and self._better(path, newest=True):
+        if newest and path.validated and self._better(path, newest=True, now=now):
             self._move_to(path)
         elif not path.validated and path.challenge is None and path.tries < CHALLENGE_TRIES:
             self._challenge(path, now)
         return path
 
-    def _better(self, path: Path, *, newest: bool) -> bool:
+    def _better(self, path: Path, *, newest: bool, now: float) -> bool:
         current = self.path
         if path is current:
             return False
         if path.relayed and not current.relayed:
-            return False
+            return self._silent(now)  # a relay only replaces a direct path gone silent
         return (current.relayed and not path.relayed) or newest
+
+    def _silent(self, now: float) -> bool:
+        """Nothing has arrived on the current path for a while."""
+        return now - self.path.last_received > max(
+            FAILOVER_SILENCE, 3 * self.rtt.pto())
 
     def _on_path_response(self, data: bytes, now: float) -> None:
         for path in self.paths.values():
@@ -473,11 +493,14 @@ class Connection:
                 newest = path.last_received >= self.path.last_received and (
                     path.last_received >= 0
                 )
-                if self._better(path, newest=newest):
+                if self._better(path, newest=newest, now=now):
                     self._move_to(path)
                 return
 
     def _move_to(self, path: Path) -> None:
+        if path.relayed and not self.path.relayed:
+            # The direct path failed: it must prove itself again before it is used.
+            self.path.validated, self.path.challenge, self.path.tries = False, None, 0
         self.path = path
         self.path_changed = True
         # Keep the relay as a known path only while it is the one in use.
@@ -672,6 +695,9 @@ class Connection:
                 self._requeue(oldest, first=True)  # a copy: it stays in flight
                 self.control_out.append((_PING, False))
                 self.last_eliciting_sent = now
+                if self.pto_count >= FAILOVER_PTOS and not self.path.relayed \
+                        and self._silent(now):
+                    self.path_failing = True
         # The side that dialed keeps the connection (and its NATs' mappings) alive; the
         # other answers with ACKs, so an introducer sends nothing to idle peers unasked.
         if self.wanted and self.initiator and (

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from shoal.core import events as ev
 from shoal.core.admission import FairShares, prefix_of
 from shoal.core.config import CoreConfig
-from shoal.core.connection import CLOSE_NORMAL, CLOSE_SUPERSEDED, Connection
+from shoal.core.connection import CLOSE_BUSY, CLOSE_NORMAL, CLOSE_SUPERSEDED, Connection
 from shoal.core.handshake import (
     PROLOGUE,
     Dial,
@@ -652,10 +652,8 @@ class Endpoint:
             return
         if proof.peer == self._me:
             return
-        if len(self.connections) >= self.config.session_limit \
-                and not self._make_room(prefix_of(address), now):
-            self.stats["dropped_busy"] += 1
-            return
+        full = len(self.connections) >= self.config.session_limit \
+            and not self._make_room(prefix_of(address), now)
         recv_key, send_key = state.split()
         connection = Connection(
             local_sid=local_sid, remote_sid=sender_sid, peer=proof.peer,
@@ -664,6 +662,13 @@ class Endpoint:
             random_bytes=self.random, socket=socket, version=version,
             capabilities=proof.capabilities,
         )
+        if full:
+            # Say so, authenticated, rather than leave the initiator waiting; the
+            # connection is never stored.
+            self.stats["refused_busy"] += 1
+            connection.close(CLOSE_BUSY, "this node holds all the connections it can")
+            self._flush_connection(connection, now)
+            return
         connection.queue_frame(HandshakeDone(), reliable=False)
         self._established(connection, now)
 
@@ -814,6 +819,11 @@ class Endpoint:
                         self.stats["dropped_unowned_frames"] += 1
                         continue
                 service.on_frame(connection, frame, now)
+        if connection.path_failing:
+            connection.path_failing = False
+            self.stats["paths_failing"] += 1
+            for service in self.services:
+                service.on_path_failing(connection, now)
         if connection.path_changed:
             connection.path_changed = False
             self.stats["path_changes"] += 1

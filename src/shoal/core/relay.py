@@ -3,7 +3,10 @@ endpoint's per-source limits.
 
 A relaying node admits a packet from ``source`` to ``target`` only while ``source`` stays
 under its byte rate (``relay_bytes_per_second``, a two-second burst), under its count of
-distinct targets, and the node under its total count of relayed pairs. When the node is
+distinct targets, and the node under its total count of relayed pairs. The node also
+relays at most ``relay_total_bytes_per_second`` in all, beyond what each source may send
+anyway (``LIGHT_RATE``): relaying costs a decryption, an encryption and a send per packet, and a
+few heavy sources must not spend the CPU that everyone's traffic needs. When the node is
 full, room is made in this order: pairs idle for longer than the idle timeout or whose
 ends went away are forgotten; then, so that the budget is shared fairly, the least
 recently used pair of the source holding the most pairs goes, if that source holds at
@@ -17,6 +20,10 @@ from collections.abc import Callable, Hashable
 
 from shoal.core.admission import FairShares
 from shoal.core.config import CoreConfig
+
+LIGHT_RATE = 32 * 1024
+"""Bytes a second a source may have relayed whatever the node-wide budget says, so
+that heavy sources cannot crowd out a chat."""
 
 
 class TokenBucket:
@@ -58,6 +65,7 @@ class KeyedBuckets:
         return bucket.take(amount, self.rate, self.burst, now)
 
 
+
 class RelayQuotas:
     """Admission of relayed packets. ``connected(peer)`` says whether a peer still has a
     direct session with this node."""
@@ -67,6 +75,9 @@ class RelayQuotas:
         self._connected = connected
         rate = config.relay_bytes_per_second
         self._bytes = KeyedBuckets(rate, 2 * rate, max_keys=4 * config.max_relayed_pairs)
+        self._total = TokenBucket(2 * config.relay_total_bytes_per_second, 0.0)
+        self._light = KeyedBuckets(LIGHT_RATE, 2 * LIGHT_RATE,
+                                   max_keys=4 * config.max_relayed_pairs)
         self._pairs: dict[tuple[bytes, bytes], float] = {}
         self._shares = FairShares()
         """Each source's pairs, least recently used first."""
@@ -84,6 +95,10 @@ class RelayQuotas:
         if pair not in self._pairs and not self._room_for(source, now):
             return False
         if not self._bytes.take(source, now, size):
+            return False
+        total = self.config.relay_total_bytes_per_second
+        if not self._light.take(source, now, size) \
+                and not self._total.take(size, total, 2 * total, now):
             return False
         self._pairs[pair] = now
         self._shares.add(pair, source)

@@ -60,6 +60,9 @@ class Service:
     def on_path_changed(self, connection: Connection, now: float) -> None:
         """The connection moved to another path."""
 
+    def on_path_failing(self, connection: Connection, now: float) -> None:
+        """The connection's direct path went silent with packets in flight."""
+
     def on_timer(self, now: float, key: object = None) -> None:
         """This service's deadline named ``key`` passed."""
 

@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from shoal.core import events as ev
-from shoal.core.connection import CLOSE_PROTOCOL_ERROR, Connection
+from shoal.core.connection import CLOSE_BUSY, CLOSE_PROTOCOL_ERROR, Connection
 from shoal.core.services.base import Service
 from shoal.core.wire import (
     MAX_CHANNEL_NAME,
@@ -542,8 +542,10 @@ class MessageService(Service):
                 target.send(message.handle, message.channel.name, message.data)
             self.endpoint.mark(successor)
             return
+        # A peer that is full refuses the connection it has just authenticated.
+        code = "ECONNREFUSED" if connection.close_code == CLOSE_BUSY else "ECONNRESET"
         for message in undelivered:
-            self.failed(message.handle, "ECONNRESET", f"connection ended: {reason}")
+            self.failed(message.handle, code, f"connection ended: {reason}")
 
     def on_frame(self, connection: Connection, frame: Frame, now: float) -> None:
         flow = self.flow(connection)

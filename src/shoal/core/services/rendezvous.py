@@ -289,12 +289,33 @@ class RendezvousService(Service):
 
     def on_path_changed(self, connection: Connection, now: float) -> None:
         if connection.path.relayed:
+            # Fell back to a relay: keep trying the direct addresses, as for a relayed dial.
+            state = self.peer(connection.peer)
+            state.reprobe_at = now + REPROBE_INTERVAL
+            self._arm(state)
             return
         state = self.peer(connection.peer)
         state.addresses.setdefault(connection.address, "connection")
         self._direct(state, now)
         self._arm(state)
         connection.queue_frame(ObservedAddress(connection.address))
+
+    def on_path_failing(self, connection: Connection, now: float) -> None:
+        """A direct path went silent: offer the relays this node shares with the peer as
+        other paths of the connection (each is validated before it carries anything)."""
+        endpoint = self.endpoint
+        peer = connection.peer
+        if peer in self.introducer_peers:
+            return
+        state = self.peers.get(peer)
+        relays = [state.relay_via] if state is not None and state.relay_via else []
+        relays += [p for p in self.introducer_peers if p not in relays]
+        for relay in relays[:2]:
+            link = endpoint.connection_to(relay)
+            if relay != peer and link is not None and not link.path.relayed:
+                endpoint.stats["relay_fallbacks"] += 1
+                connection.probe_path(RelayPath(relay, peer), 0, now)
+        endpoint.mark(connection)
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
         peer = connection.peer
