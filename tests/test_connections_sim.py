@@ -12,9 +12,13 @@ from shoal.core.wire import (
     SUPPORTED_VERSIONS,
     Extension,
     PacketKind,
+    decode_init,
+    decode_resp,
     decode_version,
+    encode_final,
     encode_hello,
     encode_init,
+    encode_resp,
 )
 from shoal.sim import LinkProfile, SimNetwork, SimNode
 
@@ -264,3 +268,37 @@ def test_a_connection_the_peer_never_got_does_not_displace_the_one_it_has(seed: 
     later = a.endpoint.send_message(b.peer_id, b"later", net.now)
     net.flush(a)
     assert net.run(2, until=lambda: _delivered(a, later))
+
+
+def test_forged_resp_and_final_from_on_path_change_nothing() -> None:
+    """An attacker on the path sees the clear-text session ids of INIT and RESP, and races
+    a forged RESP to the initiator and a forged FINAL (from the initiator's address) to
+    the responder. Neither changes any state: the first message arrives as fast as ever."""
+    net, a, b = _pair(11)
+    forged: dict[str, int] = {"resp": 0, "final": 0}
+    seen: dict[str, bytes] = {}
+
+    def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
+        if data[0] == PacketKind.INIT and destination == b.address:
+            seen["init"] = decode_init(data).noise_message
+        if data[0] == PacketKind.RESP and destination == a.address and not forged["resp"]:
+            version, receiver, sender, noise = decode_resp(data)
+            forged["resp"] = forged["final"] = 1
+            a.endpoint.receive_datagram(
+                encode_resp(receiver, sender, bytes(len(noise)), version), source, net.now)
+            b.endpoint.receive_datagram(
+                encode_final(sender, receiver, seen["init"], net.rng.randbytes(64)),
+                destination, net.now)
+        return data
+
+    net.tap = tap
+    started = net.now
+    handle = a.endpoint.send_message(b.peer_id, b"first", net.now)
+    a.endpoint.connect(b.address, net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: _delivered(a, handle))
+    assert forged == {"resp": 1, "final": 1}
+    # INIT, RESP, FINAL with the message, ACK: two round trips of 40 ms, no retry.
+    assert net.now - started < 0.1
+    assert b.endpoint.stats["dropped_handshake"] >= 1
+    assert [m.data for m in b.received()] == [b"first"]

@@ -488,6 +488,31 @@ def test_stun_answers_never_amplify_but_for_a_small_budget_per_network() -> None
         assert len(out) == 1 and len(out[0][0]) <= len(request)
 
 
+def test_a_stun_flood_from_a_peers_own_address_does_not_lock_it_out() -> None:
+    """STUN requests from a peer's own IP (its neighbours behind one NAT, or a spoofer)
+    spend STUN's budget, not the handshakes'."""
+    from shoal.core import stun
+
+    net = SimNetwork(seed=6, profile=LinkProfile(latency=0.01))
+    server = net.add_node(config=CoreConfig(introducer=True))
+    peer = net.add_node()
+    joined_at = None
+    for index in range(3000):  # 1,000 a second for three seconds; the peer joins at 1 s
+        request = stun.encode_binding_request(os.urandom(12), pad_to=stun.PLAIN_PADDED_SIZE)
+        server.endpoint.receive_datagram(request, (peer.address[0], 20000 + index % 500),
+                                         net.now)
+        net.flush(server)
+        if index == 1000:
+            peer.endpoint.add_introducer(server.address, net.now)
+            net.flush(peer)
+        net.run(0.001)
+        if joined_at is None and server.endpoint.connection_to(
+                peer.endpoint.identity.public_key) is not None:
+            joined_at = index
+    assert server.endpoint.stats["dropped_rate_limited"] >= 2800
+    assert joined_at is not None and joined_at < 1100  # within 0.1 s, under the flood
+
+
 def test_no_packet_kind_makes_an_introducer_answer_more_than_it_received() -> None:
     """bench/amplification.py's measure, smaller: every kind a stranger can send, from
     many sources at once; the bytes answered never exceed the bytes received."""
