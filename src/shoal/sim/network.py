@@ -45,6 +45,8 @@ class SimNode:
     sockets: dict[int, Address] = field(default_factory=dict)
     nat: SimNat | None = None
     """The NAT this node sits behind (None: it has a public address)."""
+    watched: float | None = None
+    """The deadline the network last noted for this node's timer."""
 
     @property
     def peer_id(self) -> str:
@@ -67,6 +69,10 @@ class SimNetwork:
         self._nats: dict[str, SimNat] = {}
         self._queue: list[tuple[float, int, Address, Address, bytes]] = []
         self._sequence = 0
+        self._timers: list[tuple[float, int, SimNode]] = []
+        """Nodes' timer deadlines, pushed whenever a node may have changed its own; an
+        entry is stale (and skipped) once the node's deadline differs from it."""
+        self._timer_sequence = 0
         self.delivered = 0
         self.dropped = 0
         self.tap: Callable[[bytes, Address, Address], bytes | None] | None = None
@@ -97,6 +103,7 @@ class SimNetwork:
         node = SimNode(endpoint, address, sockets={0: address}, nat=nat)
         self.nodes[address] = node
         self._bound[address] = (node, 0)
+        self._watch(node)
         return node
 
     def bind(self, node: SimNode, socket: int, address: Address) -> None:
@@ -125,6 +132,41 @@ class SimNetwork:
             self.close_socket(node, socket)
         while (event := endpoint.next_event()) is not None:
             node.events.append(event)
+        self._watch(node)
+
+    def _watch(self, node: SimNode) -> None:
+        """Note ``node``'s timer deadline (after anything that may have moved it)."""
+        deadline = node.endpoint.get_timer()
+        if deadline is None or deadline == node.watched:
+            return
+        node.watched = deadline
+        self._timer_sequence += 1
+        heapq.heappush(self._timers, (deadline, self._timer_sequence, node))
+        if len(self._timers) > 4 * len(self.nodes) + 1024:
+            self._rewatch()
+
+    def _rewatch(self) -> None:
+        """Rebuild the timer heap from every node (drops stale entries; sees changes
+        made to endpoints outside ``flush``, as tests do between runs)."""
+        self._timers = []
+        for node in self.nodes.values():
+            node.watched = None
+            self._watch(node)
+
+    def _next_timer(self) -> tuple[SimNode | None, float | None]:
+        """The online node whose timer fires first, and when: O(log n), not a scan."""
+        timers = self._timers
+        while timers:
+            deadline, _, node = timers[0]
+            current = node.endpoint.get_timer()
+            if node.online and current == deadline:
+                return node, deadline
+            heapq.heappop(timers)
+            if node.watched == deadline:
+                node.watched = None  # noted again by the next flush or run
+                if node.online and current is not None:
+                    self._watch(node)  # its deadline moved without a flush
+        return None, None
 
     def send_from(self, node: SimNode, data: bytes, destination: Address, socket: int) -> None:
         """Send ``data`` from ``node``'s socket ``socket`` (bound on first use), through
@@ -189,13 +231,7 @@ class SimNetwork:
     def step(self) -> bool:
         """Advance to the next delivery or timer; False when nothing is left to do."""
         next_delivery = self._queue[0][0] if self._queue else None
-        timer_node, next_timer = None, None
-        for node in self.nodes.values():
-            if not node.online:
-                continue
-            deadline = node.endpoint.get_timer()
-            if deadline is not None and (next_timer is None or deadline < next_timer):
-                timer_node, next_timer = node, deadline
+        timer_node, next_timer = self._next_timer()
         if next_delivery is None and next_timer is None:
             return False
         if next_timer is not None and (next_delivery is None or next_timer < next_delivery):
@@ -219,6 +255,7 @@ class SimNetwork:
         Returns whether ``until`` became true (True when no condition is given).
         """
         end = self.now + duration
+        self._rewatch()
         while True:
             if until is not None and until():
                 return True
@@ -230,9 +267,7 @@ class SimNetwork:
 
     def _next_time(self) -> float | None:
         times = [self._queue[0][0]] if self._queue else []
-        for node in self.nodes.values():
-            if node.online:
-                deadline = node.endpoint.get_timer()
-                if deadline is not None:
-                    times.append(deadline)
+        _, deadline = self._next_timer()
+        if deadline is not None:
+            times.append(deadline)
         return min(times) if times else None
