@@ -68,27 +68,31 @@ def test_the_js_api_in_the_docs_is_what_the_module_exports() -> None:
 
 def _app_blocks() -> list[tuple[str, str]]:
     readme = [b for b in _blocks(ROOT / "README.md", "sh") if "shoal init " in b]
-    return [("runtime.md", _blocks(DOCS / "runtime.md", "sh")[0]), *(
-        (f"README.md#{i}", b) for i, b in enumerate(readme))]
+    runtime = [b for b in _blocks(DOCS / "runtime.md", "sh") if "shoal init " in b]
+    return [*((f"runtime.md#{i}", b) for i, b in enumerate(runtime)),
+            *((f"README.md#{i}", b) for i, b in enumerate(readme))]
 
 
 @pytest.mark.parametrize(("where", "block"), _app_blocks(), ids=[w for w, _ in _app_blocks()])
 def test_the_app_commands_in_the_docs_run_as_printed(where: str, block: str,
                                                       tmp_path: Path) -> None:
     """Each line of a block of app commands, in a fresh folder, on a virtual display:
-    ``init`` and ``info`` finish, and each ``run``/``dev`` opens its window or serves."""
+    ``init``, ``info``, ``build``, ``install`` and the like finish, and each
+    ``run``/``dev`` opens its window or serves."""
     import os
     import signal
 
     commands = [line.split("#", 1)[0].strip() for line in block.splitlines()]
     assert commands[0].startswith("shoal init ") and len(commands) >= 4
-    env = {**os.environ, "SHOAL_NO_LAN": "1", "SHOAL_DATA_DIR": str(tmp_path / "data")}
+    env = {**os.environ, "SHOAL_NO_LAN": "1", "SHOAL_DATA_DIR": str(tmp_path / "data"),
+           "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
+           "XDG_STATE_HOME": str(tmp_path / "xdg-state")}
     env.pop("QT_QPA_PLATFORM", None)
     if os.geteuid() == 0:
         env["WEBKIT_DISABLE_SANDBOX_THIS_IS_DANGEROUS"] = "1"
     for command in commands:
         argv = ["xvfb-run", "--auto-servernum", "bash", "-c", command]
-        if command.startswith(("shoal init ", "shoal info")):
+        if not command.startswith(("shoal run ", "shoal dev ")):
             result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True,
                                     text=True, timeout=60)
             assert result.returncode == 0, (command, result.stderr)

