@@ -673,6 +673,7 @@ def _remember_grant(app_id: str, digest: str) -> None:
 
 
 def _app_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.argument("app_args", nargs=-1, metavar="[-- ARGS...]")(func)
     func = click.argument("folder", metavar="APP", type=click.Path(path_type=Path),
                           default=Path("."))(func)
     func = click.option("--browser", is_flag=True,
@@ -696,11 +697,12 @@ def _app_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--yes", is_flag=True,
               help="For an archive: grant what the app asks for without asking.")
 @_guard
-def run(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool,
-        gui: str | None, introducers: tuple[str, ...], yes: bool) -> None:
+def run(folder: Path, app_args: tuple[str, ...], browser: bool, port: int,
+        data_dir: Path | None, as_json: bool, gui: str | None, introducers: tuple[str, ...],
+        yes: bool) -> None:
     """Open APP in a native window (or a browser with --browser). APP is an app folder,
     a .shoal archive (verified, and what it may do shown, before anything runs) or the
-    id of an installed app.
+    id of an installed app. ARGS after -- are the app's own (process.info().argv).
 
     \b
     Examples:
@@ -711,14 +713,15 @@ def run(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: 
       shoal run org.example.notes
     """
     _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json,
-             gui=gui, dev=False, introducers=introducers, yes=yes)
+             gui=gui, dev=False, introducers=introducers, yes=yes, app_args=app_args)
 
 
 @cli.command(short_help="Like run, with live reload and error overlay.")
 @_app_options
 @_guard
-def dev(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: bool,
-        gui: str | None, introducers: tuple[str, ...]) -> None:
+def dev(folder: Path, app_args: tuple[str, ...], browser: bool, port: int,
+        data_dir: Path | None, as_json: bool, gui: str | None,
+        introducers: tuple[str, ...]) -> None:
     """Like run, and reload the page whenever a file of the app changes.
 
     \b
@@ -727,17 +730,17 @@ def dev(folder: Path, browser: bool, port: int, data_dir: Path | None, as_json: 
       shoal dev notes --browser
     """
     _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json,
-             gui=gui, dev=True, introducers=introducers)
+             gui=gui, dev=True, introducers=introducers, app_args=app_args)
 
 
 def _run_app(app: Path, *, browser: bool, port: int, data_dir: Path | None, as_json: bool,
              gui: str | None, dev: bool, introducers: tuple[str, ...] = (),
-             yes: bool = False) -> None:
+             yes: bool = False, app_args: tuple[str, ...] = ()) -> None:
     output = Output(as_json)
     with contextlib.ExitStack() as stack:
         folder = _app_folder(app, output, yes, stack)
         _run_folder(folder, output, browser=browser, port=port, data_dir=data_dir, gui=gui,
-                    dev=dev, introducers=introducers)
+                    dev=dev, introducers=introducers, app_args=app_args)
 
 
 def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStack) -> Path:
@@ -760,7 +763,7 @@ def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStac
 
 def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
                 data_dir: Path | None, gui: str | None, dev: bool,
-                introducers: tuple[str, ...]) -> None:
+                introducers: tuple[str, ...], app_args: tuple[str, ...]) -> None:
     import dataclasses
 
     from shoal.runtime.config import check_app_code, load_config
@@ -794,22 +797,21 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
                 output.event("ready", f"window open ({ms} ms)", mode="window", ms=ms)
 
             run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port, gui=gui,
-                          config=config, on_dev=on_dev)
+                          config=config, on_dev=on_dev, argv=app_args)
             return
         output.event("notice", f"no native window: {reason}; serving for a browser instead",
                      reason=reason)
 
     async def body() -> int:
-        import asyncio
 
         from shoal.runtime.host import AppHost
 
         async with AppHost(folder, data_dir=data_dir, dev=dev, port=port,
-                           config=config, on_dev=on_dev) as host:
+                           config=config, on_dev=on_dev, argv=app_args) as host:
             output.event("ready", f"open {host.url} in a browser", mode="browser",
                          url=host.url, dev=dev)
-            await asyncio.Event().wait()
-        return 0
+            await host.exited.wait()  # the page called process.exit
+        return host.exit_code
 
     _run(output, body)
 

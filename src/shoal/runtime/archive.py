@@ -394,7 +394,11 @@ def capabilities(config: AppConfig, *, has_code: bool) -> list[str]:
         lines.append(f"read files in {folder}")
     for folder in p.fs_write:
         lines.append(f"read and write files in {folder}")
-    plain = {"os": "read facts about this computer (os)",
+    if p.commands:
+        lines.append("run programs: " + ", ".join(p.commands))
+    if p.env:
+        lines.append("read environment variables: " + ", ".join(p.env))
+    plain = {"os": "read facts about this computer (os)", "dns": "look up host names",
              "network": "talk to other peers over the Shoal network",
              "window": "control its window", "dialog": "show file and message dialogs",
              "notification": "show notifications", "clipboard": "read and write the clipboard",

@@ -138,6 +138,11 @@ class AppServer:
             session.close()
         await self._server.close()
 
+    async def drain(self) -> None:
+        """Wait while any page's socket holds more unsent data than its high-water mark."""
+        for session in list(self._sessions):
+            await session.ws.drain()
+
     def emit(self, event: str, data: dict[str, Any]) -> None:
         """Send an event to every connected page."""
         text = json.dumps({"event": event, "data": data})

@@ -38,7 +38,7 @@ _CSP_HASH = re.compile(r"^'sha(?:256|384|512)-[A-Za-z0-9+/_-]+={0,2}'$", re.IGNO
 _CSP_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:$", re.IGNORECASE)
 _CSP_ANY_HOST = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?\*(?:[:/].*)?$", re.IGNORECASE)
 SIMPLE_PERMISSIONS = ("os", "network", "window", "dialog", "notification", "clipboard",
-                      "shell")
+                      "shell", "dns")
 
 
 class ConfigError(ShoalError):
@@ -78,6 +78,12 @@ class Permissions:
     """(host, port) pairs UDP may send to; port None means any port of that host."""
     invoke: tuple[str, ...] = ()
     """Python functions of ``app.py`` the page may call."""
+    dns: bool = False
+    """Look names up through the system resolver (``dns``)."""
+    env: tuple[str, ...] = ()
+    """Environment variables the page may read (``process.info().env``)."""
+    commands: tuple[str, ...] = ()
+    """Programs the page may run (``child_process``): names found on PATH, or paths."""
 
     def allows(self, capability: str) -> bool:
         return bool(getattr(self, capability, False))
@@ -252,7 +258,7 @@ class _Reader:
         )
 
     def permissions(self, raw: dict[str, Any]) -> Permissions:
-        allowed = {"fs", "dgram", "invoke", *SIMPLE_PERMISSIONS}
+        allowed = {"fs", "dgram", "invoke", "env", "commands", *SIMPLE_PERMISSIONS}
         table = self.table(raw, "permissions", allowed)
         fs = table.get("fs", {})
         if not isinstance(fs, dict):
@@ -277,9 +283,21 @@ class _Reader:
         for index, function in enumerate(invoke):
             if not function.isidentifier():
                 raise self.fail(f"permissions.invoke[{index}]", "must be a Python function name")
+        env = self.strings(table.get("env", []), "permissions.env")
+        for index, name in enumerate(env):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise self.fail(f"permissions.env[{index}]", "must be a variable name")
+        commands = self.strings(table.get("commands", []), "permissions.commands")
+        for index, command in enumerate(commands):
+            if not command or "\0" in command or (os.sep in command
+                                                   and not os.path.isabs(command)):
+                raise self.fail(f"permissions.commands[{index}]",
+                                "must be a program name (found on PATH) or an absolute path")
         flags = {name: self.boolean(table, "permissions", name, False)
                  for name in SIMPLE_PERMISSIONS}
         return Permissions(
+            env=env,
+            commands=commands,
             fs_read=self.folders(fs.get("read", []), "permissions.fs.read", write=False),
             fs_write=self.folders(fs.get("write", []), "permissions.fs.write", write=True),
             dgram=tuple(dgram),

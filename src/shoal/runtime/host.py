@@ -26,6 +26,7 @@ from shoal.runtime.config import (
 )
 from shoal.runtime.fsapi import BridgeError, FileSystem, PathPolicy
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
+from shoal.runtime.processes import Processes
 from shoal.runtime.system import BrowserBackend, System, WindowBackend
 
 if TYPE_CHECKING:
@@ -43,14 +44,20 @@ class AppHost:
                  lan_discovery: bool | None = None, listener: socket.socket | None = None,
                  secret: str | None = None, page_origin: str | None = None,
                  config: AppConfig | None = None,
-                 on_dev: Callable[[str, str], None] | None = None) -> None:
+                 on_dev: Callable[[str, str], None] | None = None,
+                 argv: tuple[str, ...] = ()) -> None:
         """``listener`` and ``secret``: a socket already listening on 127.0.0.1 and the
         launch secret, when the window must know the URL before the host has started.
         ``page_origin``: the pages' origin when the window serves them itself.
         ``config``: the app's ``shoal.toml`` when the caller has read it already.
         ``on_dev``: under ``dev``, told ``(kind, line)`` of each reload (``"reload"``)
-        and each error (``"error"``), for the terminal."""
+        and each error (``"error"``), for the terminal.
+        ``argv``: the app's own arguments (``process.info().argv``)."""
         self.folder = folder
+        self.argv = argv
+        self.exited = asyncio.Event()
+        """Set when the page called ``process.exit``; ``exit_code`` is its code."""
+        self.exit_code = 0
         self.config: AppConfig = config or load_config(folder)
         self.data_dir = data_dir or default_data_dir(self.config.id)
         self.window = window or BrowserBackend()
@@ -107,13 +114,21 @@ class AppHost:
         net = Network(self.node, permissions.network, emit)
         datagrams = Datagrams(permissions.dgram, emit)
         invoker = self._invoker = Invoker(functions, permissions.invoke)
-        self._parts = [files, net, datagrams]
-        for part in (files, system, net, datagrams, invoker):
+        processes = Processes(permissions, policy.data_dir, emit, server.drain,
+                              argv=self.argv, exit=self._exit)
+        self._parts = [files, net, datagrams, processes]
+        for part in (files, system, net, datagrams, invoker, processes):
             calls.update(part.calls())
         if self.dev:
             calls["dev.report"] = self._page_reported
             self._watcher = asyncio.get_running_loop().create_task(self._watch_files())
         return self
+
+    def _exit(self, code: int) -> None:
+        self.exit_code = code
+        self.exited.set()
+        with contextlib.suppress(BridgeError):  # a browser tab stays; the server stops
+            self.window.close()
 
     async def close(self) -> None:
         if self._watcher is not None:

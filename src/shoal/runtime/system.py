@@ -25,8 +25,8 @@ EXTERNAL_INTERVAL = 2.0
 """Links opened in the system browser: ``EXTERNAL_BURST`` at once, then one per
 ``EXTERNAL_INTERVAL`` seconds; past that they are refused (``EAGAIN``)."""
 
-_PLATFORMS = {"linux": "linux", "darwin": "darwin", "win32": "win32"}
-_ARCHES = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64",
+PLATFORMS = {"linux": "linux", "darwin": "darwin", "win32": "win32"}
+ARCHES = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64",
            "i386": "ia32", "i686": "ia32", "armv7l": "arm"}
 
 
@@ -150,8 +150,8 @@ class System:
         memory = psutil.virtual_memory()
         frequency = psutil.cpu_freq()
         return {
-            "platform": _PLATFORMS.get(sys.platform, sys.platform),
-            "arch": _ARCHES.get(platform.machine().lower(), platform.machine().lower()),
+            "platform": PLATFORMS.get(sys.platform, sys.platform),
+            "arch": ARCHES.get(platform.machine().lower(), platform.machine().lower()),
             "hostname": socket.gethostname(),
             "release": platform.release(),
             "totalmem": memory.total,

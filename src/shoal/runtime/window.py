@@ -287,7 +287,8 @@ def opener_for(config: AppConfig) -> Callable[[str], None]:
 def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                   on_ready: Callable[[str], None], port: int = 0, gui: str | None = None,
                   config: AppConfig | None = None,
-                  on_dev: Callable[[str, str], None] | None = None) -> None:
+                  on_dev: Callable[[str, str], None] | None = None,
+                  argv: tuple[str, ...] = ()) -> None:
     """Open the app in a native window; returns when the window is closed.
 
     The server's socket and secret exist before the window, so every address is known
@@ -342,7 +343,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     leave = opener_for(config)
     backend = PywebviewBackend()
     host = _HostThread(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
-                       secret=secret, config=config, on_dev=on_dev)
+                       secret=secret, config=config, on_dev=on_dev, argv=argv)
     import webview
 
     window_config = config.window

@@ -344,6 +344,55 @@ export const shell = { openExternal: (url) => call("shell.openExternal", String(
 
 export const invoke = (name, args = []) => call("invoke", name, args);
 
+export const dns = {
+  lookup: (hostname, options = {}) => call("dns.lookup", hostname, options),
+  resolve: (hostname, rrtype = "A") => call("dns.resolve", hostname, rrtype),
+};
+
+export const process = {
+  info: () => call("process.info"),
+  exit: (code = 0) => call("process.exit", code),
+};
+
+// A running program. Output that arrives before a listener is attached waits for it.
+class ChildProcess {
+  constructor(id) {
+    this.id = id;
+    this.listeners = { stdout: [], stderr: [], exit: [] };
+    this.waiting = { stdout: [], stderr: [], exit: [] };
+    this.exited = new Promise((resolve) => this.on("exit", resolve));
+  }
+  deliver(kind, value) {
+    if (this.listeners[kind].length) for (const listener of this.listeners[kind]) listener(value);
+    else this.waiting[kind].push(value);
+  }
+  on(event, listener) {
+    if (!(event in this.listeners)) throw new ShoalError("EINVAL", `unknown event: ${event}`);
+    this.listeners[event].push(listener);
+    for (const value of this.waiting[event].splice(0)) listener(value);
+    return () => { this.listeners[event] = this.listeners[event].filter((l) => l !== listener); };
+  }
+  write(data) { return call("child_process.write", this.id, typeof data === "string" ? encoder.encode(data) : data); }
+  end() { return call("child_process.write", this.id, null); }
+  kill(signal = "SIGTERM") { return call("child_process.kill", this.id, signal); }
+}
+
+const children = new Map();
+on("child_process.data", (m) => children.get(m.id)?.deliver(m.stream, fromBase64(m.data)));
+on("child_process.exit", (m) => {
+  children.get(m.id)?.deliver("exit", { code: m.code, signal: m.signal });
+  children.delete(m.id);
+});
+
+export const child_process = {
+  async spawn(command, args = [], options = {}) {
+    const child = new ChildProcess(await call("child_process.spawn", command, args, options));
+    children.set(child.id, child);
+    return child;
+  },
+  exec: (command, args = [], options = {}) => call("child_process.exec", command, args, options),
+};
+
 export const dev = {
   on: (event, listener) => on(`dev.${event}`, listener),
   report: (text) => call("dev.report", String(text)),

@@ -80,6 +80,32 @@ export declare const clipboard: { readText(): Promise<string>; writeText(text: s
 /** Needs the `shell` permission; a few links per second at most (EAGAIN past that). */
 export declare const shell: { openExternal(url: string): Promise<void> };
 export declare function invoke<T = unknown>(name: string, args?: unknown[] | Record<string, unknown>): Promise<T>;
+/** Needs the `dns` permission. */
+export declare const dns: {
+  lookup(hostname: string, options?: { family?: 0 | 4 | 6; all?: false }): Promise<{ address: string; family: 4 | 6 }>;
+  lookup(hostname: string, options: { family?: 0 | 4 | 6; all: true }): Promise<{ address: string; family: 4 | 6 }[]>;
+  resolve(hostname: string, rrtype?: "A" | "AAAA"): Promise<string[]>;
+};
+export declare const process: {
+  /** `env` holds only the variables listed in `permissions.env`. */
+  info(): Promise<{ argv: string[]; platform: string; arch: string; pid: number; env: Record<string, string> }>;
+  /** Closes the app (its window, or with --browser the server) with `code`. */
+  exit(code?: number): Promise<void>;
+};
+export declare class ChildProcess {
+  readonly id: number;
+  readonly exited: Promise<{ code: number | null; signal: string | null }>;
+  on(event: "stdout" | "stderr", listener: (data: Uint8Array) => void): () => void;
+  on(event: "exit", listener: (end: { code: number | null; signal: string | null }) => void): () => void;
+  write(data: string | Uint8Array): Promise<void>;
+  end(): Promise<void>;
+  kill(signal?: "SIGTERM" | "SIGKILL" | "SIGINT" | "SIGHUP"): Promise<void>;
+}
+/** Only the programs listed in `permissions.commands`; never through a shell. */
+export declare const child_process: {
+  spawn(command: string, args?: string[], options?: { cwd?: string }): Promise<ChildProcess>;
+  exec(command: string, args?: string[], options?: { cwd?: string; timeout?: number }): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }>;
+};
 export declare const dev: {
   on(event: "reload", listener: () => void): () => void;
   on(event: "error", listener: (problem: { source: string; message: string }) => void): () => void;
