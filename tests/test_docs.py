@@ -83,7 +83,7 @@ def test_the_app_commands_in_the_docs_run_as_printed(where: str, block: str,
     import signal
 
     commands = [line.split("#", 1)[0].strip() for line in block.splitlines()]
-    assert commands[0].startswith("shoal init ") and len(commands) >= 4
+    assert commands[0].startswith("shoal init ")
     env = {**os.environ, "SHOAL_NO_LAN": "1", "SHOAL_DATA_DIR": str(tmp_path / "data"),
            "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
            "XDG_STATE_HOME": str(tmp_path / "xdg-state")}
@@ -107,3 +107,9 @@ def test_the_app_commands_in_the_docs_run_as_printed(where: str, block: str,
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=20)
+
+
+def test_the_js_test_shown_in_the_docs_is_the_templates_own() -> None:
+    """It runs as printed: ``shoal test`` runs the blank template's copy in the tests."""
+    template = (ROOT / "src/shoal/runtime/templates/blank/app.test.js").read_text()
+    assert template.rstrip() in [b.rstrip() for b in _blocks(DOCS / "runtime.md", "js")]

@@ -615,6 +615,79 @@ def uninstall(app_id: str, as_json: bool) -> None:
                           app_id=gone.app_id, version=gone.version)
 
 
+@cli.command("test", short_help="Run an app's JS tests (*.test.js) and print TAP.")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+@click.option("--timeout", default=300.0, type=float, show_default=True,
+              help="Seconds the whole run may take.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The app's data folder during the tests (default: a temporary one).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_guard
+def test_command(folder: Path, timeout: float, data_dir: Path | None, as_json: bool) -> None:
+    """Run the app's *.test.js files in headless Chromium, against the app's real bridge
+    and permissions, and print TAP (exit status 1 if any test failed).
+
+    \b
+    A test file:
+      import { test, assert } from "shoal:test";
+      import { invoke } from "shoal:api";
+      test("greets", async () => assert.equal(await invoke("greet", ["x"]), "Hello, x!"));
+
+    \b
+    Examples:
+      shoal test notes
+      shoal test notes --json
+    """
+    from shoal.runtime.apptests import run_tests
+    from shoal.runtime.config import check_app_code, load_config
+
+    output = Output(as_json)
+    _positive_seconds(timeout, "--timeout")
+    load_config(folder)
+    check_app_code(folder)
+    counted = {"n": 0, "failed": 0}
+    if not as_json:
+        click.echo("TAP version 13")
+
+    def on_result(result: dict[str, Any]) -> None:
+        counted["n"] += 1
+        counted["failed"] += not result["ok"]
+        title = printable(f"{result['file']}: {result['name']}" if result["file"]
+                          else result["name"])
+        if as_json:
+            fields = {**result, "test": result["name"]}
+            del fields["name"]  # Output.event's own first parameter
+            output.event("test", title, **fields)
+            return
+        click.echo(f"{'ok' if result['ok'] else 'not ok'} {counted['n']} - {title}"
+                   f" # {result['ms']} ms")
+        if not result["ok"]:
+            click.echo("  ---")
+            for key in ("error", "expected", "actual"):
+                if result.get(key) is not None:
+                    click.echo(f"  {key}: {json.dumps(printable(str(result[key])))}")
+            click.echo("  ...")
+
+    def on_problem(text: str) -> None:
+        if as_json:
+            output.event("problem", text, message=text)
+        else:
+            click.echo(f"# {printable(text)}")
+
+    async def body() -> int:
+        await run_tests(folder, on_result=on_result, on_problem=on_problem,
+                        data_dir=data_dir, timeout=timeout)
+        passed = counted["n"] - counted["failed"]
+        if as_json:
+            output.event("done", f"{passed} passed, {counted['failed']} failed",
+                         passed=passed, failed=counted["failed"])
+        else:
+            click.echo(f"1..{counted['n']}\n# pass {passed}\n# fail {counted['failed']}")
+        return 1 if counted["failed"] else 0
+
+    _run(output, body)
+
+
 def _size(count: int) -> str:
     return f"{count} bytes" if count < 1024 else (
         f"{count / 1024:.1f} KiB" if count < 1 << 20 else f"{count / (1 << 20):.1f} MiB")

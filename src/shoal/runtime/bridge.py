@@ -44,9 +44,14 @@ from shoal.runtime.pages import (
     BRIDGE_PATH,
     DEV_PATH,
     FILE_PATH,
+    TEST_LIST_PATH,
+    TEST_MODULE_PATH,
+    TEST_PAGE_PATH,
+    TEST_RUNNER_PATH,
     TYPES_PATH,
     app_file,
     asset,
+    asset_path,
     content_security_policy,
     content_type,
     page_html,
@@ -86,13 +91,16 @@ class AppServer:
                  port: int = 0, listener: socket.socket | None = None,
                  secret: str | None = None,
                  readable: Callable[[str], BinaryIO] | None = None,
-                 page_origin: str | None = None, dev: bool = False) -> None:
+                 page_origin: str | None = None, dev: bool = False,
+                 tests: tuple[str, ...] | None = None) -> None:
         """``readable`` opens a page path for reading (raising ``BridgeError``): bulk
         reads are served over HTTP at ``FILE_PATH``, which moves large files much faster
         than WebSocket frames do. ``page_origin``: the pages' origin when something else
         serves them (the native window's ``shoal://app``); only pages of that origin may
-        then open the bridge."""
+        then open the bridge. ``tests``: under ``shoal test``, the app's test files,
+        which ``TEST_PAGE_PATH`` imports and runs."""
         self.config = config
+        self.tests = tests
         self.calls = calls
         self.readable = readable
         self.dev = dev
@@ -176,12 +184,31 @@ class AppServer:
         elif request.path == DEV_PATH and self.dev:
             response = Response(body=asset("dev.js").encode(),
                                 headers={"Content-Type": "text/javascript; charset=utf-8"})
+        elif request.path == TEST_MODULE_PATH:
+            response = Response(body=asset("test.js").encode(),
+                                headers={"Content-Type": "text/javascript; charset=utf-8"})
+        elif request.path.startswith("/_shoal/test") and self.tests is not None:
+            response = self._test_runner(request.path)
         elif request.path == TYPES_PATH:
             response = Response(body=asset("shoal.d.ts").encode(),
                                 headers={"Content-Type": "text/plain; charset=utf-8"})
         else:
             response = self._file(request)
         return response
+
+    def _test_runner(self, path: str) -> Response:
+        if path == TEST_PAGE_PATH:
+            html = page_html(asset_path("test.html"))
+            return Response(body=html.encode(),
+                            headers={"Content-Type": "text/html; charset=utf-8"})
+        if path == TEST_RUNNER_PATH:
+            return Response(body=asset("test-run.js").encode(),
+                            headers={"Content-Type": "text/javascript; charset=utf-8"})
+        if path == TEST_LIST_PATH:
+            listing = f"export default {json.dumps(list(self.tests or ()))};\n"
+            return Response(body=listing.encode(),
+                            headers={"Content-Type": "text/javascript; charset=utf-8"})
+        return Response.text(404, "not found\n")
 
     def _file(self, request: Request) -> Response:
         target = app_file(self.config, request.path)

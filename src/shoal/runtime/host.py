@@ -45,16 +45,18 @@ class AppHost:
                  secret: str | None = None, page_origin: str | None = None,
                  config: AppConfig | None = None,
                  on_dev: Callable[[str, str], None] | None = None,
-                 argv: tuple[str, ...] = ()) -> None:
+                 argv: tuple[str, ...] = (), tests: tuple[str, ...] | None = None) -> None:
         """``listener`` and ``secret``: a socket already listening on 127.0.0.1 and the
         launch secret, when the window must know the URL before the host has started.
         ``page_origin``: the pages' origin when the window serves them itself.
         ``config``: the app's ``shoal.toml`` when the caller has read it already.
         ``on_dev``: under ``dev``, told ``(kind, line)`` of each reload (``"reload"``)
         and each error (``"error"``), for the terminal.
-        ``argv``: the app's own arguments (``process.info().argv``)."""
+        ``argv``: the app's own arguments (``process.info().argv``).
+        ``tests``: the app's test files, for ``shoal test`` (see ``apptests``)."""
         self.folder = folder
         self.argv = argv
+        self.tests = tests
         self.exited = asyncio.Event()
         """Set when the page called ``process.exit``; ``exit_code`` is its code."""
         self.exit_code = 0
@@ -89,7 +91,7 @@ class AppHost:
         files = FileSystem(policy, lambda event, data: server.emit(event, data))
         server = AppServer(config, calls, port=self.port, listener=self.listener,
                            secret=self.secret, page_origin=self.page_origin,
-                           readable=files.open_for_reading, dev=self.dev)
+                           readable=files.open_for_reading, dev=self.dev, tests=self.tests)
         emit = server.emit
         self._parts = [files]
         raise_descriptor_limit()

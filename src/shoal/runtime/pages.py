@@ -26,7 +26,11 @@ DEV_PATH = "/_shoal/dev.js"
 DEV_TAG = f'<script type="module" src="{DEV_PATH}"></script>'
 """Added to every page under ``shoal dev``: error overlay and reloads, in a module graph
 of its own so that it runs even when the app's script cannot."""
-IMPORT_MAP = '{"imports":{"shoal:api":"/_shoal/api.js"}}'
+TEST_MODULE_PATH = "/_shoal/test.js"
+TEST_PAGE_PATH = "/_shoal/test.html"
+TEST_RUNNER_PATH = "/_shoal/test-run.js"
+TEST_LIST_PATH = "/_shoal/tests.js"
+IMPORT_MAP = '{"imports":{"shoal:api":"/_shoal/api.js","shoal:test":"/_shoal/test.js"}}'
 IMPORT_MAP_TAG = f'<script type="importmap">{IMPORT_MAP}</script>'
 _HEAD = re.compile(r"<head(\s[^>]*)?>", re.IGNORECASE)
 _DOCTYPE = re.compile(r"\ufeff?\s*<!doctype[^>]*>", re.IGNORECASE)
@@ -177,4 +181,9 @@ def _lowercase_safe_source(source: str) -> str:
 @functools.cache
 def asset(name: str) -> str:
     """One of the runtime's own files (``api.js``, ``shoal.d.ts``)."""
-    return resources.files("shoal.runtime").joinpath("assets", name).read_text(encoding="utf-8")
+    return asset_path(name).read_text(encoding="utf-8")
+
+
+def asset_path(name: str) -> Path:
+    """Where one of the runtime's own files is."""
+    return Path(str(resources.files("shoal.runtime").joinpath("assets", name)))

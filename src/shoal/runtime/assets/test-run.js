@@ -1,0 +1,19 @@
+// The page `shoal test` opens: imports each test file, then runs the tests and reports.
+import { run } from "shoal:test";
+import files from "/_shoal/tests.js";
+
+const report = globalThis.shoalTestReport ?? (async (result) => console.log(JSON.stringify(result)));
+try {
+  for (const file of files) {
+    globalThis.__shoalTestFile = file;
+    try {
+      await import(`/${file}`);
+    } catch (error) {
+      await report({ name: "(loading the file)", file, ok: false, ms: 0,
+                     error: String(error?.message ?? error), stack: String(error?.stack ?? "") });
+    }
+  }
+  await run(report);
+} finally {
+  await (globalThis.shoalTestDone ?? (async () => {}))();
+}

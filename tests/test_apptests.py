@@ -1,0 +1,78 @@
+"""``shoal test``: an app's JS tests run in headless Chromium against its real bridge,
+reported as TAP (or JSON), failing the run when a test fails, hangs or cannot load."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SHOAL = [sys.executable, "-m", "shoal.cli.main"]
+TESTS = """import { test, assert } from "shoal:test";
+import { invoke, fs } from "shoal:api";
+
+test("greets through app.py", async () => {
+  assert.equal(await invoke("greet", ["tests"]), "Hello, tests!");
+});
+test("fails on purpose", () => assert.deepEqual({ a: 1 }, { a: 2 }));
+test("hangs", () => new Promise(() => {}), { timeout: 300 });
+test("the wall holds in tests too", async () => {
+  await assert.rejects(fs.readFile("/etc/passwd"), { code: "EPERM" });
+});
+"""
+
+
+def _app(tmp_path: Path) -> Path:
+    folder = tmp_path / "app"
+    made = subprocess.run([*SHOAL, "init", str(folder)], capture_output=True, timeout=30)
+    assert made.returncode == 0
+    return folder
+
+
+def _test(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SHOAL, "test", str(folder), *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "SHOAL_NO_LAN": "1"})
+
+
+def test_a_new_apps_own_js_tests_pass(tmp_path: Path) -> None:
+    result = _test(_app(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "TAP version 13"
+    assert [line.split(" # ")[0] for line in lines[1:3]] == [
+        "ok 1 - app.test.js: app.py greets",
+        "ok 2 - app.test.js: the data folder keeps what is written"]
+    assert lines[3:] == ["1..2", "# pass 2", "# fail 0"]
+
+
+def test_failures_and_hangs_fail_the_run_with_their_reasons(tmp_path: Path) -> None:
+    folder = _app(tmp_path)
+    (folder / "app.test.js").unlink()
+    (folder / "more").mkdir()
+    (folder / "more" / "cases.test.js").write_text(TESTS)
+    (folder / "broken.test.js").write_text("import { nothing } from './missing.js';\n")
+    result = _test(folder)
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "not ok 1 - broken.test.js: (loading the file)" in out
+    assert "ok 2 - more/cases.test.js: greets through app.py" in out
+    assert 'not ok 3 - more/cases.test.js: fails on purpose' in out
+    assert 'expected: "{\\"a\\":2}"' in out and 'actual: "{\\"a\\":1}"' in out
+    assert "not ok 4 - more/cases.test.js: hangs" in out
+    assert "timed out after 300 ms" in out
+    assert "ok 5 - more/cases.test.js: the wall holds in tests too" in out
+    assert out.rstrip().endswith("1..5\n# pass 2\n# fail 3")
+    events = [json.loads(line) for line in _test(folder, "--json").stdout.splitlines()]
+    assert events[-1] == {"event": "done", "passed": 2, "failed": 3}
+    assert [e["ok"] for e in events if e["event"] == "test"] == [False, True, False, False, True]
+
+
+def test_no_tests_is_one_line(tmp_path: Path) -> None:
+    folder = _app(tmp_path)
+    (folder / "app.test.js").unlink()
+    result = _test(folder)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"shoal: error: {folder}: no test files (*.test.js) (ENOENT)"]
