@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from shoal.aio.driver import LoopDriver
 from shoal.aio.udp import UdpDriver, open_udp_socket
@@ -24,7 +25,7 @@ from shoal.core.natcheck import NatReport
 from shoal.core.wire import Address
 from shoal.errors import ClosedError, DeliveryError, LocalProtocolError, ShoalError, os_error_code
 from shoal.identity import Identity
-from shoal.net import parse_address
+from shoal.net import format_address, parse_address
 
 __all__ = ["Channel", "Delivery", "Message", "NatReport", "Node", "PeerInfo", "Subscription"]
 
@@ -276,6 +277,34 @@ class Node:
 
     def peers(self) -> list[PeerInfo]:
         return self.endpoint.peers()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything an observer of this node wants at one instant, as plain JSON values:
+        identity, addresses, NAT, each known peer (path, RTT, bytes), the channels served
+        and the counters (what ``shoal inspect`` shows)."""
+        endpoint = self.endpoint
+        report = endpoint.nat_report
+        peers = []
+        for peer in self.peers():
+            peers.append({
+                "peer_id": peer.peer_id, "connected": peer.connected,
+                "address": format_address(peer.address) if peer.address else None,
+                "path": peer.path, "introducer": peer.introducer,
+                "rtt_ms": round(peer.rtt * 1000, 3) if peer.rtt is not None else None,
+                "bytes_sent": peer.bytes_sent, "bytes_received": peer.bytes_received,
+            })
+        return {
+            "peer_id": self.peer_id,
+            "time": time.time(),
+            "local": [format_address(a) for a in self._require_driver().local_addresses()],
+            "public": sorted({format_address(a) for a in self.public_addresses().values()}),
+            "nat": None if report is None else {
+                "mapping": report.mapping, "filtering": report.filtering,
+                "public": report.nat.public, "reachable": report.nat.reachable},
+            "peers": peers,
+            "channels": sorted(endpoint.messages.served),
+            "stats": dict(endpoint.stats),
+        }
 
     def public_addresses(self) -> dict[str, Address]:
         """Our address as each connected peer (introducers included) reports it."""

@@ -184,6 +184,12 @@ def _network_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _inspect_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--inspect", is_flag=True,
+                        help="Serve a live view of this node on 127.0.0.1 (shoal inspect "
+                             "finds it).")(func)
+
+
 def _lan(no_lan: bool) -> bool | None:
     return False if no_lan else None
 
@@ -231,9 +237,10 @@ def id_command(identity_path: str | None, as_json: bool) -> None:
 @click.option("--alternate", metavar="HOST:PORT",
               help="A second IP and port of this host, for NAT behaviour tests (RFC 5780).")
 @click.option("--no-lan", is_flag=True, help="Turn LAN discovery (mDNS) off.")
+@_inspect_option
 @_guard
 def introducer(identity_path: str | None, as_json: bool, listen: str, alternate: str | None,
-               no_lan: bool) -> None:
+               no_lan: bool, inspect: bool) -> None:
     """Run an introducer: a reachable node that introduces peers, relays for them when no
     direct path exists, and answers STUN.
 
@@ -256,10 +263,55 @@ def introducer(identity_path: str | None, as_json: bool, listen: str, alternate:
             extra = {"alternate": format_address(alternate_address)} if alternate_address else {}
             output.event("ready", f"introducer {node.peer_id} listening on {bound}",
                          peer_id=node.peer_id, listen=bound, **extra)
-            await _print_peer_events(node, output)
+            async with _inspector(node, output, inspect):
+                await _print_peer_events(node, output)
         return 0
 
     _run(output, body)
+
+
+@contextlib.asynccontextmanager
+async def _inspector(node: Any, output: Output, wanted: bool) -> Any:
+    """The node's inspector for the block, when ``wanted``; its link is printed."""
+    if not wanted:
+        yield None
+        return
+    from shoal.inspector import Inspector
+
+    async with Inspector(node) as inspector:
+        output.event("inspect", f"inspector: {inspector.url}", url=inspector.url)
+        yield inspector
+
+
+@cli.command(short_help="Open the live view of a running node.")
+@click.option("--no-open", is_flag=True, help="Print the links; open no browser.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_guard
+def inspect(no_open: bool, as_json: bool) -> None:
+    """Open the inspector of this user's running nodes (started with --inspect) in the
+    browser: id, addresses, NAT, peers with their paths, RTT and bytes, channels, and
+    traffic over time.
+
+    \b
+    Examples:
+      shoal listen --inspect &
+      shoal inspect
+      shoal inspect --no-open --json
+    """
+    from shoal.inspector import running_inspectors
+
+    output = Output(as_json)
+    found = running_inspectors()
+    if not found:
+        raise ShoalError("no running node has its inspector open; start one with --inspect "
+                         "(shoal listen --inspect)", code="ENOENT")
+    for entry in found:
+        output.event("inspector", f"{entry['peer_id'][:16]}… (pid {entry['pid']}): "
+                     f"{entry['url']}", **entry)
+    if not no_open and not as_json:
+        import webbrowser
+
+        webbrowser.open(found[0]["url"])
 
 
 async def _print_peer_events(node: Any, output: Output) -> None:
@@ -296,9 +348,10 @@ def _where(address: Any) -> str:
 @cli.command(short_help="Print every direct message this node receives.")
 @_common
 @_network_options
+@_inspect_option
 @_guard
 def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
-           listen: str, no_lan: bool) -> None:
+           listen: str, no_lan: bool, inspect: bool) -> None:
     """Print every direct message this node receives.
 
     \b
@@ -325,11 +378,12 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
                          listen=format_address(node.address))
             if addresses:
                 asyncio.get_running_loop().create_task(_print_nat(node, output))
-            async for message in node.messages():
-                text = message.data.decode("utf-8", "replace")
-                output.event("message",
-                             f"{message.sender[:16]}… ({message.path}): {printable(text)}",
-                             **{"from": message.sender}, data=text, path=message.path)
+            async with _inspector(node, output, inspect):
+                async for message in node.messages():
+                    text = message.data.decode("utf-8", "replace")
+                    output.event("message",
+                                 f"{message.sender[:16]}… ({message.path}): {printable(text)}",
+                                 **{"from": message.sender}, data=text, path=message.path)
         return 0
 
     _run(output, body)

@@ -1,0 +1,108 @@
+"""The inspector in headless Chromium while two nodes exchange messages: what the page
+shows is what the nodes count; without the token (or with a wrong Host) nothing is shown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import shoal
+from shoal.identity import Identity
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+
+def _snapshot(url: str, token: str | None, host: str | None = None) -> dict | int:
+    base = url.split("#", 1)[0]
+    request = urllib.request.Request(base + "snapshot")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    if host is not None:
+        request.add_header("Host", host)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_inspector_shows_what_the_nodes_count(tmp_path: Path, browser: Browser) -> None:
+    state = tmp_path / "state"
+    env = {**os.environ, "SHOAL_NO_LAN": "1", "XDG_STATE_HOME": str(state)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "listen", "--inspect", "--json", "--no-lan",
+         "--listen", "127.0.0.1:0", "--identity", str(tmp_path / "listener.key")],
+        stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        ready = json.loads(process.stdout.readline())
+        inspect = json.loads(process.stdout.readline())
+        assert inspect["event"] == "inspect"
+        url, token = inspect["url"], inspect["url"].split("#token=", 1)[1]
+        listener = ready["peer_id"]
+        # shoal inspect finds it, through a file only this user can read.
+        found = subprocess.run([sys.executable, "-m", "shoal.cli.main", "inspect", "--json"],
+                               capture_output=True, text=True, env=env, timeout=30)
+        assert json.loads(found.stdout)["url"] == url
+        (entry,) = (state / "shoal" / "inspect").iterdir()
+        assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+
+        # The sender runs on a loop of its own (Playwright's runs in this thread) and
+        # stays up while the page is read: a peer that leaves is forgotten.
+        loop = asyncio.new_event_loop()
+        runner = threading.Thread(target=loop.run_forever, daemon=True)
+        runner.start()
+        node = shoal.Node(Identity.generate(), listen="127.0.0.1:0", lan_discovery=False)
+
+        def on_loop(coroutine: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=60)
+
+        async def exchange() -> dict:
+            await node.start()
+            await node.connect(("127.0.0.1", int(ready["listen"].rsplit(":", 1)[1])))
+            for index in range(20):
+                await node.send(listener, b"x" * (100 * index))
+            await asyncio.sleep(0.3)  # the last ACKs arrive
+            (peer,) = [p for p in node.peers() if p.peer_id == listener]
+            return {"id": node.peer_id, "sent": peer.bytes_sent,
+                    "received": peer.bytes_received}
+
+        sender = on_loop(exchange())
+        page = browser.new_page()
+        page.goto(url)
+        row = page.locator(f'tr[data-peer="{sender["id"]}"]')
+        row.wait_for(timeout=10000)
+        page.wait_for_function("document.body.dataset.updated !== undefined")
+        # The listener's view of the sender, as drawn, is the sender's own count mirrored.
+        shown = {field: row.locator(f'td[data-field="{field}"]').text_content()
+                 for field in ("bytes_sent", "bytes_received", "path")}
+        assert shown == {"bytes_sent": str(sender["received"]),
+                         "bytes_received": str(sender["sent"]), "path": "direct"}
+        snapshot = _snapshot(url, token)
+        assert isinstance(snapshot, dict)
+        assert page.text_content("#peer-id") == listener == snapshot["peer_id"]
+        rx = page.locator('#stats td[data-field="rx_datagrams"]').text_content()
+        assert int(rx or 0) >= 20
+        assert page.locator("canvas#datagrams").count() == 1
+        # Without the token, with a wrong one, or through another Host: nothing.
+        assert _snapshot(url, None) == 403
+        assert _snapshot(url, "wrong") == 403
+        assert _snapshot(url, token, host="attacker.example:80") == 403
+    finally:
+        if "loop" in locals():
+            on_loop(node.close())
+            loop.call_soon_threadsafe(loop.stop)
+            runner.join(timeout=10)
+        process.terminate()
+        process.wait(timeout=10)
+    assert not list((state / "shoal" / "inspect").iterdir())  # gone with the node
