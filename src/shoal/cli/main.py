@@ -823,13 +823,17 @@ def _app_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @_app_options
 @click.option("--yes", is_flag=True,
               help="For an archive: grant what the app asks for without asking.")
+@click.option("--url", metavar="LINK",
+              help="A deep link for the app (its [app] scheme), e.g. from a desktop entry.")
 @_guard
 def run(folder: Path, app_args: tuple[str, ...], browser: bool, port: int,
         data_dir: Path | None, as_json: bool, gui: str | None, introducers: tuple[str, ...],
-        yes: bool) -> None:
+        yes: bool, url: str | None) -> None:
     """Open APP in a native window (or a browser with --browser). APP is an app folder,
     a .shoal archive (verified, and what it may do shown, before anything runs) or the
-    id of an installed app. ARGS after -- are the app's own (process.info().argv).
+    id of an installed app. ARGS after -- are the app's own (process.info().argv). While
+    the app runs, launching it again (with the same data folder) hands the new launch's
+    --url and ARGS to it and brings its window forward.
 
     \b
     Examples:
@@ -840,7 +844,8 @@ def run(folder: Path, app_args: tuple[str, ...], browser: bool, port: int,
       shoal run org.example.notes
     """
     _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json,
-             gui=gui, dev=False, introducers=introducers, yes=yes, app_args=app_args)
+             gui=gui, dev=False, introducers=introducers, yes=yes, app_args=app_args,
+             url=url)
 
 
 @cli.command(short_help="Like run, with live reload and error overlay.")
@@ -862,12 +867,13 @@ def dev(folder: Path, app_args: tuple[str, ...], browser: bool, port: int,
 
 def _run_app(app: Path, *, browser: bool, port: int, data_dir: Path | None, as_json: bool,
              gui: str | None, dev: bool, introducers: tuple[str, ...] = (),
-             yes: bool = False, app_args: tuple[str, ...] = ()) -> None:
+             yes: bool = False, app_args: tuple[str, ...] = (),
+             url: str | None = None) -> None:
     output = Output(as_json)
     with contextlib.ExitStack() as stack:
         folder = _app_folder(app, output, yes, stack)
         _run_folder(folder, output, browser=browser, port=port, data_dir=data_dir, gui=gui,
-                    dev=dev, introducers=introducers, app_args=app_args)
+                    dev=dev, introducers=introducers, app_args=app_args, url=url)
 
 
 def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStack) -> Path:
@@ -890,15 +896,29 @@ def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStac
 
 def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
                 data_dir: Path | None, gui: str | None, dev: bool,
-                introducers: tuple[str, ...], app_args: tuple[str, ...]) -> None:
+                introducers: tuple[str, ...], app_args: tuple[str, ...],
+                url: str | None = None) -> None:
     import dataclasses
 
-    from shoal.runtime.config import check_app_code, load_config
+    from shoal.runtime import instance
+    from shoal.runtime.config import check_app_code, default_data_dir, load_config
     from shoal.runtime.window import choose_gui, run_in_window
 
     # A bad config or app code: one clear line before anything starts.
     config = load_config(folder)
     check_app_code(folder)
+    if url is not None:
+        instance.check_url(url, config.scheme)
+    listening = instance.socket_path(data_dir or default_data_dir(config.id))
+    if instance.claim(listening) is None:  # held (not closed) while this copy runs
+        for _ in range(30):  # the first copy may still be starting
+            if instance.hand_over(listening, url, app_args):
+                output.event("handed-over", "the app is running already: handed over to it",
+                             url=url, argv=list(app_args))
+                return
+            time.sleep(0.1)
+        raise ShoalError("another copy of this app holds its data folder and does not "
+                         "answer", code="EBUSY")
     if introducers:
         added = tuple(parse_address(a) for a in introducers)
         network = dataclasses.replace(config.network, introducers=tuple(
@@ -924,7 +944,8 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
                 output.event("ready", f"window open ({ms} ms)", mode="window", ms=ms)
 
             run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port, gui=gui,
-                          config=config, on_dev=on_dev, argv=app_args)
+                          config=config, on_dev=on_dev, argv=app_args, instance=listening,
+                          launch_url=url)
             return
         output.event("notice", f"no native window: {reason}; serving for a browser instead",
                      reason=reason)
@@ -934,7 +955,8 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
         from shoal.runtime.host import AppHost
 
         async with AppHost(folder, data_dir=data_dir, dev=dev, port=port,
-                           config=config, on_dev=on_dev, argv=app_args) as host:
+                           config=config, on_dev=on_dev, argv=app_args, instance=listening,
+                           launch_url=url) as host:
             output.event("ready", f"open {host.url} in a browser", mode="browser",
                          url=host.url, dev=dev)
             await host.exited.wait()  # the page called process.exit

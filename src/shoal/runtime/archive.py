@@ -476,7 +476,8 @@ def install(path: Path, approve: Callable[[Manifest, AppConfig], None] | None = 
               "publisher": manifest.publisher}
     with _fresh_file(home / "install.json") as temporary:
         temporary.write_text(json.dumps(record), encoding="utf-8")
-    entry = _write_desktop_entry(manifest, home / "app") if desktop_entry else None
+    scheme = load_config(home / "app").scheme
+    entry = _write_desktop_entry(manifest, home / "app", scheme) if desktop_entry else None
     return Installed(manifest.app_id, manifest.name, manifest.version, manifest.publisher,
                      home / "app", entry)
 
@@ -489,6 +490,7 @@ def uninstall(app_id: str) -> Installed:
     shutil.rmtree(installed_root() / app_id)
     if current.desktop_entry is not None:
         current.desktop_entry.unlink(missing_ok=True)
+        _set_scheme_handler(current.desktop_entry.name, None)
     return current
 
 
@@ -505,22 +507,54 @@ def _entry_path(app_id: str) -> Path | None:
     return Path(data_home) / "applications" / f"shoal-{app_id}.desktop"
 
 
-def _write_desktop_entry(manifest: Manifest, folder: Path) -> Path | None:
-    """A freedesktop.org entry that starts the installed app (Linux)."""
+def _write_desktop_entry(manifest: Manifest, folder: Path, scheme: str | None) -> Path | None:
+    """A freedesktop.org entry that starts the installed app (Linux), and opens its
+    deep links when it has a scheme."""
     path = _entry_path(manifest.app_id)
     if path is None:
         return None
     command = " ".join(_exec_argument(a) for a in
                        (sys.executable, "-m", "shoal.cli.main", "run", str(folder)))
+    if scheme is not None:
+        command += " --url %u"
     name = " ".join(manifest.name.split())
     lines = ["[Desktop Entry]", "Type=Application", f"Name={name}",
              f"Comment={name}, a Shoal app", f"Exec={command}", "Terminal=false",
              "Categories=Network;", f"X-Shoal-App-Id={manifest.app_id}",
              f"X-Shoal-Publisher={manifest.publisher}"]
+    if scheme is not None:
+        lines.append(f"MimeType=x-scheme-handler/{scheme};")
     path.parent.mkdir(parents=True, exist_ok=True)
     with _fresh_file(path) as temporary:
         temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _set_scheme_handler(path.name, scheme)
     return path
+
+
+def _set_scheme_handler(entry: str, scheme: str | None) -> None:
+    """Make ``entry`` the user's handler of ``scheme:`` links in ``mimeapps.list`` (and
+    drop whatever it handled before); ``None``: drop them only."""
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    path = Path(config_home) / "mimeapps.list"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        lines = []
+    except OSError:
+        return
+    kept = [line for line in lines if not (
+        line.startswith("x-scheme-handler/") and line.split("=", 1)[-1].strip() == entry)]
+    if scheme is not None:
+        key = f"x-scheme-handler/{scheme}="
+        kept = [line for line in kept if not line.startswith(key)]
+        if "[Default Applications]" not in kept:
+            kept += ["[Default Applications]"]
+        kept.insert(kept.index("[Default Applications]") + 1, key + entry)
+    if kept == lines:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _fresh_file(path) as temporary:
+        temporary.write_text("\n".join(kept) + "\n", encoding="utf-8")
 
 
 def _exec_argument(text: str) -> str:

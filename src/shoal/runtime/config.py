@@ -109,6 +109,8 @@ class AppConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     csp: dict[str, tuple[str, ...]] = field(default_factory=dict)
     entry: str = "index.html"
+    scheme: str | None = None
+    """The app's deep-link scheme (``notes`` for ``notes://...`` links)."""
     cross_origin_isolated: bool = False
     """Serve the pages with COOP and COEP (``SharedArrayBuffer``, precise timers); it
     delays the first paint, and cross-origin resources allowed in ``[csp]`` then need
@@ -224,8 +226,8 @@ class _Reader:
         for name in raw:
             if name not in tables:
                 raise self.fail(name, "unknown table" + did_you_mean(name, tables))
-        app = self.table(raw, "app", {"name", "id", "version", "entry", "cross_origin_isolated"},
-                         required=True)
+        app = self.table(raw, "app", {"name", "id", "version", "entry", "cross_origin_isolated",
+                                      "scheme"}, required=True)
         name = self.string(app, "app", "name")
         app_id = self.string(app, "app", "id", pattern=APP_ID,
                              hint=" (use reverse-DNS like org.example.notes)")
@@ -235,6 +237,15 @@ class _Reader:
             raise self.fail("app.entry", "must be a path inside the app folder")
         if not (folder / entry).is_file():
             raise self.fail("app.entry", f"{entry!r} is not a file in {folder}")
+        scheme = app.get("scheme")
+        if scheme is not None:
+            from shoal.runtime.instance import RESERVED_SCHEMES
+
+            if not isinstance(scheme, str) or not re.fullmatch(r"[a-z][a-z0-9+.-]{1,31}", scheme):
+                raise self.fail("app.scheme", "must be a URL scheme: a lowercase letter, then "
+                                "letters, digits, '+', '.' or '-' (2 to 32 in all)")
+            if scheme in RESERVED_SCHEMES:
+                raise self.fail("app.scheme", f"{scheme!r} belongs to the web or to Shoal")
         window = self.table(raw, "window", {"title", "width", "height", "resizable",
                                             "min_width", "min_height"})
         return AppConfig(
@@ -244,6 +255,7 @@ class _Reader:
             version=version,
             entry=entry,
             cross_origin_isolated=self.boolean(app, "app", "cross_origin_isolated", False),
+            scheme=scheme,
             window=WindowConfig(
                 title=self.string(window, "window", "title", default=name),
                 width=self.integer(window, "window", "width", 1024, 100, 16384),

@@ -25,6 +25,7 @@ from shoal.runtime.config import (
     load_config,
 )
 from shoal.runtime.fsapi import BridgeError, FileSystem, PathPolicy
+from shoal.runtime.instance import Instance
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
 from shoal.runtime.processes import Processes
 from shoal.runtime.system import BrowserBackend, System, WindowBackend
@@ -45,7 +46,8 @@ class AppHost:
                  secret: str | None = None, page_origin: str | None = None,
                  config: AppConfig | None = None,
                  on_dev: Callable[[str, str], None] | None = None,
-                 argv: tuple[str, ...] = (), tests: tuple[str, ...] | None = None) -> None:
+                 argv: tuple[str, ...] = (), tests: tuple[str, ...] | None = None,
+                 instance: Path | None = None, launch_url: str | None = None) -> None:
         """``listener`` and ``secret``: a socket already listening on 127.0.0.1 and the
         launch secret, when the window must know the URL before the host has started.
         ``page_origin``: the pages' origin when the window serves them itself.
@@ -53,10 +55,15 @@ class AppHost:
         ``on_dev``: under ``dev``, told ``(kind, line)`` of each reload (``"reload"``)
         and each error (``"error"``), for the terminal.
         ``argv``: the app's own arguments (``process.info().argv``).
-        ``tests``: the app's test files, for ``shoal test`` (see ``apptests``)."""
+        ``tests``: the app's test files, for ``shoal test`` (see ``apptests``).
+        ``instance``: the socket a second launch hands its deep link to (see
+        ``instance``); ``launch_url``: the deep link this launch was opened with."""
         self.folder = folder
         self.argv = argv
         self.tests = tests
+        self.instance_path = instance
+        self.launch_url = launch_url
+        self._instance: Instance | None = None
         self.exited = asyncio.Event()
         """Set when the page called ``process.exit``; ``exit_code`` is its code."""
         self.exit_code = 0
@@ -121,10 +128,26 @@ class AppHost:
         self._parts = [files, net, datagrams, processes]
         for part in (files, system, net, datagrams, invoker, processes):
             calls.update(part.calls())
+        calls["app.launch"] = self._launch
+        if self.instance_path is not None:
+            self._instance = Instance(self.instance_path, self._opened_again)
+            await self._instance.start()
         if self.dev:
             calls["dev.report"] = self._page_reported
             self._watcher = asyncio.get_running_loop().create_task(self._watch_files())
         return self
+
+    async def _launch(self) -> dict[str, Any]:
+        """How this copy of the app was started: its deep link and arguments."""
+        return {"url": self.launch_url, "argv": list(self.argv)}
+
+    def _opened_again(self, launch: dict[str, Any]) -> None:
+        """A second launch handed over its link and arguments: tell the pages, and bring
+        the window forward."""
+        assert self.server is not None
+        self.server.emit("app.open", launch)
+        with contextlib.suppress(Exception):  # a window that cannot rise still gets the link
+            self.window.focus()
 
     def _exit(self, code: int) -> None:
         self.exit_code = code
@@ -135,6 +158,8 @@ class AppHost:
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._instance is not None:
+            await self._instance.close()
         for part in self._parts:
             part.close()
         if self.server is not None:

@@ -214,6 +214,11 @@ class PywebviewBackend:
     def close(self) -> None:
         self.window.destroy()
 
+    def focus(self) -> None:
+        """Bring the window forward (a second launch of the app asked for it)."""
+        self.window.restore()
+        self.window.show()
+
     def open_dialog(self, kind: str, options: dict[str, Any]) -> list[str] | None:
         import webview
 
@@ -288,7 +293,8 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                   on_ready: Callable[[str], None], port: int = 0, gui: str | None = None,
                   config: AppConfig | None = None,
                   on_dev: Callable[[str, str], None] | None = None,
-                  argv: tuple[str, ...] = ()) -> None:
+                  argv: tuple[str, ...] = (), instance: Path | None = None,
+                  launch_url: str | None = None) -> None:
     """Open the app in a native window; returns when the window is closed.
 
     The server's socket and secret exist before the window, so every address is known
@@ -343,7 +349,8 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     leave = opener_for(config)
     backend = PywebviewBackend()
     host = _HostThread(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
-                       secret=secret, config=config, on_dev=on_dev, argv=argv)
+                       secret=secret, config=config, on_dev=on_dev, argv=argv,
+                       instance=instance, launch_url=launch_url)
     import webview
 
     window_config = config.window

@@ -344,6 +344,16 @@ export const shell = { openExternal: (url) => call("shell.openExternal", String(
 
 export const invoke = (name, args = []) => call("invoke", name, args);
 
+export const app = {
+  // How this copy was started: { url: the deep link or null, argv }.
+  launch: () => call("app.launch"),
+  // A second launch (a deep link clicked, the app started again) hands over here.
+  on(event, listener) {
+    if (event === "open") return on("app.open", listener);
+    throw new ShoalError("EINVAL", `unknown app event: ${event}`);
+  },
+};
+
 export const dns = {
   lookup: (hostname, options = {}) => call("dns.lookup", hostname, options),
   resolve: (hostname, rrtype = "A") => call("dns.resolve", hostname, rrtype),

@@ -80,6 +80,12 @@ export declare const clipboard: { readText(): Promise<string>; writeText(text: s
 /** Needs the `shell` permission; a few links per second at most (EAGAIN past that). */
 export declare const shell: { openExternal(url: string): Promise<void> };
 export declare function invoke<T = unknown>(name: string, args?: unknown[] | Record<string, unknown>): Promise<T>;
+export declare const app: {
+  /** `url`: the deep link (`[app] scheme`) this copy was opened with, if any. */
+  launch(): Promise<{ url: string | null; argv: string[] }>;
+  /** A second launch of the app handed its link and arguments to this copy. */
+  on(event: "open", listener: (launch: { url: string | null; argv: string[] }) => void): () => void;
+};
 /** Needs the `dns` permission. */
 export declare const dns: {
   lookup(hostname: string, options?: { family?: 0 | 4 | 6; all?: false }): Promise<{ address: string; family: 4 | 6 }>;

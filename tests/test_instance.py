@@ -1,0 +1,142 @@
+"""One running copy per app and data folder: a second launch hands its deep link and
+arguments to the first and exits; deep links are registered by shoal install."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+SHOAL = [sys.executable, "-m", "shoal.cli.main"]
+SCRIPT = """import { app } from "shoal:api";
+const seen = { first: await app.launch(), later: [] };
+const show = () => { document.querySelector("#out").textContent = JSON.stringify(seen); };
+app.on("open", (launch) => { seen.later.push(launch); show(); });
+show();
+document.body.dataset.ready = "true";
+"""
+
+
+def _app(tmp_path: Path, scheme: str | None = "notes") -> Path:
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / "index.html").write_text('<!doctype html><html><head><meta charset="utf-8">'
+                                       '<script type="module" src="app.js"></script></head>'
+                                       '<body><pre id="out"></pre></body></html>')
+    (folder / "app.js").write_text(SCRIPT)
+    line = f'scheme = "{scheme}"\n' if scheme else ""
+    (folder / "shoal.toml").write_text(
+        f'[app]\nname = "Notes"\nid = "org.example.notes"\n{line}')
+    return folder
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "SHOAL_NO_LAN": "1", "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+            "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_STATE_HOME": str(tmp_path / "state"),
+            "XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+
+def _start(folder: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen, dict]:
+    process = subprocess.Popen([*SHOAL, "run", str(folder), "--browser", "--json", *args],
+                               stdout=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    event = json.loads(process.stdout.readline())
+    while event["event"] == "notice":
+        event = json.loads(process.stdout.readline())
+    return process, event
+
+
+def test_a_second_launch_hands_its_link_to_the_first(tmp_path: Path, env: dict[str, str],
+                                                      browser: Browser) -> None:
+    folder = _app(tmp_path)
+    first, ready = _start(folder, env, "--url", "notes://first", "--", "a")
+    try:
+        assert ready["event"] == "ready"
+        page = browser.new_page()
+        page.goto(ready["url"])
+        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=20000)
+        seen = json.loads(page.text_content("#out") or "{}")
+        assert seen["first"] == {"url": "notes://first", "argv": ["a"]}
+        started = time.monotonic()
+        second = subprocess.run(
+            [*SHOAL, "run", str(folder), "--browser", "--json", "--url", "notes://second/x",
+             "--", "b"], capture_output=True, text=True, env=env, timeout=30)
+        assert second.returncode == 0, second.stderr
+        assert json.loads(second.stdout)["event"] == "handed-over"
+        assert time.monotonic() - started < 10
+        page.wait_for_function("document.querySelector('#out').textContent.includes('second')")
+        seen = json.loads(page.text_content("#out") or "{}")
+        assert seen["later"] == [{"url": "notes://second/x", "argv": ["b"]}]
+        # A link of another scheme is refused before anything is handed over.
+        wrong = subprocess.run([*SHOAL, "run", str(folder), "--url", "https://example.org"],
+                               capture_output=True, text=True, env=env, timeout=30)
+        assert wrong.returncode == 2 and "not a notes: link" in wrong.stderr
+        # Another data folder is another copy, which starts on its own.
+        other, other_ready = _start(folder, env, "--data-dir", str(tmp_path / "other"))
+        assert other_ready["event"] == "ready"
+        other.terminate()
+        other.wait(timeout=10)
+    finally:
+        first.terminate()
+        first.wait(timeout=10)
+
+
+def test_a_copy_that_died_does_not_block_the_next(tmp_path: Path, env: dict[str, str]) -> None:
+    folder = _app(tmp_path)
+    first, ready = _start(folder, env)
+    assert ready["event"] == "ready"
+    first.send_signal(signal.SIGKILL)  # leaves its socket behind
+    first.wait(timeout=10)
+    assert list((tmp_path / "run" / "shoal").glob("*.sock"))
+    again, ready = _start(folder, env)
+    try:
+        assert ready["event"] == "ready"
+    finally:
+        again.terminate()
+        again.wait(timeout=10)
+
+
+def test_install_registers_the_apps_links(tmp_path: Path, env: dict[str, str]) -> None:
+    folder = _app(tmp_path)
+    built = subprocess.run([*SHOAL, "build", str(folder), "--identity", str(tmp_path / "k"),
+                            "--json"], capture_output=True, text=True, env=env, timeout=30)
+    archive = json.loads(built.stdout)["path"]
+    installed = subprocess.run([*SHOAL, "install", archive, "--yes", "--json"],
+                               capture_output=True, text=True, env=env, timeout=30)
+    entry = Path(json.loads(installed.stdout)["desktop_entry"])
+    text = entry.read_text()
+    assert "MimeType=x-scheme-handler/notes;" in text and text.count(" --url %u") == 1
+    handlers = (tmp_path / "config" / "mimeapps.list").read_text()
+    assert f"x-scheme-handler/notes={entry.name}" in handlers.splitlines()
+    assert subprocess.run([*SHOAL, "uninstall", "org.example.notes"], env=env,
+                          capture_output=True, timeout=30).returncode == 0
+    assert "x-scheme-handler/notes" not in (tmp_path / "config" / "mimeapps.list").read_text()
+
+
+@pytest.mark.parametrize(("scheme", "why"), [("http", "belongs to the web"),
+                                             ("No Spaces", "must be a URL scheme")])
+def test_a_bad_scheme_is_one_line(tmp_path: Path, env: dict[str, str], scheme: str,
+                                  why: str) -> None:
+    folder = _app(tmp_path, scheme)
+    result = subprocess.run([*SHOAL, "run", str(folder), "--browser"], capture_output=True,
+                            text=True, env=env, timeout=30)
+    assert result.returncode == 2 and "app.scheme" in result.stderr and why in result.stderr
+
+
+def test_a_link_for_an_app_without_a_scheme_is_refused(tmp_path: Path,
+                                                       env: dict[str, str]) -> None:
+    folder = _app(tmp_path, None)
+    result = subprocess.run([*SHOAL, "run", str(folder), "--url", "notes://x"],
+                            capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 2 and "declares no deep-link scheme" in result.stderr
