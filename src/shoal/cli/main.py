@@ -598,9 +598,13 @@ def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the archive to (default: the app folder's parent).")
+@click.option("--standalone", is_flag=True,
+              help="Instead: a folder and a .tar.gz that run without Python or Shoal "
+                   "(PyInstaller; pip install 'shoal[bundle]').")
 @_common
 @_guard
-def build(folder: Path, out_dir: Path | None, identity_path: str | None, as_json: bool) -> None:
+def build(folder: Path, out_dir: Path | None, standalone: bool, identity_path: str | None,
+          as_json: bool) -> None:
     """Sign the app in FOLDER into NAME-VERSION.shoal with your identity (its peer id is
     the app's publisher): the web files, shoal.toml and any app.py, without hidden files,
     caches and tests.
@@ -609,12 +613,24 @@ def build(folder: Path, out_dir: Path | None, identity_path: str | None, as_json
     Examples:
       shoal build notes
       shoal build notes --out dist --identity ~/keys/publisher.key
+      shoal build notes --standalone --out dist
     """
     from shoal.runtime import archive
 
     output = Output(as_json)
-    if out_dir is not None and not out_dir.is_dir():
+    if out_dir is not None and not out_dir.is_dir() and not standalone:
         raise ShoalError(f"{out_dir}: no such folder", code="ENOENT")
+    if standalone:
+        from shoal.runtime.standalone import build_standalone
+
+        with output.waiting("bundling Python, Shoal and the webview (a minute or two)"):
+            made = build_standalone(folder, out_dir or folder.resolve().parent / "dist")
+        output.event("built", f"built {made.folder} ({_size(made.folder_bytes)}; start it "
+                     f"with {made.launcher}) and {made.archive} ({_size(made.archive_bytes)})",
+                     folder=str(made.folder), launcher=str(made.launcher),
+                     archive=str(made.archive), folder_bytes=made.folder_bytes,
+                     archive_bytes=made.archive_bytes)
+        return
     built = archive.build(folder, _identity(identity_path, hold=False), out_dir)
     manifest = built.manifest
     output.event("built", f"built {built.path} ({_size(built.bytes)}, "

@@ -112,12 +112,16 @@ def app_files(folder: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def archive_name(config: AppConfig) -> str:
-    """``NAME-VERSION.shoal``, NAME being the app's name made safe for a file name."""
-    slug = re.sub(r"[^a-z0-9]+", "-", unicodedata.normalize("NFKD", config.name)
+def app_slug(config: AppConfig) -> str:
+    """The app's name made safe for a file name (``My Notes`` -> ``my-notes``)."""
+    return re.sub(r"[^a-z0-9]+", "-", unicodedata.normalize("NFKD", config.name)
                   .encode("ascii", "ignore").decode().lower()).strip("-") or config.id
+
+
+def archive_name(config: AppConfig) -> str:
+    """``NAME-VERSION.shoal``, NAME being ``app_slug``."""
     version = re.sub(r"[^A-Za-z0-9.+_-]+", "-", config.version)
-    return f"{slug}-{version}{SUFFIX}"
+    return f"{app_slug(config)}-{version}{SUFFIX}"
 
 
 def build(folder: Path, identity: Identity, out_dir: Path | None = None) -> Built:
