@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -88,10 +89,39 @@ def build_standalone(folder: Path, out_dir: Path) -> Standalone:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise ArchiveError(f"PyInstaller failed: {last}", code="EIO")
     bundle = out_dir / name
+    _prune_qt(bundle)
     archive = out_dir / f"{name}-{config.version}-{sys.platform}-{platform.machine()}.tar.gz"
     with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
         tar.add(bundle, arcname=name)
     return Standalone(bundle, bundle / name, archive, _size(bundle), archive.stat().st_size)
+
+
+def _prune_qt(bundle: Path) -> None:
+    """Drop what PyInstaller collected of Qt that a web view in a widget never loads:
+    every translation but English, the QML modules, and each Qt library outside what the
+    bundled Qt modules, plugins and ``QtWebEngineProcess`` load (found with ``ldd``)."""
+    pyside = bundle / "_internal" / "PySide6"
+    qt = pyside / "Qt"
+    if not qt.is_dir() or shutil.which("ldd") is None:
+        return
+    keep = {"en-US.pak", "qt_en.qm", "qtbase_en.qm"}
+    for path in (qt / "translations").rglob("*"):
+        if path.is_file() and path.name not in keep:
+            path.unlink()
+    shutil.rmtree(qt / "qml", ignore_errors=True)
+    shutil.rmtree(qt / "plugins" / "qmltooling", ignore_errors=True)
+    loaders = [*pyside.glob("*.so"), *(qt / "libexec").glob("QtWebEngineProcess"),
+               *(qt / "plugins").rglob("*.so")]
+    search = {**os.environ, "LD_LIBRARY_PATH": f"{qt / 'lib'}:{bundle / '_internal'}"}
+    needed: set[str] = set()
+    for path in loaders:
+        linked = subprocess.run(["ldd", str(path)], capture_output=True, text=True,
+                                env=search, check=False).stdout
+        needed |= set(re.findall(r"libQt6\w+\.so\.6", linked))
+    for library in (qt / "lib").glob("libQt6*.so*"):
+        found = re.match(r"libQt6\w+\.so\.6", library.name)
+        if found is not None and found.group(0) not in needed:
+            library.unlink()
 
 
 def _size(folder: Path) -> int:
