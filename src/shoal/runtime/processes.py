@@ -198,18 +198,17 @@ class Processes:
         handle, child = await self._start(command, args or [], options)
         assert child.stdout is not None and child.stderr is not None and child.stdin
         child.stdin.close()
+        readers = [asyncio.ensure_future(_read_capped(child.stdout)),
+                   asyncio.ensure_future(_read_capped(child.stderr))]
         try:
-            out, err = await asyncio.wait_for(asyncio.gather(
-                _read_capped(child.stdout), _read_capped(child.stderr)), timeout)
+            out, err = await asyncio.wait_for(asyncio.gather(*readers), timeout)
             code = await child.wait()
         except TimeoutError:
-            _kill(child, signal.SIGKILL)
-            await child.wait()
+            await _end(child, readers)
             raise BridgeError(f"{command}: still running after {timeout} s; killed",
                               code="ETIMEDOUT") from None
         except _TooMuch:
-            _kill(child, signal.SIGKILL)
-            await child.wait()
+            await _end(child, readers)
             raise BridgeError(f"{command}: wrote more than {MAX_EXEC_OUTPUT} bytes; killed "
                               "(use spawn to stream it)", code="E2BIG") from None
         finally:
@@ -266,6 +265,22 @@ async def _read_capped(stream: asyncio.StreamReader) -> bytes:
         if len(out) > MAX_EXEC_OUTPUT:
             raise _TooMuch
     return bytes(out)
+
+
+async def _end(child: asyncio.subprocess.Process, readers: list[asyncio.Future]) -> None:
+    """Kill ``child`` and wait for it, reading its pipes to their end (a reader that
+    stopped halfway holds the pipe open, and the wait with it)."""
+    _kill(child, signal.SIGKILL)
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    assert child.stdout is not None and child.stderr is not None
+
+    async def discard(stream: asyncio.StreamReader) -> None:
+        while await stream.read(CHUNK):
+            pass
+
+    await asyncio.gather(discard(child.stdout), discard(child.stderr), child.wait())
 
 
 def _kill(child: asyncio.subprocess.Process, sig: int) -> None:
