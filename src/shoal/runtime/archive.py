@@ -402,6 +402,8 @@ def capabilities(config: AppConfig, *, has_code: bool) -> list[str]:
         lines.append("run programs: " + ", ".join(p.commands))
     if p.env:
         lines.append("read environment variables: " + ", ".join(p.env))
+    if p.hotkeys:
+        lines.append("notice these keys in any window: " + ", ".join(p.hotkeys))
     plain = {"os": "read facts about this computer (os)", "dns": "look up host names",
              "network": "talk to other peers over the Shoal network",
              "window": "control its window", "dialog": "show file and message dialogs",

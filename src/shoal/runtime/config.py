@@ -84,6 +84,8 @@ class Permissions:
     """Environment variables the page may read (``process.info().env``)."""
     commands: tuple[str, ...] = ()
     """Programs the page may run (``child_process``): names found on PATH, or paths."""
+    hotkeys: tuple[str, ...] = ()
+    """Global key combinations the page is told of (``ctrl+alt+k``)."""
 
     def allows(self, capability: str) -> bool:
         return bool(getattr(self, capability, False))
@@ -270,7 +272,7 @@ class _Reader:
         )
 
     def permissions(self, raw: dict[str, Any]) -> Permissions:
-        allowed = {"fs", "dgram", "invoke", "env", "commands", *SIMPLE_PERMISSIONS}
+        allowed = {"fs", "dgram", "invoke", "env", "commands", "hotkeys", *SIMPLE_PERMISSIONS}
         table = self.table(raw, "permissions", allowed)
         fs = table.get("fs", {})
         if not isinstance(fs, dict):
@@ -305,9 +307,18 @@ class _Reader:
                                                    and not os.path.isabs(command)):
                 raise self.fail(f"permissions.commands[{index}]",
                                 "must be a program name (found on PATH) or an absolute path")
+        from shoal.runtime.hotkeys import canonical, parse_combo
+
+        hotkeys = self.strings(table.get("hotkeys", []), "permissions.hotkeys")
+        for index, combo in enumerate(hotkeys):
+            if parse_combo(combo) is None:
+                raise self.fail(f"permissions.hotkeys[{index}]",
+                                "must be modifiers (ctrl, alt, shift, super) and one key, "
+                                "like ctrl+alt+k or shift+f5")
         flags = {name: self.boolean(table, "permissions", name, False)
                  for name in SIMPLE_PERMISSIONS}
         return Permissions(
+            hotkeys=tuple(canonical(c) for c in hotkeys),
             env=env,
             commands=commands,
             fs_read=self.folders(fs.get("read", []), "permissions.fs.read", write=False),

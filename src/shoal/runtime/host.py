@@ -25,6 +25,7 @@ from shoal.runtime.config import (
     load_config,
 )
 from shoal.runtime.fsapi import BridgeError, FileSystem, PathPolicy
+from shoal.runtime.hotkeys import Hotkeys
 from shoal.runtime.instance import Instance
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
 from shoal.runtime.processes import Processes
@@ -125,8 +126,10 @@ class AppHost:
         invoker = self._invoker = Invoker(functions, permissions.invoke)
         processes = Processes(permissions, policy.data_dir, emit, server.drain,
                               argv=self.argv, exit=self._exit)
-        self._parts = [files, net, datagrams, processes]
-        for part in (files, system, net, datagrams, invoker, processes):
+        hotkeys = Hotkeys(permissions.hotkeys, emit)
+        hotkeys.start()
+        self._parts = [files, net, datagrams, processes, hotkeys]
+        for part in (files, system, net, datagrams, invoker, processes, hotkeys):
             calls.update(part.calls())
         calls["app.launch"] = self._launch
         if self.instance_path is not None:

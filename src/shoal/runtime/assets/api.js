@@ -354,6 +354,22 @@ export const app = {
   },
 };
 
+const MODIFIER_ORDER = ["ctrl", "alt", "shift", "super"];
+function combo(text) {
+  const parts = String(text).toLowerCase().split("+");
+  const key = parts.pop();
+  return [...MODIFIER_ORDER.filter((m) => parts.includes(m)), key].join("+");
+}
+
+export const hotkeys = {
+  // The combinations shoal.toml declares, and whether this session can watch them.
+  list: () => call("hotkeys.list"),
+  on(keys, listener) {
+    const wanted = combo(keys);
+    return on("hotkey", (event) => { if (event.combo === wanted) listener(event); });
+  },
+};
+
 export const dns = {
   lookup: (hostname, options = {}) => call("dns.lookup", hostname, options),
   resolve: (hostname, rrtype = "A") => call("dns.resolve", hostname, rrtype),

@@ -86,6 +86,11 @@ export declare const app: {
   /** A second launch of the app handed its link and arguments to this copy. */
   on(event: "open", listener: (launch: { url: string | null; argv: string[] }) => void): () => void;
 };
+/** Global key combinations declared in `permissions.hotkeys`, e.g. "ctrl+alt+k". */
+export declare const hotkeys: {
+  list(): Promise<{ hotkeys: string[]; available: boolean; reason: string | null }>;
+  on(combo: string, listener: (event: { combo: string }) => void): () => void;
+};
 /** Needs the `dns` permission. */
 export declare const dns: {
   lookup(hostname: string, options?: { family?: 0 | 4 | 6; all?: false }): Promise<{ address: string; family: 4 | 6 }>;
