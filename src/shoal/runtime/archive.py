@@ -463,7 +463,33 @@ def install(path: Path, approve: Callable[[Manifest, AppConfig], None] | None = 
     """Install the archive at ``path``: verified, then approved, then put in place. A newer
     archive of an installed app from the same publisher replaces it; another publisher's
     archive with the same app id is refused, and so is an older version."""
-    manifest = read_manifest(path)
+    first = read_manifest(path)  # the app id, and a bad archive refused early
+    home = installed_root() / first.app_id
+
+    def check(manifest: Manifest, config: AppConfig) -> None:
+        # The manifest that verified with the files, not the first read: the file may
+        # have been replaced in between.
+        if manifest.app_id != first.app_id:
+            raise ArchiveError(f"{path}: changed while it was being installed",
+                               code="EBADMSG")
+        _check_upgrade(path, manifest)
+        if approve is not None:
+            approve(manifest, config)
+
+    manifest = unpack(path, home / "app", check)
+    record = {"name": manifest.name, "version": manifest.version,
+              "publisher": manifest.publisher}
+    with _fresh_file(home / "install.json") as temporary:
+        temporary.write_text(json.dumps(record), encoding="utf-8")
+    scheme = load_config(home / "app").scheme
+    entry = _write_desktop_entry(manifest, home / "app", scheme) if desktop_entry else None
+    return Installed(manifest.app_id, manifest.name, manifest.version, manifest.publisher,
+                     home / "app", entry)
+
+
+def _check_upgrade(path: Path, manifest: Manifest) -> None:
+    """Only the installed app's publisher may replace it, and only with a version at
+    least as new."""
     current = installed(manifest.app_id)
     if current is not None:
         if current.publisher != manifest.publisher:
@@ -476,16 +502,6 @@ def install(path: Path, approve: Callable[[Manifest, AppConfig], None] | None = 
             raise ArchiveError(f"{path}: {manifest.app_id} {current.version} is installed, "
                                f"newer than this archive's {manifest.version}",
                                code="EEXIST")
-    home = installed_root() / manifest.app_id
-    unpack(path, home / "app", approve)
-    record = {"name": manifest.name, "version": manifest.version,
-              "publisher": manifest.publisher}
-    with _fresh_file(home / "install.json") as temporary:
-        temporary.write_text(json.dumps(record), encoding="utf-8")
-    scheme = load_config(home / "app").scheme
-    entry = _write_desktop_entry(manifest, home / "app", scheme) if desktop_entry else None
-    return Installed(manifest.app_id, manifest.name, manifest.version, manifest.publisher,
-                     home / "app", entry)
 
 
 def uninstall(app_id: str) -> Installed:

@@ -165,6 +165,9 @@ class AppHost:
             await self._instance.close()
         for part in self._parts:
             part.close()
+        for part in self._parts:
+            if isinstance(part, Processes):
+                await part.wait_closed()
         if self.server is not None:
             await self.server.close()
         if self.node is not None:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,11 @@ def claim(path: Path) -> int | None:
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = path.parent.lstat()
+    if not stat.S_ISDIR(folder.st_mode) or folder.st_uid != os.getuid() \
+            or folder.st_mode & 0o077:
+        raise ShoalError(f"{path.parent}: not a private folder of this user; the app will "
+                         "not listen for its next launch there", code="EPERM")
     fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

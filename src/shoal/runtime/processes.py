@@ -137,7 +137,9 @@ class Processes:
         if not isinstance(relative, str) or relative.startswith(("/", "\\")) \
                 or ".." in Path(relative).parts:
             raise BridgeError("cwd is a folder inside the app's data folder", code="EINVAL")
-        folder = self.data_dir / relative
+        folder = (self.data_dir / relative).resolve()
+        if not folder.is_relative_to(self.data_dir.resolve()):  # a link out of it
+            raise BridgeError("cwd is a folder inside the app's data folder", code="EINVAL")
         if not folder.is_dir():
             raise BridgeError(f"{relative}: no such folder in the app's data folder",
                               code="ENOENT")
@@ -250,8 +252,14 @@ class Processes:
         """The app is closing: end every program it started (their whole sessions)."""
         for child in list(self._children.values()):
             _kill(child, signal.SIGKILL)
-        for task in list(self._tasks):
-            task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait (a little) for the programs' ends to be read, so that nothing of theirs
+        outlives the event loop."""
+        if self._tasks:
+            _done, late = await asyncio.wait(list(self._tasks), timeout=2)
+            for task in late:
+                task.cancel()
 
 
 class _TooMuch(Exception):
