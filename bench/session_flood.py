@@ -59,7 +59,8 @@ async def _try(node: shoal.Node, target: tuple[str, int], peer_id: str) -> dict:
         return {"delivered": True, "path": delivery.path,
                 "ms": round((time.monotonic() - started) * 1000, 1)}
     except shoal.ShoalError as exc:
-        return {"delivered": False, "error": exc.code}
+        return {"delivered": False, "error": exc.code,
+                "ms": round((time.monotonic() - started) * 1000, 1)}
 
 
 async def newcomers(target: tuple[str, int], peer_id: str, flood_address: str) -> list[dict]:

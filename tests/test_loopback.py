@@ -49,6 +49,21 @@ async def test_introducer_and_two_nodes_exchange_messages_both_ways() -> None:
             assert (message.sender, message.data) == (b.peer_id, big)
 
 
+async def test_a_full_node_refuses_at_once_with_its_own_code() -> None:
+    from shoal.core.config import CoreConfig
+
+    async with _node(config=CoreConfig(max_sessions=1)) as full, _node() as first, \
+            _node() as second:
+        await first.connect(full.address)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(shoal.ShoalError) as refused:
+            await second.connect(full.address)
+            await second.send(full.peer_id, b"let me in", timeout=5)
+        assert refused.value.code == "ECONNREFUSED"
+        assert "holds all the connections it can" in refused.value.message
+        assert asyncio.get_running_loop().time() - started < 1  # not a timeout
+
+
 async def test_unknown_peer_times_out_with_a_typed_error() -> None:
     async with _node(introducer=True) as introducer:
         where = [f"127.0.0.1:{introducer.address[1]}"]

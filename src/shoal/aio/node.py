@@ -446,6 +446,10 @@ class Node:
         for peer in self.peers():
             if peer.connected and peer.address == target:
                 return peer.peer_id
+        refused = self.endpoint.refusals.pop(target, None)
+        if refused is not None:
+            raise DeliveryError(f"{target[0]}:{target[1]} refused the connection: {refused}",
+                                code="ECONNREFUSED")
         raise DeliveryError(f"session with {target[0]}:{target[1]} closed at once",
                             code="ECONNRESET")
 

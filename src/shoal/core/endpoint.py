@@ -147,6 +147,9 @@ class Endpoint:
         self.punches = PunchScheduler(random_bytes)
         self._closed = False
         self.stats: Counter[str] = Counter()
+        self.refusals: dict[Address, str] = {}
+        """Addresses whose node refused a connection because it was full (CLOSE code 4),
+        with the reason it gave; the latest 1,024."""
         self.messages = MessageService()
         self.rendezvous = RendezvousService()
         self.relay = RelayService()
@@ -863,6 +866,10 @@ class Endpoint:
         self._dirty.pop(connection, None)
         self.timers.set(connection, None)
         peer = connection.peer
+        if connection.close_code == CLOSE_BUSY:
+            if len(self.refusals) >= 1024:
+                self.refusals.clear()
+            self.refusals[connection.dialed or connection.address] = reason
         siblings = self._by_peer.get(peer, [])
         if connection in siblings:
             siblings.remove(connection)
