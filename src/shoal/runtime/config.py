@@ -92,6 +92,15 @@ class Permissions:
 
 
 @dataclass(frozen=True, slots=True)
+class MenuItem:
+    """One entry of an application menu: ``id`` reaches the page when it is chosen; an
+    item without a label is a separator."""
+
+    label: str = ""
+    id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class NetworkConfig:
     introducers: tuple[tuple[str, int], ...] = ()
     lan: bool = True
@@ -113,6 +122,8 @@ class AppConfig:
     entry: str = "index.html"
     scheme: str | None = None
     """The app's deep-link scheme (``notes`` for ``notes://...`` links)."""
+    menu: tuple[tuple[str, tuple[MenuItem, ...]], ...] = ()
+    """The window's menus: (title, items), from ``[[menu]]``."""
     cross_origin_isolated: bool = False
     """Serve the pages with COOP and COEP (``SharedArrayBuffer``, precise timers); it
     delays the first paint, and cross-origin resources allowed in ``[csp]`` then need
@@ -224,7 +235,7 @@ class _Reader:
         return folders
 
     def app(self, folder: Path, raw: dict[str, Any]) -> AppConfig:
-        tables = ("app", "window", "permissions", "network", "csp")
+        tables = ("app", "window", "permissions", "network", "csp", "menu")
         for name in raw:
             if name not in tables:
                 raise self.fail(name, "unknown table" + did_you_mean(name, tables))
@@ -269,7 +280,37 @@ class _Reader:
             permissions=self.permissions(raw),
             network=self.network(raw),
             csp=self.csp(raw),
+            menu=self.menu(raw.get("menu", [])),
         )
+
+    def menu(self, raw: Any) -> tuple[tuple[str, tuple[MenuItem, ...]], ...]:
+        """``[[menu]]`` tables: ``title`` and ``items``, each ``{label, id}`` or ``"-"``."""
+        if not isinstance(raw, list) or len(raw) > 10:
+            raise self.fail("menu", "must be up to 10 [[menu]] tables")
+        menus = []
+        for index, table in enumerate(raw):
+            where = f"menu[{index}]"
+            if not isinstance(table, dict) or set(table) - {"title", "items"}:
+                raise self.fail(where, "must be a table with a title and items")
+            title = self.string(table, where, "title")
+            items = table.get("items", [])
+            if not isinstance(items, list) or not 0 < len(items) <= 50:
+                raise self.fail(f"{where}.items", "must be a list of 1 to 50 items")
+            entries = []
+            for number, item in enumerate(items):
+                place = f"{where}.items[{number}]"
+                if item == "-":
+                    entries.append(MenuItem())
+                    continue
+                if not isinstance(item, dict) or set(item) != {"label", "id"} \
+                        or not isinstance(item["label"], str) or not item["label"].strip() \
+                        or not isinstance(item["id"], str) \
+                        or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", item["id"]):
+                    raise self.fail(place, 'must be "-" or { label = "...", id = "..." } '
+                                    "(an id of letters, digits, '_', '.' or '-')")
+                entries.append(MenuItem(item["label"], item["id"]))
+            menus.append((title, tuple(entries)))
+        return tuple(menus)
 
     def permissions(self, raw: dict[str, Any]) -> Permissions:
         allowed = {"fs", "dgram", "invoke", "env", "commands", "hotkeys", *SIMPLE_PERMISSIONS}

@@ -358,6 +358,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         window_config.title, server_url, width=window_config.width,
         height=window_config.height, resizable=window_config.resizable,
         min_size=(window_config.min_width, window_config.min_height),
+        menu=_menus(config, host),
     )
 
     announced: list[bool] = []
@@ -447,6 +448,18 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         raise host.failure
 
 
+def _menus(config: AppConfig, host: _HostThread) -> list[Any]:
+    """The window's menus from ``[[menu]]``: choosing an item tells the pages its id."""
+    from webview.menu import Menu, MenuAction, MenuSeparator
+
+    def chosen(ident: str) -> Callable[[], None]:
+        return lambda: host.emit("window.menu", {"id": ident})
+
+    return [Menu(title, [MenuAction(item.label, chosen(item.id)) if item.label
+                         else MenuSeparator() for item in items])
+            for title, items in config.menu]
+
+
 class _HostThread:
     """The app host on its own asyncio loop and thread, started at most once."""
 
@@ -460,12 +473,19 @@ class _HostThread:
         self._closed = False
         self._loop: Any = None
         self._loop_ready = threading.Event()
+        self._host: Any = None
 
     def start(self, page_origin: str) -> None:
         with self._lock:
             if self._thread.ident is None and not self._closed:
                 self.options["page_origin"] = page_origin
                 self._thread.start()
+
+    def emit(self, event: str, data: dict[str, Any]) -> None:
+        """Send an event to the app's pages, from any thread."""
+        host, loop = self._host, self._loop
+        if host is not None and host.server is not None and loop is not None:
+            loop.call_soon_threadsafe(host.server.emit, event, data)
 
     def stop(self) -> None:
         with self._lock:
@@ -489,7 +509,7 @@ class _HostThread:
         try:
             from shoal.runtime.host import AppHost
 
-            host = AppHost(self.folder, **self.options)
+            host = self._host = AppHost(self.folder, **self.options)
             loop.run_until_complete(host.start())
         except BaseException as exc:  # re-raised on the main thread once the window is gone
             self.failure = exc

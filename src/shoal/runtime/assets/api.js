@@ -324,6 +324,11 @@ export const window = {
   },
   setSize: (width, height) => call("window.setSize", width, height),
   close: () => call("window.close"),
+  // An item of a [[menu]] of shoal.toml was chosen: { id }.
+  on(event, listener) {
+    if (event === "menu") return on("window.menu", listener);
+    throw new ShoalError("EINVAL", `unknown window event: ${event}`);
+  },
 };
 
 export const dialog = {

@@ -1,0 +1,98 @@
+"""The window's menus from [[menu]] in shoal.toml, chosen with the mouse and keyboard on an
+X server of the test's own: the page hears the item's id."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SCRIPT = """import { fs, window } from "shoal:api";
+window.on("menu", async ({ id }) => { await fs.appendFile("menu.txt", id + "\\n"); });
+await fs.writeFile("ready.txt", "1");
+"""
+TOML = """[app]
+name = "Menus"
+id = "test.shoal.menus"
+
+[[menu]]
+title = "File"
+items = [{ label = "Say hello", id = "hello" }, "-", { label = "Export", id = "export" }]
+"""
+
+
+@pytest.fixture
+def display() -> Iterator[str]:
+    number = next(n for n in range(120, 160) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1280x1024x24"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not Path(f"/tmp/.X11-unix/X{number}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f":{number}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _wait_for(path: Path, seconds: float = 30) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never came")
+
+
+def test_a_menu_item_reaches_the_page(tmp_path: Path, display: str) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "shoal.toml").write_text(TOML)
+    (app / "index.html").write_text('<!doctype html><meta charset="utf-8">'
+                                    '<script type="module" src="app.js"></script><p>menus</p>')
+    (app / "app.js").write_text(SCRIPT)
+    data = tmp_path / "data"
+    env = {**os.environ, "DISPLAY": display, "SHOAL_NO_LAN": "1"}
+    env.pop("QT_QPA_PLATFORM", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "run", "--json", "--gui", "qt", str(app),
+         "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, env=env, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["event"] == "ready"
+        _wait_for(data / "ready.txt")
+        window = subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--name",
+                                 "^Menus$"], capture_output=True, text=True, env=env,
+                                timeout=30).stdout.split()[0]
+        # Open "File" at the menu bar's left end, then take its first item by keyboard.
+        subprocess.run(["xdotool", "mousemove", "--window", window, "20", "10", "click", "1",
+                        "sleep", "0.5", "key", "Down", "sleep", "0.2", "key", "Return"],
+                       env=env, check=True, timeout=30)
+        assert _wait_for(data / "menu.txt") == "hello\n"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+
+
+@pytest.mark.parametrize(("menu", "where"), [
+    ('[[menu]]\ntitle = "File"\nitems = []\n', "menu[0].items"),
+    ('[[menu]]\ntitle = "File"\nitems = [{ label = "x", id = "a b" }]\n', "menu[0].items[0]"),
+])
+def test_a_bad_menu_is_one_line(tmp_path: Path, menu: str, where: str) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "shoal.toml").write_text('[app]\nname = "M"\nid = "test.shoal.m"\n' + menu)
+    (app / "index.html").write_text("<!doctype html><p>m</p>")
+    result = subprocess.run([sys.executable, "-m", "shoal.cli.main", "run", "--browser",
+                             str(app)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and where in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
