@@ -96,3 +96,41 @@ def test_a_bad_menu_is_one_line(tmp_path: Path, menu: str, where: str) -> None:
                              str(app)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and where in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_page_of_the_app_opens_in_a_second_window_with_the_bridge(
+        tmp_path: Path, display: str) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "shoal.toml").write_text('[app]\nname = "Windows"\nid = "test.shoal.windows"\n'
+                                    "[permissions]\nwindow = true\n")
+    (app / "index.html").write_text('<!doctype html><meta charset="utf-8">'
+                                    '<script type="module" src="app.js"></script><p>one</p>')
+    (app / "app.js").write_text('import { fs } from "shoal:api";\n'
+                                'await fs.writeFile("first.txt", location.origin);\n'
+                                'window.open("second.html?from=first");\n')
+    (app / "second.html").write_text('<!doctype html><meta charset="utf-8">'
+                                     '<script type="module" src="second.js"></script><p>2</p>')
+    (app / "second.js").write_text('import { fs } from "shoal:api";\n'
+                                   'await fs.writeFile("second.txt", location.origin + " "'
+                                   ' + location.search);\n')
+    data = tmp_path / "data"
+    env = {**os.environ, "DISPLAY": display, "SHOAL_NO_LAN": "1"}
+    env.pop("QT_QPA_PLATFORM", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "run", "--json", "--gui", "qt", str(app),
+         "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, env=env, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["event"] == "ready"
+        origin = _wait_for(data / "first.txt")
+        # The second page reached the bridge from a window of its own, on the same origin.
+        assert _wait_for(data / "second.txt") == f"{origin} ?from=first"
+        windows = subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--name",
+                                  "^Windows$"], capture_output=True, text=True, env=env,
+                                 timeout=30).stdout.split()
+        assert len(windows) == 2
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)

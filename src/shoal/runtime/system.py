@@ -68,6 +68,7 @@ class WindowBackend(Protocol):
     def set_size(self, width: int, height: int) -> None: ...
     def close(self) -> None: ...
     def focus(self) -> None: ...
+    def open_window(self, path: str) -> None: ...
     def open_dialog(self, kind: str, options: dict[str, Any]) -> list[str] | None: ...
     def read_clipboard(self) -> str: ...
     def write_clipboard(self, text: str) -> None: ...
@@ -88,6 +89,9 @@ class BrowserBackend:
 
     def focus(self) -> None:
         return None  # a tab is brought forward by the user
+
+    def open_window(self, path: str) -> None:
+        raise BridgeError("a browser tab opens other tabs itself", code="ENOTSUP")
 
     def open_dialog(self, kind: str, options: dict[str, Any]) -> list[str] | None:
         raise BridgeError("native dialogs need the app window (shoal run without --browser)",
@@ -134,6 +138,7 @@ class System:
             "window.setTitle": self.set_title,
             "window.setSize": self.set_size,
             "window.close": self.close,
+            "window.open": self.open_window,
             "dialog.open": self.dialog_open,
             "dialog.save": self.dialog_save,
             "notification.show": self.notify,
@@ -198,6 +203,18 @@ class System:
     async def close(self) -> None:
         self._require("window")
         self.window.close()
+
+    async def open_window(self, url: str) -> None:
+        """Another window on a page of the app (same origin, same bridge rules)."""
+        self._require("window")
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or f"{parts.scheme}://{parts.netloc}" != self.app_origin:
+            raise BridgeError("only the app's own pages open in a window of their own",
+                              code="EPERM")
+        path = parts.path or "/"
+        self.window.open_window(path + (f"?{parts.query}" if parts.query else ""))
 
     async def dialog_open(self, options: dict[str, Any] | None = None) -> list[str] | None:
         self._require("dialog")

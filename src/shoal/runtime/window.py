@@ -198,12 +198,18 @@ def _module_exists(name: str) -> bool:
     return where is not None and PathFinder.find_spec(module, list(where)) is not None
 
 
+MAX_WINDOWS = 8
+"""Windows one app may have open at once (a page cannot bury the desktop in them)."""
+
+
 class PywebviewBackend:
     """Window calls from the page, carried out on the pywebview window."""
 
     def __init__(self) -> None:
         self.window: Any = None
         self.scheme_handler: Any = None
+        self.opener: Callable[[str], None] | None = None
+        """Opens another window on a path of the app (set once the first is up)."""
 
     def set_title(self, title: str) -> None:
         self.window.set_title(title)
@@ -213,6 +219,13 @@ class PywebviewBackend:
 
     def close(self) -> None:
         self.window.destroy()
+
+    def open_window(self, path: str) -> None:
+        from shoal.runtime.fsapi import BridgeError
+
+        if self.opener is None:
+            raise BridgeError("this webview cannot open another window", code="ENOTSUP")
+        self.opener(path)
 
     def focus(self) -> None:
         """Bring the window forward (a second launch of the app asked for it)."""
@@ -431,6 +444,43 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         after_load(address_within(window, ADDRESS_WAIT),
                    window.native.load_url if native else window.load_url)
 
+    handlers: list[Any] = []  # each window's scheme handler, alive as long as it is
+
+    def open_window(path: str) -> None:
+        # Any thread. Another window on the same origin and bridge, guarded as the first.
+        from shoal.runtime.fsapi import BridgeError
+
+        if len(webview.windows) >= MAX_WINDOWS:
+            raise BridgeError(f"{MAX_WINDOWS} windows are open already", code="EAGAIN")
+        url = (f"{ORIGIN}{path}#shoal={secret}&bridge={bridge}" if shown["origin"] == ORIGIN
+               else f"http://{bridge}{path}#shoal={secret}")
+        extra = webview.create_window(
+            window_config.title, url, width=window_config.width,
+            height=window_config.height, resizable=window_config.resizable,
+            min_size=(window_config.min_width, window_config.min_height),
+            menu=_menus(config, host))
+
+        def prepare() -> None:
+            if shown.get("renderer") == "gtkwebkit2":
+                from shoal.runtime.gtkwindow import guard_window, web_view
+
+                view = web_view(extra.native)
+                if view is not None:
+                    guard_window(view, shown["origin"], leave)
+                return
+            profile = getattr(extra.native, "profile", None)
+            view = getattr(extra.native, "webview", None)
+            if shown["origin"] != ORIGIN or profile is None or view is None:
+                return
+            handler = scheme_handler(config, listener.getsockname()[1], dev=dev)
+            handlers.append(handler)
+            profile.installUrlSchemeHandler(SCHEME, handler)
+            keep_navigation_on_app(view.page(), leave)
+            view.page().setWebChannel(None)
+
+        extra.events.before_show += prepare
+
+    backend.opener = open_window
     host.on_failure = lambda: window.destroy()
     window.events.initialized += initialized
     window.events.before_show += before_show

@@ -459,6 +459,13 @@ globalThis.open = (url, ...rest) => {
     openOutside(new URL(url, location.href).href);
     return null;
   }
+  if (url) {
+    // A page of the app: in a native window, another Shoal window (same bridge rules);
+    // in a browser tab (ENOTSUP) or without the window permission, as the browser would.
+    const page = new URL(url, location.href).href;
+    call("window.open", page).catch(() => openWindow.call(globalThis, page, ...rest));
+    return null;
+  }
   return openWindow.call(globalThis, url, ...rest);
 };
 
