@@ -21,6 +21,26 @@ CHROMIUM = "/usr/bin/chromium"
 """Debian's Chromium: the browser the browser tests drive."""
 
 
+@pytest.fixture
+def display() -> Iterator[str]:
+    """An X server of the test's own (Xvfb): its display name, for DISPLAY."""
+    import subprocess
+    import time
+    from pathlib import Path
+
+    number = next(n for n in range(90, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1280x1024x24"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not Path(f"/tmp/.X11-unix/X{number}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f":{number}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Chromium through Playwright, one per test module."""

@@ -8,11 +8,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import pytest
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -27,21 +24,6 @@ document.body.dataset.ready = "true";
 """
 PRESS = ["xdotool", "key", "--delay", "100", "ctrl+alt+k", "ctrl+j", "k", "ctrl+alt+k"]
 """Keys pressed on the display as a person would (XTEST), from another client."""
-
-
-@pytest.fixture
-def display() -> Iterator[str]:
-    number = next(n for n in range(90, 120) if not Path(f"/tmp/.X11-unix/X{n}").exists())
-    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "800x600x24"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{number}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f":{number}"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def _app(folder: Path, hotkeys: str) -> Path:

@@ -3,6 +3,7 @@ X server of the test's own: the page hears the item's id."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,19 +29,23 @@ items = [{ label = "Say hello", id = "hello" }, "-", { label = "Export", id = "e
 """
 
 
-@pytest.fixture
-def display() -> Iterator[str]:
-    number = next(n for n in range(120, 160) if not Path(f"/tmp/.X11-unix/X{n}").exists())
-    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1280x1024x24"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{number}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+@contextlib.contextmanager
+def _in_window(app: Path, data: Path, display: str) -> Iterator[dict[str, str]]:
+    """``shoal run APP`` in a Qt window on ``display``, once it says it is ready: the
+    environment (for xdotool) while it runs, stopped afterwards with its session."""
+    env = {**os.environ, "DISPLAY": display, "SHOAL_NO_LAN": "1"}
+    env.pop("QT_QPA_PLATFORM", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "run", "--json", "--gui", "qt", str(app),
+         "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, env=env, start_new_session=True)
     try:
-        yield f":{number}"
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["event"] == "ready"
+        yield env
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
 
 
 def _wait_for(path: Path, seconds: float = 30) -> str:
@@ -60,15 +65,7 @@ def test_a_menu_item_reaches_the_page(tmp_path: Path, display: str) -> None:
                                     '<script type="module" src="app.js"></script><p>menus</p>')
     (app / "app.js").write_text(SCRIPT)
     data = tmp_path / "data"
-    env = {**os.environ, "DISPLAY": display, "SHOAL_NO_LAN": "1"}
-    env.pop("QT_QPA_PLATFORM", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shoal.cli.main", "run", "--json", "--gui", "qt", str(app),
-         "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True, env=env, start_new_session=True)
-    try:
-        assert process.stdout is not None
-        assert json.loads(process.stdout.readline())["event"] == "ready"
+    with _in_window(app, data, display) as env:
         _wait_for(data / "ready.txt")
         window = subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--name",
                                  "^Menus$"], capture_output=True, text=True, env=env,
@@ -78,9 +75,6 @@ def test_a_menu_item_reaches_the_page(tmp_path: Path, display: str) -> None:
                         "sleep", "0.5", "key", "Down", "sleep", "0.2", "key", "Return"],
                        env=env, check=True, timeout=30)
         assert _wait_for(data / "menu.txt") == "hello\n"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
 
 
 @pytest.mark.parametrize(("menu", "where"), [
@@ -115,15 +109,7 @@ def test_a_page_of_the_app_opens_in_a_second_window_with_the_bridge(
                                    'await fs.writeFile("second.txt", location.origin + " "'
                                    ' + location.search);\n')
     data = tmp_path / "data"
-    env = {**os.environ, "DISPLAY": display, "SHOAL_NO_LAN": "1"}
-    env.pop("QT_QPA_PLATFORM", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shoal.cli.main", "run", "--json", "--gui", "qt", str(app),
-         "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True, env=env, start_new_session=True)
-    try:
-        assert process.stdout is not None
-        assert json.loads(process.stdout.readline())["event"] == "ready"
+    with _in_window(app, data, display) as env:
         origin = _wait_for(data / "first.txt")
         # The second page reached the bridge from a window of its own, on the same origin.
         assert _wait_for(data / "second.txt") == f"{origin} ?from=first"
@@ -131,6 +117,3 @@ def test_a_page_of_the_app_opens_in_a_second_window_with_the_bridge(
                                   "^Windows$"], capture_output=True, text=True, env=env,
                                  timeout=30).stdout.split()
         assert len(windows) == 2
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)

@@ -769,11 +769,10 @@ def _approver(output: Output, yes: bool) -> Callable[[Any, Any], None]:
     from shoal.runtime import archive
 
     def approve(manifest: Any, config: Any) -> None:
-        lines = archive.capabilities(config, has_code=(config.root / "app.py").is_file())
+        lines = archive.capabilities(config)
         digest = archive.approval_digest(manifest, lines)
-        granted = _grants()
-        if yes or granted.get(manifest.app_id) == digest:
-            _remember_grant(manifest.app_id, digest)
+        if yes or archive.granted(manifest.app_id, digest):
+            archive.remember_grant(manifest.app_id, digest)
             return
         output.event("asks", f"{printable(manifest.name)} {printable(manifest.version)} "
                      f"(publisher {manifest.publisher[:16]}…) asks to:\n"
@@ -785,34 +784,9 @@ def _approver(output: Output, yes: bool) -> Callable[[Any, Any], None]:
                              code="EPERM")
         if not click.confirm("Allow?", default=False):
             raise ShoalError("not granted", code="EPERM")
-        _remember_grant(manifest.app_id, digest)
+        archive.remember_grant(manifest.app_id, digest)
 
     return approve
-
-
-def _grants_path() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_state_dir("shoal")) / "grants.json"
-
-
-def _grants() -> dict[str, str]:
-    try:
-        body = json.loads(_grants_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _remember_grant(app_id: str, digest: str) -> None:
-    grants = _grants()
-    grants[app_id] = digest
-    path = _grants_path()
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(grants), encoding="utf-8")
-        os.replace(temporary, path)
 
 
 def _app_options(func: Callable[..., Any]) -> Callable[..., Any]:

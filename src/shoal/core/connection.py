@@ -276,10 +276,10 @@ class Connection:
         self.undecided = False
         """A second connection with the peer, kept aside until the peer confirms it."""
         self.path_changed = False
+        """The current path changed and the services have not been told yet."""
         self.path_failing = False
         """Set when the direct path went silent with packets in flight (for the endpoint
         to offer a relay as another path); the endpoint clears it."""
-        """The current path changed and the services have not been told yet."""
         self.drop_reason = ""
         self.closed = False
         self.close_reason = ""

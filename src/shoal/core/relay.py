@@ -5,12 +5,13 @@ A relaying node admits a packet from ``source`` to ``target`` only while ``sourc
 under its byte rate (``relay_bytes_per_second``, a two-second burst), under its count of
 distinct targets, and the node under its total count of relayed pairs. The node also
 relays at most ``relay_total_bytes_per_second`` in all, beyond what each source may send
-anyway (``LIGHT_RATE``): relaying costs a decryption, an encryption and a send per packet, and a
-few heavy sources must not spend the CPU that everyone's traffic needs. When the node is
-full, room is made in this order: pairs idle for longer than the idle timeout or whose
-ends went away are forgotten; then, so that the budget is shared fairly, the least
-recently used pair of the source holding the most pairs goes, if that source holds at
-least two more than the newcomer. A source never loses a pair to one that holds as many.
+anyway (``LIGHT_RATE``): relaying costs a decryption, an encryption and a send per
+packet, and a few heavy sources must not spend the CPU that everyone's traffic needs.
+When the node is full, room is made in this order: pairs idle for longer than the idle
+timeout or whose ends went away are forgotten; then, so that the budget is shared
+fairly, the least recently used pair of the source holding the most pairs goes, if that
+source holds at least two more than the newcomer. A source never loses a pair to one
+that holds as many.
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ class KeyedBuckets:
                 self._buckets.clear()
             bucket = self._buckets[key] = TokenBucket(self.burst, now)
         return bucket.take(amount, self.rate, self.burst, now)
-
 
 
 class RelayQuotas:

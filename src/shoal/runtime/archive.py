@@ -35,6 +35,7 @@ from typing import Any
 from shoal.errors import ShoalError
 from shoal.identity import Identity, peer_id_to_bytes, verify_signature
 from shoal.runtime.config import APP_CODE, CONFIG_NAME, AppConfig, check_app_code, load_config
+from shoal.runtime.statefile import read_record, write_record
 
 FORMAT = 1
 SUFFIX = ".shoal"
@@ -240,9 +241,9 @@ def _verified_manifest(archive: zipfile.ZipFile, where: Path) -> Manifest:
             publisher=publisher,
             files={_text(p): (int(f["size"]), _text(f["sha256"])) for p, f in files.items()},
         )
-    except (ValueError, KeyError, TypeError, AttributeError, ShoalError) as exc:
-        if isinstance(exc, ArchiveError):
-            raise
+    except ArchiveError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, ShoalError):
         raise ArchiveError(f"{where}: its manifest is malformed", code="EBADMSG") from None
     if not verify_signature(publisher_key, SIGNING_CONTEXT + raw, signature):
         raise ArchiveError(f"{where}: the signature does not match its contents "
@@ -386,11 +387,11 @@ def _swap_into(staging: Path, destination: Path) -> None:
 # ------------------------------------------------------------------------- capabilities
 
 
-def capabilities(config: AppConfig, *, has_code: bool) -> list[str]:
+def capabilities(config: AppConfig) -> list[str]:
     """What the app may do on this machine, one line each, for a person to approve."""
     p = config.permissions
     lines = []
-    if has_code:
+    if (config.root / APP_CODE).is_file():
         lines.append(f"runs its own Python code ({APP_CODE}) with your user's rights")
     if p.invoke:
         lines.append("page calls Python functions: " + ", ".join(p.invoke))
@@ -421,6 +422,26 @@ def approval_digest(manifest: Manifest, lines: list[str]) -> str:
     """What a person approved: this publisher's app asking for exactly these things."""
     body = json.dumps([manifest.app_id, manifest.publisher, lines]).encode()
     return hashlib.sha256(body).hexdigest()
+
+
+def _grants_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("shoal")) / "grants.json"
+
+
+def granted(app_id: str, digest: str) -> bool:
+    """Whether the user granted exactly this (an ``approval_digest``) to ``app_id``."""
+    return read_record(_grants_path()).get(app_id) == digest
+
+
+def remember_grant(app_id: str, digest: str) -> None:
+    """Note that the user granted ``digest`` to ``app_id`` (it replaces earlier grants)."""
+    path = _grants_path()
+    grants = read_record(path)
+    if grants.get(app_id) != digest:
+        grants[app_id] = digest
+        write_record(path, grants)
 
 
 # ------------------------------------------------------------------------- installing

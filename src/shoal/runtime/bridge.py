@@ -179,14 +179,11 @@ class AppServer:
         elif request.method == "OPTIONS":
             response = Response.text(405, "method not allowed\n")
         elif request.path == API_PATH:
-            response = Response(body=asset("api.js").encode(),
-                                headers={"Content-Type": "text/javascript; charset=utf-8"})
+            response = _script(asset("api.js"))
         elif request.path == DEV_PATH and self.dev:
-            response = Response(body=asset("dev.js").encode(),
-                                headers={"Content-Type": "text/javascript; charset=utf-8"})
+            response = _script(asset("dev.js"))
         elif request.path == TEST_MODULE_PATH:
-            response = Response(body=asset("test.js").encode(),
-                                headers={"Content-Type": "text/javascript; charset=utf-8"})
+            response = _script(asset("test.js"))
         elif request.path.startswith("/_shoal/test") and self.tests is not None:
             response = self._test_runner(request.path)
         elif request.path == TYPES_PATH:
@@ -202,12 +199,9 @@ class AppServer:
             return Response(body=html.encode(),
                             headers={"Content-Type": "text/html; charset=utf-8"})
         if path == TEST_RUNNER_PATH:
-            return Response(body=asset("test-run.js").encode(),
-                            headers={"Content-Type": "text/javascript; charset=utf-8"})
+            return _script(asset("test-run.js"))
         if path == TEST_LIST_PATH:
-            listing = f"export default {json.dumps(list(self.tests or ()))};\n"
-            return Response(body=listing.encode(),
-                            headers={"Content-Type": "text/javascript; charset=utf-8"})
+            return _script(f"export default {json.dumps(list(self.tests or ()))};\n")
         return Response.text(404, "not found\n")
 
     def _file(self, request: Request) -> Response:
@@ -277,6 +271,11 @@ class AppServer:
         session = _BridgeSession(self.calls, ws, forget=self._sessions.discard)
         self._sessions.add(session)
         return session
+
+
+def _script(text: str) -> Response:
+    """A JavaScript module of Shoal's own."""
+    return Response(body=text.encode(), headers={"Content-Type": "text/javascript; charset=utf-8"})
 
 
 class _BridgeSession:

@@ -65,6 +65,7 @@ class AppHost:
         self.instance_path = instance
         self.launch_url = launch_url
         self._instance: Instance | None = None
+        self._processes: Processes | None = None
         self.exited = asyncio.Event()
         """Set when the page called ``process.exit``; ``exit_code`` is its code."""
         self.exit_code = 0
@@ -124,8 +125,9 @@ class AppHost:
         net = Network(self.node, permissions.network, emit)
         datagrams = Datagrams(permissions.dgram, emit)
         invoker = self._invoker = Invoker(functions, permissions.invoke)
-        processes = Processes(permissions, policy.data_dir, emit, server.drain,
-                              argv=self.argv, exit=self._exit)
+        processes = self._processes = Processes(permissions, policy.data_dir, emit,
+                                                server.drain, argv=self.argv,
+                                                exit=self._exit)
         hotkeys = Hotkeys(permissions.hotkeys, emit)
         hotkeys.start()
         self._parts = [files, net, datagrams, processes, hotkeys]
@@ -165,9 +167,8 @@ class AppHost:
             await self._instance.close()
         for part in self._parts:
             part.close()
-        for part in self._parts:
-            if isinstance(part, Processes):
-                await part.wait_closed()
+        if self._processes is not None:
+            await self._processes.wait_closed()
         if self.server is not None:
             await self.server.close()
         if self.node is not None:

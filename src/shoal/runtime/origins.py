@@ -9,11 +9,10 @@ the launch runs. The same app on the same port keeps its storage.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import secrets
 from pathlib import Path
+
+from shoal.runtime.statefile import read_record, write_record
 
 LEDGER_NAME = "origins.json"
 MAX_ENTRIES = 4096
@@ -32,19 +31,10 @@ def claim(origin: str, app_id: str, path: Path | None = None) -> bool:
     """Record that ``app_id`` now serves ``origin``; True when the browser's storage for
     it must be cleared first (another app, or nothing known, served it before)."""
     path = path or ledger_path()
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(entries, dict):
-            entries = {}
-    except (OSError, ValueError):
-        entries = {}
+    entries = read_record(path)
     previous = entries.pop(origin, None)
     entries[origin] = app_id  # most recent last; the oldest go first when full
     while len(entries) > MAX_ENTRIES:
         entries.pop(next(iter(entries)))
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-        temporary.write_text(json.dumps(entries), encoding="utf-8")
-        os.replace(temporary, path)
+    write_record(path, entries)
     return previous != app_id

@@ -179,6 +179,7 @@ def _lowercase_safe_source(source: str) -> str:
 
 
 @functools.cache
+@functools.cache
 def asset(name: str) -> str:
     """One of the runtime's own files (``api.js``, ``shoal.d.ts``)."""
     return asset_path(name).read_text(encoding="utf-8")

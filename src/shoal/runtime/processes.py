@@ -17,13 +17,12 @@ import os
 import shutil
 import signal
 import socket
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from shoal.runtime.bridge import BridgeError
-from shoal.runtime.system import ARCHES, PLATFORMS
+from shoal.runtime.system import platform_and_arch
 
 MAX_CHILDREN = 16
 """Programs one app may have running at once."""
@@ -101,12 +100,9 @@ class Processes:
 
     async def info(self) -> dict[str, Any]:
         """The app's arguments, platform, process id and declared environment."""
-        import platform
-
         return {
             "argv": list(self.argv),
-            "platform": PLATFORMS.get(sys.platform, sys.platform),
-            "arch": ARCHES.get(platform.machine().lower(), platform.machine().lower()),
+            **platform_and_arch(),
             "pid": os.getpid(),
             "env": {name: os.environ[name] for name in self.permissions.env
                     if name in os.environ},
@@ -134,11 +130,12 @@ class Processes:
     def _cwd(self, options: dict[str, Any]) -> Path:
         """The program's working folder: the app's data folder, or a folder inside it."""
         relative = options.get("cwd", ".")
-        if not isinstance(relative, str) or relative.startswith(("/", "\\")) \
-                or ".." in Path(relative).parts:
-            raise BridgeError("cwd is a folder inside the app's data folder", code="EINVAL")
-        folder = (self.data_dir / relative).resolve()
-        if not folder.is_relative_to(self.data_dir.resolve()):  # a link out of it
+        # Resolved, links included: an absolute path, "..", or a link out all land outside.
+        try:
+            folder = (self.data_dir / relative).resolve()
+        except (TypeError, ValueError):  # not a string, or a NUL in it
+            folder = None
+        if folder is None or not folder.is_relative_to(self.data_dir.resolve()):
             raise BridgeError("cwd is a folder inside the app's data folder", code="EINVAL")
         if not folder.is_dir():
             raise BridgeError(f"{relative}: no such folder in the app's data folder",
@@ -186,9 +183,7 @@ class Processes:
             code = await child.wait()
         finally:
             self._children.pop(handle, None)
-        self._emit("child_process.exit", {
-            "id": handle, "code": code if code >= 0 else None,
-            "signal": signal.Signals(-code).name if code < 0 else None})
+        self._emit("child_process.exit", {"id": handle, **_ending(code)})
 
     async def exec(self, command: str, args: Any = None, options: Any = None) -> dict[str, Any]:
         """Run ``command`` to its end (or ``options.timeout`` seconds, default 30):
@@ -215,9 +210,8 @@ class Processes:
                               "(use spawn to stream it)", code="E2BIG") from None
         finally:
             self._children.pop(handle, None)
-        return {"code": code if code >= 0 else None,
-                "signal": signal.Signals(-code).name if code < 0 else None,
-                "stdout": out.decode("utf-8", "replace"), "stderr": err.decode("utf-8", "replace")}
+        return {**_ending(code), "stdout": out.decode("utf-8", "replace"),
+                "stderr": err.decode("utf-8", "replace")}
 
     async def write(self, handle: int, data: bytes | str | None) -> None:
         """Write to a spawned program's stdin; ``None`` closes it."""
@@ -260,6 +254,14 @@ class Processes:
             _done, late = await asyncio.wait(list(self._tasks), timeout=2)
             for task in late:
                 task.cancel()
+
+
+def _ending(returncode: int) -> dict[str, Any]:
+    """``{code, signal}`` of a program that ended: its exit code, or the signal that
+    killed it (asyncio's negative return code)."""
+    if returncode < 0:
+        return {"code": None, "signal": signal.Signals(-returncode).name}
+    return {"code": returncode, "signal": None}
 
 
 class _TooMuch(Exception):

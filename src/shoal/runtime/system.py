@@ -25,8 +25,8 @@ EXTERNAL_INTERVAL = 2.0
 """Links opened in the system browser: ``EXTERNAL_BURST`` at once, then one per
 ``EXTERNAL_INTERVAL`` seconds; past that they are refused (``EAGAIN``)."""
 
-PLATFORMS = {"linux": "linux", "darwin": "darwin", "win32": "win32"}
-ARCHES = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64",
+_PLATFORMS = {"linux": "linux", "darwin": "darwin", "win32": "win32"}
+_ARCHES = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64",
            "i386": "ia32", "i686": "ia32", "armv7l": "arm"}
 
 
@@ -59,6 +59,13 @@ class ExternalOpener:
 EXTERNAL = ExternalOpener()
 """The process's one opener: ``shell.openExternal`` and the window's navigations away
 from the app share its budget."""
+
+
+def platform_and_arch() -> dict[str, str]:
+    """This machine's OS and CPU, spelled as Node.js spells them (``linux``, ``x64``)."""
+    machine = platform.machine().lower()
+    return {"platform": _PLATFORMS.get(sys.platform, sys.platform),
+            "arch": _ARCHES.get(machine, machine)}
 
 
 class WindowBackend(Protocol):
@@ -159,8 +166,7 @@ class System:
         memory = psutil.virtual_memory()
         frequency = psutil.cpu_freq()
         return {
-            "platform": PLATFORMS.get(sys.platform, sys.platform),
-            "arch": ARCHES.get(platform.machine().lower(), platform.machine().lower()),
+            **platform_and_arch(),
             "hostname": socket.gethostname(),
             "release": platform.release(),
             "totalmem": memory.total,

@@ -207,7 +207,6 @@ class PywebviewBackend:
 
     def __init__(self) -> None:
         self.window: Any = None
-        self.scheme_handler: Any = None
         self.opener: Callable[[str], None] | None = None
         """Opens another window on a path of the app (set once the first is up)."""
 
@@ -367,12 +366,38 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     import webview
 
     window_config = config.window
-    window = backend.window = webview.create_window(
-        window_config.title, server_url, width=window_config.width,
-        height=window_config.height, resizable=window_config.resizable,
-        min_size=(window_config.min_width, window_config.min_height),
-        menu=_menus(config, host),
-    )
+
+    def create(url: str) -> Any:
+        return webview.create_window(
+            window_config.title, url, width=window_config.width,
+            height=window_config.height, resizable=window_config.resizable,
+            min_size=(window_config.min_width, window_config.min_height),
+            menu=_menus(config, host))
+
+    def url_of(path: str) -> str:
+        """A page of the app as a window loads it, with the launch secret."""
+        if shown["origin"] == ORIGIN:
+            return f"{ORIGIN}{path}#shoal={secret}&bridge={bridge}"
+        return f"http://{bridge}{path}#shoal={secret}"
+
+    handlers: list[Any] = []  # each window's scheme handler, alive as long as it is
+
+    def guard_qt(native: Any) -> Any:
+        """GUI thread, before a Qt window shows: the app's scheme on its profile, the
+        navigation guard, and no pywebview channel. The view, or None for a pywebview
+        unlike this one."""
+        profile = getattr(native, "profile", None)
+        view = getattr(native, "webview", None)
+        if profile is None or view is None:
+            return None
+        handlers.append(scheme_handler(config, listener.getsockname()[1], dev=dev))
+        profile.installUrlSchemeHandler(SCHEME, handlers[-1])
+        keep_navigation_on_app(view.page(), leave)
+        # pywebview's own bridge would be a second way into Python, outside the policy.
+        view.page().setWebChannel(None)
+        return view
+
+    window = backend.window = create(server_url)
 
     announced: list[bool] = []
 
@@ -393,7 +418,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         shown["renderer"] = renderer
         if own_scheme and renderer == "qtwebengine":
             shown["origin"] = ORIGIN
-            shown["url"] = window.real_url = f"{ORIGIN}/#shoal={secret}&bridge={bridge}"
+            shown["url"] = window.real_url = url_of("/")
         else:
             host.start(shown["origin"])
 
@@ -409,18 +434,12 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                 shown["loads"] = "gui"
         if shown["origin"] != ORIGIN:
             return
-        profile = getattr(window.native, "profile", None)
-        view = getattr(window.native, "webview", None)
-        if profile is None or view is None:  # a pywebview unlike this one: use the server
+        view = guard_qt(window.native)
+        if view is None:  # a pywebview unlike this one: use the server
             shown.update(origin=f"http://{bridge}", url=server_url)
             host.start(shown["origin"])
             window.native.load_url(server_url)
             return
-        backend.scheme_handler = scheme_handler(config, listener.getsockname()[1], dev=dev)
-        profile.installUrlSchemeHandler(SCHEME, backend.scheme_handler)
-        keep_navigation_on_app(view.page(), leave)
-        # pywebview's own bridge would be a second way into Python, outside the policy.
-        view.page().setWebChannel(None)
 
         def page_loaded() -> None:
             # The GUI thread: nothing here waits on another thread. pywebview's load_url
@@ -444,21 +463,13 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         after_load(address_within(window, ADDRESS_WAIT),
                    window.native.load_url if native else window.load_url)
 
-    handlers: list[Any] = []  # each window's scheme handler, alive as long as it is
-
     def open_window(path: str) -> None:
         # Any thread. Another window on the same origin and bridge, guarded as the first.
         from shoal.runtime.fsapi import BridgeError
 
         if len(webview.windows) >= MAX_WINDOWS:
             raise BridgeError(f"{MAX_WINDOWS} windows are open already", code="EAGAIN")
-        url = (f"{ORIGIN}{path}#shoal={secret}&bridge={bridge}" if shown["origin"] == ORIGIN
-               else f"http://{bridge}{path}#shoal={secret}")
-        extra = webview.create_window(
-            window_config.title, url, width=window_config.width,
-            height=window_config.height, resizable=window_config.resizable,
-            min_size=(window_config.min_width, window_config.min_height),
-            menu=_menus(config, host))
+        extra = create(url_of(path))
 
         def prepare() -> None:
             if shown.get("renderer") == "gtkwebkit2":
@@ -467,16 +478,8 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                 view = web_view(extra.native)
                 if view is not None:
                     guard_window(view, shown["origin"], leave)
-                return
-            profile = getattr(extra.native, "profile", None)
-            view = getattr(extra.native, "webview", None)
-            if shown["origin"] != ORIGIN or profile is None or view is None:
-                return
-            handler = scheme_handler(config, listener.getsockname()[1], dev=dev)
-            handlers.append(handler)
-            profile.installUrlSchemeHandler(SCHEME, handler)
-            keep_navigation_on_app(view.page(), leave)
-            view.page().setWebChannel(None)
+            elif shown["origin"] == ORIGIN:
+                guard_qt(extra.native)
 
         extra.events.before_show += prepare
 

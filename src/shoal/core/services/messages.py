@@ -17,8 +17,8 @@ reassembles by (channel, id) and hands messages to the application in id order, 
 once.
 
 Memory. Partly received messages, and whole ones waiting for an earlier one, count
-their bytes plus a fixed overhead per fragment and per message, against a per-connection and a
-node-wide budget. The node's budget is shared: when it is spent, the connection holding
+their bytes plus a fixed overhead per fragment and per message, against a per-connection
+and a node-wide budget. The node's budget is shared: when it is spent, the connection holding
 the most is closed to make room for one holding less. A message unfinished for
 ``reassembly_timeout`` closes the connection.
 """

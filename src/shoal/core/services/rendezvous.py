@@ -288,13 +288,12 @@ class RendezvousService(Service):
             del self._punch_tokens[token]
 
     def on_path_changed(self, connection: Connection, now: float) -> None:
+        state = self.peer(connection.peer)
         if connection.path.relayed:
             # Fell back to a relay: keep trying the direct addresses, as for a relayed dial.
-            state = self.peer(connection.peer)
             state.reprobe_at = now + REPROBE_INTERVAL
             self._arm(state)
             return
-        state = self.peer(connection.peer)
         state.addresses.setdefault(connection.address, "connection")
         self._direct(state, now)
         self._arm(state)
