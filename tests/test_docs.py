@@ -51,8 +51,10 @@ def test_the_shoal_toml_in_the_docs_is_valid(tmp_path: Path) -> None:
     (example,) = _blocks(DOCS / "runtime.md", "toml")
     (tmp_path / "shoal.toml").write_text(example)
     (tmp_path / "index.html").write_text("<!doctype html><p>notes")
+    (tmp_path / "icon.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     config = load_config(tmp_path)
     assert config.permissions.shell and config.permissions.invoke == ("search", "export")
+    assert config.tray is not None and [i.id for i in config.tray.items] == ["sync", "", "quit"]
 
 
 def test_the_js_api_in_the_docs_is_what_the_module_exports() -> None:

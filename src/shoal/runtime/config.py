@@ -100,6 +100,52 @@ class MenuItem:
     id: str = ""
 
 
+MAX_MENU_ITEMS = 50
+
+
+class MenuError(ValueError):
+    """A list of menu items is malformed: ``place`` (``"[3]"``, or ``""`` for the list
+    itself) says where, ``reason`` what is wrong."""
+
+    def __init__(self, place: str, reason: str) -> None:
+        super().__init__(f"{place}: {reason}" if place else reason)
+        self.place = place
+        self.reason = reason
+
+
+def menu_items(raw: Any) -> tuple[MenuItem, ...]:
+    """Menu items as ``shoal.toml`` and ``window.contextMenu`` give them: each
+    ``{label, id}``, or ``"-"`` for a separator; 1 to 50 of them."""
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_MENU_ITEMS:
+        raise MenuError("", f"must be a list of 1 to {MAX_MENU_ITEMS} items")
+    entries = []
+    for number, item in enumerate(raw):
+        if item == "-":
+            entries.append(MenuItem())
+            continue
+        if not isinstance(item, dict) or set(item) != {"label", "id"} \
+                or not isinstance(item["label"], str) or not item["label"].strip() \
+                or len(item["label"]) > 200 or not isinstance(item["id"], str) \
+                or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", item["id"]):
+            raise MenuError(f"[{number}]", 'must be "-" or { label = "...", id = "..." } '
+                            "(an id of letters, digits, '_', '.' or '-')")
+        entries.append(MenuItem(item["label"], item["id"]))
+    return tuple(entries)
+
+
+TRAY_ICON_TYPES = frozenset({".png", ".svg", ".ico", ".xpm"})
+
+
+@dataclass(frozen=True, slots=True)
+class TrayConfig:
+    """``[tray]``: an icon in the system tray, with a menu of its own."""
+
+    icon: str
+    """The icon's file, relative to the app folder."""
+    tooltip: str
+    items: tuple[MenuItem, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class NetworkConfig:
     introducers: tuple[tuple[str, int], ...] = ()
@@ -124,6 +170,7 @@ class AppConfig:
     """The app's deep-link scheme (``notes`` for ``notes://...`` links)."""
     menu: tuple[tuple[str, tuple[MenuItem, ...]], ...] = ()
     """The window's menus: (title, items), from ``[[menu]]``."""
+    tray: TrayConfig | None = None
     cross_origin_isolated: bool = False
     """Serve the pages with COOP and COEP (``SharedArrayBuffer``, precise timers); it
     delays the first paint, and cross-origin resources allowed in ``[csp]`` then need
@@ -235,7 +282,7 @@ class _Reader:
         return folders
 
     def app(self, folder: Path, raw: dict[str, Any]) -> AppConfig:
-        tables = ("app", "window", "permissions", "network", "csp", "menu")
+        tables = ("app", "window", "permissions", "network", "csp", "menu", "tray")
         for name in raw:
             if name not in tables:
                 raise self.fail(name, "unknown table" + did_you_mean(name, tables))
@@ -281,6 +328,7 @@ class _Reader:
             network=self.network(raw),
             csp=self.csp(raw),
             menu=self.menu(raw.get("menu", [])),
+            tray=self.tray(folder, raw, name),
         )
 
     def menu(self, raw: Any) -> tuple[tuple[str, tuple[MenuItem, ...]], ...]:
@@ -293,24 +341,30 @@ class _Reader:
             if not isinstance(table, dict) or set(table) - {"title", "items"}:
                 raise self.fail(where, "must be a table with a title and items")
             title = self.string(table, where, "title")
-            items = table.get("items", [])
-            if not isinstance(items, list) or not 0 < len(items) <= 50:
-                raise self.fail(f"{where}.items", "must be a list of 1 to 50 items")
-            entries = []
-            for number, item in enumerate(items):
-                place = f"{where}.items[{number}]"
-                if item == "-":
-                    entries.append(MenuItem())
-                    continue
-                if not isinstance(item, dict) or set(item) != {"label", "id"} \
-                        or not isinstance(item["label"], str) or not item["label"].strip() \
-                        or not isinstance(item["id"], str) \
-                        or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", item["id"]):
-                    raise self.fail(place, 'must be "-" or { label = "...", id = "..." } '
-                                    "(an id of letters, digits, '_', '.' or '-')")
-                entries.append(MenuItem(item["label"], item["id"]))
-            menus.append((title, tuple(entries)))
+            menus.append((title, self.items(table.get("items", []), f"{where}.items")))
         return tuple(menus)
+
+    def items(self, raw: Any, where: str) -> tuple[MenuItem, ...]:
+        try:
+            return menu_items(raw)
+        except MenuError as exc:
+            raise self.fail(where + exc.place, exc.reason) from None
+
+    def tray(self, folder: Path, raw: dict[str, Any], name: str) -> TrayConfig | None:
+        """``[tray]``: an icon file of the app, a tooltip (the app's name unless given)
+        and the icon's menu items."""
+        if "tray" not in raw:
+            return None
+        table = self.table(raw, "tray", {"icon", "tooltip", "items"})
+        icon = self.string(table, "tray", "icon")
+        path = Path(icon)
+        if path.is_absolute() or ".." in path.parts or not (folder / path).is_file() \
+                or path.suffix.lower() not in TRAY_ICON_TYPES:
+            raise self.fail("tray.icon", "must be an image file in the app folder ("
+                            + ", ".join(sorted(TRAY_ICON_TYPES)) + ")")
+        items = self.items(table["items"], "tray.items") if "items" in table else ()
+        return TrayConfig(icon=icon, items=items,
+                          tooltip=self.string(table, "tray", "tooltip", default=name))
 
     def permissions(self, raw: dict[str, Any]) -> Permissions:
         allowed = {"fs", "dgram", "invoke", "env", "commands", "hotkeys", *SIMPLE_PERMISSIONS}

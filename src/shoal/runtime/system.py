@@ -16,9 +16,12 @@ import sys
 import time
 import webbrowser
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal.runtime.fsapi import BridgeError
+
+if TYPE_CHECKING:
+    from shoal.runtime.config import MenuItem
 
 EXTERNAL_BURST = 3
 EXTERNAL_INTERVAL = 2.0
@@ -76,6 +79,7 @@ class WindowBackend(Protocol):
     def close(self) -> None: ...
     def focus(self) -> None: ...
     def open_window(self, path: str) -> None: ...
+    def context_menu(self, items: tuple[MenuItem, ...]) -> str | None: ...
     def open_dialog(self, kind: str, options: dict[str, Any]) -> list[str] | None: ...
     def read_clipboard(self) -> str: ...
     def write_clipboard(self, text: str) -> None: ...
@@ -99,6 +103,9 @@ class BrowserBackend:
 
     def open_window(self, path: str) -> None:
         raise BridgeError("a browser tab opens other tabs itself", code="ENOTSUP")
+
+    def context_menu(self, items: tuple[MenuItem, ...]) -> str | None:
+        raise BridgeError("native context menus need the app window", code="ENOTSUP")
 
     def open_dialog(self, kind: str, options: dict[str, Any]) -> list[str] | None:
         raise BridgeError("native dialogs need the app window (shoal run without --browser)",
@@ -146,6 +153,7 @@ class System:
             "window.setSize": self.set_size,
             "window.close": self.close,
             "window.open": self.open_window,
+            "window.contextMenu": self.context_menu,
             "dialog.open": self.dialog_open,
             "dialog.save": self.dialog_save,
             "notification.show": self.notify,
@@ -221,6 +229,18 @@ class System:
                               code="EPERM")
         path = parts.path or "/"
         self.window.open_window(path + (f"?{parts.query}" if parts.query else ""))
+
+    async def context_menu(self, items: list[Any]) -> str | None:
+        """A native menu of ``items`` at the pointer: the id chosen, or None."""
+        self._require("window")
+        from shoal.runtime.config import MenuError, menu_items
+
+        try:
+            entries = menu_items(items)
+        except MenuError as exc:
+            raise BridgeError(f"items{exc}" if exc.place else f"items {exc}",
+                              code="EINVAL") from None
+        return await asyncio.to_thread(self.window.context_menu, entries)
 
     async def dialog_open(self, options: dict[str, Any] | None = None) -> list[str] | None:
         self._require("dialog")

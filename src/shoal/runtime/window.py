@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shoal.runtime.config import AppConfig
+    from shoal.runtime.config import AppConfig, MenuItem
+    from shoal.runtime.qtdesktop import QtDesktop
 
 HOST_DELAY = 1.0
 """Seconds after the window opens by which the host starts even if the page is still
@@ -209,6 +210,8 @@ class PywebviewBackend:
         self.window: Any = None
         self.opener: Callable[[str], None] | None = None
         """Opens another window on a path of the app (set once the first is up)."""
+        self.desktop: QtDesktop | None = None
+        """Context menus, tray and drops, on QtWebEngine."""
 
     def set_title(self, title: str) -> None:
         self.window.set_title(title)
@@ -225,6 +228,13 @@ class PywebviewBackend:
         if self.opener is None:
             raise BridgeError("this webview cannot open another window", code="ENOTSUP")
         self.opener(path)
+
+    def context_menu(self, items: tuple[MenuItem, ...]) -> str | None:
+        from shoal.runtime.fsapi import BridgeError
+
+        if self.desktop is None:
+            raise BridgeError("this webview has no native context menus", code="ENOTSUP")
+        return self.desktop.popup(items)
 
     def focus(self) -> None:
         """Bring the window forward (a second launch of the app asked for it)."""
@@ -395,6 +405,11 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         keep_navigation_on_app(view.page(), leave)
         # pywebview's own bridge would be a second way into Python, outside the policy.
         view.page().setWebChannel(None)
+        if backend.desktop is None:
+            from shoal.runtime.qtdesktop import QtDesktop
+
+            backend.desktop = QtDesktop(config, host.emit)
+        backend.desktop.attach(view)
         return view
 
     window = backend.window = create(server_url)
@@ -447,6 +462,9 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
             after_load(view.url().toString(), window.native.load_url)
             window.events.loaded.set()  # for pywebview's calls that wait for a load
 
+        why = backend.desktop.show_tray(backend.focus) if backend.desktop else None
+        if why is not None:
+            print(f"shoal: {why}", file=sys.stderr)
         handler = getattr(window.native, "on_load_finished", None)
         if handler is not None and report_loads_plainly(view.page(), handler, page_loaded):
             shown["loads"] = "gui"

@@ -324,9 +324,13 @@ export const window = {
   },
   setSize: (width, height) => call("window.setSize", width, height),
   close: () => call("window.close"),
-  // An item of a [[menu]] of shoal.toml was chosen: { id }.
+  // A native menu at the pointer: items are { label, id } or "-"; the id chosen, or null.
+  contextMenu: (items) => call("window.contextMenu", items),
+  // "menu": an item of a [[menu]] was chosen, { id }. "tray": the [tray] icon was
+  // clicked ({ id: null }) or an item of its menu chosen ({ id }). "drop": files were
+  // dropped on the window, { paths } (apps with file access only).
   on(event, listener) {
-    if (event === "menu") return on("window.menu", listener);
+    if (["menu", "tray", "drop"].includes(event)) return on(`window.${event}`, listener);
     throw new ShoalError("EINVAL", `unknown window event: ${event}`);
   },
 };

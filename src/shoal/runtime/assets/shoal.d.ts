@@ -66,10 +66,18 @@ export interface UdpSocket {
 }
 export declare const dgram: { createSocket(options?: { port?: number; address?: string }): Promise<UdpSocket> };
 
+export type MenuItem = { label: string; id: string } | "-";
 export declare const window: {
   setTitle(title: string): Promise<void>;
   setSize(width: number, height: number): Promise<void>;
   close(): Promise<void>;
+  /** A native menu at the pointer; resolves with the id chosen, or null if dismissed. */
+  contextMenu(items: MenuItem[]): Promise<string | null>;
+  on(event: "menu", listener: (item: { id: string }) => void): () => void;
+  /** `id` is null for a click on the icon itself. */
+  on(event: "tray", listener: (item: { id: string | null }) => void): () => void;
+  /** Files dropped on the window (apps that declare file access only). */
+  on(event: "drop", listener: (drop: { paths: string[] }) => void): () => void;
 };
 export declare const dialog: {
   open(options?: { directory?: boolean; multiple?: boolean }): Promise<string[] | null>;
