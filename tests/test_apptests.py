@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 TESTS = """import { test, assert } from "shoal:test";
 import { invoke, fs } from "shoal:api";
@@ -31,9 +33,14 @@ def _app(tmp_path: Path) -> Path:
     return folder
 
 
-def _test(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _test(folder: Path, *args: str, display: str | None = None
+          ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SHOAL_NO_LAN": "1"}
+    if display is not None:
+        env["DISPLAY"] = display
+        env.pop("QT_QPA_PLATFORM", None)
     return subprocess.run([*SHOAL, "test", str(folder), *args], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "SHOAL_NO_LAN": "1"})
+                          text=True, timeout=120, env=env)
 
 
 def test_a_new_apps_own_js_tests_pass(tmp_path: Path) -> None:
@@ -48,25 +55,58 @@ def test_a_new_apps_own_js_tests_pass(tmp_path: Path) -> None:
 
 
 def test_failures_and_hangs_fail_the_run_with_their_reasons(tmp_path: Path) -> None:
+    _check_failures_and_hangs(_app(tmp_path))
+
+
+ENGINE_TEST = """import { test, assert } from "shoal:test";
+test("runs in %s", () => assert.equal(%s, true));
+"""
+ENGINES = {"qt": ("QtWebEngine", 'navigator.userAgent.includes("QtWebEngine")'),
+           "gtk": ("WebKitGTK", '!navigator.userAgent.includes("Chrome")')}
+
+
+@pytest.mark.parametrize("gui", ["qt", "gtk"])
+def test_the_tests_run_in_the_apps_own_window(tmp_path: Path, display: str, gui: str) -> None:
     folder = _app(tmp_path)
+    result = _test(folder, "--window", "--gui", gui, display=display)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line.split(" # ")[0] for line in result.stdout.splitlines()] == [
+        "TAP version 13", "ok 1 - app.test.js: app.py greets",
+        "ok 2 - app.test.js: the data folder keeps what is written", "1..2", "# pass 2",
+        "# fail 0"]
+    (folder / "engine.test.js").write_text(ENGINE_TEST % ENGINES[gui])
+    _check_failures_and_hangs(folder, "--window", "--gui", gui, display=display,
+                              extra=f"engine.test.js: runs in {ENGINES[gui][0]}")
+
+
+def _check_failures_and_hangs(folder: Path, *args: str, display: str | None = None,
+                              extra: str | None = None) -> None:
+    """The same failing run, in whichever engine ``args`` choose; ``extra``: a test of
+    another file that must pass first."""
     (folder / "app.test.js").unlink()
     (folder / "more").mkdir()
     (folder / "more" / "cases.test.js").write_text(TESTS)
     (folder / "broken.test.js").write_text("import { nothing } from './missing.js';\n")
-    result = _test(folder)
+    result = _test(folder, *args, display=display)
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
+    first = 2 if extra else 1  # the engine's file sorts after broken.test.js
     assert "not ok 1 - broken.test.js: (loading the file)" in out
-    assert "ok 2 - more/cases.test.js: greets through app.py" in out
-    assert 'not ok 3 - more/cases.test.js: fails on purpose' in out
+    if extra:
+        assert f"ok 2 - {extra}" in out
+    assert f"ok {first + 1} - more/cases.test.js: greets through app.py" in out
+    assert f"not ok {first + 2} - more/cases.test.js: fails on purpose" in out
     assert 'expected: "{\\"a\\":2}"' in out and 'actual: "{\\"a\\":1}"' in out
-    assert "not ok 4 - more/cases.test.js: hangs" in out
+    assert f"not ok {first + 3} - more/cases.test.js: hangs" in out
     assert "timed out after 300 ms" in out
-    assert "ok 5 - more/cases.test.js: the wall holds in tests too" in out
-    assert out.rstrip().endswith("1..5\n# pass 2\n# fail 3")
-    events = [json.loads(line) for line in _test(folder, "--json").stdout.splitlines()]
-    assert events[-1] == {"event": "done", "passed": 2, "failed": 3}
-    assert [e["ok"] for e in events if e["event"] == "test"] == [False, True, False, False, True]
+    assert f"ok {first + 4} - more/cases.test.js: the wall holds in tests too" in out
+    passed = 3 if extra else 2
+    assert out.rstrip().endswith(f"1..{first + 4}\n# pass {passed}\n# fail 3")
+    events = [json.loads(line) for line in
+              _test(folder, *args, "--json", display=display).stdout.splitlines()]
+    assert events[-1] == {"event": "done", "passed": passed, "failed": 3}
+    assert [e["ok"] for e in events if e["event"] == "test"] == [
+        False, *([True] if extra else []), True, False, False, True]
 
 
 def test_no_tests_is_one_line(tmp_path: Path) -> None:

@@ -692,10 +692,16 @@ def uninstall(app_id: str, as_json: bool) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="The app's data folder during the tests (default: a temporary one).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--window", is_flag=True,
+              help="Run them in the app's own native window instead of headless Chromium.")
+@click.option("--gui", type=click.Choice(["qt", "gtk"]),
+              help="With --window: QtWebEngine (the default where installed) or WebKitGTK.")
 @_guard
-def test_command(folder: Path, timeout: float, data_dir: Path | None, as_json: bool) -> None:
-    """Run the app's *.test.js files in headless Chromium, against the app's real bridge
-    and permissions, and print TAP (exit status 1 if any test failed).
+def test_command(folder: Path, timeout: float, data_dir: Path | None, as_json: bool,
+                 window: bool, gui: str | None) -> None:
+    """Run the app's *.test.js files in headless Chromium (or, with --window, in the app's
+    native webview), against the app's real bridge and permissions, and print TAP (exit
+    status 1 if any test failed).
 
     \b
     A test file:
@@ -707,8 +713,9 @@ def test_command(folder: Path, timeout: float, data_dir: Path | None, as_json: b
     Examples:
       shoal test notes
       shoal test notes --json
+      shoal test notes --window --gui gtk
     """
-    from shoal.runtime.apptests import run_tests
+    from shoal.runtime.apptests import run_tests, run_tests_in_window
     from shoal.runtime.config import check_app_code, load_config
 
     output = Output(as_json)
@@ -744,9 +751,7 @@ def test_command(folder: Path, timeout: float, data_dir: Path | None, as_json: b
         else:
             click.echo(f"# {printable(text)}")
 
-    async def body() -> int:
-        await run_tests(folder, on_result=on_result, on_problem=on_problem,
-                        data_dir=data_dir, timeout=timeout)
+    def summary() -> int:
         passed = counted["n"] - counted["failed"]
         if as_json:
             output.event("done", f"{passed} passed, {counted['failed']} failed",
@@ -754,6 +759,20 @@ def test_command(folder: Path, timeout: float, data_dir: Path | None, as_json: b
         else:
             click.echo(f"1..{counted['n']}\n# pass {passed}\n# fail {counted['failed']}")
         return 1 if counted["failed"] else 0
+
+    if window:
+        try:
+            run_tests_in_window(folder, on_result=on_result, gui=gui, data_dir=data_dir,
+                                timeout=timeout)
+        except ShoalError as exc:
+            output.error(exc.code, exc.message)
+            sys.exit(EXIT_ERROR)
+        sys.exit(summary())
+
+    async def body() -> int:
+        await run_tests(folder, on_result=on_result, on_problem=on_problem,
+                        data_dir=data_dir, timeout=timeout)
+        return summary()
 
     _run(output, body)
 

@@ -5,21 +5,25 @@ Test files are the app's ``*.test.js`` (outside hidden folders and ``node_module
 imports ``test`` and ``assert`` from ``"shoal:test"`` and whatever it tests from the app or
 ``"shoal:api"``. The host serves the app as ``shoal run --browser`` would (same policy,
 same permissions, a temporary data folder unless one is given) plus a runner page, which
-headless Chromium opens; the runner imports every file, runs the tests in order and hands
-each result to Python.
+headless Chromium opens (``run_tests``) or the app's own native window shows
+(``run_tests_in_window``); the runner imports every file, runs the tests in order and
+hands each result to Python.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from shoal.errors import ShoalError
+from shoal.runtime.fsapi import BridgeError
 from shoal.runtime.pages import TEST_PAGE_PATH
 
 SKIPPED = {"node_modules", "__pycache__"}
@@ -42,6 +46,86 @@ def _chromium() -> str | None:
         if path is not None:
             return path
     return None
+
+
+class TestRun:
+    """One run's results as the runner page reports them: each goes to ``on_result``;
+    ``close`` (set by whoever shows the page) is called once the run is over."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    def __init__(self, on_result: Callable[[dict[str, Any]], None]) -> None:
+        self.on_result = on_result
+        self.results: list[dict[str, Any]] = []
+        self.close: Callable[[], None] = lambda: None
+        self.finished = threading.Event()
+        self._lock = threading.Lock()
+
+    def report(self, result: dict[str, Any]) -> None:
+        with self._lock:
+            if self.finished.is_set():
+                return
+            self.results.append(result)
+            self.on_result(result)
+
+    def finish(self, problem: str | None = None) -> None:
+        """The run is over (``problem``: why it did not end by itself)."""
+        if problem is not None:
+            self.report({"name": "(the run)", "file": "", "ok": False, "ms": 0,
+                         "error": problem})
+        with self._lock:
+            if self.finished.is_set():
+                return
+            self.finished.set()
+        self.close()
+
+    def calls(self) -> dict[str, Callable[..., Any]]:
+        """The runner page's bridge calls."""
+
+        async def report(result: Any) -> None:
+            if not isinstance(result, dict) or not isinstance(result.get("name"), str):
+                raise BridgeError("a test result is an object with a name", code="EINVAL")
+            self.report({"name": result["name"], "file": str(result.get("file", "")),
+                         "ok": result.get("ok") is True, "ms": result.get("ms", 0),
+                         **{key: result[key] for key in ("error", "expected", "actual",
+                                                         "stack") if key in result}})
+
+        async def done() -> None:
+            self.finish()
+
+        return {"test.report": report, "test.done": done}
+
+
+def run_tests_in_window(folder: Path, *, on_result: Callable[[dict[str, Any]], None],
+                        gui: str | None = None, data_dir: Path | None = None,
+                        timeout: float = 300.0) -> list[dict[str, Any]]:
+    """Run the app's tests in its own native window (QtWebEngine or WebKitGTK), on this
+    thread, which the GUI loop takes until the run is over. Returns every result."""
+    from shoal.runtime.window import choose_gui, run_in_window
+
+    files = find_tests(folder)
+    if not files:
+        raise ShoalError(f"{folder}: no test files (*.test.js)", code="ENOENT")
+    can_open, gui, why = choose_gui(gui)
+    if not can_open:
+        raise ShoalError(f"cannot open a window for the tests: {why}", code="ENOTSUP")
+    if gui is None:  # as ``shoal run`` chooses: QtWebEngine where it is installed
+        gui = "qt" if importlib.util.find_spec("PySide6") is not None else "gtk"
+    run = TestRun(on_result)
+    timer = threading.Timer(timeout, run.finish,
+                            args=(f"the tests did not finish within {timeout:g} s",))
+    timer.daemon = True
+    with tempfile.TemporaryDirectory(prefix="shoal-test-") as scratch:
+        timer.start()
+        try:
+            run_in_window(folder, dev=False, data_dir=data_dir or Path(scratch),
+                          on_ready=lambda url: None, gui=gui, tests=tuple(files),
+                          test_run=run)
+        finally:
+            timer.cancel()
+    if not run.finished.is_set():
+        run.finish("the window was closed before the tests finished")
+    return run.results
 
 
 async def run_tests(folder: Path, *, on_result: Callable[[dict[str, Any]], None],

@@ -33,6 +33,7 @@ from shoal.runtime.system import BrowserBackend, System, WindowBackend
 
 if TYPE_CHECKING:
     from shoal.aio.node import Node
+    from shoal.runtime.apptests import TestRun
 
 RELOAD_POLL = 0.3
 
@@ -48,6 +49,7 @@ class AppHost:
                  config: AppConfig | None = None,
                  on_dev: Callable[[str, str], None] | None = None,
                  argv: tuple[str, ...] = (), tests: tuple[str, ...] | None = None,
+                 test_run: TestRun | None = None,
                  instance: Path | None = None, launch_url: str | None = None) -> None:
         """``listener`` and ``secret``: a socket already listening on 127.0.0.1 and the
         launch secret, when the window must know the URL before the host has started.
@@ -56,12 +58,14 @@ class AppHost:
         ``on_dev``: under ``dev``, told ``(kind, line)`` of each reload (``"reload"``)
         and each error (``"error"``), for the terminal.
         ``argv``: the app's own arguments (``process.info().argv``).
-        ``tests``: the app's test files, for ``shoal test`` (see ``apptests``).
+        ``tests``: the app's test files, for ``shoal test`` (see ``apptests``);
+        ``test_run``: hears their results from the runner page over the bridge.
         ``instance``: the socket a second launch hands its deep link to (see
         ``instance``); ``launch_url``: the deep link this launch was opened with."""
         self.folder = folder
         self.argv = argv
         self.tests = tests
+        self.test_run = test_run
         self.instance_path = instance
         self.launch_url = launch_url
         self._instance: Instance | None = None
@@ -137,6 +141,8 @@ class AppHost:
         if self.instance_path is not None:
             self._instance = Instance(self.instance_path, self._opened_again)
             await self._instance.start()
+        if self.tests is not None and self.test_run is not None:
+            calls.update(self.test_run.calls())
         if self.dev:
             calls["dev.report"] = self._page_reported
             self._watcher = asyncio.get_running_loop().create_task(self._watch_files())

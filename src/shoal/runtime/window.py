@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from shoal.runtime.apptests import TestRun
     from shoal.runtime.config import AppConfig, MenuItem
     from shoal.runtime.qtdesktop import QtDesktop
 
@@ -316,8 +317,12 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                   config: AppConfig | None = None,
                   on_dev: Callable[[str, str], None] | None = None,
                   argv: tuple[str, ...] = (), instance: Path | None = None,
-                  launch_url: str | None = None) -> None:
+                  launch_url: str | None = None, tests: tuple[str, ...] | None = None,
+                  test_run: TestRun | None = None) -> None:
     """Open the app in a native window; returns when the window is closed.
+
+    With ``tests`` (the app's test files), the window shows ``shoal test``'s runner page
+    from the app server instead, reports to ``test_run``, and closes when the run is over.
 
     The server's socket and secret exist before the window, so every address is known
     from the start. On QtWebEngine the window shows the app through its own
@@ -353,12 +358,16 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     listener = bind_listener(port)
     secret = secrets.token_urlsafe(32)
     bridge = f"127.0.0.1:{listener.getsockname()[1]}"
-    server_url = f"http://{bridge}/#shoal={secret}"
+    from shoal.runtime.pages import TEST_PAGE_PATH
+
+    server_url = f"http://{bridge}{TEST_PAGE_PATH if tests else '/'}#shoal={secret}"
     # Possible only before Qt's application object exists, so before pywebview picks a
     # renderer; harmless if it picks another. The handler is PySide6 code, so pywebview
     # must drive Qt through PySide6 too (its qtpy layer would prefer PyQt if present).
     own_scheme = (gui in (None, "qt") and os.environ.get("QT_API", "pyside6") == "pyside6"
-                  and register_scheme())
+                  and tests is None and register_scheme())
+    if gui == "qt":  # pywebview's Qt layer would prefer PyQt where both are installed
+        os.environ.setdefault("QT_API", "pyside6")
     if gui in (None, "qt"):  # read when QtWebEngine starts, so before any window
         flags = network_flags(config, listener.getsockname()[1])
         os.environ["QTWEBENGINE_CHROMIUM_FLAGS"] = " ".join(
@@ -372,7 +381,10 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     backend = PywebviewBackend()
     host = _HostThread(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
                        secret=secret, config=config, on_dev=on_dev, argv=argv,
-                       instance=instance, launch_url=launch_url)
+                       instance=instance, launch_url=launch_url, tests=tests,
+                       test_run=test_run)
+    if test_run is not None:
+        test_run.close = lambda: backend.close()
     import webview
 
     window_config = config.window

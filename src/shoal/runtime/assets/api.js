@@ -428,6 +428,12 @@ export const child_process = {
   exec: (command, args = [], options = {}) => call("child_process.exec", command, args, options),
 };
 
+// For the page `shoal test` opens in the app's window: results go to the CLI.
+export const testRunner = {
+  report: (result) => call("test.report", result),
+  done: () => call("test.done"),
+};
+
 export const dev = {
   on: (event, listener) => on(`dev.${event}`, listener),
   report: (text) => call("dev.report", String(text)),

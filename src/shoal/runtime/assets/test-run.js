@@ -1,8 +1,10 @@
-// The page `shoal test` opens: imports each test file, then runs the tests and reports.
+// The page `shoal test` opens: imports each test file, then runs the tests and reports,
+// to the Chromium driving it or, in the app's window, over the bridge.
 import { run } from "shoal:test";
+import { testRunner } from "shoal:api";
 import files from "/_shoal/tests.js";
 
-const report = globalThis.shoalTestReport ?? (async (result) => console.log(JSON.stringify(result)));
+const report = globalThis.shoalTestReport ?? testRunner.report;
 try {
   for (const file of files) {
     globalThis.__shoalTestFile = file;
@@ -15,5 +17,5 @@ try {
   }
   await run(report);
 } finally {
-  await (globalThis.shoalTestDone ?? (async () => {}))();
+  await (globalThis.shoalTestDone ?? testRunner.done)();
 }
