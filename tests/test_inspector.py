@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 import shoal
 from shoal.identity import Identity
 
@@ -106,3 +108,86 @@ def test_the_inspector_shows_what_the_nodes_count(tmp_path: Path, browser: Brows
         process.terminate()
         process.wait(timeout=10)
     assert not list((state / "shoal" / "inspect").iterdir())  # gone with the node
+
+
+NETWORK_APP = """[app]
+name = "Peer"
+id = "test.shoal.peer"
+
+[permissions]
+network = true
+
+[network]
+lan = false
+listen = "127.0.0.1:0"
+"""
+
+
+def _dev(app: Path, data: Path, *args: str, display: str | None = None
+         ) -> tuple[subprocess.Popen[str], dict[str, str], dict[str, Any]]:
+    """``shoal dev APP``: the process, its environment, and its inspector event."""
+    env = {**os.environ, "SHOAL_NO_LAN": "1"}
+    if display is not None:
+        env["DISPLAY"] = display
+        env.pop("QT_QPA_PLATFORM", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "dev", "--json", *args, str(app),
+         "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, env=env, start_new_session=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        event = json.loads(line)
+        if event.get("kind") == "inspector":
+            return process, env, event
+    raise AssertionError(f"shoal dev ended without an inspector ({process.wait()})")
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    import signal
+
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=20)
+
+
+@pytest.mark.parametrize("mode", ["window", "browser"])
+def test_shoal_dev_shows_the_apps_own_node_in_an_inspector(
+        tmp_path: Path, display: str, mode: str) -> None:
+    from window_helpers import find_window
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "shoal.toml").write_text(NETWORK_APP)
+    (app / "index.html").write_text("<!doctype html><p>peer</p>")
+    data = tmp_path / "data"
+    args = ("--gui", "qt") if mode == "window" else ("--browser",)
+    process, env, event = _dev(app, data, *args, display=display)
+    try:
+        url = event["message"]
+        token = url.split("#token=", 1)[1]
+        snapshot = _snapshot(url, token)
+        assert isinstance(snapshot, dict)
+        assert snapshot["peer_id"] == Identity.load(data / "identity.key").peer_id
+        assert _snapshot(url, None) == 403
+        if mode == "window":  # a panel beside the app's window
+            assert find_window("Peer — inspector", env)
+            assert find_window("Peer", env)
+    finally:
+        _stop(process)
+
+
+def test_shoal_dev_of_an_app_without_the_network_has_no_inspector(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "shoal.toml").write_text('[app]\nname = "Quiet"\nid = "test.shoal.quiet"\n')
+    (app / "index.html").write_text("<!doctype html><p>quiet</p>")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "dev", "--json", "--browser", str(app),
+         "--data-dir", str(tmp_path / "data")], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "SHOAL_NO_LAN": "1"}, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["event"] == "ready"
+    finally:
+        _stop(process)
+    rest = process.stdout.read()
+    assert "inspector" not in rest

@@ -33,6 +33,7 @@ from shoal.runtime.system import BrowserBackend, System, WindowBackend
 
 if TYPE_CHECKING:
     from shoal.aio.node import Node
+    from shoal.inspector import Inspector
     from shoal.runtime.apptests import TestRun
 
 RELOAD_POLL = 0.3
@@ -88,6 +89,9 @@ class AppHost:
         self._invoker: Invoker | None = None
         self._parts: list[Any] = []
         self._watcher: asyncio.Task[None] | None = None
+        self.inspector: Inspector | None = None
+        """Under ``dev``, for an app with a node: its inspector (``on_dev`` is told
+        ``("inspector", url)``)."""
 
     @property
     def url(self) -> str:
@@ -145,6 +149,11 @@ class AppHost:
             calls.update(self.test_run.calls())
         if self.dev:
             calls["dev.report"] = self._page_reported
+            if self.node is not None:  # the app's node, live, beside the app
+                from shoal.inspector import Inspector
+
+                self.inspector = await Inspector(self.node).start()
+                self.on_dev("inspector", self.inspector.url)
             self._watcher = asyncio.get_running_loop().create_task(self._watch_files())
         return self
 
@@ -177,6 +186,8 @@ class AppHost:
             await self._processes.wait_closed()
         if self.server is not None:
             await self.server.close()
+        if self.inspector is not None:
+            await self.inspector.close()
         if self.node is not None:
             await self.node.close()
 

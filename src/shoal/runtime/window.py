@@ -379,8 +379,15 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     shown = {"origin": f"http://{bridge}", "url": server_url}
     leave = opener_for(config)
     backend = PywebviewBackend()
+
+    def dev_event(kind: str, line: str) -> None:
+        if on_dev is not None:
+            on_dev(kind, line)
+        if kind == "inspector":  # the app's node, in a window beside the app's
+            inspector_panel(line)
+
     host = _HostThread(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
-                       secret=secret, config=config, on_dev=on_dev, argv=argv,
+                       secret=secret, config=config, on_dev=dev_event, argv=argv,
                        instance=instance, launch_url=launch_url, tests=tests,
                        test_run=test_run)
     if test_run is not None:
@@ -512,6 +519,18 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                 guard_qt(extra.native)
 
         extra.events.before_show += prepare
+
+    def inspector_panel(url: str) -> None:
+        # Any thread. The inspector is a page of its own origin, with its own token.
+        panel = webview.create_window(f"{window_config.title} — inspector", url,
+                                      width=960, height=720)
+
+        def prepare() -> None:
+            view = getattr(panel.native, "webview", None)
+            if view is not None and hasattr(view, "page"):  # no pywebview channel here
+                view.page().setWebChannel(None)
+
+        panel.events.before_show += prepare
 
     backend.opener = open_window
     host.on_failure = lambda: window.destroy()
