@@ -55,13 +55,14 @@ def _context_menu_example() -> str:
     return example
 
 
+@pytest.mark.parametrize("gui", ["qt", "gtk"])
 def test_a_page_shows_a_native_context_menu_and_hears_the_choice(
-        tmp_path: Path, display: str) -> None:
+        tmp_path: Path, display: str, gui: str) -> None:
     app = _app(tmp_path, '[app]\nname = "Context"\nid = "test.shoal.context"\n'
                "[permissions]\nwindow = true\n",
                _context_menu_example() + 'await fs.writeFile("ready.txt", "1");\n')
     data = tmp_path / "data"
-    with in_window(app, data, display) as env:
+    with in_window(app, data, display, gui) as env:
         wait_for_file(data / "ready.txt")
         window = find_window("Context", env)[0]
         xdotool(env, "mousemove", "--window", window, "300", "200", "click", "3",
@@ -190,13 +191,14 @@ def _png() -> bytes:
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
+@pytest.mark.parametrize("gui", ["qt", "gtk"])
 def test_the_tray_icon_docks_and_its_clicks_and_menu_reach_the_page(
-        tmp_path: Path, display: str) -> None:
+        tmp_path: Path, display: str, gui: str) -> None:
     tray = XembedTray(display)
     try:
         app = _app(tmp_path, TRAY_TOML, TRAY_SCRIPT, {"icon.png": _png()})
         data = tmp_path / "data"
-        with in_window(app, data, display) as env:
+        with in_window(app, data, display, gui) as env:
             wait_for_file(data / "ready.txt")
             deadline = time.monotonic() + 20
             while not tray.icons and time.monotonic() < deadline:
@@ -282,9 +284,10 @@ def _drag_files_onto(window: str, paths: list[Path], env: dict[str, str]) -> Non
         source.wait(timeout=10)
 
 
-@pytest.mark.parametrize("declared", [True, False])
+@pytest.mark.parametrize(("gui", "declared"), [("qt", True), ("qt", False), ("gtk", True),
+                                               ("gtk", False)])
 def test_dropped_files_reach_the_page_with_their_paths_only_with_file_access(
-        tmp_path: Path, display: str, declared: bool) -> None:
+        tmp_path: Path, display: str, gui: str, declared: bool) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     notes = [shared / "a note.txt", shared / "b.txt"]
@@ -294,11 +297,12 @@ def test_dropped_files_reach_the_page_with_their_paths_only_with_file_access(
     app = _app(tmp_path, f'[app]\nname = "Drops"\nid = "test.shoal.drops"\n{access}',
                DROP_SCRIPT)
     data = tmp_path / "data"
-    with in_window(app, data, display) as env:
+    with in_window(app, data, display, gui) as env:
         wait_for_file(data / "ready.txt")
         _drag_files_onto(find_window("Drops", env)[0], notes, env)
-        # The page's own drop event always fires (with File objects, not paths).
-        assert _lines(data / "dom.txt", 1) == ["2"]
+        # The page's own drop event fires too (on Qt with File objects, not paths;
+        # WebKitGTK gives none for files dragged from another toolkit's window).
+        assert _lines(data / "dom.txt", 1) == ["2" if gui == "qt" else "0"]
         time.sleep(0.5)
         if declared:
             assert _lines(data / "drop.txt", 1) == ["|".join(map(str, notes))]

@@ -1,6 +1,7 @@
 """shoal build --standalone: the blank template bundled with its own Python, Shoal and
-webview, run where neither Python nor Shoal is on hand: its page works through the
-bridge in Chromium, and its window opens on a virtual display."""
+webview (QtWebEngine inside, or the system's WebKitGTK), run where neither Python nor
+Shoal is on hand: its page works through the bridge in Chromium and in its own window on
+a virtual display."""
 
 from __future__ import annotations
 
@@ -9,22 +10,25 @@ import os
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from window_helpers import wait_for_file
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> dict:
+@pytest.fixture(scope="module", params=["qt", "gtk"])
+def bundle(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict:
     root = tmp_path_factory.mktemp("standalone")
     shoal = [sys.executable, "-m", "shoal.cli.main"]
     subprocess.run([*shoal, "init", str(root / "hello")], check=True, capture_output=True)
     built = subprocess.run([*shoal, "build", str(root / "hello"), "--standalone", "--out",
-                            str(root / "dist"), "--json"], capture_output=True, text=True,
-                           timeout=900)
+                            str(root / "dist"), "--gui", request.param, "--json"],
+                           capture_output=True, text=True, timeout=900)
     assert built.returncode == 0, built.stderr
     made = json.loads(built.stdout)
     # Unpacked from its archive into a clean folder, as a user would.
@@ -57,15 +61,25 @@ def test_the_bundle_serves_its_page_and_bridge(bundle: dict, browser: Browser) -
         process.wait(timeout=10)
 
 
-def test_the_bundle_opens_its_window(bundle: dict) -> None:
+def test_the_bundle_opens_its_window_and_its_page_reaches_the_bridge(
+        bundle: dict, tmp_path: Path) -> None:
     env = {**bundle["env"], "QTWEBENGINE_DISABLE_SANDBOX": "1"}
+    data = tmp_path / "data"
     process = subprocess.Popen(["xvfb-run", "--auto-servernum", str(bundle["unpacked"]),
-                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True, env=env, start_new_session=True)
+                                "--json", "--data-dir", str(data)], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env=env,
+                               start_new_session=True)
     try:
         assert process.stdout is not None
         line = json.loads(process.stdout.readline())
         assert line == {"event": "ready", "mode": "window", "ms": line["ms"]}
+        # The page called app.py (bundled Python), then wrote through the bridge.
+        assert wait_for_file(data / "visits.txt") == "1"
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=20)
+
+
+def test_a_webkitgtk_bundle_is_a_fraction_of_a_qt_one(bundle: dict) -> None:
+    sizes = {"qt": (600 << 20, 250 << 20), "gtk": (120 << 20, 50 << 20)}[bundle["gui"]]
+    assert bundle["folder_bytes"] < sizes[0] and bundle["archive_bytes"] < sizes[1]

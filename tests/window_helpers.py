@@ -15,13 +15,15 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def in_window(app: Path, data: Path, display: str) -> Iterator[dict[str, str]]:
-    """``shoal run APP`` in a Qt window on ``display``, once it says it is ready: the
-    environment (for xdotool) while it runs, stopped afterwards with its session."""
+def in_window(app: Path, data: Path, display: str, gui: str = "qt"
+              ) -> Iterator[dict[str, str]]:
+    """``shoal run APP`` in a window (``gui``: ``qt`` or ``gtk``) on ``display``, once it
+    says it is ready: the environment (for xdotool) while it runs, stopped afterwards with
+    its session."""
     env = {**os.environ, "DISPLAY": display, "SHOAL_NO_LAN": "1"}
     env.pop("QT_QPA_PLATFORM", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "shoal.cli.main", "run", "--json", "--gui", "qt", str(app),
+        [sys.executable, "-m", "shoal.cli.main", "run", "--json", "--gui", gui, str(app),
          "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         text=True, env=env, start_new_session=True)
     try:

@@ -601,10 +601,13 @@ def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
 @click.option("--standalone", is_flag=True,
               help="Instead: a folder and a .tar.gz that run without Python or Shoal "
                    "(PyInstaller; pip install 'shoal[bundle]').")
+@click.option("--gui", type=click.Choice(["qt", "gtk"]),
+              help="With --standalone: the system's WebKitGTK (the default where installed; "
+                   "small) or QtWebEngine inside the bundle (needs nothing on the machine).")
 @_common
 @_guard
-def build(folder: Path, out_dir: Path | None, standalone: bool, identity_path: str | None,
-          as_json: bool) -> None:
+def build(folder: Path, out_dir: Path | None, standalone: bool, gui: str | None,
+          identity_path: str | None, as_json: bool) -> None:
     """Sign the app in FOLDER into NAME-VERSION.shoal with your identity (its peer id is
     the app's publisher): the web files, shoal.toml and any app.py, without hidden files,
     caches and tests.
@@ -614,22 +617,25 @@ def build(folder: Path, out_dir: Path | None, standalone: bool, identity_path: s
       shoal build notes
       shoal build notes --out dist --identity ~/keys/publisher.key
       shoal build notes --standalone --out dist
+      shoal build notes --standalone --gui qt
     """
     from shoal.runtime import archive
 
     output = Output(as_json)
     if out_dir is not None and not out_dir.is_dir() and not standalone:
         raise ShoalError(f"{out_dir}: no such folder", code="ENOENT")
+    if gui is not None and not standalone:
+        raise ShoalError("--gui chooses the webview of a --standalone build", code="EINVAL")
     if standalone:
         from shoal.runtime.standalone import build_standalone
 
         with output.waiting("bundling Python, Shoal and the webview (a minute or two)"):
-            made = build_standalone(folder, out_dir or folder.resolve().parent / "dist")
+            made = build_standalone(folder, out_dir or folder.resolve().parent / "dist", gui)
         output.event("built", f"built {made.folder} ({_size(made.folder_bytes)}; start it "
                      f"with {made.launcher}) and {made.archive} ({_size(made.archive_bytes)})",
                      folder=str(made.folder), launcher=str(made.launcher),
                      archive=str(made.archive), folder_bytes=made.folder_bytes,
-                     archive_bytes=made.archive_bytes)
+                     archive_bytes=made.archive_bytes, gui=made.gui)
         return
     built = archive.build(folder, _identity(identity_path, hold=False), out_dir)
     manifest = built.manifest

@@ -3,12 +3,15 @@ folder and one compressed archive, started by a launcher named after the app.
 
 PyInstaller does the bundling. The app's files go in as an archive would hold them (the
 same filter), and the launcher runs ``shoal run`` on them, passing its own arguments on
-(``./notes --browser``, ``./notes -- ARGS``). On Linux the webview is QtWebEngine, which
-PyInstaller bundles whole; it is most of the size.
+(``./notes --browser``, ``./notes -- ARGS``). On Linux the webview is either the
+system's WebKitGTK, which the bundle links to as Tauri's apps do (the user's machine needs
+``libwebkit2gtk-4.1``), or QtWebEngine, which PyInstaller bundles whole and which is then
+most of the size.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import re
@@ -29,14 +32,17 @@ from pathlib import Path
 
 from shoal.cli.main import main
 
-sys.argv = [sys.argv[0], "run", str(Path(sys._MEIPASS) / "app"), *sys.argv[1:]]
+sys.argv = [sys.argv[0], "run", *GUI, str(Path(sys._MEIPASS) / "app"), *sys.argv[1:]]
 main()
 '''
 LEFT_OUT = ("playwright", "jedi", "numpy", "tkinter", "_tkinter", "IPython", "pytest",
-            "hypothesis", "PIL", "PyQt5", "PyQt6", "gi", "shoal.lab", "shoal.sim",
+            "hypothesis", "PIL", "PyQt5", "PyQt6", "uvloop", "shoal.lab", "shoal.sim",
             "shoal.runtime.apptests", "shoal.runtime.testing", "shoal.runtime.standalone")
 """Modules a bundled app never needs: test and build tools, the lab and the simulator,
-and the webview bindings it does not use."""
+and uvloop (13 MB; an app's host runs on asyncio's own loop)."""
+LEFT_OUT_WITH = {"qt": ("gi",),
+                 "gtk": ("PySide6", "shiboken6", "qtpy", "webview.platforms.qt")}
+"""The webview bindings a bundle of each webview does not use."""
 SHOAL_PACKAGES = ("shoal.aio", "shoal.core", "shoal.runtime", "shoal.inspector",
                   "shoal.cli")
 
@@ -50,10 +56,24 @@ class Standalone:
     """The folder, compressed (``.tar.gz``)."""
     folder_bytes: int
     archive_bytes: int
+    gui: str
+    """The webview: ``qt`` (inside) or ``gtk`` (the system's)."""
 
 
-def build_standalone(folder: Path, out_dir: Path) -> Standalone:
-    """Bundle the app in ``folder`` into ``out_dir``."""
+def default_gui() -> str:
+    """The webview a bundle gets unless told: the system's WebKitGTK where it is
+    installed (a bundle a fifth the size), else QtWebEngine, bundled whole."""
+    if sys.platform.startswith("linux") and _library_path(WEBKITGTK) is not None \
+            and importlib.util.find_spec("gi") is not None:
+        return "gtk"
+    return "qt"
+
+
+def build_standalone(folder: Path, out_dir: Path, gui: str | None = None) -> Standalone:
+    """Bundle the app in ``folder`` into ``out_dir``: with QtWebEngine inside
+    (``gui="qt"``), or for the system's WebKitGTK (``"gtk"``); by default, the one
+    ``default_gui`` picks."""
+    gui = gui or default_gui()
     config = load_config(folder)
     check_app_code(folder)
     try:
@@ -61,6 +81,11 @@ def build_standalone(folder: Path, out_dir: Path) -> Standalone:
     except ImportError:
         raise ArchiveError("standalone builds need PyInstaller: pip install 'shoal[bundle]'",
                            code="ENOSYS") from None
+    if gui == "gtk" and (_library_path(WEBKITGTK) is None
+                         or importlib.util.find_spec("gi") is None):
+        raise ArchiveError("a WebKitGTK bundle is built where WebKitGTK and its Python "
+                           "bindings are installed (apt install gir1.2-webkit2-4.1; "
+                           "pip install 'shoal[gtk]')", code="ENOSYS")
     name = app_slug(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="shoal-standalone-") as scratch:
@@ -71,17 +96,17 @@ def build_standalone(folder: Path, out_dir: Path) -> Standalone:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
         launcher = work / "launcher.py"
-        launcher.write_text(LAUNCHER, encoding="utf-8")
+        launcher.write_text(LAUNCHER.replace("*GUI", f'"--gui", "{gui}"'), encoding="utf-8")
         command = [
             sys.executable, "-m", "PyInstaller", "--noconfirm", "--onedir", "--name", name,
             "--distpath", str(out_dir), "--workpath", str(work / "build"),
             "--specpath", str(work), "--add-data", f"{staged}{os.pathsep}app",
             "--collect-data", "shoal", "--hidden-import", "webview",
-            "--hidden-import", "webview.platforms.qt", "--log-level", "ERROR",
+            "--hidden-import", f"webview.platforms.{gui}", "--log-level", "ERROR",
         ]
         for package in SHOAL_PACKAGES:
             command += ["--collect-submodules", package]
-        for module in LEFT_OUT:
+        for module in (*LEFT_OUT, *LEFT_OUT_WITH[gui]):
             command += ["--exclude-module", module]
         result = subprocess.run([*command, str(launcher)], capture_output=True, text=True,
                                 check=False)
@@ -89,11 +114,12 @@ def build_standalone(folder: Path, out_dir: Path) -> Standalone:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise ArchiveError(f"PyInstaller failed: {last}", code="EIO")
     bundle = out_dir / name
-    _prune_qt(bundle)
+    _prune_qt(bundle) if gui == "qt" else _prune_gtk(bundle)
     archive = out_dir / f"{name}-{config.version}-{sys.platform}-{platform.machine()}.tar.gz"
     with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
         tar.add(bundle, arcname=name)
-    return Standalone(bundle, bundle / name, archive, _size(bundle), archive.stat().st_size)
+    return Standalone(bundle, bundle / name, archive, _size(bundle), archive.stat().st_size,
+                      gui)
 
 
 def _prune_qt(bundle: Path) -> None:
@@ -122,6 +148,39 @@ def _prune_qt(bundle: Path) -> None:
         found = re.match(r"libQt6\w+\.so\.6", library.name)
         if found is not None and found.group(0) not in needed:
             library.unlink()
+
+
+WEBKITGTK = "libwebkit2gtk-4.1.so.0"
+"""The library a WebKitGTK bundle finds on the user's system, as Tauri's apps do."""
+
+
+def _prune_gtk(bundle: Path) -> None:
+    """Drop what PyInstaller copied of the GTK stack: every library that the system's
+    WebKitGTK links (found with ``ldd``), which any machine that has WebKitGTK has too,
+    and GTK's icons and translations, which come with it. The bundle then uses the
+    system's GTK and WebKitGTK, whole and of one version."""
+    internal = bundle / "_internal"
+    webkit = _library_path(WEBKITGTK)
+    if webkit is None or shutil.which("ldd") is None:
+        return
+    linked = subprocess.run(["ldd", webkit], capture_output=True, text=True,
+                            check=False).stdout
+    system = {line.split()[0] for line in linked.splitlines() if "=>" in line}
+    for library in internal.glob("*.so*"):
+        if library.name in system:
+            library.unlink()
+    for data in ("icons", "locale"):
+        shutil.rmtree(internal / "share" / data, ignore_errors=True)
+
+
+def _library_path(name: str) -> str | None:
+    """Where the dynamic linker finds ``name`` (a soname), or None."""
+    listing = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True,
+                             check=False).stdout
+    for line in listing.splitlines():
+        if line.strip().startswith(name + " ") and "=>" in line:
+            return line.split("=>", 1)[1].strip()
+    return None
 
 
 def _size(folder: Path) -> int:

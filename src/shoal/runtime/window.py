@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shoal.runtime.apptests import TestRun
     from shoal.runtime.config import AppConfig, MenuItem
+    from shoal.runtime.gtkdesktop import GtkDesktop
     from shoal.runtime.qtdesktop import QtDesktop
 
 HOST_DELAY = 1.0
@@ -211,8 +212,8 @@ class PywebviewBackend:
         self.window: Any = None
         self.opener: Callable[[str], None] | None = None
         """Opens another window on a path of the app (set once the first is up)."""
-        self.desktop: QtDesktop | None = None
-        """Context menus, tray and drops, on QtWebEngine."""
+        self.desktop: QtDesktop | GtkDesktop | None = None
+        """Context menus, tray and drops (QtWebEngine and WebKitGTK)."""
 
     def set_title(self, title: str) -> None:
         self.window.set_title(title)
@@ -431,6 +432,27 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         backend.desktop.attach(view)
         return view
 
+    def guard_gtk(native: Any) -> Any:
+        """GTK's thread, before a WebKitGTK window shows: the wall and the desktop
+        integration. The view, or None for a pywebview unlike this one."""
+        from shoal.runtime.gtkwindow import guard_window, web_view
+
+        view = web_view(native)
+        if view is None:
+            return None
+        guard_window(view, shown["origin"], leave)
+        if backend.desktop is None:
+            from shoal.runtime.gtkdesktop import GtkDesktop
+
+            backend.desktop = GtkDesktop(config, host.emit)
+        backend.desktop.attach(view)
+        return view
+
+    def show_tray() -> None:
+        why = backend.desktop.show_tray(backend.focus) if backend.desktop else None
+        if why is not None:
+            print(f"shoal: {why}", file=sys.stderr)
+
     window = backend.window = create(server_url)
 
     announced: list[bool] = []
@@ -459,13 +481,13 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     def before_show() -> None:
         # GUI thread: the page has its URL but has not asked for it yet.
         if shown.get("renderer") == "gtkwebkit2":
-            from shoal.runtime.gtkwindow import guard_window, report_loads, web_view
+            from shoal.runtime.gtkwindow import report_loads
 
-            view = web_view(window.native)
+            view = guard_gtk(window.native)
             if view is not None:
-                guard_window(view, shown["origin"], leave)
                 report_loads(view, lambda url: after_load(url, window.load_url))
                 shown["loads"] = "gui"
+                show_tray()
         if shown["origin"] != ORIGIN:
             return
         view = guard_qt(window.native)
@@ -481,9 +503,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
             after_load(view.url().toString(), window.native.load_url)
             window.events.loaded.set()  # for pywebview's calls that wait for a load
 
-        why = backend.desktop.show_tray(backend.focus) if backend.desktop else None
-        if why is not None:
-            print(f"shoal: {why}", file=sys.stderr)
+        show_tray()
         handler = getattr(window.native, "on_load_finished", None)
         if handler is not None and report_loads_plainly(view.page(), handler, page_loaded):
             shown["loads"] = "gui"
@@ -510,11 +530,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
 
         def prepare() -> None:
             if shown.get("renderer") == "gtkwebkit2":
-                from shoal.runtime.gtkwindow import guard_window, web_view
-
-                view = web_view(extra.native)
-                if view is not None:
-                    guard_window(view, shown["origin"], leave)
+                guard_gtk(extra.native)
             elif shown["origin"] == ORIGIN:
                 guard_qt(extra.native)
 
