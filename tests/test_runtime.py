@@ -574,6 +574,8 @@ def test_a_missing_webview_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(window, "_module_exists", lambda name: installed[name])
     assert "QtWebEngine is not installed" in (window.gui_unavailable("qt") or "")
     assert window.gui_unavailable("gtk") is None and window.gui_unavailable() is None
+    monkeypatch.setattr(window, "_webkitgtk_installed", lambda: False)  # bindings alone
+    assert "apt install libwebkit2gtk-4.1-0" in (window.gui_unavailable("gtk") or "")
     installed["gi"] = False
     assert "shoal[gtk]" in (window.gui_unavailable("gtk") or "")
     assert "neither" in (window.gui_unavailable() or "")

@@ -51,9 +51,17 @@ def gui_unavailable(gui: str | None = None) -> str | None:
             return "QtWebEngine is not installed (pip install 'shoal[gui]')"
         if gui == "gtk" and not gtk:
             return "WebKitGTK's Python bindings are not installed (pip install 'shoal[gtk]')"
+        if gui == "gtk" and not _webkitgtk_installed():
+            return "WebKitGTK is not installed (apt install libwebkit2gtk-4.1-0)"
         if not (qt or gtk):
             return "neither QtWebEngine (PySide6) nor WebKitGTK (PyGObject) is installed"
     return None
+
+
+def _webkitgtk_installed() -> bool:
+    import ctypes.util
+
+    return ctypes.util.find_library("webkit2gtk-4.1") is not None
 
 
 def choose_gui(gui: str | None = None) -> tuple[bool, str | None, str | None]:
