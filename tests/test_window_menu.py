@@ -25,7 +25,8 @@ items = [{ label = "Say hello", id = "hello" }, "-", { label = "Export", id = "e
 """
 
 
-def test_a_menu_item_reaches_the_page(tmp_path: Path, display: str) -> None:
+@pytest.mark.parametrize("gui", ["qt", "gtk"])
+def test_a_menu_item_reaches_the_page(tmp_path: Path, display: str, gui: str) -> None:
     app = tmp_path / "app"
     app.mkdir()
     (app / "shoal.toml").write_text(TOML)
@@ -33,7 +34,7 @@ def test_a_menu_item_reaches_the_page(tmp_path: Path, display: str) -> None:
                                     '<script type="module" src="app.js"></script><p>menus</p>')
     (app / "app.js").write_text(SCRIPT)
     data = tmp_path / "data"
-    with in_window(app, data, display) as env:
+    with in_window(app, data, display, gui) as env:
         wait_for_file(data / "ready.txt")
         window = find_window("Menus", env)[0]
         # Open "File" at the menu bar's left end, then take its first item by keyboard.
@@ -57,8 +58,9 @@ def test_a_bad_menu_is_one_line(tmp_path: Path, menu: str, where: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("gui", ["qt", "gtk"])
 def test_a_page_of_the_app_opens_in_a_second_window_with_the_bridge(
-        tmp_path: Path, display: str) -> None:
+        tmp_path: Path, display: str, gui: str) -> None:
     app = tmp_path / "app"
     app.mkdir()
     (app / "shoal.toml").write_text('[app]\nname = "Windows"\nid = "test.shoal.windows"\n'
@@ -74,7 +76,7 @@ def test_a_page_of_the_app_opens_in_a_second_window_with_the_bridge(
                                    'await fs.writeFile("second.txt", location.origin + " "'
                                    ' + location.search);\n')
     data = tmp_path / "data"
-    with in_window(app, data, display) as env:
+    with in_window(app, data, display, gui) as env:
         origin = wait_for_file(data / "first.txt")
         # The second page reached the bridge from a window of its own, on the same origin.
         assert wait_for_file(data / "second.txt") == f"{origin} ?from=first"

@@ -410,7 +410,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
             window_config.title, url, width=window_config.width,
             height=window_config.height, resizable=window_config.resizable,
             min_size=(window_config.min_width, window_config.min_height),
-            menu=_menus(config, host))
+            menu=_menus(config, host) if gui == "qt" else [])
 
     def url_of(path: str) -> str:
         """A page of the app as a window loads it, with the launch secret."""
@@ -567,7 +567,9 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         # load in the window instead, where the navigation guard hands them to ``leave``.
         webview.settings["OPEN_EXTERNAL_LINKS_IN_BROWSER"] = False
         webview.settings["ALLOW_FILE_URLS"] = False
-        webview.start(gui=gui, private_mode=True)
+        # pywebview gives GTK windows the application's menu only, not one of their own.
+        webview.start(gui=gui, private_mode=True,
+                      menu=[] if gui == "qt" else _menus(config, host))
     finally:
         host.stop()
     if host.failure is not None:
