@@ -76,6 +76,42 @@ def test_a_page_shows_a_native_context_menu_and_hears_the_choice(
         assert _lines(data / "chosen.txt", 3) == ["rename", "delete", "null"]
 
 
+EDIT_PAGE = ('<!doctype html><meta charset="utf-8"><script type="module" src="app.js"></script>'
+             '<textarea id="box" rows="4">hello shoal</textarea>'
+             '<p style="height:300px">plain text</p>')
+EDIT_SCRIPT = """import { fs } from "shoal:api";
+await fs.appendFile("loads.txt", "load\\n");
+const box = document.querySelector("#box");
+document.addEventListener("selectionchange", async () => {
+  if (box.selectionEnd > box.selectionStart) {
+    await fs.writeFile("selected.txt", `${box.selectionStart}-${box.selectionEnd}`);
+  }
+});
+await fs.writeFile("ready.txt", "1");
+"""
+
+
+def test_the_built_in_context_menu_keeps_editing_and_nothing_else(
+        tmp_path: Path, display: str) -> None:
+    app = _app(tmp_path, '[app]\nname = "Edit"\nid = "test.shoal.edit"\n', EDIT_SCRIPT)
+    (app / "index.html").write_text(EDIT_PAGE)
+    data = tmp_path / "data"
+    with in_window(app, data, display) as env:
+        wait_for_file(data / "ready.txt")
+        window = find_window("Edit", env)[0]
+        # On plain text the standard menu would offer Reload first (Back and Forward
+        # are disabled): here there is no menu, so Return reloads nothing.
+        xdotool(env, "mousemove", "--window", window, "40", "200", "click", "3", "sleep", "0.7",
+                "key", "Down", "sleep", "0.2", "key", "Return", "sleep", "1.5")
+        assert _lines(data / "loads.txt", 1) == ["load"]
+        # In the text box the editing actions are there: the last is "Select all".
+        xdotool(env, "key", "Escape", "mousemove", "--window", window, "30", "30",
+                "click", "1", "click", "3", "sleep", "0.7", "key", "Up", "sleep", "0.2",
+                "key", "Return")
+        assert wait_for_file(data / "selected.txt") == "0-11"
+        assert _lines(data / "loads.txt", 1) == ["load"]
+
+
 class _Backend(BrowserBackend):
     def __init__(self) -> None:
         self.shown: list[Any] = []
