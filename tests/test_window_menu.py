@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,34 @@ def test_a_page_of_the_app_opens_in_a_second_window_with_the_bridge(
         # The second page reached the bridge from a window of its own, on the same origin.
         assert wait_for_file(data / "second.txt") == f"{origin} ?from=first"
         assert len(find_window("Windows", env)) == 2
+
+
+STORAGE_SCRIPT = """import { fs } from "shoal:api";
+const seen = localStorage.getItem("visits") ?? "0";
+localStorage.setItem("visits", String(Number(seen) + 1));
+await fs.writeFile("seen.txt", seen);
+"""
+
+
+@pytest.mark.parametrize("gui", ["qt", "gtk"])
+def test_what_a_page_stores_lasts_across_launches_and_stays_with_its_app(
+        tmp_path: Path, display: str, gui: str) -> None:
+    def launch(app: Path, data: Path) -> str:
+        (data / "seen.txt").unlink(missing_ok=True)
+        with in_window(app, data, display, gui):
+            seen = wait_for_file(data / "seen.txt")
+            time.sleep(1)  # WebKitGTK writes storage a moment after the page sets it
+            return seen
+
+    apps = []
+    for name in ("one", "two"):
+        app = tmp_path / name
+        app.mkdir()
+        (app / "shoal.toml").write_text(f'[app]\nname = "{name}"\nid = "test.shoal.{name}"\n')
+        (app / "index.html").write_text('<!doctype html><meta charset="utf-8">'
+                                        '<script type="module" src="app.js"></script>')
+        (app / "app.js").write_text(STORAGE_SCRIPT)
+        apps.append((app, tmp_path / f"{name}-data"))
+    assert launch(*apps[0]) == "0"
+    assert launch(*apps[0]) == "1"  # kept across launches
+    assert launch(*apps[1]) == "0"  # another app (same origin on Qt) sees none of it

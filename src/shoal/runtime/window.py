@@ -209,6 +209,8 @@ def _module_exists(name: str) -> bool:
     return where is not None and PathFinder.find_spec(module, list(where)) is not None
 
 
+WEBVIEW_STORAGE = ".webview"
+"""The folder, in the app's data folder, that holds what its pages store."""
 MAX_WINDOWS = 8
 """Windows one app may have open at once (a page cannot bury the desktop in them)."""
 
@@ -364,7 +366,15 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     data_dir = data_dir or default_data_dir(config.id)
     from shoal.runtime.server import bind_listener
 
-    listener = bind_listener(port)
+    serves_itself = (gui in (None, "qt") and os.environ.get("QT_API", "pyside6") == "pyside6"
+                     and tests is None and _module_exists("PySide6.QtWebEngineWidgets"))
+    listener = None
+    if port == 0 and not serves_itself:
+        # The pages' origin is then http://127.0.0.1:PORT: the same port each launch keeps
+        # what they stored within reach.
+        with contextlib.suppress(OSError):
+            listener = bind_listener(preferred_port(config.id))
+    listener = listener or bind_listener(port)
     secret = secrets.token_urlsafe(32)
     bridge = f"127.0.0.1:{listener.getsockname()[1]}"
     from shoal.runtime.pages import TEST_PAGE_PATH
@@ -373,8 +383,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     # Possible only before Qt's application object exists, so before pywebview picks a
     # renderer; harmless if it picks another. The handler is PySide6 code, so pywebview
     # must drive Qt through PySide6 too (its qtpy layer would prefer PyQt if present).
-    own_scheme = (gui in (None, "qt") and os.environ.get("QT_API", "pyside6") == "pyside6"
-                  and tests is None and register_scheme())
+    own_scheme = serves_itself and register_scheme()
     if gui == "qt":  # pywebview's Qt layer would prefer PyQt where both are installed
         os.environ.setdefault("QT_API", "pyside6")
     if gui in (None, "qt"):  # read when QtWebEngine starts, so before any window
@@ -496,6 +505,9 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                 report_loads(view, lambda url: after_load(url, window.load_url))
                 shown["loads"] = "gui"
                 show_tray()
+                # PyGObject takes Python's signal wake-up for its own loop: GLib's
+                # watch closes the windows here instead.
+                _close_on_gtk_signals(lambda: [*webview.windows])
         if shown["origin"] != ORIGIN:
             return
         view = guard_qt(window.native)
@@ -561,19 +573,91 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     window.events.initialized += initialized
     window.events.before_show += before_show
     window.events.loaded += loaded
+    stop_on_signals = _close_windows_on_signals(lambda: [*webview.windows])
     try:
         # pywebview would hand new-window requests (target=_blank, window.open) straight
         # to the system browser, around the shell permission and its rate limit: they
         # load in the window instead, where the navigation guard hands them to ``leave``.
         webview.settings["OPEN_EXTERNAL_LINKS_IN_BROWSER"] = False
         webview.settings["ALLOW_FILE_URLS"] = False
-        # pywebview gives GTK windows the application's menu only, not one of their own.
-        webview.start(gui=gui, private_mode=True,
+        # The webview's storage (localStorage, IndexedDB, cookies) lives in the app's
+        # data folder: it lasts across launches, every window of the app shares it, and
+        # no other app (all have the origin shoal://app) can see it. pywebview gives GTK
+        # windows the application's menu only, not one of their own.
+        webview.start(gui=gui, private_mode=False,
+                      storage_path=str(data_dir / WEBVIEW_STORAGE),
                       menu=[] if gui == "qt" else _menus(config, host))
     finally:
+        stop_on_signals()
         host.stop()
     if host.failure is not None:
         raise host.failure
+
+
+PREFERRED_PORTS = (20000, 30000)
+"""Where an app's own port is chosen, below Linux's ephemeral ports (32768 and up)."""
+
+
+def preferred_port(app_id: str) -> int:
+    """The app's own port on 127.0.0.1, the same at each launch (taken: any other)."""
+    import hashlib
+
+    low, high = PREFERRED_PORTS
+    return low + int.from_bytes(hashlib.sha256(app_id.encode()).digest()[:4], "big") % (
+        high - low)
+
+
+def _close_on_gtk_signals(windows: Callable[[], list[Any]]) -> None:
+    """On GTK's thread: close ``windows()`` on SIGTERM or SIGINT, through GLib's own
+    signal watch (see ``_close_windows_on_signals``)."""
+    import signal
+
+    from gi.repository import GLib
+
+    def close() -> bool:
+        for shown in windows():
+            with contextlib.suppress(Exception):  # closing already
+                shown.destroy()
+        return GLib.SOURCE_CONTINUE
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        GLib.unix_signal_add(GLib.PRIORITY_HIGH, number, close)
+
+
+def _close_windows_on_signals(windows: Callable[[], list[Any]]) -> Callable[[], None]:
+    """Close the app's windows, as the user would, on SIGTERM or SIGINT (a logout, a
+    service manager, Ctrl-C), so that the webview writes what its pages stored before
+    the process ends; the GUI loop, which holds the main thread, would not see the
+    signal otherwise. Returns what undoes it."""
+    import signal
+    import socket
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {number: signal.signal(number, lambda number, frame: None) for number in signals}
+    previous_fd = signal.set_wakeup_fd(writer.fileno())
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while reader.recv(1):  # a signal's number; b"" once undone
+                for shown in windows():
+                    with contextlib.suppress(Exception):  # closing already
+                        shown.destroy()
+
+    threading.Thread(target=watch, name="shoal-signals", daemon=True).start()
+
+    def undo() -> None:
+        signal.set_wakeup_fd(previous_fd)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        writer.close()
+        with contextlib.suppress(OSError):
+            reader.shutdown(socket.SHUT_RDWR)
+
+    return undo
 
 
 def _menus(config: AppConfig, host: _HostThread) -> list[Any]:
