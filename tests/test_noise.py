@@ -21,9 +21,11 @@ def _static(vector: dict, key: str) -> X25519PrivateKey | None:
 def test_published_vector(vector: dict) -> None:
     pattern = vector["protocol_name"].split("_")[1]
     prologue = bytes.fromhex(vector["init_prologue"])
+    remote = vector.get("init_remote_static")
     init = HandshakeState(
         pattern, True, prologue, _static(vector, "init_static"),
         bytes.fromhex(vector["init_ephemeral"]),
+        remote_static=bytes.fromhex(remote) if remote else None,
     )
     resp = HandshakeState(
         pattern, False, prologue, _static(vector, "resp_static"),
@@ -55,7 +57,7 @@ def test_published_vector(vector: dict) -> None:
         sender_is_initiator = not sender_is_initiator
 
 
-PATTERN_LEN = {"NN": (1, 2), "XX": (1, 2, 3)}
+PATTERN_LEN = {"NN": (1, 2), "XX": (1, 2, 3), "IK": (1, 2)}
 
 
 def test_tampered_message_is_refused() -> None:

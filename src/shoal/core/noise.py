@@ -1,9 +1,12 @@
 """The Noise Protocol Framework (revision 34), as much of it as Shoal needs.
 
 Shoal sessions use ``Noise_XX_25519_ChaChaPoly_SHA256``: three messages, both sides'
-static keys sent encrypted, forward secrecy from the ephemeral-ephemeral DH. The
-handshake state machine here is generic over the token patterns so it can be checked
-against the published test vectors; every primitive comes from ``cryptography``.
+static keys sent encrypted, forward secrecy from the ephemeral-ephemeral DH. A node that
+knows the responder's static key already (an introducer told it) may use
+``Noise_IK_25519_ChaChaPoly_SHA256`` instead, whose first message is encrypted and
+authenticated, so it can carry the first application message. The handshake state
+machine here is generic over the token patterns so it can be checked against the
+published test vectors; every primitive comes from ``cryptography``.
 
 Ephemeral keys are not generated here: the caller passes 32 random bytes, so a seeded
 simulation replays exactly.
@@ -30,7 +33,10 @@ MAX_NONCE = 2**64 - 1
 PATTERNS: dict[str, tuple[tuple[str, ...], ...]] = {
     "NN": (("e",), ("e", "ee")),
     "XX": (("e",), ("e", "ee", "s", "es"), ("s", "se")),
+    "IK": (("e", "es", "s", "ss"), ("e", "ee", "se")),
 }
+RESPONDER_KEY_KNOWN = frozenset({"IK"})
+"""Patterns whose pre-message is the responder's static key (``<- s``)."""
 
 
 def _public_bytes(key: X25519PrivateKey) -> bytes:
@@ -127,6 +133,15 @@ class HandshakeState:
         self._h = name.ljust(HASHLEN, b"\x00") if len(name) <= HASHLEN else _sha256(name)
         self._ck = self._h
         self._mix_hash(self.prologue)
+        if self.pattern in RESPONDER_KEY_KNOWN:
+            if self.initiator:
+                if self.remote_static is None:
+                    raise LocalProtocolError(f"{self.pattern} needs the responder's static key")
+                self._mix_hash(self.remote_static)
+            else:
+                if self.static_key is None:
+                    raise LocalProtocolError(f"{self.pattern} needs a static key")
+                self._mix_hash(_public_bytes(self.static_key))
 
     @property
     def complete(self) -> bool:
@@ -158,7 +173,6 @@ class HandshakeState:
         return out
 
     def _dh_token(self, token: str) -> bytes:
-        assert self._ephemeral is not None
         mine_first = {"ee": ("e", "e"), "es": ("e", "s"), "se": ("s", "e"), "ss": ("s", "s")}
         local_kind, remote_kind = mine_first[token]
         if not self.initiator:
