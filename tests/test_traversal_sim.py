@@ -7,6 +7,7 @@ import pytest
 
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
+from shoal.core.connection import Connection
 from shoal.core.traversal import (
     ADDRESS_AND_PORT_DEPENDENT as APD,
 )
@@ -200,6 +201,24 @@ def test_pairs_of_nat_kinds_connect(kind_a: str, kind_b: str, strategy: str, pat
         assert len(hard.sockets) <= 2
 
 
+def _confirmed_connection(net: SimNetwork, a: SimNode, b: SimNode) -> Connection:
+    """``a``'s connection to ``b`` once ``b`` has shown it holds it too and a crossed dial,
+    if any, is decided. (The first message rides in the INIT, so it is delivered before
+    the handshake ends.)"""
+    peer = b.endpoint.identity.public_key
+
+    def settled() -> bool:
+        current = a.endpoint.connection_to(peer)
+        others = [c for c in a.endpoint.connections_with(peer) if c is not current]
+        return current is not None and current.confirmed and all(
+            c.draining or c.closed for c in others)
+
+    assert net.run(5, until=settled)
+    connection = a.endpoint.connection_to(peer)
+    assert connection is not None
+    return connection
+
+
 def test_relay_to_direct_upgrade_mid_stream_keeps_every_message_once_in_order() -> None:
     net, _, (a, b) = _lab(4, ["port-restricted", "port-restricted"],
                           config=CoreConfig(punching=False))
@@ -216,7 +235,7 @@ def test_relay_to_direct_upgrade_mid_stream_keeps_every_message_once_in_order() 
     net.flush(a)
     assert net.run(30, until=lambda: _delivery(a, first) is not None)
     assert _delivery(a, first).path == "relay"  # type: ignore[union-attr]
-    connection = a.endpoint.connection_to(b.endpoint.identity.public_key)
+    connection = _confirmed_connection(net, a, b)
     handles = []
     for i in range(1000):
         channel = "chat/1" if i % 2 else ""
@@ -247,7 +266,7 @@ def test_a_direct_path_that_dies_falls_back_to_the_relay_and_comes_back() -> Non
     net.flush(a)
     assert net.run(10, until=lambda: _delivery(a, first) is not None)
     assert _delivery(a, first).path == "direct"  # type: ignore[union-attr]
-    connection = a.endpoint.connection_to(b.endpoint.identity.public_key)
+    connection = _confirmed_connection(net, a, b)
     blocked = {"on": True}
 
     def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
@@ -272,24 +291,30 @@ def test_a_direct_path_that_dies_falls_back_to_the_relay_and_comes_back() -> Non
     assert b.received()[-1].data == b"direct again" and len(b.received()) == 102
 
 
-def test_a_relay_cannot_alter_what_it_carries() -> None:
+@pytest.mark.parametrize(("message", "refused"), [
+    (b"secret", "dropped_handshake"),  # small: it rides in the INIT_IK
+    (b"secret" * 300, "dropped_unauthenticated"),  # too large for that: DATA packets
+])
+def test_a_relay_cannot_alter_what_it_carries(message: bytes, refused: str) -> None:
     net, introducer, (a, b) = _lab(5, ["symmetric", "symmetric"])
     relay = introducer.endpoint.relay
     original = relay.forward
 
-    def tamper(connection, frame, now):  # flips one bit of every relayed DATA packet
-        packet = frame.packet
+    def tamper(connection, frame, now):  # flips one bit of every relayed DATA packet,
+        packet = frame.packet               # and of the early message an INIT_IK carries
         if packet[0] == PacketKind.DATA:
             packet = packet[:-1] + bytes([packet[-1] ^ 1])
+        elif packet[0] == PacketKind.INIT_IK:  # its last byte is the cookie's length
+            packet = packet[:-2] + bytes([packet[-2] ^ 1]) + packet[-1:]
         original(connection, type(frame)(frame.peer, packet), now)
 
     relay.forward = tamper  # type: ignore[method-assign]
-    handle = a.endpoint.send_message(b.peer_id, b"secret", net.now)
+    handle = a.endpoint.send_message(b.peer_id, message, net.now)
     net.flush(a)
     net.run(8)
     assert _delivery(a, handle) is None
     assert b.received() == []
-    assert b.endpoint.stats["dropped_unauthenticated"] > 0
+    assert b.endpoint.stats[refused] > 0
 
 
 def test_relay_quota_limits_a_greedy_peer() -> None:

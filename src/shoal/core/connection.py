@@ -169,6 +169,7 @@ class Connection:
         "remote_sid",
         "peer",
         "peer_introducer",
+        "peer_static",
         "initiator",
         "version",
         "capabilities",
@@ -233,11 +234,15 @@ class Connection:
         socket: int = 0,
         version: int = 2,
         capabilities: int = 0,
+        peer_static: bytes = b"",
     ) -> None:
         self.local_sid = local_sid
         self.remote_sid = remote_sid
         self.peer = peer
         self.peer_introducer = peer_introducer
+        self.peer_static = peer_static
+        """The peer's X25519 static key, as its handshake proved it (an introducer
+        hands it on, so that others can reach the peer with IK)."""
         self.initiator = initiator
         self.version = version
         self.capabilities = capabilities

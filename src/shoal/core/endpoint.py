@@ -53,8 +53,13 @@ from shoal.core.handshake import (
     ResponderSecrets,
     check_proof,
     choose_version,
+    decode_early_payload,
+    early_initiator_state,
+    early_responder_state,
+    encode_early_payload,
     initiator_state,
     make_proof,
+    proof_length,
 )
 from shoal.core.natcheck import NatReport
 from shoal.core.noise import HandshakeState
@@ -85,6 +90,7 @@ from shoal.core.wire import (
     decode_version,
     encode_cookie,
     encode_final,
+    encode_hello,
     encode_init,
     encode_resp,
     encode_version,
@@ -163,6 +169,9 @@ class Endpoint:
             self.add_service(service)
         self._proofs: dict[int, bytes] = {}
         self._next_handle = 1
+        self.wall_offset = 0.0
+        """Seconds from the driver's clock (``now``) to wall-clock time, which early
+        messages are stamped with; the driver sets it (the simulator's nodes agree)."""
 
     # ================================================================== services
 
@@ -347,9 +356,11 @@ class Endpoint:
                 self.stats["dropped_malformed"] += 1
             elif kind == PacketKind.INIT:
                 self._on_init(data, address, now, socket)
+            elif kind == PacketKind.INIT_IK:
+                self._on_init(data, address, now, socket, early=True)
             elif kind == PacketKind.RESP:
                 self._on_resp(data, address, now)
-            elif kind == PacketKind.FINAL:
+            elif kind in (PacketKind.FINAL, PacketKind.FINAL_IK):
                 self._on_final(data, address, now, socket)
             elif kind == PacketKind.COOKIE:
                 self._on_cookie(data, address, now)
@@ -471,16 +482,29 @@ class Endpoint:
             ):
                 return
         seed = self.random(32)
-        _, message = initiator_state(self.identity, seed)
         local_sid = self._new_sid()
         relayed = isinstance(address, RelayPath)
-        datagram = encode_init(local_sid, message, pad=not relayed)
+        # A first message waiting for a peer whose static key is known rides in the INIT.
+        static = self.rendezvous.static_of(expected) if purpose == "peer" and expected else None
+        early = self.messages.early_message(expected, now + self.wall_offset) \
+            if static is not None and expected is not None else None
+        payload = b""
+        if early is not None and static is not None:
+            payload = encode_early_payload(self._proof(SUPPORTED_VERSIONS[0]), early,
+                                           encode_hello(SUPPORTED_VERSIONS, 0))
+            _, message = early_initiator_state(self.identity, seed, static, payload)
+            kind = PacketKind.INIT_IK
+        else:
+            _, message = initiator_state(self.identity, seed)
+            kind = PacketKind.INIT
+        datagram = encode_init(local_sid, message, pad=not relayed, kind=kind)
         retry = self.config.handshake_retry
         dial = Dial(local_sid=local_sid, seed=seed, init_message=message, address=address,
                     created=now, expected_peer=expected, datagram=datagram,
                     next_retry=now + retry, backoff=retry,
                     deadline=now + (timeout or self.config.handshake_timeout), purpose=purpose,
-                    socket=socket)
+                    socket=socket, early=early, responder_static=static or b"",
+                    payload=payload)
         self._dials[local_sid] = dial
         self.timers.set(dial, dial.next_retry)
         self.send_datagram(datagram, address, socket)
@@ -492,11 +516,12 @@ class Endpoint:
         try:
             if kind == PacketKind.DATA:
                 self._on_data(packet, path, now, 0)  # type: ignore[arg-type]
-            elif kind == PacketKind.INIT:
-                self._on_init(packet, path, now, 0, relayed=True)  # type: ignore[arg-type]
+            elif kind in (PacketKind.INIT, PacketKind.INIT_IK):
+                self._on_init(packet, path, now, 0, relayed=True,  # type: ignore[arg-type]
+                              early=kind == PacketKind.INIT_IK)
             elif kind == PacketKind.RESP:
                 self._on_resp(packet, path, now)  # type: ignore[arg-type]
-            elif kind == PacketKind.FINAL:
+            elif kind in (PacketKind.FINAL, PacketKind.FINAL_IK):
                 self._on_final(packet, path, now, 0)  # type: ignore[arg-type]
             else:
                 self.stats["dropped_malformed"] += 1
@@ -530,12 +555,15 @@ class Endpoint:
         return self._work.take(1, rate, rate, now)
 
     def _on_init(self, data: bytes, address: Address, now: float, socket: int = 0, *,
-                 relayed: bool = False) -> None:
+                 relayed: bool = False, early: bool = False) -> None:
         init = decode_init(data, padded=not relayed)
         if len(init.noise_message) < 32:
             raise RemoteProtocolError("INIT carries no ephemeral key")
-        offered, _ = decode_hello(init.noise_message[32:])
-        version = choose_version(offered, init.version)
+        if early:  # the hello is inside the encrypted payload: read once admitted
+            version: int | None = SUPPORTED_VERSIONS[0]
+        else:
+            offered, _ = decode_hello(init.noise_message[32:])
+            version = choose_version(offered, init.version)
         if version is None:
             self.stats["dropped_version"] += 1
             if not relayed and self.allow_unauthenticated(address, now):
@@ -554,14 +582,43 @@ class Endpoint:
             self.stats["handshakes_with_cookie"] += 1
         seed, local_sid = self._secrets.responder_keys(address, init.sender_sid,
                                                        init.noise_message)
-        state = HandshakeState("XX", False, PROLOGUE, self.identity.static_key, seed)
-        state.read_message(init.noise_message)
-        reply = encode_resp(init.sender_sid, local_sid,
-                            state.write_message(self._proof(version)), version)
+        if early:
+            answer = self._answer_early(init.noise_message, seed, address, now)
+            if answer is None:
+                return
+            state, version, taken = answer
+            reply_payload = self._proof(version) + bytes((taken,))
+        else:
+            state = HandshakeState("XX", False, PROLOGUE, self.identity.static_key, seed)
+            state.read_message(init.noise_message)
+            reply_payload = self._proof(version)
+        reply = encode_resp(init.sender_sid, local_sid, state.write_message(reply_payload),
+                            version)
         if len(reply) > len(data) and not relayed:  # never amplify; a padded INIT cannot
             return
         self.send_datagram(reply, address, socket)
         self.stats["handshakes_answered"] += 1
+
+    def _answer_early(self, message: bytes, seed: bytes, address: Address, now: float
+                      ) -> tuple[HandshakeState, int, bool] | None:
+        """Read an INIT_IK's first message and deliver its early message (once). The
+        handshake, the version chosen and whether the message was taken; None if the
+        INIT is to be dropped."""
+        state = early_responder_state(self.identity, seed)
+        try:
+            proof_bytes, early, hello = decode_early_payload(state.read_message(message))
+            proof = check_proof(proof_bytes, state.remote_static)
+        except RemoteProtocolError:
+            self.stats["dropped_handshake"] += 1
+            return None
+        offered, _ = decode_hello(hello)
+        version = choose_version(offered, SUPPORTED_VERSIONS[0])
+        if version is None or proof.peer == self._me:
+            self.stats["dropped_version" if version is None else "dropped_wrong_peer"] += 1
+            return None
+        path = "relay" if isinstance(address, RelayPath) else "direct"
+        taken = self.messages.take_early(proof.peer, early, path, now, now + self.wall_offset)
+        return state, version, taken
 
     def _on_cookie(self, data: bytes, address: Address, now: float) -> None:
         receiver_sid, cookie = decode_cookie(data)
@@ -571,7 +628,8 @@ class Endpoint:
             return
         dial.cookie = cookie
         dial.datagram = encode_init(dial.local_sid, dial.init_message, cookie=cookie,
-                                    pad=not isinstance(dial.address, RelayPath))
+                                    pad=not isinstance(dial.address, RelayPath),
+                                    kind=PacketKind(dial.datagram[0]))
         self.send_datagram(dial.datagram, dial.address, dial.socket)
         self.stats["cookies_echoed"] += 1
 
@@ -594,9 +652,14 @@ class Endpoint:
             return
         # The Noise state is rebuilt from the dial's seed, so a forged RESP that fails
         # here leaves the dial exactly as it was.
-        state, _ = initiator_state(self.identity, dial.seed)
+        if dial.early is not None:
+            state, _ = early_initiator_state(self.identity, dial.seed, dial.responder_static,
+                                             dial.payload)
+        else:
+            state, _ = initiator_state(self.identity, dial.seed)
         try:
-            proof = check_proof(state.read_message(noise_message), state.remote_static)
+            payload = state.read_message(noise_message)
+            proof = check_proof(payload, state.remote_static)
         except RemoteProtocolError:
             self.stats["dropped_handshake"] += 1
             return
@@ -605,12 +668,27 @@ class Endpoint:
             self._remove_dial(dial)
             self.rendezvous.on_dial_failed(dial, now)
             return
+        if dial.early is not None:
+            end = proof_length(payload)
+            taken = len(payload) > end and payload[end] == 1
+            path = "relay" if isinstance(address, RelayPath) else "direct"
+            if self.connection_to(proof.peer) is not None:
+                # Connected another way meanwhile: this answer was all it was for.
+                self._remove_dial(dial)
+                self.messages.early_answered(proof.peer, dial.early.message_id, taken, path,
+                                             now)
+                return
+            self.messages.early_answered(proof.peer, dial.early.message_id, taken, path, now)
         if len(self.connections) >= self.config.session_limit:
             self.stats["dropped_busy"] += 1
             return
         self._remove_dial(dial)
-        final = encode_final(sender_sid, dial.local_sid, dial.init_message,
-                             state.write_message(self._proof(version)))
+        if dial.early is not None:
+            final = encode_final(sender_sid, dial.local_sid, dial.init_message, b"",
+                                 kind=PacketKind.FINAL_IK)
+        else:
+            final = encode_final(sender_sid, dial.local_sid, dial.init_message,
+                                 state.write_message(self._proof(version)))
         send_key, recv_key = state.split()
         connection = Connection(
             local_sid=dial.local_sid, remote_sid=sender_sid, peer=proof.peer,
@@ -618,6 +696,7 @@ class Endpoint:
             recv_key=recv_key, address=address, now=now, config=self.config,
             random_bytes=self.random, socket=dial.socket, version=version,
             capabilities=proof.capabilities,
+            peer_static=(state.remote_static or b"") + payload[32:96],
         )
         connection.purpose, connection.dialed = dial.purpose, dial.address
         if not dial.retransmitted:
@@ -640,19 +719,36 @@ class Endpoint:
         if local_sid != receiver_sid:  # not our answer to an INIT from this address
             self.stats["dropped_unknown_session"] += 1
             return
-        offered, _ = decode_hello(first[32:])
-        version = choose_version(offered, SUPPORTED_VERSIONS[0])
-        if version is None:
-            self.stats["dropped_version"] += 1
-            return
-        state = HandshakeState("XX", False, PROLOGUE, self.identity.static_key, seed)
-        try:
-            state.read_message(first)
-            state.write_message(self._proof(version))
-            proof = check_proof(state.read_message(noise_message), state.remote_static)
-        except RemoteProtocolError:
-            self.stats["dropped_handshake"] += 1
-            return
+        if data[0] == PacketKind.FINAL_IK:
+            # The INIT_IK again: its early message was dealt with when it first came.
+            state = early_responder_state(self.identity, seed)
+            try:
+                proof_bytes, _, hello = decode_early_payload(state.read_message(first))
+                offered, _ = decode_hello(hello)
+                version = choose_version(offered, SUPPORTED_VERSIONS[0])
+                if version is None:
+                    self.stats["dropped_version"] += 1
+                    return
+                state.write_message(self._proof(version) + b"\x00")
+                proof = check_proof(proof_bytes, state.remote_static)
+            except RemoteProtocolError:
+                self.stats["dropped_handshake"] += 1
+                return
+        else:
+            offered, _ = decode_hello(first[32:])
+            version = choose_version(offered, SUPPORTED_VERSIONS[0])
+            if version is None:
+                self.stats["dropped_version"] += 1
+                return
+            state = HandshakeState("XX", False, PROLOGUE, self.identity.static_key, seed)
+            try:
+                state.read_message(first)
+                state.write_message(self._proof(version))
+                proof_bytes = state.read_message(noise_message)
+                proof = check_proof(proof_bytes, state.remote_static)
+            except RemoteProtocolError:
+                self.stats["dropped_handshake"] += 1
+                return
         if proof.peer == self._me:
             return
         full = len(self.connections) >= self.config.session_limit \
@@ -664,6 +760,7 @@ class Endpoint:
             recv_key=recv_key, address=address, now=now, config=self.config,
             random_bytes=self.random, socket=socket, version=version,
             capabilities=proof.capabilities,
+            peer_static=(state.remote_static or b"") + proof_bytes[32:96],
         )
         if full:
             # Say so, authenticated, rather than leave the initiator waiting; the
@@ -679,7 +776,7 @@ class Endpoint:
         if dial.local_sid not in self._dials:
             return
         if now >= dial.deadline:
-            self._remove_dial(dial)
+            self._remove_dial(dial, now)
             if dial.socket > 0:
                 self._sweep_sockets()
             self.stats["handshake_timeouts"] += 1
@@ -691,9 +788,27 @@ class Endpoint:
         self.timers.set(dial, min(dial.next_retry, dial.deadline))
         self.send_datagram(dial.datagram, dial.address, dial.socket)
 
-    def _remove_dial(self, dial: Dial) -> None:
+    def _ask_again(self, dial: Dial, address: Address, socket: int) -> None:
+        """Send ``dial``'s INIT to ``address`` from now on."""
+        if (dial.address, dial.socket) != (address, socket):
+            dial.address, dial.socket = address, socket
+            dial.datagram = encode_init(dial.local_sid, dial.init_message,
+                                        pad=not isinstance(address, RelayPath),
+                                        kind=PacketKind(dial.datagram[0]))
+        dial.retransmitted = True
+        self.send_datagram(dial.datagram, address, socket)
+
+    def _remove_dial(self, dial: Dial, now: float | None = None) -> None:
+        """Forget ``dial``; given ``now``, it ended unanswered (see ``early_unanswered``)."""
         self._dials.pop(dial.local_sid, None)
         self.timers.set(dial, None)
+        early, peer = dial.early, dial.expected_peer
+        if now is None or early is None or peer is None:
+            return
+        if any(d.early is not None and d.early.message_id == early.message_id
+               for d in self._dials.values()):
+            return  # another INIT with the same message may still be answered
+        self.messages.early_unanswered(peer, early.message_id, now)
 
     # ================================================================== connections
 
@@ -743,7 +858,15 @@ class Endpoint:
         """``connection`` is the peer's only one: it carries the traffic from now on."""
         peer = connection.peer
         self._current[peer] = connection
+        awaited = self.messages.early_awaited(peer)
+        asking = False
         for dial in [d for d in self._dials.values() if d.expected_peer == peer]:
+            if not asking and dial.early is not None and dial.early.message_id == awaited:
+                # Its answer says whether the peer has the early message: ask again on
+                # the path that works (the INIT may never have got through).
+                asking = True
+                self._ask_again(dial, connection.address, connection.path.socket)
+                continue
             self._remove_dial(dial)
             if dial.address != connection.address:
                 connection.probe_path(dial.address, dial.socket, now)

@@ -22,6 +22,19 @@ and only then holds anything. The lowest bit of the responder's session id names
 secret's epoch. A busy responder (more INITs than ``handshake_rate`` allows) answers
 with a COOKIE instead: 16 bytes bound to the source address that the initiator puts in
 its next INIT, which is then answered even under load.
+
+First message in the INIT
+-------------------------
+An initiator that knows the responder's static key (an introducer handed it on, with the
+responder's signature over it) may open with ``Noise_IK`` instead (INIT_IK, FINAL_IK).
+Its first Noise message is encrypted to the responder and authenticated by the
+initiator's static key, so it carries the initiator's proof and the first application
+message (``Early``); the responder delivers that message at once and says so in the RESP,
+one round trip before a FINAL could have carried it. Each early message has a random id;
+the responder remembers the ids it delivered for ``2 * EARLY_WINDOW`` seconds and takes
+only messages stamped within ``EARLY_WINDOW`` seconds of its own clock, so a repeated or
+replayed INIT never delivers a message twice. The responder still keeps no connection
+before the FINAL_IK, which repeats the first message as FINAL does.
 """
 
 from __future__ import annotations
@@ -48,6 +61,12 @@ from shoal.identity import STATIC_PROOF_CONTEXT, Identity, verify_signature
 
 PROLOGUE = b"shoal/2"
 PROOF_SIZE = 32 + 64 + 1
+STATIC_ENDORSEMENT_SIZE = 32 + 64
+"""An X25519 static key and its owner's signature over it (as in a proof)."""
+EARLY_WINDOW = 30.0
+"""Seconds an early message's timestamp may differ from the responder's clock."""
+MAX_EARLY = 900
+"""Bytes of channel name and data an early message may have (it fits in the INIT)."""
 FLAG_INTRODUCER = 0x01
 SECRET_LIFETIME = 120.0
 
@@ -63,6 +82,70 @@ def make_proof(identity: Identity, introducer: bool, version: int, capabilities:
     flags = FLAG_INTRODUCER if introducer else 0
     return (identity.public_key + identity.static_proof + bytes((flags,))
             + encode_varint(version) + encode_varint(capabilities))
+
+
+def proof_length(payload: bytes) -> int:
+    """How many bytes at the start of ``payload`` the proof takes."""
+    if len(payload) < PROOF_SIZE:
+        raise RemoteProtocolError("handshake carries no identity proof")
+    _, pos = decode_varint(payload, PROOF_SIZE)
+    _, pos = decode_varint(payload, pos)
+    return pos
+
+
+def endorsed_static(endorsement: bytes, peer: bytes) -> bytes | None:
+    """The static key in ``endorsement`` (key and signature) if ``peer`` signed it."""
+    if len(endorsement) != STATIC_ENDORSEMENT_SIZE:
+        return None
+    static, signature = endorsement[:32], endorsement[32:]
+    if not verify_signature(peer, STATIC_PROOF_CONTEXT + static, signature):
+        return None
+    return bytes(static)
+
+
+class Early(NamedTuple):
+    """The first application message, carried in an INIT_IK."""
+
+    message_id: bytes
+    """8 random bytes, the same in every INIT that carries this message."""
+    sent_at: float
+    """The sender's wall clock, seconds (sent in milliseconds)."""
+    channel: str
+    data: bytes
+
+
+def encode_early_payload(proof: bytes, early: Early, hello: bytes) -> bytes:
+    """The payload of an INIT_IK's Noise message: proof, early message, hello."""
+    channel = early.channel.encode()
+    return b"".join((proof, early.message_id, round(early.sent_at * 1000).to_bytes(8, "big"),
+                     bytes((len(channel),)), channel, len(early.data).to_bytes(2, "big"),
+                     early.data, hello))
+
+
+def decode_early_payload(payload: bytes) -> tuple[bytes, Early, bytes]:
+    """(proof, early message, hello) from an INIT_IK's Noise payload."""
+    pos = proof_length(payload)
+    proof = payload[:pos]
+    if len(payload) < pos + 17:
+        raise RemoteProtocolError("truncated early message")
+    message_id = payload[pos : pos + 8]
+    sent_at = int.from_bytes(payload[pos + 8 : pos + 16], "big") / 1000
+    size = payload[pos + 16]
+    pos += 17
+    channel = payload[pos : pos + size]
+    pos += size
+    if len(payload) < pos + 2:
+        raise RemoteProtocolError("truncated early message")
+    length = int.from_bytes(payload[pos : pos + 2], "big")
+    data = payload[pos + 2 : pos + 2 + length]
+    if len(channel) != size or len(data) != length:
+        raise RemoteProtocolError("truncated early message")
+    try:
+        name = channel.decode()
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("early message's channel is not UTF-8") from None
+    return proof, Early(bytes(message_id), sent_at, name, bytes(data)), \
+        payload[pos + 2 + length :]
 
 
 def check_proof(payload: bytes, remote_static: bytes | None) -> Proof:
@@ -157,9 +240,27 @@ class Dial:
     socket: int = 0
     cookie: bytes = b""
     retransmitted: bool = False
+    early: Early | None = None
+    """The first message this INIT_IK carries (None: an XX INIT)."""
+    responder_static: bytes = b""
+    payload: bytes = b""
+    """The INIT_IK's Noise payload, to rebuild the handshake from the seed."""
 
 
 def initiator_state(identity: Identity, seed: bytes) -> tuple[HandshakeState, bytes]:
     """A fresh initiator handshake and its first message (carrying our hello)."""
     state = HandshakeState("XX", True, PROLOGUE, identity.static_key, seed)
     return state, state.write_message(encode_hello(SUPPORTED_VERSIONS, 0))
+
+
+def early_initiator_state(identity: Identity, seed: bytes, responder_static: bytes,
+                          payload: bytes) -> tuple[HandshakeState, bytes]:
+    """A fresh IK initiator handshake and its first message, carrying ``payload`` (see
+    ``encode_early_payload``)."""
+    state = HandshakeState("IK", True, PROLOGUE, identity.static_key, seed,
+                           remote_static=responder_static)
+    return state, state.write_message(payload)
+
+
+def early_responder_state(identity: Identity, seed: bytes) -> HandshakeState:
+    return HandshakeState("IK", False, PROLOGUE, identity.static_key, seed)

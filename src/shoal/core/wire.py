@@ -78,6 +78,8 @@ class PacketKind(IntEnum):
     PUNCH = 0xD5
     COOKIE = 0xD6
     VERSION = 0xD7
+    INIT_IK = 0xD8
+    FINAL_IK = 0xD9
 
 
 class FrameType(IntEnum):
@@ -291,7 +293,10 @@ class Intro:
     """Peer ``peer`` can be reached at ``addresses``; start sending to it now.
 
     ``nat`` is the peer's NAT kind (``NatType.code``) and ``token`` a secret both sides
-    of this introduction share, carried by their PUNCH packets.
+    of this introduction share, carried by their PUNCH packets. ``static`` is the peer's
+    X25519 static key and the peer's signature over it, as its handshake with the
+    introducer proved them (96 bytes, or empty): with it, the first INIT can carry the
+    first message (IK).
     """
 
     request_id: int
@@ -299,6 +304,7 @@ class Intro:
     addresses: tuple[Address, ...]
     nat: int = 0
     token: bytes = bytes(8)
+    static: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,10 +382,9 @@ def encode_frame(frame: Frame) -> bytes:
             return b"\x21" + _encode_addresses(local) + ev(nat)
         case IntroRequest(request_id, target):
             return b"\x22" + ev(request_id) + target
-        case Intro(request_id, peer, addresses, nat, token):
-            return b"".join(
-                (b"\x23", ev(request_id), peer, _encode_addresses(addresses), ev(nat), token)
-            )
+        case Intro(request_id, peer, addresses, nat, token, static):
+            return b"".join((b"\x23", ev(request_id), peer, _encode_addresses(addresses),
+                             ev(nat), token, ev(len(static)), static))
         case IntroFailed(request_id, target):
             return b"\x24" + ev(request_id) + target
         case RelaySend(peer, packet):
@@ -499,7 +504,10 @@ def _decode_intro(buf: bytes, pos: int) -> tuple[Intro, int]:
     addresses, pos = _decode_addresses(buf, pos)
     nat, pos = decode_varint(buf, pos)
     token, pos = _take(buf, pos, 8)
-    return Intro(request_id, peer, addresses, nat, token), pos
+    static, pos = _take_blob_at(buf, pos)
+    if len(static) not in (0, 96):
+        raise RemoteProtocolError("INTRO static key must be 96 bytes (key and signature)")
+    return Intro(request_id, peer, addresses, nat, token, static), pos
 
 
 def _decode_relay(kind: type[RelaySend] | type[RelayRecv]) -> FrameDecoder:
@@ -575,7 +583,7 @@ FINAL_HEADER = struct.Struct("!B8s8s")
 DATA_HEADER = struct.Struct("!B8sQ")
 COOKIE_SIZE = 16
 COOKIE_PACKET_SIZE = 1 + SID_SIZE + COOKIE_SIZE
-MAX_NOISE_MESSAGE = 512
+MAX_NOISE_MESSAGE = 1200
 
 
 class Init(NamedTuple):
@@ -586,9 +594,11 @@ class Init(NamedTuple):
 
 
 def encode_init(sender_sid: bytes, noise_message: bytes, *, cookie: bytes = b"",
-                pad: bool = True, version: int = PROTOCOL_VERSION) -> bytes:
-    """An INIT, padded to ``MIN_INIT_SIZE`` unless it travels through a relay."""
-    head = INIT_HEADER.pack(PacketKind.INIT, version, sender_sid)
+                pad: bool = True, version: int = PROTOCOL_VERSION,
+                kind: PacketKind = PacketKind.INIT) -> bytes:
+    """An INIT (or INIT_IK), padded to ``MIN_INIT_SIZE`` unless it travels through a
+    relay."""
+    head = INIT_HEADER.pack(kind, version, sender_sid)
     body = b"".join((head, _U16.pack(len(noise_message)), noise_message,
                      bytes((len(cookie),)), cookie))
     return body.ljust(MIN_INIT_SIZE, b"\x00") if pad else body
@@ -623,8 +633,9 @@ def decode_resp(datagram: bytes) -> tuple[int, bytes, bytes, bytes]:
 
 
 def encode_final(receiver_sid: bytes, sender_sid: bytes, init_message: bytes,
-                 noise_message: bytes) -> bytes:
-    head = FINAL_HEADER.pack(PacketKind.FINAL, receiver_sid, sender_sid)
+                 noise_message: bytes, kind: PacketKind = PacketKind.FINAL) -> bytes:
+    """A FINAL (message 1 repeated, then message 3), or a FINAL_IK (message 1 only)."""
+    head = FINAL_HEADER.pack(kind, receiver_sid, sender_sid)
     return b"".join((head, _U16.pack(len(init_message)), init_message, noise_message))
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from shoal.core import events as ev
 from shoal.core.connection import CLOSE_BUSY, CLOSE_PROTOCOL_ERROR, Connection
+from shoal.core.handshake import EARLY_WINDOW, MAX_EARLY, Early
 from shoal.core.services.base import Service
 from shoal.core.wire import (
     MAX_CHANNEL_NAME,
@@ -391,6 +392,11 @@ class MessageFlow:
         self.inbound.clear()
 
 
+MAX_EARLY_SEEN = 65536
+"""Early messages remembered at once; past that, INITs carry none (they go the usual
+way), so a replay can never find its message forgotten."""
+
+
 class MessageService(Service):
     """Messages for the application, on named channels, across every connection."""
 
@@ -407,6 +413,10 @@ class MessageService(Service):
         self._pending: dict[bytes, list[tuple[int, str, bytes]]] = {}
         self._deadlines: deque[tuple[float, int]] = deque()
         self._flow_factory = self.flow
+        self._early: dict[bytes, tuple[int, Early]] = {}
+        """Per peer: the message INITs carry to it, while their answer is awaited."""
+        self._early_seen: dict[bytes, float] = {}
+        """peer + message id -> until when: early messages delivered (never twice)."""
 
     # ---------------------------------------------------------------- commands
 
@@ -501,7 +511,89 @@ class MessageService(Service):
         # Most connections of an introducer never carry a message: the flow waits.
         connection.flow_factory = self._flow_factory
 
+    # ---------------------------------------------------------------- early messages
+
+    def early_message(self, peer: bytes, wall: float) -> Early | None:
+        """What an INIT_IK to ``peer`` carries: the first message waiting for it, if it
+        is small enough; the same one in every INIT until one is answered."""
+        current = self._early.get(peer)
+        if current is not None:
+            return current[1]
+        queued = self._pending.get(peer)
+        if not queued:
+            return None
+        handle, channel, data = queued[0]
+        if len(channel.encode()) + len(data) > MAX_EARLY:
+            return None
+        early = Early(self.endpoint.random(8), wall, channel, data)
+        self._early[peer] = (handle, early)
+        return early
+
+    def early_answered(self, peer: bytes, message_id: bytes, delivered: bool, path: str,
+                       now: float) -> None:
+        """The peer answered an INIT_IK: it delivered the early message, or it did not
+        take it (it goes the usual way, first of its peer's queue)."""
+        entry = self._early.get(peer)
+        if entry is None or entry[1].message_id != message_id:
+            return
+        del self._early[peer]
+        handle = entry[0]
+        if delivered:
+            queued = self._pending.get(peer)
+            if queued:
+                self._pending[peer] = [q for q in queued if q[0] != handle]
+            if self._handles.pop(handle, None) is not None:
+                self.endpoint.emit(ev.MessageDelivered(handle=handle, peer_id=peer.hex(),
+                                                       path=path))
+        self._release_pending(peer, now)
+
+    def early_unanswered(self, peer: bytes, message_id: bytes, now: float) -> None:
+        """No INIT that carried the early message was answered: whether it arrived is
+        unknown, so it fails rather than risk arriving twice."""
+        entry = self._early.pop(peer, None)
+        if entry is None or entry[1].message_id != message_id:
+            if entry is not None:
+                self._early[peer] = entry
+            return
+        self.failed(entry[0], "ETIMEDOUT", "the peer did not answer the first contact")
+        self._release_pending(peer, now)
+
+    def early_awaited(self, peer: bytes) -> bytes | None:
+        """The id of the early message to ``peer`` whose answer is awaited, if any."""
+        entry = self._early.get(peer)
+        return entry[1].message_id if entry is not None else None
+
+    def take_early(self, peer: bytes, early: Early, path: str, now: float,
+                   wall: float) -> bool:
+        """An INIT_IK from ``peer`` carries ``early``: deliver it unless it was delivered
+        already. Whether the peer may count it delivered."""
+        seen = self._early_seen
+        while seen:
+            oldest = next(iter(seen))
+            if seen[oldest] > now:
+                break
+            del seen[oldest]
+        key = peer + early.message_id
+        if key in seen:
+            return True
+        if (early.channel not in self.served or abs(wall - early.sent_at) > EARLY_WINDOW
+                or len(seen) >= MAX_EARLY_SEEN
+                or len(early.channel.encode()) + len(early.data) > MAX_EARLY):
+            return False
+        seen[key] = now + 2 * EARLY_WINDOW  # every entry lives as long: oldest first
+        self.endpoint.stats["early_messages_delivered"] += 1
+        self.endpoint.emit(ev.MessageReceived(peer_id=peer.hex(), data=early.data, path=path,
+                                              channel=early.channel))
+        return True
+
+    def _release_pending(self, peer: bytes, now: float) -> None:
+        connection = self.endpoint.connection_to(peer)
+        if connection is not None:
+            self.on_connection_up(connection, now)
+
     def on_connection_up(self, connection: Connection, now: float) -> None:
+        if connection.peer in self._early:
+            return  # held until the early message's answer: order is kept
         queued = self._pending.pop(connection.peer, None)
         if queued:
             flow = self.flow(connection)

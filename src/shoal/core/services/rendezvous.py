@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from shoal.core import events as ev
 from shoal.core.connection import Connection
+from shoal.core.handshake import endorsed_static
 from shoal.core.relay import KeyedBuckets
 from shoal.core.services.base import Service
 from shoal.core.traversal import NatType, Plan, choose_plan
@@ -76,6 +77,8 @@ class PeerState:
     reprobe_at: float | None = None
     punch_target: Address | None = None
     token: bytes = b""
+    static: bytes | None = None
+    """The peer's X25519 static key, signed by the peer: INITs to it may be IK."""
 
 
 @dataclass(slots=True, eq=False)
@@ -385,15 +388,20 @@ class RendezvousService(Service):
         connection.queue_frame(
             Intro(frame.request_id, frame.target,
                   _addresses(target_connection.address, target_local, connection.address),
-                  target_nat, token)
+                  target_nat, token, target_connection.peer_static)
         )
         target_connection.queue_frame(
             Intro(0, connection.peer,
                   _addresses(connection.address, my_local, target_connection.address),
-                  my_nat, token)
+                  my_nat, token, connection.peer_static)
         )
         endpoint.mark(target_connection)
         endpoint.stats["introductions"] += 1
+
+    def static_of(self, peer: bytes) -> bytes | None:
+        """``peer``'s static key, signed by it, if an introduction handed it on."""
+        state = self.peers.get(peer)
+        return state.static if state is not None else None
 
     def _on_intro(self, frame: Intro, introducer: bytes, now: float) -> None:
         endpoint = self.endpoint
@@ -405,6 +413,9 @@ class RendezvousService(Service):
         state.nat = NatType.from_code(frame.nat)
         state.relay_via = introducer
         state.token = frame.token
+        static = endorsed_static(frame.static, frame.peer) if frame.static else None
+        if static is not None:
+            state.static = static
         # Earlier tokens stay valid: a punch in progress still carries one.
         self._punch_tokens[frame.token] = frame.peer
         if len(self._punch_tokens) > MAX_PUNCH_TOKENS:
