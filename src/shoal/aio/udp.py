@@ -69,6 +69,8 @@ class UdpDriver(LoopDriver):
         on_event: Callable[[ev.Event], None],
     ) -> None:
         super().__init__(endpoint, on_event)
+        # The core's clock is monotonic; early messages are stamped with the wall clock.
+        endpoint.wall_offset = time.time() - time.monotonic()
         self.sock = sock
         self._sockets: dict[int, socket.socket] = {}
         self._dual_stack = sock.family == socket.AF_INET6

@@ -641,7 +641,7 @@ class Endpoint:
             return
         if not set(versions) & set(SUPPORTED_VERSIONS):
             self.stats["dials_version_mismatch"] += 1
-            self._remove_dial(dial)
+            self._remove_dial(dial, now)
             self.rendezvous.on_dial_failed(dial, now)
 
     def _on_resp(self, data: bytes, address: Address, now: float) -> None:
@@ -665,7 +665,7 @@ class Endpoint:
             return
         if proof.peer == self._me or (dial.expected_peer and proof.peer != dial.expected_peer):
             self.stats["dropped_wrong_peer"] += 1
-            self._remove_dial(dial)
+            self._remove_dial(dial, now)
             self.rendezvous.on_dial_failed(dial, now)
             return
         if dial.early is not None:
