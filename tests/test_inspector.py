@@ -143,10 +143,15 @@ def _dev(app: Path, data: Path, *args: str, display: str | None = None
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM to Shoal, which closes its windows and ends; then to what is left of its
+    session (a signal to the whole group at once ends the same way, after a grace)."""
+    import contextlib
     import signal
 
-    os.killpg(process.pid, signal.SIGTERM)
+    process.send_signal(signal.SIGTERM)
     process.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("mode", ["window", "browser"])

@@ -767,12 +767,16 @@ def test_command(folder: Path, timeout: float, data_dir: Path | None, as_json: b
         return 1 if counted["failed"] else 0
 
     if window:
+        from shoal.runtime.window import end_within_grace
+
         try:
             run_tests_in_window(folder, on_result=on_result, gui=gui, data_dir=data_dir,
                                 timeout=timeout)
         except ShoalError as exc:
             output.error(exc.code, exc.message)
             sys.exit(EXIT_ERROR)
+        finally:
+            end_within_grace()
         sys.exit(summary())
 
     async def body() -> int:
@@ -917,7 +921,7 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
 
     from shoal.runtime import instance
     from shoal.runtime.config import check_app_code, default_data_dir, load_config
-    from shoal.runtime.window import choose_gui, run_in_window
+    from shoal.runtime.window import choose_gui, end_within_grace, run_in_window
 
     # A bad config or app code: one clear line before anything starts.
     config = load_config(folder)
@@ -958,9 +962,12 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
                 ms = round((time.monotonic() - started) * 1000, 1)
                 output.event("ready", f"window open ({ms} ms)", mode="window", ms=ms)
 
-            run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port, gui=gui,
-                          config=config, on_dev=on_dev, argv=app_args, instance=listening,
-                          launch_url=url)
+            try:
+                run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port,
+                              gui=gui, config=config, on_dev=on_dev, argv=app_args,
+                              instance=listening, launch_url=url)
+            finally:
+                end_within_grace()
             return
         output.event("notice", f"no native window: {reason}; serving for a browser instead",
                      reason=reason)

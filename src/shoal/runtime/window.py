@@ -607,6 +607,22 @@ def preferred_port(app_id: str) -> int:
         high - low)
 
 
+EXIT_GRACE = 5
+"""Seconds the process may take to end once the app's windows are closed."""
+
+
+def end_within_grace() -> None:
+    """Bound the process's end once the windows are closed: the webview's own teardown,
+    in the C++ destructors that run as the interpreter exits, can hang (seen with
+    QtWebEngine after a SIGTERM to the process group took its helper processes first).
+    SIGALRM's default action then ends the process; no Python code needs to run."""
+    import signal
+
+    if hasattr(signal, "alarm") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(EXIT_GRACE)
+
+
 def _close_on_gtk_signals(windows: Callable[[], list[Any]]) -> None:
     """On GTK's thread: close ``windows()`` on SIGTERM or SIGINT, through GLib's own
     signal watch (see ``_close_windows_on_signals``)."""
