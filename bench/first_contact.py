@@ -190,6 +190,9 @@ def _table(summary: dict) -> str:
         "*start*: from the sender's process starting; Shoal's sender waits for its NAT",
         "check before it dials (about 1 s behind a NAT; `shoal send` does not wait),",
         "HyperDHT's for its bootstrap, which includes its own NAT analysis.",
+        "Shoal's first message rides in its first INIT (Noise IK with the key the",
+        "introducer handed on; see protocol.md), so it is acknowledged in the RESP: a",
+        "round trip to the introducer, then one to the peer.",
         "",
         "| sender | receiver | Shoal ok | Shoal path | Shoal dial→ack ms | HyperDHT ok "
         "| HyperDHT dial→open ms | HyperDHT dial→echo ms | Shoal start→ack ms "
