@@ -161,3 +161,19 @@ def test_an_init_that_never_gets_through_fails_the_message_rather_than_risk_it_t
     later = _send(net, a, b, b"after")  # the connection b opened meanwhile carries on
     assert net.run(5, until=lambda: _outcome(a, later) is not None)
     assert [m.data for m in b.received()] == [b"after"]
+
+
+def test_a_full_table_of_early_ids_sends_first_messages_the_usual_way(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.core.services import messages
+
+    monkeypatch.setattr(messages, "MAX_EARLY_SEEN", 4)
+    net, _, a, b = _network(seed=9)
+    seen = b.endpoint.messages._early_seen
+    for index in range(4):  # as a flood of authenticated INIT_IKs would leave it
+        seen[bytes(32) + index.to_bytes(8, "big")] = net.now + 60
+    handle = _send(net, a, b, b"still arrives")
+    assert net.run(5, until=lambda: _outcome(a, handle) is not None)
+    assert isinstance(_outcome(a, handle), ev.MessageDelivered)
+    assert [m.data for m in b.received()] == [b"still arrives"]
+    assert b.endpoint.stats["early_messages_delivered"] == 0 and len(seen) == 4
