@@ -437,8 +437,9 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         view = getattr(native, "webview", None)
         if profile is None or view is None:
             return None
-        handlers.append(scheme_handler(config, listener.getsockname()[1], dev=dev))
-        profile.installUrlSchemeHandler(SCHEME, handlers[-1])
+        if profile.urlSchemeHandler(SCHEME) is None:  # the windows share one profile
+            handlers.append(scheme_handler(config, listener.getsockname()[1], dev=dev))
+            profile.installUrlSchemeHandler(SCHEME, handlers[-1])
         keep_navigation_on_app(view.page(), leave)
         # pywebview's own bridge would be a second way into Python, outside the policy.
         view.page().setWebChannel(None)
@@ -489,6 +490,8 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     def initialized(renderer: str) -> None:
         # Main thread: pywebview has chosen its renderer; no window exists yet.
         shown["renderer"] = renderer
+        if renderer == "qtwebengine":
+            _one_qt_profile()
         if own_scheme and renderer == "qtwebengine":
             shown["origin"] = ORIGIN
             shown["url"] = window.real_url = url_of("/")
@@ -592,6 +595,29 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         host.stop()
     if host.failure is not None:
         raise host.failure
+
+
+def _one_qt_profile() -> None:
+    """Have pywebview's Qt windows share one persistent profile. It makes one per window,
+    all on the same storage folder, which Chromium does not support (a second one on the
+    folder may fail to load its pages); one profile is also what makes the windows of an
+    app share what their pages store."""
+    import webview.platforms.qt as qt_platform
+
+    made = qt_platform.QWebEngineProfile
+    if getattr(made, "shared_by_shoal", False):
+        return
+    shared: list[Any] = []
+
+    def profile(*name: str) -> Any:
+        if not name:  # an off-the-record profile: each its own
+            return made()
+        if not shared:
+            shared.append(made(*name))
+        return shared[0]
+
+    profile.shared_by_shoal = True  # type: ignore[attr-defined]
+    qt_platform.QWebEngineProfile = profile
 
 
 PREFERRED_PORTS = (20000, 30000)
