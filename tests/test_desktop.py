@@ -344,3 +344,25 @@ def test_dropped_files_reach_the_page_with_their_paths_only_with_file_access(
             assert _lines(data / "drop.txt", 1) == ["|".join(map(str, notes))]
         else:
             assert not (data / "drop.txt").exists()
+
+
+class _SlowDialog(BrowserBackend):
+    def open_dialog(self, kind: str, options: dict[str, Any]) -> list[str] | None:
+        time.sleep(0.5)  # the user takes a while to choose
+        return ["/tmp/chosen"]
+
+
+def test_an_open_dialog_does_not_hold_up_the_apps_other_calls() -> None:
+    system = System(Permissions(dialog=True, window=True), "/tmp", _SlowDialog(),
+                    "http://127.0.0.1:1")
+
+    async def both() -> tuple[float, list[str] | None]:
+        started = time.monotonic()
+        dialog = asyncio.create_task(system.dialog_open({}))
+        await asyncio.sleep(0.05)  # the dialog is open now
+        await system.set_title("meanwhile")  # another call of the page, while it is open
+        took = time.monotonic() - started
+        return took, await dialog
+
+    took, chosen = asyncio.run(both())
+    assert chosen == ["/tmp/chosen"] and took < 0.2

@@ -244,11 +244,12 @@ class System:
 
     async def dialog_open(self, options: dict[str, Any] | None = None) -> list[str] | None:
         self._require("dialog")
-        return self.window.open_dialog("open", options or {})
+        # The dialog waits for the user: off the loop, so other calls go on meanwhile.
+        return await asyncio.to_thread(self.window.open_dialog, "open", options or {})
 
     async def dialog_save(self, options: dict[str, Any] | None = None) -> str | None:
         self._require("dialog")
-        chosen = self.window.open_dialog("save", options or {})
+        chosen = await asyncio.to_thread(self.window.open_dialog, "save", options or {})
         return chosen[0] if chosen else None
 
     async def notify(self, title: str, body: str = "") -> None:
