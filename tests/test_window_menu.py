@@ -68,12 +68,14 @@ def test_a_page_of_the_app_opens_in_a_second_window_with_the_bridge(
                                     "[permissions]\nwindow = true\n")
     (app / "index.html").write_text('<!doctype html><meta charset="utf-8">'
                                     '<script type="module" src="app.js"></script><p>one</p>')
-    (app / "app.js").write_text('import { fs } from "shoal:api";\n'
+    (app / "app.js").write_text('import { fs, window as shown } from "shoal:api";\n'
                                 'await fs.writeFile("first.txt", location.origin);\n'
-                                'window.open("second.html?from=first");\n')
+                                'window.open("second.html?from=first");\n'
+                                'setTimeout(() => shown.setTitle("First"), 1500);\n')
     (app / "second.html").write_text('<!doctype html><meta charset="utf-8">'
                                      '<script type="module" src="second.js"></script><p>2</p>')
-    (app / "second.js").write_text('import { fs } from "shoal:api";\n'
+    (app / "second.js").write_text('import { fs, window as shown } from "shoal:api";\n'
+                                   'await shown.setTitle("Second");\n'
                                    'await fs.writeFile("second.txt", location.origin + " "'
                                    ' + location.search);\n')
     data = tmp_path / "data"
@@ -81,7 +83,10 @@ def test_a_page_of_the_app_opens_in_a_second_window_with_the_bridge(
         origin = wait_for_file(data / "first.txt")
         # The second page reached the bridge from a window of its own, on the same origin.
         assert wait_for_file(data / "second.txt") == f"{origin} ?from=first"
-        assert len(find_window("Windows", env)) == 2
+        # Each window's calls act on the window its page is in: once the first page has
+        # named its window too, both names are there.
+        assert len(find_window("First", env)) == 1
+        assert len(find_window("Second", env)) == 1
 
 
 STORAGE_SCRIPT = """import { fs } from "shoal:api";

@@ -74,9 +74,9 @@ def platform_and_arch() -> dict[str, str]:
 class WindowBackend(Protocol):
     """What the hosting window can do for the page."""
 
-    def set_title(self, title: str) -> None: ...
-    def set_size(self, width: int, height: int) -> None: ...
-    def close(self) -> None: ...
+    def set_title(self, title: str, window: int = 0) -> None: ...
+    def set_size(self, width: int, height: int, window: int = 0) -> None: ...
+    def close(self, window: int = 0) -> None: ...
     def focus(self) -> None: ...
     def open_window(self, path: str) -> None: ...
     def context_menu(self, items: tuple[MenuItem, ...]) -> str | None: ...
@@ -89,13 +89,13 @@ class BrowserBackend:
     """The app is open in a browser tab: the page manages title itself; the rest is not
     available from a tab."""
 
-    def set_title(self, title: str) -> None:
+    def set_title(self, title: str, window: int = 0) -> None:
         return None
 
-    def set_size(self, width: int, height: int) -> None:
+    def set_size(self, width: int, height: int, window: int = 0) -> None:
         raise BridgeError("a browser tab cannot be resized by the app", code="ENOTSUP")
 
-    def close(self) -> None:
+    def close(self, window: int = 0) -> None:
         raise BridgeError("a browser tab is closed by the user", code="ENOTSUP")
 
     def focus(self) -> None:
@@ -116,6 +116,13 @@ class BrowserBackend:
 
     def write_clipboard(self, text: str) -> None:
         _clipboard_command(read=False, text=text)
+
+
+def _window_number(window: object) -> int:
+    """Which of the app's windows a call is for (0: the first)."""
+    if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window < 1 << 20:
+        raise BridgeError("window must be a window's number", code="EINVAL")
+    return window
 
 
 def _clipboard_command(*, read: bool, text: str = "") -> str:
@@ -201,22 +208,22 @@ class System:
             "videos": platformdirs.user_videos_dir(),
         }
 
-    async def set_title(self, title: str) -> None:
+    async def set_title(self, title: str, window: int = 0) -> None:
         self._require("window")
         if not isinstance(title, str):
             raise BridgeError("title must be a string", code="EINVAL")
-        self.window.set_title(title[:256])
+        self.window.set_title(title[:256], _window_number(window))
 
-    async def set_size(self, width: int, height: int) -> None:
+    async def set_size(self, width: int, height: int, window: int = 0) -> None:
         self._require("window")
         if not all(isinstance(v, int) and 100 <= v <= 16384 for v in (width, height)):
             raise BridgeError("width and height must be integers from 100 to 16384",
                               code="EINVAL")
-        self.window.set_size(width, height)
+        self.window.set_size(width, height, _window_number(window))
 
-    async def close(self) -> None:
+    async def close(self, window: int = 0) -> None:
         self._require("window")
-        self.window.close()
+        self.window.close(_window_number(window))
 
     async def open_window(self, url: str) -> None:
         """Another window on a page of the app (same origin, same bridge rules)."""

@@ -219,20 +219,39 @@ class PywebviewBackend:
     """Window calls from the page, carried out on the pywebview window."""
 
     def __init__(self) -> None:
-        self.window: Any = None
+        self.windows: dict[int, Any] = {}
+        """The app's open windows by number, the first being 0."""
         self.opener: Callable[[str], None] | None = None
         """Opens another window on a path of the app (set once the first is up)."""
         self.desktop: QtDesktop | GtkDesktop | None = None
         """Context menus, tray and drops (QtWebEngine and WebKitGTK)."""
 
-    def set_title(self, title: str) -> None:
-        self.window.set_title(title)
+    @property
+    def window(self) -> Any:
+        """The app's first window."""
+        return self.windows.get(0)
 
-    def set_size(self, width: int, height: int) -> None:
-        self.window.resize(width, height)
+    @window.setter
+    def window(self, first: Any) -> None:
+        self.windows[0] = first
 
-    def close(self) -> None:
-        self.window.destroy()
+    def numbered(self, number: int) -> Any:
+        """The app's window ``number`` (0: the first), or ``EINVAL`` once it is closed."""
+        from shoal.runtime.fsapi import BridgeError
+
+        shown = self.windows.get(number)
+        if shown is None:
+            raise BridgeError(f"the app has no window {number} (closed?)", code="EINVAL")
+        return shown
+
+    def set_title(self, title: str, window: int = 0) -> None:
+        self.numbered(window).set_title(title)
+
+    def set_size(self, width: int, height: int, window: int = 0) -> None:
+        self.numbered(window).resize(width, height)
+
+    def close(self, window: int = 0) -> None:
+        self.numbered(window).destroy()
 
     def open_window(self, path: str) -> None:
         from shoal.runtime.fsapi import BridgeError
@@ -421,11 +440,12 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
             min_size=(window_config.min_width, window_config.min_height),
             menu=_menus(config, host) if gui == "qt" else [])
 
-    def url_of(path: str) -> str:
-        """A page of the app as a window loads it, with the launch secret."""
+    def url_of(path: str, number: int = 0) -> str:
+        """A page of the app as window ``number`` loads it, with the launch secret."""
+        which = f"&window={number}" if number else ""
         if shown["origin"] == ORIGIN:
-            return f"{ORIGIN}{path}#shoal={secret}&bridge={bridge}"
-        return f"http://{bridge}{path}#shoal={secret}"
+            return f"{ORIGIN}{path}#shoal={secret}&bridge={bridge}{which}"
+        return f"http://{bridge}{path}#shoal={secret}{which}"
 
     handlers: list[Any] = []  # each window's scheme handler, alive as long as it is
 
@@ -543,13 +563,18 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         after_load(address_within(window, ADDRESS_WAIT),
                    window.native.load_url if native else window.load_url)
 
+    numbers = {"last": 0}
+
     def open_window(path: str) -> None:
         # Any thread. Another window on the same origin and bridge, guarded as the first.
         from shoal.runtime.fsapi import BridgeError
 
         if len(webview.windows) >= MAX_WINDOWS:
             raise BridgeError(f"{MAX_WINDOWS} windows are open already", code="EAGAIN")
-        extra = create(url_of(path))
+        numbers["last"] += 1
+        number = numbers["last"]
+        extra = backend.windows[number] = create(url_of(path, number))
+        extra.events.closed += lambda: backend.windows.pop(number, None)
 
         def prepare() -> None:
             if shown.get("renderer") == "gtkwebkit2":

@@ -13,6 +13,7 @@ export class ShoalError extends Error {
 
 const SECRET_KEY = "shoal.secret";
 const BRIDGE_KEY = "shoal.bridge";
+const WINDOW_KEY = "shoal.window";
 
 // The launch fragment: #shoal=SECRET, plus &bridge=127.0.0.1:PORT when the page is not
 // served by the app server itself (the native window's shoal://app scheme). A secret
@@ -26,6 +27,9 @@ function launchCandidates() {
   };
   const secret = location.hash.match(/[#&]shoal=([A-Za-z0-9_-]+)/);
   if (!secret) return [stored];
+  // Which of the app's native windows this page is in (the first: none given).
+  const shown = location.hash.match(/[#&]window=([0-9]{1,6})(?:&|$)/);
+  sessionStorage.setItem(WINDOW_KEY, shown ? shown[1] : "0");
   const bridge = location.hash.match(/[#&]bridge=(127\.0\.0\.1:[0-9]+)(?:&|$)/);
   history.replaceState(null, "", location.pathname + location.search);
   const fresh = { secret: secret[1], bridge: (!served && bridge && bridge[1]) || location.host };
@@ -317,13 +321,16 @@ export const dgram = {
   async createSocket(options = {}) { return new UdpSocket(await call("dgram.createSocket", options)); },
 };
 
+// The calls below act on the native window the page is in.
+const windowNumber = () => Number(sessionStorage.getItem(WINDOW_KEY) || 0);
+
 export const window = {
   async setTitle(title) {
-    await call("window.setTitle", title);
+    await call("window.setTitle", title, windowNumber());
     document.title = title;
   },
-  setSize: (width, height) => call("window.setSize", width, height),
-  close: () => call("window.close"),
+  setSize: (width, height) => call("window.setSize", width, height, windowNumber()),
+  close: () => call("window.close", windowNumber()),
   // A native menu at the pointer: items are { label, id } or "-"; the id chosen, or null.
   contextMenu: (items) => call("window.contextMenu", items),
   // "menu": an item of a [[menu]] was chosen, { id }. "tray": the [tray] icon was
