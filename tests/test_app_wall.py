@@ -57,6 +57,40 @@ async def _code(coroutine: Any) -> str:
 # ---------------------------------------------------------------------------- files
 
 
+async def test_the_node_key_and_the_webview_store_are_out_of_the_pages_reach(
+        tmp_path: Path) -> None:
+    """Shoal keeps the app's node key and its webview storage in the app's data folder; a
+    script injected into the page could send the key away, so no path reaches them."""
+    folder = _app(tmp_path / "app", "network = true\n",
+                  '[network]\nlan = false\nlisten = "127.0.0.1:0"\n')
+    data = tmp_path / "data"
+    async with AppHost(folder, data_dir=data) as host, BridgeClient(host) as page:
+        key = data / "identity.key"
+        assert key.exists()
+        (data / ".webview").mkdir()
+        (data / ".webview" / "Cookies").write_text("session")
+        (data / "notes").mkdir()
+        os.symlink(key, data / "notes" / "key-link")  # planted, say by another program
+        real = os.path.realpath(data)
+        for path in ("identity.key", "./identity.key", "notes/../identity.key",
+                     f"{real}/identity.key", "notes/key-link", ".webview/Cookies"):
+            assert await _code(page.call("fs.readFile", path)) == "EPERM", path
+        for call in (page.call("fs.writeFile", "identity.key", "x"),
+                     page.call("fs.rename", "identity.key", "taken.key"),
+                     page.call("fs.rm", "identity.key"),
+                     page.call("fs.rm", ".webview", {"recursive": True}),
+                     page.call("fs.writeFile", ".webview/Cookies", "forged")):
+            assert await _code(call) == "EPERM"
+        # The bulk reads the page's fs.readFile makes over HTTP go through the same gate.
+        files = host._parts[0]
+        with pytest.raises(BridgeError):
+            files.open_for_reading("identity.key")
+        assert key.read_bytes() and (data / ".webview" / "Cookies").read_text() == "session"
+        # The rest of the data folder is the page's as before.
+        await page.call("fs.writeFile", "notes/today.txt", b"hello")
+        assert bytes(await page.call("fs.readFile", "notes/today.txt")) == b"hello"
+
+
 async def test_rm_of_a_link_outside_the_grants_is_refused(granted: Any) -> None:
     """A link outside the grants that points into them: removing it by its own path, or
     by a path through a grant and '..', must not touch it."""

@@ -19,6 +19,10 @@ from shoal.net import parse_address
 
 CONFIG_NAME = "shoal.toml"
 APP_CODE = "app.py"
+IDENTITY_FILE = "identity.key"
+"""In the app's data folder: the app's node identity (its peer id)."""
+WEBVIEW_STORAGE = ".webview"
+"""In the app's data folder: what the app's pages store in the native window."""
 APP_ID = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)+$")
 CSP_DIRECTIVES = frozenset({
     "default-src", "script-src", "style-src", "img-src", "font-src", "media-src",

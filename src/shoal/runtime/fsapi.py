@@ -37,6 +37,7 @@ from shoal.runtime.beneath import (
     regular_file,
     walk,
 )
+from shoal.runtime.config import IDENTITY_FILE, WEBVIEW_STORAGE
 from shoal.runtime.scope import current_page
 
 MAX_CHUNK = 16 << 20
@@ -64,6 +65,12 @@ def os_error(exc: OSError, shown: str) -> BridgeError:
     """A ``BridgeError`` with the errno name (``ENOENT``, ...) as its code."""
     code = errno.errorcode.get(exc.errno or 0, "EIO")
     return BridgeError(f"{exc.strerror or 'I/O error'}: {shown}", code=code)
+
+
+SHOAL_OWN = frozenset({IDENTITY_FILE, WEBVIEW_STORAGE})
+"""Entries of the app's data folder that Shoal keeps there for the app and the page may
+not touch: the node's private key (a script injected into the page could send it away),
+and the webview's own storage."""
 
 
 class PathPolicy:
@@ -110,6 +117,9 @@ class PathPolicy:
         if not holding:
             kind = "write" if write else "read"
             raise BridgeError(f"this app may not {kind} {path}", code="EPERM")
+        if _inside(real, self.data_dir) and not _same(real, self.data_dir) and \
+                real.relative_to(self.data_dir).parts[0] in SHOAL_OWN:
+            raise BridgeError(f"{path} is Shoal's own, not the page's", code="EPERM")
         return max(holding, key=lambda root: len(str(root))), real
 
     def is_root(self, real: Path) -> bool:

@@ -18,6 +18,7 @@ from shoal.errors import ShoalError
 from shoal.runtime.bridge import AppServer
 from shoal.runtime.config import (
     CONFIG_NAME,
+    IDENTITY_FILE,
     AppConfig,
     ConfigError,
     default_data_dir,
@@ -118,7 +119,7 @@ class AppHost:
 
             network = config.network
             lan = network.lan if self.lan_discovery is None else self.lan_discovery
-            key = self.data_dir / "identity.key"
+            key = self.data_dir / IDENTITY_FILE
             identity = Identity.load_or_create(key)
             hold(key)  # a second copy of the app would share its peer id: refused
             self.node = Node(

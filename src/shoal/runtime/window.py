@@ -209,8 +209,6 @@ def _module_exists(name: str) -> bool:
     return where is not None and PathFinder.find_spec(module, list(where)) is not None
 
 
-WEBVIEW_STORAGE = ".webview"
-"""The folder, in the app's data folder, that holds what its pages store."""
 MAX_WINDOWS = 8
 """Windows one app may have open at once (a page cannot bury the desktop in them)."""
 
@@ -366,7 +364,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     Imported before it instead, they would make the page paint 45 ms later (measured
     with QtWebEngine): they would no longer overlap the page's own loading.
     """
-    from shoal.runtime.config import default_data_dir, load_config
+    from shoal.runtime.config import WEBVIEW_STORAGE, default_data_dir, load_config
     from shoal.runtime.qtscheme import (
         ORIGIN,
         SCHEME,
