@@ -4,12 +4,13 @@ reported as TAP (or JSON), failing the run when a test fails, hangs or cannot lo
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from window_helpers import shoal_env
 
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 TESTS = """import { test, assert } from "shoal:test";
@@ -35,10 +36,7 @@ def _app(tmp_path: Path) -> Path:
 
 def _test(folder: Path, *args: str, display: str | None = None
           ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SHOAL_NO_LAN": "1"}
-    if display is not None:
-        env["DISPLAY"] = display
-        env.pop("QT_QPA_PLATFORM", None)
+    env = shoal_env(display)
     return subprocess.run([*SHOAL, "test", str(folder), *args], capture_output=True,
                           text=True, timeout=120, env=env)
 

@@ -18,21 +18,21 @@ import pytest
 from shoal.runtime.config import ConfigError, Permissions, load_config
 from shoal.runtime.fsapi import BridgeError
 from shoal.runtime.system import BrowserBackend, System
-from window_helpers import find_window, in_window, wait_for_file, xdotool
+from window_helpers import (
+    find_window,
+    in_window,
+    module_page,
+    wait_for_file,
+    write_app,
+    xdotool,
+)
 
-PAGE = ('<!doctype html><meta charset="utf-8"><script type="module" src="app.js"></script>'
-        '<p style="height:90vh">desktop</p>')
+PAGE = module_page(body='<p style="height:90vh">desktop</p>')
 
 
 def _app(tmp_path: Path, toml: str, script: str, files: dict[str, bytes] | None = None) -> Path:
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "shoal.toml").write_text(toml)
-    (app / "index.html").write_text(PAGE)
-    (app / "app.js").write_text(script)
-    for name, data in (files or {}).items():
-        (app / name).write_bytes(data)
-    return app
+    return write_app(tmp_path / "app", toml,
+                     {"index.html": PAGE, "app.js": script, **(files or {})})
 
 
 def _lines(path: Path, count: int, seconds: float = 30) -> list[str]:

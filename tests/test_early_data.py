@@ -136,8 +136,8 @@ def test_an_introducer_that_lies_about_the_key_learns_nothing() -> None:
     liar = net.add_node(config=CoreConfig())  # its key stands in for b's
     for connection in introducer.endpoint.connections.values():
         if connection.peer == b.endpoint.identity.public_key:
-            connection.peer_static = liar.endpoint.identity.static_public + \
-                connection.peer_static[32:]
+            connection.peer_endorsement = liar.endpoint.identity.static_public + \
+                connection.peer_endorsement[32:]
     handle = _send(net, a, b, b"for b only")
     assert net.run(5, until=lambda: _outcome(a, handle) is not None)
     assert isinstance(_outcome(a, handle), ev.MessageDelivered)

@@ -19,6 +19,7 @@ import pytest
 
 import shoal
 from shoal.identity import Identity
+from window_helpers import find_window, shoal_env
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -126,10 +127,7 @@ listen = "127.0.0.1:0"
 def _dev(app: Path, data: Path, *args: str, display: str | None = None
          ) -> tuple[subprocess.Popen[str], dict[str, str], dict[str, Any]]:
     """``shoal dev APP``: the process, its environment, and its inspector event."""
-    env = {**os.environ, "SHOAL_NO_LAN": "1"}
-    if display is not None:
-        env["DISPLAY"] = display
-        env.pop("QT_QPA_PLATFORM", None)
+    env = shoal_env(display)
     process = subprocess.Popen(
         [sys.executable, "-m", "shoal.cli.main", "dev", "--json", *args, str(app),
          "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -157,8 +155,6 @@ def _stop(process: subprocess.Popen[str]) -> None:
 @pytest.mark.parametrize("mode", ["window", "browser"])
 def test_shoal_dev_shows_the_apps_own_node_in_an_inspector(
         tmp_path: Path, display: str, mode: str) -> None:
-    from window_helpers import find_window
-
     app = tmp_path / "app"
     app.mkdir()
     (app / "shoal.toml").write_text(NETWORK_APP)

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from window_helpers import find_window, in_window, wait_for_file, xdotool
+from window_helpers import (
+    find_window,
+    in_window,
+    module_page,
+    wait_for_file,
+    write_app,
+    xdotool,
+)
 
 SCRIPT = """import { fs, window } from "shoal:api";
 window.on("menu", async ({ id }) => { await fs.appendFile("menu.txt", id + "\\n"); });
@@ -28,12 +35,8 @@ items = [{ label = "Say hello", id = "hello" }, "-", { label = "Export", id = "e
 
 @pytest.mark.parametrize("gui", ["qt", "gtk"])
 def test_a_menu_item_reaches_the_page(tmp_path: Path, display: str, gui: str) -> None:
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "shoal.toml").write_text(TOML)
-    (app / "index.html").write_text('<!doctype html><meta charset="utf-8">'
-                                    '<script type="module" src="app.js"></script><p>menus</p>')
-    (app / "app.js").write_text(SCRIPT)
+    app = write_app(tmp_path / "app", TOML,
+                    {"index.html": module_page(body="<p>menus</p>"), "app.js": SCRIPT})
     data = tmp_path / "data"
     with in_window(app, data, display, gui) as env:
         wait_for_file(data / "ready.txt")
@@ -62,22 +65,18 @@ def test_a_bad_menu_is_one_line(tmp_path: Path, menu: str, where: str) -> None:
 @pytest.mark.parametrize("gui", ["qt", "gtk"])
 def test_a_page_of_the_app_opens_in_a_second_window_with_the_bridge(
         tmp_path: Path, display: str, gui: str) -> None:
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "shoal.toml").write_text('[app]\nname = "Windows"\nid = "test.shoal.windows"\n'
-                                    "[permissions]\nwindow = true\n")
-    (app / "index.html").write_text('<!doctype html><meta charset="utf-8">'
-                                    '<script type="module" src="app.js"></script><p>one</p>')
-    (app / "app.js").write_text('import { fs, window as shown } from "shoal:api";\n'
-                                'await fs.writeFile("first.txt", location.origin);\n'
-                                'window.open("second.html?from=first");\n'
-                                'setTimeout(() => shown.setTitle("First"), 1500);\n')
-    (app / "second.html").write_text('<!doctype html><meta charset="utf-8">'
-                                     '<script type="module" src="second.js"></script><p>2</p>')
-    (app / "second.js").write_text('import { fs, window as shown } from "shoal:api";\n'
-                                   'await shown.setTitle("Second");\n'
-                                   'await fs.writeFile("second.txt", location.origin + " "'
-                                   ' + location.search);\n')
+    app = write_app(tmp_path / "app", '[app]\nname = "Windows"\nid = "test.shoal.windows"\n'
+                    "[permissions]\nwindow = true\n", {
+                        "index.html": module_page(body="<p>one</p>"),
+                        "app.js": 'import { fs, window as shown } from "shoal:api";\n'
+                                  'await fs.writeFile("first.txt", location.origin);\n'
+                                  'window.open("second.html?from=first");\n'
+                                  'setTimeout(() => shown.setTitle("First"), 1500);\n',
+                        "second.html": module_page("second.js", "<p>2</p>"),
+                        "second.js": 'import { fs, window as shown } from "shoal:api";\n'
+                                     'await shown.setTitle("Second");\n'
+                                     'await fs.writeFile("second.txt", location.origin + " "'
+                                     ' + location.search);\n'})
     data = tmp_path / "data"
     with in_window(app, data, display, gui) as env:
         origin = wait_for_file(data / "first.txt")
@@ -108,12 +107,8 @@ def test_what_a_page_stores_lasts_across_launches_and_stays_with_its_app(
 
     apps = []
     for name in ("one", "two"):
-        app = tmp_path / name
-        app.mkdir()
-        (app / "shoal.toml").write_text(f'[app]\nname = "{name}"\nid = "test.shoal.{name}"\n')
-        (app / "index.html").write_text('<!doctype html><meta charset="utf-8">'
-                                        '<script type="module" src="app.js"></script>')
-        (app / "app.js").write_text(STORAGE_SCRIPT)
+        app = write_app(tmp_path / name, f'[app]\nname = "{name}"\nid = "test.shoal.{name}"\n',
+                        {"index.html": module_page(), "app.js": STORAGE_SCRIPT})
         apps.append((app, tmp_path / f"{name}-data"))
     assert launch(*apps[0]) == "0"
     assert launch(*apps[0]) == "1"  # kept across launches

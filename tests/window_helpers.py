@@ -14,14 +14,41 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def shoal_env(display: str | None) -> dict[str, str]:
+    """The environment for a Shoal process of a test: no LAN discovery, and with
+    ``display`` a real X server (not Qt's offscreen platform)."""
+    env = {**os.environ, "SHOAL_NO_LAN": "1"}
+    if display is not None:
+        env["DISPLAY"] = display
+        env.pop("QT_QPA_PLATFORM", None)
+    return env
+
+
+def module_page(script: str = "app.js", body: str = "") -> str:
+    """An HTML page that runs ``script`` as a module."""
+    return (f'<!doctype html><meta charset="utf-8"><script type="module" src="{script}">'
+            f"</script>{body}")
+
+
+def write_app(folder: Path, toml: str, files: dict[str, str | bytes]) -> Path:
+    """An app folder: ``toml`` as its shoal.toml, and ``files`` by name."""
+    folder.mkdir()
+    (folder / "shoal.toml").write_text(toml)
+    for name, content in files.items():
+        if isinstance(content, bytes):
+            (folder / name).write_bytes(content)
+        else:
+            (folder / name).write_text(content)
+    return folder
+
+
 @contextlib.contextmanager
 def in_window(app: Path, data: Path, display: str, gui: str = "qt"
               ) -> Iterator[dict[str, str]]:
     """``shoal run APP`` in a window (``gui``: ``qt`` or ``gtk``) on ``display``, once it
     says it is ready: the environment (for xdotool) while it runs, stopped afterwards with
     its session."""
-    env = {**os.environ, "DISPLAY": display, "SHOAL_NO_LAN": "1"}
-    env.pop("QT_QPA_PLATFORM", None)
+    env = shoal_env(display)
     process = subprocess.Popen(
         [sys.executable, "-m", "shoal.cli.main", "run", "--json", "--gui", gui, str(app),
          "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

@@ -62,6 +62,7 @@ from shoal.core.wire import (
     decode_varint,
     encode_ack,
     encode_frame,
+    path_kind,
 )
 from shoal.errors import RemoteProtocolError
 
@@ -169,7 +170,7 @@ class Connection:
         "remote_sid",
         "peer",
         "peer_introducer",
-        "peer_static",
+        "peer_endorsement",
         "initiator",
         "version",
         "capabilities",
@@ -234,15 +235,16 @@ class Connection:
         socket: int = 0,
         version: int = 2,
         capabilities: int = 0,
-        peer_static: bytes = b"",
+        peer_endorsement: bytes = b"",
     ) -> None:
         self.local_sid = local_sid
         self.remote_sid = remote_sid
         self.peer = peer
         self.peer_introducer = peer_introducer
-        self.peer_static = peer_static
-        """The peer's X25519 static key, as its handshake proved it (an introducer
-        hands it on, so that others can reach the peer with IK)."""
+        self.peer_endorsement = peer_endorsement
+        """The peer's X25519 static key and its signature over it, as its handshake
+        proved them (an introducer hands them on, so that others can reach the peer
+        with IK)."""
         self.initiator = initiator
         self.version = version
         self.capabilities = capabilities
@@ -314,7 +316,7 @@ class Connection:
 
     @property
     def path_kind(self) -> str:
-        return "relay" if self.path.relayed else "direct"
+        return path_kind(self.path.address)
 
     @property
     def max_payload(self) -> int:

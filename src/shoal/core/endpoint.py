@@ -51,6 +51,7 @@ from shoal.core.handshake import (
     PROLOGUE,
     Dial,
     ResponderSecrets,
+    agreed_version,
     check_proof,
     choose_version,
     decode_early_payload,
@@ -91,9 +92,9 @@ from shoal.core.wire import (
     encode_cookie,
     encode_final,
     encode_hello,
-    encode_init,
     encode_resp,
     encode_version,
+    path_kind,
 )
 from shoal.errors import ClosedError, LocalProtocolError, RemoteProtocolError
 from shoal.identity import Identity, peer_id_to_bytes
@@ -482,32 +483,30 @@ class Endpoint:
             ):
                 return
         seed = self.random(32)
-        local_sid = self._new_sid()
-        relayed = isinstance(address, RelayPath)
         # A first message waiting for a peer whose static key is known rides in the INIT.
-        static = self.rendezvous.static_of(expected) if purpose == "peer" and expected else None
-        early = self.messages.early_message(expected, now + self.wall_offset) \
-            if static is not None and expected is not None else None
+        static = early = None
+        if purpose == "peer" and expected is not None:
+            static = self.rendezvous.static_of(expected)
+            if static is not None:
+                early = self.messages.early_message(expected, now + self.wall_offset)
         payload = b""
         if early is not None and static is not None:
             payload = encode_early_payload(self._proof(SUPPORTED_VERSIONS[0]), early,
                                            encode_hello(SUPPORTED_VERSIONS, 0))
             _, message = early_initiator_state(self.identity, seed, static, payload)
-            kind = PacketKind.INIT_IK
         else:
             _, message = initiator_state(self.identity, seed)
-            kind = PacketKind.INIT
-        datagram = encode_init(local_sid, message, pad=not relayed, kind=kind)
         retry = self.config.handshake_retry
-        dial = Dial(local_sid=local_sid, seed=seed, init_message=message, address=address,
-                    created=now, expected_peer=expected, datagram=datagram,
+        dial = Dial(local_sid=self._new_sid(), seed=seed, init_message=message,
+                    address=address, created=now, expected_peer=expected,
                     next_retry=now + retry, backoff=retry,
                     deadline=now + (timeout or self.config.handshake_timeout), purpose=purpose,
                     socket=socket, early=early, responder_static=static or b"",
                     payload=payload)
-        self._dials[local_sid] = dial
+        dial.datagram = dial.encode()
+        self._dials[dial.local_sid] = dial
         self.timers.set(dial, dial.next_retry)
-        self.send_datagram(datagram, address, socket)
+        self.send_datagram(dial.datagram, address, socket)
 
     def receive_relayed(self, packet: bytes, path: RelayPath, now: float) -> None:
         """A Shoal datagram that came through a relay, from ``path.peer``."""
@@ -611,13 +610,12 @@ class Endpoint:
         except RemoteProtocolError:
             self.stats["dropped_handshake"] += 1
             return None
-        offered, _ = decode_hello(hello)
-        version = choose_version(offered, SUPPORTED_VERSIONS[0])
+        version = agreed_version(hello)
         if version is None or proof.peer == self._me:
             self.stats["dropped_version" if version is None else "dropped_wrong_peer"] += 1
             return None
-        path = "relay" if isinstance(address, RelayPath) else "direct"
-        taken = self.messages.take_early(proof.peer, early, path, now, now + self.wall_offset)
+        taken = self.messages.take_early(proof.peer, early, path_kind(address), now,
+                                         now + self.wall_offset)
         return state, version, taken
 
     def _on_cookie(self, data: bytes, address: Address, now: float) -> None:
@@ -627,9 +625,7 @@ class Endpoint:
             self.stats["dropped_unsolicited_cookie"] += 1
             return
         dial.cookie = cookie
-        dial.datagram = encode_init(dial.local_sid, dial.init_message, cookie=cookie,
-                                    pad=not isinstance(dial.address, RelayPath),
-                                    kind=PacketKind(dial.datagram[0]))
+        dial.datagram = dial.encode()
         self.send_datagram(dial.datagram, dial.address, dial.socket)
         self.stats["cookies_echoed"] += 1
 
@@ -671,14 +667,14 @@ class Endpoint:
         if dial.early is not None:
             end = proof_length(payload)
             taken = len(payload) > end and payload[end] == 1
-            path = "relay" if isinstance(address, RelayPath) else "direct"
-            if self.connection_to(proof.peer) is not None:
-                # Connected another way meanwhile: this answer was all it was for.
+            # Connected another way meanwhile: this answer was all the dial was for.
+            answered_only = self.connection_to(proof.peer) is not None
+            if answered_only:
                 self._remove_dial(dial)
-                self.messages.early_answered(proof.peer, dial.early.message_id, taken, path,
-                                             now)
+            self.messages.early_answered(proof.peer, dial.early.message_id, taken,
+                                         path_kind(address), now)
+            if answered_only:
                 return
-            self.messages.early_answered(proof.peer, dial.early.message_id, taken, path, now)
         if len(self.connections) >= self.config.session_limit:
             self.stats["dropped_busy"] += 1
             return
@@ -696,7 +692,7 @@ class Endpoint:
             recv_key=recv_key, address=address, now=now, config=self.config,
             random_bytes=self.random, socket=dial.socket, version=version,
             capabilities=proof.capabilities,
-            peer_static=(state.remote_static or b"") + payload[32:96],
+            peer_endorsement=proof.endorsement,
         )
         connection.purpose, connection.dialed = dial.purpose, dial.address
         if not dial.retransmitted:
@@ -724,8 +720,7 @@ class Endpoint:
             state = early_responder_state(self.identity, seed)
             try:
                 proof_bytes, _, hello = decode_early_payload(state.read_message(first))
-                offered, _ = decode_hello(hello)
-                version = choose_version(offered, SUPPORTED_VERSIONS[0])
+                version = agreed_version(hello)
                 if version is None:
                     self.stats["dropped_version"] += 1
                     return
@@ -735,8 +730,7 @@ class Endpoint:
                 self.stats["dropped_handshake"] += 1
                 return
         else:
-            offered, _ = decode_hello(first[32:])
-            version = choose_version(offered, SUPPORTED_VERSIONS[0])
+            version = agreed_version(first[32:])
             if version is None:
                 self.stats["dropped_version"] += 1
                 return
@@ -760,7 +754,7 @@ class Endpoint:
             recv_key=recv_key, address=address, now=now, config=self.config,
             random_bytes=self.random, socket=socket, version=version,
             capabilities=proof.capabilities,
-            peer_static=(state.remote_static or b"") + proof_bytes[32:96],
+            peer_endorsement=proof.endorsement,
         )
         if full:
             # Say so, authenticated, rather than leave the initiator waiting; the
@@ -791,10 +785,9 @@ class Endpoint:
     def _ask_again(self, dial: Dial, address: Address, socket: int) -> None:
         """Send ``dial``'s INIT to ``address`` from now on."""
         if (dial.address, dial.socket) != (address, socket):
-            dial.address, dial.socket = address, socket
-            dial.datagram = encode_init(dial.local_sid, dial.init_message,
-                                        pad=not isinstance(address, RelayPath),
-                                        kind=PacketKind(dial.datagram[0]))
+            # A cookie is bound to the address it came from.
+            dial.address, dial.socket, dial.cookie = address, socket, b""
+            dial.datagram = dial.encode()
         dial.retransmitted = True
         self.send_datagram(dial.datagram, address, socket)
 

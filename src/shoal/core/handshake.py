@@ -48,12 +48,16 @@ from typing import NamedTuple
 from shoal.core.noise import HandshakeState
 from shoal.core.wire import (
     COOKIE_SIZE,
+    STATIC_ENDORSEMENT_SIZE,
     SUPPORTED_VERSIONS,
     Address,
+    PacketKind,
     RelayPath,
+    decode_hello,
     decode_varint,
     encode_address,
     encode_hello,
+    encode_init,
     encode_varint,
 )
 from shoal.errors import RemoteProtocolError
@@ -61,8 +65,6 @@ from shoal.identity import STATIC_PROOF_CONTEXT, Identity, verify_signature
 
 PROLOGUE = b"shoal/2"
 PROOF_SIZE = 32 + 64 + 1
-STATIC_ENDORSEMENT_SIZE = 32 + 64
-"""An X25519 static key and its owner's signature over it (as in a proof)."""
 EARLY_WINDOW = 30.0
 """Seconds an early message's timestamp may differ from the responder's clock."""
 MAX_EARLY = 900
@@ -76,6 +78,8 @@ class Proof(NamedTuple):
     introducer: bool
     version: int
     capabilities: int
+    endorsement: bytes
+    """The peer's static key and its signature over it (what introducers hand on)."""
 
 
 def make_proof(identity: Identity, introducer: bool, version: int, capabilities: int) -> bytes:
@@ -112,6 +116,11 @@ class Early(NamedTuple):
     """The sender's wall clock, seconds (sent in milliseconds)."""
     channel: str
     data: bytes
+
+    @property
+    def size(self) -> int:
+        """The bytes of channel name and data (at most ``MAX_EARLY``)."""
+        return len(self.channel.encode()) + len(self.data)
 
 
 def encode_early_payload(proof: bytes, early: Early, hello: bytes) -> bytes:
@@ -152,12 +161,19 @@ def check_proof(payload: bytes, remote_static: bytes | None) -> Proof:
     """Verify a peer's proof."""
     if len(payload) < PROOF_SIZE or remote_static is None:
         raise RemoteProtocolError("handshake carries no identity proof")
-    public, signature, flags = payload[:32], payload[32:96], payload[96]
-    if not verify_signature(public, STATIC_PROOF_CONTEXT + remote_static, signature):
+    public, flags = bytes(payload[:32]), payload[96]
+    endorsement = remote_static + bytes(payload[32:96])
+    if endorsed_static(endorsement, public) is None:
         raise RemoteProtocolError("identity proof does not verify")
     version, pos = decode_varint(payload, PROOF_SIZE)
     capabilities, _ = decode_varint(payload, pos)
-    return Proof(bytes(public), bool(flags & FLAG_INTRODUCER), version, capabilities)
+    return Proof(public, bool(flags & FLAG_INTRODUCER), version, capabilities, endorsement)
+
+
+def agreed_version(hello: bytes) -> int | None:
+    """The version to speak with the initiator whose ``hello`` this is, or None."""
+    offered, _ = decode_hello(hello)
+    return choose_version(offered, SUPPORTED_VERSIONS[0])
 
 
 def choose_version(offered: tuple[int, ...], header_version: int) -> int | None:
@@ -232,7 +248,6 @@ class Dial:
     address: Address
     created: float
     expected_peer: bytes | None
-    datagram: bytes
     next_retry: float
     backoff: float
     deadline: float
@@ -245,6 +260,14 @@ class Dial:
     responder_static: bytes = b""
     payload: bytes = b""
     """The INIT_IK's Noise payload, to rebuild the handshake from the seed."""
+    datagram: bytes = b""
+    """What is sent (again) to ``address``: ``encode()`` as of the last change."""
+
+    def encode(self) -> bytes:
+        """The INIT (an INIT_IK, with an early message) for ``address`` and ``cookie``."""
+        return encode_init(self.local_sid, self.init_message, cookie=self.cookie,
+                           pad=not isinstance(self.address, RelayPath),
+                           kind=PacketKind.INIT_IK if self.early else PacketKind.INIT)
 
 
 def initiator_state(identity: Identity, seed: bytes) -> tuple[HandshakeState, bytes]:

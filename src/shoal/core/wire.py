@@ -70,6 +70,11 @@ class RelayPath(NamedTuple):
     peer: bytes
 
 
+def path_kind(address: Address) -> str:
+    """``"relay"`` for a path through a relay, else ``"direct"`` (as events name paths)."""
+    return "relay" if isinstance(address, RelayPath) else "direct"
+
+
 class PacketKind(IntEnum):
     INIT = 0xD1
     RESP = 0xD2
@@ -505,7 +510,7 @@ def _decode_intro(buf: bytes, pos: int) -> tuple[Intro, int]:
     nat, pos = decode_varint(buf, pos)
     token, pos = _take(buf, pos, 8)
     static, pos = _take_blob_at(buf, pos)
-    if len(static) not in (0, 96):
+    if len(static) not in (0, STATIC_ENDORSEMENT_SIZE):
         raise RemoteProtocolError("INTRO static key must be 96 bytes (key and signature)")
     return Intro(request_id, peer, addresses, nat, token, static), pos
 
@@ -584,6 +589,8 @@ DATA_HEADER = struct.Struct("!B8sQ")
 COOKIE_SIZE = 16
 COOKIE_PACKET_SIZE = 1 + SID_SIZE + COOKIE_SIZE
 MAX_NOISE_MESSAGE = 1200
+STATIC_ENDORSEMENT_SIZE = 32 + 64
+"""An X25519 static key and its owner's Ed25519 signature over it (as in a proof)."""
 
 
 class Init(NamedTuple):

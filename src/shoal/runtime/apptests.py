@@ -13,7 +13,6 @@ hands each result to Python.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -109,8 +108,6 @@ def run_tests_in_window(folder: Path, *, on_result: Callable[[dict[str, Any]], N
     can_open, gui, why = choose_gui(gui)
     if not can_open:
         raise ShoalError(f"cannot open a window for the tests: {why}", code="ENOTSUP")
-    if gui is None:  # as ``shoal run`` chooses: QtWebEngine where it is installed
-        gui = "qt" if importlib.util.find_spec("PySide6") is not None else "gtk"
     run = TestRun(on_result)
     timer = threading.Timer(timeout, run.finish,
                             args=(f"the tests did not finish within {timeout:g} s",))

@@ -1,17 +1,17 @@
 """Desktop integration of a Qt window: context menus, the tray icon and dropped files.
 
 Everything here touches Qt widgets, so it runs on the GUI thread: ``attach`` and
-``show_tray`` are called there (before a window shows), and ``popup`` hands its work to
-the GUI thread through a signal and waits for the user's choice.
+``show_tray`` are called there (before a window shows), and ``show_menu`` hands its work
+to the GUI thread through a signal (``Desktop.popup`` waits for the user's choice).
 """
 
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from shoal.runtime.desktop import Chosen, Desktop, Emit
 
 if TYPE_CHECKING:
     from shoal.runtime.config import AppConfig, MenuItem
@@ -20,24 +20,13 @@ EDIT_ACTIONS = ("Undo", "Redo", "Cut", "Copy", "Paste", "PasteAndMatchStyle", "S
 """The page actions the built-in context menu keeps: editing only. Navigation, "view
 source" and "save page" would take the page off the app or show its code."""
 
-Emit = Callable[[str, dict[str, Any]], None]
 
-
-class QtDesktop:
-    """One app's context menus, tray icon and file drops, on the Qt GUI thread.
-
-    ``emit(event, data)`` tells the app's pages (from any thread). Dropped files reach
-    the pages as paths only if the app declared file access (``drops``).
-    """
+class QtDesktop(Desktop):
+    """One app's context menus, tray icon and file drops, on the Qt GUI thread."""
 
     def __init__(self, config: AppConfig, emit: Emit) -> None:
-        self.config = config
-        self.emit = emit
-        self.drops = bool(config.permissions.fs_read or config.permissions.fs_write)
-        self.tray: Any = None
+        super().__init__(config, emit)
         self._invoker: Any = None
-        self._menu_open = threading.Lock()
-        self._keep: list[Any] = []  # Qt objects that must live as long as the app
 
     def attach(self, view: Any) -> None:
         """GUI thread, before a window shows: its context menu and its file drops."""
@@ -45,15 +34,12 @@ class QtDesktop:
 
         if self._invoker is None:
             self._invoker = _invoker()
+            self.ready = True
         view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         view.customContextMenuRequested.connect(lambda at: _edit_menu(view, at))
-        watcher = _drop_watcher_class()(self._dropped)
+        watcher = _drop_watcher_class()(self.dropped)
         self._keep.append(watcher)
         view.installEventFilter(watcher)  # it also watches the page's widget, once made
-
-    def _dropped(self, paths: list[str]) -> None:
-        if self.drops and paths:
-            self.emit("window.drop", {"paths": paths})
 
     def show_tray(self, focus: Callable[[], None]) -> str | None:
         """GUI thread: the ``[tray]`` icon, if the app has one. Why it cannot be shown
@@ -66,11 +52,11 @@ class QtDesktop:
 
         if not QSystemTrayIcon.isSystemTrayAvailable():
             return "this desktop has no system tray; the [tray] icon is not shown"
-        icon = QSystemTrayIcon(QIcon(str(Path(self.config.root, tray.icon))))
+        icon = QSystemTrayIcon(QIcon(self.tray_icon_path))
         icon.setToolTip(tray.tooltip)
         if tray.items:
             menu = QMenu()
-            _fill(menu, tray.items, lambda ident: self.emit("window.tray", {"id": ident}))
+            _fill(menu, tray.items, self.tray_chosen)
             icon.setContextMenu(menu)
             self._keep.append(menu)
 
@@ -78,53 +64,35 @@ class QtDesktop:
             if reason in (QSystemTrayIcon.ActivationReason.Trigger,
                           QSystemTrayIcon.ActivationReason.DoubleClick):
                 focus()
-                self.emit("window.tray", {"id": None})
+                self.tray_chosen(None)
 
         icon.activated.connect(activated)
         icon.show()
         self.tray = icon
         return None
 
-    def popup(self, items: tuple[MenuItem, ...], timeout: float | None = None) -> str | None:
-        """Any thread but the GUI's: show ``items`` as a menu at the pointer, and return
-        the id chosen, or None if the menu was dismissed. One menu at a time."""
-        from shoal.runtime.fsapi import BridgeError
+    def show_menu(self, items: tuple[MenuItem, ...], chose: Chosen) -> None:
+        def show() -> None:
+            from PySide6.QtCore import QTimer
+            from PySide6.QtGui import QCursor
+            from PySide6.QtWidgets import QMenu
 
-        if self._invoker is None:
-            raise BridgeError("the window is not open yet", code="EAGAIN")
-        if not self._menu_open.acquire(blocking=False):
-            raise BridgeError("a context menu is open already", code="EBUSY")
-        try:
-            done = threading.Event()
-            choice: list[str | None] = []
+            menu = QMenu()
 
-            def show() -> None:
-                from PySide6.QtCore import QTimer
-                from PySide6.QtGui import QCursor
-                from PySide6.QtWidgets import QMenu
+            def settle(ident: str | None) -> None:
+                if chose(ident):
+                    menu.deleteLater()
 
-                menu = QMenu()
+            _fill(menu, items, settle)
+            # An item's ``triggered`` comes after the menu hides: wait one turn of the
+            # loop before calling it dismissed.
+            menu.aboutToHide.connect(lambda: QTimer.singleShot(0, lambda: settle(None)))
+            menu.popup(QCursor.pos())
 
-                def chose(ident: str | None) -> None:
-                    if not choice:
-                        choice.append(ident)
-                        done.set()
-                        menu.deleteLater()
-
-                _fill(menu, items, chose)
-                # An item's ``triggered`` comes after the menu hides: wait one turn of
-                # the loop before calling it dismissed.
-                menu.aboutToHide.connect(lambda: QTimer.singleShot(0, lambda: chose(None)))
-                menu.popup(QCursor.pos())
-
-            self._invoker.run.emit(show)
-            done.wait(timeout)
-            return choice[0] if choice else None
-        finally:
-            self._menu_open.release()
+        self._invoker.run.emit(show)
 
 
-def _fill(menu: Any, items: tuple[MenuItem, ...], chosen: Callable[[str], None]) -> None:
+def _fill(menu: Any, items: tuple[MenuItem, ...], chosen: Callable[[str], Any]) -> None:
     for item in items:
         if not item.label:
             menu.addSeparator()

@@ -60,20 +60,19 @@ class Standalone:
     """The webview: ``qt`` (inside) or ``gtk`` (the system's)."""
 
 
-def default_gui() -> str:
-    """The webview a bundle gets unless told: the system's WebKitGTK where it is
-    installed (a bundle a fifth the size), else QtWebEngine, bundled whole."""
-    if sys.platform.startswith("linux") and _library_path(WEBKITGTK) is not None \
-            and importlib.util.find_spec("gi") is not None:
-        return "gtk"
-    return "qt"
+def _webkitgtk() -> str | None:
+    """The system's WebKitGTK library, if it and its Python bindings are installed."""
+    if importlib.util.find_spec("gi") is None:
+        return None
+    return _library_path(WEBKITGTK)
 
 
 def build_standalone(folder: Path, out_dir: Path, gui: str | None = None) -> Standalone:
     """Bundle the app in ``folder`` into ``out_dir``: with QtWebEngine inside
-    (``gui="qt"``), or for the system's WebKitGTK (``"gtk"``); by default, the one
-    ``default_gui`` picks."""
-    gui = gui or default_gui()
+    (``gui="qt"``), or for the system's WebKitGTK (``"gtk"``). By default the system's
+    WebKitGTK where it is installed (a bundle a fifth the size), else QtWebEngine."""
+    webkit = _webkitgtk() if gui != "qt" and sys.platform.startswith("linux") else None
+    gui = gui or ("gtk" if webkit else "qt")
     config = load_config(folder)
     check_app_code(folder)
     try:
@@ -81,8 +80,7 @@ def build_standalone(folder: Path, out_dir: Path, gui: str | None = None) -> Sta
     except ImportError:
         raise ArchiveError("standalone builds need PyInstaller: pip install 'shoal[bundle]'",
                            code="ENOSYS") from None
-    if gui == "gtk" and (_library_path(WEBKITGTK) is None
-                         or importlib.util.find_spec("gi") is None):
+    if gui == "gtk" and webkit is None:
         raise ArchiveError("a WebKitGTK bundle is built where WebKitGTK and its Python "
                            "bindings are installed (apt install gir1.2-webkit2-4.1; "
                            "pip install 'shoal[gtk]')", code="ENOSYS")
@@ -114,7 +112,10 @@ def build_standalone(folder: Path, out_dir: Path, gui: str | None = None) -> Sta
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise ArchiveError(f"PyInstaller failed: {last}", code="EIO")
     bundle = out_dir / name
-    _prune_qt(bundle) if gui == "qt" else _prune_gtk(bundle)
+    if webkit is None:
+        _prune_qt(bundle)
+    else:
+        _prune_gtk(bundle, webkit)
     archive = out_dir / f"{name}-{config.version}-{sys.platform}-{platform.machine()}.tar.gz"
     with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
         tar.add(bundle, arcname=name)
@@ -154,14 +155,13 @@ WEBKITGTK = "libwebkit2gtk-4.1.so.0"
 """The library a WebKitGTK bundle finds on the user's system, as Tauri's apps do."""
 
 
-def _prune_gtk(bundle: Path) -> None:
+def _prune_gtk(bundle: Path, webkit: str) -> None:
     """Drop what PyInstaller copied of the GTK stack: every library that the system's
     WebKitGTK links (found with ``ldd``), which any machine that has WebKitGTK has too,
     and GTK's icons and translations, which come with it. The bundle then uses the
-    system's GTK and WebKitGTK, whole and of one version."""
+    system's GTK and WebKitGTK (``webkit``, its library), whole and of one version."""
     internal = bundle / "_internal"
-    webkit = _library_path(WEBKITGTK)
-    if webkit is None or shutil.which("ldd") is None:
+    if shutil.which("ldd") is None:
         return
     linked = subprocess.run(["ldd", webkit], capture_output=True, text=True,
                             check=False).stdout

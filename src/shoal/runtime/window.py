@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import itertools
 import os
 import secrets
 import sys
@@ -24,8 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shoal.runtime.apptests import TestRun
     from shoal.runtime.config import AppConfig, MenuItem
-    from shoal.runtime.gtkdesktop import GtkDesktop
-    from shoal.runtime.qtdesktop import QtDesktop
+    from shoal.runtime.desktop import Desktop
 
 HOST_DELAY = 1.0
 """Seconds after the window opens by which the host starts even if the page is still
@@ -221,7 +221,7 @@ class PywebviewBackend:
         """The app's open windows by number, the first being 0."""
         self.opener: Callable[[str], None] | None = None
         """Opens another window on a path of the app (set once the first is up)."""
-        self.desktop: QtDesktop | GtkDesktop | None = None
+        self.desktop: Desktop | None = None
         """Context menus, tray and drops (QtWebEngine and WebKitGTK)."""
 
     @property
@@ -383,8 +383,14 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     data_dir = data_dir or default_data_dir(config.id)
     from shoal.runtime.server import bind_listener
 
-    serves_itself = (gui in (None, "qt") and os.environ.get("QT_API", "pyside6") == "pyside6"
-                     and tests is None and _module_exists("PySide6.QtWebEngineWidgets"))
+    if gui in (None, "qt") and os.environ.get("QT_API", "pyside6") == "pyside6" \
+            and _module_exists("PySide6.QtWebEngineWidgets"):
+        # What shoal[gui] installs (pywebview would try GTK first), driven through
+        # PySide6: the window's scheme handler is PySide6 code, and pywebview's qtpy
+        # layer would prefer PyQt if present.
+        gui = "qt"
+        os.environ["QT_API"] = "pyside6"
+    serves_itself = gui == "qt" and os.environ.get("QT_API") == "pyside6" and tests is None
     listener = None
     if port == 0 and not serves_itself:
         # The pages' origin is then http://127.0.0.1:PORT: the same port each launch keeps
@@ -398,19 +404,14 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
 
     server_url = f"http://{bridge}{TEST_PAGE_PATH if tests else '/'}#shoal={secret}"
     # Possible only before Qt's application object exists, so before pywebview picks a
-    # renderer; harmless if it picks another. The handler is PySide6 code, so pywebview
-    # must drive Qt through PySide6 too (its qtpy layer would prefer PyQt if present).
+    # renderer.
     own_scheme = serves_itself and register_scheme()
-    if gui == "qt":  # pywebview's Qt layer would prefer PyQt where both are installed
-        os.environ.setdefault("QT_API", "pyside6")
     if gui in (None, "qt"):  # read when QtWebEngine starts, so before any window
         flags = network_flags(config, listener.getsockname()[1])
         os.environ["QTWEBENGINE_CHROMIUM_FLAGS"] = " ".join(
             [os.environ.get("QTWEBENGINE_CHROMIUM_FLAGS", ""), *flags]).strip()
     if own_scheme:
         spare_import_hook_memory()
-        os.environ["QT_API"] = "pyside6"
-        gui = "qt"  # what shoal[gui] installs; pywebview would try GTK first
     shown = {"origin": f"http://{bridge}", "url": server_url}
     leave = opener_for(config)
     backend = PywebviewBackend()
@@ -426,7 +427,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                        instance=instance, launch_url=launch_url, tests=tests,
                        test_run=test_run)
     if test_run is not None:
-        test_run.close = lambda: backend.close()
+        test_run.close = backend.close
     import webview
 
     window_config = config.window
@@ -461,11 +462,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         keep_navigation_on_app(view.page(), leave)
         # pywebview's own bridge would be a second way into Python, outside the policy.
         view.page().setWebChannel(None)
-        if backend.desktop is None:
-            from shoal.runtime.qtdesktop import QtDesktop
-
-            backend.desktop = QtDesktop(config, host.emit)
-        backend.desktop.attach(view)
+        desktop("qt").attach(view)
         return view
 
     def guard_gtk(native: Any) -> Any:
@@ -477,12 +474,21 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         if view is None:
             return None
         guard_window(view, shown["origin"], leave)
-        if backend.desktop is None:
-            from shoal.runtime.gtkdesktop import GtkDesktop
-
-            backend.desktop = GtkDesktop(config, host.emit)
-        backend.desktop.attach(view)
+        desktop("gtk").attach(view)
         return view
+
+    def desktop(kind: str) -> Desktop:
+        """The app's desktop integration, made with its first window."""
+        if backend.desktop is None:
+            if kind == "qt":
+                from shoal.runtime.qtdesktop import QtDesktop
+
+                backend.desktop = QtDesktop(config, host.emit)
+            else:
+                from shoal.runtime.gtkdesktop import GtkDesktop
+
+                backend.desktop = GtkDesktop(config, host.emit)
+        return backend.desktop
 
     def show_tray() -> None:
         why = backend.desktop.show_tray(backend.focus) if backend.desktop else None
@@ -561,7 +567,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         after_load(address_within(window, ADDRESS_WAIT),
                    window.native.load_url if native else window.load_url)
 
-    numbers = {"last": 0}
+    numbers = itertools.count(1)  # the first window is 0
 
     def open_window(path: str) -> None:
         # Any thread. Another window on the same origin and bridge, guarded as the first.
@@ -569,8 +575,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
 
         if len(webview.windows) >= MAX_WINDOWS:
             raise BridgeError(f"{MAX_WINDOWS} windows are open already", code="EAGAIN")
-        numbers["last"] += 1
-        number = numbers["last"]
+        number = next(numbers)
         extra = backend.windows[number] = create(url_of(path, number))
         extra.events.closed += lambda: backend.windows.pop(number, None)
 
@@ -672,6 +677,13 @@ def end_within_grace() -> None:
         signal.alarm(EXIT_GRACE)
 
 
+def _destroy_all(windows: list[Any]) -> None:
+    """Close ``windows`` as their close buttons would."""
+    for shown in windows:
+        with contextlib.suppress(Exception):  # closing already
+            shown.destroy()
+
+
 def _close_on_gtk_signals(windows: Callable[[], list[Any]]) -> None:
     """On GTK's thread: close ``windows()`` on SIGTERM or SIGINT, through GLib's own
     signal watch (see ``_close_windows_on_signals``)."""
@@ -680,9 +692,7 @@ def _close_on_gtk_signals(windows: Callable[[], list[Any]]) -> None:
     from gi.repository import GLib
 
     def close() -> bool:
-        for shown in windows():
-            with contextlib.suppress(Exception):  # closing already
-                shown.destroy()
+        _destroy_all(windows())
         return GLib.SOURCE_CONTINUE
 
     for number in (signal.SIGTERM, signal.SIGINT):
@@ -708,9 +718,7 @@ def _close_windows_on_signals(windows: Callable[[], list[Any]]) -> Callable[[], 
     def watch() -> None:
         with contextlib.suppress(OSError):
             while reader.recv(1):  # a signal's number; b"" once undone
-                for shown in windows():
-                    with contextlib.suppress(Exception):  # closing already
-                        shown.destroy()
+                _destroy_all(windows())
 
     threading.Thread(target=watch, name="shoal-signals", daemon=True).start()
 

@@ -475,24 +475,30 @@ class MessageService(Service):
     # ---------------------------------------------------------------- outcomes
 
     def delivered(self, handle: int, connection: Connection) -> None:
+        self._delivered(handle, connection.peer_id, connection.path_kind)
+
+    def _delivered(self, handle: int, peer_id: str, path: str) -> None:
         if self._handles.pop(handle, None) is None:
             return  # already failed or cancelled
-        self.endpoint.emit(ev.MessageDelivered(handle=handle, peer_id=connection.peer_id,
-                                               path=connection.path_kind))
+        self.endpoint.emit(ev.MessageDelivered(handle=handle, peer_id=peer_id, path=path))
 
     def failed(self, handle: int, code: str, reason: str) -> None:
         peer = self._handles.pop(handle, None)
         if peer is None:
             return
-        queued = self._pending.get(peer)
-        if queued:
-            self._pending[peer] = [q for q in queued if q[0] != handle]
+        self._unqueue(peer, handle)
         for candidate in self.endpoint.connections_with(peer):
             flow = candidate.flow
             if isinstance(flow, MessageFlow):
                 flow.cancel(handle)
         self.endpoint.emit(ev.MessageFailed(handle=handle, peer_id=peer.hex(), code=code,
                                             reason=reason))
+
+    def _unqueue(self, peer: bytes, handle: int) -> None:
+        """Take ``handle`` out of the messages waiting for a connection to ``peer``."""
+        queued = self._pending.get(peer)
+        if queued:
+            self._pending[peer] = [q for q in queued if q[0] != handle]
 
     def received(self, connection: Connection, channel: str, data: bytes) -> None:
         self.endpoint.emit(ev.MessageReceived(peer_id=connection.peer_id, data=data,
@@ -523,9 +529,10 @@ class MessageService(Service):
         if not queued:
             return None
         handle, channel, data = queued[0]
-        if len(channel.encode()) + len(data) > MAX_EARLY:
+        early = Early(b"", wall, channel, data)
+        if early.size > MAX_EARLY:
             return None
-        early = Early(self.endpoint.random(8), wall, channel, data)
+        early = early._replace(message_id=self.endpoint.random(8))
         self._early[peer] = (handle, early)
         return early
 
@@ -533,30 +540,31 @@ class MessageService(Service):
                        now: float) -> None:
         """The peer answered an INIT_IK: it delivered the early message, or it did not
         take it (it goes the usual way, first of its peer's queue)."""
-        entry = self._early.get(peer)
-        if entry is None or entry[1].message_id != message_id:
+        handle = self._settle_early(peer, message_id)
+        if handle is None:
             return
-        del self._early[peer]
-        handle = entry[0]
         if delivered:
-            queued = self._pending.get(peer)
-            if queued:
-                self._pending[peer] = [q for q in queued if q[0] != handle]
-            if self._handles.pop(handle, None) is not None:
-                self.endpoint.emit(ev.MessageDelivered(handle=handle, peer_id=peer.hex(),
-                                                       path=path))
+            self._unqueue(peer, handle)
+            self._delivered(handle, peer.hex(), path)
         self._release_pending(peer, now)
 
     def early_unanswered(self, peer: bytes, message_id: bytes, now: float) -> None:
         """No INIT that carried the early message was answered: whether it arrived is
         unknown, so it fails rather than risk arriving twice."""
-        entry = self._early.pop(peer, None)
-        if entry is None or entry[1].message_id != message_id:
-            if entry is not None:
-                self._early[peer] = entry
+        handle = self._settle_early(peer, message_id)
+        if handle is None:
             return
-        self.failed(entry[0], "ETIMEDOUT", "the peer did not answer the first contact")
+        self.failed(handle, "ETIMEDOUT", "the peer did not answer the first contact")
         self._release_pending(peer, now)
+
+    def _settle_early(self, peer: bytes, message_id: bytes) -> int | None:
+        """Stop awaiting the early message ``message_id`` to ``peer``: its handle, or
+        None if that is not the one awaited."""
+        entry = self._early.get(peer)
+        if entry is None or entry[1].message_id != message_id:
+            return None
+        del self._early[peer]
+        return entry[0]
 
     def early_awaited(self, peer: bytes) -> bytes | None:
         """The id of the early message to ``peer`` whose answer is awaited, if any."""
@@ -577,8 +585,7 @@ class MessageService(Service):
         if key in seen:
             return True
         if (early.channel not in self.served or abs(wall - early.sent_at) > EARLY_WINDOW
-                or len(seen) >= MAX_EARLY_SEEN
-                or len(early.channel.encode()) + len(early.data) > MAX_EARLY):
+                or len(seen) >= MAX_EARLY_SEEN or early.size > MAX_EARLY):
             return False
         seen[key] = now + 2 * EARLY_WINDOW  # every entry lives as long: oldest first
         self.endpoint.stats["early_messages_delivered"] += 1

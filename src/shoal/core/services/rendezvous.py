@@ -388,12 +388,12 @@ class RendezvousService(Service):
         connection.queue_frame(
             Intro(frame.request_id, frame.target,
                   _addresses(target_connection.address, target_local, connection.address),
-                  target_nat, token, target_connection.peer_static)
+                  target_nat, token, target_connection.peer_endorsement)
         )
         target_connection.queue_frame(
             Intro(0, connection.peer,
                   _addresses(connection.address, my_local, target_connection.address),
-                  my_nat, token, connection.peer_static)
+                  my_nat, token, connection.peer_endorsement)
         )
         endpoint.mark(target_connection)
         endpoint.stats["introductions"] += 1
