@@ -91,6 +91,23 @@ async def test_the_node_key_and_the_webview_store_are_out_of_the_pages_reach(
         assert bytes(await page.call("fs.readFile", "notes/today.txt")) == b"hello"
 
 
+async def test_a_closed_app_lets_go_of_its_node_key(tmp_path: Path) -> None:
+    """Once the app's host has closed, another copy may run the app's node at once (it
+    need not wait for this process to end)."""
+    import subprocess
+    import sys
+
+    folder = _app(tmp_path / "app", "network = true\n",
+                  '[network]\nlan = false\nlisten = "127.0.0.1:0"\n')
+    data = tmp_path / "data"
+    async with AppHost(folder, data_dir=data):
+        pass
+    other = subprocess.run([sys.executable, "-c", "import sys\nfrom shoal.identity import hold"
+                            "\nhold(sys.argv[1])", str(data / "identity.key")],
+                           capture_output=True, text=True, timeout=30)
+    assert other.returncode == 0, other.stderr
+
+
 async def test_rm_of_a_link_outside_the_grants_is_refused(granted: Any) -> None:
     """A link outside the grants that points into them: removing it by its own path, or
     by a path through a grant and '..', must not touch it."""

@@ -180,3 +180,11 @@ def hold(path: str | os.PathLike[str]) -> None:
             f"{path}: this identity is in use by another running Shoal node; give each "
             "node its own (--identity)", code="EBUSY") from None
     _HELD[target] = handle
+
+
+def release(path: str | os.PathLike[str]) -> None:
+    """Give up the claim ``hold`` took on the identity file at ``path`` (its node has
+    closed), so that another process may run a node with it."""
+    handle = _HELD.pop(Path(path).resolve(), None)
+    if handle is not None:
+        handle.close()  # type: ignore[attr-defined]

@@ -929,7 +929,8 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
     if url is not None:
         instance.check_url(url, config.scheme)
     listening = instance.socket_path(data_dir or default_data_dir(config.id))
-    if instance.claim(listening) is None:  # held (not closed) while this copy runs
+    claimed = instance.claim(listening)  # held while this copy runs
+    if claimed is None:
         for _ in range(30):  # the first copy may still be starting
             if instance.hand_over(listening, url, app_args):
                 output.event("handed-over", "the app is running already: handed over to it",
@@ -967,6 +968,9 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
                               gui=gui, config=config, on_dev=on_dev, argv=app_args,
                               instance=listening, launch_url=url)
             finally:
+                # The windows are closed: a next launch is the app's first copy again,
+                # even while the webview's teardown still runs.
+                os.close(claimed)
                 end_within_grace()
             return
         output.event("notice", f"no native window: {reason}; serving for a browser instead",

@@ -191,6 +191,9 @@ class AppHost:
             await self.inspector.close()
         if self.node is not None:
             await self.node.close()
+            from shoal.identity import release
+
+            release(self.data_dir / IDENTITY_FILE)  # a next copy may start at once
 
     async def __aenter__(self) -> AppHost:
         return await self.start()
