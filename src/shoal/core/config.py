@@ -28,6 +28,9 @@ class CoreConfig:
     """Bytes of partly received messages one session may hold."""
     max_reassembly_total: int = 64 << 20
     """Bytes of partly received messages all connections together may hold."""
+    max_channels_per_connection: int = 64
+    """Channel numbers a peer may bind on one connection (each counted as 1 KiB of the
+    reassembly budgets); one more closes the connection with CLOSE code 1."""
     reassembly_timeout: float = 30.0
     """A message unfinished for this long closes its connection."""
     max_sessions: int | None = None

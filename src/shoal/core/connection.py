@@ -391,10 +391,11 @@ class Connection:
 
     def receive(self, datagram: bytes, address: Address, now: float, socket: int = 0) -> bool:
         """Authenticate and process one DATA packet; False if it was dropped (the reason
-        is then in ``drop_reason``: "replay" or "unauthenticated")."""
+        is then in ``drop_reason``: "replay", "packet_number" for a number too far
+        ahead, or "unauthenticated")."""
         _, _, pn = DATA_HEADER.unpack_from(datagram)
         if not self.replay.check(pn):
-            self.drop_reason = "replay"
+            self.drop_reason = "replay" if pn <= self.replay.highest else "packet_number"
             return False
         try:
             payload = (self._ciphers or _CIPHERS.make(self))[1].decrypt(

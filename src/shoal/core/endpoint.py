@@ -46,7 +46,13 @@ from dataclasses import dataclass
 from shoal.core import events as ev
 from shoal.core.admission import FairShares, prefix_of
 from shoal.core.config import CoreConfig
-from shoal.core.connection import CLOSE_BUSY, CLOSE_NORMAL, CLOSE_SUPERSEDED, Connection
+from shoal.core.connection import (
+    CLOSE_BUSY,
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_SUPERSEDED,
+    Connection,
+)
 from shoal.core.handshake import (
     PROLOGUE,
     Dial,
@@ -157,6 +163,9 @@ class Endpoint:
         self.refusals: dict[Address, str] = {}
         """Addresses whose node refused a connection because it was full (CLOSE code 4),
         with the reason it gave; the latest 1,024."""
+        self.faults: list[str] = []
+        """The last 16 unforeseen failures that closed a connection (``_fault``): each
+        is a bug to fix, kept for tests and diagnostics."""
         self.messages = MessageService()
         self.rendezvous = RendezvousService()
         self.relay = RelayService()
@@ -381,8 +390,11 @@ class Endpoint:
         for owner in self.timers.pop_due(now):
             if isinstance(owner, Connection):
                 if owner.local_sid in self.connections:
-                    owner.handle_timer(now)
-                    self._after_connection(owner, now)
+                    try:
+                        owner.handle_timer(now)
+                        self._after_connection(owner, now)
+                    except Exception as exc:  # one peer never stops the others (see _fault)
+                        self._fault(owner, exc, now)
             elif isinstance(owner, Dial):
                 self._dial_timer(owner, now)
             elif isinstance(owner, tuple):
@@ -408,7 +420,11 @@ class Endpoint:
             dirty = self._dirty
             self._dirty = {}
             for connection in dirty:
-                self._flush_connection(connection, now)
+                try:
+                    self._flush_connection(connection, now)
+                except Exception as exc:  # one peer never stops the others
+                    self._fault(connection, exc, now)
+                    continue
                 if not connection.closed:
                     self.timers.set(connection, connection.get_timer())
         out = self._out
@@ -915,10 +931,29 @@ class Endpoint:
         if connection is None:
             self.stats["dropped_unknown_session"] += 1
             return
-        if not connection.receive(data, address, now, socket):
-            self.stats[f"dropped_{connection.drop_reason}"] += 1
-            return
-        self._after_connection(connection, now)
+        try:
+            if not connection.receive(data, address, now, socket):
+                self.stats[f"dropped_{connection.drop_reason}"] += 1
+                return
+            self._after_connection(connection, now)
+        except Exception as exc:  # one peer never stops the others
+            self._fault(connection, exc, now)
+
+    def _fault(self, connection: Connection, exc: Exception, now: float) -> None:
+        """Something a peer sent made its connection fail in a way no check foresaw:
+        close that connection alone (the peer is told, if that can still be sealed) and
+        count it, so that every other peer is served on."""
+        self.stats["connection_faults"] += 1
+        self.faults.append(f"{type(exc).__name__}: {exc}"[:200])
+        del self.faults[:-16]
+        connection.ack_pending = False
+        if not connection.closed:
+            connection.close(CLOSE_PROTOCOL_ERROR, "internal error")
+        try:
+            self._flush_connection(connection, now)
+        except Exception:  # the CLOSE itself failed: drop it unsaid
+            connection.control_out.clear()
+        self._drop(connection, "internal error", now)
 
     def _after_connection(self, connection: Connection, now: float) -> None:
         """Route what a connection produced after input or a timer."""
@@ -937,7 +972,13 @@ class Endpoint:
                     if service is None:
                         self.stats["dropped_unowned_frames"] += 1
                         continue
-                service.on_frame(connection, frame, now)
+                try:
+                    service.on_frame(connection, frame, now)
+                except RemoteProtocolError as exc:
+                    # The packet was taken in and acknowledged: the peer broke a rule
+                    # or a limit, and its connection ends with the documented code.
+                    connection.close(CLOSE_PROTOCOL_ERROR, f"protocol error: {exc}")
+                    break
         if connection.path_failing:
             connection.path_failing = False
             self.stats["paths_failing"] += 1

@@ -141,8 +141,21 @@ class RangeSet:
         return [(lo, hi) for lo, hi in self.ranges]
 
 
+MAX_PACKET_NUMBER = 2**62 - 1
+"""The largest packet number an ACK frame can name (a QUIC varint)."""
+MAX_PACKET_JUMP = 1 << 24
+"""How far beyond the highest number seen a packet may be. A sender numbers its packets
+one by one and congestion control keeps it from sending millions unanswered, so a larger
+jump is an attack (or a corrupt peer): the packet is dropped before decryption."""
+
+
 class ReplayWindow:
-    """Accepts each packet number once, within ``size`` of the highest seen (RFC 6479 idea)."""
+    """Accepts each packet number once, within ``size`` of the highest seen (RFC 6479 idea).
+
+    Only numbers from the highest seen up to ``MAX_PACKET_JUMP`` beyond it, and at most
+    ``MAX_PACKET_NUMBER``, are new: whatever a peer sends, the window costs ``size`` bits
+    and a check or a record costs O(size / 64).
+    """
 
     __slots__ = ("highest", "bitmap", "size")
 
@@ -154,14 +167,17 @@ class ReplayWindow:
     def check(self, pn: int) -> bool:
         """Whether ``pn`` is new and inside the window (does not record it)."""
         if pn > self.highest:
-            return True
+            return pn <= MAX_PACKET_NUMBER and pn - self.highest <= MAX_PACKET_JUMP
         offset = self.highest - pn
         return offset < self.size and not (self.bitmap >> offset) & 1
 
     def record(self, pn: int) -> None:
         if pn > self.highest:
             shift = pn - self.highest
-            self.bitmap = ((self.bitmap << shift) | 1) & ((1 << self.size) - 1)
+            if shift >= self.size:
+                self.bitmap = 1
+            else:
+                self.bitmap = ((self.bitmap << shift) | 1) & ((1 << self.size) - 1)
             self.highest = pn
         else:
             self.bitmap |= 1 << (self.highest - pn)

@@ -52,6 +52,8 @@ FRAGMENT_OVERHEAD = 96
 """Bytes a stored fragment is counted as beyond its data (object and dict overhead)."""
 MESSAGE_OVERHEAD = 384
 """Bytes a partly received message is counted as beyond its fragments."""
+CHANNEL_COST = 1024
+"""Bytes a channel the peer binds is counted as (its state and its name)."""
 NO_CHANNEL = "ENOPROTOOPT"
 
 
@@ -276,11 +278,7 @@ class MessageFlow:
 
     def on_fragment(self, number: int, message_id: int, total: int, offset: int,
                     data: bytes) -> None:
-        channel = self.inbound.get(number)
-        if channel is None:
-            if len(self.inbound) > 4096:
-                raise RemoteProtocolError("too many channels")
-            channel = self.inbound[number] = _InChannel(None)
+        channel = self.inbound.get(number) or self._bind(number)
         if channel.refused or message_id < channel.floor or message_id in channel.ready:
             return
         if message_id >= channel.floor + MAX_MESSAGE_WINDOW:
@@ -360,11 +358,7 @@ class MessageFlow:
             channel.floor += 1
 
     def on_channel(self, frame: Channel) -> None:
-        channel = self.inbound.get(frame.number)
-        if channel is None:
-            if len(self.inbound) > 4096:
-                raise RemoteProtocolError("too many channels")
-            channel = self.inbound[frame.number] = _InChannel(None)
+        channel = self.inbound.get(frame.number) or self._bind(frame.number)
         if channel.name is not None or channel.refused:
             return
         if frame.number == 0 or not self.service.serves(frame.name):
@@ -379,6 +373,14 @@ class MessageFlow:
         channel.name = frame.name
         self.connection.queue_frame(ChannelAccepted(frame.number))
         self._drain(channel)
+
+    def _bind(self, number: int) -> _InChannel:
+        """Start keeping the peer's channel ``number``, counted against the budgets."""
+        if len(self.inbound) > self.service.config.max_channels_per_connection:
+            raise RemoteProtocolError("too many channels")
+        self._store(CHANNEL_COST)
+        channel = self.inbound[number] = _InChannel(None)
+        return channel
 
     def oldest_unfinished(self) -> float | None:
         starts = [r.started for c in self.inbound.values() for r in c.incoming.values()]

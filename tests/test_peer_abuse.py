@@ -1,0 +1,123 @@
+"""Attacks by a peer that completed a real handshake, in virtual time: it numbers its
+packets wildly, binds channels without end, replays handshake packets. Meanwhile an
+honest peer keeps exchanging messages with the same node, and must be served."""
+
+from __future__ import annotations
+
+from shoal.core import events as ev
+from shoal.core.config import CoreConfig
+from shoal.core.connection import CLOSE_PROTOCOL_ERROR, Connection
+from shoal.core.recovery import MAX_PACKET_JUMP
+from shoal.core.wire import Channel, Ping
+from shoal.sim import LinkProfile, SimNetwork, SimNode
+
+
+def _network(**config: object) -> tuple[SimNetwork, SimNode]:
+    net = SimNetwork(seed=5, profile=LinkProfile(latency=0.005))
+    return net, net.add_node(config=CoreConfig(**config))
+
+
+def _connected(net: SimNetwork, peer: SimNode, victim: SimNode) -> Connection:
+    """``peer``'s confirmed connection to ``victim``."""
+    peer.endpoint.connect(victim.address, net.now)
+    net.flush(peer)
+
+    def connection() -> Connection | None:
+        found = peer.endpoint.connection_to(bytes.fromhex(victim.peer_id))
+        return found if found is not None and found.confirmed else None
+
+    assert net.run(2, until=lambda: connection() is not None)
+    found = connection()
+    assert found is not None
+    return found
+
+
+def _send_raw(net: SimNetwork, attacker: SimNode, connection: Connection,
+              *frames: object) -> None:
+    for frame in frames:
+        connection.queue_frame(frame)  # type: ignore[arg-type]
+    attacker.endpoint.mark(connection)
+    net.flush(attacker)
+
+
+def _exchange(net: SimNetwork, honest: SimNode, victim: SimNode, count: int,
+              seconds: float = 5) -> int:
+    """Send ``count`` messages each way between ``honest`` and ``victim``: how many
+    were delivered (both directions together)."""
+    handles = set()
+    for i in range(count):
+        handles.add(("h", honest.endpoint.send_message(victim.peer_id, b"h%d" % i, net.now)))
+        handles.add(("v", victim.endpoint.send_message(honest.peer_id, b"v%d" % i, net.now)))
+    net.flush(honest)
+    net.flush(victim)
+
+    def delivered() -> int:
+        return sum(1 for e in honest.events if isinstance(e, ev.MessageDelivered)
+                   and ("h", e.handle) in handles) + sum(
+            1 for e in victim.events if isinstance(e, ev.MessageDelivered)
+            and ("v", e.handle) in handles)
+
+    net.run(seconds, until=lambda: delivered() == 2 * count)
+    return delivered()
+
+
+def test_packet_numbers_far_ahead_cost_nothing_and_never_stop_the_node() -> None:
+    net, victim = _network()
+    attacker, honest = net.add_node(), net.add_node()
+    hostile = _connected(net, attacker, victim)
+    _connected(net, honest, victim)
+    held = next(c for c in victim.endpoint.connections.values()
+                if c.peer == attacker.endpoint.identity.public_key)
+    # Numbers that cannot be acknowledged (at and above 2^62), a jump of 2^60 and 2^31:
+    # each must be refused or cost a bounded window, never memory by the size of the jump.
+    for pn in (2**62, 2**64 - 1, 2**60, 2**31, held.replay.highest + MAX_PACKET_JUMP + 1):
+        hostile.next_pn = pn
+        _send_raw(net, attacker, hostile, Ping())
+        net.run(0.05)
+        assert held.replay.highest < 2**30
+        assert held.replay.bitmap.bit_length() <= held.replay.size
+    assert victim.endpoint.stats["dropped_packet_number"] >= 5
+    # A jump within the window is taken, and the window stays its size.
+    hostile.next_pn = held.replay.highest + MAX_PACKET_JUMP
+    _send_raw(net, attacker, hostile, Ping())
+    net.run(0.05)
+    assert held.replay.highest == hostile.next_pn - 1
+    assert held.replay.bitmap.bit_length() <= held.replay.size
+    assert _exchange(net, honest, victim, 40) == 80
+    assert not victim.endpoint.faults and not victim.endpoint.stats["connection_faults"]
+
+
+def test_a_failing_connection_never_stops_the_flush_for_other_peers() -> None:
+    net, victim = _network()
+    attacker, honest = net.add_node(), net.add_node()
+    _connected(net, attacker, victim)
+    _connected(net, honest, victim)
+    held = next(c for c in victim.endpoint.connections.values()
+                if c.peer == attacker.endpoint.identity.public_key)
+    # Whatever breaks inside one connection (here: an ACK it cannot encode), the others
+    # are flushed and served; the broken one is closed and counted.
+    held.received.add(2**62)
+    held.ack_pending = True
+    victim.endpoint.mark(held)
+    assert _exchange(net, honest, victim, 40) == 80
+    assert held.closed and held.local_sid not in victim.endpoint.connections
+    assert victim.endpoint.stats["connection_faults"] == 1
+
+
+def test_binding_channels_beyond_the_limit_closes_the_connection_with_code_1() -> None:
+    net, victim = _network()
+    attacker, honest = net.add_node(), net.add_node()
+    hostile = _connected(net, attacker, victim)
+    _connected(net, honest, victim)
+    victim.endpoint.serve_channel("chat/1")
+    limit = victim.endpoint.config.max_channels_per_connection
+    for start in range(1, limit + 50, 40):
+        _send_raw(net, attacker, hostile,
+                  *(Channel(n, "chat/1" if n % 2 else "nope") for n in range(start, start + 40)))
+        net.run(0.2)
+    assert hostile.closed and hostile.close_code == CLOSE_PROTOCOL_ERROR
+    assert not any(c.peer == attacker.endpoint.identity.public_key
+                   for c in victim.endpoint.connections.values())
+    assert victim.endpoint.stats["dropped_malformed"] == 0
+    assert victim.endpoint.messages.stored == 0
+    assert _exchange(net, honest, victim, 20) == 40
