@@ -67,8 +67,8 @@ async def test_one_channel_per_name() -> None:
 
 async def test_a_small_message_is_not_stuck_behind_a_large_one_on_another_channel() -> None:
     async with _node() as a, _node() as b:
-        b.channel("bulk/1")
-        b.channel("chat/1")
+        readers = [asyncio.create_task(_read_all(b.channel(name)))
+                   for name in ("bulk/1", "chat/1")]
         await a.connect(b.address)
         await a.send(b.peer_id, b"warm up", timeout=5)
         bulk = [a.send_nowait(b.peer_id, os.urandom(1 << 20), channel="bulk/1")
@@ -82,3 +82,10 @@ async def test_a_small_message_is_not_stuck_behind_a_large_one_on_another_channe
         bulk_at = time.monotonic() - started
         assert small_at < 0.05, (small_at, bulk_at)
         assert small_at < bulk_at / 3, (small_at, bulk_at)
+        for reader in readers:
+            reader.cancel()
+
+
+async def _read_all(channel: shoal.Channel) -> None:
+    async for _ in channel:
+        pass

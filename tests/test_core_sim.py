@@ -288,6 +288,7 @@ def test_idle_connections_hold_no_message_state_until_a_message_comes() -> None:
     net, introducer, a, _ = _network()
     held = introducer.endpoint.connections.values()
     assert held and all(connection.flow is None for connection in held)
+    introducer.endpoint.serve_channel("")  # an introducer serves no channel unless told
     handle = a.endpoint.send_message(introducer.peer_id, b"to the introducer", net.now)
     net.flush(a)
     assert net.run(5, until=lambda: _delivered(a, handle))
@@ -301,6 +302,7 @@ def test_connections_beyond_the_cipher_cache_still_talk(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(connection_module._CIPHERS, "capacity", 2)
     net, introducer, a, b = _network()
+    introducer.endpoint.serve_channel("")
     for round_ in range(3):
         for sender, receiver in ((a, b), (b, a), (a, introducer)):
             handle = sender.endpoint.send_message(receiver.peer_id, b"round %d" % round_,

@@ -8,7 +8,7 @@ from shoal.core import events as ev
 from shoal.core.config import CoreConfig
 from shoal.core.connection import CLOSE_PROTOCOL_ERROR, Connection
 from shoal.core.recovery import MAX_PACKET_JUMP
-from shoal.core.wire import Channel, Ping
+from shoal.core.wire import Channel, MessageFragment, Ping
 from shoal.sim import LinkProfile, SimNetwork, SimNode
 
 
@@ -121,3 +121,60 @@ def test_binding_channels_beyond_the_limit_closes_the_connection_with_code_1() -
     assert victim.endpoint.stats["dropped_malformed"] == 0
     assert victim.endpoint.messages.stored == 0
     assert _exchange(net, honest, victim, 20) == 40
+
+
+def _failures(node: SimNode) -> list[str]:
+    return [e.code for e in node.events if isinstance(e, ev.MessageFailed)]
+
+
+def test_a_channel_nobody_reads_stops_taking_messages_and_the_sender_is_told() -> None:
+    net, victim = _network()
+    victim.reads = False  # its application never reads
+    attacker, honest = net.add_node(), net.add_node()
+    _connected(net, attacker, victim)
+    _connected(net, honest, victim)
+    for _ in range(200):  # 20 MB through the public API, keeping to the credit
+        attacker.endpoint.send_message(victim.peer_id, bytes(100_000), net.now)
+    net.flush(attacker)
+    net.run(5)
+    window = victim.endpoint.config.channel_receive_window
+    held = sum(len(e.data) for e in victim.received())
+    assert 0 < held <= window and victim.endpoint.messages.unread == held
+    # The other peer is not held up by it.
+    assert _exchange(net, honest, victim, 40) == 80
+    # What never got room fails at the sender, saying why, once its time is up.
+    net.run(victim.endpoint.config.message_timeout)
+    failures = _failures(attacker)
+    assert len(failures) == 200 - held // 100_000 and set(failures) == {"ENOBUFS"}
+    assert sum(len(e.data) for e in victim.received()) == held + sum(
+        len(b"h%d" % i) for i in range(40))  # and the honest ones, all of them
+
+
+def test_a_peer_that_ignores_its_credit_is_closed_with_code_1() -> None:
+    net, victim = _network()
+    victim.reads = False
+    attacker, honest = net.add_node(), net.add_node()
+    hostile = _connected(net, attacker, victim)
+    _connected(net, honest, victim)
+    for start in range(0, 1500, 100):  # 1.5 MB of whole messages, asked for by nobody
+        _send_raw(net, attacker, hostile,
+                  *(MessageFragment(0, i, 1000, 0, bytes(1000)) for i in range(start, start + 100)))
+        net.run(0.1)
+    assert hostile.closed and hostile.close_code == CLOSE_PROTOCOL_ERROR
+    assert sum(len(e.data) for e in victim.received()) <= (
+        victim.endpoint.config.connection_receive_window)
+    assert _exchange(net, honest, victim, 20) == 40
+
+
+def test_an_introducer_serves_no_channel_it_never_reads() -> None:
+    net = SimNetwork(seed=5, profile=LinkProfile(latency=0.005))
+    introducer = net.add_node(config=CoreConfig(introducer=True))
+    peer = net.add_node()
+    _connected(net, peer, introducer)
+    for _ in range(50):
+        peer.endpoint.send_message(introducer.peer_id, bytes(1000), net.now)
+    net.flush(peer)
+    net.run(5)
+    assert not introducer.received() and introducer.endpoint.messages.unread == 0
+    assert _failures(peer) == ["ENOPROTOOPT"] * 50
+    assert not any(isinstance(e, ev.MessageDelivered) for e in peer.events)

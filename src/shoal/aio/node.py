@@ -12,7 +12,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -44,6 +44,8 @@ class Message:
     data: bytes
     path: str
     channel: str = ""
+    receipt: object = field(default=None, compare=False, repr=False)
+    """For the node: the message is read (its room given back) when the app takes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,6 +530,13 @@ class Node:
         else:
             future.set_exception(DeliveryError(event.reason, code=event.code))
 
+    def _taken(self, message: Message) -> Message:
+        """The app took ``message``: the sender may be granted room for more."""
+        if isinstance(message.receipt, ev.MessageReceived) and self._driver is not None:
+            self.endpoint.message_read(message.receipt)
+            self._driver.flush_soon()
+        return message
+
     def _on_event(self, event: ev.Event) -> None:
         for subscription in self._subscriptions:
             subscription._queue.put_nowait(event)
@@ -535,7 +544,9 @@ class Node:
             channel = self._channels.get(event.channel)
             if channel is not None:
                 channel._inbox.put_nowait(
-                    Message(event.peer_id, event.data, event.path, event.channel))
+                    Message(event.peer_id, event.data, event.path, event.channel, event))
+            else:  # closed meanwhile: nobody will read it
+                self.endpoint.message_read(event)
         elif isinstance(event, ev.MessageDelivered | ev.MessageFailed):
             self._settle(event)
         elif isinstance(event, ev.PeerConnected):
@@ -594,10 +605,11 @@ class Channel:
     async def receive(self, timeout: float | None = None) -> Message:
         """The next message on this channel."""
         what = f"channel {self.name!r}" if self.name else "node"
-        return await _until_closed(self._inbox, timeout, what)
+        return self.node._taken(await _until_closed(self._inbox, timeout, what))
 
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return _each(self._inbox)
+    async def __aiter__(self) -> AsyncIterator[Message]:
+        async for message in _each(self._inbox):
+            yield self.node._taken(message)
 
     def close(self) -> None:
         """Stop serving the channel; peers' later messages on it fail with ENOPROTOOPT."""

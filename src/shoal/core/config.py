@@ -28,6 +28,16 @@ class CoreConfig:
     """Bytes of partly received messages one session may hold."""
     max_reassembly_total: int = 64 << 20
     """Bytes of partly received messages all connections together may hold."""
+    channel_receive_window: int = 1 << 20
+    """Bytes of messages one peer may have this node hold on one channel until the
+    application reads them (never less than ``max_message_size``); a channel nobody reads
+    takes no more from that peer."""
+    connection_receive_window: int = 4 << 20
+    """The same for all the channels of one connection together: a few channels nobody
+    reads leave room for the others."""
+    max_receive_total: int = 64 << 20
+    """Bytes of received messages the node holds for its applications, unread, before it
+    grants peers no more room (each may still finish what it was granted)."""
     max_channels_per_connection: int = 64
     """Channel numbers a peer may bind on one connection (each counted as 1 KiB of the
     reassembly budgets); one more closes the connection with CLOSE code 1."""

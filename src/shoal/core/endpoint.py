@@ -250,6 +250,12 @@ class Endpoint:
             raise LocalProtocolError("cannot send a message to this node itself")
         return self.messages.send(peer, bytes(data), channel, now)
 
+    def message_read(self, event: ev.MessageReceived) -> None:
+        """The application took the message of ``event``: it leaves the receive budgets,
+        and its peer may be granted room for more (see ``services.credit``). Call it once
+        per message; a message never reported keeps its room taken."""
+        self.messages.read(event.receipt)
+
     def cancel_message(self, handle: int, now: float, reason: str = "cancelled") -> None:
         """Give up on a message: it fails with ``ECANCELED`` unless already delivered."""
         self.messages.cancel(handle, reason)
@@ -979,6 +985,8 @@ class Endpoint:
                     # or a limit, and its connection ends with the documented code.
                     connection.close(CLOSE_PROTOCOL_ERROR, f"protocol error: {exc}")
                     break
+        if connection.flow is not None:
+            connection.flow.settle()
         if connection.path_failing:
             connection.path_failing = False
             self.stats["paths_failing"] += 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shoal.core.natcheck import NatReport
 from shoal.core.wire import Address
@@ -29,12 +29,16 @@ class PeerDisconnected:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessageReceived:
-    """A whole message from ``peer_id`` (a verified identity) on ``channel``."""
+    """A whole message from ``peer_id`` (a verified identity) on ``channel``.
+
+    The message counts against the node's receive budgets (and its peer's credit) until
+    the driver hands it to ``Endpoint.message_read`` once the application took it."""
 
     peer_id: str
     data: bytes
     path: str
     channel: str = ""
+    receipt: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

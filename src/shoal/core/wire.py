@@ -98,6 +98,9 @@ class FrameType(IntEnum):
     CHANNEL = 0x11
     CHANNEL_ACCEPTED = 0x12
     CHANNEL_REFUSED = 0x13
+    CHANNEL_WINDOW = 0x14
+    MESSAGE_WINDOW = 0x15
+    MESSAGES_BLOCKED = 0x16
     OBSERVED_ADDRESS = 0x20
     REGISTER = 0x21
     INTRO_REQUEST = 0x22
@@ -272,6 +275,30 @@ class ChannelRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelWindow:
+    """The sender may begin messages on its channel ``number`` while the bytes of the
+    messages it began there before stay below ``limit`` (in all, since the channel began)."""
+
+    number: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageWindow:
+    """As ``ChannelWindow``, for the messages of every channel of the connection together."""
+
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesBlocked:
+    """The sender has a message for channel ``number`` that its credit (the channel's or
+    the connection's) does not allow to begin."""
+
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
 class ObservedAddress:
     """The address the sender sees this connection's packets come from."""
 
@@ -344,7 +371,9 @@ class Extension:
 
 Frame = (
     Ping | Ack | Close | HandshakeDone | PathChallenge | PathResponse | MessageFragment
-    | Channel | ChannelAccepted | ChannelRefused | ObservedAddress | Register | IntroRequest
+    | Channel | ChannelAccepted | ChannelRefused | ChannelWindow | MessageWindow
+    | MessagesBlocked
+    | ObservedAddress | Register | IntroRequest
     | Intro | IntroFailed | RelaySend | RelayRecv | Extension
 )
 
@@ -381,6 +410,12 @@ def encode_frame(frame: Frame) -> bytes:
             return b"\x12" + ev(number)
         case ChannelRefused(number):
             return b"\x13" + ev(number)
+        case ChannelWindow(number, limit):
+            return b"\x14" + ev(number) + ev(limit)
+        case MessageWindow(limit):
+            return b"\x15" + ev(limit)
+        case MessagesBlocked(number):
+            return b"\x16" + ev(number)
         case ObservedAddress(address):
             return b"\x20" + encode_address(address)
         case Register(local, nat):
@@ -480,12 +515,25 @@ def _decode_channel(buf: bytes, pos: int) -> tuple[Channel, int]:
         raise RemoteProtocolError("channel name is not UTF-8") from None
 
 
-def _decode_number(kind: type[ChannelAccepted] | type[ChannelRefused]) -> FrameDecoder:
+def _decode_number(
+    kind: type[ChannelAccepted] | type[ChannelRefused] | type[MessagesBlocked],
+) -> FrameDecoder:
     def decode(buf: bytes, pos: int) -> tuple[Frame, int]:
         number, pos = decode_varint(buf, pos)
         return kind(number), pos
 
     return decode
+
+
+def _decode_channel_window(buf: bytes, pos: int) -> tuple[Frame, int]:
+    number, pos = decode_varint(buf, pos)
+    limit, pos = decode_varint(buf, pos)
+    return ChannelWindow(number, limit), pos
+
+
+def _decode_message_window(buf: bytes, pos: int) -> tuple[Frame, int]:
+    limit, pos = decode_varint(buf, pos)
+    return MessageWindow(limit), pos
 
 
 def _decode_register(buf: bytes, pos: int) -> tuple[Register, int]:
@@ -544,6 +592,9 @@ DECODERS: dict[int, FrameDecoder] = {
     FrameType.CHANNEL: _decode_channel,
     FrameType.CHANNEL_ACCEPTED: _decode_number(ChannelAccepted),
     FrameType.CHANNEL_REFUSED: _decode_number(ChannelRefused),
+    FrameType.CHANNEL_WINDOW: _decode_channel_window,
+    FrameType.MESSAGE_WINDOW: _decode_message_window,
+    FrameType.MESSAGES_BLOCKED: _decode_number(MessagesBlocked),
     FrameType.OBSERVED_ADDRESS: _decode_observed,
     FrameType.REGISTER: _decode_register,
     FrameType.INTRO_REQUEST: _decode_request(IntroRequest),
@@ -717,7 +768,9 @@ FRAME_CLASSES: dict[int, type] = {
     FrameType.HANDSHAKE_DONE: HandshakeDone, FrameType.PATH_CHALLENGE: PathChallenge,
     FrameType.PATH_RESPONSE: PathResponse, FrameType.MESSAGE: MessageFragment,
     FrameType.CHANNEL: Channel, FrameType.CHANNEL_ACCEPTED: ChannelAccepted,
-    FrameType.CHANNEL_REFUSED: ChannelRefused, FrameType.OBSERVED_ADDRESS: ObservedAddress,
+    FrameType.CHANNEL_REFUSED: ChannelRefused, FrameType.CHANNEL_WINDOW: ChannelWindow,
+    FrameType.MESSAGE_WINDOW: MessageWindow, FrameType.MESSAGES_BLOCKED: MessagesBlocked,
+    FrameType.OBSERVED_ADDRESS: ObservedAddress,
     FrameType.REGISTER: Register, FrameType.INTRO_REQUEST: IntroRequest,
     FrameType.INTRO: Intro, FrameType.INTRO_FAILED: IntroFailed,
     FrameType.RELAY_SEND: RelaySend, FrameType.RELAY_RECV: RelayRecv,

@@ -47,6 +47,9 @@ class SimNode:
     """The NAT this node sits behind (None: it has a public address)."""
     watched: float | None = None
     """The deadline the network last noted for this node's timer."""
+    reads: bool = True
+    """Its application reads every message as it arrives (False: it never reads, and
+    what it received stays in its receive budgets)."""
 
     @property
     def peer_id(self) -> str:
@@ -126,13 +129,20 @@ class SimNetwork:
     def flush(self, node: SimNode) -> None:
         """Put a node's outgoing datagrams on the wire and collect its events."""
         endpoint = node.endpoint
+        self._collect(node)  # reading messages may grant room: sent below
         for data, destination, socket in endpoint.datagrams_to_send(self.now):
             self.send_from(node, data, destination, socket)
         for socket in endpoint.sockets_to_close():
             self.close_socket(node, socket)
+        self._collect(node)
+        self._watch(node)
+
+    def _collect(self, node: SimNode) -> None:
+        endpoint = node.endpoint
         while (event := endpoint.next_event()) is not None:
             node.events.append(event)
-        self._watch(node)
+            if node.reads and isinstance(event, ev.MessageReceived):
+                endpoint.message_read(event)
 
     def _watch(self, node: SimNode) -> None:
         """Note ``node``'s timer deadline (after anything that may have moved it)."""

@@ -27,21 +27,29 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from shoal.core import events as ev
 from shoal.core.connection import CLOSE_BUSY, CLOSE_PROTOCOL_ERROR, Connection
 from shoal.core.handshake import EARLY_WINDOW, MAX_EARLY, Early
 from shoal.core.services.base import Service
+from shoal.core.services.credit import INITIAL_CREDIT, ReceiveWindow, SendCredit
 from shoal.core.wire import (
     MAX_CHANNEL_NAME,
     Channel,
     ChannelAccepted,
     ChannelRefused,
+    ChannelWindow,
     Frame,
     FrameType,
+    MessagesBlocked,
+    MessageWindow,
     encode_varint,
 )
 from shoal.errors import LocalProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from shoal.core.endpoint import Endpoint
 
 DEFAULT_CHANNEL = ""
 MAX_MESSAGE_WINDOW = 1 << 16
@@ -55,6 +63,8 @@ MESSAGE_OVERHEAD = 384
 CHANNEL_COST = 1024
 """Bytes a channel the peer binds is counted as (its state and its name)."""
 NO_CHANNEL = "ENOPROTOOPT"
+NO_CREDIT = "ENOBUFS"
+"""A message that timed out waiting for the peer's application to read (flow control)."""
 
 
 class OutgoingMessage:
@@ -82,6 +92,9 @@ class _OutChannel:
     held: list[OutgoingMessage] = field(default_factory=list)
     """Fully acknowledged messages waiting for the channel to be accepted."""
     prefix: bytes = b""
+    credit: SendCredit = field(default_factory=lambda: SendCredit(INITIAL_CREDIT))
+    blocked: bool = False
+    """Out of credit: out of the round-robin until the peer grants more."""
 
 
 @dataclass(slots=True, eq=False)
@@ -99,7 +112,11 @@ class _Reassembly:
 class _InChannel:
     name: str | None
     """None until the sender's CHANNEL frame arrives."""
+    number: int
+    window: ReceiveWindow
     refused: bool = False
+    told: bool = False
+    """A refusal of the default channel was sent."""
     floor: int = 0
     incoming: dict[int, _Reassembly] = field(default_factory=dict)
     ready: dict[int, bytes] = field(default_factory=dict)
@@ -118,12 +135,18 @@ class MessageFlow:
         self.next_number = 1
         self.active: deque[_OutChannel] = deque()
         self.retransmit: deque[tuple[OutgoingMessage, int, int]] = deque()
-        self.inbound: dict[int, _InChannel] = {0: _InChannel(DEFAULT_CHANNEL)}
+        self.window = self._window(service.config.connection_receive_window)
+        self.credit = SendCredit(INITIAL_CREDIT)
+        default = self.inbound_channel(0, DEFAULT_CHANNEL)
+        default.refused = not service.serves(DEFAULT_CHANNEL)
+        self.inbound: dict[int, _InChannel] = {0: default}
         self.stored = 0
         self.unfinished: dict[int, OutgoingMessage] = {}
         """Messages partly or wholly sent but not yet delivered, by handle."""
         self.hold = False
         """Send nothing new (another connection with the peer is draining first)."""
+        self.settling: list[OutgoingMessage] = []
+        """Default-channel messages acknowledged in the packet being handled."""
 
     # ---------------------------------------------------------------- sending
 
@@ -138,7 +161,7 @@ class MessageFlow:
             self.connection.queue_frame(Channel(number, channel))
         out.queue.append(OutgoingMessage(handle, out, out.next_id, data))
         out.next_id += 1
-        if len(out.queue) == 1:
+        if len(out.queue) == 1 and not out.blocked:
             self.active.append(out)
 
     def has_data(self) -> bool:
@@ -193,7 +216,8 @@ class MessageFlow:
             return budget
         active = self.active
         whole_limit = self.connection.max_payload - WHOLE_MESSAGE_ROOM
-        while active and budget > 24:
+        waiting = 0  # channels in a row whose next message waits for credit
+        while active and budget > 24 and waiting < len(active):
             out = active[0]
             message = out.queue[0]
             if message.done and message.next_offset == 0:
@@ -203,6 +227,18 @@ class MessageFlow:
                 continue
             total = len(message.data)
             offset = message.next_offset
+            if offset == 0 and not (out.credit.fits(total) and self.credit.fits(total)):
+                if not out.credit.fits(total):
+                    active.popleft()  # back when the peer grants the channel more
+                    out.blocked = True
+                    asking = out.credit.ask()
+                else:
+                    active.rotate(-1)  # a message already begun may still go on
+                    waiting += 1
+                    asking = self.credit.ask()
+                if asking:
+                    self.connection.queue_frame(MessagesBlocked(out.number))
+                continue
             length = min(total - offset, budget - 24)
             if (length <= 0 and total > 0) or (
                 # A message that fits a packet of its own is not split across two: the
@@ -216,6 +252,9 @@ class MessageFlow:
             budget -= len(frame)
             if offset == 0:
                 self.unfinished[message.handle] = message
+                out.credit.spend(total)
+                self.credit.spend(total)
+            waiting = 0
             message.next_offset = offset + length
             active.rotate(-1)
             if message.next_offset >= total:
@@ -236,11 +275,21 @@ class MessageFlow:
             return
         channel = message.channel
         self.unfinished.pop(message.handle, None)
-        if channel.accepted:
+        if channel.accepted and channel.number == 0:
+            self.settling.append(message)  # the ACK's packet may refuse the channel
+        elif channel.accepted:
             message.done = True
             self.service.delivered(message.handle, self.connection)
         elif channel.accepted is None:
             channel.held.append(message)
+
+    def settle(self) -> None:
+        """The frames of a packet were all handled: report what its ACKs delivered."""
+        settling, self.settling = self.settling, []
+        for message in settling:
+            if not message.done:
+                message.done = True
+                self.service.delivered(message.handle, self.connection)
 
     def on_lost(self, item: tuple[OutgoingMessage, int, int]) -> None:
         message, offset, _ = item
@@ -249,7 +298,8 @@ class MessageFlow:
 
     def on_channel_answer(self, number: int, accepted: bool) -> None:
         out = self.out_by_number.get(number)
-        if out is None or out.accepted is not None:
+        # The default channel is accepted from the start, but may be refused.
+        if out is None or out.accepted is False or (accepted and out.accepted):
             return
         if accepted:
             out.accepted = True
@@ -261,7 +311,7 @@ class MessageFlow:
             return
         out.accepted = False
         del self.out[out.name]
-        failed = [*out.queue, *out.held]
+        failed = [*out.queue, *out.held, *(m for m in self.settling if m.channel is out)]
         failed.extend(m for m in self.unfinished.values() if m.channel is out)
         out.queue.clear()
         out.held.clear()
@@ -274,12 +324,80 @@ class MessageFlow:
                 self.service.failed(message.handle, NO_CHANNEL,
                                     f"the peer does not serve channel {out.name!r}")
 
+    def on_channel_window(self, number: int, limit: int) -> None:
+        out = self.out_by_number.get(number)
+        if out is not None and out.credit.raise_to(limit) and out.blocked:
+            out.blocked = False
+            if out.queue:
+                self.active.append(out)
+                self.service.endpoint.mark(self.connection)
+
+    def on_message_window(self, limit: int) -> None:
+        if self.credit.raise_to(limit):
+            self.service.endpoint.mark(self.connection)
+
+    def waits_for_credit(self, handle: int) -> bool:
+        """Whether message ``handle`` is queued, unbegun, for want of the peer's credit."""
+        for out in self.out.values():
+            if any(m.handle == handle and m.next_offset == 0 and (
+                out.blocked or not self.credit.fits(len(m.data))) for m in out.queue
+            ):
+                return True
+        return False
+
     # ---------------------------------------------------------------- receiving
+
+    def _window(self, size: int) -> ReceiveWindow:
+        # Never less than the largest message: else that one could never be sent.
+        return ReceiveWindow(INITIAL_CREDIT, max(size, self.service.config.max_message_size))
+
+    def inbound_channel(self, number: int, name: str | None) -> _InChannel:
+        return _InChannel(name, number, self._window(self.service.config.channel_receive_window))
+
+    def _begin(self, channel: _InChannel, total: int) -> None:
+        """A message of ``total`` bytes begins: the peer must have had the credit."""
+        if not (channel.window.admits(total) and self.window.admits(total)):
+            raise RemoteProtocolError("message begun beyond the credit granted")
+        channel.window.begin(total)
+        self.window.begin(total)
+
+    def _done(self, channel: _InChannel, size: int) -> None:
+        """A message of ``size`` bytes was read or dropped: room for more."""
+        channel.window.done(size)
+        self.window.done(size)
+
+    def read(self, channel: _InChannel, size: int) -> None:
+        """The application took a message of this flow's ``channel``."""
+        self._done(channel, size)
+        if not self.connection.closed and self.inbound.get(channel.number) is channel:
+            self.offer_credit(channel)
+
+    def offer_credit(self, channel: _InChannel | None) -> None:
+        """Grant the peer more room on ``channel`` and on the connection, if it used half
+        of it and the node is under its receive budget."""
+        service = self.service
+        if service.unread + service.stored >= service.config.max_receive_total:
+            service.starved[self] = None
+            return
+        connection = self.connection
+        if channel is not None and channel.name is not None and not channel.refused and (
+            (limit := channel.window.grant()) is not None
+        ):
+            connection.queue_frame(ChannelWindow(channel.number, limit))
+            service.endpoint.mark(connection)
+        if (limit := self.window.grant()) is not None:
+            connection.queue_frame(MessageWindow(limit))
+            service.endpoint.mark(connection)
 
     def on_fragment(self, number: int, message_id: int, total: int, offset: int,
                     data: bytes) -> None:
         channel = self.inbound.get(number) or self._bind(number)
-        if channel.refused or message_id < channel.floor or message_id in channel.ready:
+        if channel.refused:
+            if number == 0 and not channel.told:
+                channel.told = True
+                self.connection.queue_frame(ChannelRefused(0))
+            return
+        if message_id < channel.floor or message_id in channel.ready:
             return
         if message_id >= channel.floor + MAX_MESSAGE_WINDOW:
             raise RemoteProtocolError("message id too far ahead")
@@ -288,9 +406,11 @@ class MessageFlow:
             raise RemoteProtocolError("message larger than this node accepts")
         entry = channel.incoming.get(message_id)
         if entry is None and offset == 0 and len(data) == total:
+            self._begin(channel, total)
             self._complete(channel, message_id, data)
             return
         if entry is None:
+            self._begin(channel, total)
             self._store(MESSAGE_OVERHEAD)
             # The connection has just taken this packet in: its receive time is now.
             started = self.connection.last_received
@@ -342,7 +462,7 @@ class MessageFlow:
 
     def _complete(self, channel: _InChannel, message_id: int, data: bytes) -> None:
         if message_id == channel.floor and channel.name is not None:
-            self.service.received(self.connection, channel.name, data)
+            self.service.received(self, channel, data)
             channel.floor += 1
             self._drain(channel)
             return
@@ -354,7 +474,7 @@ class MessageFlow:
         while channel.floor in ready:
             data = ready.pop(channel.floor)
             self._release(_cost(data))
-            self.service.received(self.connection, channel.name or "", data)
+            self.service.received(self, channel, data)
             channel.floor += 1
 
     def on_channel(self, frame: Channel) -> None:
@@ -365,6 +485,8 @@ class MessageFlow:
             channel.refused = True
             self._release(sum(_cost(d) for d in channel.ready.values())
                           + sum(r.cost for r in channel.incoming.values()))
+            self._done(channel, sum(len(d) for d in channel.ready.values())
+                       + sum(r.total for r in channel.incoming.values()))
             channel.ready.clear()
             channel.incoming.clear()
             self.service.endpoint.stats["channels_refused"] += 1
@@ -372,6 +494,7 @@ class MessageFlow:
             return
         channel.name = frame.name
         self.connection.queue_frame(ChannelAccepted(frame.number))
+        self.offer_credit(channel)
         self._drain(channel)
 
     def _bind(self, number: int) -> _InChannel:
@@ -379,7 +502,7 @@ class MessageFlow:
         if len(self.inbound) > self.service.config.max_channels_per_connection:
             raise RemoteProtocolError("too many channels")
         self._store(CHANNEL_COST)
-        channel = self.inbound[number] = _InChannel(None)
+        channel = self.inbound[number] = self.inbound_channel(number, None)
         return channel
 
     def oldest_unfinished(self) -> float | None:
@@ -391,6 +514,7 @@ class MessageFlow:
         self.service.stored -= self.stored
         self.stored = 0
         self.service.holding.discard(self)
+        self.service.starved.pop(self, None)
         self.inbound.clear()
 
 
@@ -403,7 +527,9 @@ class MessageService(Service):
     """Messages for the application, on named channels, across every connection."""
 
     name = "messages"
-    frame_types = (FrameType.CHANNEL, FrameType.CHANNEL_ACCEPTED, FrameType.CHANNEL_REFUSED)
+    frame_types = (FrameType.CHANNEL, FrameType.CHANNEL_ACCEPTED, FrameType.CHANNEL_REFUSED,
+                   FrameType.CHANNEL_WINDOW, FrameType.MESSAGE_WINDOW,
+                   FrameType.MESSAGES_BLOCKED)
 
     def __init__(self) -> None:
         super().__init__()
@@ -411,6 +537,10 @@ class MessageService(Service):
         self.stored = 0
         self.holding: set[MessageFlow] = set()
         """Flows storing parts of messages; the heaviest yields when the node is full."""
+        self.unread = 0
+        """Bytes of messages handed to the applications and not yet read."""
+        self.starved: dict[MessageFlow, None] = {}
+        """Flows denied credit while the node was over its receive budget."""
         self._handles: dict[int, bytes] = {}
         self._pending: dict[bytes, list[tuple[int, str, bytes]]] = {}
         self._deadlines: deque[tuple[float, int]] = deque()
@@ -421,6 +551,13 @@ class MessageService(Service):
         """peer + message id -> until when: early messages delivered (never twice)."""
 
     # ---------------------------------------------------------------- commands
+
+    def attach(self, endpoint: Endpoint) -> None:
+        super().attach(endpoint)
+        if endpoint.config.introducer:
+            # An introducer's application reads no messages: it serves no channel
+            # unless asked to, so nothing piles up for a reader that never comes.
+            self.served.discard(DEFAULT_CHANNEL)
 
     def serve(self, channel: str) -> None:
         _check_name(channel)
@@ -502,9 +639,26 @@ class MessageService(Service):
         if queued:
             self._pending[peer] = [q for q in queued if q[0] != handle]
 
-    def received(self, connection: Connection, channel: str, data: bytes) -> None:
-        self.endpoint.emit(ev.MessageReceived(peer_id=connection.peer_id, data=data,
-                                              path=connection.path_kind, channel=channel))
+    def received(self, flow: MessageFlow, channel: _InChannel, data: bytes) -> None:
+        connection = flow.connection
+        self.unread += len(data)
+        self.endpoint.emit(ev.MessageReceived(
+            peer_id=connection.peer_id, data=data, path=connection.path_kind,
+            channel=channel.name or "", receipt=(flow, channel, len(data))))
+
+    def read(self, receipt: object) -> None:
+        """The application took the message ``receipt`` came with (once per message)."""
+        if not isinstance(receipt, tuple):
+            return  # an early message: it held no credit
+        flow, channel, size = receipt
+        self.unread -= size
+        flow.read(channel, size)
+        if self.starved and self.unread + self.stored < self.config.max_receive_total:
+            starved, self.starved = self.starved, {}
+            for waiting in starved:
+                if not waiting.connection.closed:
+                    for held in list(waiting.inbound.values()):
+                        waiting.offer_credit(held)
 
     # ---------------------------------------------------------------- service hooks
 
@@ -513,6 +667,7 @@ class MessageService(Service):
         if not isinstance(flow, MessageFlow):
             flow = MessageFlow(self, connection)
             connection.flow = flow
+            flow.offer_credit(flow.inbound[0])  # the windows beyond the implicit ones
         return flow
 
     def on_connection_created(self, connection: Connection) -> None:
@@ -618,8 +773,12 @@ class MessageService(Service):
             return
         target = self.flow(new)
         for message in flow.untouched():
-            flow.out[message.channel.name].queue.remove(message)
-            target.send(message.handle, message.channel.name, message.data)
+            out = message.channel
+            out.queue.remove(message)
+            # Nothing of it was sent: its id is free again, so the ids ``old`` still
+            # sends on the channel (should messages come back to it) leave no gap.
+            out.next_id = min(out.next_id, message.message_id)
+            target.send(message.handle, out.name, message.data)
         for out in flow.out.values():
             if not out.queue and out in flow.active:
                 flow.active.remove(out)
@@ -656,6 +815,12 @@ class MessageService(Service):
             flow.on_channel_answer(frame.number, True)
         elif isinstance(frame, ChannelRefused):
             flow.on_channel_answer(frame.number, False)
+        elif isinstance(frame, ChannelWindow):
+            flow.on_channel_window(frame.number, frame.limit)
+        elif isinstance(frame, MessageWindow):
+            flow.on_message_window(frame.limit)
+        elif isinstance(frame, MessagesBlocked):
+            flow.offer_credit(flow.inbound.get(frame.number))
 
     def on_draining(self, connection: Connection) -> None:
         """``connection`` is superseded: once it has delivered every message it carried,
@@ -686,8 +851,13 @@ class MessageService(Service):
             peer = self._handles.get(handle)
             if peer is None:
                 continue
+            connection = self.endpoint.connection_to(peer)
+            flow = connection.flow if connection is not None else None
             if self.endpoint.rendezvous.unknown(peer):
                 self.failed(handle, "EHOSTUNREACH", "no introducer knows this peer")
+            elif isinstance(flow, MessageFlow) and flow.waits_for_credit(handle):
+                self.failed(handle, NO_CREDIT, "the peer's application did not read its "
+                            "earlier messages in time")
             else:
                 self.failed(handle, "ETIMEDOUT", "not acknowledged in time")
         self._arm()
