@@ -8,7 +8,7 @@ from shoal.core import events as ev
 from shoal.core.config import CoreConfig
 from shoal.core.connection import CLOSE_PROTOCOL_ERROR, Connection
 from shoal.core.recovery import MAX_PACKET_JUMP
-from shoal.core.wire import Channel, MessageFragment, Ping
+from shoal.core.wire import Channel, MessageFragment, PacketKind, Ping
 from shoal.sim import LinkProfile, SimNetwork, SimNode
 
 
@@ -178,3 +178,36 @@ def test_an_introducer_serves_no_channel_it_never_reads() -> None:
     assert not introducer.received() and introducer.endpoint.messages.unread == 0
     assert _failures(peer) == ["ENOPROTOOPT"] * 50
     assert not any(isinstance(e, ev.MessageDelivered) for e in peer.events)
+
+
+def test_a_replayed_final_never_replaces_a_live_connection() -> None:
+    net, victim = _network()
+    peer = net.add_node()
+    finals: list[tuple[bytes, tuple]] = []
+
+    def tap(data: bytes, source: tuple, destination: tuple) -> bytes:
+        if destination == victim.address and data[0] in (PacketKind.FINAL, PacketKind.FINAL_IK):
+            finals.append((data, source))  # an on-path attacker keeps a copy
+        return data
+
+    net.tap = tap
+    first = _connected(net, peer, victim)
+    assert finals
+    net.run(6)  # past the crossed-dial window
+    # The peer loses its connection (say, it restarts its app) and connects again.
+    peer.endpoint.close_connection(first, CLOSE_PROTOCOL_ERROR, "gone", net.now)
+    net.flush(peer)
+    net.run(1)
+    second = _connected(net, peer, victim)
+    live = victim.endpoint.connection_to(peer.endpoint.identity.public_key)
+    assert live is not None
+    for data, source in finals:  # within the secret's lifetime
+        victim.endpoint.receive_datagram(data, source, net.now)
+    net.flush(victim)
+    assert victim.endpoint.connection_to(peer.endpoint.identity.public_key) is live
+    assert victim.endpoint.stats["dropped_replayed_final"] >= 1
+    handle = victim.endpoint.send_message(peer.peer_id, b"still there", net.now)
+    net.flush(victim)
+    assert net.run(3, until=lambda: any(
+        isinstance(e, ev.MessageDelivered) and e.handle == handle for e in victim.events))
+    assert not second.closed

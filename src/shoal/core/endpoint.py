@@ -737,6 +737,11 @@ class Endpoint:
         if local_sid != receiver_sid:  # not our answer to an INIT from this address
             self.stats["dropped_unknown_session"] += 1
             return
+        if self._secrets.used(local_sid, epoch):
+            # That handshake made a connection already (since closed or replaced): a
+            # replay must not rebuild it over the peer's newer one.
+            self.stats["dropped_replayed_final"] += 1
+            return
         if data[0] == PacketKind.FINAL_IK:
             # The INIT_IK again: its early message was dealt with when it first came.
             state = early_responder_state(self.identity, seed)
@@ -785,6 +790,8 @@ class Endpoint:
             connection.close(CLOSE_BUSY, "this node holds all the connections it can")
             self._flush_connection(connection, now)
             return
+        self._secrets.use(local_sid, epoch, now)
+        self.timers.set(_SECRETS, self._secrets.next_rotation())  # it may have rotated
         connection.queue_frame(HandshakeDone(), reliable=False)
         self._established(connection, now)
 

@@ -191,13 +191,21 @@ def address_bytes(address: Address) -> bytes:
         return repr(address).encode()
 
 
+MAX_USED_SIDS = 65536
+"""Session ids one secret may have made connections with; one more rotates the secret
+early (so what is remembered stays bounded, and nothing older can be replayed)."""
+
+
 class ResponderSecrets:
-    """The rotating secret behind stateless answers and cookies (current and previous)."""
+    """The rotating secret behind stateless answers and cookies (current and previous),
+    and the session ids each made a connection with: a FINAL is taken once, so a replay
+    of an old one never rebuilds a connection over a newer one."""
 
     def __init__(self, random_bytes: Callable[[int], bytes], now: float) -> None:
         self._random = random_bytes
         self.epoch = 0
         self._secrets = {0: random_bytes(32)}
+        self._used: dict[int, set[bytes]] = {0: set()}
         self._rotated = now
 
     def next_rotation(self) -> float:
@@ -207,7 +215,19 @@ class ResponderSecrets:
         self.epoch += 1
         self._secrets = {self.epoch: self._random(32),
                          self.epoch - 1: self._secrets[self.epoch - 1]}
+        self._used = {self.epoch: set(), self.epoch - 1: self._used[self.epoch - 1]}
         self._rotated = now
+
+    def used(self, sid: bytes, epoch: int) -> bool:
+        """Whether session id ``sid`` of ``epoch`` made a connection already."""
+        return sid in self._used[epoch]
+
+    def use(self, sid: bytes, epoch: int, now: float) -> None:
+        """``sid`` of ``epoch`` made a connection: its FINAL is never taken again."""
+        used = self._used[epoch]
+        used.add(sid)
+        if len(used) >= MAX_USED_SIDS and epoch == self.epoch:
+            self.rotate(now)
 
     def _mac(self, epoch: int, label: bytes, *parts: bytes) -> bytes:
         return hmac.new(self._secrets[epoch], label + b"".join(parts), hashlib.sha256).digest()
