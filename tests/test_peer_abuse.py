@@ -7,6 +7,7 @@ from __future__ import annotations
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
 from shoal.core.connection import CLOSE_PROTOCOL_ERROR, Connection
+from shoal.core.handshake import EARLY_WINDOW
 from shoal.core.recovery import MAX_PACKET_JUMP
 from shoal.core.wire import Channel, MessageFragment, PacketKind, Ping
 from shoal.sim import LinkProfile, SimNetwork, SimNode
@@ -211,3 +212,49 @@ def test_a_replayed_final_never_replaces_a_live_connection() -> None:
     assert net.run(3, until=lambda: any(
         isinstance(e, ev.MessageDelivered) and e.handle == handle for e in victim.events))
     assert not second.closed
+
+
+def test_early_data_replayed_after_a_restart_is_not_delivered_again() -> None:
+    net = SimNetwork(seed=6, profile=LinkProfile(latency=0.01))
+    introducer = net.add_node(config=CoreConfig(introducer=True))
+    a, b = net.add_node(), net.add_node()
+    for node in (a, b):
+        node.endpoint.add_introducer(introducer.address, net.now)
+        net.flush(node)
+    assert net.run(20, until=lambda: all(
+        any(isinstance(e, ev.AddressObserved) for e in n.events) for n in (a, b)))
+    captured: list[tuple[bytes, tuple]] = []
+
+    def tap(data: bytes, source: tuple, destination: tuple) -> bytes:
+        if data[0] == PacketKind.INIT_IK and destination == b.address:
+            captured.append((data, source))
+        return data
+
+    net.tap = tap
+    handle = a.endpoint.send_message(b.peer_id, b"pay 10 coins", net.now)
+    net.flush(a)
+    assert net.run(5, until=lambda: any(
+        isinstance(e, ev.MessageDelivered) and e.handle == handle for e in a.events))
+    assert b.endpoint.stats["early_messages_delivered"] == 1
+    # b restarts: same key, same address, a new process that remembers nothing; its
+    # driver starts it as every real one does.
+    restarted = net.add_node(address=b.address, identity=b.endpoint.identity)
+    restarted.endpoint.early_from = net.now + restarted.endpoint.wall_offset + EARLY_WINDOW
+    net.run(1.7)
+    for datagram, source in captured:
+        restarted.endpoint.receive_datagram(datagram, source, net.now)
+        net.flush(restarted)
+    net.run(2)
+    assert not restarted.received()
+    assert restarted.endpoint.stats["early_messages_delivered"] == 0
+
+
+async def test_a_node_on_udp_takes_no_early_message_an_earlier_run_could_have() -> None:
+    import time
+
+    import shoal
+
+    before = time.time()
+    async with shoal.Node(shoal.Identity.generate(), listen="127.0.0.1:0",
+                          lan_discovery=False) as node:
+        assert node.endpoint.early_from >= before + EARLY_WINDOW

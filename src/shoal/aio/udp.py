@@ -21,6 +21,7 @@ from collections.abc import Callable
 from shoal.aio.driver import LoopDriver
 from shoal.core import events as ev
 from shoal.core.endpoint import Endpoint
+from shoal.core.handshake import EARLY_WINDOW
 from shoal.core.wire import Address
 from shoal.net import local_addresses
 
@@ -71,6 +72,9 @@ class UdpDriver(LoopDriver):
         super().__init__(endpoint, on_event)
         # The core's clock is monotonic; early messages are stamped with the wall clock.
         endpoint.wall_offset = time.time() - time.monotonic()
+        # A process may restart with the same key: take no early message that an earlier
+        # run could have taken (see ``Endpoint.early_from``).
+        endpoint.early_from = time.time() + EARLY_WINDOW
         self.sock = sock
         self._sockets: dict[int, socket.socket] = {}
         self._dual_stack = sock.family == socket.AF_INET6

@@ -182,6 +182,12 @@ class Endpoint:
         self.wall_offset = 0.0
         """Seconds from the driver's clock (``now``) to wall-clock time, which early
         messages are stamped with; the driver sets it (the simulator's nodes agree)."""
+        self.early_from = float("-inf")
+        """Early messages stamped before this wall-clock time are not taken (they go the
+        usual way, over the connection). The ids of those delivered are remembered in
+        memory only, so a driver that starts a node which may have run before with the
+        same key sets it ``EARLY_WINDOW`` seconds past its start: whatever an earlier run
+        took was stamped before that, and a replay of it is refused."""
 
     # ================================================================== services
 

@@ -742,6 +742,7 @@ class MessageService(Service):
         if key in seen:
             return True
         if (early.channel not in self.served or abs(wall - early.sent_at) > EARLY_WINDOW
+                or early.sent_at < self.endpoint.early_from
                 or len(seen) >= MAX_EARLY_SEEN or early.size > MAX_EARLY):
             return False
         seen[key] = now + 2 * EARLY_WINDOW  # every entry lives as long: oldest first
