@@ -14,7 +14,6 @@ import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_wire import frames
 
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
@@ -22,6 +21,7 @@ from shoal.core.connection import Connection
 from shoal.core.recovery import MAX_PACKET_JUMP
 from shoal.core.wire import Channel, MessageFragment, encode_frame
 from shoal.sim import LinkProfile, SimNetwork
+from test_wire import frames
 
 LONG = os.environ.get("SHOAL_LONG_FUZZ") == "1"
 HONEST = 12
