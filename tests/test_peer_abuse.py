@@ -7,9 +7,18 @@ from __future__ import annotations
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
 from shoal.core.connection import CLOSE_PROTOCOL_ERROR, Connection
-from shoal.core.handshake import EARLY_WINDOW
+from shoal.core.handshake import EARLY_WINDOW, initiator_state
 from shoal.core.recovery import MAX_PACKET_JUMP
-from shoal.core.wire import Channel, MessageFragment, PacketKind, Ping
+from shoal.core.wire import (
+    Channel,
+    MessageFragment,
+    PacketKind,
+    Ping,
+    RelayPath,
+    RelaySend,
+    encode_init,
+)
+from shoal.identity import Identity
 from shoal.sim import LinkProfile, SimNetwork, SimNode
 
 
@@ -258,3 +267,56 @@ async def test_a_node_on_udp_takes_no_early_message_an_earlier_run_could_have() 
     async with shoal.Node(shoal.Identity.generate(), listen="127.0.0.1:0",
                           lan_discovery=False) as node:
         assert node.endpoint.early_from >= before + EARLY_WINDOW
+
+
+def _init(net: SimNetwork) -> bytes:
+    """A fresh, well-formed INIT (unpadded: pad it for a direct path)."""
+    _, message = initiator_state(Identity(net.rng.randbytes(32)), net.rng.randbytes(32))
+    return encode_init(net.rng.randbytes(8), message, pad=False)
+
+
+def test_ipv6_sources_are_limited_by_their_64() -> None:
+    net, victim = _network()
+    for i in range(300):  # one /64 holds as many addresses as anyone wants
+        init = _init(net).ljust(1200, b"\x00")
+        victim.endpoint.receive_datagram(init, (f"2001:db8:1:2::{i + 1:x}", 5000), net.now)
+    answered = victim.endpoint.stats["handshakes_answered"]
+    assert answered <= victim.endpoint.config.handshake_burst
+    for i in range(20):  # other /64s are not held back by it
+        init = _init(net).ljust(1200, b"\x00")
+        victim.endpoint.receive_datagram(init, (f"2001:db8:1:{i + 3:x}::1", 5000), net.now)
+    assert victim.endpoint.stats["handshakes_answered"] == answered + 20
+
+
+def _relayed_pair(**config: object) -> tuple[SimNetwork, SimNode, SimNode, SimNode, Connection]:
+    """A relay, a node behind it and a peer of the relay: (net, relay, victim, peer,
+    the peer's connection to the relay)."""
+    net = SimNetwork(seed=8, profile=LinkProfile(latency=0.005))
+    relay = net.add_node()
+    victim = net.add_node(config=CoreConfig(**config))
+    peer = net.add_node()
+    _connected(net, victim, relay)
+    return net, relay, victim, peer, _connected(net, peer, relay)
+
+
+def test_relayed_inits_are_limited_per_relay_and_source() -> None:
+    net, _, victim, attacker, to_relay = _relayed_pair()
+    target = victim.endpoint.identity.public_key
+    for _ in range(10):
+        _send_raw(net, attacker, to_relay, *(RelaySend(target, _init(net)) for _ in range(30)))
+        net.run(0.05)
+    assert victim.endpoint.stats["rx_relayed"] >= 250
+    config = victim.endpoint.config
+    assert victim.endpoint.stats["handshakes_answered"] <= (
+        config.handshake_burst + 0.5 * config.max_handshakes_per_source)
+
+
+def test_a_relayed_first_contact_with_a_busy_node_follows_its_cookie() -> None:
+    net, relay, victim, peer, _ = _relayed_pair(handshake_rate=0.001)  # busy: cookies only
+    target = victim.endpoint.identity.public_key
+    peer.endpoint.dial(RelayPath(relay.endpoint.identity.public_key, target), net.now,
+                       expected=target)
+    net.flush(peer)
+    assert net.run(3, until=lambda: peer.endpoint.connection_to(target) is not None)
+    assert victim.endpoint.stats["cookies_sent"] >= 1
+    assert peer.endpoint.stats["cookies_echoed"] >= 1

@@ -16,7 +16,25 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Hashable
 
-from shoal.core.wire import Address
+from shoal.core.wire import Address, RelayPath
+
+
+def source_of(address: Address) -> Hashable:
+    """What per-source limits count an address against: its IP, or its /64 for IPv6
+    (what one host most easily holds many addresses of); for a packet that came through
+    a relay, the relaying peer and the source it names, together."""
+    if isinstance(address, RelayPath):
+        return address
+    host = address[0]
+    if ":" not in host:
+        return host  # IPv4, the common case: no parsing
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped or ip)
 
 
 def prefix_of(address: Address) -> str:

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from shoal.core import events as ev
-from shoal.core.admission import FairShares, prefix_of
+from shoal.core.admission import FairShares, prefix_of, source_of
 from shoal.core.config import CoreConfig
 from shoal.core.connection import (
     CLOSE_BUSY,
@@ -487,8 +487,10 @@ class Endpoint:
             self._out.append((datagram, address, socket))
 
     def allow_unauthenticated(self, address: Address, now: float) -> bool:
-        """Per-source-IP token bucket for unauthenticated input that costs work."""
-        return self._buckets.take(address[0], now)
+        """Per-source token bucket for unauthenticated input that costs work (see
+        ``admission.source_of``: an IPv4 address, an IPv6 /64, a relay and the source it
+        names)."""
+        return self._buckets.take(source_of(address), now)
 
     def dialing(self, peer: bytes, *, pool: bool = False) -> bool:
         """Whether a handshake with ``peer`` is in progress (from a pool socket, with ``pool``)."""
@@ -550,6 +552,10 @@ class Endpoint:
                 self._on_resp(packet, path, now)  # type: ignore[arg-type]
             elif kind in (PacketKind.FINAL, PacketKind.FINAL_IK):
                 self._on_final(packet, path, now, 0)  # type: ignore[arg-type]
+            elif kind == PacketKind.COOKIE:  # a busy node's answer through a relay
+                self._on_cookie(packet, path, now)  # type: ignore[arg-type]
+            elif kind == PacketKind.VERSION:
+                self._on_version(packet, path, now)  # type: ignore[arg-type]
             else:
                 self.stats["dropped_malformed"] += 1
         except RemoteProtocolError:
@@ -593,11 +599,12 @@ class Endpoint:
             version = choose_version(offered, init.version)
         if version is None:
             self.stats["dropped_version"] += 1
-            if not relayed and self.allow_unauthenticated(address, now):
+            if self.allow_unauthenticated(address, now):
                 self.send_datagram(encode_version(init.sender_sid, SUPPORTED_VERSIONS),
                                    address, socket)
             return
-        if not relayed and not self.allow_unauthenticated(address, now):
+        # Relayed INITs too: the relay is authenticated, the source it names is not.
+        if not self.allow_unauthenticated(address, now):
             self.stats["dropped_rate_limited"] += 1
             return
         if not self._work_allowed(now):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from shoal.core import events as ev
 from shoal.core import stun
-from shoal.core.admission import prefix_of
+from shoal.core.admission import prefix_of, source_of
 from shoal.core.natcheck import NatCheck, NatReport
 from shoal.core.relay import KeyedBuckets
 from shoal.core.services.base import Service
@@ -124,7 +124,7 @@ class NatService(Service):
             return
         message = stun.decode(data)
         if message.method_class == stun.BINDING_REQUEST:
-            if not self.config.stun_server or not self._buckets.take(address[0], now):
+            if not self.config.stun_server or not self._buckets.take(source_of(address), now):
                 stats["dropped_rate_limited"] += 1
                 return
             self._answer(message, address, socket, now)
