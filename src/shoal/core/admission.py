@@ -28,26 +28,24 @@ def source_of(address: Address) -> Hashable:
     host = address[0]
     if ":" not in host:
         return host  # IPv4, the common case: no parsing
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if ip.version == 6 and ip.ipv4_mapped is None:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip.ipv4_mapped or ip)
+    return _network(host, 32, 64)
 
 
 def prefix_of(address: Address) -> str:
     """The source prefix an address counts against: its /24 (IPv4) or /48 (IPv6)."""
-    host = address[0]
+    return _network(address[0], 24, 48)
+
+
+def _network(host: str, v4_bits: int, v6_bits: int) -> str:
+    """The network of ``host`` with that many prefix bits (IPv4-mapped IPv6 as IPv4)."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return host
     if ip.version == 6 and ip.ipv4_mapped is None:
-        return str(ipaddress.ip_network(f"{ip}/48", strict=False))
+        return str(ipaddress.ip_network(f"{ip}/{v6_bits}", strict=False))
     v4 = ip.ipv4_mapped if ip.version == 6 else ip
-    return str(ipaddress.ip_network(f"{v4}/24", strict=False))
+    return str(ipaddress.ip_network(f"{v4}/{v4_bits}", strict=False))
 
 
 class FairShares:
