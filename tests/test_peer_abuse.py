@@ -320,3 +320,32 @@ def test_a_relayed_first_contact_with_a_busy_node_follows_its_cookie() -> None:
     assert net.run(3, until=lambda: peer.endpoint.connection_to(target) is not None)
     assert victim.endpoint.stats["cookies_sent"] >= 1
     assert peer.endpoint.stats["cookies_echoed"] >= 1
+
+
+def test_an_unproven_address_is_sent_at_most_three_times_what_it_sent() -> None:
+    net, victim = _network()
+    peer = net.add_node()
+    _connected(net, peer, victim)
+    net.run(1)
+    spoofed = ("192.0.2.99", 4000)
+    held: list[bytes] = []
+    sent_there: list[int] = []
+
+    def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
+        if destination == spoofed:
+            sent_there.append(len(data))
+        if source == peer.address and data[0] == PacketKind.DATA and not held:
+            held.append(data)  # an on-path attacker races a copy ahead of it
+            return None
+        return data
+
+    net.tap = tap
+    connection = peer.endpoint.connection_to(victim.endpoint.identity.public_key)
+    assert connection is not None
+    _send_raw(net, peer, connection, Ping())
+    net.run(0.001)
+    (fresh,) = held
+    victim.endpoint.receive_datagram(fresh, spoofed, net.now)
+    net.flush(victim)
+    net.run(5)
+    assert sent_there and sum(sent_there) <= 3 * len(fresh)

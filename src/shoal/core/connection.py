@@ -15,10 +15,12 @@ ranges of received packet numbers; a packet is lost when three later ones are ac
 Paths. A connection is found by its session id, never by address, so its keys, packet
 numbers and everything in flight outlive the path it started on. A path is an address
 and a local socket, or a relay. A new path carries traffic only once it is *validated*:
-a PATH_CHALLENGE sent on it came back as a PATH_RESPONSE. Authenticated packets that
-arrive from an unvalidated address (a NAT rebinding, or a copy an attacker sent first)
-get nothing but a challenge there. A validated direct path replaces a relay; a
-validated path that the peer's newest packets come from replaces the current one (the
+a PATH_CHALLENGE sent on it came back as a PATH_RESPONSE (on any path: the random
+bytes went only to that address). Authenticated packets that arrive from an unvalidated
+address (a NAT rebinding, or a copy an attacker sent first) get nothing but a challenge
+there, and at most three times the bytes that came from it (anti-amplification). A
+validated direct path replaces a relay; a validated path that the peer's newest packets
+come from replaces the current one (the
 peer moved). Challenge and response packets are not tracked for loss: each path
 retries its challenge on its own timer, a few times.
 
@@ -80,6 +82,10 @@ CLOSE_BUSY = 4
 
 MAX_PATHS = 4
 CHALLENGE_TRIES = 4
+AMPLIFICATION = 3
+"""An unvalidated address is sent at most this many times the bytes it sent."""
+_PATH_PACKET = DATA_HEADER_SIZE + 9 + AEAD_TAG_SIZE
+"""The size of a packet holding one PATH_CHALLENGE or PATH_RESPONSE."""
 FAILOVER_PTOS = 2
 """Probe timeouts in a row, with nothing heard on the path, before a relay is tried."""
 FAILOVER_SILENCE = 1.0
@@ -153,6 +159,13 @@ class Path:
     next_try: float = 0.0
     tries: int = 0
     last_received: float = -1.0
+    allowance: int | None = None
+    """Bytes this node may still send on the path before it is validated: three times
+    what arrived from its address (RFC 9000's anti-amplification limit), for a path the
+    network told us of; None for one this node chose itself (a dial, an introduction)."""
+
+    def may_send(self, size: int) -> bool:
+        return self.validated or self.allowance is None or size <= self.allowance
 
     @property
     def relayed(self) -> bool:
@@ -372,14 +385,24 @@ class Connection:
         return path
 
     def _challenge(self, path: Path, now: float) -> None:
+        if not path.may_send(_PATH_PACKET):
+            path.challenge = None  # until more arrives from there
+            return
         path.challenge = self._random(8)
         path.tries += 1
         path.next_try = now + max(2 * self.rtt.smoothed, 0.1)
         self._send_on(path, [encode_frame(PathChallenge(path.challenge))])
 
     def _send_on(self, path: Path, parts: list[bytes]) -> None:
-        """One untracked packet on ``path`` (challenges and responses)."""
-        datagram = self._seal(b"".join(parts), 0.0, False, [], [])
+        """One untracked packet on ``path`` (challenges and responses), within what the
+        path may be sent before it is validated."""
+        payload = b"".join(parts)
+        size = DATA_HEADER_SIZE + len(payload) + AEAD_TAG_SIZE
+        if not path.may_send(size):
+            return
+        if path.allowance is not None and not path.validated:
+            path.allowance -= size
+        datagram = self._seal(payload, 0.0, False, [], [])
         self.raw_out.append((datagram, path.address, path.socket))
 
     # ------------------------------------------------------------------ receiving
@@ -413,7 +436,7 @@ class Connection:
         self.bytes_received += len(datagram)
         path = self.path
         if address != path.address or socket != path.socket:
-            path = self._arrived_elsewhere(address, socket, newest, now)
+            path = self._arrived_elsewhere(address, socket, newest, now, len(datagram))
         path.last_received = now
         if not self.confirmed:
             self.confirmed = True
@@ -471,10 +494,16 @@ class Connection:
         return True
 
     def _arrived_elsewhere(self, address: Address, socket: int, newest: bool,
-                           now: float) -> Path:
-        path = self.paths.get((address, socket)) or self._new_path(address, socket)
+                           now: float, size: int) -> Path:
+        path = self.paths.get((address, socket))
+        if path is None:
+            path = self._new_path(address, socket)
+            if path is not None:
+                path.allowance = 0
         if path is None:  # no room to track it: answer its challenges, nothing more
-            return Path(address, socket)
+            return Path(address, socket, allowance=AMPLIFICATION * size)
+        if path.allowance is not None and not path.validated:
+            path.allowance += AMPLIFICATION * size
         if newest and path.validated and self._better(path, newest=True, now=now):
             self._move_to(path)
         elif not path.validated and path.challenge is None and path.tries < CHALLENGE_TRIES:
