@@ -9,6 +9,7 @@ from shoal.core.config import CoreConfig
 from shoal.core.connection import CLOSE_PROTOCOL_ERROR, Connection
 from shoal.core.handshake import EARLY_WINDOW, initiator_state
 from shoal.core.recovery import MAX_PACKET_JUMP
+from shoal.core.services.rendezvous import MAX_LAN_ADDRESSES, MAX_LAN_PEERS
 from shoal.core.wire import (
     Channel,
     MessageFragment,
@@ -349,3 +350,30 @@ def test_an_unproven_address_is_sent_at_most_three_times_what_it_sent() -> None:
     net.flush(victim)
     net.run(5)
     assert sent_there and sum(sent_there) <= 3 * len(fresh)
+
+
+def test_what_the_lan_says_is_bounded() -> None:
+    net, victim = _network()
+    endpoint = victim.endpoint
+    for _ in range(20_000):  # anyone on the LAN can announce any number of peer ids
+        endpoint.add_peer_address(net.rng.randbytes(32).hex(), ("10.9.0.1", 7000),
+                                  net.now, "lan")
+    assert len(endpoint.rendezvous.peers) <= MAX_LAN_PEERS
+    # One announcement names 8 addresses for a peer this node has a message for.
+    wanted = net.add_node()
+    inits: list[tuple] = []
+    net.tap = lambda data, source, destination: (
+        inits.append(destination) if data[0] == PacketKind.INIT and source == victim.address
+        else None) or data
+    endpoint.send_message(wanted.peer_id, b"hello", net.now)
+    net.flush(victim)
+    for i in range(8):
+        endpoint.add_peer_address(wanted.peer_id, (f"10.8.0.{i + 1}", 7000), net.now, "lan")
+    net.flush(victim)
+    net.run(10)
+    state = endpoint.rendezvous.peers[wanted.endpoint.identity.public_key]
+    assert len([a for a, s in state.addresses.items() if s == "lan"]) <= MAX_LAN_ADDRESSES
+    # The first address named is dialed at once; then one dial per address kept (a dial
+    # sends 9 INITs in its 10 s at most).
+    assert len(set(inits)) <= MAX_LAN_ADDRESSES + 1
+    assert len(inits) <= 9 * MAX_LAN_ADDRESSES

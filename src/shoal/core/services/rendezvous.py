@@ -58,6 +58,11 @@ REPROBE_INTERVAL = 5.0
 """How often a relayed connection probes the peer's direct addresses again."""
 INTRODUCTIONS_PER_SECOND = 10.0
 MAX_DECLARED_ADDRESSES = 4
+MAX_LAN_PEERS = 1024
+"""Peers the LAN told of that this node keeps addresses for; past it, the oldest told of
+(with nothing else to keep it: no connection, no message waiting) is forgotten."""
+MAX_LAN_ADDRESSES = 4
+"""Addresses the LAN may name for one peer (the newest are kept)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -108,6 +113,8 @@ class RendezvousService(Service):
         self._intro_buckets = KeyedBuckets(INTRODUCTIONS_PER_SECOND,
                                            2 * INTRODUCTIONS_PER_SECOND)
         self._next_request_id = 1
+        self._lan_peers: dict[bytes, None] = {}
+        """Peers with addresses from the LAN, the one told of longest ago first."""
 
     def peer(self, peer: bytes) -> PeerState:
         state = self.peers.get(peer)
@@ -125,12 +132,37 @@ class RendezvousService(Service):
     def add_address(self, peer: bytes, address: Address, source: str, now: float) -> None:
         state = self.peer(peer)
         state.addresses[address] = source
+        if source == "lan":
+            self._told_by_lan(state, address)
         connection = self.endpoint.connection_to(peer)
         if connection is not None:
             connection.probe_path(address, 0, now)
             self.endpoint.mark(connection)
-        elif self.endpoint.messages.pending_for(peer):
+        elif self.endpoint.messages.pending_for(peer) and not self.endpoint.dialing(peer):
+            # One dial at a time: however many addresses are named, the INITs stay few.
             self.endpoint.dial(address, now, expected=peer)
+
+    def _told_by_lan(self, state: PeerState, address: Address) -> None:
+        """Keep what the LAN says within ``MAX_LAN_ADDRESSES`` and ``MAX_LAN_PEERS``:
+        anyone on the LAN can announce anything."""
+        lan = [a for a, source in state.addresses.items() if source == "lan" and a != address]
+        for old in lan[: max(0, len(lan) - MAX_LAN_ADDRESSES + 1)]:
+            del state.addresses[old]
+        self._lan_peers.pop(state.peer, None)
+        self._lan_peers[state.peer] = None
+        while len(self._lan_peers) > MAX_LAN_PEERS:
+            oldest = next(iter(self._lan_peers))
+            del self._lan_peers[oldest]
+            held = self.peers.get(oldest)
+            if held is None:
+                continue
+            for old in [a for a, source in held.addresses.items() if source == "lan"]:
+                del held.addresses[old]
+            if not held.addresses and self.endpoint.connection_to(oldest) is None and (
+                not self.endpoint.messages.pending_for(oldest)
+            ):
+                self.set_timer(None, oldest)
+                del self.peers[oldest]
 
     def reach(self, peer: bytes, now: float, *, fresh: bool = False) -> None:
         """Start reaching ``peer``: dial what is known and ask the introducers."""
