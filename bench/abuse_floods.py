@@ -29,14 +29,12 @@ import json
 import multiprocessing
 import os
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 
 import shoal
 from fleet import Fleet, raise_file_limit
-from proc_stats import cpu_seconds, node_process, rss_mib
+from proc_stats import cpu_seconds, rss_mib, running_node
 from shoal.core import events as ev
 from shoal.core.stun import encode_binding_request
 from shoal.core.wire import MessageFragment, RelayPath, RelaySend
@@ -227,13 +225,7 @@ def _sample_peak(pid: int, flooder: multiprocessing.Process, peak: list[float]) 
 
 
 def attack(kind: str, seconds: float, rate: int) -> dict:
-    with tempfile.TemporaryDirectory() as workdir, node_process(
-            "listen", workdir, HOST, stdout=subprocess.PIPE) as (node, target):
-        assert node.stdout is not None
-        peer_id = json.loads(node.stdout.readline())["peer_id"]
-        # Whatever the node prints afterwards (the legitimate messages) is read and dropped.
-        threading.Thread(target=lambda: [None for _ in node.stdout], daemon=True).start()
-        time.sleep(0.5)
+    with running_node("listen", HOST) as (node, target, peer_id):
         rss_before = rss_mib(node.pid)
         results: multiprocessing.Queue = multiprocessing.Queue()
         flooder = multiprocessing.Process(target=_run_flood,

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,3 +53,17 @@ def node_process(command: str, workdir: str, host: str = "127.0.0.1",
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_node(command: str, host: str = "127.0.0.1",
+                 ) -> Iterator[tuple[subprocess.Popen, tuple[str, int], str]]:
+    """``node_process`` with an identity of its own, once it has said its peer id: the
+    process, its address and its peer id. What it prints afterwards is read and dropped."""
+    with tempfile.TemporaryDirectory() as workdir, node_process(
+            command, workdir, host, stdout=subprocess.PIPE) as (node, target):
+        assert node.stdout is not None
+        peer_id = json.loads(node.stdout.readline())["peer_id"]
+        threading.Thread(target=lambda: [None for _ in node.stdout], daemon=True).start()
+        time.sleep(0.5)
+        yield node, target, peer_id

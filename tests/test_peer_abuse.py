@@ -377,3 +377,27 @@ def test_what_the_lan_says_is_bounded() -> None:
     # sends 9 INITs in its 10 s at most).
     assert len(set(inits)) <= MAX_LAN_ADDRESSES + 1
     assert len(inits) <= 9 * MAX_LAN_ADDRESSES
+
+
+def test_the_node_grants_no_room_beyond_its_receive_budget() -> None:
+    net, victim = _network(max_receive_total=1 << 20)
+    victim.reads = False
+    attackers = [net.add_node() for _ in range(4)]
+    for attacker in attackers:
+        _connected(net, attacker, victim)
+        for _ in range(40):
+            attacker.endpoint.send_message(victim.peer_id, bytes(50_000), net.now)
+        net.flush(attacker)
+        net.run(2)
+    unread = victim.endpoint.messages.unread
+    # The first peer filled the budget; the others got only the room every connection
+    # starts with (16 KiB: here not even one of these messages).
+    assert (1 << 20) <= unread <= (1 << 20) + victim.endpoint.config.channel_receive_window
+    # Once the application reads, room is granted again and the rest arrives.
+    victim.reads = True
+    for event in victim.received():
+        victim.endpoint.message_read(event)
+    net.flush(victim)
+    net.run(10)
+    assert all(_failures(a) == [] for a in attackers)
+    assert sum(len(e.data) for e in victim.received()) == 4 * 40 * 50_000

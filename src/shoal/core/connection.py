@@ -20,9 +20,8 @@ bytes went only to that address). Authenticated packets that arrive from an unva
 address (a NAT rebinding, or a copy an attacker sent first) get nothing but a challenge
 there, and at most three times the bytes that came from it (anti-amplification). A
 validated direct path replaces a relay; a validated path that the peer's newest packets
-come from replaces the current one (the
-peer moved). Challenge and response packets are not tracked for loss: each path
-retries its challenge on its own timer, a few times.
+come from replaces the current one (the peer moved). Challenge and response packets are
+not tracked for loss: each path retries its challenge on its own timer, a few times.
 
 Services hand the connection frames to send (``queue_frame``) and a *flow* (the message
 service's per-connection part) that fills packets with its frames and hears which of
