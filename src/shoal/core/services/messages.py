@@ -20,7 +20,10 @@ Memory. Partly received messages, and whole ones waiting for an earlier one, cou
 their bytes plus a fixed overhead per fragment and per message, against a per-connection
 and a node-wide budget. The node's budget is shared: when it is spent, the connection holding
 the most is closed to make room for one holding less. A message unfinished for
-``reassembly_timeout`` closes the connection.
+``reassembly_timeout`` closes the connection. Channels the peer binds count against the
+same budgets. Whole messages, from their first fragment until the application reads
+them, are bounded by flow control (``credit``): the sender begins a message only within
+the room the receiver granted on its channel and on the connection.
 """
 
 from __future__ import annotations
