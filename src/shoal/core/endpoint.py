@@ -28,8 +28,9 @@ confirms closes after ``connection.UNCONFIRMED_ASIDE`` seconds, its messages mov
 the other.
 
 Responders keep no state per INIT (see ``handshake``). Unauthenticated input is rate
-limited per source (``admission.source_of``), an INIT must be padded to 1200 bytes so no answer amplifies, and
-beyond ``handshake_rate`` INITs a second the node answers with cookies only.
+limited per source (``admission.source_of``), an INIT must be padded to 1200 bytes so no
+answer amplifies, and beyond ``handshake_rate`` INITs a second the node answers with
+cookies only.
 
 Besides the node's own socket (id 0) the core may use more: a birthday punch sends from
 a pool of sockets with positive ids (the driver opens one the first time a datagram
