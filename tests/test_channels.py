@@ -1,5 +1,6 @@
 """Named channels on real sockets: independent consumers on one node, refusal of a channel
-the peer does not serve, and no head-of-line blocking between channels."""
+the peer does not serve, and no head-of-line blocking between channels (nor from a
+channel the app does not read)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,22 @@ async def test_a_small_message_is_not_stuck_behind_a_large_one_on_another_channe
 async def _read_all(channel: shoal.Channel) -> None:
     async for _ in channel:
         pass
+
+
+async def test_a_channel_the_app_does_not_read_holds_up_no_other_channel() -> None:
+    async with _node() as a, _node() as b:
+        sink_in = b.channel("sink/1")  # served, not read until the end
+        chat = b.channel("chat/1")
+        await a.connect(b.address)
+        sink = [a.send_nowait(b.peer_id, bytes(1 << 19), channel="sink/1") for _ in range(8)]
+        await asyncio.sleep(0.3)  # the sink takes what its window allows, then waits
+        for i in range(5):
+            await a.send(b.peer_id, b"chat %d" % i, channel="chat/1", timeout=5)
+            assert (await chat.receive(timeout=5)).data == b"chat %d" % i
+        window = b.config.channel_receive_window
+        assert sum(f.done() for f in sink) == window // (1 << 19)
+        assert b.endpoint.messages.unread <= window
+        # Read at last, the rest flows.
+        for _ in range(8):
+            await sink_in.receive(timeout=5)
+        await asyncio.gather(*sink)
