@@ -25,8 +25,22 @@ from typing import Any
 from shoal.errors import ShoalError
 
 MAX_LINE = 64 * 1024
-RESERVED_SCHEMES = {"http", "https", "file", "ftp", "data", "javascript", "mailto", "ws",
-                    "wss", "about", "blob", "shoal", "chrome", "view-source"}
+RESERVED_SCHEMES = frozenset({
+    # the web's and Shoal's own
+    "http", "https", "file", "ftp", "ftps", "data", "javascript", "ws", "wss", "about",
+    "blob", "shoal", "chrome", "chrome-extension", "view-source", "resource", "moz-extension",
+    # the system's, and those of programs found on most desktops
+    "mailto", "tel", "sms", "mms", "callto", "sip", "sips", "facetime", "geo", "maps",
+    "webcal", "ssh", "sftp", "scp", "telnet", "rlogin", "vnc", "rdp", "spice", "smb", "nfs",
+    "afp", "dav", "davs", "git", "svn", "hg", "magnet", "ed2k", "irc", "ircs", "xmpp",
+    "matrix", "news", "nntp", "snews", "feed", "apt", "appstream", "snap", "flatpak",
+    "steam", "zoommtg", "msteams", "slack", "discord", "tg", "spotify", "vscode",
+    "x-github-client", "trash", "recent", "computer", "network", "admin", "burn", "mtp",
+    "gphoto2", "obex", "bluetooth", "help", "ghelp", "info", "man", "settings",
+    "ms-settings", "x-scheme-handler", "urn", "tag", "cid", "mid", "ldap", "ldaps",
+    "openpgp4fpr", "bitcoin", "ethereum", "otpauth", "ipfs", "ipns", "web+ap"})
+"""Schemes no app may take: the web's, Shoal's, and those the system or widespread
+programs answer (a login callback or a link meant for them would reach the app)."""
 
 
 def socket_path(data_dir: Path) -> Path:
