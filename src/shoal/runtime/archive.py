@@ -34,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import ShoalError
-from shoal.identity import Identity, peer_id_from_bytes, peer_id_to_bytes, verify_signature
+from shoal.identity import (
+    Identity,
+    is_identity_file,
+    peer_id_from_bytes,
+    peer_id_to_bytes,
+    verify_signature,
+)
 from shoal.runtime.config import (
     APP_CODE,
     APP_ID,
@@ -120,6 +126,9 @@ def app_files(folder: Path) -> list[tuple[str, Path]]:
             if path.is_symlink() or not path.is_file():
                 raise ArchiveError(f"{path}: not a regular file (archives hold regular "
                                    "files only; copy what it points to instead)")
+            if is_identity_file(path):
+                raise ArchiveError(f"{path}: a Shoal private key; keys are never shipped "
+                                   "(move it out of the app folder)", code="EPERM")
             found.append((relative, path))
     found.sort()
     if len(found) > MAX_FILES:

@@ -21,7 +21,8 @@ from shoal.net import parse_address
 CONFIG_NAME = "shoal.toml"
 APP_CODE = "app.py"
 IDENTITY_FILE = "identity.key"
-"""In the app's data folder: the app's node identity (its peer id)."""
+"""Where an older Shoal kept the app's node identity, in its data folder (now moved to
+``node_key_path``)."""
 WEBVIEW_STORAGE = ".webview"
 """In the app's data folder: what the app's pages store in the native window."""
 APP_ID = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)+")
@@ -582,3 +583,19 @@ def default_data_dir(app_id: str) -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("shoal")) / "apps" / app_id
+
+
+def node_key_path(data_dir: Path) -> Path:
+    """The node identity of the app whose data folder is ``data_dir``: in the user's
+    private keys folder (``shoal.identity.keys_dir``), named after the data folder, where
+    nothing the app declares reaches it (neither the page's ``fs``, nor a program started
+    in the data folder, nor ``shoal build`` of an app folder holding its data). A key an
+    older Shoal kept in the data folder is moved there."""
+    import hashlib
+
+    from shoal.identity import keys_dir, move_key
+
+    name = hashlib.sha256(os.fsencode(os.path.realpath(data_dir))).hexdigest()[:32]
+    target = keys_dir() / "nodes" / f"{name}.key"
+    move_key(data_dir / IDENTITY_FILE, target)
+    return target
