@@ -185,3 +185,27 @@ def test_an_update_that_adds_a_scheme_is_asked_about(tmp_path: Path,
     assert "open notes: links from anywhere on this computer (it becomes their handler)" \
         in asked["capabilities"]
     assert not (tmp_path / "config" / "mimeapps.list").exists()
+
+
+def test_another_user_cannot_stop_apps_starting(tmp_path: Path, env: dict[str, str]) -> None:
+    """With no XDG_RUNTIME_DIR, user nobody makes the folder a temp-dir fallback would
+    use before the app does: the app starts all the same, its socket in a folder of its
+    user's own."""
+    temp = tmp_path / "tmp"
+    squatted = temp / f"shoal-{os.getuid()}"
+    squatted.mkdir(parents=True)
+    os.chown(squatted, 65534, 65534)
+    os.chmod(temp, 0o1777)
+    env = {**env, "TMPDIR": str(temp), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    del env["XDG_RUNTIME_DIR"]
+    process, ready = _start(_app(tmp_path), env)
+    try:
+        assert ready["event"] == "ready", ready
+        sockets = list((tmp_path / "cache").rglob("*.sock"))
+        assert len(sockets) == 1
+        folder = sockets[0].parent.lstat()
+        assert folder.st_uid == os.getuid() and folder.st_mode & 0o777 == 0o700
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert list(squatted.iterdir()) == []
