@@ -457,3 +457,37 @@ async def test_one_page_flooding_calls_takes_turns_with_everyone_else(tmp_path: 
         done.set()
         assert handled[0] >= 20_000
         assert max(per_turn) <= bridge_module.CALLS_PER_TURN * 2, max(per_turn)
+
+
+async def test_a_fifo_is_never_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FIFO where a page file was (swapped in after the check) or in the data folder:
+    neither the app's files nor /_shoal/file answer it as a file, nor wait on it."""
+    import aiohttp
+
+    folder = _app(tmp_path / "app")
+    (folder / "notes.txt").write_text("notes")
+    data = tmp_path / "data"
+    data.mkdir()
+    os.mkfifo(data / "pipe")
+    os.mkfifo(tmp_path / "swapped")
+    checked = bridge_module.app_file
+
+    def checked_then_swapped(config: Any, relative: str) -> Path | None:
+        found = checked(config, relative)
+        return tmp_path / "swapped" if found is not None and found.name == "notes.txt" \
+            else found
+
+    monkeypatch.setattr(bridge_module, "app_file", checked_then_swapped)
+    async with AppHost(folder, data_dir=data) as host:
+        server = host.server
+        assert server is not None
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.get(f"{server.origin}/notes.txt") as response:
+                assert response.status == 404
+            async with session.get(f"{server.origin}/_shoal/file", params={"path": "pipe"},
+                                   headers={"X-Shoal-Secret": server.secret}) as response:
+                assert response.content_type == FILE_ERROR_TYPE
+                assert json.loads(await response.read())["code"] == "EINVAL"
+            async with session.get(server.origin + "/") as response:  # still serving
+                assert response.status == 200
