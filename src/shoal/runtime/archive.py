@@ -583,6 +583,8 @@ def installed_root() -> Path:
 
 def installed(app_id: str) -> Installed | None:
     """The installed app with this id, if any."""
+    if not APP_ID.fullmatch(app_id) or app_id in RESERVED_APP_IDS:
+        return None
     record = installed_root() / app_id / "install.json"
     try:
         body = json.loads(record.read_text(encoding="utf-8"))
