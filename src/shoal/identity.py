@@ -155,12 +155,17 @@ def keys_dir() -> Path:
     archives, and every app's node key): ``$SHOAL_KEYS_DIR`` or ``keys`` in the user data
     dir, made with mode 0700 and refused (``EPERM``) if another user owns it or may read
     it. An app's page never reaches it, whatever folders it was granted."""
+    return private_folder(keys_path())
+
+
+def keys_path() -> Path:
+    """Where ``keys_dir`` is, without making it."""
     base = os.environ.get("SHOAL_KEYS_DIR")
     if base:
-        return private_folder(Path(base))
+        return Path(base)
     from platformdirs import user_data_path
 
-    return private_folder(user_data_path("shoal", appauthor=False) / "keys")
+    return user_data_path("shoal", appauthor=False) / "keys"
 
 
 def private_folder(folder: Path) -> Path:

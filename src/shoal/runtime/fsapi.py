@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from shoal.errors import ShoalError
-from shoal.identity import keys_dir
+from shoal.identity import keys_path
 from shoal.runtime.beneath import (
     WALKS,
     open_beneath,
@@ -82,7 +82,7 @@ class PathPolicy:
         self.data_dir = Path(os.path.realpath(data_dir))
         self.read_roots = [self._root(p) for p in read]
         self.write_roots = [self.data_dir, *(self._root(p) for p in write)]
-        self.keys = Path(os.path.realpath(keys_dir()))
+        self.keys = Path(os.path.realpath(keys_path()))
         """The user's Shoal keys: never the page's, whatever it was granted."""
 
     @staticmethod
