@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -196,16 +198,18 @@ def test_another_user_cannot_stop_apps_starting(tmp_path: Path, env: dict[str, s
     squatted.mkdir(parents=True)
     os.chown(squatted, 65534, 65534)
     os.chmod(temp, 0o1777)
-    env = {**env, "TMPDIR": str(temp), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    cache = Path(tempfile.mkdtemp(prefix="c"))  # a short path, as a home's cache dir is
+    env = {**env, "TMPDIR": str(temp), "XDG_CACHE_HOME": str(cache)}
     del env["XDG_RUNTIME_DIR"]
     process, ready = _start(_app(tmp_path), env)
     try:
         assert ready["event"] == "ready", ready
-        sockets = list((tmp_path / "cache").rglob("*.sock"))
+        sockets = list(cache.rglob("*.sock"))
         assert len(sockets) == 1
         folder = sockets[0].parent.lstat()
         assert folder.st_uid == os.getuid() and folder.st_mode & 0o777 == 0o700
     finally:
         process.terminate()
         process.wait(timeout=10)
+        shutil.rmtree(cache)
     assert list(squatted.iterdir()) == []
