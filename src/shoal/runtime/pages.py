@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shoal.runtime.beneath import regular_file
-from shoal.runtime.config import AppConfig
+from shoal.runtime.config import IDENTITY_FILE, AppConfig
 
 BRIDGE_PATH = "/_shoal/bridge"
 FILE_PATH = "/_shoal/file"
@@ -37,7 +37,9 @@ IMPORT_MAP_TAG = f'<script type="importmap">{IMPORT_MAP}</script>'
 _HEAD = re.compile(r"<head(\s[^>]*)?>", re.IGNORECASE)
 _DOCTYPE = re.compile(r"\ufeff?\s*<!doctype[^>]*>", re.IGNORECASE)
 _CASE_SENSITIVE_KEYWORD = re.compile(r"'(sha256|sha384|sha512|nonce)-", re.IGNORECASE)
-HIDDEN = {"shoal.toml", "app.py", "__pycache__"}
+HIDDEN = {"shoal.toml", "app.py", "__pycache__", IDENTITY_FILE}
+"""Never served, by name in any case: a node key an older Shoal left in a data folder
+inside the app folder among them."""
 
 
 def content_security_policy(port: int, extra: dict[str, tuple[str, ...]], *,
