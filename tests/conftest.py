@@ -15,6 +15,8 @@ os.environ["SHOAL_NO_LAN"] = "1"
 # Which app served which loopback origin is kept in the user's state dir: not the real one.
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="shoal-state-")
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="shoal-cache-")
+# Node keys of the tests' apps go to a keys folder of the tests' own.
+os.environ["SHOAL_KEYS_DIR"] = tempfile.mkdtemp(prefix="shoal-keys-")
 
 
 CHROMIUM = "/usr/bin/chromium"

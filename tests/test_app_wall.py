@@ -57,38 +57,81 @@ async def _code(coroutine: Any) -> str:
 # ---------------------------------------------------------------------------- files
 
 
-async def test_the_node_key_and_the_webview_store_are_out_of_the_pages_reach(
-        tmp_path: Path) -> None:
-    """Shoal keeps the app's node key and its webview storage in the app's data folder; a
-    script injected into the page could send the key away, so no path reaches them."""
-    folder = _app(tmp_path / "app", "network = true\n",
-                  '[network]\nlan = false\nlisten = "127.0.0.1:0"\n')
+async def test_the_webview_store_is_out_of_the_pages_reach(tmp_path: Path) -> None:
+    """Shoal keeps the window's storage in the app's data folder; no path of the page's
+    reaches it (a script injected into the page could read another page's cookies)."""
+    folder = _app(tmp_path / "app")
     data = tmp_path / "data"
     async with AppHost(folder, data_dir=data) as host, BridgeClient(host) as page:
-        key = data / "identity.key"
-        assert key.exists()
         (data / ".webview").mkdir()
         (data / ".webview" / "Cookies").write_text("session")
         (data / "notes").mkdir()
-        os.symlink(key, data / "notes" / "key-link")  # planted, say by another program
-        real = os.path.realpath(data)
-        for path in ("identity.key", "./identity.key", "notes/../identity.key",
-                     f"{real}/identity.key", "notes/key-link", ".webview/Cookies"):
+        os.symlink(data / ".webview", data / "notes" / "store-link")
+        for path in (".webview/Cookies", "./.webview/Cookies", "notes/../.webview/Cookies",
+                     f"{os.path.realpath(data)}/.webview/Cookies", "notes/store-link/Cookies"):
             assert await _code(page.call("fs.readFile", path)) == "EPERM", path
-        for call in (page.call("fs.writeFile", "identity.key", "x"),
-                     page.call("fs.rename", "identity.key", "taken.key"),
-                     page.call("fs.rm", "identity.key"),
-                     page.call("fs.rm", ".webview", {"recursive": True}),
+        for call in (page.call("fs.rm", ".webview", {"recursive": True}),
                      page.call("fs.writeFile", ".webview/Cookies", "forged")):
             assert await _code(call) == "EPERM"
-        # The bulk reads the page's fs.readFile makes over HTTP go through the same gate.
-        files = host._parts[0]
-        with pytest.raises(BridgeError):
-            files.open_for_reading("identity.key")
-        assert key.read_bytes() and (data / ".webview" / "Cookies").read_text() == "session"
-        # The rest of the data folder is the page's as before.
+        with pytest.raises(BridgeError):  # the page's bulk reads over HTTP too
+            host._parts[0].open_for_reading(".webview/Cookies")
+        assert (data / ".webview" / "Cookies").read_text() == "session"
         await page.call("fs.writeFile", "notes/today.txt", b"hello")
         assert bytes(await page.call("fs.readFile", "notes/today.txt")) == b"hello"
+
+
+async def test_no_grant_of_an_app_reaches_a_key(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's data folder is inside its app folder, it may read and write the whole
+    home folder's parent and run cat: still neither its node key nor the user's
+    publisher key can be read, served, shipped or moved. A key an older Shoal left in
+    the data folder is moved to the keys folder, the same peer id."""
+    import aiohttp
+
+    from shoal.identity import Identity, default_identity_path, keys_dir
+    from shoal.runtime import archive
+    from shoal.runtime.config import node_key_path
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.delenv("SHOAL_KEYS_DIR")
+    folder = _app(tmp_path / "app", f'network = true\ncommands = ["cat"]\nfs = {{ read = '
+                  f'["~"], write = ["{tmp_path}/app"] }}\n',
+                  '[network]\nlan = false\nlisten = "127.0.0.1:0"\n')
+    data = folder / "data"
+    data.mkdir()
+    old = Identity.generate()
+    old.save(data / "identity.key")  # where an older Shoal kept it
+    publisher = Identity.load_or_create(default_identity_path())
+    async with AppHost(folder, data_dir=data) as host, BridgeClient(host) as page:
+        assert host.node is not None and host.node.peer_id == old.peer_id
+        assert not (data / "identity.key").exists()
+        node_key = node_key_path(data)
+        assert Identity.load(node_key).peer_id == old.peer_id
+        keys = keys_dir()
+        assert keys.is_relative_to(home) and os.stat(keys).st_mode & 0o777 == 0o700
+        for path in (str(node_key), str(keys / "identity.key"), "~/.local/share/shoal/keys",
+                     f"{data}/../../home/.local/share/shoal/keys/identity.key"):
+            assert await _code(page.call("fs.readFile", path)) in ("EPERM", "EISDIR"), path
+            assert await _code(page.call("fs.readdir", path)) == "EPERM", path
+        assert await _code(page.call("fs.rename", str(data), str(folder / "moved"))) \
+            == "EPERM"  # the data folder itself is granted
+        ran = await page.call("child_process.exec", "cat", ["identity.key"])
+        assert ran["code"] != 0 and ran["stdout"] == ""
+        server = host.server
+        assert server is not None
+        old.save(data / "identity.key")  # left by an older Shoal, say, and not moved yet
+        async with aiohttp.ClientSession() as session:
+            for path in ("/data/identity.key", "/data/Identity.KEY", f"/data/{node_key.name}"):
+                async with session.get(server.origin + path) as response:
+                    assert response.status == 404, path
+        (data / "identity.key").unlink()
+    assert publisher.peer_id == Identity.load(keys / "identity.key").peer_id
+    assert not [m for m, _ in archive.app_files(folder) if "key" in m]
+    old.save(folder / "left-behind.key")  # a key copied into the app by hand
+    with pytest.raises(archive.ArchiveError, match="keys are never shipped"):
+        archive.app_files(folder)
 
 
 async def test_a_closed_app_lets_go_of_its_node_key(tmp_path: Path) -> None:
@@ -97,13 +140,15 @@ async def test_a_closed_app_lets_go_of_its_node_key(tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    from shoal.runtime.config import node_key_path
+
     folder = _app(tmp_path / "app", "network = true\n",
                   '[network]\nlan = false\nlisten = "127.0.0.1:0"\n')
     data = tmp_path / "data"
     async with AppHost(folder, data_dir=data):
         pass
     other = subprocess.run([sys.executable, "-c", "import sys\nfrom shoal.identity import hold"
-                            "\nhold(sys.argv[1])", str(data / "identity.key")],
+                            "\nhold(sys.argv[1])", str(node_key_path(data))],
                            capture_output=True, text=True, timeout=30)
     assert other.returncode == 0, other.stderr
 
@@ -414,3 +459,37 @@ async def test_one_page_flooding_calls_takes_turns_with_everyone_else(tmp_path: 
         done.set()
         assert handled[0] >= 20_000
         assert max(per_turn) <= bridge_module.CALLS_PER_TURN * 2, max(per_turn)
+
+
+async def test_a_fifo_is_never_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FIFO where a page file was (swapped in after the check) or in the data folder:
+    neither the app's files nor /_shoal/file answer it as a file, nor wait on it."""
+    import aiohttp
+
+    folder = _app(tmp_path / "app")
+    (folder / "notes.txt").write_text("notes")
+    data = tmp_path / "data"
+    data.mkdir()
+    os.mkfifo(data / "pipe")
+    os.mkfifo(tmp_path / "swapped")
+    checked = bridge_module.app_file
+
+    def checked_then_swapped(config: Any, relative: str) -> Path | None:
+        found = checked(config, relative)
+        return tmp_path / "swapped" if found is not None and found.name == "notes.txt" \
+            else found
+
+    monkeypatch.setattr(bridge_module, "app_file", checked_then_swapped)
+    async with AppHost(folder, data_dir=data) as host:
+        server = host.server
+        assert server is not None
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.get(f"{server.origin}/notes.txt") as response:
+                assert response.status == 404
+            async with session.get(f"{server.origin}/_shoal/file", params={"path": "pipe"},
+                                   headers={"X-Shoal-Secret": server.secret}) as response:
+                assert response.content_type == FILE_ERROR_TYPE
+                assert json.loads(await response.read())["code"] == "EINVAL"
+            async with session.get(server.origin + "/") as response:  # still serving
+                assert response.status == 200

@@ -73,3 +73,15 @@ def test_a_malformed_hotkey_is_one_line(tmp_path: Path) -> None:
         timeout=30)
     assert result.returncode == 2 and "permissions.hotkeys[0]" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_hotkey_that_typing_presses_is_refused() -> None:
+    """An app that declared every shift+letter would hear what the user types in any
+    window (a password's capitals): a combination needs ctrl, alt or super."""
+    from shoal.runtime.hotkeys import parse_combo
+
+    typing = [f"shift+{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    typing += ["shift+space", "shift+enter", "h", "space"]
+    assert [combo for combo in typing if parse_combo(combo) is not None] == []
+    for combo in ("ctrl+h", "alt+shift+h", "super+space", "ctrl+shift+f5"):
+        assert parse_combo(combo) is not None, combo

@@ -19,6 +19,7 @@ import pytest
 
 import shoal
 from shoal.identity import Identity
+from shoal.runtime.config import node_key_path
 from window_helpers import find_window, shoal_env
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ def test_shoal_dev_shows_the_apps_own_node_in_an_inspector(
         token = url.split("#token=", 1)[1]
         snapshot = _snapshot(url, token)
         assert isinstance(snapshot, dict)
-        assert snapshot["peer_id"] == Identity.load(data / "identity.key").peer_id
+        assert snapshot["peer_id"] == Identity.load(node_key_path(data)).peer_id
         assert _snapshot(url, None) == 403
         if mode == "window":  # a panel beside the app's window
             assert find_window("Peer — inspector", env)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,8 +126,11 @@ def test_install_registers_the_apps_links(tmp_path: Path, env: dict[str, str]) -
     assert "x-scheme-handler/notes" not in (tmp_path / "config" / "mimeapps.list").read_text()
 
 
-@pytest.mark.parametrize(("scheme", "why"), [("http", "belongs to the web"),
-                                             ("No Spaces", "must be a URL scheme")])
+@pytest.mark.parametrize(("scheme", "why"), [
+    ("http", "belongs to the web"), ("No Spaces", "must be a URL scheme"),
+    # links meant for the system or other programs: a login callback, a call, a torrent
+    *((taken, "the system or other programs")
+      for taken in ("ssh", "tel", "sms", "magnet", "git", "mailto", "file", "https"))])
 def test_a_bad_scheme_is_one_line(tmp_path: Path, env: dict[str, str], scheme: str,
                                   why: str) -> None:
     folder = _app(tmp_path, scheme)
@@ -140,3 +145,71 @@ def test_a_link_for_an_app_without_a_scheme_is_refused(tmp_path: Path,
     result = subprocess.run([*SHOAL, "run", str(folder), "--url", "notes://x"],
                             capture_output=True, text=True, env=env, timeout=30)
     assert result.returncode == 2 and "declares no deep-link scheme" in result.stderr
+
+
+def _install(folder: Path, env: dict[str, str], key: Path, *args: str,
+             ) -> subprocess.CompletedProcess[str]:
+    built = subprocess.run([*SHOAL, "build", str(folder), "--identity", str(key), "--json",
+                            "--out", str(folder.parent)], capture_output=True, text=True,
+                           env=env, timeout=30)
+    assert built.returncode == 0, built.stderr
+    return subprocess.run([*SHOAL, "install", json.loads(built.stdout)["path"], "--json",
+                           *args], capture_output=True, text=True, env=env, timeout=30,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_an_app_does_not_take_the_links_of_another_program(tmp_path: Path,
+                                                           env: dict[str, str]) -> None:
+    """notes: links belong to another program already: installing an app with that
+    scheme is refused, and the user's handler stays."""
+    handlers = tmp_path / "config" / "mimeapps.list"
+    handlers.parent.mkdir()
+    mine = "[Default Applications]\nx-scheme-handler/notes=othernotes.desktop\n"
+    handlers.write_text(mine)
+    result = _install(_app(tmp_path), env, tmp_path / "k", "--yes")
+    assert result.returncode == 1 and "othernotes.desktop" in result.stdout, result.stdout
+    assert json.loads(result.stdout)["code"] == "EEXIST"
+    assert handlers.read_text() == mine
+    assert not list((tmp_path / "data").rglob("*.desktop"))
+
+
+def test_an_update_that_adds_a_scheme_is_asked_about(tmp_path: Path,
+                                                     env: dict[str, str]) -> None:
+    folder = _app(tmp_path, None)
+    assert _install(folder, env, tmp_path / "k", "--yes").returncode == 0
+    toml = folder / "shoal.toml"
+    toml.write_text(toml.read_text().replace('name = "Notes"', 'name = "Notes"\n'
+                                             'version = "0.2.0"\nscheme = "notes"'))
+    result = _install(folder, env, tmp_path / "k")
+    assert result.returncode == 1
+    asked = json.loads(result.stdout.splitlines()[0])
+    assert asked["event"] == "asks"
+    assert "open notes: links from anywhere on this computer (it becomes their handler)" \
+        in asked["capabilities"]
+    assert not (tmp_path / "config" / "mimeapps.list").exists()
+
+
+def test_another_user_cannot_stop_apps_starting(tmp_path: Path, env: dict[str, str]) -> None:
+    """With no XDG_RUNTIME_DIR, user nobody makes the folder a temp-dir fallback would
+    use before the app does: the app starts all the same, its socket in a folder of its
+    user's own."""
+    temp = tmp_path / "tmp"
+    squatted = temp / f"shoal-{os.getuid()}"
+    squatted.mkdir(parents=True)
+    os.chown(squatted, 65534, 65534)
+    os.chmod(temp, 0o1777)
+    cache = Path(tempfile.mkdtemp(prefix="c"))  # a short path, as a home's cache dir is
+    env = {**env, "TMPDIR": str(temp), "XDG_CACHE_HOME": str(cache)}
+    del env["XDG_RUNTIME_DIR"]
+    process, ready = _start(_app(tmp_path), env)
+    try:
+        assert ready["event"] == "ready", ready
+        sockets = list(cache.rglob("*.sock"))
+        assert len(sockets) == 1
+        folder = sockets[0].parent.lstat()
+        assert folder.st_uid == os.getuid() and folder.st_mode & 0o777 == 0o700
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(cache)
+    assert list(squatted.iterdir()) == []

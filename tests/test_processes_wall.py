@@ -96,3 +96,44 @@ async def test_programs_are_bounded_and_end_with_the_app(tmp_path: Path) -> None
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert json.dumps(pids)  # (the pids were real numbers)
+
+
+async def test_a_declared_program_gets_only_the_declared_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """env = ["LANG"] is all the page may see; a declared printenv must not hand it the
+    rest of Shoal's environment (a token, say)."""
+    monkeypatch.setenv("PROBE_API_TOKEN", "secret-token")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    folder = _app(tmp_path / "app", '["printenv"]\nenv = ["LANG"]')
+    async with AppHost(folder, data_dir=tmp_path / "d") as host, BridgeClient(host) as page:
+        assert (await page.call("process.info"))["env"] == {"LANG": "C.UTF-8"}
+        secret = await page.call("child_process.exec", "printenv", ["PROBE_API_TOKEN"])
+        assert (secret["code"], secret["stdout"]) == (1, "")
+        everything = await page.call("child_process.exec", "printenv", [])
+        assert everything["stdout"] == "LANG=C.UTF-8\n"
+    assert host.exit_code == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_what_a_program_started_ends_with_the_app(tmp_path: Path) -> None:
+    """A declared program starts a helper and exits at once: the helper must not outlive
+    the app."""
+    folder = _app(tmp_path / "app", '["sh"]\nrun_any_program = true')
+    async with AppHost(folder, data_dir=tmp_path / "d") as host, BridgeClient(host) as page:
+        ran = await page.call("child_process.exec", "sh",
+                              ["-c", "sleep 300 >/dev/null 2>&1 & echo $!"])
+        helper = int(ran["stdout"])
+        assert _alive(helper)
+    for _ in range(100):
+        if not _alive(helper):
+            break
+        await asyncio.sleep(0.05)
+    assert not _alive(helper)
+    assert host.exit_code == 0

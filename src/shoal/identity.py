@@ -150,11 +150,78 @@ class Identity:
         return f"Identity(peer_id={self.peer_id[:16]}...)"
 
 
-def default_identity_path() -> Path:
-    """Where ``Identity.load_or_create()`` keeps the identity when no path is given."""
+def keys_dir() -> Path:
+    """The user's private folder of Shoal keys (the default identity, which signs
+    archives, and every app's node key): ``$SHOAL_KEYS_DIR`` or ``keys`` in the user data
+    dir, made with mode 0700 and refused (``EPERM``) if another user owns it or may read
+    it. An app's page never reaches it, whatever folders it was granted."""
+    return private_folder(keys_path())
+
+
+def keys_path() -> Path:
+    """Where ``keys_dir`` is, without making it."""
+    base = os.environ.get("SHOAL_KEYS_DIR")
+    if base:
+        return Path(base)
     from platformdirs import user_data_path
 
-    return user_data_path("shoal", appauthor=False) / "identity.key"
+    return user_data_path("shoal", appauthor=False) / "keys"
+
+
+def private_folder(folder: Path) -> Path:
+    """``folder``, created with mode 0700 if missing; ``IdentityError`` ``EPERM`` unless
+    it is a real folder of this user's that no one else may enter."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = folder.lstat()
+    except OSError as exc:
+        raise IdentityError(f"{folder}: cannot make it a private folder ({exc.strerror})",
+                            code="EACCES") from None
+    import stat
+
+    mine = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    if not stat.S_ISDIR(info.st_mode) or not mine:
+        raise IdentityError(f"{folder}: not a folder of this user's; Shoal keeps no key "
+                            "there", code="EPERM")
+    if info.st_mode & 0o077:
+        os.chmod(folder, 0o700)
+    return folder
+
+
+def default_identity_path() -> Path:
+    """Where ``Identity.load_or_create()`` keeps the identity when no path is given:
+    ``identity.key`` in ``keys_dir()`` (moved there from the user data dir, where an
+    older Shoal kept it)."""
+    from platformdirs import user_data_path
+
+    target = keys_dir() / "identity.key"
+    move_key(user_data_path("shoal", appauthor=False) / "identity.key", target)
+    return target
+
+
+def move_key(old: Path, new: Path) -> None:
+    """Move the identity file at ``old`` to ``new`` (a private folder), unless ``new``
+    exists already or ``old`` does not: the same key, the same peer id, in its new
+    place."""
+    if new.exists() or not old.is_file():
+        return
+    new.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.link(old, new)
+    except FileExistsError:
+        return
+    except OSError:  # another file system: write a copy, 0600, then drop the old one
+        Identity.load(old).save(new)
+    os.unlink(old)
+
+
+def is_identity_file(path: Path) -> bool:
+    """Whether the file at ``path`` is a Shoal identity (a private key)."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(_FILE_HEADER) + 1).rstrip() == _FILE_HEADER.encode()
+    except OSError:
+        return False
 
 
 _HELD: dict[Path, object] = {}

@@ -890,21 +890,37 @@ def _run_app(app: Path, *, browser: bool, port: int, data_dir: Path | None, as_j
              url: str | None = None) -> None:
     output = Output(as_json)
     with contextlib.ExitStack() as stack:
-        folder = _app_folder(app, output, yes, stack)
+        folder = _app_folder(app, output, yes, stack, own_data=data_dir is not None)
         _run_folder(folder, output, browser=browser, port=port, data_dir=data_dir, gui=gui,
                     dev=dev, introducers=introducers, app_args=app_args, url=url)
 
 
-def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStack) -> Path:
+def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStack, *,
+                own_data: bool = False) -> Path:
     """The folder to run for APP: itself, an archive verified and unpacked into a
-    temporary folder, or an installed app's folder."""
+    temporary folder, or an installed app's folder. An archive runs with its app id's
+    data folder only if it comes from the publisher that id is pinned to (``own_data``:
+    the user gave it a data folder of its own)."""
     from shoal.runtime import archive
 
+    if app.is_dir() and app.suffix == archive.SUFFIX:
+        raise ShoalError(f"{app}: a folder named like an archive; what is in it was never "
+                         "verified (an unpacked download?): run the .shoal file itself, or "
+                         "rename the folder to run it as an unsigned app", code="EISDIR")
     if app.is_dir():
         return app
     if app.is_file() or app.suffix == archive.SUFFIX:
+        approve = _approver(output, yes)
+
+        def pinned_then_approved(manifest: Any, config: Any) -> None:
+            if not own_data:
+                archive.check_publisher(manifest, app)
+            approve(manifest, config)
+
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shoal-app-")))
-        archive.unpack(app, scratch / "app", _approver(output, yes))
+        manifest = archive.unpack(app, scratch / "app", pinned_then_approved)
+        if not own_data:
+            archive.pin_publisher(manifest)
         return scratch / "app"
     found = archive.installed(str(app))
     if found is None:

@@ -27,14 +27,33 @@ import sys
 import tempfile
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shoal.errors import ShoalError
-from shoal.identity import Identity, peer_id_to_bytes, verify_signature
-from shoal.runtime.config import APP_CODE, CONFIG_NAME, AppConfig, check_app_code, load_config
+from shoal.identity import (
+    Identity,
+    is_identity_file,
+    peer_id_from_bytes,
+    peer_id_to_bytes,
+    verify_signature,
+)
+from shoal.runtime.config import (
+    APP_CODE,
+    APP_ID,
+    CONFIG_NAME,
+    RESERVED_APP_IDS,
+    VERSION,
+    AppConfig,
+    ConfigError,
+    check_app_code,
+    load_config,
+    parse_config,
+    runs_any_program,
+)
 from shoal.runtime.statefile import read_record, write_record
 
 FORMAT = 1
@@ -49,7 +68,8 @@ MAX_TOTAL_BYTES = 1 << 30
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_PATH_BYTES = 1024
 SKIPPED_NAMES = {"__pycache__", "node_modules"}
-SKIPPED_SUFFIXES = (".pyc", ".pyo", SUFFIX)
+BYTECODE_SUFFIXES = (".pyc", ".pyo")
+SKIPPED_SUFFIXES = (*BYTECODE_SUFFIXES, SUFFIX)
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 """Every member's timestamp: the same app makes the same bytes."""
 _CHUNK = 1 << 16
@@ -106,6 +126,9 @@ def app_files(folder: Path) -> list[tuple[str, Path]]:
             if path.is_symlink() or not path.is_file():
                 raise ArchiveError(f"{path}: not a regular file (archives hold regular "
                                    "files only; copy what it points to instead)")
+            if is_identity_file(path):
+                raise ArchiveError(f"{path}: a Shoal private key; keys are never shipped "
+                                   "(move it out of the app folder)", code="EPERM")
             found.append((relative, path))
     found.sort()
     if len(found) > MAX_FILES:
@@ -211,7 +234,7 @@ def _open(path: Path) -> Iterator[zipfile.ZipFile]:
     except IsADirectoryError:
         raise ArchiveError(f"{path}: a folder, not an archive") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
-            NotImplementedError) as exc:
+            NotImplementedError, zlib.error) as exc:
         raise ArchiveError(f"{path}: not a Shoal archive, or damaged or truncated ({exc})",
                            code="EBADMSG") from None
     except OSError as exc:
@@ -245,6 +268,9 @@ def _verified_manifest(archive: zipfile.ZipFile, where: Path) -> Manifest:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, ShoalError):
         raise ArchiveError(f"{where}: its manifest is malformed", code="EBADMSG") from None
+    if peer_id_from_bytes(publisher_key) != publisher:  # one spelling, shown as signed
+        raise ArchiveError(f"{where}: its manifest is malformed (publisher {publisher!r})",
+                           code="EBADMSG")
     if not verify_signature(publisher_key, SIGNING_CONTEXT + raw, signature):
         raise ArchiveError(f"{where}: the signature does not match its contents "
                            "(tampered with, or not signed by the publisher it names)",
@@ -267,6 +293,12 @@ def _verified_manifest(archive: zipfile.ZipFile, where: Path) -> Manifest:
         raise ArchiveError(f"{where}: larger than any app this Shoal unpacks", code="EFBIG")
     if CONFIG_NAME not in manifest.files:
         raise ArchiveError(f"{where}: has no {CONFIG_NAME}", code="EBADMSG")
+    if not APP_ID.fullmatch(manifest.app_id) or manifest.app_id in RESERVED_APP_IDS:
+        raise ArchiveError(f"{where}: {manifest.app_id!r} is not a valid app id",
+                           code="EBADMSG")
+    if not VERSION.fullmatch(manifest.version):
+        raise ArchiveError(f"{where}: {manifest.version!r} is not a valid version",
+                           code="EBADMSG")
     return manifest
 
 
@@ -277,8 +309,11 @@ def _text(value: Any) -> str:
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, limit: int, where: Path) -> bytes:
-    with archive.open(name) as member:
-        data = member.read(limit + 1)
+    try:
+        with archive.open(name) as member:
+            data = member.read(limit + 1)
+    except KeyError:
+        raise ArchiveError(f"{where}: {name} is listed but missing", code="EBADMSG") from None
     if len(data) > limit:
         raise ArchiveError(f"{where}: {name} is too large", code="EBADMSG")
     return data
@@ -286,6 +321,10 @@ def _read_member(archive: zipfile.ZipFile, name: str, limit: int, where: Path) -
 
 def _check_member_path(relative: str, where: object) -> None:
     parts = relative.split("/")
+    if "__pycache__" in parts or relative.endswith(BYTECODE_SUFFIXES):
+        # Python would run compiled code in place of the source that was shown and signed.
+        raise ArchiveError(f"{where}: holds compiled Python ({relative!r}); archives carry "
+                           "source only", code="EBADMSG")
     if (
         not relative
         or len(relative.encode()) > MAX_PATH_BYTES
@@ -304,23 +343,24 @@ def _check_member_path(relative: str, where: object) -> None:
 def unpack(path: Path, destination: Path,
            approve: Callable[[Manifest, AppConfig], None] | None = None) -> Manifest:
     """Verify the archive at ``path`` and put its app at ``destination`` (replacing what
-    is there). ``approve(manifest, config)`` runs once everything verified and before
-    anything is moved into place; it raises to stop. On any failure nothing is left."""
+    is there). ``approve(manifest, config)`` runs once the signature and the app's
+    ``shoal.toml`` verified, before a single file is written; it raises to stop. Then every
+    file is checked as it is unpacked; on any failure nothing is left."""
+    with _open(path) as archive:
+        manifest = _verified_manifest(archive, path)
+        config = _signed_config(archive, manifest, destination, path)
+    if approve is not None:
+        approve(manifest, config)
     made = _make_folders(destination.parent)
     staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".shoal-unpack-"))
     try:
         with _open(path) as archive:
-            manifest = _verified_manifest(archive, path)
+            if _verified_manifest(archive, path) != manifest:
+                raise ArchiveError(f"{path}: changed while it was being unpacked",
+                                   code="EBADMSG")
             for relative, (size, digest) in manifest.files.items():
                 _extract(archive, relative, size, digest, staging, path)
-        config = load_config(staging)
-        if (config.id, config.name, config.version) != (
-                manifest.app_id, manifest.name, manifest.version):
-            raise ArchiveError(f"{path}: its manifest and {CONFIG_NAME} disagree",
-                               code="EBADMSG")
         check_app_code(staging)
-        if approve is not None:
-            approve(manifest, config)
         _swap_into(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -329,6 +369,26 @@ def unpack(path: Path, destination: Path,
                 folder.rmdir()
         raise
     return manifest
+
+
+def _signed_config(archive: zipfile.ZipFile, manifest: Manifest, destination: Path,
+                   where: Path) -> AppConfig:
+    """The app's ``shoal.toml``, read from the archive into memory and checked against
+    its signed digest and the manifest, as it will be once unpacked at ``destination``."""
+    size, digest = manifest.files[CONFIG_NAME]
+    raw = _read_member(archive, PAYLOAD + CONFIG_NAME, MAX_MANIFEST_BYTES, where)
+    if len(raw) != size or hashlib.sha256(raw).hexdigest() != digest:
+        raise ArchiveError(f"{where}: {CONFIG_NAME} does not match its signed digest "
+                           "(tampered with or damaged)", code="EBADMSG")
+    try:
+        config = parse_config(raw.decode("utf-8"), destination, set(manifest.files))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {CONFIG_NAME} is not UTF-8") from None
+    if (config.id, config.name, config.version) != (
+            manifest.app_id, manifest.name, manifest.version):
+        raise ArchiveError(f"{where}: its manifest and {CONFIG_NAME} disagree",
+                           code="EBADMSG")
+    return config
 
 
 def _make_folders(folder: Path) -> list[Path]:
@@ -359,7 +419,8 @@ def _extract(archive: zipfile.ZipFile, relative: str, size: int, digest: str,
     except KeyError:
         raise ArchiveError(f"{where}: {relative} is listed but missing",
                            code="EBADMSG") from None
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError,
+            zlib.error) as exc:
         raise ArchiveError(f"{where}: {relative} cannot be unpacked ({exc})",
                            code="EBADMSG") from None
     if written != size or hasher.hexdigest() != digest:
@@ -391,7 +452,7 @@ def capabilities(config: AppConfig) -> list[str]:
     """What the app may do on this machine, one line each, for a person to approve."""
     p = config.permissions
     lines = []
-    if (config.root / APP_CODE).is_file():
+    if config.has_code:
         lines.append(f"runs its own Python code ({APP_CODE}) with your user's rights")
     if p.invoke:
         lines.append("page calls Python functions: " + ", ".join(p.invoke))
@@ -399,12 +460,22 @@ def capabilities(config: AppConfig) -> list[str]:
         lines.append(f"read files in {folder}")
     for folder in p.fs_write:
         lines.append(f"read and write files in {folder}")
-    if p.commands:
-        lines.append("run programs: " + ", ".join(p.commands))
+    ordinary = [c for c in p.commands if not runs_any_program(c)]
+    if ordinary:
+        lines.append("run these programs, with any arguments and your user's rights: "
+                     + ", ".join(ordinary))
+    for command in p.commands:
+        if runs_any_program(command):
+            lines.append(f"run {command}, which can run any program: in effect, run "
+                         "anything with your user's rights")
     if p.env:
-        lines.append("read environment variables: " + ", ".join(p.env))
+        lines.append("read environment variables (its programs get these only): "
+                     + ", ".join(p.env))
     if p.hotkeys:
         lines.append("notice these keys in any window: " + ", ".join(p.hotkeys))
+    if config.scheme is not None:
+        lines.append(f"open {config.scheme}: links from anywhere on this computer (it "
+                     "becomes their handler)")
     plain = {"os": "read facts about this computer (os)", "dns": "look up host names",
              "network": "talk to other peers over the Shoal network",
              "window": "control its window", "dialog": "show file and message dialogs",
@@ -444,6 +515,48 @@ def remember_grant(app_id: str, digest: str) -> None:
         write_record(path, grants)
 
 
+def _publishers_path() -> Path:
+    return _grants_path().with_name("publishers.json")
+
+
+def pinned_publisher(app_id: str) -> str | None:
+    """The publisher this user's copy of ``app_id`` comes from: the installed app's, or
+    that of the archive first run under that id. Its data folder and node key are that
+    publisher's app's alone."""
+    current = installed(app_id)
+    if current is not None:
+        return current.publisher
+    publisher = read_record(_publishers_path()).get(app_id)
+    return publisher if isinstance(publisher, str) else None
+
+
+def check_publisher(manifest: Manifest, where: Path) -> None:
+    """Refuse an archive signed by another publisher than the one ``app_id`` is pinned
+    to (``EPERM``): it would run with that app's data folder and node key."""
+    pinned = pinned_publisher(manifest.app_id)
+    if pinned is not None and pinned != manifest.publisher:
+        raise ArchiveError(
+            f"{where}: {manifest.app_id} here comes from publisher {pinned[:16]}…, and this "
+            f"archive is signed by {manifest.publisher[:16]}…; it may not use that app's "
+            "data and identity (uninstall it first to change publisher)", code="EPERM")
+
+
+def pin_publisher(manifest: Manifest) -> None:
+    """Pin ``manifest.app_id`` to its publisher (if it is not pinned yet)."""
+    path = _publishers_path()
+    pins = read_record(path)
+    if manifest.app_id not in pins:
+        pins[manifest.app_id] = manifest.publisher
+        write_record(path, pins)
+
+
+def _unpin_publisher(app_id: str) -> None:
+    path = _publishers_path()
+    pins = read_record(path)
+    if pins.pop(app_id, None) is not None:
+        write_record(path, pins)
+
+
 # ------------------------------------------------------------------------- installing
 
 
@@ -470,6 +583,8 @@ def installed_root() -> Path:
 
 def installed(app_id: str) -> Installed | None:
     """The installed app with this id, if any."""
+    if not APP_ID.fullmatch(app_id) or app_id in RESERVED_APP_IDS:
+        return None
     record = installed_root() / app_id / "install.json"
     try:
         body = json.loads(record.read_text(encoding="utf-8"))
@@ -494,6 +609,8 @@ def install(path: Path, approve: Callable[[Manifest, AppConfig], None] | None = 
             raise ArchiveError(f"{path}: changed while it was being installed",
                                code="EBADMSG")
         _check_upgrade(path, manifest)
+        if config.scheme is not None:
+            _check_scheme(path, config.scheme, manifest.app_id)
         if approve is not None:
             approve(manifest, config)
 
@@ -510,19 +627,12 @@ def install(path: Path, approve: Callable[[Manifest, AppConfig], None] | None = 
 
 def _check_upgrade(path: Path, manifest: Manifest) -> None:
     """Only the installed app's publisher may replace it, and only with a version at
-    least as new."""
+    least as new; an app id pinned to a publisher by a run is installed from it only."""
+    check_publisher(manifest, path)
     current = installed(manifest.app_id)
-    if current is not None:
-        if current.publisher != manifest.publisher:
-            raise ArchiveError(
-                f"{path}: {manifest.app_id} is installed from publisher "
-                f"{current.publisher[:16]}…, and this archive is signed by "
-                f"{manifest.publisher[:16]}…; uninstall it first to change publisher",
-                code="EPERM")
-        if _version_key(manifest.version) < _version_key(current.version):
-            raise ArchiveError(f"{path}: {manifest.app_id} {current.version} is installed, "
-                               f"newer than this archive's {manifest.version}",
-                               code="EEXIST")
+    if current is not None and _version_key(manifest.version) < _version_key(current.version):
+        raise ArchiveError(f"{path}: {manifest.app_id} {current.version} is installed, "
+                           f"newer than this archive's {manifest.version}", code="EEXIST")
 
 
 def uninstall(app_id: str) -> Installed:
@@ -534,13 +644,22 @@ def uninstall(app_id: str) -> Installed:
     if current.desktop_entry is not None:
         current.desktop_entry.unlink(missing_ok=True)
         _set_scheme_handler(current.desktop_entry.name, None)
+    _unpin_publisher(app_id)
     return current
 
 
-def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Dotted versions compare part by part, numbers as numbers (1.10 > 1.9)."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part)
-                 for part in re.split(r"[.+-]", version))
+def _version_key(version: str) -> tuple[Any, ...]:
+    """Versions (``config.VERSION``) in order: dotted numbers compare as numbers (1.10 >
+    1.9, 1.0 = 1.0.0), a pre-release comes before its release (1.0.0-rc1 < 1.0.0), and
+    build metadata (``+...``) is ignored."""
+    release, _, pre = version.split("+", 1)[0].partition("-")
+    numbers = [int(part) for part in release.split(".")]
+    while len(numbers) > 1 and numbers[-1] == 0:
+        numbers.pop()
+    if not pre:
+        return (tuple(numbers), 1, ())
+    return (tuple(numbers), 0, tuple((0, int(p), "") if p.isdigit() else (1, 0, p)
+                                     for p in pre.split(".")))
 
 
 def _entry_path(app_id: str) -> Path | None:
@@ -572,6 +691,52 @@ def _write_desktop_entry(manifest: Manifest, folder: Path, scheme: str | None) -
         temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
     _set_scheme_handler(path.name, scheme)
     return path
+
+
+def _check_scheme(where: Path, scheme: str, app_id: str) -> None:
+    """Refuse (``EEXIST``) a scheme another program or app already handles: its links,
+    login callbacks included, are not this app's to take."""
+    own = f"shoal-{app_id}.desktop"
+    owner = next((o for o in scheme_handlers(scheme) if o != own), None)
+    if owner is not None:
+        raise ArchiveError(f"{where}: {scheme}: links are handled by {owner} already; an app "
+                           "may not take another program's links", code="EEXIST")
+
+
+def scheme_handlers(scheme: str) -> list[str]:
+    """The desktop entries that handle ``scheme:`` links for this user (Linux): those the
+    user's and the system's ``mimeapps.list`` name, and those that declare it."""
+    if not sys.platform.startswith("linux"):
+        return []
+    home = Path.home()
+    config_dirs = [os.environ.get("XDG_CONFIG_HOME") or str(home / ".config"),
+                   *(os.environ.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":")]
+    data_dirs = [os.environ.get("XDG_DATA_HOME") or str(home / ".local" / "share"),
+                 *(os.environ.get("XDG_DATA_DIRS") or "/usr/local/share:/usr/share")
+                 .split(":")]
+    mime = f"x-scheme-handler/{scheme}"
+    found: list[str] = []
+    lists = [Path(d) / "mimeapps.list" for d in config_dirs if d]
+    lists += [Path(d) / "applications" / "mimeapps.list" for d in data_dirs if d]
+    for path in lists:
+        for line in _lines(path):
+            key, _, value = line.partition("=")
+            if key.strip() == mime:
+                found += [e for e in value.strip().split(";") if e]
+    for folder in (Path(d) / "applications" for d in data_dirs if d):
+        with contextlib.suppress(OSError):
+            for entry in sorted(folder.glob("*.desktop")):
+                for line in _lines(entry):
+                    if line.startswith("MimeType=") and mime in line[9:].split(";"):
+                        found.append(entry.name)
+    return list(dict.fromkeys(found))
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
 
 
 def _set_scheme_handler(entry: str, scheme: str | None) -> None:

@@ -54,6 +54,7 @@ from shoal.runtime.pages import (
     asset_path,
     content_security_policy,
     content_type,
+    open_app_file,
     page_html,
     security_headers,
 )
@@ -206,7 +207,8 @@ class AppServer:
 
     def _file(self, request: Request) -> Response:
         target = app_file(self.config, request.path)
-        if target is None:
+        opened = open_app_file(target) if target is not None else None
+        if target is None or opened is None:
             if request.path == "/favicon.ico":  # asked for by every browser: no icon
                 return Response(204)
             return Response.text(404, "not found\n")
@@ -217,8 +219,10 @@ class AppServer:
                 # Until this launch's page holds the bridge: what another app left in
                 # this origin's storage is gone before the page runs.
                 headers["Clear-Site-Data"] = '"cache", "storage"'
-            return Response(body=page_html(target, dev=self.dev).encode(), headers=headers)
-        return Response(file=target, headers={"Content-Type": kind})
+            with opened:
+                return Response(body=page_html(opened, dev=self.dev).encode(),
+                                headers=headers)
+        return Response(file=opened, headers={"Content-Type": kind})
 
     def _file_preflight(self, request: Request) -> Response:
         """CORS preflight of a bulk read by a page the window serves itself."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,18 @@ from shoal.net import parse_address
 CONFIG_NAME = "shoal.toml"
 APP_CODE = "app.py"
 IDENTITY_FILE = "identity.key"
-"""In the app's data folder: the app's node identity (its peer id)."""
+"""Where an older Shoal kept the app's node identity, in its data folder (now moved to
+``node_key_path``)."""
 WEBVIEW_STORAGE = ".webview"
 """In the app's data folder: what the app's pages store in the native window."""
-APP_ID = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)+$")
+APP_ID = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)+")
+"""An app id, matched whole (``fullmatch``): reverse-DNS like ``org.example.notes``."""
+RESERVED_APP_IDS = frozenset({"origins.json", "grants.json", "publishers.json",
+                              "install.json"})
+"""Names of Shoal's own files beside the apps' folders, which no app may take as its id."""
+VERSION = re.compile(r"[0-9]+(?:\.[0-9]+)*(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?")
+"""A version, matched whole: ASCII dotted numbers, an optional ``-pre-release`` (older
+than the release) and ``+build`` (ignored in comparisons), as in semver."""
 CSP_DIRECTIVES = frozenset({
     "default-src", "script-src", "style-src", "img-src", "font-src", "media-src",
     "connect-src", "worker-src", "manifest-src", "frame-src",
@@ -43,6 +52,31 @@ _CSP_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:$", re.IGNORECASE)
 _CSP_ANY_HOST = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?\*(?:[:/].*)?$", re.IGNORECASE)
 SIMPLE_PERMISSIONS = ("os", "network", "window", "dialog", "notification", "clipboard",
                       "shell", "dns")
+
+
+RUNS_ANY_PROGRAM = frozenset({
+    # shells and interpreters
+    "sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "csh", "tcsh", "busybox", "python",
+    "pypy", "perl", "ruby", "node", "nodejs", "deno", "bun", "lua", "luajit", "php", "tclsh",
+    "wish", "rscript", "java", "osascript", "pwsh", "powershell", "cmd", "awk", "gawk",
+    "mawk", "nawk", "sed", "expect",
+    # programs that start others given on their command line or in their options
+    "env", "xargs", "find", "git", "nohup", "nice", "ionice", "timeout", "setsid",
+    "stdbuf", "strace", "ltrace", "gdb", "sudo", "su", "doas", "pkexec", "runuser",
+    "chroot", "unshare", "nsenter", "flock", "watch", "script", "make", "ssh", "scp",
+    "rsync", "tar", "zip", "vim", "vi", "nvim", "emacs", "ed", "ex", "docker", "podman",
+    "systemd-run", "flatpak", "npm", "npx", "pip", "uv", "cargo", "go", "parallel",
+    "xdg-open", "gio", "dbus-send", "gdbus", "busctl", "systemctl"})
+"""Programs known to run any other program (``git -c alias.x=!cmd x``, ``find -exec``,
+``env cmd``, an interpreter's ``-c``): declaring one grants as much as running anything,
+so ``shoal.toml`` must say ``run_any_program = true`` too, and the user is told."""
+
+
+def runs_any_program(command: str) -> bool:
+    """Whether the declared ``command`` (a name or a path) is one of ``RUNS_ANY_PROGRAM``,
+    versions (``python3.12``) and ``.exe`` included."""
+    name = re.sub(r"(\.exe)?$", "", os.path.basename(command).lower())
+    return name in RUNS_ANY_PROGRAM or re.sub(r"[0-9.]+$", "", name) in RUNS_ANY_PROGRAM
 
 
 class ConfigError(ShoalError):
@@ -88,6 +122,9 @@ class Permissions:
     """Environment variables the page may read (``process.info().env``)."""
     commands: tuple[str, ...] = ()
     """Programs the page may run (``child_process``): names found on PATH, or paths."""
+    run_any_program: bool = False
+    """The app knows that some of ``commands`` can run any program (``RUNS_ANY_PROGRAM``);
+    without it such a command is refused."""
     hotkeys: tuple[str, ...] = ()
     """Global key combinations the page is told of (``ctrl+alt+k``)."""
 
@@ -175,6 +212,8 @@ class AppConfig:
     menu: tuple[tuple[str, tuple[MenuItem, ...]], ...] = ()
     """The window's menus: (title, items), from ``[[menu]]``."""
     tray: TrayConfig | None = None
+    has_code: bool = False
+    """The app has an ``app.py`` (Python that runs with the user's rights)."""
     cross_origin_isolated: bool = False
     """Serve the pages with COOP and COEP (``SharedArrayBuffer``, precise timers); it
     delays the first paint, and cross-origin resources allowed in ``[csp]`` then need
@@ -184,16 +223,25 @@ class AppConfig:
 def load_config(folder: Path) -> AppConfig:
     """Read and validate ``folder/shoal.toml``."""
     path = folder / CONFIG_NAME
-    where = str(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{where}: not found (is {folder} a Shoal app?)") from None
+        raise ConfigError(f"{path}: not found (is {folder} a Shoal app?)") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: cannot be read: {exc}") from None
+        raise ConfigError(f"{path}: cannot be read: {exc}") from None
+    return parse_config(text, folder)
+
+
+def parse_config(text: str, folder: Path, files: Collection[str] | None = None) -> AppConfig:
+    """Validate ``text`` as the ``shoal.toml`` of the app in ``folder``. ``files``: the
+    app's files (paths inside it) when they are not on disk yet, as in an archive that is
+    not unpacked."""
+    where = str(folder / CONFIG_NAME)
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
-    return _Reader(where).app(folder, raw)
+    return _Reader(where, folder, files).app(raw)
 
 
 def check_app_code(folder: Path) -> None:
@@ -218,8 +266,16 @@ def check_app_code(folder: Path) -> None:
 class _Reader:
     """Validates one file's tables, naming the offending key in every error."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, folder: Path, files: Collection[str] | None) -> None:
         self.where = where
+        self.folder = folder
+        self.files = files
+
+    def has_file(self, relative: str) -> bool:
+        """Whether the app holds a file at ``relative`` (a path inside it)."""
+        if self.files is not None:
+            return Path(relative).as_posix() in self.files
+        return (self.folder / relative).is_file()
 
     def fail(self, key: str, reason: str) -> ConfigError:
         return ConfigError(f"{self.where}: {key}: {reason}")
@@ -245,7 +301,7 @@ class _Reader:
             raise self.fail(f"{key}.{name}", "missing")
         if not isinstance(value, str) or not value.strip():
             raise self.fail(f"{key}.{name}", "must be a non-empty string")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise self.fail(f"{key}.{name}", f"{value!r} is not valid{hint}")
         return value
 
@@ -285,7 +341,8 @@ class _Reader:
                                 "grant the folders the app writes to")
         return folders
 
-    def app(self, folder: Path, raw: dict[str, Any]) -> AppConfig:
+    def app(self, raw: dict[str, Any]) -> AppConfig:
+        folder = self.folder
         tables = ("app", "window", "permissions", "network", "csp", "menu", "tray")
         for name in raw:
             if name not in tables:
@@ -295,11 +352,15 @@ class _Reader:
         name = self.string(app, "app", "name")
         app_id = self.string(app, "app", "id", pattern=APP_ID,
                              hint=" (use reverse-DNS like org.example.notes)")
-        version = self.string(app, "app", "version", default="0.1.0")
+        if app_id in RESERVED_APP_IDS:
+            raise self.fail("app.id", f"{app_id!r} is the name of a file of Shoal's own")
+        version = self.string(app, "app", "version", default="0.1.0", pattern=VERSION,
+                              hint=" (dotted numbers like 1.2.0, then -rc1 or +build "
+                              "if need be)")
         entry = self.string(app, "app", "entry", default="index.html")
         if entry.startswith(("/", "\\")) or ".." in Path(entry).parts:
             raise self.fail("app.entry", "must be a path inside the app folder")
-        if not (folder / entry).is_file():
+        if not self.has_file(entry):
             raise self.fail("app.entry", f"{entry!r} is not a file in {folder}")
         scheme = app.get("scheme")
         if scheme is not None:
@@ -309,7 +370,8 @@ class _Reader:
                 raise self.fail("app.scheme", "must be a URL scheme: a lowercase letter, then "
                                 "letters, digits, '+', '.' or '-' (2 to 32 in all)")
             if scheme in RESERVED_SCHEMES:
-                raise self.fail("app.scheme", f"{scheme!r} belongs to the web or to Shoal")
+                raise self.fail("app.scheme", f"{scheme!r} belongs to the web, the system "
+                                "or other programs")
         window = self.table(raw, "window", {"title", "width", "height", "resizable",
                                             "min_width", "min_height"})
         return AppConfig(
@@ -320,6 +382,7 @@ class _Reader:
             entry=entry,
             cross_origin_isolated=self.boolean(app, "app", "cross_origin_isolated", False),
             scheme=scheme,
+            has_code=self.has_file(APP_CODE),
             window=WindowConfig(
                 title=self.string(window, "window", "title", default=name),
                 width=self.integer(window, "window", "width", 1024, 100, 16384),
@@ -332,7 +395,7 @@ class _Reader:
             network=self.network(raw),
             csp=self.csp(raw),
             menu=self.menu(raw.get("menu", [])),
-            tray=self.tray(folder, raw, name),
+            tray=self.tray(raw, name),
         )
 
     def menu(self, raw: Any) -> tuple[tuple[str, tuple[MenuItem, ...]], ...]:
@@ -354,7 +417,7 @@ class _Reader:
         except MenuError as exc:
             raise self.fail(where + exc.place, exc.reason) from None
 
-    def tray(self, folder: Path, raw: dict[str, Any], name: str) -> TrayConfig | None:
+    def tray(self, raw: dict[str, Any], name: str) -> TrayConfig | None:
         """``[tray]``: an icon file of the app, a tooltip (the app's name unless given)
         and the icon's menu items."""
         if "tray" not in raw:
@@ -362,7 +425,7 @@ class _Reader:
         table = self.table(raw, "tray", {"icon", "tooltip", "items"})
         icon = self.string(table, "tray", "icon")
         path = Path(icon)
-        if path.is_absolute() or ".." in path.parts or not (folder / path).is_file() \
+        if path.is_absolute() or ".." in path.parts or not self.has_file(icon) \
                 or path.suffix.lower() not in TRAY_ICON_TYPES:
             raise self.fail("tray.icon", "must be an image file in the app folder ("
                             + ", ".join(sorted(TRAY_ICON_TYPES)) + ")")
@@ -371,7 +434,8 @@ class _Reader:
                           tooltip=self.string(table, "tray", "tooltip", default=name))
 
     def permissions(self, raw: dict[str, Any]) -> Permissions:
-        allowed = {"fs", "dgram", "invoke", "env", "commands", "hotkeys", *SIMPLE_PERMISSIONS}
+        allowed = {"fs", "dgram", "invoke", "env", "commands", "hotkeys", "run_any_program",
+                   *SIMPLE_PERMISSIONS}
         table = self.table(raw, "permissions", allowed)
         fs = table.get("fs", {})
         if not isinstance(fs, dict):
@@ -406,20 +470,30 @@ class _Reader:
                                                    and not os.path.isabs(command)):
                 raise self.fail(f"permissions.commands[{index}]",
                                 "must be a program name (found on PATH) or an absolute path")
+        run_any = self.boolean(table, "permissions", "run_any_program", False)
+        for index, command in enumerate(commands):
+            if runs_any_program(command) and not run_any:
+                raise self.fail(f"permissions.commands[{index}]",
+                                f"{command!r} can run any other program; say so with "
+                                "run_any_program = true in [permissions] (the user is told "
+                                "the app can run anything), or declare the programs it "
+                                "would run instead")
         from shoal.runtime.hotkeys import canonical, parse_combo
 
         hotkeys = self.strings(table.get("hotkeys", []), "permissions.hotkeys")
         for index, combo in enumerate(hotkeys):
             if parse_combo(combo) is None:
                 raise self.fail(f"permissions.hotkeys[{index}]",
-                                "must be modifiers (ctrl, alt, shift, super) and one key, "
-                                "like ctrl+alt+k or shift+f5")
+                                "must be modifiers, ctrl, alt or super among them (shift "
+                                "alone would catch typing), and one key, like ctrl+alt+k "
+                                "or super+shift+f5")
         flags = {name: self.boolean(table, "permissions", name, False)
                  for name in SIMPLE_PERMISSIONS}
         return Permissions(
             hotkeys=tuple(canonical(c) for c in hotkeys),
             env=env,
             commands=commands,
+            run_any_program=run_any,
             fs_read=self.folders(fs.get("read", []), "permissions.fs.read", write=False),
             fs_write=self.folders(fs.get("write", []), "permissions.fs.write", write=True),
             dgram=tuple(dgram),
@@ -509,3 +583,19 @@ def default_data_dir(app_id: str) -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("shoal")) / "apps" / app_id
+
+
+def node_key_path(data_dir: Path) -> Path:
+    """The node identity of the app whose data folder is ``data_dir``: in the user's
+    private keys folder (``shoal.identity.keys_dir``), named after the data folder, where
+    nothing the app declares reaches it (neither the page's ``fs``, nor a program started
+    in the data folder, nor ``shoal build`` of an app folder holding its data). A key an
+    older Shoal kept in the data folder is moved there."""
+    import hashlib
+
+    from shoal.identity import keys_dir, move_key
+
+    name = hashlib.sha256(os.fsencode(os.path.realpath(data_dir))).hexdigest()[:32]
+    target = keys_dir() / "nodes" / f"{name}.key"
+    move_key(data_dir / IDENTITY_FILE, target)
+    return target

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from shoal.errors import ShoalError
+from shoal.identity import keys_path
 from shoal.runtime.beneath import (
     WALKS,
     open_beneath,
@@ -81,6 +82,8 @@ class PathPolicy:
         self.data_dir = Path(os.path.realpath(data_dir))
         self.read_roots = [self._root(p) for p in read]
         self.write_roots = [self.data_dir, *(self._root(p) for p in write)]
+        self.keys = Path(os.path.realpath(keys_path()))
+        """The user's Shoal keys: never the page's, whatever it was granted."""
 
     @staticmethod
     def _root(path: str) -> Path:
@@ -103,6 +106,8 @@ class PathPolicy:
         root, entry = self._checked(path, entry, True)
         if self.is_root(entry):
             raise BridgeError(f"{path} is a granted folder itself", code="EPERM")
+        if _inside(self.keys, entry):  # moving a folder that holds the keys moves them
+            raise BridgeError(f"{path} holds Shoal's keys", code="EPERM")
         return root, entry
 
     def _candidate(self, path: Any) -> Path:
@@ -117,6 +122,9 @@ class PathPolicy:
         if not holding:
             kind = "write" if write else "read"
             raise BridgeError(f"this app may not {kind} {path}", code="EPERM")
+        if _inside(real, self.keys):
+            raise BridgeError(f"{path} is one of Shoal's keys, not the page's",
+                              code="EPERM")
         if _inside(real, self.data_dir) and not _same(real, self.data_dir) and \
                 real.relative_to(self.data_dir).parts[0] in SHOAL_OWN:
             raise BridgeError(f"{path} is Shoal's own, not the page's", code="EPERM")

@@ -18,12 +18,12 @@ from shoal.errors import ShoalError
 from shoal.runtime.bridge import AppServer
 from shoal.runtime.config import (
     CONFIG_NAME,
-    IDENTITY_FILE,
     AppConfig,
     ConfigError,
     default_data_dir,
     did_you_mean,
     load_config,
+    node_key_path,
 )
 from shoal.runtime.fsapi import BridgeError, FileSystem, PathPolicy
 from shoal.runtime.hotkeys import Hotkeys
@@ -72,6 +72,7 @@ class AppHost:
         self.launch_url = launch_url
         self._instance: Instance | None = None
         self._processes: Processes | None = None
+        self._node_key = Path()
         self.exited = asyncio.Event()
         """Set when the page called ``process.exit``; ``exit_code`` is its code."""
         self.exit_code = 0
@@ -119,7 +120,7 @@ class AppHost:
 
             network = config.network
             lan = network.lan if self.lan_discovery is None else self.lan_discovery
-            key = self.data_dir / IDENTITY_FILE
+            key = self._node_key = node_key_path(policy.data_dir)
             identity = Identity.load_or_create(key)
             hold(key)  # a second copy of the app would share its peer id: refused
             self.node = Node(
@@ -193,7 +194,7 @@ class AppHost:
             await self.node.close()
             from shoal.identity import release
 
-            release(self.data_dir / IDENTITY_FILE)  # a next copy may start at once
+            release(self._node_key)  # a next copy may start at once
 
     async def __aenter__(self) -> AppHost:
         return await self.start()

@@ -3,8 +3,9 @@ whichever window has the focus, and handed to the page as ``hotkey`` events.
 
 Keys are watched with pynput (the X server's RECORD extension on Linux; the session must
 be X11 or XWayland), on a thread of pynput's own. A combination is modifiers and one key,
-written ``ctrl+alt+k``, ``shift+f5`` or ``super+space``; what the app did not declare is
-never reported to it.
+written ``ctrl+alt+k``, ``ctrl+shift+f5`` or ``super+space``; ctrl, alt or super must be
+among the modifiers, so that no combination is a key pressed while typing (``shift+h``
+would hear every capital H). What the app did not declare is never reported to it.
 """
 
 from __future__ import annotations
@@ -15,16 +16,20 @@ from collections.abc import Callable
 from typing import Any
 
 MODIFIERS = ("ctrl", "alt", "shift", "super")
+COMMAND_MODIFIERS = frozenset({"ctrl", "alt", "super"})
+"""One of these must be held: typing uses none of them."""
 NAMED_KEYS = {"space", "enter", "tab", "esc", "up", "down", "left", "right", "home", "end",
               "page_up", "page_down", "delete", "backspace", "insert",
               *(f"f{n}" for n in range(1, 13))}
 
 
 def parse_combo(text: str) -> tuple[frozenset[str], str] | None:
-    """``(modifiers, key)`` of a combination like ``ctrl+alt+k``; None if malformed."""
+    """``(modifiers, key)`` of a combination like ``ctrl+alt+k``; None if malformed or
+    without ctrl, alt or super."""
     parts = text.lower().split("+")
     *mods, key = parts
-    if not mods or len(set(mods)) != len(mods) or any(m not in MODIFIERS for m in mods):
+    if not COMMAND_MODIFIERS & set(mods) or len(set(mods)) != len(mods) \
+            or any(m not in MODIFIERS for m in mods):
         return None
     if not (re.fullmatch(r"[a-z0-9]", key) or key in NAMED_KEYS):
         return None
@@ -90,6 +95,8 @@ class Hotkeys:
         if isinstance(key, keyboard.KeyCode):
             return key.char.lower() if key.char else None
         name = getattr(key, "name", "") or ""
+        if name == "alt_gr":  # types characters (@, €, ...) on many layouts: not alt
+            return None
         for modifier, prefixes in (("ctrl", ("ctrl",)), ("alt", ("alt",)),
                                    ("shift", ("shift",)), ("super", ("cmd", "super"))):
             if name.startswith(prefixes):

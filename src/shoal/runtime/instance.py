@@ -2,7 +2,8 @@
 arguments to the first (which brings its window forward) and exits.
 
 The first copy listens on a Unix socket named after the app's data folder, in the user's
-runtime dir (``$XDG_RUNTIME_DIR/shoal``, else a private folder in the temp dir). The
+runtime dir (``$XDG_RUNTIME_DIR/shoal``, else ``run`` in the user's cache dir: never a
+name in the shared temp dir, which another local user could take first). The
 first copy also holds a lock beside the socket for as long as it runs; a launch that
 cannot take the lock sends one JSON line ``{"url", "argv"}`` to the socket and waits for
 ``ok``. A socket left by a copy that died has no lock holder, and is replaced.
@@ -17,7 +18,6 @@ import json
 import os
 import socket
 import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,17 +25,44 @@ from typing import Any
 from shoal.errors import ShoalError
 
 MAX_LINE = 64 * 1024
-RESERVED_SCHEMES = {"http", "https", "file", "ftp", "data", "javascript", "mailto", "ws",
-                    "wss", "about", "blob", "shoal", "chrome", "view-source"}
+RESERVED_SCHEMES = frozenset({
+    # the web's and Shoal's own
+    "http", "https", "file", "ftp", "ftps", "data", "javascript", "ws", "wss", "about",
+    "blob", "shoal", "chrome", "chrome-extension", "view-source", "resource", "moz-extension",
+    # the system's, and those of programs found on most desktops
+    "mailto", "tel", "sms", "mms", "callto", "sip", "sips", "facetime", "geo", "maps",
+    "webcal", "ssh", "sftp", "scp", "telnet", "rlogin", "vnc", "rdp", "spice", "smb", "nfs",
+    "afp", "dav", "davs", "git", "svn", "hg", "magnet", "ed2k", "irc", "ircs", "xmpp",
+    "matrix", "news", "nntp", "snews", "feed", "apt", "appstream", "snap", "flatpak",
+    "steam", "zoommtg", "msteams", "slack", "discord", "tg", "spotify", "vscode",
+    "x-github-client", "trash", "recent", "computer", "network", "admin", "burn", "mtp",
+    "gphoto2", "obex", "bluetooth", "help", "ghelp", "info", "man", "settings",
+    "ms-settings", "x-scheme-handler", "urn", "tag", "cid", "mid", "ldap", "ldaps",
+    "openpgp4fpr", "bitcoin", "ethereum", "otpauth", "ipfs", "ipns", "web+ap"})
+"""Schemes no app may take: the web's, Shoal's, and those the system or widespread
+programs answer (a login callback or a link meant for them would reach the app)."""
+
+
+MAX_SOCKET_PATH = 107
+"""Bytes of a Unix socket's path (``sun_path`` holds 108 with its NUL)."""
 
 
 def socket_path(data_dir: Path) -> Path:
     """Where the copy of the app using ``data_dir`` listens."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) / "shoal" if runtime else Path(tempfile.gettempdir()) / (
-        f"shoal-{os.getuid()}" if hasattr(os, "getuid") else "shoal")
+    if runtime:
+        base = Path(runtime) / "shoal"
+    else:
+        import platformdirs
+
+        base = Path(platformdirs.user_cache_dir("shoal")) / "run"
     name = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:24]
-    return base / f"{name}.sock"
+    path = base / f"{name}.sock"
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ShoalError(f"{base}: too long a path for the app's socket; set "
+                         "XDG_RUNTIME_DIR to a private folder with a shorter path",
+                         code="ENAMETOOLONG")
+    return path
 
 
 def check_url(url: str, scheme: str | None) -> None:
@@ -58,7 +85,8 @@ def claim(path: Path) -> int | None:
     if not stat.S_ISDIR(folder.st_mode) or folder.st_uid != os.getuid() \
             or folder.st_mode & 0o077:
         raise ShoalError(f"{path.parent}: not a private folder of this user; the app will "
-                         "not listen for its next launch there", code="EPERM")
+                         "not listen for its next launch there (set XDG_RUNTIME_DIR to a "
+                         "folder only you can enter)", code="EPERM")
     fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

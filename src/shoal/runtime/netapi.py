@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib.util
 import inspect
 import ipaddress
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,17 +46,18 @@ def expose(function: Callable[..., Any] | None = None, *, name: str | None = Non
 
 
 def load_exposed(path: Path) -> dict[str, Callable[..., Any]]:
-    """The exposed functions of the ``app.py`` at ``path`` (none if it does not exist)."""
+    """The exposed functions of the ``app.py`` at ``path`` (none if it does not exist).
+    It runs from its source, always: no bytecode is read (a ``__pycache__`` beside it
+    could hold other code than the source that was reviewed) or written."""
     if not path.is_file():
         return {}
     module_name = f"shoal_app_{abs(hash(str(path)))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ShoalError(f"{path}: cannot be loaded as a Python module", code="EINVAL")
-    module = importlib.util.module_from_spec(spec)
+    module = types.ModuleType(module_name)
+    module.__file__ = str(path)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+        exec(code, module.__dict__)
     except Exception as exc:  # the app's own code: report it in one line
         raise ShoalError(f"{path}: failed to load: {type(exc).__name__}: {exc}",
                          code="EINVAL") from None

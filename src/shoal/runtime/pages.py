@@ -15,8 +15,10 @@ import re
 from html import escape
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
-from shoal.runtime.config import AppConfig
+from shoal.runtime.beneath import regular_file
+from shoal.runtime.config import IDENTITY_FILE, AppConfig
 
 BRIDGE_PATH = "/_shoal/bridge"
 FILE_PATH = "/_shoal/file"
@@ -35,7 +37,9 @@ IMPORT_MAP_TAG = f'<script type="importmap">{IMPORT_MAP}</script>'
 _HEAD = re.compile(r"<head(\s[^>]*)?>", re.IGNORECASE)
 _DOCTYPE = re.compile(r"\ufeff?\s*<!doctype[^>]*>", re.IGNORECASE)
 _CASE_SENSITIVE_KEYWORD = re.compile(r"'(sha256|sha384|sha512|nonce)-", re.IGNORECASE)
-HIDDEN = {"shoal.toml", "app.py", "__pycache__"}
+HIDDEN = {"shoal.toml", "app.py", "__pycache__", IDENTITY_FILE}
+"""Never served, by name in any case: a node key an older Shoal left in a data folder
+inside the app folder among them."""
 
 
 def content_security_policy(port: int, extra: dict[str, tuple[str, ...]], *,
@@ -110,6 +114,27 @@ def app_file(config: AppConfig, relative: str) -> Path | None:
     return target
 
 
+def open_app_file(target: Path) -> BinaryIO | None:
+    """``target`` (an ``app_file``) open for reading, or None unless it is still a
+    regular file: one swapped since for a link, a FIFO or a device is neither followed
+    nor waited on."""
+    try:
+        descriptor = os.open(target, os.O_RDONLY | _NONBLOCK | _NOFOLLOW | _CLOEXEC)
+    except OSError:
+        return None
+    try:
+        regular_file(descriptor, str(target))
+    except OSError:
+        os.close(descriptor)
+        return None
+    return os.fdopen(descriptor, "rb")
+
+
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
 def _hidden(parts: tuple[str, ...]) -> bool:
     return any(p.startswith(".") or p.casefold() in HIDDEN for p in parts)
 
@@ -118,13 +143,14 @@ def content_type(path: Path) -> str:
     return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
-def page_html(path: Path, *, import_map: bool = True, policy: str | None = None,
+def page_html(path: Path | BinaryIO, *, import_map: bool = True, policy: str | None = None,
               dev: bool = False) -> str:
-    """An HTML page as served: with the ``shoal:api`` import map at the start of its
-    head unless it has its own (or ``import_map`` is false), ``DEV_TAG`` after it when
-    ``dev``, and ``policy``, if given, in a ``<meta>`` element before everything else the
-    page holds."""
-    html = path.read_text(encoding="utf-8", errors="replace")
+    """An HTML page (a file, or one open already) as served: with the ``shoal:api``
+    import map at the start of its head unless it has its own (or ``import_map`` is
+    false), ``DEV_TAG`` after it when ``dev``, and ``policy``, if given, in a ``<meta>``
+    element before everything else the page holds."""
+    raw = path.read_bytes() if isinstance(path, Path) else path.read()
+    html = raw.decode("utf-8", errors="replace")
     added = DEV_TAG if dev else ""
     if import_map and "importmap" not in html:
         added = IMPORT_MAP_TAG + added

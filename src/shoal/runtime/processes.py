@@ -5,7 +5,10 @@ app's ``shoal.toml``.
 - ``process``: the app's arguments, its platform, the environment variables it declared
   (``env = [...]``; no others are visible) and ``exit``.
 - ``child_process`` (``commands = [...]``): spawn or run the named programs, never a
-  shell; output streams to the page, which pauses the program when the page reads slowly.
+  shell, with the declared environment variables only; output streams to the page, which
+  pauses the program when the page reads slowly. Each program starts a session of its
+  own, and when the app closes every process left in those sessions is killed, what the
+  programs started included.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class Processes:
         self.argv = argv
         self._exit = exit
         self._children: dict[int, asyncio.subprocess.Process] = {}
+        self._sessions: set[int] = set()
+        """Session ids of every program started (each leads its own)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_id = 1
 
@@ -104,9 +109,14 @@ class Processes:
             "argv": list(self.argv),
             **platform_and_arch(),
             "pid": os.getpid(),
-            "env": {name: os.environ[name] for name in self.permissions.env
-                    if name in os.environ},
+            "env": self._environment(),
         }
+
+    def _environment(self) -> dict[str, str]:
+        """The variables ``permissions.env`` names, as this process has them: all the
+        page sees, and all its programs get."""
+        return {name: os.environ[name] for name in self.permissions.env
+                if name in os.environ}
 
     async def exit(self, code: int = 0) -> None:
         """Close the app (its window, or the server) with ``code``."""
@@ -155,7 +165,8 @@ class Processes:
         child = await asyncio.create_subprocess_exec(
             program, *args, cwd=self._cwd(options), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True)
+            start_new_session=True, env=self._environment())
+        self._sessions.add(child.pid)
         handle = self._next_id
         self._next_id += 1
         self._children[handle] = child
@@ -243,9 +254,12 @@ class Processes:
                               code="EPERM")
 
     def close(self) -> None:
-        """The app is closing: end every program it started (their whole sessions)."""
+        """The app is closing: end every program it started and whatever is left in
+        their sessions (helpers they started, even once the program itself ended)."""
         for child in list(self._children.values()):
             _kill(child, signal.SIGKILL)
+        for session in self._sessions:
+            _kill_session(session)
 
     async def wait_closed(self) -> None:
         """Wait (a little) for the programs' ends to be read, so that nothing of theirs
@@ -291,6 +305,29 @@ async def _end(child: asyncio.subprocess.Process, readers: list[asyncio.Future])
             pass
 
     await asyncio.gather(discard(child.stdout), discard(child.stderr), child.wait())
+
+
+def _kill_session(session: int) -> None:
+    """SIGKILL every process of ``session``: its leader's process group, and on Linux
+    every other process whose session it is (``/proc``). A session's id is not handed
+    to another process while one of its members lives."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(session, signal.SIGKILL)
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()  # state, ppid, pgrp, session, ...
+        if len(fields) > 3 and fields[3] == str(session):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signal.SIGKILL)
 
 
 def _kill(child: asyncio.subprocess.Process, sig: int) -> None:

@@ -31,6 +31,7 @@ from shoal.runtime.pages import (
     content_type,
     lowercase_safe,
     on_origin,
+    open_app_file,
     page_html,
     security_headers,
 )
@@ -129,12 +130,14 @@ def answer(config: AppConfig, *, host: str, path: str, method: bytes,
     if path == DEV_PATH and dev:
         return Answer("text/javascript", asset("dev.js").encode())
     target = app_file(config, path)
-    if target is None:
+    opened = open_app_file(target) if target is not None else None
+    if target is None or opened is None:  # a FIFO or a device is not a page file
         return None
-    kind = content_type(target)
-    if kind == "text/html":  # read as UTF-8, so served as UTF-8 (Chromium's default differs)
-        page = page_html(target, import_map=False, policy=policy, dev=dev)
-        return Answer("text/html; charset=utf-8", page.encode())
+    with opened:
+        kind = content_type(target)
+        if kind == "text/html":  # read as UTF-8, so served so (Chromium's default differs)
+            page = page_html(opened, import_map=False, policy=policy, dev=dev)
+            return Answer("text/html; charset=utf-8", page.encode())
     return Answer(kind, file=target)
 
 
