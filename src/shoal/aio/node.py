@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from shoal.aio.driver import LoopDriver
-from shoal.aio.udp import UdpDriver, open_udp_socket
+from shoal.aio.udp import UdpDriver, bind_udp, open_udp_socket
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
 from shoal.core.endpoint import Endpoint, PeerInfo
@@ -166,12 +166,7 @@ class Node:
         return self
 
     def _open_udp(self) -> UdpDriver:
-        host, port = self._listen
-        try:
-            sock = open_udp_socket(host, port)
-        except OSError as exc:
-            raise ShoalError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                             code=os_error_code(exc)) from exc
+        sock = bind_udp(self._listen)
         driver = UdpDriver(self.endpoint, sock, self._on_event)
         if self._alternate is not None:
             try:
@@ -360,15 +355,16 @@ class Node:
         peer does not serve ``channel``, ...) if it was not.
         """
         future = self.send_nowait(peer_id, data, channel=channel)
-        if timeout is None:
-            return await future
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
-            self._cancel(future, timeout)
+            self._cancel(future, f"timed out after {timeout:g} s")
             raise DeliveryError(
-                f"{peer_id[:16]}… did not acknowledge within {timeout:g} s", code="ETIMEDOUT"
+                f"{peer_id} did not acknowledge within {timeout:g} s", code="ETIMEDOUT"
             ) from None
+        except asyncio.CancelledError:
+            self._cancel(future, "cancelled")  # nobody is left to hear how it ends
+            raise
 
     def send_nowait(self, peer_id: str, data: bytes, *, channel: str = ""
                     ) -> asyncio.Future[Delivery]:
@@ -390,12 +386,15 @@ class Node:
         driver.flush_soon()
         return future
 
-    def _cancel(self, future: asyncio.Future[Delivery], timeout: float) -> None:
+    def _cancel(self, future: asyncio.Future[Delivery], reason: str) -> None:
         handle = self._handles.pop(future, None)
-        if handle is None or self._driver is None or self._closed:
+        if handle is None:
             return
         self._waiters.pop(handle, None)
-        self.endpoint.cancel_message(handle, self._driver.now(), f"timed out after {timeout:g} s")
+        future.cancel()
+        if self._driver is None or self._closed:
+            return
+        self.endpoint.cancel_message(handle, self._driver.now(), reason)
         self._driver.flush_soon()
 
     def channel(self, name: str) -> Channel:

@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from shoal import __version__
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, os_error_code
 from shoal.net import format_address, local_addresses, parse_address
 
 if TYPE_CHECKING:
@@ -104,21 +105,35 @@ def _positive_seconds(value: float, option: str) -> float:
     return value
 
 
-def _run(output: Output, body: Callable[[], Awaitable[int | None]]) -> None:
-    """Run an async command body, turning every expected failure into one clear line."""
+def _run(output: Output, body: Callable[[], Awaitable[int | None]], *,
+         interrupted: str | None = None) -> None:
+    """Run an async command body, turning every expected failure into one clear line.
+
+    SIGINT or SIGTERM ends a command that runs until stopped (``interrupted`` None) with
+    status 0; one that would end by itself says ``interrupted`` and exits with 128 plus
+    the signal's number (130 for Ctrl-C), as shells expect."""
     import asyncio
+
+    received: list[int] = []
 
     async def runner() -> int | None:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
+
+        def stop(signum: int) -> None:
+            received.append(signum)
+            task.cancel()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, task.cancel)
+                loop.add_signal_handler(signum, stop, signum)
         try:
             return await body()
         except asyncio.CancelledError:
-            return 0
+            if not received:
+                received.append(signal.SIGINT)
+            return None
 
     try:
         with contextlib.suppress(ImportError):
@@ -130,7 +145,11 @@ def _run(output: Output, body: Callable[[], Awaitable[int | None]]) -> None:
         output.error(exc.code, exc.message)
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
-        status = 0
+        received.append(signal.SIGINT)
+        status = None
+    if received and interrupted is not None:
+        output.error("EINTR", interrupted)
+        sys.exit(128 + received[0])
     sys.exit(status or 0)
 
 
@@ -156,6 +175,13 @@ def _identity(path: str | None, *, hold: bool = True) -> Identity:
     if hold:
         identities.hold(target)
     return identity
+
+
+def _check_can_listen(address: tuple[str, int]) -> None:
+    """Fail now if the node could not bind ``address``, before anything is created."""
+    from shoal.aio.udp import bind_udp
+
+    bind_udp(address).close()
 
 
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -209,10 +235,14 @@ def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             invoke_without_command=True)
 @click.version_option(__version__, prog_name="shoal")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Shoal: peer-to-peer apps with no servers of their own."""
+    if ctx.invoked_subcommand is None:  # bare ``shoal``: the help, as --help prints it
+        click.echo(ctx.get_help())
 
 
 @cli.command("id")
@@ -254,6 +284,7 @@ def introducer(identity_path: str | None, as_json: bool, listen: str, alternate:
     output = Output(as_json)
     listen_address = parse_address(listen)
     alternate_address = parse_address(alternate) if alternate else None
+    _check_can_listen(listen_address)  # before an identity file is made
     identity = _identity(identity_path)
 
     async def body() -> int:
@@ -366,6 +397,7 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
     output = Output(as_json)
     addresses = [parse_address(a) for a in introducers]
     listen_address = parse_address(listen, default_port=0)
+    _check_can_listen(listen_address)  # before an identity file is made
     identity = _identity(identity_path)
 
     async def body() -> int:
@@ -432,6 +464,7 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
     if len(data) > limit:
         raise click.BadParameter(f"a message is at most {limit} bytes (1 MiB)",
                                  param_hint="--file" if file is not None else "TEXT")
+    _check_can_listen(listen_address)  # before an identity file is made
     identity = _identity(identity_path)
 
     async def body() -> int:
@@ -441,11 +474,12 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
             with output.waiting(f"sending to {to[:16]}… and waiting for its acknowledgement"):
                 delivery = await node.send(to, data, timeout=timeout)
             ms = round((time.monotonic() - started) * 1000, 1)
-            output.event("delivered", f"delivered to {to[:16]}… via {delivery.path} in {ms} ms",
+            output.event("delivered", f"delivered to {to} via {delivery.path} in {ms} ms",
                          peer_id=to, path=delivery.path, ms=ms)
         return 0
 
-    _run(output, body)
+    _run(output, body, interrupted="interrupted before the peer acknowledged the message: "
+                                   "it may not have arrived")
 
 
 @cli.command(short_help="Check this network: UDP, NAT kind, reachability.")
@@ -475,6 +509,7 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
     intro_addresses = [parse_address(a) for a in introducers]
     stun_addresses = [parse_address(a) for a in stun_servers]
     listen_address = parse_address(listen, default_port=0)
+    _check_can_listen(listen_address)  # before an identity file is made
     identity = _identity(identity_path)
     kinds = {a: "introducer" for a in intro_addresses} | {a: "stun" for a in stun_addresses}
 
@@ -527,7 +562,7 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
             click.echo(f"meaning:    {nat.summary()}")
         return 0 if nat.udp else EXIT_ERROR
 
-    _run(output, body)
+    _run(output, body, interrupted="interrupted before the check finished")
 
 
 @cli.command(short_help="What this machine has for apps: versions, webviews, display.")
@@ -590,8 +625,15 @@ def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
 
     output = Output(as_json)
     written = create_app(folder, template=template, name=name)
-    output.event("created", f"created {folder} ({template}); run it with: shoal run {folder}",
-                 folder=str(folder), template=template, files=[str(p) for p in written])
+    where = shlex.quote(str(folder))
+    steps = {f"shoal dev {where}": "run it, reloading the page as you edit",
+             f"shoal run {where}": "run it as its users will",
+             f"shoal test {where}": "run its tests (*.test.js)"}
+    width = max(map(len, steps)) + 2
+    output.event("created", f"created {folder} ({template}); next:\n" + "\n".join(
+                     f"  {step:<{width}}# {what}" for step, what in steps.items()),
+                 folder=str(folder), template=template, files=[str(p) for p in written],
+                 next=list(steps))
 
 
 @cli.command(short_help="Sign an app into one .shoal archive.")
@@ -620,12 +662,14 @@ def build(folder: Path, out_dir: Path | None, standalone: bool, gui: str | None,
       shoal build notes --standalone --gui qt
     """
     from shoal.runtime import archive
+    from shoal.runtime.config import load_config
 
     output = Output(as_json)
-    if out_dir is not None and not out_dir.is_dir() and not standalone:
-        raise ShoalError(f"{out_dir}: no such folder", code="ENOENT")
     if gui is not None and not standalone:
         raise ShoalError("--gui chooses the webview of a --standalone build", code="EINVAL")
+    load_config(folder)  # a broken app: one line, before any folder is made
+    if out_dir is not None and not standalone:
+        _make_folder(out_dir)
     if standalone:
         from shoal.runtime.standalone import build_standalone
 
@@ -784,7 +828,18 @@ def test_command(folder: Path, timeout: float, data_dir: Path | None, as_json: b
                         data_dir=data_dir, timeout=timeout)
         return summary()
 
-    _run(output, body)
+    _run(output, body, interrupted="interrupted before the tests finished")
+
+
+def _make_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) for output, or say in one line why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ShoalError(f"{folder}: exists and is not a folder", code="ENOTDIR") from None
+    except OSError as exc:
+        raise ShoalError(f"{folder}: cannot create ({exc.strerror})",
+                         code=os_error_code(exc)) from exc
 
 
 def _size(count: int) -> str:
