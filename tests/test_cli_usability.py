@@ -5,6 +5,7 @@ that can be pasted back, nothing left behind by a failed start. Each test runs t
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -111,3 +112,149 @@ def test_init_suggests_every_next_step_in_a_form_that_pastes(tmp_path) -> None:
     as_json = json.loads(_run("init", "x y", "--json", cwd=tmp_path).stdout)
     assert as_json["next"] == ["shoal dev 'x y'", "shoal run 'x y'", "shoal test 'x y'"]
 
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def introducer(tmp_path) -> Iterator[str]:
+    """A running ``shoal introducer`` on loopback: its HOST:PORT."""
+    process = subprocess.Popen(
+        _shoal("introducer", "--listen", f"127.0.0.1:{_free_port()}", "--json", "--no-lan",
+               "--identity", str(tmp_path / "introducer.key")),
+        stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    yield json.loads(process.stdout.readline())["listen"]
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def listener(tmp_path, introducer: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``shoal listen --json --save received`` reached through ``introducer``: the
+    process (its ready line read) and its peer id."""
+    process = subprocess.Popen(
+        _shoal("listen", "--introducer", introducer, "--identity", str(tmp_path / "l.key"),
+               "--json", "--no-lan", "--listen", LOOPBACK, "--save",
+               str(tmp_path / "received")),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None
+    ready = json.loads(process.stdout.readline())
+    assert ready["event"] == "ready"
+    yield process, ready["peer_id"]
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _next_message(process: subprocess.Popen[str]) -> dict:
+    assert process.stdout is not None
+    while (event := json.loads(process.stdout.readline()))["event"] != "message":
+        pass
+    return event
+
+
+def test_binary_data_arrives_whole_in_json_and_in_saved_files(tmp_path, introducer: str,
+                                                              listener) -> None:
+    import base64
+
+    process, peer_id = listener
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\x00\x01\xff\xfe binary")
+    sender = ("send", "--introducer", introducer, "--to", peer_id, "--no-lan", "--listen",
+              LOOPBACK, "--identity", str(tmp_path / "s.key"))
+    for extra in (("--file", str(binary)), ("héllo",)):
+        sent = _run(*sender, *extra)
+        assert sent.returncode == 0, sent.stderr
+        assert peer_id in sent.stdout  # whole, to be pasted
+    first, second = _next_message(process), _next_message(process)
+    assert first["encoding"] == "base64" and first["bytes"] == 11
+    assert base64.b64decode(first["data"]) == binary.read_bytes()
+    assert second["data"] == "héllo" and "encoding" not in second
+    assert Path(first["saved"]).read_bytes() == binary.read_bytes()
+    assert Path(second["saved"]).read_bytes() == "héllo".encode()
+    assert sorted(p.name for p in (tmp_path / "received").iterdir()) == sorted(
+        Path(event["saved"]).name for event in (first, second))
+
+
+def _own_home(tmp_path: Path) -> dict[str, str]:
+    """An environment whose user data folder (default keys) is the test's own."""
+    return {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
+
+
+def test_an_introducer_and_the_users_node_have_separate_default_keys(tmp_path) -> None:
+    env = _own_home(tmp_path)
+    introducer = subprocess.Popen(
+        _shoal("introducer", "--listen", f"127.0.0.1:{_free_port()}", "--json", "--no-lan"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert introducer.stdout is not None and introducer.stderr is not None
+        ready = json.loads(introducer.stdout.readline())
+        assert "introducer.key" in introducer.stderr.readline()
+        own = subprocess.run(_shoal("id", "--json"), capture_output=True, text=True, env=env,
+                             timeout=60)
+        assert own.returncode == 0 and json.loads(own.stdout)["peer_id"] != ready["peer_id"]
+        for command in (("doctor", "--json", "--listen", "127.0.0.1"),
+                        ("send", "--no-lan", "--listen", LOOPBACK, "--to", ready["peer_id"],
+                         "--introducer", ready["listen"], "--json", "hi")):
+            result = subprocess.run(_shoal(*command), capture_output=True, text=True,
+                                    env=env, timeout=60)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "EBUSY" not in result.stdout + result.stderr
+    finally:
+        introducer.terminate()
+        introducer.wait(timeout=10)
+
+
+def test_an_apps_publisher_key_is_not_the_node_key_and_the_change_is_said(tmp_path) -> None:
+    env = _own_home(tmp_path)
+    node = json.loads(subprocess.run(_shoal("id", "--json"), capture_output=True, text=True,
+                                     env=env, timeout=60, check=True).stdout)["peer_id"]
+    assert _run("init", "notes", cwd=tmp_path).returncode == 0
+    built = subprocess.run(_shoal("build", "notes", "--json"), capture_output=True, text=True,
+                           env=env, cwd=tmp_path, timeout=60)
+    assert built.returncode == 0, built.stderr
+    publisher = json.loads(built.stdout)["publisher"]
+    assert publisher != node
+    # Whoever published with the node key before is told how to keep that publisher.
+    assert "publisher key" in built.stderr and node in built.stderr
+    assert "--identity" in built.stderr and "identity.key" in built.stderr
+    again = subprocess.run(_shoal("build", "notes", "--json"), capture_output=True,
+                           text=True, env=env, cwd=tmp_path, timeout=60)
+    assert json.loads(again.stdout)["publisher"] == publisher and again.stderr == ""
+
+
+def test_a_python_node_is_refused_the_key_a_cli_node_runs(tmp_path) -> None:
+    import asyncio
+
+    import shoal
+
+    key = tmp_path / "alice.key"
+    process = subprocess.Popen(
+        _shoal("listen", "--identity", str(key), "--json", "--no-lan", "--listen", LOOPBACK),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    async def start(identity: shoal.Identity) -> None:
+        async with shoal.Node(identity, listen=LOOPBACK, lan_discovery=False):
+            pass
+
+    async def two_in_one_process() -> None:
+        other = shoal.Identity.load_or_create(tmp_path / "bob.key")
+        async with shoal.Node(other, listen=LOOPBACK, lan_discovery=False):
+            await start(shoal.Identity.load(other.path))  # type: ignore[arg-type]
+
+    try:
+        assert process.stdout is not None and '"ready"' in process.stdout.readline()
+        with pytest.raises(shoal.IdentityError) as refused:
+            asyncio.run(start(shoal.Identity.load(key)))
+        assert refused.value.code == "EBUSY"
+        with pytest.raises(shoal.IdentityError) as refused:
+            asyncio.run(two_in_one_process())
+        assert refused.value.code == "EBUSY"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    asyncio.run(start(shoal.Identity.load(key)))  # let go of when the CLI node ended

@@ -24,7 +24,7 @@ from shoal.core.endpoint import Endpoint, PeerInfo
 from shoal.core.natcheck import NatReport
 from shoal.core.wire import Address
 from shoal.errors import ClosedError, DeliveryError, LocalProtocolError, ShoalError, os_error_code
-from shoal.identity import Identity
+from shoal.identity import Identity, IdentityLock
 from shoal.net import format_address, parse_address
 
 __all__ = ["Channel", "Delivery", "Message", "NatReport", "Node", "PeerInfo", "Subscription"]
@@ -135,6 +135,7 @@ class Node:
         """Set whenever an introducer answered or all of them failed to."""
         self._nat_waiters: list[asyncio.Future[NatReport]] = []
         self._watcher: asyncio.Task[None] | None = None
+        self._key_lock: IdentityLock | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -146,7 +147,13 @@ class Node:
         if self._network is not None:
             self._driver = self._network.attach(self.endpoint, self._on_event)
         else:
-            self._driver = self._open_udp()
+            if self.identity.path is not None:
+                self._key_lock = IdentityLock(self.identity.path)  # EBUSY if in use
+            try:
+                self._driver = self._open_udp()
+            except BaseException:
+                self._release_key()
+                raise
         bound = self._driver.local_address
         self.endpoint.set_local_addresses(self._driver.local_addresses())
         now = self._driver.now()
@@ -232,6 +239,7 @@ class Node:
                 await self._lan.close()  # type: ignore[attr-defined]
         if self._driver is not None:
             self._driver.close()
+        self._release_key()
         for future, _ in self._waiters.values():
             if not future.done():
                 future.set_exception(ClosedError("the node is closed"))
@@ -242,6 +250,11 @@ class Node:
             channel._inbox.put_nowait(None)
         for subscription in list(self._subscriptions):
             subscription._queue.put_nowait(None)
+
+    def _release_key(self) -> None:
+        if self._key_lock is not None:
+            self._key_lock.release()
+            self._key_lock = None
 
     async def __aenter__(self) -> Node:
         return await self.start()

@@ -8,6 +8,7 @@ exit status, never a traceback.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
@@ -153,13 +154,14 @@ def _run(output: Output, body: Callable[[], Awaitable[int | None]], *,
     sys.exit(status or 0)
 
 
-def _identity(path: str | None, *, hold: bool = True) -> Identity:
-    """The identity at ``path`` (or the default one), held for this process (``hold``).
-    Creating one is said on stderr, a typo in a folder is refused rather than made into a
-    new peer, and a key that other users can read is warned about."""
+def _identity(path: str | None, role: str = "identity") -> Identity:
+    """The identity at ``path`` (or the user's default one for ``role``: "identity" for
+    their node, "introducer", "publisher"). Creating one is said on stderr, a typo in a
+    folder is refused rather than made into a new peer, and a key that other users can
+    read is warned about. The node that runs it holds it (two at once are refused)."""
     from shoal import identity as identities
 
-    target = Path(path) if path else identities.default_identity_path()
+    target = Path(path) if path else identities.default_identity_path(role)
     if path and not target.parent.is_dir():
         raise ShoalError(f"{target.parent}: no such folder for the identity file",
                          code="ENOENT")
@@ -169,11 +171,18 @@ def _identity(path: str | None, *, hold: bool = True) -> Identity:
             if target.stat().st_mode & 0o077:
                 click.echo(f"shoal: warning: {target} can be read by other users; "
                            f"run: chmod 600 {target}", err=True)
-    else:
-        identity = identities.Identity.load_or_create(target)
-        click.echo(f"shoal: created identity {identity.peer_id[:16]}… in {target}", err=True)
-    if hold:
-        identities.hold(target)
+        return identity
+    identity = identities.Identity.load_or_create(target)
+    click.echo(f"shoal: created {'identity' if role == 'identity' else role + ' key'} "
+               f"{identity.peer_id} in {target}", err=True)
+    node_key = identities.default_identity_path()
+    if role == "publisher" and node_key.exists():
+        # Before publisher keys, archives were signed with the node's key: their updates
+        # must keep that publisher to replace the installed copies.
+        click.echo(f"shoal: note: apps built before were signed with your node key "
+                   f"({identities.Identity.load(node_key).peer_id}); to publish their "
+                   f"updates under it: shoal build --identity {shlex.quote(str(node_key))}",
+                   err=True)
     return identity
 
 
@@ -190,7 +199,8 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
     )
     func = click.option(
         "--identity", "identity_path", type=click.Path(dir_okay=False),
-        help="Identity file (default: in the user data dir; created if missing).",
+        help="Identity file (default: the user's own in the user data dir, a separate "
+             "one for an introducer and for build; created if missing).",
     )(func)
     return func
 
@@ -256,7 +266,7 @@ def id_command(identity_path: str | None, as_json: bool) -> None:
       shoal id
       shoal id --identity alice.key --json
     """
-    identity = _identity(identity_path, hold=False)
+    identity = _identity(identity_path)
     output = Output(as_json)
     output.event("id", identity.peer_id, peer_id=identity.peer_id)
 
@@ -285,7 +295,7 @@ def introducer(identity_path: str | None, as_json: bool, listen: str, alternate:
     listen_address = parse_address(listen)
     alternate_address = parse_address(alternate) if alternate else None
     _check_can_listen(listen_address)  # before an identity file is made
-    identity = _identity(identity_path)
+    identity = _identity(identity_path, "introducer")
 
     async def body() -> int:
         async with Node(identity, listen=listen_address, introducer=True,
@@ -337,7 +347,7 @@ def inspect(no_open: bool, as_json: bool) -> None:
         raise ShoalError("no running node has its inspector open; start one with --inspect "
                          "(shoal listen --inspect)", code="ENOENT")
     for entry in found:
-        output.event("inspector", f"{entry['peer_id'][:16]}… (pid {entry['pid']}): "
+        output.event("inspector", f"{entry['peer_id']} (pid {entry['pid']}): "
                      f"{entry['url']}", **entry)
     if not no_open and not as_json:
         import webbrowser
@@ -380,15 +390,20 @@ def _where(address: Any) -> str:
 @_common
 @_network_options
 @_inspect_option
+@click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path),
+              metavar="DIR", help="Also write each message to a file of its own in DIR.")
 @_guard
 def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
-           listen: str, no_lan: bool, inspect: bool) -> None:
-    """Print every direct message this node receives.
+           listen: str, no_lan: bool, inspect: bool, save_dir: Path | None) -> None:
+    """Print every direct message this node receives. With --json, a message that is
+    not UTF-8 text comes base64-encoded, with "encoding": "base64"; --save keeps every
+    message's bytes as they arrived.
 
     \b
     Examples:
       shoal listen --introducer 203.0.113.2:7000
       shoal listen --introducer 203.0.113.2:7000 --identity alice.key --json
+      shoal listen --save received
     """
     import asyncio
 
@@ -397,6 +412,8 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
     output = Output(as_json)
     addresses = [parse_address(a) for a in introducers]
     listen_address = parse_address(listen, default_port=0)
+    if save_dir is not None:
+        _make_folder(save_dir)
     _check_can_listen(listen_address)  # before an identity file is made
     identity = _identity(identity_path)
 
@@ -412,13 +429,49 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
                 asyncio.get_running_loop().create_task(_print_nat(node, output))
             async with _inspector(node, output, inspect):
                 async for message in node.messages():
-                    text = message.data.decode("utf-8", "replace")
-                    output.event("message",
-                                 f"{message.sender[:16]}… ({message.path}): {printable(text)}",
-                                 **{"from": message.sender}, data=text, path=message.path)
+                    _print_message(output, message, save_dir)
         return 0
 
     _run(output, body)
+
+
+def message_fields(data: bytes) -> dict[str, Any]:
+    """JSON fields that carry ``data`` losslessly: ``data`` is the text itself when the
+    bytes are UTF-8, else their base64 with ``"encoding": "base64"``."""
+    try:
+        return {"data": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"data": base64.b64encode(data).decode("ascii"), "encoding": "base64"}
+
+
+def _print_message(output: Output, message: Any, save_dir: Path | None) -> None:
+    """One received message on the output, and in a new file of ``save_dir`` if given."""
+    fields = message_fields(message.data)
+    if save_dir is not None:
+        saved = _save_message(save_dir, message.sender, message.data,
+                              "bin" if "encoding" in fields else "txt")
+        fields["saved"] = str(saved)
+    shown = printable(message.data.decode("utf-8", "replace"))
+    output.event("message", f"{message.sender} ({message.path}): {shown}",
+                 **{"from": message.sender}, **fields, bytes=len(message.data),
+                 path=message.path)
+
+
+def _save_message(folder: Path, sender: str, data: bytes, suffix: str) -> Path:
+    """Write ``data`` to the next free ``NUMBER-SENDER.SUFFIX`` in ``folder``; never
+    overwrites a file."""
+    number = sum(1 for _ in folder.iterdir()) + 1
+    while True:
+        target = folder / f"{number:06d}-{sender[:16]}.{suffix}"
+        try:
+            with target.open("xb") as handle:
+                handle.write(data)
+            return target
+        except FileExistsError:
+            number += 1
+        except OSError as exc:
+            raise ShoalError(f"{target}: cannot write ({exc.strerror})",
+                             code=os_error_code(exc)) from exc
 
 
 @cli.command(short_help="Send a message to a peer and wait for its ack.")
@@ -471,7 +524,7 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
         started = time.monotonic()
         async with Node(identity, introducers=addresses, listen=listen_address,
                         lan_discovery=_lan(no_lan)) as node:
-            with output.waiting(f"sending to {to[:16]}… and waiting for its acknowledgement"):
+            with output.waiting(f"sending to {to} and waiting for its acknowledgement"):
                 delivery = await node.send(to, data, timeout=timeout)
             ms = round((time.monotonic() - started) * 1000, 1)
             output.event("delivered", f"delivered to {to} via {delivery.path} in {ms} ms",
@@ -502,7 +555,7 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
       shoal doctor --introducer 203.0.113.2:7000
       shoal doctor --stun stun.example.net:3478 --json
     """
-    from shoal import Node
+    from shoal import Identity, Node
 
     output = Output(as_json)
     _positive_seconds(timeout, "--timeout")
@@ -510,7 +563,8 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
     stun_addresses = [parse_address(a) for a in stun_servers]
     listen_address = parse_address(listen, default_port=0)
     _check_can_listen(listen_address)  # before an identity file is made
-    identity = _identity(identity_path)
+    # Any key will do for a check: the user's own may be in use by a running node.
+    identity = _identity(identity_path) if identity_path else Identity.generate()
     kinds = {a: "introducer" for a in intro_addresses} | {a: "stun" for a in stun_addresses}
 
     async def body() -> int:
@@ -681,10 +735,10 @@ def build(folder: Path, out_dir: Path | None, standalone: bool, gui: str | None,
                      archive=str(made.archive), folder_bytes=made.folder_bytes,
                      archive_bytes=made.archive_bytes, gui=made.gui)
         return
-    built = archive.build(folder, _identity(identity_path, hold=False), out_dir)
+    built = archive.build(folder, _identity(identity_path, "publisher"), out_dir)
     manifest = built.manifest
     output.event("built", f"built {built.path} ({_size(built.bytes)}, "
-                 f"{len(manifest.files)} files, publisher {manifest.publisher[:16]}…)",
+                 f"{len(manifest.files)} files, publisher {manifest.publisher})",
                  path=str(built.path), bytes=built.bytes, files=len(manifest.files),
                  app_id=manifest.app_id, version=manifest.version,
                  publisher=manifest.publisher)
@@ -859,7 +913,7 @@ def _approver(output: Output, yes: bool) -> Callable[[Any, Any], None]:
             archive.remember_grant(manifest.app_id, digest)
             return
         output.event("asks", f"{printable(manifest.name)} {printable(manifest.version)} "
-                     f"(publisher {manifest.publisher[:16]}…) asks to:\n"
+                     f"(publisher {manifest.publisher}) asks to:\n"
                      + "\n".join(f"  - {printable(line)}" for line in lines),
                      app_id=manifest.app_id, publisher=manifest.publisher,
                      capabilities=lines)

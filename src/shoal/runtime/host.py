@@ -115,13 +115,13 @@ class AppHost:
         raise_descriptor_limit()
         if permissions.network:
             from shoal.aio.node import Node
-            from shoal.identity import Identity, hold
+            from shoal.identity import Identity
 
             network = config.network
             lan = network.lan if self.lan_discovery is None else self.lan_discovery
             key = self.data_dir / IDENTITY_FILE
+            # The node holds the key while it runs: a second copy would share its peer id.
             identity = Identity.load_or_create(key)
-            hold(key)  # a second copy of the app would share its peer id: refused
             self.node = Node(
                 identity,
                 introducers=network.introducers, listen=network.listen,
@@ -190,10 +190,7 @@ class AppHost:
         if self.inspector is not None:
             await self.inspector.close()
         if self.node is not None:
-            await self.node.close()
-            from shoal.identity import release
-
-            release(self.data_dir / IDENTITY_FILE)  # a next copy may start at once
+            await self.node.close()  # lets go of the key: a next copy may start at once
 
     async def __aenter__(self) -> AppHost:
         return await self.start()
