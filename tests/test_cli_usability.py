@@ -258,3 +258,67 @@ def test_a_python_node_is_refused_the_key_a_cli_node_runs(tmp_path) -> None:
         process.terminate()
         process.wait(timeout=10)
     asyncio.run(start(shoal.Identity.load(key)))  # let go of when the CLI node ended
+
+
+def _with_hosts(tmp_path: Path, hosts: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``shoal ARGS`` in a mount namespace of its own where /etc/hosts is ``hosts`` and
+    DNS asks loopback only (so no lookup leaves this machine)."""
+    (tmp_path / "hosts").write_text(hosts)
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    script = (f"mount --bind {tmp_path / 'hosts'} /etc/hosts && "
+              f"mount --bind {tmp_path / 'resolv.conf'} /etc/resolv.conf && exec \"$@\"")
+    return subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", *_shoal(*args)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_servers_may_be_given_by_name_and_a_name_that_does_not_resolve_is_one_line(
+        tmp_path, introducer: str) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts its own /etc/hosts and must run as root")
+    port = introducer.rsplit(":", 1)[1]
+    hosts = "127.0.0.1 localhost\n127.0.0.1 intro.shoal.test\n::1 intro.shoal.test\n"
+    found = _with_hosts(tmp_path, hosts, "doctor", "--introducer", f"intro.shoal.test:{port}",
+                        "--stun", f"intro.shoal.test:{port}", "--listen", "127.0.0.1",
+                        "--json")
+    assert found.returncode == 0, found.stdout + found.stderr
+    report = json.loads(found.stdout)
+    assert report["udp"] is True
+    assert {server["server"] for server in report["servers"]} == {introducer}
+    for option in ("--introducer", "--stun"):
+        missing = _with_hosts(tmp_path, hosts, "doctor", option, "nosuchhost.shoal.test:7000")
+        assert missing.returncode == 1
+        line = _one_error_line(missing, "ENOTFOUND")
+        assert "nosuchhost.shoal.test" in line and "use an address" not in line
+
+
+def test_a_peer_no_introducer_knows_is_ehostunreach_in_seconds(tmp_path, introducer) -> None:
+    key = str(tmp_path / "k")
+    assert _run("id", "--identity", key).returncode == 0
+    started = time.monotonic()
+    result = _run("send", "--introducer", introducer, "--to", "ab" * 32, "--no-lan",
+                  "--listen", LOOPBACK, "--identity", key, "anyone?")
+    assert result.returncode == 1
+    line = _one_error_line(result, "EHOSTUNREACH")
+    assert "no introducer knows this peer" in line
+    assert time.monotonic() - started < 10  # not the 30 s timeout
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_an_introducer_that_never_answers_is_warned_about_once(tmp_path, introducer, listener,
+                                                               as_json: bool) -> None:
+    _, peer_id = listener
+    dead = f"127.0.0.1:{_free_port()}"
+    key = str(tmp_path / "k")
+    assert _run("id", "--identity", key).returncode == 0
+    result = _run("send", "--introducer", dead, "--introducer", introducer, "--to", peer_id,
+                  "--no-lan", "--listen", LOOPBACK, "--identity", key,
+                  *(["--json"] if as_json else []), "hello")
+    assert result.returncode == 0, result.stdout + result.stderr
+    if as_json:
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        warnings = [e for e in events if e["event"] == "warning"]
+        assert [e["introducer"] for e in warnings] == [dead]
+        assert events[0]["event"] == "delivered"
+    else:
+        warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+        assert len(warnings) == 1 and dead in warnings[0] and introducer not in warnings[0]

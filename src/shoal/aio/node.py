@@ -314,6 +314,15 @@ class Node:
             "stats": dict(endpoint.stats),
         }
 
+    def introducer_states(self) -> dict[str, str]:
+        """Each introducer ("HOST:PORT") and how it stands: "connected", "connecting"
+        (not answered yet) or "unreachable" (its last dial had no answer; dials go on)."""
+        return {
+            format_address(address): "connected" if intro.peer is not None else
+            "unreachable" if intro.failures and not intro.dialing else "connecting"
+            for address, intro in self.endpoint.rendezvous.introducers.items()
+        }
+
     def public_addresses(self) -> dict[str, Address]:
         """Our address as each connected peer (introducers included) reports it."""
         return self.endpoint.observed_addresses()

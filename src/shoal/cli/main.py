@@ -69,6 +69,14 @@ class Output:
         with console.status(Elapsed()):
             yield
 
+    def warning(self, message: str, **fields: Any) -> None:
+        """Something the user should know that does not stop the command: on stderr for
+        humans, an ``{"event": "warning"}`` line in JSON."""
+        if self.as_json:
+            click.echo(json.dumps({"event": "warning", "message": message, **fields}))
+        else:
+            click.secho(f"shoal: warning: {message}", err=True, fg="yellow", color=_colour())
+
     def error(self, code: str, message: str) -> None:
         if self.as_json:
             click.echo(json.dumps({"event": "error", "code": code, "message": message}))
@@ -184,6 +192,15 @@ def _identity(path: str | None, role: str = "identity") -> Identity:
                    f"updates under it: shoal build --identity {shlex.quote(str(node_key))}",
                    err=True)
     return identity
+
+
+def _servers(values: tuple[str, ...], listen: Any) -> list[tuple[str, int]]:
+    """Introducers or STUN servers given as HOST:PORT, host names looked up (an IPv6
+    address only for a node that listens on IPv6)."""
+    from shoal.net import resolve_address
+
+    ipv6 = ":" in parse_address(listen, default_port=0)[0]
+    return [resolve_address(value, ipv6=ipv6) for value in values]
 
 
 def _check_can_listen(address: tuple[str, int]) -> None:
@@ -377,6 +394,27 @@ async def _print_nat(node: Any, output: Output) -> None:
                      mapping=report.mapping, filtering=report.filtering)
 
 
+def _warn_silent_introducer(output: Output, address: str, state: str) -> None:
+    output.warning(f"introducer {address} has not answered; peers that only it could "
+                   "introduce cannot be reached", introducer=address, state=state)
+
+
+async def _watch_introducers(node: Any, output: Output) -> None:
+    """While the node runs, warn once about each introducer that stops answering (again
+    if it answers and stops again)."""
+    import asyncio
+
+    warned: set[str] = set()
+    while True:
+        await asyncio.sleep(1)
+        for address, state in node.introducer_states().items():
+            if state == "connected":
+                warned.discard(address)
+            elif state == "unreachable" and address not in warned:
+                warned.add(address)
+                _warn_silent_introducer(output, address, state)
+
+
 def _where(address: Any) -> str:
     """An address for humans; a relayed path names the relaying node."""
     from shoal.core.wire import RelayPath
@@ -410,8 +448,8 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
     from shoal import Node
 
     output = Output(as_json)
-    addresses = [parse_address(a) for a in introducers]
     listen_address = parse_address(listen, default_port=0)
+    addresses = _servers(introducers, listen_address)
     if save_dir is not None:
         _make_folder(save_dir)
     _check_can_listen(listen_address)  # before an identity file is made
@@ -427,6 +465,7 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
                          listen=format_address(node.address))
             if addresses:
                 asyncio.get_running_loop().create_task(_print_nat(node, output))
+                asyncio.get_running_loop().create_task(_watch_introducers(node, output))
             async with _inspector(node, output, inspect):
                 async for message in node.messages():
                     _print_message(output, message, save_dir)
@@ -502,8 +541,8 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
 
     output = Output(as_json)
     peer_id_to_bytes(to)
-    addresses = [parse_address(a) for a in introducers]
     listen_address = parse_address(listen, default_port=0)
+    addresses = _servers(introducers, listen_address)
     _positive_seconds(timeout, "--timeout")
     limit = CoreConfig().max_message_size
     if (file is None) == (text is None):
@@ -529,6 +568,9 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
             ms = round((time.monotonic() - started) * 1000, 1)
             output.event("delivered", f"delivered to {to} via {delivery.path} in {ms} ms",
                          peer_id=to, path=delivery.path, ms=ms)
+            for address, state in node.introducer_states().items():
+                if state != "connected":  # the message found its way without it
+                    _warn_silent_introducer(output, address, state)
         return 0
 
     _run(output, body, interrupted="interrupted before the peer acknowledged the message: "
@@ -559,9 +601,9 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
 
     output = Output(as_json)
     _positive_seconds(timeout, "--timeout")
-    intro_addresses = [parse_address(a) for a in introducers]
-    stun_addresses = [parse_address(a) for a in stun_servers]
     listen_address = parse_address(listen, default_port=0)
+    intro_addresses = _servers(introducers, listen_address)
+    stun_addresses = _servers(stun_servers, listen_address)
     _check_can_listen(listen_address)  # before an identity file is made
     # Any key will do for a check: the user's own may be in use by a running node.
     identity = _identity(identity_path) if identity_path else Identity.generate()
@@ -1049,7 +1091,7 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
         raise ShoalError("another copy of this app holds its data folder and does not "
                          "answer", code="EBUSY")
     if introducers:
-        added = tuple(parse_address(a) for a in introducers)
+        added = tuple(_servers(introducers, config.network.listen))
         network = dataclasses.replace(config.network, introducers=tuple(
             dict.fromkeys((*config.network.introducers, *added))))
         config = dataclasses.replace(config, network=network)
