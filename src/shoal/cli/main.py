@@ -885,10 +885,14 @@ def test_command(folder: Path, timeout: float, data_dir: Path | None, as_json: b
         click.echo(f"{'ok' if result['ok'] else 'not ok'} {counted['n']} - {title}"
                    f" # {result['ms']} ms")
         if not result["ok"]:
+            # TAP's YAML block: the message as a literal block (quotes stay as written),
+            # the values as the JSON the page showed them in.
             click.echo("  ---")
-            for key in ("error", "expected", "actual"):
+            if result.get("error") is not None:
+                click.echo(f"  error: |-\n    {printable(str(result['error']))}")
+            for key in ("expected", "actual"):
                 if result.get(key) is not None:
-                    click.echo(f"  {key}: {json.dumps(printable(str(result[key])))}")
+                    click.echo(f"  {key}: {printable(str(result[key]))}")
             click.echo("  ...")
 
     def on_problem(text: str) -> None:
