@@ -1087,9 +1087,11 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
     claimed = instance.claim(listening)  # held while this copy runs
     if claimed is None:
         for _ in range(30):  # the first copy may still be starting
-            if instance.hand_over(listening, url, app_args):
-                output.event("handed-over", "the app is running already: handed over to it",
-                             url=url, argv=list(app_args))
+            link = instance.hand_over(listening, url, app_args)
+            if link is not None:
+                output.event("handed-over", "the app is running already: handed over to it"
+                             + (f"; open {link} in a browser" if link else ""),
+                             url=url, argv=list(app_args), link=link or None)
                 return
             time.sleep(0.1)
         raise ShoalError("another copy of this app holds its data folder and does not "

@@ -162,13 +162,14 @@ class AppHost:
         """How this copy of the app was started: its deep link and arguments."""
         return {"url": self.launch_url, "argv": list(self.argv)}
 
-    def _opened_again(self, launch: dict[str, Any]) -> None:
+    def _opened_again(self, launch: dict[str, Any]) -> str | None:
         """A second launch handed over its link and arguments: tell the pages, and bring
-        the window forward."""
+        the window forward. A browser tab's link goes back to that launch, to print."""
         assert self.server is not None
         self.server.emit("app.open", launch)
         with contextlib.suppress(Exception):  # a window that cannot rise still gets the link
             self.window.focus()
+        return self.url if isinstance(self.window, BrowserBackend) else None
 
     def _exit(self, code: int) -> None:
         self.exit_code = code
