@@ -322,3 +322,67 @@ def test_an_introducer_that_never_answers_is_warned_about_once(tmp_path, introdu
     else:
         warnings = [line for line in result.stderr.splitlines() if "warning" in line]
         assert len(warnings) == 1 and dead in warnings[0] and introducer not in warnings[0]
+
+
+STUCK = """import signal, sys, threading
+from shoal.runtime.display import exit_when_display_dies
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as a process stuck in C++ teardown is
+exit_when_display_dies(2)
+print("watching", flush=True)
+threading.Event().wait()
+"""
+
+
+def test_a_process_whose_display_dies_ends_within_the_grace(display: str) -> None:
+    """A window's process that would hang in its toolkit's teardown once the X server is
+    gone, deaf to SIGTERM: it ends a grace period after the display died."""
+    number = display.lstrip(":")
+    stuck = subprocess.Popen([sys.executable, "-c", STUCK], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "DISPLAY": display})
+    try:
+        assert stuck.stdout is not None and stuck.stdout.readline() == "watching\n"
+        time.sleep(1.5)
+        stuck.terminate()
+        assert stuck.poll() is None  # alive while its display is
+        os.kill(_pid_of([b"Xvfb", f":{number}".encode()]), signal.SIGKILL)
+        started = time.monotonic()
+        assert stuck.wait(timeout=15) == 1
+        assert 1.5 < time.monotonic() - started < 6
+    finally:
+        if stuck.poll() is None:
+            stuck.kill()
+        for left in (f"/tmp/.X11-unix/X{number}", f"/tmp/.X{number}-lock"):  # by the kill
+            Path(left).unlink(missing_ok=True)
+
+
+def _pid_of(argv_start: list[bytes]) -> int:
+    """The process whose command line starts with ``argv_start``."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().split(
+                    b"\0")[:len(argv_start)] == argv_start:
+                return int(entry.name)
+        except OSError:  # gone meanwhile
+            continue
+    raise LookupError(argv_start)
+
+
+def test_a_window_prints_its_own_lines_only(tmp_path, display: str) -> None:
+    """No webview noise in the terminal: no "Sandboxing disabled by user." (QtWebEngine
+    as root), no Chromium log lines (D-Bus, GPU)."""
+    assert _run("init", "notes", cwd=tmp_path).returncode == 0
+    env = {**os.environ, "DISPLAY": display, "SHOAL_NO_LAN": "1"}
+    env.pop("QT_QPA_PLATFORM", None)
+    env.pop("QT_LOGGING_RULES", None)
+    process = subprocess.Popen(_shoal("run", "notes", "--gui", "qt", "--json", "--data-dir",
+                                      str(tmp_path / "data")),
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["event"] == "ready"
+        time.sleep(2)  # the page loads, its GPU and D-Bus attempts are made
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert "Sandboxing" not in stderr and ":ERROR:" not in stderr, stderr

@@ -265,8 +265,8 @@ def test_dev_shows_errors_keeps_watching_and_reloads_python(tmp_path: Path,
 
     app = tmp_path / "app"
     app.mkdir()
-    (app / "shoal.toml").write_text('[app]\nname = "Dev"\nid = "test.shoal.dev"\n'
-                                    '[permissions]\ninvoke = ["answer"]\n')
+    toml = '[app]\nname = "Dev"\nid = "test.shoal.dev"\n[permissions]\ninvoke = ["answer"]\n'
+    (app / "shoal.toml").write_text(toml)
     (app / "index.html").write_text('<!doctype html><title>dev</title>'
                                     '<script type="module" src="app.js"></script><p>dev')
     script = ('import { invoke } from "shoal:api";\n'
@@ -309,9 +309,16 @@ def test_dev_shows_errors_keeps_watching_and_reloads_python(tmp_path: Path,
         page.wait_for_selector("body[data-answer=two]", state="attached", timeout=20000)
         assert next_dev_line("reload", "app.py") == "reloaded (app.py changed)"
         (app / "shoal.toml").write_text("[app\n")
-        assert next_dev_line("error").startswith("shoal.toml: ")
+        line = next_dev_line("error")
+        assert line == f"{app / 'shoal.toml'}: not valid TOML: " + line.split("TOML: ", 1)[1]
         page.wait_for_selector("#shoal-dev-overlay", timeout=10000)
-        assert "not valid TOML" in (page.text_content("#shoal-dev-overlay") or "")
+        shown = page.text_content("#shoal-dev-overlay") or ""
+        assert "shoal.toml: not valid TOML" in shown and shown.count("shoal.toml") == 1
+        (app / "shoal.toml").write_text(toml)
+        (app / "app.py").write_text("def broken(:\n")
+        line = next_dev_line("error", "app.py")
+        assert line.startswith(f"{app / 'app.py'}: failed to load: SyntaxError")
+        assert line.count("app.py:") == 1  # the file is named once
     finally:
         page.close()
         process.terminate()

@@ -216,7 +216,9 @@ class AppHost:
             assert self.server is not None
             if problem is not None:
                 source, message = problem
-                self.on_dev("error", f"{source}: {message}")
+                if not message.split(": ", 1)[0].endswith(source):  # else it names the file
+                    message = f"{source}: {message}"
+                self.on_dev("error", message)
                 self.server.emit("dev.error", {"source": source, "message": message})
                 continue
             self.on_dev("reload", f"reloaded ({', '.join(changed)} changed)")
