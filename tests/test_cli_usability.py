@@ -386,3 +386,43 @@ def test_a_window_prints_its_own_lines_only(tmp_path, display: str) -> None:
         process.terminate()
         _, stderr = process.communicate(timeout=30)
     assert "Sandboxing" not in stderr and ":ERROR:" not in stderr, stderr
+
+
+def test_doctor_with_no_server_checks_this_machine_and_says_what_a_server_adds() -> None:
+    result = _run("doctor", "--json", "--listen", "127.0.0.1")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["udp_local"] is True and report["lan_peers"] is None  # SHOAL_NO_LAN
+    assert isinstance(report["ipv6"]["udp"], bool) and "global_addresses" in report["ipv6"]
+    assert all(i["name"] and i["addresses"] for i in report["interfaces"])
+    assert "hairpinning" in report["needs_server"] and report["hairpin"] is None
+    human = _run("doctor", "--listen", "127.0.0.1").stdout
+    for label in ("interfaces:", "IPv6:", "UDP here:   works", "LAN peers:  not looked for",
+                  "need a server to ask"):
+        assert label in human, human
+
+
+def test_doctor_with_a_server_reports_hairpinning(introducer: str) -> None:
+    result = _run("doctor", "--introducer", introducer, "--listen", "127.0.0.1", "--json")
+    report = json.loads(result.stdout)
+    assert report["udp"] is True and report["nat"] is False
+    assert report["hairpin"] is None  # no NAT between loopback and itself
+    human = _run("doctor", "--introducer", introducer, "--listen", "127.0.0.1").stdout
+    assert "hairpin:    - (no NAT in between)" in human
+
+
+def test_info_marks_what_each_command_needs_ok_or_missing(tmp_path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path), "PLAYWRIGHT_BROWSERS_PATH": str(tmp_path)}
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    result = subprocess.run(_shoal("info"), capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    checks = result.stdout.split("checks:\n", 1)[1].splitlines()
+    assert "  missing Chromium, for shoal test: apt install chromium" in "\n".join(checks)
+    assert any(line.startswith("  missing window, for shoal run, dev: ") and "display" in line
+               for line in checks)
+    assert "  ok      Playwright, for shoal test (installed)" in checks
+    as_json = json.loads(subprocess.run(_shoal("info", "--json"), capture_output=True,
+                                        text=True, env=env, timeout=60).stdout)
+    assert {c["name"]: c["ok"] for c in as_json["checks"]}["Chromium"] is False

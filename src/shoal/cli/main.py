@@ -587,17 +587,23 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
               help="The local address to check from (port optional).")
 @click.option("--timeout", default=10.0, show_default=True, type=float,
               help="Seconds to wait for the servers' answers.")
+@click.option("--no-lan", is_flag=True, help="Do not look for Shoal peers on the LAN.")
 @_guard
 def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
-           stun_servers: tuple[str, ...], listen: str, timeout: float) -> None:
-    """Check this network: addresses, UDP, NAT mapping and filtering, what they mean.
+           stun_servers: tuple[str, ...], listen: str, timeout: float, no_lan: bool) -> None:
+    """Check this network: interfaces, IPv6, UDP, Shoal peers on the LAN and, with a
+    server to ask, the public address, NAT mapping and filtering, hairpinning and what
+    they mean.
 
     \b
     Examples:
+      shoal doctor
       shoal doctor --introducer 203.0.113.2:7000
       shoal doctor --stun stun.example.net:3478 --json
     """
     from shoal import Identity, Node
+    from shoal.aio.node import lan_discovery_default
+    from shoal.cli import checks
 
     output = Output(as_json)
     _positive_seconds(timeout, "--timeout")
@@ -608,13 +614,22 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
     # Any key will do for a check: the user's own may be in use by a running node.
     identity = _identity(identity_path) if identity_path else Identity.generate()
     kinds = {a: "introducer" for a in intro_addresses} | {a: "stun" for a in stun_addresses}
+    found = checks.interfaces()
+    machine = {"interfaces": found, "ipv6": checks.ipv6_report(found),
+               "udp_local": checks.udp_echo("127.0.0.1")}
 
     async def body() -> int:
         async with Node(identity, listen=listen_address, lan_discovery=False) as node:
             local = [format_address(a) for a in local_addresses(node.address)]
+            lan = None
+            if not no_lan and lan_discovery_default():
+                with output.waiting("looking for Shoal peers on the LAN"):
+                    lan = await _lan_peers(node, LAN_LOOK)
+            machine["lan_peers"] = lan
             if not kinds:
-                return _doctor_without_servers(output, node.peer_id, local)
+                return _doctor_without_servers(output, node.peer_id, local, machine)
             nat = await node.detect_nat(list(kinds), timeout=timeout)
+            hairpin = await _hairpin(node, nat) if nat.udp else None
         servers = [
             {
                 "server": format_address(result.server),
@@ -635,30 +650,95 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
             "mapping_varies": nat.nat.varies or nat.nat.hard,
             "port_preserving": nat.port_preserving,
             "port_delta": nat.port_delta,
+            "hairpin": hairpin,
             "reachability": nat.summary(),
             "unknown_because": nat.unknowns(),
             "servers": servers,
+            **machine,
         }
         if as_json:
             click.echo(json.dumps(report))
-        else:
-            click.echo(f"peer id:    {report['peer_id']}")
-            click.echo(f"local:      {', '.join(local)}")
-            click.echo(f"public:     {', '.join(report['public']) or '-'}")
-            click.echo(f"UDP:        {'works' if nat.udp else 'no answer'}")
-            why = nat.unknowns()
-            for name in ("mapping", "filtering"):
-                value = getattr(nat, name)
-                reason = f" ({why[name]})" if name in why else ""
-                click.echo(f"{name + ':':<11} {value}{reason}")
-            for server in servers:
-                answer = (f"sees us at {server['public']} ({server['rtt_ms']} ms)"
-                          if server["public"] else "no answer")
-                click.echo(f"{server['kind']:<10}  {server['server']}: {answer}")
-            click.echo(f"meaning:    {nat.summary()}")
+            return 0 if nat.udp else EXIT_ERROR
+        click.echo(f"peer id:    {report['peer_id']}")
+        _print_machine(machine)
+        click.echo(f"local:      {', '.join(local)}")
+        click.echo(f"public:     {', '.join(report['public']) or '-'}")
+        click.echo(f"UDP:        {'works' if nat.udp else 'no answer'}")
+        why = nat.unknowns()
+        for name in ("mapping", "filtering"):
+            value = getattr(nat, name)
+            reason = f" ({why[name]})" if name in why else ""
+            click.echo(f"{name + ':':<11} {value}{reason}")
+        click.echo(f"hairpin:    {_hairpin_text(hairpin)}")
+        for server in servers:
+            answer = (f"sees us at {server['public']} ({server['rtt_ms']} ms)"
+                      if server["public"] else "no answer")
+            click.echo(f"{server['kind']:<10}  {server['server']}: {answer}")
+        click.echo(f"meaning:    {nat.summary()}")
         return 0 if nat.udp else EXIT_ERROR
 
     _run(output, body, interrupted="interrupted before the check finished")
+
+
+LAN_LOOK = 2.0
+"""Seconds ``doctor`` listens for Shoal peers announced on the LAN (mDNS)."""
+
+
+async def _lan_peers(node: Any, seconds: float) -> int | str:
+    """How many Shoal peers announce themselves on the LAN within ``seconds`` (mDNS), or
+    why none can be heard."""
+    import asyncio
+
+    from shoal.aio.lan import LanDiscovery
+
+    seen: set[str] = set()
+    lan = LanDiscovery(node.peer_id, node.address[1], lambda peer, _addresses: seen.add(peer))
+    try:
+        await lan.start()
+        await asyncio.sleep(seconds)
+    except Exception as exc:  # no multicast here: say why rather than fail the check
+        return f"cannot look: {exc}"
+    finally:
+        with contextlib.suppress(Exception):
+            await lan.close()
+    seen.discard(node.peer_id)
+    return len(seen)
+
+
+async def _hairpin(node: Any, nat: Any) -> bool | None:
+    """Whether a packet to our own public address comes back to us through the NAT
+    (hairpinning, which lets two nodes behind this NAT meet by public addresses); None
+    when there is no NAT in between or no public address is known."""
+    if nat.nat.public or not nat.public:
+        return None
+    try:
+        result = await node.stun(nat.public[0], timeout=2)
+    except (TimeoutError, ShoalError):
+        return False
+    return result.mapped is not None
+
+
+def _hairpin_text(hairpin: bool | None) -> str:
+    return {True: "yes", False: "no (nodes behind this NAT meet by their local addresses)",
+            None: "- (no NAT in between)"}[hairpin]
+
+
+def _print_machine(machine: dict[str, Any]) -> None:
+    """What ``doctor`` found on this machine alone, for humans."""
+    names = "; ".join(f"{i['name']} {', '.join(i['addresses'])}" for i in machine["interfaces"])
+    click.echo(f"interfaces: {names or 'none up (loopback only)'}")
+    ipv6 = machine["ipv6"]
+    click.echo("IPv6:       " + (f"yes ({', '.join(ipv6['global_addresses'])})"
+                                 if ipv6["global_addresses"] else
+                                 "no global address" + ("" if ipv6["udp"] else
+                                                        ", no IPv6 UDP")))
+    click.echo(f"UDP here:   {'works' if machine['udp_local'] else 'a socket cannot reach itself'}")
+    lan = machine["lan_peers"]
+    click.echo("LAN peers:  " + ("not looked for (--no-lan or SHOAL_NO_LAN)" if lan is None
+                                 else f"{lan} seen in {LAN_LOOK:g} s (mDNS)"
+                                 if isinstance(lan, int) else lan))
+    click.echo("port map:   none asked for (Shoal punches holes and relays instead of "
+               "UPnP or NAT-PMP)")
 
 
 @cli.command(short_help="What this machine has for apps: versions, webviews, display.")
@@ -666,40 +746,58 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
 @_guard
 def info(as_json: bool) -> None:
     """Print what a user or a bug report needs: Shoal's and Python's versions, the
-    webviews installed, the display, and whether (and why not) a window would open.
+    webviews installed, the display, whether (and why not) a window would open, and
+    what shoal test and shoal build --standalone need, each marked ok or missing.
 
     \b
     Examples:
       shoal info
       shoal info --json
     """
+    from shoal.cli.checks import tool_checks
     from shoal.runtime.window import environment
 
-    report = {"shoal": __version__, **environment()}
+    report: dict[str, Any] = {"shoal": __version__, **environment()}
+    report["checks"] = tool_checks(report)
     if as_json:
         click.echo(json.dumps(report))
         return
     width = max(len(k) for k in report) + 1
     for key, value in report.items():
+        if key == "checks":
+            continue
         if isinstance(value, dict):
             value = ", ".join(f"{k} ({v})" for k, v in value.items()) or "-"
         elif isinstance(value, list):
             value = ", ".join(value) or "-"
         click.echo(f"{key + ':':<{width}} {value if value not in (None, '') else '-'}")
+    click.echo("checks:")
+    for check in report["checks"]:
+        mark = click.style("ok     ", fg="green") if check["ok"] else \
+            click.style("missing", fg="red")
+        detail = f" ({check['detail']})" if check["ok"] and check["detail"] else \
+            f": {check['fix']}" if not check["ok"] else ""
+        click.echo(f"  {mark} {check['name']}, for {check['for']}{detail}", color=_colour())
 
 
-def _doctor_without_servers(output: Output, peer_id: str, local: list[str]) -> int:
-    """``doctor`` with no server to ask: what can be known locally, and what to add."""
-    hint = ("no --introducer or --stun given: the public address and NAT kind need a "
-            "server to ask; e.g. shoal doctor --introducer HOST:PORT")
+def _doctor_without_servers(output: Output, peer_id: str, local: list[str],
+                            machine: dict[str, Any]) -> int:
+    """``doctor`` with no server to ask: what this machine alone tells, and what a
+    server would add."""
+    needs = ["public address", "NAT mapping and filtering", "hairpinning",
+             "whether UDP leaves this network"]
+    hint = (f"no --introducer or --stun given: the {', '.join(needs[:-1])} and "
+            f"{needs[-1]} need a server to ask; e.g. shoal doctor --introducer HOST:PORT")
     if output.as_json:
         click.echo(json.dumps({"peer_id": peer_id, "local": local, "public": [], "udp": None,
-                               "reachability": hint, "servers": []}))
+                               "hairpin": None, "reachability": hint, "servers": [],
+                               "needs_server": needs, **machine}))
     else:
         click.echo(f"peer id:    {peer_id}")
+        _print_machine(machine)
         click.echo(f"local:      {', '.join(local)}")
         click.echo(f"meaning:    {hint}")
-    return 0
+    return 0 if machine["udp_local"] else EXIT_ERROR
 
 
 @cli.command(short_help="Create a new app from a template.")
