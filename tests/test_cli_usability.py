@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import free_port, running_introducer
+
 LOOPBACK = "127.0.0.1:0"
 
 
@@ -114,23 +116,11 @@ def test_init_suggests_every_next_step_in_a_form_that_pastes(tmp_path) -> None:
 
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def introducer(tmp_path) -> Iterator[str]:
     """A running ``shoal introducer`` on loopback: its HOST:PORT."""
-    process = subprocess.Popen(
-        _shoal("introducer", "--listen", f"127.0.0.1:{_free_port()}", "--json", "--no-lan",
-               "--identity", str(tmp_path / "introducer.key")),
-        stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    yield json.loads(process.stdout.readline())["listen"]
-    process.terminate()
-    process.wait(timeout=10)
+    with running_introducer(tmp_path) as address:
+        yield address
 
 
 @pytest.fixture
@@ -188,7 +178,7 @@ def _own_home(tmp_path: Path) -> dict[str, str]:
 def test_an_introducer_and_the_users_node_have_separate_default_keys(tmp_path) -> None:
     env = _own_home(tmp_path)
     introducer = subprocess.Popen(
-        _shoal("introducer", "--listen", f"127.0.0.1:{_free_port()}", "--json", "--no-lan"),
+        _shoal("introducer", "--listen", f"127.0.0.1:{free_port()}", "--json", "--no-lan"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert introducer.stdout is not None and introducer.stderr is not None
@@ -307,7 +297,7 @@ def test_a_peer_no_introducer_knows_is_ehostunreach_in_seconds(tmp_path, introdu
 def test_an_introducer_that_never_answers_is_warned_about_once(tmp_path, introducer, listener,
                                                                as_json: bool) -> None:
     _, peer_id = listener
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     key = str(tmp_path / "k")
     assert _run("id", "--identity", key).returncode == 0
     result = _run("send", "--introducer", dead, "--introducer", introducer, "--to", peer_id,

@@ -205,11 +205,20 @@ def test_two_chat_apps_message_each_other(tmp_path: Path, browser: Browser) -> N
         assert len(bob_id) == 64
         alice.fill("#to", bob_id)
         alice.fill("#text", "hello bob")
-        alice.click("button")
+        alice.click("#compose button")
         bob.wait_for_selector("#log li", timeout=30000)
         assert (bob.text_content("#log li") or "").endswith("(direct): hello bob")
         alice.wait_for_selector("#log li", timeout=10000)
         assert "me →" in (alice.text_content("#log li") or "")
+        # Pairing in the page: a code on one side, typed on the other, ids filled in.
+        alice.click("#pair")
+        alice.wait_for_selector("#pair-status:has-text('this code: ')", timeout=20000)
+        code = (alice.text_content("#pair-status") or "").split("this code: ", 1)[1].strip()
+        bob.fill("#code", code)
+        bob.click("#pairing button:not(#pair)")
+        for page, other in ((bob, alice), (alice, bob)):
+            page.wait_for_selector("#pair-status:has-text('Paired with')", timeout=20000)
+            assert page.input_value("#to") == other.text_content("#me")
     finally:
         for page in pages:
             page.close()

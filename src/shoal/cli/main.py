@@ -315,8 +315,11 @@ def introducer(identity_path: str | None, as_json: bool, listen: str, alternate:
     identity = _identity(identity_path, "introducer")
 
     async def body() -> int:
+        from shoal.pairing import PairingRelay
+
         async with Node(identity, listen=listen_address, introducer=True,
                         alternate=alternate_address, lan_discovery=_lan(no_lan)) as node:
+            PairingRelay(node).start()  # ends with the node
             bound = format_address(node.address)
             extra = {"alternate": format_address(alternate_address)} if alternate_address else {}
             output.event("ready", f"introducer {node.peer_id} listening on {bound}",
@@ -575,6 +578,64 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
 
     _run(output, body, interrupted="interrupted before the peer acknowledged the message: "
                                    "it may not have arrived")
+
+
+@cli.command(short_help="Swap verified peer ids with someone by a short code.")
+@_common
+@_network_options
+@click.argument("code", required=False)
+@click.option("--timeout", default=600.0, show_default=True, type=float,
+              help="Seconds to wait for the other side.")
+@_guard
+def pair(identity_path: str | None, as_json: bool, introducers: tuple[str, ...], listen: str,
+         no_lan: bool, code: str | None, timeout: float) -> None:
+    """Pair with someone: without CODE, print a code (and its QR code) to tell them;
+    with the CODE they told you, join them. Both sides then learn each other's peer id,
+    verified: a PAKE (SPAKE2) over the introducer proves that both know the code, so
+    neither the introducer nor someone guessing codes can put itself in between. A code
+    works once; a wrong one fails cleanly.
+
+    \b
+    Examples:
+      shoal pair --introducer 203.0.113.2:7000
+      shoal pair 7-amber-otter --introducer 203.0.113.2:7000
+    """
+    from shoal import Node
+    from shoal.pairing import pair as pair_with
+    from shoal.pairing import parse_code
+
+    output = Output(as_json)
+    if code is not None:
+        parse_code(code)
+    _positive_seconds(timeout, "--timeout")
+    listen_address = parse_address(listen, default_port=0)
+    addresses = _servers(introducers, listen_address)
+    if not addresses:
+        raise ShoalError("pairing goes through an introducer: give one with --introducer "
+                         "HOST:PORT", code="EINVAL")
+    _check_can_listen(listen_address)  # before an identity file is made
+    identity = _identity(identity_path)
+
+    def show(made: str) -> None:
+        output.event("code", f"pairing code: {made}\non the other side, run: shoal pair "
+                     f"{made} --introducer {' --introducer '.join(introducers)}",
+                     code=made)
+        if not as_json and sys.stdout.isatty():
+            import segno
+
+            segno.make(made, error="m").terminal(compact=True)
+
+    async def body() -> int:
+        async with Node(identity, introducers=addresses, listen=listen_address,
+                        lan_discovery=_lan(no_lan)) as node:
+            with output.waiting(f"reaching {len(addresses)} introducer(s)"):
+                await node.wait_for_introducers(timeout=30)
+            with output.waiting("waiting for the other side" if code is None else "pairing"):
+                other = await pair_with(node, code, timeout=timeout, on_code=show)
+            output.event("paired", f"paired with {other}", peer_id=other, me=node.peer_id)
+        return 0
+
+    _run(output, body, interrupted="interrupted before the pairing finished")
 
 
 @cli.command(short_help="Check this network: UDP, NAT kind, reachability.")

@@ -1,5 +1,5 @@
 import { network } from "shoal:api";
-import { failedLine, receivedLine, sentLine } from "./chat.js";
+import { failedLine, pairingLine, receivedLine, sentLine } from "./chat.js";
 
 const log = document.querySelector("#log");
 const to = document.querySelector("#to");
@@ -25,5 +25,24 @@ document.querySelector("#compose").addEventListener("submit", async (event) => {
   } catch (error) {
     show(failedLine(error));
   }
+});
+// Pairing: both sides learn each other's verified id from a short code said aloud.
+const status = document.querySelector("#pair-status");
+async function pairWith(code) {
+  status.textContent = code ? "Pairing…" : "Asking the introducer for a code…";
+  try {
+    const { peerId } = await network.pair({
+      code, onCode: (made) => { status.textContent = pairingLine("code", made); },
+    });
+    to.value = peerId;
+    status.textContent = pairingLine("paired", peerId);
+  } catch (error) {
+    status.textContent = pairingLine("failed", error);
+  }
+}
+document.querySelector("#pair").addEventListener("click", () => pairWith());
+document.querySelector("#pairing").addEventListener("submit", (event) => {
+  event.preventDefault();
+  pairWith(document.querySelector("#code").value.trim());
 });
 document.body.dataset.ready = "true";

@@ -14,3 +14,10 @@ export function sentLine(to, delivery, text) {
 export function failedLine(error) {
   return `not delivered: ${error.code} ${error.message}`;
 }
+
+/** What the pairing line says as it goes. */
+export function pairingLine(step, value) {
+  if (step === "code") return `Tell the other side this code: ${value}`;
+  if (step === "paired") return `Paired with ${value}: their id is filled in below.`;
+  return `Not paired: ${value.code} ${value.message}`;
+}
