@@ -69,6 +69,12 @@ def test_a_failed_start_creates_no_identity_file(tmp_path, taken_port: int) -> N
     result = _run("listen", "--listen", f"127.0.0.1:{taken_port}", "--identity",
                   str(tmp_path / "alice.key"), "--no-lan")
     assert result.returncode == 1 and not (tmp_path / "alice.key").exists()
+    # An app with a node of its own: no data folder, no node key.
+    assert _run("init", "chat", "--template", "chat", cwd=tmp_path).returncode == 0
+    result = _run("run", "chat", "--browser", "--port", str(taken_port), "--data-dir",
+                  "chat-data", cwd=tmp_path)
+    assert result.returncode == 1 and "EADDRINUSE" in result.stderr
+    assert not (tmp_path / "chat-data").exists()
 
 
 def test_ctrl_c_during_send_is_status_130_and_says_it_was_not_delivered(tmp_path) -> None:

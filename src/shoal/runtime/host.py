@@ -30,6 +30,7 @@ from shoal.runtime.hotkeys import Hotkeys
 from shoal.runtime.instance import Instance
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
 from shoal.runtime.processes import Processes
+from shoal.runtime.server import bind_listener
 from shoal.runtime.system import BrowserBackend, System, WindowBackend
 
 if TYPE_CHECKING:
@@ -102,6 +103,9 @@ class AppHost:
     async def start(self) -> AppHost:
         config = self.config
         permissions = config.permissions
+        if self.listener is None:
+            # A taken port fails here, before the data folder or a node key is made.
+            self.listener = bind_listener(self.port)
         functions = load_exposed(self.folder / "app.py")
         check_invoke(config, functions)
         calls: dict[str, Any] = {}
