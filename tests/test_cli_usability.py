@@ -422,3 +422,28 @@ def test_info_marks_what_each_command_needs_ok_or_missing(tmp_path) -> None:
     as_json = json.loads(subprocess.run(_shoal("info", "--json"), capture_output=True,
                                         text=True, env=env, timeout=60).stdout)
     assert {c["name"]: c["ok"] for c in as_json["checks"]}["Chromium"] is False
+
+
+def test_listen_warns_once_about_an_introducer_that_stops_answering(tmp_path,
+                                                                    introducer) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        _shoal("listen", "--introducer", introducer, "--introducer", dead, "--json",
+               "--no-lan", "--listen", LOOPBACK, "--identity", str(tmp_path / "l.key")),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["event"] == "ready"
+        warnings = []
+        deadline = time.monotonic() + 20
+        while not warnings and time.monotonic() < deadline:
+            event = json.loads(process.stdout.readline())
+            if event["event"] == "warning":
+                warnings.append(event)
+        assert [w["introducer"] for w in warnings] == [dead]
+        assert warnings[0]["state"] == "unreachable"
+        time.sleep(3)  # the watch looks every second: it must not say it again
+    finally:
+        process.terminate()
+        stdout, _ = process.communicate(timeout=10)
+    assert dead not in stdout  # once: no second warning while it stays silent
