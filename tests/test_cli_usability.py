@@ -256,14 +256,17 @@ def test_a_python_node_is_refused_the_key_a_cli_node_runs(tmp_path) -> None:
     asyncio.run(start(shoal.Identity.load(key)))  # let go of when the CLI node ended
 
 
-def _with_hosts(tmp_path: Path, hosts: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``shoal ARGS`` in a mount namespace of its own where /etc/hosts is ``hosts`` and
-    DNS asks loopback only (so no lookup leaves this machine)."""
+def _with_hosts(tmp_path: Path, hosts: str, *args: str, argv: list[str] | None = None
+                ) -> subprocess.CompletedProcess[str]:
+    """``shoal ARGS`` (or ``argv`` + ARGS) in a mount namespace of its own where
+    /etc/hosts is ``hosts`` and DNS asks loopback only (so no lookup leaves this
+    machine)."""
     (tmp_path / "hosts").write_text(hosts)
     (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
     script = (f"mount --bind {tmp_path / 'hosts'} /etc/hosts && "
               f"mount --bind {tmp_path / 'resolv.conf'} /etc/resolv.conf && exec \"$@\"")
-    return subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", *_shoal(*args)],
+    command = [*argv, *args] if argv is not None else _shoal(*args)
+    return subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", *command],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -447,3 +450,33 @@ def test_listen_warns_once_about_an_introducer_that_stops_answering(tmp_path,
         process.terminate()
         stdout, _ = process.communicate(timeout=10)
     assert dead not in stdout  # once: no second warning while it stays silent
+
+
+NODE_BY_NAME = """import asyncio, sys
+import shoal
+
+async def main():
+    node = shoal.Node(shoal.Identity.generate(), listen="127.0.0.1:0", lan_discovery=False,
+                      introducers=[sys.argv[1]])
+    try:
+        async with node:
+            await node.wait_for_introducers(timeout=10)
+            print("reached", list(node.introducer_states().items()))
+    except shoal.ShoalError as exc:
+        print("error", exc.code)
+
+asyncio.run(main())
+"""
+
+
+def test_a_python_node_takes_introducers_by_name(tmp_path, introducer: str) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts its own /etc/hosts and must run as root")
+    port = introducer.rsplit(":", 1)[1]
+    hosts = "127.0.0.1 localhost\n127.0.0.1 intro.shoal.test\n"
+    found = _with_hosts(tmp_path, hosts, f"intro.shoal.test:{port}", argv=[
+        sys.executable, "-c", NODE_BY_NAME])
+    assert found.stdout.strip() == f"reached [('{introducer}', 'connected')]", found.stderr
+    missing = _with_hosts(tmp_path, hosts, "nosuchhost.shoal.test:7000", argv=[
+        sys.executable, "-c", NODE_BY_NAME])
+    assert missing.stdout.strip() == "error ENOTFOUND", missing.stderr

@@ -25,7 +25,7 @@ from shoal.core.natcheck import NatReport
 from shoal.core.wire import Address
 from shoal.errors import ClosedError, DeliveryError, LocalProtocolError, ShoalError, os_error_code
 from shoal.identity import Identity, IdentityLock
-from shoal.net import format_address, parse_address
+from shoal.net import format_address, parse_address, resolve_address
 
 __all__ = ["Channel", "Delivery", "Message", "NatReport", "Node", "PeerInfo", "Subscription"]
 
@@ -101,7 +101,16 @@ class Node:
                                      "and has no alternate address")
         self.identity = identity or Identity.load_or_create()
         self._network = network
-        self._introducers = [parse_address(a) for a in introducers]
+        self._introducers: list[Address] = []
+        self._introducer_names: list[str] = []
+        """Introducers given by host name, looked up when the node starts."""
+        for value in introducers:
+            try:
+                self._introducers.append(parse_address(value))
+            except LocalProtocolError as exc:
+                if not isinstance(value, str) or "not an IP address" not in exc.message:
+                    raise
+                self._introducer_names.append(value)
         self._listen = parse_address(listen, default_port=0)
         self._alternate = parse_address(alternate) if alternate is not None else None
         base = config or CoreConfig()
@@ -144,6 +153,10 @@ class Node:
         """Bind the socket, start LAN discovery and connect to the introducers."""
         if self._driver is not None:
             return self
+        ipv6 = ":" in self._listen[0]
+        while self._introducer_names:  # LocalProtocolError ENOTFOUND if one does not resolve
+            name = self._introducer_names.pop(0)
+            self._introducers.append(await asyncio.to_thread(resolve_address, name, ipv6=ipv6))
         if self._network is not None:
             self._driver = self._network.attach(self.endpoint, self._on_event)
         else:
