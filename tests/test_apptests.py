@@ -94,7 +94,7 @@ def _check_failures_and_hangs(folder: Path, *args: str, display: str | None = No
         assert f"ok 2 - {extra}" in out
     assert f"ok {first + 1} - more/cases.test.js: greets through app.py" in out
     assert f"not ok {first + 2} - more/cases.test.js: fails on purpose" in out
-    assert 'expected: "{\\"a\\":2}"' in out and 'actual: "{\\"a\\":1}"' in out
+    assert '  expected: {"a":2}\n  actual: {"a":1}\n' in out
     assert f"not ok {first + 3} - more/cases.test.js: hangs" in out
     assert "timed out after 300 ms" in out
     assert f"ok {first + 4} - more/cases.test.js: the wall holds in tests too" in out
@@ -105,6 +105,27 @@ def _check_failures_and_hangs(folder: Path, *args: str, display: str | None = No
     assert events[-1] == {"event": "done", "passed": passed, "failed": 3}
     assert [e["ok"] for e in events if e["event"] == "test"] == [
         False, *([True] if extra else []), True, False, False, True]
+
+
+def test_a_file_that_does_not_load_is_named_with_line_and_column(tmp_path: Path) -> None:
+    folder = _app(tmp_path)
+    (folder / "lib.js").write_text("export const one = 1;\n\nconst two = ;\n")
+    (folder / "imports.test.js").write_text("import { one } from './lib.js';\n")
+    (folder / "throws.test.js").write_text('import { test } from "shoal:test";\n\n'
+                                           'JSON.parse("{");\ntest("never", () => {});\n')
+    (folder / "quotes.test.js").write_text(
+        'import { test, assert } from "shoal:test";\n'
+        'test("quotes", () => assert.equal("Hi, x!", "Hi, y!"));\n')
+    result = _test(folder)
+    assert result.returncode == 1
+    blocks = result.stdout.split("not ok ")[1:]
+    assert "imports.test.js: (loading the file)" in blocks[0]
+    assert "    lib.js:3:13: Unexpected token ';'" in blocks[0]
+    assert "throws.test.js: (loading the file)" in blocks[1]
+    assert "    throws.test.js:3:6: " in blocks[1]
+    assert "quotes.test.js: quotes" in blocks[2]
+    assert '    "Hi, x!" !== "Hi, y!"\n  expected: "Hi, y!"\n  actual: "Hi, x!"' in blocks[2]
+    assert "never" not in result.stdout  # a file that threw is not run again
 
 
 def test_no_tests_is_one_line(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
+from shoal.core.services.rendezvous import INTRO_RETRY
 from shoal.core.wire import MIN_INIT_SIZE, PacketKind
 from shoal.sim import LinkProfile, SimNetwork, SimNode
 
@@ -95,14 +96,27 @@ def test_seeded_runs_are_identical() -> None:
     assert trace(7) != trace(8)
 
 
-def test_unknown_peer_fails_with_ehostunreach_at_the_deadline() -> None:
-    net, _, a, _ = _network(message_timeout=4.0)
+def test_a_peer_no_introducer_knows_fails_with_ehostunreach_in_two_rounds() -> None:
+    net, _, a, _ = _network(message_timeout=30.0)
     handle = a.endpoint.send_message("ab" * 32, b"hi", net.now)
     net.flush(a)
-    assert not net.run(3.5, until=lambda: _failed(a, handle) is not None)
-    net.run(1, until=lambda: _failed(a, handle) is not None)
+    # The first "unknown" is not the last word: the peer may register just after it.
+    assert not net.run(INTRO_RETRY * 0.9, until=lambda: _failed(a, handle) is not None)
+    assert net.run(INTRO_RETRY, until=lambda: _failed(a, handle) is not None)
     failure = _failed(a, handle)
     assert failure is not None and failure.code == "EHOSTUNREACH"
+    assert "no introducer knows this peer" in failure.reason
+
+
+def test_a_peer_that_registers_between_two_rounds_is_reached() -> None:
+    net, introducer, a, _ = _network(message_timeout=30.0)
+    late = net.add_node()
+    handle = a.endpoint.send_message(late.peer_id, b"hi", net.now)
+    net.flush(a)
+    net.run(INTRO_RETRY * 0.5)  # the first round: "unknown"
+    late.endpoint.add_introducer(introducer.address, net.now)
+    net.flush(late)
+    assert net.run(10, until=lambda: _delivered(a, handle))
 
 
 def test_message_to_a_vanished_peer_times_out() -> None:

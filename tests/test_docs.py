@@ -26,7 +26,8 @@ def _programs() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("where", "code"), _programs(), ids=[w for w, _ in _programs()])
 def test_program_in_the_docs_runs(where: str, code: str, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=180, cwd=tmp_path, env={"SHOAL_NO_LAN": "1", "PATH": ""})
+                            timeout=180, cwd=tmp_path, env={"SHOAL_NO_LAN": "1", "PATH": ""},
+                            stdin=subprocess.DEVNULL)
     assert result.returncode == 0, f"{where}: {result.stderr}"
     assert result.stdout.strip(), where
 
@@ -82,7 +83,6 @@ def test_the_app_commands_in_the_docs_run_as_printed(where: str, block: str,
     ``init``, ``info``, ``build``, ``install`` and the like finish, and each
     ``run``/``dev`` opens its window or serves."""
     import os
-    import signal
 
     commands = [line.split("#", 1)[0].strip() for line in block.splitlines()]
     assert commands[0].startswith("shoal init ")
@@ -107,8 +107,36 @@ def test_the_app_commands_in_the_docs_run_as_printed(where: str, block: str,
             assert "window open" in line or '"ready"' in line or " in a browser" in line, (
                 command, line, process.stderr.read() if not line else "")
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
+            _end_group(process)
+
+
+def _end_group(process: subprocess.Popen[str]) -> None:
+    """End the process group ``process`` leads (xvfb-run, its X server, the app) and see
+    every member of it gone: a stuck app is killed rather than left running."""
+    import os
+    import signal
+    import time
+
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=20)
+    deadline = time.monotonic() + 20
+    while _group_alive(process.pid):
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"{process.args}: still running 20 s after SIGTERM")
+        time.sleep(0.2)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of ``group`` still runs (a zombie waiting to be reaped does not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
 
 
 def test_the_js_test_shown_in_the_docs_is_the_templates_own() -> None:

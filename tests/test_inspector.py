@@ -90,6 +90,7 @@ def test_the_inspector_shows_what_the_nodes_count(tmp_path: Path, browser: Brows
         # The listener's view of the sender, as drawn, is the sender's own count mirrored.
         shown = {field: row.locator(f'td[data-field="{field}"]').text_content()
                  for field in ("bytes_sent", "bytes_received", "path")}
+        assert row.locator('td[data-field="peer_id"] code').text_content() == sender["id"]
         assert shown == {"bytes_sent": str(sender["received"]),
                          "bytes_received": str(sender["sent"]), "path": "direct"}
         snapshot = _snapshot(url, token)

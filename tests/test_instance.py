@@ -75,7 +75,8 @@ def test_a_second_launch_hands_its_link_to_the_first(tmp_path: Path, env: dict[s
             [*SHOAL, "run", str(folder), "--browser", "--json", "--url", "notes://second/x",
              "--", "b"], capture_output=True, text=True, env=env, timeout=30)
         assert second.returncode == 0, second.stderr
-        assert json.loads(second.stdout)["event"] == "handed-over"
+        handed = json.loads(second.stdout)
+        assert handed["event"] == "handed-over" and handed["link"] == ready["url"]
         assert time.monotonic() - started < 10
         page.wait_for_function("document.querySelector('#out').textContent.includes('second')")
         seen = json.loads(page.text_content("#out") or "{}")
@@ -89,6 +90,38 @@ def test_a_second_launch_hands_its_link_to_the_first(tmp_path: Path, env: dict[s
         assert other_ready["event"] == "ready"
         other.terminate()
         other.wait(timeout=10)
+    finally:
+        first.terminate()
+        first.wait(timeout=10)
+
+
+def test_a_browser_launch_again_prints_the_link_and_localhost_reaches_the_app(
+        tmp_path: Path, env: dict[str, str], browser: Browser) -> None:
+    import urllib.error
+    import urllib.request
+
+    folder = _app(tmp_path)
+    first, ready = _start(folder, env)
+    try:
+        again = subprocess.run([*SHOAL, "run", str(folder), "--browser"], capture_output=True,
+                               text=True, env=env, timeout=30)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip().endswith(f"open {ready['url']} in a browser")
+        by_name = ready["url"].replace("127.0.0.1", "localhost")
+
+        class Keep(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args: object) -> None:
+                return None
+
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.build_opener(Keep).open(by_name.split("#")[0] + "app.js?v=1")
+        assert answer.value.code == 307
+        origin = ready["url"].split("/#")[0]
+        assert answer.value.headers["Location"] == f"{origin}/app.js?v=1"
+        page = browser.new_page()
+        page.goto(by_name)
+        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=20000)
+        assert page.url.startswith(origin)
     finally:
         first.terminate()
         first.wait(timeout=10)

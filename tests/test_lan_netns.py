@@ -72,6 +72,16 @@ def test_two_nodes_find_each_other_over_mdns(lan: tuple[str, str], tmp_path) -> 
         assert json.loads(sent.stdout.splitlines()[-1])["event"] == "delivered"
         message = json.loads(listener.stdout.readline())
         assert message["data"] == "over the LAN" and message["path"] == "direct"
+        # An introducer that never answers is said, though the LAN delivered anyway.
+        silent = "10.77.0.9:7000"
+        sent = subprocess.run(
+            ["ip", "netns", "exec", ns_b, *shoal, "send", "--json", "--timeout", "20",
+             "--identity", str(tmp_path / "b.key"), "--to", ready["peer_id"],
+             "--introducer", silent, "again"], capture_output=True, text=True, env=env,
+            timeout=60)
+        events = [json.loads(line) for line in sent.stdout.splitlines()]
+        assert [e["event"] for e in events] == ["delivered", "warning"], sent.stdout
+        assert events[1]["introducer"] == silent
     finally:
         listener.terminate()
         listener.wait(timeout=10)

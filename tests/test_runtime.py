@@ -171,6 +171,12 @@ def test_init_writes_an_app_whose_own_test_passes(tmp_path: Path, template: str)
                             env={**os.environ, "SHOAL_NO_LAN": "1"})
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "1 passed" in tested.stdout
+    # Its JS tests too, as the next step init prints says.
+    js = subprocess.run([sys.executable, "-m", "shoal.cli.main", "test", str(folder)],
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "SHOAL_NO_LAN": "1"})
+    assert js.returncode == 0 and "# fail 0" in js.stdout, js.stdout + js.stderr
+    assert "# pass 0" not in js.stdout
 
 
 # ---------------------------------------------------------------------------- files

@@ -205,11 +205,20 @@ def test_two_chat_apps_message_each_other(tmp_path: Path, browser: Browser) -> N
         assert len(bob_id) == 64
         alice.fill("#to", bob_id)
         alice.fill("#text", "hello bob")
-        alice.click("button")
+        alice.click("#compose button")
         bob.wait_for_selector("#log li", timeout=30000)
         assert (bob.text_content("#log li") or "").endswith("(direct): hello bob")
         alice.wait_for_selector("#log li", timeout=10000)
         assert "me →" in (alice.text_content("#log li") or "")
+        # Pairing in the page: a code on one side, typed on the other, ids filled in.
+        alice.click("#pair")
+        alice.wait_for_selector("#pair-status:has-text('this code: ')", timeout=20000)
+        code = (alice.text_content("#pair-status") or "").split("this code: ", 1)[1].strip()
+        bob.fill("#code", code)
+        bob.click("#pairing button:not(#pair)")
+        for page, other in ((bob, alice), (alice, bob)):
+            page.wait_for_selector("#pair-status:has-text('Paired with')", timeout=20000)
+            assert page.input_value("#to") == other.text_content("#me")
     finally:
         for page in pages:
             page.close()
@@ -265,8 +274,8 @@ def test_dev_shows_errors_keeps_watching_and_reloads_python(tmp_path: Path,
 
     app = tmp_path / "app"
     app.mkdir()
-    (app / "shoal.toml").write_text('[app]\nname = "Dev"\nid = "test.shoal.dev"\n'
-                                    '[permissions]\ninvoke = ["answer"]\n')
+    toml = '[app]\nname = "Dev"\nid = "test.shoal.dev"\n[permissions]\ninvoke = ["answer"]\n'
+    (app / "shoal.toml").write_text(toml)
     (app / "index.html").write_text('<!doctype html><title>dev</title>'
                                     '<script type="module" src="app.js"></script><p>dev')
     script = ('import { invoke } from "shoal:api";\n'
@@ -309,9 +318,16 @@ def test_dev_shows_errors_keeps_watching_and_reloads_python(tmp_path: Path,
         page.wait_for_selector("body[data-answer=two]", state="attached", timeout=20000)
         assert next_dev_line("reload", "app.py") == "reloaded (app.py changed)"
         (app / "shoal.toml").write_text("[app\n")
-        assert next_dev_line("error").startswith("shoal.toml: ")
+        line = next_dev_line("error")
+        assert line == f"{app / 'shoal.toml'}: not valid TOML: " + line.split("TOML: ", 1)[1]
         page.wait_for_selector("#shoal-dev-overlay", timeout=10000)
-        assert "not valid TOML" in (page.text_content("#shoal-dev-overlay") or "")
+        shown = page.text_content("#shoal-dev-overlay") or ""
+        assert "shoal.toml: not valid TOML" in shown and shown.count("shoal.toml") == 1
+        (app / "shoal.toml").write_text(toml)
+        (app / "app.py").write_text("def broken(:\n")
+        line = next_dev_line("error", "app.py")
+        assert line.startswith(f"{app / 'app.py'}: failed to load: SyntaxError")
+        assert line.count("app.py:") == 1  # the file is named once
     finally:
         page.close()
         process.terminate()

@@ -74,6 +74,9 @@ class Identity:
         self.static_key = X25519PrivateKey.from_private_bytes(static_seed)
         self.static_public: bytes = self.static_key.public_key().public_bytes(_RAW, _RAW_PUB)
         self.static_proof: bytes = self.sign(STATIC_PROOF_CONTEXT + self.static_public)
+        self.path: Path | None = None
+        """The file this identity was loaded from or saved to (a node running it holds
+        the file's lock, see ``IdentityLock``); None for one only in memory."""
 
     @property
     def peer_id(self) -> str:
@@ -102,6 +105,7 @@ class Identity:
             with os.fdopen(fd, "w") as handle:  # mkstemp makes it 0600
                 handle.write(f"{_FILE_HEADER}\n{self._seed.hex()}\n")
             os.link(temporary, target)
+            self.path = target
         except FileExistsError:
             raise IdentityError(f"{target}: already exists", code="EEXIST") from None
         except OSError as exc:
@@ -129,7 +133,9 @@ class Identity:
             raise IdentityError(f"{source}: corrupt identity file") from None
         if len(seed) != 32:
             raise IdentityError(f"{source}: corrupt identity file")
-        return cls(seed)
+        identity = cls(seed)
+        identity.path = source
+        return identity
 
     @classmethod
     def load_or_create(cls, path: str | os.PathLike[str] | None = None) -> Identity:
@@ -151,8 +157,8 @@ class Identity:
 
 
 def keys_dir() -> Path:
-    """The user's private folder of Shoal keys (the default identity, which signs
-    archives, and every app's node key): ``$SHOAL_KEYS_DIR`` or ``keys`` in the user data
+    """The user's private folder of Shoal keys (the user's node identity, introducer and
+    publisher keys, and every app's node key): ``$SHOAL_KEYS_DIR`` or ``keys`` in the user data
     dir, made with mode 0700 and refused (``EPERM``) if another user owns it or may read
     it. An app's page never reaches it, whatever folders it was granted."""
     return private_folder(keys_path())
@@ -188,14 +194,15 @@ def private_folder(folder: Path) -> Path:
     return folder
 
 
-def default_identity_path() -> Path:
+def default_identity_path(role: str = "identity") -> Path:
     """Where ``Identity.load_or_create()`` keeps the identity when no path is given:
-    ``identity.key`` in ``keys_dir()`` (moved there from the user data dir, where an
-    older Shoal kept it)."""
+    ``<role>.key`` in ``keys_dir()``. ``role`` names another of the user's keys
+    ("introducer", "publisher"), each a key of its own. A key an older Shoal kept in the
+    user data dir is moved there."""
     from platformdirs import user_data_path
 
-    target = keys_dir() / "identity.key"
-    move_key(user_data_path("shoal", appauthor=False) / "identity.key", target)
+    target = keys_dir() / f"{role}.key"
+    move_key(user_data_path("shoal", appauthor=False) / f"{role}.key", target)
     return target
 
 
@@ -224,34 +231,51 @@ def is_identity_file(path: Path) -> bool:
         return False
 
 
-_HELD: dict[Path, object] = {}
+class IdentityLock:
+    """An exclusive claim on the identity file at ``path`` while held: a second claim,
+    from this process or another, raises ``IdentityError`` ``EBUSY`` (two nodes with one
+    peer id would take each other's connections). ``Node`` holds one while it runs."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._handle = None
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform
+            return
+        try:
+            handle = self.path.open("rb")
+        except OSError as exc:
+            raise IdentityError(f"{path}: cannot open ({exc.strerror})") from exc
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise IdentityError(
+                f"{path}: this identity is in use by another running Shoal node; give each "
+                "node its own (--identity)", code="EBUSY") from None
+        self._handle = handle
+
+    def release(self) -> None:
+        """Give the claim up (its node has closed), so another node may run this identity."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+_HELD: dict[Path, IdentityLock] = {}
 
 
 def hold(path: str | os.PathLike[str]) -> None:
-    """Claim the identity file at ``path`` for this process until it exits: a second
-    process that runs a node with the same identity gets ``IdentityError`` ``EBUSY``
-    (two nodes with one peer id would take each other's connections)."""
+    """Claim the identity file at ``path`` for this process until it exits (or
+    ``release``); see ``IdentityLock``."""
     target = Path(path).resolve()
-    if target in _HELD:
-        return
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks on this platform
-        return
-    handle = target.open("rb")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise IdentityError(
-            f"{path}: this identity is in use by another running Shoal node; give each "
-            "node its own (--identity)", code="EBUSY") from None
-    _HELD[target] = handle
+    if target not in _HELD:
+        _HELD[target] = IdentityLock(path)
 
 
 def release(path: str | os.PathLike[str]) -> None:
-    """Give up the claim ``hold`` took on the identity file at ``path`` (its node has
-    closed), so that another process may run a node with it."""
-    handle = _HELD.pop(Path(path).resolve(), None)
-    if handle is not None:
-        handle.close()  # type: ignore[attr-defined]
+    """Give up the claim ``hold`` took on the identity file at ``path``."""
+    held = _HELD.pop(Path(path).resolve(), None)
+    if held is not None:
+        held.release()

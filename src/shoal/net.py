@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 
 def parse_address(value: str | Address, *, default_port: int | None = None) -> Address:
-    """Parse "HOST:PORT", "[V6]:PORT" or a (host, port) tuple; hostnames are not resolved."""
+    """Parse "HOST:PORT", "[V6]:PORT" or a (host, port) tuple; host names are not resolved
+    (``resolve_address`` does), except "localhost"."""
     if isinstance(value, tuple):
         host, port = value[0], int(value[1])
     else:
@@ -46,6 +47,39 @@ def parse_address(value: str | Address, *, default_port: int | None = None) -> A
     if not 0 <= port <= 65535:
         raise LocalProtocolError(f"port out of range in {value!r}")
     return host, port
+
+
+def resolve_address(value: str, *, default_port: int | None = None,
+                    ipv6: bool = False) -> Address:
+    """Like ``parse_address``, and a host name is looked up (A and AAAA records, blocking):
+    the first IPv4 address found, or IPv6 with ``ipv6`` (a dual-stack socket) or when the
+    name has no IPv4 one. A name that does not resolve raises ``LocalProtocolError``
+    ``ENOTFOUND``."""
+    import socket
+
+    try:
+        return parse_address(value, default_port=default_port)
+    except LocalProtocolError as exc:
+        if "not an IP address" not in exc.message:
+            raise
+    host, _sep, port_text = value.strip().rpartition(":")
+    if not host:  # a name with no port: parse_address let default_port stand for it
+        host, port = value.strip(), default_port or 0
+    else:
+        port = parse_address(f"0.0.0.0:{port_text}")[1]
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a valid name"
+        raise LocalProtocolError(f"cannot resolve {host!r} ({value}): {reason}",
+                                 code="ENOTFOUND") from None
+    families = (socket.AF_INET6, socket.AF_INET) if ipv6 else (socket.AF_INET, socket.AF_INET6)
+    for family in families:
+        for entry in found:
+            if entry[0] == family:
+                return parse_address((str(entry[4][0]).split("%", 1)[0], port))
+    raise LocalProtocolError(f"cannot resolve {host!r} ({value}): no IP address",
+                             code="ENOTFOUND")
 
 
 def format_address(address: Address) -> str:

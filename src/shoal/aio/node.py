@@ -17,15 +17,15 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from shoal.aio.driver import LoopDriver
-from shoal.aio.udp import UdpDriver, open_udp_socket
+from shoal.aio.udp import UdpDriver, bind_udp, open_udp_socket
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
 from shoal.core.endpoint import Endpoint, PeerInfo
 from shoal.core.natcheck import NatReport
 from shoal.core.wire import Address
 from shoal.errors import ClosedError, DeliveryError, LocalProtocolError, ShoalError, os_error_code
-from shoal.identity import Identity
-from shoal.net import format_address, parse_address
+from shoal.identity import Identity, IdentityLock
+from shoal.net import format_address, parse_address, resolve_address
 
 __all__ = ["Channel", "Delivery", "Message", "NatReport", "Node", "PeerInfo", "Subscription"]
 
@@ -103,7 +103,16 @@ class Node:
                                      "and has no alternate address")
         self.identity = identity or Identity.load_or_create()
         self._network = network
-        self._introducers = [parse_address(a) for a in introducers]
+        self._introducers: list[Address] = []
+        self._introducer_names: list[str] = []
+        """Introducers given by host name, looked up when the node starts."""
+        for value in introducers:
+            try:
+                self._introducers.append(parse_address(value))
+            except LocalProtocolError as exc:
+                if not isinstance(value, str) or "not an IP address" not in exc.message:
+                    raise
+                self._introducer_names.append(value)
         self._listen = parse_address(listen, default_port=0)
         self._alternate = parse_address(alternate) if alternate is not None else None
         base = config or CoreConfig()
@@ -137,6 +146,7 @@ class Node:
         """Set whenever an introducer answered or all of them failed to."""
         self._nat_waiters: list[asyncio.Future[NatReport]] = []
         self._watcher: asyncio.Task[None] | None = None
+        self._key_lock: IdentityLock | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -145,10 +155,20 @@ class Node:
         """Bind the socket, start LAN discovery and connect to the introducers."""
         if self._driver is not None:
             return self
+        ipv6 = ":" in self._listen[0]
+        while self._introducer_names:  # LocalProtocolError ENOTFOUND if one does not resolve
+            name = self._introducer_names.pop(0)
+            self._introducers.append(await asyncio.to_thread(resolve_address, name, ipv6=ipv6))
         if self._network is not None:
             self._driver = self._network.attach(self.endpoint, self._on_event)
         else:
-            self._driver = self._open_udp()
+            if self.identity.path is not None:
+                self._key_lock = IdentityLock(self.identity.path)  # EBUSY if in use
+            try:
+                self._driver = self._open_udp()
+            except BaseException:
+                self._release_key()
+                raise
         bound = self._driver.local_address
         self.endpoint.set_local_addresses(self._driver.local_addresses())
         now = self._driver.now()
@@ -168,12 +188,7 @@ class Node:
         return self
 
     def _open_udp(self) -> UdpDriver:
-        host, port = self._listen
-        try:
-            sock = open_udp_socket(host, port)
-        except OSError as exc:
-            raise ShoalError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                             code=os_error_code(exc)) from exc
+        sock = bind_udp(self._listen)
         driver = UdpDriver(self.endpoint, sock, self._on_event)
         if self._alternate is not None:
             try:
@@ -239,6 +254,7 @@ class Node:
                 await self._lan.close()  # type: ignore[attr-defined]
         if self._driver is not None:
             self._driver.close()
+        self._release_key()
         for future, _ in self._waiters.values():
             if not future.done():
                 future.set_exception(ClosedError("the node is closed"))
@@ -249,6 +265,11 @@ class Node:
             channel._inbox.put_nowait(None)
         for subscription in list(self._subscriptions):
             subscription._queue.put_nowait(None)
+
+    def _release_key(self) -> None:
+        if self._key_lock is not None:
+            self._key_lock.release()
+            self._key_lock = None
 
     async def __aenter__(self) -> Node:
         return await self.start()
@@ -308,6 +329,15 @@ class Node:
             "stats": dict(endpoint.stats),
         }
 
+    def introducer_states(self) -> dict[str, str]:
+        """Each introducer ("HOST:PORT") and how it stands: "connected", "connecting"
+        (not answered yet) or "unreachable" (its last dial had no answer; dials go on)."""
+        return {
+            format_address(address): "connected" if intro.peer is not None else
+            "unreachable" if intro.failures and not intro.dialing else "connecting"
+            for address, intro in self.endpoint.rendezvous.introducers.items()
+        }
+
     def public_addresses(self) -> dict[str, Address]:
         """Our address as each connected peer (introducers included) reports it."""
         return self.endpoint.observed_addresses()
@@ -362,15 +392,16 @@ class Node:
         peer does not serve ``channel``, ...) if it was not.
         """
         future = self.send_nowait(peer_id, data, channel=channel)
-        if timeout is None:
-            return await future
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
-            self._cancel(future, timeout)
+            self._cancel(future, f"timed out after {timeout:g} s")
             raise DeliveryError(
-                f"{peer_id[:16]}… did not acknowledge within {timeout:g} s", code="ETIMEDOUT"
+                f"{peer_id} did not acknowledge within {timeout:g} s", code="ETIMEDOUT"
             ) from None
+        except asyncio.CancelledError:
+            self._cancel(future, "cancelled")  # nobody is left to hear how it ends
+            raise
 
     def send_nowait(self, peer_id: str, data: bytes, *, channel: str = ""
                     ) -> asyncio.Future[Delivery]:
@@ -392,12 +423,15 @@ class Node:
         driver.flush_soon()
         return future
 
-    def _cancel(self, future: asyncio.Future[Delivery], timeout: float) -> None:
+    def _cancel(self, future: asyncio.Future[Delivery], reason: str) -> None:
         handle = self._handles.pop(future, None)
-        if handle is None or self._driver is None or self._closed:
+        if handle is None:
             return
         self._waiters.pop(handle, None)
-        self.endpoint.cancel_message(handle, self._driver.now(), f"timed out after {timeout:g} s")
+        future.cancel()
+        if self._driver is None or self._closed:
+            return
+        self.endpoint.cancel_message(handle, self._driver.now(), reason)
         self._driver.flush_soon()
 
     def channel(self, name: str) -> Channel:

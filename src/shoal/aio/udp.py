@@ -23,7 +23,8 @@ from shoal.core import events as ev
 from shoal.core.endpoint import Endpoint
 from shoal.core.handshake import EARLY_WINDOW
 from shoal.core.wire import Address
-from shoal.net import local_addresses
+from shoal.errors import ShoalError, os_error_code
+from shoal.net import format_address, local_addresses
 
 BATCH = 64
 RECV_SIZE = 2048
@@ -58,6 +59,17 @@ def open_udp_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+
+def bind_udp(address: Address) -> socket.socket:
+    """``open_udp_socket`` on ``address``, failing with a ``ShoalError`` that names the
+    address and the socket error (``EADDRINUSE``, ``EADDRNOTAVAIL``, ...)."""
+    try:
+        return open_udp_socket(*address)
+    except OSError as exc:
+        raise ShoalError(f"cannot listen on {format_address(address)}: {exc.strerror}",
+                         code=os_error_code(exc)) from exc
 
 
 class UdpDriver(LoopDriver):

@@ -8,11 +8,13 @@ exit status, never a traceback.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from shoal import __version__
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, os_error_code
 from shoal.net import format_address, local_addresses, parse_address
 
 if TYPE_CHECKING:
@@ -67,6 +69,14 @@ class Output:
         with console.status(Elapsed()):
             yield
 
+    def warning(self, message: str, **fields: Any) -> None:
+        """Something the user should know that does not stop the command: on stderr for
+        humans, an ``{"event": "warning"}`` line in JSON."""
+        if self.as_json:
+            click.echo(json.dumps({"event": "warning", "message": message, **fields}))
+        else:
+            click.secho(f"shoal: warning: {message}", err=True, fg="yellow", color=_colour())
+
     def error(self, code: str, message: str) -> None:
         if self.as_json:
             click.echo(json.dumps({"event": "error", "code": code, "message": message}))
@@ -104,21 +114,35 @@ def _positive_seconds(value: float, option: str) -> float:
     return value
 
 
-def _run(output: Output, body: Callable[[], Awaitable[int | None]]) -> None:
-    """Run an async command body, turning every expected failure into one clear line."""
+def _run(output: Output, body: Callable[[], Awaitable[int | None]], *,
+         interrupted: str | None = None) -> None:
+    """Run an async command body, turning every expected failure into one clear line.
+
+    SIGINT or SIGTERM ends a command that runs until stopped (``interrupted`` None) with
+    status 0; one that would end by itself says ``interrupted`` and exits with 128 plus
+    the signal's number (130 for Ctrl-C), as shells expect."""
     import asyncio
+
+    received: list[int] = []
 
     async def runner() -> int | None:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
+
+        def stop(signum: int) -> None:
+            received.append(signum)
+            task.cancel()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, task.cancel)
+                loop.add_signal_handler(signum, stop, signum)
         try:
             return await body()
         except asyncio.CancelledError:
-            return 0
+            if not received:
+                received.append(signal.SIGINT)
+            return None
 
     try:
         with contextlib.suppress(ImportError):
@@ -130,17 +154,22 @@ def _run(output: Output, body: Callable[[], Awaitable[int | None]]) -> None:
         output.error(exc.code, exc.message)
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
-        status = 0
+        received.append(signal.SIGINT)
+        status = None
+    if received and interrupted is not None:
+        output.error("EINTR", interrupted)
+        sys.exit(128 + received[0])
     sys.exit(status or 0)
 
 
-def _identity(path: str | None, *, hold: bool = True) -> Identity:
-    """The identity at ``path`` (or the default one), held for this process (``hold``).
-    Creating one is said on stderr, a typo in a folder is refused rather than made into a
-    new peer, and a key that other users can read is warned about."""
+def _identity(path: str | None, role: str = "identity") -> Identity:
+    """The identity at ``path`` (or the user's default one for ``role``: "identity" for
+    their node, "introducer", "publisher"). Creating one is said on stderr, a typo in a
+    folder is refused rather than made into a new peer, and a key that other users can
+    read is warned about. The node that runs it holds it (two at once are refused)."""
     from shoal import identity as identities
 
-    target = Path(path) if path else identities.default_identity_path()
+    target = Path(path) if path else identities.default_identity_path(role)
     if path and not target.parent.is_dir():
         raise ShoalError(f"{target.parent}: no such folder for the identity file",
                          code="ENOENT")
@@ -150,12 +179,35 @@ def _identity(path: str | None, *, hold: bool = True) -> Identity:
             if target.stat().st_mode & 0o077:
                 click.echo(f"shoal: warning: {target} can be read by other users; "
                            f"run: chmod 600 {target}", err=True)
-    else:
-        identity = identities.Identity.load_or_create(target)
-        click.echo(f"shoal: created identity {identity.peer_id[:16]}… in {target}", err=True)
-    if hold:
-        identities.hold(target)
+        return identity
+    identity = identities.Identity.load_or_create(target)
+    click.echo(f"shoal: created {'identity' if role == 'identity' else role + ' key'} "
+               f"{identity.peer_id} in {target}", err=True)
+    node_key = identities.default_identity_path()
+    if role == "publisher" and node_key.exists():
+        # Before publisher keys, archives were signed with the node's key: their updates
+        # must keep that publisher to replace the installed copies.
+        click.echo(f"shoal: note: apps built before were signed with your node key "
+                   f"({identities.Identity.load(node_key).peer_id}); to publish their "
+                   f"updates under it: shoal build --identity {shlex.quote(str(node_key))}",
+                   err=True)
     return identity
+
+
+def _servers(values: tuple[str, ...], listen: Any) -> list[tuple[str, int]]:
+    """Introducers or STUN servers given as HOST:PORT, host names looked up (an IPv6
+    address only for a node that listens on IPv6)."""
+    from shoal.net import resolve_address
+
+    ipv6 = ":" in parse_address(listen, default_port=0)[0]
+    return [resolve_address(value, ipv6=ipv6) for value in values]
+
+
+def _check_can_listen(address: tuple[str, int]) -> None:
+    """Fail now if the node could not bind ``address``, before anything is created."""
+    from shoal.aio.udp import bind_udp
+
+    bind_udp(address).close()
 
 
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -164,7 +216,8 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
     )
     func = click.option(
         "--identity", "identity_path", type=click.Path(dir_okay=False),
-        help="Identity file (default: in the user data dir; created if missing).",
+        help="Identity file (default: the user's own in the user data dir, a separate "
+             "one for an introducer and for build; created if missing).",
     )(func)
     return func
 
@@ -209,10 +262,14 @@ def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             invoke_without_command=True)
 @click.version_option(__version__, prog_name="shoal")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Shoal: peer-to-peer apps with no servers of their own."""
+    if ctx.invoked_subcommand is None:  # bare ``shoal``: the help, as --help prints it
+        click.echo(ctx.get_help())
 
 
 @cli.command("id")
@@ -226,7 +283,7 @@ def id_command(identity_path: str | None, as_json: bool) -> None:
       shoal id
       shoal id --identity alice.key --json
     """
-    identity = _identity(identity_path, hold=False)
+    identity = _identity(identity_path)
     output = Output(as_json)
     output.event("id", identity.peer_id, peer_id=identity.peer_id)
 
@@ -254,11 +311,15 @@ def introducer(identity_path: str | None, as_json: bool, listen: str, alternate:
     output = Output(as_json)
     listen_address = parse_address(listen)
     alternate_address = parse_address(alternate) if alternate else None
-    identity = _identity(identity_path)
+    _check_can_listen(listen_address)  # before an identity file is made
+    identity = _identity(identity_path, "introducer")
 
     async def body() -> int:
+        from shoal.pairing import PairingRelay
+
         async with Node(identity, listen=listen_address, introducer=True,
                         alternate=alternate_address, lan_discovery=_lan(no_lan)) as node:
+            PairingRelay(node).start()  # ends with the node
             bound = format_address(node.address)
             extra = {"alternate": format_address(alternate_address)} if alternate_address else {}
             output.event("ready", f"introducer {node.peer_id} listening on {bound}",
@@ -306,7 +367,7 @@ def inspect(no_open: bool, as_json: bool) -> None:
         raise ShoalError("no running node has its inspector open; start one with --inspect "
                          "(shoal listen --inspect)", code="ENOENT")
     for entry in found:
-        output.event("inspector", f"{entry['peer_id'][:16]}… (pid {entry['pid']}): "
+        output.event("inspector", f"{entry['peer_id']} (pid {entry['pid']}): "
                      f"{entry['url']}", **entry)
     if not no_open and not as_json:
         import webbrowser
@@ -336,6 +397,27 @@ async def _print_nat(node: Any, output: Output) -> None:
                      mapping=report.mapping, filtering=report.filtering)
 
 
+def _warn_silent_introducer(output: Output, address: str, state: str) -> None:
+    output.warning(f"introducer {address} has not answered; peers that only it could "
+                   "introduce cannot be reached", introducer=address, state=state)
+
+
+async def _watch_introducers(node: Any, output: Output) -> None:
+    """While the node runs, warn once about each introducer that stops answering (again
+    if it answers and stops again)."""
+    import asyncio
+
+    warned: set[str] = set()
+    while True:
+        await asyncio.sleep(1)
+        for address, state in node.introducer_states().items():
+            if state == "connected":
+                warned.discard(address)
+            elif state == "unreachable" and address not in warned:
+                warned.add(address)
+                _warn_silent_introducer(output, address, state)
+
+
 def _where(address: Any) -> str:
     """An address for humans; a relayed path names the relaying node."""
     from shoal.core.wire import RelayPath
@@ -349,23 +431,31 @@ def _where(address: Any) -> str:
 @_common
 @_network_options
 @_inspect_option
+@click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path),
+              metavar="DIR", help="Also write each message to a file of its own in DIR.")
 @_guard
 def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
-           listen: str, no_lan: bool, inspect: bool) -> None:
-    """Print every direct message this node receives.
+           listen: str, no_lan: bool, inspect: bool, save_dir: Path | None) -> None:
+    """Print every direct message this node receives. With --json, a message that is
+    not UTF-8 text comes base64-encoded, with "encoding": "base64"; --save keeps every
+    message's bytes as they arrived.
 
     \b
     Examples:
       shoal listen --introducer 203.0.113.2:7000
       shoal listen --introducer 203.0.113.2:7000 --identity alice.key --json
+      shoal listen --save received
     """
     import asyncio
 
     from shoal import Node
 
     output = Output(as_json)
-    addresses = [parse_address(a) for a in introducers]
     listen_address = parse_address(listen, default_port=0)
+    addresses = _servers(introducers, listen_address)
+    if save_dir is not None:
+        _make_folder(save_dir)
+    _check_can_listen(listen_address)  # before an identity file is made
     identity = _identity(identity_path)
 
     async def body() -> int:
@@ -378,15 +468,52 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
                          listen=format_address(node.address))
             if addresses:
                 asyncio.get_running_loop().create_task(_print_nat(node, output))
+                asyncio.get_running_loop().create_task(_watch_introducers(node, output))
             async with _inspector(node, output, inspect):
                 async for message in node.messages():
-                    text = message.data.decode("utf-8", "replace")
-                    output.event("message",
-                                 f"{message.sender[:16]}… ({message.path}): {printable(text)}",
-                                 **{"from": message.sender}, data=text, path=message.path)
+                    _print_message(output, message, save_dir)
         return 0
 
     _run(output, body)
+
+
+def message_fields(data: bytes) -> dict[str, Any]:
+    """JSON fields that carry ``data`` losslessly: ``data`` is the text itself when the
+    bytes are UTF-8, else their base64 with ``"encoding": "base64"``."""
+    try:
+        return {"data": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"data": base64.b64encode(data).decode("ascii"), "encoding": "base64"}
+
+
+def _print_message(output: Output, message: Any, save_dir: Path | None) -> None:
+    """One received message on the output, and in a new file of ``save_dir`` if given."""
+    fields = message_fields(message.data)
+    if save_dir is not None:
+        saved = _save_message(save_dir, message.sender, message.data,
+                              "bin" if "encoding" in fields else "txt")
+        fields["saved"] = str(saved)
+    shown = printable(message.data.decode("utf-8", "replace"))
+    output.event("message", f"{message.sender} ({message.path}): {shown}",
+                 **{"from": message.sender}, **fields, bytes=len(message.data),
+                 path=message.path)
+
+
+def _save_message(folder: Path, sender: str, data: bytes, suffix: str) -> Path:
+    """Write ``data`` to the next free ``NUMBER-SENDER.SUFFIX`` in ``folder``; never
+    overwrites a file."""
+    number = sum(1 for _ in folder.iterdir()) + 1
+    while True:
+        target = folder / f"{number:06d}-{sender[:16]}.{suffix}"
+        try:
+            with target.open("xb") as handle:
+                handle.write(data)
+            return target
+        except FileExistsError:
+            number += 1
+        except OSError as exc:
+            raise ShoalError(f"{target}: cannot write ({exc.strerror})",
+                             code=os_error_code(exc)) from exc
 
 
 @cli.command(short_help="Send a message to a peer and wait for its ack.")
@@ -417,8 +544,8 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
 
     output = Output(as_json)
     peer_id_to_bytes(to)
-    addresses = [parse_address(a) for a in introducers]
     listen_address = parse_address(listen, default_port=0)
+    addresses = _servers(introducers, listen_address)
     _positive_seconds(timeout, "--timeout")
     limit = CoreConfig().max_message_size
     if (file is None) == (text is None):
@@ -432,20 +559,83 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
     if len(data) > limit:
         raise click.BadParameter(f"a message is at most {limit} bytes (1 MiB)",
                                  param_hint="--file" if file is not None else "TEXT")
+    _check_can_listen(listen_address)  # before an identity file is made
     identity = _identity(identity_path)
 
     async def body() -> int:
         started = time.monotonic()
         async with Node(identity, introducers=addresses, listen=listen_address,
                         lan_discovery=_lan(no_lan)) as node:
-            with output.waiting(f"sending to {to[:16]}… and waiting for its acknowledgement"):
+            with output.waiting(f"sending to {to} and waiting for its acknowledgement"):
                 delivery = await node.send(to, data, timeout=timeout)
             ms = round((time.monotonic() - started) * 1000, 1)
-            output.event("delivered", f"delivered to {to[:16]}… via {delivery.path} in {ms} ms",
+            output.event("delivered", f"delivered to {to} via {delivery.path} in {ms} ms",
                          peer_id=to, path=delivery.path, ms=ms)
+            for address, state in node.introducer_states().items():
+                if state != "connected":  # the message found its way without it
+                    _warn_silent_introducer(output, address, state)
         return 0
 
-    _run(output, body)
+    _run(output, body, interrupted="interrupted before the peer acknowledged the message: "
+                                   "it may not have arrived")
+
+
+@cli.command(short_help="Swap verified peer ids with someone by a short code.")
+@_common
+@_network_options
+@click.argument("code", required=False)
+@click.option("--timeout", default=600.0, show_default=True, type=float,
+              help="Seconds to wait for the other side.")
+@_guard
+def pair(identity_path: str | None, as_json: bool, introducers: tuple[str, ...], listen: str,
+         no_lan: bool, code: str | None, timeout: float) -> None:
+    """Pair with someone: without CODE, print a code (and its QR code) to tell them;
+    with the CODE they told you, join them. Both sides then learn each other's peer id,
+    verified: a PAKE (SPAKE2) over the introducer proves that both know the code, so
+    neither the introducer nor someone guessing codes can put itself in between. A code
+    works once; a wrong one fails cleanly.
+
+    \b
+    Examples:
+      shoal pair --introducer 203.0.113.2:7000
+      shoal pair 7-amber-otter --introducer 203.0.113.2:7000
+    """
+    from shoal import Node
+    from shoal.pairing import pair as pair_with
+    from shoal.pairing import parse_code
+
+    output = Output(as_json)
+    if code is not None:
+        parse_code(code)
+    _positive_seconds(timeout, "--timeout")
+    listen_address = parse_address(listen, default_port=0)
+    addresses = _servers(introducers, listen_address)
+    if not addresses:
+        raise ShoalError("pairing goes through an introducer: give one with --introducer "
+                         "HOST:PORT", code="EINVAL")
+    _check_can_listen(listen_address)  # before an identity file is made
+    identity = _identity(identity_path)
+
+    def show(made: str) -> None:
+        output.event("code", f"pairing code: {made}\non the other side, run: shoal pair "
+                     f"{made} --introducer {' --introducer '.join(introducers)}",
+                     code=made)
+        if not as_json and sys.stdout.isatty():
+            import segno
+
+            segno.make(made, error="m").terminal(compact=True)
+
+    async def body() -> int:
+        async with Node(identity, introducers=addresses, listen=listen_address,
+                        lan_discovery=_lan(no_lan)) as node:
+            with output.waiting(f"reaching {len(addresses)} introducer(s)"):
+                await node.wait_for_introducers(timeout=30)
+            with output.waiting("waiting for the other side" if code is None else "pairing"):
+                other = await pair_with(node, code, timeout=timeout, on_code=show)
+            output.event("paired", f"paired with {other}", peer_id=other, me=node.peer_id)
+        return 0
+
+    _run(output, body, interrupted="interrupted before the pairing finished")
 
 
 @cli.command(short_help="Check this network: UDP, NAT kind, reachability.")
@@ -458,32 +648,49 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
               help="The local address to check from (port optional).")
 @click.option("--timeout", default=10.0, show_default=True, type=float,
               help="Seconds to wait for the servers' answers.")
+@click.option("--no-lan", is_flag=True, help="Do not look for Shoal peers on the LAN.")
 @_guard
 def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
-           stun_servers: tuple[str, ...], listen: str, timeout: float) -> None:
-    """Check this network: addresses, UDP, NAT mapping and filtering, what they mean.
+           stun_servers: tuple[str, ...], listen: str, timeout: float, no_lan: bool) -> None:
+    """Check this network: interfaces, IPv6, UDP, Shoal peers on the LAN and, with a
+    server to ask, the public address, NAT mapping and filtering, hairpinning and what
+    they mean.
 
     \b
     Examples:
+      shoal doctor
       shoal doctor --introducer 203.0.113.2:7000
       shoal doctor --stun stun.example.net:3478 --json
     """
-    from shoal import Node
+    from shoal import Identity, Node
+    from shoal.aio.node import lan_discovery_default
+    from shoal.cli import checks
 
     output = Output(as_json)
     _positive_seconds(timeout, "--timeout")
-    intro_addresses = [parse_address(a) for a in introducers]
-    stun_addresses = [parse_address(a) for a in stun_servers]
     listen_address = parse_address(listen, default_port=0)
-    identity = _identity(identity_path)
+    intro_addresses = _servers(introducers, listen_address)
+    stun_addresses = _servers(stun_servers, listen_address)
+    _check_can_listen(listen_address)  # before an identity file is made
+    # Any key will do for a check: the user's own may be in use by a running node.
+    identity = _identity(identity_path) if identity_path else Identity.generate()
     kinds = {a: "introducer" for a in intro_addresses} | {a: "stun" for a in stun_addresses}
+    found = checks.interfaces()
+    machine = {"interfaces": found, "ipv6": checks.ipv6_report(found),
+               "udp_local": checks.udp_echo("127.0.0.1")}
 
     async def body() -> int:
         async with Node(identity, listen=listen_address, lan_discovery=False) as node:
             local = [format_address(a) for a in local_addresses(node.address)]
+            lan = None
+            if not no_lan and lan_discovery_default():
+                with output.waiting("looking for Shoal peers on the LAN"):
+                    lan = await _lan_peers(node, LAN_LOOK)
+            machine["lan_peers"] = lan
             if not kinds:
-                return _doctor_without_servers(output, node.peer_id, local)
+                return _doctor_without_servers(output, node.peer_id, local, machine)
             nat = await node.detect_nat(list(kinds), timeout=timeout)
+            hairpin = await _hairpin(node, nat) if nat.udp else None
         servers = [
             {
                 "server": format_address(result.server),
@@ -504,30 +711,95 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
             "mapping_varies": nat.nat.varies or nat.nat.hard,
             "port_preserving": nat.port_preserving,
             "port_delta": nat.port_delta,
+            "hairpin": hairpin,
             "reachability": nat.summary(),
             "unknown_because": nat.unknowns(),
             "servers": servers,
+            **machine,
         }
         if as_json:
             click.echo(json.dumps(report))
-        else:
-            click.echo(f"peer id:    {report['peer_id']}")
-            click.echo(f"local:      {', '.join(local)}")
-            click.echo(f"public:     {', '.join(report['public']) or '-'}")
-            click.echo(f"UDP:        {'works' if nat.udp else 'no answer'}")
-            why = nat.unknowns()
-            for name in ("mapping", "filtering"):
-                value = getattr(nat, name)
-                reason = f" ({why[name]})" if name in why else ""
-                click.echo(f"{name + ':':<11} {value}{reason}")
-            for server in servers:
-                answer = (f"sees us at {server['public']} ({server['rtt_ms']} ms)"
-                          if server["public"] else "no answer")
-                click.echo(f"{server['kind']:<10}  {server['server']}: {answer}")
-            click.echo(f"meaning:    {nat.summary()}")
+            return 0 if nat.udp else EXIT_ERROR
+        click.echo(f"peer id:    {report['peer_id']}")
+        _print_machine(machine)
+        click.echo(f"local:      {', '.join(local)}")
+        click.echo(f"public:     {', '.join(report['public']) or '-'}")
+        click.echo(f"UDP:        {'works' if nat.udp else 'no answer'}")
+        why = nat.unknowns()
+        for name in ("mapping", "filtering"):
+            value = getattr(nat, name)
+            reason = f" ({why[name]})" if name in why else ""
+            click.echo(f"{name + ':':<11} {value}{reason}")
+        click.echo(f"hairpin:    {_hairpin_text(hairpin)}")
+        for server in servers:
+            answer = (f"sees us at {server['public']} ({server['rtt_ms']} ms)"
+                      if server["public"] else "no answer")
+            click.echo(f"{server['kind']:<10}  {server['server']}: {answer}")
+        click.echo(f"meaning:    {nat.summary()}")
         return 0 if nat.udp else EXIT_ERROR
 
-    _run(output, body)
+    _run(output, body, interrupted="interrupted before the check finished")
+
+
+LAN_LOOK = 2.0
+"""Seconds ``doctor`` listens for Shoal peers announced on the LAN (mDNS)."""
+
+
+async def _lan_peers(node: Any, seconds: float) -> int | str:
+    """How many Shoal peers announce themselves on the LAN within ``seconds`` (mDNS), or
+    why none can be heard."""
+    import asyncio
+
+    from shoal.aio.lan import LanDiscovery
+
+    seen: set[str] = set()
+    lan = LanDiscovery(node.peer_id, node.address[1], lambda peer, _addresses: seen.add(peer))
+    try:
+        await lan.start()
+        await asyncio.sleep(seconds)
+    except Exception as exc:  # no multicast here: say why rather than fail the check
+        return f"cannot look: {exc}"
+    finally:
+        with contextlib.suppress(Exception):
+            await lan.close()
+    seen.discard(node.peer_id)
+    return len(seen)
+
+
+async def _hairpin(node: Any, nat: Any) -> bool | None:
+    """Whether a packet to our own public address comes back to us through the NAT
+    (hairpinning, which lets two nodes behind this NAT meet by public addresses); None
+    when there is no NAT in between or no public address is known."""
+    if nat.nat.public or not nat.public:
+        return None
+    try:
+        result = await node.stun(nat.public[0], timeout=2)
+    except (TimeoutError, ShoalError):
+        return False
+    return result.mapped is not None
+
+
+def _hairpin_text(hairpin: bool | None) -> str:
+    return {True: "yes", False: "no (nodes behind this NAT meet by their local addresses)",
+            None: "- (no NAT in between)"}[hairpin]
+
+
+def _print_machine(machine: dict[str, Any]) -> None:
+    """What ``doctor`` found on this machine alone, for humans."""
+    names = "; ".join(f"{i['name']} {', '.join(i['addresses'])}" for i in machine["interfaces"])
+    click.echo(f"interfaces: {names or 'none up (loopback only)'}")
+    ipv6 = machine["ipv6"]
+    click.echo("IPv6:       " + (f"yes ({', '.join(ipv6['global_addresses'])})"
+                                 if ipv6["global_addresses"] else
+                                 "no global address" + ("" if ipv6["udp"] else
+                                                        ", no IPv6 UDP")))
+    click.echo(f"UDP here:   {'works' if machine['udp_local'] else 'a socket cannot reach itself'}")
+    lan = machine["lan_peers"]
+    click.echo("LAN peers:  " + ("not looked for (--no-lan or SHOAL_NO_LAN)" if lan is None
+                                 else f"{lan} seen in {LAN_LOOK:g} s (mDNS)"
+                                 if isinstance(lan, int) else lan))
+    click.echo("port map:   none asked for (Shoal punches holes and relays instead of "
+               "UPnP or NAT-PMP)")
 
 
 @cli.command(short_help="What this machine has for apps: versions, webviews, display.")
@@ -535,40 +807,58 @@ def doctor(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
 @_guard
 def info(as_json: bool) -> None:
     """Print what a user or a bug report needs: Shoal's and Python's versions, the
-    webviews installed, the display, and whether (and why not) a window would open.
+    webviews installed, the display, whether (and why not) a window would open, and
+    what shoal test and shoal build --standalone need, each marked ok or missing.
 
     \b
     Examples:
       shoal info
       shoal info --json
     """
+    from shoal.cli.checks import tool_checks
     from shoal.runtime.window import environment
 
-    report = {"shoal": __version__, **environment()}
+    report: dict[str, Any] = {"shoal": __version__, **environment()}
+    report["checks"] = tool_checks(report)
     if as_json:
         click.echo(json.dumps(report))
         return
     width = max(len(k) for k in report) + 1
     for key, value in report.items():
+        if key == "checks":
+            continue
         if isinstance(value, dict):
             value = ", ".join(f"{k} ({v})" for k, v in value.items()) or "-"
         elif isinstance(value, list):
             value = ", ".join(value) or "-"
         click.echo(f"{key + ':':<{width}} {value if value not in (None, '') else '-'}")
+    click.echo("checks:")
+    for check in report["checks"]:
+        mark = click.style("ok     ", fg="green") if check["ok"] else \
+            click.style("missing", fg="red")
+        detail = f" ({check['detail']})" if check["ok"] and check["detail"] else \
+            f": {check['fix']}" if not check["ok"] else ""
+        click.echo(f"  {mark} {check['name']}, for {check['for']}{detail}", color=_colour())
 
 
-def _doctor_without_servers(output: Output, peer_id: str, local: list[str]) -> int:
-    """``doctor`` with no server to ask: what can be known locally, and what to add."""
-    hint = ("no --introducer or --stun given: the public address and NAT kind need a "
-            "server to ask; e.g. shoal doctor --introducer HOST:PORT")
+def _doctor_without_servers(output: Output, peer_id: str, local: list[str],
+                            machine: dict[str, Any]) -> int:
+    """``doctor`` with no server to ask: what this machine alone tells, and what a
+    server would add."""
+    needs = ["public address", "NAT mapping and filtering", "hairpinning",
+             "whether UDP leaves this network"]
+    hint = (f"no --introducer or --stun given: the {', '.join(needs[:-1])} and "
+            f"{needs[-1]} need a server to ask; e.g. shoal doctor --introducer HOST:PORT")
     if output.as_json:
         click.echo(json.dumps({"peer_id": peer_id, "local": local, "public": [], "udp": None,
-                               "reachability": hint, "servers": []}))
+                               "hairpin": None, "reachability": hint, "servers": [],
+                               "needs_server": needs, **machine}))
     else:
         click.echo(f"peer id:    {peer_id}")
+        _print_machine(machine)
         click.echo(f"local:      {', '.join(local)}")
         click.echo(f"meaning:    {hint}")
-    return 0
+    return 0 if machine["udp_local"] else EXIT_ERROR
 
 
 @cli.command(short_help="Create a new app from a template.")
@@ -590,8 +880,15 @@ def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
 
     output = Output(as_json)
     written = create_app(folder, template=template, name=name)
-    output.event("created", f"created {folder} ({template}); run it with: shoal run {folder}",
-                 folder=str(folder), template=template, files=[str(p) for p in written])
+    where = shlex.quote(str(folder))
+    steps = {f"shoal dev {where}": "run it, reloading the page as you edit",
+             f"shoal run {where}": "run it as its users will",
+             f"shoal test {where}": "run its tests (*.test.js)"}
+    width = max(map(len, steps)) + 2
+    output.event("created", f"created {folder} ({template}); next:\n" + "\n".join(
+                     f"  {step:<{width}}# {what}" for step, what in steps.items()),
+                 folder=str(folder), template=template, files=[str(p) for p in written],
+                 next=list(steps))
 
 
 @cli.command(short_help="Sign an app into one .shoal archive.")
@@ -620,12 +917,14 @@ def build(folder: Path, out_dir: Path | None, standalone: bool, gui: str | None,
       shoal build notes --standalone --gui qt
     """
     from shoal.runtime import archive
+    from shoal.runtime.config import load_config
 
     output = Output(as_json)
-    if out_dir is not None and not out_dir.is_dir() and not standalone:
-        raise ShoalError(f"{out_dir}: no such folder", code="ENOENT")
     if gui is not None and not standalone:
         raise ShoalError("--gui chooses the webview of a --standalone build", code="EINVAL")
+    load_config(folder)  # a broken app: one line, before any folder is made
+    if out_dir is not None and not standalone:
+        _make_folder(out_dir)
     if standalone:
         from shoal.runtime.standalone import build_standalone
 
@@ -637,10 +936,10 @@ def build(folder: Path, out_dir: Path | None, standalone: bool, gui: str | None,
                      archive=str(made.archive), folder_bytes=made.folder_bytes,
                      archive_bytes=made.archive_bytes, gui=made.gui)
         return
-    built = archive.build(folder, _identity(identity_path, hold=False), out_dir)
+    built = archive.build(folder, _identity(identity_path, "publisher"), out_dir)
     manifest = built.manifest
     output.event("built", f"built {built.path} ({_size(built.bytes)}, "
-                 f"{len(manifest.files)} files, publisher {manifest.publisher[:16]}…)",
+                 f"{len(manifest.files)} files, publisher {manifest.publisher})",
                  path=str(built.path), bytes=built.bytes, files=len(manifest.files),
                  app_id=manifest.app_id, version=manifest.version,
                  publisher=manifest.publisher)
@@ -745,10 +1044,14 @@ def test_command(folder: Path, timeout: float, data_dir: Path | None, as_json: b
         click.echo(f"{'ok' if result['ok'] else 'not ok'} {counted['n']} - {title}"
                    f" # {result['ms']} ms")
         if not result["ok"]:
+            # TAP's YAML block: the message as a literal block (quotes stay as written),
+            # the values as the JSON the page showed them in.
             click.echo("  ---")
-            for key in ("error", "expected", "actual"):
+            if result.get("error") is not None:
+                click.echo(f"  error: |-\n    {printable(str(result['error']))}")
+            for key in ("expected", "actual"):
                 if result.get(key) is not None:
-                    click.echo(f"  {key}: {json.dumps(printable(str(result[key])))}")
+                    click.echo(f"  {key}: {printable(str(result[key]))}")
             click.echo("  ...")
 
     def on_problem(text: str) -> None:
@@ -784,7 +1087,18 @@ def test_command(folder: Path, timeout: float, data_dir: Path | None, as_json: b
                         data_dir=data_dir, timeout=timeout)
         return summary()
 
-    _run(output, body)
+    _run(output, body, interrupted="interrupted before the tests finished")
+
+
+def _make_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) for output, or say in one line why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ShoalError(f"{folder}: exists and is not a folder", code="ENOTDIR") from None
+    except OSError as exc:
+        raise ShoalError(f"{folder}: cannot create ({exc.strerror})",
+                         code=os_error_code(exc)) from exc
 
 
 def _size(count: int) -> str:
@@ -804,7 +1118,7 @@ def _approver(output: Output, yes: bool) -> Callable[[Any, Any], None]:
             archive.remember_grant(manifest.app_id, digest)
             return
         output.event("asks", f"{printable(manifest.name)} {printable(manifest.version)} "
-                     f"(publisher {manifest.publisher[:16]}…) asks to:\n"
+                     f"(publisher {manifest.publisher}) asks to:\n"
                      + "\n".join(f"  - {printable(line)}" for line in lines),
                      app_id=manifest.app_id, publisher=manifest.publisher,
                      capabilities=lines)
@@ -948,15 +1262,17 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
     claimed = instance.claim(listening)  # held while this copy runs
     if claimed is None:
         for _ in range(30):  # the first copy may still be starting
-            if instance.hand_over(listening, url, app_args):
-                output.event("handed-over", "the app is running already: handed over to it",
-                             url=url, argv=list(app_args))
+            link = instance.hand_over(listening, url, app_args)
+            if link is not None:
+                output.event("handed-over", "the app is running already: handed over to it"
+                             + (f"; open {link} in a browser" if link else ""),
+                             url=url, argv=list(app_args), link=link or None)
                 return
             time.sleep(0.1)
         raise ShoalError("another copy of this app holds its data folder and does not "
                          "answer", code="EBUSY")
     if introducers:
-        added = tuple(parse_address(a) for a in introducers)
+        added = tuple(_servers(introducers, config.network.listen))
         network = dataclasses.replace(config.network, introducers=tuple(
             dict.fromkeys((*config.network.introducers, *added))))
         config = dataclasses.replace(config, network=network)

@@ -34,6 +34,7 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
+from urllib.parse import quote, urlencode
 
 from shoal.errors import ShoalError
 from shoal.runtime.config import AppConfig
@@ -162,6 +163,13 @@ class AppServer:
 
     def _handle(self, request: Request) -> Response | WebSocketAccept:
         if request.headers.get("host") != f"127.0.0.1:{self.port}":
+            if request.headers.get("host") == f"localhost:{self.port}" and \
+                    request.method == "GET" and request.path != BRIDGE_PATH:
+                # The same server by another name: to the one origin its pages have (the
+                # fragment with the launch secret goes along).
+                query = f"?{urlencode(request.query)}" if request.query else ""
+                return Response(307, b"", {"Location": f"{self.origin}{quote(request.path)}"
+                                                       f"{query}"})
             self.refused += 1
             return Response.text(403, "forbidden: wrong Host\n")
         if "service-worker" in request.headers:

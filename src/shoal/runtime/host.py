@@ -30,6 +30,7 @@ from shoal.runtime.hotkeys import Hotkeys
 from shoal.runtime.instance import Instance
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
 from shoal.runtime.processes import Processes
+from shoal.runtime.server import bind_listener
 from shoal.runtime.system import BrowserBackend, System, WindowBackend
 
 if TYPE_CHECKING:
@@ -72,7 +73,6 @@ class AppHost:
         self.launch_url = launch_url
         self._instance: Instance | None = None
         self._processes: Processes | None = None
-        self._node_key = Path()
         self.exited = asyncio.Event()
         """Set when the page called ``process.exit``; ``exit_code`` is its code."""
         self.exit_code = 0
@@ -103,6 +103,9 @@ class AppHost:
     async def start(self) -> AppHost:
         config = self.config
         permissions = config.permissions
+        if self.listener is None:
+            # A taken port fails here, before the data folder or a node key is made.
+            self.listener = bind_listener(self.port)
         functions = load_exposed(self.folder / "app.py")
         check_invoke(config, functions)
         calls: dict[str, Any] = {}
@@ -116,13 +119,13 @@ class AppHost:
         raise_descriptor_limit()
         if permissions.network:
             from shoal.aio.node import Node
-            from shoal.identity import Identity, hold
+            from shoal.identity import Identity
 
             network = config.network
             lan = network.lan if self.lan_discovery is None else self.lan_discovery
-            key = self._node_key = node_key_path(policy.data_dir)
+            # The node holds its key while it runs: a second copy would share its peer id.
+            key = node_key_path(policy.data_dir)
             identity = Identity.load_or_create(key)
-            hold(key)  # a second copy of the app would share its peer id: refused
             self.node = Node(
                 identity,
                 introducers=network.introducers, listen=network.listen,
@@ -163,13 +166,14 @@ class AppHost:
         """How this copy of the app was started: its deep link and arguments."""
         return {"url": self.launch_url, "argv": list(self.argv)}
 
-    def _opened_again(self, launch: dict[str, Any]) -> None:
+    def _opened_again(self, launch: dict[str, Any]) -> str | None:
         """A second launch handed over its link and arguments: tell the pages, and bring
-        the window forward."""
+        the window forward. A browser tab's link goes back to that launch, to print."""
         assert self.server is not None
         self.server.emit("app.open", launch)
         with contextlib.suppress(Exception):  # a window that cannot rise still gets the link
             self.window.focus()
+        return self.url if isinstance(self.window, BrowserBackend) else None
 
     def _exit(self, code: int) -> None:
         self.exit_code = code
@@ -191,10 +195,7 @@ class AppHost:
         if self.inspector is not None:
             await self.inspector.close()
         if self.node is not None:
-            await self.node.close()
-            from shoal.identity import release
-
-            release(self._node_key)  # a next copy may start at once
+            await self.node.close()  # lets go of the key: a next copy may start at once
 
     async def __aenter__(self) -> AppHost:
         return await self.start()
@@ -219,7 +220,9 @@ class AppHost:
             assert self.server is not None
             if problem is not None:
                 source, message = problem
-                self.on_dev("error", f"{source}: {message}")
+                if not message.split(": ", 1)[0].endswith(source):  # else it names the file
+                    message = f"{source}: {message}"
+                self.on_dev("error", message)
                 self.server.emit("dev.error", {"source": source, "message": message})
                 continue
             self.on_dev("reload", f"reloaded ({', '.join(changed)} changed)")

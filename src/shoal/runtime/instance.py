@@ -6,7 +6,8 @@ runtime dir (``$XDG_RUNTIME_DIR/shoal``, else ``run`` in the user's cache dir: n
 name in the shared temp dir, which another local user could take first). The
 first copy also holds a lock beside the socket for as long as it runs; a launch that
 cannot take the lock sends one JSON line ``{"url", "argv"}`` to the socket and waits for
-``ok``. A socket left by a copy that died has no lock holder, and is replaced.
+``ok`` (followed by the app's link when it runs in a browser tab, to print again). A
+socket left by a copy that died has no lock holder, and is replaced.
 """
 
 from __future__ import annotations
@@ -96,22 +97,33 @@ def claim(path: Path) -> int | None:
     return fd
 
 
-def hand_over(path: Path, url: str | None, argv: tuple[str, ...]) -> bool:
-    """Give ``url`` and ``argv`` to the copy listening at ``path``; False if none is."""
+def hand_over(path: Path, url: str | None, argv: tuple[str, ...]) -> str | None:
+    """Give ``url`` and ``argv`` to the copy listening at ``path``: None if none took
+    them, else the link of the copy's browser tab ("" for a window)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.settimeout(5)
             client.connect(str(path))
             client.sendall(json.dumps({"url": url, "argv": list(argv)}).encode() + b"\n")
-            return client.recv(16).startswith(b"ok")
+            answer = b""
+            while not answer.endswith(b"\n") and len(answer) < MAX_LINE:
+                chunk = client.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
     except OSError:  # none listening, refused, timed out
-        return False
+        return None
+    if answer.rstrip(b"\n") != b"ok" and not answer.startswith(b"ok "):
+        return None
+    return answer[3:].decode("utf-8", "replace").strip()
 
 
 class Instance:
     """The listening side: the first copy of the app."""
 
-    def __init__(self, path: Path, on_open: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, path: Path, on_open: Callable[[dict[str, Any]], str | None]) -> None:
+        """``on_open`` hears each later launch; it returns the link to give that launch
+        (the browser tab's), if any."""
         self.path = path
         self.on_open = on_open
         self._server: asyncio.AbstractServer | None = None
@@ -131,8 +143,8 @@ class Instance:
             url, argv = body.get("url"), body.get("argv", [])
             if (url is None or isinstance(url, str)) and isinstance(argv, list) \
                     and all(isinstance(a, str) for a in argv):
-                self.on_open({"url": url, "argv": argv})
-                writer.write(b"ok\n")
+                link = self.on_open({"url": url, "argv": argv})
+                writer.write(f"ok {link}\n".encode() if link else b"ok\n")
                 await writer.drain()
         except (ValueError, AttributeError, TimeoutError, asyncio.LimitOverrunError,
                 ConnectionError):

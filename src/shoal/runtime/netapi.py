@@ -123,6 +123,7 @@ class Network:
             "network.nat": self.nat,
             "network.peers": self.peers,
             "network.send": self.send,
+            "network.pair": self.pair,
         }
 
     def _require(self) -> Node:
@@ -160,6 +161,22 @@ class Network:
             raise BridgeError("timeout must be a positive number of seconds", code="EINVAL")
         delivery = await node.send(peer_id, bytes(payload), timeout=float(timeout))
         return {"path": delivery.path, "ms": round(delivery.seconds * 1000, 2)}
+
+    async def pair(self, code: str | None = None, options: dict | None = None) -> dict:
+        """Pairing (see ``shoal.pairing``): with no ``code``, a new one goes to the pages
+        as a ``network.pair-code`` event; resolves with the other side's peer id."""
+        from shoal.pairing import SLOT_LIFETIME
+        from shoal.pairing import pair as pair_with
+
+        node = self._require()
+        if code is not None and not isinstance(code, str):
+            raise BridgeError("a pairing code is a string", code="EINVAL")
+        timeout = (options or {}).get("timeout", SLOT_LIFETIME)
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise BridgeError("timeout must be a positive number of seconds", code="EINVAL")
+        other = await pair_with(node, code, timeout=float(timeout), on_code=lambda made:
+                                self._emit("network.pair-code", {"code": made}))
+        return {"peerId": other}
 
     async def _forward_messages(self, node: Node) -> None:
         async for message in node.messages():

@@ -365,6 +365,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     with QtWebEngine): they would no longer overlap the page's own loading.
     """
     from shoal.runtime.config import WEBVIEW_STORAGE, default_data_dir, load_config
+    from shoal.runtime.display import exit_when_display_dies
     from shoal.runtime.qtscheme import (
         ORIGIN,
         SCHEME,
@@ -407,7 +408,12 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     # renderer.
     own_scheme = serves_itself and register_scheme()
     if gui in (None, "qt"):  # read when QtWebEngine starts, so before any window
+        # Chromium's own log (D-Bus, GPU fallbacks) and Qt's notes (the sandbox is off)
+        # are not the app's: only fatal ones, unless the user asked for more.
+        os.environ.setdefault("QT_LOGGING_RULES", "default.info=false")
         flags = network_flags(config, listener.getsockname()[1])
+        if "--log-level" not in os.environ.get("QTWEBENGINE_CHROMIUM_FLAGS", ""):
+            flags.append("--log-level=3")
         os.environ["QTWEBENGINE_CHROMIUM_FLAGS"] = " ".join(
             [os.environ.get("QTWEBENGINE_CHROMIUM_FLAGS", ""), *flags]).strip()
     if own_scheme:
@@ -605,6 +611,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     window.events.before_show += before_show
     window.events.loaded += loaded
     stop_on_signals = _close_windows_on_signals(lambda: [*webview.windows])
+    exit_when_display_dies(EXIT_GRACE)
     try:
         # pywebview would hand new-window requests (target=_blank, window.open) straight
         # to the system browser, around the shell permission and its rate limit: they

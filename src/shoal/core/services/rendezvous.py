@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 
 MAX_PUNCH_TOKENS = 4096
 INTRO_RETRY = 2.0
+UNKNOWN_ROUNDS = 2
+"""Rounds of introduction requests (INTRO_RETRY apart) that every introducer answers with
+"unknown" before messages to a peer with no other known address fail: the second round
+covers a peer that registers just after the first."""
 INTRODUCER_BACKOFF_MAX = 30.0
 PUNCH_DIAL_TIMEOUT = 2.0
 """A dial answering a PUNCH sends INITs for this long at most (4 of them)."""
@@ -74,6 +78,12 @@ class PeerState:
     intro_requested: float = -1e9
     unknown: bool = False
     """Every introducer asked said it does not know this peer."""
+    unknown_to: set[bytes] = field(default_factory=set)
+    """Introducers that answered "unknown" in this round of requests."""
+    unknown_rounds: int = 0
+    """Rounds in a row in which every connected introducer answered "unknown"."""
+    unknown_round: float = -1e9
+    """When the last of those rounds was asked (requests sent together are one round)."""
     nat: NatType = field(default_factory=NatType)
     plan: Plan | None = None
     relay_via: bytes | None = None
@@ -174,6 +184,9 @@ class RendezvousService(Service):
             for address in state.addresses:
                 self.endpoint.dial(address, now, expected=peer)
         if now >= state.intro_requested + INTRO_RETRY:
+            if now > state.intro_requested + 2 * INTRO_RETRY:  # not the next round in a row
+                state.unknown_rounds = 0
+                state.unknown_to.clear()
             for introducer in self.introducer_peers:
                 link = self.endpoint.connection_to(introducer)
                 if link is None or introducer == peer:
@@ -290,6 +303,7 @@ class RendezvousService(Service):
             return  # a peer registering here: its registry entry is all this node keeps
         state = self.peer(connection.peer)
         state.unknown = False
+        state.unknown_rounds = 0
         relayed = connection.path.relayed
         if connection.purpose == "introducer":
             self.introducer_peers.add(connection.peer)
@@ -399,10 +413,33 @@ class RendezvousService(Service):
             else:
                 self.endpoint.stats["dropped_unsolicited_intro"] += 1
         elif isinstance(frame, IntroFailed) and connection.peer in self.introducer_peers:
-            # The peer may register later; requests repeat until the message deadline.
             state = self.peers.get(frame.target)
             if state is not None:
                 state.unknown = True
+                self._answered_unknown(state, connection.peer)
+
+    def _answered_unknown(self, state: PeerState, introducer: bytes) -> None:
+        """An introducer does not know ``state.peer``. Once every connected introducer has
+        said so for UNKNOWN_ROUNDS rounds and nothing else (the LAN, the app) gave an
+        address, messages to it fail now with EHOSTUNREACH rather than at their deadline;
+        until then requests repeat, as the peer may register in between."""
+        state.unknown_to.add(introducer)
+        connected = {peer for peer in self.introducer_peers
+                     if self.endpoint.connection_to(peer) is not None}
+        if not connected <= state.unknown_to or state.unknown_round == state.intro_requested:
+            return
+        state.unknown_to.clear()
+        state.unknown_round = state.intro_requested
+        state.unknown_rounds += 1
+        endpoint = self.endpoint
+        if (state.unknown_rounds >= UNKNOWN_ROUNDS and not state.addresses
+                and endpoint.connection_to(state.peer) is None
+                and not endpoint.dialing(state.peer)):
+            state.unknown_rounds = 0
+            endpoint.messages.fail_pending(
+                state.peer, "EHOSTUNREACH",
+                f"no introducer knows this peer (asked {len(connected)}), and no other "
+                "address of it is known")
 
     def _on_intro_request(self, connection: Connection, frame: IntroRequest, now: float) -> None:
         endpoint = self.endpoint

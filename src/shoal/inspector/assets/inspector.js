@@ -86,9 +86,8 @@ function render(snapshot) {
     if (!peer.connected) row.className = "gone";
     const id = cell(row, "", "peer_id");
     const code = document.createElement("code");
-    code.textContent = peer.peer_id.slice(0, 16) + "…" + (peer.introducer ? " (introducer)" : "");
-    code.title = peer.peer_id;
-    id.append(code);
+    code.textContent = peer.peer_id;  // whole: it is what gets copied
+    id.append(code, peer.introducer ? " (introducer)" : "");
     cell(row, peer.path ?? "not connected", "path");
     cell(row, peer.address ?? "–", "address");
     cell(row, peer.rtt_ms === null ? "–" : peer.rtt_ms.toFixed(2), "rtt_ms", true);

@@ -290,6 +290,17 @@ export const network = {
   peers: () => call("network.peers"),
   send: (peerId, data, options = {}) =>
     call("network.send", peerId, typeof data === "string" ? encoder.encode(data) : data, options),
+  // Swap verified peer ids by a short code through the introducer: without options.code,
+  // options.onCode(code) hears the new code to tell the other side.
+  async pair(options = {}) {
+    const off = options.onCode ? on("network.pair-code", (e) => options.onCode(e.code)) : null;
+    try {
+      return await call("network.pair", options.code ?? null,
+                        options.timeout ? { timeout: options.timeout } : {});
+    } finally {
+      off?.();
+    }
+  },
   on(event, listener) {
     if (event === "message") {
       return on("network.message", (m) => {

@@ -51,4 +51,4 @@ window.addEventListener("unhandledrejection", (event) => {
   report(`unhandled rejection: ${reason && reason.stack ? reason.stack : reason}`);
 });
 
-dev.on("error", (problem) => show(`${problem.source}: ${problem.message}`));
+dev.on("error", (problem) => show(problem.message));  // it names its file

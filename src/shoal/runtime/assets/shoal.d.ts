@@ -54,6 +54,8 @@ export declare const network: {
   peers(): Promise<{ peerId: string; connected: boolean; path: string | null; rttMs: number | null }[]>;
   send(peerId: string, data: Uint8Array | string, options?: { timeout?: number }):
     Promise<{ path: "direct" | "relay"; ms: number }>;
+  pair(options?: { code?: string; onCode?: (code: string) => void; timeout?: number }):
+    Promise<{ peerId: string }>;
   on(event: "message", listener: (message: NetworkMessage) => void): () => void;
   on(event: "peer", listener: (peer: { peerId: string; connected: boolean; path?: string }) => void): () => void;
 };
