@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -50,8 +51,10 @@ class Output:
     @contextlib.contextmanager
     def waiting(self, text: str) -> Iterator[None]:
         """A transient line with a spinner and the seconds waited, on a terminal only
-        (human output); nothing in JSON mode or in a pipe."""
-        if self.as_json or not sys.stderr.isatty():
+        (human output); nothing in JSON mode, in a pipe, or in a standalone bundle
+        (which leaves ``rich`` out)."""
+        if self.as_json or not sys.stderr.isatty() or \
+                importlib.util.find_spec("rich") is None:
             yield
             return
         from rich.console import Console
@@ -635,7 +638,11 @@ def build(folder: Path, out_dir: Path | None, standalone: bool, gui: str | None,
                      f"with {made.launcher}) and {made.archive} ({_size(made.archive_bytes)})",
                      folder=str(made.folder), launcher=str(made.launcher),
                      archive=str(made.archive), folder_bytes=made.folder_bytes,
-                     archive_bytes=made.archive_bytes, gui=made.gui)
+                     archive_bytes=made.archive_bytes, gui=made.gui, parts=made.parts,
+                     largest=[{"path": path, "bytes": size} for path, size in made.largest])
+        if not as_json:
+            for part, size in made.parts.items():
+                click.echo(f"  {_size(size):>10}  {part}")
         return
     built = archive.build(folder, _identity(identity_path, hold=False), out_dir)
     manifest = built.manifest
