@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import TYPE_CHECKING
 
 from shoal.errors import LocalProtocolError
@@ -74,3 +75,12 @@ def local_addresses(bound: Address) -> list[Address]:
                 continue
             out.append((str(candidate), port))
     return out or [("127.0.0.1", port)]
+
+
+def bind_listener(port: int = 0) -> socket.socket:
+    """A TCP socket listening on 127.0.0.1 (for an app's server), bound ahead of time."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    return listener

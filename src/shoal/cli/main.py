@@ -905,10 +905,10 @@ def _run_app(app: Path, *, browser: bool, port: int, data_dir: Path | None, as_j
 def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStack) -> Path:
     """The folder to run for APP: itself, an archive verified and unpacked into a
     temporary folder, or an installed app's folder."""
-    from shoal.runtime import archive
-
     if app.is_dir():
         return app
+    from shoal.runtime import archive  # after: it loads cryptography (6 MB, 30 ms)
+
     if app.is_file() or app.suffix == archive.SUFFIX:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shoal-app-")))
         archive.unpack(app, scratch / "app", _approver(output, yes))

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
 from shoal.errors import ShoalError
+from shoal.net import bind_listener
 from shoal.runtime.config import AppConfig
 from shoal.runtime.eager import start_eagerly
 from shoal.runtime.fsapi import BridgeError, FramedBytes
@@ -64,7 +65,6 @@ from shoal.runtime.server import (
     Response,
     WebSocket,
     WebSocketAccept,
-    bind_listener,
 )
 
 MAX_CALLS_IN_FLIGHT = 256

@@ -406,18 +406,20 @@ class _Reader:
                                                    and not os.path.isabs(command)):
                 raise self.fail(f"permissions.commands[{index}]",
                                 "must be a program name (found on PATH) or an absolute path")
-        from shoal.runtime.hotkeys import canonical, parse_combo
-
         hotkeys = self.strings(table.get("hotkeys", []), "permissions.hotkeys")
-        for index, combo in enumerate(hotkeys):
-            if parse_combo(combo) is None:
-                raise self.fail(f"permissions.hotkeys[{index}]",
-                                "must be modifiers (ctrl, alt, shift, super) and one key, "
-                                "like ctrl+alt+k or shift+f5")
+        if hotkeys:  # only then: the module brings asyncio, 30 ms before a window opens
+            from shoal.runtime.hotkeys import canonical, parse_combo
+
+            for index, combo in enumerate(hotkeys):
+                if parse_combo(combo) is None:
+                    raise self.fail(f"permissions.hotkeys[{index}]",
+                                    "must be modifiers (ctrl, alt, shift, super) and one "
+                                    "key, like ctrl+alt+k or shift+f5")
+            hotkeys = tuple(canonical(combo) for combo in hotkeys)
         flags = {name: self.boolean(table, "permissions", name, False)
                  for name in SIMPLE_PERMISSIONS}
         return Permissions(
-            hotkeys=tuple(canonical(c) for c in hotkeys),
+            hotkeys=hotkeys,
             env=env,
             commands=commands,
             fs_read=self.folders(fs.get("read", []), "permissions.fs.read", write=False),

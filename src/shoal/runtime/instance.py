@@ -10,7 +10,6 @@ cannot take the lock sends one JSON line ``{"url", "argv"}`` to the socket and w
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -20,9 +19,12 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ShoalError
+
+if TYPE_CHECKING:
+    import asyncio
 
 MAX_LINE = 64 * 1024
 RESERVED_SCHEMES = {"http", "https", "file", "ftp", "data", "javascript", "mailto", "ws",
@@ -89,6 +91,8 @@ class Instance:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
+        import asyncio  # here: a launch that only claims or hands over does without it
+
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # left by a copy that died (a live one answered hand_over)
@@ -97,6 +101,8 @@ class Instance:
         os.chmod(self.path, 0o600)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
+
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
             body = json.loads(line)

@@ -131,15 +131,6 @@ class WebSocket:
 Handle = Callable[[Request], "Response | WebSocketAccept"]
 
 
-def bind_listener(port: int = 0) -> socket.socket:
-    """A TCP socket listening on 127.0.0.1 for the app server, bound ahead of time."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(128)
-    return listener
-
-
 class LoopbackServer:
     """Serves ``handle`` on an already bound, listening socket."""
 

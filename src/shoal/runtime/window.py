@@ -381,7 +381,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
     config = config or load_config(folder)
     data_dir = data_dir or default_data_dir(config.id)
-    from shoal.runtime.server import bind_listener
+    from shoal.net import bind_listener
 
     if gui in (None, "qt") and os.environ.get("QT_API", "pyside6") == "pyside6" \
             and _module_exists("PySide6.QtWebEngineWidgets"):
