@@ -928,6 +928,7 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
 
     from shoal.runtime import instance
     from shoal.runtime.config import check_app_code, default_data_dir, load_config
+    from shoal.runtime.launch import Launch
     from shoal.runtime.window import choose_gui, end_within_grace, run_in_window
 
     # A bad config or app code: one clear line before anything starts.
@@ -959,6 +960,9 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
         shown = printable(line)  # a page's text must not drive the terminal
         output.event("dev", shown if kind == "reload" else f"{kind}: {shown}", kind=kind,
                      message=line)
+
+    launch = Launch(data_dir=data_dir, config=config, dev=dev, on_dev=on_dev, port=port,
+                    argv=app_args, instance=listening, url=url)
     if not browser:
         can_open, gui, reason = choose_gui(gui)
         if can_open and reason is not None:
@@ -971,9 +975,7 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
                 output.event("ready", f"window open ({ms} ms)", mode="window", ms=ms)
 
             try:
-                run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port,
-                              gui=gui, config=config, on_dev=on_dev, argv=app_args,
-                              instance=listening, launch_url=url)
+                run_in_window(folder, launch, on_ready=ready, gui=gui)
             finally:
                 # The windows are closed: a next launch is the app's first copy again,
                 # even while the webview's teardown still runs.
@@ -987,9 +989,7 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
 
         from shoal.runtime.host import AppHost
 
-        async with AppHost(folder, data_dir=data_dir, dev=dev, port=port,
-                           config=config, on_dev=on_dev, argv=app_args, instance=listening,
-                           launch_url=url) as host:
+        async with AppHost(folder, launch) as host:
             output.event("ready", f"open {host.url} in a browser", mode="browser",
                          url=host.url, dev=dev)
             await host.exited.wait()  # the page called process.exit

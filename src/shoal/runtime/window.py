@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shoal.runtime.apptests import TestRun
     from shoal.runtime.config import AppConfig, MenuItem
     from shoal.runtime.desktop import Desktop
+    from shoal.runtime.launch import Launch
 
 HOST_DELAY = 1.0
 """Seconds after the window opens by which the host starts even if the page is still
@@ -340,17 +340,13 @@ def opener_for(config: AppConfig) -> Callable[[str], None]:
     return leave
 
 
-def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
-                  on_ready: Callable[[str], None], port: int = 0, gui: str | None = None,
-                  config: AppConfig | None = None,
-                  on_dev: Callable[[str, str], None] | None = None,
-                  argv: tuple[str, ...] = (), instance: Path | None = None,
-                  launch_url: str | None = None, tests: tuple[str, ...] | None = None,
-                  test_run: TestRun | None = None) -> None:
-    """Open the app in a native window; returns when the window is closed.
+def run_in_window(folder: Path, launch: Launch, *, on_ready: Callable[[str], None],
+                  gui: str | None = None) -> None:
+    """Open the app, launched as ``launch`` says, in a native window; returns when the
+    window is closed.
 
-    With ``tests`` (the app's test files), the window shows ``shoal test``'s runner page
-    from the app server instead, reports to ``test_run``, and closes when the run is over.
+    Where ``launch.entry`` is a page of a plugin's (``shoal test``'s runner), the window
+    shows it from the app server.
 
     The server's socket and secret exist before the window, so every address is known
     from the start. On QtWebEngine the window shows the app through its own
@@ -379,8 +375,11 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         # Chromium's sandbox refuses to run as root; QtWebEngine must be told.
         os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
-    config = config or load_config(folder)
-    data_dir = data_dir or default_data_dir(config.id)
+    import dataclasses
+
+    config = launch.config or load_config(folder)
+    data_dir = launch.data_dir or default_data_dir(config.id)
+    dev, port = launch.dev, launch.port
     from shoal.net import bind_listener
 
     if gui in (None, "qt") and os.environ.get("QT_API", "pyside6") == "pyside6" \
@@ -390,7 +389,8 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         # layer would prefer PyQt if present.
         gui = "qt"
         os.environ["QT_API"] = "pyside6"
-    serves_itself = gui == "qt" and os.environ.get("QT_API") == "pyside6" and tests is None
+    serves_itself = gui == "qt" and os.environ.get("QT_API") == "pyside6" and \
+        launch.entry == "/"
     listener = None
     if port == 0 and not serves_itself:
         # The pages' origin is then http://127.0.0.1:PORT: the same port each launch keeps
@@ -400,9 +400,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     listener = listener or bind_listener(port)
     secret = secrets.token_urlsafe(32)
     bridge = f"127.0.0.1:{listener.getsockname()[1]}"
-    from shoal.runtime.pages import TEST_PAGE_PATH
-
-    server_url = f"http://{bridge}{TEST_PAGE_PATH if tests else '/'}#shoal={secret}"
+    server_url = f"http://{bridge}{launch.entry}#shoal={secret}"
     # Possible only before Qt's application object exists, so before pywebview picks a
     # renderer.
     own_scheme = serves_itself and register_scheme()
@@ -417,17 +415,14 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
     backend = PywebviewBackend()
 
     def dev_event(kind: str, line: str) -> None:
-        if on_dev is not None:
-            on_dev(kind, line)
+        if launch.on_dev is not None:
+            launch.on_dev(kind, line)
         if kind == "inspector":  # the app's node, in a window beside the app's
             inspector_panel(line)
 
-    host = _HostThread(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
-                       secret=secret, config=config, on_dev=dev_event, argv=argv,
-                       instance=instance, launch_url=launch_url, tests=tests,
-                       test_run=test_run)
-    if test_run is not None:
-        test_run.close = backend.close
+    host = _HostThread(folder, dataclasses.replace(
+        launch, config=config, data_dir=data_dir, on_dev=dev_event), window=backend,
+        listener=listener, secret=secret)
     import webview
 
     window_config = config.window
@@ -748,8 +743,9 @@ def _menus(config: AppConfig, host: _HostThread) -> list[Any]:
 class _HostThread:
     """The app host on its own asyncio loop and thread, started at most once."""
 
-    def __init__(self, folder: Path, **host_options: Any) -> None:
+    def __init__(self, folder: Path, launch: Launch, **host_options: Any) -> None:
         self.folder = folder
+        self.launch = launch
         self.options = host_options
         self.failure: BaseException | None = None
         self.on_failure: Callable[[], None] = lambda: None
@@ -794,7 +790,7 @@ class _HostThread:
         try:
             from shoal.runtime.host import AppHost
 
-            host = self._host = AppHost(self.folder, **self.options)
+            host = self._host = AppHost(self.folder, self.launch, **self.options)
             loop.run_until_complete(host.start())
         except BaseException as exc:  # re-raised on the main thread once the window is gone
             self.failure = exc
