@@ -14,7 +14,7 @@ from pathlib import Path
 
 from playwright.sync_api import Browser
 
-from shoal.runtime.server import bind_listener
+from shoal.net import bind_listener
 
 
 def _app(folder: Path, app_id: str) -> Path:

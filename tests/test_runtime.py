@@ -722,3 +722,42 @@ def test_info_says_whether_a_window_opens_and_why_not() -> None:
     human = subprocess.run(shoal_info[:-1], capture_output=True, text=True, env=env,
                            timeout=60, check=True).stdout
     assert "window:" in human and "does not open" in human
+
+
+class _Counter:
+    """A host plugin: one bridge call and one page."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.window: object = None
+
+    def calls(self, window: object) -> dict:
+        self.window = window
+
+        async def add(step: int) -> int:
+            self.count += step
+            return self.count
+
+        return {"counter.add": add}
+
+    def page(self, path: str) -> tuple[str, bytes] | None:
+        if path == "/_shoal/counter.txt":
+            return "text/plain; charset=utf-8", str(self.count).encode()
+        return None
+
+
+async def test_a_plugin_of_the_launch_adds_bridge_calls_and_pages(tmp_path: Path) -> None:
+    counter = _Counter()
+    async with AppHost(WEBAPP, data_dir=tmp_path, plugins=(counter,)) as host, \
+            BridgeClient(host) as page, aiohttp.ClientSession() as session:
+        assert host.server is not None
+        assert await page.call("counter.add", 2) == 2
+        assert counter.window is host.window  # the window closes when it is done
+        async with session.get(f"{host.server.origin}/_shoal/counter.txt") as answered:
+            assert answered.status == 200 and await answered.text() == "2"
+            assert answered.headers["Content-Security-Policy"]  # under the app's policy
+        async with session.get(f"{host.server.origin}/_shoal/other.txt") as answered:
+            assert answered.status == 404
+    async with AppHost(WEBAPP, data_dir=tmp_path) as host, BridgeClient(host) as page:
+        with pytest.raises(BridgeError):  # no plugin, no call
+            await page.call("counter.add", 1)

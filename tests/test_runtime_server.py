@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from shoal.net import bind_listener
 from shoal.runtime.eager import start_eagerly
 from shoal.runtime.server import (
     LoopbackServer,
@@ -20,7 +21,6 @@ from shoal.runtime.server import (
     Response,
     WebSocket,
     WebSocketAccept,
-    bind_listener,
 )
 
 

@@ -266,3 +266,33 @@ def test_new_windows_leave_only_with_the_shell_permission(tmp_path: Path, gui: s
         assert not opened.exists(), opened.read_text()
     finally:
         _stop(process)
+
+
+BEFORE_THE_WINDOW = """
+import json, sys
+import webview
+
+def start(*args, **kwargs):  # the moment the window would open: what is loaded by then
+    print(json.dumps(sorted(sys.modules)))
+    sys.stdout.flush()
+    raise SystemExit(0)
+
+webview.start = start
+sys.argv = ["shoal", "run", "--json", *sys.argv[1:]]
+from shoal.cli.main import main
+main()
+"""
+
+
+def test_nothing_the_window_can_wait_for_is_loaded_before_it_opens(tmp_path: Path) -> None:
+    # The app host (asyncio, its server, the bridge) starts beside the window, and
+    # cryptography only with a node: loaded before the window, they delay the first paint.
+    made = subprocess.run(
+        [sys.executable, "-c", BEFORE_THE_WINDOW, str(APP), "--data-dir", str(tmp_path),
+         "--gui", "qt"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen", "SHOAL_NO_LAN": "1"})
+    loaded = set(json.loads(made.stdout.splitlines()[-1]))
+    assert "shoal.runtime.window" in loaded  # the start of the window was reached
+    assert not loaded & {"asyncio", "cryptography", "shoal.runtime.server",
+                         "shoal.runtime.bridge", "shoal.runtime.host", "shoal.runtime.archive",
+                         "websockets", "h11"}

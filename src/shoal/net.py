@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from typing import TYPE_CHECKING
 
-from shoal.errors import LocalProtocolError
+from shoal.errors import LocalProtocolError, ShoalError, os_error_code
 
 if TYPE_CHECKING:
     from shoal.core.wire import Address
@@ -108,3 +110,25 @@ def local_addresses(bound: Address) -> list[Address]:
                 continue
             out.append((str(candidate), port))
     return out or [("127.0.0.1", port)]
+
+
+class ListenError(ShoalError, OSError):
+    """The loopback port cannot be had; an ``OSError`` too, for callers that then try
+    another port."""
+
+
+def bind_listener(port: int = 0) -> socket.socket:
+    """A TCP socket listening on 127.0.0.1 (for an app's server), bound ahead of time;
+    raises ``ListenError`` (code ``EADDRINUSE``, ...) if the port cannot be had."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(128)
+    except OSError as exc:
+        listener.close()
+        hint = ("; another program uses it: choose another --port, or --port 0 for any free one"
+                if exc.errno == errno.EADDRINUSE else "")
+        raise ListenError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}{hint}",
+                          code=os_error_code(exc)) from None
+    return listener

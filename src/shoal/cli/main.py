@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -52,8 +53,10 @@ class Output:
     @contextlib.contextmanager
     def waiting(self, text: str) -> Iterator[None]:
         """A transient line with a spinner and the seconds waited, on a terminal only
-        (human output); nothing in JSON mode or in a pipe."""
-        if self.as_json or not sys.stderr.isatty():
+        (human output); nothing in JSON mode, in a pipe, or in a standalone bundle
+        (which leaves ``rich`` out)."""
+        if self.as_json or not sys.stderr.isatty() or \
+                importlib.util.find_spec("rich") is None:
             yield
             return
         from rich.console import Console
@@ -934,7 +937,11 @@ def build(folder: Path, out_dir: Path | None, standalone: bool, gui: str | None,
                      f"with {made.launcher}) and {made.archive} ({_size(made.archive_bytes)})",
                      folder=str(made.folder), launcher=str(made.launcher),
                      archive=str(made.archive), folder_bytes=made.folder_bytes,
-                     archive_bytes=made.archive_bytes, gui=made.gui)
+                     archive_bytes=made.archive_bytes, gui=made.gui, parts=made.parts,
+                     largest=[{"path": path, "bytes": size} for path, size in made.largest])
+        if not as_json:
+            for part, size in made.parts.items():
+                click.echo(f"  {_size(size):>10}  {part}")
         return
     built = archive.build(folder, _identity(identity_path, "publisher"), out_dir)
     manifest = built.manifest
@@ -1215,14 +1222,14 @@ def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStac
     temporary folder, or an installed app's folder. An archive runs with its app id's
     data folder only if it comes from the publisher that id is pinned to (``own_data``:
     the user gave it a data folder of its own)."""
-    from shoal.runtime import archive
-
-    if app.is_dir() and app.suffix == archive.SUFFIX:
+    if app.is_dir() and app.suffix == ".shoal":
         raise ShoalError(f"{app}: a folder named like an archive; what is in it was never "
                          "verified (an unpacked download?): run the .shoal file itself, or "
                          "rename the folder to run it as an unsigned app", code="EISDIR")
     if app.is_dir():
         return app
+    from shoal.runtime import archive  # after: it loads cryptography (6 MB, 30 ms)
+
     if app.is_file() or app.suffix == archive.SUFFIX:
         approve = _approver(output, yes)
 
@@ -1251,6 +1258,7 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
 
     from shoal.runtime import instance
     from shoal.runtime.config import check_app_code, default_data_dir, load_config
+    from shoal.runtime.launch import Launch
     from shoal.runtime.window import choose_gui, end_within_grace, run_in_window
 
     # A bad config or app code: one clear line before anything starts.
@@ -1284,6 +1292,9 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
         shown = printable(line)  # a page's text must not drive the terminal
         output.event("dev", shown if kind == "reload" else f"{kind}: {shown}", kind=kind,
                      message=line)
+
+    launch = Launch(data_dir=data_dir, config=config, dev=dev, on_dev=on_dev, port=port,
+                    argv=app_args, instance=listening, url=url)
     if not browser:
         can_open, gui, reason = choose_gui(gui)
         if can_open and reason is not None:
@@ -1296,9 +1307,7 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
                 output.event("ready", f"window open ({ms} ms)", mode="window", ms=ms)
 
             try:
-                run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port,
-                              gui=gui, config=config, on_dev=on_dev, argv=app_args,
-                              instance=listening, launch_url=url)
+                run_in_window(folder, launch, on_ready=ready, gui=gui)
             finally:
                 # The windows are closed: a next launch is the app's first copy again,
                 # even while the webview's teardown still runs.
@@ -1312,9 +1321,7 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
 
         from shoal.runtime.host import AppHost
 
-        async with AppHost(folder, data_dir=data_dir, dev=dev, port=port,
-                           config=config, on_dev=on_dev, argv=app_args, instance=listening,
-                           launch_url=url) as host:
+        async with AppHost(folder, launch) as host:
             output.event("ready", f"open {host.url} in a browser", mode="browser",
                          url=host.url, dev=dev)
             await host.exited.wait()  # the page called process.exit

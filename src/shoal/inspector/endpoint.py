@@ -11,7 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoal.runtime.server import LoopbackServer, Request, Response, WebSocketAccept, bind_listener
+from shoal.net import bind_listener
+from shoal.runtime.server import LoopbackServer, Request, Response, WebSocketAccept
 
 if TYPE_CHECKING:
     from shoal.aio.node import Node

@@ -11,15 +11,17 @@ from shoal._lazy import lazy_exports
 if TYPE_CHECKING:
     from shoal.runtime.config import AppConfig, ConfigError, load_config
     from shoal.runtime.host import AppHost
+    from shoal.runtime.launch import Launch
     from shoal.runtime.netapi import expose
 
-__all__ = ["AppConfig", "AppHost", "ConfigError", "expose", "load_config"]
+__all__ = ["AppConfig", "AppHost", "ConfigError", "Launch", "expose", "load_config"]
 
 _LAZY = {
     "AppConfig": "shoal.runtime.config",
     "ConfigError": "shoal.runtime.config",
     "load_config": "shoal.runtime.config",
     "AppHost": "shoal.runtime.host",
+    "Launch": "shoal.runtime.launch",
     "expose": "shoal.runtime.netapi",
 }
 

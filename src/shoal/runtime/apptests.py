@@ -13,17 +13,30 @@ hands each result to Python.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ShoalError
 from shoal.runtime.fsapi import BridgeError
-from shoal.runtime.pages import TEST_PAGE_PATH
+from shoal.runtime.launch import Launch
+from shoal.runtime.pages import (
+    TEST_LIST_PATH,
+    TEST_PAGE_PATH,
+    TEST_RUNNER_PATH,
+    asset,
+    asset_path,
+    page_html,
+)
+
+if TYPE_CHECKING:
+    from shoal.runtime.bridge import Handler
+    from shoal.runtime.system import WindowBackend
 
 SKIPPED = {"node_modules", "__pycache__"}
 
@@ -48,12 +61,15 @@ def _chromium() -> str | None:
 
 
 class TestRun:
-    """One run's results as the runner page reports them: each goes to ``on_result``;
-    ``close`` (set by whoever shows the page) is called once the run is over."""
+    """One run of the app's test ``files``, a plugin of the app host: it serves the
+    runner page, which imports them, and hears each result over the bridge; each goes
+    to ``on_result``. Once the run is over, the window showing the page closes."""
 
     __test__ = False  # not a pytest test class, despite its name
 
-    def __init__(self, on_result: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, files: tuple[str, ...],
+                 on_result: Callable[[dict[str, Any]], None]) -> None:
+        self.files = files
         self.on_result = on_result
         self.results: list[dict[str, Any]] = []
         self.close: Callable[[], None] = lambda: None
@@ -78,8 +94,20 @@ class TestRun:
             self.finished.set()
         self.close()
 
-    def calls(self) -> dict[str, Callable[..., Any]]:
-        """The runner page's bridge calls."""
+    def page(self, path: str) -> tuple[str, bytes] | None:
+        """The runner page and its scripts."""
+        script = "text/javascript; charset=utf-8"
+        if path == TEST_PAGE_PATH:
+            return "text/html; charset=utf-8", page_html(asset_path("test.html")).encode()
+        if path == TEST_RUNNER_PATH:
+            return script, asset("test-run.js").encode()
+        if path == TEST_LIST_PATH:
+            return script, f"export default {json.dumps(list(self.files))};\n".encode()
+        return None
+
+    def calls(self, window: WindowBackend) -> dict[str, Handler]:
+        """The runner page's bridge calls; ``window`` closes once the run is over."""
+        self.close = window.close
 
         async def report(result: Any) -> None:
             if not isinstance(result, dict) or not isinstance(result.get("name"), str):
@@ -108,16 +136,16 @@ def run_tests_in_window(folder: Path, *, on_result: Callable[[dict[str, Any]], N
     can_open, gui, why = choose_gui(gui)
     if not can_open:
         raise ShoalError(f"cannot open a window for the tests: {why}", code="ENOTSUP")
-    run = TestRun(on_result)
+    run = TestRun(tuple(files), on_result)
     timer = threading.Timer(timeout, run.finish,
                             args=(f"the tests did not finish within {timeout:g} s",))
     timer.daemon = True
     with tempfile.TemporaryDirectory(prefix="shoal-test-") as scratch:
         timer.start()
         try:
-            run_in_window(folder, dev=False, data_dir=data_dir or Path(scratch),
-                          on_ready=lambda url: None, gui=gui, tests=tuple(files),
-                          test_run=run)
+            run_in_window(folder, Launch(data_dir=data_dir or Path(scratch),
+                                         entry=TEST_PAGE_PATH, plugins=(run,)),
+                          on_ready=lambda url: None, gui=gui)
         finally:
             timer.cancel()
     if not run.finished.is_set():
@@ -141,15 +169,11 @@ async def run_tests(folder: Path, *, on_result: Callable[[dict[str, Any]], None]
                          "pip install 'shoal[test]'", code="ENOSYS") from None
     from shoal.runtime.host import AppHost
 
-    results: list[dict[str, Any]] = []
+    run = TestRun(tuple(files), on_result)
     finished = asyncio.Event()
 
-    async def report(result: dict[str, Any]) -> None:
-        results.append(result)
-        on_result(result)
-
     with tempfile.TemporaryDirectory(prefix="shoal-test-") as scratch:
-        async with AppHost(folder, data_dir=data_dir or Path(scratch), tests=tuple(files)) \
+        async with AppHost(folder, data_dir=data_dir or Path(scratch), plugins=(run,)) \
                 as host, async_playwright() as playwright:
             assert host.server is not None
             try:
@@ -163,7 +187,7 @@ async def run_tests(folder: Path, *, on_result: Callable[[dict[str, Any]], None]
                                  code="ENOENT") from None
             try:
                 page = await browser.new_page()
-                await page.expose_function("shoalTestReport", report)
+                await page.expose_function("shoalTestReport", run.report)
                 await page.expose_function("shoalTestDone", finished.set)
                 page.on("pageerror", lambda error: on_problem(f"page error: {error}"))
                 page.on("console", lambda message: on_problem(f"console: {message.text}")
@@ -173,8 +197,8 @@ async def run_tests(folder: Path, *, on_result: Callable[[dict[str, Any]], None]
                 try:
                     await asyncio.wait_for(finished.wait(), timeout)
                 except TimeoutError:
-                    await report({"name": "(the run)", "file": "", "ok": False, "ms": 0,
-                                  "error": f"the tests did not finish within {timeout:g} s"})
+                    run.report({"name": "(the run)", "file": "", "ok": False, "ms": 0,
+                                "error": f"the tests did not finish within {timeout:g} s"})
             finally:
                 await browser.close()
-    return results
+    return run.results

@@ -33,10 +33,11 @@ import secrets
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 from shoal.errors import ShoalError
+from shoal.net import bind_listener
 from shoal.runtime.config import AppConfig
 from shoal.runtime.eager import start_eagerly
 from shoal.runtime.fsapi import BridgeError, FramedBytes
@@ -45,14 +46,10 @@ from shoal.runtime.pages import (
     BRIDGE_PATH,
     DEV_PATH,
     FILE_PATH,
-    TEST_LIST_PATH,
     TEST_MODULE_PATH,
-    TEST_PAGE_PATH,
-    TEST_RUNNER_PATH,
     TYPES_PATH,
     app_file,
     asset,
-    asset_path,
     content_security_policy,
     content_type,
     open_app_file,
@@ -66,8 +63,10 @@ from shoal.runtime.server import (
     Response,
     WebSocket,
     WebSocketAccept,
-    bind_listener,
 )
+
+if TYPE_CHECKING:
+    from shoal.runtime.launch import HostPlugin
 
 MAX_CALLS_IN_FLIGHT = 256
 MAX_BULK_IN_FLIGHT = 4
@@ -94,15 +93,15 @@ class AppServer:
                  secret: str | None = None,
                  readable: Callable[[str], BinaryIO] | None = None,
                  page_origin: str | None = None, dev: bool = False,
-                 tests: tuple[str, ...] | None = None) -> None:
+                 plugins: tuple[HostPlugin, ...] = ()) -> None:
         """``readable`` opens a page path for reading (raising ``BridgeError``): bulk
         reads are served over HTTP at ``FILE_PATH``, which moves large files much faster
         than WebSocket frames do. ``page_origin``: the pages' origin when something else
         serves them (the native window's ``shoal://app``); only pages of that origin may
-        then open the bridge. ``tests``: under ``shoal test``, the app's test files,
-        which ``TEST_PAGE_PATH`` imports and runs."""
+        then open the bridge. ``plugins``: what the launch adds; their pages are
+        served under ``/_shoal/``."""
         self.config = config
-        self.tests = tests
+        self.plugins = plugins
         self.calls = calls
         self.readable = readable
         self.dev = dev
@@ -193,8 +192,9 @@ class AppServer:
             response = _script(asset("dev.js"))
         elif request.path == TEST_MODULE_PATH:
             response = _script(asset("test.js"))
-        elif request.path.startswith("/_shoal/test") and self.tests is not None:
-            response = self._test_runner(request.path)
+        elif request.path.startswith("/_shoal/") and (
+                page := self._plugin_page(request.path)) is not None:
+            response = page
         elif request.path == TYPES_PATH:
             response = Response(body=asset("shoal.d.ts").encode(),
                                 headers={"Content-Type": "text/plain; charset=utf-8"})
@@ -202,16 +202,13 @@ class AppServer:
             response = self._file(request)
         return response
 
-    def _test_runner(self, path: str) -> Response:
-        if path == TEST_PAGE_PATH:
-            html = page_html(asset_path("test.html"))
-            return Response(body=html.encode(),
-                            headers={"Content-Type": "text/html; charset=utf-8"})
-        if path == TEST_RUNNER_PATH:
-            return _script(asset("test-run.js"))
-        if path == TEST_LIST_PATH:
-            return _script(f"export default {json.dumps(list(self.tests or ()))};\n")
-        return Response.text(404, "not found\n")
+    def _plugin_page(self, path: str) -> Response | None:
+        for plugin in self.plugins:
+            found = plugin.page(path)
+            if found is not None:
+                kind, body = found
+                return Response(body=body, headers={"Content-Type": kind})
+        return None
 
     def _file(self, request: Request) -> Response:
         target = app_file(self.config, request.path)

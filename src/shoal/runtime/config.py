@@ -478,19 +478,21 @@ class _Reader:
                                 "run_any_program = true in [permissions] (the user is told "
                                 "the app can run anything), or declare the programs it "
                                 "would run instead")
-        from shoal.runtime.hotkeys import canonical, parse_combo
-
         hotkeys = self.strings(table.get("hotkeys", []), "permissions.hotkeys")
-        for index, combo in enumerate(hotkeys):
-            if parse_combo(combo) is None:
-                raise self.fail(f"permissions.hotkeys[{index}]",
-                                "must be modifiers, ctrl, alt or super among them (shift "
-                                "alone would catch typing), and one key, like ctrl+alt+k "
-                                "or super+shift+f5")
+        if hotkeys:  # only then: the module brings asyncio, 30 ms before a window opens
+            from shoal.runtime.hotkeys import canonical, parse_combo
+
+            for index, combo in enumerate(hotkeys):
+                if parse_combo(combo) is None:
+                    raise self.fail(f"permissions.hotkeys[{index}]",
+                                    "must be modifiers, ctrl, alt or super among them (shift "
+                                    "alone would catch typing), and one key, like ctrl+alt+k "
+                                    "or super+shift+f5")
+            hotkeys = tuple(canonical(combo) for combo in hotkeys)
         flags = {name: self.boolean(table, "permissions", name, False)
                  for name in SIMPLE_PERMISSIONS}
         return Permissions(
-            hotkeys=tuple(canonical(c) for c in hotkeys),
+            hotkeys=hotkeys,
             env=env,
             commands=commands,
             run_any_program=run_any,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ShoalError
+from shoal.net import bind_listener
 from shoal.runtime.bridge import AppServer
 from shoal.runtime.config import (
     CONFIG_NAME,
@@ -28,64 +29,47 @@ from shoal.runtime.config import (
 from shoal.runtime.fsapi import BridgeError, FileSystem, PathPolicy
 from shoal.runtime.hotkeys import Hotkeys
 from shoal.runtime.instance import Instance
+from shoal.runtime.launch import Launch
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
 from shoal.runtime.processes import Processes
-from shoal.runtime.server import bind_listener
 from shoal.runtime.system import BrowserBackend, System, WindowBackend
 
 if TYPE_CHECKING:
     from shoal.aio.node import Node
     from shoal.inspector import Inspector
-    from shoal.runtime.apptests import TestRun
 
 RELOAD_POLL = 0.3
 
 
 class AppHost:
-    """Runs the app in ``folder`` until ``close``. ``window`` is the native window's
-    backend, or None for a browser tab."""
+    """Runs the app in ``folder`` until ``close``, launched as ``launch`` says (or with
+    ``options``, its fields, for short: ``AppHost(folder, data_dir=...)``)."""
 
-    def __init__(self, folder: Path, *, data_dir: Path | None = None,
-                 window: WindowBackend | None = None, dev: bool = False, port: int = 0,
-                 lan_discovery: bool | None = None, listener: socket.socket | None = None,
+    def __init__(self, folder: Path, launch: Launch | None = None, *,
+                 window: WindowBackend | None = None, listener: socket.socket | None = None,
                  secret: str | None = None, page_origin: str | None = None,
-                 config: AppConfig | None = None,
-                 on_dev: Callable[[str, str], None] | None = None,
-                 argv: tuple[str, ...] = (), tests: tuple[str, ...] | None = None,
-                 test_run: TestRun | None = None,
-                 instance: Path | None = None, launch_url: str | None = None) -> None:
-        """``listener`` and ``secret``: a socket already listening on 127.0.0.1 and the
+                 **options: Any) -> None:
+        """``window``: the native window's backend, or None for a browser tab.
+        ``listener`` and ``secret``: a socket already listening on 127.0.0.1 and the
         launch secret, when the window must know the URL before the host has started.
-        ``page_origin``: the pages' origin when the window serves them itself.
-        ``config``: the app's ``shoal.toml`` when the caller has read it already.
-        ``on_dev``: under ``dev``, told ``(kind, line)`` of each reload (``"reload"``)
-        and each error (``"error"``), for the terminal.
-        ``argv``: the app's own arguments (``process.info().argv``).
-        ``tests``: the app's test files, for ``shoal test`` (see ``apptests``);
-        ``test_run``: hears their results from the runner page over the bridge.
-        ``instance``: the socket a second launch hands its deep link to (see
-        ``instance``); ``launch_url``: the deep link this launch was opened with."""
+        ``page_origin``: the pages' origin when the window serves them itself."""
+        launch = dataclasses.replace(launch or Launch(), **options)
         self.folder = folder
-        self.argv = argv
-        self.tests = tests
-        self.test_run = test_run
-        self.instance_path = instance
-        self.launch_url = launch_url
+        self.launch = launch
+        self.argv = launch.argv
         self._instance: Instance | None = None
         self._processes: Processes | None = None
         self.exited = asyncio.Event()
         """Set when the page called ``process.exit``; ``exit_code`` is its code."""
         self.exit_code = 0
-        self.config: AppConfig = config or load_config(folder)
-        self.data_dir = data_dir or default_data_dir(self.config.id)
+        self.config: AppConfig = launch.config or load_config(folder)
+        self.data_dir = launch.data_dir or default_data_dir(self.config.id)
         self.window = window or BrowserBackend()
-        self.dev = dev
-        self.port = port
-        self.lan_discovery = lan_discovery
+        self.dev = launch.dev
         self.listener = listener
         self.secret = secret
         self.page_origin = page_origin
-        self.on_dev = on_dev or (lambda kind, line: None)
+        self.on_dev = launch.on_dev or (lambda kind, line: None)
         self.node: Node | None = None
         self.server: AppServer | None = None
         self._invoker: Invoker | None = None
@@ -105,15 +89,16 @@ class AppHost:
         permissions = config.permissions
         if self.listener is None:
             # A taken port fails here, before the data folder or a node key is made.
-            self.listener = bind_listener(self.port)
+            self.listener = bind_listener(self.launch.port)
         functions = load_exposed(self.folder / "app.py")
         check_invoke(config, functions)
         calls: dict[str, Any] = {}
         policy = PathPolicy(self.data_dir, permissions.fs_read, permissions.fs_write)
         files = FileSystem(policy, lambda event, data: server.emit(event, data))
-        server = AppServer(config, calls, port=self.port, listener=self.listener,
+        server = AppServer(config, calls, port=self.launch.port, listener=self.listener,
                            secret=self.secret, page_origin=self.page_origin,
-                           readable=files.open_for_reading, dev=self.dev, tests=self.tests)
+                           readable=files.open_for_reading, dev=self.dev,
+                           plugins=self.launch.plugins)
         emit = server.emit
         self._parts = [files]
         raise_descriptor_limit()
@@ -122,7 +107,8 @@ class AppHost:
             from shoal.identity import Identity
 
             network = config.network
-            lan = network.lan if self.lan_discovery is None else self.lan_discovery
+            lan = network.lan if self.launch.lan_discovery is None else \
+                self.launch.lan_discovery
             # The node holds its key while it runs: a second copy would share its peer id.
             key = node_key_path(policy.data_dir)
             identity = Identity.load_or_create(key)
@@ -147,11 +133,11 @@ class AppHost:
         for part in (files, system, net, datagrams, invoker, processes, hotkeys):
             calls.update(part.calls())
         calls["app.launch"] = self._launch
-        if self.instance_path is not None:
-            self._instance = Instance(self.instance_path, self._opened_again)
+        if self.launch.instance is not None:
+            self._instance = Instance(self.launch.instance, self._opened_again)
             await self._instance.start()
-        if self.tests is not None and self.test_run is not None:
-            calls.update(self.test_run.calls())
+        for plugin in self.launch.plugins:
+            calls.update(plugin.calls(self.window))
         if self.dev:
             calls["dev.report"] = self._page_reported
             if self.node is not None:  # the app's node, live, beside the app
@@ -164,7 +150,7 @@ class AppHost:
 
     async def _launch(self) -> dict[str, Any]:
         """How this copy of the app was started: its deep link and arguments."""
-        return {"url": self.launch_url, "argv": list(self.argv)}
+        return {"url": self.launch.url, "argv": list(self.argv)}
 
     def _opened_again(self, launch: dict[str, Any]) -> str | None:
         """A second launch handed over its link and arguments: tell the pages, and bring

@@ -12,7 +12,6 @@ socket left by a copy that died has no lock holder, and is replaced.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -21,9 +20,12 @@ import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ShoalError
+
+if TYPE_CHECKING:
+    import asyncio
 
 MAX_LINE = 64 * 1024
 RESERVED_SCHEMES = frozenset({
@@ -129,6 +131,8 @@ class Instance:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
+        import asyncio  # here: a launch that only claims or hands over does without it
+
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # left by a copy that died (a live one answered hand_over)
@@ -137,6 +141,8 @@ class Instance:
         os.chmod(self.path, 0o600)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
+
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
             body = json.loads(line)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import socket
 from collections.abc import Callable
@@ -29,8 +28,6 @@ from websockets.frames import CloseCode, Opcode
 from websockets.http11 import Request as HandshakeRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
-
-from shoal.errors import ShoalError, os_error_code
 
 MAX_REQUEST_HEAD = 16 << 10
 MAX_REQUEST_BODY = 64 << 10
@@ -132,28 +129,6 @@ class WebSocket:
 
 
 Handle = Callable[[Request], "Response | WebSocketAccept"]
-
-
-class ListenError(ShoalError, OSError):
-    """The loopback port cannot be had; an ``OSError`` too, for callers that then try
-    another port."""
-
-
-def bind_listener(port: int = 0) -> socket.socket:
-    """A TCP socket listening on 127.0.0.1 for the app server, bound ahead of time;
-    raises ``ListenError`` (code ``EADDRINUSE``, ...) if the port cannot be had."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", port))
-        listener.listen(128)
-    except OSError as exc:
-        listener.close()
-        hint = ("; another program uses it: choose another --port, or --port 0 for any free one"
-                if exc.errno == errno.EADDRINUSE else "")
-        raise ListenError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}{hint}",
-                          code=os_error_code(exc)) from None
-    return listener
 
 
 class LoopbackServer:

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shoal.runtime.apptests import TestRun
     from shoal.runtime.config import AppConfig, MenuItem
     from shoal.runtime.desktop import Desktop
+    from shoal.runtime.launch import Launch
 
 HOST_DELAY = 1.0
 """Seconds after the window opens by which the host starts even if the page is still
@@ -340,296 +340,343 @@ def opener_for(config: AppConfig) -> Callable[[str], None]:
     return leave
 
 
-def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
-                  on_ready: Callable[[str], None], port: int = 0, gui: str | None = None,
-                  config: AppConfig | None = None,
-                  on_dev: Callable[[str, str], None] | None = None,
-                  argv: tuple[str, ...] = (), instance: Path | None = None,
-                  launch_url: str | None = None, tests: tuple[str, ...] | None = None,
-                  test_run: TestRun | None = None) -> None:
-    """Open the app in a native window; returns when the window is closed.
+def run_in_window(folder: Path, launch: Launch, *, on_ready: Callable[[str], None],
+                  gui: str | None = None) -> None:
+    """Open the app, launched as ``launch`` says, in a native window; returns when its
+    windows are closed (see ``WindowSession``). ``on_ready`` is told the first page's
+    address once it has loaded."""
+    WindowSession(folder, launch, on_ready=on_ready, gui=gui).run()
 
-    With ``tests`` (the app's test files), the window shows ``shoal test``'s runner page
-    from the app server instead, reports to ``test_run``, and closes when the run is over.
+
+class WindowSession:
+    """The app in native windows, from the opening of the first to the close of the last.
 
     The server's socket and secret exist before the window, so every address is known
     from the start. On QtWebEngine the window shows the app through its own
     ``shoal://app`` scheme, and the host (the bridge) starts once the page has loaded:
     its imports do not stand between the user and the first paint, and a page's first
     bridge call waits in the listen queue until the host answers. Other renderers load
-    the app server's URL, and the host starts at once.
+    the app server's URL, and the host starts at once. Where ``launch.entry`` is a
+    plugin's page (``shoal test``'s runner), the window shows it from the app server.
 
     The host's modules are imported after PySide6, whose import hook would keep the
     source of each of them in memory, were it not for ``spare_import_hook_memory``.
     Imported before it instead, they would make the page paint 45 ms later (measured
     with QtWebEngine): they would no longer overlap the page's own loading.
+
+    Threads: the session is made and ``run`` on the main thread, which the GUI loop then
+    holds. pywebview's events come on the main thread (``initialized``), the GUI thread
+    (``before_show``, and each load where the GUI thread reports them) or a thread of
+    pywebview's (other loads); the page's window calls come from the host's thread.
+    ``origin``, ``url`` and ``renderer`` are written before the first window shows, and
+    only read after.
     """
-    from shoal.runtime.config import WEBVIEW_STORAGE, default_data_dir, load_config
-    from shoal.runtime.display import exit_when_display_dies
-    from shoal.runtime.qtscheme import (
-        ORIGIN,
-        SCHEME,
-        keep_navigation_on_app,
-        network_flags,
-        register_scheme,
-        report_loads_plainly,
-        scheme_handler,
-        spare_import_hook_memory,
-    )
 
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        # Chromium's sandbox refuses to run as root; QtWebEngine must be told.
-        os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
-    config = config or load_config(folder)
-    data_dir = data_dir or default_data_dir(config.id)
-    from shoal.runtime.server import bind_listener
+    def __init__(self, folder: Path, launch: Launch, *, on_ready: Callable[[str], None],
+                 gui: str | None = None) -> None:
+        import dataclasses
 
-    if gui in (None, "qt") and os.environ.get("QT_API", "pyside6") == "pyside6" \
-            and _module_exists("PySide6.QtWebEngineWidgets"):
-        # What shoal[gui] installs (pywebview would try GTK first), driven through
-        # PySide6: the window's scheme handler is PySide6 code, and pywebview's qtpy
-        # layer would prefer PyQt if present.
-        gui = "qt"
-        os.environ["QT_API"] = "pyside6"
-    serves_itself = gui == "qt" and os.environ.get("QT_API") == "pyside6" and tests is None
-    listener = None
-    if port == 0 and not serves_itself:
-        # The pages' origin is then http://127.0.0.1:PORT: the same port each launch keeps
-        # what they stored within reach.
-        with contextlib.suppress(OSError):
-            listener = bind_listener(preferred_port(config.id))
-    listener = listener or bind_listener(port)
-    secret = secrets.token_urlsafe(32)
-    bridge = f"127.0.0.1:{listener.getsockname()[1]}"
-    from shoal.runtime.pages import TEST_PAGE_PATH
+        from shoal.net import bind_listener
+        from shoal.runtime.config import default_data_dir, load_config
+        from shoal.runtime.qtscheme import (
+            network_flags,
+            register_scheme,
+            spare_import_hook_memory,
+        )
 
-    server_url = f"http://{bridge}{TEST_PAGE_PATH if tests else '/'}#shoal={secret}"
-    # Possible only before Qt's application object exists, so before pywebview picks a
-    # renderer.
-    own_scheme = serves_itself and register_scheme()
-    if gui in (None, "qt"):  # read when QtWebEngine starts, so before any window
-        # Chromium's own log (D-Bus, GPU fallbacks) and Qt's notes (the sandbox is off)
-        # are not the app's: only fatal ones, unless the user asked for more.
-        os.environ.setdefault("QT_LOGGING_RULES", "default.info=false")
-        flags = network_flags(config, listener.getsockname()[1])
-        if "--log-level" not in os.environ.get("QTWEBENGINE_CHROMIUM_FLAGS", ""):
-            flags.append("--log-level=3")
-        os.environ["QTWEBENGINE_CHROMIUM_FLAGS"] = " ".join(
-            [os.environ.get("QTWEBENGINE_CHROMIUM_FLAGS", ""), *flags]).strip()
-    if own_scheme:
-        spare_import_hook_memory()
-    shown = {"origin": f"http://{bridge}", "url": server_url}
-    leave = opener_for(config)
-    backend = PywebviewBackend()
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            # Chromium's sandbox refuses to run as root; QtWebEngine must be told.
+            os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
+        self.config = config = launch.config or load_config(folder)
+        self.data_dir = launch.data_dir or default_data_dir(config.id)
+        if gui in (None, "qt") and os.environ.get("QT_API", "pyside6") == "pyside6" \
+                and _module_exists("PySide6.QtWebEngineWidgets"):
+            # What shoal[gui] installs (pywebview would try GTK first), driven through
+            # PySide6: the window's scheme handler is PySide6 code, and pywebview's qtpy
+            # layer would prefer PyQt if present.
+            gui = "qt"
+            os.environ["QT_API"] = "pyside6"
+        self.gui = gui
+        serves_itself = gui == "qt" and os.environ.get("QT_API") == "pyside6" and \
+            launch.entry == "/"
+        listener = None
+        if launch.port == 0 and not serves_itself:
+            # The pages' origin is then http://127.0.0.1:PORT: the same port each launch
+            # keeps what they stored within reach.
+            with contextlib.suppress(OSError):
+                listener = bind_listener(preferred_port(config.id))
+        self.listener = listener or bind_listener(launch.port)
+        self.port = self.listener.getsockname()[1]
+        self.secret = secrets.token_urlsafe(32)
+        self.server_url = f"http://127.0.0.1:{self.port}{launch.entry}#shoal={self.secret}"
+        # Possible only before Qt's application object exists, so before pywebview picks
+        # a renderer.
+        self.own_scheme = serves_itself and register_scheme()
+        if gui in (None, "qt"):  # read when QtWebEngine starts, so before any window
+            # Chromium's own log (D-Bus, GPU fallbacks) and Qt's notes (the sandbox is
+            # off) are not the app's: only fatal ones, unless the user asked for more.
+            os.environ.setdefault("QT_LOGGING_RULES", "default.info=false")
+            flags = network_flags(config, self.port)
+            if "--log-level" not in os.environ.get("QTWEBENGINE_CHROMIUM_FLAGS", ""):
+                flags.append("--log-level=3")
+            os.environ["QTWEBENGINE_CHROMIUM_FLAGS"] = " ".join(
+                [os.environ.get("QTWEBENGINE_CHROMIUM_FLAGS", ""), *flags]).strip()
+        if self.own_scheme:
+            spare_import_hook_memory()
+        self.origin = f"http://127.0.0.1:{self.port}"
+        """The pages' origin: the app server's, or ``shoal://app`` where the Qt window
+        shows the app through its own scheme."""
+        self.url = self.server_url
+        """The first page's address, with the launch secret."""
+        self.renderer: str | None = None
+        """pywebview's renderer (``qtwebengine``, ``gtkwebkit2``, ...), once chosen."""
+        self.loads_on_gui_thread = False
+        """The GUI thread reports the first window's loads (pywebview's thread then
+        does not)."""
+        self.dev = launch.dev
+        self.on_dev = launch.on_dev
+        self.on_ready = on_ready
+        self._announced = False
+        self._announcing = threading.Lock()
+        self.leave = opener_for(config)
+        self.backend = PywebviewBackend()
+        self.host = _HostThread(folder, dataclasses.replace(
+            launch, config=config, data_dir=self.data_dir, on_dev=self._dev_event),
+            window=self.backend, listener=self.listener, secret=self.secret)
+        self._scheme_handlers: list[Any] = []
+        """Each window's scheme handler, kept alive as long as the session."""
+        self._numbers = itertools.count(1)  # the first window is 0
+        self.window: Any = None
+        """The first window, once ``run`` has made it."""
 
-    def dev_event(kind: str, line: str) -> None:
-        if on_dev is not None:
-            on_dev(kind, line)
-        if kind == "inspector":  # the app's node, in a window beside the app's
-            inspector_panel(line)
+    def run(self) -> None:
+        """Show the first window and hold the thread until every window is closed."""
+        import webview
 
-    host = _HostThread(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
-                       secret=secret, config=config, on_dev=dev_event, argv=argv,
-                       instance=instance, launch_url=launch_url, tests=tests,
-                       test_run=test_run)
-    if test_run is not None:
-        test_run.close = backend.close
-    import webview
+        from shoal.runtime.config import WEBVIEW_STORAGE
+        from shoal.runtime.display import exit_when_display_dies
 
-    window_config = config.window
+        window = self.window = self.backend.window = self._create(self.server_url)
+        self.backend.opener = self.open_window
+        self.host.on_failure = window.destroy
+        window.events.initialized += self._initialized
+        window.events.before_show += self._before_show
+        window.events.loaded += self._loaded
+        stop_on_signals = _close_windows_on_signals(lambda: [*webview.windows])
+        exit_when_display_dies(EXIT_GRACE)
+        try:
+            # pywebview would hand new-window requests (target=_blank, window.open)
+            # straight to the system browser, around the shell permission and its rate
+            # limit: they load in the window instead, where the navigation guard hands
+            # them to ``leave``.
+            webview.settings["OPEN_EXTERNAL_LINKS_IN_BROWSER"] = False
+            webview.settings["ALLOW_FILE_URLS"] = False
+            # The webview's storage (localStorage, IndexedDB, cookies) lives in the app's
+            # data folder: it lasts across launches, every window of the app shares it,
+            # and no other app (all have the origin shoal://app) can see it. pywebview
+            # gives GTK windows the application's menu only, not one of their own.
+            webview.start(gui=self.gui, private_mode=False,
+                          storage_path=str(self.data_dir / WEBVIEW_STORAGE),
+                          menu=[] if self.gui == "qt" else _menus(self.config, self.host))
+        finally:
+            stop_on_signals()
+            self.host.stop()
+        if self.host.failure is not None:
+            raise self.host.failure
 
-    def create(url: str) -> Any:
+    def open_window(self, path: str) -> None:
+        """Another window on ``path``, on the same origin and bridge, guarded as the
+        first (any thread)."""
+        import webview
+
+        from shoal.runtime.fsapi import BridgeError
+
+        if len(webview.windows) >= MAX_WINDOWS:
+            raise BridgeError(f"{MAX_WINDOWS} windows are open already", code="EAGAIN")
+        number = next(self._numbers)
+        extra = self.backend.windows[number] = self._create(self._url_of(path, number))
+        extra.events.closed += functools.partial(self._forget, number)
+        extra.events.before_show += functools.partial(self._guard, extra)
+
+    def _forget(self, number: int) -> None:
+        self.backend.windows.pop(number, None)
+
+    def _create(self, url: str) -> Any:
+        import webview
+
+        shape = self.config.window
         return webview.create_window(
-            window_config.title, url, width=window_config.width,
-            height=window_config.height, resizable=window_config.resizable,
-            min_size=(window_config.min_width, window_config.min_height),
-            menu=_menus(config, host) if gui == "qt" else [])
+            shape.title, url, width=shape.width, height=shape.height,
+            resizable=shape.resizable, min_size=(shape.min_width, shape.min_height),
+            menu=_menus(self.config, self.host) if self.gui == "qt" else [])
 
-    def url_of(path: str, number: int = 0) -> str:
+    def _url_of(self, path: str, number: int = 0) -> str:
         """A page of the app as window ``number`` loads it, with the launch secret."""
+        from shoal.runtime.qtscheme import ORIGIN
+
         which = f"&window={number}" if number else ""
-        if shown["origin"] == ORIGIN:
-            return f"{ORIGIN}{path}#shoal={secret}&bridge={bridge}{which}"
-        return f"http://{bridge}{path}#shoal={secret}{which}"
+        if self.origin == ORIGIN:
+            return f"{ORIGIN}{path}#shoal={self.secret}&bridge=127.0.0.1:{self.port}{which}"
+        return f"http://127.0.0.1:{self.port}{path}#shoal={self.secret}{which}"
 
-    handlers: list[Any] = []  # each window's scheme handler, alive as long as it is
+    def _dev_event(self, kind: str, line: str) -> None:
+        if self.on_dev is not None:
+            self.on_dev(kind, line)
+        if kind == "inspector":  # the app's node, in a window beside the app's
+            self._inspector_panel(line)
 
-    def guard_qt(native: Any) -> Any:
-        """GUI thread, before a Qt window shows: the app's scheme on its profile, the
-        navigation guard, and no pywebview channel. The view, or None for a pywebview
-        unlike this one."""
+    def _inspector_panel(self, url: str) -> None:
+        """Any thread. The inspector is a page of its own origin, with its own token."""
+        import webview
+
+        panel = webview.create_window(f"{self.config.window.title} — inspector", url,
+                                      width=960, height=720)
+        panel.events.before_show += functools.partial(_without_channel, panel)
+
+    def _initialized(self, renderer: str) -> None:
+        """Main thread: pywebview has chosen its renderer; no window exists yet."""
+        from shoal.runtime.qtscheme import ORIGIN
+
+        self.renderer = renderer
+        if renderer == "qtwebengine":
+            _one_qt_profile()
+        if self.own_scheme and renderer == "qtwebengine":
+            self.origin = ORIGIN
+            self.url = self.window.real_url = self._url_of("/")
+        else:
+            self.host.start(self.origin)
+
+    def _guard(self, shown: Any) -> Any:
+        """GUI thread, before window ``shown`` shows: guarded as its renderer needs.
+        Its view, or None for a pywebview unlike this one."""
+        from shoal.runtime.qtscheme import ORIGIN
+
+        if self.renderer == "gtkwebkit2":
+            return self._guard_gtk(shown.native)
+        if self.origin == ORIGIN:
+            return self._guard_qt(shown.native)
+        return None
+
+    def _guard_qt(self, native: Any) -> Any:
+        """The app's scheme on the window's profile, the navigation guard, and no
+        pywebview channel."""
+        from shoal.runtime.qtscheme import SCHEME, keep_navigation_on_app, scheme_handler
+
         profile = getattr(native, "profile", None)
         view = getattr(native, "webview", None)
         if profile is None or view is None:
             return None
         if profile.urlSchemeHandler(SCHEME) is None:  # the windows share one profile
-            handlers.append(scheme_handler(config, listener.getsockname()[1], dev=dev))
-            profile.installUrlSchemeHandler(SCHEME, handlers[-1])
-        keep_navigation_on_app(view.page(), leave)
+            self._scheme_handlers.append(scheme_handler(self.config, self.port,
+                                                        dev=self.dev))
+            profile.installUrlSchemeHandler(SCHEME, self._scheme_handlers[-1])
+        keep_navigation_on_app(view.page(), self.leave)
         # pywebview's own bridge would be a second way into Python, outside the policy.
         view.page().setWebChannel(None)
-        desktop("qt").attach(view)
+        self._desktop("qt").attach(view)
         return view
 
-    def guard_gtk(native: Any) -> Any:
-        """GTK's thread, before a WebKitGTK window shows: the wall and the desktop
-        integration. The view, or None for a pywebview unlike this one."""
+    def _guard_gtk(self, native: Any) -> Any:
+        """The wall and the desktop integration."""
         from shoal.runtime.gtkwindow import guard_window, web_view
 
         view = web_view(native)
         if view is None:
             return None
-        guard_window(view, shown["origin"], leave)
-        desktop("gtk").attach(view)
+        guard_window(view, self.origin, self.leave)
+        self._desktop("gtk").attach(view)
         return view
 
-    def desktop(kind: str) -> Desktop:
+    def _desktop(self, kind: str) -> Desktop:
         """The app's desktop integration, made with its first window."""
-        if backend.desktop is None:
+        if self.backend.desktop is None:
             if kind == "qt":
                 from shoal.runtime.qtdesktop import QtDesktop
 
-                backend.desktop = QtDesktop(config, host.emit)
+                self.backend.desktop = QtDesktop(self.config, self.host.emit)
             else:
                 from shoal.runtime.gtkdesktop import GtkDesktop
 
-                backend.desktop = GtkDesktop(config, host.emit)
-        return backend.desktop
+                self.backend.desktop = GtkDesktop(self.config, self.host.emit)
+        return self.backend.desktop
 
-    def show_tray() -> None:
-        why = backend.desktop.show_tray(backend.focus) if backend.desktop else None
+    def _show_tray(self) -> None:
+        desktop = self.backend.desktop
+        why = desktop.show_tray(self.backend.focus) if desktop is not None else None
         if why is not None:
             print(f"shoal: {why}", file=sys.stderr)
 
-    window = backend.window = create(server_url)
+    def _before_show(self) -> None:
+        """GUI thread: the first page has its URL but has not asked for it yet."""
+        from shoal.runtime.qtscheme import ORIGIN, report_loads_plainly
 
-    announced: list[bool] = []
+        window = self.window
+        if self.renderer == "gtkwebkit2":
+            import webview
 
-    def announce() -> None:
-        if not announced:
-            announced.append(True)
-            on_ready(shown["url"])
-
-    def after_load(url: str | None, load: Callable[[str], None]) -> None:
-        # After each load; ``url`` is None when the window's address is not known.
-        host.start(shown["origin"])
-        announce()
-        if url is not None:
-            keep_on_app(url, shown["origin"], load, leave)
-
-    def initialized(renderer: str) -> None:
-        # Main thread: pywebview has chosen its renderer; no window exists yet.
-        shown["renderer"] = renderer
-        if renderer == "qtwebengine":
-            _one_qt_profile()
-        if own_scheme and renderer == "qtwebengine":
-            shown["origin"] = ORIGIN
-            shown["url"] = window.real_url = url_of("/")
-        else:
-            host.start(shown["origin"])
-
-    def before_show() -> None:
-        # GUI thread: the page has its URL but has not asked for it yet.
-        if shown.get("renderer") == "gtkwebkit2":
             from shoal.runtime.gtkwindow import report_loads
 
-            view = guard_gtk(window.native)
+            view = self._guard(window)
             if view is not None:
-                report_loads(view, lambda url: after_load(url, window.load_url))
-                shown["loads"] = "gui"
-                show_tray()
+                report_loads(view, functools.partial(self._after_load, load=window.load_url))
+                self.loads_on_gui_thread = True
+                self._show_tray()
                 # PyGObject takes Python's signal wake-up for its own loop: GLib's
                 # watch closes the windows here instead.
                 _close_on_gtk_signals(lambda: [*webview.windows])
-        if shown["origin"] != ORIGIN:
+        if self.origin != ORIGIN:
             return
-        view = guard_qt(window.native)
+        view = self._guard(window)
         if view is None:  # a pywebview unlike this one: use the server
-            shown.update(origin=f"http://{bridge}", url=server_url)
-            host.start(shown["origin"])
-            window.native.load_url(server_url)
+            self.origin, self.url = f"http://127.0.0.1:{self.port}", self.server_url
+            self.host.start(self.origin)
+            window.native.load_url(self.server_url)
             return
-
-        def page_loaded() -> None:
-            # The GUI thread: nothing here waits on another thread. pywebview's load_url
-            # would serve a non-HTTP address from a server of its own.
-            after_load(view.url().toString(), window.native.load_url)
-            window.events.loaded.set()  # for pywebview's calls that wait for a load
-
-        show_tray()
+        self._show_tray()
         handler = getattr(window.native, "on_load_finished", None)
-        if handler is not None and report_loads_plainly(view.page(), handler, page_loaded):
-            shown["loads"] = "gui"
-        timer = threading.Timer(HOST_DELAY, host.start, args=(ORIGIN,))
+        if handler is not None and report_loads_plainly(
+                view.page(), handler, functools.partial(self._qt_page_loaded, view)):
+            self.loads_on_gui_thread = True
+        timer = threading.Timer(HOST_DELAY, self.host.start, args=(ORIGIN,))
         timer.daemon = True
         timer.start()
 
-    def loaded() -> None:
-        # A thread of pywebview's, after each load, unless the GUI thread has it covered.
-        if shown.get("loads") == "gui":
+    def _qt_page_loaded(self, view: Any) -> None:
+        """The GUI thread, after a load: nothing here waits on another thread.
+        pywebview's load_url would serve a non-HTTP address from a server of its own."""
+        self._after_load(view.url().toString(), load=self.window.native.load_url)
+        self.window.events.loaded.set()  # for pywebview's calls that wait for a load
+
+    def _loaded(self) -> None:
+        """A thread of pywebview's, after each load, unless the GUI thread has it
+        covered."""
+        from shoal.runtime.qtscheme import ORIGIN
+
+        if self.loads_on_gui_thread:
             return
-        host.start(shown["origin"])  # before waiting on the GUI thread for the address
-        native = shown["origin"] == ORIGIN  # as in page_loaded
-        after_load(address_within(window, ADDRESS_WAIT),
-                   window.native.load_url if native else window.load_url)
+        self.host.start(self.origin)  # before waiting on the GUI thread for the address
+        window = self.window
+        self._after_load(address_within(window, ADDRESS_WAIT),
+                         load=window.native.load_url if self.origin == ORIGIN
+                         else window.load_url)
 
-    numbers = itertools.count(1)  # the first window is 0
+    def _after_load(self, url: str | None, *, load: Callable[[str], None]) -> None:
+        """After each load of the first window; ``url`` is None when its address is
+        not known."""
+        self.host.start(self.origin)
+        with self._announcing:
+            first, self._announced = not self._announced, True
+        if first:
+            self.on_ready(self.url)
+        if url is not None:
+            keep_on_app(url, self.origin, load, self.leave)
 
-    def open_window(path: str) -> None:
-        # Any thread. Another window on the same origin and bridge, guarded as the first.
-        from shoal.runtime.fsapi import BridgeError
 
-        if len(webview.windows) >= MAX_WINDOWS:
-            raise BridgeError(f"{MAX_WINDOWS} windows are open already", code="EAGAIN")
-        number = next(numbers)
-        extra = backend.windows[number] = create(url_of(path, number))
-        extra.events.closed += lambda: backend.windows.pop(number, None)
-
-        def prepare() -> None:
-            if shown.get("renderer") == "gtkwebkit2":
-                guard_gtk(extra.native)
-            elif shown["origin"] == ORIGIN:
-                guard_qt(extra.native)
-
-        extra.events.before_show += prepare
-
-    def inspector_panel(url: str) -> None:
-        # Any thread. The inspector is a page of its own origin, with its own token.
-        panel = webview.create_window(f"{window_config.title} — inspector", url,
-                                      width=960, height=720)
-
-        def prepare() -> None:
-            view = getattr(panel.native, "webview", None)
-            if view is not None and hasattr(view, "page"):  # no pywebview channel here
-                view.page().setWebChannel(None)
-
-        panel.events.before_show += prepare
-
-    backend.opener = open_window
-    host.on_failure = lambda: window.destroy()
-    window.events.initialized += initialized
-    window.events.before_show += before_show
-    window.events.loaded += loaded
-    stop_on_signals = _close_windows_on_signals(lambda: [*webview.windows])
-    exit_when_display_dies(EXIT_GRACE)
-    try:
-        # pywebview would hand new-window requests (target=_blank, window.open) straight
-        # to the system browser, around the shell permission and its rate limit: they
-        # load in the window instead, where the navigation guard hands them to ``leave``.
-        webview.settings["OPEN_EXTERNAL_LINKS_IN_BROWSER"] = False
-        webview.settings["ALLOW_FILE_URLS"] = False
-        # The webview's storage (localStorage, IndexedDB, cookies) lives in the app's
-        # data folder: it lasts across launches, every window of the app shares it, and
-        # no other app (all have the origin shoal://app) can see it. pywebview gives GTK
-        # windows the application's menu only, not one of their own.
-        webview.start(gui=gui, private_mode=False,
-                      storage_path=str(data_dir / WEBVIEW_STORAGE),
-                      menu=[] if gui == "qt" else _menus(config, host))
-    finally:
-        stop_on_signals()
-        host.stop()
-    if host.failure is not None:
-        raise host.failure
+def _without_channel(panel: Any) -> None:
+    """Before a Qt panel shows: no pywebview channel in its page."""
+    view = getattr(panel.native, "webview", None)
+    if view is not None and hasattr(view, "page"):
+        view.page().setWebChannel(None)
 
 
 def _one_qt_profile() -> None:
@@ -755,8 +802,9 @@ def _menus(config: AppConfig, host: _HostThread) -> list[Any]:
 class _HostThread:
     """The app host on its own asyncio loop and thread, started at most once."""
 
-    def __init__(self, folder: Path, **host_options: Any) -> None:
+    def __init__(self, folder: Path, launch: Launch, **host_options: Any) -> None:
         self.folder = folder
+        self.launch = launch
         self.options = host_options
         self.failure: BaseException | None = None
         self.on_failure: Callable[[], None] = lambda: None
@@ -801,7 +849,7 @@ class _HostThread:
         try:
             from shoal.runtime.host import AppHost
 
-            host = self._host = AppHost(self.folder, **self.options)
+            host = self._host = AppHost(self.folder, self.launch, **self.options)
             loop.run_until_complete(host.start())
         except BaseException as exc:  # re-raised on the main thread once the window is gone
             self.failure = exc
