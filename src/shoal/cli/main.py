@@ -952,6 +952,9 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
         shown = printable(line)  # a page's text must not drive the terminal
         output.event("dev", shown if kind == "reload" else f"{kind}: {shown}", kind=kind,
                      message=line)
+
+    def on_refusal(refusal: Any) -> None:
+        output.event("refused", printable(refusal.line()), **refusal.fields())
     if not browser:
         can_open, gui, reason = choose_gui(gui)
         if can_open and reason is not None:
@@ -965,7 +968,8 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
 
             try:
                 run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port,
-                              gui=gui, config=config, on_dev=on_dev, argv=app_args,
+                              gui=gui, config=config, on_dev=on_dev,
+                              on_refusal=on_refusal, argv=app_args,
                               instance=listening, launch_url=url)
             finally:
                 # The windows are closed: a next launch is the app's first copy again,
@@ -981,7 +985,8 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
         from shoal.runtime.host import AppHost
 
         async with AppHost(folder, data_dir=data_dir, dev=dev, port=port,
-                           config=config, on_dev=on_dev, argv=app_args, instance=listening,
+                           config=config, on_dev=on_dev, on_refusal=on_refusal,
+                           argv=app_args, instance=listening,
                            launch_url=url) as host:
             output.event("ready", f"open {host.url} in a browser", mode="browser",
                          url=host.url, dev=dev)

@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 One loopback server (``server.py``) on 127.0.0.1 serves the app folder and
 ``/_shoal/api.js``. Every response carries a Content-Security-Policy without ``'unsafe-eval'`` or
-``'unsafe-inline'`` whose ``connect-src`` is the bridge alone; HTML responses get an
-import map (``"shoal:api"`` -> ``/_shoal/api.js``) whose hash is the only inline script
-the policy admits.
+``'unsafe-inline'`` whose ``connect-src`` is the app's own files and the bridge; HTML
+responses get an import map (``"shoal:api"`` -> ``/_shoal/api.js``), and their policy
+allows by hash the import map and the inline code the page's file holds, nothing added
+later. What the policy refuses, the browser reports to ``REPORT_PATH``.
 
 The bridge is a WebSocket at ``/_shoal/bridge``. A request is refused (403, no side
 effect) unless its ``Host`` is exactly this server's ``127.0.0.1:PORT`` (DNS rebinding),
@@ -44,6 +45,7 @@ from shoal.runtime.pages import (
     BRIDGE_PATH,
     DEV_PATH,
     FILE_PATH,
+    REPORT_PATH,
     TEST_LIST_PATH,
     TEST_MODULE_PATH,
     TEST_PAGE_PATH,
@@ -55,8 +57,10 @@ from shoal.runtime.pages import (
     content_security_policy,
     content_type,
     page_html,
+    page_inline,
     security_headers,
 )
+from shoal.runtime.refusals import Refusal, Refusals
 from shoal.runtime.scope import PageScope, current_page
 from shoal.runtime.server import (
     LoopbackServer,
@@ -92,13 +96,15 @@ class AppServer:
                  secret: str | None = None,
                  readable: Callable[[str], BinaryIO] | None = None,
                  page_origin: str | None = None, dev: bool = False,
-                 tests: tuple[str, ...] | None = None) -> None:
+                 tests: tuple[str, ...] | None = None,
+                 on_refusal: Callable[[Refusal], None] | None = None) -> None:
         """``readable`` opens a page path for reading (raising ``BridgeError``): bulk
         reads are served over HTTP at ``FILE_PATH``, which moves large files much faster
         than WebSocket frames do. ``page_origin``: the pages' origin when something else
         serves them (the native window's ``shoal://app``); only pages of that origin may
         then open the bridge. ``tests``: under ``shoal test``, the app's test files,
-        which ``TEST_PAGE_PATH`` imports and runs."""
+        which ``TEST_PAGE_PATH`` imports and runs. ``on_refusal``: told each kind of
+        thing the pages' policy refused, once."""
         self.config = config
         self.tests = tests
         self.calls = calls
@@ -108,7 +114,9 @@ class AppServer:
         self._listener = listener
         self._requested_port = port
         self.port = 0
-        self._server = LoopbackServer(self._handle)
+        self._server = LoopbackServer(self._handle, post_paths=frozenset({REPORT_PATH}))
+        self.on_refusal = on_refusal
+        self._refusals: Refusals | None = None
         self._sessions: set[_BridgeSession] = set()
         self._page_origin = page_origin
         self._clear_storage = False
@@ -139,6 +147,7 @@ class AppServer:
             from shoal.runtime.origins import claim
 
             self._clear_storage = claim(self.origin, self.config.id)
+        self._refusals = Refusals(self.page_origin)
         await self._server.start(listener)
 
     async def close(self) -> None:
@@ -170,6 +179,8 @@ class AppServer:
             return Response.text(403, "forbidden: service workers are not allowed\n")
         if request.path == BRIDGE_PATH and request.method == "GET":
             return self._bridge(request)
+        if request.path == REPORT_PATH:
+            return self._refused(request)
         if request.path == FILE_PATH:
             response = (self._file_preflight(request) if request.method == "OPTIONS"
                         else self._read_file(request))
@@ -217,8 +228,21 @@ class AppServer:
                 # Until this launch's page holds the bridge: what another app left in
                 # this origin's storage is gone before the page runs.
                 headers["Clear-Site-Data"] = '"cache", "storage"'
+            policy = content_security_policy(self.port, self.config.csp,
+                                             inline=page_inline(self.config.root, target))
+            headers.update(security_headers(policy, isolated=self.config.cross_origin_isolated))
             return Response(body=page_html(target, dev=self.dev).encode(), headers=headers)
         return Response(file=target, headers={"Content-Type": kind})
+
+    def _refused(self, request: Request) -> Response:
+        """A report of what the policy refused, sent by the browser: told once per kind."""
+        if request.method != "POST":
+            return Response.text(405, "method not allowed\n")
+        assert self._refusals is not None
+        refusal = self._refusals.read(request.body)
+        if refusal is not None and self.on_refusal is not None:
+            self.on_refusal(refusal)
+        return Response(204)
 
     def _file_preflight(self, request: Request) -> Response:
         """CORS preflight of a bulk read by a page the window serves itself."""

@@ -30,6 +30,7 @@ from shoal.runtime.hotkeys import Hotkeys
 from shoal.runtime.instance import Instance
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
 from shoal.runtime.processes import Processes
+from shoal.runtime.refusals import Refusal
 from shoal.runtime.system import BrowserBackend, System, WindowBackend
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class AppHost:
                  secret: str | None = None, page_origin: str | None = None,
                  config: AppConfig | None = None,
                  on_dev: Callable[[str, str], None] | None = None,
+                 on_refusal: Callable[[Refusal], None] | None = None,
                  argv: tuple[str, ...] = (), tests: tuple[str, ...] | None = None,
                  test_run: TestRun | None = None,
                  instance: Path | None = None, launch_url: str | None = None) -> None:
@@ -59,6 +61,9 @@ class AppHost:
         ``config``: the app's ``shoal.toml`` when the caller has read it already.
         ``on_dev``: under ``dev``, told ``(kind, line)`` of each reload (``"reload"``)
         and each error (``"error"``), for the terminal.
+        ``on_refusal``: told each kind of thing the pages' policy refused, once (under
+        ``dev`` the pages' error overlay shows it too; without it, ``on_dev`` is told
+        ``("refused", line)``).
         ``argv``: the app's own arguments (``process.info().argv``).
         ``tests``: the app's test files, for ``shoal test`` (see ``apptests``);
         ``test_run``: hears their results from the runner page over the bridge.
@@ -85,6 +90,7 @@ class AppHost:
         self.secret = secret
         self.page_origin = page_origin
         self.on_dev = on_dev or (lambda kind, line: None)
+        self.on_refusal = on_refusal
         self.node: Node | None = None
         self.server: AppServer | None = None
         self._invoker: Invoker | None = None
@@ -109,7 +115,8 @@ class AppHost:
         files = FileSystem(policy, lambda event, data: server.emit(event, data))
         server = AppServer(config, calls, port=self.port, listener=self.listener,
                            secret=self.secret, page_origin=self.page_origin,
-                           readable=files.open_for_reading, dev=self.dev, tests=self.tests)
+                           readable=files.open_for_reading, dev=self.dev, tests=self.tests,
+                           on_refusal=self._refused)
         emit = server.emit
         self._parts = [files]
         raise_descriptor_limit()
@@ -242,6 +249,14 @@ class AppHost:
                 return "app.py", exc.message
             self._invoker.replace(functions)
         return None
+
+    def _refused(self, refusal: Refusal) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(refusal)
+        else:
+            self.on_dev("refused", refusal.line())
+        if self.dev and self.server is not None:
+            self.server.emit("dev.error", {"source": "policy", "message": refusal.line()})
 
     async def _page_reported(self, text: str) -> None:
         """``dev.report``: a page's error, for the terminal."""

@@ -51,6 +51,8 @@ class Request:
     path: str
     query: dict[str, str]
     headers: dict[str, str]
+    body: bytes = b""
+    """What a POST carried (up to ``MAX_REQUEST_BODY``)."""
 
 
 @dataclass(slots=True)
@@ -147,10 +149,14 @@ class LoopbackServer:
     """Seconds an HTTP connection may stay silent between requests (not a WebSocket)."""
     max_connections = MAX_CONNECTIONS
 
-    def __init__(self, handle: Handle, *, headers: dict[str, str] | None = None) -> None:
-        """``headers`` go on every response, the server's own errors included."""
+    def __init__(self, handle: Handle, *, headers: dict[str, str] | None = None,
+                 post_paths: frozenset[str] = frozenset()) -> None:
+        """``headers`` go on every response, the server's own errors included; a
+        response's own header of the same name takes their place. ``post_paths``: the
+        only paths a POST reaches ``handle`` at (with its body)."""
         self.handle = handle
         self.headers = headers if headers is not None else {}
+        self.post_paths = post_paths
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
 
@@ -186,6 +192,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         self._request: h11.Request | None = None
+        self._body: list[bytes] = []
         self._body_size = 0
         self._sending_file = False
         self._websocket: ServerProtocol | None = None
@@ -316,22 +323,25 @@ class _Connection(asyncio.Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
-                self._request, self._body_size = event, 0
+                self._request, self._body_size, self._body = event, 0, []
             elif isinstance(event, h11.Data):
                 self._body_size += len(event.data)
                 if self._body_size > MAX_REQUEST_BODY:
                     self._fail(413, "request body too large\n")
                     return
+                self._body.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 assert self._request is not None
-                self._respond(self._request)
+                body, self._body = b"".join(self._body), []
+                self._respond(self._request, body)
             elif isinstance(event, h11.ConnectionClosed):
                 self.abort()
                 return
 
-    def _respond(self, raw: h11.Request) -> None:
-        request = _request(raw)
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
+    def _respond(self, raw: h11.Request, body: bytes) -> None:
+        request = _request(raw, body)
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not (
+                request.method == "POST" and request.path in self._server.post_paths):
             self._send(request, Response.text(405, "method not allowed\n"))
             return
         if "\x00" in request.path:
@@ -351,7 +361,7 @@ class _Connection(asyncio.Protocol):
         if response.file is not None:
             response, span = _file_part(request, response)
         length = span[1] - span[0] if span is not None else len(response.body)
-        headers = {**response.headers, **self._server.headers, "Content-Length": str(length)}
+        headers = {**self._server.headers, **response.headers, "Content-Length": str(length)}
         self._write(self._http.send(h11.Response(
             status_code=response.status, reason=_REASONS.get(response.status, ""),
             headers=list(headers.items()))) or b"")
@@ -491,7 +501,7 @@ class _Length:
         return self._size
 
 
-def _request(raw: h11.Request) -> Request:
+def _request(raw: h11.Request, body: bytes) -> Request:
     target = urlsplit(raw.target.decode("latin-1"))
     headers: dict[str, str] = {}
     for name, value in raw.headers:
@@ -499,7 +509,7 @@ def _request(raw: h11.Request) -> Request:
         text = value.decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return Request(method=raw.method.decode("latin-1"), path=unquote(target.path),
-                   query=dict(parse_qsl(target.query)), headers=headers)
+                   query=dict(parse_qsl(target.query)), headers=headers, body=body)
 
 
 def _file_part(request: Request, response: Response) -> tuple[Response, tuple[int, int] | None]:

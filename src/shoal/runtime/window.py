@@ -344,6 +344,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                   on_ready: Callable[[str], None], port: int = 0, gui: str | None = None,
                   config: AppConfig | None = None,
                   on_dev: Callable[[str, str], None] | None = None,
+                  on_refusal: Callable[[Any], None] | None = None,
                   argv: tuple[str, ...] = (), instance: Path | None = None,
                   launch_url: str | None = None, tests: tuple[str, ...] | None = None,
                   test_run: TestRun | None = None) -> None:
@@ -423,7 +424,8 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
             inspector_panel(line)
 
     host = _HostThread(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
-                       secret=secret, config=config, on_dev=dev_event, argv=argv,
+                       secret=secret, config=config, on_dev=dev_event,
+                       on_refusal=on_refusal, argv=argv,
                        instance=instance, launch_url=launch_url, tests=tests,
                        test_run=test_run)
     if test_run is not None:
