@@ -35,6 +35,7 @@ from typing import Any
 from shoal.errors import ShoalError
 from shoal.identity import Identity, peer_id_to_bytes, verify_signature
 from shoal.runtime.config import APP_CODE, CONFIG_NAME, AppConfig, check_app_code, load_config
+from shoal.runtime.pages import INLINE_RECORD, inline_record
 from shoal.runtime.statefile import read_record, write_record
 
 FORMAT = 1
@@ -141,6 +142,10 @@ def build(folder: Path, identity: Identity, out_dir: Path | None = None) -> Buil
         if size > MAX_FILE_BYTES:
             raise ArchiveError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB")
         files[relative] = (size, digest.hexdigest())
+    # The hashes of the pages' inline code, signed with them: what their policy allows.
+    record = inline_record({relative: path.read_text(encoding="utf-8", errors="replace")
+                            for relative, path in members if relative.endswith((".html", ".htm"))})
+    files[INLINE_RECORD] = (len(record), hashlib.sha256(record).hexdigest())
     manifest = Manifest(config.id, config.name, config.version, identity.peer_id, files)
     if manifest.size > MAX_TOTAL_BYTES:
         raise ArchiveError(f"{folder}: more than {MAX_TOTAL_BYTES >> 30} GiB in all")
@@ -152,6 +157,7 @@ def build(folder: Path, identity: Identity, out_dir: Path | None = None) -> Buil
         _add(archive, SIGNATURE, identity.sign(SIGNING_CONTEXT + raw))
         for relative, path in members:
             _add(archive, PAYLOAD + relative, path.read_bytes())
+        _add(archive, PAYLOAD + INLINE_RECORD, record)
     return Built(target, manifest, target.stat().st_size)
 
 
