@@ -1,0 +1,124 @@
+"""Web apps as their authors publish them on npm, run by Shoal with nothing added but a
+``shoal.toml``: they work, and what the policy refuses is told once per kind with a fix.
+
+The packages come from the npm registry on the first run and are kept in pytest's
+cache folder (``.pytest_cache``), so later runs read them from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser
+
+SHOAL = [sys.executable, "-m", "shoal.cli.main"]
+REVEAL = ("reveal.js", "5.2.1")
+
+
+@pytest.fixture(scope="session")
+def npm_cache(request: pytest.FixtureRequest) -> Path:
+    return Path(request.config.cache.mkdir("npm-apps"))
+
+
+def npm_package(cache: Path, name: str, version: str) -> Path:
+    """The files of ``name@version`` as published (fetched once, then from ``cache``)."""
+    target = cache / f"{name}-{version}"
+    if (target / "package.json").exists():
+        return target
+    download = cache / "download"
+    download.mkdir(exist_ok=True)
+    packed = subprocess.run(["npm", "pack", f"{name}@{version}", "--json", "--silent",
+                             "--pack-destination", str(download)],
+                            capture_output=True, text=True, check=True, timeout=300)
+    tarball = download / json.loads(packed.stdout)[0]["filename"]
+    unpacking = cache / f".{name}-{version}.partial"
+    shutil.rmtree(unpacking, ignore_errors=True)
+    with tarfile.open(tarball) as archive:
+        archive.extractall(unpacking, filter="data")
+    (unpacking / "package").rename(target)
+    shutil.rmtree(unpacking)
+    return target
+
+
+class Running:
+    """``shoal run --browser --json`` (or ``dev``) on an app: its URL, and every event it
+    printed, read as they come."""
+
+    def __init__(self, command: str, app: Path, data_dir: Path) -> None:
+        self.process = subprocess.Popen(
+            [*SHOAL, command, "--browser", "--json", str(app), "--data-dir", str(data_dir)],
+            stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        assert self.process.stdout is not None
+        ready = json.loads(self.process.stdout.readline())
+        assert ready["event"] == "ready", ready
+        self.url: str = ready["url"]
+        self.events: list[dict] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.events.append(json.loads(line))
+
+    def refusals(self) -> list[dict]:
+        return [e for e in self.events if e["event"] == "refused"]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+
+@pytest.fixture
+def running() -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for run in started:
+        run.stop()
+
+
+def test_reveal_js_demo_shows_its_slides_and_moves_on_a_key_press(
+        tmp_path: Path, npm_cache: Path, browser: Browser, running: list[Running]) -> None:
+    """reveal.js's own demo.html starts from an inline script and styles its slides with
+    style attributes: both run, as hashes of the page's own code."""
+    app = tmp_path / "reveal"
+    shutil.copytree(npm_package(npm_cache, *REVEAL), app)
+    (app / "shoal.toml").write_text('[app]\nname = "Reveal demo"\nid = "org.example.reveal"\n'
+                                    'entry = "demo.html"\n')
+    run = Running("run", app, tmp_path / "data")
+    running.append(run)
+    page = browser.new_page()
+    try:
+        page.goto(run.url)
+        page.wait_for_selector(".reveal.ready", state="attached", timeout=15000)
+        shown = page.locator(".slides > section.present")
+        assert "The HTML Presentation Framework" in (shown.text_content() or "")
+        page.keyboard.press("ArrowRight")
+        page.wait_for_url("**#/1", timeout=5000)
+        assert "The HTML Presentation Framework" not in (shown.text_content() or "")
+        # A style attribute of demo.html applies (an auto-animated box's size).
+        box = page.locator('[data-id="box1"]').first
+        assert box.evaluate("e => getComputedStyle(e).width") == "50px"
+    finally:
+        page.close()
+    refused = {(r["directive"], r["blocked"] if "://" not in r["blocked"]
+                else r["blocked"].split("/")[2]) for r in run.refusals()}
+    # Refused, and told: pictures and a video from the web (no [csp] line names their
+    # host), demo.html's onclick attributes (never run), and the stylesheet the
+    # highlight plugin writes at run time (added after load).
+    assert refused == {("img-src", "static.slid.es"), ("media-src", "static.slid.es"),
+                       ("script-src-attr", "inline"), ("style-src-elem", "inline")}
+    fixes = {r["directive"]: r for r in run.refusals()}
+    assert fixes["img-src"]["fix"] == \
+        'to allow it add to shoal.toml: [csp] img-src = ["https://static.slid.es"]'
+    assert fixes["style-src-elem"]["where"].startswith("plugin/highlight/highlight.js:")
+    assert "addEventListener" in fixes["script-src-attr"]["fix"]
