@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +123,45 @@ def test_reveal_js_demo_shows_its_slides_and_moves_on_a_key_press(
         'to allow it add to shoal.toml: [csp] img-src = ["https://static.slid.es"]'
     assert fixes["style-src-elem"]["where"].startswith("plugin/highlight/highlight.js:")
     assert "addEventListener" in fixes["script-src-attr"]["fix"]
+
+
+def test_shoal_dev_tells_each_kind_of_refusal_once_in_the_terminal_and_over_the_page(
+        tmp_path: Path, browser: Browser, running: list[Running]) -> None:
+    app = tmp_path / "refused"
+    app.mkdir()
+    (app / "shoal.toml").write_text('[app]\nname = "Refused"\nid = "org.example.refused"\n')
+    (app / "index.html").write_text(
+        '<!doctype html><title>r</title><script type="module" src="main.js"></script>\n')
+    (app / "main.js").write_text(
+        "for (const n of [1, 2, 3]) {\n"
+        "  const s = document.createElement('script');\n"
+        "  s.textContent = `globalThis.n = ${n}`;\n"
+        "  document.head.append(s);\n"
+        "}\n"
+        "try { eval('1 + 1'); } catch {}\n"
+        "fetch('https://api.example.com/items').catch(() => {});\n"
+        "fetch('https://api.example.com/other').catch(() => {});\n")
+    run = Running("dev", app, tmp_path / "data")
+    running.append(run)
+    page = browser.new_page()
+    try:
+        page.goto(run.url)
+        overlay = page.locator("#shoal-dev-overlay")
+        deadline = time.monotonic() + 10
+        shown = ""
+        while shown.count("refused by") < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            shown = overlay.text_content() if overlay.count() else ""
+    finally:
+        page.close()
+    told = sorted((r["directive"], r["blocked"], r["where"]) for r in run.refusals())
+    assert told == [("connect-src", "https://api.example.com/items", "main.js:7"),
+                    ("script-src", "eval", "main.js:6"),
+                    ("script-src-elem", "inline", "main.js:4")]
+    lines = {r["directive"]: r for r in run.refusals()}
+    assert lines["connect-src"]["fix"] == \
+        'to allow it add to shoal.toml: [csp] connect-src = ["https://api.example.com"]'
+    assert lines["script-src-elem"]["sample"] == "globalThis.n = 1"
+    assert "JSON.parse" in lines["script-src"]["fix"]
+    assert "main.js:6: refused by script-src: eval '1 + 1'" in shown
+    assert '[csp] connect-src = ["https://api.example.com"]' in shown

@@ -83,6 +83,7 @@ MAX_CALL_ID = (1 << 32) - 1
 FILE_ERROR_TYPE = "application/vnd.shoal.error+json"
 """Content type of a bulk read's answer when the call failed (EPERM, ENOENT, ...)."""
 MAX_FRAME = 128 << 20
+MAX_HELD_EVENTS = 50
 _U32 = struct.Struct("!I")
 
 Handler = Callable[..., Awaitable[Any]]
@@ -117,6 +118,7 @@ class AppServer:
         self._server = LoopbackServer(self._handle, post_paths=frozenset({REPORT_PATH}))
         self.on_refusal = on_refusal
         self._refusals: Refusals | None = None
+        self._held: list[str] = []
         self._sessions: set[_BridgeSession] = set()
         self._page_origin = page_origin
         self._clear_storage = False
@@ -165,6 +167,15 @@ class AppServer:
         text = json.dumps({"event": event, "data": data})
         for session in list(self._sessions):
             session.ws.send_text(text)
+
+    def emit_or_hold(self, event: str, data: dict[str, Any]) -> None:
+        """Send an event to every connected page, or, while none is, to the next page that
+        connects (what a page caused before its bridge was open, such as a refusal while
+        it loaded)."""
+        if self._sessions:
+            self.emit(event, data)
+        elif len(self._held) < MAX_HELD_EVENTS:
+            self._held.append(json.dumps({"event": event, "data": data}))
 
     # ------------------------------------------------------------------ HTTP
 
@@ -294,6 +305,9 @@ class AppServer:
         self._clear_storage = False
         session = _BridgeSession(self.calls, ws, forget=self._sessions.discard)
         self._sessions.add(session)
+        held, self._held = self._held, []
+        for text in held:
+            ws.send_text(text)
         return session
 
 

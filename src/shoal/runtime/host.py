@@ -256,7 +256,8 @@ class AppHost:
         else:
             self.on_dev("refused", refusal.line())
         if self.dev and self.server is not None:
-            self.server.emit("dev.error", {"source": "policy", "message": refusal.line()})
+            self.server.emit_or_hold("dev.error",
+                                     {"source": "policy", "message": refusal.line()})
 
     async def _page_reported(self, text: str) -> None:
         """``dev.report``: a page's error, for the terminal."""
