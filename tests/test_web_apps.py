@@ -7,6 +7,7 @@ cache folder (``.pytest_cache``), so later runs read them from disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -14,11 +15,11 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser
+from playwright.sync_api import Browser, Page
 
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 REVEAL = ("reveal.js", "5.2.1")
@@ -80,26 +81,41 @@ class Running:
 
 
 @pytest.fixture
-def running() -> Iterator[list[Running]]:
+def shoal_app(tmp_path: Path) -> Iterator[Callable[[str, Path], Running]]:
+    """Starts ``shoal COMMAND --browser APP``; each is stopped after the test."""
     started: list[Running] = []
-    yield started
+
+    def start(command: str, app: Path) -> Running:
+        started.append(Running(command, app, tmp_path / "data"))
+        return started[-1]
+
+    yield start
     for run in started:
         run.stop()
 
 
+@contextlib.contextmanager
+def opened(browser: Browser, url: str) -> Iterator[Page]:
+    """A browser tab on ``url``, closed afterwards."""
+    page = browser.new_page()
+    try:
+        page.goto(url)
+        yield page
+    finally:
+        page.close()
+
+
 def test_reveal_js_demo_shows_its_slides_and_moves_on_a_key_press(
-        tmp_path: Path, npm_cache: Path, browser: Browser, running: list[Running]) -> None:
+        tmp_path: Path, npm_cache: Path, browser: Browser,
+        shoal_app: Callable[[str, Path], Running]) -> None:
     """reveal.js's own demo.html starts from an inline script and styles its slides with
     style attributes: both run, as hashes of the page's own code."""
     app = tmp_path / "reveal"
     shutil.copytree(npm_package(npm_cache, *REVEAL), app)
     (app / "shoal.toml").write_text('[app]\nname = "Reveal demo"\nid = "org.example.reveal"\n'
                                     'entry = "demo.html"\n')
-    run = Running("run", app, tmp_path / "data")
-    running.append(run)
-    page = browser.new_page()
-    try:
-        page.goto(run.url)
+    run = shoal_app("run", app)
+    with opened(browser, run.url) as page:
         page.wait_for_selector(".reveal.ready", state="attached", timeout=15000)
         shown = page.locator(".slides > section.present")
         assert "The HTML Presentation Framework" in (shown.text_content() or "")
@@ -109,8 +125,6 @@ def test_reveal_js_demo_shows_its_slides_and_moves_on_a_key_press(
         # A style attribute of demo.html applies (an auto-animated box's size).
         box = page.locator('[data-id="box1"]').first
         assert box.evaluate("e => getComputedStyle(e).width") == "50px"
-    finally:
-        page.close()
     refused = {(r["directive"], r["blocked"] if "://" not in r["blocked"]
                 else r["blocked"].split("/")[2]) for r in run.refusals()}
     # Refused, and told: pictures and a video from the web (no [csp] line names their
@@ -126,7 +140,7 @@ def test_reveal_js_demo_shows_its_slides_and_moves_on_a_key_press(
 
 
 def test_shoal_dev_tells_each_kind_of_refusal_once_in_the_terminal_and_over_the_page(
-        tmp_path: Path, browser: Browser, running: list[Running]) -> None:
+        tmp_path: Path, browser: Browser, shoal_app: Callable[[str, Path], Running]) -> None:
     app = tmp_path / "refused"
     app.mkdir()
     (app / "shoal.toml").write_text('[app]\nname = "Refused"\nid = "org.example.refused"\n')
@@ -141,19 +155,14 @@ def test_shoal_dev_tells_each_kind_of_refusal_once_in_the_terminal_and_over_the_
         "try { eval('1 + 1'); } catch {}\n"
         "fetch('https://api.example.com/items').catch(() => {});\n"
         "fetch('https://api.example.com/other').catch(() => {});\n")
-    run = Running("dev", app, tmp_path / "data")
-    running.append(run)
-    page = browser.new_page()
-    try:
-        page.goto(run.url)
+    run = shoal_app("dev", app)
+    with opened(browser, run.url) as page:
         overlay = page.locator("#shoal-dev-overlay")
         deadline = time.monotonic() + 10
         shown = ""
         while shown.count("refused by") < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
-            shown = overlay.text_content() if overlay.count() else ""
-    finally:
-        page.close()
+            shown = (overlay.text_content() or "") if overlay.count() else ""
     told = sorted((r["directive"], r["blocked"], r["where"]) for r in run.refusals())
     assert told == [("connect-src", "https://api.example.com/items", "main.js:7"),
                     ("script-src", "eval", "main.js:6"),
