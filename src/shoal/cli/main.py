@@ -594,6 +594,42 @@ def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
                  folder=str(folder), template=template, files=[str(p) for p in written])
 
 
+@cli.command(short_help="List what the app's policy will refuse, with fixes.")
+@click.argument("folder", metavar="APP", type=click.Path(file_okay=False, path_type=Path),
+                default=Path("."))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_guard
+def check(folder: Path, as_json: bool) -> None:
+    """Read the app in APP without running it and list, one line each, what its pages'
+    Content-Security-Policy will refuse (inline event handlers, javascript: URLs, eval,
+    remote resources and connections to hosts shoal.toml does not name) and how to fix
+    it. Exits 1 when there is any.
+
+    \b
+    Examples:
+      shoal check notes
+      shoal check notes --json
+    """
+    from shoal.runtime.config import load_config
+
+    output = Output(as_json)
+    findings = _findings(load_config(folder), output)
+    if findings:
+        output.event("checked", f"{findings} to fix", findings=findings)
+        sys.exit(1)
+    output.event("checked", "nothing the policy refuses", findings=0)
+
+
+def _findings(config: Any, output: Output) -> int:
+    """Print what ``shoal check`` finds in the app; how many."""
+    from shoal.runtime.check import check_app
+
+    found = check_app(config)
+    for finding in found:
+        output.event("finding", printable(finding.text()), **finding.fields())
+    return len(found)
+
+
 @cli.command(short_help="Sign an app into one .shoal archive.")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -604,13 +640,16 @@ def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
 @click.option("--gui", type=click.Choice(["qt", "gtk"]),
               help="With --standalone: the system's WebKitGTK (the default where installed; "
                    "small) or QtWebEngine inside the bundle (needs nothing on the machine).")
+@click.option("--no-check", is_flag=True,
+              help="Build even when shoal check finds what the policy will refuse.")
 @_common
 @_guard
 def build(folder: Path, out_dir: Path | None, standalone: bool, gui: str | None,
-          identity_path: str | None, as_json: bool) -> None:
+          no_check: bool, identity_path: str | None, as_json: bool) -> None:
     """Sign the app in FOLDER into NAME-VERSION.shoal with your identity (its peer id is
     the app's publisher): the web files, shoal.toml and any app.py, without hidden files,
-    caches and tests.
+    caches and tests. It runs shoal check first and stops on what it finds, unless
+    --no-check.
 
     \b
     Examples:
@@ -626,6 +665,14 @@ def build(folder: Path, out_dir: Path | None, standalone: bool, gui: str | None,
         raise ShoalError(f"{out_dir}: no such folder", code="ENOENT")
     if gui is not None and not standalone:
         raise ShoalError("--gui chooses the webview of a --standalone build", code="EINVAL")
+    if not no_check:
+        from shoal.runtime.config import load_config
+
+        findings = _findings(load_config(folder), output)
+        if findings:
+            raise ShoalError(f"{folder}: shoal check found {findings} thing(s) the policy "
+                             "will refuse (above); fix them, or build with --no-check",
+                             code="EINVAL")
     if standalone:
         from shoal.runtime.standalone import build_standalone
 
