@@ -240,7 +240,7 @@ class AppServer:
                 # this origin's storage is gone before the page runs.
                 headers["Clear-Site-Data"] = '"cache", "storage"'
             policy = content_security_policy(self.port, self.config.csp,
-                                             inline=page_inline(self.config.root, target))
+                                             inline=page_inline(self.config.pages, target))
             headers.update(security_headers(policy, isolated=self.config.cross_origin_isolated))
             return Response(body=page_html(target, dev=self.dev).encode(), headers=headers)
         return Response(file=target, headers={"Content-Type": kind})

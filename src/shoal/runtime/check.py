@@ -58,8 +58,8 @@ class Finding:
 def check_app(config: AppConfig) -> list[Finding]:
     """Every finding in the files the app serves, by file and line."""
     findings: list[Finding] = []
-    for path in _served_files(config.root):
-        relative = path.relative_to(config.root).as_posix()
+    for path in _served_files(config.pages):
+        relative = path.relative_to(config.pages).as_posix()
         suffix = path.suffix.lower()
         if suffix not in (".html", ".htm", ".js", ".mjs", ".css"):
             continue

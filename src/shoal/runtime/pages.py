@@ -117,6 +117,7 @@ def page_inline(root: Path, page: Path) -> dict[str, tuple[str, ...]]:
     """The hashes of the inline code of ``page`` (a file under ``root``): those signed
     in the app's ``INLINE_RECORD`` when it came from an archive, else computed from the
     file as it is now."""
+    root = Path(os.path.realpath(root))
     try:
         stamp = (root / INLINE_RECORD).stat().st_mtime_ns
     except OSError:
@@ -212,7 +213,7 @@ def app_file(config: AppConfig, relative: str) -> Path | None:
     relative = relative.lstrip("/") or config.entry
     if "\x00" in relative or _hidden(Path(relative).parts):
         return None
-    root = config.root
+    root = Path(os.path.realpath(config.pages))
     target = Path(os.path.realpath(root / relative))
     if not str(target).startswith(str(root) + os.sep) or not target.is_file():
         return None

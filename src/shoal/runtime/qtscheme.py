@@ -139,7 +139,7 @@ def answer(config: AppConfig, *, host: str, path: str, method: bytes,
         return None
     kind = content_type(target)
     if kind == "text/html":  # read as UTF-8, so served as UTF-8 (Chromium's default differs)
-        inline = page_inline(config.root, target) if bridge_port is not None else {}
+        inline = page_inline(config.pages, target) if bridge_port is not None else {}
         header = None
         if inline:
             assert bridge_port is not None

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
@@ -53,6 +54,8 @@ class Request:
     headers: dict[str, str]
     body: bytes = b""
     """What a POST carried (up to ``MAX_REQUEST_BODY``)."""
+    target: str = ""
+    """The request target as sent (path and query, undecoded)."""
 
 
 @dataclass(slots=True)
@@ -86,6 +89,8 @@ class WebSocketAccept:
 
     session: Callable[[WebSocket], WebSocketSession]
     max_message: int = 1 << 20
+    subprotocols: Sequence[str] | None = None
+    """Subprotocols this WebSocket speaks; the first the client offers of them is chosen."""
 
 
 class WebSocket:
@@ -130,7 +135,8 @@ class WebSocket:
             self._connection.flush_websocket()
 
 
-Handle = Callable[[Request], "Response | WebSocketAccept"]
+Answer = Response | WebSocketAccept
+Handle = Callable[[Request], "Answer | Awaitable[Answer]"]
 
 
 def bind_listener(port: int = 0) -> socket.socket:
@@ -194,7 +200,8 @@ class _Connection(asyncio.Protocol):
         self._request: h11.Request | None = None
         self._body: list[bytes] = []
         self._body_size = 0
-        self._sending_file = False
+        self._busy = False
+        """An answer is on its way: a file being sent, or one the owner still works out."""
         self._websocket: ServerProtocol | None = None
         self._session: WebSocketSession | None = None
         self._fragments: list[bytes] = []
@@ -208,7 +215,7 @@ class _Connection(asyncio.Protocol):
 
     @property
     def evictable(self) -> bool:
-        return self._websocket is None and not self._sending_file and not self.lost
+        return self._websocket is None and not self._busy and not self.lost
 
     # ------------------------------------------------------------------ transport
 
@@ -234,7 +241,7 @@ class _Connection(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         quiet_until = self.heard + self._server.idle_timeout
-        if loop.time() >= quiet_until and not self._sending_file:
+        if loop.time() >= quiet_until and not self._busy:
             assert self._transport is not None
             self._transport.close()
             return
@@ -247,7 +254,7 @@ class _Connection(asyncio.Protocol):
             return False
         # The peer is done sending; a file still on its way goes out first.
         self._peer_done = True
-        return self._sending_file
+        return self._busy
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -293,7 +300,7 @@ class _Connection(asyncio.Protocol):
         if self._transport is None or self.lost:
             return
         hold = (self._writable is not None or self._held_by_owner
-                or (self._websocket is None and self._sending_file))
+                or (self._websocket is None and self._busy))
         if hold and not self._reading_paused:
             self._reading_paused = True
             self._transport.pause_reading()
@@ -313,7 +320,7 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ HTTP
 
     def _next_requests(self) -> None:
-        while (not self._sending_file and self._websocket is None and not self.lost
+        while (not self._busy and self._websocket is None and not self.lost
                and self._writable is None):
             try:
                 event = self._http.next_event()
@@ -351,6 +358,27 @@ class _Connection(asyncio.Protocol):
             answer = self._server.handle(request)
         except Exception:  # a bug behind one request must not take the server down
             answer = Response.text(500, "internal error\n")
+        if inspect.isawaitable(answer):
+            self._busy = True
+            self._update_reading()
+            asyncio.get_running_loop().create_task(self._answer_later(request, answer))
+            return
+        self._answer(request, answer)
+
+    async def _answer_later(self, request: Request, pending: Awaitable[Answer]) -> None:
+        try:
+            answer = await pending
+        except Exception:
+            answer = Response.text(500, "internal error\n")
+        self._busy = False
+        if self.lost:
+            return
+        self._update_reading()
+        self._answer(request, answer)
+        if self._websocket is None:
+            asyncio.get_running_loop().call_soon(self._next_requests)
+
+    def _answer(self, request: Request, answer: Answer) -> None:
         if isinstance(answer, WebSocketAccept):
             self._upgrade(request, answer)
         else:
@@ -370,7 +398,7 @@ class _Connection(asyncio.Protocol):
                 _close(response.file)
             self._end_of_response()
         elif span is not None and response.file is not None:
-            self._sending_file = True
+            self._busy = True
             self._update_reading()
             asyncio.get_running_loop().create_task(self._send_file(response.file, *span))
             return
@@ -394,7 +422,7 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self._http.send_with_data_passthrough(h11.Data(data=_Length(sent)))
-        self._sending_file = False
+        self._busy = False
         self._update_reading()
         self._end_of_response()
 
@@ -437,7 +465,7 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ WebSocket
 
     def _upgrade(self, request: Request, accept: WebSocketAccept) -> None:
-        handshake = ServerProtocol()
+        handshake = ServerProtocol(subprotocols=cast(Any, accept.subprotocols))
         reply = handshake.accept(HandshakeRequest(request.path, Headers(request.headers)))
         if reply.status_code != 101:
             self._send(request, Response(reply.status_code, bytes(reply.body),
@@ -509,7 +537,8 @@ def _request(raw: h11.Request, body: bytes) -> Request:
         text = value.decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return Request(method=raw.method.decode("latin-1"), path=unquote(target.path),
-                   query=dict(parse_qsl(target.query)), headers=headers, body=body)
+                   query=dict(parse_qsl(target.query)), headers=headers, body=body,
+                   target=raw.target.decode("latin-1"))
 
 
 def _file_part(request: Request, response: Response) -> tuple[Response, tuple[int, int] | None]:
