@@ -916,30 +916,37 @@ def run(folder: Path, app_args: tuple[str, ...], browser: bool, port: int,
 
 @cli.command(short_help="Like run, with live reload and error overlay.")
 @_app_options
+@click.option("--url", "dev_url", metavar="URL",
+              help="Show the pages of this framework dev server on this machine "
+                   "(default: [dev] url in shoal.toml), e.g. http://127.0.0.1:5173.")
 @_guard
 def dev(folder: Path, app_args: tuple[str, ...], browser: bool, port: int,
         data_dir: Path | None, as_json: bool, gui: str | None,
-        introducers: tuple[str, ...]) -> None:
-    """Like run, and reload the page whenever a file of the app changes.
+        introducers: tuple[str, ...], dev_url: str | None) -> None:
+    """Like run, and reload the page whenever a file of the app changes. With a
+    framework's dev server (--url, or [dev] url), show its pages instead, with the JS
+    API, and let it reload them itself (hot module reload).
 
     \b
     Examples:
       shoal dev notes
       shoal dev notes --browser
+      shoal dev my-vite-app --url http://127.0.0.1:5173
     """
     _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json,
-             gui=gui, dev=True, introducers=introducers, app_args=app_args)
+             gui=gui, dev=True, introducers=introducers, app_args=app_args, dev_url=dev_url)
 
 
 def _run_app(app: Path, *, browser: bool, port: int, data_dir: Path | None, as_json: bool,
              gui: str | None, dev: bool, introducers: tuple[str, ...] = (),
              yes: bool = False, app_args: tuple[str, ...] = (),
-             url: str | None = None) -> None:
+             url: str | None = None, dev_url: str | None = None) -> None:
     output = Output(as_json)
     with contextlib.ExitStack() as stack:
         folder = _app_folder(app, output, yes, stack)
         _run_folder(folder, output, browser=browser, port=port, data_dir=data_dir, gui=gui,
-                    dev=dev, introducers=introducers, app_args=app_args, url=url)
+                    dev=dev, introducers=introducers, app_args=app_args, url=url,
+                    dev_url=dev_url)
 
 
 def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStack) -> Path:
@@ -963,7 +970,7 @@ def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStac
 def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
                 data_dir: Path | None, gui: str | None, dev: bool,
                 introducers: tuple[str, ...], app_args: tuple[str, ...],
-                url: str | None = None) -> None:
+                url: str | None = None, dev_url: str | None = None) -> None:
     import dataclasses
 
     from shoal.runtime import instance
@@ -973,6 +980,11 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
     # A bad config or app code: one clear line before anything starts.
     config = load_config(folder)
     check_app_code(folder)
+    dev_url = _dev_server(config, dev, dev_url)
+    if dev_url is None and not config.pages.is_dir():
+        raise ShoalError(f"{config.pages}: no such folder ([app] root): build the app first "
+                         "(npm run build, say), or show its dev server with shoal dev --url",
+                         code="ENOENT")
     if url is not None:
         instance.check_url(url, config.scheme)
     listening = instance.socket_path(data_dir or default_data_dir(config.id))
@@ -1016,7 +1028,7 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
             try:
                 run_in_window(folder, dev=dev, data_dir=data_dir, on_ready=ready, port=port,
                               gui=gui, config=config, on_dev=on_dev,
-                              on_refusal=on_refusal, argv=app_args,
+                              on_refusal=on_refusal, dev_url=dev_url, argv=app_args,
                               instance=listening, launch_url=url)
             finally:
                 # The windows are closed: a next launch is the app's first copy again,
@@ -1033,7 +1045,7 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
 
         async with AppHost(folder, data_dir=data_dir, dev=dev, port=port,
                            config=config, on_dev=on_dev, on_refusal=on_refusal,
-                           argv=app_args, instance=listening,
+                           dev_url=dev_url, argv=app_args, instance=listening,
                            launch_url=url) as host:
             output.event("ready", f"open {host.url} in a browser", mode="browser",
                          url=host.url, dev=dev)
@@ -1041,6 +1053,18 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
         return host.exit_code
 
     _run(output, body)
+
+
+def _dev_server(config: Any, dev: bool, given: str | None) -> str | None:
+    """The framework dev server ``shoal dev`` shows: ``--url``, else ``[dev] url``."""
+    from shoal.runtime.config import dev_server_url
+
+    if given is None:
+        return config.dev_url if dev else None
+    try:
+        return dev_server_url(given)
+    except ValueError as exc:
+        raise ShoalError(f"--url: {exc}", code="EINVAL") from None
 
 
 def _peer_hint(config: Any) -> str | None:

@@ -38,6 +38,7 @@ from typing import Any, BinaryIO
 
 from shoal.errors import ShoalError
 from shoal.runtime.config import AppConfig
+from shoal.runtime.devserver import DevServer, nonce, nonce_meta
 from shoal.runtime.eager import start_eagerly
 from shoal.runtime.fsapi import BridgeError, FramedBytes
 from shoal.runtime.pages import (
@@ -56,8 +57,10 @@ from shoal.runtime.pages import (
     asset_path,
     content_security_policy,
     content_type,
+    inline_hashes,
     page_html,
     page_inline,
+    page_text,
     security_headers,
 )
 from shoal.runtime.refusals import Refusal, Refusals
@@ -98,14 +101,16 @@ class AppServer:
                  readable: Callable[[str], BinaryIO] | None = None,
                  page_origin: str | None = None, dev: bool = False,
                  tests: tuple[str, ...] | None = None,
-                 on_refusal: Callable[[Refusal], None] | None = None) -> None:
+                 on_refusal: Callable[[Refusal], None] | None = None,
+                 dev_server: DevServer | None = None) -> None:
         """``readable`` opens a page path for reading (raising ``BridgeError``): bulk
         reads are served over HTTP at ``FILE_PATH``, which moves large files much faster
         than WebSocket frames do. ``page_origin``: the pages' origin when something else
         serves them (the native window's ``shoal://app``); only pages of that origin may
         then open the bridge. ``tests``: under ``shoal test``, the app's test files,
         which ``TEST_PAGE_PATH`` imports and runs. ``on_refusal``: told each kind of
-        thing the pages' policy refused, once."""
+        thing the pages' policy refused, once. ``dev_server``: serve the pages of this
+        framework dev server instead of the app's files."""
         self.config = config
         self.tests = tests
         self.calls = calls
@@ -117,6 +122,7 @@ class AppServer:
         self.port = 0
         self._server = LoopbackServer(self._handle, post_paths=frozenset({REPORT_PATH}))
         self.on_refusal = on_refusal
+        self.dev_server = dev_server
         self._refusals: Refusals | None = None
         self._held: list[str] = []
         self._sessions: set[_BridgeSession] = set()
@@ -156,6 +162,8 @@ class AppServer:
         for session in list(self._sessions):
             session.close()
         await self._server.close()
+        if self.dev_server is not None:
+            await self.dev_server.close()
 
     async def drain(self) -> None:
         """Wait while any page's socket holds more unsent data than its high-water mark."""
@@ -179,7 +187,7 @@ class AppServer:
 
     # ------------------------------------------------------------------ HTTP
 
-    def _handle(self, request: Request) -> Response | WebSocketAccept:
+    def _handle(self, request: Request) -> Response | WebSocketAccept | Awaitable[Response]:
         if request.headers.get("host") != f"127.0.0.1:{self.port}":
             self.refused += 1
             return Response.text(403, "forbidden: wrong Host\n")
@@ -211,9 +219,30 @@ class AppServer:
         elif request.path == TYPES_PATH:
             response = Response(body=asset("shoal.d.ts").encode(),
                                 headers={"Content-Type": "text/plain; charset=utf-8"})
+        elif self.dev_server is not None and not request.path.startswith("/_shoal/"):
+            if request.headers.get("upgrade", "").lower() == "websocket":
+                return self.dev_server.relay(request)
+            return self._from_dev_server(request)
         else:
             response = self._file(request)
         return response
+
+    async def _from_dev_server(self, request: Request) -> Response:
+        """The dev server's answer; a page gets what the app's own pages get, and a
+        nonce for the styles the dev server's client adds."""
+        assert self.dev_server is not None
+        status, headers, body = await self.dev_server.fetch(request)
+        if not headers.get("Content-Type", "").startswith("text/html") or not body:
+            return Response(status, body, headers)
+        html = body.decode("utf-8", errors="replace")
+        page_nonce = nonce()
+        inline = inline_hashes(html)
+        inline["style-src"] = (*inline.get("style-src", ()), f"'nonce-{page_nonce}'")
+        policy = content_security_policy(self.port, self.config.csp, inline=inline)
+        page = page_text(html, dev=self.dev, head=nonce_meta(page_nonce))
+        return Response(status, page.encode(), {
+            "Content-Type": "text/html; charset=utf-8",
+            **security_headers(policy, isolated=self.config.cross_origin_isolated)})
 
     def _test_runner(self, path: str) -> Response:
         if path == TEST_PAGE_PATH:

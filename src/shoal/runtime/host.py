@@ -25,6 +25,7 @@ from shoal.runtime.config import (
     did_you_mean,
     load_config,
 )
+from shoal.runtime.devserver import DevServer
 from shoal.runtime.fsapi import BridgeError, FileSystem, PathPolicy
 from shoal.runtime.hotkeys import Hotkeys
 from shoal.runtime.instance import Instance
@@ -52,6 +53,7 @@ class AppHost:
                  config: AppConfig | None = None,
                  on_dev: Callable[[str, str], None] | None = None,
                  on_refusal: Callable[[Refusal], None] | None = None,
+                 dev_url: str | None = None,
                  argv: tuple[str, ...] = (), tests: tuple[str, ...] | None = None,
                  test_run: TestRun | None = None,
                  instance: Path | None = None, launch_url: str | None = None) -> None:
@@ -64,6 +66,8 @@ class AppHost:
         ``on_refusal``: told each kind of thing the pages' policy refused, once (under
         ``dev`` the pages' error overlay shows it too; without it, ``on_dev`` is told
         ``("refused", line)``).
+        ``dev_url``: under ``dev``, a framework's dev server whose pages are shown
+        instead of the app's files (which it reloads itself).
         ``argv``: the app's own arguments (``process.info().argv``).
         ``tests``: the app's test files, for ``shoal test`` (see ``apptests``);
         ``test_run``: hears their results from the runner page over the bridge.
@@ -91,6 +95,7 @@ class AppHost:
         self.page_origin = page_origin
         self.on_dev = on_dev or (lambda kind, line: None)
         self.on_refusal = on_refusal
+        self.dev_url = dev_url if dev else None
         self.node: Node | None = None
         self.server: AppServer | None = None
         self._invoker: Invoker | None = None
@@ -116,7 +121,8 @@ class AppHost:
         server = AppServer(config, calls, port=self.port, listener=self.listener,
                            secret=self.secret, page_origin=self.page_origin,
                            readable=files.open_for_reading, dev=self.dev, tests=self.tests,
-                           on_refusal=self._refused)
+                           on_refusal=self._refused,
+                           dev_server=DevServer(self.dev_url) if self.dev_url else None)
         emit = server.emit
         self._parts = [files]
         raise_descriptor_limit()
@@ -212,10 +218,12 @@ class AppHost:
         """Under ``dev``: when a file of the app changes, reload every page; when
         ``app.py`` changes, load it again first; a broken ``shoal.toml`` or ``app.py``
         is reported (terminal and page) and watching goes on."""
-        before = await asyncio.to_thread(_tree, self.folder)
+        # A dev server reloads the pages itself: only shoal.toml and app.py are watched.
+        only = (CONFIG_NAME, "app.py") if self.dev_url else None
+        before = await asyncio.to_thread(_tree, self.folder, only)
         while True:
             await asyncio.sleep(RELOAD_POLL)
-            after = await asyncio.to_thread(_tree, self.folder)
+            after = await asyncio.to_thread(_tree, self.folder, only)
             if after == before:
                 continue
             changed = sorted(Path(p).name for p in {*before, *after}
@@ -291,11 +299,13 @@ def raise_descriptor_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def _tree(folder: Path) -> dict[str, int]:
+def _tree(folder: Path, only: tuple[str, ...] | None = None) -> dict[str, int]:
+    """The modification times of the app's files (``only`` these names, if given)."""
     out = {}
     for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
-        for name in files:
+        dirs[:] = [] if only else [d for d in dirs if not d.startswith(".")
+                                   and d not in ("__pycache__", "node_modules")]
+        for name in files if only is None else [f for f in files if f in only]:
             path = os.path.join(root, name)
             try:
                 out[path] = os.stat(path).st_mtime_ns

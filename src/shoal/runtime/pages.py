@@ -236,8 +236,14 @@ def page_html(path: Path, *, import_map: bool = True, policy: str | None = None,
     head unless it has its own (or ``import_map`` is false), ``DEV_TAG`` after it when
     ``dev``, and ``policy``, if given, in a ``<meta>`` element before everything else the
     page holds."""
-    html = path.read_text(encoding="utf-8", errors="replace")
-    added = DEV_TAG if dev else ""
+    return page_text(path.read_text(encoding="utf-8", errors="replace"),
+                     import_map=import_map, policy=policy, dev=dev)
+
+
+def page_text(html: str, *, import_map: bool = True, policy: str | None = None,
+              dev: bool = False, head: str = "") -> str:
+    """``page_html`` of a page's text; ``head``: more markup for the start of its head."""
+    added = (DEV_TAG if dev else "") + head
     if import_map and "importmap" not in html:
         added = IMPORT_MAP_TAG + added
     if added:

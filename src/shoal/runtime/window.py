@@ -345,6 +345,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
                   config: AppConfig | None = None,
                   on_dev: Callable[[str, str], None] | None = None,
                   on_refusal: Callable[[Any], None] | None = None,
+                  dev_url: str | None = None,
                   argv: tuple[str, ...] = (), instance: Path | None = None,
                   launch_url: str | None = None, tests: tuple[str, ...] | None = None,
                   test_run: TestRun | None = None) -> None:
@@ -391,7 +392,8 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
         # layer would prefer PyQt if present.
         gui = "qt"
         os.environ["QT_API"] = "pyside6"
-    serves_itself = gui == "qt" and os.environ.get("QT_API") == "pyside6" and tests is None
+    serves_itself = (gui == "qt" and os.environ.get("QT_API") == "pyside6" and tests is None
+                     and dev_url is None)  # a dev server's pages come through the server
     listener = None
     if port == 0 and not serves_itself:
         # The pages' origin is then http://127.0.0.1:PORT: the same port each launch keeps
@@ -425,7 +427,7 @@ def run_in_window(folder: Path, *, dev: bool, data_dir: Path | None,
 
     host = _HostThread(folder, data_dir=data_dir, window=backend, dev=dev, listener=listener,
                        secret=secret, config=config, on_dev=dev_event,
-                       on_refusal=on_refusal, argv=argv,
+                       on_refusal=on_refusal, dev_url=dev_url, argv=argv,
                        instance=instance, launch_url=launch_url, tests=tests,
                        test_run=test_run)
     if test_run is not None:
