@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -23,6 +24,8 @@ from playwright.sync_api import Browser, Page
 
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 REVEAL = ("reveal.js", "5.2.1")
+CREATE_VITE = "create-vite@9.3.0"
+VITE_APP_TOML = '[app]\nname = "Vite app"\nid = "org.example.vite"\nroot = "dist"\n'
 
 
 @pytest.fixture(scope="session")
@@ -50,13 +53,31 @@ def npm_package(cache: Path, name: str, version: str) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def vite_app(npm_cache: Path) -> Path:
+    """A create-vite react-ts project as its template makes it, installed and built (once;
+    later runs find it in the cache), with a ``shoal.toml`` naming ``dist``."""
+    project = npm_cache / f"vite-react-ts-{CREATE_VITE.split('@')[1]}"
+    if not (project / ".built").exists():
+        shutil.rmtree(project, ignore_errors=True)
+        subprocess.run(["npm", "exec", "--yes", CREATE_VITE, "--", project.name, "--template",
+                        "react-ts", "--no-interactive"], cwd=npm_cache, check=True,
+                       capture_output=True, timeout=300)
+        for step in (["npm", "install", "--no-audit", "--no-fund"], ["npm", "run", "build"]):
+            subprocess.run(step, cwd=project, check=True, capture_output=True, timeout=600)
+        (project / ".built").touch()
+    (project / "shoal.toml").write_text(VITE_APP_TOML)
+    return project
+
+
 class Running:
     """``shoal run --browser --json`` (or ``dev``) on an app: its URL, and every event it
     printed, read as they come."""
 
-    def __init__(self, command: str, app: Path, data_dir: Path) -> None:
+    def __init__(self, command: str, app: Path, data_dir: Path, *options: str) -> None:
         self.process = subprocess.Popen(
-            [*SHOAL, command, "--browser", "--json", str(app), "--data-dir", str(data_dir)],
+            [*SHOAL, command, "--browser", "--json", str(app), "--data-dir", str(data_dir),
+             *options],
             stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
         assert self.process.stdout is not None
         ready = json.loads(self.process.stdout.readline())
@@ -81,12 +102,12 @@ class Running:
 
 
 @pytest.fixture
-def shoal_app(tmp_path: Path) -> Iterator[Callable[[str, Path], Running]]:
-    """Starts ``shoal COMMAND --browser APP``; each is stopped after the test."""
+def shoal_app(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """Starts ``shoal COMMAND --browser APP [OPTIONS]``; each is stopped after the test."""
     started: list[Running] = []
 
-    def start(command: str, app: Path) -> Running:
-        started.append(Running(command, app, tmp_path / "data"))
+    def start(command: str, app: Path, *options: str) -> Running:
+        started.append(Running(command, app, tmp_path / "data", *options))
         return started[-1]
 
     yield start
@@ -107,7 +128,7 @@ def opened(browser: Browser, url: str) -> Iterator[Page]:
 
 def test_reveal_js_demo_shows_its_slides_and_moves_on_a_key_press(
         tmp_path: Path, npm_cache: Path, browser: Browser,
-        shoal_app: Callable[[str, Path], Running]) -> None:
+        shoal_app: Callable[..., Running]) -> None:
     """reveal.js's own demo.html starts from an inline script and styles its slides with
     style attributes: both run, as hashes of the page's own code."""
     app = tmp_path / "reveal"
@@ -140,7 +161,7 @@ def test_reveal_js_demo_shows_its_slides_and_moves_on_a_key_press(
 
 
 def test_shoal_dev_tells_each_kind_of_refusal_once_in_the_terminal_and_over_the_page(
-        tmp_path: Path, browser: Browser, shoal_app: Callable[[str, Path], Running]) -> None:
+        tmp_path: Path, browser: Browser, shoal_app: Callable[..., Running]) -> None:
     app = tmp_path / "refused"
     app.mkdir()
     (app / "shoal.toml").write_text('[app]\nname = "Refused"\nid = "org.example.refused"\n')
@@ -174,3 +195,61 @@ def test_shoal_dev_tells_each_kind_of_refusal_once_in_the_terminal_and_over_the_
     assert "JSON.parse" in lines["script-src"]["fix"]
     assert "main.js:6: refused by script-src: eval '1 + 1'" in shown
     assert '[csp] connect-src = ["https://api.example.com"]' in shown
+
+
+def test_a_vite_react_app_runs_built_from_its_dist_folder(
+        vite_app: Path, browser: Browser, shoal_app: Callable[..., Running]) -> None:
+    run = shoal_app("run", vite_app)
+    with opened(browser, run.url) as page:
+        page.get_by_role("button", name="Count is 0").click()
+        page.get_by_role("button", name="Count is 1").wait_for(timeout=5000)
+        # Its stylesheet applies (a build's CSS file, from dist/assets).
+        assert page.locator("h1").evaluate("e => getComputedStyle(e).fontSize") != "32px"
+    assert run.refusals() == []
+
+
+def test_a_vite_react_app_in_shoal_dev_through_vites_dev_server_reloads_hot(
+        vite_app: Path, browser: Browser, shoal_app: Callable[..., Running]) -> None:
+    """Vite's own dev server behind shoal dev: the page has the JS API (and its checks),
+    Vite's styles apply, and an edit to a component is swapped in while the page keeps
+    its state (hot module reload, not a page load)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Vite itself (not through npx, whose child would outlive a terminate).
+    vite = subprocess.Popen(["node", "node_modules/vite/bin/vite.js", "--host", "127.0.0.1",
+                             "--port", str(port), "--strictPort", "--clearScreen", "false"],
+                            cwd=vite_app, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, stdin=subprocess.DEVNULL)
+    component = vite_app / "src" / "App.tsx"
+    original = component.read_text()
+    try:
+        assert vite.stdout is not None
+        said = [vite.stdout.readline()]
+        while "ready in" not in said[-1]:
+            assert said[-1], "".join(said)  # Vite stopped before it was ready
+            said.append(vite.stdout.readline())
+        run = shoal_app("dev", vite_app, "--url", f"http://127.0.0.1:{port}")
+        with opened(browser, run.url) as page:
+            page.get_by_role("button", name="Count is 0").click()
+            page.get_by_role("button", name="Count is 1").wait_for(timeout=5000)
+            api = page.evaluate("""async () => {
+                const { fs, os } = await import("shoal:api");
+                await fs.writeFile("note.txt", "from the dev server's page");
+                const denied = await os.platform().then(() => "allowed", (e) => e.code);
+                return [await fs.readFile("note.txt", "utf8"), denied];
+            }""")
+            assert api == ["from the dev server's page", "EPERM"]
+            padding = page.locator("button.counter").evaluate(
+                "e => getComputedStyle(e).paddingTop")
+            assert padding != "0px"  # App.css, added by Vite's client as a <style>
+            page.evaluate("window.loadedOnce = true")
+            component.write_text(original.replace("Get started", "Reloaded hot"))
+            page.locator("h1", has_text="Reloaded hot").wait_for(timeout=10000)
+            assert page.evaluate("window.loadedOnce") is True  # the same page, not reloaded
+            page.get_by_role("button", name="Count is 1").wait_for(timeout=1000)  # kept
+        assert run.refusals() == []
+    finally:
+        component.write_text(original)
+        vite.terminate()
+        vite.wait(timeout=10)
