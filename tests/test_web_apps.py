@@ -16,6 +16,7 @@ import sys
 import tarfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -253,3 +254,29 @@ def test_a_vite_react_app_in_shoal_dev_through_vites_dev_server_reloads_hot(
         component.write_text(original)
         vite.terminate()
         vite.wait(timeout=10)
+
+
+def test_the_vite_template_builds_into_an_archive_of_its_dist_folder_that_runs(
+        tmp_path: Path, browser: Browser, shoal_app: Callable[..., Running]) -> None:
+    app = tmp_path / "web"
+    assert subprocess.run([*SHOAL, "init", str(app), "--template", "vite"],
+                          capture_output=True, timeout=60).returncode == 0
+    unbuilt = subprocess.run([*SHOAL, "run", str(app), "--browser"], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert unbuilt.returncode != 0 and "build the app first" in unbuilt.stderr
+    for step in (["npm", "install", "--no-audit", "--no-fund"], ["npm", "run", "build"]):
+        subprocess.run(step, cwd=app, check=True, capture_output=True, timeout=300)
+    built = subprocess.run([*SHOAL, "build", str(app), "--out", str(tmp_path), "--identity",
+                            str(tmp_path / "publisher.key"), "--json"],
+                           capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    names = zipfile.ZipFile(json.loads(built.stdout.splitlines()[-1])["path"]).namelist()
+    assert {n for n in names if not n.startswith("app/dist/assets/")} == {
+        "shoal-archive.json", "shoal-archive.sig", "app/shoal.toml", "app/app.py",
+        "app/dist/index.html", "app/dist/.shoal-inline.json"}  # no sources, no node_modules
+    run = shoal_app("run", app)
+    with opened(browser, run.url) as page:
+        page.wait_for_selector("body[data-ready=true]", state="attached", timeout=10000)
+        assert page.text_content("#greeting") == "Hello, world!"
+        assert page.text_content("#visits") == "Opened 1 time(s)."
+    assert run.refusals() == []

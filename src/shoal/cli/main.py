@@ -573,24 +573,30 @@ def _doctor_without_servers(output: Output, peer_id: str, local: list[str]) -> i
 
 @cli.command(short_help="Create a new app from a template.")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--template", type=click.Choice(["blank", "chat"]), default="blank",
+@click.option("--template", type=click.Choice(["blank", "chat", "vite"]), default="blank",
               show_default=True, help="What the new app starts from.")
 @click.option("--name", help="The app's name (default: the folder's name).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @_guard
 def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
-    """Create a new app in FOLDER: index.html, app.js, app.py, shoal.toml and a test.
+    """Create a new app in FOLDER: index.html, app.js, app.py, shoal.toml and a test
+    (with --template vite: a Vite project whose dev server shoal dev shows, and whose
+    build, dist, shoal run serves).
 
     \b
     Examples:
       shoal init notes
       shoal init chat --template chat
+      shoal init web --template vite
     """
     from shoal.runtime.scaffold import create_app
 
     output = Output(as_json)
     written = create_app(folder, template=template, name=name)
-    output.event("created", f"created {folder} ({template}); run it with: shoal run {folder}",
+    then = (f"npm --prefix {folder} install, then npm --prefix {folder} run dev and "
+            f"shoal dev {folder} (or npm --prefix {folder} run build and shoal run {folder})"
+            if template == "vite" else f"run it with: shoal run {folder}")
+    output.event("created", f"created {folder} ({template}); {then}",
                  folder=str(folder), template=template, files=[str(p) for p in written])
 
 
