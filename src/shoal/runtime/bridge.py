@@ -87,6 +87,7 @@ FILE_ERROR_TYPE = "application/vnd.shoal.error+json"
 """Content type of a bulk read's answer when the call failed (EPERM, ENOENT, ...)."""
 MAX_FRAME = 128 << 20
 MAX_HELD_EVENTS = 50
+REPORT_TYPES = ("application/csp-report", "application/reports+json")
 _U32 = struct.Struct("!I")
 
 Handler = Callable[..., Awaitable[Any]]
@@ -155,7 +156,7 @@ class AppServer:
             from shoal.runtime.origins import claim
 
             self._clear_storage = claim(self.origin, self.config.id)
-        self._refusals = Refusals(self.page_origin)
+        self._refusals = Refusals(self.page_origin, self.config.entry)
         await self._server.start(listener)
 
     async def close(self) -> None:
@@ -278,6 +279,12 @@ class AppServer:
         """A report of what the policy refused, sent by the browser: told once per kind."""
         if request.method != "POST":
             return Response.text(405, "method not allowed\n")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind not in REPORT_TYPES:
+            # What a browser sends no page can send without a CORS preflight, which
+            # fails here: other sites' pages cannot write in the developer's terminal.
+            self.refused += 1
+            return Response.text(415, "not a report\n")
         assert self._refusals is not None
         refusal = self._refusals.read(request.body)
         if refusal is not None and self.on_refusal is not None:

@@ -62,9 +62,11 @@ class Refusal:
 class Refusals:
     """The refusals of one run, each kind told once."""
 
-    def __init__(self, origin: str) -> None:
-        """``origin``: the pages' origin, left out of the file names told."""
+    def __init__(self, origin: str, entry: str = "index.html") -> None:
+        """``origin``: the pages' origin, left out of the file names told; ``entry``:
+        the page at ``/``."""
         self.origin = origin
+        self.entry = entry
         self._seen: set[tuple[str, str, str]] = set()
 
     def read(self, body: bytes) -> Refusal | None:
@@ -80,7 +82,7 @@ class Refusals:
             report = report.get("csp-report")
         if not isinstance(report, dict):
             return None
-        refusal = refusal_of(report, self.origin)
+        refusal = refusal_of(report, self.origin, self.entry)
         if refusal is None:
             return None
         kind = (refusal.directive, _kind(refusal), refusal.where.rsplit(":", 1)[0])
@@ -90,7 +92,8 @@ class Refusals:
         return refusal
 
 
-def refusal_of(report: dict[str, Any], origin: str) -> Refusal | None:
+def refusal_of(report: dict[str, Any], origin: str, entry: str = "index.html",
+               ) -> Refusal | None:
     """A ``csp-report`` object read as a ``Refusal`` (None when it names no directive)."""
     directive = _text(report.get("effective-directive") or report.get("effectiveDirective")
                       or report.get("violated-directive")).split(" ")[0]
@@ -102,6 +105,10 @@ def refusal_of(report: dict[str, Any], origin: str) -> Refusal | None:
                    or report.get("document-uri") or report.get("documentURL"))
     line = report.get("line-number") or report.get("lineNumber")
     where = _relative(source, origin)
+    if source.split("#", 1)[0] == origin + "/":
+        where = entry
+    elif source and "://" not in source:  # the browser keeps only the scheme of a
+        where = "(a file of the app)"     # URL that is not http(s) (shoal://app/...)
     if where and isinstance(line, int) and line > 0:
         where = f"{where}:{line}"
     blocked = _relative(blocked, origin) if "://" in blocked else blocked
