@@ -79,11 +79,45 @@ def test_a_hello_archive_is_a_few_kilobytes_signed_and_the_same_bytes_each_time(
     assert first.stat().st_size < 4096
     names = zipfile.ZipFile(first).namelist()
     assert names[:2] == [archive.MANIFEST, archive.SIGNATURE]
-    assert sorted(names[2:]) == ["app/app.js", "app/app.py", "app/index.html",
-                                 "app/shoal.toml", "app/style.css"]  # no test_app.py
+    assert sorted(names[2:]) == ["app/.shoal-inline.json", "app/app.js", "app/app.py",
+                                 "app/index.html", "app/shoal.toml",
+                                 "app/style.css"]  # no test_app.py
     manifest = archive.read_manifest(first)
     publisher = Identity.load(tmp_path / "publisher.key").peer_id
     assert manifest.publisher == publisher and manifest.app_id == "local.shoal.hello"
+
+
+async def test_an_archives_pages_allow_exactly_the_inline_code_that_was_signed(
+        tmp_path: Path, home: dict[str, str]) -> None:
+    """Someone who edits an unpacked app's page afterwards (to add a script of their own)
+    gets no hash of it into the policy: the archive's hashes are those it was signed
+    with, not recomputed from the files as they are now."""
+    import aiohttp
+
+    from shoal.runtime.host import AppHost
+    from shoal.runtime.pages import inline_hashes
+
+    folder = tmp_path / "src" / "inline"
+    assert _shoal("init", str(folder), env=home).returncode == 0
+    page = folder / "index.html"
+    signed = '<script>document.title = "signed"</script><p style="color: red">x</p>'
+    page.write_text(page.read_text().replace("</body>", signed + "</body>"))
+    result = _shoal("build", str(folder), "--out", str(tmp_path), "--identity",
+                    str(tmp_path / "publisher.key"), "--json", env=home)
+    assert result.returncode == 0, result.stderr
+    unpacked = tmp_path / "unpacked"
+    archive.unpack(Path(json.loads(result.stdout)["path"]), unpacked)
+    added = "<script>globalThis.added = true</script>"
+    (unpacked / "index.html").write_text(
+        (unpacked / "index.html").read_text().replace("</body>", added + "</body>"))
+
+    async with AppHost(unpacked, data_dir=tmp_path / "data") as host, \
+            aiohttp.ClientSession() as session, \
+            session.get(host.url.split("#")[0]) as response:
+        policy = response.headers["Content-Security-Policy"]
+    for source in [*inline_hashes(signed)["script-src"], *inline_hashes(signed)["style-src"]]:
+        assert source in policy
+    assert inline_hashes(added)["script-src"][0] not in policy
 
 
 @pytest.mark.parametrize("template", ["blank", "chat"])

@@ -364,7 +364,7 @@ async def test_bridge_refuses_without_secret_foreign_origin_or_host(tmp_path: Pa
                 html = await r.text()
         assert server.refused == len(attempts) + 1
         assert "'unsafe-eval'" not in policy and "'unsafe-inline'" not in policy
-        assert f"connect-src ws://127.0.0.1:{server.port}/_shoal/bridge" in policy
+        assert f"connect-src 'self' ws://127.0.0.1:{server.port}/_shoal/bridge" in policy
         assert '<script type="importmap">' in html
 
 
@@ -507,9 +507,9 @@ def test_window_scheme_policy_survives_lowercased_headers() -> None:
     policy = content_security_policy(4321, {}, api_origin="shoal://api")
     assert policy == policy.lower()
     assert "'sha256-" not in policy and "'unsafe-inline'" not in policy
-    assert "script-src 'self' shoal://api;" in policy
-    assert "connect-src ws://127.0.0.1:4321/_shoal/bridge http://127.0.0.1:4321/_shoal/file" \
-        in policy
+    assert "script-src 'self' shoal://api 'report-sample';" in policy
+    assert ("connect-src 'self' ws://127.0.0.1:4321/_shoal/bridge "
+            "http://127.0.0.1:4321/_shoal/file;") in policy
     assert lowercase_safe(policy) == (policy, None)
 
 
@@ -522,11 +522,13 @@ def test_an_apps_case_sensitive_sources_reach_the_window_exactly() -> None:
     policy = content_security_policy(4321, extra, api_origin="shoal://api")
     header, exact = lowercase_safe(policy)
     directives = dict(d.split(" ", 1) for d in header.split("; "))
-    assert directives["script-src"] == "'self' shoal://api 'unsafe-inline'"
+    assert directives["script-src"] == "'self' shoal://api 'report-sample' 'unsafe-inline'"
     assert directives["img-src"] == "'self' blob: https://Pics.example.org https://CDN.example.org/x"
     assert directives["media-src"] == "'self' blob: Media.example.org"
-    assert directives["style-src"] == "'self'" and directives["default-src"] == "'none'"
-    assert exact == ("script-src 'self' shoal://api 'sha256-AbC+/9=' 'sha256-lower'; "
+    assert directives["style-src"] == "'self' 'report-sample'"
+    assert directives["default-src"] == "'none'"
+    assert exact == ("script-src 'self' shoal://api 'report-sample' 'sha256-AbC+/9=' "
+                     "'sha256-lower'; "
                      "img-src 'self' blob: https://Pics.example.org/Albums/ "
                      "https://CDN.example.org/x; "
                      "media-src 'self' blob: Media.example.org/Clips/")

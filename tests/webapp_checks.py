@@ -8,12 +8,20 @@ from pathlib import Path
 WEBAPP = Path(__file__).parent / "data" / "webapp"
 
 EXPECTED = {
-    # The policy: no eval, no inline script, no connections but the bridge.
+    # The policy: the page's own inline code runs, no code injected later, no eval, no
+    # connections but the app's own files and the bridge.
     "eval": {"error": "EvalError"},
     "newFunction": {"error": "EvalError"},
     "inlineScript": {"ok": False},
-    "unhashedInline": {"ok": False},
-    "hashedInline": {"ok": True},  # its hash is in the app's [csp]
+    "unhashedInline": {"ok": True},  # in the page's HTML: allowed by its hash
+    "hashedInline": {"ok": True},  # its hash is in the app's [csp] too
+    "ownStyleAttribute": {"ok": "rgb(0, 128, 0)"},
+    "injectedFragmentScript": {"ok": False},
+    "injectedOnclick": {"ok": False},
+    "injectedJavascriptLink": {"ok": False},
+    "injectedStyleAttribute": {"ok": "rgb(0, 0, 0)"},
+    "fetchOwnFile": {"ok": 200},
+    "fetchFileReadWithoutSecret": {"ok": False},
     "fetchElsewhere": {"error": "TypeError"},
     "isolated": {"ok": True},  # COOP and COEP were applied
     "characterSet": {"ok": "UTF-8"},  # the page has no <meta charset>

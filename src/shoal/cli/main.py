@@ -866,32 +866,79 @@ def _doctor_without_servers(output: Output, peer_id: str, local: list[str],
 
 @cli.command(short_help="Create a new app from a template.")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--template", type=click.Choice(["blank", "chat"]), default="blank",
+@click.option("--template", type=click.Choice(["blank", "chat", "vite"]), default="blank",
               show_default=True, help="What the new app starts from.")
 @click.option("--name", help="The app's name (default: the folder's name).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @_guard
 def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
-    """Create a new app in FOLDER: index.html, app.js, app.py, shoal.toml and a test.
+    """Create a new app in FOLDER: index.html, app.js, app.py, shoal.toml and a test
+    (with --template vite: a Vite project whose dev server shoal dev shows, and whose
+    build, dist, shoal run serves).
 
     \b
     Examples:
       shoal init notes
       shoal init chat --template chat
+      shoal init web --template vite
     """
     from shoal.runtime.scaffold import create_app
 
     output = Output(as_json)
     written = create_app(folder, template=template, name=name)
     where = shlex.quote(str(folder))
-    steps = {f"shoal dev {where}": "run it, reloading the page as you edit",
-             f"shoal run {where}": "run it as its users will",
-             f"shoal test {where}": "run its tests (*.test.js)"}
+    if template == "vite":
+        steps = {f"npm --prefix {where} install": "fetch the framework",
+                 f"npm --prefix {where} run dev": "start its dev server, then in another "
+                                                  "terminal:",
+                 f"shoal dev {where}": "show its pages in the app, reloading as you edit",
+                 f"npm --prefix {where} run build && shoal run {where}":
+                     "run the built app as its users will"}
+    else:
+        steps = {f"shoal dev {where}": "run it, reloading the page as you edit",
+                 f"shoal run {where}": "run it as its users will",
+                 f"shoal test {where}": "run its tests (*.test.js)"}
     width = max(map(len, steps)) + 2
     output.event("created", f"created {folder} ({template}); next:\n" + "\n".join(
                      f"  {step:<{width}}# {what}" for step, what in steps.items()),
                  folder=str(folder), template=template, files=[str(p) for p in written],
                  next=list(steps))
+
+
+@cli.command(short_help="List what the app's policy will refuse, with fixes.")
+@click.argument("folder", metavar="APP", type=click.Path(file_okay=False, path_type=Path),
+                default=Path("."))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_guard
+def check(folder: Path, as_json: bool) -> None:
+    """Read the app in APP without running it and list, one line each, what its pages'
+    Content-Security-Policy will refuse (inline event handlers, javascript: URLs, eval,
+    remote resources and connections to hosts shoal.toml does not name) and how to fix
+    it. Exits 1 when there is any.
+
+    \b
+    Examples:
+      shoal check notes
+      shoal check notes --json
+    """
+    from shoal.runtime.config import load_config
+
+    output = Output(as_json)
+    findings = _findings(load_config(folder), output)
+    if findings:
+        output.event("checked", f"{findings} to fix", findings=findings)
+        sys.exit(1)
+    output.event("checked", "nothing the policy refuses", findings=0)
+
+
+def _findings(config: Any, output: Output) -> int:
+    """Print what ``shoal check`` finds in the app; how many."""
+    from shoal.runtime.check import check_app
+
+    found = check_app(config)
+    for finding in found:
+        output.event("finding", printable(finding.text()), **finding.fields())
+    return len(found)
 
 
 @cli.command(short_help="Sign an app into one .shoal archive.")
@@ -904,13 +951,16 @@ def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
 @click.option("--gui", type=click.Choice(["qt", "gtk"]),
               help="With --standalone: the system's WebKitGTK (the default where installed; "
                    "small) or QtWebEngine inside the bundle (needs nothing on the machine).")
+@click.option("--no-check", is_flag=True,
+              help="Build even when shoal check finds what the policy will refuse.")
 @_common
 @_guard
 def build(folder: Path, out_dir: Path | None, standalone: bool, gui: str | None,
-          identity_path: str | None, as_json: bool) -> None:
+          no_check: bool, identity_path: str | None, as_json: bool) -> None:
     """Sign the app in FOLDER into NAME-VERSION.shoal with your identity (its peer id is
     the app's publisher): the web files, shoal.toml and any app.py, without hidden files,
-    caches and tests.
+    caches and tests. It runs shoal check first and stops on what it finds, unless
+    --no-check.
 
     \b
     Examples:
@@ -925,7 +975,13 @@ def build(folder: Path, out_dir: Path | None, standalone: bool, gui: str | None,
     output = Output(as_json)
     if gui is not None and not standalone:
         raise ShoalError("--gui chooses the webview of a --standalone build", code="EINVAL")
-    load_config(folder)  # a broken app: one line, before any folder is made
+    config = load_config(folder)  # a broken app: one line, before any folder is made
+    if not no_check:
+        findings = _findings(config, output)
+        if findings:
+            raise ShoalError(f"{folder}: shoal check found {findings} thing(s) the policy "
+                             "will refuse (above); fix them, or build with --no-check",
+                             code="EINVAL")
     if out_dir is not None and not standalone:
         _make_folder(out_dir)
     if standalone:
@@ -1190,30 +1246,37 @@ def run(folder: Path, app_args: tuple[str, ...], browser: bool, port: int,
 
 @cli.command(short_help="Like run, with live reload and error overlay.")
 @_app_options
+@click.option("--url", "dev_url", metavar="URL",
+              help="Show the pages of this framework dev server on this machine "
+                   "(default: [dev] url in shoal.toml), e.g. http://127.0.0.1:5173.")
 @_guard
 def dev(folder: Path, app_args: tuple[str, ...], browser: bool, port: int,
         data_dir: Path | None, as_json: bool, gui: str | None,
-        introducers: tuple[str, ...]) -> None:
-    """Like run, and reload the page whenever a file of the app changes.
+        introducers: tuple[str, ...], dev_url: str | None) -> None:
+    """Like run, and reload the page whenever a file of the app changes. With a
+    framework's dev server (--url, or [dev] url), show its pages instead, with the JS
+    API, and let it reload them itself (hot module reload).
 
     \b
     Examples:
       shoal dev notes
       shoal dev notes --browser
+      shoal dev my-vite-app --url http://127.0.0.1:5173
     """
     _run_app(folder, browser=browser, port=port, data_dir=data_dir, as_json=as_json,
-             gui=gui, dev=True, introducers=introducers, app_args=app_args)
+             gui=gui, dev=True, introducers=introducers, app_args=app_args, dev_url=dev_url)
 
 
 def _run_app(app: Path, *, browser: bool, port: int, data_dir: Path | None, as_json: bool,
              gui: str | None, dev: bool, introducers: tuple[str, ...] = (),
              yes: bool = False, app_args: tuple[str, ...] = (),
-             url: str | None = None) -> None:
+             url: str | None = None, dev_url: str | None = None) -> None:
     output = Output(as_json)
     with contextlib.ExitStack() as stack:
         folder = _app_folder(app, output, yes, stack, own_data=data_dir is not None)
         _run_folder(folder, output, browser=browser, port=port, data_dir=data_dir, gui=gui,
-                    dev=dev, introducers=introducers, app_args=app_args, url=url)
+                    dev=dev, introducers=introducers, app_args=app_args, url=url,
+                    dev_url=dev_url)
 
 
 def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStack, *,
@@ -1253,7 +1316,7 @@ def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStac
 def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
                 data_dir: Path | None, gui: str | None, dev: bool,
                 introducers: tuple[str, ...], app_args: tuple[str, ...],
-                url: str | None = None) -> None:
+                url: str | None = None, dev_url: str | None = None) -> None:
     import dataclasses
 
     from shoal.runtime import instance
@@ -1264,6 +1327,11 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
     # A bad config or app code: one clear line before anything starts.
     config = load_config(folder)
     check_app_code(folder)
+    dev_url = _dev_server(config, dev, dev_url)
+    if dev_url is None and not config.pages.is_dir():
+        raise ShoalError(f"{config.pages}: no such folder ([app] root): build the app first "
+                         "(npm run build, say), or show its dev server with shoal dev --url",
+                         code="ENOENT")
     if url is not None:
         instance.check_url(url, config.scheme)
     listening = instance.socket_path(data_dir or default_data_dir(config.id))
@@ -1293,8 +1361,12 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
         output.event("dev", shown if kind == "reload" else f"{kind}: {shown}", kind=kind,
                      message=line)
 
+    def on_refusal(refusal: Any) -> None:
+        output.event("refused", printable(refusal.line()), **refusal.fields())
+
     launch = Launch(data_dir=data_dir, config=config, dev=dev, on_dev=on_dev, port=port,
-                    argv=app_args, instance=listening, url=url)
+                    argv=app_args, instance=listening, url=url, on_refusal=on_refusal,
+                    dev_url=dev_url)
     if not browser:
         can_open, gui, reason = choose_gui(gui)
         if can_open and reason is not None:
@@ -1328,6 +1400,18 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
         return host.exit_code
 
     _run(output, body)
+
+
+def _dev_server(config: Any, dev: bool, given: str | None) -> str | None:
+    """The framework dev server ``shoal dev`` shows: ``--url``, else ``[dev] url``."""
+    from shoal.runtime.config import dev_server_url
+
+    if given is None:
+        return config.dev_url if dev else None
+    try:
+        return dev_server_url(given)
+    except ValueError as exc:
+        raise ShoalError(f"--url: {exc}", code="EINVAL") from None
 
 
 def _peer_hint(config: Any) -> str | None:

@@ -54,6 +54,7 @@ from shoal.runtime.config import (
     parse_config,
     runs_any_program,
 )
+from shoal.runtime.pages import INLINE_RECORD, inline_record
 from shoal.runtime.statefile import read_record, write_record
 
 FORMAT = 1
@@ -154,6 +155,10 @@ def build(folder: Path, identity: Identity, out_dir: Path | None = None) -> Buil
     check_app_code(folder)
     files: dict[str, tuple[int, str]] = {}
     members = app_files(folder)
+    web = "" if config.web_root == "." else config.web_root + "/"
+    if web:  # a framework's project: its build folder, not its sources
+        kept = {CONFIG_NAME, APP_CODE, config.tray.icon if config.tray else CONFIG_NAME}
+        members = [(r, p) for r, p in members if r.startswith(web) or r in kept]
     for relative, path in members:
         _check_member_path(relative, path)
         digest, size = hashlib.sha256(), 0
@@ -164,6 +169,12 @@ def build(folder: Path, identity: Identity, out_dir: Path | None = None) -> Buil
         if size > MAX_FILE_BYTES:
             raise ArchiveError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB")
         files[relative] = (size, digest.hexdigest())
+    # The hashes of the pages' inline code, signed with them: what their policy allows.
+    record = inline_record({relative[len(web):]: path.read_text(encoding="utf-8",
+                                                                errors="replace")
+                            for relative, path in members if relative.startswith(web)
+                            and relative.endswith((".html", ".htm"))})
+    files[web + INLINE_RECORD] = (len(record), hashlib.sha256(record).hexdigest())
     manifest = Manifest(config.id, config.name, config.version, identity.peer_id, files)
     if manifest.size > MAX_TOTAL_BYTES:
         raise ArchiveError(f"{folder}: more than {MAX_TOTAL_BYTES >> 30} GiB in all")
@@ -175,6 +186,7 @@ def build(folder: Path, identity: Identity, out_dir: Path | None = None) -> Buil
         _add(archive, SIGNATURE, identity.sign(SIGNING_CONTEXT + raw))
         for relative, path in members:
             _add(archive, PAYLOAD + relative, path.read_bytes())
+        _add(archive, PAYLOAD + web + INLINE_RECORD, record)
     return Built(target, manifest, target.stat().st_size)
 
 

@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 One loopback server (``server.py``) on 127.0.0.1 serves the app folder and
 ``/_shoal/api.js``. Every response carries a Content-Security-Policy without ``'unsafe-eval'`` or
-``'unsafe-inline'`` whose ``connect-src`` is the bridge alone; HTML responses get an
-import map (``"shoal:api"`` -> ``/_shoal/api.js``) whose hash is the only inline script
-the policy admits.
+``'unsafe-inline'`` whose ``connect-src`` is the app's own files and the bridge; HTML
+responses get an import map (``"shoal:api"`` -> ``/_shoal/api.js``), and their policy
+allows by hash the import map and the inline code the page's file holds, nothing added
+later. What the policy refuses, the browser reports to ``REPORT_PATH``.
 
 The bridge is a WebSocket at ``/_shoal/bridge``. A request is refused (403, no side
 effect) unless its ``Host`` is exactly this server's ``127.0.0.1:PORT`` (DNS rebinding),
@@ -39,6 +40,7 @@ from urllib.parse import quote, urlencode
 from shoal.errors import ShoalError
 from shoal.net import bind_listener
 from shoal.runtime.config import AppConfig
+from shoal.runtime.devserver import DevServer, nonce, nonce_meta
 from shoal.runtime.eager import start_eagerly
 from shoal.runtime.fsapi import BridgeError, FramedBytes
 from shoal.runtime.pages import (
@@ -46,16 +48,20 @@ from shoal.runtime.pages import (
     BRIDGE_PATH,
     DEV_PATH,
     FILE_PATH,
+    REPORT_PATH,
     TEST_MODULE_PATH,
     TYPES_PATH,
     app_file,
     asset,
     content_security_policy,
     content_type,
+    inline_hashes,
     open_app_file,
-    page_html,
+    page_inline,
+    page_text,
     security_headers,
 )
+from shoal.runtime.refusals import Refusal, Refusals
 from shoal.runtime.scope import PageScope, current_page
 from shoal.runtime.server import (
     LoopbackServer,
@@ -80,6 +86,8 @@ MAX_CALL_ID = (1 << 32) - 1
 FILE_ERROR_TYPE = "application/vnd.shoal.error+json"
 """Content type of a bulk read's answer when the call failed (EPERM, ENOENT, ...)."""
 MAX_FRAME = 128 << 20
+MAX_HELD_EVENTS = 50
+REPORT_TYPES = ("application/csp-report", "application/reports+json")
 _U32 = struct.Struct("!I")
 
 Handler = Callable[..., Awaitable[Any]]
@@ -93,13 +101,17 @@ class AppServer:
                  secret: str | None = None,
                  readable: Callable[[str], BinaryIO] | None = None,
                  page_origin: str | None = None, dev: bool = False,
-                 plugins: tuple[HostPlugin, ...] = ()) -> None:
+                 plugins: tuple[HostPlugin, ...] = (),
+                 on_refusal: Callable[[Refusal], None] | None = None,
+                 dev_server: DevServer | None = None) -> None:
         """``readable`` opens a page path for reading (raising ``BridgeError``): bulk
         reads are served over HTTP at ``FILE_PATH``, which moves large files much faster
         than WebSocket frames do. ``page_origin``: the pages' origin when something else
         serves them (the native window's ``shoal://app``); only pages of that origin may
         then open the bridge. ``plugins``: what the launch adds; their pages are
-        served under ``/_shoal/``."""
+        served under ``/_shoal/``. ``on_refusal``: told each kind of thing the pages'
+        policy refused, once. ``dev_server``: serve the pages of this framework dev
+        server instead of the app's files."""
         self.config = config
         self.plugins = plugins
         self.calls = calls
@@ -109,7 +121,11 @@ class AppServer:
         self._listener = listener
         self._requested_port = port
         self.port = 0
-        self._server = LoopbackServer(self._handle)
+        self._server = LoopbackServer(self._handle, post_paths=frozenset({REPORT_PATH}))
+        self.on_refusal = on_refusal
+        self.dev_server = dev_server
+        self._refusals: Refusals | None = None
+        self._held: list[str] = []
         self._sessions: set[_BridgeSession] = set()
         self._page_origin = page_origin
         self._clear_storage = False
@@ -140,12 +156,15 @@ class AppServer:
             from shoal.runtime.origins import claim
 
             self._clear_storage = claim(self.origin, self.config.id)
+        self._refusals = Refusals(self.page_origin, self.config.entry)
         await self._server.start(listener)
 
     async def close(self) -> None:
         for session in list(self._sessions):
             session.close()
         await self._server.close()
+        if self.dev_server is not None:
+            await self.dev_server.close()
 
     async def drain(self) -> None:
         """Wait while any page's socket holds more unsent data than its high-water mark."""
@@ -158,9 +177,18 @@ class AppServer:
         for session in list(self._sessions):
             session.ws.send_text(text)
 
+    def emit_or_hold(self, event: str, data: dict[str, Any]) -> None:
+        """Send an event to every connected page, or, while none is, to the next page that
+        connects (what a page caused before its bridge was open, such as a refusal while
+        it loaded)."""
+        if self._sessions:
+            self.emit(event, data)
+        elif len(self._held) < MAX_HELD_EVENTS:
+            self._held.append(json.dumps({"event": event, "data": data}))
+
     # ------------------------------------------------------------------ HTTP
 
-    def _handle(self, request: Request) -> Response | WebSocketAccept:
+    def _handle(self, request: Request) -> Response | WebSocketAccept | Awaitable[Response]:
         if request.headers.get("host") != f"127.0.0.1:{self.port}":
             if request.headers.get("host") == f"localhost:{self.port}" and \
                     request.method == "GET" and request.path != BRIDGE_PATH:
@@ -178,6 +206,8 @@ class AppServer:
             return Response.text(403, "forbidden: service workers are not allowed\n")
         if request.path == BRIDGE_PATH and request.method == "GET":
             return self._bridge(request)
+        if request.path == REPORT_PATH:
+            return self._refused(request)
         if request.path == FILE_PATH:
             response = (self._file_preflight(request) if request.method == "OPTIONS"
                         else self._read_file(request))
@@ -198,6 +228,10 @@ class AppServer:
         elif request.path == TYPES_PATH:
             response = Response(body=asset("shoal.d.ts").encode(),
                                 headers={"Content-Type": "text/plain; charset=utf-8"})
+        elif self.dev_server is not None and not request.path.startswith("/_shoal/"):
+            if request.headers.get("upgrade", "").lower() == "websocket":
+                return self.dev_server.relay(request)
+            return self._from_dev_server(request)
         else:
             response = self._file(request)
         return response
@@ -209,6 +243,23 @@ class AppServer:
                 kind, body = found
                 return Response(body=body, headers={"Content-Type": kind})
         return None
+
+    async def _from_dev_server(self, request: Request) -> Response:
+        """The dev server's answer; a page gets what the app's own pages get, and a
+        nonce for the styles the dev server's client adds."""
+        assert self.dev_server is not None
+        status, headers, body = await self.dev_server.fetch(request)
+        if not headers.get("Content-Type", "").startswith("text/html") or not body:
+            return Response(status, body, headers)
+        html = body.decode("utf-8", errors="replace")
+        page_nonce = nonce()
+        inline = inline_hashes(html)
+        inline["style-src"] = (*inline.get("style-src", ()), f"'nonce-{page_nonce}'")
+        policy = content_security_policy(self.port, self.config.csp, inline=inline)
+        page = page_text(html, dev=self.dev, head=nonce_meta(page_nonce))
+        return Response(status, page.encode(), {
+            "Content-Type": "text/html; charset=utf-8",
+            **security_headers(policy, isolated=self.config.cross_origin_isolated)})
 
     def _file(self, request: Request) -> Response:
         target = app_file(self.config, request.path)
@@ -225,9 +276,28 @@ class AppServer:
                 # this origin's storage is gone before the page runs.
                 headers["Clear-Site-Data"] = '"cache", "storage"'
             with opened:
-                return Response(body=page_html(opened, dev=self.dev).encode(),
-                                headers=headers)
+                html = opened.read().decode("utf-8", errors="replace")
+            policy = content_security_policy(
+                self.port, self.config.csp, inline=page_inline(self.config.pages, target, html))
+            headers.update(security_headers(policy, isolated=self.config.cross_origin_isolated))
+            return Response(body=page_text(html, dev=self.dev).encode(), headers=headers)
         return Response(file=opened, headers={"Content-Type": kind})
+
+    def _refused(self, request: Request) -> Response:
+        """A report of what the policy refused, sent by the browser: told once per kind."""
+        if request.method != "POST":
+            return Response.text(405, "method not allowed\n")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind not in REPORT_TYPES:
+            # What a browser sends no page can send without a CORS preflight, which
+            # fails here: other sites' pages cannot write in the developer's terminal.
+            self.refused += 1
+            return Response.text(415, "not a report\n")
+        assert self._refusals is not None
+        refusal = self._refusals.read(request.body)
+        if refusal is not None and self.on_refusal is not None:
+            self.on_refusal(refusal)
+        return Response(204)
 
     def _file_preflight(self, request: Request) -> Response:
         """CORS preflight of a bulk read by a page the window serves itself."""
@@ -279,6 +349,9 @@ class AppServer:
         self._clear_storage = False
         session = _BridgeSession(self.calls, ws, forget=self._sessions.discard)
         self._sessions.add(session)
+        held, self._held = self._held, []
+        for text in held:
+            ws.send_text(text)
         return session
 
 

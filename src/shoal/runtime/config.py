@@ -218,6 +218,16 @@ class AppConfig:
     """Serve the pages with COOP and COEP (``SharedArrayBuffer``, precise timers); it
     delays the first paint, and cross-origin resources allowed in ``[csp]`` then need
     CORP headers of their own."""
+    web_root: str = "."
+    """``[app] root``: the folder of the app's web files, relative to its folder (a
+    framework's build output, such as ``dist``)."""
+    dev_url: str | None = None
+    """``[dev] url``: a framework's dev server that ``shoal dev`` shows the pages of."""
+
+    @property
+    def pages(self) -> Path:
+        """The folder the app's web files are served from."""
+        return self.root if self.web_root == "." else self.root / self.web_root
 
 
 def load_config(folder: Path) -> AppConfig:
@@ -276,6 +286,13 @@ class _Reader:
         if self.files is not None:
             return Path(relative).as_posix() in self.files
         return (self.folder / relative).is_file()
+
+    def has_folder(self, relative: str) -> bool:
+        """Whether the app holds a folder at ``relative`` (a path inside it, or ".")."""
+        if self.files is not None:
+            prefix = "" if relative == "." else f"{Path(relative).as_posix()}/"
+            return any(name.startswith(prefix) for name in self.files)
+        return (self.folder / relative).is_dir()
 
     def fail(self, key: str, reason: str) -> ConfigError:
         return ConfigError(f"{self.where}: {key}: {reason}")
@@ -343,12 +360,12 @@ class _Reader:
 
     def app(self, raw: dict[str, Any]) -> AppConfig:
         folder = self.folder
-        tables = ("app", "window", "permissions", "network", "csp", "menu", "tray")
+        tables = ("app", "window", "permissions", "network", "csp", "menu", "tray", "dev")
         for name in raw:
             if name not in tables:
                 raise self.fail(name, "unknown table" + did_you_mean(name, tables))
         app = self.table(raw, "app", {"name", "id", "version", "entry", "cross_origin_isolated",
-                                      "scheme"}, required=True)
+                                      "scheme", "root"}, required=True)
         name = self.string(app, "app", "name")
         app_id = self.string(app, "app", "id", pattern=APP_ID,
                              hint=" (use reverse-DNS like org.example.notes)")
@@ -360,7 +377,17 @@ class _Reader:
         entry = self.string(app, "app", "entry", default="index.html")
         if entry.startswith(("/", "\\")) or ".." in Path(entry).parts:
             raise self.fail("app.entry", "must be a path inside the app folder")
-        if not self.has_file(entry):
+        web_root = self.string(app, "app", "root", default=".")
+        if web_root.startswith(("/", "\\")) or ".." in Path(web_root).parts:
+            raise self.fail("app.root", "must be a folder inside the app folder")
+        web_root = Path(web_root).as_posix()
+        pages = folder / web_root
+        dev = self.table(raw, "dev", {"url"})
+        dev_url = self.dev_url(dev["url"]) if "url" in dev else None
+        # A framework's build folder may not be built yet; `shoal run` says so then.
+        if self.has_folder(web_root) and not self.has_file(f"{web_root}/{entry}"):
+            raise self.fail("app.entry", f"{entry!r} is not a file in {pages}")
+        if not self.has_folder(web_root) and web_root == ".":
             raise self.fail("app.entry", f"{entry!r} is not a file in {folder}")
         scheme = app.get("scheme")
         if scheme is not None:
@@ -391,12 +418,21 @@ class _Reader:
                 min_width=self.integer(window, "window", "min_width", 200, 50, 16384),
                 min_height=self.integer(window, "window", "min_height", 150, 50, 16384),
             ),
+            web_root=web_root,
+            dev_url=dev_url,
             permissions=self.permissions(raw),
             network=self.network(raw),
             csp=self.csp(raw),
             menu=self.menu(raw.get("menu", [])),
             tray=self.tray(raw, name),
         )
+
+    def dev_url(self, value: Any, key: str = "dev.url") -> str:
+        """A dev server's URL: on this machine only (its pages get the app's API)."""
+        try:
+            return dev_server_url(value)
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
 
     def menu(self, raw: Any) -> tuple[tuple[str, tuple[MenuItem, ...]], ...]:
         """``[[menu]]`` tables: ``title`` and ``items``, each ``{label, id}`` or ``"-"``."""
@@ -534,6 +570,28 @@ class _Reader:
                                not _CSP_HASH.match(source) else source)
             out[directive] = tuple(sources)
         return out
+
+
+def dev_server_url(value: Any) -> str:
+    """``value`` as a dev server's origin (``http://127.0.0.1:5173``), or ValueError:
+    an http URL of this machine (``localhost``, ``127.0.0.1`` or ``[::1]``) with a port.
+    Another machine's pages would get the app's API."""
+    from urllib.parse import urlsplit
+
+    reason = ("must be http://localhost:PORT, http://127.0.0.1:PORT or http://[::1]:PORT "
+              "(a dev server on this machine)")
+    if not isinstance(value, str):
+        raise ValueError(reason)
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError(reason) from None
+    if parts.scheme != "http" or parts.hostname not in ("localhost", "127.0.0.1", "::1") \
+            or port is None or parts.username or parts.password or parts.path.strip("/") \
+            or parts.query or parts.fragment:
+        raise ValueError(reason)
+    return f"http://{parts.netloc}"
 
 
 def did_you_mean(name: str, choices: Any) -> str:

@@ -26,12 +26,14 @@ from shoal.runtime.config import (
     load_config,
     node_key_path,
 )
+from shoal.runtime.devserver import DevServer
 from shoal.runtime.fsapi import BridgeError, FileSystem, PathPolicy
 from shoal.runtime.hotkeys import Hotkeys
 from shoal.runtime.instance import Instance
 from shoal.runtime.launch import Launch
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
 from shoal.runtime.processes import Processes
+from shoal.runtime.refusals import Refusal
 from shoal.runtime.system import BrowserBackend, System, WindowBackend
 
 if TYPE_CHECKING:
@@ -70,6 +72,8 @@ class AppHost:
         self.secret = secret
         self.page_origin = page_origin
         self.on_dev = launch.on_dev or (lambda kind, line: None)
+        self.on_refusal = launch.on_refusal
+        self.dev_url = launch.dev_url if launch.dev else None
         self.node: Node | None = None
         self.server: AppServer | None = None
         self._invoker: Invoker | None = None
@@ -98,7 +102,8 @@ class AppHost:
         server = AppServer(config, calls, port=self.launch.port, listener=self.listener,
                            secret=self.secret, page_origin=self.page_origin,
                            readable=files.open_for_reading, dev=self.dev,
-                           plugins=self.launch.plugins)
+                           plugins=self.launch.plugins, on_refusal=self._refused,
+                           dev_server=DevServer(self.dev_url) if self.dev_url else None)
         emit = server.emit
         self._parts = [files]
         raise_descriptor_limit()
@@ -193,10 +198,12 @@ class AppHost:
         """Under ``dev``: when a file of the app changes, reload every page; when
         ``app.py`` changes, load it again first; a broken ``shoal.toml`` or ``app.py``
         is reported (terminal and page) and watching goes on."""
-        before = await asyncio.to_thread(_tree, self.folder)
+        # A dev server reloads the pages itself: only shoal.toml and app.py are watched.
+        only = (CONFIG_NAME, "app.py") if self.dev_url else None
+        before = await asyncio.to_thread(_tree, self.folder, only)
         while True:
             await asyncio.sleep(RELOAD_POLL)
-            after = await asyncio.to_thread(_tree, self.folder)
+            after = await asyncio.to_thread(_tree, self.folder, only)
             if after == before:
                 continue
             changed = sorted(Path(p).name for p in {*before, *after}
@@ -233,6 +240,15 @@ class AppHost:
             self._invoker.replace(functions)
         return None
 
+    def _refused(self, refusal: Refusal) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(refusal)
+        else:
+            self.on_dev("refused", refusal.line())
+        if self.dev and self.server is not None:
+            self.server.emit_or_hold("dev.error",
+                                     {"source": "policy", "message": refusal.line()})
+
     async def _page_reported(self, text: str) -> None:
         """``dev.report``: a page's error, for the terminal."""
         if not isinstance(text, str):
@@ -265,11 +281,13 @@ def raise_descriptor_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def _tree(folder: Path) -> dict[str, int]:
+def _tree(folder: Path, only: tuple[str, ...] | None = None) -> dict[str, int]:
+    """The modification times of the app's files (``only`` these names, if given)."""
     out = {}
     for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
-        for name in files:
+        dirs[:] = [] if only else [d for d in dirs if not d.startswith(".")
+                                   and d not in ("__pycache__", "node_modules")]
+        for name in files if only is None else [f for f in files if f in only]:
             path = os.path.join(root, name)
             try:
                 out[path] = os.stat(path).st_mtime_ns

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from shoal.runtime.bridge import Handler
     from shoal.runtime.config import AppConfig
+    from shoal.runtime.refusals import Refusal
     from shoal.runtime.system import WindowBackend
 
 
@@ -55,3 +56,9 @@ class Launch:
     entry: str = "/"
     """The path the window opens first: the app's own page, or a plugin's."""
     plugins: tuple[HostPlugin, ...] = ()
+    on_refusal: Callable[[Refusal], None] | None = None
+    """Told each kind of thing the pages' policy refused, once (under ``dev`` the pages'
+    error overlay shows it too; without it, ``on_dev`` is told ``("refused", line)``)."""
+    dev_url: str | None = None
+    """Under ``dev``: a framework's dev server whose pages are shown instead of the
+    app's files (which it reloads itself)."""

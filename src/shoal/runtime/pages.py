@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import json
 import mimetypes
 import os
 import re
 from html import escape
+from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
@@ -32,6 +34,8 @@ TEST_MODULE_PATH = "/_shoal/test.js"
 TEST_PAGE_PATH = "/_shoal/test.html"
 TEST_RUNNER_PATH = "/_shoal/test-run.js"
 TEST_LIST_PATH = "/_shoal/tests.js"
+REPORT_PATH = "/_shoal/csp-report"
+"""Where the browser reports what the policy refused (``report-uri``)."""
 IMPORT_MAP = '{"imports":{"shoal:api":"/_shoal/api.js","shoal:test":"/_shoal/test.js"}}'
 IMPORT_MAP_TAG = f'<script type="importmap">{IMPORT_MAP}</script>'
 _HEAD = re.compile(r"<head(\s[^>]*)?>", re.IGNORECASE)
@@ -40,26 +44,29 @@ _CASE_SENSITIVE_KEYWORD = re.compile(r"'(sha256|sha384|sha512|nonce)-", re.IGNOR
 HIDDEN = {"shoal.toml", "app.py", "__pycache__", IDENTITY_FILE}
 """Never served, by name in any case: a node key an older Shoal left in a data folder
 inside the app folder among them."""
+INLINE_RECORD = ".shoal-inline.json"
+"""In an app from an archive: the hashes of each page's inline code, as signed by
+``shoal build`` (``{"pages": {"index.html": {"script-src": [...], ...}}}``)."""
+_HASH_SOURCE = re.compile(r"^'sha256-[A-Za-z0-9+/]{43}='$")
 
 
 def content_security_policy(port: int, extra: dict[str, tuple[str, ...]], *,
-                            api_origin: str | None = None) -> str:
+                            api_origin: str | None = None,
+                            inline: dict[str, tuple[str, ...]] | None = None) -> str:
     """The page's policy: only the app's own files, the bridge and bulk reads on
     ``port``, and the ``shoal:api`` module: from ``api_origin`` when given, else through
-    the import map, whose hash is then the one inline script allowed."""
-    if api_origin is None:
-        digest = hashlib.sha256(IMPORT_MAP.encode()).digest()
-        api_source = f"'sha256-{base64.b64encode(digest).decode()}'"
-    else:
-        api_source = api_origin
+    the import map, whose hash is then allowed as inline script. ``inline``: the hashes
+    of one page's own inline code (``inline_hashes``). Refusals are reported to
+    ``REPORT_PATH`` on ``port``."""
+    api_source = _hash_source(IMPORT_MAP) if api_origin is None else api_origin
     policy: dict[str, list[str]] = {
         "default-src": ["'none'"],
-        "script-src": ["'self'", api_source],
-        "style-src": ["'self'"],
+        "script-src": ["'self'", api_source, "'report-sample'"],
+        "style-src": ["'self'", "'report-sample'"],
         "img-src": ["'self'", "blob:"],
         "font-src": ["'self'"],
         "media-src": ["'self'", "blob:"],
-        "connect-src": [f"ws://127.0.0.1:{port}{BRIDGE_PATH}",
+        "connect-src": ["'self'", f"ws://127.0.0.1:{port}{BRIDGE_PATH}",
                         f"http://127.0.0.1:{port}{FILE_PATH}"],
         "worker-src": ["'self'"],
         "manifest-src": ["'self'"],
@@ -68,12 +75,117 @@ def content_security_policy(port: int, extra: dict[str, tuple[str, ...]], *,
         "frame-ancestors": ["'none'"],
         "object-src": ["'none'"],
     }
-    for directive, sources in extra.items():
+    for directive, sources in [*extra.items(), *(inline or {}).items()]:
         current = policy.setdefault(directive, [])
         if current == ["'none'"]:
             current.clear()
         current.extend(s for s in sources if s not in current)
+    policy["report-uri"] = [f"http://127.0.0.1:{port}{REPORT_PATH}"]
     return "; ".join(f"{k} {' '.join(v)}" for k, v in policy.items())
+
+
+def _hash_source(text: str) -> str:
+    digest = hashlib.sha256(text.encode()).digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+def inline_hashes(html: str) -> dict[str, tuple[str, ...]]:
+    """What the policy must add so that a page's own inline code runs, and nothing else
+    inline: the hash of each inline ``<script>`` (under ``script-src``), and of each
+    ``<style>`` element and ``style`` attribute (under ``style-src``, with
+    ``'unsafe-hashes'`` when there are attributes). Event-handler attributes and
+    ``javascript:`` URLs are never added: they stay refused."""
+    collector = _InlineCode()
+    # The browser hashes the text as parsed, after line ends became "\n".
+    collector.feed(html.replace("\r\n", "\n").replace("\r", "\n"))
+    collector.close()
+    out: dict[str, tuple[str, ...]] = {}
+    if collector.scripts:
+        out["script-src"] = tuple(dict.fromkeys(map(_hash_source, collector.scripts)))
+    styles = [_hash_source(text) for text in collector.styles]
+    if collector.style_attributes:
+        styles += ["'unsafe-hashes'", *map(_hash_source, collector.style_attributes)]
+    if styles:
+        out["style-src"] = tuple(dict.fromkeys(styles))
+    return out
+
+
+def inline_record(pages: dict[str, str]) -> bytes:
+    """``INLINE_RECORD`` for an archive whose HTML files are ``pages`` (path -> text)."""
+    record = {path: {k: list(v) for k, v in inline_hashes(html).items()}
+              for path, html in sorted(pages.items())}
+    return json.dumps({"pages": record}, indent=1, sort_keys=True).encode()
+
+
+def page_inline(root: Path, page: Path, html: str) -> dict[str, tuple[str, ...]]:
+    """The hashes of the inline code of ``page`` (a file under ``root`` whose text is
+    ``html``): those signed in the app's ``INLINE_RECORD`` when it came from an archive,
+    else computed from ``html``."""
+    root = Path(os.path.realpath(root))
+    try:
+        stamp = (root / INLINE_RECORD).stat().st_mtime_ns
+    except OSError:
+        return inline_hashes(html)
+    recorded = _read_inline_record(root, stamp)
+    return recorded.get(page.relative_to(root).as_posix(), {})
+
+
+@functools.lru_cache(maxsize=8)
+def _read_inline_record(root: Path, stamp: int) -> dict[str, dict[str, tuple[str, ...]]]:
+    """The record's pages, each with only what a record may hold: hashes, and
+    ``'unsafe-hashes'`` for style attributes (anything else is dropped)."""
+    try:
+        pages = json.loads((root / INLINE_RECORD).read_bytes())["pages"]
+        assert isinstance(pages, dict)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return {}
+    allowed = {"script-src": _HASH_SOURCE.pattern, "style-src": r"^'unsafe-hashes'$|"
+               + _HASH_SOURCE.pattern}
+    out: dict[str, dict[str, tuple[str, ...]]] = {}
+    for path, directives in pages.items():
+        if not isinstance(directives, dict):
+            continue
+        out[path] = {d: tuple(s for s in sources if isinstance(s, str)
+                              and re.match(allowed[d], s))
+                     for d, sources in directives.items()
+                     if d in allowed and isinstance(sources, list)}
+    return out
+
+
+class _InlineCode(HTMLParser):
+    """Collects the text of inline ``<script>`` and ``<style>`` elements and the values
+    of ``style`` attributes."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.scripts: list[str] = []
+        self.styles: list[str] = []
+        self.style_attributes: list[str] = []
+        self._open: list[str] | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name == "style" and value is not None:
+                self.style_attributes.append(value)
+        if tag == "script" and not any(name == "src" for name, _ in attrs):
+            self._open, self._text = self.scripts, []
+        elif tag == "style":
+            self._open, self._text = self.styles, []
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:  # <script/> is no element of its own in HTML
+            if name == "style" and value is not None:
+                self.style_attributes.append(value)
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open is not None and tag in ("script", "style"):
+            self._open.append("".join(self._text))
+            self._open = None
 
 
 def security_headers(csp: str, *, isolated: bool = False) -> dict[str, str]:
@@ -105,7 +217,7 @@ def app_file(config: AppConfig, relative: str) -> Path | None:
     relative = relative.lstrip("/") or config.entry
     if "\x00" in relative or _hidden(Path(relative).parts):
         return None
-    root = config.root
+    root = Path(os.path.realpath(config.pages))
     target = Path(os.path.realpath(root / relative))
     if not str(target).startswith(str(root) + os.sep) or not target.is_file():
         return None
@@ -150,8 +262,14 @@ def page_html(path: Path | BinaryIO, *, import_map: bool = True, policy: str | N
     false), ``DEV_TAG`` after it when ``dev``, and ``policy``, if given, in a ``<meta>``
     element before everything else the page holds."""
     raw = path.read_bytes() if isinstance(path, Path) else path.read()
-    html = raw.decode("utf-8", errors="replace")
-    added = DEV_TAG if dev else ""
+    return page_text(raw.decode("utf-8", errors="replace"),
+                     import_map=import_map, policy=policy, dev=dev)
+
+
+def page_text(html: str, *, import_map: bool = True, policy: str | None = None,
+              dev: bool = False, head: str = "") -> str:
+    """``page_html`` of a page's text; ``head``: more markup for the start of its head."""
+    added = (DEV_TAG if dev else "") + head
     if import_map and "importmap" not in html:
         added = IMPORT_MAP_TAG + added
     if added:
@@ -204,7 +322,6 @@ def _lowercase_safe_source(source: str) -> str:
     return f"{scheme}{separator}{host}"
 
 
-@functools.cache
 @functools.cache
 def asset(name: str) -> str:
     """One of the runtime's own files (``api.js``, ``shoal.d.ts``)."""

@@ -32,7 +32,8 @@ from shoal.runtime.pages import (
     lowercase_safe,
     on_origin,
     open_app_file,
-    page_html,
+    page_inline,
+    page_text,
     security_headers,
 )
 
@@ -111,12 +112,17 @@ class Answer(NamedTuple):
     file: Path | None = None
     cross_origin: bool = False
     """Loaded by the app's pages from another origin (the API module)."""
+    policy: str | None = None
+    """A page's own policy header, when its inline code widens the common one."""
 
 
 def answer(config: AppConfig, *, host: str, path: str, method: bytes,
-           policy: str | None = None, dev: bool = False) -> Answer | None:
+           policy: str | None = None, dev: bool = False,
+           bridge_port: int | None = None) -> Answer | None:
     """The answer to one request to ``shoal://``, or None for "not found". ``policy``:
-    what pages must also carry in a ``<meta>`` element (see ``lowercase_safe``)."""
+    what pages must also carry in a ``<meta>`` element (see ``lowercase_safe``).
+    ``bridge_port``: given, a page whose file holds inline code gets a policy of its own
+    that allows it by hash."""
     if method != b"GET":
         return None
     if host == "api" and path in ("", "/"):
@@ -136,8 +142,16 @@ def answer(config: AppConfig, *, host: str, path: str, method: bytes,
     with opened:
         kind = content_type(target)
         if kind == "text/html":  # read as UTF-8, so served so (Chromium's default differs)
-            page = page_html(opened, import_map=False, policy=policy, dev=dev)
-            return Answer("text/html; charset=utf-8", page.encode())
+            html = opened.read().decode("utf-8", errors="replace")
+            inline = page_inline(config.pages, target, html) if bridge_port is not None \
+                else {}
+            header = None
+            if inline:
+                assert bridge_port is not None
+                header, policy = lowercase_safe(content_security_policy(
+                    bridge_port, config.csp, api_origin=API_ORIGIN, inline=inline))
+            page = page_text(html, import_map=False, policy=policy, dev=dev)
+            return Answer("text/html; charset=utf-8", page.encode(), policy=header)
     return Answer(kind, file=target)
 
 
@@ -166,7 +180,7 @@ def scheme_handler(config: AppConfig, bridge_port: int, *, dev: bool = False) ->
             try:
                 reply = answer(config, host=url.host(), path=url.path(),
                                method=bytes(job.requestMethod().data()), policy=exact,
-                               dev=dev)
+                               dev=dev, bridge_port=bridge_port)
             except OSError:  # unreadable file: fail this request, not the window
                 job.fail(QWebEngineUrlRequestJob.Error.RequestFailed)
                 return
@@ -182,7 +196,11 @@ def scheme_handler(config: AppConfig, bridge_port: int, *, dev: bool = False) ->
                 device = QBuffer(job)
                 device.setData(QByteArray(reply.body))
                 device.open(read_only)
-            job.setAdditionalResponseHeaders(shared if reply.cross_origin else common)
+            if reply.policy is not None:
+                own = header_map({**headers, "Content-Security-Policy": reply.policy})
+                job.setAdditionalResponseHeaders(own)
+            else:
+                job.setAdditionalResponseHeaders(shared if reply.cross_origin else common)
             job.reply(QByteArray(reply.kind.encode()), device)
 
     return AppSchemeHandler()

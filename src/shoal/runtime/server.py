@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
@@ -51,6 +52,10 @@ class Request:
     path: str
     query: dict[str, str]
     headers: dict[str, str]
+    body: bytes = b""
+    """What a POST carried (up to ``MAX_REQUEST_BODY``)."""
+    target: str = ""
+    """The request target as sent (path and query, undecoded)."""
 
 
 @dataclass(slots=True)
@@ -84,6 +89,8 @@ class WebSocketAccept:
 
     session: Callable[[WebSocket], WebSocketSession]
     max_message: int = 1 << 20
+    subprotocols: Sequence[str] | None = None
+    """Subprotocols this WebSocket speaks; the first the client offers of them is chosen."""
 
 
 class WebSocket:
@@ -128,7 +135,8 @@ class WebSocket:
             self._connection.flush_websocket()
 
 
-Handle = Callable[[Request], "Response | WebSocketAccept"]
+Answer = Response | WebSocketAccept
+Handle = Callable[[Request], "Answer | Awaitable[Answer]"]
 
 
 class LoopbackServer:
@@ -138,10 +146,14 @@ class LoopbackServer:
     """Seconds an HTTP connection may stay silent between requests (not a WebSocket)."""
     max_connections = MAX_CONNECTIONS
 
-    def __init__(self, handle: Handle, *, headers: dict[str, str] | None = None) -> None:
-        """``headers`` go on every response, the server's own errors included."""
+    def __init__(self, handle: Handle, *, headers: dict[str, str] | None = None,
+                 post_paths: frozenset[str] = frozenset()) -> None:
+        """``headers`` go on every response, the server's own errors included; a
+        response's own header of the same name takes their place. ``post_paths``: the
+        only paths a POST reaches ``handle`` at (with its body)."""
         self.handle = handle
         self.headers = headers if headers is not None else {}
+        self.post_paths = post_paths
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
 
@@ -177,8 +189,10 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         self._request: h11.Request | None = None
+        self._body: list[bytes] = []
         self._body_size = 0
-        self._sending_file = False
+        self._busy = False
+        """An answer is on its way: a file being sent, or one the owner still works out."""
         self._websocket: ServerProtocol | None = None
         self._session: WebSocketSession | None = None
         self._fragments: list[bytes] = []
@@ -192,7 +206,7 @@ class _Connection(asyncio.Protocol):
 
     @property
     def evictable(self) -> bool:
-        return self._websocket is None and not self._sending_file and not self.lost
+        return self._websocket is None and not self._busy and not self.lost
 
     # ------------------------------------------------------------------ transport
 
@@ -218,7 +232,7 @@ class _Connection(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         quiet_until = self.heard + self._server.idle_timeout
-        if loop.time() >= quiet_until and not self._sending_file:
+        if loop.time() >= quiet_until and not self._busy:
             assert self._transport is not None
             self._transport.close()
             return
@@ -231,7 +245,7 @@ class _Connection(asyncio.Protocol):
             return False
         # The peer is done sending; a file still on its way goes out first.
         self._peer_done = True
-        return self._sending_file
+        return self._busy
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -277,7 +291,7 @@ class _Connection(asyncio.Protocol):
         if self._transport is None or self.lost:
             return
         hold = (self._writable is not None or self._held_by_owner
-                or (self._websocket is None and self._sending_file))
+                or (self._websocket is None and self._busy))
         if hold and not self._reading_paused:
             self._reading_paused = True
             self._transport.pause_reading()
@@ -297,7 +311,7 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ HTTP
 
     def _next_requests(self) -> None:
-        while (not self._sending_file and self._websocket is None and not self.lost
+        while (not self._busy and self._websocket is None and not self.lost
                and self._writable is None):
             try:
                 event = self._http.next_event()
@@ -307,22 +321,25 @@ class _Connection(asyncio.Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
-                self._request, self._body_size = event, 0
+                self._request, self._body_size, self._body = event, 0, []
             elif isinstance(event, h11.Data):
                 self._body_size += len(event.data)
                 if self._body_size > MAX_REQUEST_BODY:
                     self._fail(413, "request body too large\n")
                     return
+                self._body.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 assert self._request is not None
-                self._respond(self._request)
+                body, self._body = b"".join(self._body), []
+                self._respond(self._request, body)
             elif isinstance(event, h11.ConnectionClosed):
                 self.abort()
                 return
 
-    def _respond(self, raw: h11.Request) -> None:
-        request = _request(raw)
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
+    def _respond(self, raw: h11.Request, body: bytes) -> None:
+        request = _request(raw, body)
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not (
+                request.method == "POST" and request.path in self._server.post_paths):
             self._send(request, Response.text(405, "method not allowed\n"))
             return
         if "\x00" in request.path:
@@ -332,6 +349,27 @@ class _Connection(asyncio.Protocol):
             answer = self._server.handle(request)
         except Exception:  # a bug behind one request must not take the server down
             answer = Response.text(500, "internal error\n")
+        if inspect.isawaitable(answer):
+            self._busy = True
+            self._update_reading()
+            asyncio.get_running_loop().create_task(self._answer_later(request, answer))
+            return
+        self._answer(request, answer)
+
+    async def _answer_later(self, request: Request, pending: Awaitable[Answer]) -> None:
+        try:
+            answer = await pending
+        except Exception:
+            answer = Response.text(500, "internal error\n")
+        self._busy = False
+        if self.lost:
+            return
+        self._update_reading()
+        self._answer(request, answer)
+        if self._websocket is None:
+            asyncio.get_running_loop().call_soon(self._next_requests)
+
+    def _answer(self, request: Request, answer: Answer) -> None:
         if isinstance(answer, WebSocketAccept):
             self._upgrade(request, answer)
         else:
@@ -342,7 +380,7 @@ class _Connection(asyncio.Protocol):
         if response.file is not None:
             response, span = _file_part(request, response)
         length = span[1] - span[0] if span is not None else len(response.body)
-        headers = {**response.headers, **self._server.headers, "Content-Length": str(length)}
+        headers = {**self._server.headers, **response.headers, "Content-Length": str(length)}
         self._write(self._http.send(h11.Response(
             status_code=response.status, reason=_REASONS.get(response.status, ""),
             headers=list(headers.items()))) or b"")
@@ -351,7 +389,7 @@ class _Connection(asyncio.Protocol):
                 _close(response.file)
             self._end_of_response()
         elif span is not None and response.file is not None:
-            self._sending_file = True
+            self._busy = True
             self._update_reading()
             asyncio.get_running_loop().create_task(self._send_file(response.file, *span))
             return
@@ -375,7 +413,7 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self._http.send_with_data_passthrough(h11.Data(data=_Length(sent)))
-        self._sending_file = False
+        self._busy = False
         self._update_reading()
         self._end_of_response()
 
@@ -418,7 +456,7 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ WebSocket
 
     def _upgrade(self, request: Request, accept: WebSocketAccept) -> None:
-        handshake = ServerProtocol()
+        handshake = ServerProtocol(subprotocols=cast(Any, accept.subprotocols))
         reply = handshake.accept(HandshakeRequest(request.path, Headers(request.headers)))
         if reply.status_code != 101:
             self._send(request, Response(reply.status_code, bytes(reply.body),
@@ -482,7 +520,7 @@ class _Length:
         return self._size
 
 
-def _request(raw: h11.Request) -> Request:
+def _request(raw: h11.Request, body: bytes) -> Request:
     target = urlsplit(raw.target.decode("latin-1"))
     headers: dict[str, str] = {}
     for name, value in raw.headers:
@@ -490,7 +528,8 @@ def _request(raw: h11.Request) -> Request:
         text = value.decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return Request(method=raw.method.decode("latin-1"), path=unquote(target.path),
-                   query=dict(parse_qsl(target.query)), headers=headers)
+                   query=dict(parse_qsl(target.query)), headers=headers, body=body,
+                   target=raw.target.decode("latin-1"))
 
 
 def _file_part(request: Request, response: Response) -> tuple[Response, tuple[int, int] | None]:

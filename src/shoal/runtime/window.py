@@ -397,8 +397,9 @@ class WindowSession:
             gui = "qt"
             os.environ["QT_API"] = "pyside6"
         self.gui = gui
+        # A dev server's pages come through the app server, as a plugin's do.
         serves_itself = gui == "qt" and os.environ.get("QT_API") == "pyside6" and \
-            launch.entry == "/"
+            launch.entry == "/" and launch.dev_url is None
         listener = None
         if launch.port == 0 and not serves_itself:
             # The pages' origin is then http://127.0.0.1:PORT: the same port each launch

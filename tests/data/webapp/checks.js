@@ -21,7 +21,44 @@ await check("inlineScript", () => new Promise((resolve) => {
   setTimeout(() => resolve(globalThis.inlineRan), 100);
 }));
 await check("hashedInline", () => globalThis.hashedInline === true);  // allowed in [csp]
-await check("unhashedInline", () => globalThis.unhashedInline === true);
+await check("unhashedInline", () => globalThis.unhashedInline === true);  // the page's own
+await check("ownStyleAttribute", () => getComputedStyle(document.getElementById("styled")).color);
+// Code injected after load (as an XSS would) does not run, even where the page's own
+// inline code does.
+const settle = () => new Promise((resolve) => setTimeout(resolve, 100));
+await check("injectedFragmentScript", async () => {
+  const fragment = document.createRange().createContextualFragment(
+    "<script>globalThis.fragmentRan = true</script>");
+  document.body.append(fragment);
+  await settle();
+  return globalThis.fragmentRan === true;
+});
+await check("injectedOnclick", async () => {
+  const box = document.createElement("div");
+  box.innerHTML = '<button onclick="globalThis.clicked = true">x</button>';
+  document.body.append(box);
+  box.querySelector("button").click();
+  await settle();
+  return globalThis.clicked === true;
+});
+await check("injectedJavascriptLink", async () => {
+  const link = document.createElement("a");
+  link.href = "javascript:globalThis.linkRan = true";
+  document.body.append(link);
+  link.click();
+  location.href = "javascript:globalThis.linkRan = true";  // past any click handler
+  await settle();
+  return globalThis.linkRan === true;
+});
+await check("injectedStyleAttribute", () => {
+  const box = document.createElement("div");
+  box.innerHTML = '<p style="color: rgb(1, 2, 3)">x</p>';
+  document.body.append(box);
+  return getComputedStyle(box.firstChild).color;
+});
+await check("fetchOwnFile", async () => (await fetch("index.html")).status);
+await check("fetchFileReadWithoutSecret", async () =>  // the bridge's, not a file
+  (await fetch("/_shoal/file?path=notes/today.txt")).ok);
 await check("isolated", () => crossOriginIsolated);
 await check("characterSet", () => document.characterSet);  // from the response alone
 await check("origin", () => location.origin);
