@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from typing import TYPE_CHECKING
 
-import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 
 from shoal.runtime.server import Request, WebSocket, WebSocketAccept
+
+if TYPE_CHECKING:
+    import aiohttp
 
 PASSED_HEADERS = ("accept", "accept-language", "if-none-match", "if-modified-since")
 KEPT_HEADERS = ("content-type", "etag", "last-modified", "location")
@@ -34,6 +37,8 @@ class DevServer:
 
     async def fetch(self, request: Request) -> tuple[int, dict[str, str], bytes]:
         """The dev server's answer to ``request``: status, the headers kept, the body."""
+        import aiohttp  # only under shoal dev with a dev server: 60 ms, and not bundled
+
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=TIMEOUT), auto_decompress=True)

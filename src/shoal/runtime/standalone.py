@@ -55,8 +55,9 @@ LEFT_OUT = ("playwright", "jedi", "numpy", "tkinter", "_tkinter", "IPython", "py
             "rich", "pygments", "markdown_it", "mdurl", "setuptools", "pkg_resources",
             "distutils", "_distutils_hack", "pip", "werkzeug", "jinja2", "trio", "pyparsing",
             "pydoc", "pydoc_data", "doctest", "lib2to3", "readline", "curses", "_curses",
-            "sqlite3", "_sqlite3", "xmlrpc", "pdb")
+            "sqlite3", "_sqlite3", "xmlrpc", "pdb", "aiohttp", "pydantic", "pydantic_core")
 """Modules a bundled app never needs: test and build tools, the lab and the simulator,
+the HTTP client that only ``shoal dev`` with a framework's dev server uses,
 uvloop (13 MB; an app's host runs on asyncio's own loop), the terminal's rich output
 (a spinner the launcher never shows), and what only packaging tools and other web
 frameworks import."""
