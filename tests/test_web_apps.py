@@ -180,9 +180,11 @@ def test_shoal_dev_tells_each_kind_of_refusal_once_in_the_terminal_and_over_the_
     run = shoal_app("dev", app)
     with opened(browser, run.url) as page:
         overlay = page.locator("#shoal-dev-overlay")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         shown = ""
-        while shown.count("refused by") < 3 and time.monotonic() < deadline:
+        # The page's overlay and the terminal's lines come by separate ways: wait for both.
+        while (shown.count("refused by") < 3 or len(run.refusals()) < 3) and \
+                time.monotonic() < deadline:
             time.sleep(0.1)
             shown = (overlay.text_content() or "") if overlay.count() else ""
     told = sorted((r["directive"], r["blocked"], r["where"]) for r in run.refusals())
