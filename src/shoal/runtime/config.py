@@ -385,9 +385,10 @@ class _Reader:
         dev = self.table(raw, "dev", {"url"})
         dev_url = self.dev_url(dev["url"]) if "url" in dev else None
         # A framework's build folder may not be built yet; `shoal run` says so then.
-        if self.has_folder(web_root) and not self.has_file(f"{web_root}/{entry}"):
+        has_pages = self.has_folder(web_root)
+        if has_pages and not self.has_file(f"{web_root}/{entry}"):
             raise self.fail("app.entry", f"{entry!r} is not a file in {pages}")
-        if not self.has_folder(web_root) and web_root == ".":
+        if not has_pages and web_root == ".":
             raise self.fail("app.entry", f"{entry!r} is not a file in {folder}")
         scheme = app.get("scheme")
         if scheme is not None:
