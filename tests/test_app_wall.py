@@ -147,8 +147,8 @@ async def test_a_closed_app_lets_go_of_its_node_key(tmp_path: Path) -> None:
     data = tmp_path / "data"
     async with AppHost(folder, data_dir=data):
         pass
-    other = subprocess.run([sys.executable, "-c", "import sys\nfrom shoal.identity import hold"
-                            "\nhold(sys.argv[1])", str(node_key_path(data))],
+    other = subprocess.run([sys.executable, "-c", "import sys\nfrom shoal.identity import "
+                            "IdentityLock\nIdentityLock(sys.argv[1])", str(node_key_path(data))],
                            capture_output=True, text=True, timeout=30)
     assert other.returncode == 0, other.stderr
 

@@ -261,21 +261,3 @@ class IdentityLock:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-
-
-_HELD: dict[Path, IdentityLock] = {}
-
-
-def hold(path: str | os.PathLike[str]) -> None:
-    """Claim the identity file at ``path`` for this process until it exits (or
-    ``release``); see ``IdentityLock``."""
-    target = Path(path).resolve()
-    if target not in _HELD:
-        _HELD[target] = IdentityLock(path)
-
-
-def release(path: str | os.PathLike[str]) -> None:
-    """Give up the claim ``hold`` took on the identity file at ``path``."""
-    held = _HELD.pop(Path(path).resolve(), None)
-    if held is not None:
-        held.release()
