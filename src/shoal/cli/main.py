@@ -1285,7 +1285,9 @@ def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStac
     temporary folder, or an installed app's folder. An archive runs with its app id's
     data folder only if it comes from the publisher that id is pinned to (``own_data``:
     the user gave it a data folder of its own)."""
-    if app.is_dir() and app.suffix == ".shoal":
+    from shoal.runtime.config import ARCHIVE_SUFFIX
+
+    if app.is_dir() and app.suffix == ARCHIVE_SUFFIX:
         raise ShoalError(f"{app}: a folder named like an archive; what is in it was never "
                          "verified (an unpacked download?): run the .shoal file itself, or "
                          "rename the folder to run it as an unsigned app", code="EISDIR")

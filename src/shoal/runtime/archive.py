@@ -44,6 +44,7 @@ from shoal.identity import (
 from shoal.runtime.config import (
     APP_CODE,
     APP_ID,
+    ARCHIVE_SUFFIX,
     CONFIG_NAME,
     RESERVED_APP_IDS,
     VERSION,
@@ -58,7 +59,7 @@ from shoal.runtime.pages import INLINE_RECORD, inline_record
 from shoal.runtime.statefile import read_record, write_record
 
 FORMAT = 1
-SUFFIX = ".shoal"
+SUFFIX = ARCHIVE_SUFFIX
 MANIFEST = "shoal-archive.json"
 SIGNATURE = "shoal-archive.sig"
 PAYLOAD = "app/"

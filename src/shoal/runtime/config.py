@@ -23,6 +23,8 @@ APP_CODE = "app.py"
 IDENTITY_FILE = "identity.key"
 """Where an older Shoal kept the app's node identity, in its data folder (now moved to
 ``node_key_path``)."""
+ARCHIVE_SUFFIX = ".shoal"
+"""The name ending of a signed app archive (see ``archive``)."""
 WEBVIEW_STORAGE = ".webview"
 """In the app's data folder: what the app's pages store in the native window."""
 APP_ID = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)+")
