@@ -74,6 +74,7 @@ from shoal.core.noise import HandshakeState
 from shoal.core.punching import PunchScheduler
 from shoal.core.relay import KeyedBuckets, TokenBucket
 from shoal.core.services.base import Service
+from shoal.core.services.context import ServiceContext
 from shoal.core.services.messages import MessageService
 from shoal.core.services.nat import NatService
 from shoal.core.services.relaying import RelayService
@@ -167,17 +168,21 @@ class Endpoint:
         self.faults: list[str] = []
         """The last 16 unforeseen failures that closed a connection (``_fault``): each
         is a bug to fix, kept for tests and diagnostics."""
+        self.now = 0.0
+        """The driver's time as of the latest input or command (``ServiceContext.now``)."""
+        self.services: dict[str, Service] = {}
+        self._frame_handlers: dict[type, Service] = {}
+        self._extension_handlers: dict[int, Service] = {}
+        self._packet_handlers: dict[int, Service] = {}
         self.messages = MessageService()
         self.rendezvous = RendezvousService()
         self.relay = RelayService()
         self.nat_service = NatService()
-        self.services: list[Service] = []
-        self._frame_handlers: dict[type, Service] = {}
-        self._extension_handlers: dict[int, Service] = {}
-        self._packet_handlers: dict[int, Service] = {}
-        for service in (self.messages, self.rendezvous, self.relay, self.nat_service,
-                        *services):
-            self.add_service(service)
+        added = [self.messages, self.rendezvous, self.relay, self.nat_service, *services]
+        for service in added:
+            self._register(service)
+        for service in added:
+            self._attach(service)
         self._proofs: dict[int, bytes] = {}
         self._next_handle = 1
         self.wall_offset = 0.0
@@ -193,7 +198,27 @@ class Endpoint:
     # ================================================================== services
 
     def add_service(self, service: Service) -> None:
-        """Plug a protocol service in: its frame types and datagram kinds route to it."""
+        """Plug a protocol service in: its frame types and datagram kinds route to it,
+        and the services it ``requires`` (by name) must be plugged in already."""
+        self._register(service)
+        self._attach(service)
+
+    def service(self, name: str) -> Service:
+        """The service named ``name``."""
+        service = self.services.get(name)
+        if service is None:
+            raise LocalProtocolError(f"no service named {name!r}", code="ENOENT")
+        return service
+
+    def call(self, name: str, now: float, *args: object, **kwargs: object) -> object:
+        """Hand an application's request to service ``name`` (its ``call``)."""
+        self._check_open()
+        self.now = now
+        return self.service(name).call(now, *args, **kwargs)
+
+    def _register(self, service: Service) -> None:
+        if service.name in self.services:
+            raise LocalProtocolError(f"a service named {service.name!r} is plugged in already")
         for code in service.frame_types:
             if code >= 0xC0:
                 owner = self._extension_handlers.setdefault(code, service)
@@ -208,8 +233,15 @@ class Endpoint:
         for kind in service.packet_kinds:
             if self._packet_handlers.setdefault(kind, service) is not service:
                 raise LocalProtocolError(f"datagram kind 0x{kind:02x} is already owned")
-        service.attach(self)
-        self.services.append(service)
+        self.services[service.name] = service
+
+    def _attach(self, service: Service) -> None:
+        missing = [name for name in service.requires if name not in self.services]
+        if missing:
+            raise LocalProtocolError(f"service {service.name!r} requires "
+                                     f"{', '.join(map(repr, missing))}")
+        service.attach(ServiceContext(self, service),
+                       {name: self.services[name] for name in service.requires})
 
     # ================================================================== public commands
 
@@ -223,17 +255,20 @@ class Endpoint:
 
     def add_introducer(self, address: Address, now: float) -> None:
         """Connect to an introducer at ``address`` now, and again whenever it drops."""
+        self.now = now
         self._check_open()
         self.rendezvous.add_introducer(address, now)
 
     def add_peer_address(self, peer_id: str, address: Address, now: float, source: str) -> None:
         """Learn a candidate address for ``peer_id`` (from LAN discovery or the app)."""
+        self.now = now
         peer = peer_id_to_bytes(peer_id)
         if peer != self._me:
             self.rendezvous.add_address(peer, address, source, now)
 
     def connect(self, address: Address, now: float, peer_id: str | None = None) -> None:
         """Start a handshake with whatever node listens at ``address``."""
+        self.now = now
         self._check_open()
         expected = peer_id_to_bytes(peer_id) if peer_id else None
         self.dial(address, now, expected=expected)
@@ -241,6 +276,7 @@ class Endpoint:
     def reconnect(self, peer_id: str, now: float) -> None:
         """Ask the introducers for ``peer_id`` again now: a fresh introduction lets a
         relayed connection find a direct path, or an unreachable peer be tried again."""
+        self.now = now
         self._check_open()
         self.rendezvous.reach(peer_id_to_bytes(peer_id), now, fresh=True)
 
@@ -251,6 +287,7 @@ class Endpoint:
         serves the channel), or ``MessageFailed`` when it cannot be delivered within
         ``message_timeout`` (``ENOPROTOOPT``: the peer does not serve the channel).
         """
+        self.now = now
         self._check_open()
         peer = peer_id_to_bytes(peer_id)
         if peer == self._me:
@@ -265,6 +302,7 @@ class Endpoint:
 
     def cancel_message(self, handle: int, now: float, reason: str = "cancelled") -> None:
         """Give up on a message: it fails with ``ECANCELED`` unless already delivered."""
+        self.now = now
         self.messages.cancel(handle, reason)
 
     def serve_channel(self, channel: str) -> None:
@@ -276,6 +314,7 @@ class Endpoint:
 
     def stun_request(self, server: Address, now: float) -> int:
         """Ask a STUN server for our public address; answered by a ``StunResult`` event."""
+        self.now = now
         self._check_open()
         handle = self.new_handle()
         self.nat_service.request(server, handle, now)
@@ -287,6 +326,7 @@ class Endpoint:
         Also runs by itself once the first introducer reports our address, and again when
         an introducer reports a different one. Ends with a ``NatDetected`` event.
         """
+        self.now = now
         self._check_open()
         self.nat_service.start_check(now, servers)
 
@@ -328,7 +368,7 @@ class Endpoint:
                 connection.close(CLOSE_NORMAL, "node shutting down")
                 self._flush_connection(connection, now)
             self._drop(connection, "node shutting down", now, notify=False)
-        for service in self.services:
+        for service in self.services.values():
             service.close(now)
         self._dials.clear()
         self.punches.close_all()
@@ -365,6 +405,7 @@ class Endpoint:
     def receive_datagram(self, data: bytes, address: Address, now: float, socket: int = 0) -> None:
         """Process one datagram that arrived on ``socket``. Never raises for anything the
         network sends."""
+        self.now = now
         if self._closed:
             return
         self.stats["rx_datagrams"] += 1
@@ -398,6 +439,7 @@ class Endpoint:
 
     def handle_timer(self, now: float) -> None:
         """Run everything whose deadline has passed."""
+        self.now = now
         if self._closed:
             return
         for owner in self.timers.pop_due(now):
@@ -427,6 +469,7 @@ class Endpoint:
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address, int]]:
         """Everything to put on the wire now, as (datagram, destination, socket id)."""
+        self.now = now
         # Relayed connections hand their packets to the relay's connection, which may
         # then have more to send: hence the loop.
         while self._dirty:
@@ -651,7 +694,7 @@ class Endpoint:
             self.stats["dropped_version" if version is None else "dropped_wrong_peer"] += 1
             return None
         taken = self.messages.take_early(proof.peer, early, path_kind(address), now,
-                                         now + self.wall_offset)
+                                         now + self.wall_offset, self.early_from)
         return state, version, taken
 
     def _on_cookie(self, data: bytes, address: Address, now: float) -> None:
@@ -866,7 +909,7 @@ class Endpoint:
         self.connections[connection.local_sid] = connection
         if not connection.initiator:
             self._shares.add(connection.local_sid, prefix_of(connection.path.address))
-        for service in self.services:
+        for service in self.services.values():
             service.on_connection_created(connection)
         self._by_peer.setdefault(peer, []).append(connection)
         existing = self.connection_to(peer)
@@ -883,7 +926,7 @@ class Endpoint:
             self._current[peer] = connection
             self.messages.take_over(existing, connection, hold=False)
             self._set_aside(existing)
-            for service in self.services:
+            for service in self.services.values():
                 service.on_connection_up(connection, now)
         else:
             self._second_connection(existing, connection, now)
@@ -906,7 +949,7 @@ class Endpoint:
             self._remove_dial(dial)
             if dial.address != connection.address:
                 connection.probe_path(dial.address, dial.socket, now)
-        for service in self.services:
+        for service in self.services.values():
             service.on_connection_up(connection, now)
         self.emit(ev.PeerConnected(
             peer_id=connection.peer_id, address=connection.address,
@@ -933,7 +976,7 @@ class Endpoint:
                 self.stats["connections_replaced"] += 1
                 self.mark(existing)
                 self._after_connection(existing, now)
-            for service in self.services:
+            for service in self.services.values():
                 service.on_connection_up(new, now)
         else:
             new.draining, new.wanted = True, False
@@ -1011,12 +1054,12 @@ class Endpoint:
         if connection.path_failing:
             connection.path_failing = False
             self.stats["paths_failing"] += 1
-            for service in self.services:
+            for service in self.services.values():
                 service.on_path_failing(connection, now)
         if connection.path_changed:
             connection.path_changed = False
             self.stats["path_changes"] += 1
-            for service in self.services:
+            for service in self.services.values():
                 service.on_path_changed(connection, now)
             self.emit(ev.PathChanged(peer_id=connection.peer_id, address=connection.address,
                                      path=connection.path_kind))
@@ -1070,7 +1113,7 @@ class Endpoint:
                 self._current[peer] = successor
             elif notify:
                 self.emit(ev.PeerDisconnected(peer_id=connection.peer_id, reason=reason))
-        for service in self.services:
+        for service in self.services.values():
             service.on_connection_down(connection, reason, now)
         if any(p.socket > 0 for p in connection.paths.values()):
             self._sweep_sockets()

@@ -29,8 +29,9 @@ the room the receiver granted on its channel and on the connection.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shoal.core import events as ev
 from shoal.core.connection import CLOSE_BUSY, CLOSE_PROTOCOL_ERROR, Connection
@@ -52,7 +53,8 @@ from shoal.core.wire import (
 from shoal.errors import LocalProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:
-    from shoal.core.endpoint import Endpoint
+    from shoal.core.services.context import ServiceContext
+    from shoal.core.services.interfaces import Rendezvous
 
 DEFAULT_CHANNEL = ""
 MAX_MESSAGE_WINDOW = 1 << 16
@@ -333,11 +335,11 @@ class MessageFlow:
             out.blocked = False
             if out.queue:
                 self.active.append(out)
-                self.service.endpoint.mark(self.connection)
+                self.service.ctx.wake(self.connection)
 
     def on_message_window(self, limit: int) -> None:
         if self.credit.raise_to(limit):
-            self.service.endpoint.mark(self.connection)
+            self.service.ctx.wake(self.connection)
 
     def waits_for_credit(self, handle: int) -> bool:
         """Whether message ``handle`` is queued, unbegun, for want of the peer's credit."""
@@ -387,10 +389,10 @@ class MessageFlow:
             (limit := channel.window.grant()) is not None
         ):
             connection.queue_frame(ChannelWindow(channel.number, limit))
-            service.endpoint.mark(connection)
+            service.ctx.wake(connection)
         if (limit := self.window.grant()) is not None:
             connection.queue_frame(MessageWindow(limit))
-            service.endpoint.mark(connection)
+            service.ctx.wake(connection)
 
     def on_fragment(self, number: int, message_id: int, total: int, offset: int,
                     data: bytes) -> None:
@@ -434,7 +436,7 @@ class MessageFlow:
         whole = b"".join(entry.parts[k] for k in sorted(entry.parts))
         del channel.incoming[message_id]
         self._release(entry.cost)
-        service.endpoint.stats["messages_reassembled"] += 1
+        service.ctx.stats["messages_reassembled"] += 1
         if len(whole) != entry.total:
             raise RemoteProtocolError("message fragments overlap")
         self._complete(channel, message_id, whole)
@@ -444,15 +446,14 @@ class MessageFlow:
         if self.stored + cost > service.config.max_reassembly_bytes:
             raise RemoteProtocolError("peer exceeded the reassembly budget")
         while service.stored + cost > service.config.max_reassembly_total:
-            service.endpoint.stats["reassembly_node_budget"] += 1
+            service.ctx.stats["reassembly_node_budget"] += 1
             heaviest = max(service.holding, key=lambda flow: flow.stored)
             if heaviest.stored <= self.stored + cost:
                 raise RemoteProtocolError("the node's reassembly budget is spent")
             # The node's budget is shared: the connection holding the most makes room.
-            service.endpoint.close_connection(
+            service.ctx.close_connection(
                 heaviest.connection, CLOSE_PROTOCOL_ERROR,
-                "held more of the node's reassembly budget than any other",
-                self.connection.last_received)
+                "held more of the node's reassembly budget than any other")
         self.stored += cost
         service.stored += cost
         service.holding.add(self)
@@ -492,7 +493,7 @@ class MessageFlow:
                        + sum(r.total for r in channel.incoming.values()))
             channel.ready.clear()
             channel.incoming.clear()
-            self.service.endpoint.stats["channels_refused"] += 1
+            self.service.ctx.stats["channels_refused"] += 1
             self.connection.queue_frame(ChannelRefused(frame.number))
             return
         channel.name = frame.name
@@ -530,6 +531,7 @@ class MessageService(Service):
     """Messages for the application, on named channels, across every connection."""
 
     name = "messages"
+    requires = ("rendezvous",)
     frame_types = (FrameType.CHANNEL, FrameType.CHANNEL_ACCEPTED, FrameType.CHANNEL_REFUSED,
                    FrameType.CHANNEL_WINDOW, FrameType.MESSAGE_WINDOW,
                    FrameType.MESSAGES_BLOCKED)
@@ -555,9 +557,10 @@ class MessageService(Service):
 
     # ---------------------------------------------------------------- commands
 
-    def attach(self, endpoint: Endpoint) -> None:
-        super().attach(endpoint)
-        if endpoint.config.introducer:
+    def attach(self, ctx: ServiceContext, services: Mapping[str, Any]) -> None:
+        super().attach(ctx, services)
+        self.rendezvous: Rendezvous = services["rendezvous"]
+        if ctx.config.introducer:
             # An introducer's application reads no messages: it serves no channel
             # unless asked to, so nothing piles up for a reader that never comes.
             self.served.discard(DEFAULT_CHANNEL)
@@ -582,7 +585,7 @@ class MessageService(Service):
                 f"message of {len(data)} bytes exceeds the limit of {config.max_message_size}",
                 code="EMSGSIZE",
             )
-        handle = self.endpoint.new_handle()
+        handle = self.ctx.new_handle()
         self._handles[handle] = peer
         deadlines = self._deadlines
         deadlines.append((now + config.message_timeout, handle))
@@ -592,13 +595,13 @@ class MessageService(Service):
             self._arm()
         elif len(deadlines) == 1:  # every message has the same timeout: only a new head
             self._arm()
-        connection = self.endpoint.connection_to(peer)
+        connection = self.ctx.connection_to(peer)
         if connection is not None:
             self.flow(connection).send(handle, channel, data)
-            self.endpoint.mark(connection)
+            self.ctx.wake(connection)
         else:
             self._pending.setdefault(peer, []).append((handle, channel, data))
-            self.endpoint.rendezvous.reach(peer, now)
+            self.rendezvous.reach(peer, now)
         return handle
 
     def cancel(self, handle: int, reason: str) -> None:
@@ -622,18 +625,18 @@ class MessageService(Service):
     def _delivered(self, handle: int, peer_id: str, path: str) -> None:
         if self._handles.pop(handle, None) is None:
             return  # already failed or cancelled
-        self.endpoint.emit(ev.MessageDelivered(handle=handle, peer_id=peer_id, path=path))
+        self.ctx.emit(ev.MessageDelivered(handle=handle, peer_id=peer_id, path=path))
 
     def failed(self, handle: int, code: str, reason: str) -> None:
         peer = self._handles.pop(handle, None)
         if peer is None:
             return
         self._unqueue(peer, handle)
-        for candidate in self.endpoint.connections_with(peer):
+        for candidate in self.ctx.connections_with(peer):
             flow = candidate.flow
             if isinstance(flow, MessageFlow):
                 flow.cancel(handle)
-        self.endpoint.emit(ev.MessageFailed(handle=handle, peer_id=peer.hex(), code=code,
+        self.ctx.emit(ev.MessageFailed(handle=handle, peer_id=peer.hex(), code=code,
                                             reason=reason))
 
     def _unqueue(self, peer: bytes, handle: int) -> None:
@@ -645,7 +648,7 @@ class MessageService(Service):
     def received(self, flow: MessageFlow, channel: _InChannel, data: bytes) -> None:
         connection = flow.connection
         self.unread += len(data)
-        self.endpoint.emit(ev.MessageReceived(
+        self.ctx.emit(ev.MessageReceived(
             peer_id=connection.peer_id, data=data, path=connection.path_kind,
             channel=channel.name or "", receipt=(flow, channel, len(data))))
 
@@ -692,7 +695,7 @@ class MessageService(Service):
         early = Early(b"", wall, channel, data)
         if early.size > MAX_EARLY:
             return None
-        early = early._replace(message_id=self.endpoint.random(8))
+        early = early._replace(message_id=self.ctx.random(8))
         self._early[peer] = (handle, early)
         return early
 
@@ -732,7 +735,7 @@ class MessageService(Service):
         return entry[1].message_id if entry is not None else None
 
     def take_early(self, peer: bytes, early: Early, path: str, now: float,
-                   wall: float) -> bool:
+                   wall: float, floor: float) -> bool:
         """An INIT_IK from ``peer`` carries ``early``: deliver it unless it was delivered
         already. Whether the peer may count it delivered."""
         seen = self._early_seen
@@ -745,17 +748,17 @@ class MessageService(Service):
         if key in seen:
             return True
         if (early.channel not in self.served or abs(wall - early.sent_at) > EARLY_WINDOW
-                or early.sent_at < self.endpoint.early_from
+                or early.sent_at < floor
                 or len(seen) >= MAX_EARLY_SEEN or early.size > MAX_EARLY):
             return False
         seen[key] = now + 2 * EARLY_WINDOW  # every entry lives as long: oldest first
-        self.endpoint.stats["early_messages_delivered"] += 1
-        self.endpoint.emit(ev.MessageReceived(peer_id=peer.hex(), data=early.data, path=path,
+        self.ctx.stats["early_messages_delivered"] += 1
+        self.ctx.emit(ev.MessageReceived(peer_id=peer.hex(), data=early.data, path=path,
                                               channel=early.channel))
         return True
 
     def _release_pending(self, peer: bytes, now: float) -> None:
-        connection = self.endpoint.connection_to(peer)
+        connection = self.ctx.connection_to(peer)
         if connection is not None:
             self.on_connection_up(connection, now)
 
@@ -767,7 +770,7 @@ class MessageService(Service):
             flow = self.flow(connection)
             for handle, channel, data in queued:
                 flow.send(handle, channel, data)
-            self.endpoint.mark(connection)
+            self.ctx.wake(connection)
 
     def take_over(self, old: Connection, new: Connection, *, hold: bool = True) -> None:
         """Move what ``old`` has not started sending to ``new`` (``old`` drains the rest);
@@ -794,7 +797,7 @@ class MessageService(Service):
             return
         flow.drop()
         self.set_timer(None, connection)
-        successor = self.endpoint.connection_to(connection.peer)
+        successor = self.ctx.connection_to(connection.peer)
         undelivered = flow.undelivered()
         if successor is not None:
             # The peer keeps another connection (a crossed dial, a reconnection): what
@@ -804,7 +807,7 @@ class MessageService(Service):
             for message in undelivered:
                 message.done = True
                 target.send(message.handle, message.channel.name, message.data)
-            self.endpoint.mark(successor)
+            self.ctx.wake(successor)
             return
         # A peer that is full refuses the connection it has just authenticated.
         code = "ECONNREFUSED" if connection.close_code == CLOSE_BUSY else "ECONNRESET"
@@ -829,7 +832,7 @@ class MessageService(Service):
     def on_draining(self, connection: Connection) -> None:
         """``connection`` is superseded: once it has delivered every message it carried,
         its successor may send again (order per channel is then kept)."""
-        successor = self.endpoint.connection_to(connection.peer)
+        successor = self.ctx.connection_to(connection.peer)
         flow = connection.flow
         if successor is None or not isinstance(successor.flow, MessageFlow) or (
             not successor.flow.hold
@@ -837,7 +840,7 @@ class MessageService(Service):
             return
         if not isinstance(flow, MessageFlow) or not flow.undelivered():
             successor.flow.hold = False
-            self.endpoint.mark(successor)
+            self.ctx.wake(successor)
 
     def _arm(self) -> None:
         deadlines = self._deadlines
@@ -855,9 +858,9 @@ class MessageService(Service):
             peer = self._handles.get(handle)
             if peer is None:
                 continue
-            connection = self.endpoint.connection_to(peer)
+            connection = self.ctx.connection_to(peer)
             flow = connection.flow if connection is not None else None
-            if self.endpoint.rendezvous.unknown(peer):
+            if self.rendezvous.unknown(peer):
                 self.failed(handle, "EHOSTUNREACH", "no introducer knows this peer")
             elif isinstance(flow, MessageFlow) and flow.waits_for_credit(handle):
                 self.failed(handle, NO_CREDIT, "the peer's application did not read its "
@@ -868,7 +871,7 @@ class MessageService(Service):
 
     def watch_reassembly(self, connection: Connection, started: float) -> None:
         """A message began arriving in parts: make sure a deadline covers it."""
-        if self.endpoint.timers.deadline((self, connection)) is None:
+        if self.ctx.timer(connection) is None:
             self.set_timer(started + self.config.reassembly_timeout, connection)
 
     def _check_reassembly(self, connection: Connection, now: float) -> None:
@@ -881,9 +884,9 @@ class MessageService(Service):
         deadline = oldest + self.config.reassembly_timeout
         # The same expression as the deadline armed, so a timer firing at it always acts.
         if now >= deadline:
-            self.endpoint.stats["reassembly_timeouts"] += 1
-            self.endpoint.close_connection(connection, CLOSE_PROTOCOL_ERROR,
-                                           "a message stayed unfinished too long", now)
+            self.ctx.stats["reassembly_timeouts"] += 1
+            self.ctx.close_connection(connection, CLOSE_PROTOCOL_ERROR,
+                                      "a message stayed unfinished too long")
         else:
             self.set_timer(deadline, connection)
 
