@@ -52,8 +52,10 @@ from shoal.core.connection import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_SUPERSEDED,
+    TRANSPORT_READERS,
     Connection,
 )
+from shoal.core.frames import FrameRegistry
 from shoal.core.handshake import (
     PROLOGUE,
     Dial,
@@ -84,7 +86,6 @@ from shoal.core.traversal import NatType
 from shoal.core.wire import (
     AEAD_TAG_SIZE,
     DATA_HEADER_SIZE,
-    FRAME_CLASSES,
     SUPPORTED_VERSIONS,
     Address,
     Extension,
@@ -171,8 +172,7 @@ class Endpoint:
         self.now = 0.0
         """The driver's time as of the latest input or command (``ServiceContext.now``)."""
         self.services: dict[str, Service] = {}
-        self._frame_handlers: dict[type, Service] = {}
-        self._extension_handlers: dict[int, Service] = {}
+        self.frames = FrameRegistry(TRANSPORT_READERS)
         self._packet_handlers: dict[int, Service] = {}
         self.messages = MessageService()
         self.rendezvous = RendezvousService()
@@ -219,20 +219,11 @@ class Endpoint:
     def _register(self, service: Service) -> None:
         if service.name in self.services:
             raise LocalProtocolError(f"a service named {service.name!r} is plugged in already")
-        for code in service.frame_types:
-            if code >= 0xC0:
-                owner = self._extension_handlers.setdefault(code, service)
-            else:
-                cls = FRAME_CLASSES.get(code)
-                if cls is None:
-                    raise LocalProtocolError(f"frame type 0x{code:02x} has no codec")
-                owner = self._frame_handlers.setdefault(cls, service)
-            if owner is not service:
-                raise LocalProtocolError(f"frame type 0x{code:02x} is already owned by "
-                                         f"{owner.name}")
         for kind in service.packet_kinds:
-            if self._packet_handlers.setdefault(kind, service) is not service:
+            if self._packet_handlers.get(kind, service) is not service:
                 raise LocalProtocolError(f"datagram kind 0x{kind:02x} is already owned")
+        self.frames.register(service)
+        self._packet_handlers.update(dict.fromkeys(service.packet_kinds, service))
         self.services[service.name] = service
 
     def _attach(self, service: Service) -> None:
@@ -771,7 +762,7 @@ class Endpoint:
             recv_key=recv_key, address=address, now=now, config=self.config,
             random_bytes=self.random, socket=dial.socket, version=version,
             capabilities=proof.capabilities,
-            peer_endorsement=proof.endorsement,
+            peer_endorsement=proof.endorsement, readers=self.frames.readers,
         )
         connection.purpose, connection.dialed = dial.purpose, dial.address
         if not dial.retransmitted:
@@ -838,7 +829,7 @@ class Endpoint:
             recv_key=recv_key, address=address, now=now, config=self.config,
             random_bytes=self.random, socket=socket, version=version,
             capabilities=proof.capabilities,
-            peer_endorsement=proof.endorsement,
+            peer_endorsement=proof.endorsement, readers=self.frames.readers,
         )
         if full:
             # Say so, authenticated, rather than leave the initiator waiting; the
@@ -1023,6 +1014,7 @@ class Endpoint:
             self._flush_connection(connection, now)
         except Exception:  # the CLOSE itself failed: drop it unsaid
             connection.control_out.clear()
+            connection.controls.clear()
         self._drop(connection, "internal error", now)
 
     def _after_connection(self, connection: Connection, now: float) -> None:
@@ -1030,18 +1022,11 @@ class Endpoint:
         if connection.frames_in:
             frames = connection.frames_in
             connection.frames_in = []
-            handlers = self._frame_handlers
-            for frame in frames:
-                if type(frame) is Extension:
-                    service = self._extension_handlers.get(frame.type)  # type: ignore[union-attr]
-                    if service is None:
-                        self.stats["skipped_extension_frames"] += 1
-                        continue
-                else:
-                    service = handlers.get(type(frame))
-                    if service is None:
-                        self.stats["dropped_unowned_frames"] += 1
-                        continue
+            for service, frame in frames:
+                if service is None:
+                    self.stats["skipped_extension_frames" if type(frame) is Extension
+                               else "dropped_unowned_frames"] += 1
+                    continue
                 try:
                     service.on_frame(connection, frame, now)
                 except RemoteProtocolError as exc:
@@ -1049,8 +1034,10 @@ class Endpoint:
                     # or a limit, and its connection ends with the documented code.
                     connection.close(CLOSE_PROTOCOL_ERROR, f"protocol error: {exc}")
                     break
-        if connection.flow is not None:
-            connection.flow.settle()
+        if connection.unsettled:
+            unsettled, connection.unsettled = connection.unsettled, []
+            for flow in unsettled:
+                flow.settle()
         if connection.path_failing:
             connection.path_failing = False
             self.stats["paths_failing"] += 1

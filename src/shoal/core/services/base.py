@@ -26,6 +26,7 @@ from shoal.errors import LocalProtocolError
 if TYPE_CHECKING:
     from shoal.core.config import CoreConfig
     from shoal.core.connection import Connection
+    from shoal.core.frames import Reader
     from shoal.core.services.context import ServiceContext
 
 
@@ -46,6 +47,12 @@ class Service:
 
     ctx: ServiceContext
 
+    def frame_reader(self, code: int) -> Reader | None:
+        """A reader that parses frames of type ``code`` in place as packets are read
+        (see ``frames``), for the bulk of a service's traffic; None (the default) has
+        them decoded and handed to ``on_frame``."""
+        return None
+
     def attach(self, ctx: ServiceContext, services: Mapping[str, Any]) -> None:
         """Plugged in: keep ``ctx``; ``services`` holds each service named in
         ``requires``, by name."""
@@ -65,6 +72,13 @@ class Service:
 
     def on_frame(self, connection: Connection, frame: Frame, now: float) -> None:
         """A frame of one of ``frame_types`` arrived on ``connection``."""
+
+    def on_frame_acked(self, connection: Connection, frame: bytes) -> None:
+        """A frame sent with ``ctx.send(..., notify=True)`` was acknowledged (once)."""
+
+    def on_frame_lost(self, connection: Connection, frame: bytes) -> None:
+        """A frame sent with ``notify=True`` was lost (or its packet is probed again);
+        it is sent again."""
 
     def on_packet(self, data: bytes, address: Address, now: float, socket: int) -> None:
         """A datagram whose first byte is one of ``packet_kinds`` arrived."""

@@ -79,19 +79,23 @@ class ServiceContext:
 
     # ---------------------------------------------------------------- acting
 
-    def send(self, connection: Connection, frame: Frame | bytes, *,
-             reliable: bool = True) -> None:
-        """Queue ``frame`` on ``connection``; a reliable frame is sent again until
-        acknowledged."""
-        connection.queue_frame(frame, reliable=reliable)
+    def send(self, connection: Connection, frame: Frame | bytes, *, reliable: bool = True,
+             notify: bool = False) -> None:
+        """Queue ``frame`` on ``connection``. A reliable frame is sent within the
+        connection's congestion window, and again until acknowledged; with ``notify``
+        this service's ``on_frame_acked``/``on_frame_lost`` hear what became of it. An
+        unreliable one goes once, ahead of the window."""
+        connection.queue_frame(frame, reliable=reliable,
+                               owner=self._service if notify else None)
         self._endpoint.mark(connection)
 
-    def send_to(self, peer: bytes, frame: Frame | bytes, *, reliable: bool = True) -> bool:
+    def send_to(self, peer: bytes, frame: Frame | bytes, *, reliable: bool = True,
+                notify: bool = False) -> bool:
         """``send`` on the peer's current connection; False if there is none."""
         connection = self._endpoint.connection_to(peer)
         if connection is None:
             return False
-        self.send(connection, frame, reliable=reliable)
+        self.send(connection, frame, reliable=reliable, notify=notify)
         return True
 
     def wake(self, connection: Connection) -> None:

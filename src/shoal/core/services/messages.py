@@ -48,15 +48,18 @@ from shoal.core.wire import (
     FrameType,
     MessagesBlocked,
     MessageWindow,
+    decode_varint,
     encode_varint,
 )
 from shoal.errors import LocalProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:
+    from shoal.core.frames import Reader
     from shoal.core.services.context import ServiceContext
     from shoal.core.services.interfaces import Rendezvous
 
 DEFAULT_CHANNEL = ""
+_MESSAGE = int(FrameType.MESSAGE)
 MAX_MESSAGE_WINDOW = 1 << 16
 WHOLE_MESSAGE_ROOM = 64
 """Room left in a packet for an ACK and a fragment header when judging whether a message
@@ -203,7 +206,8 @@ class MessageFlow:
         if message is not None:
             message.done = True
 
-    def fill(self, parts: list[bytes], items: list, budget: int) -> int:
+    def fill(self, parts: list[bytes], budget: int) -> tuple[int, object]:
+        items: list[tuple[OutgoingMessage, int, int]] = []
         retransmit = self.retransmit
         while retransmit and budget > 24:
             message, offset, length = retransmit[0]
@@ -218,7 +222,7 @@ class MessageFlow:
             items.append((message, offset, length))
             budget -= len(frame)
         if self.hold:
-            return budget
+            return budget, items or None
         active = self.active
         whole_limit = self.connection.max_payload - WHOLE_MESSAGE_ROOM
         waiting = 0  # channels in a row whose next message waits for credit
@@ -266,27 +270,30 @@ class MessageFlow:
                 out.queue.popleft()
                 if not out.queue:
                     active.remove(out)
-        return budget
+        return budget, items or None
 
-    def on_acked(self, item: tuple[OutgoingMessage, int, int]) -> None:
-        message, offset, length = item
-        if offset in message.acked:
-            return
-        message.acked.add(offset)
-        message.acked_bytes += length
-        if message.done or message.acked_bytes < len(message.data) or (
-            message.next_offset < len(message.data)
-        ):
-            return
-        channel = message.channel
-        self.unfinished.pop(message.handle, None)
-        if channel.accepted and channel.number == 0:
-            self.settling.append(message)  # the ACK's packet may refuse the channel
-        elif channel.accepted:
-            message.done = True
-            self.service.delivered(message.handle, self.connection)
-        elif channel.accepted is None:
-            channel.held.append(message)
+    def on_acked(self, record: list[tuple[OutgoingMessage, int, int]]) -> None:  # type: ignore[override]
+        for message, offset, length in record:
+            if offset in message.acked:
+                continue
+            message.acked.add(offset)
+            message.acked_bytes += length
+            if message.done or message.acked_bytes < len(message.data) or (
+                message.next_offset < len(message.data)
+            ):
+                continue
+            channel = message.channel
+            self.unfinished.pop(message.handle, None)
+            if channel.accepted and channel.number == 0:
+                # The ACK's packet may refuse the channel: settled once it is read.
+                if not self.settling:
+                    self.connection.unsettled.append(self)
+                self.settling.append(message)
+            elif channel.accepted:
+                message.done = True
+                self.service.delivered(message.handle, self.connection)
+            elif channel.accepted is None:
+                channel.held.append(message)
 
     def settle(self) -> None:
         """The frames of a packet were all handled: report what its ACKs delivered."""
@@ -296,10 +303,12 @@ class MessageFlow:
                 message.done = True
                 self.service.delivered(message.handle, self.connection)
 
-    def on_lost(self, item: tuple[OutgoingMessage, int, int]) -> None:
-        message, offset, _ = item
-        if not message.done and offset not in message.acked:
-            self.retransmit.append(item)
+    def on_lost(self, record: list[tuple[OutgoingMessage, int, int]]) -> None:  # type: ignore[override]
+        retransmit = self.retransmit
+        for item in record:
+            message, offset, _ = item
+            if not message.done and offset not in message.acked:
+                retransmit.append(item)
 
     def on_channel_answer(self, number: int, accepted: bool) -> None:
         out = self.out_by_number.get(number)
@@ -532,7 +541,8 @@ class MessageService(Service):
 
     name = "messages"
     requires = ("rendezvous",)
-    frame_types = (FrameType.CHANNEL, FrameType.CHANNEL_ACCEPTED, FrameType.CHANNEL_REFUSED,
+    frame_types = (FrameType.MESSAGE, FrameType.CHANNEL, FrameType.CHANNEL_ACCEPTED,
+                   FrameType.CHANNEL_REFUSED,
                    FrameType.CHANNEL_WINDOW, FrameType.MESSAGE_WINDOW,
                    FrameType.MESSAGES_BLOCKED)
 
@@ -549,7 +559,6 @@ class MessageService(Service):
         self._handles: dict[int, bytes] = {}
         self._pending: dict[bytes, list[tuple[int, str, bytes]]] = {}
         self._deadlines: deque[tuple[float, int]] = deque()
-        self._flow_factory = self.flow
         self._early: dict[bytes, tuple[int, Early]] = {}
         """Per peer: the message INITs carry to it, while their answer is awaited."""
         self._early_seen: dict[bytes, float] = {}
@@ -633,7 +642,7 @@ class MessageService(Service):
             return
         self._unqueue(peer, handle)
         for candidate in self.ctx.connections_with(peer):
-            flow = candidate.flow
+            flow = candidate.state.get(self.name)
             if isinstance(flow, MessageFlow):
                 flow.cancel(handle)
         self.ctx.emit(ev.MessageFailed(handle=handle, peer_id=peer.hex(), code=code,
@@ -669,16 +678,37 @@ class MessageService(Service):
     # ---------------------------------------------------------------- service hooks
 
     def flow(self, connection: Connection) -> MessageFlow:
-        flow = connection.flow
-        if not isinstance(flow, MessageFlow):
-            flow = MessageFlow(self, connection)
-            connection.flow = flow
+        """The connection's message flow, made when first needed (most connections of
+        an introducer never carry a message)."""
+        flow = connection.state.get(self.name)
+        if flow is None:
+            flow = connection.state[self.name] = MessageFlow(self, connection)
+            connection.add_flow(flow)
             flow.offer_credit(flow.inbound[0])  # the windows beyond the implicit ones
         return flow
 
-    def on_connection_created(self, connection: Connection) -> None:
-        # Most connections of an introducer never carry a message: the flow waits.
-        connection.flow_factory = self._flow_factory
+    def frame_reader(self, code: int) -> Reader | None:
+        return self._read_fragments if code == FrameType.MESSAGE else None
+
+    def _read_fragments(self, connection: Connection, payload: bytes, pos: int,
+                        now: float) -> int:
+        """MESSAGE frames, parsed in place without a frame object (they are most of the
+        traffic), this one and any that follow it in the packet."""
+        flow = connection.state.get("messages") or self.flow(connection)
+        end = len(payload)
+        while True:
+            channel, pos = decode_varint(payload, pos)
+            message_id, pos = decode_varint(payload, pos)
+            total, pos = decode_varint(payload, pos)
+            offset, pos = decode_varint(payload, pos)
+            size, pos = decode_varint(payload, pos)
+            if pos + size > end or offset + size > total or (size == 0 and total):
+                raise RemoteProtocolError("message fragment beyond its bounds")
+            flow.on_fragment(channel, message_id, total, offset, payload[pos : pos + size])
+            pos += size
+            if pos >= end or payload[pos] != _MESSAGE:
+                return pos
+            pos += 1
 
     # ---------------------------------------------------------------- early messages
 
@@ -775,7 +805,7 @@ class MessageService(Service):
     def take_over(self, old: Connection, new: Connection, *, hold: bool = True) -> None:
         """Move what ``old`` has not started sending to ``new`` (``old`` drains the rest);
         with ``hold``, ``new`` sends nothing new until then, so order is kept."""
-        flow = old.flow
+        flow = old.state.get(self.name)
         if not isinstance(flow, MessageFlow):
             return
         target = self.flow(new)
@@ -792,7 +822,7 @@ class MessageService(Service):
         target.hold = hold and bool(flow.undelivered())
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
-        flow = connection.flow
+        flow = connection.state.get(self.name)
         if not isinstance(flow, MessageFlow):
             return
         flow.drop()
@@ -833,13 +863,12 @@ class MessageService(Service):
         """``connection`` is superseded: once it has delivered every message it carried,
         its successor may send again (order per channel is then kept)."""
         successor = self.ctx.connection_to(connection.peer)
-        flow = connection.flow
-        if successor is None or not isinstance(successor.flow, MessageFlow) or (
-            not successor.flow.hold
-        ):
+        flow = connection.state.get(self.name)
+        target = successor.state.get(self.name) if successor is not None else None
+        if successor is None or not isinstance(target, MessageFlow) or not target.hold:
             return
         if not isinstance(flow, MessageFlow) or not flow.undelivered():
-            successor.flow.hold = False
+            target.hold = False
             self.ctx.wake(successor)
 
     def _arm(self) -> None:
@@ -859,7 +888,7 @@ class MessageService(Service):
             if peer is None:
                 continue
             connection = self.ctx.connection_to(peer)
-            flow = connection.flow if connection is not None else None
+            flow = connection.state.get(self.name) if connection is not None else None
             if self.rendezvous.unknown(peer):
                 self.failed(handle, "EHOSTUNREACH", "no introducer knows this peer")
             elif isinstance(flow, MessageFlow) and flow.waits_for_credit(handle):
@@ -875,7 +904,7 @@ class MessageService(Service):
             self.set_timer(started + self.config.reassembly_timeout, connection)
 
     def _check_reassembly(self, connection: Connection, now: float) -> None:
-        flow = connection.flow
+        flow = connection.state.get(self.name)
         if not isinstance(flow, MessageFlow) or connection.closed:
             return
         oldest = flow.oldest_unfinished()
