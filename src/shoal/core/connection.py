@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from shoal.core.config import CoreConfig
 from shoal.core.flows import ControlFlow, Flow, FlowScheduler, FrameOwner
+from shoal.core.peers import Role
 from shoal.core.recovery import NewReno, RangeSet, ReplayWindow, RttEstimator
 from shoal.core.wire import (
     AEAD_TAG_SIZE,
@@ -99,7 +100,7 @@ FAILOVER_PTOS = 2
 FAILOVER_SILENCE = 1.0
 """Seconds a direct path must have been silent before a relay path may replace it."""
 UNCONFIRMED_ASIDE = 3.0
-"""Seconds a connection set aside (see ``Endpoint``) waits for the peer to confirm it; its
+"""Seconds a connection set aside (see ``peers``) waits for the peer to confirm it; its
 FINAL has gone out four times by then."""
 
 
@@ -215,9 +216,7 @@ class Connection:
         "final_datagram",
         "final_deadline",
         "final_backoff",
-        "wanted",
-        "draining",
-        "undecided",
+        "role",
         "path_changed",
         "path_failing",
         "drop_reason",
@@ -301,11 +300,8 @@ class Connection:
         self.final_datagram: bytes | None = None
         self.final_deadline = 0.0
         self.final_backoff = config.handshake_retry
-        self.wanted = True
-        self.draining = False
-        """Superseded by another connection: takes no new work and closes once idle."""
-        self.undecided = False
-        """A second connection with the peer, kept aside until the peer confirms it."""
+        self.role = Role.NEW
+        """Its place among the peer's connections (see ``peers``)."""
         self.path_changed = False
         """The current path changed and the services have not been told yet."""
         self.path_failing = False
@@ -329,6 +325,23 @@ class Connection:
     @property
     def peer_id(self) -> str:
         return self.peer.hex()
+
+    @property
+    def wanted(self) -> bool:
+        """Carries (or is about to carry) the peer's traffic: kept alive."""
+        return self.role is Role.CURRENT or self.role is Role.NEW or (
+            self.role is Role.UNCONFIRMED)
+
+    @property
+    def draining(self) -> bool:
+        """Superseded by another connection: takes no new work and closes once idle."""
+        return self.role is Role.DRAINING
+
+    @property
+    def undecided(self) -> bool:
+        """A second connection with the peer, kept aside until the peer confirms it (or
+        carrying the traffic while it waits: ``Role.UNCONFIRMED``)."""
+        return self.role is Role.ASIDE or self.role is Role.UNCONFIRMED
 
     @property
     def address(self) -> Address:
