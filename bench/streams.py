@@ -82,12 +82,11 @@ class Pattern:
             yield chunk
 
 
-def peak_rss_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def report(role: str, **fields: object) -> None:
-    print(json.dumps({"role": role, "peak_rss_kib": peak_rss_kib(), **fields}), flush=True)
+    """A side's result line, with its peak resident memory and the CPU time it used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"role": role, "peak_rss_kib": usage.ru_maxrss,
+                      "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), **fields}), flush=True)
 
 
 def ready() -> None:
@@ -268,7 +267,8 @@ def shoal_messages_recv(args: argparse.Namespace) -> None:
                     break
             end = time.monotonic()
             report("recv", bytes=received if not early else -1, sha256=digest.hexdigest(),
-                   end=end, loop=loop_name, io_stats=node.io_stats, stats=node.stats)
+                   end=end, loop=loop_name, io_stats=getattr(node, "io_stats", None),
+                   stats=node.stats)
             await asyncio.to_thread(wait_for_parent)
 
     asyncio.run(run())
@@ -294,7 +294,7 @@ def shoal_messages_send(args: argparse.Namespace) -> None:
                     await in_flight.popleft()
             await asyncio.gather(*in_flight)
             report("send", bytes=pattern.sent, sha256=pattern.hash.hexdigest(), start=start,
-                   io_stats=node.io_stats, stats=node.stats)
+                   io_stats=getattr(node, "io_stats", None), stats=node.stats)
 
     asyncio.run(run())
 
@@ -489,6 +489,10 @@ def measure(row: Row, options: argparse.Namespace, ns: str, workdir: Path) -> di
         "verified": verified,
         "sender_peak_rss_mib": round(sent["peak_rss_kib"] / 1024, 1),
         "receiver_peak_rss_mib": round(got["peak_rss_kib"] / 1024, 1),
+        # CPU seconds per GiB moved: what a transfer costs, less sensitive than its rate
+        # to other work on the machine (the rate also waits for the CPU).
+        "sender_cpu_s_per_gib": round(sent["cpu_s"] * (1 << 30) / options.bytes, 2),
+        "receiver_cpu_s_per_gib": round(got["cpu_s"] * (1 << 30) / options.bytes, 2),
     }
     if row.shoal:
         result["udp_offload"] = not options.loss and os.environ.get(
@@ -680,8 +684,9 @@ def run(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     else:
         for name, row in rows.items():
             print(f"{name:16} {row['mbytes_per_s']:>9} MB/s  verified={row['verified']}  "
-                  f"rss send {row['sender_peak_rss_mib']} MiB, recv "
-                  f"{row['receiver_peak_rss_mib']} MiB")
+                  f"rss send/recv {row['sender_peak_rss_mib']}/{row['receiver_peak_rss_mib']} "
+                  f"MiB  cpu s/GiB send/recv {row['sender_cpu_s_per_gib']}/"
+                  f"{row['receiver_cpu_s_per_gib']}")
         for name, ratio in result.get("ratios", {}).items():  # type: ignore[union-attr]
             print(f"{name:16} {ratio}")
     return 0 if all(row["verified"] for row in rows.values()) else 1

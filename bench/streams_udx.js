@@ -18,8 +18,9 @@ const CHUNK = 256 * 1024
 const now = () => Number(process.hrtime.bigint()) / 1e9 // CLOCK_MONOTONIC, as Python's
 
 function report (fields) {
-  const rssKib = process.resourceUsage().maxRSS
-  process.stdout.write(JSON.stringify({ role, peak_rss_kib: rssKib, ...fields }) + '\n')
+  const usage = process.resourceUsage()
+  const cpu = (usage.userCPUTime + usage.systemCPUTime) / 1e6
+  process.stdout.write(JSON.stringify({ role, peak_rss_kib: usage.maxRSS, cpu_s: cpu, ...fields }) + '\n')
 }
 
 const udx = new UDX()
@@ -61,7 +62,7 @@ if (role === 'recv') {
       const chunk = Buffer.allocUnsafe(size)
       const offset = (index * 4099) % ((1 << 20) - CHUNK)
       block.copy(chunk, 0, offset, offset + size)
-      chunk.writeBigUInt64BE(BigInt(index), 0)
+      if (size >= 8) chunk.writeBigUInt64BE(BigInt(index), 0)
       index += 1
       sent += size
       hash.update(chunk)

@@ -27,7 +27,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from shoal.aio.driver import LoopDriver
@@ -102,10 +102,10 @@ class IoStats:
 def split_segments(view: memoryview, length: int, segment: int) -> list[bytes]:
     """The datagrams of a GRO buffer: ``length`` bytes cut every ``segment`` bytes (the
     last one may be shorter)."""
-    view = view[:length]
+    whole = bytes(view[:length])
     if segment <= 0 or segment >= length:
-        return [bytes(view)]
-    return [bytes(view[offset:offset + segment]) for offset in range(0, length, segment)]
+        return [whole]
+    return [whole[offset:offset + segment] for offset in range(0, length, segment)]
 
 
 def _gro_segment(ancillary: list[tuple[int, int, bytes]]) -> int:
@@ -134,7 +134,7 @@ class DatagramSocket:
         self._buffer = bytearray(GRO_BUFFER if self.gro else RECV_SIZE)
         self._view = memoryview(self._buffer)
         self._ancillary = _GRO_ANCILLARY if self.gro else 0
-        self._backlog: deque[tuple[bytes, object]] = deque()
+        self._backlog: deque[Sequence] = deque()
         self._writing = False
 
     def _probe_gso(self) -> bool:
@@ -195,10 +195,11 @@ class DatagramSocket:
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, datagrams: Iterable[tuple[bytes, object]]) -> None:
-        """Send ``(datagram, address)`` pairs in order; runs of equal-size datagrams to
-        one address leave as one GSO send. What the send buffer has no room for waits
-        (in a bounded backlog) until the socket is writable."""
+    def send(self, datagrams: Iterable[Sequence]) -> None:
+        """Send ``(datagram, address, ...)`` tuples in order (what follows the address is
+        ignored); runs of equal-size datagrams to one address leave as one GSO send. What
+        the send buffer has no room for waits (in a bounded backlog) until the socket is
+        writable."""
         if self._backlog:
             self._hold(datagrams)
             return
@@ -207,7 +208,7 @@ class DatagramSocket:
         if sent < len(items):
             self._hold(items[sent:])
 
-    def _hold(self, datagrams: Iterable[tuple[bytes, object]]) -> None:
+    def _hold(self, datagrams: Iterable[Sequence]) -> None:
         backlog, stats = self._backlog, self.stats
         for item in datagrams:
             if len(backlog) >= BACKLOG:
@@ -229,31 +230,34 @@ class DatagramSocket:
             if self._loop is not None:
                 self._loop.remove_writer(self.sock.fileno())
 
-    def _send_items(self, items: list[tuple[bytes, object]]) -> int:
-        """Send from the start of ``items``; how many left (or were dropped) before the
-        send buffer filled."""
+    def _send_items(self, items: Sequence[Sequence]) -> int:
+        """Send from the start of ``items`` (datagram and address first in each); how many
+        left (or were dropped) before the send buffer filled."""
         sock, stats = self.sock, self.stats
         count, index = len(items), 0
         while index < count:
-            data, address = items[index]
+            item = items[index]
+            data, address = item[0], item[1]
             size = len(data)
             end = index + 1
-            if self.gso:
-                total, limit = size, min(count, index + GSO_MAX_SEGMENTS)
+            if self.gso and size:
+                # Every segment is at most ``size``: the run's bytes stay within the limit.
+                limit = min(count, index + GSO_MAX_SEGMENTS, index + GSO_MAX_BYTES // size)
                 while end < limit:
-                    following, destination = items[end]
-                    extra = len(following)
-                    if destination != address or extra > size or total + extra > GSO_MAX_BYTES:
+                    following = items[end]
+                    if following[1] != address:
+                        break
+                    extra = len(following[0])
+                    if extra != size:
+                        if extra < size:  # a shorter datagram ends a GSO run
+                            end += 1
                         break
                     end += 1
-                    total += extra
-                    if extra < size:  # a shorter datagram ends a GSO run
-                        break
             try:
                 if end - index > 1:
                     total = self._send_run(items, index, end, size, address)
                 else:
-                    sock.sendto(data, address)  # type: ignore[arg-type]
+                    sock.sendto(data, address)
                     total = size
             except (BlockingIOError, InterruptedError):
                 stats.tx_blocked += 1
@@ -272,9 +276,9 @@ class DatagramSocket:
             index = end
         return count
 
-    def _send_run(self, items: list[tuple[bytes, object]], start: int, end: int,
+    def _send_run(self, items: Sequence[Sequence], start: int, end: int,
                   size: int, address: object) -> int:
-        buffers = [items[position][0] for position in range(start, end)]
+        buffers = [item[0] for item in items[start:end]]
         total = self.sock.sendmsg(
             buffers, [(SOL_UDP, UDP_SEGMENT, _SEGMENT_SIZE.pack(size))], 0, address)
         self.stats.tx_gso_batches += 1
@@ -422,6 +426,9 @@ class UdpDriver(LoopDriver):
 
     def _send_all(self, datagrams: list[tuple[bytes, Address, int]]) -> None:
         if not datagrams:
+            return
+        if not self._dual_stack and all(item[2] == 0 for item in datagrams):
+            self._sockets[0].send(datagrams)  # the usual case, as the core made them
             return
         destination = self._destination
         by_socket: dict[int, list[tuple[bytes, object]]] = {}
