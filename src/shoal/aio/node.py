@@ -305,6 +305,14 @@ class Node:
         """Counters of datagrams received, sent and dropped (by reason)."""
         return dict(self.endpoint.stats)
 
+    @property
+    def io_stats(self) -> dict[str, int]:
+        """What the node's sockets did: datagrams, bytes and system calls each way, GSO
+        batches sent and GRO buffers received, drops and offload fallbacks (empty on a
+        simulated network, or before the node starts)."""
+        stats = getattr(self._driver, "io_stats", None)
+        return stats.as_dict() if stats is not None else {}
+
     def peers(self) -> list[PeerInfo]:
         return self.endpoint.peers()
 
