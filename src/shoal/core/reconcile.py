@@ -13,7 +13,8 @@ size), not with the sets. A range that one side holds few items of is answered w
 list of ids (``IDLIST``); the other side answers that list with the ids it alone holds and
 a bitmap of the listed ids it lacks (``IDLIST_RESPONSE``), which needs no reply. Both sides
 learn every difference: ``have`` (ids only this side holds) and ``need`` (ids only the peer
-holds). Reconciliation ends when a message asks nothing more (no fingerprint and no id list).
+holds). Reconciliation ends when a message asks nothing more (no fingerprint and no id list);
+a message that asks something always gets an answer, if only an empty one.
 
 This follows the range-based reconciliation of Meyer (arXiv 2212.13567) and the negentropy
 protocol built on it, with a bitmap reply to id lists in place of a second list.
@@ -179,6 +180,8 @@ class _Writer:
         self.last: Key = MINIMUM
         self.queries = 0
         """Ranges that need an answer (fingerprints and id lists)."""
+        self.asked = False
+        """Whether the message this one answers asked anything."""
 
     def __len__(self) -> int:
         return len(self.out)
@@ -370,7 +373,8 @@ class Reconciler:
             self._move(_Input.ASKED)
             return self._sent(reply)
         self._move(_Input.ANSWERED)
-        return self._sent(reply) if len(reply) > 1 else None
+        # A message that asked something gets an answer, if only an empty one.
+        return self._sent(reply) if reply.asked or len(reply) > 1 else None
 
     def take_have(self) -> list[bytes]:
         """The ``have`` ids found so far, removed from ``have``."""
@@ -396,6 +400,7 @@ class Reconciler:
         ranges = decode_message(message, self.limits.max_message_bytes)
         pending, self._pending = self._pending, {}
         writer = _Writer()
+        writer.asked = any(item.mode in (Mode.FINGERPRINT, Mode.IDLIST) for item in ranges)
         budget = self.limits.max_message_bytes - _reserve(self.limits)
         lower = MINIMUM
         for item in ranges:
