@@ -71,10 +71,14 @@ class StreamConfig:
     """A peer's streams open at once."""
 
     def __post_init__(self) -> None:
-        if min(self.stream_window, self.connection_window, self.send_buffer) < 1024:
-            raise LocalProtocolError("stream windows and buffers must be at least 1 KiB")
-        if not 1 <= self.max_streams <= 1 << 20:
-            raise LocalProtocolError("max_streams must be 1 .. 2**20")
+        # A peer may use the implicit limits before it hears of ours, so they are floors.
+        if self.stream_window < INITIAL_STREAM_DATA or self.connection_window < INITIAL_DATA:
+            raise LocalProtocolError(f"stream windows must be at least {INITIAL_STREAM_DATA} "
+                                     f"bytes, and the connection's {INITIAL_DATA}")
+        if self.send_buffer < 1024:
+            raise LocalProtocolError("a stream's send buffer must be at least 1 KiB")
+        if not INITIAL_MAX_STREAMS <= self.max_streams <= 1 << 20:
+            raise LocalProtocolError(f"max_streams must be {INITIAL_MAX_STREAMS} .. 2**20")
 
 
 # ----------------------------------------------------------------------------- events
@@ -176,7 +180,7 @@ class Stream:
 
     def read(self, size: int = -1) -> bytes:
         data = self.recv.read(size)
-        if self.recv.credit.pending or self.recv.connection.pending or self.done:
+        if self.recv.wants_send or self.done:
             self._wake(self)
         return data
 
