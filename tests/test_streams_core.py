@@ -35,6 +35,7 @@ from shoal.core.streams import (
 )
 from shoal.core.streams import frames as F
 from shoal.core.streams.credit import RecvLimit, SendLimit
+from shoal.core.streams.datagrams import DatagramQueue
 from shoal.core.streams.manager import INITIAL_DATA, INITIAL_MAX_STREAMS, INITIAL_STREAM_DATA
 from shoal.core.streams.ranges import ByteRanges
 from shoal.core.streams.recv import RecvStream
@@ -625,3 +626,32 @@ def test_hostile_frame_sequences_raise_only_remote_protocol_errors() -> None:
                 _drain(manager)
         except RemoteProtocolError:
             pass
+
+
+# ----------------------------------------------------------------------------- datagrams
+
+
+def test_datagrams_fill_in_order_and_are_never_sent_again() -> None:
+    queue = DatagramQueue()
+    for index in range(5):
+        queue.push(3, bytes((index,)) * 500, 1200)
+    first = queue.fill(1200)
+    assert [f.data[0] for f in first] == [0, 1]
+    assert sum(F.encoded_size(f) for f in first) <= 1200
+    queue.on_lost(first[0])
+    assert [f.data[0] for f in queue.fill(1200)] == [2, 3]
+    assert queue.lost == 1 and queue.wants_send
+
+
+def test_a_full_datagram_queue_drops_the_oldest_and_too_big_is_refused() -> None:
+    queue = DatagramQueue(max_queued=3)
+    for index in range(5):
+        queue.push(0, bytes((index,)), 1200)
+    assert [f.data for f in queue.fill(1200)] == [b"\x02", b"\x03", b"\x04"]
+    assert queue.dropped == 2
+    with pytest.raises(LocalProtocolError) as caught:
+        queue.push(0, b"x" * 1197, 1200)
+    assert caught.value.code == "EMSGSIZE"
+    queue.push(0, b"x" * 1196, 1200)
+    (frame,) = queue.fill(1200)
+    assert F.encoded_size(frame) == 1200
