@@ -31,8 +31,7 @@ States and the events that move them are one table, ``TRANSITIONS``::
 
 from __future__ import annotations
 
-from enum import Enum
-
+from shoal.core.streams.state import NamedState
 from shoal.errors import LocalProtocolError
 
 BASE_PLPMTU = 1200
@@ -47,7 +46,7 @@ RAISE_INTERVAL = 600.0
 ERROR_RETRY = 5.0
 
 
-class PmtuState(Enum):
+class PmtuState(NamedState):
     DISABLED = "disabled"
     BASE = "base"
     SEARCHING = "searching"
@@ -55,7 +54,7 @@ class PmtuState(Enum):
     ERROR = "error"
 
 
-class PmtuEvent(Enum):
+class PmtuEvent(NamedState):
     START = "start"
     PROBE_ACKED = "probe_acked"
     PROBE_FAILED = "probe_failed"

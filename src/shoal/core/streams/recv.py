@@ -98,7 +98,16 @@ class RecvStream:
 
     def on_frame(self, frame: StreamFrame) -> bool:
         """Take a STREAM frame; whether it made bytes (or the end) readable."""
-        end = frame.offset + len(frame.data)
+        data = frame.data
+        end = frame.offset + len(data)
+        if (frame.offset == self.contiguous == self.credit.received and not frame.fin
+                and self.state is RecvState.RECV and self.stop_code is None and end > 0):
+            # in order, new, not the last: the usual case
+            self._count(end)
+            self._ready.append(data)
+            self._ready_size += len(data)
+            self.contiguous = end
+            return True
         self._check_final(end, frame.fin)
         self._count(end)
         if frame.fin and self.final_size is None:

@@ -177,18 +177,20 @@ class SendStream:
             end = lo + len(data)
             lost.remove(lo, end)
             budget -= self._emit(out, lo, data, end)
-        while self.sent < self.written and budget > 0:
-            lo = self.sent
-            allowed = min(self.credit.available(), self.connection.available())
+        credit, connection = self.credit, self.connection
+        written = self.written
+        while credit.used < written and budget > 0:
+            lo = credit.used
+            allowed = min(credit.limit - lo, connection.limit - connection.used)
             if allowed <= 0:
                 break
             room = budget - stream_overhead(stream_id, lo, budget)
-            if room < min(self.written - lo, MIN_FRAME_DATA):
+            if room < MIN_FRAME_DATA and room < written - lo:
                 return out
-            data = self._slice(lo, min(self.written, lo + room, lo + allowed))
+            data = self._slice(lo, min(written, lo + room, lo + allowed))
             end = lo + len(data)
-            self.credit.used = end
-            self.connection.used += end - lo
+            credit.used = end
+            connection.used += end - lo
             budget -= self._emit(out, lo, data, end)
         if self.fin_wanted and not self.fin_sent and self.sent == self.written:
             if stream_overhead(stream_id, self.written, 0) <= budget:
@@ -209,8 +211,9 @@ class SendStream:
         out.append(StreamFrame(self.stream_id, lo, data, fin))
         if fin:
             self.fin_sent = True
-        self.state = next_send_state(self.state,
-                                     SendEvent.SEND_FIN if fin else SendEvent.SEND_DATA)
+            self.state = next_send_state(self.state, SendEvent.SEND_FIN)
+        elif self.state is SendState.READY:  # elsewhere SEND_DATA leaves the state as it is
+            self.state = next_send_state(self.state, SendEvent.SEND_DATA)
         return stream_overhead(self.stream_id, lo, len(data)) + len(data)
 
     def _slice(self, lo: int, hi: int) -> bytes | memoryview:
@@ -240,17 +243,23 @@ class SendStream:
     def _on_data_acked(self, frame: StreamFrame) -> None:
         if self.reset_code is not None or self.state is SendState.DATA_RECVD:
             return
-        end = frame.end
-        self._lost.remove(frame.offset, end)
+        offset = frame.offset
+        end = offset + len(frame.data)
+        if self._lost:
+            self._lost.remove(offset, end)
         if frame.fin:
             self.fin_acked = True
         if end > self.acked_floor:
             acked = self._acked
-            acked.add(frame.offset, end)
-            floor = acked.pop_below(self.acked_floor)
+            if offset <= self.acked_floor and not acked:
+                floor = end  # in order: the usual case
+            else:
+                acked.add(offset, end)
+                floor = acked.pop_below(self.acked_floor)
             if floor != self.acked_floor:
                 self.acked_floor = floor
-                self._free_below(floor)
+                if self._starts[0] + len(self._chunks[0]) <= floor:
+                    self._free_below(floor)
         if self.fin_acked and self.acked_floor == self.written:
             self.state = next_send_state(self.state, SendEvent.ALL_ACKED)
 

@@ -29,7 +29,14 @@ from enum import Enum
 from shoal.errors import LocalProtocolError
 
 
-class SendState(Enum):
+class NamedState(Enum):
+    """Base of state and event enums: members hash by identity (they are singletons),
+    which keeps table lookups on the per-packet path cheap."""
+
+    __hash__ = object.__hash__
+
+
+class SendState(NamedState):
     READY = "ready"
     SEND = "send"
     DATA_SENT = "data_sent"
@@ -38,7 +45,7 @@ class SendState(Enum):
     RESET_RECVD = "reset_recvd"
 
 
-class SendEvent(Enum):
+class SendEvent(NamedState):
     SEND_DATA = "send_data"
     """A STREAM frame without FIN was sent (or sent again)."""
     SEND_FIN = "send_fin"
@@ -50,7 +57,7 @@ class SendEvent(Enum):
     RESET_ACKED = "reset_acked"
 
 
-class RecvState(Enum):
+class RecvState(NamedState):
     RECV = "recv"
     SIZE_KNOWN = "size_known"
     DATA_RECVD = "data_recvd"
@@ -59,7 +66,7 @@ class RecvState(Enum):
     RESET_READ = "reset_read"
 
 
-class RecvEvent(Enum):
+class RecvEvent(NamedState):
     RECV_DATA = "recv_data"
     RECV_FIN = "recv_fin"
     """The final size became known."""
@@ -97,8 +104,8 @@ RECV_TABLE: dict[RecvState, dict[RecvEvent, RecvState]] = {
 }
 del S, SE, R, RE
 
-SEND_DONE = frozenset({SendState.DATA_RECVD, SendState.RESET_RECVD})
-RECV_DONE = frozenset({RecvState.DATA_READ, RecvState.RESET_READ})
+SEND_DONE = (SendState.DATA_RECVD, SendState.RESET_RECVD)
+RECV_DONE = (RecvState.DATA_READ, RecvState.RESET_READ)
 
 
 def next_send_state(state: SendState, event: SendEvent) -> SendState:
