@@ -655,3 +655,19 @@ def test_a_full_datagram_queue_drops_the_oldest_and_too_big_is_refused() -> None
     queue.push(0, b"x" * 1196, 1200)
     (frame,) = queue.fill(1200)
     assert F.encoded_size(frame) == 1200
+
+
+def test_a_stream_whose_reader_stopped_after_the_writer_finished_is_forgotten() -> None:
+    link = Link(8)
+    link.read_limit = 0
+    stream = link.a.open()
+    stream.write(b"w" * 3000)
+    stream.close()
+    stream.stop()  # a's own reading side: a stops reading b's (empty) side
+    link.run()
+    peer = link.b.streams[0]
+    assert peer.send.state is SendState.RESET_RECVD  # b never wrote: it reset its side
+    assert StreamStopped(0, 0) in link.events["b"]
+    peer.stop(5)  # b does not want a's bytes either; a had sent them all already
+    link.run()
+    assert not link.a.streams and not link.b.streams

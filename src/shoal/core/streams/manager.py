@@ -46,7 +46,7 @@ from shoal.core.streams.frames import (
 )
 from shoal.core.streams.recv import RecvStream
 from shoal.core.streams.send import SendStream
-from shoal.core.streams.state import RECV_DONE, SEND_DONE
+from shoal.core.streams.state import SEND_DONE
 from shoal.errors import LocalProtocolError, RemoteProtocolError
 
 INITIAL_STREAM_DATA = 64 * 1024
@@ -191,7 +191,7 @@ class Stream:
 
     @property
     def done(self) -> bool:
-        return self.send.state in SEND_DONE and self.recv.state in RECV_DONE
+        return self.send.state in SEND_DONE and self.recv.finished
 
     # ----------------------------------------------------------------- the flow
 
@@ -208,7 +208,10 @@ class Stream:
         return out
 
     def on_acked(self, frame: StreamsFrame) -> None:
-        self.send.on_acked(frame)
+        if type(frame) in (StopSending, MaxStreamData):
+            self.recv.on_acked(frame)
+        else:
+            self.send.on_acked(frame)
 
     def on_lost(self, frame: StreamsFrame) -> None:
         if type(frame) in (StopSending, MaxStreamData):

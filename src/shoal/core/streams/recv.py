@@ -27,7 +27,7 @@ from shoal.core.streams.frames import (
     encoded_size,
 )
 from shoal.core.streams.ranges import ByteRanges
-from shoal.core.streams.state import RecvEvent, RecvState, next_recv_state
+from shoal.core.streams.state import RECV_DONE, RecvEvent, RecvState, next_recv_state
 from shoal.errors import RemoteProtocolError
 
 _RESET = (RecvState.RESET_RECVD, RecvState.RESET_READ)
@@ -38,7 +38,7 @@ class RecvStream:
     """The receiving side of stream ``stream_id``."""
 
     __slots__ = ("stream_id", "state", "credit", "connection", "contiguous", "read_offset",
-                 "final_size", "reset_code", "stop_code", "_stop_pending", "_ready",
+                 "final_size", "reset_code", "stop_code", "stop_acked", "_stop_pending", "_ready",
                  "_ready_size", "_pieces", "_starts", "_held")
 
     def __init__(self, stream_id: int, initial: int, window: int,
@@ -52,6 +52,7 @@ class RecvStream:
         self.final_size: int | None = None
         self.reset_code: int | None = None
         self.stop_code: int | None = None
+        self.stop_acked = False
         self._stop_pending = False
         self._ready: deque[bytes | memoryview] = deque()
         self._ready_size = 0
@@ -68,6 +69,14 @@ class RecvStream:
     def readable(self) -> int:
         """Bytes ``read`` would return now."""
         return self._ready_size
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more is owed to the application or the peer: the end (or the reset)
+        was read, or the application stopped reading and the peer heard it (or reset)."""
+        if self.state in RECV_DONE:
+            return True
+        return self.stop_code is not None and (self.stop_acked or self.state in _RESET)
 
     @property
     def at_eof(self) -> bool:
@@ -237,6 +246,10 @@ class RecvStream:
                 out.append(frame)
                 self.credit.pending = False
         return out
+
+    def on_acked(self, frame: StreamsFrame) -> None:
+        if type(frame) is StopSending:
+            self.stop_acked = True
 
     def on_lost(self, frame: StreamsFrame) -> None:
         if type(frame) is StopSending:
