@@ -36,6 +36,7 @@ from shoal.core.streams import (
 from shoal.core.streams import frames as F
 from shoal.core.streams.credit import RecvLimit, SendLimit
 from shoal.core.streams.datagrams import DatagramQueue
+from shoal.core.streams.flow import FrameFlow
 from shoal.core.streams.manager import INITIAL_DATA, INITIAL_MAX_STREAMS, INITIAL_STREAM_DATA
 from shoal.core.streams.ranges import ByteRanges
 from shoal.core.streams.recv import RecvStream
@@ -671,3 +672,30 @@ def test_a_stream_whose_reader_stopped_after_the_writer_finished_is_forgotten() 
     peer.stop(5)  # b does not want a's bytes either; a had sent them all already
     link.run()
     assert not link.a.streams and not link.b.streams
+
+
+# ----------------------------------------------------------------------------- as a flow
+
+
+def test_a_frame_flow_fills_datagrams_first_and_hands_back_what_it_wrote() -> None:
+    manager = StreamManager(initiator=True)
+    datagrams = DatagramQueue()
+    flow = FrameFlow(datagrams, manager)
+    assert flow.has_data()  # the manager's first MAX_DATA
+    stream = manager.open()
+    stream.write(b"s" * 5000)
+    datagrams.push(1, b"live", 1200)
+    parts: list = []
+    left, record = flow.fill(parts, 1200)
+    payload = b"".join(parts)
+    assert len(payload) == 1200 - left and left < 24
+    frames = F.decode(payload)
+    assert frames[0] == Datagram(1, b"live")
+    assert record[0][1] == frames[0]
+    sent = sum(len(f.data) for f in frames if isinstance(f, StreamFrame))
+    flow.on_lost(record)
+    assert datagrams.lost == 1 and not datagrams.wants_send
+    assert stream.send._lost.first() == (0, sent)  # the stream will send it again
+    _, again = flow.fill([], 1200)
+    flow.on_acked(again)
+    assert stream.send.acked_floor == sent
