@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -699,3 +700,43 @@ def test_a_frame_flow_fills_datagrams_first_and_hands_back_what_it_wrote() -> No
     _, again = flow.fill([], 1200)
     flow.on_acked(again)
     assert stream.send.acked_floor == sent
+
+
+# ----------------------------------------------------------------------------- attacks
+
+
+def _allocated_while(feed) -> int:  # type: ignore[no-untyped-def]
+    tracemalloc.start()
+    try:
+        feed()
+        return tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+
+def test_tiny_in_order_frames_cost_little_more_than_their_bytes() -> None:
+    manager = StreamManager(initiator=False)
+    count = 60_000
+
+    def feed() -> None:
+        for offset in range(count):
+            manager.receive(StreamFrame(0, offset, b"t"))
+
+    held = _allocated_while(feed)
+    assert manager.streams[0].recv.buffered == count
+    assert held < 3 * count  # as one small frame object each, it would be ~100x
+    data = manager.streams[0].read(10) + manager.streams[0].read()
+    assert data == b"t" * count
+
+
+def test_a_peer_making_tiny_out_of_order_pieces_is_stopped_early() -> None:
+    manager = StreamManager(initiator=False)
+    frames = [StreamFrame(4 * (n % 8), 2 * (n // 8) + 1, b"g") for n in range(12_000)]
+
+    def feed() -> None:
+        with pytest.raises(RemoteProtocolError):
+            for frame in frames:
+                manager.receive(frame)
+
+    held = _allocated_while(feed)
+    assert held < 4 * 1024 * 1024  # bounded by the piece count, not the window

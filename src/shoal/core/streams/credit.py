@@ -45,7 +45,7 @@ class RecvLimit:
     """The receiving side of one limit: the highest byte the peer sent, the bytes the
     application consumed, and the limit granted."""
 
-    __slots__ = ("window", "granted", "received", "consumed", "pending")
+    __slots__ = ("window", "granted", "received", "consumed", "pending", "pieces")
 
     def __init__(self, initial: int, window: int) -> None:
         self.window = window
@@ -54,6 +54,8 @@ class RecvLimit:
         self.consumed = 0
         self.pending = False
         """A raised limit waits to be sent (or sent again, after a loss)."""
+        self.pieces = 0
+        """Out-of-order pieces held (counted on a connection's limit)."""
         self.consume(0)
 
     def receive(self, size: int, what: str) -> None:

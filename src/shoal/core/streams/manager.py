@@ -247,6 +247,7 @@ class StreamManager:
         self._blocked_reported = -1
         self._data_blocked = -1
         self._active: dict[int, Stream] = {}
+        self._readable: set[int] = set()
         self._grant_limit()
 
     # ----------------------------------------------------------------- application side
@@ -266,7 +267,9 @@ class StreamManager:
         return stream
 
     def pop_events(self) -> list[StreamEvent]:
+        """The events since the last call (a stream is named readable once in them)."""
         events, self.events = self.events, []
+        self._readable.clear()
         return events
 
     # ----------------------------------------------------------------- frames in
@@ -277,7 +280,9 @@ class StreamManager:
         if kind is StreamFrame:
             stream = self._stream_for(frame.stream_id)  # type: ignore[union-attr]
             if stream is not None and stream.recv.on_frame(frame):  # type: ignore[arg-type]
-                self.events.append(StreamReadable(stream.stream_id))
+                if stream.stream_id not in self._readable:  # one event until popped
+                    self._readable.add(stream.stream_id)
+                    self.events.append(StreamReadable(stream.stream_id))
                 self._check_done(stream)
         elif kind is MaxData:
             if self.send_credit.raise_to(frame.limit):  # type: ignore[union-attr]

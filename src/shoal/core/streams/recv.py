@@ -9,7 +9,9 @@ gap before them fills. Every byte held lies below the limit granted to the peer,
 at most one window past what the application read, so a stream holds at most its window
 and the connection at most its own: a frame that reaches beyond the limit breaks the
 protocol (``RemoteProtocolError`` with code ``EFLOWCONTROL``), as does one that
-contradicts the stream's final size.
+contradicts the stream's final size. What each piece costs beyond its bytes is bounded
+too: tiny in-order pieces are joined, and out-of-order pieces are counted per connection
+(``MAX_PIECES``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ from shoal.core.streams.frames import (
 from shoal.core.streams.ranges import ByteRanges
 from shoal.core.streams.state import RECV_DONE, RecvEvent, RecvState, next_recv_state
 from shoal.errors import RemoteProtocolError
+
+MAX_PIECES = 8192
+"""Out-of-order pieces a connection's streams may hold together; a peer that makes more
+(tiny frames with gaps between them) breaks the protocol."""
+SMALL_PIECE = 512
+"""In-order pieces smaller than this are copied into a shared buffer of at most
+``MAX_JOINED`` bytes."""
+MAX_JOINED = 64 * 1024
 
 _RESET = (RecvState.RESET_RECVD, RecvState.RESET_READ)
 _ALL_IN = (RecvState.DATA_RECVD, RecvState.DATA_READ)
@@ -54,7 +64,7 @@ class RecvStream:
         self.stop_code: int | None = None
         self.stop_acked = False
         self._stop_pending = False
-        self._ready: deque[bytes | memoryview] = deque()
+        self._ready: deque[bytes | bytearray | memoryview] = deque()
         self._ready_size = 0
         self._pieces: dict[int, bytes | memoryview] = {}
         self._starts: list[int] = []
@@ -113,8 +123,7 @@ class RecvStream:
                 and self.state is RecvState.RECV and self.stop_code is None and end > 0):
             # in order, new, not the last: the usual case
             self._count(end)
-            self._ready.append(data)
-            self._ready_size += len(data)
+            self._queue(data)
             self.contiguous = end
             return True
         self._check_final(end, frame.fin)
@@ -135,7 +144,12 @@ class RecvStream:
                 self._push(data[contiguous - lo :], end)
                 readable = True
             else:
-                for gap_lo, gap_hi in self._held.missing(lo, end):
+                gaps = self._held.missing(lo, end)
+                connection = self.connection
+                connection.pieces += len(gaps)
+                if connection.pieces > MAX_PIECES:
+                    raise RemoteProtocolError("too many out-of-order pieces of stream data")
+                for gap_lo, gap_hi in gaps:
                     insort(self._starts, gap_lo)
                     self._pieces[gap_lo] = data[gap_lo - lo : gap_hi - lo]
                     self._held.add(gap_lo, gap_hi)
@@ -146,20 +160,31 @@ class RecvStream:
 
     def _push(self, data: bytes | memoryview, end: int) -> None:
         """Queue bytes that continue ``contiguous``, then the pieces they reach."""
-        self._ready.append(data)
-        self._ready_size += len(data)
+        self._queue(data)
         self.contiguous = end
         starts, pieces = self._starts, self._pieces
         while starts and starts[0] <= self.contiguous:
             start = starts.pop(0)
             piece = pieces.pop(start)
+            self.connection.pieces -= 1
             piece_end = start + len(piece)
             if piece_end > self.contiguous:
-                piece = piece[self.contiguous - start :]
-                self._ready.append(piece)
-                self._ready_size += len(piece)
+                self._queue(piece[self.contiguous - start :])
                 self.contiguous = piece_end
         self._held.remove(0, self.contiguous)
+
+    def _queue(self, data: bytes | memoryview) -> None:
+        """Make ``data`` readable; small pieces join one buffer, so that a peer sending
+        tiny frames costs no more memory than their bytes (and a little)."""
+        ready = self._ready
+        if len(data) < SMALL_PIECE:
+            if ready and type(ready[-1]) is bytearray and len(ready[-1]) < MAX_JOINED:
+                ready[-1] += data  # type: ignore[operator]
+            else:
+                ready.append(bytearray(data))
+        else:
+            ready.append(data)
+        self._ready_size += len(data)
 
     def on_reset(self, frame: ResetStream) -> bool:
         """The peer abandoned the stream; whether the application should hear of it."""
@@ -176,6 +201,7 @@ class RecvStream:
         return True
 
     def _drop(self) -> None:
+        self.connection.pieces -= len(self._pieces)
         self._ready.clear()
         self._ready_size = 0
         self._pieces.clear()
@@ -198,6 +224,8 @@ class RecvStream:
             left = size
             while left:
                 piece = ready[0]
+                if type(piece) is bytearray:
+                    piece = memoryview(piece)  # slices of it without copies
                 if len(piece) <= left:
                     pieces.append(ready.popleft())
                     left -= len(piece)
