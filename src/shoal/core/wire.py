@@ -108,6 +108,18 @@ class FrameType(IntEnum):
     INTRO_FAILED = 0x24
     RELAY_SEND = 0x30
     RELAY_RECV = 0x31
+    # Streams and datagrams (their codec is in shoal.core.streams.frames).
+    STREAM = 0x40
+    STREAM_FIN = 0x41
+    RESET_STREAM = 0x42
+    STOP_SENDING = 0x43
+    MAX_STREAM_DATA = 0x44
+    MAX_DATA = 0x45
+    MAX_STREAMS = 0x46
+    DATA_BLOCKED = 0x47
+    STREAM_DATA_BLOCKED = 0x48
+    STREAMS_BLOCKED = 0x49
+    DATAGRAM = 0x4A
 
 
 # ----------------------------------------------------------------------------- varints
