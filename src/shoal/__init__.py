@@ -16,7 +16,9 @@ from shoal.errors import (
 )
 
 if TYPE_CHECKING:
+    from shoal.aio.files import FetchError, FetchProgress, FetchResult
     from shoal.aio.node import Channel, Delivery, Message, Node, PeerInfo, Subscription
+    from shoal.core.blobs import Ticket, TicketError, VerificationError
     from shoal.core.config import CoreConfig
     from shoal.identity import Identity
 
@@ -28,6 +30,12 @@ _LAZY = {
     "Node": "shoal.aio.node",
     "PeerInfo": "shoal.aio.node",
     "CoreConfig": "shoal.core.config",
+    "FetchError": "shoal.aio.files",
+    "FetchProgress": "shoal.aio.files",
+    "FetchResult": "shoal.aio.files",
+    "Ticket": "shoal.core.blobs",
+    "TicketError": "shoal.core.blobs",
+    "VerificationError": "shoal.core.blobs",
     "Identity": "shoal.identity",
 }
 
@@ -43,6 +51,9 @@ __all__ = [
     "CoreConfig",
     "Delivery",
     "DeliveryError",
+    "FetchError",
+    "FetchProgress",
+    "FetchResult",
     "Identity",
     "IdentityError",
     "LocalProtocolError",
@@ -52,5 +63,8 @@ __all__ = [
     "RemoteProtocolError",
     "ShoalError",
     "Subscription",
+    "Ticket",
+    "TicketError",
+    "VerificationError",
     "__version__",
 ]
