@@ -41,7 +41,7 @@ from shoal.core.blobs import (
     subtree_hash,
     verify_piece,
 )
-from shoal.core.fetchplan import Bitmap, FetchPlan
+from shoal.core.fetchplan import Bitmap, FetchPlan, PeerState
 from shoal.errors import (
     ClosedError,
     LocalProtocolError,
@@ -693,7 +693,7 @@ class _Fetch:
         key = (sender, answer.request_id)
         piece = self.asked.pop(key, None)
         self.service._fetches.pop(key, None)
-        if piece is None:
+        if piece is None or self.plan.peers[sender].state is PeerState.DROPPED:
             return
         if answer.kind == REFUSED:
             if answer.reason == BUSY:

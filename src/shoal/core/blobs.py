@@ -301,6 +301,16 @@ class Ticket:
             if len(provider.addresses) > MAX_ADDRESSES:
                 raise TicketError(f"a ticket lists at most {MAX_ADDRESSES} addresses a peer")
 
+    def merge(self, *others: Ticket) -> Ticket:
+        """This ticket with the providers of ``others`` (tickets of the same blob) added,
+        up to ``MAX_PROVIDERS``."""
+        providers = list(self.providers)
+        for other in others:
+            if (other.root, other.size) != (self.root, self.size):
+                raise TicketError("these tickets are of different files")
+            providers += [p for p in other.providers if p not in providers]
+        return Ticket(self.root, self.size, tuple(providers[:MAX_PROVIDERS]), self.name)
+
     def __str__(self) -> str:
         return TICKET_PREFIX + base64.b32encode(self.to_bytes()).decode().rstrip("=").lower()
 

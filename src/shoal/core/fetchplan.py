@@ -266,8 +266,8 @@ class FetchPlan:
 
     def lost(self, piece: int) -> None:
         """A held piece turned out damaged (the partial file changed): want it again."""
-        if piece in self.have:
-            self.have.discard(piece)
+        self.have.discard(piece)
+        if piece not in self._owner and piece not in self._wanted:
             self._wanted.append(piece)
 
     # ------------------------------------------------------------------ status
