@@ -16,6 +16,7 @@ from shoal.errors import (
 )
 
 if TYPE_CHECKING:
+    from shoal.aio.files import FetchError, FetchProgress, FetchResult
     from shoal.aio.node import (
         Channel,
         Delivery,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
         ServiceEvent,
         Subscription,
     )
+    from shoal.core.blobs import Ticket, TicketError, VerificationError
     from shoal.core.config import CoreConfig
     from shoal.identity import Identity
 
@@ -39,6 +41,12 @@ _LAZY = {
     "Service": "shoal.aio.node",
     "ServiceEvent": "shoal.aio.node",
     "CoreConfig": "shoal.core.config",
+    "FetchError": "shoal.aio.files",
+    "FetchProgress": "shoal.aio.files",
+    "FetchResult": "shoal.aio.files",
+    "Ticket": "shoal.core.blobs",
+    "TicketError": "shoal.core.blobs",
+    "VerificationError": "shoal.core.blobs",
     "Identity": "shoal.identity",
 }
 
@@ -54,6 +62,9 @@ __all__ = [
     "CoreConfig",
     "Delivery",
     "DeliveryError",
+    "FetchError",
+    "FetchProgress",
+    "FetchResult",
     "Identity",
     "IdentityError",
     "LocalProtocolError",
@@ -65,5 +76,8 @@ __all__ = [
     "ServiceEvent",
     "ShoalError",
     "Subscription",
+    "Ticket",
+    "TicketError",
+    "VerificationError",
     "__version__",
 ]
