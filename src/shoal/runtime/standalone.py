@@ -55,12 +55,20 @@ LEFT_OUT = ("playwright", "jedi", "numpy", "tkinter", "_tkinter", "IPython", "py
             "rich", "pygments", "markdown_it", "mdurl", "setuptools", "pkg_resources",
             "distutils", "_distutils_hack", "pip", "werkzeug", "jinja2", "trio", "pyparsing",
             "pydoc", "pydoc_data", "doctest", "lib2to3", "readline", "curses", "_curses",
-            "sqlite3", "_sqlite3", "xmlrpc", "pdb", "aiohttp", "pydantic", "pydantic_core")
+            "sqlite3", "_sqlite3", "xmlrpc", "pdb", "aiohttp", "pydantic", "pydantic_core",
+            "_codecs_jp", "_codecs_kr", "_codecs_cn", "_codecs_hk", "_codecs_tw",
+            "_codecs_iso2022", "_multibytecodec")
 """Modules a bundled app never needs: test and build tools, the lab and the simulator,
 the HTTP client that only ``shoal dev`` with a framework's dev server uses,
 uvloop (13 MB; an app's host runs on asyncio's own loop), the terminal's rich output
 (a spinner the launcher never shows), and what only packaging tools and other web
-frameworks import."""
+frameworks import, and the legacy East Asian text codecs (Shift JIS, Big5 and the
+like: a page's text is UTF-8)."""
+NETWORK_FEATURES = ("blake3", "shoal.aio.files", "shoal.core.blobs", "shoal.core.fetchplan",
+                    "shoal.groups", "shoal.core.groups", "shoal.core.reconcile",
+                    "shoal.core.rangeindex", "pycrdt")
+"""What rides on Shoal's network (file transfer, groups): bundled only with apps that have
+the ``network`` permission, since without it neither the page nor ``app.py`` has a node."""
 LEFT_OUT_WITH = {"qt": ("gi",),
                  "gtk": ("PySide6", "shiboken6", "qtpy", "webview.platforms.qt")}
 """The webview bindings a bundle of each webview does not use."""
@@ -135,7 +143,8 @@ def build_standalone(folder: Path, out_dir: Path, gui: str | None = None) -> Sta
         ]
         for package in SHOAL_PACKAGES:
             command += ["--collect-submodules", package]
-        for module in (*LEFT_OUT, *LEFT_OUT_WITH[gui]):
+        unused = () if config.permissions.network else NETWORK_FEATURES
+        for module in (*LEFT_OUT, *LEFT_OUT_WITH[gui], *unused):
             command += ["--exclude-module", module]
         result = subprocess.run([*command, str(launcher)], capture_output=True, text=True,
                                 check=False)
