@@ -639,7 +639,13 @@ class Connection:
                     budget, record = controls.fill(parts, budget)
                     if record is not None:
                         items.append((controls, record))
-                if flows.flows:
+                flow_list = flows.flows
+                if len(flow_list) == 1:  # the common case, without the scheduler's call
+                    flow = flow_list[0]
+                    budget, record = flow.fill(parts, budget)
+                    if record is not None:
+                        items.append((flow, record))
+                elif flow_list:
                     flows.fill(parts, budget, items)
                 if items:
                     eliciting = True
@@ -690,14 +696,14 @@ class Connection:
             pto = self._pto_deadline()
             if pto is not None:
                 deadline = min(deadline, pto)
-        if self.wanted and self.initiator:
+        if self.initiator and self.wanted:
             deadline = min(deadline, self.last_eliciting_sent + self.config.keepalive_interval)
         if self.final_datagram is not None:
             deadline = min(deadline, self.final_deadline)
         for path in self.paths.values():
             if path.challenge is not None:
                 deadline = min(deadline, path.next_try)
-        if self.draining and self.idle():
+        if self.role is Role.DRAINING and self.idle():
             deadline = min(deadline, self.drained_at())
         if not self.confirmed:
             deadline = min(deadline, self.unconfirmed_until())
@@ -737,7 +743,7 @@ class Connection:
                     self.path_failing = True
         # The side that dialed keeps the connection (and its NATs' mappings) alive; the
         # other answers with ACKs, so an introducer sends nothing to idle peers unasked.
-        if self.wanted and self.initiator and (
+        if self.initiator and self.wanted and (
             now >= self.last_eliciting_sent + self.config.keepalive_interval
         ):
             self.control_out.append(_PING)

@@ -658,13 +658,15 @@ class Endpoint:
             self.emit(ev.PathChanged(peer_id=connection.peer_id, address=connection.address,
                                      path=connection.path_kind))
             self.sweep_sockets()
-        if connection.undecided and connection.confirmed and not connection.closed:
+        role = connection.role
+        if (role is Role.ASIDE or role is Role.UNCONFIRMED) and connection.confirmed \
+                and not connection.closed:
             table = self._peers[connection.peer]
-            if connection.role is Role.UNCONFIRMED:
+            if role is Role.UNCONFIRMED:
                 table.confirm(connection)
             else:
                 self._placed(connection, *table.confirmed(connection, now), now)
-        if connection.draining and not connection.closed:
+        if connection.role is Role.DRAINING and not connection.closed:
             self.messages.on_draining(connection)
             if connection.idle() and now >= connection.drained_at():
                 connection.close(CLOSE_SUPERSEDED, "superseded by another connection")

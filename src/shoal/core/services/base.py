@@ -53,14 +53,14 @@ class Service:
         them decoded and handed to ``on_frame``."""
         return None
 
+    config: CoreConfig
+    """The node's settings (``ctx.config``), from ``attach`` on."""
+
     def attach(self, ctx: ServiceContext, services: Mapping[str, Any]) -> None:
         """Plugged in: keep ``ctx``; ``services`` holds each service named in
         ``requires``, by name."""
         self.ctx = ctx
-
-    @property
-    def config(self) -> CoreConfig:
-        return self.ctx.config
+        self.config = ctx.config
 
     def set_timer(self, deadline: float | None, key: object = None) -> None:
         """Arm (or with None, disarm) this service's timer named ``key``."""
