@@ -180,3 +180,13 @@ def test_a_frame_type_without_a_codec_is_refused_when_plugged_in() -> None:
 
     with pytest.raises(LocalProtocolError, match="no codec"):
         Endpoint(Identity(b"\x01" * 32), random_bytes=bytes, services=[Codeless()])
+
+
+def test_a_service_added_later_needs_what_it_requires_first() -> None:
+    endpoint = Endpoint(Identity(b"\x01" * 32), random_bytes=bytes)
+    with pytest.raises(LocalProtocolError, match="requires 'pinger'"):
+        endpoint.add_service(Counter())
+    assert "counter" not in endpoint.services  # nothing of it was plugged in
+    endpoint.add_service(Pinger())
+    endpoint.add_service(Counter())
+    assert endpoint.call("counter", 0.0) == 0

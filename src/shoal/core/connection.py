@@ -35,7 +35,7 @@ decoded and wait in ``frames_in`` for the endpoint to hand them to their service
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -66,7 +66,6 @@ from shoal.core.wire import (
     RelayPath,
     encode_ack,
     encode_frame,
-    path_kind,
     take_blob_at,
 )
 from shoal.core.wire import DECODERS as _DECODERS
@@ -160,13 +159,16 @@ class Path:
     """Bytes this node may still send on the path before it is validated: three times
     what arrived from its address (RFC 9000's anti-amplification limit), for a path the
     network told us of; None for one this node chose itself (a dial, an introduction)."""
+    relayed: bool = field(init=False)
+    kind: str = field(init=False)
+    """``"relay"`` or ``"direct"`` (as events name paths)."""
+
+    def __post_init__(self) -> None:
+        self.relayed = isinstance(self.address, RelayPath)
+        self.kind = "relay" if self.relayed else "direct"
 
     def may_send(self, size: int) -> bool:
         return self.validated or self.allowance is None or size <= self.allowance
-
-    @property
-    def relayed(self) -> bool:
-        return isinstance(self.address, RelayPath)
 
     @property
     def key(self) -> tuple[Address, int]:
@@ -353,7 +355,7 @@ class Connection:
 
     @property
     def path_kind(self) -> str:
-        return path_kind(self.path.address)
+        return self.path.kind
 
     @property
     def max_payload(self) -> int:

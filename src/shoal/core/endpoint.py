@@ -162,6 +162,7 @@ class Endpoint:
     def add_service(self, service: Service) -> None:
         """Plug a protocol service in: its frame types and datagram kinds route to it,
         and the services it ``requires`` (by name) must be plugged in already."""
+        self._check_requires(service, self.services)
         self._register(service)
         self._attach(service)
 
@@ -188,11 +189,15 @@ class Endpoint:
         self._packet_handlers.update(dict.fromkeys(service.packet_kinds, service))
         self.services[service.name] = service
 
-    def _attach(self, service: Service) -> None:
-        missing = [name for name in service.requires if name not in self.services]
+    @staticmethod
+    def _check_requires(service: Service, available: Iterable[str]) -> None:
+        missing = [name for name in service.requires if name not in available]
         if missing:
             raise LocalProtocolError(f"service {service.name!r} requires "
                                      f"{', '.join(map(repr, missing))}")
+
+    def _attach(self, service: Service) -> None:
+        self._check_requires(service, self.services)
         service.attach(ServiceContext(self, service),
                        {name: self.services[name] for name in service.requires})
 
