@@ -580,7 +580,9 @@ class Endpoint:
         if outcome is Outcome.CROSSED_LOST or other is None:
             self.stats["crossed_dials"] += 1
             return
-        self.messages.take_over(other, connection, hold=outcome is not Outcome.TOOK_OVER)
+        hold = outcome is not Outcome.TOOK_OVER
+        for service in self.services.values():
+            service.on_connection_replaced(other, connection, hold=hold)
         if outcome is Outcome.TOOK_OVER:
             self.timers.set(other, other.get_timer())
         elif outcome is Outcome.CROSSED_WON:
@@ -672,7 +674,8 @@ class Endpoint:
             else:
                 self._placed(connection, *table.confirmed(connection, now), now)
         if connection.role is Role.DRAINING and not connection.closed:
-            self.messages.on_draining(connection)
+            for service in self.services.values():
+                service.on_connection_draining(connection)
             if connection.idle() and now >= connection.drained_at():
                 connection.close(CLOSE_SUPERSEDED, "superseded by another connection")
         if connection.closed:
