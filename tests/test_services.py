@@ -190,3 +190,48 @@ def test_a_service_added_later_needs_what_it_requires_first() -> None:
     endpoint.add_service(Pinger())
     endpoint.add_service(Counter())
     assert endpoint.call("counter", 0.0) == 0
+
+
+class Watcher(shoal.Service):
+    """Records what the endpoint tells services about a peer's connections."""
+
+    name = "watcher"
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, bytes, bytes | None]] = []
+
+    def on_connection_up(self, connection: Connection, now: float) -> None:
+        self.log.append(("up", connection.local_sid, None))
+
+    def on_connection_replaced(self, old: Connection, new: Connection, *, hold: bool) -> None:
+        self.log.append(("replaced", old.local_sid, new.local_sid))
+
+    def on_connection_draining(self, connection: Connection) -> None:
+        if ("draining", connection.local_sid, None) not in self.log:
+            self.log.append(("draining", connection.local_sid, None))
+
+    def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
+        self.log.append(("down", connection.local_sid, None))
+
+
+def test_a_service_hears_a_crossed_dial_move_the_peers_traffic() -> None:
+    for seed in range(4):
+        net = SimNetwork(seed=seed)
+        watchers = Watcher(), Watcher()
+        a, b = (net.add_node(services=[w]) for w in watchers)
+        a.endpoint.connect(b.address, net.now)
+        b.endpoint.connect(a.address, net.now)
+        net.flush(a)
+        net.flush(b)
+        net.run(10)
+        (kept,) = a.endpoint.connections.values()
+        log = watchers[0].log
+        replaced = [entry for entry in log if entry[0] == "replaced"]
+        if not replaced:  # this side's first connection won: nothing moved here
+            continue
+        (_, old, new), = replaced
+        assert new == kept.local_sid and ("draining", old, None) in log
+        assert log.index(("draining", old, None)) < log.index(("down", old, None))
+        break
+    else:
+        raise AssertionError("no seed made this side hand its traffic over")
