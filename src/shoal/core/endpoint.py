@@ -321,6 +321,7 @@ class Endpoint:
         """Close every connection (peers are told) and fail every undelivered message."""
         if self._closed:
             return
+        self.now = now
         for connection in list(self.connections.values()):
             if not connection.closed:
                 connection.close(CLOSE_NORMAL, "node shutting down")
