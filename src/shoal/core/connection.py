@@ -35,7 +35,7 @@ decoded and wait in ``frames_in`` for the endpoint to hand them to their service
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -66,7 +66,6 @@ from shoal.core.wire import (
     RelayPath,
     encode_ack,
     encode_frame,
-    path_kind,
     take_blob_at,
 )
 from shoal.core.wire import DECODERS as _DECODERS
@@ -160,13 +159,16 @@ class Path:
     """Bytes this node may still send on the path before it is validated: three times
     what arrived from its address (RFC 9000's anti-amplification limit), for a path the
     network told us of; None for one this node chose itself (a dial, an introduction)."""
+    relayed: bool = field(init=False)
+    kind: str = field(init=False)
+    """``"relay"`` or ``"direct"`` (as events name paths)."""
+
+    def __post_init__(self) -> None:
+        self.relayed = isinstance(self.address, RelayPath)
+        self.kind = "relay" if self.relayed else "direct"
 
     def may_send(self, size: int) -> bool:
         return self.validated or self.allowance is None or size <= self.allowance
-
-    @property
-    def relayed(self) -> bool:
-        return isinstance(self.address, RelayPath)
 
     @property
     def key(self) -> tuple[Address, int]:
@@ -353,7 +355,7 @@ class Connection:
 
     @property
     def path_kind(self) -> str:
-        return path_kind(self.path.address)
+        return self.path.kind
 
     @property
     def max_payload(self) -> int:
@@ -639,7 +641,13 @@ class Connection:
                     budget, record = controls.fill(parts, budget)
                     if record is not None:
                         items.append((controls, record))
-                if flows.flows:
+                flow_list = flows.flows
+                if len(flow_list) == 1:  # the common case, without the scheduler's call
+                    flow = flow_list[0]
+                    budget, record = flow.fill(parts, budget)
+                    if record is not None:
+                        items.append((flow, record))
+                elif flow_list:
                     flows.fill(parts, budget, items)
                 if items:
                     eliciting = True
@@ -690,14 +698,14 @@ class Connection:
             pto = self._pto_deadline()
             if pto is not None:
                 deadline = min(deadline, pto)
-        if self.wanted and self.initiator:
+        if self.initiator and self.wanted:
             deadline = min(deadline, self.last_eliciting_sent + self.config.keepalive_interval)
         if self.final_datagram is not None:
             deadline = min(deadline, self.final_deadline)
         for path in self.paths.values():
             if path.challenge is not None:
                 deadline = min(deadline, path.next_try)
-        if self.draining and self.idle():
+        if self.role is Role.DRAINING and self.idle():
             deadline = min(deadline, self.drained_at())
         if not self.confirmed:
             deadline = min(deadline, self.unconfirmed_until())
@@ -737,7 +745,7 @@ class Connection:
                     self.path_failing = True
         # The side that dialed keeps the connection (and its NATs' mappings) alive; the
         # other answers with ACKs, so an introducer sends nothing to idle peers unasked.
-        if self.wanted and self.initiator and (
+        if self.initiator and self.wanted and (
             now >= self.last_eliciting_sent + self.config.keepalive_interval
         ):
             self.control_out.append(_PING)

@@ -162,6 +162,7 @@ class Endpoint:
     def add_service(self, service: Service) -> None:
         """Plug a protocol service in: its frame types and datagram kinds route to it,
         and the services it ``requires`` (by name) must be plugged in already."""
+        self._check_requires(service, self.services)
         self._register(service)
         self._attach(service)
 
@@ -188,11 +189,15 @@ class Endpoint:
         self._packet_handlers.update(dict.fromkeys(service.packet_kinds, service))
         self.services[service.name] = service
 
-    def _attach(self, service: Service) -> None:
-        missing = [name for name in service.requires if name not in self.services]
+    @staticmethod
+    def _check_requires(service: Service, available: Iterable[str]) -> None:
+        missing = [name for name in service.requires if name not in available]
         if missing:
             raise LocalProtocolError(f"service {service.name!r} requires "
                                      f"{', '.join(map(repr, missing))}")
+
+    def _attach(self, service: Service) -> None:
+        self._check_requires(service, self.services)
         service.attach(ServiceContext(self, service),
                        {name: self.services[name] for name in service.requires})
 
@@ -316,6 +321,7 @@ class Endpoint:
         """Close every connection (peers are told) and fail every undelivered message."""
         if self._closed:
             return
+        self.now = now
         for connection in list(self.connections.values()):
             if not connection.closed:
                 connection.close(CLOSE_NORMAL, "node shutting down")
@@ -575,7 +581,9 @@ class Endpoint:
         if outcome is Outcome.CROSSED_LOST or other is None:
             self.stats["crossed_dials"] += 1
             return
-        self.messages.take_over(other, connection, hold=outcome is not Outcome.TOOK_OVER)
+        hold = outcome is not Outcome.TOOK_OVER
+        for service in self.services.values():
+            service.on_connection_replaced(other, connection, hold=hold)
         if outcome is Outcome.TOOK_OVER:
             self.timers.set(other, other.get_timer())
         elif outcome is Outcome.CROSSED_WON:
@@ -658,14 +666,17 @@ class Endpoint:
             self.emit(ev.PathChanged(peer_id=connection.peer_id, address=connection.address,
                                      path=connection.path_kind))
             self.sweep_sockets()
-        if connection.undecided and connection.confirmed and not connection.closed:
+        role = connection.role
+        if (role is Role.ASIDE or role is Role.UNCONFIRMED) and connection.confirmed \
+                and not connection.closed:
             table = self._peers[connection.peer]
-            if connection.role is Role.UNCONFIRMED:
+            if role is Role.UNCONFIRMED:
                 table.confirm(connection)
             else:
                 self._placed(connection, *table.confirmed(connection, now), now)
-        if connection.draining and not connection.closed:
-            self.messages.on_draining(connection)
+        if connection.role is Role.DRAINING and not connection.closed:
+            for service in self.services.values():
+                service.on_connection_draining(connection)
             if connection.idle() and now >= connection.drained_at():
                 connection.close(CLOSE_SUPERSEDED, "superseded by another connection")
         if connection.closed:

@@ -80,12 +80,11 @@ class FlowScheduler:
         is; append (flow, record) to ``sent`` for each that wrote something."""
         flows = self.flows
         count = len(flows)
-        if count == 1:  # the common case, kept cheap
+        if count == 1:  # the common case, kept cheap (a flow without data writes nothing)
             flow = flows[0]
-            if flow.has_data():
-                budget, record = flow.fill(parts, budget)
-                if record is not None:
-                    sent.append((flow, record))
+            budget, record = flow.fill(parts, budget)
+            if record is not None:
+                sent.append((flow, record))
             return budget
         turn = self._turn
         self._turn = (turn + 1) % count if count else 0

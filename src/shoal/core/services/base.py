@@ -53,14 +53,14 @@ class Service:
         them decoded and handed to ``on_frame``."""
         return None
 
+    config: CoreConfig
+    """The node's settings (``ctx.config``), from ``attach`` on."""
+
     def attach(self, ctx: ServiceContext, services: Mapping[str, Any]) -> None:
         """Plugged in: keep ``ctx``; ``services`` holds each service named in
         ``requires``, by name."""
         self.ctx = ctx
-
-    @property
-    def config(self) -> CoreConfig:
-        return self.ctx.config
+        self.config = ctx.config
 
     def set_timer(self, deadline: float | None, key: object = None) -> None:
         """Arm (or with None, disarm) this service's timer named ``key``."""
@@ -92,6 +92,17 @@ class Service:
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
         """A connection ended (closed, timed out, or superseded and drained)."""
+
+    def on_connection_replaced(self, old: Connection, new: Connection, *, hold: bool) -> None:
+        """``new`` carries the peer's traffic instead of ``old`` (a crossed dial, or the
+        peer reconnected): move what ``old`` has not begun to send. With ``hold``,
+        ``old`` drains first and ``new`` should send nothing new until ``old`` has
+        delivered what it carries (``on_connection_draining`` says when), so order is
+        kept; without, ``old`` may never have reached the peer."""
+
+    def on_connection_draining(self, connection: Connection) -> None:
+        """``connection`` was superseded and drains: after each of its packets, until it
+        closes once idle."""
 
     def on_path_changed(self, connection: Connection, now: float) -> None:
         """The connection moved to another path (a relay to a direct one, say); what it

@@ -10,7 +10,7 @@ relaying) also use ``transport`` (see ``interfaces.Transport``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from shoal.core import events as ev
@@ -26,21 +26,37 @@ if TYPE_CHECKING:
 
 
 class ServiceContext:
-    """One service's handle on the endpoint (see the module docstring)."""
+    """One service's handle on the endpoint (see the module docstring).
 
-    __slots__ = ("_endpoint", "_service", "transport")
+    Besides the methods below: ``emit(event)`` hands a core event to the driver;
+    ``wake(connection)`` has a connection flushed (a flow of it got data);
+    ``connection_to(peer)`` is the connection that carries new traffic to ``peer``, if
+    any, and ``connections_with(peer)`` every connection with it, draining ones too;
+    ``random(count)`` draws from the driver's random source (replayable in simulation);
+    ``new_handle()`` is a handle no other command of this node returned; ``stats`` are
+    the node's counters (a service names its own, e.g. ``dropped_<reason>``).
+    """
+
+    __slots__ = ("_endpoint", "_service", "transport", "config", "emit", "wake", "connection_to",
+                 "connections_with", "random", "new_handle", "stats")
 
     def __init__(self, endpoint: Endpoint, service: Service) -> None:
         self._endpoint = endpoint
         self._service = service
         self.transport: Transport = endpoint
+        self.config: CoreConfig = endpoint.config
+        """The node's settings (limits and timers every service shares)."""
+        # The endpoint's own methods, bound: no extra call on the hot paths.
+        self.emit: Callable[[ev.Event], None] = endpoint.emit
+        self.wake: Callable[[Connection], None] = endpoint.mark
+        self.connection_to: Callable[[bytes], Connection | None] = endpoint.connection_to
+        self.connections_with: Callable[[bytes], list[Connection]] = \
+            endpoint.connections_with
+        self.random: Callable[[int], bytes] = endpoint.random
+        self.new_handle: Callable[[], int] = endpoint.new_handle
+        self.stats: Counter[str] = endpoint.stats
 
     # ---------------------------------------------------------------- reading
-
-    @property
-    def config(self) -> CoreConfig:
-        """The node's settings (limits and timers every service shares)."""
-        return self._endpoint.config
 
     @property
     def options(self) -> Mapping[str, Any]:
@@ -56,26 +72,6 @@ class ServiceContext:
     def identity(self) -> Identity:
         return self._endpoint.identity
 
-    @property
-    def stats(self) -> Counter[str]:
-        """The node's counters (a service names its own, e.g. ``dropped_<reason>``)."""
-        return self._endpoint.stats
-
-    def random(self, count: int) -> bytes:
-        """``count`` bytes from the driver's random source (replayable in simulation)."""
-        return self._endpoint.random(count)
-
-    def new_handle(self) -> int:
-        """A handle no other command of this node returned."""
-        return self._endpoint.new_handle()
-
-    def connection_to(self, peer: bytes) -> Connection | None:
-        """The connection that carries new traffic to ``peer``, if any."""
-        return self._endpoint.connection_to(peer)
-
-    def connections_with(self, peer: bytes) -> list[Connection]:
-        """Every connection with ``peer``, draining ones included."""
-        return self._endpoint.connections_with(peer)
 
     # ---------------------------------------------------------------- acting
 
@@ -98,9 +94,6 @@ class ServiceContext:
         self.send(connection, frame, reliable=reliable, notify=notify)
         return True
 
-    def wake(self, connection: Connection) -> None:
-        """``connection`` has something to send (a flow got data): flush it."""
-        self._endpoint.mark(connection)
 
     def close_connection(self, connection: Connection, code: int, reason: str) -> None:
         """Close ``connection`` (the peer is told) and let every service know."""
@@ -114,9 +107,6 @@ class ServiceContext:
         """The deadline of this service's timer named ``key``, if armed."""
         return self._endpoint.timers.deadline((self._service, key))
 
-    def emit(self, event: ev.Event) -> None:
-        """Hand ``event`` to the driver."""
-        self._endpoint.emit(event)
 
     def event(self, kind: str, data: object = None, *, peer: bytes | None = None) -> None:
         """Emit a ``ServiceEvent`` of this service."""

@@ -802,7 +802,7 @@ class MessageService(Service):
                 flow.send(handle, channel, data)
             self.ctx.wake(connection)
 
-    def take_over(self, old: Connection, new: Connection, *, hold: bool = True) -> None:
+    def on_connection_replaced(self, old: Connection, new: Connection, *, hold: bool) -> None:
         """Move what ``old`` has not started sending to ``new`` (``old`` drains the rest);
         with ``hold``, ``new`` sends nothing new until then, so order is kept."""
         flow = old.state.get(self.name)
@@ -859,7 +859,7 @@ class MessageService(Service):
         elif isinstance(frame, MessagesBlocked):
             flow.offer_credit(flow.inbound.get(frame.number))
 
-    def on_draining(self, connection: Connection) -> None:
+    def on_connection_draining(self, connection: Connection) -> None:
         """``connection`` is superseded: once it has delivered every message it carried,
         its successor may send again (order per channel is then kept)."""
         successor = self.ctx.connection_to(connection.peer)
