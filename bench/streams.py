@@ -28,6 +28,7 @@ import asyncio
 import collections
 import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -514,19 +515,38 @@ def summarize_row(runs: list[dict]) -> dict:
 
 # ====================================================================== profiles
 
-_FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+_FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+_CALLS = ((re.compile(r"\b(sendto|sendmsg)\("), "kernel: send"),
+          (re.compile(r"\b(recvmsg_into|recvfrom|recvmsg)\("), "kernel: receive"),
+          (re.compile(r"\b(encrypt|decrypt|seal|open)(_into)?\("), "AEAD (ChaCha20-Poly1305)"))
+"""Lines of Shoal's source whose time is spent in C: a system call or the cipher
+(py-spy, without native frames, charges it to the calling line)."""
+_SOURCE = HERE.parent / "src"
 
 
-def _area(path: str) -> str:
-    """Where a sampled frame's file belongs, for the breakdown."""
+@functools.cache
+def _source_line(file: str, line: int) -> str:
+    path = _SOURCE / file if not Path(file).is_absolute() else Path(file)
+    try:
+        return path.read_text().splitlines()[line - 1]
+    except (OSError, IndexError):
+        return ""
+
+
+def _area(path: str, line: int = 0) -> str:
+    """Where a sampled frame belongs, for the breakdown."""
+    if line and "shoal/" in path:
+        text = _source_line(path[path.index("shoal/"):], line)
+        for call, area in _CALLS:
+            if call.search(text):
+                return area
     marks = (("shoal/core/connection", "core: connection"),
              ("shoal/core/services/messages", "core: messages service"),
              ("shoal/core/endpoint", "core: endpoint"), ("shoal/core/wire", "core: wire"),
              ("shoal/core/recovery", "core: recovery"), ("shoal/core/", "core: other"),
              ("shoal/aio/udp", "aio: udp driver"), ("shoal/aio/driver", "aio: loop driver"),
-             ("shoal/aio/node", "aio: node API"), ("cryptography", "AEAD (cryptography)"),
-             ("asyncio", "event loop"), ("uvloop", "event loop"), ("hashlib", "bench hashing"),
-             ("streams.py", "bench"))
+             ("shoal/aio/node", "aio: node API"), ("asyncio", "event loop"),
+             ("uvloop", "event loop"), ("streams.py", "bench (data and hashing)"))
     for mark, area in marks:
         if mark in path:
             return area
@@ -544,11 +564,13 @@ def summarize_py_spy(path: Path, top: int = 15) -> dict:
             continue
         leaf = stack.rsplit(";", 1)[-1]
         match = _FRAME.match(leaf)
-        function, file = (match["function"], match["file"]) if match else (leaf, "")
+        function, file, number = (
+            (match["function"], match["file"], int(match["line"] or 0)) if match
+            else (leaf, "", 0))
         samples = int(count)
         total += samples
         functions[f"{function} ({Path(file).name})"] += samples
-        areas[_area(file)] += samples
+        areas[_area(file, number)] += samples
     return _percentages(functions, areas, total, top)
 
 
