@@ -129,7 +129,9 @@ def tls_recv(args: argparse.Namespace) -> None:
             break
         digest.update(view[:count])
         received += count
-    report("recv", bytes=received, sha256=digest.hexdigest(), end=time.monotonic())
+    end = time.monotonic()
+    conn.close()  # the sender waits for this, lest it close first and reset the connection
+    report("recv", bytes=received, sha256=digest.hexdigest(), end=end)
     wait_for_parent()
 
 
@@ -146,6 +148,11 @@ def tls_send(args: argparse.Namespace) -> None:
     for chunk in pattern.chunks(args.bytes, CHUNK):
         conn.sendall(chunk)
     conn.shutdown(socket.SHUT_WR)
+    # Closing with unread input (TLS session tickets) would reset the connection, and the
+    # receiver would lose what it has not read yet: read until the receiver closes.
+    with contextlib.suppress(OSError):
+        while conn.recv(1 << 16):
+            pass
     report("send", bytes=pattern.sent, sha256=pattern.hash.hexdigest(), start=start)
 
 
@@ -484,6 +491,8 @@ def measure(row: Row, options: argparse.Namespace, ns: str, workdir: Path) -> di
         raise BenchError(f"{row.name}: no result ({sent}, {got})")
     seconds = got["end"] - sent["start"]
     verified = got["bytes"] == sent["bytes"] == options.bytes and got["sha256"] == sent["sha256"]
+    if os.environ.get("STREAMS_DEBUG"):
+        print(row.name, sent, got, file=sys.stderr)
     result = {
         "mbytes_per_s": round(options.bytes / seconds / 1e6, 2) if seconds > 0 else None,
         "seconds": round(seconds, 3),
