@@ -28,6 +28,7 @@ import asyncio
 import collections
 import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -128,7 +129,9 @@ def tls_recv(args: argparse.Namespace) -> None:
             break
         digest.update(view[:count])
         received += count
-    report("recv", bytes=received, sha256=digest.hexdigest(), end=time.monotonic())
+    end = time.monotonic()
+    conn.close()  # the sender waits for this, lest it close first and reset the connection
+    report("recv", bytes=received, sha256=digest.hexdigest(), end=end)
     wait_for_parent()
 
 
@@ -145,6 +148,11 @@ def tls_send(args: argparse.Namespace) -> None:
     for chunk in pattern.chunks(args.bytes, CHUNK):
         conn.sendall(chunk)
     conn.shutdown(socket.SHUT_WR)
+    # Closing with unread input (TLS session tickets) would reset the connection, and the
+    # receiver would lose what it has not read yet: read until the receiver closes.
+    with contextlib.suppress(OSError):
+        while conn.recv(1 << 16):
+            pass
     report("send", bytes=pattern.sent, sha256=pattern.hash.hexdigest(), start=start)
 
 
@@ -483,6 +491,8 @@ def measure(row: Row, options: argparse.Namespace, ns: str, workdir: Path) -> di
         raise BenchError(f"{row.name}: no result ({sent}, {got})")
     seconds = got["end"] - sent["start"]
     verified = got["bytes"] == sent["bytes"] == options.bytes and got["sha256"] == sent["sha256"]
+    if os.environ.get("STREAMS_DEBUG"):
+        print(row.name, sent, got, file=sys.stderr)
     result = {
         "mbytes_per_s": round(options.bytes / seconds / 1e6, 2) if seconds > 0 else None,
         "seconds": round(seconds, 3),
@@ -514,19 +524,38 @@ def summarize_row(runs: list[dict]) -> dict:
 
 # ====================================================================== profiles
 
-_FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+_FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+_CALLS = ((re.compile(r"\b(sendto|sendmsg)\("), "kernel: send"),
+          (re.compile(r"\b(recvmsg_into|recvfrom|recvmsg)\("), "kernel: receive"),
+          (re.compile(r"\b(encrypt|decrypt|seal|open)(_into)?\("), "AEAD (ChaCha20-Poly1305)"))
+"""Lines of Shoal's source whose time is spent in C: a system call or the cipher
+(py-spy, without native frames, charges it to the calling line)."""
+_SOURCE = HERE.parent / "src"
 
 
-def _area(path: str) -> str:
-    """Where a sampled frame's file belongs, for the breakdown."""
+@functools.cache
+def _source_line(file: str, line: int) -> str:
+    path = _SOURCE / file if not Path(file).is_absolute() else Path(file)
+    try:
+        return path.read_text().splitlines()[line - 1]
+    except (OSError, IndexError):
+        return ""
+
+
+def _area(path: str, line: int = 0) -> str:
+    """Where a sampled frame belongs, for the breakdown."""
+    if line and "shoal/" in path:
+        text = _source_line(path[path.index("shoal/"):], line)
+        for call, area in _CALLS:
+            if call.search(text):
+                return area
     marks = (("shoal/core/connection", "core: connection"),
              ("shoal/core/services/messages", "core: messages service"),
              ("shoal/core/endpoint", "core: endpoint"), ("shoal/core/wire", "core: wire"),
              ("shoal/core/recovery", "core: recovery"), ("shoal/core/", "core: other"),
              ("shoal/aio/udp", "aio: udp driver"), ("shoal/aio/driver", "aio: loop driver"),
-             ("shoal/aio/node", "aio: node API"), ("cryptography", "AEAD (cryptography)"),
-             ("asyncio", "event loop"), ("uvloop", "event loop"), ("hashlib", "bench hashing"),
-             ("streams.py", "bench"))
+             ("shoal/aio/node", "aio: node API"), ("asyncio", "event loop"),
+             ("uvloop", "event loop"), ("streams.py", "bench (data and hashing)"))
     for mark, area in marks:
         if mark in path:
             return area
@@ -544,11 +573,13 @@ def summarize_py_spy(path: Path, top: int = 15) -> dict:
             continue
         leaf = stack.rsplit(";", 1)[-1]
         match = _FRAME.match(leaf)
-        function, file = (match["function"], match["file"]) if match else (leaf, "")
+        function, file, number = (
+            (match["function"], match["file"], int(match["line"] or 0)) if match
+            else (leaf, "", 0))
         samples = int(count)
         total += samples
         functions[f"{function} ({Path(file).name})"] += samples
-        areas[_area(file)] += samples
+        areas[_area(file, number)] += samples
     return _percentages(functions, areas, total, top)
 
 

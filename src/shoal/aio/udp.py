@@ -42,7 +42,9 @@ RECV_SIZE = 2048
 """The largest datagram taken in; a longer one is dropped and counted."""
 SOCKET_BUFFER = 4 << 20
 READS_PER_WAKEUP = 64
-"""Receive calls per wake-up at most, so that one busy socket cannot starve the loop."""
+DATAGRAMS_PER_WAKEUP = 512
+"""Receive calls and datagrams per wake-up at most, so that one busy socket neither
+starves the loop nor holds its acknowledgements back for long."""
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -155,9 +157,11 @@ class DatagramSocket:
 
     # ------------------------------------------------------------------ receiving
 
-    def receive(self, limit: int = READS_PER_WAKEUP) -> list[tuple[list[bytes], tuple]]:
-        """Everything readable now (at most ``limit`` receive calls): for each call, the
-        datagrams it returned (several for a GRO buffer) and their source address."""
+    def receive(self, limit: int = READS_PER_WAKEUP, most: int = DATAGRAMS_PER_WAKEUP
+                ) -> list[tuple[list[bytes], tuple]]:
+        """What is readable now, in at most ``limit`` receive calls and until ``most``
+        datagrams came: for each call, the datagrams it returned (several for a GRO
+        buffer) and their source address."""
         stats = self.stats
         stats.wakeups += 1
         recvmsg_into, buffers = self.sock.recvmsg_into, [self._buffer]
@@ -191,6 +195,9 @@ class DatagramSocket:
             stats.rx_datagrams += len(datagrams)
             stats.rx_bytes += length
             out.append((datagrams, source))
+            most -= len(datagrams)
+            if most <= 0:
+                break
         return out
 
     # ------------------------------------------------------------------ sending
