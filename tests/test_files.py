@@ -262,7 +262,7 @@ def _json_lines(process: subprocess.Popen[str]):  # type: ignore[no-untyped-def]
 
 
 def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
-    source = _file(tmp_path, 48 * PIECE)
+    source = _file(tmp_path, 96 * PIECE)
     target = tmp_path / "got.bin"
     share = subprocess.Popen(
         shoal_argv("share", str(source), "--listen", "127.0.0.1:0", "--no-lan", "--json",
@@ -271,9 +271,9 @@ def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
     try:
         ready = next(_json_lines(share))
         assert ready["event"] == "sharing" and ready["bytes"] == source.stat().st_size
+        # Each run is a new peer (a fetch's identity is made up for it).
         fetch_argv = shoal_argv("fetch", ready["ticket"], "-o", str(target), "--listen",
-                                "127.0.0.1:0", "--no-lan", "--json",
-                                "--identity", str(tmp_path / "fetch.key"))
+                                "127.0.0.1:0", "--no-lan", "--json")
         first = subprocess.Popen(fetch_argv, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         for event in _json_lines(first):
@@ -284,14 +284,14 @@ def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
         assert first.returncode == -signal.SIGKILL
         assert not target.exists()
         state = target.with_name("got.bin.part.state").read_bytes()
-        bits = state[48:48 + 6]
+        bits = state[48:48 + 12]  # after the header: magic, root, size
         held = sum(bin(b).count("1") for b in bits)
-        assert 8 <= held < 48, held
+        assert 8 <= held < 96, held
         second = subprocess.run(fetch_argv, capture_output=True, text=True, timeout=120)
         assert second.returncode == 0, second.stderr
         done = [json.loads(line) for line in second.stdout.splitlines()][-1]
         assert done["event"] == "fetched", done
-        assert done["resumed_pieces"] == held and done["fetched_pieces"] == 48 - held
+        assert done["resumed_pieces"] == held and done["fetched_pieces"] == 96 - held
         assert target.read_bytes() == source.read_bytes()
         assert not target.with_name("got.bin.part").exists()
     finally:

@@ -180,6 +180,9 @@ class SharedFile:
     tree: HashTree = field(repr=False)
     served: int = 0
     """Pieces sent."""
+    served_bytes: int = 0
+    peers: set[str] = field(default_factory=set)
+    """Peers it was sent to."""
     _fd: int = field(default=-1, repr=False)
 
     @property
@@ -362,6 +365,8 @@ class FileService:
             self._reply(peer_id, encode_refused(request_id, NOT_SHARED))
             return
         shared.served += 1
+        shared.served_bytes += length
+        shared.peers.add(peer_id)
         self.stats["served"] += 1
         self._serving[peer_id] = self._serving.get(peer_id, 0) + 1
         self._serving_total += 1
