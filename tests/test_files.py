@@ -312,3 +312,63 @@ def test_the_cli_says_what_is_wrong_in_one_line(tmp_path: Path, argv: list[str],
     lines = result.stderr.strip().splitlines()
     assert result.returncode in (1, 2) and len(lines) == 1 and said in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------- pages (JS API)
+
+
+def _app(folder: Path, toml: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "shoal.toml").write_text(toml)
+    (folder / "index.html").write_text("<!doctype html><p>files")
+    return folder
+
+
+async def test_pages_share_and_fetch_within_their_folders(tmp_path: Path) -> None:
+    from shoal.runtime import AppHost
+    from shoal.runtime.testing import BridgeClient
+
+    base = '[app]\nname = "T"\nid = "test.shoal.files"\n'
+    net = '[permissions]\nnetwork = true\n[network]\nlan = false\nlisten = "127.0.0.1:0"\n'
+    first, second = _app(tmp_path / "a", base + net), _app(tmp_path / "b", base + net)
+    offline = _app(tmp_path / "c", base)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = _file(outside, 5000, name="secret.bin")
+    async with AppHost(first, data_dir=tmp_path / "da", lan_discovery=False) as host_a, \
+            AppHost(second, data_dir=tmp_path / "db", lan_discovery=False) as host_b, \
+            AppHost(offline, data_dir=tmp_path / "dc", lan_discovery=False) as host_c, \
+            BridgeClient(host_a) as page_a, BridgeClient(host_b) as page_b, \
+            BridgeClient(host_c) as page_c:
+        data = random.Random(9).randbytes(3 * PIECE + 77)
+        await page_a.call("fs.writeFile", "photo.jpg", data)
+        shared = await page_a.call("files.share", "photo.jpg")
+        assert shared["size"] == len(data) and shared["name"] == "photo.jpg"
+        assert shared["ticket"].startswith("blob")
+        got = await page_b.call("files.fetch", shared["ticket"], "copy.jpg", "f1")
+        assert got["size"] == len(data) and got["fetched"] == 4
+        assert await page_b.call("fs.readFile", "copy.jpg") == data
+        events = []
+        while not page_b.events.empty():
+            events.append(page_b.events.get_nowait())
+        progress = [e for name, e in events if name == "files.progress"]
+        assert progress and all(e["id"] == "f1" for e in progress)
+        assert progress[-1]["bytes"] == len(data) and progress[-1]["peers"] == 1
+        # Outside the declared folders, or without the network permission: refused.
+        refusals = [
+            page_a.call("files.share", str(secret)),
+            page_b.call("files.fetch", shared["ticket"], str(outside / "stolen.jpg")),
+            page_b.call("files.fetch", shared["ticket"], "../escape.jpg"),
+            page_c.call("files.share", "anything"),
+            page_c.call("files.fetch", shared["ticket"], "x"),
+        ]
+        for refused in refusals:
+            with pytest.raises(shoal.ShoalError) as info:
+                await refused
+            assert info.value.code == "EPERM"
+        assert not (outside / "stolen.jpg").exists() and not (tmp_path / "escape.jpg").exists()
+        with pytest.raises(shoal.ShoalError) as info:
+            await page_b.call("files.fetch", "blobnonsense", "other.jpg")
+        assert info.value.code == "EINVAL"
+        assert [f["name"] for f in await page_a.call("files.list")] == ["photo.jpg"]
+        assert await page_a.call("files.unshare", shared["ticket"]) is True

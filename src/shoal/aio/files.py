@@ -477,10 +477,14 @@ class _Partial:
             resumed = cls._read_state(state, ticket, pieces) if part.exists() else None
             if resumed is not None:
                 have, hashes = resumed
-            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+            # Never through a link: the partial files are where the target's folder is.
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            if not _is_regular(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise FetchError(f"{part}: not a regular file", code="EEXIST")
             if os.fstat(fd).st_size != ticket.size:
                 os.ftruncate(fd, ticket.size)
-            state_fd = os.open(state, os.O_RDWR | os.O_CREAT, 0o600)
+            state_fd = os.open(state, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise FetchError(f"{part}: cannot write ({exc.strerror})",
                              code=os_error_code(exc)) from None
@@ -494,9 +498,11 @@ class _Partial:
                     ) -> tuple[Bitmap, list[bytes | None]] | None:
         """The pieces held by an earlier fetch of the same blob, or None."""
         try:
-            raw = state.read_bytes()
+            fd = os.open(state, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return None
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read()
         bitmap_size = (pieces + 7) // 8
         if len(raw) != STATE_HEADER.size + bitmap_size + pieces * HASH_SIZE:
             return None
