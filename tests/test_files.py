@@ -198,6 +198,26 @@ def test_providers_without_the_file_are_dropped_and_the_partial_kept(tmp_path: P
     sim.run(main)
 
 
+def test_a_provider_that_never_answers_ends_the_fetch_with_an_error(tmp_path: Path) -> None:
+    """It takes every request (acknowledged) and answers none: the fetch gives up after
+    its retries instead of waiting for ever."""
+    source = _file(tmp_path, 2 * PIECE)
+
+    async def main(net: sim.VirtualNetwork) -> float:
+        async with net.node() as provider, net.node() as silent, net.node() as fetcher:
+            ticket = await provider.share(source)
+            silent.channel(files.CHANNEL)  # read by nobody
+            mute = Ticket(ticket.root, ticket.size, (Provider(silent.peer_id,
+                                                              (silent.address,)),))
+            started = net.loop.time()
+            with pytest.raises(shoal.FetchError) as info:
+                await fetcher.fetch(mute, tmp_path / "out.bin")
+            assert "did not answer" in str(info.value)
+            return net.loop.time() - started
+
+    assert sim.run(main) < 300  # virtual seconds: 5 timeouts of 30 s and their backoff
+
+
 def test_bad_arguments_are_typed_errors(tmp_path: Path) -> None:
     source = _file(tmp_path, 1000)
     (tmp_path / "taken").write_bytes(b"x")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -236,7 +237,9 @@ class FileService:
         self._serving: dict[str, int] = {}
         self._serving_total = 0
         self._fetches: dict[tuple[str, int], asyncio.Queue[tuple[str, _Answer | None]]] = {}
-        self._next_request = 1
+        # Ids start anywhere, so that answers meant for an earlier run of a node with the
+        # same identity (delivered to this one after a restart) match nothing.
+        self._next_request = secrets.randbits(32)
         self.stats: dict[str, int] = {"malformed": 0, "unasked": 0, "busy": 0,
                                       "not_shared": 0, "served": 0}
         self._task = asyncio.get_running_loop().create_task(self._dispatch())
@@ -645,14 +648,13 @@ class _Fetch:
 
     async def _until_done(self) -> None:
         while not self.plan.done:
-            if self.plan.stuck:
+            for peer_id, piece in self.plan.requests(self.loop.time()):
+                self._ask(peer_id, piece)
+            if self.plan.stuck:  # after requests(), which drops a provider that timed out
                 reasons = sorted({p.reason for p in self.plan.peers.values()})
                 raise FetchError(f"no provider left ({'; '.join(reasons)}); "
                                  f"{len(self.plan.have)} of {self.plan.have.count} pieces "
                                  f"are kept for a later fetch")
-            now = self.loop.time()
-            for peer_id, piece in self.plan.requests(now):
-                self._ask(peer_id, piece)
             deadline = self.plan.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
             try:
@@ -712,10 +714,9 @@ class _Fetch:
             else:
                 self.plan.refused(sender, "does not have the file")
             return
-        if answer.piece != piece:
-            self.corrupt += 1
-            self.plan.corrupt(sender, piece)
-            return
+        if answer.piece != piece:  # not what was asked: ask again, and check what came
+            self.plan.failed(sender, piece, self.loop.time(), "answered another piece")
+            piece = answer.piece
         if not self.plan.wanted(piece):
             return
         try:
