@@ -27,7 +27,10 @@ pytestmark = pytest.mark.timeout(120)
 
 def _file(folder: Path, size: int, seed: int = 1, name: str = "source.bin") -> Path:
     path = folder / name
-    path.write_bytes(random.Random(seed).randbytes(size))
+    rng = random.Random(seed)
+    with path.open("wb") as handle:
+        for offset in range(0, size, 1 << 20):
+            handle.write(rng.randbytes(min(1 << 20, size - offset)))
     return path
 
 
@@ -36,7 +39,7 @@ async def _lying_provider(node: shoal.Node, data: bytes) -> None:
     tree = HashTree.build(len(data), [data[o:o + PIECE] for o in range(0, len(data), PIECE)])
     channel = node.channel(files.CHANNEL)
     async for message in channel:
-        request_id, piece, _, _ = files.decode(message.data)  # type: ignore[misc]
+        request_id, piece, _ = files.decode(message.data)  # type: ignore[misc]
         offset, length = piece_span(len(data), piece)
         bad = bytearray(data[offset:offset + length])
         bad[len(bad) // 2] ^= 0x10
@@ -240,6 +243,14 @@ def test_bad_arguments_are_typed_errors(tmp_path: Path) -> None:
                     await call
                 assert info.value.code == code, info.value
             assert (tmp_path / "taken").read_bytes() == b"x"
+            # Two fetches into one file at once: the second is refused.
+            first = asyncio.get_running_loop().create_task(node.fetch(ticket, tmp_path / "y"))
+            await asyncio.sleep(0)
+            with pytest.raises(shoal.FetchError) as info:
+                await node.fetch(ticket, tmp_path / "y")
+            assert info.value.code == "EBUSY"
+            await first
+            assert (tmp_path / "y").read_bytes() == source.read_bytes()
 
     sim.run(main)
 

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from shoal.core.blobs import (
     HASH_SIZE,
@@ -131,6 +132,12 @@ def encode_refused(request_id: int, reason: int) -> bytes:
     return _REFUSED.pack(REFUSED, request_id, reason)
 
 
+class Request(NamedTuple):
+    request_id: int
+    piece: int
+    root: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class _Answer:
     kind: int
@@ -141,9 +148,8 @@ class _Answer:
     reason: int = 0
 
 
-def decode(data: bytes) -> tuple[int, int, bytes, int] | _Answer:
-    """A request as (request id, piece, root, kind) or an answer; raises only
-    ``RemoteProtocolError``."""
+def decode(data: bytes) -> Request | _Answer:
+    """A request or an answer; raises only ``RemoteProtocolError``."""
     if not data:
         raise RemoteProtocolError("an empty blob message")
     kind = data[0]
@@ -152,7 +158,7 @@ def decode(data: bytes) -> tuple[int, int, bytes, int] | _Answer:
             if len(data) != _REQUEST.size:
                 raise RemoteProtocolError("a blob request of the wrong length")
             _, request_id, root, piece = _REQUEST.unpack(data)
-            return request_id, piece, root, kind
+            return Request(request_id, piece, root)
         if kind == PIECE:
             _, request_id, piece, hashes = _PIECE.unpack_from(data)
             start = _PIECE.size + hashes * HASH_SIZE
@@ -250,7 +256,7 @@ class FileService:
         """Hash the file at ``path`` and serve it; returns its ticket."""
         target = Path(path)
         try:
-            fd = os.open(target, os.O_RDONLY)
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block
         except OSError as exc:
             raise LocalProtocolError(f"{target}: cannot read ({exc.strerror})",
                                      code=os_error_code(exc)) from None
@@ -335,9 +341,8 @@ class FileService:
             except RemoteProtocolError:
                 self.stats["malformed"] += 1
                 continue
-            if isinstance(message, tuple):
-                request_id, piece, root, _ = message
-                self._serve(sender, request_id, root, piece)
+            if isinstance(message, Request):
+                self._serve(sender, message.request_id, message.root, message.piece)
                 continue
             queue = self._fetches.get((sender, message.request_id))
             if queue is None:
@@ -488,6 +493,13 @@ class _Partial:
             if os.fstat(fd).st_size != ticket.size:
                 os.ftruncate(fd, ticket.size)
             state_fd = os.open(state, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(state_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                os.close(state_fd)
+                raise FetchError(f"{target}: another fetch is writing it", code="EBUSY"
+                                 ) from None
         except OSError as exc:
             raise FetchError(f"{part}: cannot write ({exc.strerror})",
                              code=os_error_code(exc)) from None
