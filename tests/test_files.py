@@ -27,7 +27,10 @@ pytestmark = pytest.mark.timeout(120)
 
 def _file(folder: Path, size: int, seed: int = 1, name: str = "source.bin") -> Path:
     path = folder / name
-    path.write_bytes(random.Random(seed).randbytes(size))
+    rng = random.Random(seed)
+    with path.open("wb") as handle:
+        for offset in range(0, size, 1 << 20):
+            handle.write(rng.randbytes(min(1 << 20, size - offset)))
     return path
 
 
@@ -36,7 +39,7 @@ async def _lying_provider(node: shoal.Node, data: bytes) -> None:
     tree = HashTree.build(len(data), [data[o:o + PIECE] for o in range(0, len(data), PIECE)])
     channel = node.channel(files.CHANNEL)
     async for message in channel:
-        request_id, piece, _, _ = files.decode(message.data)  # type: ignore[misc]
+        request_id, piece, _ = files.decode(message.data)  # type: ignore[misc]
         offset, length = piece_span(len(data), piece)
         bad = bytearray(data[offset:offset + length])
         bad[len(bad) // 2] ^= 0x10
@@ -198,6 +201,26 @@ def test_providers_without_the_file_are_dropped_and_the_partial_kept(tmp_path: P
     sim.run(main)
 
 
+def test_a_provider_that_never_answers_ends_the_fetch_with_an_error(tmp_path: Path) -> None:
+    """It takes every request (acknowledged) and answers none: the fetch gives up after
+    its retries instead of waiting for ever."""
+    source = _file(tmp_path, 2 * PIECE)
+
+    async def main(net: sim.VirtualNetwork) -> float:
+        async with net.node() as provider, net.node() as silent, net.node() as fetcher:
+            ticket = await provider.share(source)
+            silent.channel(files.CHANNEL)  # read by nobody
+            mute = Ticket(ticket.root, ticket.size, (Provider(silent.peer_id,
+                                                              (silent.address,)),))
+            started = net.loop.time()
+            with pytest.raises(shoal.FetchError) as info:
+                await fetcher.fetch(mute, tmp_path / "out.bin")
+            assert "did not answer" in str(info.value)
+            return net.loop.time() - started
+
+    assert sim.run(main) < 300  # virtual seconds: 5 timeouts of 30 s and their backoff
+
+
 def test_bad_arguments_are_typed_errors(tmp_path: Path) -> None:
     source = _file(tmp_path, 1000)
     (tmp_path / "taken").write_bytes(b"x")
@@ -220,6 +243,14 @@ def test_bad_arguments_are_typed_errors(tmp_path: Path) -> None:
                     await call
                 assert info.value.code == code, info.value
             assert (tmp_path / "taken").read_bytes() == b"x"
+            # Two fetches into one file at once: the second is refused.
+            first = asyncio.get_running_loop().create_task(node.fetch(ticket, tmp_path / "y"))
+            await asyncio.sleep(0)
+            with pytest.raises(shoal.FetchError) as info:
+                await node.fetch(ticket, tmp_path / "y")
+            assert info.value.code == "EBUSY"
+            await first
+            assert (tmp_path / "y").read_bytes() == source.read_bytes()
 
     sim.run(main)
 
@@ -262,7 +293,7 @@ def _json_lines(process: subprocess.Popen[str]):  # type: ignore[no-untyped-def]
 
 
 def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
-    source = _file(tmp_path, 48 * PIECE)
+    source = _file(tmp_path, 96 * PIECE)
     target = tmp_path / "got.bin"
     share = subprocess.Popen(
         shoal_argv("share", str(source), "--listen", "127.0.0.1:0", "--no-lan", "--json",
@@ -271,9 +302,9 @@ def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
     try:
         ready = next(_json_lines(share))
         assert ready["event"] == "sharing" and ready["bytes"] == source.stat().st_size
+        # Each run is a new peer (a fetch's identity is made up for it).
         fetch_argv = shoal_argv("fetch", ready["ticket"], "-o", str(target), "--listen",
-                                "127.0.0.1:0", "--no-lan", "--json",
-                                "--identity", str(tmp_path / "fetch.key"))
+                                "127.0.0.1:0", "--no-lan", "--json")
         first = subprocess.Popen(fetch_argv, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         for event in _json_lines(first):
@@ -284,14 +315,14 @@ def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
         assert first.returncode == -signal.SIGKILL
         assert not target.exists()
         state = target.with_name("got.bin.part.state").read_bytes()
-        bits = state[48:48 + 6]
+        bits = state[48:48 + 12]  # after the header: magic, root, size
         held = sum(bin(b).count("1") for b in bits)
-        assert 8 <= held < 48, held
+        assert 8 <= held < 96, held
         second = subprocess.run(fetch_argv, capture_output=True, text=True, timeout=120)
         assert second.returncode == 0, second.stderr
         done = [json.loads(line) for line in second.stdout.splitlines()][-1]
         assert done["event"] == "fetched", done
-        assert done["resumed_pieces"] == held and done["fetched_pieces"] == 48 - held
+        assert done["resumed_pieces"] == held and done["fetched_pieces"] == 96 - held
         assert target.read_bytes() == source.read_bytes()
         assert not target.with_name("got.bin.part").exists()
     finally:
@@ -312,3 +343,63 @@ def test_the_cli_says_what_is_wrong_in_one_line(tmp_path: Path, argv: list[str],
     lines = result.stderr.strip().splitlines()
     assert result.returncode in (1, 2) and len(lines) == 1 and said in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------- pages (JS API)
+
+
+def _app(folder: Path, toml: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "shoal.toml").write_text(toml)
+    (folder / "index.html").write_text("<!doctype html><p>files")
+    return folder
+
+
+async def test_pages_share_and_fetch_within_their_folders(tmp_path: Path) -> None:
+    from shoal.runtime import AppHost
+    from shoal.runtime.testing import BridgeClient
+
+    base = '[app]\nname = "T"\nid = "test.shoal.files"\n'
+    net = '[permissions]\nnetwork = true\n[network]\nlan = false\nlisten = "127.0.0.1:0"\n'
+    first, second = _app(tmp_path / "a", base + net), _app(tmp_path / "b", base + net)
+    offline = _app(tmp_path / "c", base)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = _file(outside, 5000, name="secret.bin")
+    async with AppHost(first, data_dir=tmp_path / "da", lan_discovery=False) as host_a, \
+            AppHost(second, data_dir=tmp_path / "db", lan_discovery=False) as host_b, \
+            AppHost(offline, data_dir=tmp_path / "dc", lan_discovery=False) as host_c, \
+            BridgeClient(host_a) as page_a, BridgeClient(host_b) as page_b, \
+            BridgeClient(host_c) as page_c:
+        data = random.Random(9).randbytes(3 * PIECE + 77)
+        await page_a.call("fs.writeFile", "photo.jpg", data)
+        shared = await page_a.call("files.share", "photo.jpg")
+        assert shared["size"] == len(data) and shared["name"] == "photo.jpg"
+        assert shared["ticket"].startswith("blob")
+        got = await page_b.call("files.fetch", shared["ticket"], "copy.jpg", "f1")
+        assert got["size"] == len(data) and got["fetched"] == 4
+        assert await page_b.call("fs.readFile", "copy.jpg") == data
+        events = []
+        while not page_b.events.empty():
+            events.append(page_b.events.get_nowait())
+        progress = [e for name, e in events if name == "files.progress"]
+        assert progress and all(e["id"] == "f1" for e in progress)
+        assert progress[-1]["bytes"] == len(data) and progress[-1]["peers"] == 1
+        # Outside the declared folders, or without the network permission: refused.
+        refusals = [
+            page_a.call("files.share", str(secret)),
+            page_b.call("files.fetch", shared["ticket"], str(outside / "stolen.jpg")),
+            page_b.call("files.fetch", shared["ticket"], "../escape.jpg"),
+            page_c.call("files.share", "anything"),
+            page_c.call("files.fetch", shared["ticket"], "x"),
+        ]
+        for refused in refusals:
+            with pytest.raises(shoal.ShoalError) as info:
+                await refused
+            assert info.value.code == "EPERM"
+        assert not (outside / "stolen.jpg").exists() and not (tmp_path / "escape.jpg").exists()
+        with pytest.raises(shoal.ShoalError) as info:
+            await page_b.call("files.fetch", "blobnonsense", "other.jpg")
+        assert info.value.code == "EINVAL"
+        assert [f["name"] for f in await page_a.call("files.list")] == ["photo.jpg"]
+        assert await page_a.call("files.unshare", shared["ticket"]) is True

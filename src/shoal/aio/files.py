@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from shoal.core.blobs import (
     HASH_SIZE,
@@ -130,6 +132,12 @@ def encode_refused(request_id: int, reason: int) -> bytes:
     return _REFUSED.pack(REFUSED, request_id, reason)
 
 
+class Request(NamedTuple):
+    request_id: int
+    piece: int
+    root: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class _Answer:
     kind: int
@@ -140,9 +148,8 @@ class _Answer:
     reason: int = 0
 
 
-def decode(data: bytes) -> tuple[int, int, bytes, int] | _Answer:
-    """A request as (request id, piece, root, kind) or an answer; raises only
-    ``RemoteProtocolError``."""
+def decode(data: bytes) -> Request | _Answer:
+    """A request or an answer; raises only ``RemoteProtocolError``."""
     if not data:
         raise RemoteProtocolError("an empty blob message")
     kind = data[0]
@@ -151,7 +158,7 @@ def decode(data: bytes) -> tuple[int, int, bytes, int] | _Answer:
             if len(data) != _REQUEST.size:
                 raise RemoteProtocolError("a blob request of the wrong length")
             _, request_id, root, piece = _REQUEST.unpack(data)
-            return request_id, piece, root, kind
+            return Request(request_id, piece, root)
         if kind == PIECE:
             _, request_id, piece, hashes = _PIECE.unpack_from(data)
             start = _PIECE.size + hashes * HASH_SIZE
@@ -180,6 +187,9 @@ class SharedFile:
     tree: HashTree = field(repr=False)
     served: int = 0
     """Pieces sent."""
+    served_bytes: int = 0
+    peers: set[str] = field(default_factory=set)
+    """Peers it was sent to."""
     _fd: int = field(default=-1, repr=False)
 
     @property
@@ -233,7 +243,9 @@ class FileService:
         self._serving: dict[str, int] = {}
         self._serving_total = 0
         self._fetches: dict[tuple[str, int], asyncio.Queue[tuple[str, _Answer | None]]] = {}
-        self._next_request = 1
+        # Ids start anywhere, so that answers meant for an earlier run of a node with the
+        # same identity (delivered to this one after a restart) match nothing.
+        self._next_request = secrets.randbits(32)
         self.stats: dict[str, int] = {"malformed": 0, "unasked": 0, "busy": 0,
                                       "not_shared": 0, "served": 0}
         self._task = asyncio.get_running_loop().create_task(self._dispatch())
@@ -244,7 +256,7 @@ class FileService:
         """Hash the file at ``path`` and serve it; returns its ticket."""
         target = Path(path)
         try:
-            fd = os.open(target, os.O_RDONLY)
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block
         except OSError as exc:
             raise LocalProtocolError(f"{target}: cannot read ({exc.strerror})",
                                      code=os_error_code(exc)) from None
@@ -329,9 +341,8 @@ class FileService:
             except RemoteProtocolError:
                 self.stats["malformed"] += 1
                 continue
-            if isinstance(message, tuple):
-                request_id, piece, root, _ = message
-                self._serve(sender, request_id, root, piece)
+            if isinstance(message, Request):
+                self._serve(sender, message.request_id, message.root, message.piece)
                 continue
             queue = self._fetches.get((sender, message.request_id))
             if queue is None:
@@ -362,6 +373,8 @@ class FileService:
             self._reply(peer_id, encode_refused(request_id, NOT_SHARED))
             return
         shared.served += 1
+        shared.served_bytes += length
+        shared.peers.add(peer_id)
         self.stats["served"] += 1
         self._serving[peer_id] = self._serving.get(peer_id, 0) + 1
         self._serving_total += 1
@@ -472,10 +485,21 @@ class _Partial:
             resumed = cls._read_state(state, ticket, pieces) if part.exists() else None
             if resumed is not None:
                 have, hashes = resumed
-            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+            # Never through a link: the partial files are where the target's folder is.
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            if not _is_regular(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise FetchError(f"{part}: not a regular file", code="EEXIST")
             if os.fstat(fd).st_size != ticket.size:
                 os.ftruncate(fd, ticket.size)
-            state_fd = os.open(state, os.O_RDWR | os.O_CREAT, 0o600)
+            state_fd = os.open(state, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(state_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                os.close(state_fd)
+                raise FetchError(f"{target}: another fetch is writing it", code="EBUSY"
+                                 ) from None
         except OSError as exc:
             raise FetchError(f"{part}: cannot write ({exc.strerror})",
                              code=os_error_code(exc)) from None
@@ -489,9 +513,11 @@ class _Partial:
                     ) -> tuple[Bitmap, list[bytes | None]] | None:
         """The pieces held by an earlier fetch of the same blob, or None."""
         try:
-            raw = state.read_bytes()
+            fd = os.open(state, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return None
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read()
         bitmap_size = (pieces + 7) // 8
         if len(raw) != STATE_HEADER.size + bitmap_size + pieces * HASH_SIZE:
             return None
@@ -634,14 +660,13 @@ class _Fetch:
 
     async def _until_done(self) -> None:
         while not self.plan.done:
-            if self.plan.stuck:
+            for peer_id, piece in self.plan.requests(self.loop.time()):
+                self._ask(peer_id, piece)
+            if self.plan.stuck:  # after requests(), which drops a provider that timed out
                 reasons = sorted({p.reason for p in self.plan.peers.values()})
                 raise FetchError(f"no provider left ({'; '.join(reasons)}); "
                                  f"{len(self.plan.have)} of {self.plan.have.count} pieces "
                                  f"are kept for a later fetch")
-            now = self.loop.time()
-            for peer_id, piece in self.plan.requests(now):
-                self._ask(peer_id, piece)
             deadline = self.plan.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
             try:
@@ -701,10 +726,9 @@ class _Fetch:
             else:
                 self.plan.refused(sender, "does not have the file")
             return
-        if answer.piece != piece:
-            self.corrupt += 1
-            self.plan.corrupt(sender, piece)
-            return
+        if answer.piece != piece:  # not what was asked: ask again, and check what came
+            self.plan.failed(sender, piece, self.loop.time(), "answered another piece")
+            piece = answer.piece
         if not self.plan.wanted(piece):
             return
         try:

@@ -1,5 +1,5 @@
-"""``shoal`` commands: id, introducer, listen, send, doctor, and init, run, dev, info for
-apps.
+"""``shoal`` commands: id, introducer, listen, send, share, fetch, doctor, and init, run,
+dev, info for apps.
 
 With ``--json`` every command prints one JSON object per line and per event. Errors are
 one line on stderr (or an ``{"event": "error"}`` object with ``--json``) and a non-zero
@@ -803,6 +803,130 @@ def _print_machine(machine: dict[str, Any]) -> None:
                                  if isinstance(lan, int) else lan))
     click.echo("port map:   none asked for (Shoal punches holes and relays instead of "
                "UPnP or NAT-PMP)")
+
+
+@cli.command(short_help="Share a file: print its ticket and serve it until stopped.")
+@_common
+@_network_options
+@click.argument("file", type=click.Path(path_type=Path))
+@_guard
+def share(identity_path: str | None, as_json: bool, introducers: tuple[str, ...], listen: str,
+          no_lan: bool, file: Path) -> None:
+    """Hash FILE, print a ticket for it, and serve it to whoever fetches it until stopped
+    (Ctrl-C). Anyone with the ticket runs: shoal fetch TICKET. Share the same file from
+    several machines and a fetch takes pieces from all of them at once.
+
+    \b
+    Examples:
+      shoal share video.mkv
+      shoal share video.mkv --introducer 203.0.113.2:7000 --json
+    """
+    import asyncio
+
+    from shoal import Node
+    from shoal.cli.transfer import Meter, size_text
+
+    output = Output(as_json)
+    listen_address = parse_address(listen, default_port=0)
+    addresses = _servers(introducers, listen_address)
+    if not file.is_file():
+        reason = "is a folder" if file.is_dir() else "no such file"
+        raise ShoalError(f"{file}: cannot read ({reason})",
+                         code="EISDIR" if file.is_dir() else "ENOENT")
+    _check_can_listen(listen_address)  # before an identity file is made
+    identity = _identity(identity_path)
+
+    async def body() -> int:
+        async with Node(identity, introducers=addresses, listen=listen_address,
+                        lan_discovery=_lan(no_lan)) as node:
+            if addresses:
+                with output.waiting(f"reaching {len(addresses)} introducer(s)"):
+                    await node.wait_for_introducers(timeout=30)
+            with output.waiting(f"hashing {file}"):
+                ticket = await node.share(file)
+            output.event("sharing", f"sharing {file} ({size_text(ticket.size)}); fetch it "
+                         f"with:\nshoal fetch {ticket}", ticket=str(ticket), path=str(file),
+                         bytes=ticket.size, root=ticket.root.hex(), peer_id=node.peer_id)
+            meter = Meter(as_json, "served", None) if not as_json else None
+            try:
+                while True:
+                    await asyncio.sleep(0.5)
+                    if meter is not None:
+                        shared = node.files()
+                        meter.update(sum(f.served_bytes for f in shared),
+                                     len(set().union(*(f.peers for f in shared))))
+            finally:
+                if meter is not None:
+                    meter.close()
+                served = node.files()
+                output.event("stopped", "stopped sharing",
+                             served_bytes=sum(f.served_bytes for f in served),
+                             served_pieces=sum(f.served for f in served))
+
+    _run(output, body)
+
+
+@cli.command(short_help="Fetch a shared file by its ticket, from every peer that has it.")
+@_common
+@_network_options
+@click.argument("ticket")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), metavar="PATH",
+              help="Where to write it (a folder: the file's own name inside it).")
+@_guard
+def fetch(identity_path: str | None, as_json: bool, introducers: tuple[str, ...], listen: str,
+          no_lan: bool, ticket: str, out: Path | None) -> None:
+    """Fetch the file of TICKET (from shoal share) from every peer that has it at once,
+    each piece checked against the ticket's BLAKE3 root as it arrives. Until it is whole
+    the file is PATH.part; run the same command again to resume an interrupted fetch.
+
+    \b
+    Examples:
+      shoal fetch blobaes2kp...
+      shoal fetch blobaes2kp... -o downloads/ --json
+    """
+    from shoal import Identity, Node, Ticket
+    from shoal.cli.transfer import Meter, output_path, size_text
+
+    output = Output(as_json)
+    parsed = Ticket.parse(ticket)
+    target = output_path(out, parsed.name, parsed.root)
+    if target.exists():
+        raise ShoalError(f"{target}: exists already", code="EEXIST")
+    if not target.parent.is_dir():
+        raise ShoalError(f"{target.parent}: no such folder", code="ENOENT")
+    listen_address = parse_address(listen, default_port=0)
+    addresses = _servers(introducers, listen_address)
+    _check_can_listen(listen_address)
+    # Any key will do to fetch: the user's own may be serving files meanwhile.
+    identity = _identity(identity_path) if identity_path else Identity.generate()
+
+    async def body() -> int:
+        async with Node(identity, introducers=addresses, listen=listen_address,
+                        lan_discovery=_lan(no_lan)) as node:
+            if addresses:
+                with output.waiting(f"reaching {len(addresses)} introducer(s)"):
+                    await node.wait_for_introducers(timeout=30)
+            meter = Meter(as_json, target.name, parsed.size)
+            try:
+                result = await node.fetch(parsed, target, progress=lambda p: meter.update(
+                    p.bytes, p.peers, corrupt=p.corrupt))
+            finally:
+                meter.close()
+            rate = parsed.size / result.seconds / 1e6 if result.seconds > 0 else 0.0
+            dropped = {peer: info["reason"] for peer, info in result.providers.items()
+                       if info["state"] == "dropped"}
+            for peer, reason in dropped.items():
+                output.warning(f"provider {peer} was dropped: {reason}", peer_id=peer)
+            output.event("fetched", f"fetched {target} ({size_text(parsed.size)}, "
+                         f"{rate:.1f} MB/s, {len(result.providers)} provider(s))",
+                         path=str(target), bytes=parsed.size, root=parsed.root.hex(),
+                         seconds=round(result.seconds, 3), mbytes_per_s=round(rate, 2),
+                         fetched_pieces=result.fetched, resumed_pieces=result.resumed,
+                         providers=result.providers)
+        return 0
+
+    _run(output, body, interrupted=f"interrupted: what was fetched is kept in "
+                                   f"{target}.part; run the same command to resume")
 
 
 @cli.command(short_help="What this machine has for apps: versions, webviews, display.")

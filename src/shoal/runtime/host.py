@@ -27,6 +27,7 @@ from shoal.runtime.config import (
     node_key_path,
 )
 from shoal.runtime.devserver import DevServer
+from shoal.runtime.filesapi import Files
 from shoal.runtime.fsapi import BridgeError, FileSystem, PathPolicy
 from shoal.runtime.hotkeys import Hotkeys
 from shoal.runtime.instance import Instance
@@ -129,6 +130,7 @@ class AppHost:
         self.server = server
         system = System(permissions, str(policy.data_dir), self.window, server.page_origin)
         net = Network(self.node, permissions.network, emit)
+        shared = Files(self.node, permissions.network, policy, emit)
         datagrams = Datagrams(permissions.dgram, emit)
         invoker = self._invoker = Invoker(functions, permissions.invoke)
         processes = self._processes = Processes(permissions, policy.data_dir, emit,
@@ -137,7 +139,7 @@ class AppHost:
         hotkeys = Hotkeys(permissions.hotkeys, emit)
         hotkeys.start()
         self._parts = [files, net, datagrams, processes, hotkeys]
-        for part in (files, system, net, datagrams, invoker, processes, hotkeys):
+        for part in (files, system, net, shared, datagrams, invoker, processes, hotkeys):
             calls.update(part.calls())
         calls["app.launch"] = self._launch
         if self.launch.instance is not None:

@@ -1,4 +1,4 @@
-// Shoal's JS API: import { fs, os, path, network, dgram, window, dialog, notification,
+// Shoal's JS API: import { fs, os, path, network, files, dgram, window, dialog, notification,
 // clipboard, shell, invoke } from "shoal:api". Every call goes over one WebSocket to the Python
 // host, which checks it against the app's shoal.toml. Promises everywhere; binary data is
 // Uint8Array; failures are ShoalError with a code (EPERM, ENOENT, ...).
@@ -310,6 +310,25 @@ export const network = {
     }
     if (event === "peer") return on("network.peer", listener);
     throw new ShoalError("EINVAL", `unknown network event: ${event}`);
+  },
+};
+
+let fetches = 0;
+// Files by content, within the app's folders (needs the network permission): share(path)
+// gives a ticket; fetch(ticket, path, { onProgress }) takes it from every peer sharing it.
+export const files = {
+  share: (file) => call("files.share", file),
+  unshare: (ticket) => call("files.unshare", ticket),
+  list: () => call("files.list"),
+  async fetch(ticket, file, options = {}) {
+    const id = `${Date.now()}-${++fetches}`;
+    const off = options.onProgress
+      ? on("files.progress", (e) => { if (e.id === id) options.onProgress(e); }) : null;
+    try {
+      return await call("files.fetch", ticket, file, id);
+    } finally {
+      off?.();
+    }
   },
 };
 

@@ -60,6 +60,18 @@ export declare const network: {
   on(event: "peer", listener: (peer: { peerId: string; connected: boolean; path?: string }) => void): () => void;
 };
 
+export interface FileProgress { bytes: number; size: number; peers: number; corrupt: number; }
+/** Files by content, within the app's folders; needs the network permission. */
+export declare const files: {
+  /** Hash the file and serve it; `ticket` is the text others fetch it by. */
+  share(path: string): Promise<{ ticket: string; size: number; name: string; root: string }>;
+  /** Fetch into `path` (as `path.part` until whole and verified) from every peer sharing it. */
+  fetch(ticket: string, path: string, options?: { onProgress?: (progress: FileProgress) => void }):
+    Promise<{ path: string; size: number; fetched: number; resumed: number; seconds: number }>;
+  unshare(ticket: string): Promise<boolean>;
+  list(): Promise<{ ticket: string; size: number; name: string; served: number }[]>;
+};
+
 export interface UdpSocket {
   send(data: Uint8Array | string, port: number, host: string): Promise<void>;
   address(): Promise<{ address: string; port: number }>;
