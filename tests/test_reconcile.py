@@ -145,7 +145,8 @@ class CountingIndex(SortedIndex):
     (b"\x01\x05\x00\x03\x00\xff\xff\x03", "bitmap longer"),
     (b"\x01\x00\x00\x03\x00\x00", "never sent"),
     (b"\x01\x00\x00\x02\x02" + bytes(64), "repeats an id"),
-    (b"\x01" + b"\x01\x00\x00" * 6000, "limit"),
+    (b"\x01" + b"\x01\x00\x00" * 100_000, "limit"),
+    (b"\x01" + b"\x02\x00\x00" * 20_000, "more than 16384 ranges"),
 ])
 def test_hostile_messages_get_a_typed_error_and_cost_little(message, reason):
     index = CountingIndex(items(2_000, 5))
