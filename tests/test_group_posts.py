@@ -178,3 +178,17 @@ def test_posting_limits_are_local_errors(group):
     with pytest.raises(LocalProtocolError):
         seal_post(alice, admin.keys, data=bytes(300_000), time_ms=NOW,
                   random_bytes=source(1))
+
+
+def test_the_pure_layers_load_neither_sqlite_nor_pycrdt():
+    # Standalone bundles leave sqlite3 out: what they collect from shoal.core must not need it.
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys, shoal, shoal.core.reconcile, shoal.core.rangeindex, "
+            "shoal.core.groups.posts; print(json.dumps(sorted(sys.modules)))")
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                           text=True, check=True).stdout))
+    assert "shoal.core.groups.posts" in loaded
+    assert not loaded & {"sqlite3", "_sqlite3", "pycrdt", "shoal.groups"}
