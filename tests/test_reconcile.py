@@ -92,6 +92,7 @@ def test_the_sqlite_index_answers_like_the_sorted_one(shared, extra):
     bounds = sorted({MINIMUM, INFINITY, *(key for key in extra)})
     for lower, upper in itertools.pairwise(bounds):
         assert database.summary(lower, upper) == memory.summary(lower, upper)
+        assert database.count(lower, upper) == memory.summary(lower, upper)[0]
         assert list(database.keys(lower, upper)) == list(memory.keys(lower, upper))
         count = memory.summary(lower, upper)[0]
         if count >= 16:
@@ -126,6 +127,10 @@ class CountingIndex(SortedIndex):
     def summary(self, lower, upper):
         self.work += 1
         return super().summary(lower, upper)
+
+    def count(self, lower, upper):
+        self.work += 1
+        return super().count(lower, upper)
 
     def keys(self, lower, upper):
         for key in super().keys(lower, upper):

@@ -6,7 +6,8 @@ Reconciliation (``shoal.core.reconcile``) never asks for a whole set. It asks an
 three things about a half-open range ``[lower, upper)`` of keys:
 
 - ``summary``: how many items lie in it and the sum of their ids, each read as a 256-bit
-  little-endian integer, modulo 2**256 (``fingerprint`` hashes the two into 16 bytes);
+  little-endian integer, modulo 2**256 (``fingerprint`` hashes the two into 16 bytes),
+  or ``count`` alone;
 - ``split``: bounds that cut it into parts of about equal count;
 - ``keys``: its items in order (asked only of ranges that hold few).
 
@@ -85,6 +86,10 @@ class RangeIndex(Protocol):
         """``(count, sum of ids mod 2**256)`` over the range."""
         ...
 
+    def count(self, lower: Key, upper: Key) -> int:
+        """How many items lie in the range (cheaper than ``summary`` where it can be)."""
+        ...
+
     def split(self, lower: Key, upper: Key, count: int, parts: int) -> list[Key]:
         """``parts - 1`` increasing bounds inside the range that cut its ``count`` items
         into ``parts`` runs of nearly equal size (``count >= parts``)."""
@@ -158,6 +163,10 @@ class SortedIndex:
     def summary(self, lower: Key, upper: Key) -> tuple[int, int]:
         start, end = self._positions(lower, upper)
         return end - start, (self._sums[end] - self._sums[start]) % SUM_MODULUS
+
+    def count(self, lower: Key, upper: Key) -> int:
+        start, end = self._positions(lower, upper)
+        return end - start
 
     def split(self, lower: Key, upper: Key, count: int, parts: int) -> list[Key]:
         start, _ = self._positions(lower, upper)

@@ -369,8 +369,7 @@ class Reconciler:
         """The first message of the session (initiator only)."""
         self._move(_Input.INITIATE)
         writer = _Writer()
-        count, total = self.index.summary(MINIMUM, INFINITY)
-        self._describe(writer, MINIMUM, INFINITY, count, total)
+        self._describe(writer, MINIMUM, INFINITY, self.index.count(MINIMUM, INFINITY))
         return self._sent(writer)
 
     def receive(self, message: bytes) -> bytes | None:
@@ -449,7 +448,7 @@ class Reconciler:
             elif item.mode == Mode.FINGERPRINT:
                 count, total = self.index.summary(lower, item.upper)
                 if fingerprint(count, total) != item.fingerprint:
-                    self._describe(writer, lower, item.upper, count, total)
+                    self._describe(writer, lower, item.upper, count)
             else:
                 self._answer_list(writer, lower, item)
             lower = item.upper
@@ -459,8 +458,7 @@ class Reconciler:
     def _range_budget(self) -> int:
         return self.limits.max_ranges - 2 * BUCKETS - 4
 
-    def _describe(self, writer: _Writer, lower: Key, upper: Key, count: int,
-                  total: int) -> None:
+    def _describe(self, writer: _Writer, lower: Key, upper: Key, count: int) -> None:
         """Send our view of a range: its ids if few, else fingerprints of its parts."""
         if count <= self.limits.idlist_threshold:
             ids = tuple(key[1] for key in self.index.keys(lower, upper))
@@ -479,9 +477,9 @@ class Reconciler:
         theirs = set(item.ids)
         if len(theirs) != len(item.ids):
             raise RemoteProtocolError("reconcile: an id list repeats an id")
-        count, total = self.index.summary(lower, item.upper)
+        count = self.index.count(lower, item.upper)
         if count > self.limits.response_ids:
-            self._describe(writer, lower, item.upper, count, total)
+            self._describe(writer, lower, item.upper, count)
             return
         only_ours = []
         ours = set()

@@ -80,6 +80,11 @@ class SqliteIndex:
             total += (value or 0) << (32 * position)
         return row[0], total % SUM_MODULUS
 
+    def count(self, lower: Key, upper: Key) -> int:
+        sql, args = self._where(lower, upper)
+        return self._db.execute(
+            f"SELECT COUNT(*) FROM {self._table} WHERE {self._scope_sql}{sql}", args).fetchone()[0]
+
     def split(self, lower: Key, upper: Key, count: int, parts: int) -> list[Key]:
         cuts = sorted({count * part // parts for part in range(1, parts)} - {0})
         bounds: list[Key] = []
