@@ -2,8 +2,9 @@
 
     python bench/sync.py --json [--sizes 1000,100000,1000000] [--diffs 1,100,10000]
 
-For each size N, two SQLite item tables (``shoal.groups.index``, the index a post store
-reconciles through) hold the same N items, (time in ms over 30 days, random 32-byte id).
+For each size N, two SQLite item tables with block sums (``shoal.groups.index``, the index
+a post store reconciles through) hold the same N items (time in ms over 30 days, random
+32-byte id).
 For each difference D, one side then gets ceil(D/2) items of its own and the other
 floor(D/2), and the two sides reconcile (``shoal.core.reconcile``, default limits) in one
 process, each on its own database connection. Printed, one JSON object per (N, D):
@@ -30,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shoal.core.reconcile import Reconciler, reconcile
-from shoal.groups.index import SqliteIndex, create_item_table, limbs
+from shoal.groups.index import BLOCK_BITS, SqliteIndex, create_blocks, create_item_table, limbs
 
 START_MS = 1_760_000_000_000
 SPAN_MS = 30 * 86_400_000
@@ -51,6 +52,7 @@ def build(folder: Path, count: int, seed: int) -> tuple[Path, Path]:
     db.execute("PRAGMA journal_mode=OFF")
     db.execute("PRAGMA synchronous=OFF")
     create_item_table(db, "items")
+    create_blocks(db, "items")
     with db:
         db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        _rows(count, random.Random(seed)))
@@ -69,8 +71,8 @@ def _extra(count: int, rng: random.Random) -> list[tuple[object, ...]]:
 
 
 def _session(first: sqlite3.Connection, second: sqlite3.Connection):
-    a = Reconciler(SqliteIndex(first, "items"))
-    b = Reconciler(SqliteIndex(second, "items"))
+    a = Reconciler(SqliteIndex(first, "items", block_bits=BLOCK_BITS))
+    b = Reconciler(SqliteIndex(second, "items", block_bits=BLOCK_BITS))
     messages = sum(1 for _ in reconcile(a, b))
     return a, b, messages
 

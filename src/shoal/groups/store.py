@@ -5,7 +5,8 @@ Theory of operation
 One SQLite database (WAL mode) holds the envelopes of every group a node carries, member
 or not. Each row keeps the envelope, its group tag, time, author and size, and the limbs
 of its id, so that ``index(tag)`` is a ``RangeIndex`` over one group's posts that
-reconciliation reads straight from a covering SQLite index (``shoal.groups.index``).
+reconciliation reads straight from a covering SQLite index and per-block sums kept by
+triggers (``shoal.groups.index``).
 Parents, which only members can read (they are inside the ciphertext), are kept apart by
 the member who opened the post (``set_parents``), to find what is missing in a post's
 causal past.
@@ -26,7 +27,14 @@ from pathlib import Path
 
 from shoal.core.groups.posts import Envelope, parse_envelope
 from shoal.errors import LocalProtocolError, ShoalError
-from shoal.groups.index import ITEM_COLUMNS, SqliteIndex, create_range_index, limbs
+from shoal.groups.index import (
+    BLOCK_BITS,
+    ITEM_COLUMNS,
+    SqliteIndex,
+    create_blocks,
+    create_range_index,
+    limbs,
+)
 
 STORE_FILE = "groups.sqlite3"
 """The store's file name in a node's data dir."""
@@ -86,6 +94,7 @@ class PostStore:
         db.execute("CREATE INDEX IF NOT EXISTS posts_author ON posts (author, ts, id)")
         db.execute("CREATE INDEX IF NOT EXISTS posts_time ON posts (ts)")
         create_range_index(db, "posts", "tag")
+        create_blocks(db, "posts", "tag")
         db.execute("CREATE TABLE IF NOT EXISTS parents (child BLOB NOT NULL, "
                    "parent BLOB NOT NULL, PRIMARY KEY (child, parent)) WITHOUT ROWID")
         db.execute("CREATE INDEX IF NOT EXISTS parents_parent ON parents (parent)")
@@ -219,4 +228,4 @@ class PostStore:
 
     def index(self, tag: bytes) -> SqliteIndex:
         """The reconciliation index over one group's posts (keys: time in ms, post id)."""
-        return SqliteIndex(self._db, "posts", "tag", tag)
+        return SqliteIndex(self._db, "posts", "tag", tag, block_bits=BLOCK_BITS)
