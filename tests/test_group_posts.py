@@ -67,7 +67,7 @@ def test_a_member_reads_what_another_wrote_and_knows_who_wrote_it(group):
         open_post(carried, other)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_any_changed_byte_makes_a_post_a_forgery(data):
     admin = GroupAdmin.create("g", source(1))
@@ -135,7 +135,7 @@ def test_only_the_group_key_grants_epoch_keys(group):
                    alice, keys)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=400))
 def test_hostile_bytes_raise_only_the_remote_error(raw):
     keys = GroupAdmin.create("g", source(1)).keys
