@@ -7,10 +7,11 @@ limb sums cannot overflow below 2**31 items), and the ids of a range stream from
 Python holds a few keys per query, whatever the table's size.
 
 A wide range would still make SQLite read every row in it. With *blocks*, triggers keep
-the count and limb sums of each time block (``2**block_bits`` ms; 2**22, about 70 minutes,
-by default) in a side table, so a range's summary reads the blocks wholly inside it and
-only the rows of the two partial blocks at its ends: the first rounds of a reconciliation
-over a million items read a few thousand rows instead of a million.
+the count and limb sums of each time block (``2**block_bits`` ms; 2**18, about 4.4
+minutes, by default) in a side table, so a range's summary reads the blocks wholly inside
+it and only the rows of the two partial blocks at its ends, and a split steps over whole
+blocks by their counts: the first rounds of a reconciliation over a million items read a
+few thousand rows instead of a million.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def create_range_index(db: sqlite3.Connection, table: str, scope: str | None = N
                f"({lead}ts, id, {', '.join(LIMBS)})")
 
 
-BLOCK_BITS = 22
+BLOCK_BITS = 18
 
 
 def create_blocks(db: sqlite3.Connection, table: str, scope: str | None = None,
