@@ -339,8 +339,9 @@ class Reconciler:
     The initiator calls ``initiate()`` and sends the result; each side passes every message
     it receives to ``receive()`` and sends back what that returns, until it returns None.
     Then ``state`` is DONE and ``have``/``need`` hold the differences (also while running:
-    the caller may take them early with ``take_have``/``take_need``). The index must not
-    change during the session.
+    the caller may take them early with ``take_have``/``take_need``). Items added to the
+    index during the session may be reported as differences or missed: the next session
+    settles them.
     """
 
     index: RangeIndex
