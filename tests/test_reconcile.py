@@ -251,6 +251,43 @@ def test_codec_round_trip_and_fingerprint_of_the_empty_range():
     assert len(fingerprint(0, 0)) == 16
 
 
+def test_every_state_takes_only_its_inputs():
+    def side_in(state: State) -> Reconciler:
+        side = Reconciler(SortedIndex(items(100, 11)))
+        if state is State.WAITING:
+            side.initiate()
+        elif state is State.DONE:
+            assert side.receive(encode_message([])) is None
+        elif state is State.FAILED:
+            with pytest.raises(RemoteProtocolError):
+                side.receive(b"\x09")
+        assert side.state is state
+        return side
+
+    fresh = side_in(State.READY).initiate()
+    for state in State:
+        if state is not State.READY:
+            with pytest.raises(LocalProtocolError):
+                side_in(state).initiate()
+        side = side_in(state)
+        if state in (State.DONE, State.FAILED):
+            with pytest.raises(LocalProtocolError):
+                side.receive(fresh)
+            assert side.state is state
+        else:
+            side.receive(fresh)
+            assert side.state in (State.WAITING, State.DONE)
+
+
+def test_taking_differences_frees_room_under_the_cap():
+    limits = Limits(max_pending_ids=100)
+    rng = random.Random(12)
+    side = Reconciler(SortedIndex(), limits)
+    side.receive(encode_message([Range(INFINITY, Mode.IDLIST,
+                                       ids=tuple(rng.randbytes(32) for _ in range(90)))]))
+    assert len(side.take_need()) == 90 and side.need == [] and side.found == 90
+
+
 def test_misuse_is_a_local_error():
     side = Reconciler(SortedIndex())
     side.initiate()
