@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shoal.core.rangeindex import INFINITY, MINIMUM, SortedIndex, fingerprint
+from shoal.core.rangeindex import INFINITY, MINIMUM, SortedIndex, fingerprint, sorted_parts
 from shoal.core.reconcile import (
     Limits,
     Mode,
@@ -139,8 +139,11 @@ def test_the_sqlite_index_answers_like_the_sorted_one(shared, extra, block_bits)
         assert list(database.keys(lower, upper)) == list(memory.keys(lower, upper))
         count = memory.summary(lower, upper)[0]
         if count >= 16:
-            assert database.split(lower, upper, count, 16) == memory.split(
-                lower, upper, count, 16)
+            expected = memory.parts(lower, upper, count, 16)
+            assert database.parts(lower, upper, count, 16) == expected
+            assert sorted_parts(memory.keys(lower, upper), count, 16, upper) == expected
+            assert [part[0] for part in expected[:-1]] == database.split(lower, upper, count,
+                                                                        16)
     a = Reconciler(database, SMALL)
     b = Reconciler(SortedIndex(shared | extra), SMALL)
     list(reconcile(a, b))

@@ -466,10 +466,8 @@ class Reconciler:
             writer.add(lower, Range(upper, Mode.IDLIST, ids=ids))
             self._pending[(lower, upper)] = ids
             return
-        bounds = [*self.index.split(lower, upper, count, BUCKETS), upper]
         start = lower
-        for bound in bounds:
-            part_count, part_total = self.index.summary(start, bound)
+        for bound, part_count, part_total in self.index.parts(lower, upper, count, BUCKETS):
             writer.add(start, Range(bound, Mode.FINGERPRINT,
                                     fingerprint=fingerprint(part_count, part_total)))
             start = bound

@@ -26,7 +26,10 @@ from shoal.core.rangeindex import (
     SUM_MODULUS,
     ZERO_ID,
     Key,
+    Part,
+    cut_ranks,
     separating_bound,
+    sorted_parts,
 )
 from shoal.errors import LocalProtocolError
 
@@ -59,6 +62,8 @@ def create_range_index(db: sqlite3.Connection, table: str, scope: str | None = N
 
 
 BLOCK_BITS = 18
+SMALL_RANGE = 4096
+"""Ranges of at most this many rows are cut in Python from one query's rows."""
 
 
 def create_blocks(db: sqlite3.Connection, table: str, scope: str | None = None,
@@ -178,8 +183,18 @@ class SqliteIndex:
             remaining -= count
         return (end << bits, ZERO_ID), remaining
 
+    def parts(self, lower: Key, upper: Key, count: int, parts: int) -> list[Part]:
+        if count <= SMALL_RANGE:
+            return sorted_parts(self.keys(lower, upper), count, parts, upper)
+        result: list[Part] = []
+        for bound in [*self.split(lower, upper, count, parts), upper]:
+            result.append((bound, *self.summary(lower, bound)))
+            lower = bound
+        return result
+
     def split(self, lower: Key, upper: Key, count: int, parts: int) -> list[Key]:
-        cuts = sorted({count * part // parts for part in range(1, parts)} - {0})
+        """The bounds between the runs of ``parts``, found by stepping over blocks."""
+        cuts = cut_ranks(count, parts)
         bounds: list[Key] = []
         start, rank = lower, 0  # the item at rank ``rank`` is the first at or after start
         for cut in cuts:
