@@ -67,7 +67,7 @@ def test_a_member_reads_what_another_wrote_and_knows_who_wrote_it(group):
         open_post(carried, other)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_any_changed_byte_makes_a_post_a_forgery(data):
     admin = GroupAdmin.create("g", source(1))
@@ -135,7 +135,7 @@ def test_only_the_group_key_grants_epoch_keys(group):
                    alice, keys)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=400))
 def test_hostile_bytes_raise_only_the_remote_error(raw):
     keys = GroupAdmin.create("g", source(1)).keys
@@ -178,3 +178,17 @@ def test_posting_limits_are_local_errors(group):
     with pytest.raises(LocalProtocolError):
         seal_post(alice, admin.keys, data=bytes(300_000), time_ms=NOW,
                   random_bytes=source(1))
+
+
+def test_the_pure_layers_load_neither_sqlite_nor_pycrdt():
+    # Standalone bundles leave sqlite3 out: what they collect from shoal.core must not need it.
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys, shoal, shoal.core.reconcile, shoal.core.rangeindex, "
+            "shoal.core.groups.posts; print(json.dumps(sorted(sys.modules)))")
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                           text=True, check=True).stdout))
+    assert "shoal.core.groups.posts" in loaded
+    assert not loaded & {"sqlite3", "_sqlite3", "pycrdt", "shoal.groups"}

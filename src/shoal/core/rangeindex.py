@@ -6,8 +6,9 @@ Reconciliation (``shoal.core.reconcile``) never asks for a whole set. It asks an
 three things about a half-open range ``[lower, upper)`` of keys:
 
 - ``summary``: how many items lie in it and the sum of their ids, each read as a 256-bit
-  little-endian integer, modulo 2**256 (``fingerprint`` hashes the two into 16 bytes);
-- ``split``: bounds that cut it into parts of about equal count;
+  little-endian integer, modulo 2**256 (``fingerprint`` hashes the two into 16 bytes),
+  or ``count`` alone;
+- ``parts``: the range cut into runs of about equal count, with the summary of each;
 - ``keys``: its items in order (asked only of ranges that hold few).
 
 A key is a ``(timestamp, id)`` tuple: ``timestamp`` an integer below ``2**63``, ``id`` 32
@@ -35,6 +36,9 @@ FINGERPRINT_BYTES = 16
 
 Key = tuple[int, bytes]
 """``(timestamp, 32-byte id)``: an item, or a bound (an id padded with zero bytes)."""
+
+Part = tuple[Key, int, int]
+"""A run of a range: its upper bound, count and sum of ids (mod 2**256)."""
 
 ZERO_ID = bytes(ID_BYTES)
 MINIMUM: Key = (0, ZERO_ID)
@@ -85,9 +89,14 @@ class RangeIndex(Protocol):
         """``(count, sum of ids mod 2**256)`` over the range."""
         ...
 
-    def split(self, lower: Key, upper: Key, count: int, parts: int) -> list[Key]:
-        """``parts - 1`` increasing bounds inside the range that cut its ``count`` items
-        into ``parts`` runs of nearly equal size (``count >= parts``)."""
+    def count(self, lower: Key, upper: Key) -> int:
+        """How many items lie in the range (cheaper than ``summary`` where it can be)."""
+        ...
+
+    def parts(self, lower: Key, upper: Key, count: int, parts: int) -> list[Part]:
+        """The range cut into ``parts`` runs of nearly equal size (it holds ``count >=
+        parts`` items): for each, its upper bound (the last one is ``upper``), count and
+        sum."""
         ...
 
     def keys(self, lower: Key, upper: Key) -> Iterator[Key]:
@@ -95,19 +104,29 @@ class RangeIndex(Protocol):
         ...
 
 
-def split_sorted(items: Iterable[Key], count: int, parts: int) -> list[Key]:
-    """``RangeIndex.split`` over ``count`` items given in order, read once."""
-    cuts = {count * part // parts for part in range(1, parts)}
-    last = max(cuts, default=0)
-    bounds: list[Key] = []
+def cut_ranks(count: int, parts: int) -> list[int]:
+    """The ranks of the first item of each run but the first, when ``count`` items are
+    cut into ``parts`` runs."""
+    return sorted({count * part // parts for part in range(1, parts)} - {0})
+
+
+def sorted_parts(items: Iterable[Key], count: int, parts: int, upper: Key) -> list[Part]:
+    """``RangeIndex.parts`` over the range's ``count`` items given in order, read once."""
+    cuts = iter(cut_ranks(count, parts))
+    cut = next(cuts, -1)
+    result: list[Part] = []
     previous: Key | None = None
+    part_count = total = 0
     for rank, item in enumerate(items):
-        if rank in cuts and previous is not None:
-            bounds.append(separating_bound(previous, item))
-        if rank >= last:
-            break
+        if rank == cut and previous is not None:
+            result.append((separating_bound(previous, item), part_count, total % SUM_MODULUS))
+            part_count = total = 0
+            cut = next(cuts, -1)
+        part_count += 1
+        total += id_value(item[1])
         previous = item
-    return bounds
+    result.append((upper, part_count, total % SUM_MODULUS))
+    return result
 
 
 class SortedIndex:
@@ -159,9 +178,20 @@ class SortedIndex:
         start, end = self._positions(lower, upper)
         return end - start, (self._sums[end] - self._sums[start]) % SUM_MODULUS
 
-    def split(self, lower: Key, upper: Key, count: int, parts: int) -> list[Key]:
-        start, _ = self._positions(lower, upper)
-        return split_sorted(iter(self._keys[start : start + count]), count, parts)
+    def count(self, lower: Key, upper: Key) -> int:
+        start, end = self._positions(lower, upper)
+        return end - start
+
+    def parts(self, lower: Key, upper: Key, count: int, parts: int) -> list[Part]:
+        start, end = self._positions(lower, upper)
+        result: list[Part] = []
+        for rank in [*cut_ranks(count, parts), end - start]:
+            position = start + rank
+            bound = upper if position == end else separating_bound(
+                self._keys[position - 1], self._keys[position])
+            result.append((bound, *self.summary(lower, bound)))
+            lower = bound
+        return result
 
     def keys(self, lower: Key, upper: Key) -> Iterator[Key]:
         start, end = self._positions(lower, upper)

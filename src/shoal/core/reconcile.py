@@ -59,7 +59,8 @@ VERSION = 0x01
 BUCKETS = 16
 """How many ranges a range that differs is cut into."""
 ROUND_CREDIT = 4
-MAX_MESSAGE_BYTES = 16_384
+MAX_MESSAGE_BYTES = 262_144
+MAX_RANGES = 16_384
 
 
 class Mode(enum.IntEnum):
@@ -88,6 +89,8 @@ class Limits:
 
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """Messages above this are refused; replies are kept within it."""
+    max_ranges: int = MAX_RANGES
+    """Ranges a message may hold (each costs the receiver one index query)."""
     max_rounds: int = 64
     """Messages a session accepts before giving up on the peer, plus one for every
     ``ROUND_CREDIT`` differences found (a large difference needs many messages)."""
@@ -106,12 +109,16 @@ class Limits:
                 f"max_message_bytes must be at least {needed} for these limits")
         if self.idlist_threshold < BUCKETS or self.response_ids < self.idlist_threshold:
             raise LocalProtocolError("need BUCKETS <= idlist_threshold <= response_ids")
+        if self.max_ranges < 4 * BUCKETS:
+            raise LocalProtocolError(f"max_ranges must be at least {4 * BUCKETS}")
         if self.max_rounds < 1 or self.max_pending_ids < 1:
             raise LocalProtocolError("max_rounds and max_pending_ids must be positive")
 
 
 _BOUND_BYTES = 10 + 1 + ID_BYTES
 """The largest encoded bound."""
+_FINGERPRINT_RANGE = 2 * _BOUND_BYTES + 2 + FINGERPRINT_BYTES
+"""The most one fingerprint range adds to a message (with the skip before it)."""
 
 
 def _reserve(limits: Limits) -> int:
@@ -180,6 +187,7 @@ class _Writer:
         self.last: Key = MINIMUM
         self.queries = 0
         """Ranges that need an answer (fingerprints and id lists)."""
+        self.ranges = 0
         self.asked = False
         """Whether the message this one answers asked anything."""
 
@@ -202,7 +210,9 @@ class _Writer:
         if lower != self.last:
             self._bound(lower)
             self.out.append(Mode.SKIP)
+            self.ranges += 1
         self._bound(item.upper)
+        self.ranges += 1
         self.out.append(item.mode)
         if item.mode == Mode.FINGERPRINT:
             self.out += item.fingerprint
@@ -233,8 +243,10 @@ def encode_message(ranges: list[Range]) -> bytes:
     return bytes(writer.out)
 
 
-def decode_message(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> list[Range]:
-    """Parse a message; ``RemoteProtocolError`` if it is malformed or above ``max_bytes``."""
+def decode_message(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES,
+                   max_ranges: int = MAX_RANGES) -> list[Range]:
+    """Parse a message; ``RemoteProtocolError`` if it is malformed or above ``max_bytes``
+    or ``max_ranges``."""
     if len(data) > max_bytes:
         raise RemoteProtocolError(f"reconcile: message of {len(data)} bytes, limit {max_bytes}")
     if not data or data[0] != VERSION:
@@ -244,6 +256,8 @@ def decode_message(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> list[Rang
     ranges: list[Range] = []
     last = MINIMUM
     while reader.remaining():
+        if len(ranges) >= max_ranges:
+            raise RemoteProtocolError(f"reconcile: more than {max_ranges} ranges")
         if last == INFINITY:
             raise RemoteProtocolError("reconcile: range after the infinite bound")
         code = reader.varint()
@@ -325,8 +339,9 @@ class Reconciler:
     The initiator calls ``initiate()`` and sends the result; each side passes every message
     it receives to ``receive()`` and sends back what that returns, until it returns None.
     Then ``state`` is DONE and ``have``/``need`` hold the differences (also while running:
-    the caller may take them early with ``take_have``/``take_need``). The index must not
-    change during the session.
+    the caller may take them early with ``take_have``/``take_need``). Items added to the
+    index during the session may be reported as differences or missed: the next session
+    settles them.
     """
 
     index: RangeIndex
@@ -355,8 +370,7 @@ class Reconciler:
         """The first message of the session (initiator only)."""
         self._move(_Input.INITIATE)
         writer = _Writer()
-        count, total = self.index.summary(MINIMUM, INFINITY)
-        self._describe(writer, MINIMUM, INFINITY, count, total)
+        self._describe(writer, MINIMUM, INFINITY, self.index.count(MINIMUM, INFINITY))
         return self._sent(writer)
 
     def receive(self, message: bytes) -> bytes | None:
@@ -397,49 +411,63 @@ class Reconciler:
         allowed = self.limits.max_rounds + self.found // ROUND_CREDIT
         if self.rounds > allowed:
             raise RemoteProtocolError(f"reconcile: more than {allowed} rounds")
-        ranges = decode_message(message, self.limits.max_message_bytes)
+        ranges = decode_message(message, self.limits.max_message_bytes,
+                                self.limits.max_ranges)
         pending, self._pending = self._pending, {}
         writer = _Writer()
         writer.asked = any(item.mode in (Mode.FINGERPRINT, Mode.IDLIST) for item in ranges)
         budget = self.limits.max_message_bytes - _reserve(self.limits)
         lower = MINIMUM
+        full = closed = False
         for item in ranges:
             if item.mode == Mode.SKIP:
-                lower = item.upper
-                continue
-            if len(writer) > budget:
-                # The reply is full: everything from here on is left to the next round,
-                # as one fingerprint that the peer will compare (and split if it differs).
-                count, total = self.index.summary(lower, INFINITY)
-                writer.add(lower, Range(INFINITY, Mode.FINGERPRINT,
-                                        fingerprint=fingerprint(count, total)))
-                break
-            if item.mode == Mode.FINGERPRINT:
-                count, total = self.index.summary(lower, item.upper)
-                if fingerprint(count, total) != item.fingerprint:
-                    self._describe(writer, lower, item.upper, count, total)
-            elif item.mode == Mode.IDLIST:
-                self._answer_list(writer, lower, item)
-            else:
+                pass
+            elif item.mode == Mode.IDLIST_RESPONSE:  # adds nothing to the reply
                 listed = pending.get((lower, item.upper))
                 if listed is None:
                     raise RemoteProtocolError("reconcile: response to an id list never sent")
                 self._read_response(listed, item)
+            elif closed:
+                pass
+            elif full or len(writer) > budget or writer.ranges > self._range_budget:
+                # The reply is full: the peer's remaining ranges go back as our fingerprints
+                # of them, to compare next round, while they fit; then one fingerprint for
+                # everything left.
+                full = True
+                count, total = self.index.summary(lower, item.upper)
+                ours = fingerprint(count, total)
+                if item.mode == Mode.FINGERPRINT and ours == item.fingerprint:
+                    pass
+                elif (len(writer) + 3 * _FINGERPRINT_RANGE < self.limits.max_message_bytes
+                      and writer.ranges + 3 < self.limits.max_ranges):
+                    writer.add(lower, Range(item.upper, Mode.FINGERPRINT, fingerprint=ours))
+                else:
+                    count, total = self.index.summary(lower, INFINITY)
+                    writer.add(lower, Range(INFINITY, Mode.FINGERPRINT,
+                                            fingerprint=fingerprint(count, total)))
+                    closed = True
+            elif item.mode == Mode.FINGERPRINT:
+                count, total = self.index.summary(lower, item.upper)
+                if fingerprint(count, total) != item.fingerprint:
+                    self._describe(writer, lower, item.upper, count)
+            else:
+                self._answer_list(writer, lower, item)
             lower = item.upper
         return writer
 
-    def _describe(self, writer: _Writer, lower: Key, upper: Key, count: int,
-                  total: int) -> None:
+    @property
+    def _range_budget(self) -> int:
+        return self.limits.max_ranges - 2 * BUCKETS - 4
+
+    def _describe(self, writer: _Writer, lower: Key, upper: Key, count: int) -> None:
         """Send our view of a range: its ids if few, else fingerprints of its parts."""
         if count <= self.limits.idlist_threshold:
             ids = tuple(key[1] for key in self.index.keys(lower, upper))
             writer.add(lower, Range(upper, Mode.IDLIST, ids=ids))
             self._pending[(lower, upper)] = ids
             return
-        bounds = [*self.index.split(lower, upper, count, BUCKETS), upper]
         start = lower
-        for bound in bounds:
-            part_count, part_total = self.index.summary(start, bound)
+        for bound, part_count, part_total in self.index.parts(lower, upper, count, BUCKETS):
             writer.add(start, Range(bound, Mode.FINGERPRINT,
                                     fingerprint=fingerprint(part_count, part_total)))
             start = bound
@@ -448,9 +476,9 @@ class Reconciler:
         theirs = set(item.ids)
         if len(theirs) != len(item.ids):
             raise RemoteProtocolError("reconcile: an id list repeats an id")
-        count, total = self.index.summary(lower, item.upper)
+        count = self.index.count(lower, item.upper)
         if count > self.limits.response_ids:
-            self._describe(writer, lower, item.upper, count, total)
+            self._describe(writer, lower, item.upper, count)
             return
         only_ours = []
         ours = set()

@@ -269,6 +269,7 @@ class GroupAdmin:
     def __init__(self, seed: bytes, keys: GroupKeys, name: str = "") -> None:
         self._key = Ed25519PrivateKey.from_private_bytes(seed)
         self.seed = seed
+        """The group's private key (keep it as secret as an identity file)."""
         self.keys = keys
         self.name = name
         self.members: dict[bytes, MemberCard] = {}
