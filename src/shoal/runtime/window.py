@@ -540,6 +540,11 @@ class WindowSession:
         if renderer == "qtwebengine":
             _one_qt_profile()
         if self.own_scheme and renderer == "qtwebengine":
+            import webview.platforms.qt as qt_platform
+
+            from shoal.runtime.qtscheme import hear_refusals
+
+            hear_refusals(qt_platform.BrowserView.WebPage, self.host.told_refusal)
             self.origin = ORIGIN
             self.url = self.window.real_url = self._url_of("/")
         else:
@@ -559,7 +564,12 @@ class WindowSession:
     def _guard_qt(self, native: Any) -> Any:
         """The app's scheme on the window's profile, the navigation guard, and no
         pywebview channel."""
-        from shoal.runtime.qtscheme import SCHEME, keep_navigation_on_app, scheme_handler
+        from shoal.runtime.qtscheme import (
+            SCHEME,
+            keep_navigation_on_app,
+            scheme_handler,
+            watch_refusals,
+        )
 
         profile = getattr(native, "profile", None)
         view = getattr(native, "webview", None)
@@ -570,6 +580,7 @@ class WindowSession:
                                                         dev=self.dev))
             profile.installUrlSchemeHandler(SCHEME, self._scheme_handlers[-1])
         keep_navigation_on_app(view.page(), self.leave)
+        watch_refusals(view.page())
         # pywebview's own bridge would be a second way into Python, outside the policy.
         view.page().setWebChannel(None)
         self._desktop("qt").attach(view)
@@ -785,6 +796,9 @@ def _menus(config: AppConfig, host: _HostThread) -> list[Any]:
             for title, items in config.menu]
 
 
+MAX_HELD_REFUSALS = 200
+
+
 class _HostThread:
     """The app host on its own asyncio loop and thread, started at most once."""
 
@@ -800,6 +814,8 @@ class _HostThread:
         self._loop: Any = None
         self._loop_ready = threading.Event()
         self._host: Any = None
+        self._refusals: list[dict[str, Any]] | None = []
+        """Refusals heard of before the host's server started (then None)."""
 
     def start(self, page_origin: str) -> None:
         with self._lock:
@@ -812,6 +828,22 @@ class _HostThread:
         host, loop = self._host, self._loop
         if host is not None and host.server is not None and loop is not None:
             loop.call_soon_threadsafe(host.server.emit, event, data)
+
+    def told_refusal(self, report: dict[str, Any]) -> None:
+        """What a page's policy refused (a ``csp-report`` object), from any thread; held
+        until the host has started."""
+        with self._lock:
+            if self._refusals is not None:
+                if len(self._refusals) < MAX_HELD_REFUSALS:
+                    self._refusals.append(report)
+                return
+        self._loop.call_soon_threadsafe(self._host.server.told_refusal, report)
+
+    def _tell_held_refusals(self) -> None:
+        with self._lock:
+            held, self._refusals = self._refusals or [], None
+        for report in held:
+            self._host.server.told_refusal(report)
 
     def stop(self) -> None:
         with self._lock:
@@ -837,6 +869,7 @@ class _HostThread:
 
             host = self._host = AppHost(self.folder, self.launch, **self.options)
             loop.run_until_complete(host.start())
+            self._tell_held_refusals()
         except BaseException as exc:  # re-raised on the main thread once the window is gone
             self.failure = exc
             self.on_failure()
