@@ -75,6 +75,38 @@ def vite_app(npm_cache: Path) -> Path:
     return project
 
 
+@contextlib.contextmanager
+def vite_serving(project: Path) -> Iterator[str]:
+    """Vite's own dev server on ``project`` while the block runs: its address."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Vite itself (not through npx, whose child would outlive a terminate).
+    vite = subprocess.Popen(["node", "node_modules/vite/bin/vite.js", "--host", "127.0.0.1",
+                             "--port", str(port), "--strictPort", "--clearScreen", "false"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert vite.stdout is not None
+        said = [vite.stdout.readline()]
+        while "ready in" not in said[-1]:
+            assert said[-1], "".join(said)  # Vite stopped before it was ready
+            said.append(vite.stdout.readline())
+        # What Vite says from now on is not read: it must not fill the pipe and stop it.
+        threading.Thread(target=vite.stdout.read, daemon=True).start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        vite.terminate()
+        vite.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def vite_dev_server(vite_app: Path) -> Iterator[str]:
+    """Vite's dev server on the app's project, one per module."""
+    with vite_serving(vite_app) as url:
+        yield url
+
+
 class Running:
     """``shoal run --browser --json`` (or ``dev``) on an app: its URL, and every event it
     printed, read as they come. With ``display``: in a Qt window on that X server."""
@@ -89,10 +121,13 @@ class Running:
             stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, env=self.env,
             stderr=subprocess.DEVNULL if display else None, start_new_session=True)
         assert self.process.stdout is not None
+        self.events: list[dict] = []
         ready = json.loads(self.process.stdout.readline())
+        while ready["event"] == "refused":  # a window's page may refuse before it is ready
+            self.events.append(ready)
+            ready = json.loads(self.process.stdout.readline())
         assert ready["event"] == "ready", ready
         self.url: str = ready.get("url", "")
-        self.events: list[dict] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -232,27 +267,15 @@ def test_a_vite_react_app_runs_built_from_its_dist_folder(
 
 
 def test_a_vite_react_app_in_shoal_dev_through_vites_dev_server_reloads_hot(
-        vite_app: Path, browser: Browser, shoal_app: Callable[..., Running]) -> None:
+        vite_app: Path, vite_dev_server: str, browser: Browser,
+        shoal_app: Callable[..., Running]) -> None:
     """Vite's own dev server behind shoal dev: the page has the JS API (and its checks),
     Vite's styles apply, and an edit to a component is swapped in while the page keeps
     its state (hot module reload, not a page load)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # Vite itself (not through npx, whose child would outlive a terminate).
-    vite = subprocess.Popen(["node", "node_modules/vite/bin/vite.js", "--host", "127.0.0.1",
-                             "--port", str(port), "--strictPort", "--clearScreen", "false"],
-                            cwd=vite_app, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, stdin=subprocess.DEVNULL)
     component = vite_app / "src" / "App.tsx"
     original = component.read_text()
     try:
-        assert vite.stdout is not None
-        said = [vite.stdout.readline()]
-        while "ready in" not in said[-1]:
-            assert said[-1], "".join(said)  # Vite stopped before it was ready
-            said.append(vite.stdout.readline())
-        run = shoal_app("dev", vite_app, "--url", f"http://127.0.0.1:{port}")
+        run = shoal_app("dev", vite_app, "--url", vite_dev_server)
         with opened(browser, run.url) as page:
             page.get_by_role("button", name="Count is 0").click()
             page.get_by_role("button", name="Count is 1").wait_for(timeout=5000)
@@ -274,8 +297,6 @@ def test_a_vite_react_app_in_shoal_dev_through_vites_dev_server_reloads_hot(
         assert run.refusals() == []
     finally:
         component.write_text(original)
-        vite.terminate()
-        vite.wait(timeout=10)
 
 
 def test_the_vite_template_builds_into_an_archive_of_its_dist_folder_that_runs(
@@ -377,3 +398,45 @@ def test_a_vite_react_app_runs_built_in_the_native_window(
     assert clicked["count"] == "Count is 1"
     assert clicked["fontSize"] != "32px"  # its stylesheet applies
     assert run.refusals() == []
+
+
+VITE_DEV_PROBE = """const name = "shoal:api";
+const { fs } = await import(/* @vite-ignore */ name);
+const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+const button = () => document.querySelector("button.counter");
+const heading = () => document.querySelector("h1")?.textContent || "";
+while (!button()) await sleep(50);
+if (!heading().includes("Reloaded hot")) {
+  button().click();
+  while (button().textContent !== "Count is 1") await sleep(50);
+  await fs.writeFile("clicked.json", JSON.stringify({
+    page: performance.timeOrigin, padding: getComputedStyle(button()).paddingTop }));
+}
+while (!heading().includes("Reloaded hot")) await sleep(50);
+await fs.writeFile("reloaded.json", JSON.stringify({
+  page: performance.timeOrigin, count: button().textContent }));
+"""
+
+
+def test_a_vite_react_app_reloads_hot_in_the_native_window(
+        tmp_path: Path, vite_app: Path, display: str,
+        shoal_app: Callable[..., Running]) -> None:
+    """shoal dev in a Qt window, showing Vite's dev server: the page has the API, Vite's
+    styles apply, and an edit is swapped in while the page keeps its state."""
+    project = tmp_path / "project"  # a copy, with a probe in its page from the start
+    shutil.copytree(vite_app, project, ignore=shutil.ignore_patterns("node_modules"))
+    (project / "node_modules").symlink_to(vite_app / "node_modules")
+    (project / "probe.js").write_text(VITE_DEV_PROBE)
+    page = project / "index.html"
+    page.write_text(page.read_text().replace(
+        "</head>", '<script type="module" src="/probe.js"></script></head>'))
+    with vite_serving(project) as url:
+        run = shoal_app("dev", project, "--url", url, display=display)
+        data = tmp_path / "data"
+        clicked = json.loads(wait_for_file(data / "clicked.json"))
+        assert clicked["padding"] != "0px"  # App.css, added by Vite's client as a <style>
+        component = project / "src" / "App.tsx"
+        component.write_text(component.read_text().replace("Get started", "Reloaded hot"))
+        reloaded = json.loads(wait_for_file(data / "reloaded.json"))
+        assert reloaded == {"page": clicked["page"], "count": "Count is 1"}  # the same page
+        assert run.refusals() == []

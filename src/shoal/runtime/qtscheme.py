@@ -229,14 +229,16 @@ def scheme_handler(config: AppConfig, bridge_port: int, *, dev: bool = False) ->
     return AppSchemeHandler()
 
 
-def keep_navigation_on_app(page: Any, leave: Callable[[str], None]) -> None:
+def keep_navigation_on_app(page: Any, leave: Callable[[str], None],
+                           origin: str = ORIGIN) -> None:
     """Keep a ``QWebEnginePage`` on the app: a top-level navigation anywhere but
-    ``shoal://app/`` is refused before it starts (the page stays as it is), and
-    ``leave`` gets the address, to open it in the system browser."""
+    ``origin`` (``shoal://app/``, or the app server's) is refused before it starts (the
+    page stays as it is), and ``leave`` gets the address, to open it in the system
+    browser."""
 
     def navigation_requested(request: Any) -> None:
         url = request.url().toString()
-        if not request.isMainFrame() or on_origin(url, ORIGIN):
+        if not request.isMainFrame() or on_origin(url, origin):
             return
         request.reject()
         leave(url)

@@ -553,18 +553,17 @@ class WindowSession:
     def _guard(self, shown: Any) -> Any:
         """GUI thread, before window ``shown`` shows: guarded as its renderer needs.
         Its view, or None for a pywebview unlike this one."""
-        from shoal.runtime.qtscheme import ORIGIN
-
         if self.renderer == "gtkwebkit2":
             return self._guard_gtk(shown.native)
-        if self.origin == ORIGIN:
+        if self.renderer == "qtwebengine":
             return self._guard_qt(shown.native)
         return None
 
     def _guard_qt(self, native: Any) -> Any:
-        """The app's scheme on the window's profile, the navigation guard, and no
-        pywebview channel."""
+        """The app's scheme on the window's profile (when it shows the app through it),
+        the navigation guard, and no pywebview channel."""
         from shoal.runtime.qtscheme import (
+            ORIGIN,
             SCHEME,
             keep_navigation_on_app,
             scheme_handler,
@@ -575,12 +574,14 @@ class WindowSession:
         view = getattr(native, "webview", None)
         if profile is None or view is None:
             return None
-        if profile.urlSchemeHandler(SCHEME) is None:  # the windows share one profile
+        own_scheme = self.origin == ORIGIN
+        if own_scheme and profile.urlSchemeHandler(SCHEME) is None:  # one shared profile
             self._scheme_handlers.append(scheme_handler(self.config, self.port,
                                                         dev=self.dev))
             profile.installUrlSchemeHandler(SCHEME, self._scheme_handlers[-1])
-        keep_navigation_on_app(view.page(), self.leave)
-        watch_refusals(view.page())
+        keep_navigation_on_app(view.page(), self.leave, self.origin)
+        if own_scheme:  # the server's pages report to it themselves
+            watch_refusals(view.page())
         # pywebview's own bridge would be a second way into Python, outside the policy.
         view.page().setWebChannel(None)
         self._desktop("qt").attach(view)
@@ -634,22 +635,25 @@ class WindowSession:
                 # PyGObject takes Python's signal wake-up for its own loop: GLib's
                 # watch closes the windows here instead.
                 _close_on_gtk_signals(lambda: [*webview.windows])
-        if self.origin != ORIGIN:
+        if self.renderer != "qtwebengine":
             return
+        own_scheme = self.origin == ORIGIN
         view = self._guard(window)
-        if view is None:  # a pywebview unlike this one: use the server
-            self.origin, self.url = f"http://127.0.0.1:{self.port}", self.server_url
-            self.host.start(self.origin)
-            window.native.load_url(self.server_url)
+        if view is None:  # a pywebview unlike this one: the server, unguarded
+            if own_scheme:
+                self.origin, self.url = f"http://127.0.0.1:{self.port}", self.server_url
+                self.host.start(self.origin)
+                window.native.load_url(self.server_url)
             return
         self._show_tray()
         handler = getattr(window.native, "on_load_finished", None)
         if handler is not None and report_loads_plainly(
                 view.page(), handler, functools.partial(self._qt_page_loaded, view)):
             self.loads_on_gui_thread = True
-        timer = threading.Timer(HOST_DELAY, self.host.start, args=(ORIGIN,))
-        timer.daemon = True
-        timer.start()
+        if own_scheme:
+            timer = threading.Timer(HOST_DELAY, self.host.start, args=(ORIGIN,))
+            timer.daemon = True
+            timer.start()
 
     def _qt_page_loaded(self, view: Any) -> None:
         """The GUI thread, after a load: nothing here waits on another thread.
