@@ -710,9 +710,9 @@ def _one_qt_profile() -> None:
             return made()
         if not shared:
             shared.append(made(*name))
-            # Pages come from the app's own files: a disk cache would hold copies of
-            # them (shared by every app of pywebview's profile name) and cost the window
-            # process 30 MB (measured with QtWebEngine).
+            # Pages come from the app's own files: a disk cache (one for every app,
+            # under pywebview's profile name) would only hold copies of them, and costs
+            # the window process about 1 MB (measured with QtWebEngine).
             shared[0].setHttpCacheType(made.HttpCacheType.NoCache)
         return shared[0]
 
