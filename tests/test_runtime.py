@@ -23,6 +23,7 @@ from shoal.runtime.bridge import FILE_ERROR_TYPE
 from shoal.runtime.fsapi import BridgeError
 from shoal.runtime.pages import (
     IMPORT_MAP_TAG,
+    LAUNCH_TAG,
     content_security_policy,
     lowercase_safe,
     page_html,
@@ -540,14 +541,15 @@ def test_served_pages_keep_their_doctype_first(tmp_path: Path) -> None:
     quirks mode): the import map into the head, a policy before everything else."""
     page = tmp_path / "page.html"
     page.write_text("\ufeff<!DOCTYPE html><title>t</title><script src=a.js></script>")
-    assert page_html(page).startswith(f"\ufeff<!DOCTYPE html>{IMPORT_MAP_TAG}<title>")
+    assert page_html(page).startswith(
+        f"\ufeff<!DOCTYPE html>{LAUNCH_TAG}{IMPORT_MAP_TAG}<title>")
     page.write_text('<!doctype html>\n<html><head lang="en"><title>t</title></head></html>')
     assert page_html(page) == ('<!doctype html>\n<html><head lang="en">'
-                               f'{IMPORT_MAP_TAG}<title>t</title></head></html>')
+                               f'{LAUNCH_TAG}{IMPORT_MAP_TAG}<title>t</title></head></html>')
     assert page_html(page, import_map=False, policy="script-src 'self'") == (
         '<!doctype html><meta http-equiv="Content-Security-Policy" '
-        'content="script-src &#x27;self&#x27;">\n<html><head lang="en"><title>t</title>'
-        '</head></html>')
+        'content="script-src &#x27;self&#x27;">\n<html><head lang="en">'
+        f'{LAUNCH_TAG}<title>t</title></head></html>')
 
 
 def test_run_without_a_display_says_so_and_serves_for_a_browser(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page
+
+from window_helpers import find_window, shoal_env, wait_for_file, xdotool
 
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 REVEAL = ("reveal.js", "5.2.1")
@@ -71,20 +75,59 @@ def vite_app(npm_cache: Path) -> Path:
     return project
 
 
+@contextlib.contextmanager
+def vite_serving(project: Path) -> Iterator[str]:
+    """Vite's own dev server on ``project`` while the block runs: its address."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Vite itself (not through npx, whose child would outlive a terminate).
+    vite = subprocess.Popen(["node", "node_modules/vite/bin/vite.js", "--host", "127.0.0.1",
+                             "--port", str(port), "--strictPort", "--clearScreen", "false"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert vite.stdout is not None
+        said = [vite.stdout.readline()]
+        while "ready in" not in said[-1]:
+            assert said[-1], "".join(said)  # Vite stopped before it was ready
+            said.append(vite.stdout.readline())
+        # What Vite says from now on is not read: it must not fill the pipe and stop it.
+        threading.Thread(target=vite.stdout.read, daemon=True).start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        vite.terminate()
+        vite.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def vite_dev_server(vite_app: Path) -> Iterator[str]:
+    """Vite's dev server on the app's project, one per module."""
+    with vite_serving(vite_app) as url:
+        yield url
+
+
 class Running:
     """``shoal run --browser --json`` (or ``dev``) on an app: its URL, and every event it
-    printed, read as they come."""
+    printed, read as they come. With ``display``: in a Qt window on that X server."""
 
-    def __init__(self, command: str, app: Path, data_dir: Path, *options: str) -> None:
+    def __init__(self, command: str, app: Path, data_dir: Path, *options: str,
+                 display: str | None = None) -> None:
+        where = ["--gui", "qt"] if display else ["--browser"]
+        self.env = shoal_env(display) if display else None
         self.process = subprocess.Popen(
-            [*SHOAL, command, "--browser", "--json", str(app), "--data-dir", str(data_dir),
+            [*SHOAL, command, *where, "--json", str(app), "--data-dir", str(data_dir),
              *options],
-            stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+            stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, env=self.env,
+            stderr=subprocess.DEVNULL if display else None, start_new_session=True)
         assert self.process.stdout is not None
-        ready = json.loads(self.process.stdout.readline())
-        assert ready["event"] == "ready", ready
-        self.url: str = ready["url"]
         self.events: list[dict] = []
+        ready = json.loads(self.process.stdout.readline())
+        while ready["event"] == "refused":  # a window's page may refuse before it is ready
+            self.events.append(ready)
+            ready = json.loads(self.process.stdout.readline())
+        assert ready["event"] == "ready", ready
+        self.url: str = ready.get("url", "")
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -97,8 +140,8 @@ class Running:
         return [e for e in self.events if e["event"] == "refused"]
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        os.killpg(self.process.pid, signal.SIGTERM)  # and the window's helper processes
+        self.process.wait(timeout=20)
         self._reader.join(timeout=5)
 
 
@@ -107,8 +150,8 @@ def shoal_app(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     """Starts ``shoal COMMAND --browser APP [OPTIONS]``; each is stopped after the test."""
     started: list[Running] = []
 
-    def start(command: str, app: Path, *options: str) -> Running:
-        started.append(Running(command, app, tmp_path / "data", *options))
+    def start(command: str, app: Path, *options: str, display: str | None = None) -> Running:
+        started.append(Running(command, app, tmp_path / "data", *options, display=display))
         return started[-1]
 
     yield start
@@ -127,15 +170,31 @@ def opened(browser: Browser, url: str) -> Iterator[Page]:
         page.close()
 
 
+def reveal_app(folder: Path, npm_cache: Path) -> Path:
+    shutil.copytree(npm_package(npm_cache, *REVEAL), folder)
+    (folder / "shoal.toml").write_text('[app]\nname = "Reveal demo"\n'
+                                       'id = "org.example.reveal"\nentry = "demo.html"\n')
+    return folder
+
+
+REVEAL_REFUSED = {("img-src", "static.slid.es"), ("media-src", "static.slid.es"),
+                  ("script-src-attr", "inline"), ("style-src-elem", "inline")}
+"""What the policy refuses of reveal.js's demo, and tells: pictures and a video from the
+web (no [csp] line names their host), demo.html's onclick attributes (never run), and the
+stylesheet the highlight plugin writes at run time (added after load)."""
+
+
+def refused_kinds(run: Running) -> set[tuple[str, str]]:
+    return {(r["directive"], r["blocked"] if "://" not in r["blocked"]
+             else r["blocked"].split("/")[2]) for r in run.refusals()}
+
+
 def test_reveal_js_demo_shows_its_slides_and_moves_on_a_key_press(
         tmp_path: Path, npm_cache: Path, browser: Browser,
         shoal_app: Callable[..., Running]) -> None:
     """reveal.js's own demo.html starts from an inline script and styles its slides with
     style attributes: both run, as hashes of the page's own code."""
-    app = tmp_path / "reveal"
-    shutil.copytree(npm_package(npm_cache, *REVEAL), app)
-    (app / "shoal.toml").write_text('[app]\nname = "Reveal demo"\nid = "org.example.reveal"\n'
-                                    'entry = "demo.html"\n')
+    app = reveal_app(tmp_path / "reveal", npm_cache)
     run = shoal_app("run", app)
     with opened(browser, run.url) as page:
         page.wait_for_selector(".reveal.ready", state="attached", timeout=15000)
@@ -147,13 +206,7 @@ def test_reveal_js_demo_shows_its_slides_and_moves_on_a_key_press(
         # A style attribute of demo.html applies (an auto-animated box's size).
         box = page.locator('[data-id="box1"]').first
         assert box.evaluate("e => getComputedStyle(e).width") == "50px"
-    refused = {(r["directive"], r["blocked"] if "://" not in r["blocked"]
-                else r["blocked"].split("/")[2]) for r in run.refusals()}
-    # Refused, and told: pictures and a video from the web (no [csp] line names their
-    # host), demo.html's onclick attributes (never run), and the stylesheet the
-    # highlight plugin writes at run time (added after load).
-    assert refused == {("img-src", "static.slid.es"), ("media-src", "static.slid.es"),
-                       ("script-src-attr", "inline"), ("style-src-elem", "inline")}
+    assert refused_kinds(run) == REVEAL_REFUSED
     fixes = {r["directive"]: r for r in run.refusals()}
     assert fixes["img-src"]["fix"] == \
         'to allow it add to shoal.toml: [csp] img-src = ["https://static.slid.es"]'
@@ -214,27 +267,15 @@ def test_a_vite_react_app_runs_built_from_its_dist_folder(
 
 
 def test_a_vite_react_app_in_shoal_dev_through_vites_dev_server_reloads_hot(
-        vite_app: Path, browser: Browser, shoal_app: Callable[..., Running]) -> None:
+        vite_app: Path, vite_dev_server: str, browser: Browser,
+        shoal_app: Callable[..., Running]) -> None:
     """Vite's own dev server behind shoal dev: the page has the JS API (and its checks),
     Vite's styles apply, and an edit to a component is swapped in while the page keeps
     its state (hot module reload, not a page load)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # Vite itself (not through npx, whose child would outlive a terminate).
-    vite = subprocess.Popen(["node", "node_modules/vite/bin/vite.js", "--host", "127.0.0.1",
-                             "--port", str(port), "--strictPort", "--clearScreen", "false"],
-                            cwd=vite_app, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, stdin=subprocess.DEVNULL)
     component = vite_app / "src" / "App.tsx"
     original = component.read_text()
     try:
-        assert vite.stdout is not None
-        said = [vite.stdout.readline()]
-        while "ready in" not in said[-1]:
-            assert said[-1], "".join(said)  # Vite stopped before it was ready
-            said.append(vite.stdout.readline())
-        run = shoal_app("dev", vite_app, "--url", f"http://127.0.0.1:{port}")
+        run = shoal_app("dev", vite_app, "--url", vite_dev_server)
         with opened(browser, run.url) as page:
             page.get_by_role("button", name="Count is 0").click()
             page.get_by_role("button", name="Count is 1").wait_for(timeout=5000)
@@ -256,8 +297,6 @@ def test_a_vite_react_app_in_shoal_dev_through_vites_dev_server_reloads_hot(
         assert run.refusals() == []
     finally:
         component.write_text(original)
-        vite.terminate()
-        vite.wait(timeout=10)
 
 
 def test_the_vite_template_builds_into_an_archive_of_its_dist_folder_that_runs(
@@ -284,3 +323,120 @@ def test_the_vite_template_builds_into_an_archive_of_its_dist_folder_that_runs(
         assert page.text_content("#greeting") == "Hello, world!"
         assert page.text_content("#visits") == "Opened 1 time(s)."
     assert run.refusals() == []
+
+
+# In the native window a test reads the page through a module of its own, added to the
+# app's page, which writes what it sees into the data folder.
+REVEAL_PROBE = """import { fs } from "shoal:api";
+const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+const shown = () => document.querySelector(".slides > section.present").textContent;
+while (!document.querySelector(".reveal.ready")) await sleep(50);
+const box = document.querySelector('[data-id="box1"]');
+await fs.writeFile("first.json", JSON.stringify({
+  text: shown(), width: getComputedStyle(box).width, slide: Reveal.getIndices().h }));
+while (Reveal.getIndices().h === 0) await sleep(50);
+await fs.writeFile("next.json", JSON.stringify({ text: shown(), slide: Reveal.getIndices().h }));
+"""
+
+
+def test_reveal_js_demo_in_the_native_window_moves_on_a_key_press(
+        tmp_path: Path, npm_cache: Path, display: str,
+        shoal_app: Callable[..., Running]) -> None:
+    """The same demo in a Qt window: its inline code runs, a real key press moves it on,
+    and what the policy refuses is told as in a browser (the window hears of it itself:
+    a <meta> policy sends no reports)."""
+    app = reveal_app(tmp_path / "reveal", npm_cache)
+    (app / "probe.js").write_text(REVEAL_PROBE)
+    page = app / "demo.html"
+    page.write_text(page.read_text().replace(
+        "</body>", '<script type="module" src="probe.js"></script></body>'))
+    run = shoal_app("run", app, display=display)
+    data = tmp_path / "data"
+    first = json.loads(wait_for_file(data / "first.json"))
+    assert "The HTML Presentation Framework" in first["text"]
+    assert first["width"] == "50px" and first["slide"] == 0  # a style attribute applies
+    assert run.env is not None
+    window = find_window("Reveal demo", run.env)[0]
+    xdotool(run.env, "mousemove", "--window", window, "400", "300", "click", "1")
+    xdotool(run.env, "key", "--clearmodifiers", "Right")
+    moved = json.loads(wait_for_file(data / "next.json"))
+    assert moved["slide"] == 1 and "The HTML Presentation Framework" not in moved["text"]
+    # Told as in a browser; an onclick attribute is checked (and refused) when its event
+    # first comes, and no one clicks those links here.
+    loaded = REVEAL_REFUSED - {("script-src-attr", "inline")}
+    deadline = time.monotonic() + 10
+    while not loaded <= refused_kinds(run) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert loaded <= refused_kinds(run) <= REVEAL_REFUSED
+    assert len(run.refusals()) == len(refused_kinds(run))  # each kind once
+
+
+VITE_PROBE = """import { fs } from "shoal:api";
+const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+const button = () => document.querySelector("button.counter");
+while (!button()) await sleep(50);
+button().click();
+while (button().textContent !== "Count is 1") await sleep(50);
+await fs.writeFile("clicked.json", JSON.stringify({
+  count: button().textContent,
+  fontSize: getComputedStyle(document.querySelector("h1")).fontSize }));
+"""
+
+
+def test_a_vite_react_app_runs_built_in_the_native_window(
+        tmp_path: Path, vite_app: Path, display: str,
+        shoal_app: Callable[..., Running]) -> None:
+    app = tmp_path / "vite"
+    shutil.copytree(vite_app / "dist", app / "dist")
+    (app / "shoal.toml").write_text(VITE_APP_TOML)
+    (app / "dist" / "probe.js").write_text(VITE_PROBE)
+    page = app / "dist" / "index.html"
+    page.write_text(page.read_text().replace(
+        "</head>", '<script type="module" src="/probe.js"></script></head>'))
+    run = shoal_app("run", app, display=display)
+    clicked = json.loads(wait_for_file(tmp_path / "data" / "clicked.json"))
+    assert clicked["count"] == "Count is 1"
+    assert clicked["fontSize"] != "32px"  # its stylesheet applies
+    assert run.refusals() == []
+
+
+VITE_DEV_PROBE = """const name = "shoal:api";
+const { fs } = await import(/* @vite-ignore */ name);
+const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+const button = () => document.querySelector("button.counter");
+const heading = () => document.querySelector("h1")?.textContent || "";
+while (!button()) await sleep(50);
+if (!heading().includes("Reloaded hot")) {
+  button().click();
+  while (button().textContent !== "Count is 1") await sleep(50);
+  await fs.writeFile("clicked.json", JSON.stringify({
+    page: performance.timeOrigin, padding: getComputedStyle(button()).paddingTop }));
+}
+while (!heading().includes("Reloaded hot")) await sleep(50);
+await fs.writeFile("reloaded.json", JSON.stringify({
+  page: performance.timeOrigin, count: button().textContent }));
+"""
+
+
+def test_a_vite_react_app_reloads_hot_in_the_native_window(
+        tmp_path: Path, vite_app: Path, display: str,
+        shoal_app: Callable[..., Running]) -> None:
+    """shoal dev in a Qt window, showing Vite's dev server: the page has the API, Vite's
+    styles apply, and an edit is swapped in while the page keeps its state."""
+    project = tmp_path / "project"  # a copy, with a probe in its page from the start
+    shutil.copytree(vite_app, project, ignore=shutil.ignore_patterns("node_modules"))
+    (project / "node_modules").symlink_to(vite_app / "node_modules")
+    (project / "probe.js").write_text(VITE_DEV_PROBE)
+    page = project / "index.html"
+    page.write_text(page.read_text().replace(
+        "</head>", '<script type="module" src="/probe.js"></script></head>'))
+    with vite_serving(project) as url:
+        run = shoal_app("dev", project, "--url", url, display=display)
+        data = tmp_path / "data"
+        clicked = json.loads(wait_for_file(data / "clicked.json"))
+        assert clicked["padding"] != "0px"  # App.css, added by Vite's client as a <style>
+        component = project / "src" / "App.tsx"
+        component.write_text(component.read_text().replace("Get started", "Reloaded hot"))
+        reloaded = json.loads(wait_for_file(data / "reloaded.json"))
+        assert reloaded == {"page": clicked["page"], "count": "Count is 1"}  # the same page
+        assert run.refusals() == []

@@ -49,6 +49,7 @@ from shoal.runtime.pages import (
     BRIDGE_PATH,
     DEV_PATH,
     FILE_PATH,
+    LAUNCH_PATH,
     REPORT_PATH,
     TEST_MODULE_PATH,
     TYPES_PATH,
@@ -222,6 +223,8 @@ class AppServer:
             response = Response.text(405, "method not allowed\n")
         elif request.path == API_PATH:
             response = _script(asset("api.js"))
+        elif request.path == LAUNCH_PATH:
+            response = _script(asset("launch.js"))
         elif request.path == DEV_PATH and self.dev:
             response = _script(asset("dev.js"))
         elif request.path == TEST_MODULE_PATH:
@@ -300,10 +303,18 @@ class AppServer:
             self.refused += 1
             return Response.text(415, "not a report\n")
         assert self._refusals is not None
-        refusal = self._refusals.read(request.body)
+        self._tell(self._refusals.read(request.body))
+        return Response(204)
+
+    def told_refusal(self, report: dict[str, Any]) -> None:
+        """A refusal the window heard of itself (a ``csp-report`` object): told once per
+        kind, as a browser's report is."""
+        assert self._refusals is not None, "start the server first"
+        self._tell(self._refusals.told(report))
+
+    def _tell(self, refusal: Refusal | None) -> None:
         if refusal is not None and self.on_refusal is not None:
             self.on_refusal(refusal)
-        return Response(204)
 
     def _file_preflight(self, request: Request) -> Response:
         """CORS preflight of a bulk read by a page the window serves itself."""

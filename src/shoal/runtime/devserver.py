@@ -15,12 +15,11 @@ import contextlib
 import secrets
 from typing import TYPE_CHECKING
 
-from websockets.asyncio.client import ClientConnection, connect
-
 from shoal.runtime.server import Request, WebSocket, WebSocketAccept
 
 if TYPE_CHECKING:
     import aiohttp
+    from websockets.asyncio.client import ClientConnection
 
 PASSED_HEADERS = ("accept", "accept-language", "if-none-match", "if-modified-since")
 KEPT_HEADERS = ("content-type", "etag", "last-modified", "location")
@@ -98,6 +97,8 @@ class _Relay:
 
     async def _run(self, target: str, protocols: list[str], origin: str) -> None:
         try:
+            from websockets.asyncio.client import connect  # with a dev server only
+
             async with connect(target, subprotocols=protocols or None,  # type: ignore[arg-type]
                                origin=origin, max_size=None) as upstream:  # type: ignore[arg-type]
                 sending = asyncio.get_running_loop().create_task(self._send(upstream))

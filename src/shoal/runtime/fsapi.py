@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from shoal.errors import ShoalError
-from shoal.identity import keys_path
+from shoal.keys import keys_path
 from shoal.runtime.beneath import (
     WALKS,
     open_beneath,

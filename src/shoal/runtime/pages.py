@@ -30,6 +30,10 @@ DEV_PATH = "/_shoal/dev.js"
 DEV_TAG = f'<script type="module" src="{DEV_PATH}"></script>'
 """Added to every page under ``shoal dev``: error overlay and reloads, in a module graph
 of its own so that it runs even when the app's script cannot."""
+LAUNCH_PATH = "/_shoal/launch.js"
+LAUNCH_TAG = f'<script src="{LAUNCH_PATH}"></script>'
+"""First in every page: keeps the launch fragment before the app's scripts can change
+the address."""
 TEST_MODULE_PATH = "/_shoal/test.js"
 TEST_PAGE_PATH = "/_shoal/test.html"
 TEST_RUNNER_PATH = "/_shoal/test-run.js"
@@ -53,12 +57,12 @@ _HASH_SOURCE = re.compile(r"^'sha256-[A-Za-z0-9+/]{43}='$")
 def content_security_policy(port: int, extra: dict[str, tuple[str, ...]], *,
                             api_origin: str | None = None,
                             inline: dict[str, tuple[str, ...]] | None = None,
-                            host: str = "127.0.0.1") -> str:
+                            host: str = "127.0.0.1", report: bool = True) -> str:
     """The page's policy: only the app's own files, the bridge and bulk reads on
     ``host:port``, and the ``shoal:api`` module: from ``api_origin`` when given, else
     through the import map, whose hash is then allowed as inline script. ``inline``: the
     hashes of one page's own inline code (``inline_hashes``). Refusals are reported to
-    ``REPORT_PATH`` there."""
+    ``REPORT_PATH`` there, unless not ``report`` (the window hears of them itself)."""
     api_source = _hash_source(IMPORT_MAP) if api_origin is None else api_origin
     policy: dict[str, list[str]] = {
         "default-src": ["'none'"],
@@ -81,7 +85,8 @@ def content_security_policy(port: int, extra: dict[str, tuple[str, ...]], *,
         if current == ["'none'"]:
             current.clear()
         current.extend(s for s in sources if s not in current)
-    policy["report-uri"] = [f"http://{host}:{port}{REPORT_PATH}"]
+    if report:
+        policy["report-uri"] = [f"http://{host}:{port}{REPORT_PATH}"]
     return "; ".join(f"{k} {' '.join(v)}" for k, v in policy.items())
 
 
@@ -273,6 +278,7 @@ def page_text(html: str, *, import_map: bool = True, policy: str | None = None,
     added = (DEV_TAG if dev else "") + head
     if import_map and "importmap" not in html:
         added = IMPORT_MAP_TAG + added
+    added = LAUNCH_TAG + added
     if added:
         found = _HEAD.search(html)
         html = _insert(html, found.end() if found else _document_start(html), added)

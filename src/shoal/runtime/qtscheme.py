@@ -11,10 +11,17 @@ as ``shoal://api/``, which this handler answers with the API module. QtWebEngine
 lowercases the values of the headers a scheme handler sets, which would break a hash
 an app adds to the policy in ``[csp]``: such directives go into the header widened and
 into the page's ``<meta>`` element exact (``pages.lowercase_safe``).
+
+A browser sends no report of what a ``<meta>`` policy refuses, and the window has no
+console in sight: ``hear_refusals`` has a script of Shoal's own, in a world of its own
+beside the page's, print each ``securitypolicyviolation`` to the page's console, where
+the window reads it and tells the app host (the header's policy reports nowhere, so
+nothing is told twice).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +31,7 @@ from shoal.runtime.config import AppConfig, csp_hosts
 from shoal.runtime.pages import (
     API_PATH,
     DEV_PATH,
+    LAUNCH_PATH,
     TYPES_PATH,
     app_file,
     asset,
@@ -40,6 +48,18 @@ from shoal.runtime.pages import (
 SCHEME = b"shoal"
 ORIGIN = "shoal://app"
 API_ORIGIN = "shoal://api"
+REFUSAL_MARK = "\x01shoal-refused "
+"""How a console line of the refusal watcher starts; a JSON ``csp-report`` object
+follows."""
+REFUSAL_WATCHER = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  console.debug(MARK + JSON.stringify({
+    "effective-directive": event.effectiveDirective, "blocked-uri": event.blockedURI,
+    "script-sample": event.sample, "source-file": event.sourceFile,
+    "line-number": event.lineNumber, "document-uri": event.documentURI,
+  }));
+}, true);
+""".replace("MARK", json.dumps(REFUSAL_MARK))
 
 
 def register_scheme() -> bool:
@@ -133,6 +153,8 @@ def answer(config: AppConfig, *, host: str, path: str, method: bytes,
         return Answer("text/javascript", b'export * from "shoal:api";\n')
     if path == TYPES_PATH:
         return Answer("text/plain", asset("shoal.d.ts").encode())
+    if path == LAUNCH_PATH:
+        return Answer("text/javascript", asset("launch.js").encode())
     if path == DEV_PATH and dev:
         return Answer("text/javascript", asset("dev.js").encode())
     target = app_file(config, path)
@@ -149,7 +171,8 @@ def answer(config: AppConfig, *, host: str, path: str, method: bytes,
             if inline:
                 assert bridge_port is not None
                 header, policy = lowercase_safe(content_security_policy(
-                    bridge_port, config.csp, api_origin=API_ORIGIN, inline=inline))
+                    bridge_port, config.csp, api_origin=API_ORIGIN, inline=inline,
+                    report=False))
             page = page_text(html, import_map=False, policy=policy, dev=dev)
             return Answer("text/html; charset=utf-8", page.encode(), policy=header)
     return Answer(kind, file=target)
@@ -161,7 +184,7 @@ def scheme_handler(config: AppConfig, bridge_port: int, *, dev: bool = False) ->
     from PySide6.QtWebEngineCore import QWebEngineUrlRequestJob, QWebEngineUrlSchemeHandler
 
     policy, exact = lowercase_safe(
-        content_security_policy(bridge_port, config.csp, api_origin=API_ORIGIN))
+        content_security_policy(bridge_port, config.csp, api_origin=API_ORIGIN, report=False))
 
     def header_map(headers: dict[str, str]) -> dict[Any, list[Any]]:
         # PySide6 takes a QMultiMap<QByteArray, QByteArray> as a dict of lists.
@@ -206,14 +229,16 @@ def scheme_handler(config: AppConfig, bridge_port: int, *, dev: bool = False) ->
     return AppSchemeHandler()
 
 
-def keep_navigation_on_app(page: Any, leave: Callable[[str], None]) -> None:
+def keep_navigation_on_app(page: Any, leave: Callable[[str], None],
+                           origin: str = ORIGIN) -> None:
     """Keep a ``QWebEnginePage`` on the app: a top-level navigation anywhere but
-    ``shoal://app/`` is refused before it starts (the page stays as it is), and
-    ``leave`` gets the address, to open it in the system browser."""
+    ``origin`` (``shoal://app/``, or the app server's) is refused before it starts (the
+    page stays as it is), and ``leave`` gets the address, to open it in the system
+    browser."""
 
     def navigation_requested(request: Any) -> None:
         url = request.url().toString()
-        if not request.isMainFrame() or on_origin(url, ORIGIN):
+        if not request.isMainFrame() or on_origin(url, origin):
             return
         request.reject()
         leave(url)
@@ -233,3 +258,39 @@ def report_loads_plainly(page: Any, pywebview_handler: Callable[[bool], None],
             return False
     page.loadFinished.connect(lambda ok: loaded())
     return True
+
+
+def hear_refusals(page_class: Any, told: Callable[[dict[str, Any]], None]) -> None:
+    """Hand ``told`` each refusal a page of ``page_class`` (a ``QWebEnginePage`` class)
+    hears of, as a ``csp-report`` object, once ``watch_refusals`` watches the page. Call
+    before the first page of the class exists (Qt looks for a Python override of a
+    page's console once per page)."""
+    from PySide6.QtWebEngineCore import QWebEnginePage
+
+    def console(page: Any, level: Any, message: str, line: int, source: str) -> None:
+        if not message.startswith(REFUSAL_MARK):
+            QWebEnginePage.javaScriptConsoleMessage(page, level, message, line, source)
+            return
+        try:
+            report = json.loads(message[len(REFUSAL_MARK):])
+        except ValueError:
+            return
+        if isinstance(report, dict):
+            told(report)
+
+    page_class.javaScriptConsoleMessage = console
+
+
+def watch_refusals(page: Any) -> None:
+    """Have ``page`` print what its policy refuses to its console (``hear_refusals``),
+    from a script in a world of Shoal's own: the page's scripts can neither see nor
+    remove it, and the policy does not apply to it."""
+    from PySide6.QtWebEngineCore import QWebEngineScript
+
+    script = QWebEngineScript()
+    script.setName("shoal-refusals")
+    script.setSourceCode(REFUSAL_WATCHER)
+    script.setInjectionPoint(QWebEngineScript.InjectionPoint.DocumentCreation)
+    script.setWorldId(QWebEngineScript.ScriptWorldId.ApplicationWorld)
+    script.setRunsOnSubFrames(True)
+    page.scripts().insert(script)

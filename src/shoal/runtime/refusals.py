@@ -80,6 +80,11 @@ class Refusals:
             report = report[0].get("body") if report and isinstance(report[0], dict) else None
         elif isinstance(report, dict):
             report = report.get("csp-report")
+        return self.told(report)
+
+    def told(self, report: Any) -> Refusal | None:
+        """As ``read``, for a ``csp-report`` object already parsed (from a
+        ``securitypolicyviolation`` event, say)."""
         if not isinstance(report, dict):
             return None
         refusal = refusal_of(report, self.origin, self.entry)

@@ -540,6 +540,11 @@ class WindowSession:
         if renderer == "qtwebengine":
             _one_qt_profile()
         if self.own_scheme and renderer == "qtwebengine":
+            import webview.platforms.qt as qt_platform
+
+            from shoal.runtime.qtscheme import hear_refusals
+
+            hear_refusals(qt_platform.BrowserView.WebPage, self.host.told_refusal)
             self.origin = ORIGIN
             self.url = self.window.real_url = self._url_of("/")
         else:
@@ -548,28 +553,35 @@ class WindowSession:
     def _guard(self, shown: Any) -> Any:
         """GUI thread, before window ``shown`` shows: guarded as its renderer needs.
         Its view, or None for a pywebview unlike this one."""
-        from shoal.runtime.qtscheme import ORIGIN
-
         if self.renderer == "gtkwebkit2":
             return self._guard_gtk(shown.native)
-        if self.origin == ORIGIN:
+        if self.renderer == "qtwebengine":
             return self._guard_qt(shown.native)
         return None
 
     def _guard_qt(self, native: Any) -> Any:
-        """The app's scheme on the window's profile, the navigation guard, and no
-        pywebview channel."""
-        from shoal.runtime.qtscheme import SCHEME, keep_navigation_on_app, scheme_handler
+        """The app's scheme on the window's profile (when it shows the app through it),
+        the navigation guard, and no pywebview channel."""
+        from shoal.runtime.qtscheme import (
+            ORIGIN,
+            SCHEME,
+            keep_navigation_on_app,
+            scheme_handler,
+            watch_refusals,
+        )
 
         profile = getattr(native, "profile", None)
         view = getattr(native, "webview", None)
         if profile is None or view is None:
             return None
-        if profile.urlSchemeHandler(SCHEME) is None:  # the windows share one profile
+        own_scheme = self.origin == ORIGIN
+        if own_scheme and profile.urlSchemeHandler(SCHEME) is None:  # one shared profile
             self._scheme_handlers.append(scheme_handler(self.config, self.port,
                                                         dev=self.dev))
             profile.installUrlSchemeHandler(SCHEME, self._scheme_handlers[-1])
-        keep_navigation_on_app(view.page(), self.leave)
+        keep_navigation_on_app(view.page(), self.leave, self.origin)
+        if own_scheme:  # the server's pages report to it themselves
+            watch_refusals(view.page())
         # pywebview's own bridge would be a second way into Python, outside the policy.
         view.page().setWebChannel(None)
         self._desktop("qt").attach(view)
@@ -623,22 +635,25 @@ class WindowSession:
                 # PyGObject takes Python's signal wake-up for its own loop: GLib's
                 # watch closes the windows here instead.
                 _close_on_gtk_signals(lambda: [*webview.windows])
-        if self.origin != ORIGIN:
+        if self.renderer != "qtwebengine":
             return
+        own_scheme = self.origin == ORIGIN
         view = self._guard(window)
-        if view is None:  # a pywebview unlike this one: use the server
-            self.origin, self.url = f"http://127.0.0.1:{self.port}", self.server_url
-            self.host.start(self.origin)
-            window.native.load_url(self.server_url)
+        if view is None:  # a pywebview unlike this one: the server, unguarded
+            if own_scheme:
+                self.origin, self.url = f"http://127.0.0.1:{self.port}", self.server_url
+                self.host.start(self.origin)
+                window.native.load_url(self.server_url)
             return
         self._show_tray()
         handler = getattr(window.native, "on_load_finished", None)
         if handler is not None and report_loads_plainly(
                 view.page(), handler, functools.partial(self._qt_page_loaded, view)):
             self.loads_on_gui_thread = True
-        timer = threading.Timer(HOST_DELAY, self.host.start, args=(ORIGIN,))
-        timer.daemon = True
-        timer.start()
+        if own_scheme:
+            timer = threading.Timer(HOST_DELAY, self.host.start, args=(ORIGIN,))
+            timer.daemon = True
+            timer.start()
 
     def _qt_page_loaded(self, view: Any) -> None:
         """The GUI thread, after a load: nothing here waits on another thread.
@@ -695,6 +710,10 @@ def _one_qt_profile() -> None:
             return made()
         if not shared:
             shared.append(made(*name))
+            # Pages come from the app's own files: a disk cache (one for every app,
+            # under pywebview's profile name) would only hold copies of them, and costs
+            # the window process about 1 MB (measured with QtWebEngine).
+            shared[0].setHttpCacheType(made.HttpCacheType.NoCache)
         return shared[0]
 
     profile.shared_by_shoal = True  # type: ignore[attr-defined]
@@ -785,6 +804,9 @@ def _menus(config: AppConfig, host: _HostThread) -> list[Any]:
             for title, items in config.menu]
 
 
+MAX_HELD_REFUSALS = 200
+
+
 class _HostThread:
     """The app host on its own asyncio loop and thread, started at most once."""
 
@@ -800,6 +822,8 @@ class _HostThread:
         self._loop: Any = None
         self._loop_ready = threading.Event()
         self._host: Any = None
+        self._refusals: list[dict[str, Any]] | None = []
+        """Refusals heard of before the host's server started (then None)."""
 
     def start(self, page_origin: str) -> None:
         with self._lock:
@@ -812,6 +836,22 @@ class _HostThread:
         host, loop = self._host, self._loop
         if host is not None and host.server is not None and loop is not None:
             loop.call_soon_threadsafe(host.server.emit, event, data)
+
+    def told_refusal(self, report: dict[str, Any]) -> None:
+        """What a page's policy refused (a ``csp-report`` object), from any thread; held
+        until the host has started."""
+        with self._lock:
+            if self._refusals is not None:
+                if len(self._refusals) < MAX_HELD_REFUSALS:
+                    self._refusals.append(report)
+                return
+        self._loop.call_soon_threadsafe(self._host.server.told_refusal, report)
+
+    def _tell_held_refusals(self) -> None:
+        with self._lock:
+            held, self._refusals = self._refusals or [], None
+        for report in held:
+            self._host.server.told_refusal(report)
 
     def stop(self) -> None:
         with self._lock:
@@ -837,6 +877,7 @@ class _HostThread:
 
             host = self._host = AppHost(self.folder, self.launch, **self.options)
             loop.run_until_complete(host.start())
+            self._tell_held_refusals()
         except BaseException as exc:  # re-raised on the main thread once the window is gone
             self.failure = exc
             self.on_failure()

@@ -14,6 +14,7 @@ export class ShoalError extends Error {
 const SECRET_KEY = "shoal.secret";
 const BRIDGE_KEY = "shoal.bridge";
 const WINDOW_KEY = "shoal.window";
+const LAUNCH_KEY = "shoal.launch";
 
 // The launch fragment: #shoal=SECRET, plus &bridge=127.0.0.1:PORT when the page is not
 // served by the app server itself (the native window's shoal://app scheme). A secret
@@ -25,13 +26,20 @@ function launchCandidates() {
     secret: sessionStorage.getItem(SECRET_KEY) || "",
     bridge: (served ? null : sessionStorage.getItem(BRIDGE_KEY)) || location.host,
   };
-  const secret = location.hash.match(/[#&]shoal=([A-Za-z0-9_-]+)/);
+  // The fragment, or what launch.js took out of the address before the app's scripts ran.
+  let fragment = location.hash;
+  if (/[#&]shoal=/.test(fragment)) {
+    history.replaceState(history.state, "", location.pathname + location.search);
+  } else {
+    fragment = sessionStorage.getItem(LAUNCH_KEY) || "";
+  }
+  sessionStorage.removeItem(LAUNCH_KEY);
+  const secret = fragment.match(/[#&]shoal=([A-Za-z0-9_-]+)/);
   if (!secret) return [stored];
   // Which of the app's native windows this page is in (the first: none given).
-  const shown = location.hash.match(/[#&]window=([0-9]{1,6})(?:&|$)/);
+  const shown = fragment.match(/[#&]window=([0-9]{1,6})(?:&|$)/);
   sessionStorage.setItem(WINDOW_KEY, shown ? shown[1] : "0");
-  const bridge = location.hash.match(/[#&]bridge=(127\.0\.0\.1:[0-9]+)(?:&|$)/);
-  history.replaceState(null, "", location.pathname + location.search);
+  const bridge = fragment.match(/[#&]bridge=(127\.0\.0\.1:[0-9]+)(?:&|$)/);
   const fresh = { secret: secret[1], bridge: (!served && bridge && bridge[1]) || location.host };
   return stored.secret && stored.secret !== fresh.secret ? [fresh, stored] : [fresh];
 }
