@@ -70,7 +70,7 @@ def reassembly_flood(target: tuple[str, int], seconds: float, report: dict) -> N
                     endpoint.connect(target, now)
                     fleet.flush(endpoint)
                 continue
-            if not connection.confirmed or len(connection.control_out) >= QUEUE_DEPTH:
+            if not connection.confirmed or connection.queued() >= QUEUE_DEPTH:
                 continue
             for _ in range(QUEUE_DEPTH):
                 number = next_id[index]
@@ -107,7 +107,7 @@ def relay_flood(target: tuple[str, int], seconds: float, report: dict) -> None:
         fleet.pump(0.002)
         for index, endpoint in enumerate(attackers):
             connection = next(iter(endpoint.connections.values()), None)
-            if connection is None or len(connection.control_out) >= QUEUE_DEPTH:
+            if connection is None or connection.queued() >= QUEUE_DEPTH:
                 continue
             for step in range(16):
                 connection.queue_frame(RelaySend(ids[(index + 1 + step) % len(ids)], junk),

@@ -68,7 +68,7 @@ def _attack(kind: str, target: tuple[str, int], seconds: float, results) -> None
                     endpoint.connect(target, now)
                     fleet.flush(endpoint)
                 continue
-            if connection.confirmed and len(connection.control_out) < 64:
+            if connection.confirmed and connection.queued() < 64:
                 counters["packets"] += step(endpoint, connection, now)
                 endpoint.mark(connection)
                 fleet.flush(endpoint)
@@ -106,7 +106,7 @@ def _credit(endpoint: Endpoint, connection, now: float) -> int:  # type: ignore[
 
 
 def _unread(endpoint: Endpoint, connection, now: float) -> int:  # type: ignore[no-untyped-def]
-    flow = connection.flow
+    flow = connection.state.get("messages")
     if flow is not None and flow.has_data():
         return 0
     for _ in range(32):

@@ -111,7 +111,7 @@ def test_the_responder_keeps_no_state_per_init_and_asks_for_cookies_when_busy() 
     assert kinds == {PacketKind.RESP, PacketKind.COOKIE}
     assert sum(d[0] == PacketKind.RESP for d, _, _ in out) <= 60  # the budget, then cookies
     assert max(len(d) for d, _, _ in out) < 1200  # nothing amplifies
-    assert not target.endpoint.connections and not target.endpoint._dials
+    assert not target.endpoint.connections and not target.endpoint.handshakes.dials
     # A real peer during the flood: it gets a cookie, echoes it, and gets in.
     peer = net.add_node()
     started = net.now

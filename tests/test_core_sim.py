@@ -301,14 +301,14 @@ def test_only_the_dialing_side_keeps_an_idle_connection_alive() -> None:
 def test_idle_connections_hold_no_message_state_until_a_message_comes() -> None:
     net, introducer, a, _ = _network()
     held = introducer.endpoint.connections.values()
-    assert held and all(connection.flow is None for connection in held)
+    assert held and all("messages" not in connection.state for connection in held)
     introducer.endpoint.serve_channel("")  # an introducer serves no channel unless told
     handle = a.endpoint.send_message(introducer.peer_id, b"to the introducer", net.now)
     net.flush(a)
     assert net.run(5, until=lambda: _delivered(a, handle))
     assert [m.data for m in introducer.received()] == [b"to the introducer"]
     carrying = introducer.endpoint.connection_to(a.endpoint.identity.public_key)
-    assert carrying is not None and carrying.flow is not None
+    assert carrying is not None and "messages" in carrying.state
 
 
 def test_connections_beyond_the_cipher_cache_still_talk(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -114,7 +114,7 @@ def _attack(attack: list, logged: _Records) -> None:
             hostile.next_pn = number
         if hostile.next_pn < 2**64 and not hostile.closed:
             datagram = hostile._seal(_payload(content, hostile.max_payload), net.now,
-                                     False, [], [])
+                                     False, [])
             victim.endpoint.receive_datagram(datagram, attacker.address, net.now)
             net.flush(victim)
         net.run(0.01)
@@ -129,12 +129,12 @@ def _attack(attack: list, logged: _Records) -> None:
     assert 0 <= service.stored <= CONFIG.max_reassembly_total
     assert service.unread <= 2 * CONFIG.connection_receive_window
     for connection in victim.endpoint.connections.values():
-        flow = connection.flow
+        flow = connection.state.get("messages")
         if flow is not None:
             assert flow.stored <= CONFIG.max_reassembly_bytes
             assert len(flow.inbound) <= CONFIG.max_channels_per_connection + 1
         assert connection.replay.bitmap.bit_length() <= connection.replay.size
-        assert len(connection.control_out) < 1000
+        assert connection.queued() < 1000
 
 
 def _settled(node, handle: int) -> ev.Event | None:  # type: ignore[no-untyped-def]

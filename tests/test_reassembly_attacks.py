@@ -56,7 +56,7 @@ def test_unfinished_messages_close_the_connection_at_its_budget() -> None:
     # ... and let go of: no cipher context (which would keep the connection and its
     # unfinished parts alive) and no parts.
     assert closed not in _CIPHERS._holders and closed._ciphers is None
-    assert not closed.flow.inbound  # type: ignore[union-attr]
+    assert not closed.state["messages"].inbound  # type: ignore[union-attr]
     assert _delivers(net, net.add_node(), victim, b"still serving")
 
 
@@ -72,7 +72,7 @@ def test_one_byte_parts_are_counted_with_their_overhead() -> None:
         real_store(cost)
         held.append(cost)
 
-    next(iter(victim.endpoint.connections.values())).flow._store = store  # type: ignore[union-attr]
+    next(iter(victim.endpoint.connections.values())).state["messages"]._store = store  # type: ignore[union-attr]
     _inject(net, attacker, [MessageFragment(0, 0, 50_000, i, b"x") for i in range(5000)])
     assert not victim.endpoint.connections
     # Fewer than 1,100 one-byte parts filled a 100 kB budget: each counts its overhead,

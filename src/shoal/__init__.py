@@ -16,7 +16,16 @@ from shoal.errors import (
 )
 
 if TYPE_CHECKING:
-    from shoal.aio.node import Channel, Delivery, Message, Node, PeerInfo, Subscription
+    from shoal.aio.node import (
+        Channel,
+        Delivery,
+        Message,
+        Node,
+        PeerInfo,
+        Service,
+        ServiceEvent,
+        Subscription,
+    )
     from shoal.core.config import CoreConfig
     from shoal.identity import Identity
 
@@ -27,6 +36,8 @@ _LAZY = {
     "Message": "shoal.aio.node",
     "Node": "shoal.aio.node",
     "PeerInfo": "shoal.aio.node",
+    "Service": "shoal.aio.node",
+    "ServiceEvent": "shoal.aio.node",
     "CoreConfig": "shoal.core.config",
     "Identity": "shoal.identity",
 }
@@ -50,6 +61,8 @@ __all__ = [
     "Node",
     "PeerInfo",
     "RemoteProtocolError",
+    "Service",
+    "ServiceEvent",
     "ShoalError",
     "Subscription",
     "__version__",

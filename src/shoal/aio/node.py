@@ -21,13 +21,16 @@ from shoal.aio.udp import UdpDriver, bind_udp, open_udp_socket
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
 from shoal.core.endpoint import Endpoint, PeerInfo
+from shoal.core.events import ServiceEvent
 from shoal.core.natcheck import NatReport
+from shoal.core.services.base import Service
 from shoal.core.wire import Address
 from shoal.errors import ClosedError, DeliveryError, LocalProtocolError, ShoalError, os_error_code
 from shoal.identity import Identity, IdentityLock
 from shoal.net import format_address, parse_address, resolve_address
 
-__all__ = ["Channel", "Delivery", "Message", "NatReport", "Node", "PeerInfo", "Subscription"]
+__all__ = ["Channel", "Delivery", "Message", "NatReport", "Node", "PeerInfo", "Service",
+           "ServiceEvent", "Subscription"]
 
 NETWORK_POLL = 5.0
 """Seconds between checks of the local addresses (a change re-runs the NAT check)."""
@@ -93,11 +96,14 @@ class Node:
         alternate: str | Address | None = None,
         stun_servers: Iterable[str | Address] = (),
         network: Network | None = None,
+        services: Iterable[Service] = (),
     ) -> None:
         """``alternate``: a second IP and port of this host, from which a node acting as
         STUN server answers NAT behaviour tests (RFC 5780); ``stun_servers``: STUN
         servers the NAT check asks besides the introducers; ``network``: run somewhere
-        other than the host's UDP stack (``shoal.sim.VirtualNetwork.node`` passes it)."""
+        other than the host's UDP stack (``shoal.sim.VirtualNetwork.node`` passes it);
+        ``services``: protocol services to plug in besides the built-in ones (see
+        ``shoal.core.services.base``), reached with ``call``."""
         if network is not None and (identity is None or alternate is not None):
             raise LocalProtocolError("a node on a simulated network needs an identity "
                                      "and has no alternate address")
@@ -128,7 +134,8 @@ class Node:
         else:
             self.lan_discovery = lan_discovery
         random_bytes = network.random_bytes if network is not None else secrets.token_bytes
-        self.endpoint = Endpoint(self.identity, random_bytes=random_bytes, config=self.config)
+        self.endpoint = Endpoint(self.identity, random_bytes=random_bytes, config=self.config,
+                                 services=services)
         self._driver: LoopDriver | None = None
         self._lan: object | None = None
         self._lan_start: asyncio.Task[None] | None = None
@@ -446,9 +453,19 @@ class Node:
         channel = self._channels[name] = Channel(self, name)
         return channel
 
-    def subscribe(self) -> Subscription:
-        """A queue of every core event (connections, paths, NAT, ...) for one consumer."""
-        subscription = Subscription(self)
+    def call(self, service: str, *args: Any, **kwargs: Any) -> Any:
+        """Hand a request to the service named ``service`` (its ``call`` method, with the
+        driver's time first) and return its answer; what it sends leaves at once.
+        ``ENOENT`` if no such service is plugged in."""
+        driver = self._require_driver()
+        result = self.endpoint.call(service, driver.now(), *args, **kwargs)
+        driver.flush_soon()
+        return result
+
+    def subscribe(self, service: str | None = None) -> Subscription:
+        """A queue of every core event (connections, paths, NAT, ...) for one consumer;
+        with ``service``, only that service's ``ServiceEvent``s."""
+        subscription = Subscription(self, service)
         self._subscriptions.append(subscription)
         return subscription
 
@@ -573,7 +590,10 @@ class Node:
 
     def _on_event(self, event: ev.Event) -> None:
         for subscription in self._subscriptions:
-            subscription._queue.put_nowait(event)
+            if subscription.service is None or (
+                isinstance(event, ev.ServiceEvent) and event.service == subscription.service
+            ):
+                subscription._queue.put_nowait(event)
         if isinstance(event, ev.MessageReceived):
             channel = self._channels.get(event.channel)
             if channel is not None:
@@ -662,8 +682,10 @@ class Channel:
 class Subscription:
     """Every core event from the moment of subscribing, for one consumer."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, service: str | None = None) -> None:
         self._node = node
+        self.service = service
+        """Only this service's ``ServiceEvent``s, if set."""
         self._queue: asyncio.Queue[ev.Event | None] = asyncio.Queue()
 
     async def get(self, timeout: float | None = None) -> ev.Event:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from shoal.core.wire import Address
 
@@ -73,6 +75,9 @@ class CoreConfig:
     max_relay_targets: int = 16
     """Distinct peers one peer may reach through this node at a time."""
     max_relayed_pairs: int = 1024
+
+    services: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)
+    """Each added service's own settings, by service name (``ServiceContext.options``)."""
 
     @property
     def session_limit(self) -> int:

@@ -23,54 +23,64 @@ validated direct path replaces a relay; a validated path that the peer's newest 
 come from replaces the current one (the peer moved). Challenge and response packets are
 not tracked for loss: each path retries its challenge on its own timer, a few times.
 
-Services hand the connection frames to send (``queue_frame``) and a *flow* (the message
-service's per-connection part) that fills packets with its frames and hears which of
-them were acknowledged or lost. Frames of other services arrive in ``frames_in``.
+What a packet carries comes from *flows* (see ``flows``): the reliable control frames
+of every service (``queue_frame``), then the flows services add (``add_flow``: the
+messages of its channels, a stream), round-robin, all within the congestion window; each
+hears which of its frames were acknowledged or lost. Unreliable control frames (CLOSE,
+PING, relayed datagrams) go ahead of the window. Arriving frames go by type through the
+endpoint's ``FrameRegistry``: a service's reader parses them in place, or they are
+decoded and wait in ``frames_in`` for the endpoint to hand them to their service.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from shoal.core.config import CoreConfig
+from shoal.core.flows import ControlFlow, Flow, FlowScheduler, FrameOwner
+from shoal.core.peers import Role
 from shoal.core.recovery import NewReno, RangeSet, ReplayWindow, RttEstimator
 from shoal.core.wire import (
     AEAD_TAG_SIZE,
     DATA_HEADER,
     DATA_HEADER_SIZE,
+    EXTENSION_FIRST,
     MAX_DATA_PAYLOAD,
     MAX_DATAGRAM_SIZE,
     MAX_RELAYED_DATAGRAM,
     Ack,
     Address,
     Close,
+    Extension,
     Frame,
     FrameType,
-    HandshakeDone,
-    MessageFragment,
     PacketKind,
     PathChallenge,
     PathResponse,
     Ping,
     RelayPath,
-    decode_frames,
-    decode_varint,
     encode_ack,
     encode_frame,
     path_kind,
+    take_blob_at,
 )
+from shoal.core.wire import DECODERS as _DECODERS
 from shoal.errors import RemoteProtocolError
+
+_decode_ack = _DECODERS[FrameType.ACK]
+_decode_close = _DECODERS[FrameType.CLOSE]
+_decode_challenge = _DECODERS[FrameType.PATH_CHALLENGE]
+_decode_response = _DECODERS[FrameType.PATH_RESPONSE]
 
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
 _PACK_PN = struct.Struct("<Q").pack
 _PING = encode_frame(Ping())
-_MESSAGE = int(FrameType.MESSAGE)
+_ACK = int(FrameType.ACK)
 
 CLOSE_NORMAL = 0
 CLOSE_PROTOCOL_ERROR = 1
@@ -90,20 +100,8 @@ FAILOVER_PTOS = 2
 FAILOVER_SILENCE = 1.0
 """Seconds a direct path must have been silent before a relay path may replace it."""
 UNCONFIRMED_ASIDE = 3.0
-"""Seconds a connection set aside (see ``Endpoint``) waits for the peer to confirm it; its
+"""Seconds a connection set aside (see ``peers``) waits for the peer to confirm it; its
 FINAL has gone out four times by then."""
-
-
-class Flow(Protocol):
-    """The part of a service that fills packets and is told what became of its frames."""
-
-    def fill(self, parts: list[bytes], sent: list, budget: int) -> int: ...
-    def on_acked(self, item: object) -> None: ...
-    def on_lost(self, item: object) -> None: ...
-    def on_fragment(self, channel: int, message_id: int, total: int, offset: int,
-                    data: bytes) -> None: ...
-    def has_data(self) -> bool: ...
-    def settle(self) -> None: ...
 
 
 class _CipherCache:
@@ -138,13 +136,13 @@ _CIPHERS = _CipherCache(1024)
 
 
 class SentPacket:
-    __slots__ = ("time_sent", "size", "items", "controls")
+    __slots__ = ("time_sent", "size", "items")
 
-    def __init__(self, time_sent: float, size: int, items: list, controls: list) -> None:
+    def __init__(self, time_sent: float, size: int, items: list) -> None:
         self.time_sent = time_sent
         self.size = size
-        self.items: list = items
-        self.controls: list[bytes] = controls
+        self.items: list[tuple[Flow, object]] = items
+        """(flow, record) for each flow that wrote into the packet."""
 
 
 @dataclass(slots=True, eq=False)
@@ -208,14 +206,17 @@ class Connection:
         "last_eliciting_sent",
         "last_received",
         "control_out",
-        "flow",
+        "controls",
+        "flows",
+        "state",
+        "readers",
+        "unsettled",
+        "_arrival",
         "confirmed",
         "final_datagram",
         "final_deadline",
         "final_backoff",
-        "wanted",
-        "draining",
-        "undecided",
+        "role",
         "path_changed",
         "path_failing",
         "drop_reason",
@@ -228,7 +229,6 @@ class Connection:
         "bytes_received",
         "purpose",
         "dialed",
-        "flow_factory",
     )
 
     def __init__(
@@ -249,6 +249,7 @@ class Connection:
         version: int = 2,
         capabilities: int = 0,
         peer_endorsement: bytes = b"",
+        readers: dict | None = None,
     ) -> None:
         self.local_sid = local_sid
         self.remote_sid = remote_sid
@@ -282,19 +283,25 @@ class Connection:
         self.probes = 0
         self.last_eliciting_sent = now
         self.last_received = now
-        self.control_out: list[tuple[bytes, bool]] = []
-        self.flow: Flow | None = None
-        self.flow_factory: Callable[[Connection], Flow] | None = None
-        """Makes the flow when the first message frame arrives (idle peers have none)."""
+        self.control_out: list[bytes] = []
+        """Unreliable frames, sent ahead of the window (never again)."""
+        self.controls = ControlFlow(self)
+        """Reliable control frames of every service."""
+        self.flows = FlowScheduler()
+        self.state: dict[str, Any] = {}
+        """Each service's state on this connection, by service name (made when first
+        needed: most connections of an introducer carry nothing but keepalives)."""
+        self.readers = TRANSPORT_READERS if readers is None else readers
+        """Frame type -> reader (the endpoint's ``FrameRegistry``)."""
+        self.unsettled: list[Any] = []
+        """Flows to ``settle()`` once the packet being read has been handled whole."""
+        self._arrival: Path = first
         self.confirmed = not initiator
         self.final_datagram: bytes | None = None
         self.final_deadline = 0.0
         self.final_backoff = config.handshake_retry
-        self.wanted = True
-        self.draining = False
-        """Superseded by another connection: takes no new work and closes once idle."""
-        self.undecided = False
-        """A second connection with the peer, kept aside until the peer confirms it."""
+        self.role = Role.NEW
+        """Its place among the peer's connections (see ``peers``)."""
         self.path_changed = False
         """The current path changed and the services have not been told yet."""
         self.path_failing = False
@@ -320,6 +327,23 @@ class Connection:
         return self.peer.hex()
 
     @property
+    def wanted(self) -> bool:
+        """Carries (or is about to carry) the peer's traffic: kept alive."""
+        return self.role is Role.CURRENT or self.role is Role.NEW or (
+            self.role is Role.UNCONFIRMED)
+
+    @property
+    def draining(self) -> bool:
+        """Superseded by another connection: takes no new work and closes once idle."""
+        return self.role is Role.DRAINING
+
+    @property
+    def undecided(self) -> bool:
+        """A second connection with the peer, kept aside until the peer confirms it (or
+        carrying the traffic while it waits: ``Role.UNCONFIRMED``)."""
+        return self.role is Role.ASIDE or self.role is Role.UNCONFIRMED
+
+    @property
     def address(self) -> Address:
         return self.path.address
 
@@ -339,16 +363,35 @@ class Connection:
 
     # ------------------------------------------------------------------ commands
 
-    def queue_frame(self, frame: Frame | bytes, *, reliable: bool = True) -> None:
+    def queue_frame(self, frame: Frame | bytes, *, reliable: bool = True,
+                    owner: FrameOwner | None = None) -> None:
+        """Send ``frame``: a reliable one within the congestion window until it is
+        acknowledged (``owner`` hears of that, and of each loss), an unreliable one once,
+        ahead of the window."""
         raw = frame if isinstance(frame, bytes) else encode_frame(frame)
-        self.control_out.append((raw, reliable))
+        if reliable:
+            self.controls.push(raw, owner)
+        else:
+            self.control_out.append(raw)
+
+    def add_flow(self, flow: Flow) -> None:
+        """Let ``flow`` fill this connection's packets from now on."""
+        self.flows.add(flow)
+
+    def remove_flow(self, flow: Flow) -> None:
+        self.flows.remove(flow)
+
+    def queued(self) -> int:
+        """Control frames waiting to be sent (reliable or not)."""
+        return len(self.control_out) + len(self.controls)
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "closed") -> None:
         """Send a CLOSE frame with the next flush and stop."""
         if self.closed:
             return
         self.control_out.clear()
-        self.control_out.append((encode_frame(Close(code, reason)), False))
+        self.controls.clear()
+        self.control_out.append(encode_frame(Close(code, reason)))
         self._finish(reason)
 
     def _finish(self, reason: str) -> None:
@@ -401,16 +444,10 @@ class Connection:
             return
         if path.allowance is not None and not path.validated:
             path.allowance -= size
-        datagram = self._seal(payload, 0.0, False, [], [])
+        datagram = self._seal(payload, 0.0, False, [])
         self.raw_out.append((datagram, path.address, path.socket))
 
     # ------------------------------------------------------------------ receiving
-
-    def _message_flow(self) -> Flow | None:
-        """The flow, made now if this is the connection's first message."""
-        if self.flow is None and self.flow_factory is not None:
-            self.flow = self.flow_factory(self)
-        return self.flow
 
     def receive(self, datagram: bytes, address: Address, now: float, socket: int = 0) -> bool:
         """Authenticate and process one DATA packet; False if it was dropped (the reason
@@ -440,50 +477,23 @@ class Connection:
         if not self.confirmed:
             self.confirmed = True
             self.final_datagram = None
+        self._arrival = path
         eliciting = False
+        readers = self.readers
         try:
             pos, end = 0, len(payload)
-            flow = self.flow
-            # MESSAGE frames are parsed here, without a frame object: they are most of the
-            # traffic. The first other frame hands the rest of the payload to the codec.
-            while pos < end and payload[pos] == _MESSAGE and (
-                flow is not None or (flow := self._message_flow()) is not None
-            ):
-                eliciting = True
-                channel, pos = decode_varint(payload, pos + 1)
-                message_id, pos = decode_varint(payload, pos)
-                total, pos = decode_varint(payload, pos)
-                offset, pos = decode_varint(payload, pos)
-                size, pos = decode_varint(payload, pos)
-                if pos + size > end or offset + size > total or (size == 0 and total):
-                    raise RemoteProtocolError("message fragment beyond its bounds")
-                flow.on_fragment(channel, message_id, total, offset, payload[pos : pos + size])
-                pos += size
-            for frame in decode_frames(payload, pos) if pos < end else ():
-                kind = type(frame)
-                if kind is Ack:
-                    self._on_ack(frame, now)  # type: ignore[arg-type]
-                elif kind is MessageFragment and (
-                    flow is not None or (flow := self._message_flow()) is not None
-                ):
+            while pos < end:
+                code = payload[pos]
+                reader = readers.get(code)
+                if reader is None:
+                    if code < EXTENSION_FIRST:
+                        raise RemoteProtocolError(f"unknown frame type 0x{code:02x}")
+                    reader = _skip_extension
+                if code != _ACK:
                     eliciting = True
-                    flow.on_fragment(frame.channel, frame.message_id, frame.total_length,  # type: ignore[union-attr]
-                                     frame.offset, frame.data)  # type: ignore[union-attr]
-                elif kind is Ping or kind is HandshakeDone:
-                    eliciting = True
-                elif kind is PathChallenge:
-                    eliciting = True
-                    self._send_on(path, [encode_frame(PathResponse(frame.data))])  # type: ignore[union-attr]
-                elif kind is PathResponse:
-                    eliciting = True
-                    self._on_path_response(frame.data, now)  # type: ignore[union-attr]
-                elif kind is Close:
-                    self.close_code = frame.code  # type: ignore[union-attr]
-                    self._finish(f"closed by peer: {frame.reason}")  # type: ignore[union-attr]
+                pos = reader(self, payload, pos + 1, now)
+                if self.closed:  # a CLOSE, or a reader closed it for a broken rule
                     return True
-                else:
-                    eliciting = True
-                    self.frames_in.append(frame)
         except RemoteProtocolError as exc:
             self.close(CLOSE_PROTOCOL_ERROR, f"protocol error: {exc}")
             return True
@@ -555,7 +565,6 @@ class Connection:
             return
         lowest = next(iter(sent))
         newest_time: float | None = None
-        flow = self.flow
         for lo, hi in frame.ranges:
             if hi < lowest:
                 break
@@ -566,9 +575,8 @@ class Connection:
                 if pn == largest:
                     newest_time = packet.time_sent
                 self.cc.on_acked(packet.size, packet.time_sent)
-                if packet.items and flow is not None:
-                    for item in packet.items:
-                        flow.on_acked(item)
+                for flow, record in packet.items:
+                    flow.on_acked(record)
         if largest > self.largest_acked:
             self.largest_acked = largest
         if newest_time is not None:
@@ -594,16 +602,10 @@ class Connection:
                 self.loss_time = packet.time_sent + loss_delay
                 break
 
-    def _requeue(self, packet: SentPacket, *, first: bool = False) -> None:
-        """Queue a packet's frames again; ``first`` puts them ahead (PTO probes)."""
-        flow = self.flow
-        if flow is not None:
-            for item in packet.items:
-                flow.on_lost(item)
-        if first:
-            self.control_out[:0] = [(raw, True) for raw in packet.controls]
-        else:
-            self.control_out.extend((raw, True) for raw in packet.controls)
+    def _requeue(self, packet: SentPacket) -> None:
+        """Tell the flows of a packet it is lost: they queue its frames again."""
+        for flow, record in packet.items:
+            flow.on_lost(record)
 
     # ------------------------------------------------------------------ sending
 
@@ -615,12 +617,11 @@ class Connection:
         if self.closed and not self.control_out:
             return out
         destination, socket = self.path.address, self.path.socket
-        flow = self.flow
+        controls, flows = self.controls, self.flows
         while True:
             parts: list[bytes] = []
             budget = self.max_payload
-            items: list = []
-            controls: list[bytes] = []
+            items: list[tuple[Flow, object]] = []
             eliciting = False
             if self.ack_pending and self.received.ranges:
                 ack = encode_ack(self.received.as_tuples(), 0)
@@ -628,33 +629,32 @@ class Connection:
                 budget -= len(ack)
                 self.ack_pending = False
             control_out = self.control_out
-            while control_out and len(control_out[0][0]) <= budget:
-                raw, reliable = control_out.pop(0)
+            while control_out and len(control_out[0]) <= budget:
+                raw = control_out.pop(0)
                 parts.append(raw)
                 budget -= len(raw)
                 eliciting = True
-                if reliable:
-                    controls.append(raw)
-            if flow is not None and not self.closed and (
-                self.probes > 0 or self.cc.can_send(MAX_DATAGRAM_SIZE)
-            ):
-                budget = flow.fill(parts, items, budget)
+            if not self.closed and (self.probes > 0 or self.cc.can_send(MAX_DATAGRAM_SIZE)):
+                if controls.queue:
+                    budget, record = controls.fill(parts, budget)
+                    if record is not None:
+                        items.append((controls, record))
+                if flows.flows:
+                    flows.fill(parts, budget, items)
                 if items:
                     eliciting = True
             if not parts:
                 break
             if eliciting and self.probes > 0:
                 self.probes -= 1
-            out.append((self._seal(b"".join(parts), now, eliciting, items, controls),
+            out.append((self._seal(b"".join(parts), now, eliciting, items),
                         destination, socket))
             if self.closed:
                 _CIPHERS.forget(self)  # sealing the CLOSE made a context: hold none
                 break
         return out
 
-    def _seal(
-        self, payload: bytes, now: float, eliciting: bool, items: list, controls: list
-    ) -> bytes:
+    def _seal(self, payload: bytes, now: float, eliciting: bool, items: list) -> bytes:
         pn = self.next_pn
         self.next_pn = pn + 1
         header = DATA_HEADER.pack(PacketKind.DATA, self.remote_sid, pn)
@@ -662,15 +662,15 @@ class Connection:
         datagram = header + seal(_NONCE_PREFIX + _PACK_PN(pn), payload, header)
         self.bytes_sent += len(datagram)
         if eliciting:
-            self.sent[pn] = SentPacket(now, len(datagram), items, controls)
+            self.sent[pn] = SentPacket(now, len(datagram), items)
             self.cc.on_sent(len(datagram))
             self.last_eliciting_sent = now
         return datagram
 
     def idle(self) -> bool:
         """Nothing in flight and nothing queued."""
-        return not self.sent and not self.control_out and (
-            self.flow is None or not self.flow.has_data()
+        return not self.sent and not self.control_out and not self.controls.queue and (
+            not self.flows.has_data()
         )
 
     # ------------------------------------------------------------------ timers
@@ -729,8 +729,8 @@ class Connection:
                 self.pto_count += 1
                 self.probes = 2
                 oldest = next(iter(self.sent.values()))
-                self._requeue(oldest, first=True)  # a copy: it stays in flight
-                self.control_out.append((_PING, False))
+                self._requeue(oldest)  # a copy: it stays in flight
+                self.control_out.append(_PING)
                 self.last_eliciting_sent = now
                 if self.pto_count >= FAILOVER_PTOS and not self.path.relayed \
                         and self._silent(now):
@@ -740,7 +740,7 @@ class Connection:
         if self.wanted and self.initiator and (
             now >= self.last_eliciting_sent + self.config.keepalive_interval
         ):
-            self.control_out.append((_PING, False))
+            self.control_out.append(_PING)
             self.last_eliciting_sent = now
         if self.final_datagram is not None and now >= self.final_deadline:
             self.raw_out.append((self.final_datagram, self.path.address, self.path.socket))
@@ -754,3 +754,55 @@ class Connection:
                         del self.paths[key]
                 else:
                     self._challenge(path, now)
+
+
+# ---------------------------------------------------------------------- frame readers
+# The connection's own frame types, as readers (see ``frames``).
+
+
+def _read_nothing(connection: Connection, payload: bytes, pos: int, now: float) -> int:
+    return pos  # PING and HANDSHAKE_DONE: their only effect is an ACK
+
+
+def _read_ack(connection: Connection, payload: bytes, pos: int, now: float) -> int:
+    frame, pos = _decode_ack(payload, pos)
+    connection._on_ack(frame, now)  # type: ignore[arg-type]
+    return pos
+
+
+def _read_close(connection: Connection, payload: bytes, pos: int, now: float) -> int:
+    frame, pos = _decode_close(payload, pos)
+    connection.close_code = frame.code  # type: ignore[union-attr]
+    connection._finish(f"closed by peer: {frame.reason}")  # type: ignore[union-attr]
+    return pos
+
+
+def _read_challenge(connection: Connection, payload: bytes, pos: int, now: float) -> int:
+    frame, pos = _decode_challenge(payload, pos)
+    connection._send_on(connection._arrival, [encode_frame(PathResponse(frame.data))])  # type: ignore[union-attr]
+    return pos
+
+
+def _read_response(connection: Connection, payload: bytes, pos: int, now: float) -> int:
+    frame, pos = _decode_response(payload, pos)
+    connection._on_path_response(frame.data, now)  # type: ignore[union-attr]
+    return pos
+
+
+def _skip_extension(connection: Connection, payload: bytes, pos: int, now: float) -> int:
+    """An extension frame no service reads: skipped (the endpoint counts it)."""
+    code = payload[pos - 1]
+    _, pos = take_blob_at(payload, pos)
+    connection.frames_in.append((None, Extension(code, b"")))
+    return pos
+
+
+TRANSPORT_READERS = {
+    FrameType.PING: _read_nothing,
+    FrameType.HANDSHAKE_DONE: _read_nothing,
+    FrameType.ACK: _read_ack,
+    FrameType.CLOSE: _read_close,
+    FrameType.PATH_CHALLENGE: _read_challenge,
+    FrameType.PATH_RESPONSE: _read_response,
+}
+"""The frame types the connection reads itself."""

@@ -102,7 +102,19 @@ class NatDetected:
     report: NatReport
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceEvent:
+    """Something a service reports on its own (see ``ServiceContext.event``): ``kind``
+    names it within ``service``; ``peer_id`` is the peer it concerns, if one."""
+
+    service: str
+    kind: str
+    peer_id: str | None = None
+    data: object = None
+
+
 Event = (
     PeerConnected | PeerDisconnected | PathChanged | MessageReceived | MessageDelivered
     | MessageFailed | AddressObserved | IntroducersUnreachable | StunResult | NatDetected
+    | ServiceEvent
 )

@@ -494,7 +494,7 @@ def _decode_fragment(buf: bytes, pos: int) -> tuple[MessageFragment, int]:
     message_id, pos = dv(buf, pos)
     total, pos = dv(buf, pos)
     offset, pos = dv(buf, pos)
-    data, pos = _take_blob_at(buf, pos)
+    data, pos = take_blob_at(buf, pos)
     if offset + len(data) > total:
         raise RemoteProtocolError("message fragment beyond message length")
     if not data and total:
@@ -569,7 +569,7 @@ def _decode_intro(buf: bytes, pos: int) -> tuple[Intro, int]:
     addresses, pos = _decode_addresses(buf, pos)
     nat, pos = decode_varint(buf, pos)
     token, pos = _take(buf, pos, 8)
-    static, pos = _take_blob_at(buf, pos)
+    static, pos = take_blob_at(buf, pos)
     if len(static) not in (0, STATIC_ENDORSEMENT_SIZE):
         raise RemoteProtocolError("INTRO static key must be 96 bytes (key and signature)")
     return Intro(request_id, peer, addresses, nat, token, static), pos
@@ -578,7 +578,7 @@ def _decode_intro(buf: bytes, pos: int) -> tuple[Intro, int]:
 def _decode_relay(kind: type[RelaySend] | type[RelayRecv]) -> FrameDecoder:
     def decode(buf: bytes, pos: int) -> tuple[Frame, int]:
         peer, pos = _take(buf, pos, 32)
-        packet, pos = _take_blob_at(buf, pos)
+        packet, pos = take_blob_at(buf, pos)
         if not packet or len(packet) > MAX_RELAYED_DATAGRAM:
             raise RemoteProtocolError("relayed packet empty or too large")
         return kind(peer, packet), pos
@@ -629,13 +629,14 @@ def decode_frames(payload: bytes, pos: int = 0) -> Iterator[Frame]:
             frame, pos = decoder(payload, pos + 1)
             yield frame
         elif kind >= EXTENSION_FIRST:
-            body, pos = _take_blob_at(payload, pos + 1)
+            body, pos = take_blob_at(payload, pos + 1)
             yield Extension(kind, bytes(body))
         else:
             raise RemoteProtocolError(f"unknown frame type 0x{kind:02x}")
 
 
-def _take_blob_at(buf: bytes, pos: int) -> tuple[bytes, int]:
+def take_blob_at(buf: bytes, pos: int) -> tuple[bytes, int]:
+    """A varint length at ``pos`` and that many bytes after it; the position past them."""
     size, pos = decode_varint(buf, pos)
     end = pos + size
     if end > len(buf):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
 from shoal.core.endpoint import Endpoint
+from shoal.core.services.base import Service
 from shoal.core.wire import Address
 from shoal.identity import Identity
 from shoal.sim.nat import SimNat
@@ -97,11 +98,13 @@ class SimNetwork:
         address: Address | None = None,
         identity: Identity | None = None,
         nat: SimNat | None = None,
+        services: Iterable[Service] = (),
     ) -> SimNode:
         index = len(self.nodes) + 1
         address = address or (f"10.0.{index // 250}.{index % 250 + 1}", 7000)
         identity = identity or Identity(self.rng.randbytes(32))
-        endpoint = Endpoint(identity, random_bytes=self.rng.randbytes, config=config)
+        endpoint = Endpoint(identity, random_bytes=self.rng.randbytes, config=config,
+                            services=services)
         endpoint.set_local_addresses([address])
         node = SimNode(endpoint, address, sockets={0: address}, nat=nat)
         self.nodes[address] = node

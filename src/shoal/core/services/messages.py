@@ -29,8 +29,9 @@ the room the receiver granted on its channel and on the connection.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shoal.core import events as ev
 from shoal.core.connection import CLOSE_BUSY, CLOSE_PROTOCOL_ERROR, Connection
@@ -47,14 +48,18 @@ from shoal.core.wire import (
     FrameType,
     MessagesBlocked,
     MessageWindow,
+    decode_varint,
     encode_varint,
 )
 from shoal.errors import LocalProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:
-    from shoal.core.endpoint import Endpoint
+    from shoal.core.frames import Reader
+    from shoal.core.services.context import ServiceContext
+    from shoal.core.services.interfaces import Rendezvous
 
 DEFAULT_CHANNEL = ""
+_MESSAGE = int(FrameType.MESSAGE)
 MAX_MESSAGE_WINDOW = 1 << 16
 WHOLE_MESSAGE_ROOM = 64
 """Room left in a packet for an ACK and a fragment header when judging whether a message
@@ -201,7 +206,8 @@ class MessageFlow:
         if message is not None:
             message.done = True
 
-    def fill(self, parts: list[bytes], items: list, budget: int) -> int:
+    def fill(self, parts: list[bytes], budget: int) -> tuple[int, object]:
+        items: list[tuple[OutgoingMessage, int, int]] = []
         retransmit = self.retransmit
         while retransmit and budget > 24:
             message, offset, length = retransmit[0]
@@ -216,7 +222,7 @@ class MessageFlow:
             items.append((message, offset, length))
             budget -= len(frame)
         if self.hold:
-            return budget
+            return budget, items or None
         active = self.active
         whole_limit = self.connection.max_payload - WHOLE_MESSAGE_ROOM
         waiting = 0  # channels in a row whose next message waits for credit
@@ -264,27 +270,30 @@ class MessageFlow:
                 out.queue.popleft()
                 if not out.queue:
                     active.remove(out)
-        return budget
+        return budget, items or None
 
-    def on_acked(self, item: tuple[OutgoingMessage, int, int]) -> None:
-        message, offset, length = item
-        if offset in message.acked:
-            return
-        message.acked.add(offset)
-        message.acked_bytes += length
-        if message.done or message.acked_bytes < len(message.data) or (
-            message.next_offset < len(message.data)
-        ):
-            return
-        channel = message.channel
-        self.unfinished.pop(message.handle, None)
-        if channel.accepted and channel.number == 0:
-            self.settling.append(message)  # the ACK's packet may refuse the channel
-        elif channel.accepted:
-            message.done = True
-            self.service.delivered(message.handle, self.connection)
-        elif channel.accepted is None:
-            channel.held.append(message)
+    def on_acked(self, record: list[tuple[OutgoingMessage, int, int]]) -> None:  # type: ignore[override]
+        for message, offset, length in record:
+            if offset in message.acked:
+                continue
+            message.acked.add(offset)
+            message.acked_bytes += length
+            if message.done or message.acked_bytes < len(message.data) or (
+                message.next_offset < len(message.data)
+            ):
+                continue
+            channel = message.channel
+            self.unfinished.pop(message.handle, None)
+            if channel.accepted and channel.number == 0:
+                # The ACK's packet may refuse the channel: settled once it is read.
+                if not self.settling:
+                    self.connection.unsettled.append(self)
+                self.settling.append(message)
+            elif channel.accepted:
+                message.done = True
+                self.service.delivered(message.handle, self.connection)
+            elif channel.accepted is None:
+                channel.held.append(message)
 
     def settle(self) -> None:
         """The frames of a packet were all handled: report what its ACKs delivered."""
@@ -294,10 +303,12 @@ class MessageFlow:
                 message.done = True
                 self.service.delivered(message.handle, self.connection)
 
-    def on_lost(self, item: tuple[OutgoingMessage, int, int]) -> None:
-        message, offset, _ = item
-        if not message.done and offset not in message.acked:
-            self.retransmit.append(item)
+    def on_lost(self, record: list[tuple[OutgoingMessage, int, int]]) -> None:  # type: ignore[override]
+        retransmit = self.retransmit
+        for item in record:
+            message, offset, _ = item
+            if not message.done and offset not in message.acked:
+                retransmit.append(item)
 
     def on_channel_answer(self, number: int, accepted: bool) -> None:
         out = self.out_by_number.get(number)
@@ -333,11 +344,11 @@ class MessageFlow:
             out.blocked = False
             if out.queue:
                 self.active.append(out)
-                self.service.endpoint.mark(self.connection)
+                self.service.ctx.wake(self.connection)
 
     def on_message_window(self, limit: int) -> None:
         if self.credit.raise_to(limit):
-            self.service.endpoint.mark(self.connection)
+            self.service.ctx.wake(self.connection)
 
     def waits_for_credit(self, handle: int) -> bool:
         """Whether message ``handle`` is queued, unbegun, for want of the peer's credit."""
@@ -387,10 +398,10 @@ class MessageFlow:
             (limit := channel.window.grant()) is not None
         ):
             connection.queue_frame(ChannelWindow(channel.number, limit))
-            service.endpoint.mark(connection)
+            service.ctx.wake(connection)
         if (limit := self.window.grant()) is not None:
             connection.queue_frame(MessageWindow(limit))
-            service.endpoint.mark(connection)
+            service.ctx.wake(connection)
 
     def on_fragment(self, number: int, message_id: int, total: int, offset: int,
                     data: bytes) -> None:
@@ -434,7 +445,7 @@ class MessageFlow:
         whole = b"".join(entry.parts[k] for k in sorted(entry.parts))
         del channel.incoming[message_id]
         self._release(entry.cost)
-        service.endpoint.stats["messages_reassembled"] += 1
+        service.ctx.stats["messages_reassembled"] += 1
         if len(whole) != entry.total:
             raise RemoteProtocolError("message fragments overlap")
         self._complete(channel, message_id, whole)
@@ -444,15 +455,14 @@ class MessageFlow:
         if self.stored + cost > service.config.max_reassembly_bytes:
             raise RemoteProtocolError("peer exceeded the reassembly budget")
         while service.stored + cost > service.config.max_reassembly_total:
-            service.endpoint.stats["reassembly_node_budget"] += 1
+            service.ctx.stats["reassembly_node_budget"] += 1
             heaviest = max(service.holding, key=lambda flow: flow.stored)
             if heaviest.stored <= self.stored + cost:
                 raise RemoteProtocolError("the node's reassembly budget is spent")
             # The node's budget is shared: the connection holding the most makes room.
-            service.endpoint.close_connection(
+            service.ctx.close_connection(
                 heaviest.connection, CLOSE_PROTOCOL_ERROR,
-                "held more of the node's reassembly budget than any other",
-                self.connection.last_received)
+                "held more of the node's reassembly budget than any other")
         self.stored += cost
         service.stored += cost
         service.holding.add(self)
@@ -492,7 +502,7 @@ class MessageFlow:
                        + sum(r.total for r in channel.incoming.values()))
             channel.ready.clear()
             channel.incoming.clear()
-            self.service.endpoint.stats["channels_refused"] += 1
+            self.service.ctx.stats["channels_refused"] += 1
             self.connection.queue_frame(ChannelRefused(frame.number))
             return
         channel.name = frame.name
@@ -530,7 +540,9 @@ class MessageService(Service):
     """Messages for the application, on named channels, across every connection."""
 
     name = "messages"
-    frame_types = (FrameType.CHANNEL, FrameType.CHANNEL_ACCEPTED, FrameType.CHANNEL_REFUSED,
+    requires = ("rendezvous",)
+    frame_types = (FrameType.MESSAGE, FrameType.CHANNEL, FrameType.CHANNEL_ACCEPTED,
+                   FrameType.CHANNEL_REFUSED,
                    FrameType.CHANNEL_WINDOW, FrameType.MESSAGE_WINDOW,
                    FrameType.MESSAGES_BLOCKED)
 
@@ -547,7 +559,6 @@ class MessageService(Service):
         self._handles: dict[int, bytes] = {}
         self._pending: dict[bytes, list[tuple[int, str, bytes]]] = {}
         self._deadlines: deque[tuple[float, int]] = deque()
-        self._flow_factory = self.flow
         self._early: dict[bytes, tuple[int, Early]] = {}
         """Per peer: the message INITs carry to it, while their answer is awaited."""
         self._early_seen: dict[bytes, float] = {}
@@ -555,9 +566,10 @@ class MessageService(Service):
 
     # ---------------------------------------------------------------- commands
 
-    def attach(self, endpoint: Endpoint) -> None:
-        super().attach(endpoint)
-        if endpoint.config.introducer:
+    def attach(self, ctx: ServiceContext, services: Mapping[str, Any]) -> None:
+        super().attach(ctx, services)
+        self.rendezvous: Rendezvous = services["rendezvous"]
+        if ctx.config.introducer:
             # An introducer's application reads no messages: it serves no channel
             # unless asked to, so nothing piles up for a reader that never comes.
             self.served.discard(DEFAULT_CHANNEL)
@@ -582,7 +594,7 @@ class MessageService(Service):
                 f"message of {len(data)} bytes exceeds the limit of {config.max_message_size}",
                 code="EMSGSIZE",
             )
-        handle = self.endpoint.new_handle()
+        handle = self.ctx.new_handle()
         self._handles[handle] = peer
         deadlines = self._deadlines
         deadlines.append((now + config.message_timeout, handle))
@@ -592,13 +604,13 @@ class MessageService(Service):
             self._arm()
         elif len(deadlines) == 1:  # every message has the same timeout: only a new head
             self._arm()
-        connection = self.endpoint.connection_to(peer)
+        connection = self.ctx.connection_to(peer)
         if connection is not None:
             self.flow(connection).send(handle, channel, data)
-            self.endpoint.mark(connection)
+            self.ctx.wake(connection)
         else:
             self._pending.setdefault(peer, []).append((handle, channel, data))
-            self.endpoint.rendezvous.reach(peer, now)
+            self.rendezvous.reach(peer, now)
         return handle
 
     def cancel(self, handle: int, reason: str) -> None:
@@ -622,18 +634,18 @@ class MessageService(Service):
     def _delivered(self, handle: int, peer_id: str, path: str) -> None:
         if self._handles.pop(handle, None) is None:
             return  # already failed or cancelled
-        self.endpoint.emit(ev.MessageDelivered(handle=handle, peer_id=peer_id, path=path))
+        self.ctx.emit(ev.MessageDelivered(handle=handle, peer_id=peer_id, path=path))
 
     def failed(self, handle: int, code: str, reason: str) -> None:
         peer = self._handles.pop(handle, None)
         if peer is None:
             return
         self._unqueue(peer, handle)
-        for candidate in self.endpoint.connections_with(peer):
-            flow = candidate.flow
+        for candidate in self.ctx.connections_with(peer):
+            flow = candidate.state.get(self.name)
             if isinstance(flow, MessageFlow):
                 flow.cancel(handle)
-        self.endpoint.emit(ev.MessageFailed(handle=handle, peer_id=peer.hex(), code=code,
+        self.ctx.emit(ev.MessageFailed(handle=handle, peer_id=peer.hex(), code=code,
                                             reason=reason))
 
     def _unqueue(self, peer: bytes, handle: int) -> None:
@@ -645,7 +657,7 @@ class MessageService(Service):
     def received(self, flow: MessageFlow, channel: _InChannel, data: bytes) -> None:
         connection = flow.connection
         self.unread += len(data)
-        self.endpoint.emit(ev.MessageReceived(
+        self.ctx.emit(ev.MessageReceived(
             peer_id=connection.peer_id, data=data, path=connection.path_kind,
             channel=channel.name or "", receipt=(flow, channel, len(data))))
 
@@ -666,16 +678,37 @@ class MessageService(Service):
     # ---------------------------------------------------------------- service hooks
 
     def flow(self, connection: Connection) -> MessageFlow:
-        flow = connection.flow
-        if not isinstance(flow, MessageFlow):
-            flow = MessageFlow(self, connection)
-            connection.flow = flow
+        """The connection's message flow, made when first needed (most connections of
+        an introducer never carry a message)."""
+        flow = connection.state.get(self.name)
+        if flow is None:
+            flow = connection.state[self.name] = MessageFlow(self, connection)
+            connection.add_flow(flow)
             flow.offer_credit(flow.inbound[0])  # the windows beyond the implicit ones
         return flow
 
-    def on_connection_created(self, connection: Connection) -> None:
-        # Most connections of an introducer never carry a message: the flow waits.
-        connection.flow_factory = self._flow_factory
+    def frame_reader(self, code: int) -> Reader | None:
+        return self._read_fragments if code == FrameType.MESSAGE else None
+
+    def _read_fragments(self, connection: Connection, payload: bytes, pos: int,
+                        now: float) -> int:
+        """MESSAGE frames, parsed in place without a frame object (they are most of the
+        traffic), this one and any that follow it in the packet."""
+        flow = connection.state.get("messages") or self.flow(connection)
+        end = len(payload)
+        while True:
+            channel, pos = decode_varint(payload, pos)
+            message_id, pos = decode_varint(payload, pos)
+            total, pos = decode_varint(payload, pos)
+            offset, pos = decode_varint(payload, pos)
+            size, pos = decode_varint(payload, pos)
+            if pos + size > end or offset + size > total or (size == 0 and total):
+                raise RemoteProtocolError("message fragment beyond its bounds")
+            flow.on_fragment(channel, message_id, total, offset, payload[pos : pos + size])
+            pos += size
+            if pos >= end or payload[pos] != _MESSAGE:
+                return pos
+            pos += 1
 
     # ---------------------------------------------------------------- early messages
 
@@ -692,7 +725,7 @@ class MessageService(Service):
         early = Early(b"", wall, channel, data)
         if early.size > MAX_EARLY:
             return None
-        early = early._replace(message_id=self.endpoint.random(8))
+        early = early._replace(message_id=self.ctx.random(8))
         self._early[peer] = (handle, early)
         return early
 
@@ -732,7 +765,7 @@ class MessageService(Service):
         return entry[1].message_id if entry is not None else None
 
     def take_early(self, peer: bytes, early: Early, path: str, now: float,
-                   wall: float) -> bool:
+                   wall: float, floor: float) -> bool:
         """An INIT_IK from ``peer`` carries ``early``: deliver it unless it was delivered
         already. Whether the peer may count it delivered."""
         seen = self._early_seen
@@ -745,17 +778,17 @@ class MessageService(Service):
         if key in seen:
             return True
         if (early.channel not in self.served or abs(wall - early.sent_at) > EARLY_WINDOW
-                or early.sent_at < self.endpoint.early_from
+                or early.sent_at < floor
                 or len(seen) >= MAX_EARLY_SEEN or early.size > MAX_EARLY):
             return False
         seen[key] = now + 2 * EARLY_WINDOW  # every entry lives as long: oldest first
-        self.endpoint.stats["early_messages_delivered"] += 1
-        self.endpoint.emit(ev.MessageReceived(peer_id=peer.hex(), data=early.data, path=path,
+        self.ctx.stats["early_messages_delivered"] += 1
+        self.ctx.emit(ev.MessageReceived(peer_id=peer.hex(), data=early.data, path=path,
                                               channel=early.channel))
         return True
 
     def _release_pending(self, peer: bytes, now: float) -> None:
-        connection = self.endpoint.connection_to(peer)
+        connection = self.ctx.connection_to(peer)
         if connection is not None:
             self.on_connection_up(connection, now)
 
@@ -767,12 +800,12 @@ class MessageService(Service):
             flow = self.flow(connection)
             for handle, channel, data in queued:
                 flow.send(handle, channel, data)
-            self.endpoint.mark(connection)
+            self.ctx.wake(connection)
 
     def take_over(self, old: Connection, new: Connection, *, hold: bool = True) -> None:
         """Move what ``old`` has not started sending to ``new`` (``old`` drains the rest);
         with ``hold``, ``new`` sends nothing new until then, so order is kept."""
-        flow = old.flow
+        flow = old.state.get(self.name)
         if not isinstance(flow, MessageFlow):
             return
         target = self.flow(new)
@@ -789,12 +822,12 @@ class MessageService(Service):
         target.hold = hold and bool(flow.undelivered())
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
-        flow = connection.flow
+        flow = connection.state.get(self.name)
         if not isinstance(flow, MessageFlow):
             return
         flow.drop()
         self.set_timer(None, connection)
-        successor = self.endpoint.connection_to(connection.peer)
+        successor = self.ctx.connection_to(connection.peer)
         undelivered = flow.undelivered()
         if successor is not None:
             # The peer keeps another connection (a crossed dial, a reconnection): what
@@ -804,7 +837,7 @@ class MessageService(Service):
             for message in undelivered:
                 message.done = True
                 target.send(message.handle, message.channel.name, message.data)
-            self.endpoint.mark(successor)
+            self.ctx.wake(successor)
             return
         # A peer that is full refuses the connection it has just authenticated.
         code = "ECONNREFUSED" if connection.close_code == CLOSE_BUSY else "ECONNRESET"
@@ -829,15 +862,14 @@ class MessageService(Service):
     def on_draining(self, connection: Connection) -> None:
         """``connection`` is superseded: once it has delivered every message it carried,
         its successor may send again (order per channel is then kept)."""
-        successor = self.endpoint.connection_to(connection.peer)
-        flow = connection.flow
-        if successor is None or not isinstance(successor.flow, MessageFlow) or (
-            not successor.flow.hold
-        ):
+        successor = self.ctx.connection_to(connection.peer)
+        flow = connection.state.get(self.name)
+        target = successor.state.get(self.name) if successor is not None else None
+        if successor is None or not isinstance(target, MessageFlow) or not target.hold:
             return
         if not isinstance(flow, MessageFlow) or not flow.undelivered():
-            successor.flow.hold = False
-            self.endpoint.mark(successor)
+            target.hold = False
+            self.ctx.wake(successor)
 
     def _arm(self) -> None:
         deadlines = self._deadlines
@@ -855,9 +887,9 @@ class MessageService(Service):
             peer = self._handles.get(handle)
             if peer is None:
                 continue
-            connection = self.endpoint.connection_to(peer)
-            flow = connection.flow if connection is not None else None
-            if self.endpoint.rendezvous.unknown(peer):
+            connection = self.ctx.connection_to(peer)
+            flow = connection.state.get(self.name) if connection is not None else None
+            if self.rendezvous.unknown(peer):
                 self.failed(handle, "EHOSTUNREACH", "no introducer knows this peer")
             elif isinstance(flow, MessageFlow) and flow.waits_for_credit(handle):
                 self.failed(handle, NO_CREDIT, "the peer's application did not read its "
@@ -868,11 +900,11 @@ class MessageService(Service):
 
     def watch_reassembly(self, connection: Connection, started: float) -> None:
         """A message began arriving in parts: make sure a deadline covers it."""
-        if self.endpoint.timers.deadline((self, connection)) is None:
+        if self.ctx.timer(connection) is None:
             self.set_timer(started + self.config.reassembly_timeout, connection)
 
     def _check_reassembly(self, connection: Connection, now: float) -> None:
-        flow = connection.flow
+        flow = connection.state.get(self.name)
         if not isinstance(flow, MessageFlow) or connection.closed:
             return
         oldest = flow.oldest_unfinished()
@@ -881,9 +913,9 @@ class MessageService(Service):
         deadline = oldest + self.config.reassembly_timeout
         # The same expression as the deadline armed, so a timer firing at it always acts.
         if now >= deadline:
-            self.endpoint.stats["reassembly_timeouts"] += 1
-            self.endpoint.close_connection(connection, CLOSE_PROTOCOL_ERROR,
-                                           "a message stayed unfinished too long", now)
+            self.ctx.stats["reassembly_timeouts"] += 1
+            self.ctx.close_connection(connection, CLOSE_PROTOCOL_ERROR,
+                                      "a message stayed unfinished too long")
         else:
             self.set_timer(deadline, connection)
 

@@ -8,9 +8,9 @@ lock that network's nodes out of their handshakes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shoal.core import events as ev
 from shoal.core import stun
@@ -23,7 +23,8 @@ from shoal.core.wire import Address, RelayPath
 from shoal.errors import LocalProtocolError
 
 if TYPE_CHECKING:
-    from shoal.core.endpoint import Endpoint
+    from shoal.core.services.context import ServiceContext
+    from shoal.core.services.interfaces import Rendezvous
 
 STUN_RETRIES = (0.5, 1.0)
 UNPADDED_PER_SECOND = 1.0
@@ -54,6 +55,7 @@ class _StunQuery:
 
 class NatService(Service):
     name = "nat"
+    requires = ("rendezvous",)
     packet_kinds = tuple(range(0x40))
 
     def __init__(self) -> None:
@@ -65,15 +67,17 @@ class NatService(Service):
         self._queries: dict[bytes, _StunQuery] = {}
         self._unpadded = KeyedBuckets(UNPADDED_PER_SECOND, UNPADDED_BURST)
 
-    def attach(self, endpoint: Endpoint) -> None:
-        super().attach(endpoint)
+    def attach(self, ctx: ServiceContext, services: Mapping[str, Any]) -> None:
+        super().attach(ctx, services)
+        self.rendezvous: Rendezvous = services["rendezvous"]
+        self.transport = ctx.transport
         rate = self.config.max_stun_per_source
         self._buckets = KeyedBuckets(rate, 2 * rate)
 
     # ---------------------------------------------------------------- commands
 
     def request(self, server: Address, handle: int, now: float) -> None:
-        txid = self.endpoint.random(12)
+        txid = self.ctx.random(12)
         # Padded, so that the answer is no larger than the question; the last retry is
         # plain, for a server that does not know PADDING.
         request = stun.encode_binding_request(txid, pad_to=stun.PLAIN_PADDED_SIZE)
@@ -81,16 +85,15 @@ class NatService(Service):
             handle, server, request, now, [now + t for t in STUN_RETRIES],
             now + self.config.stun_timeout,
         )
-        self.endpoint.send_datagram(request, server)
+        self.transport.send_datagram(request, server)
         self._arm()
 
     def start_check(self, now: float, servers: Iterable[Address] = ()) -> None:
-        endpoint = self.endpoint
-        every = [*endpoint.rendezvous.introducers, *self.config.stun_servers, *servers]
+        every = [*self.rendezvous.introducers, *self.config.stun_servers, *servers]
         targets = tuple(dict.fromkeys(a for a in every if not isinstance(a, RelayPath)))
         if not targets:
             return
-        self.check = NatCheck(targets, endpoint.local_addresses, endpoint.random, now)
+        self.check = NatCheck(targets, self.transport.local_addresses, self.ctx.random, now)
         self._after_check(now)
 
     def set_alternate(self, primary: Address, other: Address, *, port_socket: int,
@@ -118,7 +121,7 @@ class NatService(Service):
     # ---------------------------------------------------------------- input
 
     def on_packet(self, data: bytes, address: Address, now: float, socket: int) -> None:
-        stats = self.endpoint.stats
+        stats = self.ctx.stats
         if not stun.looks_like_stun(data):
             stats["dropped_malformed"] += 1
             return
@@ -137,7 +140,7 @@ class NatService(Service):
             if query is None:
                 stats["dropped_unsolicited_stun"] += 1
                 return
-            self.endpoint.emit(ev.StunResult(handle=query.handle, server=query.server,
+            self.ctx.emit(ev.StunResult(handle=query.handle, server=query.server,
                                              mapped=message.mapped,
                                              rtt=now - query.first_sent))
             self._arm()
@@ -150,7 +153,7 @@ class NatService(Service):
         """Answer a Binding request, from a changed address when asked (RFC 5780) and
         with the alternate named, as long as the answer is no larger than the request;
         an answer larger than an unpadded request only within a budget per network."""
-        stats = self.endpoint.stats
+        stats = self.ctx.stats
         alternate = self.alternate
         txid = message.transaction_id
         place = alternate.place(socket) if alternate is not None else None
@@ -161,7 +164,7 @@ class NatService(Service):
             rich = stun.encode_binding_success(txid, address, other=alternate.other,
                                                origin=origin)
             if len(rich) <= message.size:
-                self.endpoint.send_datagram(rich, address, reply_socket)
+                self.transport.send_datagram(rich, address, reply_socket)
                 stats["stun_answered"] += 1
                 return
             if message.change:  # unpadded change requests would amplify: stay silent
@@ -174,7 +177,7 @@ class NatService(Service):
         if len(plain) > message.size and not self._unpadded.take(prefix_of(address), now):
             stats["dropped_stun_unpadded"] += 1
             return
-        self.endpoint.send_datagram(plain, address, socket)
+        self.transport.send_datagram(plain, address, socket)
         stats["stun_answered"] += 1
 
     # ---------------------------------------------------------------- timers
@@ -189,13 +192,13 @@ class NatService(Service):
         for txid, query in list(self._queries.items()):
             if now >= query.deadline:
                 del self._queries[txid]
-                self.endpoint.emit(ev.StunResult(handle=query.handle, server=query.server,
+                self.ctx.emit(ev.StunResult(handle=query.handle, server=query.server,
                                                  mapped=None, rtt=None))
             elif query.retries and now >= query.retries[0]:
                 query.retries.pop(0)
                 if not query.retries:
                     query.request = stun.encode_binding_request(txid)
-                self.endpoint.send_datagram(query.request, query.server)
+                self.transport.send_datagram(query.request, query.server)
         if self.check is not None:
             self.check.handle_timer(now)
             self._after_check(now)
@@ -206,7 +209,7 @@ class NatService(Service):
         if check is None:
             return
         for datagram, destination in check.datagrams():
-            self.endpoint.send_datagram(datagram, destination)
+            self.transport.send_datagram(datagram, destination)
         if check.done:
             self.check = None
             report = check.report
@@ -214,7 +217,7 @@ class NatService(Service):
             self.report = report
             changed = report.nat != self.nat
             self.nat = report.nat
-            self.endpoint.emit(ev.NatDetected(report=report))
+            self.ctx.emit(ev.NatDetected(report=report))
             if changed:
-                self.endpoint.rendezvous.nat_changed(now)
+                self.rendezvous.nat_changed(now)
         self._arm()

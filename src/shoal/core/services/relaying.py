@@ -9,7 +9,8 @@ read or alter. ``RelayQuotas`` bounds what one peer may make this node relay.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from shoal.core.connection import Connection
 from shoal.core.relay import RelayQuotas
@@ -17,43 +18,43 @@ from shoal.core.services.base import Service
 from shoal.core.wire import MAX_RELAYED_DATAGRAM, Frame, FrameType, RelayPath, RelayRecv, RelaySend
 
 if TYPE_CHECKING:
-    from shoal.core.endpoint import Endpoint
+    from shoal.core.services.context import ServiceContext
 
 
 class RelayService(Service):
     name = "relay"
     frame_types = (FrameType.RELAY_SEND, FrameType.RELAY_RECV)
 
-    def attach(self, endpoint: Endpoint) -> None:
-        super().attach(endpoint)
-        self.quotas = RelayQuotas(endpoint.config, self._connected_direct)
+    def attach(self, ctx: ServiceContext, services: Mapping[str, Any]) -> None:
+        super().attach(ctx, services)
+        self.quotas = RelayQuotas(ctx.config, self._connected_direct)
 
     def _connected_direct(self, peer: bytes) -> bool:
-        connection = self.endpoint.connection_to(peer)
+        connection = self.ctx.connection_to(peer)
         return connection is not None and not connection.path.relayed
 
     def send_via(self, path: RelayPath, datagram: bytes) -> bool:
         """Hand ``datagram`` to the relay named in ``path``; False if it cannot take it."""
-        relay = self.endpoint.connection_to(path.relay)
+        relay = self.ctx.connection_to(path.relay)
         if relay is None or relay.path.relayed or len(datagram) > MAX_RELAYED_DATAGRAM:
-            self.endpoint.stats["dropped_relay_unavailable"] += 1
+            self.ctx.stats["dropped_relay_unavailable"] += 1
             return False
         relay.queue_frame(RelaySend(path.peer, datagram), reliable=False)
-        self.endpoint.mark(relay)
+        self.ctx.wake(relay)
         return True
 
     def on_frame(self, connection: Connection, frame: Frame, now: float) -> None:
         if isinstance(frame, RelaySend):
             self.forward(connection, frame, now)
         elif isinstance(frame, RelayRecv):
-            self.endpoint.receive_relayed(frame.packet, RelayPath(connection.peer, frame.peer),
+            self.ctx.transport.receive_relayed(frame.packet, RelayPath(connection.peer, frame.peer),
                                           now)
 
     def forward(self, connection: Connection, frame: RelaySend, now: float) -> None:
         """Pass a peer's packet on to another connected peer, within the quotas."""
-        stats = self.endpoint.stats
+        stats = self.ctx.stats
         source, target = connection.peer, frame.peer
-        onward = self.endpoint.connection_to(target)
+        onward = self.ctx.connection_to(target)
         if (
             not self.config.relay
             or onward is None
@@ -67,6 +68,6 @@ class RelayService(Service):
             stats["dropped_relay_quota"] += 1
             return
         onward.queue_frame(RelayRecv(source, frame.packet), reliable=False)
-        self.endpoint.mark(onward)
+        self.ctx.wake(onward)
         stats["relayed_packets"] += 1
         stats["relayed_bytes"] += len(frame.packet)

@@ -21,8 +21,9 @@ for that peer, so a token cannot aim this node's packets anywhere else.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shoal.core import events as ev
 from shoal.core.connection import Connection
@@ -46,6 +47,8 @@ from shoal.core.wire import (
 
 if TYPE_CHECKING:
     from shoal.core.handshake import Dial
+    from shoal.core.services.context import ServiceContext
+    from shoal.core.services.interfaces import Messages, Nat
 
 MAX_PUNCH_TOKENS = 4096
 INTRO_RETRY = 2.0
@@ -111,6 +114,7 @@ class RendezvousService(Service):
     frame_types = (FrameType.OBSERVED_ADDRESS, FrameType.REGISTER, FrameType.INTRO_REQUEST,
                    FrameType.INTRO, FrameType.INTRO_FAILED)
     packet_kinds = (PacketKind.PUNCH,)
+    requires = ("messages", "nat")
 
     def __init__(self) -> None:
         super().__init__()
@@ -125,6 +129,12 @@ class RendezvousService(Service):
         self._next_request_id = 1
         self._lan_peers: dict[bytes, None] = {}
         """Peers with addresses from the LAN, the one told of longest ago first."""
+
+    def attach(self, ctx: ServiceContext, services: Mapping[str, Any]) -> None:
+        super().attach(ctx, services)
+        self.messages: Messages = services["messages"]
+        self.nat_service: Nat = services["nat"]
+        self.transport = ctx.transport
 
     def peer(self, peer: bytes) -> PeerState:
         state = self.peers.get(peer)
@@ -144,13 +154,13 @@ class RendezvousService(Service):
         state.addresses[address] = source
         if source == "lan":
             self._told_by_lan(state, address)
-        connection = self.endpoint.connection_to(peer)
+        connection = self.ctx.connection_to(peer)
         if connection is not None:
             connection.probe_path(address, 0, now)
-            self.endpoint.mark(connection)
-        elif self.endpoint.messages.pending_for(peer) and not self.endpoint.dialing(peer):
+            self.ctx.wake(connection)
+        elif self.messages.pending_for(peer) and not self.transport.dialing(peer):
             # One dial at a time: however many addresses are named, the INITs stay few.
-            self.endpoint.dial(address, now, expected=peer)
+            self.transport.dial(address, now, expected=peer)
 
     def _told_by_lan(self, state: PeerState, address: Address) -> None:
         """Keep what the LAN says within ``MAX_LAN_ADDRESSES`` and ``MAX_LAN_PEERS``:
@@ -168,8 +178,8 @@ class RendezvousService(Service):
                 continue
             for old in [a for a, source in held.addresses.items() if source == "lan"]:
                 del held.addresses[old]
-            if not held.addresses and self.endpoint.connection_to(oldest) is None and (
-                not self.endpoint.messages.pending_for(oldest)
+            if not held.addresses and self.ctx.connection_to(oldest) is None and (
+                not self.messages.pending_for(oldest)
             ):
                 self.set_timer(None, oldest)
                 del self.peers[oldest]
@@ -179,30 +189,30 @@ class RendezvousService(Service):
         state = self.peer(peer)
         if fresh:
             state.intro_requested = -1e9
-        connection = self.endpoint.connection_to(peer)
+        connection = self.ctx.connection_to(peer)
         if connection is None:
             for address in state.addresses:
-                self.endpoint.dial(address, now, expected=peer)
+                self.transport.dial(address, now, expected=peer)
         if now >= state.intro_requested + INTRO_RETRY:
             if now > state.intro_requested + 2 * INTRO_RETRY:  # not the next round in a row
                 state.unknown_rounds = 0
                 state.unknown_to.clear()
             for introducer in self.introducer_peers:
-                link = self.endpoint.connection_to(introducer)
+                link = self.ctx.connection_to(introducer)
                 if link is None or introducer == peer:
                     continue
                 link.queue_frame(IntroRequest(self._next_request_id, peer))
                 self._next_request_id += 1
-                self.endpoint.mark(link)
+                self.ctx.wake(link)
             state.intro_requested = now
-        if connection is None and not self.endpoint.dialing(peer):
+        if connection is None and not self.transport.dialing(peer):
             self._no_introducer_answers()
         self._arm(state)
 
     def unknown(self, peer: bytes) -> bool:
         """Every introducer asked said it does not know ``peer``, and it is not connected."""
         state = self.peers.get(peer)
-        return state is not None and state.unknown and self.endpoint.connection_to(peer) is None
+        return state is not None and state.unknown and self.ctx.connection_to(peer) is None
 
     # ---------------------------------------------------------------- introducers
 
@@ -213,7 +223,7 @@ class RendezvousService(Service):
                 continue
             if now >= intro.next_attempt:
                 intro.dialing = True
-                self.endpoint.dial(intro.address, now, expected=None, purpose="introducer",
+                self.transport.dial(intro.address, now, expected=None, purpose="introducer",
                                    timeout=INTRODUCER_DIAL_TIMEOUT)
             elif soonest is None or intro.next_attempt < soonest:
                 soonest = intro.next_attempt
@@ -229,17 +239,17 @@ class RendezvousService(Service):
                 intro.backoff = min(intro.backoff * 2, INTRODUCER_BACKOFF_MAX)
                 self._service_introducers(now)
                 if self.introducers_unreachable():
-                    self.endpoint.emit(ev.IntroducersUnreachable(
+                    self.ctx.emit(ev.IntroducersUnreachable(
                         addresses=tuple(i.address for i in self.introducers.values())))
                     self._no_introducer_answers()
             return
         peer = dial.expected_peer
-        if peer is None or not self.endpoint.messages.pending_for(peer):
+        if peer is None or not self.messages.pending_for(peer):
             return
-        if self.endpoint.dialing(peer):
+        if self.transport.dialing(peer):
             return
         if not self.introducer_peers:
-            self.endpoint.messages.fail_pending(peer, "EHOSTUNREACH",
+            self.messages.fail_pending(peer, "EHOSTUNREACH",
                                                 "peer did not answer at any known address")
 
     def introducers_unreachable(self) -> bool:
@@ -253,11 +263,10 @@ class RendezvousService(Service):
         deadline as if the peer were offline."""
         if not self.introducers_unreachable():
             return
-        endpoint = self.endpoint
         names = ", ".join(f"{i.address[0]}:{i.address[1]}" for i in self.introducers.values())
-        for peer in list(endpoint.messages.waiting_peers()):
-            if endpoint.connection_to(peer) is None and not endpoint.dialing(peer):
-                endpoint.messages.fail_pending(peer, "ENETUNREACH",
+        for peer in list(self.messages.waiting_peers()):
+            if self.ctx.connection_to(peer) is None and not self.transport.dialing(peer):
+                self.messages.fail_pending(peer, "ENETUNREACH",
                                                f"no introducer answered ({names})")
 
     def on_timer(self, now: float, key: object = None) -> None:
@@ -267,25 +276,24 @@ class RendezvousService(Service):
         state = self.peers.get(key)  # type: ignore[arg-type]
         if state is None:
             return
-        endpoint = self.endpoint
-        if endpoint.messages.pending_for(state.peer) and now >= state.intro_requested + INTRO_RETRY:
+        if self.messages.pending_for(state.peer) and now >= state.intro_requested + INTRO_RETRY:
             self.reach(state.peer, now)
         if state.relay_at is not None and now >= state.relay_at:
             state.relay_at = None
             self._dial_relayed(state, now)
         if state.reprobe_at is not None and now >= state.reprobe_at:
             state.reprobe_at = None
-            connection = endpoint.connection_to(state.peer)
+            connection = self.ctx.connection_to(state.peer)
             if connection is not None and connection.path.relayed:
                 for address in list(state.addresses)[:MAX_DECLARED_ADDRESSES]:
                     connection.probe_path(address, 0, now)
-                endpoint.mark(connection)
+                self.ctx.wake(connection)
                 state.reprobe_at = now + REPROBE_INTERVAL
         self._arm(state)
 
     def _arm(self, state: PeerState) -> None:
         times = []
-        if self.endpoint.messages.pending_for(state.peer):
+        if self.messages.pending_for(state.peer):
             times.append(state.intro_requested + INTRO_RETRY)
         if state.relay_at is not None:
             times.append(state.relay_at)
@@ -296,7 +304,6 @@ class RendezvousService(Service):
     # ---------------------------------------------------------------- connections
 
     def on_connection_up(self, connection: Connection, now: float) -> None:
-        endpoint = self.endpoint
         if self.config.introducer and not connection.initiator and (
             connection.peer not in self.peers
         ):
@@ -319,9 +326,9 @@ class RendezvousService(Service):
         if not relayed and not (self.config.introducer and not connection.initiator):
             connection.queue_frame(ObservedAddress(connection.address))
         if connection.peer in self.introducer_peers and connection.initiator:
-            nat = endpoint.nat
-            connection.queue_frame(Register(endpoint.local_addresses, nat.code))
-            for waiting in endpoint.messages.waiting_peers():
+            nat = self.nat_service.nat
+            connection.queue_frame(Register(self.transport.local_addresses, nat.code))
+            for waiting in self.messages.waiting_peers():
                 if waiting != connection.peer:
                     self.reach(waiting, now, fresh=True)
         self._arm(state)
@@ -330,9 +337,9 @@ class RendezvousService(Service):
         """``state``'s peer is now reached directly: stop the fallbacks."""
         state.relay_at = None
         state.reprobe_at = None
-        punches = self.endpoint.punches
+        punches = self.transport.punches
         if punches.is_punching(state.peer):
-            self.endpoint.end_punch(now)
+            self.transport.end_punch(now)
         for token in [t for t, p in self._punch_tokens.items() if p == state.peer]:
             del self._punch_tokens[token]
 
@@ -351,7 +358,6 @@ class RendezvousService(Service):
     def on_path_failing(self, connection: Connection, now: float) -> None:
         """A direct path went silent: offer the relays this node shares with the peer as
         other paths of the connection (each is validated before it carries anything)."""
-        endpoint = self.endpoint
         peer = connection.peer
         if peer in self.introducer_peers:
             return
@@ -359,17 +365,17 @@ class RendezvousService(Service):
         relays = [state.relay_via] if state is not None and state.relay_via else []
         relays += [p for p in self.introducer_peers if p not in relays]
         for relay in relays[:2]:
-            link = endpoint.connection_to(relay)
+            link = self.ctx.connection_to(relay)
             if relay != peer and link is not None and not link.path.relayed:
-                endpoint.stats["relay_fallbacks"] += 1
+                self.ctx.stats["relay_fallbacks"] += 1
                 connection.probe_path(RelayPath(relay, peer), 0, now)
-        endpoint.mark(connection)
+        self.ctx.wake(connection)
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
         peer = connection.peer
         if self.registry.get(peer, (None,))[0] is connection:
             del self.registry[peer]
-        if self.endpoint.connection_to(peer) is not None:
+        if self.ctx.connection_to(peer) is not None:
             return
         self.observed.pop(peer, None)
         for intro in self.introducers.values():
@@ -383,7 +389,7 @@ class RendezvousService(Service):
             self._arm(state)
             # What the connection itself taught is forgotten with it, so the table only
             # holds peers with work pending or addresses the app or the LAN gave.
-            if not self.endpoint.messages.pending_for(peer) and not any(
+            if not self.messages.pending_for(peer) and not any(
                 source in ("app", "lan") for source in state.addresses.values()
             ):
                 self.set_timer(None, peer)
@@ -395,10 +401,10 @@ class RendezvousService(Service):
         if isinstance(frame, ObservedAddress):
             previous = self.observed.get(connection.peer)
             self.observed[connection.peer] = frame.address
-            self.endpoint.emit(ev.AddressObserved(reporter=connection.peer_id,
+            self.ctx.emit(ev.AddressObserved(reporter=connection.peer_id,
                                                   address=frame.address))
             if connection.peer in self.introducer_peers:
-                self.endpoint.nat_service.address_reported(previous, frame.address, now)
+                self.nat_service.address_reported(previous, frame.address, now)
         elif isinstance(frame, Register):
             if self.config.introducer and not connection.path.relayed:
                 local = frame.local[:MAX_DECLARED_ADDRESSES]
@@ -411,7 +417,7 @@ class RendezvousService(Service):
             if connection.peer in self.introducer_peers:
                 self._on_intro(frame, connection.peer, now)
             else:
-                self.endpoint.stats["dropped_unsolicited_intro"] += 1
+                self.ctx.stats["dropped_unsolicited_intro"] += 1
         elif isinstance(frame, IntroFailed) and connection.peer in self.introducer_peers:
             state = self.peers.get(frame.target)
             if state is not None:
@@ -425,26 +431,24 @@ class RendezvousService(Service):
         until then requests repeat, as the peer may register in between."""
         state.unknown_to.add(introducer)
         connected = {peer for peer in self.introducer_peers
-                     if self.endpoint.connection_to(peer) is not None}
+                     if self.ctx.connection_to(peer) is not None}
         if not connected <= state.unknown_to or state.unknown_round == state.intro_requested:
             return
         state.unknown_to.clear()
         state.unknown_round = state.intro_requested
         state.unknown_rounds += 1
-        endpoint = self.endpoint
         if (state.unknown_rounds >= UNKNOWN_ROUNDS and not state.addresses
-                and endpoint.connection_to(state.peer) is None
-                and not endpoint.dialing(state.peer)):
+                and self.ctx.connection_to(state.peer) is None
+                and not self.transport.dialing(state.peer)):
             state.unknown_rounds = 0
-            endpoint.messages.fail_pending(
+            self.messages.fail_pending(
                 state.peer, "EHOSTUNREACH",
                 f"no introducer knows this peer (asked {len(connected)}), and no other "
                 "address of it is known")
 
     def _on_intro_request(self, connection: Connection, frame: IntroRequest, now: float) -> None:
-        endpoint = self.endpoint
         if not self._intro_buckets.take(connection.peer, now):
-            endpoint.stats["dropped_intro_rate"] += 1
+            self.ctx.stats["dropped_intro_rate"] += 1
             return
         target = self.registry.get(frame.target) if self.config.introducer else None
         if target is None or target[0].closed or frame.target == connection.peer:
@@ -453,7 +457,7 @@ class RendezvousService(Service):
         target_connection, target_local, target_nat = target
         mine = self.registry.get(connection.peer)
         my_local, my_nat = (mine[1], mine[2]) if mine else ((), 0)
-        token = endpoint.random(8)
+        token = self.ctx.random(8)
         connection.queue_frame(
             Intro(frame.request_id, frame.target,
                   _addresses(target_connection.address, target_local, connection.address),
@@ -464,8 +468,8 @@ class RendezvousService(Service):
                   _addresses(connection.address, my_local, target_connection.address),
                   my_nat, token, connection.peer_endorsement)
         )
-        endpoint.mark(target_connection)
-        endpoint.stats["introductions"] += 1
+        self.ctx.wake(target_connection)
+        self.ctx.stats["introductions"] += 1
 
     def static_of(self, peer: bytes) -> bytes | None:
         """``peer``'s static key, signed by it, if an introduction handed it on."""
@@ -473,8 +477,7 @@ class RendezvousService(Service):
         return state.static if state is not None else None
 
     def _on_intro(self, frame: Intro, introducer: bytes, now: float) -> None:
-        endpoint = self.endpoint
-        if frame.peer == endpoint.identity.public_key:
+        if frame.peer == self.ctx.identity.public_key:
             return
         state = self.peer(frame.peer)
         for address in frame.addresses:
@@ -489,104 +492,104 @@ class RendezvousService(Service):
         self._punch_tokens[frame.token] = frame.peer
         if len(self._punch_tokens) > MAX_PUNCH_TOKENS:
             del self._punch_tokens[next(iter(self._punch_tokens))]
-        connection = endpoint.connection_to(frame.peer)
+        connection = self.ctx.connection_to(frame.peer)
         if connection is not None and not connection.path.relayed:
             return
         previous = state.plan
-        plan = state.plan = choose_plan(endpoint.nat, state.nat)
-        endpoint.stats[f"plan_{plan.strategy}"] += 1
+        plan = state.plan = choose_plan(self.nat_service.nat, state.nat)
+        self.ctx.stats[f"plan_{plan.strategy}"] += 1
         for address in frame.addresses:
             if connection is not None:
                 connection.probe_path(address, 0, now)
             else:
-                endpoint.dial(address, now, expected=frame.peer)
+                self.transport.dial(address, now, expected=frame.peer)
         if connection is not None:
-            endpoint.mark(connection)
+            self.ctx.wake(connection)
         if self.config.relay and connection is None and (
             # Repeated introductions with the same plan must not push the fallback away.
             state.relay_at is None or previous != plan
         ):
             state.relay_at = now + plan.relay_after
-        punches = endpoint.punches
+        punches = self.transport.punches
         if plan.strategy == "birthday" and self.config.punching and frame.addresses:
             state.punch_target = frame.addresses[0]
             active = punches.active
             if active is not None and active.peer == frame.peer and (
                 active.role != plan.punch_role
             ):
-                endpoint.end_punch(now)
+                self.transport.end_punch(now)
             punches.request(frame.peer)
-            endpoint.run_punch(now)
+            self.transport.run_punch(now)
         else:
             punches.forget(frame.peer)
             if punches.is_punching(frame.peer):
-                endpoint.end_punch(now)
+                self.transport.end_punch(now)
         self._arm(state)
 
     def punch_plan(self, peer: bytes) -> tuple[str, Address, bytes] | None:
         state = self.peers.get(peer)
         plan = state.plan if state is not None else None
-        connection = self.endpoint.connection_to(peer)
+        connection = self.ctx.connection_to(peer)
         if (
             state is None or plan is None or plan.punch_role is None
             or state.punch_target is None
             or (connection is not None and not connection.path.relayed)
         ):
             return None
-        self.endpoint.stats["punches_started"] += 1
+        self.ctx.stats["punches_started"] += 1
         return plan.punch_role, state.punch_target, state.token
 
     def on_packet(self, data: bytes, address: Address, now: float, socket: int) -> None:
         """A PUNCH got through a NAT: answer its sender from the socket it reached."""
-        endpoint = self.endpoint
         peer = self._punch_tokens.get(decode_punch(data))
         if peer is None:
-            endpoint.stats["dropped_punch"] += 1
+            self.ctx.stats["dropped_punch"] += 1
             return
         state = self.peers.get(peer)
         if state is None or not any(a[0] == address[0] for a in state.addresses):
-            endpoint.stats["dropped_punch"] += 1
+            self.ctx.stats["dropped_punch"] += 1
             return
-        connection = endpoint.connection_to(peer)
+        connection = self.ctx.connection_to(peer)
         if connection is not None:
             if connection.path.relayed:
                 connection.probe_path(address, socket, now)
-                endpoint.mark(connection)
+                self.ctx.wake(connection)
             else:
-                endpoint.stats["punches_ignored"] += 1
+                self.ctx.stats["punches_ignored"] += 1
             return
-        if endpoint.dialing(peer, pool=True) or not endpoint.allow_unauthenticated(address, now):
-            endpoint.stats["punches_ignored"] += 1
+        transport = self.transport
+        if transport.dialing(peer, pool=True) or not transport.allow_unauthenticated(address,
+                                                                                     now):
+            self.ctx.stats["punches_ignored"] += 1
             return
-        endpoint.stats["punches_received"] += 1
+        self.ctx.stats["punches_received"] += 1
         # A 9-byte PUNCH buys at most a few INITs: the dial it starts gives up early.
-        endpoint.dial(address, now, expected=peer, socket=socket, timeout=PUNCH_DIAL_TIMEOUT)
+        self.transport.dial(address, now, expected=peer, socket=socket, timeout=PUNCH_DIAL_TIMEOUT)
 
     def _dial_relayed(self, state: PeerState, now: float) -> None:
         relay = state.relay_via
-        endpoint = self.endpoint
-        if relay is None or relay == state.peer or endpoint.connection_to(state.peer) is not None:
+        if relay is None or relay == state.peer or self.ctx.connection_to(state.peer) is not None:
             return
-        link = endpoint.connection_to(relay)
+        link = self.ctx.connection_to(relay)
         if link is None or link.path.relayed:
             return
-        endpoint.stats["relay_dials"] += 1
-        endpoint.dial(RelayPath(relay, state.peer), now, expected=state.peer)  # type: ignore[arg-type]
+        self.ctx.stats["relay_dials"] += 1
+        self.transport.dial(RelayPath(relay, state.peer), now, expected=state.peer)  # type: ignore[arg-type]
 
     def nat_changed(self, now: float) -> None:
-        endpoint = self.endpoint
         for peer in self.introducer_peers:
-            connection = endpoint.connection_to(peer)
+            connection = self.ctx.connection_to(peer)
             if connection is not None and not connection.path.relayed:
-                connection.queue_frame(Register(endpoint.local_addresses, endpoint.nat.code))
-                endpoint.mark(connection)
+                connection.queue_frame(Register(self.transport.local_addresses,
+                                                self.nat_service.nat.code))
+                self.ctx.wake(connection)
         # Peers still waiting, or only relayed, get a fresh introduction with our new kind.
         for state in list(self.peers.values()):
             if state.peer in self.introducer_peers:
                 continue
-            connection = endpoint.connection_to(state.peer)
+            connection = self.ctx.connection_to(state.peer)
             relayed = connection is not None and connection.path.relayed
-            if relayed or (connection is None and endpoint.messages.pending_for(state.peer)):
+            if relayed or (connection is None and self.messages.pending_for(state.peer)):
                 self.reach(state.peer, now, fresh=True)
 
 
