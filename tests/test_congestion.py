@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from shoal.core.config import CoreConfig
 from shoal.core.congestion import (
     CONTROLLERS,
     CongestionController,
@@ -180,3 +181,10 @@ def test_the_pacer_paces_faster_in_slow_start_and_never_bursts_beyond_the_window
     pacer.on_sent(MSS, 0.0)
     pacer.on_sent(MSS, 0.0)
     assert pacer.next_send_time(MSS, 0.0) > 0.0
+
+
+def test_a_node_config_names_a_known_controller() -> None:
+    assert CoreConfig().congestion_control == "cubic"
+    CoreConfig(congestion_control="newreno")
+    with pytest.raises(LocalProtocolError):
+        CoreConfig(congestion_control="vegas")

@@ -10,7 +10,8 @@ altered unnoticed. The payload is a list of frames.
 Reliability works as in QUIC: packets, not frames, are acknowledged; ACK frames list
 ranges of received packet numbers; a packet is lost when three later ones are acked or
 9/8 RTT has passed, and its frames (not the packet) are sent again. A probe timeout
-(PTO) sends a probe when acks stop coming. NewReno limits bytes in flight.
+(PTO) sends a probe when acks stop coming. A congestion controller chosen by name
+(``CoreConfig.congestion_control``, see ``congestion``) limits bytes in flight.
 
 Paths. A connection is found by its session id, never by address, so its keys, packet
 numbers and everything in flight outlive the path it started on. A path is an address
@@ -41,10 +42,11 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from shoal.core import congestion
 from shoal.core.config import CoreConfig
 from shoal.core.flows import ControlFlow, Flow, FlowScheduler, FrameOwner
 from shoal.core.peers import Role
-from shoal.core.recovery import NewReno, RangeSet, ReplayWindow, RttEstimator
+from shoal.core.recovery import RangeSet, ReplayWindow, RttEstimator
 from shoal.core.wire import (
     AEAD_TAG_SIZE,
     DATA_HEADER,
@@ -275,7 +277,7 @@ class Connection:
         self.received = RangeSet()
         self.ack_pending = False
         self.rtt = RttEstimator()
-        self.cc = NewReno()
+        self.cc = congestion.create(config.congestion_control, self.rtt)
         self.sent: dict[int, SentPacket] = {}
         self.largest_acked = -1
         self.loss_time: float | None = None
@@ -574,7 +576,7 @@ class Connection:
                     continue
                 if pn == largest:
                     newest_time = packet.time_sent
-                self.cc.on_acked(packet.size, packet.time_sent)
+                self.cc.on_acked(packet.size, packet.time_sent, now)
                 for flow, record in packet.items:
                     flow.on_acked(record)
         if largest > self.largest_acked:
@@ -663,7 +665,7 @@ class Connection:
         self.bytes_sent += len(datagram)
         if eliciting:
             self.sent[pn] = SentPacket(now, len(datagram), items)
-            self.cc.on_sent(len(datagram))
+            self.cc.on_sent(len(datagram), now)
             self.last_eliciting_sent = now
         return datagram
 
