@@ -200,6 +200,8 @@ class Connection:
         "ack_pending",
         "rtt",
         "cc",
+        "pacer",
+        "paced_until",
         "sent",
         "largest_acked",
         "loss_time",
@@ -278,6 +280,9 @@ class Connection:
         self.ack_pending = False
         self.rtt = RttEstimator()
         self.cc = congestion.create(config.congestion_control, self.rtt)
+        self.pacer = congestion.Pacer()
+        self.paced_until: float | None = None
+        """New packets wait for the pacer until then."""
         self.sent: dict[int, SentPacket] = {}
         self.largest_acked = -1
         self.loss_time: float | None = None
@@ -585,6 +590,7 @@ class Connection:
             self.rtt.update(now - newest_time, frame.delay_us / 1e6)
             self.pto_count = 0
         self._detect_lost(now)
+        self.pacer.update(self.cc, now)
 
     def _detect_lost(self, now: float) -> None:
         self.loss_time = None
@@ -620,6 +626,7 @@ class Connection:
             return out
         destination, socket = self.path.address, self.path.socket
         controls, flows = self.controls, self.flows
+        self.paced_until = None
         while True:
             parts: list[bytes] = []
             budget = self.max_payload
@@ -636,7 +643,8 @@ class Connection:
                 parts.append(raw)
                 budget -= len(raw)
                 eliciting = True
-            if not self.closed and (self.probes > 0 or self.cc.can_send(MAX_DATAGRAM_SIZE)):
+            if not self.closed and (self.probes > 0 or (
+                    self.cc.can_send(MAX_DATAGRAM_SIZE) and self._paced(now))):
                 if controls.queue:
                     budget, record = controls.fill(parts, budget)
                     if record is not None:
@@ -666,8 +674,19 @@ class Connection:
         if eliciting:
             self.sent[pn] = SentPacket(now, len(datagram), items)
             self.cc.on_sent(len(datagram), now)
+            self.pacer.on_sent(len(datagram), now)
             self.last_eliciting_sent = now
         return datagram
+
+    def _paced(self, now: float) -> bool:
+        """Whether the pacer lets a new packet leave now (if not, when it will is kept
+        for the timer)."""
+        at = self.pacer.next_send_time(MAX_DATAGRAM_SIZE, now)
+        if at <= now:
+            return True
+        if self.controls.queue or self.flows.has_data():
+            self.paced_until = at
+        return False
 
     def idle(self) -> bool:
         """Nothing in flight and nothing queued."""
@@ -696,6 +715,8 @@ class Connection:
             deadline = min(deadline, self.last_eliciting_sent + self.config.keepalive_interval)
         if self.final_datagram is not None:
             deadline = min(deadline, self.final_deadline)
+        if self.paced_until is not None:
+            deadline = min(deadline, self.paced_until)
         for path in self.paths.values():
             if path.challenge is not None:
                 deadline = min(deadline, path.next_try)
