@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         PeerInfo,
         Service,
         ServiceEvent,
+        Stream,
         Subscription,
     )
     from shoal.core.config import CoreConfig
@@ -38,6 +39,7 @@ _LAZY = {
     "PeerInfo": "shoal.aio.node",
     "Service": "shoal.aio.node",
     "ServiceEvent": "shoal.aio.node",
+    "Stream": "shoal.aio.node",
     "CoreConfig": "shoal.core.config",
     "Identity": "shoal.identity",
 }
@@ -64,6 +66,7 @@ __all__ = [
     "Service",
     "ServiceEvent",
     "ShoalError",
+    "Stream",
     "Subscription",
     "__version__",
 ]
