@@ -228,6 +228,7 @@ class StreamService(Service):
         """Read a peer's stream's first bytes until they name its channel."""
         stream = handle.stream
         handle.head += stream.read(MAX_CHANNEL_NAME + 2 - len(handle.head))
+        stream.notify_readable = True  # until the name is complete, every arrival counts
         try:
             size, pos = decode_varint(bytes(handle.head), 0)
         except RemoteProtocolError:
