@@ -391,16 +391,18 @@ class StreamManager:
         for stream_id, stream in list(active.items()):
             if budget <= 0:
                 break
-            frames = stream.fill(budget) if stream.wants_send else []
+            frames = stream.fill(budget)
             del active[stream_id]
             if frames:
                 out += frames
-                budget -= sum(encoded_size(f) for f in frames)
+                for frame in frames:
+                    budget -= encoded_size(frame)
             if stream.wants_send:
                 active[stream_id] = stream  # to the back: the others go first next time
             elif stream.send.blocked_by_connection:
                 blocked_on_connection = True
-            self._check_done(stream)
+            elif not frames:
+                self._check_done(stream)  # woken by a read that finished it, say
         if blocked_on_connection:
             limit = self.send_credit.limit
             if self._data_blocked != limit and budget >= encoded_size(DataBlocked(limit)):
