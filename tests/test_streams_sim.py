@@ -17,6 +17,7 @@ from shoal.core.streams import frames as F
 from shoal.core.streams.manager import INITIAL_MAX_STREAMS, INITIAL_STREAM_DATA
 from shoal.errors import DeliveryError
 from shoal.sim import LinkProfile
+from test_traversal_sim import _confirmed_connection, _lab
 
 LONG = bool(os.environ.get("SHOAL_LONG_TESTS"))
 
@@ -227,3 +228,52 @@ def test_a_peer_that_sends_beyond_its_credit_loses_its_connection() -> None:
 
     closed, handles = sim.run(main, seed=10)
     assert closed and handles == 0
+
+
+def test_a_stream_goes_on_across_a_relay_to_direct_upgrade() -> None:
+    """Driven through the core (``SimNetwork``): the stream is opened while only the
+    relay works, and the direct path opens in the middle of the transfer."""
+    net, _, (a, b) = _lab(4, ["port-restricted", "port-restricted"],
+                          config=CoreConfig(punching=False))
+    b.endpoint.streams.serve("bulk/1")
+    blocked = {"on": True}
+
+    def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
+        crossing = source[0].startswith("198.51.100") and destination[0].startswith("198.51.100")
+        return None if crossing and blocked["on"] else data
+
+    net.tap = tap
+    warm = a.endpoint.send_message(b.peer_id, b"warm", net.now)
+    net.flush(a)
+    assert net.run(30, until=lambda: any(
+        isinstance(e, ev.MessageDelivered) and e.handle == warm for e in a.events))
+    connection = _confirmed_connection(net, a, b)
+    assert connection.path_kind == "relay"
+    data = random.Random(11).randbytes(600_000)
+    handle = a.endpoint.call("streams", net.now, "open", b.peer_id, "bulk/1")
+    offset, got, accepted, at_change = 0, bytearray(), None, None
+    for step in range(4000):
+        if offset < len(data):
+            offset += a.endpoint.call("streams", net.now, "write", handle, data[offset:])
+            if offset == len(data):
+                a.endpoint.call("streams", net.now, "close", handle)
+        if step == 10:
+            blocked["on"] = False  # a direct path opens with bytes in flight
+        net.flush(a)
+        net.run(0.02)
+        if at_change is None and connection.path_kind == "direct":
+            at_change = len(got)
+        if accepted is None:
+            accepted = next((e.data[0] for e in b.events if isinstance(e, ev.ServiceEvent)
+                             and e.kind == "accepted"), None)
+        if accepted is not None:
+            chunk = b.endpoint.call("streams", net.now, "read", accepted)
+            net.flush(b)
+            if chunk is None:
+                break
+            got += chunk
+    assert bytes(got) == data
+    assert at_change is not None and 0 < at_change < len(data)  # moved mid-transfer
+    assert a.endpoint.connection_to(b.endpoint.identity.public_key) is connection
+    assert connection.path_kind == "direct"
+    assert any(isinstance(e, ev.PathChanged) and e.path == "direct" for e in a.events)
