@@ -88,6 +88,33 @@ def test_an_origin_is_never_handed_from_one_app_to_another(tmp_path: Path,
     context.close()
 
 
+def test_a_tab_left_open_cannot_read_what_the_next_app_on_its_port_stores(
+        tmp_path: Path, browser: Browser) -> None:
+    """App A's tab stays open while app B is served on the same port: A's script reads
+    nothing B stores, and cannot fetch B's pages; each app has an origin of its own, the
+    same at each launch."""
+    port = _free_port()
+    context = browser.new_context()
+    first, second = _app(tmp_path / "first", "first"), _app(tmp_path / "second", "second")
+    with _served(first, tmp_path / "first-data", port) as url:
+        stale = context.new_page()
+        stale.goto(url)
+        first_origin = stale.evaluate("location.origin")
+    with _served(second, tmp_path / "second-data", port) as url:
+        page = context.new_page()
+        page.goto(url)
+        page.evaluate("() => localStorage.setItem('secret', 'of the second app')")
+        assert stale.evaluate("() => localStorage.getItem('secret')") is None
+        assert page.evaluate("location.origin") != first_origin
+        fetched = stale.evaluate("""() => fetch("/").then((r) => r.text())
+            .catch((error) => error.name)""")
+        assert "second" not in fetched
+    with _served(first, tmp_path / "first-data", port) as url:  # A again: the same origin
+        stale.goto(url)
+        assert stale.evaluate("location.origin") == first_origin
+    context.close()
+
+
 def test_a_foreign_fragment_cannot_replace_the_launch_secret(tmp_path: Path,
                                                              browser: Browser) -> None:
     context = browser.new_context()

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -550,6 +551,8 @@ def test_served_pages_keep_their_doctype_first(tmp_path: Path) -> None:
 
 
 def test_run_without_a_display_says_so_and_serves_for_a_browser(tmp_path: Path) -> None:
+    from shoal.runtime.origins import preferred_port
+
     env = {k: v for k, v in os.environ.items()
            if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     process = subprocess.Popen(
@@ -563,7 +566,10 @@ def test_run_without_a_display_says_so_and_serves_for_a_browser(tmp_path: Path) 
         assert notice["event"] == "notice" and "display" in notice["reason"]
         ready = json.loads(process.stdout.readline())
         assert ready["event"] == "ready" and ready["mode"] == "browser"
-        assert ready["url"].startswith("http://127.0.0.1:") and "#shoal=" in ready["url"]
+        # An origin of the app's own, on its own port: the same at each launch.
+        port = preferred_port(load_config(WEBAPP).id)
+        assert re.fullmatch(rf"http://bridge-checks-[a-z2-7]{{10}}\.localhost:{port}/"
+                            r"#shoal=[\w-]+", ready["url"]), ready["url"]
     finally:
         process.terminate()
         process.wait(timeout=10)

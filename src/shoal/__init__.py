@@ -16,6 +16,7 @@ from shoal.errors import (
 )
 
 if TYPE_CHECKING:
+    from shoal.aio.files import FetchError, FetchProgress, FetchResult
     from shoal.aio.node import (
         Channel,
         Delivery,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         Stream,
         Subscription,
     )
+    from shoal.core.blobs import Ticket, TicketError, VerificationError
     from shoal.core.config import CoreConfig
     from shoal.identity import Identity
 
@@ -41,6 +43,12 @@ _LAZY = {
     "ServiceEvent": "shoal.aio.node",
     "Stream": "shoal.aio.node",
     "CoreConfig": "shoal.core.config",
+    "FetchError": "shoal.aio.files",
+    "FetchProgress": "shoal.aio.files",
+    "FetchResult": "shoal.aio.files",
+    "Ticket": "shoal.core.blobs",
+    "TicketError": "shoal.core.blobs",
+    "VerificationError": "shoal.core.blobs",
     "Identity": "shoal.identity",
 }
 
@@ -56,6 +64,9 @@ __all__ = [
     "CoreConfig",
     "Delivery",
     "DeliveryError",
+    "FetchError",
+    "FetchProgress",
+    "FetchResult",
     "Identity",
     "IdentityError",
     "LocalProtocolError",
@@ -68,5 +79,8 @@ __all__ = [
     "ShoalError",
     "Stream",
     "Subscription",
+    "Ticket",
+    "TicketError",
+    "VerificationError",
     "__version__",
 ]

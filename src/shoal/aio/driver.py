@@ -42,6 +42,12 @@ class LoopDriver:
     def _send(self, data: bytes, address: Address, socket_id: int) -> None:
         raise NotImplementedError
 
+    def _send_all(self, datagrams: list[tuple[bytes, Address, int]]) -> None:
+        """Send one flush's datagrams; a driver that can batch them overrides this."""
+        send = self._send
+        for data, address, socket_id in datagrams:
+            send(data, address, socket_id)
+
     def _close_socket(self, socket_id: int) -> None:
         raise NotImplementedError
 
@@ -60,9 +66,8 @@ class LoopDriver:
         self._flush_scheduled = False
         if self._closed:
             return
-        endpoint, send = self.endpoint, self._send
-        for data, address, socket_id in endpoint.datagrams_to_send(self.now()):
-            send(data, address, socket_id)
+        endpoint = self.endpoint
+        self._send_all(endpoint.datagrams_to_send(self.now()))
         for socket_id in endpoint.sockets_to_close():
             self._close_socket(socket_id)
         while (event := endpoint.next_event()) is not None:

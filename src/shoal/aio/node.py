@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal.aio.driver import LoopDriver
 from shoal.aio.streams import Stream
@@ -29,6 +29,10 @@ from shoal.core.wire import Address
 from shoal.errors import ClosedError, DeliveryError, LocalProtocolError, ShoalError, os_error_code
 from shoal.identity import Identity, IdentityLock
 from shoal.net import format_address, parse_address, resolve_address
+
+if TYPE_CHECKING:
+    from shoal.aio.files import FetchProgress, FetchResult, FileService, SharedFile
+    from shoal.core.blobs import Ticket
 
 __all__ = ["Channel", "Delivery", "Message", "NatReport", "Node", "PeerInfo", "Service", "Stream",
            "ServiceEvent", "Subscription"]
@@ -158,6 +162,7 @@ class Node:
         self._nat_waiters: list[asyncio.Future[NatReport]] = []
         self._watcher: asyncio.Task[None] | None = None
         self._key_lock: IdentityLock | None = None
+        self._files: FileService | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -256,6 +261,8 @@ class Node:
         self._closed = True
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._files is not None:
+            self._files.close()
         if self._lan_start is not None and not self._lan_start.done():
             self._lan_start.cancel()
             with contextlib.suppress(BaseException):
@@ -312,6 +319,14 @@ class Node:
     def stats(self) -> dict[str, int]:
         """Counters of datagrams received, sent and dropped (by reason)."""
         return dict(self.endpoint.stats)
+
+    @property
+    def io_stats(self) -> dict[str, int]:
+        """What the node's sockets did: datagrams, bytes and system calls each way, GSO
+        batches sent and GRO buffers received, drops and offload fallbacks (empty on a
+        simulated network, or before the node starts)."""
+        stats = getattr(self._driver, "io_stats", None)
+        return stats.as_dict() if stats is not None else {}
 
     def peers(self) -> list[PeerInfo]:
         return self.endpoint.peers()
@@ -579,6 +594,36 @@ class Node:
         driver = self._require_driver()
         self.endpoint.add_peer_address(peer_id, parse_address(address), driver.now(), "app")
         driver.flush()
+
+    # ------------------------------------------------------------------ files
+
+    async def share(self, path: str | os.PathLike[str]) -> Ticket:
+        """Hash the file at ``path`` (BLAKE3, in 256 KiB pieces) and serve it to peers
+        until ``unshare`` or ``close``; ``str(ticket)`` is the text others fetch it by."""
+        return await self._file_service().share(path)
+
+    async def fetch(self, ticket: Ticket | str, path: str | os.PathLike[str], *,
+                    progress: Callable[[FetchProgress], object] | None = None) -> FetchResult:
+        """Fetch the file of ``ticket`` into ``path`` from every provider at once, each
+        piece verified as it arrives; see ``shoal.aio.files`` (``FetchError`` if no
+        provider is left; a later call resumes)."""
+        return await self._file_service().fetch(ticket, path, progress=progress)
+
+    def unshare(self, ticket: Ticket | str | bytes) -> bool:
+        """Stop serving a shared file; whether it was shared."""
+        return self._file_service().unshare(ticket)
+
+    def files(self) -> list[SharedFile]:
+        """The files this node shares."""
+        return self._file_service().files()
+
+    def _file_service(self) -> FileService:
+        if self._files is None:
+            self._require_driver()
+            from shoal.aio.files import FileService
+
+            self._files = FileService(self)
+        return self._files
 
     # ------------------------------------------------------------------ internals
 

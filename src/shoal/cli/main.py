@@ -1202,7 +1202,8 @@ def _app_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--browser", is_flag=True,
                         help="Serve for a browser instead of opening a window.")(func)
     func = click.option("--port", default=0, type=click.IntRange(0, 65535),
-                        help="Port of the local app server (default: any free port).")(func)
+                        help="Port of the local app server (default: the app's own, or any "
+                             "free one while that is taken).")(func)
     func = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
                         help="The app's own data folder (default: in the user data dir).")(func)
     func = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")(func)
@@ -1273,16 +1274,18 @@ def _run_app(app: Path, *, browser: bool, port: int, data_dir: Path | None, as_j
              url: str | None = None, dev_url: str | None = None) -> None:
     output = Output(as_json)
     with contextlib.ExitStack() as stack:
-        folder = _app_folder(app, output, yes, stack, own_data=data_dir is not None)
+        folder, publisher = _app_folder(app, output, yes, stack,
+                                        own_data=data_dir is not None)
         _run_folder(folder, output, browser=browser, port=port, data_dir=data_dir, gui=gui,
                     dev=dev, introducers=introducers, app_args=app_args, url=url,
-                    dev_url=dev_url)
+                    dev_url=dev_url, publisher=publisher)
 
 
 def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStack, *,
-                own_data: bool = False) -> Path:
-    """The folder to run for APP: itself, an archive verified and unpacked into a
-    temporary folder, or an installed app's folder. An archive runs with its app id's
+                own_data: bool = False) -> tuple[Path, str | None]:
+    """The folder to run for APP, and its publisher (None for a folder): itself, an
+    archive verified and unpacked into a temporary folder, or an installed app's folder.
+    An archive runs with its app id's
     data folder only if it comes from the publisher that id is pinned to (``own_data``:
     the user gave it a data folder of its own)."""
     from shoal.runtime.config import ARCHIVE_SUFFIX
@@ -1292,7 +1295,7 @@ def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStac
                          "verified (an unpacked download?): run the .shoal file itself, or "
                          "rename the folder to run it as an unsigned app", code="EISDIR")
     if app.is_dir():
-        return app
+        return app, None
     from shoal.runtime import archive  # after: it loads cryptography (6 MB, 30 ms)
 
     if app.is_file() or app.suffix == archive.SUFFIX:
@@ -1307,18 +1310,19 @@ def _app_folder(app: Path, output: Output, yes: bool, stack: contextlib.ExitStac
         manifest = archive.unpack(app, scratch / "app", pinned_then_approved)
         if not own_data:
             archive.pin_publisher(manifest)
-        return scratch / "app"
+        return scratch / "app", manifest.publisher
     found = archive.installed(str(app))
     if found is None:
         raise ShoalError(f"{app}: no app folder, .shoal archive or installed app by that "
                          "name", code="ENOENT")
-    return found.folder
+    return found.folder, found.publisher
 
 
 def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
                 data_dir: Path | None, gui: str | None, dev: bool,
                 introducers: tuple[str, ...], app_args: tuple[str, ...],
-                url: str | None = None, dev_url: str | None = None) -> None:
+                url: str | None = None, dev_url: str | None = None,
+                publisher: str | None = None) -> None:
     import dataclasses
 
     from shoal.runtime import instance
@@ -1391,8 +1395,13 @@ def _run_folder(folder: Path, output: Output, *, browser: bool, port: int,
         output.event("notice", f"no native window: {reason}; serving for a browser instead",
                      reason=reason)
 
-    async def body() -> int:
+    from shoal.runtime.origins import app_host
 
+    # An origin of the app's own, the same each launch: its storage stays its own.
+    launch = dataclasses.replace(launch, host=app_host(
+        config.name, config.id, publisher, (data_dir or default_data_dir(config.id)).resolve()))
+
+    async def body() -> int:
         from shoal.runtime.host import AppHost
 
         async with AppHost(folder, launch) as host:

@@ -10,7 +10,8 @@ allows by hash the import map and the inline code the page's file holds, nothing
 later. What the policy refuses, the browser reports to ``REPORT_PATH``.
 
 The bridge is a WebSocket at ``/_shoal/bridge``. A request is refused (403, no side
-effect) unless its ``Host`` is exactly this server's ``127.0.0.1:PORT`` (DNS rebinding),
+effect) unless its ``Host`` is exactly this server's ``HOST:PORT`` (DNS rebinding; HOST is
+``127.0.0.1``, or in a browser the app's own name, see ``origins``),
 its ``Origin`` is exactly the app's origin (other pages in a browser), and it carries the
 per-launch secret (other local processes). The secret travels only in the URL fragment
 handed to the window, which is never sent over HTTP; ``api.js`` moves it to
@@ -103,7 +104,7 @@ class AppServer:
                  page_origin: str | None = None, dev: bool = False,
                  plugins: tuple[HostPlugin, ...] = (),
                  on_refusal: Callable[[Refusal], None] | None = None,
-                 dev_server: DevServer | None = None) -> None:
+                 dev_server: DevServer | None = None, host: str | None = None) -> None:
         """``readable`` opens a page path for reading (raising ``BridgeError``): bulk
         reads are served over HTTP at ``FILE_PATH``, which moves large files much faster
         than WebSocket frames do. ``page_origin``: the pages' origin when something else
@@ -111,7 +112,8 @@ class AppServer:
         then open the bridge. ``plugins``: what the launch adds; their pages are
         served under ``/_shoal/``. ``on_refusal``: told each kind of thing the pages'
         policy refused, once. ``dev_server``: serve the pages of this framework dev
-        server instead of the app's files."""
+        server instead of the app's files. ``host``: the host name of the pages' origin
+        (``origins.app_host``; default ``127.0.0.1``), the only ``Host`` answered."""
         self.config = config
         self.plugins = plugins
         self.calls = calls
@@ -120,6 +122,7 @@ class AppServer:
         self.secret = secret or secrets.token_urlsafe(32)
         self._listener = listener
         self._requested_port = port
+        self.host = host or "127.0.0.1"
         self.port = 0
         self._server = LoopbackServer(self._handle, post_paths=frozenset({REPORT_PATH}))
         self.on_refusal = on_refusal
@@ -134,7 +137,7 @@ class AppServer:
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def page_origin(self) -> str:
@@ -150,7 +153,7 @@ class AppServer:
         listener = self._listener or bind_listener(self._requested_port)
         self.port = listener.getsockname()[1]
         self._server.headers = security_headers(
-            content_security_policy(self.port, self.config.csp),
+            content_security_policy(self.port, self.config.csp, host=self.host),
             isolated=self.config.cross_origin_isolated)
         if self._page_origin is None:  # the browser keeps this origin's storage
             from shoal.runtime.origins import claim
@@ -189,8 +192,9 @@ class AppServer:
     # ------------------------------------------------------------------ HTTP
 
     def _handle(self, request: Request) -> Response | WebSocketAccept | Awaitable[Response]:
-        if request.headers.get("host") != f"127.0.0.1:{self.port}":
-            if request.headers.get("host") == f"localhost:{self.port}" and \
+        if request.headers.get("host") != f"{self.host}:{self.port}":
+            if request.headers.get("host") in (f"localhost:{self.port}",
+                                               f"127.0.0.1:{self.port}") and \
                     request.method == "GET" and request.path != BRIDGE_PATH:
                 # The same server by another name: to the one origin its pages have (the
                 # fragment with the launch secret goes along).
@@ -255,7 +259,8 @@ class AppServer:
         page_nonce = nonce()
         inline = inline_hashes(html)
         inline["style-src"] = (*inline.get("style-src", ()), f"'nonce-{page_nonce}'")
-        policy = content_security_policy(self.port, self.config.csp, inline=inline)
+        policy = content_security_policy(self.port, self.config.csp, inline=inline,
+                                         host=self.host)
         page = page_text(html, dev=self.dev, head=nonce_meta(page_nonce))
         return Response(status, page.encode(), {
             "Content-Type": "text/html; charset=utf-8",
@@ -278,7 +283,8 @@ class AppServer:
             with opened:
                 html = opened.read().decode("utf-8", errors="replace")
             policy = content_security_policy(
-                self.port, self.config.csp, inline=page_inline(self.config.pages, target, html))
+                self.port, self.config.csp, inline=page_inline(self.config.pages, target, html),
+                host=self.host)
             headers.update(security_headers(policy, isolated=self.config.cross_origin_isolated))
             return Response(body=page_text(html, dev=self.dev).encode(), headers=headers)
         return Response(file=opened, headers={"Content-Type": kind})

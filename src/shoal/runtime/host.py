@@ -32,6 +32,7 @@ from shoal.runtime.hotkeys import Hotkeys
 from shoal.runtime.instance import Instance
 from shoal.runtime.launch import Launch
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
+from shoal.runtime.origins import own_listener
 from shoal.runtime.processes import Processes
 from shoal.runtime.refusals import Refusal
 from shoal.runtime.system import BrowserBackend, System, WindowBackend
@@ -93,14 +94,15 @@ class AppHost:
         permissions = config.permissions
         if self.listener is None:
             # A taken port fails here, before the data folder or a node key is made.
-            self.listener = bind_listener(self.launch.port)
+            self.listener = own_listener(config.id, self.launch.port) \
+                if self.launch.host else bind_listener(self.launch.port)
         functions = load_exposed(self.folder / "app.py")
         check_invoke(config, functions)
         calls: dict[str, Any] = {}
         policy = PathPolicy(self.data_dir, permissions.fs_read, permissions.fs_write)
         files = FileSystem(policy, lambda event, data: server.emit(event, data))
         server = AppServer(config, calls, port=self.launch.port, listener=self.listener,
-                           secret=self.secret, page_origin=self.page_origin,
+                           secret=self.secret, host=self.launch.host, page_origin=self.page_origin,
                            readable=files.open_for_reading, dev=self.dev,
                            plugins=self.launch.plugins, on_refusal=self._refused,
                            dev_server=DevServer(self.dev_url) if self.dev_url else None)

@@ -45,6 +45,9 @@ class Launch:
     (``"error"``), notice and inspector address (``"inspector"``), for the terminal."""
     port: int = 0
     """The app server's port on 127.0.0.1 (0: the app's own, else any free one)."""
+    host: str | None = None
+    """The host name the pages are served under for a browser (``origins.app_host``: an
+    origin of the app's own); None: ``127.0.0.1``."""
     lan_discovery: bool | None = None
     """Find peers on the LAN (None: as ``shoal.toml`` says)."""
     argv: tuple[str, ...] = ()

@@ -52,12 +52,13 @@ _HASH_SOURCE = re.compile(r"^'sha256-[A-Za-z0-9+/]{43}='$")
 
 def content_security_policy(port: int, extra: dict[str, tuple[str, ...]], *,
                             api_origin: str | None = None,
-                            inline: dict[str, tuple[str, ...]] | None = None) -> str:
+                            inline: dict[str, tuple[str, ...]] | None = None,
+                            host: str = "127.0.0.1") -> str:
     """The page's policy: only the app's own files, the bridge and bulk reads on
-    ``port``, and the ``shoal:api`` module: from ``api_origin`` when given, else through
-    the import map, whose hash is then allowed as inline script. ``inline``: the hashes
-    of one page's own inline code (``inline_hashes``). Refusals are reported to
-    ``REPORT_PATH`` on ``port``."""
+    ``host:port``, and the ``shoal:api`` module: from ``api_origin`` when given, else
+    through the import map, whose hash is then allowed as inline script. ``inline``: the
+    hashes of one page's own inline code (``inline_hashes``). Refusals are reported to
+    ``REPORT_PATH`` there."""
     api_source = _hash_source(IMPORT_MAP) if api_origin is None else api_origin
     policy: dict[str, list[str]] = {
         "default-src": ["'none'"],
@@ -66,8 +67,8 @@ def content_security_policy(port: int, extra: dict[str, tuple[str, ...]], *,
         "img-src": ["'self'", "blob:"],
         "font-src": ["'self'"],
         "media-src": ["'self'", "blob:"],
-        "connect-src": ["'self'", f"ws://127.0.0.1:{port}{BRIDGE_PATH}",
-                        f"http://127.0.0.1:{port}{FILE_PATH}"],
+        "connect-src": ["'self'", f"ws://{host}:{port}{BRIDGE_PATH}",
+                        f"http://{host}:{port}{FILE_PATH}"],
         "worker-src": ["'self'"],
         "manifest-src": ["'self'"],
         "base-uri": ["'none'"],
@@ -80,7 +81,7 @@ def content_security_policy(port: int, extra: dict[str, tuple[str, ...]], *,
         if current == ["'none'"]:
             current.clear()
         current.extend(s for s in sources if s not in current)
-    policy["report-uri"] = [f"http://127.0.0.1:{port}{REPORT_PATH}"]
+    policy["report-uri"] = [f"http://{host}:{port}{REPORT_PATH}"]
     return "; ".join(f"{k} {' '.join(v)}" for k, v in policy.items())
 
 

@@ -33,6 +33,8 @@ def _copy(source: Traversable, folder: Path, values: dict[str, str]) -> list[Pat
     """The template's files (and folders) written into ``folder``, placeholders filled."""
     written = []
     for entry in sorted(source.iterdir(), key=lambda e: e.name):
+        if entry.name == "__pycache__":  # compiled beside an installed Shoal, not the app's
+            continue
         target = folder / entry.name
         if entry.is_dir():
             target.mkdir(exist_ok=True)

@@ -378,6 +378,7 @@ class WindowSession:
 
         from shoal.net import bind_listener
         from shoal.runtime.config import default_data_dir, load_config
+        from shoal.runtime.origins import own_listener
         from shoal.runtime.qtscheme import (
             network_flags,
             register_scheme,
@@ -400,13 +401,10 @@ class WindowSession:
         # A dev server's pages come through the app server, as a plugin's do.
         serves_itself = gui == "qt" and os.environ.get("QT_API") == "pyside6" and \
             launch.entry == "/" and launch.dev_url is None
-        listener = None
-        if launch.port == 0 and not serves_itself:
-            # The pages' origin is then http://127.0.0.1:PORT: the same port each launch
-            # keeps what they stored within reach.
-            with contextlib.suppress(OSError):
-                listener = bind_listener(preferred_port(config.id))
-        self.listener = listener or bind_listener(launch.port)
+        # Where the pages' origin is http://127.0.0.1:PORT, the same port each launch
+        # keeps what they stored within reach.
+        self.listener = bind_listener(launch.port) if serves_itself else \
+            own_listener(config.id, launch.port)
         self.port = self.listener.getsockname()[1]
         self.secret = secrets.token_urlsafe(32)
         self.server_url = f"http://127.0.0.1:{self.port}{launch.entry}#shoal={self.secret}"
@@ -701,19 +699,6 @@ def _one_qt_profile() -> None:
 
     profile.shared_by_shoal = True  # type: ignore[attr-defined]
     qt_platform.QWebEngineProfile = profile
-
-
-PREFERRED_PORTS = (20000, 30000)
-"""Where an app's own port is chosen, below Linux's ephemeral ports (32768 and up)."""
-
-
-def preferred_port(app_id: str) -> int:
-    """The app's own port on 127.0.0.1, the same at each launch (taken: any other)."""
-    import hashlib
-
-    low, high = PREFERRED_PORTS
-    return low + int.from_bytes(hashlib.sha256(app_id.encode()).digest()[:4], "big") % (
-        high - low)
 
 
 EXIT_GRACE = 5

@@ -1,0 +1,1 @@
+"""The pure layers of groups: post envelopes, group keys and invites."""

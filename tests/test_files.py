@@ -1,0 +1,315 @@
+"""Files shared and fetched by content, in virtual time (``shoal.sim``): several providers
+at once, a provider that lies, a lossy network, resuming, and no partial file under the
+final name. The CLI's share and fetch, killed mid-transfer, run as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from tests.cli_helpers import shoal as shoal_argv
+
+import shoal
+from shoal import sim
+from shoal.aio import files
+from shoal.core.blobs import HashTree, Provider, Ticket, piece_count, piece_span
+from shoal.sim.network import LinkProfile
+
+PIECE = 256 * 1024
+pytestmark = pytest.mark.timeout(120)
+
+
+def _file(folder: Path, size: int, seed: int = 1, name: str = "source.bin") -> Path:
+    path = folder / name
+    path.write_bytes(random.Random(seed).randbytes(size))
+    return path
+
+
+async def _lying_provider(node: shoal.Node, data: bytes) -> None:
+    """Answers every request with the right proof and one flipped bit in the piece."""
+    tree = HashTree.build(len(data), [data[o:o + PIECE] for o in range(0, len(data), PIECE)])
+    channel = node.channel(files.CHANNEL)
+    async for message in channel:
+        request_id, piece, _, _ = files.decode(message.data)  # type: ignore[misc]
+        offset, length = piece_span(len(data), piece)
+        bad = bytearray(data[offset:offset + length])
+        bad[len(bad) // 2] ^= 0x10
+        channel.send_nowait(message.sender, files.encode_piece(
+            request_id, piece, tree.piece_proof(piece), bytes(bad)))
+
+
+def test_a_fetch_from_three_providers_drops_the_one_that_lies(tmp_path: Path) -> None:
+    source = _file(tmp_path, 12 * PIECE + 1000)
+    data = source.read_bytes()
+
+    async def main(net: sim.VirtualNetwork) -> shoal.FetchResult:
+        async with net.node() as good1, net.node() as good2, net.node() as liar, \
+                net.node() as fetcher:
+            lies = asyncio.get_running_loop().create_task(_lying_provider(liar, data))
+            ticket = (await good1.share(source)).merge(
+                await good2.share(source),
+                Ticket(shoal.Ticket.parse(str(await good1.share(source))).root, len(data),
+                       (Provider(liar.peer_id, (liar.address,)),)))
+            # The liar is asked first as well as the others.
+            ticket = Ticket(ticket.root, ticket.size, ticket.providers[::-1], ticket.name)
+            seen: list[shoal.FetchProgress] = []
+            result = await fetcher.fetch(str(ticket), tmp_path / "out.bin",
+                                         progress=seen.append)
+            lies.cancel()
+            assert seen[-1].corrupt == 1 and seen[-1].bytes == len(data)
+            served = [shared.served for node in (good1, good2) for shared in node.files()]
+            assert sum(served) == result.fetched == piece_count(len(data))
+            assert all(count > 0 for count in served)  # both honest ones were used
+            assert liar.peer_id not in {p.peer_id for p in (await good1.share(source)).providers}
+            return result
+
+    result = sim.run(main, seed=3)
+    assert (tmp_path / "out.bin").read_bytes() == data
+    liar_stats = [p for p in result.providers.values() if p["corrupt"]]
+    assert liar_stats == [{"pieces": 0, "corrupt": 1, "state": "dropped",
+                           "reason": "sent data that failed verification"}]
+    assert not (tmp_path / "out.bin.part").exists()
+    assert not (tmp_path / "out.bin.part.state").exists()
+
+
+def test_a_fetch_over_a_lossy_reordering_link_is_byte_identical(tmp_path: Path) -> None:
+    size = int(os.environ.get("SHOAL_FILES_TEST_BYTES", 16 * PIECE + 12345))
+    source = _file(tmp_path, size, seed=5)
+    profile = LinkProfile(latency=0.01, jitter=0.01, loss=0.10, duplicate=0.02)
+
+    async def main(net: sim.VirtualNetwork) -> shoal.FetchResult:
+        async with net.node() as a, net.node() as b, net.node() as c, \
+                net.node() as fetcher:
+            ticket = (await a.share(source)).merge(await b.share(source),
+                                                   await c.share(source))
+            return await fetcher.fetch(ticket, tmp_path / "out.bin")
+
+    result = sim.run(main, seed=11, profile=profile)
+    assert result.fetched == piece_count(size)
+    assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_resumed_fetch_asks_for_no_piece_it_holds(tmp_path: Path) -> None:
+    source = _file(tmp_path, 10 * PIECE)
+    target = tmp_path / "out.bin"
+
+    async def main(net: sim.VirtualNetwork) -> tuple[int, int, shoal.FetchResult]:
+        async with net.node() as provider:
+            ticket = await provider.share(source)
+
+            def stop_after_four(progress: shoal.FetchProgress) -> None:
+                # Never a partial file under the final name.
+                assert not target.exists() and target.with_name("out.bin.part").exists()
+                if progress.bytes >= 4 * PIECE:
+                    raise _Stop
+
+            async with net.node() as fetcher:
+                with pytest.raises(_Stop):
+                    await fetcher.fetch(ticket, target, progress=stop_after_four)
+            await asyncio.sleep(1)  # requests the first fetcher had in flight land first
+            first = provider.files()[0].served
+            async with net.node() as fetcher:  # another node, the same partial file
+                result = await fetcher.fetch(ticket, target)
+            return first, provider.files()[0].served - first, result
+
+    _first, second, result = sim.run(main, seed=2)
+    assert result.resumed == 4 and result.fetched == 6 and result.requested == 6
+    assert second == 6  # the provider was asked only for what was missing
+    assert target.read_bytes() == source.read_bytes()
+
+
+def test_a_killed_provider_is_resumed_from_when_it_comes_back(tmp_path: Path) -> None:
+    source = _file(tmp_path, 8 * PIECE)
+    target = tmp_path / "out.bin"
+    identity = shoal.Identity.generate()
+
+    async def main(net: sim.VirtualNetwork) -> shoal.FetchResult:
+        async with net.node() as fetcher:
+            provider = net.node(identity=identity)
+            await provider.start()
+            ticket = await provider.share(source)
+
+            def kill_at_three_pieces(progress: shoal.FetchProgress) -> None:
+                # Gone without a word, as after SIGKILL: its address stops answering.
+                if progress.bytes >= 3 * PIECE and provider.address in net.nodes:
+                    net.detach(net.nodes[provider.address])
+
+            with pytest.raises(shoal.FetchError) as info:
+                await fetcher.fetch(ticket, target, progress=kill_at_three_pieces)
+            assert "kept for a later fetch" in str(info.value)
+            assert not target.exists() and target.with_name("out.bin.part").exists()
+            await provider.close()
+            async with net.node(identity=identity) as again:
+                return await fetcher.fetch(await again.share(source), target)
+
+    result = sim.run(main, seed=4)
+    assert result.resumed >= 3 and result.resumed + result.fetched == 8
+    assert target.read_bytes() == source.read_bytes()
+
+
+def test_a_partial_file_changed_on_disk_is_caught_before_it_gets_its_name(
+        tmp_path: Path) -> None:
+    source = _file(tmp_path, 6 * PIECE)
+    target = tmp_path / "out.bin"
+    part = target.with_name("out.bin.part")
+
+    async def main(net: sim.VirtualNetwork) -> shoal.FetchResult:
+        async with net.node() as provider, net.node() as fetcher:
+            ticket = await provider.share(source)
+
+            def damage(progress: shoal.FetchProgress) -> None:
+                if progress.bytes == 5 * PIECE:  # piece 0 is verified by now: spoil it
+                    with part.open("r+b") as handle:
+                        handle.write(b"\xff" * 10)
+
+            return await fetcher.fetch(ticket, target, progress=damage)
+
+    result = sim.run(main, seed=1)
+    assert result.fetched == 7  # six, and the damaged one again
+    assert target.read_bytes() == source.read_bytes()
+
+
+def test_providers_without_the_file_are_dropped_and_the_partial_kept(tmp_path: Path) -> None:
+    source = _file(tmp_path, 2 * PIECE)
+
+    async def main(net: sim.VirtualNetwork) -> None:
+        async with net.node() as provider, net.node() as stranger, net.node() as fetcher:
+            ticket = await provider.share(source)
+            assert provider.unshare(str(ticket)) and not provider.unshare(ticket)
+            assert provider.files() == []
+            served = Ticket(ticket.root, ticket.size, (
+                *ticket.providers, Provider(stranger.peer_id, (stranger.address,))))
+            stranger.files()  # serves blobs, but not this one
+            with pytest.raises(shoal.FetchError) as info:
+                await fetcher.fetch(served, tmp_path / "out.bin")
+            assert "does not have the file" in str(info.value)
+            assert info.value.code == "EHOSTUNREACH"
+            assert not (tmp_path / "out.bin").exists()
+
+    sim.run(main)
+
+
+def test_bad_arguments_are_typed_errors(tmp_path: Path) -> None:
+    source = _file(tmp_path, 1000)
+    (tmp_path / "taken").write_bytes(b"x")
+
+    async def main(net: sim.VirtualNetwork) -> None:
+        async with net.node() as node, net.node() as other:
+            ticket = await other.share(source)
+            cases = [
+                (node.share(tmp_path / "missing"), shoal.LocalProtocolError, "ENOENT"),
+                (node.share(tmp_path), shoal.LocalProtocolError, "EISDIR"),
+                (node.fetch("blobnotaticket", tmp_path / "x"), shoal.TicketError, "EINVAL"),
+                (node.fetch(ticket, tmp_path / "taken"), shoal.FetchError, "EEXIST"),
+                (node.fetch(ticket, tmp_path), shoal.LocalProtocolError, "EISDIR"),
+                (node.fetch(ticket, tmp_path / "no" / "x"), shoal.LocalProtocolError,
+                 "ENOENT"),
+                (other.fetch(ticket, tmp_path / "self"), shoal.FetchError, "EINVAL"),
+            ]
+            for call, kind, code in cases:
+                with pytest.raises(kind) as info:
+                    await call
+                assert info.value.code == code, info.value
+            assert (tmp_path / "taken").read_bytes() == b"x"
+
+    sim.run(main)
+
+
+def test_a_server_refuses_floods_and_survives_garbage(tmp_path: Path) -> None:
+    source = _file(tmp_path, 40 * PIECE)
+
+    async def main(net: sim.VirtualNetwork) -> dict[str, int]:
+        async with net.node() as server, net.node() as attacker:
+            ticket = await server.share(source)
+            channel = attacker.channel(files.CHANNEL)
+            attacker.add_peer_address(server.peer_id, server.address)
+            for junk in (b"\x01short", b"\x09" * 50, b"\x02" + b"\0" * 5):
+                await channel.send(server.peer_id, junk)
+            for request_id in range(40):
+                channel.send_nowait(server.peer_id,
+                                    files.encode_request(request_id, ticket.root, request_id))
+            answers = [files.decode((await channel.receive()).data) for _ in range(40)]
+            refused = [a for a in answers if a.kind == files.REFUSED]  # type: ignore[union-attr]
+            assert refused and all(a.reason == files.BUSY for a in refused)  # type: ignore[union-attr]
+            assert len(answers) - len(refused) >= files.SERVE_PER_PEER
+            stats = dict(server._files.stats)  # type: ignore[union-attr]
+            # Still serving.
+            async with net.node() as fetcher:
+                await fetcher.fetch(ticket, tmp_path / "out.bin")
+            return stats
+
+    stats = sim.run(main)
+    assert stats["malformed"] == 3 and stats["busy"] > 0
+    assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
+
+
+# ---------------------------------------------------------------------- the CLI
+
+
+def _json_lines(process: subprocess.Popen[str]):  # type: ignore[no-untyped-def]
+    assert process.stdout is not None
+    for line in process.stdout:
+        yield json.loads(line)
+
+
+def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
+    source = _file(tmp_path, 48 * PIECE)
+    target = tmp_path / "got.bin"
+    share = subprocess.Popen(
+        shoal_argv("share", str(source), "--listen", "127.0.0.1:0", "--no-lan", "--json",
+                   "--identity", str(tmp_path / "share.key")),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = next(_json_lines(share))
+        assert ready["event"] == "sharing" and ready["bytes"] == source.stat().st_size
+        fetch_argv = shoal_argv("fetch", ready["ticket"], "-o", str(target), "--listen",
+                                "127.0.0.1:0", "--no-lan", "--json",
+                                "--identity", str(tmp_path / "fetch.key"))
+        first = subprocess.Popen(fetch_argv, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        for event in _json_lines(first):
+            if event["event"] == "progress" and event["bytes"] >= 8 * PIECE:
+                first.send_signal(signal.SIGKILL)
+                break
+        first.wait(timeout=30)
+        assert first.returncode == -signal.SIGKILL
+        assert not target.exists()
+        state = target.with_name("got.bin.part.state").read_bytes()
+        bits = state[48:48 + 6]
+        held = sum(bin(b).count("1") for b in bits)
+        assert 8 <= held < 48, held
+        second = subprocess.run(fetch_argv, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr
+        done = [json.loads(line) for line in second.stdout.splitlines()][-1]
+        assert done["event"] == "fetched", done
+        assert done["resumed_pieces"] == held and done["fetched_pieces"] == 48 - held
+        assert target.read_bytes() == source.read_bytes()
+        assert not target.with_name("got.bin.part").exists()
+    finally:
+        share.send_signal(signal.SIGINT)
+        share.wait(timeout=10)
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["fetch", "blobnope"], "not a ticket"),
+    (["fetch", "hello"], "not a ticket"),
+    (["share", "/nonexistent/file"], "cannot read"),
+])
+def test_the_cli_says_what_is_wrong_in_one_line(tmp_path: Path, argv: list[str],
+                                               said: str) -> None:
+    result = subprocess.run(shoal_argv(*argv, "--no-lan", "--identity",
+                                       str(tmp_path / "k.key")),
+                            capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode in (1, 2) and len(lines) == 1 and said in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
