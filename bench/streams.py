@@ -7,14 +7,16 @@ moves the same ``--bytes`` from a sender process to a receiver process; both has
 they send or receive (SHA-256) and the row is ``verified`` only if the hashes match. The
 time is from the sender's first write (once connected) to the receiver's last byte.
 
-    python bench/streams.py [--bytes 1GiB] [--rows shoal_messages,tls_tcp,aioquic,udx]
+    python bench/streams.py [--bytes 1GiB]
+                            [--rows shoal_stream,shoal_messages,tls_tcp,aioquic,udx]
                             [--loss PCT] [--repeat K] [--profile] [--json]
 
 Rows: ``tls_tcp`` (Python's ssl over TCP, a self-signed certificate made with
 ``cryptography``), ``aioquic`` (one QUIC stream; ``pip install 'shoal[bench]'``),
 ``udx`` (udx-native with @hyperswarm/secret-stream, installed with npm into
-``~/.cache/shoal-bench/udx`` on first use) and ``shoal_messages`` (acknowledged messages
-on a channel, ``--message-size`` each). ``--loss PCT`` drops that share of packets at
+``~/.cache/shoal-bench/udx`` on first use), ``shoal_stream`` (one Shoal stream, written
+``CHUNK`` bytes at a time) and ``shoal_messages`` (acknowledged messages on a channel,
+``--message-size`` each). ``--loss PCT`` drops that share of packets at
 the receiving end with an nftables rule in the namespace; it turns segmentation offload
 off (Shoal's GSO, TCP's TSO), so that each dropped packet is one datagram or segment.
 ``--profile`` samples Shoal's processes with py-spy (cProfile where py-spy is missing)
@@ -57,7 +59,7 @@ CHUNK = 256 * 1024
 BLOCK = 2 << 20
 CHANNEL = "bench/1"
 SEEDS = {"recv": bytes(range(32)), "send": bytes(range(32, 64))}
-DEFAULT_ROWS = ("shoal_messages", "tls_tcp", "aioquic", "udx")
+DEFAULT_ROWS = ("shoal_stream", "shoal_messages", "tls_tcp", "aioquic", "udx")
 
 
 # ====================================================================== data both sides see
@@ -307,6 +309,52 @@ def shoal_messages_send(args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
+def shoal_stream_recv(args: argparse.Namespace) -> None:
+    import shoal
+    from shoal.identity import Identity
+
+    loop_name = use_uvloop()
+
+    async def run() -> None:
+        async with shoal.Node(Identity(SEEDS["recv"]), listen=f"127.0.0.1:{args.port}",
+                              lan_discovery=False) as node:
+            channel = node.channel(CHANNEL)
+            ready()
+            stream = await channel.accept()
+            digest, received = hashlib.sha256(), 0
+            while chunk := await stream.read(BLOCK):
+                digest.update(chunk)
+                received += len(chunk)
+            end = time.monotonic()
+            report("recv", bytes=received, sha256=digest.hexdigest(), end=end,
+                   loop=loop_name, io_stats=getattr(node, "io_stats", None), stats=node.stats)
+            await asyncio.to_thread(wait_for_parent)
+
+    asyncio.run(run())
+
+
+def shoal_stream_send(args: argparse.Namespace) -> None:
+    import shoal
+    from shoal.identity import Identity
+
+    use_uvloop()
+
+    async def run() -> None:
+        async with shoal.Node(Identity(SEEDS["send"]), listen=f"127.0.0.1:{SENDER_PORT}",
+                              lan_discovery=False) as node:
+            peer = await node.connect(("127.0.0.1", args.peer_port))
+            pattern = Pattern()
+            stream = await node.open_stream(peer, CHANNEL)
+            start = time.monotonic()
+            for chunk in pattern.chunks(args.bytes, CHUNK):
+                await stream.write(chunk)
+            await stream.close()
+            report("send", bytes=pattern.sent, sha256=pattern.hash.hexdigest(), start=start,
+                   io_stats=getattr(node, "io_stats", None), stats=node.stats)
+
+    asyncio.run(run())
+
+
 # ====================================================================== rows
 
 @dataclass(frozen=True)
@@ -335,9 +383,10 @@ ROWS = {row.name: row for row in (
     Row("tls_tcp", tls_recv, tls_send),
     Row("aioquic", quic_recv, quic_send),
     Row("udx", None, None),
+    Row("shoal_stream", shoal_stream_recv, shoal_stream_send, shoal=True),
     Row("shoal_messages", shoal_messages_recv, shoal_messages_send, shoal=True),
 )}
-"""Shoal's streams add a row here (``shoal_stream``), preferred in the ratios."""
+"""The ratios compare the first of ``SHOAL_ROWS`` that ran with the others."""
 SHOAL_ROWS = ("shoal_stream", "shoal_messages")
 
 

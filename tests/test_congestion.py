@@ -6,15 +6,20 @@ import itertools
 
 import pytest
 
+from shoal.core.config import CoreConfig
 from shoal.core.congestion import (
     CONTROLLERS,
+    PACING_BURST,
+    TIMER_GRANULARITY,
     CongestionController,
     Cubic,
     Pacer,
     create,
     register,
 )
+from shoal.core.connection import Connection
 from shoal.core.recovery import RttEstimator
+from shoal.core.wire import MAX_DATAGRAM_SIZE
 from shoal.errors import LocalProtocolError
 
 MSS = 1200
@@ -180,3 +185,58 @@ def test_the_pacer_paces_faster_in_slow_start_and_never_bursts_beyond_the_window
     pacer.on_sent(MSS, 0.0)
     pacer.on_sent(MSS, 0.0)
     assert pacer.next_send_time(MSS, 0.0) > 0.0
+
+
+def test_a_node_config_names_a_known_controller() -> None:
+    assert CoreConfig().congestion_control == "cubic"
+    CoreConfig(congestion_control="newreno")
+    with pytest.raises(LocalProtocolError):
+        CoreConfig(congestion_control="vegas")
+
+
+class _Bulk:
+    """A flow with endless 1,000-byte extension frames."""
+
+    def has_data(self) -> bool:
+        return True
+
+    def fill(self, parts: list[bytes], budget: int) -> tuple[int, object]:
+        if budget < 1003:
+            return budget, None
+        parts.append(b"\xe5\x87\x68" + bytes(1000))  # type, varint length 1000, body
+        return budget - 1003, "bulk"
+
+    def on_acked(self, record: object) -> None:
+        pass
+
+    def on_lost(self, record: object) -> None:
+        pass
+
+
+def test_a_connection_paces_its_packets_over_the_round_trip() -> None:
+    connection = Connection(local_sid=b"l" * 8, remote_sid=b"r" * 8, peer=b"p" * 32,
+                            peer_introducer=False, initiator=True, send_key=bytes(32),
+                            recv_key=bytes(32), address=("127.0.0.1", 1), now=0.0,
+                            config=CoreConfig(), random_bytes=lambda n: bytes(n))
+    assert isinstance(connection.cc, Cubic)
+    connection.add_flow(_Bulk())
+    connection.rtt.update(0.1, 0.0)
+    connection.cc.window = connection.cc.ssthresh = 1_000_000  # congestion avoidance
+    connection.pacer.update(connection.cc, 0.0)
+    burst = connection.datagrams(0.0)  # the bucket starts with 10 datagrams' worth
+    sizes = sum(len(d) for d, _, _ in burst)
+    start = PACING_BURST * MAX_DATAGRAM_SIZE
+    assert start - MAX_DATAGRAM_SIZE < sizes <= start + MAX_DATAGRAM_SIZE
+    # it then holds up to one timer tick at the rate (2 ms), more than 10 datagrams here
+    assert connection.pacer.capacity == pytest.approx(1.25e7 * TIMER_GRANULARITY)
+    deadline = connection.get_timer()
+    rate = connection.pacer.rate
+    assert rate == pytest.approx(1.25 * 1_000_000 / 0.1)
+    assert deadline is not None and 0 < deadline <= MAX_DATAGRAM_SIZE / rate
+    assert connection.datagrams(deadline / 2) == []
+    assert len(connection.datagrams(deadline)) == 1
+    sent, now = 0, deadline
+    while now < deadline + 0.05:  # 50 ms, flushing whenever the connection's timer says
+        now = connection.get_timer()
+        sent += sum(len(d) for d, _, _ in connection.datagrams(now))
+    assert sent == pytest.approx(rate * 0.05, rel=0.05)  # the window would allow 1 MB

@@ -119,6 +119,7 @@ def test_a_resumed_fetch_asks_for_no_piece_it_holds(tmp_path: Path) -> None:
             async with net.node() as fetcher:
                 with pytest.raises(_Stop):
                     await fetcher.fetch(ticket, target, progress=stop_after_four)
+            await asyncio.sleep(1)  # requests the first fetcher had in flight land first
             first = provider.files()[0].served
             async with net.node() as fetcher:  # another node, the same partial file
                 result = await fetcher.fetch(ticket, target)

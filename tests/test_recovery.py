@@ -5,7 +5,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal.core.recovery import NewReno, RangeSet, ReplayWindow, RttEstimator
+from shoal.core.recovery import RangeSet, ReplayWindow, RttEstimator
 
 
 @given(st.lists(st.integers(0, 300), max_size=200))
@@ -39,18 +39,6 @@ def test_replay_window_refuses_packets_older_than_the_window() -> None:
     window.record(1000)
     assert not window.check(1000 - 64)
     assert window.check(1000 - 63)
-
-
-def test_congestion_window_halves_once_per_loss_event() -> None:
-    cc = NewReno()
-    start = cc.window
-    for _ in range(5):
-        cc.on_sent(1000)
-    cc.on_lost(1000, time_sent=1.0, now=2.0)
-    cc.on_lost(1000, time_sent=1.5, now=2.1)  # sent before recovery began: same event
-    assert cc.window == start // 2
-    cc.on_lost(1000, time_sent=2.5, now=3.0)
-    assert cc.window == start // 4
 
 
 def test_rtt_estimator_converges() -> None:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         PeerInfo,
         Service,
         ServiceEvent,
+        Stream,
         Subscription,
     )
     from shoal.core.blobs import Ticket, TicketError, VerificationError
@@ -40,6 +41,7 @@ _LAZY = {
     "PeerInfo": "shoal.aio.node",
     "Service": "shoal.aio.node",
     "ServiceEvent": "shoal.aio.node",
+    "Stream": "shoal.aio.node",
     "CoreConfig": "shoal.core.config",
     "FetchError": "shoal.aio.files",
     "FetchProgress": "shoal.aio.files",
@@ -75,6 +77,7 @@ __all__ = [
     "Service",
     "ServiceEvent",
     "ShoalError",
+    "Stream",
     "Subscription",
     "Ticket",
     "TicketError",

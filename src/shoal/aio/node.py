@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal.aio.driver import LoopDriver
+from shoal.aio.streams import Stream
 from shoal.aio.udp import UdpDriver, bind_udp, open_udp_socket
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from shoal.aio.files import FetchProgress, FetchResult, FileService, SharedFile
     from shoal.core.blobs import Ticket
 
-__all__ = ["Channel", "Delivery", "Message", "NatReport", "Node", "PeerInfo", "Service",
+__all__ = ["Channel", "Delivery", "Message", "NatReport", "Node", "PeerInfo", "Service", "Stream",
            "ServiceEvent", "Subscription"]
 
 NETWORK_POLL = 5.0
@@ -145,6 +146,9 @@ class Node:
         self._lan_start: asyncio.Task[None] | None = None
         self.lan_error: str | None = None
         """Why LAN discovery stopped, if it did."""
+        self._streams: dict[int, Stream] = {}
+        """Open streams, by the stream service's handle."""
+        self._streams_available: dict[str, asyncio.Event] = {}
         self._default = Channel(self, "")
         self._channels: dict[str, Channel] = {"": self._default}
         self._subscriptions: list[Subscription] = []
@@ -277,6 +281,10 @@ class Node:
                 waiter.set_exception(ClosedError("the node is closed"))
         for channel in self._channels.values():
             channel._inbox.put_nowait(None)
+            channel._accepted.put_nowait(None)
+        for stream in list(self._streams.values()):
+            stream._on_event("failed", (stream.handle, "the node is closed"))
+        self._streams.clear()
         for subscription in list(self._subscriptions):
             subscription._queue.put_nowait(None)
 
@@ -484,6 +492,37 @@ class Node:
         self._subscriptions.append(subscription)
         return subscription
 
+    async def open_stream(self, peer_id: str, channel: str = "", *,
+                          timeout: float | None = None) -> Stream:
+        """Open a byte stream to ``peer_id`` on ``channel``, on the connection to it
+        (``DeliveryError`` ``EHOSTUNREACH`` without one). The peer accepts it with
+        ``node.channel(channel).streams()``; if it serves no streams there, the first
+        write or read after its answer fails with ``ENOPROTOOPT``. Waits, up to
+        ``timeout``, while the peer allows no more streams at once."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            try:
+                handle = self.call("streams", "open", peer_id, channel)
+                break
+            except LocalProtocolError as exc:
+                if exc.code != "EAGAIN":
+                    raise
+            available = self._streams_available.setdefault(peer_id, asyncio.Event())
+            available.clear()
+            left = None if deadline is None else deadline - loop.time()
+            try:
+                await asyncio.wait_for(available.wait(), left)
+            except TimeoutError:
+                raise DeliveryError(f"{peer_id} allows no more streams now",
+                                    code="ETIMEDOUT") from None
+        stream = self._streams[handle] = Stream(self, handle, peer_id, channel)
+        return stream
+
+    def streams(self) -> AsyncIterator[Stream]:
+        """Every stream peers open on the default channel, until the node closes."""
+        return self._default.streams()
+
     def messages(self) -> AsyncIterator[Message]:
         """Every message received on the default channel, until the node closes."""
         return aiter(self._default)
@@ -661,10 +700,37 @@ class Node:
             for waiter in self._nat_waiters:
                 if not waiter.done():
                     waiter.set_result(event.report)
+        elif isinstance(event, ServiceEvent) and event.service == "streams":
+            self._on_stream_event(event)
         elif isinstance(event, ev.StunResult):
             future = self._stun_waiters.get(event.handle)
             if future is not None and not future.done():
                 future.set_result(event)
+
+    def _on_stream_event(self, event: ServiceEvent) -> None:
+        kind, data = event.kind, event.data
+        if kind == "accepted":
+            handle, name = data  # type: ignore[misc]
+            channel = self._channels.get(name)
+            stream = self._streams[handle] = Stream(self, handle, event.peer_id or "", name)
+            if channel is None:  # closed meanwhile
+                stream.stop(1)
+                stream.reset(1)
+            else:
+                channel._accepted.put_nowait(stream)
+            return
+        if kind == "available":
+            waiter = self._streams_available.get(event.peer_id or "")
+            if waiter is not None:
+                waiter.set()
+            return
+        handle = data[0] if isinstance(data, tuple) else data
+        stream = self._streams.get(handle)  # type: ignore[arg-type]
+        if stream is None:
+            return
+        if kind in ("closed", "failed"):
+            del self._streams[handle]  # type: ignore[arg-type]
+        stream._on_event(kind, data)
 
 
 async def _until_closed(queue: asyncio.Queue, timeout: float | None, what: str):  # type: ignore[no-untyped-def]
@@ -692,6 +758,9 @@ class Channel:
         self.node = node
         self.name = name
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._accepted: asyncio.Queue[Stream | None] = asyncio.Queue()
+        if name or not node.config.introducer:
+            node.endpoint.streams.serve(name)
 
     async def send(self, peer_id: str, data: bytes, *, timeout: float | None = None
                    ) -> Delivery:
@@ -710,12 +779,28 @@ class Channel:
         async for message in _each(self._inbox):
             yield self.node._taken(message)
 
+    async def open_stream(self, peer_id: str, *, timeout: float | None = None) -> Stream:
+        """Open a stream to ``peer_id`` on this channel; see ``Node.open_stream``."""
+        return await self.node.open_stream(peer_id, self.name, timeout=timeout)
+
+    def streams(self) -> AsyncIterator[Stream]:
+        """Every stream peers open on this channel, until it (or the node) closes."""
+        return _each(self._accepted)
+
+    async def accept(self, timeout: float | None = None) -> Stream:
+        """The next stream a peer opens on this channel."""
+        what = f"channel {self.name!r}" if self.name else "node"
+        return await _until_closed(self._accepted, timeout, what)
+
     def close(self) -> None:
-        """Stop serving the channel; peers' later messages on it fail with ENOPROTOOPT."""
+        """Stop serving the channel; peers' later messages on it fail with ENOPROTOOPT,
+        and their later streams are refused."""
         if self.name and self.node._channels.get(self.name) is self:
             del self.node._channels[self.name]
             self.node.endpoint.unserve_channel(self.name)
+            self.node.endpoint.streams.unserve(self.name)
             self._inbox.put_nowait(None)
+            self._accepted.put_nowait(None)
 
     async def __aenter__(self) -> Channel:
         return self

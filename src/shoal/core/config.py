@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.core.wire import Address
+from shoal.errors import LocalProtocolError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,8 +77,19 @@ class CoreConfig:
     """Distinct peers one peer may reach through this node at a time."""
     max_relayed_pairs: int = 1024
 
+    congestion_control: str = "cubic"
+    """How a connection's window grows and shrinks: "cubic" (RFC 9438) or "newreno"
+    (RFC 9002), or a name given to ``shoal.core.congestion.register``."""
     services: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)
     """Each added service's own settings, by service name (``ServiceContext.options``)."""
+
+    def __post_init__(self) -> None:
+        from shoal.core.congestion import CONTROLLERS
+
+        if self.congestion_control not in CONTROLLERS:
+            known = ", ".join(sorted(CONTROLLERS))
+            raise LocalProtocolError(f"unknown congestion control {self.congestion_control!r} "
+                                     f"(known: {known})")
 
     @property
     def session_limit(self) -> int:

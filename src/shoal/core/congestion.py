@@ -22,7 +22,8 @@ each reads the connection's ``RttEstimator``:
   (fast convergence).
 
 ``Pacer`` is a token bucket: it fills at ``N * window / smoothed_rtt`` (N = 1.25, 2 in
-slow start: RFC 9002 section 7.7) up to a burst of ``PACING_BURST`` datagrams, and
+slow start: RFC 9002 section 7.7) up to a burst of ``PACING_BURST`` datagrams (or
+of ``TIMER_GRANULARITY`` seconds at that rate, if more), and
 ``next_send_time`` says when a packet of a given size may leave.
 """
 
@@ -37,7 +38,11 @@ from shoal.errors import LocalProtocolError
 INITIAL_WINDOW_PACKETS = 10
 MINIMUM_WINDOW_PACKETS = 2
 PACING_BURST = 10
-"""Datagrams the pacer lets leave back to back (at most the window)."""
+"""Datagrams the pacer lets leave back to back (at most the window)..."""
+TIMER_GRANULARITY = 0.002
+"""...or, if more, what the pacing rate allows in this many seconds: drivers' timers
+fire no more precisely (asyncio's wait on Linux rounds up to the millisecond), and a
+finer burst would cap the rate at a burst per timer tick."""
 
 
 class CongestionController:
@@ -208,7 +213,8 @@ class Pacer:
         gain = 2.0 if controller.in_slow_start else 1.25
         self.rate = gain * controller.window / max(controller.rtt.smoothed, GRANULARITY)
         self.mss = controller.mss
-        self.capacity = float(min(PACING_BURST * controller.mss,
+        self.capacity = float(min(max(PACING_BURST * controller.mss,
+                                      self.rate * TIMER_GRANULARITY),
                                   max(controller.window, controller.mss)))
         self.tokens = min(self.tokens, self.capacity)
 

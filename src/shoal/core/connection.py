@@ -10,7 +10,8 @@ altered unnoticed. The payload is a list of frames.
 Reliability works as in QUIC: packets, not frames, are acknowledged; ACK frames list
 ranges of received packet numbers; a packet is lost when three later ones are acked or
 9/8 RTT has passed, and its frames (not the packet) are sent again. A probe timeout
-(PTO) sends a probe when acks stop coming. NewReno limits bytes in flight.
+(PTO) sends a probe when acks stop coming. A congestion controller chosen by name
+(``CoreConfig.congestion_control``, see ``congestion``) limits bytes in flight.
 
 Paths. A connection is found by its session id, never by address, so its keys, packet
 numbers and everything in flight outlive the path it started on. A path is an address
@@ -41,10 +42,11 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from shoal.core import congestion
 from shoal.core.config import CoreConfig
 from shoal.core.flows import ControlFlow, Flow, FlowScheduler, FrameOwner
 from shoal.core.peers import Role
-from shoal.core.recovery import NewReno, RangeSet, ReplayWindow, RttEstimator
+from shoal.core.recovery import RangeSet, ReplayWindow, RttEstimator
 from shoal.core.wire import (
     AEAD_TAG_SIZE,
     DATA_HEADER,
@@ -200,6 +202,8 @@ class Connection:
         "ack_pending",
         "rtt",
         "cc",
+        "pacer",
+        "paced_until",
         "sent",
         "largest_acked",
         "loss_time",
@@ -277,7 +281,10 @@ class Connection:
         self.received = RangeSet()
         self.ack_pending = False
         self.rtt = RttEstimator()
-        self.cc = NewReno()
+        self.cc = congestion.create(config.congestion_control, self.rtt)
+        self.pacer = congestion.Pacer()
+        self.paced_until: float | None = None
+        """New packets wait for the pacer until then."""
         self.sent: dict[int, SentPacket] = {}
         self.largest_acked = -1
         self.loss_time: float | None = None
@@ -576,7 +583,7 @@ class Connection:
                     continue
                 if pn == largest:
                     newest_time = packet.time_sent
-                self.cc.on_acked(packet.size, packet.time_sent)
+                self.cc.on_acked(packet.size, packet.time_sent, now)
                 for flow, record in packet.items:
                     flow.on_acked(record)
         if largest > self.largest_acked:
@@ -585,6 +592,7 @@ class Connection:
             self.rtt.update(now - newest_time, frame.delay_us / 1e6)
             self.pto_count = 0
         self._detect_lost(now)
+        self.pacer.update(self.cc, now)
 
     def _detect_lost(self, now: float) -> None:
         self.loss_time = None
@@ -620,6 +628,7 @@ class Connection:
             return out
         destination, socket = self.path.address, self.path.socket
         controls, flows = self.controls, self.flows
+        self.paced_until = None
         while True:
             parts: list[bytes] = []
             budget = self.max_payload
@@ -636,7 +645,8 @@ class Connection:
                 parts.append(raw)
                 budget -= len(raw)
                 eliciting = True
-            if not self.closed and (self.probes > 0 or self.cc.can_send(MAX_DATAGRAM_SIZE)):
+            if not self.closed and (self.probes > 0 or (
+                    self.cc.can_send(MAX_DATAGRAM_SIZE) and self._paced(now))):
                 if controls.queue:
                     budget, record = controls.fill(parts, budget)
                     if record is not None:
@@ -671,9 +681,20 @@ class Connection:
         self.bytes_sent += len(datagram)
         if eliciting:
             self.sent[pn] = SentPacket(now, len(datagram), items)
-            self.cc.on_sent(len(datagram))
+            self.cc.on_sent(len(datagram), now)
+            self.pacer.on_sent(len(datagram), now)
             self.last_eliciting_sent = now
         return datagram
+
+    def _paced(self, now: float) -> bool:
+        """Whether the pacer lets a new packet leave now (if not, when it will is kept
+        for the timer)."""
+        at = self.pacer.next_send_time(MAX_DATAGRAM_SIZE, now)
+        if at <= now:
+            return True
+        if self.controls.queue or self.flows.has_data():
+            self.paced_until = at
+        return False
 
     def idle(self) -> bool:
         """Nothing in flight and nothing queued."""
@@ -702,6 +723,8 @@ class Connection:
             deadline = min(deadline, self.last_eliciting_sent + self.config.keepalive_interval)
         if self.final_datagram is not None:
             deadline = min(deadline, self.final_deadline)
+        if self.paced_until is not None:
+            deadline = min(deadline, self.paced_until)
         for path in self.paths.values():
             if path.challenge is not None:
                 deadline = min(deadline, path.next_try)

@@ -59,6 +59,7 @@ from shoal.core.services.messages import MessageService
 from shoal.core.services.nat import NatService
 from shoal.core.services.relaying import RelayService
 from shoal.core.services.rendezvous import RendezvousService
+from shoal.core.services.streams import StreamService
 from shoal.core.timers import TimerHeap
 from shoal.core.traversal import NatType
 from shoal.core.wire import (
@@ -120,6 +121,7 @@ class Endpoint:
         self.rendezvous = RendezvousService()
         self.relay = RelayService()
         self.nat_service = NatService()
+        self.streams = StreamService()
         self.handshakes = Handshakes(
             identity, self.config, random_bytes=random_bytes, host=self, timers=self.timers,
             stats=self.stats, readers=self.frames.readers, early=self.messages,
@@ -141,7 +143,8 @@ class Endpoint:
         """The driver's time as of the latest input or command (``ServiceContext.now``)."""
         self.services: dict[str, Service] = {}
         self._packet_handlers: dict[int, Service] = {}
-        added = [self.messages, self.rendezvous, self.relay, self.nat_service, *services]
+        added = [self.messages, self.rendezvous, self.relay, self.nat_service, self.streams,
+                 *services]
         for service in added:
             self._register(service)
         for service in added:

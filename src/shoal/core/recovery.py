@@ -1,5 +1,5 @@
-"""Loss recovery building blocks: RTT estimation, NewReno congestion control, the set of
-received packet numbers that ACK frames report, and the anti-replay window.
+"""Loss recovery building blocks: RTT estimation, the set of received packet numbers that
+ACK frames report, and the anti-replay window (congestion control is in ``congestion``).
 
 They follow RFC 9002 (QUIC loss detection and congestion control) in spirit and
 constants: packet threshold 3, time threshold 9/8 RTT, initial RTT 333 ms.
@@ -7,15 +7,11 @@ constants: packet threshold 3, time threshold 9/8 RTT, initial RTT 333 ms.
 
 from __future__ import annotations
 
-from shoal.core.wire import MAX_DATAGRAM_SIZE
-
 INITIAL_RTT = 0.333
 GRANULARITY = 0.001
 PACKET_THRESHOLD = 3
 TIME_THRESHOLD = 9 / 8
 MAX_ACK_DELAY = 0.025
-INITIAL_WINDOW = 10 * MAX_DATAGRAM_SIZE
-MINIMUM_WINDOW = 2 * MAX_DATAGRAM_SIZE
 
 
 class RttEstimator:
@@ -49,43 +45,6 @@ class RttEstimator:
 
     def loss_delay(self) -> float:
         return max(TIME_THRESHOLD * max(self.latest, self.smoothed), GRANULARITY)
-
-
-class NewReno:
-    """Window-based congestion control (RFC 9002 section 7)."""
-
-    __slots__ = ("window", "ssthresh", "bytes_in_flight", "recovery_start")
-
-    def __init__(self) -> None:
-        self.window = INITIAL_WINDOW
-        self.ssthresh = float("inf")
-        self.bytes_in_flight = 0
-        self.recovery_start = -1.0
-
-    def can_send(self, size: int) -> bool:
-        return self.bytes_in_flight + size <= self.window
-
-    def on_sent(self, size: int) -> None:
-        self.bytes_in_flight += size
-
-    def on_acked(self, size: int, time_sent: float) -> None:
-        self.bytes_in_flight -= size
-        if time_sent <= self.recovery_start:
-            return
-        if self.window < self.ssthresh:
-            self.window += size
-        else:
-            self.window += MAX_DATAGRAM_SIZE * size // self.window
-
-    def on_lost(self, size: int, time_sent: float, now: float) -> None:
-        self.bytes_in_flight -= size
-        if time_sent > self.recovery_start:
-            self.recovery_start = now
-            self.window = max(self.window // 2, MINIMUM_WINDOW)
-            self.ssthresh = self.window
-
-    def on_discarded(self, size: int) -> None:
-        self.bytes_in_flight -= size
 
 
 class RangeSet:

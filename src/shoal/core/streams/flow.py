@@ -49,7 +49,8 @@ class FrameFlow:
             for frame in source.fill(budget):
                 if type(frame) is StreamFrame:
                     data = frame.data
-                    header = stream_header(frame.stream_id, frame.offset, len(data), frame.fin)
+                    header = frame.header or stream_header(frame.stream_id, frame.offset,
+                                                           len(data), frame.fin)
                     parts.append(header)
                     parts.append(data)  # type: ignore[arg-type]
                     budget -= len(header) + len(data)

@@ -25,7 +25,7 @@ payload it was parsed from (a copy of bytes, a view of a memoryview): no further
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shoal.core.wire import MAX_VARINT, FrameType, decode_varint, encode_varint
 from shoal.errors import RemoteProtocolError
@@ -44,6 +44,8 @@ class StreamFrame:
     offset: int
     data: bytes | memoryview
     fin: bool = False
+    header: bytes = field(default=b"", compare=False, repr=False)
+    """The encoded bytes before ``data``, when the sender made them already."""
 
     @property
     def end(self) -> int:
@@ -136,8 +138,8 @@ def encode(frame: StreamsFrame) -> bytes:
     """The wire bytes of one frame (a STREAM or DATAGRAM frame's data is copied in)."""
     ev = encode_varint
     match frame:
-        case StreamFrame(stream_id, offset, data, fin):
-            return stream_header(stream_id, offset, len(data), fin) + data
+        case StreamFrame(stream_id, offset, data, fin, header):
+            return (header or stream_header(stream_id, offset, len(data), fin)) + data
         case ResetStream(stream_id, code, final_size):
             return b"\x42" + ev(stream_id) + ev(code) + ev(final_size)
         case StopSending(stream_id, code):
@@ -163,6 +165,8 @@ def encoded_size(frame: StreamsFrame) -> int:
     """``len(encode(frame))`` without building it."""
     if type(frame) is StreamFrame:
         size = len(frame.data)
+        if frame.header:
+            return len(frame.header) + size
         return stream_overhead(frame.stream_id, frame.offset, size) + size
     return len(encode(frame))
 

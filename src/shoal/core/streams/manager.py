@@ -145,7 +145,7 @@ StreamEvent = (StreamOpened | StreamReadable | StreamWritable | StreamReset | St
 class Stream:
     """One bidirectional stream: an application's handle and a flow of frames."""
 
-    __slots__ = ("stream_id", "send", "recv", "writer_waiting", "_wake")
+    __slots__ = ("stream_id", "send", "recv", "writer_waiting", "notify_readable", "_wake")
 
     def __init__(self, stream_id: int, send: SendStream, recv: RecvStream,
                  wake: Callable[[Stream], None]) -> None:
@@ -153,6 +153,8 @@ class Stream:
         self.send = send
         self.recv = recv
         self.writer_waiting = False
+        self.notify_readable = True
+        """Whether the next bytes (or end) that arrive are to make a ``StreamReadable``."""
         self._wake = wake
 
     def __repr__(self) -> str:
@@ -180,6 +182,8 @@ class Stream:
 
     def read(self, size: int = -1) -> bytes:
         data = self.recv.read(size)
+        if not data:
+            self.notify_readable = True
         if self.recv.wants_send or self.done:
             self._wake(self)
         return data
@@ -247,7 +251,6 @@ class StreamManager:
         self._blocked_reported = -1
         self._data_blocked = -1
         self._active: dict[int, Stream] = {}
-        self._readable: set[int] = set()
         self._grant_limit()
 
     # ----------------------------------------------------------------- application side
@@ -267,9 +270,9 @@ class StreamManager:
         return stream
 
     def pop_events(self) -> list[StreamEvent]:
-        """The events since the last call (a stream is named readable once in them)."""
+        """The events since the last call. A stream is named readable once, and again only
+        after its ``notify_readable`` is set (a reader that found nothing sets it)."""
         events, self.events = self.events, []
-        self._readable.clear()
         return events
 
     # ----------------------------------------------------------------- frames in
@@ -280,8 +283,8 @@ class StreamManager:
         if kind is StreamFrame:
             stream = self._stream_for(frame.stream_id)  # type: ignore[union-attr]
             if stream is not None and stream.recv.on_frame(frame):  # type: ignore[arg-type]
-                if stream.stream_id not in self._readable:  # one event until popped
-                    self._readable.add(stream.stream_id)
+                if stream.notify_readable:  # one event, until the reader asks again
+                    stream.notify_readable = False
                     self.events.append(StreamReadable(stream.stream_id))
                 self._check_done(stream)
         elif kind is MaxData:
@@ -388,16 +391,18 @@ class StreamManager:
         for stream_id, stream in list(active.items()):
             if budget <= 0:
                 break
-            frames = stream.fill(budget) if stream.wants_send else []
+            frames = stream.fill(budget)
             del active[stream_id]
             if frames:
                 out += frames
-                budget -= sum(encoded_size(f) for f in frames)
+                for frame in frames:
+                    budget -= encoded_size(frame)
             if stream.wants_send:
                 active[stream_id] = stream  # to the back: the others go first next time
             elif stream.send.blocked_by_connection:
                 blocked_on_connection = True
-            self._check_done(stream)
+            elif not frames:
+                self._check_done(stream)  # woken by a read that finished it, say
         if blocked_on_connection:
             limit = self.send_credit.limit
             if self._data_blocked != limit and budget >= encoded_size(DataBlocked(limit)):

@@ -23,6 +23,7 @@ from shoal.core.streams.frames import (
     StreamFrame,
     StreamsFrame,
     encoded_size,
+    stream_header,
     stream_overhead,
 )
 from shoal.core.streams.ranges import ByteRanges
@@ -208,13 +209,14 @@ class SendStream:
     def _emit(self, out: list[StreamsFrame], lo: int, data: bytes | memoryview,
               end: int) -> int:
         fin = self.fin_wanted and end == self.written
-        out.append(StreamFrame(self.stream_id, lo, data, fin))
+        header = stream_header(self.stream_id, lo, len(data), fin)
+        out.append(StreamFrame(self.stream_id, lo, data, fin, header))
         if fin:
             self.fin_sent = True
             self.state = next_send_state(self.state, SendEvent.SEND_FIN)
         elif self.state is SendState.READY:  # elsewhere SEND_DATA leaves the state as it is
             self.state = next_send_state(self.state, SendEvent.SEND_DATA)
-        return stream_overhead(self.stream_id, lo, len(data)) + len(data)
+        return len(header) + len(data)
 
     def _slice(self, lo: int, hi: int) -> bytes | memoryview:
         """Bytes ``lo .. hi`` (or fewer, ending at a chunk boundary) of the buffer."""
