@@ -540,8 +540,6 @@ def measure(row: Row, options: argparse.Namespace, ns: str, workdir: Path) -> di
         raise BenchError(f"{row.name}: no result ({sent}, {got})")
     seconds = got["end"] - sent["start"]
     verified = got["bytes"] == sent["bytes"] == options.bytes and got["sha256"] == sent["sha256"]
-    if os.environ.get("STREAMS_DEBUG"):
-        print(row.name, sent, got, file=sys.stderr)
     result = {
         "mbytes_per_s": round(options.bytes / seconds / 1e6, 2) if seconds > 0 else None,
         "seconds": round(seconds, 3),
