@@ -159,6 +159,30 @@ def test_a_killed_provider_is_resumed_from_when_it_comes_back(tmp_path: Path) ->
     assert target.read_bytes() == source.read_bytes()
 
 
+def test_a_provider_that_vanishes_mid_fetch_leaves_its_pieces_to_the_others(
+        tmp_path: Path) -> None:
+    source = _file(tmp_path, 24 * PIECE)
+
+    async def main(net: sim.VirtualNetwork) -> tuple[shoal.FetchResult, float]:
+        async with net.node() as stays, net.node() as goes, net.node() as fetcher:
+            ticket = (await goes.share(source)).merge(await stays.share(source))
+
+            def vanish(progress: shoal.FetchProgress) -> None:
+                if progress.bytes >= 4 * PIECE and goes.address in net.nodes:
+                    net.detach(net.nodes[goes.address])
+
+            started = net.loop.time()
+            result = await fetcher.fetch(ticket, tmp_path / "out.bin", progress=vanish)
+            return result, net.loop.time() - started
+
+    result, seconds = sim.run(main, seed=6)
+    assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
+    gone, stayed = result.providers.values()
+    assert stayed["pieces"] > gone["pieces"] and stayed["state"] == "active"
+    # Its requests timed out after a few times what answers took, not the 30 s limit.
+    assert seconds < 10
+
+
 def test_a_partial_file_changed_on_disk_is_caught_before_it_gets_its_name(
         tmp_path: Path) -> None:
     source = _file(tmp_path, 6 * PIECE)

@@ -248,7 +248,10 @@ class FileService:
         self._next_request = secrets.randbits(32)
         self.stats: dict[str, int] = {"malformed": 0, "unasked": 0, "busy": 0,
                                       "not_shared": 0, "served": 0}
-        self._task = asyncio.get_running_loop().create_task(self._dispatch())
+        self._running: set[_Fetch] = set()
+        loop = asyncio.get_running_loop()
+        self._events = node.subscribe()
+        self._tasks = [loop.create_task(self._dispatch()), loop.create_task(self._watch())]
 
     # ------------------------------------------------------------------ sharing
 
@@ -317,7 +320,9 @@ class FileService:
         return list(self._shares.values())
 
     def close(self) -> None:
-        self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        self._events.close()
         for shared in self._shares.values():
             os.close(shared._fd)
         self._shares.clear()
@@ -327,6 +332,15 @@ class FileService:
             queue.put_nowait(("", None))
 
     # ------------------------------------------------------------------ dispatch
+
+    async def _watch(self) -> None:
+        """A provider's connection that ends re-plans the fetches that use it."""
+        from shoal.core.events import PeerDisconnected
+
+        async for event in self._events:
+            if isinstance(event, PeerDisconnected):
+                for running in self._running:
+                    running.lost(event.peer_id)
 
     async def _dispatch(self) -> None:
         while True:
@@ -638,6 +652,7 @@ class _Fetch:
     async def run(self) -> FetchResult:
         started = self.loop.time()
         self._report()
+        self.service._running.add(self)
         try:
             while True:
                 await self._until_done()
@@ -650,6 +665,7 @@ class _Fetch:
                     self.plan.lost(piece)
             self.partial.finish()
         finally:
+            self.service._running.discard(self)
             for key in self.asked:
                 self.service._fetches.pop(key, None)
         providers = {peer_id: {"pieces": p.pieces, "corrupt": p.corrupt,
@@ -676,6 +692,11 @@ class _Fetch:
             self._take(sender, answer)
             while not self.queue.empty():
                 self._take(*self.queue.get_nowait())
+
+    def lost(self, peer_id: str) -> None:
+        if peer_id in self.plan.peers:
+            self.plan.lost_peer(peer_id, self.loop.time())
+            self.queue.put_nowait((peer_id, _Answer(0, 0)))  # wake the loop
 
     def _ask(self, peer_id: str, piece: int) -> None:
         request_id = self.service._request_id()
@@ -743,7 +764,7 @@ class _Fetch:
         except OSError as exc:
             raise FetchError(f"{self.partial.part}: cannot write ({exc.strerror})",
                              code=os_error_code(exc)) from None
-        self.plan.verified(sender, piece)
+        self.plan.verified(sender, piece, self.loop.time())
         self.fetched += 1
         self.held += len(answer.data)
         self._report()
