@@ -41,9 +41,8 @@ DEFAULT_PER_PEER = 4
 """Requests in flight at one provider (each answered by one piece, 256 KiB)."""
 DEFAULT_REQUEST_TIMEOUT = 30.0
 """The longest a request waits for its piece; less once answers show how long they take."""
-MIN_REQUEST_TIMEOUT = 2.0
-TIMEOUT_FACTOR = 4.0
-"""A request times out after this many times the smoothed time answers took."""
+MIN_REQUEST_TIMEOUT = 3.0
+"""A request waits at least this long (a busy machine or link may slow answers)."""
 DEFAULT_MAX_FAILURES = 5
 CLOCK_SLACK = 1e-6
 BACKOFF_BASE = 0.5
@@ -143,6 +142,7 @@ class FetchPlan:
         self._turn = 0
         self.answer_time: float | None = None
         """Smoothed seconds from a request to its verified piece."""
+        self._answer_spread = 0.0
         self.requested = 0
         """Requests handed out (a piece asked again after a failure counts again)."""
 
@@ -247,8 +247,9 @@ class FetchPlan:
         """How long a request sent now may wait for its piece."""
         if self.answer_time is None:
             return self.request_timeout
-        return min(self.request_timeout,
-                   max(MIN_REQUEST_TIMEOUT, TIMEOUT_FACTOR * self.answer_time))
+        # As TCP's retransmission timeout (RFC 6298): the mean plus four deviations.
+        return min(self.request_timeout, max(
+            MIN_REQUEST_TIMEOUT, self.answer_time + 4 * self._answer_spread))
 
     def verified(self, peer_id: str, piece: int, now: float | None = None) -> None:
         """``piece`` from ``peer_id`` matched the root and is written."""
@@ -256,8 +257,12 @@ class FetchPlan:
         sent = self.peers[owner].in_flight.get(piece) if owner is not None else None
         if now is not None and sent is not None and owner == peer_id:
             took = now - sent
-            self.answer_time = took if self.answer_time is None else \
-                0.875 * self.answer_time + 0.125 * took
+            if self.answer_time is None:
+                self.answer_time, self._answer_spread = took, took / 2
+            else:
+                self._answer_spread = 0.75 * self._answer_spread + \
+                    0.25 * abs(self.answer_time - took)
+                self.answer_time = 0.875 * self.answer_time + 0.125 * took
         self.have.add(piece)
         peer = self.peers.get(peer_id)
         if peer is not None:
