@@ -70,6 +70,7 @@ def test_a_fetch_from_three_providers_drops_the_one_that_lies(tmp_path: Path) ->
             assert sum(served) == result.fetched == piece_count(len(data))
             assert all(count > 0 for count in served)  # both honest ones were used
             assert liar.peer_id not in {p.peer_id for p in (await good1.share(source)).providers}
+            assert fetcher.file_stats["corrupt"] == 1
             return result
 
     result = sim.run(main, seed=3)
@@ -296,7 +297,7 @@ def test_a_server_refuses_floods_and_survives_garbage(tmp_path: Path) -> None:
             refused = [a for a in answers if a.kind == files.REFUSED]  # type: ignore[union-attr]
             assert refused and all(a.reason == files.BUSY for a in refused)  # type: ignore[union-attr]
             assert len(answers) - len(refused) >= files.SERVE_PER_PEER
-            stats = dict(server._files.stats)  # type: ignore[union-attr]
+            stats = server.file_stats
             # Still serving.
             async with net.node() as fetcher:
                 await fetcher.fetch(ticket, tmp_path / "out.bin")

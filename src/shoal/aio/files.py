@@ -247,7 +247,9 @@ class FileService:
         # same identity (delivered to this one after a restart) match nothing.
         self._next_request = secrets.randbits(32)
         self.stats: dict[str, int] = {"malformed": 0, "unasked": 0, "busy": 0,
-                                      "not_shared": 0, "served": 0}
+                                      "not_shared": 0, "served": 0, "corrupt": 0}
+        """Messages dropped (malformed, answers to nothing asked), requests refused,
+        pieces served, and pieces received that failed verification."""
         self._running: set[_Fetch] = set()
         loop = asyncio.get_running_loop()
         self._events = node.subscribe()
@@ -757,6 +759,7 @@ class _Fetch:
                                 answer.proof)
         except VerificationError:
             self.corrupt += 1
+            self.service.stats["corrupt"] += 1
             self.plan.corrupt(sender, piece)
             return
         try:
