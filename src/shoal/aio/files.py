@@ -224,6 +224,7 @@ class FetchResult:
     size: int
     fetched: int
     """Pieces fetched and verified by this call."""
+    fetched_bytes: int
     resumed: int
     """Pieces held from an earlier fetch."""
     requested: int
@@ -673,7 +674,8 @@ class _Fetch:
         providers = {peer_id: {"pieces": p.pieces, "corrupt": p.corrupt,
                                "state": p.state.value, "reason": p.reason}
                      for peer_id, p in self.plan.peers.items()}
-        return FetchResult(self.partial.target, self.ticket.size, self.fetched, self.resumed,
+        return FetchResult(self.partial.target, self.ticket.size, self.fetched,
+                           self.held - self.resumed_bytes, self.resumed,
                            self.plan.requested, self.loop.time() - started, providers)
 
     async def _until_done(self) -> None:
