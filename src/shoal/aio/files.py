@@ -271,12 +271,12 @@ class FileService:
             if not _is_regular(info.st_mode):
                 raise LocalProtocolError(f"{target}: not a regular file", code="EISDIR")
             size = info.st_size
-            nodes = []
+            nodes = bytearray()
             level = piece_level(size)
             for index in range(piece_count(size)):
                 offset, length = piece_span(size, index)
                 data = os.pread(fd, length, offset)
-                nodes.append(subtree_hash(size, level, index, data))
+                nodes += subtree_hash(size, level, index, data)
                 if index % 64 == 63:
                     await asyncio.sleep(0)
             tree = HashTree(size, nodes)
@@ -483,7 +483,7 @@ class _Partial:
     piece's hash, so the whole file is checked once more before it gets its name."""
 
     def __init__(self, target: Path, ticket: Ticket, fd: int, state_fd: int,
-                 have: Bitmap, hashes: list[bytes | None]) -> None:
+                 have: Bitmap, hashes: bytearray) -> None:
         self.target = target
         self.part = _part_path(target)
         self.state = _state_path(target)
@@ -497,7 +497,7 @@ class _Partial:
     def open(cls, target: Path, ticket: Ticket) -> _Partial:
         pieces = piece_count(ticket.size)
         part, state = _part_path(target), _state_path(target)
-        have, hashes = Bitmap(pieces), [None] * pieces
+        have, hashes = Bitmap(pieces), bytearray(pieces * HASH_SIZE)
         try:
             resumed = cls._read_state(state, ticket, pieces) if part.exists() else None
             if resumed is not None:
@@ -527,7 +527,7 @@ class _Partial:
 
     @staticmethod
     def _read_state(state: Path, ticket: Ticket, pieces: int
-                    ) -> tuple[Bitmap, list[bytes | None]] | None:
+                    ) -> tuple[Bitmap, bytearray] | None:
         """The pieces held by an earlier fetch of the same blob, or None."""
         try:
             fd = os.open(state, os.O_RDONLY | os.O_NOFOLLOW)
@@ -544,13 +544,10 @@ class _Partial:
         start = STATE_HEADER.size
         have = Bitmap(pieces, raw[start:start + bitmap_size])
         base = start + bitmap_size
-        hashes: list[bytes | None] = [
-            raw[base + i * HASH_SIZE:base + (i + 1) * HASH_SIZE] if i in have else None
-            for i in range(pieces)]
-        return have, hashes
+        return have, bytearray(raw[base:])
 
     def _write_state(self) -> None:
-        body = b"".join(h or bytes(HASH_SIZE) for h in self.hashes)
+        body = bytes(self.hashes)
         data = STATE_HEADER.pack(STATE_MAGIC, self.ticket.root, self.ticket.size) + \
             self.have.to_bytes() + body
         os.ftruncate(self._state_fd, len(data))
@@ -564,14 +561,13 @@ class _Partial:
         bitmap_size = (self.have.count + 7) // 8
         os.pwrite(self._state_fd, node,
                   STATE_HEADER.size + bitmap_size + piece * HASH_SIZE)
-        self.hashes[piece] = node
+        self.hashes[piece * HASH_SIZE:(piece + 1) * HASH_SIZE] = node
         self.have.add(piece)
         byte, value = self.have.byte_of(piece)
         os.pwrite(self._state_fd, bytes((value,)), STATE_HEADER.size + byte)
 
     def forget(self, piece: int) -> None:
         self.have.discard(piece)
-        self.hashes[piece] = None
         byte, value = self.have.byte_of(piece)
         os.pwrite(self._state_fd, bytes((value,)), STATE_HEADER.size + byte)
 
@@ -580,12 +576,12 @@ class _Partial:
         they were verified (none, when the root matches)."""
         size = self.ticket.size
         level = piece_level(size)
-        bad, nodes = [], []
+        bad, nodes = [], bytearray()
         for index in range(self.have.count):
             offset, length = piece_span(size, index)
             node = subtree_hash(size, level, index, os.pread(self._fd, length, offset))
-            nodes.append(node)
-            if node != self.hashes[index]:
+            nodes += node
+            if node != self.hashes[index * HASH_SIZE:(index + 1) * HASH_SIZE]:
                 bad.append(index)
         if not bad and HashTree(size, nodes).root != self.ticket.root:
             bad = list(range(self.have.count))  # pragma: no cover - hashes all matched
