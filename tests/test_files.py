@@ -318,7 +318,7 @@ def _json_lines(process: subprocess.Popen[str]):  # type: ignore[no-untyped-def]
 
 
 def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
-    source = _file(tmp_path, 96 * PIECE)
+    source = _file(tmp_path, 192 * PIECE)
     target = tmp_path / "got.bin"
     share = subprocess.Popen(
         shoal_argv("share", str(source), "--listen", "127.0.0.1:0", "--no-lan", "--json",
@@ -340,14 +340,14 @@ def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
         assert first.returncode == -signal.SIGKILL
         assert not target.exists()
         state = target.with_name("got.bin.part.state").read_bytes()
-        bits = state[48:48 + 12]  # after the header: magic, root, size
+        bits = state[48:48 + 24]  # after the header: magic, root, size
         held = sum(bin(b).count("1") for b in bits)
-        assert 8 <= held < 96, held
+        assert 8 <= held < 192, held
         second = subprocess.run(fetch_argv, capture_output=True, text=True, timeout=120)
         assert second.returncode == 0, second.stderr
         done = [json.loads(line) for line in second.stdout.splitlines()][-1]
         assert done["event"] == "fetched", done
-        assert done["resumed_pieces"] == held and done["fetched_pieces"] == 96 - held
+        assert done["resumed_pieces"] == held and done["fetched_pieces"] == 192 - held
         assert target.read_bytes() == source.read_bytes()
         assert not target.with_name("got.bin.part").exists()
     finally:
