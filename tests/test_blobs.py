@@ -237,3 +237,22 @@ def test_a_bitmap_keeps_its_bits_through_bytes() -> None:
     assert Bitmap(13, b"\xff\xff").complete
     with pytest.raises(LocalProtocolError):
         Bitmap(13, b"\x00")
+
+
+def test_a_lost_provider_hands_its_pieces_over_and_timeouts_follow_the_answers() -> None:
+    plan = FetchPlan(12, per_peer=2, request_timeout=30.0)
+    plan.add_peer("a")
+    plan.add_peer("b")
+    asked = plan.requests(0.0)
+    assert plan.timeout() == 30.0  # nothing answered yet
+    for peer, piece in asked:
+        if peer == "b":
+            plan.verified("b", piece, 0.2)
+    assert plan.timeout() == 3.0  # about 0.2 s + 4 x 0.1 s, but at least 3 s
+    a_pieces = sorted(piece for peer, piece in asked if peer == "a")
+    plan.lost_peer("a", 0.3)
+    assert plan.peers["a"].state is PeerState.BACKOFF and not plan.peers["a"].in_flight
+    again = plan.requests(0.3)
+    assert sorted(piece for _, piece in again) == a_pieces and {p for p, _ in again} == {"b"}
+    plan.failed("a", a_pieces[0], 0.4)  # its old request failing later costs it nothing more
+    assert plan.peers["a"].failures == 1

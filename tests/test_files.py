@@ -70,6 +70,7 @@ def test_a_fetch_from_three_providers_drops_the_one_that_lies(tmp_path: Path) ->
             assert sum(served) == result.fetched == piece_count(len(data))
             assert all(count > 0 for count in served)  # both honest ones were used
             assert liar.peer_id not in {p.peer_id for p in (await good1.share(source)).providers}
+            assert fetcher.file_stats["corrupt"] == 1
             return result
 
     result = sim.run(main, seed=3)
@@ -158,6 +159,30 @@ def test_a_killed_provider_is_resumed_from_when_it_comes_back(tmp_path: Path) ->
     result = sim.run(main, seed=4)
     assert result.resumed >= 3 and result.resumed + result.fetched == 8
     assert target.read_bytes() == source.read_bytes()
+
+
+def test_a_provider_that_vanishes_mid_fetch_leaves_its_pieces_to_the_others(
+        tmp_path: Path) -> None:
+    source = _file(tmp_path, 24 * PIECE)
+
+    async def main(net: sim.VirtualNetwork) -> tuple[shoal.FetchResult, float]:
+        async with net.node() as stays, net.node() as goes, net.node() as fetcher:
+            ticket = (await goes.share(source)).merge(await stays.share(source))
+
+            def vanish(progress: shoal.FetchProgress) -> None:
+                if progress.bytes >= 4 * PIECE and goes.address in net.nodes:
+                    net.detach(net.nodes[goes.address])
+
+            started = net.loop.time()
+            result = await fetcher.fetch(ticket, tmp_path / "out.bin", progress=vanish)
+            return result, net.loop.time() - started
+
+    result, seconds = sim.run(main, seed=6)
+    assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
+    gone, stayed = result.providers.values()
+    assert stayed["pieces"] > gone["pieces"] and stayed["state"] == "active"
+    # Its requests timed out after a few times what answers took, not the 30 s limit.
+    assert seconds < 10
 
 
 def test_a_partial_file_changed_on_disk_is_caught_before_it_gets_its_name(
@@ -273,7 +298,7 @@ def test_a_server_refuses_floods_and_survives_garbage(tmp_path: Path) -> None:
             refused = [a for a in answers if a.kind == files.REFUSED]  # type: ignore[union-attr]
             assert refused and all(a.reason == files.BUSY for a in refused)  # type: ignore[union-attr]
             assert len(answers) - len(refused) >= files.SERVE_PER_PEER
-            stats = dict(server._files.stats)  # type: ignore[union-attr]
+            stats = server.file_stats
             # Still serving.
             async with net.node() as fetcher:
                 await fetcher.fetch(ticket, tmp_path / "out.bin")
@@ -294,7 +319,7 @@ def _json_lines(process: subprocess.Popen[str]):  # type: ignore[no-untyped-def]
 
 
 def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
-    source = _file(tmp_path, 96 * PIECE)
+    source = _file(tmp_path, 192 * PIECE)
     target = tmp_path / "got.bin"
     share = subprocess.Popen(
         shoal_argv("share", str(source), "--listen", "127.0.0.1:0", "--no-lan", "--json",
@@ -316,14 +341,14 @@ def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
         assert first.returncode == -signal.SIGKILL
         assert not target.exists()
         state = target.with_name("got.bin.part.state").read_bytes()
-        bits = state[48:48 + 12]  # after the header: magic, root, size
+        bits = state[48:48 + 24]  # after the header: magic, root, size
         held = sum(bin(b).count("1") for b in bits)
-        assert 8 <= held < 96, held
+        assert 8 <= held < 192, held
         second = subprocess.run(fetch_argv, capture_output=True, text=True, timeout=120)
         assert second.returncode == 0, second.stderr
         done = [json.loads(line) for line in second.stdout.splitlines()][-1]
         assert done["event"] == "fetched", done
-        assert done["resumed_pieces"] == held and done["fetched_pieces"] == 96 - held
+        assert done["resumed_pieces"] == held and done["fetched_pieces"] == 192 - held
         assert target.read_bytes() == source.read_bytes()
         assert not target.with_name("got.bin.part").exists()
     finally:

@@ -224,6 +224,7 @@ class FetchResult:
     size: int
     fetched: int
     """Pieces fetched and verified by this call."""
+    fetched_bytes: int
     resumed: int
     """Pieces held from an earlier fetch."""
     requested: int
@@ -247,8 +248,13 @@ class FileService:
         # same identity (delivered to this one after a restart) match nothing.
         self._next_request = secrets.randbits(32)
         self.stats: dict[str, int] = {"malformed": 0, "unasked": 0, "busy": 0,
-                                      "not_shared": 0, "served": 0}
-        self._task = asyncio.get_running_loop().create_task(self._dispatch())
+                                      "not_shared": 0, "served": 0, "corrupt": 0}
+        """Messages dropped (malformed, answers to nothing asked), requests refused,
+        pieces served, and pieces received that failed verification."""
+        self._running: set[_Fetch] = set()
+        loop = asyncio.get_running_loop()
+        self._events = node.subscribe()
+        self._tasks = [loop.create_task(self._dispatch()), loop.create_task(self._watch())]
 
     # ------------------------------------------------------------------ sharing
 
@@ -265,12 +271,12 @@ class FileService:
             if not _is_regular(info.st_mode):
                 raise LocalProtocolError(f"{target}: not a regular file", code="EISDIR")
             size = info.st_size
-            nodes = []
+            nodes = bytearray()
             level = piece_level(size)
             for index in range(piece_count(size)):
                 offset, length = piece_span(size, index)
                 data = os.pread(fd, length, offset)
-                nodes.append(subtree_hash(size, level, index, data))
+                nodes += subtree_hash(size, level, index, data)
                 if index % 64 == 63:
                     await asyncio.sleep(0)
             tree = HashTree(size, nodes)
@@ -317,7 +323,9 @@ class FileService:
         return list(self._shares.values())
 
     def close(self) -> None:
-        self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        self._events.close()
         for shared in self._shares.values():
             os.close(shared._fd)
         self._shares.clear()
@@ -327,6 +335,15 @@ class FileService:
             queue.put_nowait(("", None))
 
     # ------------------------------------------------------------------ dispatch
+
+    async def _watch(self) -> None:
+        """A provider's connection that ends re-plans the fetches that use it."""
+        from shoal.core.events import PeerDisconnected
+
+        async for event in self._events:
+            if isinstance(event, PeerDisconnected):
+                for running in self._running:
+                    running.lost(event.peer_id)
 
     async def _dispatch(self) -> None:
         while True:
@@ -466,7 +483,7 @@ class _Partial:
     piece's hash, so the whole file is checked once more before it gets its name."""
 
     def __init__(self, target: Path, ticket: Ticket, fd: int, state_fd: int,
-                 have: Bitmap, hashes: list[bytes | None]) -> None:
+                 have: Bitmap, hashes: bytearray) -> None:
         self.target = target
         self.part = _part_path(target)
         self.state = _state_path(target)
@@ -480,7 +497,7 @@ class _Partial:
     def open(cls, target: Path, ticket: Ticket) -> _Partial:
         pieces = piece_count(ticket.size)
         part, state = _part_path(target), _state_path(target)
-        have, hashes = Bitmap(pieces), [None] * pieces
+        have, hashes = Bitmap(pieces), bytearray(pieces * HASH_SIZE)
         try:
             resumed = cls._read_state(state, ticket, pieces) if part.exists() else None
             if resumed is not None:
@@ -510,7 +527,7 @@ class _Partial:
 
     @staticmethod
     def _read_state(state: Path, ticket: Ticket, pieces: int
-                    ) -> tuple[Bitmap, list[bytes | None]] | None:
+                    ) -> tuple[Bitmap, bytearray] | None:
         """The pieces held by an earlier fetch of the same blob, or None."""
         try:
             fd = os.open(state, os.O_RDONLY | os.O_NOFOLLOW)
@@ -527,13 +544,10 @@ class _Partial:
         start = STATE_HEADER.size
         have = Bitmap(pieces, raw[start:start + bitmap_size])
         base = start + bitmap_size
-        hashes: list[bytes | None] = [
-            raw[base + i * HASH_SIZE:base + (i + 1) * HASH_SIZE] if i in have else None
-            for i in range(pieces)]
-        return have, hashes
+        return have, bytearray(raw[base:])
 
     def _write_state(self) -> None:
-        body = b"".join(h or bytes(HASH_SIZE) for h in self.hashes)
+        body = bytes(self.hashes)
         data = STATE_HEADER.pack(STATE_MAGIC, self.ticket.root, self.ticket.size) + \
             self.have.to_bytes() + body
         os.ftruncate(self._state_fd, len(data))
@@ -547,14 +561,13 @@ class _Partial:
         bitmap_size = (self.have.count + 7) // 8
         os.pwrite(self._state_fd, node,
                   STATE_HEADER.size + bitmap_size + piece * HASH_SIZE)
-        self.hashes[piece] = node
+        self.hashes[piece * HASH_SIZE:(piece + 1) * HASH_SIZE] = node
         self.have.add(piece)
         byte, value = self.have.byte_of(piece)
         os.pwrite(self._state_fd, bytes((value,)), STATE_HEADER.size + byte)
 
     def forget(self, piece: int) -> None:
         self.have.discard(piece)
-        self.hashes[piece] = None
         byte, value = self.have.byte_of(piece)
         os.pwrite(self._state_fd, bytes((value,)), STATE_HEADER.size + byte)
 
@@ -563,12 +576,12 @@ class _Partial:
         they were verified (none, when the root matches)."""
         size = self.ticket.size
         level = piece_level(size)
-        bad, nodes = [], []
+        bad, nodes = [], bytearray()
         for index in range(self.have.count):
             offset, length = piece_span(size, index)
             node = subtree_hash(size, level, index, os.pread(self._fd, length, offset))
-            nodes.append(node)
-            if node != self.hashes[index]:
+            nodes += node
+            if node != self.hashes[index * HASH_SIZE:(index + 1) * HASH_SIZE]:
                 bad.append(index)
         if not bad and HashTree(size, nodes).root != self.ticket.root:
             bad = list(range(self.have.count))  # pragma: no cover - hashes all matched
@@ -638,6 +651,7 @@ class _Fetch:
     async def run(self) -> FetchResult:
         started = self.loop.time()
         self._report()
+        self.service._running.add(self)
         try:
             while True:
                 await self._until_done()
@@ -650,12 +664,14 @@ class _Fetch:
                     self.plan.lost(piece)
             self.partial.finish()
         finally:
+            self.service._running.discard(self)
             for key in self.asked:
                 self.service._fetches.pop(key, None)
         providers = {peer_id: {"pieces": p.pieces, "corrupt": p.corrupt,
                                "state": p.state.value, "reason": p.reason}
                      for peer_id, p in self.plan.peers.items()}
-        return FetchResult(self.partial.target, self.ticket.size, self.fetched, self.resumed,
+        return FetchResult(self.partial.target, self.ticket.size, self.fetched,
+                           self.held - self.resumed_bytes, self.resumed,
                            self.plan.requested, self.loop.time() - started, providers)
 
     async def _until_done(self) -> None:
@@ -676,6 +692,11 @@ class _Fetch:
             self._take(sender, answer)
             while not self.queue.empty():
                 self._take(*self.queue.get_nowait())
+
+    def lost(self, peer_id: str) -> None:
+        if peer_id in self.plan.peers:
+            self.plan.lost_peer(peer_id, self.loop.time())
+            self.queue.put_nowait((peer_id, _Answer(0, 0)))  # wake the loop
 
     def _ask(self, peer_id: str, piece: int) -> None:
         request_id = self.service._request_id()
@@ -736,6 +757,7 @@ class _Fetch:
                                 answer.proof)
         except VerificationError:
             self.corrupt += 1
+            self.service.stats["corrupt"] += 1
             self.plan.corrupt(sender, piece)
             return
         try:
@@ -743,7 +765,7 @@ class _Fetch:
         except OSError as exc:
             raise FetchError(f"{self.partial.part}: cannot write ({exc.strerror})",
                              code=os_error_code(exc)) from None
-        self.plan.verified(sender, piece)
+        self.plan.verified(sender, piece, self.loop.time())
         self.fetched += 1
         self.held += len(answer.data)
         self._report()

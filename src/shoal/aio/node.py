@@ -617,6 +617,13 @@ class Node:
         """The files this node shares."""
         return self._file_service().files()
 
+    @property
+    def file_stats(self) -> dict[str, int]:
+        """Counters of sharing and fetching: pieces served, requests refused (busy,
+        not shared), messages dropped (malformed, unasked) and pieces that failed
+        verification (corrupt)."""
+        return dict(self._file_service().stats)
+
     def _file_service(self) -> FileService:
         if self._files is None:
             self._require_driver()

@@ -912,7 +912,7 @@ def fetch(identity_path: str | None, as_json: bool, introducers: tuple[str, ...]
                     p.bytes, p.peers, corrupt=p.corrupt))
             finally:
                 meter.close()
-            rate = parsed.size / result.seconds / 1e6 if result.seconds > 0 else 0.0
+            rate = result.fetched_bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
             dropped = {peer: info["reason"] for peer, info in result.providers.items()
                        if info["state"] == "dropped"}
             for peer, reason in dropped.items():

@@ -133,6 +133,18 @@ def _pair_up(nodes: Sequence[bytes]) -> list[bytes]:
     return upper
 
 
+def _pair_up_packed(level: bytes) -> bytes:
+    """``_pair_up`` on hashes stored end to end."""
+    view = memoryview(level)
+    pair = 2 * HASH_SIZE
+    upper = bytearray()
+    for start in range(0, len(level) - HASH_SIZE, pair):
+        upper += blake3(view[start:start + pair], key=_PARENT_KEY).digest()
+    if len(level) % pair:
+        upper += view[-HASH_SIZE:]
+    return bytes(upper)
+
+
 def node_span(size: int, level: int, index: int) -> tuple[int, int]:
     """The byte offset and length node ``(level, index)`` covers."""
     start = (index << level) * CHUNK_SIZE
@@ -210,20 +222,26 @@ class HashTree:
     that level or above. Build it with ``HashTree.build`` (from the bytes) or from the
     base level's hashes."""
 
-    def __init__(self, size: int, base_nodes: Sequence[bytes], base: int = PIECE_LEVEL
-                 ) -> None:
+    def __init__(self, size: int, base_nodes: Sequence[bytes] | bytes | bytearray,
+                 base: int = PIECE_LEVEL) -> None:
+        """``base_nodes``: the hashes of level ``base``, as a sequence or concatenated."""
         _check_size(size)
         widths = level_widths(size)
         self.size = size
         self.base = min(base, len(widths) - 1)
-        if len(base_nodes) != widths[self.base]:
+        packed = bytes(base_nodes) if isinstance(base_nodes, bytes | bytearray) else \
+            b"".join(base_nodes)
+        if len(packed) != HASH_SIZE * widths[self.base]:
             raise LocalProtocolError(f"level {self.base} of a blob of {size} bytes has "
-                                     f"{widths[self.base]} nodes, not {len(base_nodes)}")
+                                     f"{widths[self.base]} nodes, not "
+                                     f"{len(packed) / HASH_SIZE:g}")
         self._widths = widths
-        self._levels: list[list[bytes]] = [list(base_nodes)]
-        while len(self._levels[-1]) > 1:
-            self._levels.append(_pair_up(self._levels[-1]))
-        self.root = root_hash(size, self._levels[-1][0])
+        # Each level is its hashes end to end (32 bytes a node, not a Python object each:
+        # a 1 TiB blob keeps 256 MiB).
+        self._levels: list[bytes] = [packed]
+        while len(self._levels[-1]) > HASH_SIZE:
+            self._levels.append(_pair_up_packed(self._levels[-1]))
+        self.root = root_hash(size, self._levels[-1])
 
     @classmethod
     def build(cls, size: int, pieces: Iterable[bytes | memoryview], base: int = PIECE_LEVEL
@@ -237,11 +255,8 @@ class HashTree:
 
     def node(self, level: int, index: int) -> bytes:
         """A stored node's hash."""
-        return self._levels[level - self.base][index]
-
-    @property
-    def base_nodes(self) -> list[bytes]:
-        return list(self._levels[0])
+        start = index * HASH_SIZE
+        return self._levels[level - self.base][start:start + HASH_SIZE]
 
     def proof(self, level: int, index: int) -> bytes:
         """The proof of node ``(level, index)`` (level at least ``base``)."""

@@ -14,6 +14,7 @@ A provider is in one of three states:
     state         input                                  next state
     ============  =====================================  ==========
     ACTIVE        a request fails or times out           BACKOFF
+    ACTIVE        its connection ends (``lost_peer``)    BACKOFF
     ACTIVE        it says it is busy                     BACKOFF
     BACKOFF       its retry time comes (``requests``)    ACTIVE
     ACTIVE        a piece verifies                       ACTIVE (failures reset)
@@ -39,7 +40,11 @@ from shoal.errors import LocalProtocolError
 DEFAULT_PER_PEER = 4
 """Requests in flight at one provider (each answered by one piece, 256 KiB)."""
 DEFAULT_REQUEST_TIMEOUT = 30.0
+"""The longest a request waits for its piece; less once answers show how long they take."""
+MIN_REQUEST_TIMEOUT = 3.0
+"""A request waits at least this long (a busy machine or link may slow answers)."""
 DEFAULT_MAX_FAILURES = 5
+CLOCK_SLACK = 1e-6
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 10.0
 
@@ -103,7 +108,7 @@ class PeerProgress:
 
     state: PeerState = PeerState.ACTIVE
     in_flight: dict[int, float] = field(default_factory=dict)
-    """Piece -> the time its request expires."""
+    """Piece -> when it was asked for."""
     failures: int = 0
     """Failures in a row (reset by a verified piece)."""
     retry_at: float = 0.0
@@ -135,6 +140,9 @@ class FetchPlan:
         self._owner: dict[int, str] = {}
         """Piece in flight -> the provider asked for it."""
         self._turn = 0
+        self.answer_time: float | None = None
+        """Smoothed seconds from a request to its verified piece."""
+        self._answer_spread = 0.0
         self.requested = 0
         """Requests handed out (a piece asked again after a failure counts again)."""
 
@@ -184,7 +192,7 @@ class FetchPlan:
         self.expire(now)
         ready = []
         for peer_id, peer in self.peers.items():
-            if peer.state is PeerState.BACKOFF and now >= peer.retry_at:
+            if peer.state is PeerState.BACKOFF and now + CLOCK_SLACK >= peer.retry_at:
                 peer.state = PeerState.ACTIVE
             if peer.state is PeerState.ACTIVE and len(peer.in_flight) < self.per_peer:
                 ready.append(peer_id)
@@ -205,7 +213,7 @@ class FetchPlan:
                 piece = self._wanted.popleft()
                 if piece in self.have or piece in self._owner:
                     continue
-                peer.in_flight[piece] = now + self.request_timeout
+                peer.in_flight[piece] = now
                 self._owner[piece] = peer_id
                 self.requested += 1
                 out.append((peer_id, piece))
@@ -214,14 +222,18 @@ class FetchPlan:
     def expire(self, now: float) -> None:
         """Requests unanswered past their time count as failures of their provider."""
         for peer_id, peer in self.peers.items():
-            late = [piece for piece, deadline in peer.in_flight.items() if deadline <= now]
+            # A deadline a rounding error away counts as reached: a driver woken at it
+            # must see it pass (a float clock may not advance by so little).
+            cutoff = now + CLOCK_SLACK - self.timeout()
+            late = [piece for piece, sent in peer.in_flight.items() if sent <= cutoff]
             if late:
                 self._requeue(peer_id, late)
                 self._fail(peer_id, now, "did not answer")
 
     def next_deadline(self) -> float | None:
         """When ``requests`` may have something new without any answer arriving."""
-        times = [d for p in self.peers.values() for d in p.in_flight.values()]
+        times = [sent + self.timeout() for p in self.peers.values()
+                 for sent in p.in_flight.values()]
         times += [p.retry_at for p in self.peers.values() if p.state is PeerState.BACKOFF]
         return min(times, default=None)
 
@@ -231,8 +243,26 @@ class FetchPlan:
         """Whether a piece that arrived is still worth checking and writing."""
         return 0 <= piece < self.have.count and piece not in self.have
 
-    def verified(self, peer_id: str, piece: int) -> None:
+    def timeout(self) -> float:
+        """How long a request sent now may wait for its piece."""
+        if self.answer_time is None:
+            return self.request_timeout
+        # As TCP's retransmission timeout (RFC 6298): the mean plus four deviations.
+        return min(self.request_timeout, max(
+            MIN_REQUEST_TIMEOUT, self.answer_time + 4 * self._answer_spread))
+
+    def verified(self, peer_id: str, piece: int, now: float | None = None) -> None:
         """``piece`` from ``peer_id`` matched the root and is written."""
+        owner = self._owner.get(piece)
+        sent = self.peers[owner].in_flight.get(piece) if owner is not None else None
+        if now is not None and sent is not None and owner == peer_id:
+            took = now - sent
+            if self.answer_time is None:
+                self.answer_time, self._answer_spread = took, took / 2
+            else:
+                self._answer_spread = 0.75 * self._answer_spread + \
+                    0.25 * abs(self.answer_time - took)
+                self.answer_time = 0.875 * self.answer_time + 0.125 * took
         self.have.add(piece)
         peer = self.peers.get(peer_id)
         if peer is not None:
@@ -254,11 +284,21 @@ class FetchPlan:
     def failed(self, peer_id: str, piece: int, now: float, reason: str = "failed") -> None:
         """The request for ``piece`` failed (not delivered, or the provider has not got
         it): the piece goes back; the provider backs off or, after too many, is dropped."""
-        if peer_id not in self.peers:
-            return
+        peer = self.peers.get(peer_id)
+        if peer is None or piece not in peer.in_flight:
+            return  # requeued already (it timed out, or the peer was lost)
         self._requeue(peer_id, [piece])
-        if self.peers[peer_id].state is not PeerState.DROPPED:
+        if peer.state is not PeerState.DROPPED:
             self._fail(peer_id, now, reason)
+
+    def lost_peer(self, peer_id: str, now: float, reason: str = "disconnected") -> None:
+        """The connection to ``peer_id`` ended: its pieces in flight go to the others at
+        once, and it is asked again after a backoff (it may come back)."""
+        peer = self.peers.get(peer_id)
+        if peer is None or peer.state is PeerState.DROPPED:
+            return
+        self._requeue(peer_id, list(peer.in_flight))
+        self._fail(peer_id, now, reason)
 
     def refused(self, peer_id: str, reason: str) -> None:
         """The provider does not have the blob: it is dropped."""
