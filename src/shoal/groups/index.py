@@ -62,7 +62,7 @@ def create_range_index(db: sqlite3.Connection, table: str, scope: str | None = N
 
 
 BLOCK_BITS = 18
-SMALL_RANGE = 4096
+SMALL_RANGE = 1024
 """Ranges of at most this many rows are cut in Python from one query's rows."""
 
 
