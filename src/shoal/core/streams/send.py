@@ -101,6 +101,8 @@ class SendStream:
             piece: bytes | bytearray | memoryview = bytearray(data[:size])
         elif type(data) is bytes:
             piece = data if size == len(data) else memoryview(data)[:size]
+        elif type(data) is memoryview and data.readonly and type(data.obj) is bytes:
+            piece = data[:size]  # a view of bytes nobody can change
         else:
             piece = bytes(data[:size])  # the caller may change its buffer after this
         chunks.append(piece)
