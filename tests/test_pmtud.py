@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shoal import sim
+from shoal.core.config import CoreConfig
 from shoal.core.pmtud import (
     BASE_PLPMTU,
     BLACK_HOLE_LOSSES,
@@ -155,3 +160,62 @@ def test_the_transition_table_is_closed(events: list[PmtuEvent]) -> None:
             assert event not in TRANSITIONS[before]
         else:
             assert pmtud.state is TRANSITIONS[before][event]
+
+
+# ----------------------------------------------------------------------------- on a connection
+
+
+def _transfer(limit: dict[str, int], config: CoreConfig | None = None,
+              shrink_to: int | None = None) -> tuple[bool, int, int]:
+    """3 MB over a stream, on a simulated path that drops datagrams above
+    ``limit["mtu"]`` bytes (lowered to ``shrink_to`` after the first megabyte)."""
+    sizes: list[int] = []
+
+    def tap(data: bytes, source: object, destination: object) -> bytes | None:
+        if len(data) > limit["mtu"]:
+            return None
+        sizes.append(len(data))
+        return data
+
+    async def main(net: sim.VirtualNetwork) -> tuple[bool, int, int]:
+        net.tap = tap
+        options = {"config": config} if config else {}
+        alice, bob = await net.node(**options).start(), await net.node(**options).start()
+        await alice.connect(bob.address)
+        inbox = bob.channel("bulk/1")
+        stream = await alice.open_stream(bob.peer_id, "bulk/1")
+        data = random.Random(1).randbytes(3_000_000)
+
+        async def upload() -> None:
+            await stream.write(data[:1_000_000])
+            if shrink_to is not None:
+                limit["mtu"] = shrink_to  # the path shrinks mid-transfer
+            await stream.write(data[1_000_000:])
+            await stream.close()
+
+        writing = asyncio.create_task(upload())
+        peer = await inbox.accept(timeout=5)
+        got = bytearray()
+        while chunk := await peer.read(1 << 20):
+            got += chunk
+        await asyncio.wait_for(writing, 30)
+        connection = alice.endpoint.connection_to(bytes.fromhex(bob.peer_id))
+        assert connection is not None
+        return bytes(got) == data, connection.pmtud.mtu, max(sizes)
+
+    return sim.run(main, seed=3)
+
+
+def test_a_connection_finds_its_path_size_and_uses_it() -> None:
+    intact, mtu, largest = _transfer({"mtu": 1400})
+    assert intact and 1400 - SEARCH_GRANULARITY < mtu <= 1400 and largest == mtu
+
+
+def test_a_path_that_shrinks_mid_transfer_loses_nothing() -> None:
+    intact, mtu, _ = _transfer({"mtu": MAX_PLPMTU}, shrink_to=1300)
+    assert intact and mtu <= 1300
+
+
+def test_the_search_can_be_turned_off() -> None:
+    intact, mtu, largest = _transfer({"mtu": 9000}, CoreConfig(max_datagram_size=1232))
+    assert intact and mtu == 1232 and largest <= 1232

@@ -740,3 +740,16 @@ def test_a_peer_making_tiny_out_of_order_pieces_is_stopped_early() -> None:
 
     held = _allocated_while(feed)
     assert held < 4 * 1024 * 1024  # bounded by the piece count, not the window
+
+
+def test_views_of_bytes_are_kept_but_mutable_buffers_are_copied() -> None:
+    send = _sender(limit=10**6, buffer_limit=10**6)
+    data = bytes(range(256)) * 40
+    send.write(memoryview(data)[100:])
+    mutable = bytearray(b"m" * 8000)
+    send.write(mutable)
+    mutable[:] = b"z" * 8000  # the caller reuses its buffer
+    frames = send.fill(20_000)
+    assert frames[0].data.obj is data  # no copy of the view
+    sent = b"".join(bytes(f.data) for f in frames)
+    assert sent == data[100:] + b"m" * 8000

@@ -77,6 +77,9 @@ class CoreConfig:
     """Distinct peers one peer may reach through this node at a time."""
     max_relayed_pairs: int = 1024
 
+    max_datagram_size: int = 1452
+    """The largest UDP payload a connection probes for on a direct path (RFC 8899);
+    1232 (the size every path carries) turns the search off. 8952 suits jumbo frames."""
     congestion_control: str = "cubic"
     """How a connection's window grows and shrinks: "cubic" (RFC 9438) or "newreno"
     (RFC 9002), or a name given to ``shoal.core.congestion.register``."""

@@ -46,13 +46,13 @@ from shoal.core import congestion
 from shoal.core.config import CoreConfig
 from shoal.core.flows import ControlFlow, Flow, FlowScheduler, FrameOwner
 from shoal.core.peers import Role
+from shoal.core.pmtud import Pmtud, PmtuState
 from shoal.core.recovery import RangeSet, ReplayWindow, RttEstimator
 from shoal.core.wire import (
     AEAD_TAG_SIZE,
     DATA_HEADER,
     DATA_HEADER_SIZE,
     EXTENSION_FIRST,
-    MAX_DATA_PAYLOAD,
     MAX_DATAGRAM_SIZE,
     MAX_RELAYED_DATAGRAM,
     Ack,
@@ -68,6 +68,7 @@ from shoal.core.wire import (
     RelayPath,
     encode_ack,
     encode_frame,
+    encode_varint,
     take_blob_at,
 )
 from shoal.core.wire import DECODERS as _DECODERS
@@ -137,13 +138,20 @@ _CIPHERS = _CipherCache(1024)
 
 
 class SentPacket:
-    __slots__ = ("time_sent", "size", "items")
+    __slots__ = ("time_sent", "size", "items", "probe")
 
-    def __init__(self, time_sent: float, size: int, items: list) -> None:
+    def __init__(self, time_sent: float, size: int, items: list, probe: bool = False) -> None:
         self.time_sent = time_sent
         self.size = size
         self.items: list[tuple[Flow, object]] = items
         """(flow, record) for each flow that wrote into the packet."""
+        self.probe = probe
+        """A datagram size probe: its loss says nothing of congestion."""
+
+
+PROBE_PADDING = bytes((0xFE,))
+"""The extension frame type that pads a size probe (receivers skip it, as any unknown
+extension): ``fe | length varint | zeros``."""
 
 
 @dataclass(slots=True, eq=False)
@@ -204,6 +212,7 @@ class Connection:
         "cc",
         "pacer",
         "paced_until",
+        "pmtud",
         "sent",
         "largest_acked",
         "loss_time",
@@ -285,6 +294,9 @@ class Connection:
         self.pacer = congestion.Pacer()
         self.paced_until: float | None = None
         """New packets wait for the pacer until then."""
+        self.pmtud = Pmtud(max_size=max(config.max_datagram_size, MAX_DATAGRAM_SIZE),
+                           base=MAX_DATAGRAM_SIZE)
+        """The direct path's datagram size search (RFC 8899)."""
         self.sent: dict[int, SentPacket] = {}
         self.largest_acked = -1
         self.loss_time: float | None = None
@@ -368,7 +380,7 @@ class Connection:
     def max_payload(self) -> int:
         if self.path.relayed:
             return MAX_RELAYED_DATAGRAM - DATA_HEADER_SIZE - AEAD_TAG_SIZE
-        return MAX_DATA_PAYLOAD
+        return max(self.pmtud.mtu, MAX_DATAGRAM_SIZE) - DATA_HEADER_SIZE - AEAD_TAG_SIZE
 
     # ------------------------------------------------------------------ commands
 
@@ -559,6 +571,7 @@ class Connection:
             self.path.validated, self.path.challenge, self.path.tries = False, None, 0
         self.path = path
         self.path_changed = True
+        self.pmtud.disable()  # a new path: its size is searched again (datagrams() starts it)
         # Keep the relay as a known path only while it is the one in use.
         for key, other in list(self.paths.items()):
             if other.relayed and other is not path:
@@ -583,6 +596,10 @@ class Connection:
                     continue
                 if pn == largest:
                     newest_time = packet.time_sent
+                if packet.probe:
+                    self.pmtud.on_probe_acked(packet.size, now)
+                    continue
+                self.pmtud.on_packet_acked(packet.size)
                 self.cc.on_acked(packet.size, packet.time_sent, now)
                 for flow, record in packet.items:
                     flow.on_acked(record)
@@ -606,6 +623,10 @@ class Connection:
             # Same expression as the deadline below, so a timer firing at it always progresses.
             if largest - pn >= 3 or packet.time_sent + loss_delay <= now:
                 del sent[pn]
+                if packet.probe:
+                    self.pmtud.on_probe_lost(packet.size, now)
+                    continue
+                self.pmtud.on_packet_lost(packet.size, now)
                 self.cc.on_lost(packet.size, packet.time_sent, now)
                 self._requeue(packet)
             else:
@@ -629,6 +650,8 @@ class Connection:
         destination, socket = self.path.address, self.path.socket
         controls, flows = self.controls, self.flows
         self.paced_until = None
+        if not self.closed:
+            self._probe_size(now, out)
         while True:
             parts: list[bytes] = []
             budget = self.max_payload
@@ -672,14 +695,36 @@ class Connection:
                 break
         return out
 
-    def _seal(self, payload: bytes, now: float, eliciting: bool, items: list) -> bytes:
+    def _probe_size(self, now: float, out: list[tuple[bytes, Address, int]]) -> None:
+        """Send a datagram size probe if the search wants one: a PING padded to the size
+        (outside congestion control: its loss is not congestion)."""
+        pmtud = self.pmtud
+        if self.path.relayed or not self.confirmed:
+            return
+        if pmtud.state is PmtuState.DISABLED:
+            if pmtud.max_size <= pmtud.base:
+                return
+            pmtud.start(now)
+        size = pmtud.next_probe(now)
+        if size is None:
+            return
+        room = size - DATA_HEADER_SIZE - AEAD_TAG_SIZE - 1  # less the PING
+        filler = room - 1 - (1 if room - 2 < 0x40 else 2 if room - 3 < 0x4000 else 4)
+        payload = b"".join((_PING, PROBE_PADDING, encode_varint(filler), bytes(filler)))
+        out.append((self._seal(payload, now, True, [], probe=True),
+                    self.path.address, self.path.socket))
+
+    def _seal(self, payload: bytes, now: float, eliciting: bool, items: list, *,
+              probe: bool = False) -> bytes:
         pn = self.next_pn
         self.next_pn = pn + 1
         header = DATA_HEADER.pack(PacketKind.DATA, self.remote_sid, pn)
         seal = (self._ciphers or _CIPHERS.make(self))[0].encrypt
         datagram = header + seal(_NONCE_PREFIX + _PACK_PN(pn), payload, header)
         self.bytes_sent += len(datagram)
-        if eliciting:
+        if probe:
+            self.sent[pn] = SentPacket(now, len(datagram), items, probe=True)
+        elif eliciting:
             self.sent[pn] = SentPacket(now, len(datagram), items)
             self.cc.on_sent(len(datagram), now)
             self.pacer.on_sent(len(datagram), now)
@@ -725,6 +770,9 @@ class Connection:
             deadline = min(deadline, self.final_deadline)
         if self.paced_until is not None:
             deadline = min(deadline, self.paced_until)
+        pmtu_deadline = self.pmtud.deadline()
+        if pmtu_deadline is not None:
+            deadline = min(deadline, pmtu_deadline)
         for path in self.paths.values():
             if path.challenge is not None:
                 deadline = min(deadline, path.next_try)
@@ -752,6 +800,7 @@ class Connection:
         if not self.confirmed and now >= self.unconfirmed_until():
             self._finish("the peer never confirmed the handshake")
             return
+        self.pmtud.on_timer(now)
         if self.loss_time is not None and now >= self.loss_time:
             self._detect_lost(now)
         else:
@@ -828,7 +877,14 @@ def _skip_extension(connection: Connection, payload: bytes, pos: int, now: float
     return pos
 
 
+def _read_padding(connection: Connection, payload: bytes, pos: int, now: float) -> int:
+    """The padding of a datagram size probe: skipped, as expected (not counted)."""
+    _, pos = take_blob_at(payload, pos)
+    return pos
+
+
 TRANSPORT_READERS = {
+    PROBE_PADDING[0]: _read_padding,
     FrameType.PING: _read_nothing,
     FrameType.HANDSHAKE_DONE: _read_nothing,
     FrameType.ACK: _read_ack,

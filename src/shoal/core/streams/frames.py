@@ -36,9 +36,13 @@ MAX_STREAM_COUNT = 1 << 60
 """The most streams either side may ever open on one connection (RFC 9000 section 19.11)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamFrame:
-    """Bytes ``offset .. offset+len(data)`` of stream ``stream_id``; ``fin``: the last."""
+    """Bytes ``offset .. offset+len(data)`` of stream ``stream_id``; ``fin``: the last.
+
+    Not frozen, unlike the other frames: two are made per packet of stream data (one
+    sent, one received), and a frozen dataclass takes twice as long to make. Nothing
+    changes one once made."""
 
     stream_id: int
     offset: int

@@ -100,7 +100,8 @@ class StreamReadable:
 
 @dataclass(frozen=True, slots=True)
 class StreamWritable:
-    """A writer that found stream ``stream_id``'s buffer full can write again."""
+    """A writer that found stream ``stream_id``'s buffer full can write again: half of
+    the buffer is free."""
 
     stream_id: int
 
@@ -387,6 +388,20 @@ class StreamManager:
         if self._control_due():
             budget -= self._fill_control(out, budget)
         active = self._active
+        if len(active) == 1:  # the usual case of bulk data, without the loop's upkeep
+            stream_id, stream = next(iter(active.items()))
+            frames = stream.fill(budget)
+            if frames:
+                out += frames
+            if not stream.wants_send:
+                del active[stream_id]
+                if stream.send.blocked_by_connection:
+                    for frame in frames:
+                        budget -= encoded_size(frame)
+                    self._report_data_blocked(out, budget)
+                elif not frames:
+                    self._check_done(stream)
+            return out
         blocked_on_connection = False
         for stream_id, stream in list(active.items()):
             if budget <= 0:
@@ -404,11 +419,14 @@ class StreamManager:
             elif not frames:
                 self._check_done(stream)  # woken by a read that finished it, say
         if blocked_on_connection:
-            limit = self.send_credit.limit
-            if self._data_blocked != limit and budget >= encoded_size(DataBlocked(limit)):
-                self._data_blocked = limit
-                out.append(DataBlocked(limit))
+            self._report_data_blocked(out, budget)
         return out
+
+    def _report_data_blocked(self, out: list[StreamsFrame], budget: int) -> None:
+        limit = self.send_credit.limit
+        if self._data_blocked != limit and budget >= encoded_size(DataBlocked(limit)):
+            self._data_blocked = limit
+            out.append(DataBlocked(limit))
 
     def _fill_control(self, out: list[StreamsFrame], budget: int) -> int:
         candidates: list[StreamsFrame] = []
@@ -440,12 +458,16 @@ class StreamManager:
         stream = self.streams.get(stream_id)
         if stream is None:
             return
-        before = stream.send.writable
         stream.on_acked(frame)
-        if stream.writer_waiting and stream.send.writable > before:
+        send = stream.send
+        # A waiting writer hears once half its buffer is free (or the stream is reset):
+        # it then writes in large pieces, not a packet's worth per acknowledgement.
+        if stream.writer_waiting and (send.writable >= send.buffer_limit // 2
+                                      or send.reset_code is not None):
             stream.writer_waiting = False
             self.events.append(StreamWritable(stream_id))
-        self._check_done(stream)
+        if send.state in SEND_DONE:
+            self._check_done(stream)
 
     def on_lost(self, frame: StreamsFrame) -> None:
         kind = type(frame)

@@ -101,6 +101,8 @@ class SendStream:
             piece: bytes | bytearray | memoryview = bytearray(data[:size])
         elif type(data) is bytes:
             piece = data if size == len(data) else memoryview(data)[:size]
+        elif type(data) is memoryview and data.readonly and type(data.obj) is bytes:
+            piece = data[:size]  # a view of bytes nobody can change
         else:
             piece = bytes(data[:size])  # the caller may change its buffer after this
         chunks.append(piece)
@@ -140,7 +142,7 @@ class SendStream:
 
     @property
     def wants_send(self) -> bool:
-        if self._reset_pending or self._lost:
+        if self._reset_pending or self._lost.los:
             return True
         if self.state not in (SendState.READY, SendState.SEND, SendState.DATA_SENT):
             return False
@@ -169,7 +171,7 @@ class SendStream:
             return out
         stream_id = self.stream_id
         lost = self._lost
-        while lost and budget > 0:
+        while lost.los and budget > 0:
             lo, hi = lost.los[0], lost.his[0]
             room = budget - stream_overhead(stream_id, lo, budget)
             if room < min(hi - lo, MIN_FRAME_DATA):
@@ -193,10 +195,10 @@ class SendStream:
             credit.used = end
             connection.used += end - lo
             budget -= self._emit(out, lo, data, end)
-        if self.fin_wanted and not self.fin_sent and self.sent == self.written:
-            if stream_overhead(stream_id, self.written, 0) <= budget:
-                self._emit(out, self.written, b"", self.written)
-        elif self.sent < self.written and self.credit.available() <= 0:
+        if self.fin_wanted and not self.fin_sent and credit.used == written:
+            if stream_overhead(stream_id, written, 0) <= budget:
+                self._emit(out, written, b"", written)
+        elif credit.used < written and credit.used >= credit.limit:
             limit = self.credit.blocked_report()
             if limit is not None:
                 frame = StreamDataBlocked(stream_id, limit)
@@ -247,7 +249,7 @@ class SendStream:
             return
         offset = frame.offset
         end = offset + len(frame.data)
-        if self._lost:
+        if self._lost.los:
             self._lost.remove(offset, end)
         if frame.fin:
             self.fin_acked = True
