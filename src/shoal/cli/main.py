@@ -20,7 +20,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from shoal.errors import ShoalError, os_error_code
 from shoal.net import format_address, local_addresses, parse_address
 
 if TYPE_CHECKING:
+    from shoal import Node
     from shoal.identity import Identity
 
 EXIT_ERROR = 1
@@ -250,6 +251,20 @@ def _lan(no_lan: bool) -> bool | None:
     return False if no_lan else None
 
 
+@contextlib.asynccontextmanager
+async def _started_node(output: Output, identity: Identity, addresses: list[tuple[str, int]],
+                        listen: tuple[str, int], no_lan: bool) -> AsyncIterator[Node]:
+    """A node on the command's options, its introducers (if any) reached."""
+    from shoal import Node
+
+    async with Node(identity, introducers=addresses, listen=listen,
+                    lan_discovery=_lan(no_lan)) as node:
+        if addresses:
+            with output.waiting(f"reaching {len(addresses)} introducer(s)"):
+                await node.wait_for_introducers(timeout=30)
+        yield node
+
+
 def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
     """Report ShoalErrors raised while parsing options as one line."""
 
@@ -451,7 +466,6 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
     """
     import asyncio
 
-    from shoal import Node
 
     output = Output(as_json)
     listen_address = parse_address(listen, default_port=0)
@@ -462,11 +476,8 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
     identity = _identity(identity_path)
 
     async def body() -> int:
-        async with Node(identity, introducers=addresses, listen=listen_address,
-                        lan_discovery=_lan(no_lan)) as node:
-            if addresses:
-                with output.waiting(f"reaching {len(addresses)} introducer(s)"):
-                    await node.wait_for_introducers(timeout=30)
+        async with _started_node(output, identity, addresses, listen_address,
+                                 no_lan) as node:
             output.event("ready", f"listening as {node.peer_id}", peer_id=node.peer_id,
                          listen=format_address(node.address))
             if addresses:
@@ -823,7 +834,6 @@ def share(identity_path: str | None, as_json: bool, introducers: tuple[str, ...]
     """
     import asyncio
 
-    from shoal import Node
     from shoal.cli.transfer import Meter, size_text
 
     output = Output(as_json)
@@ -837,11 +847,8 @@ def share(identity_path: str | None, as_json: bool, introducers: tuple[str, ...]
     identity = _identity(identity_path)
 
     async def body() -> int:
-        async with Node(identity, introducers=addresses, listen=listen_address,
-                        lan_discovery=_lan(no_lan)) as node:
-            if addresses:
-                with output.waiting(f"reaching {len(addresses)} introducer(s)"):
-                    await node.wait_for_introducers(timeout=30)
+        async with _started_node(output, identity, addresses, listen_address,
+                                 no_lan) as node:
             with output.waiting(f"hashing {file}"):
                 ticket = await node.share(file)
             output.event("sharing", f"sharing {file} ({size_text(ticket.size)}); fetch it "
@@ -884,7 +891,7 @@ def fetch(identity_path: str | None, as_json: bool, introducers: tuple[str, ...]
       shoal fetch blobaes2kp...
       shoal fetch blobaes2kp... -o downloads/ --json
     """
-    from shoal import Identity, Node, Ticket
+    from shoal import Identity, Ticket
     from shoal.cli.transfer import Meter, output_path, size_text
 
     output = Output(as_json)
@@ -901,11 +908,8 @@ def fetch(identity_path: str | None, as_json: bool, introducers: tuple[str, ...]
     identity = _identity(identity_path) if identity_path else Identity.generate()
 
     async def body() -> int:
-        async with Node(identity, introducers=addresses, listen=listen_address,
-                        lan_discovery=_lan(no_lan)) as node:
-            if addresses:
-                with output.waiting(f"reaching {len(addresses)} introducer(s)"):
-                    await node.wait_for_introducers(timeout=30)
+        async with _started_node(output, identity, addresses, listen_address,
+                                 no_lan) as node:
             meter = Meter(as_json, target.name, parsed.size)
             try:
                 result = await node.fetch(parsed, target, progress=lambda p: meter.update(
