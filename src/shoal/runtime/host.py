@@ -33,6 +33,7 @@ from shoal.runtime.hotkeys import Hotkeys
 from shoal.runtime.instance import Instance
 from shoal.runtime.launch import Launch
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
+from shoal.runtime.netchannels import Channels
 from shoal.runtime.origins import own_listener
 from shoal.runtime.processes import Processes
 from shoal.runtime.refusals import Refusal
@@ -78,6 +79,8 @@ class AppHost:
         self.dev_url = launch.dev_url if launch.dev else None
         self.node: Node | None = None
         self.server: AppServer | None = None
+        self.channels: Channels | None = None
+        """The pages' named channels and streams (once started)."""
         self._invoker: Invoker | None = None
         self._parts: list[Any] = []
         self._watcher: asyncio.Task[None] | None = None
@@ -131,6 +134,7 @@ class AppHost:
         system = System(permissions, str(policy.data_dir), self.window, server.page_origin)
         net = Network(self.node, permissions.network, emit)
         shared = Files(self.node, permissions.network, policy, emit)
+        channels = self.channels = Channels(self.node, permissions.network)
         datagrams = Datagrams(permissions.dgram, emit)
         invoker = self._invoker = Invoker(functions, permissions.invoke)
         processes = self._processes = Processes(permissions, policy.data_dir, emit,
@@ -138,8 +142,9 @@ class AppHost:
                                                 exit=self._exit)
         hotkeys = Hotkeys(permissions.hotkeys, emit)
         hotkeys.start()
-        self._parts = [files, net, datagrams, processes, hotkeys]
-        for part in (files, system, net, shared, datagrams, invoker, processes, hotkeys):
+        self._parts = [files, net, channels, datagrams, processes, hotkeys]
+        for part in (files, system, net, channels, shared, datagrams, invoker, processes,
+                     hotkeys):
             calls.update(part.calls())
         calls["app.launch"] = self._launch
         if self.launch.instance is not None:
