@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -31,8 +32,8 @@ lan = false
 listen = "127.0.0.1:0"
 """
 
-APP_JS = """import { network } from "shoal:api";
-window.shoal = { network };
+APP_JS = """import * as api from "shoal:api";
+window.shoal = api;
 window.pattern = (size) => new Uint8Array(size).map((_, i) => (i * 7919) % 251);
 window.hex = async (bytes) => [...new Uint8Array(await crypto.subtle.digest("SHA-256", bytes))]
   .map((b) => b.toString(16).padStart(2, "0")).join("");
@@ -40,6 +41,15 @@ document.body.dataset.ready = "true";
 """
 
 SIZE = 8 << 20
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _docs_example() -> str:
+    """The page code of docs/runtime.md's channels example, as printed."""
+    text = (ROOT / "docs" / "runtime.md").read_text()
+    (block,) = [b for b in re.findall(r"```js\n(.*?)```", text, re.S)
+                if "network.channel(" in b]
+    return block
 
 
 class _Loop:
@@ -76,7 +86,7 @@ def apps(tmp_path: Path, browser: Browser
             (folder / "index.html").write_text(
                 '<!doctype html><html><head><script type="module" src="app.js"></script>'
                 "</head><body></body></html>")
-            (folder / "app.js").write_text(APP_JS)
+            (folder / "app.js").write_text(_docs_example() + APP_JS)
             host = AppHost(folder, data_dir=tmp_path / f"{name}-data", lan_discovery=False)
             hosts.append(loop.run(host.start))
         alice, bob = hosts
@@ -161,9 +171,9 @@ def test_a_stream_carries_8_mib_page_to_page(apps: Any) -> None:
         const network = window.shoal.network;
         const bulk = await network.channel("bulk");
         await bulk.send(bob, "hi");  // a connection first
+        const data = window.pattern(size);
         const started = performance.now();
         const stream = await network.openStream(bob, "bulk");
-        const data = window.pattern(size);
         const writer = stream.writable.getWriter();
         for (let at = 0; at < size; at += 1 << 20) {
             await writer.write(data.subarray(at, at + (1 << 20)));
@@ -238,3 +248,14 @@ def test_a_page_that_never_reads_a_stream_does_not_grow_its_host(apps: Any) -> N
         assert written <= window + send_buffer + (1 << 20)
     assert samples[-1][0] == samples[0][0]  # the writer is stuck, not slow
     assert info["readable"] == samples[-1][2] > window // 2
+
+
+def test_the_docs_example_sends_a_photo_and_hears_the_reply(apps: Any) -> None:
+    """Both pages run the example of docs/runtime.md as printed (see the fixture)."""
+    hosts, (alice, _), _ = apps
+    _, bob_id = _ids(hosts)
+    reply = alice.evaluate("""async (bob) => {
+        const { sendPhoto } = await import("/app.js");
+        return sendPhoto(bob, window.pattern(300000));
+    }""", bob_id)
+    assert reply == "got 300000 bytes"
