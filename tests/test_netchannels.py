@@ -154,6 +154,10 @@ async def test_a_page_that_never_reads_holds_the_peer_to_the_stream_window(pair)
     held_b = host_b.channels.held_bytes()
     held_a = host_a.channels.held_bytes()
     info = await page_b.call("network.streamInfo", incoming["id"])
+    # A second write beside the one waiting for room is refused, not queued.
+    assert await _code(page_a.call("network.streamWrite", opened["id"], b"more")) == "EBUSY"
+    assert await page_a.call("network.streamInfo", opened["id"]) == {
+        "readable": 0, "buffered": held_a - STREAM_CHUNK, "inHand": STREAM_CHUNK}
     flooding.cancel()
     window = 1 << 20  # StreamConfig.stream_window
     print(f"written {written} held by bob's host {held_b} by alice's {held_a} info {info}")
