@@ -134,7 +134,6 @@ class AppHost:
         system = System(permissions, str(policy.data_dir), self.window, server.page_origin)
         net = Network(self.node, permissions.network, emit)
         shared = Files(self.node, permissions.network, policy, emit)
-        channels = self.channels = Channels(self.node, permissions.network)
         datagrams = Datagrams(permissions.dgram, emit)
         invoker = self._invoker = Invoker(functions, permissions.invoke)
         processes = self._processes = Processes(permissions, policy.data_dir, emit,
@@ -142,10 +141,13 @@ class AppHost:
                                                 exit=self._exit)
         hotkeys = Hotkeys(permissions.hotkeys, emit)
         hotkeys.start()
-        self._parts = [files, net, channels, datagrams, processes, hotkeys]
-        for part in (files, system, net, channels, shared, datagrams, invoker, processes,
-                     hotkeys):
+        self._parts = [files, net, datagrams, processes, hotkeys]
+        for part in (files, system, net, shared, datagrams, invoker, processes, hotkeys):
             calls.update(part.calls())
+        # Named channels and streams (network.channel, network.openStream).
+        channels = self.channels = Channels(self.node, permissions.network)
+        calls.update(channels.calls())
+        self._parts.append(channels)
         calls["app.launch"] = self._launch
         if self.launch.instance is not None:
             self._instance = Instance(self.launch.instance, self._opened_again)
