@@ -49,6 +49,18 @@ class DatagramQueue:
             self.dropped += 1
         self.queue.append(Datagram(channel, bytes(data)))
 
+    def drop_larger(self, max_payload: int) -> int:
+        """Drop the queued datagrams that no longer fit in a packet of ``max_payload``
+        bytes (the path's datagram size fell); how many went."""
+        keep = deque(frame for frame in self.queue
+                     if len(frame.data) + datagram_overhead(frame.channel, len(frame.data))
+                     <= max_payload)
+        dropped = len(self.queue) - len(keep)
+        if dropped:
+            self.queue = keep
+            self.dropped += dropped
+        return dropped
+
     @property
     def wants_send(self) -> bool:
         return bool(self.queue)
