@@ -5,9 +5,11 @@ Theory of operation
 A datagram is one DATAGRAM frame (0x4a, RFC 9221): ``channel varint | length varint |
 data``. It travels in one packet or not at all, encrypted like everything else on the
 connection, and is never sent again: a lost one is only counted. Its channel number is
-the one the message service binds for the same name on that connection (a CHANNEL frame
-goes ahead of the first datagram, in the same packet), so a node takes a peer's
-datagrams on exactly the channels it serves messages on.
+the one the message service binds for the same name on that connection, so a node takes
+a peer's datagrams on exactly the channels it serves messages on. Until the peer answers
+the binding, a copy of the CHANNEL frame goes, unreliably, ahead of each flush of
+datagrams, so that datagrams whose packets overtake the first binding (or outlive its
+loss) are still read.
 
 Sending. Each connection that carries datagrams has a ``DatagramFlow``: a short queue
 (``max_queued``, 64 unless the service's options say) that its packet scheduler fills
@@ -44,7 +46,8 @@ from shoal.core.streams import frames as stream_frames
 from shoal.core.streams.datagrams import MAX_QUEUED, DatagramQueue
 from shoal.core.streams.flow import FrameFlow
 from shoal.core.streams.frames import Datagram, varint_size
-from shoal.core.wire import Frame, FrameType
+from shoal.core.wire import Channel as ChannelFrame
+from shoal.core.wire import Frame, FrameType, encode_frame
 from shoal.errors import DeliveryError, LocalProtocolError
 
 if TYPE_CHECKING:
@@ -173,6 +176,12 @@ class DatagramService(Service):
             raise LocalProtocolError(
                 f"a datagram of {len(data)} bytes does not fit in one packet: at most "
                 f"{limit} bytes on this path", code="EMSGSIZE")
+        if self.channels.unanswered(connection, channel):
+            # Until the peer answers, the binding goes again with each packet of
+            # datagrams: one that overtakes (or outlives) the first is still read.
+            binding = encode_frame(ChannelFrame(number, channel))
+            if binding not in connection.control_out:
+                self.ctx.send(connection, binding, reliable=False)
         self.flow(connection).push(number, bytes(data))
         self.ctx.wake(connection)
 

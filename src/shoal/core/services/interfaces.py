@@ -45,6 +45,10 @@ class Channels(Protocol):
         if it was not); ``LocalProtocolError`` ENOPROTOOPT if the peer refused it."""
         ...
 
+    def unanswered(self, connection: Connection, channel: str) -> bool:
+        """Whether the peer has yet to answer the binding of ``channel``."""
+        ...
+
     def inbound_name(self, connection: Connection, number: int) -> str | None:
         """The served channel the peer bound ``number`` to, if any."""
         ...

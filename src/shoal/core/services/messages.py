@@ -635,6 +635,13 @@ class MessageService(Service):
                                      code=NO_CHANNEL)
         return flow.bound(channel).number
 
+    def unanswered(self, connection: Connection, channel: str) -> bool:
+        """Whether the peer has yet to answer this node's binding of ``channel`` on
+        ``connection``."""
+        flow = connection.state.get(self.name)
+        out = flow.out.get(channel) if isinstance(flow, MessageFlow) else None
+        return out is not None and out.accepted is None
+
     def inbound_name(self, connection: Connection, number: int) -> str | None:
         """The name the peer bound ``number`` to on ``connection``, if it did and this
         node serves it (else None)."""
