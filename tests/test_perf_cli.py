@@ -43,7 +43,7 @@ def test_perf_moves_the_bytes_it_reports_both_ways_by_address_and_by_peer_id(
             assert run["event"] == "perf" and run["bytes"] == 2 * 1024 * 1024
             assert run["peer_id"] == peer_id and run["path"] == "direct"
             assert run["streams"] == 2 and run["reverse"] is False
-            assert run["seconds"] > 0 and run["rtt_ms"] > 0
+            assert run["seconds"] > 0 and run["rtt_ms"] > 0 and run["idle_rtt_ms"] > 0
             assert run["mbytes_per_s"] == pytest.approx(
                 run["bytes"] / run["seconds"] / 1e6, rel=0.02)
 

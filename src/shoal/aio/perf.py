@@ -40,8 +40,9 @@ _OK, _REFUSED = 0, 1
 
 @dataclass(frozen=True, slots=True)
 class PerfResult:
-    """What a run measured: ``bytes`` moved in ``seconds`` over ``streams`` streams,
-    the connection's smoothed round-trip time and its path at the end."""
+    """What a run measured: ``bytes`` moved in ``seconds`` over ``streams`` streams;
+    the connection's smoothed round-trip time before the run (``idle_rtt_ms``) and at
+    its end, loaded (``rtt_ms``: queues on the way lengthen it), and its path then."""
 
     peer_id: str
     bytes: int
@@ -50,6 +51,7 @@ class PerfResult:
     reverse: bool
     rtt_ms: float | None
     path: str | None
+    idle_rtt_ms: float | None = None
 
     @property
     def mbytes_per_s(self) -> float:
@@ -143,6 +145,7 @@ async def run_perf(node: Node, peer_id: str, size: int, *, streams: int = 1,
     if size < 0:
         raise LocalProtocolError("a run moves zero bytes or more")
     shares = [size // streams + (1 if n < size % streams else 0) for n in range(streams)]
+    idle = _rtt_ms(node, peer_id)
     opened = [await node.open_stream(peer_id, PERF_CHANNEL, timeout=10) for _ in shares]
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -159,10 +162,14 @@ async def run_perf(node: Node, peer_id: str, size: int, *, streams: int = 1,
     if moved != size:
         raise DeliveryError(f"the run moved {moved} bytes of {size}", code="EIO")
     peer = next((p for p in node.peers() if p.peer_id == peer_id), None)
-    rtt = peer.rtt if peer is not None else None
     return PerfResult(peer_id=peer_id, bytes=moved, seconds=seconds, streams=streams,
-                      reverse=reverse, rtt_ms=None if rtt is None else rtt * 1000,
-                      path=peer.path if peer is not None else None)
+                      reverse=reverse, rtt_ms=_rtt_ms(node, peer_id),
+                      path=peer.path if peer is not None else None, idle_rtt_ms=idle)
+
+
+def _rtt_ms(node: Node, peer_id: str) -> float | None:
+    peer = next((p for p in node.peers() if p.peer_id == peer_id), None)
+    return None if peer is None or peer.rtt is None else peer.rtt * 1000
 
 
 async def _one_run(stream: Stream, size: int, reverse: bool) -> int:

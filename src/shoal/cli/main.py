@@ -690,15 +690,18 @@ def perf(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
                                         reverse=reverse)
             rate = result.mbytes_per_s
             rtt = "?" if result.rtt_ms is None else f"{result.rtt_ms:.2f} ms"
+            idle = "?" if result.idle_rtt_ms is None else f"{result.idle_rtt_ms:.2f} ms"
             output.event(
                 "perf",
                 f"{'received' if reverse else 'sent'} {human_size(result.bytes)} {way} "
                 f"{other[:16]} in {result.seconds:.2f} s: {rate:.1f} MB/s "
                 f"({rate * 8:.0f} Mbit/s), {streams} stream(s), {result.path} path, "
-                f"RTT {rtt}",
+                f"RTT {idle} idle, {rtt} loaded",
                 bytes=result.bytes, seconds=round(result.seconds, 4),
                 mbytes_per_s=round(rate, 2),
                 rtt_ms=None if result.rtt_ms is None else round(result.rtt_ms, 3),
+                idle_rtt_ms=None if result.idle_rtt_ms is None else round(
+                    result.idle_rtt_ms, 3),
                 path=result.path, streams=streams, reverse=reverse, peer_id=other)
         return 0
 
