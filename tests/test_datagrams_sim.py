@@ -12,12 +12,13 @@ import shoal
 from shoal import sim
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
-from shoal.core.connection import CLOSE_PROTOCOL_ERROR, Connection
+from shoal.core.connection import CLOSE_PROTOCOL_ERROR
 from shoal.core.services.datagrams import PACKET_ROOM, largest_datagram
 from shoal.core.streams.frames import Datagram, encode
 from shoal.core.wire import DATA_HEADER, Channel, PacketKind, encode_varint
 from shoal.errors import ShoalError
 from shoal.sim import LinkProfile, SimNetwork, SimNode
+from test_peer_abuse import _connected
 
 
 async def _pair(net: sim.VirtualNetwork) -> tuple[shoal.Node, shoal.Node]:
@@ -166,20 +167,6 @@ def _network() -> tuple[SimNetwork, SimNode, SimNode]:
     net = SimNetwork(seed=6, profile=LinkProfile(latency=0.005))
     victim = net.add_node(config=CoreConfig())
     return net, victim, net.add_node()
-
-
-def _connected(net: SimNetwork, peer: SimNode, victim: SimNode) -> Connection:
-    peer.endpoint.connect(victim.address, net.now)
-    net.flush(peer)
-
-    def connection() -> Connection | None:
-        found = peer.endpoint.connection_to(bytes.fromhex(victim.peer_id))
-        return found if found is not None and found.confirmed else None
-
-    assert net.run(2, until=lambda: connection() is not None)
-    found = connection()
-    assert found is not None
-    return found
 
 
 def _datagrams(node: SimNode) -> list[ev.ServiceEvent]:

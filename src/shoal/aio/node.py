@@ -548,22 +548,31 @@ class Node:
     async def reach(self, peer_id: str, *, timeout: float = 10.0) -> None:
         """Make sure a connection to ``peer_id`` is up, asking the introducers for it
         if there is none; ``DeliveryError`` ``ETIMEDOUT`` if none came up in time."""
-        driver = self._require_driver()
+        self._require_driver()
         peer = peer_id_to_bytes(peer_id)
         if peer == self.identity.public_key:
             raise LocalProtocolError("this node cannot connect to itself")
         if self.endpoint.connection_to(peer) is not None:
             return
-        waiter = self._connected.setdefault(f"peer:{peer_id}", asyncio.Event())
-        self.endpoint.reconnect(peer_id, driver.now())
+        await self._until_connected(
+            f"peer:{peer_id}", lambda now: self.endpoint.reconnect(peer_id, now), timeout,
+            f"no connection to {peer_id} came up within {timeout:g} s")
+
+    async def _until_connected(self, key: str, start: Callable[[float], None],
+                               timeout: float, failure: str) -> None:
+        """Run ``start(now)`` and wait up to ``timeout`` for the connection that
+        ``key`` names (``addr:HOST:PORT`` or ``peer:ID``); ``DeliveryError``
+        ``ETIMEDOUT`` saying ``failure`` if none came up."""
+        driver = self._require_driver()
+        waiter = self._connected.setdefault(key, asyncio.Event())
+        start(driver.now())
         driver.flush()
         try:
             await asyncio.wait_for(waiter.wait(), timeout)
         except TimeoutError:
-            raise DeliveryError(f"no connection to {peer_id} came up within {timeout:g} s",
-                                code="ETIMEDOUT") from None
+            raise DeliveryError(failure, code="ETIMEDOUT") from None
         finally:
-            self._connected.pop(f"peer:{peer_id}", None)
+            self._connected.pop(key, None)
 
     async def send_datagram(self, peer_id: str, data: bytes, *, channel: str = "",
                             timeout: float = 10.0) -> None:
@@ -593,23 +602,14 @@ class Node:
 
     async def connect(self, address: str | Address, *, timeout: float = 10.0) -> str:
         """Handshake with the node at ``address``; returns its peer id."""
-        driver = self._require_driver()
+        self._require_driver()
         target = parse_address(address)
         before = {p.peer_id for p in self.peers() if p.connected and p.address == target}
         if before:
             return before.pop()
-        waiter = asyncio.Event()
-        key = f"addr:{target[0]}:{target[1]}"
-        self._connected[key] = waiter
-        self.endpoint.connect(target, driver.now())
-        driver.flush()
-        try:
-            await asyncio.wait_for(waiter.wait(), timeout)
-        except TimeoutError:
-            raise DeliveryError(f"no Shoal node answered at {target[0]}:{target[1]}",
-                                code="ETIMEDOUT") from None
-        finally:
-            self._connected.pop(key, None)
+        await self._until_connected(
+            f"addr:{target[0]}:{target[1]}", lambda now: self.endpoint.connect(target, now),
+            timeout, f"no Shoal node answered at {target[0]}:{target[1]}")
         for peer in self.peers():
             if peer.connected and peer.address == target:
                 return peer.peer_id
