@@ -3,10 +3,10 @@
 Theory of operation
 -------------------
 A datagram goes in one packet or not at all: it is never split, never retransmitted, and
-a lost one is only counted. Datagrams wait in a short queue of their own, so a scheduler
-that fills a packet from this queue before any stream never puts real-time data behind
-bulk data; when the queue is full the oldest datagram is dropped (for live data the
-newest matters most), and counted too.
+a lost one is only counted. Datagrams wait in a short queue of their own (the datagram
+service makes one per connection, a flow of the connection's packet scheduler), so
+real-time data never waits behind bulk data's retransmissions; when the queue is full
+the oldest datagram is dropped (for live data the newest matters most), and counted too.
 """
 
 from __future__ import annotations
