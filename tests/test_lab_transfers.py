@@ -1,0 +1,182 @@
+"""Streams and files over real, impaired paths: Shoal nodes in the NAT lab's namespaces.
+
+Three port-restricted sites (a, b, c) and an introducer that relays, 10 ms of delay on
+every access link (40 ms round trip between two sites). Each node is a
+``shoal.lab.agent`` process driven by JSON lines. The tests:
+
+- relay to direct: a and b can first reach each other only through the introducer's
+  relay (their routers drop the direct path); a stream is started relayed, the direct
+  path opens mid-transfer, and the stream ends intact on the direct path;
+- loss: a file fetch through a router dropping 3% of the datagrams each way;
+- fairness: a->c and b->c through a 40 Mbit/s token bucket in c's router share it
+  (Jain's index), and small messages a->c on another channel are not held behind a's
+  bulk stream.
+
+Sizes are small by default; ``SHOAL_LAB_BIG=1`` moves 32 MiB, 16 MiB and 2x24 MiB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from shoal.lab.agent import pattern
+from shoal.lab.netlab import Host, NatLab
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(sys.platform != "linux", reason="network namespaces are Linux's"),
+]
+
+BIG = os.environ.get("SHOAL_LAB_BIG") == "1"
+MiB = 1 << 20
+ONE_WAY = 0.010
+"""Delay of each access link: two sites are 40 ms of round trip apart."""
+RELAY_RATE = 1_000_000
+"""Bytes a second the introducer relays for one peer (a relayed stream takes seconds)."""
+FIGURES: dict[str, Any] = {}
+
+
+class Agent:
+    """One ``shoal.lab.agent`` process: commands in, answers (by id) out."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, lab: NatLab, host: Host, workdir: Path, *args: str) -> None:
+        self.host = host
+        self.process = lab.spawn(
+            host, [sys.executable, "-m", "shoal.lab.agent",
+                   "--identity", str(workdir / f"{host.netns}.key"), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=(workdir / f"{host.netns}.err").open("w"), text=True,
+            env={**os.environ, "SHOAL_NO_LAN": "1"},
+        )
+        self._answers: dict[Any, queue.Queue[dict]] = {}
+        self._lock = threading.Lock()
+        assert self.process.stdout is not None
+        threading.Thread(target=self._pump, args=(self.process.stdout,), daemon=True).start()
+        ready = self.wait(None, 40)
+        self.peer_id: str = ready["peer_id"]
+
+    def _queue(self, key: Any) -> queue.Queue[dict]:
+        with self._lock:
+            return self._answers.setdefault(key, queue.Queue())
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            message = json.loads(line)
+            self._queue(message.get("id")).put(message)
+
+    def start(self, op: str, **args: Any) -> int:
+        """Send a command; its answers come through ``wait``."""
+        command_id = next(self._ids)
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"id": command_id, "op": op, **args}) + "\n")
+        self.process.stdin.flush()
+        return command_id
+
+    def wait(self, command_id: Any, timeout: float) -> dict:
+        try:
+            answer = self._queue(command_id).get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"{self.host.netns}: no answer to {command_id} in "
+                                 f"{timeout:g} s") from None
+        assert "error" not in answer, answer
+        return answer
+
+    def call(self, op: str, timeout: float = 60, **args: Any) -> dict:
+        return self.wait(self.start(op, **args), timeout)
+
+
+class Lab:
+    def __init__(self, lab: NatLab, agents: dict[str, Agent]) -> None:
+        self.lab = lab
+        self.agents = agents
+
+    def nft(self, site: str, rules: str) -> None:
+        router = self.lab.sites[site].routers[0]
+        done = subprocess.run(self.lab.command(router, ["nft", "-f", "-"]), input=rules,
+                              text=True, check=False, capture_output=True)
+        assert done.returncode == 0, done.stderr
+
+    def wan(self, site: str) -> str:
+        return f"203.0.113.{10 + self.lab.sites[site].index}"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.fail("the NAT lab builds network namespaces and must run as root")
+    workdir = tmp_path_factory.mktemp("transfers")
+    sites = [("a", "port-restricted"), ("b", "port-restricted"), ("c", "port-restricted")]
+    with NatLab(sites, delay=ONE_WAY, seed=3) as net:
+        introducer = f"{net.introducer_address}"
+        agents = {"introducer": Agent(net, net.server, workdir, "--serve-introducer",
+                                      "--listen", introducer, "--alternate",
+                                      net.alternate_address,
+                                      "--relay-rate", str(RELAY_RATE))}
+        for name, _ in sites:
+            agents[name] = Agent(net, net.host(name), workdir, "--introducer", introducer)
+        yield Lab(net, agents)
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert net.tag not in left  # every namespace is gone
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _figures() -> Iterator[None]:
+    yield
+    if FIGURES:
+        print("\nlab transfers:", json.dumps(FIGURES))
+
+
+def _path(agent: Agent, peer_id: str) -> str | None:
+    for peer in agent.call("peers")["peers"]:
+        if peer["peer_id"] == peer_id:
+            return peer["path"]
+    return None
+
+
+def test_a_stream_started_relayed_ends_intact_on_the_direct_path(lab: Lab) -> None:
+    a, b = lab.agents["a"], lab.agents["b"]
+    size = (32 if BIG else 8) * MiB
+    # a's router drops everything between a and b's site: only the relay joins them.
+    lab.nft("a", "\n".join([
+        "table ip block {", "  chain forward {",
+        "    type filter hook forward priority -10; policy accept;",
+        f"    ip daddr {lab.wan('b')} drop", f"    ip saddr {lab.wan('b')} drop", "  }", "}"]))
+    sink = b.start("sink", channel="bulk")
+    b.wait(sink, 10)
+    sending = a.start("send_stream", peer=b.peer_id, channel="bulk", bytes=size, seed=11)
+    deadline = time.monotonic() + 30
+    while _path(a, b.peer_id) != "relay":
+        assert time.monotonic() < deadline, "never connected through the relay"
+        time.sleep(0.1)
+    time.sleep(0.5)  # the stream is under way on the relay
+    lab.nft("a", "delete table ip block")
+    sent = a.wait(sending, 120)
+    received = b.wait(sink, 30)
+    assert received["bytes"] == size == sent["bytes"]
+    assert received["sha256"] == sent["sha256"] == hashlib.sha256(pattern(size, 11)).hexdigest()
+    paths = [path for _, path in sent["paths"]]
+    assert paths[0] == "relay" and paths[-1] == "direct", sent["paths"]
+    changed = next(t for t, path in sent["paths"] if path == "direct")
+    # The path changed while bytes were still arriving at b.
+    at_change = sent["start"] + changed - received["start"]
+    before = max((n for t, n in received["samples"] if t <= at_change), default=0)
+    assert 0 < before < size, (changed, received["samples"][:5])
+    FIGURES["relay_to_direct"] = {
+        "mib": size // MiB, "seconds": round(sent["seconds"], 2),
+        "direct_after_s": changed, "mib_relayed": round(before / MiB, 2),
+        "mb_per_s": round(size / sent["seconds"] / 1e6, 2)}
