@@ -156,15 +156,17 @@ def test_a_stream_started_relayed_ends_intact_on_the_direct_path(lab: Lab) -> No
         "table ip block {", "  chain forward {",
         "    type filter hook forward priority -10; policy accept;",
         f"    ip daddr {lab.wan('b')} drop", f"    ip saddr {lab.wan('b')} drop", "  }", "}"]))
-    sink = b.start("sink", channel="bulk")
-    b.wait(sink, 10)
-    sending = a.start("send_stream", peer=b.peer_id, channel="bulk", bytes=size, seed=11)
-    deadline = time.monotonic() + 30
-    while _path(a, b.peer_id) != "relay":
-        assert time.monotonic() < deadline, "never connected through the relay"
-        time.sleep(0.1)
-    time.sleep(0.5)  # the stream is under way on the relay
-    lab.nft("a", "delete table ip block")
+    try:
+        sink = b.start("sink", channel="bulk")
+        b.wait(sink, 10)
+        sending = a.start("send_stream", peer=b.peer_id, channel="bulk", size=size, seed=11)
+        deadline = time.monotonic() + 30
+        while _path(a, b.peer_id) != "relay":
+            assert time.monotonic() < deadline, "never connected through the relay"
+            time.sleep(0.1)
+        time.sleep(0.5)  # the stream is under way on the relay
+    finally:
+        lab.nft("a", "delete table ip block")
     sent = a.wait(sending, 120)
     received = b.wait(sink, 30)
     assert received["bytes"] == size == sent["bytes"]
@@ -180,3 +182,105 @@ def test_a_stream_started_relayed_ends_intact_on_the_direct_path(lab: Lab) -> No
         "mib": size // MiB, "seconds": round(sent["seconds"], 2),
         "direct_after_s": changed, "mib_relayed": round(before / MiB, 2),
         "mb_per_s": round(size / sent["seconds"] / 1e6, 2)}
+
+
+def test_a_file_fetch_over_three_percent_loss_and_40_ms_completes(
+    lab: Lab, tmp_path: Path
+) -> None:
+    a, c = lab.agents["a"], lab.agents["c"]
+    size = (16 if BIG else 2) * MiB
+    source = tmp_path / "shared.bin"
+    source.write_bytes(pattern(size, 12))
+    ticket = c.call("share", path=str(source))["ticket"]
+    # a's router drops 3% of the datagrams it forwards, each way.
+    lab.nft("a", "\n".join([
+        "table ip loss {", "  chain forward {",
+        "    type filter hook forward priority -10; policy accept;",
+        "    meta l4proto udp numgen random mod 100 < 3 counter drop", "  }", "}"]))
+    try:
+        fetched = a.call("fetch", timeout=300, ticket=ticket, path=str(tmp_path / "got.bin"))
+        counters = subprocess.run(
+            lab.lab.command(lab.lab.sites["a"].routers[0], ["nft", "list", "table", "ip",
+                                                            "loss"]),
+            capture_output=True, text=True, check=True).stdout
+    finally:
+        lab.nft("a", "delete table ip loss")
+    assert fetched["size"] == size
+    assert fetched["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    dropped = int(counters.split("counter packets ")[1].split()[0])
+    assert dropped > 0, counters  # the loss was real
+    FIGURES["fetch_3pct_loss_40ms_rtt"] = {
+        "mib": size // MiB, "seconds": round(fetched["seconds"], 2),
+        "mb_per_s": round(size / fetched["seconds"] / 1e6, 3), "datagrams_dropped": dropped}
+
+
+def _bytes_at(samples: list[list[float]], start: float, when: float) -> float:
+    """Bytes a sink had read at monotonic time ``when`` (linear between samples)."""
+    previous_t, previous_n = start, 0.0
+    for t, n in samples:
+        if start + t >= when:
+            span = start + t - previous_t
+            share = (when - previous_t) / span if span > 0 else 1.0
+            return previous_n + share * (n - previous_n)
+        previous_t, previous_n = start + t, n
+    return previous_n
+
+
+def jain(rates: list[float]) -> float:
+    """Jain's fairness index: 1 when all are equal, 1/n when one takes everything."""
+    return sum(rates) ** 2 / (len(rates) * sum(r * r for r in rates))
+
+
+def test_two_connections_share_a_bottleneck_and_messages_pass_a_bulk_stream(
+    lab: Lab
+) -> None:
+    a, b, c = lab.agents["a"], lab.agents["b"], lab.agents["c"]
+    size = (24 if BIG else 10) * MiB
+    router = lab.lab.sites["c"].routers[0]
+    # c's router forwards at most 40 Mbit/s to c, with about 40 ms of queue.
+    subprocess.run(lab.lab.command(router, [
+        "tc", "qdisc", "add", "dev", "lan", "root", "tbf", "rate", "40mbit",
+        "burst", "32kb", "latency", "40ms"]), check=True, capture_output=True)
+    try:
+        c.call("serve", channel="ping")
+        sink = c.start("sink", channel="fair")
+        c.wait(sink, 10)
+        for sender in (a, b):  # both connections up before the race
+            sender.call("pings", timeout=60, peer=c.peer_id, channel="ping", count=3,
+                        interval=0.05)
+        idle = a.call("pings", peer=c.peer_id, channel="ping", count=5, interval=0.05)
+        sending = {name: lab.agents[name].start("send_stream", peer=c.peer_id,
+                                                channel="fair", size=size, seed=20 + n)
+                   for n, name in enumerate("ab")}
+        time.sleep(1.0)
+        pinging = a.start("pings", peer=c.peer_id, channel="ping", count=15, interval=0.1)
+        sent = {name: lab.agents[name].wait(command, 120) for name, command in sending.items()}
+        pings = a.wait(pinging, 60)["pings"]
+        received = {answer["peer_id"]: answer for answer in (c.wait(sink, 30), c.wait(sink, 30))}
+    finally:
+        subprocess.run(lab.lab.command(router, ["tc", "qdisc", "del", "dev", "lan", "root"]),
+                       check=False, capture_output=True)
+    flows = [received[lab.agents[name].peer_id] for name in "ab"]
+    for name, flow in zip("ab", flows, strict=True):
+        assert flow["bytes"] == size and flow["sha256"] == sent[name]["sha256"]
+    # The steady part: from a second after the later start to the first end.
+    begin = max(flow["start"] for flow in flows) + 1.0
+    end = min(flow["start"] + flow["samples"][-1][0] for flow in flows)
+    assert end - begin > 1.0, (begin, end)
+    rates = [(_bytes_at(f["samples"], f["start"], end)
+              - _bytes_at(f["samples"], f["start"], begin)) / (end - begin) for f in flows]
+    index = jain(rates)
+    # Messages sent while both bulk streams ran, against the loaded round-trip time.
+    during = [p for p in pings if begin <= p["at"] <= end and p["rtt"]]
+    assert len(during) >= 3, pings
+    worst = max(p["seconds"] / p["rtt"] for p in during)
+    idle_ms = min(p["seconds"] for p in idle["pings"]) * 1000
+    FIGURES["fairness_40mbit"] = {
+        "mib_each": size // MiB, "steady_s": round(end - begin, 2),
+        "mb_per_s": [round(r / 1e6, 2) for r in rates], "jain": round(index, 4),
+        "message_ms": [round(p["seconds"] * 1000, 1) for p in during],
+        "loaded_rtt_ms": [round(p["rtt"] * 1000, 1) for p in during],
+        "idle_message_ms": round(idle_ms, 1)}
+    assert index >= 0.9, FIGURES["fairness_40mbit"]
+    assert sum(rates) > 0.5 * 40e6 / 8, FIGURES["fairness_40mbit"]  # the link was full
+    assert worst <= 3.0, FIGURES["fairness_40mbit"]

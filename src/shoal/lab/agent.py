@@ -15,8 +15,8 @@ line carrying the same ``id`` (``"error"`` set if it failed). Ops:
     (bytes read every 50 ms); answers once per stream, when it ends.
 ``serve`` (channel)
     take messages on ``channel`` (their sender measures delivery).
-``send_stream`` (peer, channel, bytes, seed)
-    open a stream and write ``bytes`` of seeded pseudo-random data, then close it;
+``send_stream`` (peer, channel, size, seed)
+    open a stream and write ``size`` bytes of seeded pseudo-random data, then close it;
     answers with the SHA-256, the seconds, and the connection's path sampled every 50 ms.
 ``pings`` (peer, channel, count, interval)
     send ``count`` small messages ``interval`` seconds apart, each awaited: answers with
@@ -137,9 +137,9 @@ class Agent:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def op_send_stream(self, peer: str, channel: str, bytes: int,  # noqa: A002
+    async def op_send_stream(self, peer: str, channel: str, size: int,
                              seed: int = 0) -> dict[str, Any]:
-        data = pattern(bytes, seed)
+        data = pattern(size, seed)
         await self.node.reach(peer, timeout=30)
         # Timed from here: the connection is up, and its path is known.
         paths: list[tuple[float, str | None]] = []
