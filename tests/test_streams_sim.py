@@ -277,3 +277,55 @@ def test_a_stream_goes_on_across_a_relay_to_direct_upgrade() -> None:
     assert a.endpoint.connection_to(b.endpoint.identity.public_key) is connection
     assert connection.path_kind == "direct"
     assert any(isinstance(e, ev.PathChanged) and e.path == "direct" for e in a.events)
+
+
+def test_a_stream_on_the_loser_of_a_crossed_dial_follows_it_to_the_direct_path() -> None:
+    """Both sides dial at once through the relay and a stream opens before the dials are
+    decided: the connection that carries it drains, and moves to the direct path the
+    kept connection found instead of finishing on the relay."""
+    net, _, (a, b) = _lab(2, ["port-restricted", "port-restricted"],
+                          config=CoreConfig(punching=False))
+    b.endpoint.streams.serve("bulk/1")
+    blocked = {"on": True}
+
+    def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
+        crossing = source[0].startswith("198.51.100") and destination[0].startswith("198.51.100")
+        return None if crossing and blocked["on"] else data
+
+    net.tap = tap
+    a.endpoint.send_message(b.peer_id, b"hi", net.now)
+    b.endpoint.send_message(a.peer_id, b"hi", net.now)
+    net.flush(a)
+    net.flush(b)
+    peer = b.endpoint.identity.public_key
+    assert net.run(30, until=lambda: a.endpoint.connection_to(peer) is not None)
+    carrier = a.endpoint.connection_to(peer)
+    data = random.Random(12).randbytes(8_000_000)
+    handle = a.endpoint.call("streams", net.now, "open", b.peer_id, "bulk/1")
+    offset, got, accepted, moved_at = 0, bytearray(), None, None
+    for step in range(4000):
+        if offset < len(data):
+            offset += a.endpoint.call("streams", net.now, "write", handle, data[offset:])
+            if offset == len(data):
+                a.endpoint.call("streams", net.now, "close", handle)
+        if step == 250:
+            blocked["on"] = False  # after the carrier's own probes of the direct path
+        net.flush(a)
+        net.run(0.02)
+        if moved_at is None and carrier.path_kind == "direct":
+            moved_at = len(got)
+        if accepted is None:
+            accepted = next((e.data[0] for e in b.events if isinstance(e, ev.ServiceEvent)
+                             and e.kind == "accepted"), None)
+        if accepted is not None:
+            chunk = b.endpoint.call("streams", net.now, "read", accepted)
+            net.flush(b)
+            if chunk is None:
+                break
+            got += chunk
+    assert bytes(got) == data
+    assert a.endpoint.stats["crossed_dials"] == 1
+    # The stream stayed on the connection it opened on, which lost the crossed dial...
+    assert carrier is not a.endpoint.connection_to(peer) and carrier.draining
+    # ...and that connection left the relay in the middle of the transfer.
+    assert moved_at is not None and 0 < moved_at < len(data)

@@ -25,6 +25,9 @@ line carrying the same ``id`` (``"error"`` set if it failed). Ops:
     ``node.share`` and ``node.fetch``; a fetch answers with its seconds and SHA-256.
 ``peers``
     the node's peers: id, path, RTT.
+``connection`` (peer)
+    each connection with the peer: its role, path, congestion window, bytes in flight
+    and RTT; and the node's counters.
 
 Stops on SIGTERM or at the end of stdin.
 """
@@ -44,7 +47,7 @@ from typing import Any
 
 from shoal.aio.node import Node
 from shoal.core.config import CoreConfig
-from shoal.identity import Identity
+from shoal.identity import Identity, peer_id_to_bytes
 
 CHUNK = 64 * 1024
 SAMPLE = 0.05
@@ -93,6 +96,19 @@ class Agent:
     async def op_peers(self) -> dict[str, Any]:
         return {"peers": [{"peer_id": p.peer_id, "path": p.path, "rtt": p.rtt,
                            "introducer": p.introducer} for p in self.node.peers()]}
+
+    async def op_connection(self, peer: str) -> dict[str, Any]:
+        """The transport state of each connection with ``peer`` (role, path, window, RTT)."""
+        endpoint = self.node.endpoint
+        current = endpoint.connection_to(peer_id_to_bytes(peer))
+        return {"connections": [{
+            "current": connection is current, "role": connection.role.value,
+            "path": connection.path.kind, "window": connection.cc.window,
+            "ssthresh": connection.cc.ssthresh, "in_flight": connection.cc.bytes_in_flight,
+            "srtt": connection.rtt.smoothed, "unacked": len(connection.sent),
+            "mtu": connection.pmtud.mtu,
+        } for connection in endpoint.connections_with(peer_id_to_bytes(peer))],
+            "stats": {k: v for k, v in endpoint.stats.items() if v}}
 
     async def op_serve(self, channel: str) -> dict[str, Any]:
         inbox = self.node.channel(channel)
