@@ -220,11 +220,9 @@ def _confirmed_connection(net: SimNetwork, a: SimNode, b: SimNode) -> Connection
     return connection
 
 
-def test_relay_to_direct_upgrade_mid_stream_keeps_every_message_once_in_order() -> None:
-    net, _, (a, b) = _lab(4, ["port-restricted", "port-restricted"],
-                          config=CoreConfig(punching=False))
-    b.endpoint.serve_channel("chat/1")
-    # Block direct traffic between the two NATs for a while: only the relay works.
+def _block_direct(net: SimNetwork) -> dict[str, bool]:
+    """Drop every datagram between the two NATs' public addresses while the returned
+    flag's ``"on"`` is set: only the relay joins the hosts behind them."""
     blocked = {"on": True}
 
     def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
@@ -232,6 +230,15 @@ def test_relay_to_direct_upgrade_mid_stream_keeps_every_message_once_in_order() 
         return None if crossing and blocked["on"] else data
 
     net.tap = tap
+    return blocked
+
+
+def test_relay_to_direct_upgrade_mid_stream_keeps_every_message_once_in_order() -> None:
+    net, _, (a, b) = _lab(4, ["port-restricted", "port-restricted"],
+                          config=CoreConfig(punching=False))
+    b.endpoint.serve_channel("chat/1")
+    # Block direct traffic between the two NATs for a while: only the relay works.
+    blocked = _block_direct(net)
     first = a.endpoint.send_message(b.peer_id, b"warm", net.now)
     net.flush(a)
     assert net.run(30, until=lambda: _delivery(a, first) is not None)
@@ -266,13 +273,7 @@ def test_a_move_from_the_relay_to_a_direct_path_learns_the_new_path_afresh() -> 
     packets still in flight on the relay count until acknowledged, and nothing leaks."""
     net, _, (a, b) = _lab(5, ["port-restricted", "port-restricted"],
                           config=CoreConfig(punching=False))
-    blocked = {"on": True}
-
-    def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
-        crossing = source[0].startswith("198.51.100") and destination[0].startswith("198.51.100")
-        return None if crossing and blocked["on"] else data
-
-    net.tap = tap
+    blocked = _block_direct(net)
     first = a.endpoint.send_message(b.peer_id, b"warm", net.now)
     net.flush(a)
     assert net.run(30, until=lambda: _delivery(a, first) is not None)
