@@ -55,6 +55,7 @@ from shoal.core.punching import PunchScheduler
 from shoal.core.relay import KeyedBuckets
 from shoal.core.services.base import Service
 from shoal.core.services.context import ServiceContext
+from shoal.core.services.dht import DhtService
 from shoal.core.services.messages import MessageService
 from shoal.core.services.nat import NatService
 from shoal.core.services.relaying import RelayService
@@ -143,8 +144,11 @@ class Endpoint:
         """The driver's time as of the latest input or command (``ServiceContext.now``)."""
         self.services: dict[str, Service] = {}
         self._packet_handlers: dict[int, Service] = {}
-        added = [self.messages, self.rendezvous, self.relay, self.nat_service, self.streams,
-                 *services]
+        builtin: list[Service] = [self.messages, self.rendezvous, self.relay, self.nat_service,
+                                  self.streams]
+        if self.config.dht:
+            builtin.append(DhtService())
+        added = [*builtin, *services]
         for service in added:
             self._register(service)
         for service in added:
