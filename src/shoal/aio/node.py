@@ -632,6 +632,31 @@ class Node:
             self._files = FileService(self)
         return self._files
 
+    # ------------------------------------------------------------------ DHT
+
+    async def provide(self, key: bytes) -> None:
+        """Announce this node as a provider of ``key`` (32 bytes) to the DHT nodes
+        nearest it, now and again before the records expire, until ``withdraw``.
+        Returns once the first announcement went out (``ENOENT`` with the DHT off)."""
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.call("dht", "provide", key, on_done=_settler(future))
+        await future
+
+    def withdraw(self, key: bytes) -> None:
+        """Stop announcing ``key``; the records others hold expire on their own."""
+        self.call("dht", "withdraw", key)
+
+    async def find_providers(self, key: bytes, *, timeout: float = 10.0) -> list[str]:
+        """The peer ids the DHT names as providers of ``key`` (32 bytes): what one
+        lookup found, or what it had found when ``timeout`` seconds passed."""
+        found: list[str] = []
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.call("dht", "find", key, lambda peer, _addresses: found.append(peer.hex()),
+                  on_done=_settler(future))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        return list(found)
+
     # ------------------------------------------------------------------ internals
 
     def _require_driver(self) -> LoopDriver:
@@ -738,6 +763,14 @@ class Node:
         if kind in ("closed", "failed"):
             del self._streams[handle]  # type: ignore[arg-type]
         stream._on_event(kind, data)
+
+
+def _settler(future: asyncio.Future[object]) -> Callable[[object], None]:
+    def settle(result: object) -> None:
+        if not future.done():
+            future.set_result(result)
+
+    return settle
 
 
 async def _until_closed(queue: asyncio.Queue, timeout: float | None, what: str):  # type: ignore[no-untyped-def]

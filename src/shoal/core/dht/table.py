@@ -12,6 +12,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass
 
+from shoal.core.dht.wire import encode_entry
 from shoal.core.wire import Address
 
 ID_DOMAIN = b"shoal/dht-node/1"
@@ -32,6 +33,11 @@ class Contact:
     id: int
     addresses: tuple[Address, ...]
     seen: float
+    wire: bytes = b""
+    """The contact as an answer's entry."""
+
+    def __post_init__(self) -> None:
+        self.wire = encode_entry(self.peer, self.addresses)
 
 
 class RoutingTable:
@@ -48,7 +54,8 @@ class RoutingTable:
     def __len__(self) -> int:
         return len(self.contacts)
 
-    def _bucket(self, id_: int) -> int:
+    def bucket_of(self, id_: int) -> int:
+        """The index of the bucket ``id_`` belongs in (255: the far half of the space)."""
         return max(0, (self.me ^ id_).bit_length() - 1)
 
     def seen(self, peer: bytes, addresses: tuple[Address, ...], now: float) -> bool:
@@ -57,16 +64,17 @@ class RoutingTable:
         contact = self.contacts.get(peer)
         if contact is not None:
             contact.seen = now
-            if addresses:
+            if addresses and addresses != contact.addresses:
                 contact.addresses = addresses
-            bucket = self.buckets[self._bucket(contact.id)]
+                contact.wire = encode_entry(peer, addresses)
+            bucket = self.buckets[self.bucket_of(contact.id)]
             bucket.remove(contact)
             bucket.append(contact)
             return True
         id_ = node_id(peer)
         if id_ == self.me:
             return False
-        index = self._bucket(id_)
+        index = self.bucket_of(id_)
         bucket = self.buckets[index]
         if len(bucket) < self.k:
             contact = Contact(peer, id_, addresses, now)
@@ -87,7 +95,7 @@ class RoutingTable:
         contact = self.contacts.pop(peer, None)
         if contact is None:
             return
-        index = self._bucket(contact.id)
+        index = self.bucket_of(contact.id)
         self.buckets[index].remove(contact)
         if self.spare[index]:
             newcomer = self.spare[index].pop()
@@ -104,6 +112,8 @@ class RoutingTable:
 class Record:
     addresses: tuple[Address, ...]
     expires: float
+    wire: bytes
+    """The provider as an answer's entry."""
 
 
 class RecordStore:
@@ -125,7 +135,7 @@ class RecordStore:
         """Store (or refresh) a record; returns why it was refused, if it was."""
         providers = self.records.get(key)
         if providers is not None and peer in providers:
-            providers[peer] = Record(addresses, expires)
+            providers[peer] = Record(addresses, expires, encode_entry(peer, addresses))
             keys = self.by_peer[peer]
             del keys[key]
             keys[key] = None
@@ -137,7 +147,8 @@ class RecordStore:
             return "per_key"
         if self.count >= self.total:
             self._evict()
-        self.records.setdefault(key, {})[peer] = Record(addresses, expires)
+        self.records.setdefault(key, {})[peer] = Record(addresses, expires,
+                                                        encode_entry(peer, addresses))
         self.by_peer.setdefault(peer, {})[key] = None
         self.count += 1
         return None

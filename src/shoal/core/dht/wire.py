@@ -87,21 +87,22 @@ def encode_add_provider(key: bytes) -> Extension:
     return Extension(ADD_PROVIDER, key)
 
 
-def encode_answers(request_id: int, sections: list[tuple[int, list[Entry]]]) -> list[Extension]:
-    """The frames of one answer: each ``(kind, entries)`` section cut into frames of at
-    most MAX_ENTRIES entries, numbered together (an empty answer is one NODES frame)."""
+def encode_entry(peer: bytes, addresses: tuple[Address, ...] = ()) -> bytes:
+    """One entry's bytes (kept by the table, so answers cost no encoding)."""
+    return peer + _encode_addresses(addresses[:MAX_ENTRY_ADDRESSES])
+
+
+def encode_answers(request_id: int, sections: list[tuple[int, list[bytes]]]) -> list[Extension]:
+    """The frames of one answer: each ``(kind, encoded entries)`` section cut into frames
+    of at most MAX_ENTRIES entries, numbered together (an empty answer is one NODES
+    frame)."""
     chunks = [(kind, entries[i:i + MAX_ENTRIES])
               for kind, entries in sections for i in range(0, len(entries), MAX_ENTRIES)]
     chunks = chunks[:MAX_PARTS] or [(NODES, [])]
     head = encode_varint(request_id)
-    frames = []
-    for part, (kind, entries) in enumerate(chunks):
-        body = [head, bytes((part, len(chunks))), encode_varint(len(entries))]
-        for entry in entries:
-            body.append(entry.peer)
-            body.append(_encode_addresses(entry.addresses[:MAX_ENTRY_ADDRESSES]))
-        frames.append(Extension(kind, b"".join(body)))
-    return frames
+    return [Extension(kind, b"".join((head, bytes((part, len(chunks))),
+                                      encode_varint(len(entries)), *entries)))
+            for part, (kind, entries) in enumerate(chunks)]
 
 
 def _take(body: bytes, pos: int, size: int) -> tuple[bytes, int]:

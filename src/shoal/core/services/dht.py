@@ -64,6 +64,10 @@ the introducers."""
 EXPIRE_INTERVAL = 60.0
 REFRESH_INTERVAL = 900.0
 """How often a node looks itself up again, to keep its neighbourhood known."""
+MAX_REFRESHED_BUCKETS = 12
+FIRST_REFRESH = 60.0
+"""The first time comes sooner: nodes that joined about when this one did are known by
+then."""
 
 DEFAULTS: dict[str, float] = {
     "k": 20, "alpha": 3, "record_ttl": 1800.0, "republish": 0.0, "request_timeout": 5.0,
@@ -385,14 +389,12 @@ class DhtService(Service):
             self.ctx.stats[f"dht_records_{outcome}"] += 1
             return
         target = key_id(parsed.target)
-        contacts = [dw.Entry(c.peer, c.addresses)
-                    for c in self.table.closest(target, self.k, exclude=peer)]
-        sections: list[tuple[int, list[dw.Entry]]] = []
+        contacts = [c.wire for c in self.table.closest(target, self.k, exclude=peer)]
+        sections: list[tuple[int, list[bytes]]] = []
         if parsed.kind == dw.GET_PROVIDERS:
-            providers = [dw.Entry(p, r.addresses)
-                         for p, r in self.store.providers(parsed.target, now)[: self.k]]
+            providers = [r.wire for _, r in self.store.providers(parsed.target, now)[: self.k]]
             if parsed.target in self.providing:
-                providers.insert(0, dw.Entry(self.me))
+                providers.insert(0, dw.encode_entry(self.me))
             sections.append((dw.PROVIDERS, providers))
         sections.append((dw.NODES, contacts))
         for answer in dw.encode_answers(parsed.request_id, sections):
@@ -404,8 +406,8 @@ class DhtService(Service):
         self._probed.add(connection.peer)
         if not self._joined and len(self.table):
             self._joined = True  # the first contact: look ourselves up to fill the table
-            self.set_timer(now + REFRESH_INTERVAL, "refresh")
-            self._start(_Lookup(self.my_key, False, None, None), now)
+            self.set_timer(now + FIRST_REFRESH, "refresh")
+            self._refresh(now)
 
     def _on_answer(self, connection: Connection, answer: dw.Answer, now: float) -> None:
         request = self.requests.get(answer.request_id)
@@ -486,8 +488,28 @@ class DhtService(Service):
             self.ctx.stats["dht_records_expired"] += self.store.expire(now)
             self.set_timer(now + EXPIRE_INTERVAL, "expire")
         elif key == "refresh":
-            self._start(_Lookup(self.my_key, False, None, None), now)
+            self._refresh(now)
             self.set_timer(now + REFRESH_INTERVAL, "refresh")
+
+    def _refresh(self, now: float) -> None:
+        """Look this node up, then a random id in each bucket from the one of its
+        nearest contact outwards that is empty or was quiet for REFRESH_INTERVAL (as
+        Kademlia does): every part of the id space then has contacts to route by."""
+
+        def buckets(_result: LookupResult) -> None:
+            table = self.table
+            nearest = table.closest(table.me, 1)
+            first = table.bucket_of(nearest[0].id) if nearest else 255
+            stale = [i for i in range(255, first - 1, -1)
+                     if not table.buckets[i]
+                     or table.buckets[i][-1].seen < self.ctx.now - REFRESH_INTERVAL]
+            for index in stale[:MAX_REFRESHED_BUCKETS]:
+                below = int.from_bytes(self.ctx.random(KEY_SIZE), "big") & ((1 << index) - 1)
+                target = table.me ^ ((1 << index) | below)
+                self._start(_Lookup(target.to_bytes(KEY_SIZE, "big"), False, None, None),
+                            self.ctx.now)
+
+        self._start(_Lookup(self.my_key, False, None, buckets), now)
 
     def _expire_requests(self, now: float) -> None:
         for peer, pending in self.pending.items():
