@@ -285,3 +285,23 @@ def test_a_peer_naming_ten_thousand_bogus_contacts_costs_a_bounded_lookup() -> N
     assert stats["dht_timeouts"] >= result.messages - 1
     assert len(victim.endpoint.rendezvous.peers) <= 8 * K * 4
     assert not service.requests and not service.pending
+
+
+def test_lookups_beyond_the_limit_wait_their_turn() -> None:
+    net = SimNetwork(seed=2, profile=sim.LinkProfile(latency=0.01))
+    silent = net.add_node(config=CoreConfig(nat_check=False, dht=False),
+                          address=("198.18.0.9", 7000))
+    asker = net.add_node(config=CoreConfig(nat_check=False, services={"dht": {"k": K}}),
+                         address=("198.18.0.1", 7000))
+    asker.endpoint.add_introducer(silent.address, net.now)  # a seed that never answers
+    net.flush(asker)
+    assert net.run(5, until=lambda: asker.endpoint.connection_to(_key(silent)) is not None)
+    service = dht(asker)
+    done: list[object] = []
+    for index in range(500):
+        service.find(index.to_bytes(32, "big"), net.now, lambda *_: None, on_done=done.append)
+    net.flush(asker)
+    assert len(service.lookups) == 32 and len(service.waiting) == 468
+    net.run(120)
+    assert len(done) == 500 and not service.lookups and not service.waiting
+    assert asker.endpoint.stats["dht_timeouts"] == 501  # each lookup's one request, the probe

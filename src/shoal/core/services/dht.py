@@ -173,6 +173,7 @@ class DhtService(Service):
         self._next_request = 1
         self._probed: set[bytes] = set()
         self._joined = False
+        self._starting = False
         self.results: deque[LookupResult] = deque(maxlen=64)
         """The latest lookups' outcomes, for diagnostics and tests."""
 
@@ -222,7 +223,8 @@ class DhtService(Service):
     def find(self, key: bytes, now: float, on_found: Found, *,
              on_done: Callable[[LookupResult], None] | None = None) -> None:
         """Look up the providers of ``key``: ``on_found(peer, addresses)`` for each, as
-        found (this node's own record included), and ``on_done`` once the lookup ends."""
+        found (other nodes: this one knows what it provides), and ``on_done`` once the lookup
+        ends."""
         _check_key(key)
         self._start(_Lookup(key, True, on_found, on_done), now)
 
@@ -268,8 +270,6 @@ class DhtService(Service):
             return
         self.lookups.append(lookup)
         target = key_id(lookup.target)
-        if lookup.providers_wanted and lookup.target in self.providing:
-            self._found(lookup, self.me, [], 0)
         if lookup.providers_wanted:
             for peer, record in self.store.providers(lookup.target, now):
                 self._found(lookup, peer, list(record.addresses), 0)
@@ -350,10 +350,16 @@ class DhtService(Service):
         self.ctx.stats["dht_lookups"] += 1
         for request in [r for r in self.requests.values() if r.lookup is lookup]:
             request.lookup = None
-        while self.waiting and len(self.lookups) < MAX_LOOKUPS:
-            self._start(self.waiting.popleft(), now)
         if lookup.on_done is not None:
             lookup.on_done(result)
+        if self._starting:
+            return  # the loop below, further up the stack, starts the next ones
+        self._starting = True
+        try:
+            while self.waiting and len(self.lookups) < MAX_LOOKUPS:
+                self._start(self.waiting.popleft(), now)
+        finally:
+            self._starting = False
 
     def _found(self, lookup: _Lookup, peer: bytes, addresses: list[Address],
                round_: int) -> None:
@@ -428,6 +434,8 @@ class DhtService(Service):
                     if request.providers >= self.k:
                         continue
                     request.providers += 1
+                    if entry.peer == self.me:
+                        continue
                     addresses = entry.addresses if entry.peer != connection.peer else (
                         _observed(connection))
                     self._found(lookup, entry.peer, list(addresses), round_)
