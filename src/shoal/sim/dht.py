@@ -19,7 +19,7 @@ def dht_network(count: int, *, seed: int = 0, k: int = 8, settle: float = 10.0,
                 arrival: float = 0.05, profile: LinkProfile | None = None, **options: Any
                 ) -> tuple[SimNetwork, SimNode, list[SimNode]]:
     """An introducer and ``count`` public nodes that know only it, started ``arrival``
-    seconds apart (each joins the DHT as it starts), and ``settle`` more seconds.
+    seconds apart (each joins the DHT as it starts: they all use it), and ``settle`` more seconds.
     ``options`` are further DHT settings (``record_ttl``...)."""
     net = SimNetwork(seed=seed, profile=profile or LinkProfile(latency=0.02))
     settings = {"dht": {"k": k, **options}}
@@ -31,6 +31,7 @@ def dht_network(count: int, *, seed: int = 0, k: int = 8, settle: float = 10.0,
         node = net.add_node(config=config,
                             address=(f"198.18.{index // 250}.{index % 250 + 1}", 7000))
         node.endpoint.add_introducer(INTRODUCER, net.now)
+        node.endpoint.call("dht", net.now, "join")
         net.flush(node)
         nodes.append(node)
         net.run(arrival)

@@ -1,12 +1,13 @@
-"""The DHT's frames, in the extension range (see ``shoal.core.wire``).
+"""The DHT's frames, in the extension range (see ``shoal.core.wire``; 0xe0-0xe9 are left
+to applications' own services, as the docs' examples use them).
 
 Every body is parsed here; a malformed one raises ``RemoteProtocolError`` only::
 
-    FIND_NODE      e0 | len | request_id varint | target[32]
-    NODES          e1 | len | request_id varint | part u8 | parts u8 | count varint | entry*
-    ADD_PROVIDER   e2 | len | key[32]
-    GET_PROVIDERS  e3 | len | request_id varint | key[32]
-    PROVIDERS      e4 | len | request_id varint | part u8 | parts u8 | count varint | entry*
+    FIND_NODE      ea | len | request_id varint | target[32]
+    NODES          eb | len | request_id varint | part u8 | parts u8 | count varint | entry*
+    ADD_PROVIDER   ec | len | key[32]
+    GET_PROVIDERS  ed | len | request_id varint | key[32]
+    PROVIDERS      ee | len | request_id varint | part u8 | parts u8 | count varint | entry*
 
     entry = peer[32] | address count varint (<= 2) | address*
 
@@ -29,11 +30,11 @@ from shoal.core.wire import (
 )
 from shoal.errors import RemoteProtocolError
 
-FIND_NODE = 0xE0
-NODES = 0xE1
-ADD_PROVIDER = 0xE2
-GET_PROVIDERS = 0xE3
-PROVIDERS = 0xE4
+FIND_NODE = 0xEA
+NODES = 0xEB
+ADD_PROVIDER = 0xEC
+GET_PROVIDERS = 0xED
+PROVIDERS = 0xEE
 FRAME_TYPES = (FIND_NODE, NODES, ADD_PROVIDER, GET_PROVIDERS, PROVIDERS)
 
 ID_SIZE = 32

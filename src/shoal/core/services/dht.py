@@ -65,6 +65,8 @@ EXPIRE_INTERVAL = 60.0
 REFRESH_INTERVAL = 900.0
 """How often a node looks itself up again, to keep its neighbourhood known."""
 MAX_REFRESHED_BUCKETS = 12
+MAX_REMEMBERED = 65536
+"""Connected and probed peers remembered (past it, the oldest are forgotten)."""
 FIRST_REFRESH = 60.0
 """The first time comes sooner: nodes that joined about when this one did are known by
 then."""
@@ -174,6 +176,10 @@ class DhtService(Service):
         self._probed: set[bytes] = set()
         self._joined = False
         self._starting = False
+        self._connected: dict[bytes, None] = {}
+        """Peers with a connection, the longest connected first (seeds for ``join``)."""
+        self._silent: dict[bytes, None] = {}
+        """Peers that left a request unanswered (not seeds again until they answer)."""
         self.results: deque[LookupResult] = deque(maxlen=64)
         """The latest lookups' outcomes, for diagnostics and tests."""
 
@@ -202,7 +208,6 @@ class DhtService(Service):
                                  total=int(options["max_records"]))
         rate = float(options["requests_per_second"])
         self._rate = KeyedBuckets(rate, 2 * rate)
-        self.set_timer(ctx.now + EXPIRE_INTERVAL, "expire")
 
     # ---------------------------------------------------------------- Providers
 
@@ -211,6 +216,7 @@ class DhtService(Service):
         """Announce this node as a provider of ``key`` now and every ``republish``
         seconds until ``withdraw``; ``on_done`` hears when the first announcement went."""
         _check_key(key)
+        self.join(now)
         self.providing[key] = now + self.republish
         self._announce(key, now, on_done)
         self._arm_republish()
@@ -226,20 +232,39 @@ class DhtService(Service):
         found (other nodes: this one knows what it provides), and ``on_done`` once the lookup
         ends."""
         _check_key(key)
+        self.join(now)
         self._start(_Lookup(key, True, on_found, on_done), now)
 
     def find_node(self, target: bytes, now: float, *,
                   on_done: Callable[[LookupResult], None] | None = None) -> None:
         """Look up the k nodes nearest ``target``."""
         _check_key(target)
+        self.join(now)
         self._start(_Lookup(target, False, None, on_done), now)
 
+    def join(self, now: float) -> None:
+        """Take part in the DHT, once: ask every connected peer (the introducers among
+        them) what it knows, look this node up, and keep its buckets fresh from then on.
+        Until then (the first ``provide`` or lookup) the node answers and stores but
+        sends nothing unasked."""
+        if self._joined:
+            return
+        self._joined = True
+        self.set_timer(now + FIRST_REFRESH, "refresh")
+        for peer in list(self._connected)[: 2 * self.k]:
+            connection = self.ctx.connection_to(peer)
+            if connection is not None:
+                self._probe(connection, now)
+        self._refresh(now)
+
     def call(self, now: float, *args: Any, **kwargs: Any) -> Any:
-        """``call(now, "provide" | "withdraw" | "find" | "find_node" | "stats", ...)``."""
+        """``call(now, "provide" | "withdraw" | "find" | "find_node" | "join" | "stats", ...)``."""
         operation, *rest = args or ("",)
         method = {"provide": self.provide, "find": self.find, "find_node": self.find_node}
         if operation in method:
             return method[operation](rest[0], now, *rest[1:], **kwargs)
+        if operation == "join":
+            return self.join(now)
         if operation == "withdraw":
             return self.withdraw(rest[0])
         if operation == "stats":
@@ -276,6 +301,8 @@ class DhtService(Service):
         seeds = [(c.peer, c.addresses) for c in self.table.closest(target, self.k)]
         if len(seeds) < self.k:  # bootstrap: the introducers and any connected peer
             seeds += [(p, ()) for p in self.rendezvous.introducer_peers]
+            seeds += [(p, ()) for p in list(self._connected)[: 2 * self.k]
+                      if p not in self._silent]
         for peer, addresses in seeds:
             self._candidate(lookup, peer, addresses, 1)
         self._advance(lookup, now)
@@ -391,6 +418,8 @@ class DhtService(Service):
         self._seen(connection, now)
         if isinstance(parsed, dw.AddProvider):
             refused = self.store.add(parsed.key, peer, _observed(connection), now + self.ttl)
+            if self.ctx.timer("expire") is None:
+                self.set_timer(now + EXPIRE_INTERVAL, "expire")
             outcome = f"refused_{refused}" if refused else "stored"
             self.ctx.stats[f"dht_records_{outcome}"] += 1
             return
@@ -408,12 +437,12 @@ class DhtService(Service):
         self.ctx.stats["dht_requests_answered"] += 1
 
     def _seen(self, connection: Connection, now: float) -> None:
+        empty = not self.table
+        self._silent.pop(connection.peer, None)
         self.table.seen(connection.peer, _observed(connection), now)
         self._probed.add(connection.peer)
-        if not self._joined and len(self.table):
-            self._joined = True  # the first contact: look ourselves up to fill the table
-            self.set_timer(now + FIRST_REFRESH, "refresh")
-            self._refresh(now)
+        if empty and self._joined and self.table:
+            self._refresh(now)  # joined with nobody to ask: now there is someone
 
     def _on_answer(self, connection: Connection, answer: dw.Answer, now: float) -> None:
         request = self.requests.get(answer.request_id)
@@ -452,18 +481,28 @@ class DhtService(Service):
 
     def on_connection_up(self, connection: Connection, now: float) -> None:
         peer = connection.peer
+        self._connected[peer] = None
+        if len(self._connected) > MAX_REMEMBERED:
+            del self._connected[next(iter(self._connected))]
         pending = self.pending.pop(peer, None)
         if pending is not None:
             for frame in pending.frames:
                 self.ctx.send(connection, frame)
             return
-        if peer in self._probed or not (connection.initiator
-                                        or peer in self.rendezvous.introducer_peers):
-            return
-        # A peer this node dialed (or an introducer): ask whether it runs the DHT, and
-        # what it knows near us. Its answer adds it to the table.
+        if self._joined and peer not in self._probed and (
+                connection.initiator or peer in self.rendezvous.introducer_peers):
+            self._probe(connection, now)
+
+    def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
+        if self.ctx.connection_to(connection.peer) is None:
+            self._connected.pop(connection.peer, None)
+
+    def _probe(self, connection: Connection, now: float) -> None:
+        """Ask a peer this node dialed (or an introducer) whether it runs the DHT, and
+        what it knows near us: its answer adds it to the table."""
+        peer = connection.peer
         self._probed.add(peer)
-        if len(self._probed) > 16 * self.k * 256:
+        if len(self._probed) > MAX_REMEMBERED:
             self._probed.clear()
         request_id = self._next_request
         self._next_request += 1
@@ -494,7 +533,7 @@ class DhtService(Service):
             self._arm_republish()
         elif key == "expire":
             self.ctx.stats["dht_records_expired"] += self.store.expire(now)
-            self.set_timer(now + EXPIRE_INTERVAL, "expire")
+            self.set_timer(now + EXPIRE_INTERVAL if self.store.count else None, "expire")
         elif key == "refresh":
             self._refresh(now)
             self.set_timer(now + REFRESH_INTERVAL, "refresh")
@@ -529,6 +568,9 @@ class DhtService(Service):
             del self.requests[request.request_id]
             self.ctx.stats["dht_timeouts"] += 1
             self.table.failed(request.peer)
+            self._silent[request.peer] = None
+            if len(self._silent) > MAX_REMEMBERED:
+                del self._silent[next(iter(self._silent))]
             pending = self.pending.get(request.peer)
             if pending is not None and request.frame in pending.frames:
                 pending.frames.remove(request.frame)
