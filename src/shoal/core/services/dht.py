@@ -576,6 +576,8 @@ class DhtService(Service):
                 pending.frames.remove(request.frame)
                 if not pending.frames:
                     del self.pending[request.peer]
+                    if pending.introduced:
+                        self.rendezvous.forget(request.peer)
             lookup = request.lookup
             if lookup is not None and not lookup.done:
                 lookup.in_flight -= 1

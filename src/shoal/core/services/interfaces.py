@@ -62,6 +62,10 @@ class Rendezvous(Protocol):
         """Whether every introducer said it does not know ``peer``."""
         ...
 
+    def forget(self, peer: bytes) -> None:
+        """Drop what ``reach`` noted about ``peer``, unless something else needs it."""
+        ...
+
     def nat_changed(self, now: float) -> None:
         """This node's NAT kind changed: tell the introducers."""
         ...

@@ -209,6 +209,18 @@ class RendezvousService(Service):
             self._no_introducer_answers()
         self._arm(state)
 
+    def forget(self, peer: bytes) -> None:
+        """Drop what ``reach`` noted about ``peer`` if nothing else needs it (no
+        connection, no message waiting, no address from the app or the LAN): a service
+        that sought a peer in vain leaves no state behind."""
+        state = self.peers.get(peer)
+        if state is None or self.ctx.connection_to(peer) is not None or (
+            self.messages.pending_for(peer)
+        ) or any(source in ("app", "lan") for source in state.addresses.values()):
+            return
+        self.set_timer(None, peer)
+        del self.peers[peer]
+
     def unknown(self, peer: bytes) -> bool:
         """Every introducer asked said it does not know ``peer``, and it is not connected."""
         state = self.peers.get(peer)
