@@ -3,6 +3,7 @@ and their expiry, the Python API, and peers that flood or lie."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 import random
@@ -122,6 +123,17 @@ def test_node_api_provides_and_finds_in_virtual_time() -> None:
                     await off.provide(key)
             with pytest.raises(LocalProtocolError) as bad:
                 await nodes[0].find_providers(b"short")
+            # A lookup in progress when its node closes ends with what it had.
+            silent = net.node(config=CoreConfig(dht=False))
+            lonely = net.node(config=settings)
+            async with silent:
+                await lonely.start()
+                await lonely.connect(silent.address)  # its one seed, which never answers
+                asking = asyncio.ensure_future(lonely.provide(key))
+                await asyncio.sleep(1)
+                assert not asking.done()
+                await lonely.close()
+                await asyncio.wait_for(asking, 1)
             for node in nodes:
                 await node.close()
             return found, missing, refused.value.code, bad.value.code, nodes[1].peer_id

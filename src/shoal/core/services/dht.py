@@ -590,7 +590,12 @@ class DhtService(Service):
         self._arm_requests()
 
     def close(self, now: float) -> None:
-        self.lookups.clear()
+        """The node is closing: every lookup ends with what it found so far."""
+        self._starting = True  # start none of the waiting ones
+        for lookup in [*self.lookups, *self.waiting]:
+            if lookup not in self.lookups:
+                self.lookups.append(lookup)
+            self._finish(lookup, now)
         self.waiting.clear()
         self.requests.clear()
         self.pending.clear()
