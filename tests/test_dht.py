@@ -19,6 +19,8 @@ from shoal.core.dht.table import RecordStore, RoutingTable, key_id, node_id
 from shoal.core.services import interfaces
 from shoal.core.services.base import Service
 from shoal.core.services.dht import EXPIRE_INTERVAL, DhtService
+from shoal.core.traversal import ADDRESS_AND_PORT_DEPENDENT as APD
+from shoal.core.traversal import ENDPOINT_INDEPENDENT as EI
 from shoal.core.wire import Extension, Frame
 from shoal.errors import LocalProtocolError, RemoteProtocolError
 from shoal.sim import SimNetwork, SimNode
@@ -102,6 +104,42 @@ def test_a_record_expires_after_its_ttl_unless_announced_again() -> None:
     found = []
     lookup(net, finder, "find", kept, found=found)
     assert found == [_key(provider)]
+
+
+def test_nodes_behind_nats_are_reached_through_the_introducer() -> None:
+    net = SimNetwork(seed=4, profile=sim.LinkProfile(latency=0.02))
+    settings = CoreConfig(services={"dht": {"k": 4}})
+    introducer = net.add_node(config=CoreConfig(introducer=True, services=settings.services),
+                              address=INTRODUCER)
+    public, natted = [], []
+    for index in range(16):
+        if index % 4 == 3:  # port-restricted cones: only an introduction gets through
+            nat = net.add_nat(f"198.51.100.{index}", mapping=EI, filtering=APD)
+            node = net.add_node(address=(f"10.{index}.0.2", 7000), nat=nat, config=settings)
+            natted.append(node)
+        else:
+            node = net.add_node(address=(f"203.0.113.{100 + index}", 7000), config=settings)
+            public.append(node)
+        node.endpoint.add_introducer(INTRODUCER, net.now)
+        node.endpoint.call("dht", net.now, "join")
+        net.flush(node)
+        net.run(0.5)
+    net.run(20)
+    key = bytes(range(32))
+    assert lookup(net, natted[0], "provide", key) is not None
+    net.run(1)
+    for finder in (natted[2], public[5]):
+        found: list[tuple[bytes, list[tuple[str, int]]]] = []
+        done: list[object] = []
+        dht(finder).find(key, net.now, lambda peer, addresses, sink=found: sink.append(
+            (peer, addresses)), on_done=done.append)
+        net.flush(finder)
+        assert net.run(30, until=done.__len__)
+        # The record names the provider's public address as its storer saw it.
+        assert [(peer, [a[0] for a in addresses]) for peer, addresses in found] == [
+            (_key(natted[0]), ["198.51.100.3"])]
+    assert introducer.endpoint.stats["introductions"] > 0
+    assert sum(n.endpoint.stats["dht_timeouts"] for n in public + natted) == 0
 
 
 def test_node_api_provides_and_finds_in_virtual_time() -> None:
