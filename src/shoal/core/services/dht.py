@@ -12,6 +12,11 @@ all answered. Candidates are reached over the connection to them if there is one
 by dialing the address the answer named and, failing that, through the introducers
 (``Rendezvous.reach``).
 
+A node answers and stores from the start but sends nothing unasked until it is first
+used (``provide``, a lookup, ``join``): it then joins, asking its connected peers and
+introducers what they know, looking itself up and then a random id in each far bucket
+that is empty, and again a minute later and every 15 minutes for quiet buckets.
+
 ``provide(key)`` looks up the k nodes nearest ``key`` and sends each ADD_PROVIDER; it
 repeats every ``republish`` seconds until ``withdraw``. A node storing a record keeps
 the provider's address as its own connection saw it, never one the provider names, so
@@ -36,7 +41,6 @@ service out.
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -78,11 +82,6 @@ DEFAULTS: dict[str, float] = {
 }
 
 Found = Callable[[bytes, list[Address]], None]
-
-
-def provider_key(domain: bytes, name: bytes) -> bytes:
-    """A 32-byte DHT key for ``name`` within ``domain`` (what lookups are made for)."""
-    return hashlib.sha256(domain + name).digest()
 
 
 @dataclass(slots=True, frozen=True)
