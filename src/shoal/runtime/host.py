@@ -25,10 +25,12 @@ from shoal.runtime.config import (
     did_you_mean,
     load_config,
     node_key_path,
+    node_state_dir,
 )
 from shoal.runtime.devserver import DevServer
 from shoal.runtime.filesapi import Files
 from shoal.runtime.fsapi import BridgeError, FileSystem, PathPolicy
+from shoal.runtime.groupsapi import Groups
 from shoal.runtime.hotkeys import Hotkeys
 from shoal.runtime.instance import Instance
 from shoal.runtime.launch import Launch
@@ -124,6 +126,7 @@ class AppHost:
                 identity,
                 introducers=network.introducers, listen=network.listen,
                 lan_discovery=lan and not os.environ.get("SHOAL_NO_LAN"),
+                data_dir=node_state_dir(policy.data_dir),
             )
             await self.node.start()
         await server.start()
@@ -131,6 +134,7 @@ class AppHost:
         system = System(permissions, str(policy.data_dir), self.window, server.page_origin)
         net = Network(self.node, permissions.network, emit)
         shared = Files(self.node, permissions.network, policy, emit)
+        groups = Groups(self.node, permissions.network, emit)
         datagrams = Datagrams(permissions.dgram, emit)
         invoker = self._invoker = Invoker(functions, permissions.invoke)
         processes = self._processes = Processes(permissions, policy.data_dir, emit,
@@ -138,8 +142,9 @@ class AppHost:
                                                 exit=self._exit)
         hotkeys = Hotkeys(permissions.hotkeys, emit)
         hotkeys.start()
-        self._parts = [files, net, datagrams, processes, hotkeys]
-        for part in (files, system, net, shared, datagrams, invoker, processes, hotkeys):
+        self._parts = [files, net, groups, datagrams, processes, hotkeys]
+        for part in (files, system, net, shared, groups, datagrams, invoker, processes,
+                     hotkeys):
             calls.update(part.calls())
         calls["app.launch"] = self._launch
         if self.launch.instance is not None:

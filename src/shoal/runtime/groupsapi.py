@@ -1,0 +1,232 @@
+"""``groups.*`` calls: the page's groups, their posts and their shared documents.
+
+Every call needs the ``network`` permission. A group is named by its id (hex). Posts
+reach the page as ``groups.post`` events and document updates as ``groups.update``
+events, each carrying the id the page gave its subscription or watch; both end with the
+page that started them. A document's updates are Yjs/Yrs updates (one format), so a page
+running Yjs stays in step by applying what it hears and sending what it edits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shoal.runtime.fsapi import BridgeError
+from shoal.runtime.scope import current_page
+
+if TYPE_CHECKING:
+    from shoal.aio.node import Node
+
+MAX_HELD = 256
+"""Subscriptions and document watches one page may hold at once."""
+MAX_NAME_BYTES = 255
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A page's subscription or watch, by the id the page gave it."""
+
+    kind: str
+    page_id: str
+
+
+class Groups:
+    """``groups.create``, ``join``, ``list``, ``invite``, ``members``, ``publish``,
+    ``subscribe``, and a document's ``docState``, ``docApply`` and ``docWatch``."""
+
+    def __init__(self, node: Node | None, allowed: bool,
+                 emit: Callable[[str, dict], None]) -> None:
+        self.node = node
+        self.allowed = allowed
+        self._emit = emit
+        self._tasks: dict[_Held, asyncio.Task[None]] = {}
+        self._documents: dict[tuple[str, str], Any] = {}
+        self._watchers: dict[tuple[str, str], set[str]] = {}
+
+    def calls(self) -> dict[str, Callable[..., Any]]:
+        return {"groups.create": self.create, "groups.join": self.join,
+                "groups.list": self.list, "groups.invite": self.invite,
+                "groups.members": self.members, "groups.publish": self.publish,
+                "groups.subscribe": self.subscribe, "groups.unsubscribe": self.unsubscribe,
+                "groups.docState": self.doc_state, "groups.docApply": self.doc_apply,
+                "groups.docWatch": self.doc_watch, "groups.docUnwatch": self.doc_unwatch}
+
+    def _require(self) -> Node:
+        if not self.allowed:
+            raise BridgeError("this app did not declare the 'network' permission", code="EPERM")
+        if self.node is None:
+            raise BridgeError("the network is not running", code="ENOTCONN")
+        return self.node
+
+    def _group(self, group_id: Any) -> Any:
+        node = self._require()
+        if not isinstance(group_id, str):
+            raise BridgeError("a group id is a string", code="EINVAL")
+        for group in node.groups():
+            if group.id == group_id:
+                return group
+        raise BridgeError(f"this node is in no group {group_id[:16]!r}", code="ENOENT")
+
+    @staticmethod
+    def _info(group: Any) -> dict[str, Any]:
+        return {"id": group.id, "name": group.name, "isAdmin": group.is_admin}
+
+    async def create(self, name: Any) -> dict[str, Any]:
+        node = self._require()
+        if not isinstance(name, str) or not name or len(name.encode()) > MAX_NAME_BYTES:
+            raise BridgeError(f"a group name is 1 to {MAX_NAME_BYTES} bytes of text",
+                              code="EINVAL")
+        return self._info(await node.create_group(name))
+
+    async def join(self, invite: Any) -> dict[str, Any]:
+        node = self._require()
+        if not isinstance(invite, str):
+            raise BridgeError("an invite is a string", code="EINVAL")
+        return self._info(await node.join(invite))
+
+    async def list(self) -> list[dict[str, Any]]:
+        return [self._info(group) for group in self._require().groups()]
+
+    async def invite(self, group_id: str) -> str:
+        return self._group(group_id).invite()
+
+    async def members(self, group_id: str) -> list[dict[str, Any]]:
+        return [{"peerId": m.peer_id, "online": m.online, "path": m.path, "admin": m.admin,
+                 "name": m.name} for m in self._group(group_id).members()]
+
+    async def publish(self, group_id: str, data: Any, topic: Any = "") -> dict[str, Any]:
+        group = self._group(group_id)
+        payload = data.encode() if isinstance(data, str) else data
+        if not isinstance(payload, bytes | bytearray):
+            raise BridgeError("data must be a string or a Uint8Array", code="EINVAL")
+        if not isinstance(topic, str):
+            raise BridgeError("a topic is a string", code="EINVAL")
+        post = await group.publish(bytes(payload), topic=topic)
+        return {"id": post.id, "time": post.time}
+
+    def _start(self, held: _Held, work: Callable[[], Any]) -> None:
+        """Run ``work`` for the page until it or the page ends it."""
+        page = current_page.get()
+        if held in self._tasks:
+            raise BridgeError(f"{held.kind} {held.page_id!r} is running already",
+                              code="EEXIST")
+        if page is not None and page.count(_Held) >= MAX_HELD:
+            raise BridgeError(f"a page holds at most {MAX_HELD} subscriptions and watches",
+                              code="EMFILE")
+        task = asyncio.get_running_loop().create_task(work())
+        self._tasks[held] = task
+
+        def finished(_: asyncio.Task[None]) -> None:
+            if self._tasks.get(held) is task:
+                del self._tasks[held]
+
+        task.add_done_callback(finished)
+        if page is not None:
+            page.hold(held, lambda: self._stop(held))
+
+    def _stop(self, held: _Held) -> None:
+        task = self._tasks.pop(held, None)
+        if task is not None:
+            task.cancel()
+        page = current_page.get()
+        if page is not None:
+            page.drop(held)
+
+    async def subscribe(self, group_id: str, topic: Any, sub_id: Any) -> None:
+        """Send the group's posts (of ``topic``, or all if null) as ``groups.post``
+        events: those held first, then new ones."""
+        group = self._group(group_id)
+        if topic is not None and not isinstance(topic, str):
+            raise BridgeError("a topic is a string or null", code="EINVAL")
+        held = _Held("subscription", _page_id(sub_id))
+
+        async def forward() -> None:
+            async for post in group.subscribe(topic):
+                self._emit("groups.post", {
+                    "sub": held.page_id, "group": group.id, "id": post.id,
+                    "author": post.author, "topic": post.topic, "time": post.time,
+                    "parents": list(post.parents),
+                    "data": base64.b64encode(post.data).decode()})
+
+        self._start(held, forward)
+
+    async def unsubscribe(self, sub_id: Any) -> None:
+        self._stop(_Held("subscription", _page_id(sub_id)))
+
+    def _document(self, group_id: str, name: Any) -> tuple[tuple[str, str], Any]:
+        group = self._group(group_id)
+        if not isinstance(name, str) or not name:
+            raise BridgeError("a document name is a non-empty string", code="EINVAL")
+        key = (group.id, name)
+        document = self._documents.get(key)
+        if document is None:
+            document = self._documents[key] = group.document(name)
+        return key, document
+
+    async def doc_state(self, group_id: str, name: str) -> bytes:
+        """The document's whole state, as one update."""
+        return self._document(group_id, name)[1].state()
+
+    async def doc_apply(self, group_id: str, name: str, update: Any, watch_id: Any = None) -> None:
+        """Merge a page's update into the document (it goes to the other members), and to
+        this app's other watchers of it (``watch_id``: the watch of the page that sent it,
+        which needs no echo)."""
+        key, document = self._document(group_id, name)
+        if not isinstance(update, bytes | bytearray):
+            raise BridgeError("an update is a Uint8Array", code="EINVAL")
+        try:
+            document.apply(bytes(update))
+        except BridgeError:
+            raise
+        except Exception as exc:  # pycrdt refuses what is not an update
+            raise BridgeError(f"not a document update: {exc}", code="EINVAL") from None
+        sender = _page_id(watch_id) if watch_id is not None else None
+        text = base64.b64encode(bytes(update)).decode()
+        for other in self._watchers.get(key, set()) - {sender}:
+            self._emit("groups.update", {"watch": other, "data": text})
+
+    async def doc_watch(self, group_id: str, name: str, watch_id: Any) -> None:
+        """Send the document's state, then every update it takes, as ``groups.update``
+        events."""
+        key, document = self._document(group_id, name)
+        held = _Held("watch", _page_id(watch_id))
+
+        async def forward() -> None:
+            self._watchers.setdefault(key, set()).add(held.page_id)
+            try:
+                updates: AsyncIterator[bytes] = document.updates()
+                self._emit("groups.update", {
+                    "watch": held.page_id, "data": base64.b64encode(document.state()).decode()})
+                async for update in updates:
+                    self._emit("groups.update", {
+                        "watch": held.page_id, "data": base64.b64encode(update).decode()})
+            finally:
+                self._watchers.get(key, set()).discard(held.page_id)
+
+        self._start(held, forward)
+
+    async def doc_unwatch(self, watch_id: Any) -> None:
+        self._stop(_Held("watch", _page_id(watch_id)))
+
+    def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        self._tasks.clear()
+        for document in self._documents.values():
+            with contextlib.suppress(Exception):
+                close = getattr(document, "close", None)
+                if close is not None:
+                    close()
+        self._documents.clear()
+
+
+def _page_id(value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        raise BridgeError("a subscription or watch id is a string of 1 to 64 characters",
+                          code="EINVAL")
+    return value
