@@ -54,7 +54,8 @@ class Groups:
                 "groups.members": self.members, "groups.publish": self.publish,
                 "groups.subscribe": self.subscribe, "groups.unsubscribe": self.unsubscribe,
                 "groups.docState": self.doc_state, "groups.docApply": self.doc_apply,
-                "groups.docWatch": self.doc_watch, "groups.docUnwatch": self.doc_unwatch}
+                "groups.docWatch": self.doc_watch, "groups.docUnwatch": self.doc_unwatch,
+                "groups.docText": self.doc_text, "groups.docTextSplice": self.doc_text_splice}
 
     def _require(self) -> Node:
         if not self.allowed:
@@ -185,8 +186,37 @@ class Groups:
             raise
         except Exception as exc:  # pycrdt refuses what is not an update
             raise BridgeError(f"not a document update: {exc}", code="EINVAL") from None
+        self._tell_watchers(key, bytes(update), watch_id)
+
+    async def doc_text(self, group_id: str, name: str, key: Any = "text") -> str:
+        """The text of the document's ``Y.Text`` called ``key``."""
+        return str(_text_of(self._document(group_id, name)[1], key))
+
+    async def doc_text_splice(self, group_id: str, name: str, key: Any, index: Any,
+                              remove: Any, insert: Any, watch_id: Any = None) -> None:
+        """Edit the document's ``Y.Text`` ``key``: at ``index`` (in characters), remove
+        ``remove`` characters and insert the string ``insert``, for a page that edits plain
+        text and runs no Yjs of its own."""
+        key_, document = self._document(group_id, name)
+        text = _text_of(document, key)
+        current = str(text)
+        if (not isinstance(index, int) or not isinstance(remove, int)
+                or not isinstance(insert, str) or isinstance(index, bool)
+                or not 0 <= index <= len(current) or not 0 <= remove <= len(current) - index):
+            raise BridgeError("a splice is an index and a count within the text, and a string",
+                              code="EINVAL")
+        before = document.doc.get_state()
+        start, end = _offset(text, current, index), _offset(text, current, index + remove)
+        if end > start:
+            del text[start:end]
+        if insert:
+            text.insert(start, insert)
+        self._tell_watchers(key_, document.doc.get_update(before), watch_id)
+
+    def _tell_watchers(self, key: tuple[str, str], update: bytes, watch_id: Any) -> None:
+        """Send ``update`` to this app's watchers of the document but the page's own."""
         sender = _page_id(watch_id) if watch_id is not None else None
-        text = base64.b64encode(bytes(update)).decode()
+        text = base64.b64encode(update).decode()
         for other in self._watchers.get(key, set()) - {sender}:
             self._emit("groups.update", {"watch": other, "data": text})
 
@@ -230,3 +260,28 @@ def _page_id(value: Any) -> str:
         raise BridgeError("a subscription or watch id is a string of 1 to 64 characters",
                           code="EINVAL")
     return value
+
+
+def _text_of(document: Any, key: Any) -> Any:
+    import pycrdt
+
+    if not isinstance(key, str) or not key:
+        raise BridgeError("a text's key is a non-empty string", code="EINVAL")
+    try:
+        return document.doc.get(key, type=pycrdt.Text)
+    except Exception as exc:  # the key holds another type (a map, an array)
+        raise BridgeError(f"{key!r} is not a text in this document: {exc}",
+                          code="EINVAL") from None
+
+
+def _offset(text: Any, current: str, index: int) -> int:
+    """Character ``index`` of ``current`` as an offset in ``text``, in the unit its
+    ``pycrdt`` counts in (UTF-8 bytes, UTF-16 units or characters: the one whose length
+    of ``current`` is the text's length; they differ only past ASCII)."""
+    size = len(text)
+    prefix = current[:index]
+    if size == len(current.encode()):
+        return len(prefix.encode())
+    if size == len(current.encode("utf-16-le")) // 2:
+        return len(prefix.encode("utf-16-le")) // 2
+    return index

@@ -309,6 +309,18 @@ class GroupDocument {
   apply(update) {
     return call("groups.docApply", this.group.id, this.name, update, this.watches[0] ?? null);
   }
+  // A Y.Text of the document for a page without Yjs: read() its string, splice() edits it
+  // (index and count in the string's own units, as String.prototype.slice counts).
+  text(key = "text") {
+    const chars = (s) => Array.from(s).length;
+    return {
+      read: () => call("groups.docText", this.group.id, this.name, key),
+      splice: (before, index, remove, insert = "") =>
+        call("groups.docTextSplice", this.group.id, this.name, key,
+             chars(before.slice(0, index)), chars(before.slice(index, index + remove)),
+             insert, this.watches[0] ?? null),
+    };
+  }
   // on("update", fn): fn(update) with the state first, then every update from elsewhere.
   on(event, listener) {
     if (event !== "update") throw new ShoalError("EINVAL", `unknown document event: ${event}`);

@@ -61,6 +61,13 @@ export interface GroupDocument {
   state(): Promise<Uint8Array>;
   /** Merge an update made here (e.g. from ydoc.on("update")); the other members get it. */
   apply(update: Uint8Array): Promise<void>;
+  /** The Y.Text `key` (default "text") for a page without Yjs: `read()` its string;
+   * `splice(before, index, remove, insert)` edits it, `before` being the string the page
+   * holds, `index` and `remove` counted as `before.slice` counts. */
+  text(key?: string): {
+    read(): Promise<string>;
+    splice(before: string, index: number, remove: number, insert?: string): Promise<void>;
+  };
   /** The state first, then each update from other members and this app's other pages. */
   on(event: "update", listener: (update: Uint8Array) => void): () => void;
 }
