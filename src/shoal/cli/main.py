@@ -1236,7 +1236,8 @@ def _doctor_without_servers(output: Output, peer_id: str, local: list[str],
 
 @cli.command(short_help="Create a new app from a template.")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--template", type=click.Choice(["blank", "chat", "vite"]), default="blank",
+@click.option("--template", type=click.Choice(["blank", "chat", "notes", "vite"]),
+              default="blank",
               show_default=True, help="What the new app starts from.")
 @click.option("--name", help="The app's name (default: the folder's name).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -1250,6 +1251,7 @@ def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
     Examples:
       shoal init notes
       shoal init chat --template chat
+      shoal init plans --template notes
       shoal init web --template vite
     """
     from shoal.runtime.scaffold import create_app
