@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -163,8 +164,10 @@ def test_dev_reloads_the_page_when_a_file_changes(tmp_path: Path, browser: Brows
         process.wait(timeout=10)
 
 
-def test_two_chat_apps_message_each_other(tmp_path: Path, browser: Browser) -> None:
-    """The chat template, twice, through an introducer on loopback: the JS network API."""
+def test_two_chat_apps_share_a_group(tmp_path: Path, browser: Browser) -> None:
+    """The chat template, twice, through an introducer on loopback: one creates a group
+    and posts, the other joins with the invite pasted, sees that post in the history
+    with who wrote it, and answers live (the JS groups API)."""
     shoal = [sys.executable, "-m", "shoal.cli.main"]
     env = {**os.environ, "SHOAL_NO_LAN": "1"}
     introducer = subprocess.Popen(
@@ -201,24 +204,28 @@ def test_two_chat_apps_message_each_other(tmp_path: Path, browser: Browser) -> N
             page.wait_for_selector("body[data-ready=true]", state="attached", timeout=20000)
             pages.append(page)
         alice, bob = pages
-        bob_id = bob.text_content("#me") or ""
-        assert len(bob_id) == 64
-        alice.fill("#to", bob_id)
-        alice.fill("#text", "hello bob")
+        alice.fill("#group-name", "picnic")
+        alice.click("#create button")
+        alice.wait_for_selector("#text:not([disabled])", timeout=20000)
+        alice.fill("#text", "bring plates")
         alice.click("#compose button")
+        alice.wait_for_selector("#log li", timeout=20000)
+        assert (alice.text_content("#log li") or "").endswith(" me: bring plates")
+        alice.click("#show-invite")
+        alice.wait_for_selector("#invite-box:not([hidden])", timeout=10000)
+        invite = alice.input_value("#invite-out")
+        assert invite.startswith("shoal-group:")
+        bob.fill("#invite-in", invite)
+        bob.click("#join button")
+        # What was posted before bob joined, with who wrote it.
         bob.wait_for_selector("#log li", timeout=30000)
-        assert (bob.text_content("#log li") or "").endswith("(direct): hello bob")
-        alice.wait_for_selector("#log li", timeout=10000)
-        assert "me →" in (alice.text_content("#log li") or "")
-        # Pairing in the page: a code on one side, typed on the other, ids filled in.
-        alice.click("#pair")
-        alice.wait_for_selector("#pair-status:has-text('this code: ')", timeout=20000)
-        code = (alice.text_content("#pair-status") or "").split("this code: ", 1)[1].strip()
-        bob.fill("#code", code)
-        bob.click("#pairing button:not(#pair)")
-        for page, other in ((bob, alice), (alice, bob)):
-            page.wait_for_selector("#pair-status:has-text('Paired with')", timeout=20000)
-            assert page.input_value("#to") == other.text_content("#me")
+        line = bob.text_content("#log li") or ""
+        assert line.endswith(": bring plates") and " me: " not in line, line
+        assert re.fullmatch("[0-9a-f]{64}", bob.get_attribute("#log li", "title") or "")
+        bob.fill("#text", "and cups")
+        bob.click("#compose button")
+        alice.wait_for_selector("#log li:nth-child(2)", timeout=30000)
+        assert (alice.text_content("#log li:nth-child(2)") or "").endswith(": and cups")
     finally:
         for page in pages:
             page.close()

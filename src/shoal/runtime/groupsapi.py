@@ -227,7 +227,6 @@ class Groups:
         held = _Held("watch", _page_id(watch_id))
 
         async def forward() -> None:
-            self._watchers.setdefault(key, set()).add(held.page_id)
             try:
                 updates: AsyncIterator[bytes] = document.updates()
                 self._emit("groups.update", {
@@ -239,6 +238,8 @@ class Groups:
                 self._watchers.get(key, set()).discard(held.page_id)
 
         self._start(held, forward)
+        # From now on, not once the task runs: edits of this app's other pages reach it.
+        self._watchers.setdefault(key, set()).add(held.page_id)
 
     async def doc_unwatch(self, watch_id: Any) -> None:
         self._stop(_Held("watch", _page_id(watch_id)))
