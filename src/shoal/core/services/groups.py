@@ -531,10 +531,11 @@ class GroupService(Service):
 
     def _opened(self, carried: Carried, post: Post, envelope: Envelope) -> None:
         assert carried.keys is not None
-        carried.heads.difference_update(post.parents)
-        carried.heads.add(post.id)
-        if len(carried.heads) > 64:
-            carried.heads = set(sorted(carried.heads)[-32:])
+        if post.topic != HELLO_TOPIC:
+            carried.heads.difference_update(post.parents)
+            carried.heads.add(post.id)
+            if len(carried.heads) > 64:
+                carried.heads = set(sorted(carried.heads)[-32:])
         author = envelope.author
         me = self.ctx.identity.public_key
         if author != me and author not in carried.members and \
