@@ -44,7 +44,7 @@ class Output:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
 
-    def event(self, name: str, human: str, **fields: Any) -> None:
+    def event(self, name: str, human: str, /, **fields: Any) -> None:
         if self.as_json:
             click.echo(json.dumps({"event": name, **fields}), nl=True)
         else:
@@ -1113,19 +1113,42 @@ def publish(identity_path: str | None, as_json: bool, introducers: tuple[str, ..
             post = await chosen.publish(data, topic=topic)
             output.event("published", f"posted {post.id[:12]} to {printable(chosen.name)}",
                          id=post.id, group=chosen.id, topic=topic, bytes=len(data))
-            with output.waiting("waiting for another member to hold it"):
-                reached = await chosen.wait_reached(post.id, timeout)
-            if not reached:
+            with output.waiting("waiting for another member to take it"):
+                event, peers = await _post_taken(node, chosen, post.id, timeout)
+            if not peers:
                 raise ShoalError(f"no other member took the post within {timeout:g} s; it "
                                  "is kept here and goes out the next time this node runs "
                                  "with the group", code="ETIMEDOUT")
-            output.event("reached", f"{len(reached)} member(s) have it: "
-                         + ", ".join(peer[:12] for peer in reached), id=post.id,
-                         peers=list(reached))
+            verb = "have it" if event == "reached" else "were sent it"
+            output.event(event, f"{len(peers)} member(s) {verb}: "
+                         + ", ".join(peer[:12] for peer in peers), id=post.id, peers=peers)
         return 0
 
     _run(output, body, interrupted="interrupted before another member had the post: it is "
                                    "kept here and goes out the next time this node runs")
+
+
+async def _post_taken(node: Node, group: Any, post_id: str, timeout: float
+                      ) -> tuple[str, list[str]]:
+    """Who took post ``post_id`` within ``timeout`` seconds: ``("reached", peers)`` where
+    the group says which members hold it, else ``("sent", peers)``: the members it was
+    offered to over a live connection, once the node has had a moment to send it."""
+    import asyncio
+
+    reached = getattr(group, "wait_reached", None)
+    if reached is not None:
+        return "reached", list(await reached(post_id, timeout))
+    deadline = time.monotonic() + timeout
+    while True:
+        online = [m.peer_id for m in group.members()
+                  if m.online and m.peer_id != node.peer_id]
+        if online:
+            await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            return "sent", [m.peer_id for m in group.members()
+                            if m.online and m.peer_id in online]
+        if time.monotonic() >= deadline:
+            return "sent", []
+        await asyncio.sleep(0.1)
 
 
 @cli.command(short_help="Print a group's posts: the ones missed, then new ones.")

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +46,9 @@ class Groups:
         self._tasks: dict[_Held, asyncio.Task[None]] = {}
         self._documents: dict[tuple[str, str], Any] = {}
         self._watchers: dict[tuple[str, str], set[str]] = {}
+        """Page watch ids by document."""
+        self._watching: dict[_Held, tuple[str, str]] = {}
+        self._pumps: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     def calls(self) -> dict[str, Callable[..., Any]]:
         return {"groups.create": self.create, "groups.join": self.join,
@@ -110,15 +112,20 @@ class Groups:
         post = await group.publish(bytes(payload), topic=topic)
         return {"id": post.id, "time": post.time}
 
-    def _start(self, held: _Held, work: Callable[[], Any]) -> None:
-        """Run ``work`` for the page until it or the page ends it."""
+    def _admit(self, held: _Held) -> Any:
+        """The page asking to hold ``held``, once it may."""
         page = current_page.get()
-        if held in self._tasks:
+        if held in self._tasks or held in self._watching:
             raise BridgeError(f"{held.kind} {held.page_id!r} is running already",
                               code="EEXIST")
         if page is not None and page.count(_Held) >= MAX_HELD:
             raise BridgeError(f"a page holds at most {MAX_HELD} subscriptions and watches",
                               code="EMFILE")
+        return page
+
+    def _start(self, held: _Held, work: Callable[[], Any]) -> None:
+        """Run ``work`` for the page until it or the page ends it."""
+        page = self._admit(held)
         task = asyncio.get_running_loop().create_task(work())
         self._tasks[held] = task
 
@@ -147,12 +154,18 @@ class Groups:
         held = _Held("subscription", _page_id(sub_id))
 
         async def forward() -> None:
-            async for post in group.subscribe(topic):
-                self._emit("groups.post", {
-                    "sub": held.page_id, "group": group.id, "id": post.id,
-                    "author": post.author, "topic": post.topic, "time": post.time,
-                    "parents": list(post.parents),
-                    "data": base64.b64encode(post.data).decode()})
+            feed = group.subscribe(topic)
+            try:
+                async for post in feed:
+                    self._emit("groups.post", {
+                        "sub": held.page_id, "group": group.id, "id": post.id,
+                        "author": post.author, "topic": post.topic, "time": post.time,
+                        "parents": list(post.parents),
+                        "data": base64.b64encode(post.data).decode()})
+            finally:
+                close = getattr(feed, "close", None)
+                if close is not None:  # the group stops queueing posts for it
+                    close()
 
         self._start(held, forward)
 
@@ -222,37 +235,49 @@ class Groups:
 
     async def doc_watch(self, group_id: str, name: str, watch_id: Any) -> None:
         """Send the document's state, then every update it takes, as ``groups.update``
-        events."""
+        events. One reader per document hands each update to all its watchers."""
         key, document = self._document(group_id, name)
         held = _Held("watch", _page_id(watch_id))
-
-        async def forward() -> None:
-            try:
-                updates: AsyncIterator[bytes] = document.updates()
-                self._emit("groups.update", {
-                    "watch": held.page_id, "data": base64.b64encode(document.state()).decode()})
-                async for update in updates:
-                    self._emit("groups.update", {
-                        "watch": held.page_id, "data": base64.b64encode(update).decode()})
-            finally:
-                self._watchers.get(key, set()).discard(held.page_id)
-
-        self._start(held, forward)
-        # From now on, not once the task runs: edits of this app's other pages reach it.
+        page = self._admit(held)
+        self._emit("groups.update", {"watch": held.page_id,
+                                     "data": base64.b64encode(document.state()).decode()})
         self._watchers.setdefault(key, set()).add(held.page_id)
+        self._watching[held] = key
+        if key not in self._pumps:
+            self._pumps[key] = asyncio.get_running_loop().create_task(
+                self._pump(key, document))
+        if page is not None:
+            page.hold(held, lambda: self._unwatch(held))
+
+    async def _pump(self, key: tuple[str, str], document: Any) -> None:
+        async for update in document.updates():
+            self._tell_watchers(key, update, None)
+
+    def _unwatch(self, held: _Held) -> None:
+        key = self._watching.pop(held, None)
+        if key is None:
+            return
+        watchers = self._watchers.get(key, set())
+        watchers.discard(held.page_id)
+        if not watchers:
+            self._watchers.pop(key, None)
+            pump = self._pumps.pop(key, None)
+            if pump is not None:
+                pump.cancel()
+        page = current_page.get()
+        if page is not None:
+            page.drop(held)
 
     async def doc_unwatch(self, watch_id: Any) -> None:
-        self._stop(_Held("watch", _page_id(watch_id)))
+        self._unwatch(_Held("watch", _page_id(watch_id)))
 
     def close(self) -> None:
-        for task in list(self._tasks.values()):
+        for task in [*self._tasks.values(), *self._pumps.values()]:
             task.cancel()
         self._tasks.clear()
-        for document in self._documents.values():
-            with contextlib.suppress(Exception):
-                close = getattr(document, "close", None)
-                if close is not None:
-                    close()
+        self._pumps.clear()
+        self._watchers.clear()
+        self._watching.clear()
         self._documents.clear()
 
 
