@@ -187,6 +187,12 @@ class Group:
         return self._id.hex()
 
     @property
+    def tag(self) -> str:
+        """The tag the group's posts carry (hex): what a node that carries them for the
+        members without reading them needs (``Node.carry``)."""
+        return self._tag.hex()
+
+    @property
     def is_admin(self) -> bool:
         return self._groups.service.carried[self._tag].admin is not None
 
@@ -392,6 +398,15 @@ class Groups:
         group = self._add(parsed.keys(), parsed.name, None, members, hello=True)
         self.save()
         return group
+
+    def carry(self, tag: str) -> None:
+        try:
+            raw = bytes.fromhex(tag)
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise LocalProtocolError("a group tag is 64 hex digits", code="EINVAL")
+        self.node.call("groups", "carry", raw)
 
     def open(self, group: Group, raw: bytes) -> core.Post | None:
         return self.node.call("groups", "open", group._id, raw)

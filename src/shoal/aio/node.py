@@ -624,6 +624,11 @@ class Node:
         """Join the group an invite names (``EINVAL`` if it is no invite)."""
         return self._group_manager().join(invite)
 
+    def carry(self, tag: str) -> None:
+        """Store and pass on the posts of the group whose tag is ``tag`` (``Group.tag``)
+        without being a member: they stay unreadable here (until this node stops)."""
+        self._group_manager().carry(tag)
+
     def groups(self) -> list[Group]:
         """The groups this node is in."""
         if self._groups is None:

@@ -11,7 +11,8 @@ receiver puts together again within a bounded budget. Messages (varints as in QU
     PRUNE      05  tag[32]
     RECONCILE  06  tag[32], role u8, reconciliation message (``shoal.core.reconcile``)
                    role 0: an initiator's first message, 1: its next ones, 2: replies
-    MEMBERS    07  tag[32], count, count * peer[32]
+    MEMBERS    07  tag[32], count, count * (peer[32] addresses)   addresses: count,
+                   count * (family u8 (4|6), ip, port u16): where the sender reaches it
 
 Parsers raise only ``RemoteProtocolError``.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from shoal.core.groups.posts import MAX_ENVELOPE_BYTES
 from shoal.core.reconcile import MAX_MESSAGE_BYTES
-from shoal.core.wire import decode_varint, encode_varint
+from shoal.core.wire import Address, decode_address, decode_varint, encode_address, encode_varint
 from shoal.errors import RemoteProtocolError
 
 GROUP_FRAGMENT = 0xF0
@@ -32,6 +33,7 @@ FRAGMENT_DATA = 1024
 MAX_MESSAGE = max(MAX_ENVELOPE_BYTES, MAX_MESSAGE_BYTES) + 64
 MAX_TAGS = 1024
 MAX_IDS = 1024
+MAX_ADDRESSES = 4
 MAX_PARTIAL_BYTES = 2 * MAX_MESSAGE
 """Bytes of unfinished messages one connection may hold at the receiver."""
 MAX_PARTIAL = 16
@@ -52,6 +54,7 @@ class Message:
     tags: tuple[tuple[bytes, int], ...] = ()
     mode: int = GOSSIP
     data: bytes = b""
+    members: tuple[tuple[bytes, tuple[Address, ...]], ...] = ()
 
 
 def _ids(out: bytearray, ids: tuple[bytes, ...] | list[bytes]) -> None:
@@ -70,9 +73,15 @@ def encode(message: Message) -> bytes:
             out += tag + bytes((flags,))
     elif kind == POST:
         out += bytes((message.mode,)) + message.data
-    elif kind in (IHAVE, GRAFT, MEMBERS):
+    elif kind in (IHAVE, GRAFT):
         out += message.tag
         _ids(out, message.ids)
+    elif kind == MEMBERS:
+        out += message.tag + encode_varint(len(message.members))
+        for peer, addresses in message.members:
+            out += peer + encode_varint(len(addresses))
+            for address in addresses:
+                out += encode_address(address)
     elif kind == PRUNE:
         out += message.tag
     elif kind == RECONCILE:
@@ -80,6 +89,17 @@ def encode(message: Message) -> bytes:
     else:
         raise ValueError(f"unknown group message kind {kind}")
     return bytes(out)
+
+
+def _take_addresses(data: bytes, pos: int) -> tuple[tuple[Address, ...], int]:
+    count, pos = decode_varint(data, pos)
+    if count > MAX_ADDRESSES:
+        raise RemoteProtocolError("group message: too many addresses")
+    out = []
+    for _ in range(count):
+        address, pos = decode_address(data, pos)
+        out.append(address)
+    return tuple(out), pos
 
 
 def _take_ids(data: bytes, pos: int) -> tuple[bytes, ...]:
@@ -107,8 +127,22 @@ def decode(data: bytes) -> Message:
     if len(data) < 33:
         raise RemoteProtocolError("group message too short")
     tag = data[1:33]
-    if kind in (IHAVE, GRAFT, MEMBERS):
+    if kind in (IHAVE, GRAFT):
         return Message(kind, tag=tag, ids=_take_ids(data, 33))
+    if kind == MEMBERS:
+        count, pos = decode_varint(data, 33)
+        if count > MAX_IDS:
+            raise RemoteProtocolError("group message: too many members")
+        members = []
+        for _ in range(count):
+            peer = data[pos : pos + 32]
+            if len(peer) != 32:
+                raise RemoteProtocolError("group message: truncated member")
+            addresses, pos = _take_addresses(data, pos + 32)
+            members.append((peer, addresses))
+        if pos != len(data):
+            raise RemoteProtocolError("group message: bytes after the members")
+        return Message(MEMBERS, tag=tag, members=tuple(members))
     if kind == PRUNE:
         if len(data) != 33:
             raise RemoteProtocolError("group message: bad prune")

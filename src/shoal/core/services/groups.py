@@ -62,6 +62,9 @@ from shoal.core.groups.posts import (
     parse_envelope,
     seal_post,
 )
+from shoal.core.groups.posts import (
+    POST as POST_KIND,
+)
 from shoal.core.rangeindex import RangeIndex
 from shoal.core.reconcile import Limits, Reconciler, State
 from shoal.core.services.base import Service
@@ -162,6 +165,8 @@ class Carried:
     heads: set[bytes] = field(default_factory=set)
     unopened: dict[bytes, Envelope] = field(default_factory=dict)
     removed: bool = False
+    last_ms: int = 0
+    """The latest time of a post seen (a new post is dated after it)."""
     last_find: float = float("-inf")
 
     @property
@@ -244,14 +249,21 @@ class GroupService(Service):
         if self.providers is not None:
             self.providers.provide(members_key(keys.group_id), now)
         self._announce_tags()
+        self._meet_all(carried, now)
         self._keep_peers(now)
         self._arm(now)
         return carried
 
+    def _meet_all(self, carried: Carried, now: float) -> None:
+        for link in list(self.links.values()):
+            if carried.tag in link.tags:
+                self._meet(link, carried, now)
+
     def call_carry(self, now: float, tag: bytes) -> None:
         """Carry ``tag``'s posts for others (without reading them)."""
-        self.carried.setdefault(tag, Carried(tag))
+        carried = self.carried.setdefault(tag, Carried(tag))
         self._announce_tags()
+        self._meet_all(carried, now)
         self._arm(now)
 
     def call_drop(self, now: float, tag: bytes) -> None:
@@ -278,8 +290,10 @@ class GroupService(Service):
         if carried.removed:
             raise LocalProtocolError("this node was removed from the group", code="EPERM")
         chosen = tuple(sorted(carried.heads))[-32:] if parents is None else tuple(parents)
+        # Later than every post seen, so that time order is also causal order.
+        carried.last_ms = max(self._now_ms(), carried.last_ms + 1)
         envelope = seal_post(self.ctx.identity, carried.keys, data=data, topic=topic,
-                             parents=chosen, time_ms=self._now_ms(),
+                             parents=chosen, time_ms=carried.last_ms,
                              random_bytes=self.ctx.random)
         post = open_post(envelope, carried.keys)
         try:
@@ -323,7 +337,7 @@ class GroupService(Service):
         assert carried.keys is not None
         try:
             envelope = parse_envelope(raw)
-            if envelope.kind != 1:
+            if envelope.kind != POST_KIND:
                 return None
             return open_post(envelope, carried.keys)
         except PostError:
@@ -423,33 +437,49 @@ class GroupService(Service):
     def _on_tags(self, link: Link, message: g.Message, now: float) -> None:
         link.tags = {tag for tag, _ in message.tags}
         link.member_tags = {tag for tag, flags in message.tags if flags & 1}
-        me = self.ctx.identity.public_key
         for tag, carried in self.carried.items():
             if tag not in link.tags:
                 carried.eager.discard(link.peer)
                 carried.lazy.discard(link.peer)
-                continue
-            if link.peer not in carried.eager and link.peer not in carried.lazy:
-                (carried.eager if len(carried.eager) < EAGER else carried.lazy).add(link.peer)
-                if me < link.peer:
-                    self._start_sync(link, tag, now)
-            if carried.member and tag in link.member_tags:
+            else:
+                self._meet(link, carried, now)
+        self.ctx.event("members", None, peer=link.peer)
+
+    def _meet(self, link: Link, carried: Carried, now: float) -> None:
+        """``link``'s peer carries ``carried``'s tag too: gossip with it, and reconcile
+        (the side with the lower peer id starts)."""
+        if link.peer not in carried.eager and link.peer not in carried.lazy:
+            (carried.eager if len(carried.eager) < EAGER else carried.lazy).add(link.peer)
+            if self.ctx.identity.public_key < link.peer:
+                self._start_sync(link, carried.tag, now)
+            if carried.member and carried.tag in link.member_tags:
                 if link.peer not in carried.members and len(carried.members) < MAX_MEMBERS:
                     carried.members[link.peer] = Member(link.peer)
-                self._send(link, g.Message(g.MEMBERS, tag=tag,
-                                           ids=tuple(carried.members)[:g.MAX_IDS]))
-        self.ctx.event("members", None, peer=link.peer)
+                self._send(link, self._members_message(carried))
 
     def _on_members(self, link: Link, message: g.Message, now: float) -> None:
         carried = self.carried.get(message.tag)
         if carried is None or not carried.member or message.tag not in link.member_tags:
             return
         me = self.ctx.identity.public_key
-        for peer in message.ids:
-            if peer != me and peer not in carried.members and \
-                    len(carried.members) < MAX_MEMBERS:
-                carried.members[peer] = Member(peer)
+        for peer, addresses in message.members:
+            if peer == me or (peer not in carried.members and
+                              len(carried.members) >= MAX_MEMBERS):
+                continue
+            member = carried.members.setdefault(peer, Member(peer))
+            if addresses and not member.addresses:
+                member.addresses = addresses
         self._keep_peers(now)
+
+    def _members_message(self, carried: Carried) -> g.Message:
+        """MEMBERS: the members known, with the address of those connected."""
+        entries = []
+        for peer in list(carried.members)[:g.MAX_IDS]:
+            connection = self.ctx.connection_to(peer)
+            address = connection.address if connection is not None and \
+                not connection.path.relayed else None
+            entries.append((peer, (address,) if address else ()))
+        return g.Message(g.MEMBERS, tag=carried.tag, members=tuple(entries))
 
     def _on_post(self, link: Link, message: g.Message, now: float) -> None:
         self.copies += 1
@@ -466,6 +496,20 @@ class GroupService(Service):
             self.ctx.stats["groups_dropped_not_carried"] += 1
             return
         self._pending.pop(envelope.id, None)
+        opened = None
+        if carried.keys is not None and envelope.kind == POST_KIND and \
+                not self.store.has(envelope.id):
+            # A member checks what it can read before keeping or passing it on.
+            try:
+                opened = open_post(envelope, carried.keys)
+            except UnknownEpochError:
+                pass
+            except TamperedPostError:
+                self.ctx.stats["groups_dropped_tampered"] += 1
+                return
+            except PostError:
+                self.ctx.stats["groups_dropped_malformed"] += 1
+                return
         try:
             added = self.store.add(envelope, self._now_ms())
         except ShoalError:
@@ -481,7 +525,9 @@ class GroupService(Service):
         if message.mode == g.GOSSIP:
             carried.lazy.discard(link.peer)
             carried.eager.add(link.peer)
-        if carried.member and not self._take(carried, envelope):
+        if opened is not None:
+            self._opened(carried, opened, envelope)
+        elif carried.member and not self._take(carried, envelope):
             return
         if message.mode == g.GOSSIP:
             self._spread(carried, envelope, link.peer)
@@ -531,6 +577,7 @@ class GroupService(Service):
 
     def _opened(self, carried: Carried, post: Post, envelope: Envelope) -> None:
         assert carried.keys is not None
+        carried.last_ms = max(carried.last_ms, post.time_ms)
         if post.topic != HELLO_TOPIC:
             carried.heads.difference_update(post.parents)
             carried.heads.add(post.id)
