@@ -1114,13 +1114,12 @@ def publish(identity_path: str | None, as_json: bool, introducers: tuple[str, ..
             output.event("published", f"posted {post.id[:12]} to {printable(chosen.name)}",
                          id=post.id, group=chosen.id, topic=topic, bytes=len(data))
             with output.waiting("waiting for another member to take it"):
-                event, peers = await _post_taken(node, chosen, post.id, timeout)
+                peers = await _post_taken(node, post.id, timeout)
             if not peers:
                 raise ShoalError(f"no other member took the post within {timeout:g} s; it "
                                  "is kept here and goes out the next time this node runs "
                                  "with the group", code="ETIMEDOUT")
-            verb = "have it" if event == "reached" else "were sent it"
-            output.event(event, f"{len(peers)} member(s) {verb}: "
+            output.event("reached", f"{len(peers)} peer(s) have it: "
                          + ", ".join(peer[:12] for peer in peers), id=post.id, peers=peers)
         return 0
 
@@ -1128,27 +1127,19 @@ def publish(identity_path: str | None, as_json: bool, introducers: tuple[str, ..
                                    "kept here and goes out the next time this node runs")
 
 
-async def _post_taken(node: Node, group: Any, post_id: str, timeout: float
-                      ) -> tuple[str, list[str]]:
-    """Who took post ``post_id`` within ``timeout`` seconds: ``("reached", peers)`` where
-    the group says which members hold it, else ``("sent", peers)``: the members it was
-    offered to over a live connection, once the node has had a moment to send it."""
+async def _post_taken(node: Node, post_id: str, timeout: float) -> list[str]:
+    """The peers that hold post ``post_id`` (published by this node) once one does, or
+    none after ``timeout`` seconds: a peer holds it once it acknowledged all of it, or
+    sent or announced it itself."""
     import asyncio
 
-    reached = getattr(group, "wait_reached", None)
-    if reached is not None:
-        return "reached", list(await reached(post_id, timeout))
+    wanted = bytes.fromhex(post_id)
     deadline = time.monotonic() + timeout
     while True:
-        online = [m.peer_id for m in group.members()
-                  if m.online and m.peer_id != node.peer_id]
-        if online:
-            await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            return "sent", [m.peer_id for m in group.members()
-                            if m.online and m.peer_id in online]
-        if time.monotonic() >= deadline:
-            return "sent", []
-        await asyncio.sleep(0.1)
+        holders = node.call("groups", "holders", wanted)
+        if holders or time.monotonic() >= deadline:
+            return [peer.hex() for peer in holders]
+        await asyncio.sleep(0.05)
 
 
 @cli.command(short_help="Print a group's posts: the ones missed, then new ones.")

@@ -68,7 +68,7 @@ from shoal.core.groups.posts import (
 from shoal.core.rangeindex import RangeIndex
 from shoal.core.reconcile import Limits, Reconciler, State
 from shoal.core.services.base import Service
-from shoal.core.wire import Address, Extension, Frame
+from shoal.core.wire import Address, Extension, Frame, decode_varint
 from shoal.errors import LocalProtocolError, RemoteProtocolError, ShoalError
 from shoal.identity import verify_signature
 
@@ -88,6 +88,8 @@ RETRY_AFTER = 20.0
 FIND_EVERY = 60.0
 WINDOW = 128 * 1024
 MAX_QUEUE = 200_000
+MAX_TRACKED = 1024
+"""Posts published here whose holders are tracked (``call_holders``)."""
 MAX_PENDING = 10_000
 """Announced ids awaited at once."""
 MAX_UNOPENED = 2_000
@@ -177,7 +179,7 @@ class Carried:
 class Link:
     """What the service keeps per connected peer."""
 
-    __slots__ = ("connection", "peer", "tags", "member_tags", "queue", "in_flight",
+    __slots__ = ("connection", "peer", "tags", "member_tags", "queue", "in_flight", "carrying",
                  "next_id", "reassembly", "sessions", "last_sync")
 
     def __init__(self, connection: Connection) -> None:
@@ -188,6 +190,9 @@ class Link:
         self.queue: deque[bytes | tuple[int, bytes]] = deque()
         """Messages to send: bytes, or ``(mode, post id)`` read from the store when sent."""
         self.in_flight = 0
+        self.carrying: dict[int, tuple[bytes, int]] = {}
+        """Posts published here and sent whole, by message id: (post id, fragments not
+        yet acknowledged)."""
         self.next_id = 0
         self.reassembly = g.Reassembly()
         self.sessions: dict[tuple[bytes, bool], Reconciler] = {}
@@ -211,6 +216,9 @@ class GroupService(Service):
         self.links: dict[bytes, Link] = {}
         self._pending: dict[bytes, tuple[float, bytes, list[bytes]]] = {}
         """Announced ids awaited: id -> (deadline, tag, announcers)."""
+        self.holders: dict[bytes, set[bytes]] = {}
+        """The peers known to hold each of the last ``MAX_TRACKED`` posts published here:
+        they acknowledged every fragment of it, sent it, or announced it."""
         self.copies = 0
         """Whole posts received (gossip and sync), for measuring redundancy."""
         self.sent_posts = 0
@@ -302,8 +310,20 @@ class GroupService(Service):
             raise LocalProtocolError(f"the store refused the post: {exc.message}",
                                      code=exc.code) from None
         self._opened(carried, post, envelope)
+        self.holders[envelope.id] = set()
+        while len(self.holders) > MAX_TRACKED:
+            del self.holders[next(iter(self.holders))]
         self._spread(carried, envelope, None)
         return post
+
+    def call_holders(self, now: float, post_id: bytes) -> list[bytes]:
+        """The peers known to hold post ``post_id`` (one published here lately)."""
+        return sorted(self.holders.get(post_id, ()))
+
+    def _held(self, post_id: bytes, peer: bytes) -> None:
+        holders = self.holders.get(post_id)
+        if holders is not None and peer not in holders:
+            holders.add(peer)
 
     def call_remove(self, now: float, group_id: bytes, peer: bytes) -> int:
         """Remove ``peer`` (admin only): a new epoch for the others; the new epoch."""
@@ -381,7 +401,24 @@ class GroupService(Service):
         link = self.links.get(connection.peer)
         if link is not None and link.connection is connection:
             link.in_flight = max(0, link.in_flight - len(frame))
+            if link.carrying:
+                self._fragment_acked(link, frame)
             self._pump(link)
+
+    def _fragment_acked(self, link: Link, frame: bytes) -> None:
+        """A fragment of a post published here reached the peer: once all have, the peer
+        holds the post. ``frame`` is our own encoding: type u8, length varint, body."""
+        _, start = decode_varint(frame, 1)
+        message_id, _ = decode_varint(frame, start)
+        entry = link.carrying.get(message_id)
+        if entry is None:
+            return
+        post_id, left = entry
+        if left > 1:
+            link.carrying[message_id] = (post_id, left - 1)
+            return
+        del link.carrying[message_id]
+        self._held(post_id, link.peer)
 
     def on_frame(self, connection: Connection, frame: Frame, now: float) -> None:
         assert isinstance(frame, Extension)
@@ -418,7 +455,10 @@ class GroupService(Service):
                 self.sent_posts += 1
             else:
                 data = item
-            for body in g.fragments(link.next_id, data):
+            bodies = g.fragments(link.next_id, data)
+            if isinstance(item, tuple) and item[1] in self.holders:
+                link.carrying[link.next_id] = (item[1], len(bodies))
+            for body in bodies:
                 frame = Extension(g.GROUP_FRAGMENT, body)
                 link.in_flight += len(body) + 4
                 self.ctx.send(link.connection, frame, notify=True)
@@ -496,6 +536,7 @@ class GroupService(Service):
             self.ctx.stats["groups_dropped_not_carried"] += 1
             return
         self._pending.pop(envelope.id, None)
+        self._held(envelope.id, link.peer)
         opened = None
         if carried.keys is not None and envelope.kind == POST_KIND and \
                 not self.store.has(envelope.id):
@@ -621,6 +662,7 @@ class GroupService(Service):
             return
         for post_id in message.ids:
             if self.store.has(post_id):
+                self._held(post_id, link.peer)
                 continue
             entry = self._pending.get(post_id)
             if entry is None:
