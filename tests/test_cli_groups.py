@@ -127,14 +127,16 @@ def test_create_join_publish_and_subscribe(tmp_path, introducer: str) -> None:
 def test_a_member_who_was_away_gets_the_posts_missed(tmp_path, introducer: str) -> None:
     alice, bob = _member(tmp_path, "alice"), _member(tmp_path, "bob")
     network = ("--introducer", introducer, "--no-lan")
-    made = json.loads(_run("group", "create", "log", "--json", *alice, *network
+    alice_at = ("--listen", f"127.0.0.1:{free_port()}")  # where the invite says she is
+    made = json.loads(_run("group", "create", "log", "--json", *alice, *network, *alice_at
                            ).stdout.splitlines()[-1])
     assert _run("group", "join", made["invite"], *bob, *network).returncode == 0
     # No one else is online: the post stays with its author, who says so.
-    alone = _run("publish", "log", "while you were away", "--timeout", "2", *alice, *network)
+    alone = _run("publish", "log", "while you were away", "--timeout", "2", *alice, *network,
+                 *alice_at)
     assert alone.returncode == 1
     assert "kept here" in _one_error_line(alone, "ETIMEDOUT")
-    keeper = _Subscriber("log", *alice, *network, "--listen", "127.0.0.1:0")
+    keeper = _Subscriber("log", *alice, *network, *alice_at)
     try:
         reader = _Subscriber("log", *bob, *network, "--listen", "127.0.0.1:0")
         try:
