@@ -234,7 +234,7 @@ def test_two_chat_apps_share_a_group(tmp_path: Path, browser: Browser) -> None:
             process.wait(timeout=10)
 
 
-@pytest.mark.parametrize("template", ["blank", "chat"])
+@pytest.mark.parametrize("template", ["blank", "chat", "notes"])
 def test_a_template_loads_without_errors_and_says_how_to_open_it_without_its_link(
         tmp_path: Path, browser: Browser, template: str) -> None:
     shoal = [sys.executable, "-m", "shoal.cli.main"]
@@ -248,7 +248,7 @@ def test_a_template_loads_without_errors_and_says_how_to_open_it_without_its_lin
     try:
         assert process.stdout is not None
         first = json.loads(process.stdout.readline())
-        if template == "chat":  # a network app with no introducer and no LAN here
+        if template in ("chat", "notes"):  # a network app: no introducer, no LAN here
             assert first["event"] == "notice" and "--introducer" in first["reason"], first
             first = json.loads(process.stdout.readline())
         url = first["url"]
