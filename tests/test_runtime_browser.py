@@ -3,6 +3,7 @@ loading an app served by ``shoal run --browser``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser
+from playwright.sync_api import Browser, Page
 
 from webapp_checks import WEBAPP as APP
 from webapp_checks import assert_page_results
@@ -164,10 +165,10 @@ def test_dev_reloads_the_page_when_a_file_changes(tmp_path: Path, browser: Brows
         process.wait(timeout=10)
 
 
-def test_two_chat_apps_share_a_group(tmp_path: Path, browser: Browser) -> None:
-    """The chat template, twice, through an introducer on loopback: one creates a group
-    and posts, the other joins with the invite pasted, sees that post in the history
-    with who wrote it, and answers live (the JS groups API)."""
+@contextlib.contextmanager
+def _two_apps(tmp_path: Path, browser: Browser, template: str) -> Iterator[list[Page]]:
+    """Two copies of ``template`` (alice's and bob's) through an introducer on loopback,
+    each served for the browser: their pages, loaded."""
     shoal = [sys.executable, "-m", "shoal.cli.main"]
     env = {**os.environ, "SHOAL_NO_LAN": "1"}
     introducer = subprocess.Popen(
@@ -176,14 +177,14 @@ def test_two_chat_apps_share_a_group(tmp_path: Path, browser: Browser) -> None:
         stdout=subprocess.PIPE, text=True, env=env,
     )
     processes = [introducer]
-    pages = []
+    pages: list[Page] = []
     try:
         assert introducer.stdout is not None
         address = json.loads(introducer.stdout.readline())["listen"]
         urls = []
         for name in ("alice", "bob"):
             folder = tmp_path / name
-            subprocess.run([*shoal, "init", str(folder), "--template", "chat"], check=True,
+            subprocess.run([*shoal, "init", str(folder), "--template", template], check=True,
                            capture_output=True)
             config = folder / "shoal.toml"
             config.write_text(config.read_text()
@@ -203,7 +204,28 @@ def test_two_chat_apps_share_a_group(tmp_path: Path, browser: Browser) -> None:
             page.goto(url)
             page.wait_for_selector("body[data-ready=true]", state="attached", timeout=20000)
             pages.append(page)
-        alice, bob = pages
+        yield pages
+    finally:
+        for page in pages:
+            page.close()
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def _invite_from(page: Page) -> str:
+    page.click("#show-invite")
+    page.wait_for_selector("#invite-box:not([hidden])", timeout=10000)
+    invite = page.input_value("#invite-out")
+    assert invite.startswith("shoal-group:")
+    return invite
+
+
+def test_two_chat_apps_share_a_group(tmp_path: Path, browser: Browser) -> None:
+    """The chat template, twice: one creates a group and posts, the other joins with the
+    invite pasted, sees that post in the history with who wrote it, and answers live
+    (the JS groups API)."""
+    with _two_apps(tmp_path, browser, "chat") as (alice, bob):
         alice.fill("#group-name", "picnic")
         alice.click("#create button")
         alice.wait_for_selector("#text:not([disabled])", timeout=20000)
@@ -211,11 +233,7 @@ def test_two_chat_apps_share_a_group(tmp_path: Path, browser: Browser) -> None:
         alice.click("#compose button")
         alice.wait_for_selector("#log li", timeout=20000)
         assert (alice.text_content("#log li") or "").endswith(" me: bring plates")
-        alice.click("#show-invite")
-        alice.wait_for_selector("#invite-box:not([hidden])", timeout=10000)
-        invite = alice.input_value("#invite-out")
-        assert invite.startswith("shoal-group:")
-        bob.fill("#invite-in", invite)
+        bob.fill("#invite-in", _invite_from(alice))
         bob.click("#join button")
         # What was posted before bob joined, with who wrote it.
         bob.wait_for_selector("#log li", timeout=30000)
@@ -226,12 +244,32 @@ def test_two_chat_apps_share_a_group(tmp_path: Path, browser: Browser) -> None:
         bob.click("#compose button")
         alice.wait_for_selector("#log li:nth-child(2)", timeout=30000)
         assert (alice.text_content("#log li:nth-child(2)") or "").endswith(": and cups")
-    finally:
-        for page in pages:
-            page.close()
-        for process in processes:
-            process.terminate()
-            process.wait(timeout=10)
+
+
+def _notes_become(page: Page, wanted: str, timeout: float = 30) -> None:
+    """Wait until the page's notes read ``wanted`` (polled: the policy forbids the eval
+    that wait_for_function needs)."""
+    deadline = time.monotonic() + timeout
+    while (shown := page.input_value("#notes")) != wanted:
+        assert time.monotonic() < deadline, f"the notes read {shown!r}, not {wanted!r}"
+        page.wait_for_timeout(100)
+
+
+def test_two_notes_apps_edit_one_text(tmp_path: Path, browser: Browser) -> None:
+    """The notes template, twice: what is typed in one window shows in the other, both
+    ways, as one group document."""
+    with _two_apps(tmp_path, browser, "notes") as (alice, bob):
+        alice.fill("#group-name", "plans")
+        alice.click("#create button")
+        alice.wait_for_selector("#notes:not([disabled])", timeout=20000)
+        alice.type("#notes", "bread")
+        bob.fill("#invite-in", _invite_from(alice))
+        bob.click("#join button")
+        _notes_become(bob, "bread")
+        bob.click("#notes")
+        bob.keyboard.press("End")
+        bob.keyboard.type(", milk")
+        _notes_become(alice, "bread, milk")
 
 
 @pytest.mark.parametrize("template", ["blank", "chat", "notes"])
