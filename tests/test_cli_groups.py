@@ -96,6 +96,9 @@ def test_create_join_publish_and_subscribe(tmp_path, introducer: str) -> None:
     assert made["event"] == "created" and made["name"] == "picnic"
     assert made["invite"].startswith("shoal-group:")
 
+    invite = _run("group", "invite", "picnic", *alice, *alice_at, "--no-lan")
+    assert invite.returncode == 0, invite.stderr
+    assert invite.stdout.startswith("shoal-group:") and len(invite.stdout.splitlines()) == 1
     joined = _run("group", "join", made["invite"], "--json", *bob, *network)
     assert joined.returncode == 0, joined.stderr
     assert json.loads(joined.stdout.splitlines()[-1])["id"] == made["id"]

@@ -966,6 +966,7 @@ def group_commands() -> None:
     Examples:
       shoal group create team
       shoal group join shoal-group:AQ...
+      shoal group invite team
       shoal group list
     """
 
@@ -1035,6 +1036,39 @@ def group_join(identity_path: str | None, as_json: bool, introducers: tuple[str,
             output.event("joined", f"joined group {shown} ({group.id[:12]}); read it with:\n"
                          f"shoal subscribe {shlex.quote(group.name or group.id)}",
                          id=group.id, name=group.name, peer_id=node.peer_id)
+        return 0
+
+    _run(output, body)
+
+
+@group_commands.command("invite", short_help="Print a group's invite.")
+@_common
+@_network_options
+@_data_dir_option
+@click.argument("group")
+@_guard
+def group_invite(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
+                 listen: str, no_lan: bool, data_dir: Path | None, group: str) -> None:
+    """Print the invite of GROUP (its name or the start of its id), alone on its line:
+    it says where to find this node, so give the --listen this node runs with.
+
+    \b
+    Examples:
+      shoal group invite team --listen 0.0.0.0:7100
+      shoal group join "$(shoal group invite team)" --identity bob.key --data-dir bob
+    """
+    from shoal.cli.groups import find_group
+
+    output = Output(as_json)
+    identity, addresses, listen_address, folder = _group_start(identity_path, introducers,
+                                                               listen, data_dir)
+
+    async def body() -> int:
+        async with _started_node(output, identity, addresses, listen_address, no_lan,
+                                 folder) as node:
+            chosen = find_group(node.groups(), group)
+            invite = chosen.invite()
+            output.event("invite", invite, id=chosen.id, name=chosen.name, invite=invite)
         return 0
 
     _run(output, body)
