@@ -77,10 +77,13 @@ if TYPE_CHECKING:
     from shoal.core.services.context import ServiceContext
     from shoal.core.services.interfaces import Providers, Rendezvous, Transport
 
-EAGER = 3
+EAGER = 2
 """Peers per tag a node pushes new posts to on its own choice."""
 GRAFT_AFTER = 0.4
 """Seconds to wait for an announced post before asking its announcer."""
+ANNOUNCE_AFTER = 0.05
+"""Seconds ids wait to be announced, so that many go in one IHAVE."""
+_ANNOUNCE = "announce"
 SYNC_EVERY = 30.0
 TICK = 2.0
 TARGET_PEERS = 4
@@ -209,6 +212,8 @@ class GroupService(Service):
         self.providers = providers
         self.carried: dict[bytes, Carried] = {}
         self.links: dict[bytes, Link] = {}
+        self._announcing: dict[bytes, dict[bytes, list[bytes]]] = {}
+        """Ids to announce (IHAVE), by peer and tag, sent together after ``ANNOUNCE_AFTER``."""
         self._pending: dict[bytes, tuple[float, bytes, list[bytes]]] = {}
         """Announced ids awaited: id -> (deadline, tag, announcers)."""
         self.copies = 0
@@ -416,6 +421,7 @@ class GroupService(Service):
                     continue
                 data = g.encode(g.Message(g.POST, mode=mode, data=raw))
                 self.sent_posts += 1
+                self.ctx.stats["groups_posts_sent_" + ("sync" if mode else "gossip")] += 1
             else:
                 data = item
             for body in g.fragments(link.next_id, data):
@@ -517,7 +523,7 @@ class GroupService(Service):
             return
         if not added:
             self.ctx.stats["groups_duplicates"] += 1
-            if message.mode == g.GOSSIP and link.peer in carried.eager:
+            if message.mode == g.GOSSIP:
                 carried.eager.discard(link.peer)
                 carried.lazy.add(link.peer)
                 self._send(link, g.Message(g.PRUNE, tag=carried.tag))
@@ -529,8 +535,7 @@ class GroupService(Service):
             self._opened(carried, opened, envelope)
         elif carried.member and not self._take(carried, envelope):
             return
-        if message.mode == g.GOSSIP:
-            self._spread(carried, envelope, link.peer)
+        self._spread(carried, envelope, link.peer, push=message.mode == g.GOSSIP)
 
     def _take(self, carried: Carried, envelope: Envelope) -> bool:
         """Open a new envelope of a member's group; False if it was dropped."""
@@ -604,17 +609,36 @@ class GroupService(Service):
             return
         self.ctx.event("post", (carried.keys.group_id, post))
 
-    def _spread(self, carried: Carried, envelope: Envelope, source: bytes | None) -> None:
-        """Push a new envelope to the eager peers and announce it to the lazy ones."""
+    def _spread(self, carried: Carried, envelope: Envelope, source: bytes | None, *,
+                push: bool = True) -> None:
+        """Push a new envelope to the eager peers and announce it to the lazy ones (with
+        ``push`` false, announce it to all: a post that came by anti-entropy is more
+        likely old news to the others)."""
         post_id = envelope.id
-        for peer in list(carried.eager):
+        if push:
+            for peer in list(carried.eager):
+                link = self.links.get(peer)
+                if peer != source and link is not None:
+                    self._send(link, (g.GOSSIP, post_id))
+        for peer in list(carried.lazy) if push else [*carried.eager, *carried.lazy]:
+            if peer != source and peer in self.links:
+                batch = self._announcing.setdefault(peer, {}).setdefault(carried.tag, [])
+                batch.append(post_id)
+                if len(batch) >= g.MAX_IDS:
+                    self._flush_announcements(peer)
+        if self._announcing and self.ctx.timer(_ANNOUNCE) is None:
+            self.set_timer(self.ctx.now + ANNOUNCE_AFTER, _ANNOUNCE)
+
+    def _flush_announcements(self, only: bytes | None = None) -> None:
+        peers = [only] if only is not None else list(self._announcing)
+        for peer in peers:
+            batches = self._announcing.pop(peer, {})
             link = self.links.get(peer)
-            if peer != source and link is not None:
-                self._send(link, (g.GOSSIP, post_id))
-        for peer in list(carried.lazy):
-            link = self.links.get(peer)
-            if peer != source and link is not None:
-                self._send(link, g.Message(g.IHAVE, tag=carried.tag, ids=(post_id,)))
+            if link is None:
+                continue
+            for tag, ids in batches.items():
+                self._send(link, g.Message(g.IHAVE, tag=tag, ids=tuple(ids)))
+                self.ctx.stats["groups_ihave_sent"] += 1
 
     def _on_ihave(self, link: Link, message: g.Message, now: float) -> None:
         if message.tag not in self.carried:
@@ -690,6 +714,9 @@ class GroupService(Service):
             self.set_timer(deadline)
 
     def on_timer(self, now: float, key: object = None) -> None:
+        if key == _ANNOUNCE:
+            self._flush_announcements()
+            return
         for post_id, (deadline, tag, announcers) in list(self._pending.items()):
             if deadline > now:
                 continue
@@ -710,7 +737,7 @@ class GroupService(Service):
             self._send(self.links[peer], g.Message(g.GRAFT, tag=tag, ids=(post_id,)))
         for tag, carried in self.carried.items():
             shared = [link for link in self.links.values() if tag in link.tags]
-            if len(carried.eager) < EAGER and carried.lazy:
+            if not carried.eager and carried.lazy:  # cut off from the tree: rejoin it
                 carried.eager.add(min(carried.lazy, key=lambda p: self.ctx.random(4)))
                 carried.lazy.difference_update(carried.eager)
             if shared:
