@@ -85,6 +85,8 @@ ANNOUNCE_AFTER = 0.05
 """Seconds ids wait to be announced, so that many go in one IHAVE."""
 _ANNOUNCE = "announce"
 SYNC_EVERY = 30.0
+START_GAP = 5.0
+"""Seconds a peer waits between reconciliations it starts of one tag."""
 TICK = 2.0
 TARGET_PEERS = 4
 RETRY_AFTER = 20.0
@@ -181,7 +183,7 @@ class Link:
     """What the service keeps per connected peer."""
 
     __slots__ = ("connection", "peer", "tags", "member_tags", "queue", "in_flight",
-                 "next_id", "reassembly", "sessions", "last_sync")
+                 "next_id", "reassembly", "sessions", "last_sync", "started")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -196,6 +198,8 @@ class Link:
         self.sessions: dict[tuple[bytes, bool], Reconciler] = {}
         """Reconciliations by (tag, whether we started it)."""
         self.last_sync: dict[bytes, float] = {}
+        self.started: dict[bytes, float] = {}
+        """When the peer last started a reconciliation, by tag."""
 
 
 class GroupService(Service):
@@ -674,9 +678,6 @@ class GroupService(Service):
     # ------------------------------------------------------------------ anti-entropy
 
     def _start_sync(self, link: Link, tag: bytes, now: float) -> None:
-        session = link.sessions.get((tag, True))
-        if session is not None and session.state == State.WAITING:
-            return
         session = link.sessions[(tag, True)] = Reconciler(self.store.index(tag), _LIMITS)
         link.last_sync[tag] = now
         self._send(link, g.Message(g.RECONCILE, tag=tag, mode=g.START,
@@ -690,6 +691,10 @@ class GroupService(Service):
         key = (tag, ours)
         session = link.sessions.get(key)
         if message.mode == g.START:
+            if now - link.started.get(tag, float("-inf")) < START_GAP:
+                self.ctx.stats["groups_dropped_sync_too_often"] += 1
+                return
+            link.started[tag] = now
             session = link.sessions[key] = Reconciler(self.store.index(tag), _LIMITS)
         if session is None or session.state not in (State.READY, State.WAITING):
             return  # a session that ended (the tag dropped, or a restart): ignore
