@@ -97,6 +97,8 @@ MAX_PENDING = 10_000
 """Announced ids awaited at once."""
 MAX_UNOPENED = 2_000
 MAX_MEMBERS = 4_096
+MAX_ADDRESSES = 4
+"""Addresses kept per member."""
 HELLO_TOPIC = "shoal/member"
 MEMBERS_KEY_CONTEXT = b"shoal/group-members/1"
 _ADMIN_CONTEXT = b"shoal/group-admin/v1\0"
@@ -356,8 +358,7 @@ class GroupService(Service):
                       addresses: tuple[Address, ...] = ()) -> None:
         carried = self._group(group_id)
         if peer != self.ctx.identity.public_key:
-            member = carried.members.setdefault(peer, Member(peer))
-            member.addresses = tuple(dict.fromkeys((*member.addresses, *addresses)))
+            self._learned(carried.members.setdefault(peer, Member(peer)), addresses)
         self._keep_peers(now)
 
     # ------------------------------------------------------------------ connections
@@ -476,9 +477,7 @@ class GroupService(Service):
             if peer == me or (peer not in carried.members and
                               len(carried.members) >= MAX_MEMBERS):
                 continue
-            member = carried.members.setdefault(peer, Member(peer))
-            if addresses and not member.addresses:
-                member.addresses = addresses
+            self._learned(carried.members.setdefault(peer, Member(peer)), addresses)
         self._keep_peers(now)
 
     def _members_message(self, carried: Carried) -> g.Message:
@@ -754,6 +753,14 @@ class GroupService(Service):
         if self.carried:
             self._arm(now)
 
+    @staticmethod
+    def _learned(member: Member, addresses: Iterable[Address]) -> None:
+        """New addresses of ``member``: keep them, and dial them at the next chance."""
+        known = tuple(dict.fromkeys((*member.addresses, *addresses)))[-MAX_ADDRESSES:]
+        if known != member.addresses:
+            member.addresses = known
+            member.tried = float("-inf")
+
     def _keep_peers(self, now: float) -> None:
         """Dial known members of groups with fewer than ``TARGET_PEERS`` carriers."""
         for carried in self.carried.values():
@@ -787,7 +794,7 @@ class GroupService(Service):
                     len(carried.members) >= MAX_MEMBERS:
                 return
             member = carried.members.setdefault(peer, Member(peer))
-            member.addresses = tuple(dict.fromkeys((*member.addresses, *addresses)))[:8]
+            self._learned(member, addresses)
 
         return found
 
