@@ -92,7 +92,10 @@ TARGET_PEERS = 4
 RETRY_AFTER = 20.0
 FIND_EVERY = 60.0
 WINDOW = 128 * 1024
-MAX_QUEUE = 200_000
+MAX_QUEUE = 20_000
+"""Messages (a post counts as one, read from the store when sent) waiting per connection;
+what comes beyond is dropped and counted (the next reconciliation brings it)."""
+EXPIRE_EVERY = 600.0
 MAX_PENDING = 10_000
 """Announced ids awaited at once."""
 MAX_UNOPENED = 2_000
@@ -112,6 +115,7 @@ class Store(Protocol):
     def has(self, post_id: bytes) -> bool: ...
     def get(self, post_id: bytes) -> bytes | None: ...
     def index(self, tag: bytes) -> RangeIndex: ...
+    def expire(self, now_ms: int) -> int: ...
 
 
 def members_key(group_id: bytes) -> bytes:
@@ -222,6 +226,7 @@ class GroupService(Service):
         """Ids to announce (IHAVE), by peer and tag, sent together after ``ANNOUNCE_AFTER``."""
         self._pending: dict[bytes, tuple[float, bytes, list[bytes]]] = {}
         """Announced ids awaited: id -> (deadline, tag, announcers)."""
+        self._expired = float("-inf")
         self.copies = 0
         """Whole posts received (gossip and sync), for measuring redundancy."""
         self.sent_posts = 0
@@ -382,6 +387,7 @@ class GroupService(Service):
         if link is None or link.connection is not connection:
             return
         del self.links[connection.peer]
+        self._announcing.pop(connection.peer, None)
         for carried in self.carried.values():
             carried.eager.discard(link.peer)
             carried.lazy.discard(link.peer)
@@ -748,6 +754,9 @@ class GroupService(Service):
                 link = min(shared, key=lambda li: li.last_sync.get(tag, float("-inf")))
                 if now - link.last_sync.get(tag, float("-inf")) >= SYNC_EVERY:
                     self._start_sync(link, tag, now)
+        if self.store is not None and now - self._expired >= EXPIRE_EVERY:
+            self._expired = now
+            self.store.expire(self._now_ms())
         self._keep_peers(now)
         self.set_timer(None)
         if self.carried:
