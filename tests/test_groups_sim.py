@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from shoal.core.services.base import Service
 from shoal.core.services.groups import GroupService
 from shoal.core.wire import Address, Extension, encode_varint
 from shoal.errors import ShoalError
+from shoal.sim import LinkProfile
 
 SETTLE = 5.0
 
@@ -230,7 +232,7 @@ def test_a_peer_flooding_junk_frames_is_cut_off_and_the_node_stays_up() -> None:
         assert victim.stats["groups_dropped_malformed"] == 2000
         victim_service = _service(victim)
         assert victim_service.store.count() == stored
-        assert all(li.reassembly.held == 0 for li in victim_service.links.values())
+        assert all(r.held == 0 for r in victim_service._inbound.values())
         # A "huge post": a message announced larger than any post closes the connection.
         before = victim.endpoint.connection_to(attacker.identity.public_key)
         assert before is not None
@@ -344,3 +346,20 @@ def test_a_member_that_leaves_forgets_the_group(tmp_path: Path) -> None:
         await admin.close()
 
     sim.run(main, seed=11)
+
+
+def test_large_posts_cross_a_lossy_reordering_network_whole_and_in_order() -> None:
+    async def main(net: sim.VirtualNetwork) -> None:
+        nodes, groups = await _members(net, 4)
+        feeds = [group.subscribe(topic="big") for group in groups[1:]]
+        rng = random.Random(12)
+        made = [await groups[0].publish(rng.randbytes(rng.randrange(1, 200_000)),
+                                        topic="big") for _ in range(6)]
+        for feed in feeds:
+            got = await _take(feed, len(made), timeout=30)
+            assert [(p.id, p.data) for p in got] == [(p.id, p.data) for p in made]
+        for node in nodes:
+            await node.close()
+
+    sim.run(main, seed=12, profile=LinkProfile(latency=0.02, jitter=0.01, loss=0.05,
+                                               duplicate=0.02))

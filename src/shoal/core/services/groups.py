@@ -189,7 +189,7 @@ class Link:
     """What the service keeps per connected peer."""
 
     __slots__ = ("connection", "peer", "tags", "member_tags", "queue", "in_flight",
-                 "next_id", "reassembly", "sessions", "last_sync", "started")
+                 "next_id", "sessions", "last_sync", "started")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -200,12 +200,17 @@ class Link:
         """Messages to send: bytes, or ``(mode, post id)`` read from the store when sent."""
         self.in_flight = 0
         self.next_id = 0
-        self.reassembly = g.Reassembly()
+        """The next message's id on ``connection`` (ids start at 0 on each)."""
         self.sessions: dict[tuple[bytes, bool], Reconciler] = {}
         """Reconciliations by (tag, whether we started it)."""
         self.last_sync: dict[bytes, float] = {}
         self.started: dict[bytes, float] = {}
         """When the peer last started a reconciliation, by tag."""
+
+    def move_to(self, connection: Connection) -> None:
+        """Send on ``connection`` from now on (what went on the old one drains there)."""
+        if connection is not self.connection:
+            self.connection, self.in_flight, self.next_id = connection, 0, 0
 
 
 class GroupService(Service):
@@ -226,6 +231,8 @@ class GroupService(Service):
         """Ids to announce (IHAVE), by peer and tag, sent together after ``ANNOUNCE_AFTER``."""
         self._pending: dict[bytes, tuple[float, bytes, list[bytes]]] = {}
         """Announced ids awaited: id -> (deadline, tag, announcers)."""
+        self._inbound: dict[Connection, g.Reassembly] = {}
+        """Messages being put together, by the connection they arrive on."""
         self._expired = float("-inf")
         self.copies = 0
         """Whole posts received (gossip and sync), for measuring redundancy."""
@@ -370,19 +377,20 @@ class GroupService(Service):
 
     def on_connection_up(self, connection: Connection, now: float) -> None:
         link = self.links.get(connection.peer)
-        if link is not None and link.connection is not connection:
-            link.connection, link.in_flight = connection, 0
-        elif link is None:
+        if link is None:
             link = self.links[connection.peer] = Link(connection)
+        else:
+            link.move_to(connection)
         self._send(link, g.Message(g.TAGS, tags=self._tag_list()))
 
     def on_connection_replaced(self, old: Connection, new: Connection, *, hold: bool) -> None:
         link = self.links.get(old.peer)
         if link is not None and link.connection is old:
-            link.connection, link.in_flight = new, 0
+            link.move_to(new)
             self._pump(link)
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
+        self._inbound.pop(connection, None)
         link = self.links.get(connection.peer)
         if link is None or link.connection is not connection:
             return
@@ -404,9 +412,12 @@ class GroupService(Service):
         if self.store is None:
             return
         link = self.links.get(connection.peer)
-        if link is None or link.connection is not connection:
+        if link is None:
             link = self.links[connection.peer] = Link(connection)
-        data = link.reassembly.take(frame.body)
+        reassembly = self._inbound.get(connection)
+        if reassembly is None:
+            reassembly = self._inbound[connection] = g.Reassembly()
+        data = reassembly.take(frame.body)
         if data is None:
             return
         message = g.decode(data)
