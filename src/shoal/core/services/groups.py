@@ -90,6 +90,8 @@ START_GAP = 5.0
 TICK = 2.0
 TARGET_PEERS = 4
 RETRY_AFTER = 20.0
+DIAL_WAIT = 10.0
+"""Seconds a dial to a member counts as under way."""
 FIND_EVERY = 60.0
 WINDOW = 128 * 1024
 MAX_QUEUE = 20_000
@@ -509,6 +511,9 @@ class GroupService(Service):
 
     def _on_post(self, link: Link, message: g.Message, now: float) -> None:
         self.copies += 1
+        if self.store.has(hashlib.sha256(message.data).digest()):
+            self._duplicate(link, message)  # held already: no need to check it again
+            return
         try:
             envelope = parse_envelope(message.data)
         except ForgedPostError:
@@ -542,11 +547,7 @@ class GroupService(Service):
             self.ctx.stats["groups_dropped_refused"] += 1
             return
         if not added:
-            self.ctx.stats["groups_duplicates"] += 1
-            if message.mode == g.GOSSIP:
-                carried.eager.discard(link.peer)
-                carried.lazy.add(link.peer)
-                self._send(link, g.Message(g.PRUNE, tag=carried.tag))
+            self._duplicate(link, message)
             return
         if message.mode == g.GOSSIP:
             carried.lazy.discard(link.peer)
@@ -556,6 +557,18 @@ class GroupService(Service):
         elif carried.member and not self._take(carried, envelope):
             return
         self._spread(carried, envelope, link.peer, push=message.mode == g.GOSSIP)
+
+    def _duplicate(self, link: Link, message: g.Message) -> None:
+        """A post held already came again: a pushed one makes its link lazy (PRUNE)."""
+        self.ctx.stats["groups_duplicates"] += 1
+        if message.mode != g.GOSSIP:
+            return
+        tag = message.data[2:34]  # the envelope's tag, after its version and kind
+        carried = self.carried.get(tag)
+        if carried is not None:
+            carried.eager.discard(link.peer)
+            carried.lazy.add(link.peer)
+            self._send(link, g.Message(g.PRUNE, tag=tag))
 
     def _take(self, carried: Carried, envelope: Envelope) -> bool:
         """Open a new envelope of a member's group; False if it was dropped."""
@@ -787,13 +800,19 @@ class GroupService(Service):
             if carried.keys is None:
                 continue
             connected = sum(1 for link in self.links.values() if carried.tag in link.tags)
+            # Dials still under way count too, so that news of members does not add more.
+            connected += sum(1 for member in carried.members.values()
+                             if now - member.tried < DIAL_WAIT and member.peer not in self.links)
             if connected >= TARGET_PEERS:
                 continue
-            for member in list(carried.members.values()):
+            # In random order, so that the members everyone heard of first are not
+            # everyone's first choice.
+            candidates = [member for member in carried.members.values()
+                          if member.peer not in self.links and now - member.tried >= RETRY_AFTER]
+            candidates.sort(key=lambda _: self.ctx.random(4))
+            for member in candidates:
                 if connected >= TARGET_PEERS:
                     break
-                if member.peer in self.links or now - member.tried < RETRY_AFTER:
-                    continue
                 member.tried = now
                 connected += 1
                 if member.addresses:
