@@ -18,7 +18,7 @@ from shoal import sim
 from shoal.core.groups import gossip as g
 from shoal.core.groups.posts import seal_post
 from shoal.core.services.base import Service
-from shoal.core.services.groups import GroupService
+from shoal.core.services.groups import START_GAP, GroupService
 from shoal.core.wire import Address, Extension, encode_varint
 from shoal.errors import ShoalError
 from shoal.sim import LinkProfile
@@ -363,3 +363,28 @@ def test_large_posts_cross_a_lossy_reordering_network_whole_and_in_order() -> No
 
     sim.run(main, seed=12, profile=LinkProfile(latency=0.02, jitter=0.01, loss=0.05,
                                                duplicate=0.02))
+
+
+def test_a_broken_reconciliation_ends_the_session_not_the_connection() -> None:
+    async def main(net: sim.VirtualNetwork) -> None:
+        nodes, groups = await _members(net, 2)
+        victim, attacker = nodes
+        service = _service(attacker)
+        link = service.links[victim.identity.public_key]
+        tag = bytes.fromhex(groups[0].tag)
+        await asyncio.sleep(START_GAP)  # since the reconciliation the meeting started
+        service._send(link, g.Message(g.RECONCILE, tag=tag, mode=g.START, data=b"\x07junk"))
+        attacker.call("groups", "members", bytes.fromhex(groups[0].id))  # flush
+        await asyncio.sleep(1)
+        assert victim.stats["groups_dropped_sync_broken"] == 1
+        service._send(link, g.Message(g.RECONCILE, tag=tag, mode=g.START, data=b"\x01"))
+        attacker.call("groups", "members", bytes.fromhex(groups[0].id))
+        await asyncio.sleep(1)
+        assert victim.stats["groups_dropped_sync_too_often"] == 1
+        feed = groups[0].subscribe()
+        post = await groups[1].publish(b"still friends")
+        assert [p.id for p in await _take(feed, 1)] == [post.id]
+        for node in nodes:
+            await node.close()
+
+    sim.run(main, seed=13)

@@ -727,7 +727,13 @@ class GroupService(Service):
             session = link.sessions[key] = Reconciler(self.store.index(tag), _LIMITS)
         if session is None or session.state not in (State.READY, State.WAITING):
             return  # a session that ended (the tag dropped, or a restart): ignore
-        reply = session.receive(message.data)
+        try:
+            reply = session.receive(message.data)
+        except RemoteProtocolError:
+            # The session ends; the connection and its gossip go on.
+            self.ctx.stats["groups_dropped_sync_broken"] += 1
+            del link.sessions[key]
+            return
         for post_id in session.take_have():
             self._send(link, (g.SYNC, post_id))
         session.take_need()
