@@ -186,6 +186,10 @@ def test_forged_and_tampered_posts_are_dropped_and_counted() -> None:
         assert stats["groups_dropped_malformed"] == 1
         store = _service(victim).store
         assert not store.has(real.id) and not store.has(tampered.id)
+        service._send(link, g.Message(g.POST, data=real.raw))  # the same post, unaltered
+        attacker.call("groups", "members", keys.group_id)
+        await asyncio.sleep(1)
+        assert store.has(real.id)
         for node in nodes:
             await node.close()
 
