@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pycrdt
@@ -16,9 +17,11 @@ import shoal
 from shoal import sim
 from shoal.core.groups import gossip as g
 from shoal.core.groups.posts import seal_post
-from shoal.core.services.groups import GroupService
-from shoal.core.wire import Extension, encode_varint
+from shoal.core.services.base import Service
+from shoal.core.services.groups import START_GAP, GroupService
+from shoal.core.wire import Address, Extension, encode_varint
 from shoal.errors import ShoalError
+from shoal.sim import LinkProfile
 
 SETTLE = 5.0
 
@@ -183,6 +186,10 @@ def test_forged_and_tampered_posts_are_dropped_and_counted() -> None:
         assert stats["groups_dropped_malformed"] == 1
         store = _service(victim).store
         assert not store.has(real.id) and not store.has(tampered.id)
+        service._send(link, g.Message(g.POST, data=real.raw))  # the same post, unaltered
+        attacker.call("groups", "members", keys.group_id)
+        await asyncio.sleep(1)
+        assert store.has(real.id)
         for node in nodes:
             await node.close()
 
@@ -229,7 +236,7 @@ def test_a_peer_flooding_junk_frames_is_cut_off_and_the_node_stays_up() -> None:
         assert victim.stats["groups_dropped_malformed"] == 2000
         victim_service = _service(victim)
         assert victim_service.store.count() == stored
-        assert all(li.reassembly.held == 0 for li in victim_service.links.values())
+        assert all(r.held == 0 for r in victim_service._inbound.values())
         # A "huge post": a message announced larger than any post closes the connection.
         before = victim.endpoint.connection_to(attacker.identity.public_key)
         assert before is not None
@@ -265,3 +272,123 @@ def test_the_reassembly_budget_refuses_too_many_unfinished_messages() -> None:
     pieces = g.fragments(0, whole)
     assert [fresh.take(p) for p in reversed(pieces)][-1] == whole
     assert fresh.take(pieces[0]) is None  # sent again after it was taken: ignored
+
+
+class DirectoryDht(Service):
+    """A stand-in for the ``dht`` service: one directory of providers that every node
+    reads and writes (the ``Providers`` protocol)."""
+
+    name = "dht"
+
+    def __init__(self, directory: dict[bytes, dict[bytes, list[Address]]]) -> None:
+        self.directory = directory
+
+    def provide(self, key: bytes, now: float) -> None:
+        entry = self.directory.setdefault(key, {})
+        entry[self.ctx.identity.public_key] = list(self.ctx.transport.local_addresses)
+
+    def withdraw(self, key: bytes) -> None:
+        self.directory.get(key, {}).pop(self.ctx.identity.public_key, None)
+
+    def find(self, key: bytes, now: float,
+             on_found: Callable[[bytes, list[Address]], None]) -> None:
+        for peer, found in list(self.directory.get(key, {}).items()):
+            on_found(peer, found)
+
+
+@pytest.mark.parametrize("with_dht", [True, False])
+def test_a_member_whose_invite_leads_nowhere_finds_the_others_through_the_dht(
+        with_dht: bool) -> None:
+    async def main(net: sim.VirtualNetwork) -> list[bytes]:
+        directory: dict[bytes, dict[bytes, list[Address]]] = {}
+
+        def node() -> shoal.Node:
+            services = [DirectoryDht(directory)] if with_dht else []
+            return net.node(services=services)
+
+        admin_node, member_node = await node().start(), await node().start()
+        admin = await admin_node.create_group("team")
+        invite = admin.invite()  # its only hint is the admin, who will be gone
+        await member_node.join(invite)
+        await asyncio.sleep(SETTLE)
+        await admin.publish(b"before you came")
+        await asyncio.sleep(2)
+        await admin_node.close()
+        newcomer = await node().start()
+        group = await newcomer.join(invite)
+        got = await _take(group.subscribe(), 1, timeout=15)
+        online = [m.peer_id for m in group.members() if m.online]
+        for each in (member_node, newcomer):
+            await each.close()
+        assert (member_node.peer_id in online) == with_dht
+        return [p.data for p in got]
+
+    assert sim.run(main, seed=10) == ([b"before you came"] if with_dht else [])
+
+
+def test_a_member_that_leaves_forgets_the_group(tmp_path: Path) -> None:
+    async def main(net: sim.VirtualNetwork) -> None:
+        nodes, groups = await _members(net, 2, tmp_path)
+        member = nodes[1]
+        await groups[1].leave()
+        assert member.groups() == []
+        with pytest.raises(shoal.ClosedError):
+            await groups[1].publish(b"gone")
+        identity, address = member.identity, member.address
+        await member.close()
+        again = await net.node(identity=identity, address=address,
+                               data_dir=tmp_path / "n1").start()
+        assert again.groups() == []
+        # The admin's node, restarted, is still the admin of its group.
+        admin_identity, admin_address = nodes[0].identity, nodes[0].address
+        await nodes[0].close()
+        admin = await net.node(identity=admin_identity, address=admin_address,
+                               data_dir=tmp_path / "n0").start()
+        [group] = admin.groups()
+        assert group.is_admin and group.id == groups[0].id and group.name == "team"
+        await again.close()
+        await admin.close()
+
+    sim.run(main, seed=11)
+
+
+def test_large_posts_cross_a_lossy_reordering_network_whole_and_in_order() -> None:
+    async def main(net: sim.VirtualNetwork) -> None:
+        nodes, groups = await _members(net, 4)
+        feeds = [group.subscribe(topic="big") for group in groups[1:]]
+        rng = random.Random(12)
+        made = [await groups[0].publish(rng.randbytes(rng.randrange(1, 200_000)),
+                                        topic="big") for _ in range(6)]
+        for feed in feeds:
+            got = await _take(feed, len(made), timeout=30)
+            assert [(p.id, p.data) for p in got] == [(p.id, p.data) for p in made]
+        for node in nodes:
+            await node.close()
+
+    sim.run(main, seed=12, profile=LinkProfile(latency=0.02, jitter=0.01, loss=0.05,
+                                               duplicate=0.02))
+
+
+def test_a_broken_reconciliation_ends_the_session_not_the_connection() -> None:
+    async def main(net: sim.VirtualNetwork) -> None:
+        nodes, groups = await _members(net, 2)
+        victim, attacker = nodes
+        service = _service(attacker)
+        link = service.links[victim.identity.public_key]
+        tag = bytes.fromhex(groups[0].tag)
+        await asyncio.sleep(START_GAP)  # since the reconciliation the meeting started
+        service._send(link, g.Message(g.RECONCILE, tag=tag, mode=g.START, data=b"\x07junk"))
+        attacker.call("groups", "members", bytes.fromhex(groups[0].id))  # flush
+        await asyncio.sleep(1)
+        assert victim.stats["groups_dropped_sync_broken"] == 1
+        service._send(link, g.Message(g.RECONCILE, tag=tag, mode=g.START, data=b"\x01"))
+        attacker.call("groups", "members", bytes.fromhex(groups[0].id))
+        await asyncio.sleep(1)
+        assert victim.stats["groups_dropped_sync_too_often"] == 1
+        feed = groups[0].subscribe()
+        post = await groups[1].publish(b"still friends")
+        assert [p.id for p in await _take(feed, 1)] == [post.id]
+        for node in nodes:
+            await node.close()
+
+    sim.run(main, seed=13)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from shoal.aio.groups import Group, GroupDocument, Member, Post
     from shoal.aio.node import (
         Channel,
+        Datagram,
         Delivery,
         Message,
         Node,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Channel": "shoal.aio.node",
+    "Datagram": "shoal.aio.node",
     "Subscription": "shoal.aio.node",
     "Delivery": "shoal.aio.node",
     "Message": "shoal.aio.node",
@@ -67,6 +69,7 @@ __all__ = [
     "Channel",
     "ClosedError",
     "CoreConfig",
+    "Datagram",
     "Delivery",
     "DeliveryError",
     "FetchError",

@@ -217,7 +217,11 @@ class Group:
             if len(hints) >= core.MAX_HINTS:
                 break
             if path is not None:
-                hints.append(member.peer.hex())
+                connection = node.endpoint.connection_to(member.peer)
+                address = connection.address if connection is not None and path == "direct" \
+                    else None
+                hints.append(member.peer.hex() + (f"@{format_address(address)}"
+                                                  if isinstance(address, tuple) else ""))
         epoch = carried.keys.epoch
         return Invite(self._id, epoch, carried.keys.epochs[epoch], self.name,
                       tuple(hints)).encode()

@@ -18,11 +18,14 @@ Anti-entropy: when two carriers of a tag connect, and every ``SYNC_EVERY`` secon
 one carrier per tag, they reconcile their stores' indexes of the tag
 (``shoal.core.reconcile``) and each pushes what the other lacks. A member back from any
 absence thus gets what it missed from whichever carrier it meets, author online or not.
+A post that came this way and is new here is announced to every carrier, not pushed (it
+is likely old news to them).
 
 Members find each other through the invite's hints, the carriers they meet (MEMBERS
 lists the members a node knows of), the authors of posts, and, when the node runs a
 ``dht`` service, the providers of ``sha256("shoal/group-members/1" + group id)``. A
-member keeps connections to up to ``TARGET_PEERS`` carriers of each group.
+member dials members it knows of, in random order, until it is connected to (or
+dialing) ``TARGET_PEERS`` carriers of each group.
 
 Every member posts a *hello* (topic ``shoal/member``): its member card (so the admin can
 grant it later epoch keys), its name, and for the admin the group key's signature of its
@@ -77,23 +80,35 @@ if TYPE_CHECKING:
     from shoal.core.services.context import ServiceContext
     from shoal.core.services.interfaces import Providers, Rendezvous, Transport
 
-EAGER = 3
+EAGER = 2
 """Peers per tag a node pushes new posts to on its own choice."""
 GRAFT_AFTER = 0.4
 """Seconds to wait for an announced post before asking its announcer."""
+ANNOUNCE_AFTER = 0.05
+"""Seconds ids wait to be announced, so that many go in one IHAVE."""
+_ANNOUNCE = "announce"
 SYNC_EVERY = 30.0
+START_GAP = 5.0
+"""Seconds a peer waits between reconciliations it starts of one tag."""
 TICK = 2.0
 TARGET_PEERS = 4
 RETRY_AFTER = 20.0
+DIAL_WAIT = 10.0
+"""Seconds a dial to a member counts as under way."""
 FIND_EVERY = 60.0
 WINDOW = 128 * 1024
-MAX_QUEUE = 200_000
+MAX_QUEUE = 20_000
+"""Messages (a post counts as one, read from the store when sent) waiting per connection;
+what comes beyond is dropped and counted (the next reconciliation brings it)."""
+EXPIRE_EVERY = 600.0
 MAX_TRACKED = 1024
 """Posts published here whose holders are tracked (``call_holders``)."""
 MAX_PENDING = 10_000
 """Announced ids awaited at once."""
 MAX_UNOPENED = 2_000
 MAX_MEMBERS = 4_096
+MAX_ADDRESSES = 4
+"""Addresses kept per member."""
 HELLO_TOPIC = "shoal/member"
 MEMBERS_KEY_CONTEXT = b"shoal/group-members/1"
 _ADMIN_CONTEXT = b"shoal/group-admin/v1\0"
@@ -107,6 +122,7 @@ class Store(Protocol):
     def has(self, post_id: bytes) -> bool: ...
     def get(self, post_id: bytes) -> bytes | None: ...
     def index(self, tag: bytes) -> RangeIndex: ...
+    def expire(self, now_ms: int) -> int: ...
 
 
 def members_key(group_id: bytes) -> bytes:
@@ -180,7 +196,7 @@ class Link:
     """What the service keeps per connected peer."""
 
     __slots__ = ("connection", "peer", "tags", "member_tags", "queue", "in_flight", "carrying",
-                 "next_id", "reassembly", "sessions", "last_sync")
+                 "next_id", "sessions", "last_sync", "started")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -194,10 +210,18 @@ class Link:
         """Posts published here and sent whole, by message id: (post id, fragments not
         yet acknowledged)."""
         self.next_id = 0
-        self.reassembly = g.Reassembly()
+        """The next message's id on ``connection`` (ids start at 0 on each)."""
         self.sessions: dict[tuple[bytes, bool], Reconciler] = {}
         """Reconciliations by (tag, whether we started it)."""
         self.last_sync: dict[bytes, float] = {}
+        self.started: dict[bytes, float] = {}
+        """When the peer last started a reconciliation, by tag."""
+
+    def move_to(self, connection: Connection) -> None:
+        """Send on ``connection`` from now on (what went on the old one drains there)."""
+        if connection is not self.connection:
+            self.connection, self.in_flight, self.next_id = connection, 0, 0
+            self.carrying = {}
 
 
 class GroupService(Service):
@@ -214,11 +238,16 @@ class GroupService(Service):
         self.providers = providers
         self.carried: dict[bytes, Carried] = {}
         self.links: dict[bytes, Link] = {}
+        self._announcing: dict[bytes, dict[bytes, list[bytes]]] = {}
+        """Ids to announce (IHAVE), by peer and tag, sent together after ``ANNOUNCE_AFTER``."""
         self._pending: dict[bytes, tuple[float, bytes, list[bytes]]] = {}
         """Announced ids awaited: id -> (deadline, tag, announcers)."""
         self.holders: dict[bytes, set[bytes]] = {}
         """The peers known to hold each of the last ``MAX_TRACKED`` posts published here:
         they acknowledged every fragment of it, sent it, or announced it."""
+        self._inbound: dict[Connection, g.Reassembly] = {}
+        """Messages being put together, by the connection they arrive on."""
+        self._expired = float("-inf")
         self.copies = 0
         """Whole posts received (gossip and sync), for measuring redundancy."""
         self.sent_posts = 0
@@ -367,31 +396,32 @@ class GroupService(Service):
                       addresses: tuple[Address, ...] = ()) -> None:
         carried = self._group(group_id)
         if peer != self.ctx.identity.public_key:
-            member = carried.members.setdefault(peer, Member(peer))
-            member.addresses = tuple(dict.fromkeys((*member.addresses, *addresses)))
+            self._learned(carried.members.setdefault(peer, Member(peer)), addresses)
         self._keep_peers(now)
 
     # ------------------------------------------------------------------ connections
 
     def on_connection_up(self, connection: Connection, now: float) -> None:
         link = self.links.get(connection.peer)
-        if link is not None and link.connection is not connection:
-            link.connection, link.in_flight = connection, 0
-        elif link is None:
+        if link is None:
             link = self.links[connection.peer] = Link(connection)
+        else:
+            link.move_to(connection)
         self._send(link, g.Message(g.TAGS, tags=self._tag_list()))
 
     def on_connection_replaced(self, old: Connection, new: Connection, *, hold: bool) -> None:
         link = self.links.get(old.peer)
         if link is not None and link.connection is old:
-            link.connection, link.in_flight = new, 0
+            link.move_to(new)
             self._pump(link)
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
+        self._inbound.pop(connection, None)
         link = self.links.get(connection.peer)
         if link is None or link.connection is not connection:
             return
         del self.links[connection.peer]
+        self._announcing.pop(connection.peer, None)
         for carried in self.carried.values():
             carried.eager.discard(link.peer)
             carried.lazy.discard(link.peer)
@@ -425,9 +455,12 @@ class GroupService(Service):
         if self.store is None:
             return
         link = self.links.get(connection.peer)
-        if link is None or link.connection is not connection:
+        if link is None:
             link = self.links[connection.peer] = Link(connection)
-        data = link.reassembly.take(frame.body)
+        reassembly = self._inbound.get(connection)
+        if reassembly is None:
+            reassembly = self._inbound[connection] = g.Reassembly()
+        data = reassembly.take(frame.body)
         if data is None:
             return
         message = g.decode(data)
@@ -453,6 +486,7 @@ class GroupService(Service):
                     continue
                 data = g.encode(g.Message(g.POST, mode=mode, data=raw))
                 self.sent_posts += 1
+                self.ctx.stats["groups_posts_sent_" + ("sync" if mode else "gossip")] += 1
             else:
                 data = item
             bodies = g.fragments(link.next_id, data)
@@ -506,9 +540,7 @@ class GroupService(Service):
             if peer == me or (peer not in carried.members and
                               len(carried.members) >= MAX_MEMBERS):
                 continue
-            member = carried.members.setdefault(peer, Member(peer))
-            if addresses and not member.addresses:
-                member.addresses = addresses
+            self._learned(carried.members.setdefault(peer, Member(peer)), addresses)
         self._keep_peers(now)
 
     def _members_message(self, carried: Carried) -> g.Message:
@@ -523,6 +555,9 @@ class GroupService(Service):
 
     def _on_post(self, link: Link, message: g.Message, now: float) -> None:
         self.copies += 1
+        if self.store.has(hashlib.sha256(message.data).digest()):
+            self._duplicate(link, message)  # held already: no need to check it again
+            return
         try:
             envelope = parse_envelope(message.data)
         except ForgedPostError:
@@ -557,11 +592,7 @@ class GroupService(Service):
             self.ctx.stats["groups_dropped_refused"] += 1
             return
         if not added:
-            self.ctx.stats["groups_duplicates"] += 1
-            if message.mode == g.GOSSIP and link.peer in carried.eager:
-                carried.eager.discard(link.peer)
-                carried.lazy.add(link.peer)
-                self._send(link, g.Message(g.PRUNE, tag=carried.tag))
+            self._duplicate(link, message)
             return
         if message.mode == g.GOSSIP:
             carried.lazy.discard(link.peer)
@@ -570,8 +601,19 @@ class GroupService(Service):
             self._opened(carried, opened, envelope)
         elif carried.member and not self._take(carried, envelope):
             return
-        if message.mode == g.GOSSIP:
-            self._spread(carried, envelope, link.peer)
+        self._spread(carried, envelope, link.peer, push=message.mode == g.GOSSIP)
+
+    def _duplicate(self, link: Link, message: g.Message) -> None:
+        """A post held already came again: a pushed one makes its link lazy (PRUNE)."""
+        self.ctx.stats["groups_duplicates"] += 1
+        if message.mode != g.GOSSIP:
+            return
+        tag = message.data[2:34]  # the envelope's tag, after its version and kind
+        carried = self.carried.get(tag)
+        if carried is not None:
+            carried.eager.discard(link.peer)
+            carried.lazy.add(link.peer)
+            self._send(link, g.Message(g.PRUNE, tag=tag))
 
     def _take(self, carried: Carried, envelope: Envelope) -> bool:
         """Open a new envelope of a member's group; False if it was dropped."""
@@ -645,17 +687,36 @@ class GroupService(Service):
             return
         self.ctx.event("post", (carried.keys.group_id, post))
 
-    def _spread(self, carried: Carried, envelope: Envelope, source: bytes | None) -> None:
-        """Push a new envelope to the eager peers and announce it to the lazy ones."""
+    def _spread(self, carried: Carried, envelope: Envelope, source: bytes | None, *,
+                push: bool = True) -> None:
+        """Push a new envelope to the eager peers and announce it to the lazy ones (with
+        ``push`` false, announce it to all: a post that came by anti-entropy is more
+        likely old news to the others)."""
         post_id = envelope.id
-        for peer in list(carried.eager):
+        if push:
+            for peer in list(carried.eager):
+                link = self.links.get(peer)
+                if peer != source and link is not None:
+                    self._send(link, (g.GOSSIP, post_id))
+        for peer in list(carried.lazy) if push else [*carried.eager, *carried.lazy]:
+            if peer != source and peer in self.links:
+                batch = self._announcing.setdefault(peer, {}).setdefault(carried.tag, [])
+                batch.append(post_id)
+                if len(batch) >= g.MAX_IDS:
+                    self._flush_announcements(peer)
+        if self._announcing and self.ctx.timer(_ANNOUNCE) is None:
+            self.set_timer(self.ctx.now + ANNOUNCE_AFTER, _ANNOUNCE)
+
+    def _flush_announcements(self, only: bytes | None = None) -> None:
+        peers = [only] if only is not None else list(self._announcing)
+        for peer in peers:
+            batches = self._announcing.pop(peer, {})
             link = self.links.get(peer)
-            if peer != source and link is not None:
-                self._send(link, (g.GOSSIP, post_id))
-        for peer in list(carried.lazy):
-            link = self.links.get(peer)
-            if peer != source and link is not None:
-                self._send(link, g.Message(g.IHAVE, tag=carried.tag, ids=(post_id,)))
+            if link is None:
+                continue
+            for tag, ids in batches.items():
+                self._send(link, g.Message(g.IHAVE, tag=tag, ids=tuple(ids)))
+                self.ctx.stats["groups_ihave_sent"] += 1
 
     def _on_ihave(self, link: Link, message: g.Message, now: float) -> None:
         if message.tag not in self.carried:
@@ -692,9 +753,6 @@ class GroupService(Service):
     # ------------------------------------------------------------------ anti-entropy
 
     def _start_sync(self, link: Link, tag: bytes, now: float) -> None:
-        session = link.sessions.get((tag, True))
-        if session is not None and session.state == State.WAITING:
-            return
         session = link.sessions[(tag, True)] = Reconciler(self.store.index(tag), _LIMITS)
         link.last_sync[tag] = now
         self._send(link, g.Message(g.RECONCILE, tag=tag, mode=g.START,
@@ -708,10 +766,20 @@ class GroupService(Service):
         key = (tag, ours)
         session = link.sessions.get(key)
         if message.mode == g.START:
+            if now - link.started.get(tag, float("-inf")) < START_GAP:
+                self.ctx.stats["groups_dropped_sync_too_often"] += 1
+                return
+            link.started[tag] = now
             session = link.sessions[key] = Reconciler(self.store.index(tag), _LIMITS)
         if session is None or session.state not in (State.READY, State.WAITING):
             return  # a session that ended (the tag dropped, or a restart): ignore
-        reply = session.receive(message.data)
+        try:
+            reply = session.receive(message.data)
+        except RemoteProtocolError:
+            # The session ends; the connection and its gossip go on.
+            self.ctx.stats["groups_dropped_sync_broken"] += 1
+            del link.sessions[key]
+            return
         for post_id in session.take_have():
             self._send(link, (g.SYNC, post_id))
         session.take_need()
@@ -732,6 +800,9 @@ class GroupService(Service):
             self.set_timer(deadline)
 
     def on_timer(self, now: float, key: object = None) -> None:
+        if key == _ANNOUNCE:
+            self._flush_announcements()
+            return
         for post_id, (deadline, tag, announcers) in list(self._pending.items()):
             if deadline > now:
                 continue
@@ -752,17 +823,28 @@ class GroupService(Service):
             self._send(self.links[peer], g.Message(g.GRAFT, tag=tag, ids=(post_id,)))
         for tag, carried in self.carried.items():
             shared = [link for link in self.links.values() if tag in link.tags]
-            if len(carried.eager) < EAGER and carried.lazy:
+            if not carried.eager and carried.lazy:  # cut off from the tree: rejoin it
                 carried.eager.add(min(carried.lazy, key=lambda p: self.ctx.random(4)))
                 carried.lazy.difference_update(carried.eager)
             if shared:
                 link = min(shared, key=lambda li: li.last_sync.get(tag, float("-inf")))
                 if now - link.last_sync.get(tag, float("-inf")) >= SYNC_EVERY:
                     self._start_sync(link, tag, now)
+        if self.store is not None and now - self._expired >= EXPIRE_EVERY:
+            self._expired = now
+            self.store.expire(self._now_ms())
         self._keep_peers(now)
         self.set_timer(None)
         if self.carried:
             self._arm(now)
+
+    @staticmethod
+    def _learned(member: Member, addresses: Iterable[Address]) -> None:
+        """New addresses of ``member``: keep them, and dial them at the next chance."""
+        known = tuple(dict.fromkeys((*member.addresses, *addresses)))[-MAX_ADDRESSES:]
+        if known != member.addresses:
+            member.addresses = known
+            member.tried = float("-inf")
 
     def _keep_peers(self, now: float) -> None:
         """Dial known members of groups with fewer than ``TARGET_PEERS`` carriers."""
@@ -770,13 +852,19 @@ class GroupService(Service):
             if carried.keys is None:
                 continue
             connected = sum(1 for link in self.links.values() if carried.tag in link.tags)
+            # Dials still under way count too, so that news of members does not add more.
+            connected += sum(1 for member in carried.members.values()
+                             if now - member.tried < DIAL_WAIT and member.peer not in self.links)
             if connected >= TARGET_PEERS:
                 continue
-            for member in list(carried.members.values()):
+            # In random order, so that the members everyone heard of first are not
+            # everyone's first choice.
+            candidates = [member for member in carried.members.values()
+                          if member.peer not in self.links and now - member.tried >= RETRY_AFTER]
+            candidates.sort(key=lambda _: self.ctx.random(4))
+            for member in candidates:
                 if connected >= TARGET_PEERS:
                     break
-                if member.peer in self.links or now - member.tried < RETRY_AFTER:
-                    continue
                 member.tried = now
                 connected += 1
                 if member.addresses:
@@ -797,7 +885,7 @@ class GroupService(Service):
                     len(carried.members) >= MAX_MEMBERS:
                 return
             member = carried.members.setdefault(peer, Member(peer))
-            member.addresses = tuple(dict.fromkeys((*member.addresses, *addresses)))[:8]
+            self._learned(member, addresses)
 
         return found
 
