@@ -321,7 +321,8 @@ class GroupDocument {
              insert, this.watches[0] ?? null),
     };
   }
-  // on("update", fn): fn(update) with the state first, then every update from elsewhere.
+  // on("update", fn): fn(update) with the state first, then every update from elsewhere
+  // (and maybe this page's own: applying one twice changes nothing).
   on(event, listener) {
     if (event !== "update") throw new ShoalError("EINVAL", `unknown document event: ${event}`);
     const id = watchId("doc");

@@ -68,7 +68,8 @@ export interface GroupDocument {
     read(): Promise<string>;
     splice(before: string, index: number, remove: number, insert?: string): Promise<void>;
   };
-  /** The state first, then each update from other members and this app's other pages. */
+  /** The state first, then each update from other members and this app's other pages
+   * (its own may come back: applying an update twice changes nothing). */
   on(event: "update", listener: (update: Uint8Array) => void): () => void;
 }
 export interface Group {
