@@ -161,3 +161,13 @@ def test_a_bad_invite_or_group_is_one_line(tmp_path) -> None:
     result = _run("publish", "nowhere", "hi", *member, "--no-lan", "--listen", "127.0.0.1:0")
     assert result.returncode == 1
     assert "no group" in _one_error_line(result, "ENOENT")
+
+
+def test_without_a_data_dir_groups_live_beside_the_identity(tmp_path) -> None:
+    for name in ("dana", "erin"):
+        made = _run("group", "create", f"{name}-only", "--identity", str(tmp_path / f"{name}.key"),
+                    "--no-lan", "--listen", "127.0.0.1:0")
+        assert made.returncode == 0, made.stderr
+        assert (tmp_path / f"{name}.groups" / "groups.json").is_file()
+    listed = _run("group", "list", "--json", "--identity", str(tmp_path / "erin.key"))
+    assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["erin-only"]

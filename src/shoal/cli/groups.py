@@ -4,7 +4,6 @@ node keeps its groups, which group a name or id prefix means, and how a post is 
 from __future__ import annotations
 
 import base64
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,25 +20,20 @@ class GroupLike(Protocol):
     is_admin: bool
 
 
-def node_data_dir(given: Path | None) -> Path:
+def node_data_dir(given: Path | None) -> Path | None:
     """The folder of the command's node (its groups and their posts): ``--data-dir``,
-    else ``$SHOAL_DATA_DIR/node``, else ``node`` in the user's data folder."""
-    if given is not None:
-        target = given
-    elif os.environ.get("SHOAL_DATA_DIR"):
-        target = Path(os.environ["SHOAL_DATA_DIR"]) / "node"
-    else:
-        import platformdirs
-
-        target = Path(platformdirs.user_data_dir("shoal")) / "node"
-    if target.exists() and not target.is_dir():
-        raise ShoalError(f"{target}: not a folder", code="ENOTDIR")
+    made if missing; ``None`` leaves it to the node, which keeps its groups beside its
+    identity file (``alice.key``: ``alice.groups``), so that each identity has its own."""
+    if given is None:
+        return None
+    if given.exists() and not given.is_dir():
+        raise ShoalError(f"{given}: not a folder", code="ENOTDIR")
     try:
-        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+        given.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        raise ShoalError(f"{target}: cannot create the data folder ({exc.strerror})",
+        raise ShoalError(f"{given}: cannot create the data folder ({exc.strerror})",
                          code="EACCES") from None
-    return target
+    return given
 
 
 def find_group(groups: Sequence[GroupLike], wanted: str) -> Any:

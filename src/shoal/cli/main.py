@@ -1053,14 +1053,14 @@ def fetch(identity_path: str | None, as_json: bool, introducers: tuple[str, ...]
 def _data_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--data-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-        help="Where the node keeps its groups and their posts (default: $SHOAL_DATA_DIR/node, "
-             "else node in the user data dir).",
+        help="Where the node keeps its groups and their posts (default: beside its "
+             "identity file, e.g. alice.groups for alice.key).",
     )(func)
 
 
 def _group_start(identity_path: str | None, introducers: tuple[str, ...], listen: str,
                  data_dir: Path | None) -> tuple[Identity, list[tuple[str, int]],
-                                                 tuple[str, int], Path]:
+                                                 tuple[str, int], Path | None]:
     """What a group command's node starts from, checked before anything is created."""
     from shoal.cli.groups import node_data_dir
 
