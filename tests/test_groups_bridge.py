@@ -13,6 +13,7 @@ import pycrdt
 import pytest
 
 from shoal.runtime import AppHost, load_config
+from shoal.runtime.config import node_key_path
 from shoal.runtime.fsapi import BridgeError
 from shoal.runtime.scaffold import create_app
 from shoal.runtime.testing import BridgeClient
@@ -76,6 +77,10 @@ def test_calls_check_their_arguments_and_subscriptions_end(tmp_path: Path) -> No
             assert await _code(page.call("groups.invite", "ab" * 32)) == "ENOENT"
             group = (await page.call("groups.create", "team"))["id"]
             assert [g["id"] for g in await page.call("groups.list")] == [group]
+            # Its keys are kept beside the node's key, where the page's fs never reaches.
+            key = node_key_path(tmp_path / "d")
+            assert (key.parent / f"{key.stem}.groups" / "groups.json").is_file()
+            assert not [p for p in (tmp_path / "d").rglob("groups*")]
             assert await _code(page.call("groups.publish", group, 5, "")) == "EINVAL"
             await page.call("groups.subscribe", group, "", "s1")
             assert await _code(page.call("groups.subscribe", group, "", "s1")) == "EEXIST"

@@ -653,24 +653,13 @@ def node_key_path(data_dir: Path) -> Path:
     private keys folder (``shoal.identity.keys_dir``), named after the data folder, where
     nothing the app declares reaches it (neither the page's ``fs``, nor a program started
     in the data folder, nor ``shoal build`` of an app folder holding its data). A key an
-    older Shoal kept in the data folder is moved there."""
-    from shoal.identity import keys_dir, move_key
-
-    target = keys_dir() / "nodes" / f"{_node_name(data_dir)}.key"
-    move_key(data_dir / IDENTITY_FILE, target)
-    return target
-
-
-def node_state_dir(data_dir: Path) -> Path:
-    """Where the node of the app whose data folder is ``data_dir`` keeps its groups (their
-    keys and posts): beside its key (``node_key_path``), out of reach of what the app
-    declares, for a group's keys are as secret as the node's own."""
-    from shoal.keys import private_folder
-
-    return private_folder(node_key_path(data_dir).parent / _node_name(data_dir))
-
-
-def _node_name(data_dir: Path) -> str:
+    older Shoal kept in the data folder is moved there. The node keeps its groups beside
+    it (``NAME.groups``), as every node does beside its identity file."""
     import hashlib
 
-    return hashlib.sha256(os.fsencode(os.path.realpath(data_dir))).hexdigest()[:32]
+    from shoal.identity import keys_dir, move_key
+
+    name = hashlib.sha256(os.fsencode(os.path.realpath(data_dir))).hexdigest()[:32]
+    target = keys_dir() / "nodes" / f"{name}.key"
+    move_key(data_dir / IDENTITY_FILE, target)
+    return target

@@ -25,7 +25,6 @@ from shoal.runtime.config import (
     did_you_mean,
     load_config,
     node_key_path,
-    node_state_dir,
 )
 from shoal.runtime.devserver import DevServer
 from shoal.runtime.filesapi import Files
@@ -123,13 +122,13 @@ class AppHost:
             lan = network.lan if self.launch.lan_discovery is None else \
                 self.launch.lan_discovery
             # The node holds its key while it runs: a second copy would share its peer id.
+            # Its groups (their keys and posts) live beside the key, out of the page's reach.
             key = node_key_path(policy.data_dir)
             identity = Identity.load_or_create(key)
             self.node = Node(
                 identity,
                 introducers=network.introducers, listen=network.listen,
                 lan_discovery=lan and not os.environ.get("SHOAL_NO_LAN"),
-                data_dir=node_state_dir(policy.data_dir),
             )
             await self.node.start()
         await server.start()
