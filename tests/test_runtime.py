@@ -154,7 +154,7 @@ def test_broken_app_code_is_one_clear_cli_line(tmp_path: Path, code: str,
     assert len(lines) == 1 and expected in lines[0], lines
 
 
-@pytest.mark.parametrize("template", ["blank", "chat"])
+@pytest.mark.parametrize("template", ["blank", "chat", "notes"])
 def test_init_writes_an_app_whose_own_test_passes(tmp_path: Path, template: str) -> None:
     folder = tmp_path / "notes"
     made = subprocess.run([sys.executable, "-m", "shoal.cli.main", "init", str(folder),

@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,6 +33,7 @@ from shoal.net import format_address, parse_address, resolve_address
 
 if TYPE_CHECKING:
     from shoal.aio.files import FetchProgress, FetchResult, FileService, SharedFile
+    from shoal.aio.groups import Group, Groups
     from shoal.core.blobs import Ticket
 
 __all__ = ["Channel", "Datagram", "Delivery", "Message", "NatReport", "Node", "PeerInfo",
@@ -115,6 +117,7 @@ class Node:
         stun_servers: Iterable[str | Address] = (),
         network: Network | None = None,
         services: Iterable[Service] = (),
+        data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         """``alternate``: a second IP and port of this host, from which a node acting as
         STUN server answers NAT behaviour tests (RFC 5780); ``stun_servers``: STUN
@@ -152,8 +155,20 @@ class Node:
         else:
             self.lan_discovery = lan_discovery
         random_bytes = network.random_bytes if network is not None else secrets.token_bytes
+        from shoal.core.services.groups import GroupService
+
+        self._group_service = GroupService()
         self.endpoint = Endpoint(self.identity, random_bytes=random_bytes, config=self.config,
-                                 services=services)
+                                 services=(*services, self._group_service))
+        self._group_service.providers = self.endpoint.services.get("dht")  # type: ignore[assignment]
+        if data_dir is not None:
+            self.data_dir: Path | None = Path(data_dir)
+        elif self.identity.path is not None:
+            self.data_dir = self.identity.path.parent / f"{self.identity.path.stem}.groups"
+        else:
+            self.data_dir = None
+        """Where the node keeps its groups (None: in memory)."""
+        self._groups: Groups | None = None
         self._driver: LoopDriver | None = None
         self._lan: object | None = None
         self._lan_start: asyncio.Task[None] | None = None
@@ -211,6 +226,8 @@ class Node:
             # Announcing takes about a second of mDNS probing: nothing waits for it.
             self._lan_start = asyncio.get_running_loop().create_task(lan.start())
             self._lan_start.add_done_callback(self._lan_started)
+        if self.data_dir is not None and (self.data_dir / "groups.json").exists():
+            self._group_manager()
         self._driver.flush()
         if self._network is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_network())
@@ -276,6 +293,8 @@ class Node:
             self._watcher.cancel()
         if self._files is not None:
             self._files.close()
+        if self._groups is not None:
+            self._groups.close()
         if self._lan_start is not None and not self._lan_start.done():
             self._lan_start.cancel()
             with contextlib.suppress(BaseException):
@@ -655,6 +674,36 @@ class Node:
         self.endpoint.add_peer_address(peer_id, parse_address(address), driver.now(), "app")
         driver.flush()
 
+    # ------------------------------------------------------------------ groups
+
+    async def create_group(self, name: str) -> Group:
+        """A new group with this node as its admin (see ``shoal.aio.groups``)."""
+        return self._group_manager().create(name)
+
+    async def join(self, invite: str) -> Group:
+        """Join the group an invite names (``EINVAL`` if it is no invite)."""
+        return self._group_manager().join(invite)
+
+    def carry(self, tag: str) -> None:
+        """Store and pass on the posts of the group whose tag is ``tag`` (``Group.tag``)
+        without being a member: they stay unreadable here (until this node stops)."""
+        self._group_manager().carry(tag)
+
+    def groups(self) -> list[Group]:
+        """The groups this node is in."""
+        if self._groups is None:
+            return []
+        return list(self._groups.groups.values())
+
+    def _group_manager(self) -> Groups:
+        if self._groups is None:
+            from shoal.aio.groups import Groups
+
+            self._require_driver()
+            self._groups = Groups(self, self._group_service, self.data_dir)
+            self._groups.load()
+        return self._groups
+
     # ------------------------------------------------------------------ files
 
     async def share(self, path: str | os.PathLike[str]) -> Ticket:
@@ -795,6 +844,9 @@ class Node:
                     waiter.set_result(event.report)
         elif isinstance(event, ServiceEvent) and event.service == "streams":
             self._on_stream_event(event)
+        elif isinstance(event, ServiceEvent) and event.service == "groups":
+            if self._groups is not None:
+                self._groups.on_event(event.kind, event.data)
         elif isinstance(event, ServiceEvent) and event.service == "datagrams":
             name, data, path = event.data  # type: ignore[misc]
             channel = self._channels.get(name)
