@@ -302,3 +302,43 @@ def test_forged_resp_and_final_from_on_path_change_nothing() -> None:
     assert net.now - started < 0.1
     assert b.endpoint.stats["dropped_handshake"] >= 1
     assert [m.data for m in b.received()] == [b"first"]
+
+
+def _restart(net: SimNetwork, node: SimNode, address: tuple[str, int]) -> SimNode:
+    """``node`` dies without a word and its key starts again at ``address``."""
+    node.online = False
+    del net.nodes[node.address]
+    net._bound.pop(node.address)
+    return net.add_node(identity=node.endpoint.identity, address=address)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("dialer", ["restarted", "sender"])
+def test_a_peer_restarted_mid_message_is_replaced_at_once_and_gets_the_message(
+        seed: int, dialer: str) -> None:
+    """The restarted run's handshake names another incarnation: proof that the earlier
+    connection is dead, even within the crossed-dial window, whoever dials."""
+    net, a, b = _pair(seed)
+    a.endpoint.connect(b.address, net.now)
+    net.flush(a)
+    net.run(0.2)
+    handle = a.endpoint.send_message(b.peer_id, bytes(range(256)) * 4096, net.now)  # 1 MiB
+    net.flush(a)
+    net.run(0.1)  # part of it is on its way when b dies
+    assert not _delivered(a, handle)
+    b2 = _restart(net, b, ("10.0.9.9", 7000))
+    if dialer == "restarted":
+        b2.endpoint.connect(a.address, net.now)
+        net.flush(b2)
+    else:
+        a.endpoint.connect(b2.address, net.now)
+        net.flush(a)
+    restarted_at = net.now
+    assert net.run(60, until=lambda: _delivered(a, handle) or _failure(a, handle) is not None)
+    assert _delivered(a, handle), _failure(a, handle)
+    assert net.now - restarted_at < 2.0
+    assert [m.data for m in b2.received()] == [bytes(range(256)) * 4096]
+    (connection,) = a.endpoint.connections.values()
+    assert connection.address == b2.address
+    assert a.endpoint.stats["connections_replaced"] == 1
+    assert not any(isinstance(e, ev.PeerDisconnected) for e in a.events)

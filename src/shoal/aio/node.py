@@ -156,6 +156,8 @@ class Node:
         self._handles: dict[asyncio.Future[Delivery], int] = {}
         self._stun_waiters: dict[int, asyncio.Future[ev.StunResult]] = {}
         self._connected: dict[str, asyncio.Event] = {}
+        self._reached: dict[str, str] = {}
+        """The peer that answered a ``connect`` in progress, by its waiter's key."""
         self._observed: asyncio.Event = asyncio.Event()
         self._introducer_news = asyncio.Event()
         """Set whenever an introducer answered or all of them failed to."""
@@ -550,6 +552,12 @@ class Node:
                                 code="ETIMEDOUT") from None
         finally:
             self._connected.pop(key, None)
+            reached = self._reached.pop(key, None)
+        # A peer connected already answers from another of its addresses: the
+        # connection it has is kept (and tries this address as a path).
+        if reached is not None and any(p.connected and p.peer_id == reached
+                                       for p in self.peers()):
+            return reached
         for peer in self.peers():
             if peer.connected and peer.address == target:
                 return peer.peer_id
@@ -697,6 +705,11 @@ class Node:
         elif isinstance(event, ev.PeerConnected):
             waiter_key = f"addr:{event.address[0]}:{event.address[1]}"
             if waiter_key in self._connected:
+                self._connected[waiter_key].set()
+        elif isinstance(event, ev.PeerReached):
+            waiter_key = f"addr:{event.address[0]}:{event.address[1]}"
+            if waiter_key in self._connected:
+                self._reached[waiter_key] = event.peer_id
                 self._connected[waiter_key].set()
         elif isinstance(event, ev.AddressObserved):
             self._observed.set()

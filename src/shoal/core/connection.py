@@ -244,6 +244,7 @@ class Connection:
         "bytes_received",
         "purpose",
         "dialed",
+        "peer_incarnation",
     )
 
     def __init__(
@@ -340,6 +341,9 @@ class Connection:
         self.purpose = "peer"
         """Why this node dialed (``"introducer"`` for its introducers)."""
         self.dialed: Address | None = None
+        self.peer_incarnation = b""
+        """The incarnation the peer's handshake proof named (see ``handshake``): the
+        run of the peer's node this connection exists in; empty if it named none."""
 
     # ------------------------------------------------------------------ properties
 

@@ -539,6 +539,14 @@ class Endpoint:
         if connection is not None:
             self._established(connection, now)
 
+    def reached(self, connection: Connection, address: Address, socket: int,
+                now: float) -> None:
+        """A dial to ``address`` was answered by the peer ``connection`` is with (the
+        same run of its node): try the address as a path of it."""
+        connection.probe_path(address, socket, now)
+        self.mark(connection)
+        self.emit(ev.PeerReached(peer_id=connection.peer_id, address=address))
+
     def make_room(self, prefix: str, now: float) -> bool:
         """Close the oldest connection of the heaviest source prefix, if that is fair to
         a newcomer from ``prefix`` (see ``admission``)."""
@@ -577,6 +585,11 @@ class Endpoint:
                 path=connection.path_kind, initiator=connection.initiator,
                 introducer=connection.peer in self.rendezvous.introducer_peers,
             ))
+        if connection.initiator and connection.dialed is not None and (
+            outcome is not Outcome.SET_ASIDE
+        ):
+            self.emit(ev.PeerReached(peer_id=connection.peer_id, address=connection.dialed))
+        if outcome is Outcome.ADOPTED:
             return
         if outcome is Outcome.SET_ASIDE:
             self.timers.set(connection, connection.get_timer())
@@ -592,10 +605,12 @@ class Endpoint:
         elif outcome is Outcome.CROSSED_WON:
             self.stats["crossed_dials"] += 1
         else:
-            other.close(CLOSE_SUPERSEDED, "replaced by a new connection")
-            self.stats["connections_replaced"] += 1
-            self.mark(other)
-            self._after_connection(other, now)
+            stale = [other, *self._peers[connection.peer].stale(connection)]
+            for old in dict.fromkeys(stale):
+                old.close(CLOSE_SUPERSEDED, "replaced by a new connection")
+                self.stats["connections_replaced"] += 1
+                self.mark(old)
+                self._after_connection(old, now)
         self._up(connection, now)
 
     def _up(self, connection: Connection, now: float) -> None:

@@ -24,6 +24,13 @@ from opposite dials, the one started by the smaller peer id is kept, so both sid
 the same one; the other drains. A later connection means the peer lost the earlier one
 (a restart): it replaces it. A connection this node started counts for that rule only
 once the peer confirmed it, so both sides judge the same pair.
+
+Each handshake proof names the *incarnation* of the node that sent it (random, new each
+time a node starts; see ``handshake``). A connection whose peer incarnation differs from
+the current one's is proof that the peer restarted: the connections of its earlier run
+are dead at the peer, so the new one carries the traffic at once, confirmed or not and
+however soon after the other it came (no crossed dial can be told apart by time alone),
+and the earlier ones close (``stale``).
 """
 
 from __future__ import annotations
@@ -108,6 +115,13 @@ def apply(connection: Connection, move: Move) -> None:
     connection.role = next_role(connection.role, move)
 
 
+def restarted(earlier: Connection, later: Connection) -> bool:
+    """Whether ``later`` was made with another run of the peer's node than ``earlier``
+    (both handshakes named an incarnation, and not the same)."""
+    return bool(earlier.peer_incarnation and later.peer_incarnation
+                and earlier.peer_incarnation != later.peer_incarnation)
+
+
 class Outcome(Enum):
     """How a connection was placed among its peer's others (``PeerConnections.place``)."""
 
@@ -147,6 +161,8 @@ class PeerConnections:
         if existing is None:
             self._make_current(new, Move.ADOPT)
             return Outcome.ADOPTED, None
+        if restarted(existing, new):
+            return self._replace(existing, new)
         if not new.confirmed:
             # A second connection we started: the peer may never get our FINAL (lost,
             # or sent to a punch socket that closed meanwhile). It counts once the peer
@@ -177,6 +193,8 @@ class PeerConnections:
     def _arbitrate(self, existing: Connection, new: Connection, now: float
                    ) -> tuple[Outcome, Connection | None]:
         """Both sides hold ``existing`` and ``new``: keep one."""
+        if restarted(existing, new):
+            return self._replace(existing, new)
         if not self._keeps(existing, new, now):
             apply(new, Move.SUPERSEDE)
             return Outcome.CROSSED_LOST, existing
@@ -186,6 +204,18 @@ class PeerConnections:
             return Outcome.CROSSED_WON, existing
         apply(existing, Move.CLOSE)
         return Outcome.REPLACED, existing
+
+    def _replace(self, existing: Connection, new: Connection
+                 ) -> tuple[Outcome, Connection | None]:
+        self._make_current(new, Move.TAKE_OVER)
+        apply(existing, Move.CLOSE)
+        return Outcome.REPLACED, existing
+
+    def stale(self, new: Connection) -> list[Connection]:
+        """The peer's other open connections made with an earlier run of its node than
+        ``new`` (see ``restarted``): dead at the peer."""
+        return [c for c in self.connections if c is not new and not c.closed
+                and c.role is not Role.CLOSED and restarted(c, new)]
 
     def _keeps(self, existing: Connection, new: Connection, now: float) -> bool:
         """Whether ``new`` replaces ``existing`` as the peer's connection."""
