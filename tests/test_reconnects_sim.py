@@ -1,0 +1,111 @@
+"""Peers that restart or are reached another way, in virtual time (``shoal.sim``): a
+restarted peer takes over at once (the handshake names the run of its node), a message
+or a fetch in progress goes on with it, and ``connect`` to another address of a peer
+already connected returns that peer."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+import shoal
+from shoal import sim
+
+PIECE = 256 * 1024
+pytestmark = pytest.mark.timeout(120)
+
+
+def _kill(net: sim.VirtualNetwork, node: shoal.Node) -> None:
+    """Gone without a word, as after SIGKILL: its address stops answering."""
+    net.detach(net.nodes[node.address])
+
+
+@pytest.mark.parametrize("settle", [0.0, 1.0])
+def test_connect_to_another_address_of_a_connected_peer_returns_it(settle: float) -> None:
+    async def main(net: sim.VirtualNetwork) -> None:
+        async with net.node() as a, net.node() as b:
+            peer = await a.connect(b.address)
+            await asyncio.sleep(settle)  # 0: before the first connection is confirmed
+            other = ("10.77.0.1", 7100)
+            net.bind(net.nodes[b.address], 3, other)  # b is reachable there too
+            started = net.loop.time()
+            assert await a.connect(other, timeout=5) == peer
+            assert net.loop.time() - started < 1
+            await asyncio.sleep(2)
+            # One connection on each side, which knows both addresses as validated paths.
+            (connection,) = a.endpoint.connections.values()
+            assert len(b.endpoint.connections) == 1
+            validated = {p.address for p in connection.paths.values() if p.validated}
+            assert other in validated
+            assert (await a.send(peer, b"still there")).peer_id == peer
+            assert (await b.receive(timeout=1)).data == b"still there"
+            assert not any(p for p in a.peers() if p.peer_id == peer and not p.connected)
+
+    sim.run(main, seed=1)
+
+
+def test_a_big_message_reaches_the_receiver_restarted_mid_way() -> None:
+    identity = shoal.Identity.generate()
+    data = random.Random(3).randbytes(1 << 20)
+
+    async def main(net: sim.VirtualNetwork) -> float:
+        async with net.node() as sender:
+            first = net.node(identity=identity)
+            await first.start()
+            peer = await sender.connect(first.address)
+            sending = asyncio.ensure_future(sender.send(peer, data, timeout=60))
+            await asyncio.sleep(0.1)
+            assert not sending.done()
+            _kill(net, first)
+            async with net.node(identity=identity) as again:
+                restarted = net.loop.time()
+                assert await again.connect(sender.address) == sender.peer_id
+                delivery = await sending
+                assert delivery.peer_id == peer
+                assert (await again.receive(timeout=5)).data == data
+                return net.loop.time() - restarted
+
+    assert sim.run(main, seed=2) < 3.0
+
+
+def test_a_fetch_goes_on_with_the_provider_restarted_mid_way(tmp_path: Path) -> None:
+    source = tmp_path / "source.bin"
+    source.write_bytes(random.Random(1).randbytes(16 * PIECE))
+    target = tmp_path / "out.bin"
+    identity = shoal.Identity.generate()
+
+    async def main(net: sim.VirtualNetwork) -> tuple[shoal.FetchResult, float]:
+        async with net.node() as fetcher:
+            provider = net.node(identity=identity)
+            await provider.start()
+            ticket = await provider.share(source)
+            restarted: list[float] = []
+            runs: list[shoal.Node] = []
+
+            async def restart() -> None:
+                again = net.node(identity=identity)
+                runs.append(again)
+                await again.start()
+                await again.share(source)
+                restarted.append(net.loop.time())
+                await again.connect(fetcher.address)  # the restarted provider comes back
+
+            def kill_at_three_pieces(progress: shoal.FetchProgress) -> None:
+                if progress.bytes >= 3 * PIECE and not runs:
+                    _kill(net, provider)
+                    asyncio.get_running_loop().create_task(restart())
+
+            result = await fetcher.fetch(ticket, target, progress=kill_at_three_pieces)
+            took = net.loop.time() - restarted[0]
+            for run in runs:
+                await run.close()
+            return result, took
+
+    result, took = sim.run(main, seed=4)
+    assert target.read_bytes() == source.read_bytes()
+    (provider,) = result.providers.values()
+    assert provider["state"] == "active" and provider["pieces"] == 16
+    assert took < 6.0
