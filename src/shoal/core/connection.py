@@ -245,6 +245,7 @@ class Connection:
         "purpose",
         "dialed",
         "peer_incarnation",
+        "held",
     )
 
     def __init__(
@@ -341,6 +342,10 @@ class Connection:
         self.purpose = "peer"
         """Why this node dialed (``"introducer"`` for its introducers)."""
         self.dialed: Address | None = None
+        self.held = False
+        """Superseded, but a service still has work on it that cannot move to the
+        peer's current connection (an open stream): it stays open, kept alive, until
+        that work ends (see ``Service.holds``)."""
         self.peer_incarnation = b""
         """The incarnation the peer's handshake proof named (see ``handshake``): the
         run of the peer's node this connection exists in; empty if it named none."""
@@ -355,7 +360,7 @@ class Connection:
     def wanted(self) -> bool:
         """Carries (or is about to carry) the peer's traffic: kept alive."""
         return self.role is Role.CURRENT or self.role is Role.NEW or (
-            self.role is Role.UNCONFIRMED)
+            self.role is Role.UNCONFIRMED) or (self.role is Role.DRAINING and self.held)
 
     @property
     def draining(self) -> bool:
@@ -780,7 +785,7 @@ class Connection:
         for path in self.paths.values():
             if path.challenge is not None:
                 deadline = min(deadline, path.next_try)
-        if self.role is Role.DRAINING and self.idle():
+        if self.role is Role.DRAINING and self.idle() and not self.held:
             deadline = min(deadline, self.drained_at())
         if not self.confirmed:
             deadline = min(deadline, self.unconfirmed_until())

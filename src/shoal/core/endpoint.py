@@ -604,6 +604,8 @@ class Endpoint:
             self.timers.set(other, other.get_timer())
         elif outcome is Outcome.CROSSED_WON:
             self.stats["crossed_dials"] += 1
+        elif outcome is Outcome.SUPERSEDED:
+            self.stats["connections_superseded"] += 1
         else:
             stale = [other, *self._peers[connection.peer].stale(connection)]
             for old in dict.fromkeys(stale):
@@ -693,9 +695,12 @@ class Endpoint:
             else:
                 self._placed(connection, *table.confirmed(connection, now), now)
         if connection.role is Role.DRAINING and not connection.closed:
+            held = False
             for service in self.services.values():
                 service.on_connection_draining(connection)
-            if connection.idle() and now >= connection.drained_at():
+                held = held or service.holds(connection)
+            connection.held = held
+            if connection.idle() and not held and now >= connection.drained_at():
                 connection.close(CLOSE_SUPERSEDED, "superseded by another connection")
         if connection.closed:
             self.flush_connection(connection, now)

@@ -104,6 +104,13 @@ class Service:
         """``connection`` was superseded and drains: after each of its packets, until it
         closes once idle."""
 
+    def holds(self, connection: Connection) -> bool:
+        """Whether this service has work on ``connection`` that cannot move to another
+        connection with the peer (an open stream): a superseded connection stays open,
+        and is kept alive, until no service holds it. Asked after each of its packets
+        while it drains."""
+        return False
+
     def on_path_changed(self, connection: Connection, now: float) -> None:
         """The connection moved to another path (a relay to a direct one, say); what it
         carries goes on, on the new path."""

@@ -273,6 +273,13 @@ class StreamService(Service):
         send = handle.stream.send
         return send.buffered == 0 and (not send.fin_wanted or send.fin_acked)
 
+    def holds(self, connection: Connection) -> bool:
+        """A stream lives on the connection it was opened on (its ids and windows are
+        that connection's): a superseded connection stays while it has open streams;
+        new ones open on the peer's current connection."""
+        state = connection.state.get(self.name)
+        return bool(state is not None and state.handles)
+
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
         state = connection.state.get(self.name)
         if state is None:
