@@ -246,6 +246,7 @@ class Connection:
         "dialed",
         "peer_incarnation",
         "held",
+        "heard_at",
     )
 
     def __init__(
@@ -342,6 +343,9 @@ class Connection:
         self.purpose = "peer"
         """Why this node dialed (``"introducer"`` for its introducers)."""
         self.dialed: Address | None = None
+        self.heard_at: float | None = None
+        """When a packet last brought services' frames (not only ACKs, PINGs and path
+        checks), until the silence after it was looked at (``silence_deadline``)."""
         self.held = False
         """Superseded, but a service still has work on it that cannot move to the
         peer's current connection (an open stream): it stays open, kept alive, until
@@ -521,6 +525,8 @@ class Connection:
                     reader = _skip_extension
                 if code != _ACK:
                     eliciting = True
+                    if code not in TRANSPORT_READERS:
+                        self.heard_at = now
                 pos = reader(self, payload, pos + 1, now)
                 if self.closed:  # a CLOSE, or a reader closed it for a broken rule
                     return True
@@ -789,7 +795,23 @@ class Connection:
             deadline = min(deadline, self.drained_at())
         if not self.confirmed:
             deadline = min(deadline, self.unconfirmed_until())
+        silence = self.silence_deadline()
+        if silence is not None:
+            deadline = min(deadline, silence)
         return deadline
+
+    def silence_deadline(self) -> float | None:
+        """When the silence since services' frames last arrived is worth a look: the
+        peer may have moved (a NAT rebinding, another network) while this side, only
+        receiving, had nothing to send that would show it the way (``ping``)."""
+        if self.heard_at is None:
+            return None
+        return self.heard_at + max(FAILOVER_SILENCE, 3 * self.rtt.pto())
+
+    def ping(self, now: float) -> None:
+        """Send a PING (acknowledged, so probed again until it is)."""
+        self.control_out.append(_PING)
+        self.last_eliciting_sent = now
 
     def unconfirmed_until(self) -> float:
         """A connection we started that the peer never confirmed is given up then."""

@@ -400,6 +400,7 @@ class Endpoint:
                 if owner.local_sid in self.connections:
                     try:
                         owner.handle_timer(now)
+                        self._check_silence(owner, now)
                         self._after_connection(owner, now)
                     except Exception as exc:  # one peer never stops the others (see _fault)
                         self._fault(owner, exc, now)
@@ -412,6 +413,17 @@ class Endpoint:
                 self.handshakes.on_timer(now)
             elif owner == _PUNCH:
                 self.run_punch(now)
+
+    def _check_silence(self, connection: Connection, now: float) -> None:
+        """The peer went quiet after sending services' frames: if a service awaits more,
+        PING it from here (its answers may be going to an address we no longer have)."""
+        due = connection.silence_deadline()
+        if due is None or now < due or connection.closed:
+            return
+        connection.heard_at = None
+        if any(service.awaits(connection) for service in self.services.values()):
+            self.stats["silence_pings"] += 1
+            connection.ping(now)
 
     def get_timer(self) -> float | None:
         """The next absolute time ``handle_timer`` must run, or None."""
