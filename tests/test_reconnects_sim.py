@@ -109,3 +109,93 @@ def test_a_fetch_goes_on_with_the_provider_restarted_mid_way(tmp_path: Path) -> 
     (provider,) = result.providers.values()
     assert provider["state"] == "active" and provider["pieces"] == 16
     assert took < 6.0
+
+
+async def _read_all(stream: shoal.Stream) -> bytes:
+    out = bytearray()
+    while chunk := await stream.read(65536):
+        out += chunk
+    return bytes(out)
+
+
+@pytest.mark.parametrize("moving", ["writer", "reader"])
+def test_a_stream_goes_on_when_either_side_changes_address_mid_way(moving: str) -> None:
+    data = random.Random(5).randbytes(2 << 20)
+
+    async def main(net: sim.VirtualNetwork) -> tuple[bytes, float]:
+        async with net.node() as writer, net.node() as reader:
+            inbox = reader.channel("bulk/1")
+            await writer.connect(reader.address)
+            stream = await writer.open_stream(reader.peer_id, channel="bulk/1")
+
+            async def upload() -> None:
+                await stream.write(data)
+                await stream.close()
+
+            sending = asyncio.ensure_future(upload())
+            peer = await inbox.accept(timeout=5)
+            got = bytearray(await peer.read(65536))
+            while len(got) < len(data) // 4:
+                got += await peer.read(65536)
+            mover = writer if moving == "writer" else reader
+            net.move(net.nodes[mover.address], ("10.0.9.9", 40000))
+            moved = net.loop.time()
+            got += await asyncio.wait_for(_read_all(peer), 60)
+            took = net.loop.time() - moved
+            await sending
+            return bytes(got), took
+
+    got, took = sim.run(main, seed=5)
+    assert got == data
+    assert took < 5.0
+
+
+@pytest.mark.parametrize("restarting", ["writer", "reader"])
+def test_a_stream_fails_at_once_when_its_peer_comes_back_restarted(restarting: str) -> None:
+    """The stream's state died with the peer's run: the stream fails as soon as the
+    restarted run connects (not at the idle timeout), and a new stream works."""
+    identity = shoal.Identity.generate()
+
+    async def main(net: sim.VirtualNetwork) -> tuple[str, float, bytes]:
+        async with net.node() as stays:
+            goes = net.node(identity=identity)
+            await goes.start()
+            goes.channel("s/1")
+            accepting = stays.channel("s/1")
+            await stays.connect(goes.address)
+            await asyncio.sleep(0.2)  # the FINAL reaches the other side
+            if restarting == "reader":
+                stream = await stays.open_stream(goes.peer_id, channel="s/1")
+                await stream.write(b"hello")
+            else:
+                opened = await goes.open_stream(stays.peer_id, channel="s/1")
+                await opened.write(b"hello")
+                stream = await accepting.accept(timeout=5)
+                assert await stream.read() == b"hello"
+            await asyncio.sleep(0.5)
+            _kill(net, goes)
+            async with net.node(identity=identity) as again:
+                inbox = again.channel("s/1")
+                restarted = net.loop.time()
+                await again.connect(stays.address)
+                try:
+                    async with asyncio.timeout(30):
+                        while True:
+                            if restarting == "reader":
+                                await stream.write(b"more")
+                                await asyncio.sleep(0.1)
+                            else:
+                                await stream.read()
+                except shoal.DeliveryError as exc:
+                    code = exc.code
+                took = net.loop.time() - restarted
+                fresh = await stays.open_stream(again.peer_id, channel="s/1")
+                await fresh.write(b"again")
+                await fresh.close()
+                accepted = await inbox.accept(timeout=5)
+                return code, took, await _read_all(accepted)
+
+    code, took, data = sim.run(main, seed=6)
+    assert code in ("ECONNRESET", "EPIPE")
+    assert took < 2.0
+    assert data == b"again"
