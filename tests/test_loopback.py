@@ -372,7 +372,7 @@ def test_cli_names_the_socket_error_it_met(tmp_path) -> None:
 
 @pytest.mark.parametrize("command", ["id", "introducer", "listen", "send", "doctor", "init",
                                      "run", "dev", "info", "build", "install", "uninstall",
-                                     "test", "inspect", "pair"])
+                                     "test", "inspect", "pair", "perf"])
 def test_every_command_has_examples_in_its_help(command: str) -> None:
     result = subprocess.run(_shoal(command, "--help"), capture_output=True, text=True,
                             timeout=30)
@@ -406,7 +406,7 @@ def test_the_command_list_is_whole() -> None:
     result = subprocess.run([sys.executable, "-m", "shoal.cli.main", "--help"],
                             capture_output=True, text=True, timeout=30)
     commands = result.stdout.split("Commands:", 1)[1].strip().splitlines()
-    assert len(commands) == 18
+    assert len(commands) == 19
     assert not any(line.rstrip().endswith(("...", "…")) for line in commands), commands
 
 

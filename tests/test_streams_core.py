@@ -675,6 +675,27 @@ def test_a_stream_whose_reader_stopped_after_the_writer_finished_is_forgotten() 
     assert not link.a.streams and not link.b.streams
 
 
+def test_a_read_of_a_stream_already_forgotten_is_harmless() -> None:
+    """Both sides done, the stream is forgotten; a last read at its end (as an
+    application makes to see the end) wakes it once more, and filling passes it by."""
+    link = Link(9)
+    stream = link.a.open()
+    stream.write(b"ask")
+    stream.close()
+    link.run()
+    peer = link.b.streams[0]
+    peer.write(b"answer")
+    peer.close()
+    link.run()
+    assert not link.a.streams and not link.b.streams
+    closed = sum(isinstance(e, StreamClosed) for e in link.events["a"])
+    assert stream.read() == b"" and stream.recv.at_eof
+    assert link.a.wants_send
+    assert link.a.fill(1200) == []  # not a KeyError, no second StreamClosed
+    assert sum(isinstance(e, StreamClosed) for e in link.a.pop_events()) == 0
+    assert closed == 1 and not link.a.wants_send
+
+
 # ----------------------------------------------------------------------------- as a flow
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from shoal.aio.files import FetchError, FetchProgress, FetchResult
     from shoal.aio.node import (
         Channel,
+        Datagram,
         Delivery,
         Message,
         Node,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Channel": "shoal.aio.node",
+    "Datagram": "shoal.aio.node",
     "Subscription": "shoal.aio.node",
     "Delivery": "shoal.aio.node",
     "Message": "shoal.aio.node",
@@ -62,6 +64,7 @@ __all__ = [
     "Channel",
     "ClosedError",
     "CoreConfig",
+    "Datagram",
     "Delivery",
     "DeliveryError",
     "FetchError",

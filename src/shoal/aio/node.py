@@ -27,21 +27,24 @@ from shoal.core.natcheck import NatReport
 from shoal.core.services.base import Service
 from shoal.core.wire import Address
 from shoal.errors import ClosedError, DeliveryError, LocalProtocolError, ShoalError, os_error_code
-from shoal.identity import Identity, IdentityLock
+from shoal.identity import Identity, IdentityLock, peer_id_to_bytes
 from shoal.net import format_address, parse_address, resolve_address
 
 if TYPE_CHECKING:
     from shoal.aio.files import FetchProgress, FetchResult, FileService, SharedFile
     from shoal.core.blobs import Ticket
 
-__all__ = ["Channel", "Delivery", "Message", "NatReport", "Node", "PeerInfo", "Service", "Stream",
-           "ServiceEvent", "Subscription"]
+__all__ = ["Channel", "Datagram", "Delivery", "Message", "NatReport", "Node", "PeerInfo",
+           "Service", "Stream", "ServiceEvent", "Subscription"]
 
 NETWORK_POLL = 5.0
 """Seconds between checks of the local addresses (a change re-runs the NAT check)."""
 ALTERNATE_PORT_SOCKET = -1
 ALTERNATE_IP_SOCKET = -2
 ALTERNATE_BOTH_SOCKET = -3
+MAX_UNREAD_DATAGRAMS = 256
+"""Datagrams a channel holds for its reader; one more pushes the oldest out (counted as
+``datagrams_dropped_unread`` in ``Node.stats``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,16 @@ class Message:
     channel: str = ""
     receipt: object = field(default=None, compare=False, repr=False)
     """For the node: the message is read (its room given back) when the app takes it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """An unreliable datagram from ``sender`` (a peer id proven by the handshake)."""
+
+    sender: str
+    data: bytes
+    channel: str = ""
+    path: str = "direct"
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +297,7 @@ class Node:
         for channel in self._channels.values():
             channel._inbox.put_nowait(None)
             channel._accepted.put_nowait(None)
+            channel._offer_datagram(None)
         for stream in list(self._streams.values()):
             stream._on_event("failed", (stream.handle, "the node is closed"))
         self._streams.clear()
@@ -533,25 +547,74 @@ class Node:
         """The next message on the default channel."""
         return await self._default.receive(timeout)
 
-    async def connect(self, address: str | Address, *, timeout: float = 10.0) -> str:
-        """Handshake with the node at ``address``; returns its peer id."""
+    async def reach(self, peer_id: str, *, timeout: float = 10.0) -> None:
+        """Make sure a connection to ``peer_id`` is up, asking the introducers for it
+        if there is none; ``DeliveryError`` ``ETIMEDOUT`` if none came up in time."""
+        self._require_driver()
+        peer = peer_id_to_bytes(peer_id)
+        if peer == self.identity.public_key:
+            raise LocalProtocolError("this node cannot connect to itself")
+        if self.endpoint.connection_to(peer) is not None:
+            return
+        await self._until_connected(
+            f"peer:{peer_id}", lambda now: self.endpoint.reconnect(peer_id, now), timeout,
+            f"no connection to {peer_id} came up within {timeout:g} s")
+
+    async def _until_connected(self, key: str, start: Callable[[float], None],
+                               timeout: float, failure: str) -> None:
+        """Run ``start(now)`` and wait up to ``timeout`` for the connection that
+        ``key`` names (``addr:HOST:PORT`` or ``peer:ID``); ``DeliveryError``
+        ``ETIMEDOUT`` saying ``failure`` if none came up."""
         driver = self._require_driver()
-        target = parse_address(address)
-        before = {p.peer_id for p in self.peers() if p.connected and p.address == target}
-        if before:
-            return before.pop()
-        waiter = asyncio.Event()
-        key = f"addr:{target[0]}:{target[1]}"
-        self._connected[key] = waiter
-        self.endpoint.connect(target, driver.now())
+        waiter = self._connected.setdefault(key, asyncio.Event())
+        start(driver.now())
         driver.flush()
         try:
             await asyncio.wait_for(waiter.wait(), timeout)
         except TimeoutError:
-            raise DeliveryError(f"no Shoal node answered at {target[0]}:{target[1]}",
-                                code="ETIMEDOUT") from None
+            raise DeliveryError(failure, code="ETIMEDOUT") from None
         finally:
             self._connected.pop(key, None)
+
+    async def send_datagram(self, peer_id: str, data: bytes, *, channel: str = "",
+                            timeout: float = 10.0) -> None:
+        """Send ``data`` to ``peer_id`` as one unreliable datagram on ``channel``: it
+        may be lost, arrive out of order, or be dropped when the connection is
+        congested, and is never sent again. Connects first if needed (up to
+        ``timeout``). ``LocalProtocolError`` ``EMSGSIZE`` if it does not fit in one
+        packet on the current path (``max_datagram_size`` says how much does)."""
+        peer_id_to_bytes(peer_id)
+        if self.endpoint.connection_to(bytes.fromhex(peer_id)) is None:
+            await self.reach(peer_id, timeout=timeout)
+        self.call("datagrams", "send", peer_id, channel, data)
+
+    def max_datagram_size(self, peer_id: str, channel: str = "") -> int:
+        """The largest datagram ``send_datagram`` takes for ``peer_id`` on ``channel``
+        now: 1,131 bytes on any path, more once a larger datagram size was found
+        (``DeliveryError`` ``EHOSTUNREACH`` without a connection)."""
+        return self.call("datagrams", "max_size", peer_id, channel)  # type: ignore[no-any-return]
+
+    def datagrams(self) -> AsyncIterator[Datagram]:
+        """Every datagram received on the default channel, until the node closes."""
+        return self._default.datagrams()
+
+    async def receive_datagram(self, timeout: float | None = None) -> Datagram:
+        """The next datagram on the default channel."""
+        return await self._default.receive_datagram(timeout)
+
+    async def connect(self, address: str | Address, *, timeout: float = 10.0) -> str:
+        """Handshake with the node at ``address``; returns its peer id."""
+        self._require_driver()
+        target = parse_address(address)
+        before = {p.peer_id for p in self.peers() if p.connected and p.address == target}
+        if before:
+            return before.pop()
+        key = f"addr:{target[0]}:{target[1]}"
+        try:
+            await self._until_connected(
+                key, lambda now: self.endpoint.connect(target, now),
+                timeout, f"no Shoal node answered at {target[0]}:{target[1]}")
+        finally:
             reached = self._reached.pop(key, None)
         # A peer connected already answers from another of its addresses: the
         # connection it has is kept (and tries this address as a path).
@@ -703,14 +766,17 @@ class Node:
         elif isinstance(event, ev.MessageDelivered | ev.MessageFailed):
             self._settle(event)
         elif isinstance(event, ev.PeerConnected):
-            waiter_key = f"addr:{event.address[0]}:{event.address[1]}"
-            if waiter_key in self._connected:
-                self._connected[waiter_key].set()
+            for waiter_key in (f"addr:{event.address[0]}:{event.address[1]}",
+                               f"peer:{event.peer_id}"):
+                if waiter_key in self._connected:
+                    self._connected[waiter_key].set()
         elif isinstance(event, ev.PeerReached):
-            waiter_key = f"addr:{event.address[0]}:{event.address[1]}"
-            if waiter_key in self._connected:
-                self._reached[waiter_key] = event.peer_id
-                self._connected[waiter_key].set()
+            address_key = f"addr:{event.address[0]}:{event.address[1]}"
+            if address_key in self._connected:
+                self._reached[address_key] = event.peer_id
+            for waiter_key in (address_key, f"peer:{event.peer_id}"):
+                if waiter_key in self._connected:
+                    self._connected[waiter_key].set()
         elif isinstance(event, ev.AddressObserved):
             self._observed.set()
             self._introducer_news.set()
@@ -722,6 +788,11 @@ class Node:
                     waiter.set_result(event.report)
         elif isinstance(event, ServiceEvent) and event.service == "streams":
             self._on_stream_event(event)
+        elif isinstance(event, ServiceEvent) and event.service == "datagrams":
+            name, data, path = event.data  # type: ignore[misc]
+            channel = self._channels.get(name)
+            if channel is not None:
+                channel._offer_datagram(Datagram(event.peer_id or "", data, name, path))
         elif isinstance(event, ev.StunResult):
             future = self._stun_waiters.get(event.handle)
             if future is not None and not future.done():
@@ -779,6 +850,8 @@ class Channel:
         self.name = name
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
         self._accepted: asyncio.Queue[Stream | None] = asyncio.Queue()
+        self._datagrams: asyncio.Queue[Datagram | None] = asyncio.Queue(
+            MAX_UNREAD_DATAGRAMS)
         if name or not node.config.introducer:
             node.endpoint.streams.serve(name)
 
@@ -798,6 +871,34 @@ class Channel:
     async def __aiter__(self) -> AsyncIterator[Message]:
         async for message in _each(self._inbox):
             yield self.node._taken(message)
+
+    async def send_datagram(self, peer_id: str, data: bytes, *, timeout: float = 10.0
+                            ) -> None:
+        """Send an unreliable datagram on this channel; see ``Node.send_datagram``."""
+        await self.node.send_datagram(peer_id, data, channel=self.name, timeout=timeout)
+
+    def max_datagram_size(self, peer_id: str) -> int:
+        """See ``Node.max_datagram_size``."""
+        return self.node.max_datagram_size(peer_id, self.name)
+
+    def datagrams(self) -> AsyncIterator[Datagram]:
+        """Every datagram peers send on this channel, until it (or the node) closes.
+        Unread ones wait, up to 256; past that the oldest are dropped."""
+        return _each(self._datagrams)
+
+    async def receive_datagram(self, timeout: float | None = None) -> Datagram:
+        """The next datagram on this channel."""
+        what = f"channel {self.name!r}" if self.name else "node"
+        return await _until_closed(self._datagrams, timeout, what)
+
+    def _offer_datagram(self, datagram: Datagram | None) -> None:
+        """Hold ``datagram`` (None: the channel closed) for the reader, dropping the
+        oldest held if it is full."""
+        queue = self._datagrams
+        if queue.full():
+            queue.get_nowait()
+            self.node.endpoint.stats["datagrams_dropped_unread"] += 1
+        queue.put_nowait(datagram)
 
     async def open_stream(self, peer_id: str, *, timeout: float | None = None) -> Stream:
         """Open a stream to ``peer_id`` on this channel; see ``Node.open_stream``."""
@@ -821,6 +922,7 @@ class Channel:
             self.node.endpoint.streams.unserve(self.name)
             self._inbox.put_nowait(None)
             self._accepted.put_nowait(None)
+            self._offer_datagram(None)
 
     async def __aenter__(self) -> Channel:
         return self

@@ -1,4 +1,4 @@
-"""``shoal`` commands: id, introducer, listen, send, share, fetch, doctor, and init, run,
+"""``shoal`` commands: id, introducer, listen, send, perf, share, fetch, doctor, and init, run,
 dev, info for apps.
 
 With ``--json`` every command prints one JSON object per line and per event. Errors are
@@ -89,7 +89,8 @@ class Output:
                         color=_colour())
 
 
-_EVENT_COLOURS = {"ready": "green", "delivered": "green", "notice": "yellow"}
+_EVENT_COLOURS = {"ready": "green", "delivered": "green", "perf": "green",
+                  "notice": "yellow"}
 
 
 def _colour() -> bool | None:
@@ -205,6 +206,26 @@ def _servers(values: tuple[str, ...], listen: Any) -> list[tuple[str, int]]:
 
     ipv6 = ":" in parse_address(listen, default_port=0)[0]
     return [resolve_address(value, ipv6=ipv6) for value in values]
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 10**3, "m": 1 << 20,
+          "mib": 1 << 20, "mb": 10**6, "g": 1 << 30, "gib": 1 << 30, "gb": 10**9}
+
+
+def _byte_count(text: str, option: str) -> int:
+    """``text`` as a number of bytes: digits and an optional unit (KiB, MiB, GiB, or KB,
+    MB, GB; K, M, G are binary)."""
+    value = text.strip()
+    digits = value.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ").strip()
+    unit = value[len(digits):].strip().lower()
+    try:
+        number = float(digits)
+    except ValueError:
+        number = -1.0
+    if unit not in _UNITS or not math.isfinite(number) or number < 0:
+        raise click.BadParameter(f"{text!r} is not a byte count (say 64MiB, 1GB, 5000)",
+                                 param_hint=option)
+    return int(number * _UNITS[unit])
 
 
 def _check_can_listen(address: tuple[str, int]) -> None:
@@ -451,12 +472,17 @@ def _where(address: Any) -> str:
 @_inspect_option
 @click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path),
               metavar="DIR", help="Also write each message to a file of its own in DIR.")
+@click.option("--no-perf", is_flag=True, help="Answer no shoal perf runs.")
+@click.option("--perf-limit", default="1GiB", show_default=True, metavar="BYTES",
+              help="The most bytes the perf runs of one peer may move at once.")
 @_guard
 def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
-           listen: str, no_lan: bool, inspect: bool, save_dir: Path | None) -> None:
+           listen: str, no_lan: bool, inspect: bool, save_dir: Path | None, no_perf: bool,
+           perf_limit: str) -> None:
     """Print every direct message this node receives. With --json, a message that is
     not UTF-8 text comes base64-encoded, with "encoding": "base64"; --save keeps every
-    message's bytes as they arrived.
+    message's bytes as they arrived. Unless --no-perf, it also answers shoal perf runs
+    (peers' runs in progress move at most --perf-limit bytes each, either way).
 
     \b
     Examples:
@@ -466,8 +492,10 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
     """
     import asyncio
 
+    from shoal.aio.perf import serve_perf
 
     output = Output(as_json)
+    limit = _byte_count(perf_limit, "--perf-limit")
     listen_address = parse_address(listen, default_port=0)
     addresses = _servers(introducers, listen_address)
     if save_dir is not None:
@@ -483,6 +511,8 @@ def listen(identity_path: str | None, as_json: bool, introducers: tuple[str, ...
             if addresses:
                 asyncio.get_running_loop().create_task(_print_nat(node, output))
                 asyncio.get_running_loop().create_task(_watch_introducers(node, output))
+            if not no_perf:
+                asyncio.get_running_loop().create_task(serve_perf(node, limit=limit))
             async with _inspector(node, output, inspect):
                 async for message in node.messages():
                     _print_message(output, message, save_dir)
@@ -592,6 +622,90 @@ def send(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
 
     _run(output, body, interrupted="interrupted before the peer acknowledged the message: "
                                    "it may not have arrived")
+
+
+@cli.command(short_help="Measure throughput to a peer that runs shoal listen.")
+@_common
+@_network_options
+@click.option("--to", "to", required=True, metavar="PEER",
+              help="The listener: HOST:PORT, or its peer id (found through --introducer).")
+@click.option("--bytes", "size_text", default="32MiB", show_default=True, metavar="N",
+              help="Bytes to move (KiB, MiB, GiB, KB, MB, GB may follow).")
+@click.option("--streams", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Streams to move them over at once.")
+@click.option("--reverse", is_flag=True, help="The listener sends and this side receives.")
+@click.option("--timeout", default=10.0, show_default=True, type=float,
+              help="Seconds to wait for the connection.")
+@_guard
+def perf(identity_path: str | None, as_json: bool, introducers: tuple[str, ...], listen: str,
+         no_lan: bool, to: str, size_text: str, streams: int, reverse: bool,
+         timeout: float) -> None:
+    """Move N bytes to the peer PEER (from it with --reverse) over streams, as iperf3
+    does, and print the rate, the round-trip time and the path. The other side runs
+    shoal listen, which answers runs unless started with --no-perf.
+
+    \b
+    Examples:
+      shoal perf --to 192.0.2.7:7001
+      shoal perf --to 192.0.2.7:7001 --bytes 1GiB --streams 4 --reverse --json
+      shoal perf --introducer 203.0.113.2:7000 --to PEER_ID
+    """
+    from shoal import Identity
+    from shoal.aio.perf import run_perf
+    from shoal.cli.transfer import size_text as human_size
+    from shoal.identity import peer_id_to_bytes
+
+    output = Output(as_json)
+    size = _byte_count(size_text, "--bytes")
+    _positive_seconds(timeout, "--timeout")
+    peer_id: str | None = None
+    address: tuple[str, int] | None = None
+    if len(to) == 64 and all(c in "0123456789abcdefABCDEF" for c in to):
+        peer_id = peer_id_to_bytes(to).hex()
+    else:
+        address = parse_address(to)
+    listen_address = parse_address(listen, default_port=0)
+    addresses = _servers(introducers, listen_address)
+    if peer_id is not None and not addresses:
+        raise ShoalError("a peer id is reached through an introducer: give one with "
+                         "--introducer HOST:PORT, or give the listener's HOST:PORT",
+                         code="EINVAL")
+    _check_can_listen(listen_address)
+    # Any key will do: the user's own may be listening on this machine meanwhile.
+    identity = _identity(identity_path) if identity_path else Identity.generate()
+
+    async def body() -> int:
+        async with _started_node(output, identity, addresses, listen_address,
+                                 no_lan) as node:
+            with output.waiting(f"connecting to {to}"):
+                if address is not None:
+                    other = await node.connect(address, timeout=timeout)
+                else:
+                    assert peer_id is not None
+                    other = peer_id
+                    await node.reach(other, timeout=timeout)
+            way = "from" if reverse else "to"
+            with output.waiting(f"moving {human_size(size)} {way} {other[:16]}"):
+                result = await run_perf(node, other, size, streams=streams,
+                                        reverse=reverse)
+            rate = result.mbytes_per_s
+            rtt = "?" if result.rtt_ms is None else f"{result.rtt_ms:.2f} ms"
+            idle = "?" if result.idle_rtt_ms is None else f"{result.idle_rtt_ms:.2f} ms"
+            output.event(
+                "perf",
+                f"{'received' if reverse else 'sent'} {human_size(result.bytes)} {way} "
+                f"{other[:16]} in {result.seconds:.2f} s: {rate:.1f} MB/s "
+                f"({rate * 8:.0f} Mbit/s), {streams} stream(s), {result.path} path, "
+                f"RTT {idle} idle, {rtt} loaded",
+                bytes=result.bytes, seconds=round(result.seconds, 4),
+                mbytes_per_s=round(rate, 2),
+                rtt_ms=None if result.rtt_ms is None else round(result.rtt_ms, 3),
+                idle_rtt_ms=None if result.idle_rtt_ms is None else round(
+                    result.idle_rtt_ms, 3),
+                path=result.path, streams=streams, reverse=reverse, peer_id=other)
+        return 0
+
+    _run(output, body, interrupted="interrupted before the run finished")
 
 
 @cli.command(short_help="Swap verified peer ids with someone by a short code.")

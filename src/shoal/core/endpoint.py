@@ -13,8 +13,9 @@ hands handshake datagrams to ``Handshakes`` (which returns established connectio
 places each connection among its peer's with ``PeerConnections`` (one transition table
 of roles), feeds DATA to connections, and keeps a registry of *services*. Each service
 owns frame types (read through the ``FrameRegistry``), datagram kinds and timers, and
-acts through its ``ServiceContext``: messages on named channels, rendezvous
-(introducers, introductions, punching), relaying and the NAT check are built in; an
+acts through its ``ServiceContext``: messages on named channels, streams, unreliable
+datagrams, rendezvous (introducers, introductions, punching), relaying and the NAT check
+are built in; an
 application adds more the same way. Every deadline (connections, dials, services) lives
 in one heap, so a wakeup costs O(log n) whatever the number of peers.
 
@@ -55,6 +56,7 @@ from shoal.core.punching import PunchScheduler
 from shoal.core.relay import KeyedBuckets
 from shoal.core.services.base import Service
 from shoal.core.services.context import ServiceContext
+from shoal.core.services.datagrams import DatagramService
 from shoal.core.services.messages import MessageService
 from shoal.core.services.nat import NatService
 from shoal.core.services.relaying import RelayService
@@ -122,6 +124,7 @@ class Endpoint:
         self.relay = RelayService()
         self.nat_service = NatService()
         self.streams = StreamService()
+        self.datagrams = DatagramService()
         self.handshakes = Handshakes(
             identity, self.config, random_bytes=random_bytes, host=self, timers=self.timers,
             stats=self.stats, readers=self.frames.readers, early=self.messages,
@@ -144,7 +147,7 @@ class Endpoint:
         self.services: dict[str, Service] = {}
         self._packet_handlers: dict[int, Service] = {}
         added = [self.messages, self.rendezvous, self.relay, self.nat_service, self.streams,
-                 *services]
+                 self.datagrams, *services]
         for service in added:
             self._register(service)
         for service in added:

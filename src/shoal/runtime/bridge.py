@@ -390,7 +390,8 @@ class _BridgeSession:
         """``forget`` is called with this session once it has closed."""
         self.calls = calls
         self.ws = ws
-        self.scope = PageScope()
+        self.scope = PageScope(emit=lambda event, data: _send_json(
+            ws, {"event": event, "data": data}), drain=ws.drain)
         self._forget = forget
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()

@@ -33,6 +33,7 @@ from shoal.runtime.hotkeys import Hotkeys
 from shoal.runtime.instance import Instance
 from shoal.runtime.launch import Launch
 from shoal.runtime.netapi import Datagrams, Invoker, Network, load_exposed
+from shoal.runtime.netchannels import Channels
 from shoal.runtime.origins import own_listener
 from shoal.runtime.processes import Processes
 from shoal.runtime.refusals import Refusal
@@ -78,6 +79,8 @@ class AppHost:
         self.dev_url = launch.dev_url if launch.dev else None
         self.node: Node | None = None
         self.server: AppServer | None = None
+        self.channels: Channels | None = None
+        """The pages' named channels and streams (once started)."""
         self._invoker: Invoker | None = None
         self._parts: list[Any] = []
         self._watcher: asyncio.Task[None] | None = None
@@ -141,6 +144,10 @@ class AppHost:
         self._parts = [files, net, datagrams, processes, hotkeys]
         for part in (files, system, net, shared, datagrams, invoker, processes, hotkeys):
             calls.update(part.calls())
+        # Named channels and streams (network.channel, network.openStream).
+        channels = self.channels = Channels(self.node, permissions.network)
+        calls.update(channels.calls())
+        self._parts.append(channels)
         calls["app.launch"] = self._launch
         if self.launch.instance is not None:
             self._instance = Instance(self.launch.instance, self._opened_again)

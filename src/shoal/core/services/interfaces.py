@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from shoal.core.wire import Address
 
 if TYPE_CHECKING:
+    from shoal.core.connection import Connection
     from shoal.core.handshake import Dial, Early
     from shoal.core.punching import PunchScheduler
     from shoal.core.traversal import NatType
@@ -32,6 +33,24 @@ class Messages(Protocol):
 
     def fail_pending(self, peer: bytes, code: str, reason: str) -> None:
         """Fail every message waiting for a connection to ``peer`` with ``code``."""
+        ...
+
+
+class Channels(Protocol):
+    """The message service's channel numbers, as other services that name channels on a
+    connection see them (datagrams)."""
+
+    def outbound_number(self, connection: Connection, channel: str) -> int:
+        """The number ``channel`` goes by from this node on ``connection`` (bound now
+        if it was not); ``LocalProtocolError`` ENOPROTOOPT if the peer refused it."""
+        ...
+
+    def unanswered(self, connection: Connection, channel: str) -> bool:
+        """Whether the peer has yet to answer the binding of ``channel``."""
+        ...
+
+    def inbound_name(self, connection: Connection, number: int) -> str | None:
+        """The served channel the peer bound ``number`` to, if any."""
         ...
 
 

@@ -155,10 +155,14 @@ class MessageFlow:
         """Send nothing new (another connection with the peer is draining first)."""
         self.settling: list[OutgoingMessage] = []
         """Default-channel messages acknowledged in the packet being handled."""
+        self.refused: set[str] = set()
+        """Channels the peer refused on this connection (until a message asks again)."""
 
     # ---------------------------------------------------------------- sending
 
-    def send(self, handle: int, channel: str, data: bytes) -> None:
+    def bound(self, channel: str) -> _OutChannel:
+        """The channel named ``channel`` as this node sends on it, numbered and bound
+        now (a CHANNEL frame queued) if it was not."""
         out = self.out.get(channel)
         if out is None:
             number = self.next_number
@@ -167,6 +171,11 @@ class MessageFlow:
             self.out[channel] = out
             self.out_by_number[number] = out
             self.connection.queue_frame(Channel(number, channel))
+        return out
+
+    def send(self, handle: int, channel: str, data: bytes) -> None:
+        self.refused.discard(channel)  # a message asks again
+        out = self.bound(channel)
         out.queue.append(OutgoingMessage(handle, out, out.next_id, data))
         out.next_id += 1
         if len(out.queue) == 1 and not out.blocked:
@@ -325,6 +334,7 @@ class MessageFlow:
             return
         out.accepted = False
         del self.out[out.name]
+        self.refused.add(out.name)
         failed = [*out.queue, *out.held, *(m for m in self.settling if m.channel is out)]
         failed.extend(m for m in self.unfinished.values() if m.channel is out)
         out.queue.clear()
@@ -615,6 +625,33 @@ class MessageService(Service):
 
     def cancel(self, handle: int, reason: str) -> None:
         self.failed(handle, "ECANCELED", reason)
+
+    def outbound_number(self, connection: Connection, channel: str) -> int:
+        """The number ``channel`` goes by from this node on ``connection``, bound now if
+        it was not; ``ENOPROTOOPT`` if the peer refused it there."""
+        flow = self.flow(connection)
+        if channel in flow.refused:
+            raise LocalProtocolError(f"the peer does not serve channel {channel!r}",
+                                     code=NO_CHANNEL)
+        return flow.bound(channel).number
+
+    def unanswered(self, connection: Connection, channel: str) -> bool:
+        """Whether the peer has yet to answer this node's binding of ``channel`` on
+        ``connection``."""
+        flow = connection.state.get(self.name)
+        out = flow.out.get(channel) if isinstance(flow, MessageFlow) else None
+        return out is not None and out.accepted is None
+
+    def inbound_name(self, connection: Connection, number: int) -> str | None:
+        """The name the peer bound ``number`` to on ``connection``, if it did and this
+        node serves it (else None)."""
+        flow = connection.state.get(self.name)
+        if not isinstance(flow, MessageFlow):
+            return DEFAULT_CHANNEL if number == 0 and self.serves(DEFAULT_CHANNEL) else None
+        channel = flow.inbound.get(number)
+        if channel is None or channel.refused:
+            return None
+        return channel.name
 
     def pending_for(self, peer: bytes) -> bool:
         return bool(self._pending.get(peer))

@@ -3,10 +3,10 @@
 Theory of operation
 -------------------
 A datagram goes in one packet or not at all: it is never split, never retransmitted, and
-a lost one is only counted. Datagrams wait in a short queue of their own, so a scheduler
-that fills a packet from this queue before any stream never puts real-time data behind
-bulk data; when the queue is full the oldest datagram is dropped (for live data the
-newest matters most), and counted too.
+a lost one is only counted. Datagrams wait in a short queue of their own (the datagram
+service makes one per connection, a flow of the connection's packet scheduler), so
+real-time data never waits behind bulk data's retransmissions; when the queue is full
+the oldest datagram is dropped (for live data the newest matters most), and counted too.
 """
 
 from __future__ import annotations
@@ -48,6 +48,18 @@ class DatagramQueue:
             self.queue.popleft()
             self.dropped += 1
         self.queue.append(Datagram(channel, bytes(data)))
+
+    def drop_larger(self, max_payload: int) -> int:
+        """Drop the queued datagrams that no longer fit in a packet of ``max_payload``
+        bytes (the path's datagram size fell); how many went."""
+        keep = deque(frame for frame in self.queue
+                     if len(frame.data) + datagram_overhead(frame.channel, len(frame.data))
+                     <= max_payload)
+        dropped = len(self.queue) - len(keep)
+        if dropped:
+            self.queue = keep
+            self.dropped += dropped
+        return dropped
 
     @property
     def wants_send(self) -> bool:

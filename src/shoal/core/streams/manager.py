@@ -354,7 +354,8 @@ class StreamManager:
         return stream
 
     def _check_done(self, stream: Stream) -> None:
-        if not stream.done:
+        # A stream already forgotten may be woken once more (a read at its end): once.
+        if not stream.done or self.streams.get(stream.stream_id) is not stream:
             return
         del self.streams[stream.stream_id]
         self._active.pop(stream.stream_id, None)

@@ -340,6 +340,115 @@ export const files = {
   },
 };
 
+// Named channels and streams (network permission). network.channel(name) opens the app's
+// channel `name` in this page: send(peerId, data), on("message"), on("stream"), close().
+// network.openStream(peerId, name) gives { peerId, channel, readable, writable, close() }
+// with WHATWG streams of Uint8Array: reads pull a chunk from the host as the page reads,
+// and writes resolve once the host's stream buffer took them (so a slow peer slows the page).
+const STREAM_CHUNK = 256 << 10;
+const channelsOpen = new Map(); // name -> NetChannel, once the host opened it
+const channelsOpening = new Map(); // name -> Promise<NetChannel>
+
+function toBytes(data) {
+  if (typeof data === "string") return encoder.encode(data);
+  return data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+}
+
+class NetStream {
+  constructor({ id, peerId, channel }) {
+    this.id = id;
+    this.peerId = peerId;
+    this.channel = channel;
+    this.readable = new ReadableStream({
+      async pull(controller) {
+        const chunk = await call("network.streamRead", id);
+        if (chunk.length === 0) controller.close();
+        else controller.enqueue(chunk);
+      },
+      cancel: () => call("network.streamStop", id),
+    }, { highWaterMark: 0 });
+    this.writable = new WritableStream({
+      async write(chunk) {
+        const bytes = toBytes(chunk);
+        for (let at = 0; at < bytes.length; at += STREAM_CHUNK) {
+          await call("network.streamWrite", id, bytes.subarray(at, at + STREAM_CHUNK));
+        }
+      },
+      close: () => call("network.streamClose", id),
+      abort: () => call("network.streamReset", id),
+    });
+  }
+  // What the host holds for it: { readable, buffered, inHand } bytes.
+  info() { return call("network.streamInfo", this.id); }
+  // Let go of it both ways at once (bytes not yet delivered may be lost).
+  close() { return call("network.streamRelease", this.id); }
+}
+
+class NetChannel {
+  constructor(name) {
+    this.name = name;
+    this.listeners = { message: new Set(), stream: new Set() };
+  }
+  send(peerId, data, options = {}) {
+    return call("network.channelSend", this.name, peerId, toBytes(data), options);
+  }
+  openStream(peerId, options = {}) { return openStream(peerId, this.name, options); }
+  on(event, listener) {
+    const set = this.listeners[event];
+    if (!set) throw new ShoalError("EINVAL", `unknown channel event: ${event}`);
+    set.add(listener);
+    return () => set.delete(listener);
+  }
+  async close() {
+    channelsOpen.delete(this.name);
+    channelsOpening.delete(this.name);
+    await call("network.channelClose", this.name);
+  }
+}
+
+function openChannel(name) {
+  let opening = channelsOpening.get(name);
+  if (!opening) {
+    const channel = new NetChannel(name);
+    opening = call("network.channel", name).then(() => {
+      channelsOpen.set(name, channel);
+      return channel;
+    });
+    opening.catch(() => channelsOpening.delete(name));
+    channelsOpening.set(name, opening);
+  }
+  return opening;
+}
+
+async function openStream(peerId, name, options = {}) {
+  return new NetStream(await call("network.openStream", peerId, name, options));
+}
+
+function dispatch(channel, event, value) {
+  for (const listener of channel.listeners[event]) {
+    try { listener(value); } catch (error) { console.error(error); }
+  }
+}
+
+on("network.channel.message", (m) => {
+  const channel = channelsOpen.get(m.channel);
+  if (!channel) return;
+  const data = fromBase64(m.data);
+  dispatch(channel, "message", { from: m.from, path: m.path, data, text: () => decoder.decode(data) });
+});
+
+on("network.stream", (s) => {
+  const channel = channelsOpen.get(s.channel);
+  if (!channel || channel.listeners.stream.size === 0) {
+    call("network.streamRelease", s.id).catch(() => {}); // nobody takes it here
+    return;
+  }
+  dispatch(channel, "stream", new NetStream(s));
+});
+
+network.channel = openChannel;
+network.openStream = openStream;
+
 class UdpSocket {
   constructor(id) { this.id = id; }
   send(data, port, host) {

@@ -48,7 +48,37 @@ export declare const path: {
 };
 
 export interface NetworkMessage { from: string; path: "direct" | "relay"; data: Uint8Array; text(): string; }
-export declare const network: {
+/** A named channel of the app's node, open in this page (names: 1-100 of A-Z a-z 0-9 . _ - : /,
+ *  starting with a letter or digit; "shoal/..." is reserved, EPERM). */
+export interface NetChannel {
+  readonly name: string;
+  send(peerId: string, data: Uint8Array | string, options?: { timeout?: number }):
+    Promise<{ path: "direct" | "relay"; ms: number }>;
+  openStream(peerId: string, options?: { timeout?: number }): Promise<NetStream>;
+  on(event: "message", listener: (message: NetworkMessage) => void): () => void;
+  /** A peer opened a stream on this channel (with no listener, it is refused). */
+  on(event: "stream", listener: (stream: NetStream) => void): () => void;
+  close(): Promise<void>;
+}
+/** A reliable, ordered byte stream to a peer, both ways, with the node's flow control. */
+export interface NetStream {
+  readonly peerId: string;
+  readonly channel: string;
+  /** Pulls from the host as the page reads; ends when the peer closes its side. */
+  readonly readable: ReadableStream<Uint8Array>;
+  /** Each write resolves once the host's stream buffer took it; close() once the peer
+   *  acknowledged every byte; abort() resets. */
+  readonly writable: WritableStream<Uint8Array | string>;
+  /** Bytes the host holds for this stream. */
+  info(): Promise<{ readable: number; buffered: number; inHand: number }>;
+  /** Let go of both directions at once. */
+  close(): Promise<void>;
+}
+export interface NetworkChannels {
+  channel(name: string): Promise<NetChannel>;
+  openStream(peerId: string, channel: string, options?: { timeout?: number }): Promise<NetStream>;
+}
+export declare const network: NetworkChannels & {
   id(): Promise<string>;
   nat(): Promise<{ mapping: string; filtering: string; public: string[]; udp: boolean; summary: string } | null>;
   peers(): Promise<{ peerId: string; connected: boolean; path: string | null; rttMs: number | null }[]>;
