@@ -313,11 +313,13 @@ def _restart(net: SimNetwork, node: SimNode, address: tuple[str, int]) -> SimNod
 
 
 @pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("dialer", ["restarted", "sender"])
+@pytest.mark.parametrize("dialer", ["restarted", "sender", "nobody"])
 def test_a_peer_restarted_mid_message_is_replaced_at_once_and_gets_the_message(
         seed: int, dialer: str) -> None:
     """The restarted run's handshake names another incarnation: proof that the earlier
-    connection is dead, even within the crossed-dial window, whoever dials."""
+    connection is dead, even within the crossed-dial window, whoever dials. If nobody
+    does (the peer came back at the same address), the sender's packets go unanswered
+    and a handshake at that address, after two probe timeouts, finds the new run."""
     net, a, b = _pair(seed)
     a.endpoint.connect(b.address, net.now)
     net.flush(a)
@@ -326,19 +328,45 @@ def test_a_peer_restarted_mid_message_is_replaced_at_once_and_gets_the_message(
     net.flush(a)
     net.run(0.1)  # part of it is on its way when b dies
     assert not _delivered(a, handle)
-    b2 = _restart(net, b, ("10.0.9.9", 7000))
+    b2 = _restart(net, b, b.address if dialer == "nobody" else ("10.0.9.9", 7000))
     if dialer == "restarted":
         b2.endpoint.connect(a.address, net.now)
         net.flush(b2)
-    else:
+    elif dialer == "sender":
         a.endpoint.connect(b2.address, net.now)
         net.flush(a)
     restarted_at = net.now
     assert net.run(60, until=lambda: _delivered(a, handle) or _failure(a, handle) is not None)
     assert _delivered(a, handle), _failure(a, handle)
-    assert net.now - restarted_at < 2.0
+    assert net.now - restarted_at < 3.0
     assert [m.data for m in b2.received()] == [bytes(range(256)) * 4096]
     (connection,) = a.endpoint.connections.values()
     assert connection.address == b2.address
     assert a.endpoint.stats["connections_replaced"] == 1
     assert not any(isinstance(e, ev.PeerDisconnected) for e in a.events)
+
+
+def test_a_peer_silent_for_a_while_but_not_restarted_keeps_its_connection() -> None:
+    """The handshake that checks a silent peer for a restart is answered by the same run
+    of the peer: no second connection is made, and the transfer goes on once it speaks."""
+    net, a, b = _pair(4)
+    a.endpoint.connect(b.address, net.now)
+    net.flush(a)
+    net.run(0.2)
+    handle = a.endpoint.send_message(b.peer_id, bytes(300_000), net.now)
+    net.flush(a)
+    net.run(0.05)
+    muted = {"until": net.now + 2.0}
+
+    def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
+        if source == b.address and data[0] == PacketKind.DATA and net.now < muted["until"]:
+            return None  # b's packets are lost for two seconds; its handshakes are not
+        return data
+
+    net.tap = tap
+    assert net.run(30, until=lambda: _delivered(a, handle))
+    assert a.endpoint.stats["restart_checks"] >= 1
+    assert a.endpoint.stats["dials_to_a_held_peer"] >= 1
+    assert a.endpoint.stats["connections_replaced"] == 0
+    assert len(a.endpoint.connections) == 1 and len(b.endpoint.connections) == 1
+    assert [len(m.data) for m in b.received()] == [300_000]

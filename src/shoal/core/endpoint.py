@@ -693,6 +693,7 @@ class Endpoint:
             self.stats["paths_failing"] += 1
             for service in self.services.values():
                 service.on_path_failing(connection, now)
+            self._check_restart(connection, now)
         if connection.path_changed:
             connection.path_changed = False
             self.stats["path_changes"] += 1
@@ -722,6 +723,21 @@ class Endpoint:
             self._drop(connection, connection.close_reason, now)
         else:
             self.mark(connection)  # flushed, and its timer re-armed, in datagrams_to_send
+
+    def _check_restart(self, connection: Connection, now: float) -> None:
+        """The peer went silent on a direct path with packets in flight: it may have
+        restarted at the same address (its new run drops what comes for a session it
+        never had). A handshake there tells: the same run of the peer answers with the
+        incarnation the connection holds, and nothing more is done (see
+        ``Handshakes``); a new run answers with another, and its connection replaces
+        this one at once (see ``peers``)."""
+        if connection.path.relayed or connection.purpose != "peer" or (
+            self.handshakes.dialing(connection.peer)
+        ):
+            return
+        self.stats["restart_checks"] += 1
+        self.handshakes.dial(connection.address, now, expected=connection.peer,
+                             socket=connection.socket)
 
     def flush_connection(self, connection: Connection, now: float) -> None:
         send = self.send_datagram
