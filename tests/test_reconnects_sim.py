@@ -150,8 +150,10 @@ def test_a_stream_goes_on_when_either_side_changes_address_mid_way(moving: str) 
     assert took < 5.0
 
 
+@pytest.mark.parametrize("dialer", ["stays", "restarts"])
 @pytest.mark.parametrize("restarting", ["writer", "reader"])
-def test_a_stream_fails_at_once_when_its_peer_comes_back_restarted(restarting: str) -> None:
+def test_a_stream_fails_at_once_when_its_peer_comes_back_restarted(restarting: str,
+                                                                   dialer: str) -> None:
     """The stream's state died with the peer's run: the stream fails as soon as the
     restarted run connects (not at the idle timeout), and a new stream works."""
     identity = shoal.Identity.generate()
@@ -162,7 +164,10 @@ def test_a_stream_fails_at_once_when_its_peer_comes_back_restarted(restarting: s
             await goes.start()
             goes.channel("s/1")
             accepting = stays.channel("s/1")
-            await stays.connect(goes.address)
+            if dialer == "stays":
+                await stays.connect(goes.address)
+            else:
+                await goes.connect(stays.address)
             await asyncio.sleep(0.2)  # the FINAL reaches the other side
             if restarting == "reader":
                 stream = await stays.open_stream(goes.peer_id, channel="s/1")
@@ -199,3 +204,39 @@ def test_a_stream_fails_at_once_when_its_peer_comes_back_restarted(restarting: s
     assert code in ("ECONNRESET", "EPIPE")
     assert took < 2.0
     assert data == b"again"
+
+
+def test_a_fetcher_restarted_mid_way_resumes_at_once(tmp_path: Path) -> None:
+    """The fetching node dies and its key starts again at once with the same partial
+    file: the provider takes the new run's connection for the old one's and serves it
+    (it never waits on the connection of the run that died)."""
+    source = tmp_path / "source.bin"
+    source.write_bytes(random.Random(2).randbytes(16 * PIECE))
+    target = tmp_path / "out.bin"
+    identity = shoal.Identity.generate()
+
+    class Killed(Exception):
+        pass
+
+    async def main(net: sim.VirtualNetwork) -> tuple[shoal.FetchResult, float]:
+        async with net.node() as provider:
+            ticket = await provider.share(source)
+            first = net.node(identity=identity)
+            await first.start()
+
+            def kill_at_three_pieces(progress: shoal.FetchProgress) -> None:
+                if progress.bytes >= 3 * PIECE:
+                    _kill(net, first)
+                    raise Killed
+
+            with pytest.raises(Killed):
+                await first.fetch(ticket, target, progress=kill_at_three_pieces)
+            async with net.node(identity=identity) as again:
+                started = net.loop.time()
+                result = await again.fetch(ticket, target)
+                return result, net.loop.time() - started
+
+    result, took = sim.run(main, seed=7)
+    assert target.read_bytes() == source.read_bytes()
+    assert result.resumed >= 3 and result.resumed + result.fetched == 16
+    assert took < 3.0
