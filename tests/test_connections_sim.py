@@ -343,7 +343,10 @@ def test_a_peer_restarted_mid_message_is_replaced_at_once_and_gets_the_message(
     (connection,) = a.endpoint.connections.values()
     assert connection.address == b2.address
     assert a.endpoint.stats["connections_replaced"] == 1
-    assert not any(isinstance(e, ev.PeerDisconnected) for e in a.events)
+    # The application hears that the peer's earlier run is gone, then that it is back.
+    told = [e for e in a.events if isinstance(e, ev.PeerDisconnected | ev.PeerConnected)]
+    assert [type(e) for e in told] == [ev.PeerConnected, ev.PeerDisconnected, ev.PeerConnected]
+    assert told[1].reason == "the peer restarted"
 
 
 def test_a_peer_silent_for_a_while_but_not_restarted_keeps_its_connection() -> None:

@@ -51,7 +51,7 @@ from shoal.core.handshake import (
 )
 from shoal.core.handshakes import Handshakes
 from shoal.core.natcheck import NatReport
-from shoal.core.peers import Outcome, PeerConnections, Role
+from shoal.core.peers import Outcome, PeerConnections, Role, restarted
 from shoal.core.punching import PunchScheduler
 from shoal.core.relay import KeyedBuckets
 from shoal.core.services.base import Service
@@ -595,11 +595,7 @@ class Endpoint:
         if outcome is Outcome.ADOPTED:
             self.handshakes.connected(connection, now)
             self._up(connection, now)
-            self.emit(ev.PeerConnected(
-                peer_id=connection.peer_id, address=connection.address,
-                path=connection.path_kind, initiator=connection.initiator,
-                introducer=connection.peer in self.rendezvous.introducer_peers,
-            ))
+            self._emit_connected(connection)
         if connection.initiator and connection.dialed is not None and (
             outcome is not Outcome.SET_ASIDE
         ):
@@ -622,13 +618,31 @@ class Endpoint:
         elif outcome is Outcome.SUPERSEDED:
             self.stats["connections_superseded"] += 1
         else:
+            restart = restarted(other, connection)
             stale = [other, *self._peers[connection.peer].stale(connection)]
+            reason = "the peer restarted" if restart else "replaced by a new connection"
             for old in dict.fromkeys(stale):
-                old.close(CLOSE_SUPERSEDED, "replaced by a new connection")
+                old.close(CLOSE_SUPERSEDED, reason)
                 self.stats["connections_replaced"] += 1
                 self.mark(old)
                 self._after_connection(old, now)
+            if restart:
+                # What the application knew of the peer's earlier run is gone with it
+                # (its streams, its state): say so, then that it is back. Messages not
+                # yet delivered go to the new run.
+                self.stats["peer_restarts"] += 1
+                self.emit(ev.PeerDisconnected(peer_id=connection.peer_id, reason=reason))
+                self._up(connection, now)
+                self._emit_connected(connection)
+                return
         self._up(connection, now)
+
+    def _emit_connected(self, connection: Connection) -> None:
+        self.emit(ev.PeerConnected(
+            peer_id=connection.peer_id, address=connection.address,
+            path=connection.path_kind, initiator=connection.initiator,
+            introducer=connection.peer in self.rendezvous.introducer_peers,
+        ))
 
     def _up(self, connection: Connection, now: float) -> None:
         for service in self.services.values():
