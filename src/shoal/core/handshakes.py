@@ -351,16 +351,16 @@ class Handshakes:
                                          path_kind(address), now)
             if answered_only:
                 return
-        held = self.host.connection_to(proof.peer)
-        if dial.purpose == "peer" and held is not None and held.confirmed and (
-            proof.incarnation and held.peer_incarnation == proof.incarnation
+        current = self.host.connection_to(proof.peer)
+        if dial.purpose == "peer" and current is not None and current.confirmed and (
+            proof.incarnation and current.peer_incarnation == proof.incarnation
         ):
             # The run of the peer's node that holds our connection answered: the address
             # is another path of that connection, not a reason for a second one (which
             # the peer would take for a restart). No FINAL: the responder keeps nothing.
             self.remove_dial(dial)
             self.stats["dials_to_a_held_peer"] += 1
-            self.host.reached(held, address, dial.socket, now)
+            self.host.reached(current, address, dial.socket, now)
             return None
         if len(self.host.connections) >= self.config.session_limit:
             self.stats["dropped_busy"] += 1
