@@ -373,3 +373,34 @@ def test_a_peer_silent_for_a_while_but_not_restarted_keeps_its_connection() -> N
     assert a.endpoint.stats["connections_replaced"] == 0
     assert len(a.endpoint.connections) == 1 and len(b.endpoint.connections) == 1
     assert [len(m.data) for m in b.received()] == [300_000]
+
+
+def test_the_proof_names_the_run_of_the_node_and_a_cut_one_is_refused() -> None:
+    from shoal.core.handshake import CAP_INCARNATION, check_proof, make_proof, proof_length
+    from shoal.errors import RemoteProtocolError
+    from shoal.identity import Identity
+
+    identity = Identity(bytes(range(32)))
+    proof = make_proof(identity, False, 2, 0, b"run-one!")
+    assert proof_length(proof + b"\x01") == len(proof)  # what follows is not the proof's
+    parsed = check_proof(proof, identity.static_public)
+    assert parsed.incarnation == b"run-one!" and parsed.capabilities & CAP_INCARNATION
+    assert check_proof(make_proof(identity, False, 2, 0), identity.static_public
+                       ).incarnation == b""
+    for cut in range(len(proof) - 8, len(proof)):
+        with pytest.raises(RemoteProtocolError):
+            check_proof(proof[:cut], identity.static_public)
+    # Each start of a node with the same key is another run; its connections all say so.
+    net = SimNetwork(seed=5)
+    first = net.add_node(identity=identity)
+    again = net.add_node(identity=identity, address=("10.0.9.9", 7000))
+    peer = net.add_node()
+    runs = []
+    for node in (first, again):  # as if one stopped and the other started
+        peer.endpoint.connect(node.address, net.now)
+        net.flush(peer)
+        net.run(2)
+        (connection,) = peer.endpoint.connections.values()
+        runs.append(connection.peer_incarnation)
+    assert runs == [first.endpoint.handshakes.incarnation, again.endpoint.handshakes.incarnation]
+    assert runs[0] != runs[1] and peer.endpoint.stats["peer_restarts"] == 1
