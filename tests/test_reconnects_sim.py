@@ -240,3 +240,31 @@ def test_a_fetcher_restarted_mid_way_resumes_at_once(tmp_path: Path) -> None:
     assert target.read_bytes() == source.read_bytes()
     assert result.resumed >= 3 and result.resumed + result.fetched == 16
     assert took < 3.0
+
+
+@pytest.mark.parametrize("moving", ["provider", "fetcher"])
+def test_a_fetch_goes_on_when_either_side_changes_address_mid_way(tmp_path: Path,
+                                                                   moving: str) -> None:
+    source = tmp_path / "source.bin"
+    source.write_bytes(random.Random(3).randbytes(16 * PIECE))
+    target = tmp_path / "out.bin"
+
+    async def main(net: sim.VirtualNetwork) -> tuple[shoal.FetchResult, float]:
+        async with net.node() as provider, net.node() as fetcher:
+            ticket = await provider.share(source)
+            moved: list[float] = []
+
+            def move_at_four_pieces(progress: shoal.FetchProgress) -> None:
+                if progress.bytes >= 4 * PIECE and not moved:
+                    node = provider if moving == "provider" else fetcher
+                    net.move(net.nodes[node.address], ("10.0.9.9", 40000))
+                    moved.append(net.loop.time())
+
+            result = await fetcher.fetch(ticket, target, progress=move_at_four_pieces)
+            return result, net.loop.time() - moved[0]
+
+    result, took = sim.run(main, seed=8)
+    assert target.read_bytes() == source.read_bytes()
+    (provider,) = result.providers.values()
+    assert provider["state"] == "active" and provider["pieces"] == 16
+    assert took < 3.0
