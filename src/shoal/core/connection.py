@@ -234,6 +234,7 @@ class Connection:
         "role",
         "path_changed",
         "path_failing",
+        "peer_silent",
         "drop_reason",
         "closed",
         "close_reason",
@@ -329,6 +330,9 @@ class Connection:
         self.path_changed = False
         """The current path changed and the services have not been told yet."""
         self.path_failing = False
+        self.peer_silent = False
+        """Set when the peer stopped answering on the current path (any kind) with
+        packets in flight; the endpoint checks it for a restart and clears it."""
         """Set when the direct path went silent with packets in flight (for the endpoint
         to offer a relay as another path); the endpoint clears it."""
         self.drop_reason = ""
@@ -843,9 +847,9 @@ class Connection:
                 self._requeue(oldest)  # a copy: it stays in flight
                 self.control_out.append(_PING)
                 self.last_eliciting_sent = now
-                if self.pto_count >= FAILOVER_PTOS and not self.path.relayed \
-                        and self._silent(now):
-                    self.path_failing = True
+                if self.pto_count >= FAILOVER_PTOS and self._silent(now):
+                    self.peer_silent = True
+                    self.path_failing = not self.path.relayed
         # The side that dialed keeps the connection (and its NATs' mappings) alive; the
         # other answers with ACKs, so an introducer sends nothing to idle peers unasked.
         if self.initiator and self.wanted and (

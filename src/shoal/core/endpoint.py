@@ -707,6 +707,8 @@ class Endpoint:
             self.stats["paths_failing"] += 1
             for service in self.services.values():
                 service.on_path_failing(connection, now)
+        if connection.peer_silent:
+            connection.peer_silent = False
             self._check_restart(connection, now)
         if connection.path_changed:
             connection.path_changed = False
@@ -739,19 +741,22 @@ class Endpoint:
             self.mark(connection)  # flushed, and its timer re-armed, in datagrams_to_send
 
     def _check_restart(self, connection: Connection, now: float) -> None:
-        """The peer went silent on a direct path with packets in flight: it may have
-        restarted at the same address (its new run drops what comes for a session it
-        never had). A handshake there tells: the same run of the peer answers with the
-        incarnation the connection holds, and nothing more is done (see
+        """The peer went silent with packets in flight: it may have restarted (its new
+        run drops what comes for a session it never had). A handshake tells, at the
+        direct address and through the relays shared with the peer (which reach the
+        peer's new run once it registered with them): the same run of the peer answers
+        with the incarnation the connection holds, and nothing more is done (see
         ``Handshakes``); a new run answers with another, and its connection replaces
         this one at once (see ``peers``)."""
-        if connection.path.relayed or connection.purpose != "peer" or (
-            self.handshakes.dialing(connection.peer)
-        ):
+        peer = connection.peer
+        if connection.purpose != "peer" or self.handshakes.dialing(peer):
             return
         self.stats["restart_checks"] += 1
-        self.handshakes.dial(connection.address, now, expected=connection.peer,
-                             socket=connection.socket)
+        if not connection.path.relayed:
+            self.handshakes.dial(connection.address, now, expected=peer,
+                                 socket=connection.socket)
+        for relay in self.rendezvous.relays_for(peer):
+            self.handshakes.dial(RelayPath(relay, peer), now, expected=peer)
 
     def flush_connection(self, connection: Connection, now: float) -> None:
         send = self.send_datagram
