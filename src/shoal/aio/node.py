@@ -184,6 +184,8 @@ class Node:
         self._handles: dict[asyncio.Future[Delivery], int] = {}
         self._stun_waiters: dict[int, asyncio.Future[ev.StunResult]] = {}
         self._connected: dict[str, asyncio.Event] = {}
+        self._reached: dict[str, str] = {}
+        """The peer that answered a ``connect`` in progress, by its waiter's key."""
         self._observed: asyncio.Event = asyncio.Event()
         self._introducer_news = asyncio.Event()
         """Set whenever an introducer answered or all of them failed to."""
@@ -626,9 +628,18 @@ class Node:
         before = {p.peer_id for p in self.peers() if p.connected and p.address == target}
         if before:
             return before.pop()
-        await self._until_connected(
-            f"addr:{target[0]}:{target[1]}", lambda now: self.endpoint.connect(target, now),
-            timeout, f"no Shoal node answered at {target[0]}:{target[1]}")
+        key = f"addr:{target[0]}:{target[1]}"
+        try:
+            await self._until_connected(
+                key, lambda now: self.endpoint.connect(target, now),
+                timeout, f"no Shoal node answered at {target[0]}:{target[1]}")
+        finally:
+            reached = self._reached.pop(key, None)
+        # A peer connected already answers from another of its addresses: the
+        # connection it has is kept (and tries this address as a path).
+        if reached is not None and any(p.connected and p.peer_id == reached
+                                       for p in self.peers()):
+            return reached
         for peer in self.peers():
             if peer.connected and peer.address == target:
                 return peer.peer_id
@@ -831,6 +842,13 @@ class Node:
         elif isinstance(event, ev.PeerConnected):
             for waiter_key in (f"addr:{event.address[0]}:{event.address[1]}",
                                f"peer:{event.peer_id}"):
+                if waiter_key in self._connected:
+                    self._connected[waiter_key].set()
+        elif isinstance(event, ev.PeerReached):
+            address_key = f"addr:{event.address[0]}:{event.address[1]}"
+            if address_key in self._connected:
+                self._reached[address_key] = event.peer_id
+            for waiter_key in (address_key, f"peer:{event.peer_id}"):
                 if waiter_key in self._connected:
                     self._connected[waiter_key].set()
         elif isinstance(event, ev.AddressObserved):

@@ -367,20 +367,27 @@ class RendezvousService(Service):
         self._arm(state)
         connection.queue_frame(ObservedAddress(connection.address))
 
-    def on_path_failing(self, connection: Connection, now: float) -> None:
-        """A direct path went silent: offer the relays this node shares with the peer as
-        other paths of the connection (each is validated before it carries anything)."""
-        peer = connection.peer
+    def relays_for(self, peer: bytes) -> list[bytes]:
+        """Up to two connected introducers that may relay to ``peer`` (the one its
+        connection came through first)."""
         if peer in self.introducer_peers:
-            return
+            return []
         state = self.peers.get(peer)
         relays = [state.relay_via] if state is not None and state.relay_via else []
         relays += [p for p in self.introducer_peers if p not in relays]
+        out = []
         for relay in relays[:2]:
             link = self.ctx.connection_to(relay)
             if relay != peer and link is not None and not link.path.relayed:
-                self.ctx.stats["relay_fallbacks"] += 1
-                connection.probe_path(RelayPath(relay, peer), 0, now)
+                out.append(relay)
+        return out
+
+    def on_path_failing(self, connection: Connection, now: float) -> None:
+        """A direct path went silent: offer the relays this node shares with the peer as
+        other paths of the connection (each is validated before it carries anything)."""
+        for relay in self.relays_for(connection.peer):
+            self.ctx.stats["relay_fallbacks"] += 1
+            connection.probe_path(RelayPath(relay, connection.peer), 0, now)
         self.ctx.wake(connection)
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:

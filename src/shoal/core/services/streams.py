@@ -50,6 +50,7 @@ from shoal.core.streams.manager import (
     StreamStopped,
     StreamWritable,
 )
+from shoal.core.streams.state import RecvState
 from shoal.core.wire import MAX_CHANNEL_NAME, FrameType, decode_varint, encode_varint
 from shoal.errors import DeliveryError, LocalProtocolError, RemoteProtocolError
 
@@ -61,6 +62,7 @@ REFUSED = 1
 """Error code of a stream on a channel the receiver does not serve."""
 INVALID_HEADER = 2
 """Error code of a stream whose first bytes name no channel."""
+_RECEIVING = (RecvState.RECV, RecvState.SIZE_KNOWN)
 _OWNED = tuple(code for code in stream_frames.DECODERS if code != FrameType.DATAGRAM)
 
 
@@ -272,6 +274,19 @@ class StreamService(Service):
     def _drained(handle: Handle) -> bool:
         send = handle.stream.send
         return send.buffered == 0 and (not send.fin_wanted or send.fin_acked)
+
+    def holds(self, connection: Connection) -> bool:
+        """A stream lives on the connection it was opened on (its ids and windows are
+        that connection's): a superseded connection stays while it has open streams;
+        new ones open on the peer's current connection."""
+        state = connection.state.get(self.name)
+        return bool(state is not None and state.handles)
+
+    def awaits(self, connection: Connection) -> bool:
+        """A stream on ``connection`` has not received its end yet."""
+        state = connection.state.get(self.name)
+        return state is not None and any(
+            handle.stream.recv.state in _RECEIVING for handle in state.handles.values())
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
         state = connection.state.get(self.name)
