@@ -85,35 +85,28 @@ class Handle:
         """Bytes read along with the channel's name, for the application's first read."""
 
 
-class ConnectionStreams:
-    """One connection's streams: its manager, its flow, and the handles of its streams."""
+class ConnectionStreams(FrameFlow):
+    """One connection's streams: its manager, the flow (over the manager) that the
+    connection's packet scheduler fills, and the handles of its streams."""
 
-    __slots__ = ("service", "connection", "manager", "flow", "handles", "queued")
+    __slots__ = ("service", "connection", "manager", "handles", "queued")
 
     def __init__(self, service: StreamService, connection: Connection,
                  config: StreamConfig) -> None:
         self.service = service
         self.connection = connection
         self.manager = StreamManager(initiator=connection.initiator, config=config)
-        self.flow = FrameFlow(self.manager)
+        super().__init__(self.manager)
         self.handles: dict[int, Handle] = {}
         """By stream id."""
         self.queued = False
 
-    # The connection's packet scheduler sees this object as a flow.
-
     def has_data(self) -> bool:
         return self.manager.wants_send
 
-    def fill(self, parts: list[bytes], budget: int) -> tuple[int, object]:
-        return self.flow.fill(parts, budget)  # type: ignore[arg-type]
-
     def on_acked(self, record: Any) -> None:
-        self.flow.on_acked(record)
+        super().on_acked(record)
         self.touch()
-
-    def on_lost(self, record: Any) -> None:
-        self.flow.on_lost(record)
 
     def touch(self) -> None:
         """Settle this connection's stream events once the current input is taken in."""

@@ -39,14 +39,18 @@ class FrameFlow:
         return any(source.wants_send for source in self.sources)
 
     def fill(self, parts: list[bytes | memoryview], budget: int,
-             ) -> tuple[int, list[tuple[FrameSource, StreamsFrame]] | None]:
+             ) -> tuple[int, list[tuple[FrameSource, list[StreamsFrame]]] | None]:
         """Append encoded frames of at most ``budget`` bytes to ``parts``; return the
-        budget left and the record of what was written (None if nothing)."""
-        record: list[tuple[FrameSource, StreamsFrame]] = []
+        budget left and the record of what was written (None if nothing): each source
+        that wrote with the list of its frames."""
+        record: list[tuple[FrameSource, list[StreamsFrame]]] | None = None
         for source in self.sources:
             if budget <= 0 or not source.wants_send:
                 continue
-            for frame in source.fill(budget):
+            frames = source.fill(budget)
+            if not frames:
+                continue
+            for frame in frames:
                 if type(frame) is StreamFrame:
                     data = frame.data
                     header = frame.header or stream_header(frame.stream_id, frame.offset,
@@ -58,13 +62,18 @@ class FrameFlow:
                     raw = encode(frame)
                     parts.append(raw)
                     budget -= len(raw)
-                record.append((source, frame))
-        return budget, record or None
+            if record is None:
+                record = [(source, frames)]
+            else:
+                record.append((source, frames))
+        return budget, record
 
-    def on_acked(self, record: list[tuple[FrameSource, StreamsFrame]]) -> None:
-        for source, frame in record:
-            source.on_acked(frame)
+    def on_acked(self, record: list[tuple[FrameSource, list[StreamsFrame]]]) -> None:
+        for source, frames in record:
+            for frame in frames:
+                source.on_acked(frame)
 
-    def on_lost(self, record: list[tuple[FrameSource, StreamsFrame]]) -> None:
-        for source, frame in record:
-            source.on_lost(frame)
+    def on_lost(self, record: list[tuple[FrameSource, list[StreamsFrame]]]) -> None:
+        for source, frames in record:
+            for frame in frames:
+                source.on_lost(frame)

@@ -23,11 +23,11 @@ from shoal.core.streams.frames import (
     StreamFrame,
     StreamsFrame,
     encoded_size,
-    stream_header,
     stream_overhead,
 )
 from shoal.core.streams.ranges import ByteRanges
 from shoal.core.streams.state import SendEvent, SendState, next_send_state
+from shoal.core.wire import FrameType, encode_varint
 from shoal.errors import LocalProtocolError
 
 COALESCE_BELOW = 4096
@@ -36,6 +36,9 @@ MIN_JOIN = 512
 """A frame that would end at a chunk boundary with fewer bytes than this joins chunks."""
 MIN_FRAME_DATA = 16
 """Start no frame with room for fewer bytes than this while more are waiting."""
+_STREAM = bytes((FrameType.STREAM,))
+_STREAM_FIN = bytes((FrameType.STREAM_FIN,))
+_SENDING = frozenset((SendState.READY, SendState.SEND, SendState.DATA_SENT))
 
 
 class SendStream:
@@ -43,7 +46,8 @@ class SendStream:
 
     __slots__ = ("stream_id", "state", "credit", "connection", "buffer_limit", "written",
                  "acked_floor", "fin_wanted", "fin_sent", "fin_acked", "reset_code",
-                 "_reset_pending", "_chunks", "_starts", "_acked", "_lost")
+                 "_reset_pending", "_chunks", "_starts", "_acked", "_lost", "_prefix",
+                 "_fin_prefix")
 
     def __init__(self, stream_id: int, limit: int, connection: SendLimit,
                  buffer_limit: int) -> None:
@@ -63,6 +67,9 @@ class SendStream:
         self._starts: list[int] = []
         self._acked = ByteRanges()
         self._lost = ByteRanges()
+        self._prefix = _STREAM + encode_varint(stream_id)
+        """A STREAM frame's header up to its offset (and with FIN, ``_fin_prefix``)."""
+        self._fin_prefix = _STREAM_FIN + self._prefix[1:]
 
     # ----------------------------------------------------------------- application side
 
@@ -144,12 +151,14 @@ class SendStream:
     def wants_send(self) -> bool:
         if self._reset_pending or self._lost.los:
             return True
-        if self.state not in (SendState.READY, SendState.SEND, SendState.DATA_SENT):
+        if self.state not in _SENDING:
             return False
-        if self.sent < self.written:
-            if self.credit.available() <= 0:
-                return self.credit.reported != self.credit.limit  # STREAM_DATA_BLOCKED due
-            return self.connection.available() > 0
+        credit = self.credit
+        if credit.used < self.written:
+            if credit.used >= credit.limit:
+                return credit.reported != credit.limit  # STREAM_DATA_BLOCKED due
+            connection = self.connection
+            return connection.used < connection.limit
         return self.fin_wanted and not self.fin_sent
 
     @property
@@ -167,7 +176,7 @@ class SendStream:
                 out.append(frame)
                 self._reset_pending = False
             return out
-        if self.state not in (SendState.READY, SendState.SEND, SendState.DATA_SENT):
+        if self.state not in _SENDING:
             return out
         stream_id = self.stream_id
         lost = self._lost
@@ -182,15 +191,25 @@ class SendStream:
             budget -= self._emit(out, lo, data, end)
         credit, connection = self.credit, self.connection
         written = self.written
+        prefix_size = len(self._prefix)
         while credit.used < written and budget > 0:
+            # New bytes, the bulk of a transfer: kept to few calls per packet.
             lo = credit.used
-            allowed = min(credit.limit - lo, connection.limit - connection.used)
-            if allowed <= 0:
+            hi = connection.limit - connection.used + lo
+            if credit.limit < hi:
+                hi = credit.limit
+            if hi <= lo:
                 break
-            room = budget - stream_overhead(stream_id, lo, budget)
+            room = budget - prefix_size - (
+                1 if lo < 0x40 else 2 if lo < 0x4000 else 4 if lo < 0x40000000 else 8) - (
+                1 if budget < 0x40 else 2 if budget < 0x4000 else 4 if budget < 0x40000000 else 8)
             if room < MIN_FRAME_DATA and room < written - lo:
                 return out
-            data = self._slice(lo, min(written, lo + room, lo + allowed))
+            if lo + room < hi:
+                hi = lo + room
+            if written < hi:
+                hi = written
+            data = self._slice(lo, hi)
             end = lo + len(data)
             credit.used = end
             connection.used += end - lo
@@ -210,15 +229,18 @@ class SendStream:
 
     def _emit(self, out: list[StreamsFrame], lo: int, data: bytes | memoryview,
               end: int) -> int:
-        fin = self.fin_wanted and end == self.written
-        header = stream_header(self.stream_id, lo, len(data), fin)
-        out.append(StreamFrame(self.stream_id, lo, data, fin, header))
-        if fin:
+        size = len(data)
+        if self.fin_wanted and end == self.written:
+            header = self._fin_prefix + encode_varint(lo) + encode_varint(size)
+            out.append(StreamFrame(self.stream_id, lo, data, True, header))
             self.fin_sent = True
             self.state = next_send_state(self.state, SendEvent.SEND_FIN)
-        elif self.state is SendState.READY:  # elsewhere SEND_DATA leaves the state as it is
-            self.state = next_send_state(self.state, SendEvent.SEND_DATA)
-        return len(header) + len(data)
+        else:
+            header = self._prefix + encode_varint(lo) + encode_varint(size)
+            out.append(StreamFrame(self.stream_id, lo, data, False, header))
+            if self.state is SendState.READY:  # elsewhere SEND_DATA leaves the state as is
+                self.state = next_send_state(self.state, SendEvent.SEND_DATA)
+        return len(header) + size
 
     def _slice(self, lo: int, hi: int) -> bytes | memoryview:
         """Bytes ``lo .. hi`` (or fewer, ending at a chunk boundary) of the buffer."""
@@ -240,11 +262,12 @@ class SendStream:
 
     def on_acked(self, frame: StreamsFrame) -> None:
         if type(frame) is StreamFrame:
-            self._on_data_acked(frame)
+            self.on_data_acked(frame)
         elif type(frame) is ResetStream and self.state is SendState.RESET_SENT:
             self.state = next_send_state(self.state, SendEvent.RESET_ACKED)
 
-    def _on_data_acked(self, frame: StreamFrame) -> None:
+    def on_data_acked(self, frame: StreamFrame) -> None:
+        """A STREAM frame of this side was acknowledged."""
         if self.reset_code is not None or self.state is SendState.DATA_RECVD:
             return
         offset = frame.offset
