@@ -85,14 +85,38 @@ class Pattern:
             yield chunk
 
 
-def report(role: str, **fields: object) -> None:
-    """A side's result line, with its peak resident memory and the CPU time it used."""
+def cpu_seconds() -> float:
+    """The process's CPU time so far (user and system)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+_transfer_cpu_from: list[float] = []
+"""The process's CPU time when its part of the transfer began (see ``started``)."""
+
+
+def report(role: str, **fields: object) -> None:
+    """A side's result line, with its peak resident memory, the CPU time it used in all
+    and the CPU time since ``started`` or ``ready`` (the transfer alone: no start-up,
+    imports or handshake)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
+    if _transfer_cpu_from:
+        fields["transfer_cpu_s"] = round(cpu - _transfer_cpu_from[0], 3)
     print(json.dumps({"role": role, "peak_rss_kib": usage.ru_maxrss,
-                      "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), **fields}), flush=True)
+                      "cpu_s": round(cpu, 3), "user_s": round(usage.ru_utime, 3),
+                      "sys_s": round(usage.ru_stime, 3), **fields}), flush=True)
+
+
+def started() -> float:
+    """The sender begins: its transfer CPU counts from here; returns the start time."""
+    _transfer_cpu_from[:] = [cpu_seconds()]
+    return time.monotonic()
 
 
 def ready() -> None:
+    """The receiver is set up: its transfer CPU counts from here."""
+    _transfer_cpu_from[:] = [cpu_seconds()]
     print(json.dumps({"ready": True}), flush=True)
 
 
@@ -146,7 +170,7 @@ def tls_send(args: argparse.Namespace) -> None:
     raw = socket.create_connection(("127.0.0.1", args.peer_port))
     conn = context.wrap_socket(raw, server_hostname="localhost")
     pattern = Pattern()
-    start = time.monotonic()
+    start = started()
     for chunk in pattern.chunks(args.bytes, CHUNK):
         conn.sendall(chunk)
     conn.shutdown(socket.SHUT_WR)
@@ -231,7 +255,7 @@ def quic_send(args: argparse.Namespace) -> None:
             quic = client._quic
             stream_id = quic.get_next_available_stream_id()
             pattern = Pattern()
-            start = time.monotonic()
+            start = started()
             for chunk in pattern.chunks(args.bytes, CHUNK):
                 quic.send_stream_data(stream_id, chunk, end_stream=pattern.sent >= args.bytes)
                 client.transmit()
@@ -297,7 +321,7 @@ def shoal_messages_send(args: argparse.Namespace) -> None:
             peer = await node.connect(("127.0.0.1", args.peer_port))
             pattern = Pattern()
             in_flight: collections.deque[asyncio.Future[object]] = collections.deque()
-            start = time.monotonic()
+            start = started()
             for chunk in pattern.chunks(args.bytes, args.message_size):
                 in_flight.append(node.send_nowait(peer, chunk, channel=CHANNEL))  # type: ignore[arg-type]
                 if len(in_flight) >= window:
@@ -345,7 +369,7 @@ def shoal_stream_send(args: argparse.Namespace) -> None:
             peer = await node.connect(("127.0.0.1", args.peer_port))
             pattern = Pattern()
             stream = await node.open_stream(peer, CHANNEL)
-            start = time.monotonic()
+            start = started()
             for chunk in pattern.chunks(args.bytes, CHUNK):
                 await stream.write(chunk)
             await stream.close()
@@ -551,6 +575,14 @@ def measure(row: Row, options: argparse.Namespace, ns: str, workdir: Path) -> di
         "sender_cpu_s_per_gib": round(sent["cpu_s"] * (1 << 30) / options.bytes, 2),
         "receiver_cpu_s_per_gib": round(got["cpu_s"] * (1 << 30) / options.bytes, 2),
     }
+    if "transfer_cpu_s" in sent and "transfer_cpu_s" in got:
+        # The same for the transfer alone (from the sender's first write and the
+        # receiver's readiness): start-up costs weigh nothing, even on a short run.
+        send_cpu = sent["transfer_cpu_s"] * (1 << 30) / options.bytes
+        recv_cpu = got["transfer_cpu_s"] * (1 << 30) / options.bytes
+        result["transfer_cpu_s_per_gib"] = {"send": round(send_cpu, 2),
+                                            "recv": round(recv_cpu, 2),
+                                            "total": round(send_cpu + recv_cpu, 2)}
     if row.shoal:
         result["udp_offload"] = not options.loss and os.environ.get(
             "SHOAL_UDP_OFFLOAD", "1") not in ("0", "off", "no")
@@ -565,8 +597,16 @@ def summarize_row(runs: list[dict]) -> dict:
     """The run with the median rate, with every run's rate beside it."""
     rates = [run["mbytes_per_s"] or 0.0 for run in runs]
     middle = sorted(runs, key=lambda run: run["mbytes_per_s"] or 0.0)[(len(runs) - 1) // 2]
-    return {**middle, "mbytes_per_s": round(statistics.median(rates), 2),
-            "runs_mbytes_per_s": rates, "verified": all(run["verified"] for run in runs)}
+    summary = {**middle, "mbytes_per_s": round(statistics.median(rates), 2),
+               "runs_mbytes_per_s": rates, "verified": all(run["verified"] for run in runs)}
+    costs = [run["transfer_cpu_s_per_gib"] for run in runs if "transfer_cpu_s_per_gib" in run]
+    if len(costs) == len(runs):
+        # The CPU a GiB costs is steadier than the rate: each side's median over the runs.
+        summary["transfer_cpu_s_per_gib"] = {
+            side: round(statistics.median(cost[side] for cost in costs), 2)
+            for side in ("send", "recv", "total")}
+        summary["runs_transfer_cpu_s_per_gib"] = [cost["total"] for cost in costs]
+    return summary
 
 
 # ====================================================================== profiles
@@ -764,7 +804,9 @@ def run(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"{name:16} {row['mbytes_per_s']:>9} MB/s  verified={row['verified']}  "
                   f"rss send/recv {row['sender_peak_rss_mib']}/{row['receiver_peak_rss_mib']} "
                   f"MiB  cpu s/GiB send/recv {row['sender_cpu_s_per_gib']}/"
-                  f"{row['receiver_cpu_s_per_gib']}")
+                  f"{row['receiver_cpu_s_per_gib']}"
+                  + (f"  transfer cpu s/GiB send/recv {cost['send']}/{cost['recv']}"
+                     if (cost := row.get("transfer_cpu_s_per_gib")) else ""))
         for name, ratio in result.get("ratios", {}).items():  # type: ignore[union-attr]
             print(f"{name:16} {ratio}")
     return 0 if all(row["verified"] for row in rows.values()) else 1

@@ -105,8 +105,12 @@ class ConnectionStreams(FrameFlow):
         return self.manager.wants_send
 
     def on_acked(self, record: Any) -> None:
-        super().on_acked(record)
-        self.touch()
+        on_acked = self.manager.on_acked  # the one source: no call per source
+        for _, frames in record:
+            for frame in frames:
+                on_acked(frame)
+        if not self.queued:
+            self.touch()
 
     def touch(self) -> None:
         """Settle this connection's stream events once the current input is taken in."""

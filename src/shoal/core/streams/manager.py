@@ -289,7 +289,8 @@ class StreamManager:
                 if stream.notify_readable:  # one event, until the reader asks again
                     stream.notify_readable = False
                     self.events.append(StreamReadable(stream.stream_id))
-                self._check_done(stream)
+                if frame.fin:  # type: ignore[union-attr]
+                    self._check_done(stream)  # (bytes alone finish no stream: a read does)
         elif kind is MaxData:
             if self.send_credit.raise_to(frame.limit):  # type: ignore[union-attr]
                 for stream in self.streams.values():
@@ -394,12 +395,13 @@ class StreamManager:
         active = self._active
         if len(active) == 1:  # the usual case of bulk data, without the loop's upkeep
             stream_id, stream = next(iter(active.items()))
-            frames = stream.fill(budget)
+            recv, send = stream.recv, stream.send
+            frames = stream.fill(budget) if recv.wants_send else send.fill(budget)
             if not out:
                 out = frames
             elif frames:
                 out += frames
-            if not stream.wants_send:
+            if not (send.wants_send or recv.wants_send):
                 del active[stream_id]
                 if stream.send.blocked_by_connection:
                     for frame in frames:
@@ -475,8 +477,9 @@ class StreamManager:
             send = stream.send
         # A waiting writer hears once half its buffer is free (or the stream is reset):
         # it then writes in large pieces, not a packet's worth per acknowledgement.
-        if stream.writer_waiting and (send.writable >= send.buffer_limit // 2
-                                      or send.reset_code is not None):
+        if stream.writer_waiting and (send.reset_code is not None or (
+                send.buffered <= send.buffer_limit - send.buffer_limit // 2
+                and send.writable >= send.buffer_limit // 2)):
             stream.writer_waiting = False
             self.events.append(StreamWritable(stream.stream_id))
         if send.state in SEND_DONE:

@@ -14,6 +14,7 @@ connection's. Acknowledged ranges advance ``acked_floor`` and free the chunks be
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_right
 
 from shoal.core.streams.credit import SendLimit
@@ -39,6 +40,8 @@ MIN_FRAME_DATA = 16
 _STREAM = bytes((FrameType.STREAM,))
 _STREAM_FIN = bytes((FrameType.STREAM_FIN,))
 _SENDING = frozenset((SendState.READY, SendState.SEND, SendState.DATA_SENT))
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
 
 
 class SendStream:
@@ -230,13 +233,17 @@ class SendStream:
     def _emit(self, out: list[StreamsFrame], lo: int, data: bytes | memoryview,
               end: int) -> int:
         size = len(data)
+        # The usual offset (4 bytes) and length (2 bytes) are packed without a call.
+        tail = (_U32.pack(lo | 0x80000000) if 0x4000 <= lo < 0x40000000
+                else encode_varint(lo)) + (
+            _U16.pack(size | 0x4000) if 0x40 <= size < 0x4000 else encode_varint(size))
         if self.fin_wanted and end == self.written:
-            header = self._fin_prefix + encode_varint(lo) + encode_varint(size)
+            header = self._fin_prefix + tail
             out.append(StreamFrame(self.stream_id, lo, data, True, header))
             self.fin_sent = True
             self.state = next_send_state(self.state, SendEvent.SEND_FIN)
         else:
-            header = self._prefix + encode_varint(lo) + encode_varint(size)
+            header = self._prefix + tail
             out.append(StreamFrame(self.stream_id, lo, data, False, header))
             if self.state is SendState.READY:  # elsewhere SEND_DATA leaves the state as is
                 self.state = next_send_state(self.state, SendEvent.SEND_DATA)
@@ -278,7 +285,7 @@ class SendStream:
             self.fin_acked = True
         if end > self.acked_floor:
             acked = self._acked
-            if offset <= self.acked_floor and not acked:
+            if offset <= self.acked_floor and not acked.los:
                 floor = end  # in order: the usual case
             else:
                 acked.add(offset, end)
