@@ -18,6 +18,24 @@ from typing import Protocol
 from shoal.core.streams.frames import StreamFrame, StreamsFrame, encode, stream_header
 
 
+def write_frames(parts: list[bytes | memoryview], frames: list[StreamsFrame]) -> int:
+    """Append the encoded ``frames`` to a packet's ``parts``; returns the bytes added."""
+    size = 0
+    for frame in frames:
+        if type(frame) is StreamFrame:
+            data = frame.data
+            header = frame.header or stream_header(frame.stream_id, frame.offset, len(data),
+                                                   frame.fin)
+            parts.append(header)
+            parts.append(data)
+            size += len(header) + len(data)
+        else:
+            raw = encode(frame)
+            parts.append(raw)
+            size += len(raw)
+    return size
+
+
 class FrameSource(Protocol):
     @property
     def wants_send(self) -> bool: ...
@@ -50,18 +68,7 @@ class FrameFlow:
             frames = source.fill(budget)
             if not frames:
                 continue
-            for frame in frames:
-                if type(frame) is StreamFrame:
-                    data = frame.data
-                    header = frame.header or stream_header(frame.stream_id, frame.offset,
-                                                           len(data), frame.fin)
-                    parts.append(header)
-                    parts.append(data)  # type: ignore[arg-type]
-                    budget -= len(header) + len(data)
-                else:
-                    raw = encode(frame)
-                    parts.append(raw)
-                    budget -= len(raw)
+            budget -= write_frames(parts, frames)
             if record is None:
                 record = [(source, frames)]
             else:

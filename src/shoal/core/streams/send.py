@@ -40,8 +40,8 @@ MIN_FRAME_DATA = 16
 _STREAM = bytes((FrameType.STREAM,))
 _STREAM_FIN = bytes((FrameType.STREAM_FIN,))
 _SENDING = frozenset((SendState.READY, SendState.SEND, SendState.DATA_SENT))
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
+_OFFSET_LENGTH = struct.Struct("!IH")
+"""A 4-byte varint offset and a 2-byte varint length (their tags or'ed in)."""
 
 
 class SendStream:
@@ -233,10 +233,11 @@ class SendStream:
     def _emit(self, out: list[StreamsFrame], lo: int, data: bytes | memoryview,
               end: int) -> int:
         size = len(data)
-        # The usual offset (4 bytes) and length (2 bytes) are packed without a call.
-        tail = (_U32.pack(lo | 0x80000000) if 0x4000 <= lo < 0x40000000
-                else encode_varint(lo)) + (
-            _U16.pack(size | 0x4000) if 0x40 <= size < 0x4000 else encode_varint(size))
+        # The usual offset (4 bytes) and length (2 bytes) are packed in one call.
+        if 0x4000 <= lo < 0x40000000 and 0x40 <= size < 0x4000:
+            tail = _OFFSET_LENGTH.pack(lo | 0x80000000, size | 0x4000)
+        else:
+            tail = encode_varint(lo) + encode_varint(size)
         if self.fin_wanted and end == self.written:
             header = self._fin_prefix + tail
             out.append(StreamFrame(self.stream_id, lo, data, True, header))
