@@ -19,8 +19,9 @@ Rows: ``tls_tcp`` (Python's ssl over TCP, a self-signed certificate made with
 ``--message-size`` each). ``--loss PCT`` drops that share of packets at
 the receiving end with an nftables rule in the namespace; it turns segmentation offload
 off (Shoal's GSO, TCP's TSO), so that each dropped packet is one datagram or segment.
-``--profile`` samples Shoal's processes with py-spy (cProfile where py-spy is missing)
-and prints where their time goes. Needs root (network namespaces).
+``--profile`` samples Shoal's processes with py-spy (where py-spy is missing, each
+samples itself every millisecond of CPU time) and prints where their time goes.
+Needs root (network namespaces).
 """
 
 from __future__ import annotations
@@ -533,8 +534,8 @@ def measure(row: Row, options: argparse.Namespace, ns: str, workdir: Path) -> di
 
     def start(role: str) -> subprocess.Popen[str]:
         command = _profiler(row, options, role, outdir) + row.command(role, options, workdir)
-        if options.profile and row.shoal and options.profiler == "cProfile":
-            command += ["--cprofile", str(outdir / f"{row.name}-{role}.pstats")]
+        if options.profile and row.shoal and options.profiler == "sampler":
+            command += ["--sample", str((outdir / f"{row.name}-{role}.txt").resolve())]
         return subprocess.Popen(["ip", "netns", "exec", ns, *command], env=env, text=True,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
@@ -638,6 +639,8 @@ def _area(path: str, line: int = 0) -> str:
                 return area
     marks = (("shoal/core/connection", "core: connection"),
              ("shoal/core/services/messages", "core: messages service"),
+             ("shoal/core/streams/", "core: streams"),
+             ("shoal/core/services/streams", "core: streams"),
              ("shoal/core/endpoint", "core: endpoint"), ("shoal/core/wire", "core: wire"),
              ("shoal/core/recovery", "core: recovery"), ("shoal/core/", "core: other"),
              ("shoal/aio/udp", "aio: udp driver"), ("shoal/aio/driver", "aio: loop driver"),
@@ -650,7 +653,8 @@ def _area(path: str, line: int = 0) -> str:
 
 
 def summarize_py_spy(path: Path, top: int = 15) -> dict:
-    """Self time by function and by area from py-spy's collapsed stacks."""
+    """Self time by function and by area from collapsed stacks (py-spy's, or
+    ``CpuSampler``'s)."""
     functions: collections.Counter[str] = collections.Counter()
     areas: collections.Counter[str] = collections.Counter()
     total = 0
@@ -670,18 +674,39 @@ def summarize_py_spy(path: Path, top: int = 15) -> dict:
     return _percentages(functions, areas, total, top)
 
 
-def summarize_cprofile(path: Path, top: int = 15) -> dict:
-    import pstats
+class CpuSampler:
+    """Where py-spy is missing: the process samples its own stack every millisecond of
+    CPU time it uses (``SIGPROF``), so that waiting costs no samples, and writes them
+    as py-spy's collapsed stacks. Time in C (the cipher, a system call) is charged to
+    the line that called it, once the call returns."""
 
-    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
-    functions: collections.Counter[str] = collections.Counter()
-    areas: collections.Counter[str] = collections.Counter()
-    total = 0.0
-    for (file, _line, function), (_cc, _nc, self_time, _ct, _callers) in stats.items():
-        functions[f"{function} ({Path(file).name})"] += self_time
-        areas[_area(file if file != "~" else function)] += self_time
-        total += self_time
-    return _percentages(functions, areas, total, top)
+    def __init__(self, path: str, interval: float = 0.001) -> None:
+        import signal
+
+        self.path = path
+        self.interval = interval
+        self.stacks: collections.Counter[str] = collections.Counter()
+        signal.signal(signal.SIGPROF, self._sample)
+
+    def _sample(self, _signum: int, frame: object) -> None:
+        names = []
+        while frame is not None:
+            code = frame.f_code  # type: ignore[attr-defined]
+            names.append(f"{code.co_name} ({code.co_filename}:{frame.f_lineno})")  # type: ignore[attr-defined]
+            frame = frame.f_back  # type: ignore[attr-defined]
+        self.stacks[";".join(reversed(names))] += 1
+
+    def run(self, side: Callable[[argparse.Namespace], None], options: argparse.Namespace,
+            ) -> None:
+        import signal
+
+        signal.setitimer(signal.ITIMER_PROF, self.interval, self.interval)
+        try:
+            side(options)
+        finally:
+            signal.setitimer(signal.ITIMER_PROF, 0, 0)
+            Path(self.path).write_text("".join(f"{stack} {count}\n"
+                                               for stack, count in self.stacks.items()))
 
 
 def _percentages(functions: collections.Counter, areas: collections.Counter, total: float,
@@ -696,14 +721,9 @@ def profiles(options: argparse.Namespace, names: list[str]) -> dict:
     found: dict[str, object] = {"tool": options.profiler, "dir": str(outdir)}
     for name in names:
         for role in ("send", "recv"):
-            if options.profiler == "py-spy":
-                path = outdir / f"{name}-{role}.txt"
-                if path.exists():
-                    found[f"{name}_{role}"] = summarize_py_spy(path)
-            else:
-                path = outdir / f"{name}-{role}.pstats"
-                if path.exists():
-                    found[f"{name}_{role}"] = summarize_cprofile(path)
+            path = outdir / f"{name}-{role}.txt"
+            if path.exists():
+                found[f"{name}_{role}"] = summarize_py_spy(path)
     return found
 
 
@@ -736,16 +756,12 @@ def main() -> int:
     parser.add_argument("--peer-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cert", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
-    parser.add_argument("--cprofile", help=argparse.SUPPRESS)
+    parser.add_argument("--sample", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.role:
         side = getattr(ROWS[options.row], "sender" if options.role == "send" else "receiver")
-        if options.cprofile:
-            import cProfile
-
-            profiler = cProfile.Profile()
-            profiler.runcall(side, options)
-            profiler.dump_stats(options.cprofile)
+        if options.sample:
+            CpuSampler(options.sample).run(side, options)
         else:
             side(options)
         return 0
@@ -771,7 +787,7 @@ def run(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except ImportError:
             raise BenchError(
                 "the aioquic row needs aioquic: pip install 'shoal[bench]'") from None
-    options.profiler = "py-spy" if shutil.which("py-spy") else "cProfile"
+    options.profiler = "py-spy" if shutil.which("py-spy") else "sampler"
     if options.profile:
         Path(options.profile_dir).mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {name: [] for name in names}

@@ -110,11 +110,11 @@ class SendStream:
                 return size
             piece: bytes | bytearray | memoryview = bytearray(data[:size])
         elif type(data) is bytes:
-            piece = data if size == len(data) else memoryview(data)[:size]
+            piece = memoryview(data)[:size]  # kept as a view: frames are slices of it
         elif type(data) is memoryview and data.readonly and type(data.obj) is bytes:
             piece = data[:size]  # a view of bytes nobody can change
         else:
-            piece = bytes(data[:size])  # the caller may change its buffer after this
+            piece = memoryview(bytes(data[:size]))  # the caller may change its buffer
         chunks.append(piece)
         self._starts.append(self.written)
         self.written += size
@@ -258,7 +258,8 @@ class SendStream:
         chunk = chunks[index]
         chunk_end = start + len(chunk)
         if hi <= chunk_end or chunk_end - lo >= MIN_JOIN:
-            return memoryview(chunk)[lo - start : min(hi, chunk_end) - start]
+            view = chunk if type(chunk) is memoryview else memoryview(chunk)
+            return view[lo - start : min(hi, chunk_end) - start]
         pieces = [memoryview(chunk)[lo - start :]]
         cursor = chunk_end
         while cursor < hi:
