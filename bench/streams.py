@@ -109,15 +109,24 @@ def report(role: str, **fields: object) -> None:
                       "sys_s": round(usage.ru_stime, 3), **fields}), flush=True)
 
 
+_samplers: list[CpuSampler] = []
+"""The process's own sampler, under ``--profile`` without py-spy."""
+
+
 def started() -> float:
-    """The sender begins: its transfer CPU counts from here; returns the start time."""
+    """The sender begins: its transfer CPU counts (and is sampled) from here; returns
+    the start time."""
     _transfer_cpu_from[:] = [cpu_seconds()]
+    for sampler in _samplers:
+        sampler.start()
     return time.monotonic()
 
 
 def ready() -> None:
-    """The receiver is set up: its transfer CPU counts from here."""
+    """The receiver is set up: its transfer CPU counts (and is sampled) from here."""
     _transfer_cpu_from[:] = [cpu_seconds()]
+    for sampler in _samplers:
+        sampler.start()
     print(json.dumps({"ready": True}), flush=True)
 
 
@@ -645,7 +654,8 @@ def _area(path: str, line: int = 0) -> str:
              ("shoal/core/recovery", "core: recovery"), ("shoal/core/", "core: other"),
              ("shoal/aio/udp", "aio: udp driver"), ("shoal/aio/driver", "aio: loop driver"),
              ("shoal/aio/node", "aio: node API"), ("asyncio", "event loop"),
-             ("uvloop", "event loop"), ("streams.py", "bench (data and hashing)"))
+             ("uvloop", "event loop"), ("streams.py", "bench (data and hashing)"),
+             ("<string>", "dataclass __init__ (frames, events)"))
     for mark, area in marks:
         if mark in path:
             return area
@@ -676,7 +686,8 @@ def summarize_py_spy(path: Path, top: int = 15) -> dict:
 
 class CpuSampler:
     """Where py-spy is missing: the process samples its own stack every millisecond of
-    CPU time it uses (``SIGPROF``), so that waiting costs no samples, and writes them
+    CPU time it uses (``SIGPROF``) from the start of the transfer (``started``,
+    ``ready``), so that neither start-up nor waiting counts, and writes the samples
     as py-spy's collapsed stacks. Time in C (the cipher, a system call) is charged to
     the line that called it, once the call returns."""
 
@@ -687,6 +698,11 @@ class CpuSampler:
         self.interval = interval
         self.stacks: collections.Counter[str] = collections.Counter()
         signal.signal(signal.SIGPROF, self._sample)
+
+    def start(self) -> None:
+        import signal
+
+        signal.setitimer(signal.ITIMER_PROF, self.interval, self.interval)
 
     def _sample(self, _signum: int, frame: object) -> None:
         names = []
@@ -700,7 +716,7 @@ class CpuSampler:
             ) -> None:
         import signal
 
-        signal.setitimer(signal.ITIMER_PROF, self.interval, self.interval)
+        _samplers.append(self)
         try:
             side(options)
         finally:

@@ -39,7 +39,8 @@ MIN_FRAME_DATA = 16
 """Start no frame with room for fewer bytes than this while more are waiting."""
 _STREAM = bytes((FrameType.STREAM,))
 _STREAM_FIN = bytes((FrameType.STREAM_FIN,))
-_SENDING = frozenset((SendState.READY, SendState.SEND, SendState.DATA_SENT))
+_SENDING = (SendState.READY, SendState.SEND, SendState.DATA_SENT)
+"""(A tuple: membership by identity, where a set would call Enum.__hash__ in Python.)"""
 _OFFSET_LENGTH = struct.Struct("!IH")
 """A 4-byte varint offset and a 2-byte varint length (their tags or'ed in)."""
 
