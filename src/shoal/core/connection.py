@@ -671,9 +671,10 @@ class Connection:
         self.paced_until = None
         if not self.closed:
             self._probe_size(now, out)
+        max_payload = self.max_payload  # (the path and its size stay as they are meanwhile)
         while True:
             parts: list[bytes] = []
-            budget = self.max_payload
+            budget = max_payload
             items: list[tuple[Flow, object]] = []
             eliciting = False
             if self.ack_pending and self.received.ranges:
