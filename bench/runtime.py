@@ -10,9 +10,12 @@
   and MB/s reading a 64 MiB file into the page; its paint and memory are reported too;
 - the baselines, measured the same way in the same run, each a bare pywebview window of
   the same size whose page a plain file server serves: the same page without its script
-  (no bridge, no policy: ``baseline_*``), and the same page making the same calls on
-  pywebview's own bridge, a ``js_api`` object (``pywebview_bridge_*``; its timer is the
-  browser's coarse one, 0.1 ms);
+  (no bridge, no policy: ``baseline_*``); that window again with its storage kept on disk
+  as Shoal's window keeps the app's (``baseline_persistent_*``: pywebview's
+  ``private_mode=False`` and a ``storage_path``, where ``baseline_*`` has pywebview's
+  default, a private profile held in memory); and the same page making the same calls
+  on pywebview's own bridge, a ``js_api`` object (``pywebview_bridge_*``; its timer is
+  the browser's coarse one, 0.1 ms);
 - the floor of any WebSocket bridge in this webview: a bare window whose page makes the
   same round trips to a WebSocket that echoes a fixed answer, with no work behind it.
 
@@ -57,6 +60,7 @@ BASELINE = r"""
 import json, sys, time
 import webview
 url, started, width, height = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:5])
+storage = sys.argv[5] if len(sys.argv) > 5 else None  # kept on disk there, if given
 window = webview.create_window("Runtime bench", url, width=width, height=height)
 def loaded():
     script = "(performance.getEntriesByType('paint')[0] || {}).startTime"
@@ -68,7 +72,7 @@ def loaded():
     origin = window.evaluate_js("performance.timeOrigin")
     print(json.dumps({"first_paint_ms": origin + start - started * 1000}), flush=True)
 window.events.loaded += loaded
-webview.start(private_mode=True, gui="qt")
+webview.start(private_mode=storage is None, storage_path=storage, gui="qt")
 """
 
 
@@ -202,15 +206,21 @@ def serve_app_folder(page: bytes) -> tuple[ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}/page.html"
 
 
-def measure_baseline(env: dict[str, str]) -> dict[str, float]:
+def measure_baseline(env: dict[str, str], storage: Path | None = None) -> dict[str, float]:
+    """The bare window; with ``storage``, one that keeps what its page stores there."""
     server, url = serve_app_folder(bench_page(None))
     started = time.time()
-    process = subprocess.Popen([sys.executable, "-c", BASELINE, url, str(started), *WINDOW_SIZE],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env=env, start_new_session=True)
+    kept = [str(storage)] if storage is not None else []
+    process = subprocess.Popen(
+        [sys.executable, "-c", BASELINE, url, str(started), *WINDOW_SIZE, *kept],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        start_new_session=True)
     try:
         assert process.stdout is not None
-        result = json.loads(process.stdout.readline())
+        line = process.stdout.readline()
+        if not line:
+            raise SystemExit("the bare window exited before its page painted")
+        result = json.loads(line)
         time.sleep(0.5)  # the same settling as the Shoal run gets after its first paint
         memory = tree_pss_mb(process.pid)
     finally:
@@ -333,6 +343,8 @@ def one_round(env: dict[str, str], scratch: Path, shoal_first: bool) -> dict[str
         shoal = measure_shoal(env, APP)
     settle()
     baseline = measure_baseline(env)
+    settle()
+    persistent = measure_baseline(env, scratch / "storage")
     if not shoal_first:
         settle()
         shoal = measure_shoal(env, APP)
@@ -355,6 +367,8 @@ def one_round(env: dict[str, str], scratch: Path, shoal_first: bool) -> dict[str
         "isolated_memory_mb": isolated["memory_mb"],
         "baseline_first_paint_ms": baseline["first_paint_ms"],
         "baseline_memory_mb": baseline["memory_mb"],
+        "baseline_persistent_first_paint_ms": persistent["first_paint_ms"],
+        "baseline_persistent_memory_mb": persistent["memory_mb"],
         "pywebview_bridge_first_paint_ms": on_pywebview["first_paint_ms"],
         "pywebview_bridge_first_call_ms": on_pywebview["first_call_ms"],
         "pywebview_bridge_memory_mb": on_pywebview["memory_mb"],

@@ -302,3 +302,105 @@ def test_forged_resp_and_final_from_on_path_change_nothing() -> None:
     assert net.now - started < 0.1
     assert b.endpoint.stats["dropped_handshake"] >= 1
     assert [m.data for m in b.received()] == [b"first"]
+
+
+def _restart(net: SimNetwork, node: SimNode, address: tuple[str, int]) -> SimNode:
+    """``node`` dies without a word and its key starts again at ``address``."""
+    node.online = False
+    del net.nodes[node.address]
+    net._bound.pop(node.address)
+    return net.add_node(identity=node.endpoint.identity, address=address)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("dialer", ["restarted", "sender", "nobody"])
+def test_a_peer_restarted_mid_message_is_replaced_at_once_and_gets_the_message(
+        seed: int, dialer: str) -> None:
+    """The restarted run's handshake names another incarnation: proof that the earlier
+    connection is dead, even within the crossed-dial window, whoever dials. If nobody
+    does (the peer came back at the same address), the sender's packets go unanswered
+    and a handshake at that address, after two probe timeouts, finds the new run."""
+    net, a, b = _pair(seed)
+    a.endpoint.connect(b.address, net.now)
+    net.flush(a)
+    net.run(0.2)
+    handle = a.endpoint.send_message(b.peer_id, bytes(range(256)) * 4096, net.now)  # 1 MiB
+    net.flush(a)
+    net.run(0.1)  # part of it is on its way when b dies
+    assert not _delivered(a, handle)
+    b2 = _restart(net, b, b.address if dialer == "nobody" else ("10.0.9.9", 7000))
+    if dialer == "restarted":
+        b2.endpoint.connect(a.address, net.now)
+        net.flush(b2)
+    elif dialer == "sender":
+        a.endpoint.connect(b2.address, net.now)
+        net.flush(a)
+    restarted_at = net.now
+    assert net.run(60, until=lambda: _delivered(a, handle) or _failure(a, handle) is not None)
+    assert _delivered(a, handle), _failure(a, handle)
+    assert net.now - restarted_at < 3.0
+    assert [m.data for m in b2.received()] == [bytes(range(256)) * 4096]
+    (connection,) = a.endpoint.connections.values()
+    assert connection.address == b2.address
+    assert a.endpoint.stats["connections_replaced"] == 1
+    # The application hears that the peer's earlier run is gone, then that it is back.
+    told = [e for e in a.events if isinstance(e, ev.PeerDisconnected | ev.PeerConnected)]
+    assert [type(e) for e in told] == [ev.PeerConnected, ev.PeerDisconnected, ev.PeerConnected]
+    assert told[1].reason == "the peer restarted"
+
+
+def test_a_peer_silent_for_a_while_but_not_restarted_keeps_its_connection() -> None:
+    """The handshake that checks a silent peer for a restart is answered by the same run
+    of the peer: no second connection is made, and the transfer goes on once it speaks."""
+    net, a, b = _pair(4)
+    a.endpoint.connect(b.address, net.now)
+    net.flush(a)
+    net.run(0.2)
+    handle = a.endpoint.send_message(b.peer_id, bytes(300_000), net.now)
+    net.flush(a)
+    net.run(0.05)
+    muted = {"until": net.now + 2.0}
+
+    def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
+        if source == b.address and data[0] == PacketKind.DATA and net.now < muted["until"]:
+            return None  # b's packets are lost for two seconds; its handshakes are not
+        return data
+
+    net.tap = tap
+    assert net.run(30, until=lambda: _delivered(a, handle))
+    assert a.endpoint.stats["restart_checks"] >= 1
+    assert a.endpoint.stats["dials_to_a_held_peer"] >= 1
+    assert a.endpoint.stats["connections_replaced"] == 0
+    assert len(a.endpoint.connections) == 1 and len(b.endpoint.connections) == 1
+    assert [len(m.data) for m in b.received()] == [300_000]
+
+
+def test_the_proof_names_the_run_of_the_node_and_a_cut_one_is_refused() -> None:
+    from shoal.core.handshake import CAP_INCARNATION, check_proof, make_proof, proof_length
+    from shoal.errors import RemoteProtocolError
+    from shoal.identity import Identity
+
+    identity = Identity(bytes(range(32)))
+    proof = make_proof(identity, False, 2, 0, b"run-one!")
+    assert proof_length(proof + b"\x01") == len(proof)  # what follows is not the proof's
+    parsed = check_proof(proof, identity.static_public)
+    assert parsed.incarnation == b"run-one!" and parsed.capabilities & CAP_INCARNATION
+    assert check_proof(make_proof(identity, False, 2, 0), identity.static_public
+                       ).incarnation == b""
+    for cut in range(len(proof) - 8, len(proof)):
+        with pytest.raises(RemoteProtocolError):
+            check_proof(proof[:cut], identity.static_public)
+    # Each start of a node with the same key is another run; its connections all say so.
+    net = SimNetwork(seed=5)
+    first = net.add_node(identity=identity)
+    again = net.add_node(identity=identity, address=("10.0.9.9", 7000))
+    peer = net.add_node()
+    runs = []
+    for node in (first, again):  # as if one stopped and the other started
+        peer.endpoint.connect(node.address, net.now)
+        net.flush(peer)
+        net.run(2)
+        (connection,) = peer.endpoint.connections.values()
+        runs.append(connection.peer_incarnation)
+    assert runs == [first.endpoint.handshakes.incarnation, again.endpoint.handshakes.incarnation]
+    assert runs[0] != runs[1] and peer.endpoint.stats["peer_restarts"] == 1

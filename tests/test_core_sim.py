@@ -277,6 +277,37 @@ def test_session_survives_an_address_change() -> None:
     assert b_view.address == new
 
 
+@pytest.mark.parametrize("moving", ["sender", "receiver"])
+def test_a_message_goes_on_when_either_side_moves_in_the_middle_of_it(moving: str) -> None:
+    """A NAT rebinding (or a new network) mid-transfer. The receiver only acknowledges
+    what reaches it, and nothing reaches its new address: after a silence in the middle
+    of a message, it PINGs, which shows the sender the way."""
+    net, _, a, b = _network(seed=3, profile=LinkProfile(latency=0.02))
+    data = bytes(range(256)) * 4096
+    handle = a.endpoint.send_message(b.peer_id, data, net.now)
+    net.flush(a)
+
+    def halfway() -> bool:
+        connection = b.endpoint.connection_to(a.endpoint.identity.public_key)
+        return connection is not None and connection.bytes_received > len(data) // 4
+
+    assert net.run(10, until=halfway)
+    assert not _delivered(a, handle)
+    mover = a if moving == "sender" else b
+    new = ("10.0.9.9", 40000)
+    net.move(mover, new)
+    moved_at = net.now
+    assert net.run(60, until=lambda: _delivered(a, handle) or any(
+        isinstance(e, ev.MessageFailed) for e in a.events))
+    assert _delivered(a, handle)
+    assert net.now - moved_at < 3.0
+    assert [m.data for m in b.received()] == [data]
+    other = b if mover is a else a
+    view = next(p for p in other.endpoint.peers() if p.peer_id == mover.peer_id)
+    assert view.address == new
+    assert (b.endpoint.stats["silence_pings"] > 0) == (moving == "receiver")
+
+
 def test_only_the_dialing_side_keeps_an_idle_connection_alive() -> None:
     net, introducer, a, _ = _network()
     net.run(5)

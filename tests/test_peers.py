@@ -51,9 +51,11 @@ def test_only_close_leaves_closed_and_every_role_can_close() -> None:
     assert all(TRANSITIONS[role, Move.CLOSE] is Role.CLOSED for role in Role)
 
 
-def _connection(*, initiator: bool, confirmed: bool, at: float) -> SimpleNamespace:
+def _connection(*, initiator: bool, confirmed: bool, at: float,
+                incarnation: bytes = b"") -> SimpleNamespace:
     return SimpleNamespace(initiator=initiator, confirmed=confirmed, established_at=at,
-                           peer=PEER, closed=False, role=Role.NEW)
+                           peer=PEER, closed=False, role=Role.NEW,
+                           peer_incarnation=incarnation)
 
 
 def test_a_crossed_dial_keeps_the_one_the_smaller_id_started_on_both_sides() -> None:
@@ -93,3 +95,39 @@ def test_a_later_connection_replaces_and_an_unconfirmed_one_waits_aside() -> Non
     table.confirm(ours)
     assert ours.role is Role.CURRENT
     assert table.remove(ours) == (True, None) and table.current is None
+
+
+@pytest.mark.parametrize("confirmed", [True, False])
+def test_another_incarnation_of_the_peer_replaces_its_connections_at_once(
+        confirmed: bool) -> None:
+    """Within the crossed-dial window, and whether the peer confirmed the new one yet:
+    a handshake from another run of the peer's node proves the earlier run is gone."""
+    table = PeerConnections(PEER, ME)
+    old = _connection(initiator=True, confirmed=True, at=0.0, incarnation=b"run-one!")
+    table.place(old, 0.0)
+    crossed = _connection(initiator=False, confirmed=True, at=0.1, incarnation=b"run-one!")
+    table.place(crossed, 0.1)  # the same run: a crossed dial, one drains
+    assert Role.DRAINING in (old.role, crossed.role)
+    current = table.current
+    again = _connection(initiator=not confirmed, confirmed=confirmed, at=0.2,
+                        incarnation=b"run-two!")
+    assert table.place(again, 0.2) == (Outcome.REPLACED, current)
+    assert table.current is again and again.role is Role.CURRENT
+    assert table.stale(again) == [c for c in (old, crossed) if c is not current]
+    # A peer that names no incarnation is judged by time alone, as before.
+    legacy = PeerConnections(PEER, ME)
+    first = _connection(initiator=True, confirmed=True, at=0.0, incarnation=b"")
+    legacy.place(first, 0.0)
+    second = _connection(initiator=False, confirmed=True, at=0.1, incarnation=b"run-two!")
+    assert legacy.place(second, 0.1)[0] in (Outcome.CROSSED_WON, Outcome.CROSSED_LOST)
+
+
+def test_a_later_connection_from_the_same_run_of_the_peer_lets_the_earlier_drain() -> None:
+    table = PeerConnections(PEER, ME)
+    old = _connection(initiator=False, confirmed=True, at=0.0, incarnation=b"run-one!")
+    table.place(old, 0.0)
+    at = CROSSED_DIAL_WINDOW + 1
+    later = _connection(initiator=False, confirmed=True, at=at, incarnation=b"run-one!")
+    assert table.place(later, at) == (Outcome.SUPERSEDED, old)
+    assert old.role is Role.DRAINING and table.current is later
+    assert table.stale(later) == []

@@ -154,7 +154,7 @@ def test_broken_app_code_is_one_clear_cli_line(tmp_path: Path, code: str,
     assert len(lines) == 1 and expected in lines[0], lines
 
 
-@pytest.mark.parametrize("template", ["blank", "chat"])
+@pytest.mark.parametrize("template", ["blank", "chat", "notes"])
 def test_init_writes_an_app_whose_own_test_passes(tmp_path: Path, template: str) -> None:
     folder = tmp_path / "notes"
     made = subprocess.run([sys.executable, "-m", "shoal.cli.main", "init", str(folder),
@@ -550,6 +550,44 @@ def test_served_pages_keep_their_doctype_first(tmp_path: Path) -> None:
         '<!doctype html><meta http-equiv="Content-Security-Policy" '
         'content="script-src &#x27;self&#x27;">\n<html><head lang="en">'
         f'{LAUNCH_TAG}<title>t</title></head></html>')
+
+
+HOST_UP = """
+import asyncio, json, sys
+from pathlib import Path
+from shoal.runtime.host import AppHost
+from shoal.runtime.testing import BridgeClient
+
+async def main():
+    async with AppHost(Path(sys.argv[1]), data_dir=Path(sys.argv[2])) as host, \\
+            BridgeClient(host) as page:
+        await page.call("fs.writeFile", "first.txt", "answered")
+        print(json.dumps(sorted(sys.modules)))
+
+asyncio.run(main())
+"""
+
+NOT_FOR_EVERY_APP = ("cryptography", "zeroconf", "ifaddr", "pycrdt", "blake3", "rich",
+                     "aiohttp", "uvloop", "psutil", "shoal.aio", "shoal.core",
+                     "shoal.identity", "shoal.groups", "shoal.inspector",
+                     "shoal.runtime.archive")
+
+
+def test_an_app_without_the_network_loads_none_of_its_stack(tmp_path: Path) -> None:
+    # What the window process holds is what the app uses: the node's stack and the other
+    # heavy libraries load with the permission or the call that needs them, never for a
+    # page's first call.
+    data = tmp_path / "data"
+    made = subprocess.run(
+        [sys.executable, "-c", HOST_UP, str(_app(tmp_path / "app", BASE)), str(data)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "SHOAL_NO_LAN": "1"})
+    assert made.returncode == 0, made.stderr
+    assert (data / "first.txt").read_text() == "answered"  # the host answered a call
+    loaded = json.loads(made.stdout.splitlines()[-1])
+    assert "shoal.runtime.bridge" in loaded
+    assert [name for name in loaded
+            if name.startswith(tuple(f"{heavy}." for heavy in NOT_FOR_EVERY_APP))
+            or name in NOT_FOR_EVERY_APP] == []
 
 
 def test_run_without_a_display_says_so_and_serves_for_a_browser(tmp_path: Path) -> None:

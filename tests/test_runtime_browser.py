@@ -3,8 +3,10 @@ loading an app served by ``shoal run --browser``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser
+from playwright.sync_api import Browser, Page
 
 from webapp_checks import WEBAPP as APP
 from webapp_checks import assert_page_results
@@ -163,8 +165,10 @@ def test_dev_reloads_the_page_when_a_file_changes(tmp_path: Path, browser: Brows
         process.wait(timeout=10)
 
 
-def test_two_chat_apps_message_each_other(tmp_path: Path, browser: Browser) -> None:
-    """The chat template, twice, through an introducer on loopback: the JS network API."""
+@contextlib.contextmanager
+def _two_apps(tmp_path: Path, browser: Browser, template: str) -> Iterator[list[Page]]:
+    """Two copies of ``template`` (alice's and bob's) through an introducer on loopback,
+    each served for the browser: their pages, loaded."""
     shoal = [sys.executable, "-m", "shoal.cli.main"]
     env = {**os.environ, "SHOAL_NO_LAN": "1"}
     introducer = subprocess.Popen(
@@ -173,14 +177,14 @@ def test_two_chat_apps_message_each_other(tmp_path: Path, browser: Browser) -> N
         stdout=subprocess.PIPE, text=True, env=env,
     )
     processes = [introducer]
-    pages = []
+    pages: list[Page] = []
     try:
         assert introducer.stdout is not None
         address = json.loads(introducer.stdout.readline())["listen"]
         urls = []
         for name in ("alice", "bob"):
             folder = tmp_path / name
-            subprocess.run([*shoal, "init", str(folder), "--template", "chat"], check=True,
+            subprocess.run([*shoal, "init", str(folder), "--template", template], check=True,
                            capture_output=True)
             config = folder / "shoal.toml"
             config.write_text(config.read_text()
@@ -200,25 +204,7 @@ def test_two_chat_apps_message_each_other(tmp_path: Path, browser: Browser) -> N
             page.goto(url)
             page.wait_for_selector("body[data-ready=true]", state="attached", timeout=20000)
             pages.append(page)
-        alice, bob = pages
-        bob_id = bob.text_content("#me") or ""
-        assert len(bob_id) == 64
-        alice.fill("#to", bob_id)
-        alice.fill("#text", "hello bob")
-        alice.click("#compose button")
-        bob.wait_for_selector("#log li", timeout=30000)
-        assert (bob.text_content("#log li") or "").endswith("(direct): hello bob")
-        alice.wait_for_selector("#log li", timeout=10000)
-        assert "me →" in (alice.text_content("#log li") or "")
-        # Pairing in the page: a code on one side, typed on the other, ids filled in.
-        alice.click("#pair")
-        alice.wait_for_selector("#pair-status:has-text('this code: ')", timeout=20000)
-        code = (alice.text_content("#pair-status") or "").split("this code: ", 1)[1].strip()
-        bob.fill("#code", code)
-        bob.click("#pairing button:not(#pair)")
-        for page, other in ((bob, alice), (alice, bob)):
-            page.wait_for_selector("#pair-status:has-text('Paired with')", timeout=20000)
-            assert page.input_value("#to") == other.text_content("#me")
+        yield pages
     finally:
         for page in pages:
             page.close()
@@ -227,7 +213,66 @@ def test_two_chat_apps_message_each_other(tmp_path: Path, browser: Browser) -> N
             process.wait(timeout=10)
 
 
-@pytest.mark.parametrize("template", ["blank", "chat"])
+def _invite_from(page: Page) -> str:
+    page.click("#show-invite")
+    page.wait_for_selector("#invite-box:not([hidden])", timeout=10000)
+    invite = page.input_value("#invite-out")
+    assert invite.startswith("shoal-group:")
+    return invite
+
+
+def test_two_chat_apps_share_a_group(tmp_path: Path, browser: Browser) -> None:
+    """The chat template, twice: one creates a group and posts, the other joins with the
+    invite pasted, sees that post in the history with who wrote it, and answers live
+    (the JS groups API)."""
+    with _two_apps(tmp_path, browser, "chat") as (alice, bob):
+        alice.fill("#group-name", "picnic")
+        alice.click("#create button")
+        alice.wait_for_selector("#text:not([disabled])", timeout=20000)
+        alice.fill("#text", "bring plates")
+        alice.click("#compose button")
+        alice.wait_for_selector("#log li", timeout=20000)
+        assert (alice.text_content("#log li") or "").endswith(" me: bring plates")
+        bob.fill("#invite-in", _invite_from(alice))
+        bob.click("#join button")
+        # What was posted before bob joined, with who wrote it.
+        bob.wait_for_selector("#log li", timeout=30000)
+        line = bob.text_content("#log li") or ""
+        assert line.endswith(": bring plates") and " me: " not in line, line
+        assert re.fullmatch("[0-9a-f]{64}", bob.get_attribute("#log li", "title") or "")
+        bob.fill("#text", "and cups")
+        bob.click("#compose button")
+        alice.wait_for_selector("#log li:nth-child(2)", timeout=30000)
+        assert (alice.text_content("#log li:nth-child(2)") or "").endswith(": and cups")
+
+
+def _notes_become(page: Page, wanted: str, timeout: float = 30) -> None:
+    """Wait until the page's notes read ``wanted`` (polled: the policy forbids the eval
+    that wait_for_function needs)."""
+    deadline = time.monotonic() + timeout
+    while (shown := page.input_value("#notes")) != wanted:
+        assert time.monotonic() < deadline, f"the notes read {shown!r}, not {wanted!r}"
+        page.wait_for_timeout(100)
+
+
+def test_two_notes_apps_edit_one_text(tmp_path: Path, browser: Browser) -> None:
+    """The notes template, twice: what is typed in one window shows in the other, both
+    ways, as one group document."""
+    with _two_apps(tmp_path, browser, "notes") as (alice, bob):
+        alice.fill("#group-name", "plans")
+        alice.click("#create button")
+        alice.wait_for_selector("#notes:not([disabled])", timeout=20000)
+        alice.type("#notes", "bread")
+        bob.fill("#invite-in", _invite_from(alice))
+        bob.click("#join button")
+        _notes_become(bob, "bread")
+        bob.click("#notes")
+        bob.keyboard.press("End")
+        bob.keyboard.type(", milk")
+        _notes_become(alice, "bread, milk")
+
+
+@pytest.mark.parametrize("template", ["blank", "chat", "notes"])
 def test_a_template_loads_without_errors_and_says_how_to_open_it_without_its_link(
         tmp_path: Path, browser: Browser, template: str) -> None:
     shoal = [sys.executable, "-m", "shoal.cli.main"]
@@ -241,7 +286,7 @@ def test_a_template_loads_without_errors_and_says_how_to_open_it_without_its_lin
     try:
         assert process.stdout is not None
         first = json.loads(process.stdout.readline())
-        if template == "chat":  # a network app with no introducer and no LAN here
+        if template in ("chat", "notes"):  # a network app: no introducer, no LAN here
             assert first["event"] == "notice" and "--introducer" in first["reason"], first
             first = json.loads(process.stdout.readline())
         url = first["url"]

@@ -309,3 +309,42 @@ def test_a_stream_on_the_loser_of_a_crossed_dial_follows_it_to_the_direct_path()
     assert carrier is not a.endpoint.connection_to(peer) and carrier.draining
     # ...and that connection left the relay in the middle of the transfer.
     assert moved_at is not None and 0 < moved_at < len(data)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_stream_on_the_connection_a_crossed_dial_supersedes_goes_on_to_its_end(
+        seed: int) -> None:
+    """Both nodes dial each other at once and a stream opens on the first connection up,
+    which may be the one that then drains: the stream keeps it open (and alive, past the
+    idle timeout) until the stream ends; new streams open on the one kept."""
+
+    async def main(net: sim.VirtualNetwork) -> tuple[bytes, bytes, int, int, int]:
+        alice = await net.node().start()
+        bob = await net.node().start()
+        inbox = bob.channel("long/1")
+        await asyncio.gather(alice.connect(bob.address), bob.connect(alice.address))
+        stream = await alice.open_stream(bob.peer_id, channel="long/1")
+        await stream.write(b"one ")
+        peer = await inbox.accept(timeout=5)
+        first = await peer.read()
+        await asyncio.sleep(60)  # quiet, past the drain and the idle timeout
+        later = await alice.open_stream(bob.peer_id, channel="long/1")
+        held = alice.endpoint.streams.handles[later.handle].owner.connection
+        assert held is alice.endpoint.connection_to(bytes.fromhex(bob.peer_id))
+        await later.close()
+        await stream.write(b"two")
+        await stream.close()
+        rest = await _drain_to(peer)
+        await peer.close()
+        assert await stream.read() in (b"", None)
+        await (await inbox.accept(timeout=5)).close()
+        await asyncio.sleep(30)
+        counts = len(alice.endpoint.connections), len(bob.endpoint.connections)
+        superseded = alice.stats.get("crossed_dials", 0)
+        await alice.close()
+        await bob.close()
+        return first, rest, *counts, superseded
+
+    first, rest, at_alice, at_bob, crossed = sim.run(main, seed=seed)
+    assert first + rest == b"one two"
+    assert (at_alice, at_bob) == (1, 1) and crossed == 1

@@ -484,3 +484,40 @@ def test_a_relay_filled_by_a_few_sources_still_takes_a_new_pair() -> None:
     for index in range(4):
         assert small.admit(b"s%d" % index, b"t", 10, 0.0)
     assert not small.admit(b"s9", b"t", 10, 0.0) and small.evicted == 0
+
+
+@pytest.mark.parametrize(("kinds", "path"), [
+    (["symmetric", "symmetric"], "relay"),
+    (["port-restricted", "port-restricted"], "direct"),
+])
+def test_a_peer_restarted_behind_its_nat_is_found_through_the_relay(kinds: list[str],
+                                                                    path: str) -> None:
+    """The peer's new run sits behind the same NAT on another port, so nothing reaches it
+    at the address the connection knows: a handshake through the introducer the new run
+    registered with finds it, and a message in flight goes on there."""
+    config = CoreConfig(punching=path == "direct")
+    net, _, (a, b) = _lab(4, kinds, config=config)
+    warm = a.endpoint.send_message(b.peer_id, b"warm", net.now)
+    net.flush(a)
+    assert net.run(30, until=lambda: _delivery(a, warm) is not None)
+    assert _confirmed_connection(net, a, b).path_kind == path
+    net.run(8)
+    data = bytes(range(256)) * 4096
+    handle = a.endpoint.send_message(b.peer_id, data, net.now)
+    net.flush(a)
+    net.run(0.3)
+    assert _delivery(a, handle) is None
+    b.online = False
+    del net.nodes[b.address]
+    net._bound.pop(b.address)
+    again = net.add_node(identity=b.endpoint.identity, address=(b.address[0], 7001),
+                         nat=b.nat, config=config)
+    again.endpoint.add_introducer(INTRODUCER, net.now)
+    net.flush(again)
+    restarted = net.now
+    assert net.run(60, until=lambda: _delivery(a, handle) is not None or any(
+        isinstance(e, ev.MessageFailed) for e in a.events))
+    assert _delivery(a, handle) is not None
+    assert net.now - restarted < 5.0
+    assert [m.data for m in again.received()] == [data]
+    assert a.endpoint.stats["peer_restarts"] == 1

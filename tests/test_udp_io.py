@@ -16,6 +16,9 @@ import pytest
 import shoal
 from shoal.aio.udp import (
     GSO_MAX_SEGMENTS,
+    IP_MTU_DISCOVER,
+    IPV6_MTU_DISCOVER,
+    PMTUDISC_PROBE,
     RECV_SIZE,
     UDP_GRO,
     DatagramSocket,
@@ -286,3 +289,21 @@ def test_io_stats_names_every_counter() -> None:
         "rx_datagrams", "rx_bytes", "rx_syscalls", "rx_gro_buffers", "rx_gro_segments",
         "tx_datagrams", "tx_bytes", "tx_syscalls", "tx_gso_batches", "tx_gso_segments",
         "gso_fallbacks", "gro_fallbacks", "rx_truncated", "rx_oversize", "tx_dropped"}
+
+
+def test_sockets_send_unfragmented_and_leave_the_size_to_the_connections_search() -> None:
+    """IP_PMTUDISC_PROBE: Don't Fragment set, and no path MTU from ICMP imposed on the
+    size probes of ``core.pmtud``; for IPv4, and for both families of a dual-stack socket."""
+    with open_udp_socket("127.0.0.1", 0) as v4:
+        assert v4.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER) == PMTUDISC_PROBE
+    if socket.has_ipv6:
+        with open_udp_socket("::", 0) as dual:
+            assert dual.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER) == PMTUDISC_PROBE
+            assert dual.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER) == PMTUDISC_PROBE
+
+    async def node_socket() -> int:
+        async with shoal.Node(Identity.generate(), listen="127.0.0.1:0") as node:
+            sock = node._driver.sock  # type: ignore[union-attr]
+            return sock.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER)
+
+    assert asyncio.run(node_socket()) == PMTUDISC_PROBE

@@ -17,6 +17,7 @@ from shoal.errors import (
 
 if TYPE_CHECKING:
     from shoal.aio.files import FetchError, FetchProgress, FetchResult
+    from shoal.aio.groups import Group, GroupDocument, Member, Post
     from shoal.aio.node import (
         Channel,
         Datagram,
@@ -48,6 +49,10 @@ _LAZY = {
     "FetchError": "shoal.aio.files",
     "FetchProgress": "shoal.aio.files",
     "FetchResult": "shoal.aio.files",
+    "Group": "shoal.aio.groups",
+    "GroupDocument": "shoal.aio.groups",
+    "Member": "shoal.aio.groups",
+    "Post": "shoal.aio.groups",
     "Ticket": "shoal.core.blobs",
     "TicketError": "shoal.core.blobs",
     "VerificationError": "shoal.core.blobs",
@@ -70,12 +75,16 @@ __all__ = [
     "FetchError",
     "FetchProgress",
     "FetchResult",
+    "Group",
+    "GroupDocument",
     "Identity",
     "IdentityError",
     "LocalProtocolError",
+    "Member",
     "Message",
     "Node",
     "PeerInfo",
+    "Post",
     "RemoteProtocolError",
     "Service",
     "ServiceEvent",

@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,6 +33,7 @@ from shoal.net import format_address, parse_address, resolve_address
 
 if TYPE_CHECKING:
     from shoal.aio.files import FetchProgress, FetchResult, FileService, SharedFile
+    from shoal.aio.groups import Group, Groups
     from shoal.core.blobs import Ticket
 
 __all__ = ["Channel", "Datagram", "Delivery", "Message", "NatReport", "Node", "PeerInfo",
@@ -115,6 +117,7 @@ class Node:
         stun_servers: Iterable[str | Address] = (),
         network: Network | None = None,
         services: Iterable[Service] = (),
+        data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         """``alternate``: a second IP and port of this host, from which a node acting as
         STUN server answers NAT behaviour tests (RFC 5780); ``stun_servers``: STUN
@@ -152,8 +155,20 @@ class Node:
         else:
             self.lan_discovery = lan_discovery
         random_bytes = network.random_bytes if network is not None else secrets.token_bytes
+        from shoal.core.services.groups import GroupService
+
+        self._group_service = GroupService()
         self.endpoint = Endpoint(self.identity, random_bytes=random_bytes, config=self.config,
-                                 services=services)
+                                 services=(*services, self._group_service))
+        self._group_service.providers = self.endpoint.services.get("dht")  # type: ignore[assignment]
+        if data_dir is not None:
+            self.data_dir: Path | None = Path(data_dir)
+        elif self.identity.path is not None:
+            self.data_dir = self.identity.path.parent / f"{self.identity.path.stem}.groups"
+        else:
+            self.data_dir = None
+        """Where the node keeps its groups (None: in memory)."""
+        self._groups: Groups | None = None
         self._driver: LoopDriver | None = None
         self._lan: object | None = None
         self._lan_start: asyncio.Task[None] | None = None
@@ -169,6 +184,8 @@ class Node:
         self._handles: dict[asyncio.Future[Delivery], int] = {}
         self._stun_waiters: dict[int, asyncio.Future[ev.StunResult]] = {}
         self._connected: dict[str, asyncio.Event] = {}
+        self._reached: dict[str, str] = {}
+        """The peer that answered a ``connect`` in progress, by its waiter's key."""
         self._observed: asyncio.Event = asyncio.Event()
         self._introducer_news = asyncio.Event()
         """Set whenever an introducer answered or all of them failed to."""
@@ -211,6 +228,8 @@ class Node:
             # Announcing takes about a second of mDNS probing: nothing waits for it.
             self._lan_start = asyncio.get_running_loop().create_task(lan.start())
             self._lan_start.add_done_callback(self._lan_started)
+        if self.data_dir is not None and (self.data_dir / "groups.json").exists():
+            self._group_manager()
         self._driver.flush()
         if self._network is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_network())
@@ -276,6 +295,8 @@ class Node:
             self._watcher.cancel()
         if self._files is not None:
             self._files.close()
+        if self._groups is not None:
+            self._groups.close()
         if self._lan_start is not None and not self._lan_start.done():
             self._lan_start.cancel()
             with contextlib.suppress(BaseException):
@@ -607,9 +628,18 @@ class Node:
         before = {p.peer_id for p in self.peers() if p.connected and p.address == target}
         if before:
             return before.pop()
-        await self._until_connected(
-            f"addr:{target[0]}:{target[1]}", lambda now: self.endpoint.connect(target, now),
-            timeout, f"no Shoal node answered at {target[0]}:{target[1]}")
+        key = f"addr:{target[0]}:{target[1]}"
+        try:
+            await self._until_connected(
+                key, lambda now: self.endpoint.connect(target, now),
+                timeout, f"no Shoal node answered at {target[0]}:{target[1]}")
+        finally:
+            reached = self._reached.pop(key, None)
+        # A peer connected already answers from another of its addresses: the
+        # connection it has is kept (and tries this address as a path).
+        if reached is not None and any(p.connected and p.peer_id == reached
+                                       for p in self.peers()):
+            return reached
         for peer in self.peers():
             if peer.connected and peer.address == target:
                 return peer.peer_id
@@ -655,6 +685,36 @@ class Node:
         self.endpoint.add_peer_address(peer_id, parse_address(address), driver.now(), "app")
         driver.flush()
 
+    # ------------------------------------------------------------------ groups
+
+    async def create_group(self, name: str) -> Group:
+        """A new group with this node as its admin (see ``shoal.aio.groups``)."""
+        return self._group_manager().create(name)
+
+    async def join(self, invite: str) -> Group:
+        """Join the group an invite names (``EINVAL`` if it is no invite)."""
+        return self._group_manager().join(invite)
+
+    def carry(self, tag: str) -> None:
+        """Store and pass on the posts of the group whose tag is ``tag`` (``Group.tag``)
+        without being a member: they stay unreadable here (until this node stops)."""
+        self._group_manager().carry(tag)
+
+    def groups(self) -> list[Group]:
+        """The groups this node is in."""
+        if self._groups is None:
+            return []
+        return list(self._groups.groups.values())
+
+    def _group_manager(self) -> Groups:
+        if self._groups is None:
+            from shoal.aio.groups import Groups
+
+            self._require_driver()
+            self._groups = Groups(self, self._group_service, self.data_dir)
+            self._groups.load()
+        return self._groups
+
     # ------------------------------------------------------------------ files
 
     async def share(self, path: str | os.PathLike[str]) -> Ticket:
@@ -691,6 +751,31 @@ class Node:
 
             self._files = FileService(self)
         return self._files
+
+    # ------------------------------------------------------------------ DHT
+
+    async def provide(self, key: bytes) -> None:
+        """Announce this node as a provider of ``key`` (32 bytes) to the DHT nodes
+        nearest it, now and again before the records expire, until ``withdraw``.
+        Returns once the first announcement went out (``ENOENT`` with the DHT off)."""
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.call("dht", "provide", key, on_done=_settler(future))
+        await future
+
+    def withdraw(self, key: bytes) -> None:
+        """Stop announcing ``key``; the records others hold expire on their own."""
+        self.call("dht", "withdraw", key)
+
+    async def find_providers(self, key: bytes, *, timeout: float = 10.0) -> list[str]:
+        """The peer ids the DHT names as providers of ``key`` (32 bytes): what one
+        lookup found, or what it had found when ``timeout`` seconds passed."""
+        found: list[str] = []
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.call("dht", "find", key, lambda peer, _addresses: found.append(peer.hex()),
+                  on_done=_settler(future))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        return list(found)
 
     # ------------------------------------------------------------------ internals
 
@@ -759,6 +844,13 @@ class Node:
                                f"peer:{event.peer_id}"):
                 if waiter_key in self._connected:
                     self._connected[waiter_key].set()
+        elif isinstance(event, ev.PeerReached):
+            address_key = f"addr:{event.address[0]}:{event.address[1]}"
+            if address_key in self._connected:
+                self._reached[address_key] = event.peer_id
+            for waiter_key in (address_key, f"peer:{event.peer_id}"):
+                if waiter_key in self._connected:
+                    self._connected[waiter_key].set()
         elif isinstance(event, ev.AddressObserved):
             self._observed.set()
             self._introducer_news.set()
@@ -770,6 +862,9 @@ class Node:
                     waiter.set_result(event.report)
         elif isinstance(event, ServiceEvent) and event.service == "streams":
             self._on_stream_event(event)
+        elif isinstance(event, ServiceEvent) and event.service == "groups":
+            if self._groups is not None:
+                self._groups.on_event(event.kind, event.data)
         elif isinstance(event, ServiceEvent) and event.service == "datagrams":
             name, data, path = event.data  # type: ignore[misc]
             channel = self._channels.get(name)
@@ -804,6 +899,14 @@ class Node:
         if kind in ("closed", "failed"):
             del self._streams[handle]  # type: ignore[arg-type]
         stream._on_event(kind, data)
+
+
+def _settler(future: asyncio.Future[object]) -> Callable[[object], None]:
+    def settle(result: object) -> None:
+        if not future.done():
+            future.set_result(result)
+
+    return settle
 
 
 async def _until_closed(queue: asyncio.Queue, timeout: float | None, what: str):  # type: ignore[no-untyped-def]

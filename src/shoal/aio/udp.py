@@ -58,6 +58,13 @@ BACKLOG = 4096
 _REFUSALS = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP,
                        errno.EMSGSIZE})
 """What a kernel or socket without segmentation offload answers to it."""
+IP_MTU_DISCOVER = 10
+IPV6_MTU_DISCOVER = 23
+PMTUDISC_PROBE = 3
+"""Linux's ``IP_PMTUDISC_PROBE`` (and ``IPV6_PMTUDISC_PROBE``): every datagram leaves
+with Don't Fragment set, and the kernel neither fragments it nor holds it to a path MTU
+learnt from ICMP (which anyone can forge). The connection's own search (``core.pmtud``,
+RFC 8899) decides the size; a datagram beyond the interface's MTU fails at once."""
 _GRO_ANCILLARY = socket.CMSG_SPACE(4)
 _SEGMENT_SIZE = struct.Struct("=H")
 
@@ -322,12 +329,32 @@ def open_udp_socket(host: str, port: int) -> socket.socket:
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        set_pmtu_probe(sock)
         sock.bind((host, port))
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def set_pmtu_probe(sock: socket.socket) -> bool:
+    """Send ``sock``'s datagrams unfragmented, sized by the connections' own search
+    (``PMTUDISC_PROBE``); whether the system took it (Linux only). A dual-stack socket
+    gets it for IPv4 as well."""
+    if not sys.platform.startswith("linux"):
+        return False
+    levels = [(socket.IPPROTO_IP, IP_MTU_DISCOVER)]
+    if sock.family == socket.AF_INET6:
+        levels.insert(0, (socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER))
+    done = False
+    for level, option in levels:
+        try:
+            sock.setsockopt(level, option, PMTUDISC_PROBE)
+            done = True
+        except OSError:
+            pass
+    return done
 
 
 def bind_udp(address: Address) -> socket.socket:

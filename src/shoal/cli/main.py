@@ -1,5 +1,5 @@
-"""``shoal`` commands: id, introducer, listen, send, perf, share, fetch, doctor, and init, run,
-dev, info for apps.
+"""``shoal`` commands: id, introducer, listen, send, perf, share, fetch, group, publish,
+subscribe, doctor, and init, run, dev, info for apps.
 
 With ``--json`` every command prints one JSON object per line and per event. Errors are
 one line on stderr (or an ``{"event": "error"}`` object with ``--json``) and a non-zero
@@ -44,7 +44,7 @@ class Output:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
 
-    def event(self, name: str, human: str, **fields: Any) -> None:
+    def event(self, name: str, human: str, /, **fields: Any) -> None:
         if self.as_json:
             click.echo(json.dumps({"event": name, **fields}), nl=True)
         else:
@@ -274,12 +274,15 @@ def _lan(no_lan: bool) -> bool | None:
 
 @contextlib.asynccontextmanager
 async def _started_node(output: Output, identity: Identity, addresses: list[tuple[str, int]],
-                        listen: tuple[str, int], no_lan: bool) -> AsyncIterator[Node]:
-    """A node on the command's options, its introducers (if any) reached."""
+                        listen: tuple[str, int], no_lan: bool,
+                        data_dir: Path | None = None) -> AsyncIterator[Node]:
+    """A node on the command's options, its introducers (if any) reached; ``data_dir``:
+    where it keeps its groups (the group commands)."""
     from shoal import Node
 
+    stored = {"data_dir": data_dir} if data_dir is not None else {}
     async with Node(identity, introducers=addresses, listen=listen,
-                    lan_discovery=_lan(no_lan)) as node:
+                    lan_discovery=_lan(no_lan), **stored) as node:
         if addresses:
             with output.waiting(f"reaching {len(addresses)} introducer(s)"):
                 await node.wait_for_introducers(timeout=30)
@@ -1047,6 +1050,293 @@ def fetch(identity_path: str | None, as_json: bool, introducers: tuple[str, ...]
                                    f"{target}.part; run the same command to resume")
 
 
+def _data_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--data-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+        help="Where the node keeps its groups and their posts (default: beside its "
+             "identity file, e.g. alice.groups for alice.key).",
+    )(func)
+
+
+def _group_start(identity_path: str | None, introducers: tuple[str, ...], listen: str,
+                 data_dir: Path | None) -> tuple[Identity, list[tuple[str, int]],
+                                                 tuple[str, int], Path | None]:
+    """What a group command's node starts from, checked before anything is created."""
+    from shoal.cli.groups import node_data_dir
+
+    listen_address = parse_address(listen, default_port=0)
+    addresses = _servers(introducers, listen_address)
+    _check_can_listen(listen_address)  # before an identity file or a data folder is made
+    folder = node_data_dir(data_dir)
+    return _identity(identity_path), addresses, listen_address, folder
+
+
+@cli.group("group", short_help="Create, join and list groups: posts shared among members.")
+def group_commands() -> None:
+    """A group is a set of members who share posts; anyone with its invite can join, read
+    and post. Posts reach members who were offline when they come back.
+
+    \b
+    Examples:
+      shoal group create team
+      shoal group join shoal-group:AQ...
+      shoal group invite team
+      shoal group list
+    """
+
+
+@group_commands.command("create", short_help="Create a group; print its invite.")
+@_common
+@_network_options
+@_data_dir_option
+@click.argument("name")
+@_guard
+def group_create(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
+                 listen: str, no_lan: bool, data_dir: Path | None, name: str) -> None:
+    """Create a group called NAME, this node its admin, and print its invite: whoever
+    holds the invite can join, read and post, so give it as you would a key.
+
+    \b
+    Examples:
+      shoal group create team
+      shoal group create team --introducer 203.0.113.2:7000 --json
+    """
+    output = Output(as_json)
+    if not name.strip() or len(name.encode()) > 255:
+        raise ShoalError("a group name is 1 to 255 bytes of text", code="EINVAL")
+    identity, addresses, listen_address, folder = _group_start(identity_path, introducers,
+                                                               listen, data_dir)
+
+    async def body() -> int:
+        async with _started_node(output, identity, addresses, listen_address, no_lan,
+                                 folder) as node:
+            group = await node.create_group(name)
+            invite = group.invite()
+            output.event("created", f"created group {printable(group.name)} ({group.id[:12]}); "
+                         f"others join with:\nshoal group join {invite}", id=group.id,
+                         name=group.name, invite=invite, peer_id=node.peer_id)
+        return 0
+
+    _run(output, body)
+
+
+@group_commands.command("join", short_help="Join a group by its invite.")
+@_common
+@_network_options
+@_data_dir_option
+@click.argument("invite")
+@_guard
+def group_join(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
+               listen: str, no_lan: bool, data_dir: Path | None, invite: str) -> None:
+    """Join the group of INVITE (from shoal group create); its posts then come with
+    shoal subscribe.
+
+    \b
+    Examples:
+      shoal group join shoal-group:AQ...
+    """
+    from shoal.core.groups.posts import Invite
+
+    output = Output(as_json)
+    Invite.decode(invite)  # a damaged invite is one line, before anything is created
+    identity, addresses, listen_address, folder = _group_start(identity_path, introducers,
+                                                               listen, data_dir)
+
+    async def body() -> int:
+        async with _started_node(output, identity, addresses, listen_address, no_lan,
+                                 folder) as node:
+            group = await node.join(invite)
+            shown = printable(group.name)
+            output.event("joined", f"joined group {shown} ({group.id[:12]}); read it with:\n"
+                         f"shoal subscribe {shlex.quote(group.name or group.id)}",
+                         id=group.id, name=group.name, peer_id=node.peer_id)
+        return 0
+
+    _run(output, body)
+
+
+@group_commands.command("invite", short_help="Print a group's invite.")
+@_common
+@_network_options
+@_data_dir_option
+@click.argument("group")
+@_guard
+def group_invite(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
+                 listen: str, no_lan: bool, data_dir: Path | None, group: str) -> None:
+    """Print the invite of GROUP (its name or the start of its id), alone on its line:
+    it says where to find this node, so give the --listen this node runs with.
+
+    \b
+    Examples:
+      shoal group invite team --listen 0.0.0.0:7100
+      shoal group join "$(shoal group invite team)" --identity bob.key --data-dir bob
+    """
+    from shoal.cli.groups import find_group
+
+    output = Output(as_json)
+    identity, addresses, listen_address, folder = _group_start(identity_path, introducers,
+                                                               listen, data_dir)
+
+    async def body() -> int:
+        async with _started_node(output, identity, addresses, listen_address, no_lan,
+                                 folder) as node:
+            chosen = find_group(node.groups(), group)
+            invite = chosen.invite()
+            output.event("invite", invite, id=chosen.id, name=chosen.name, invite=invite)
+        return 0
+
+    _run(output, body)
+
+
+@group_commands.command("list", short_help="List the groups this node is in.")
+@_common
+@_data_dir_option
+@_guard
+def group_list(identity_path: str | None, as_json: bool, data_dir: Path | None) -> None:
+    """List the groups this node is in, with their members.
+
+    \b
+    Examples:
+      shoal group list
+      shoal group list --json
+    """
+    output = Output(as_json)
+    identity, _, listen_address, folder = _group_start(identity_path, (), "127.0.0.1:0",
+                                                       data_dir)
+
+    async def body() -> int:
+        async with _started_node(output, identity, [], listen_address, True, folder) as node:
+            groups = node.groups()
+            if not groups and not as_json:
+                click.echo("no groups yet: shoal group create NAME, or shoal group join INVITE")
+            for group in groups:
+                members = group.members()
+                output.event("group", f"{group.id[:12]}  {printable(group.name)}  "
+                             f"{len(members)} member(s)" + ("  (admin)" if group.is_admin
+                                                            else ""),
+                             id=group.id, name=group.name, admin=group.is_admin,
+                             members=[{"peer_id": m.peer_id, "name": m.name, "admin": m.admin}
+                                      for m in members])
+        return 0
+
+    _run(output, body)
+
+
+@cli.command(short_help="Post a message to a group; wait until a member has it.")
+@_common
+@_network_options
+@_data_dir_option
+@click.option("--topic", default="", metavar="TOPIC", help="The post's topic (default: none).")
+@click.option("--timeout", default=30.0, show_default=True, type=float,
+              help="Seconds to wait for another member to hold the post.")
+@click.argument("group")
+@click.argument("message")
+@_guard
+def publish(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
+            listen: str, no_lan: bool, data_dir: Path | None, topic: str, timeout: float,
+            group: str, message: str) -> None:
+    """Post MESSAGE (or stdin with -) to GROUP (its name or the start of its id) and wait
+    until another member holds it, or --timeout passes: then the post stays in this node's
+    store and goes out the next time the node runs with the group.
+
+    \b
+    Examples:
+      shoal publish team "lunch at noon?"
+      echo report | shoal publish team - --topic daily
+    """
+    from shoal.cli.groups import find_group
+
+    output = Output(as_json)
+    _positive_seconds(timeout, "--timeout")
+    if len(topic.encode()) > 255:
+        raise click.BadParameter("a topic is at most 255 bytes", param_hint="--topic")
+    data = sys.stdin.buffer.read() if message == "-" else os.fsencode(message)
+    identity, addresses, listen_address, folder = _group_start(identity_path, introducers,
+                                                               listen, data_dir)
+
+    async def body() -> int:
+        async with _started_node(output, identity, addresses, listen_address, no_lan,
+                                 folder) as node:
+            chosen = find_group(node.groups(), group)
+            post = await chosen.publish(data, topic=topic)
+            output.event("published", f"posted {post.id[:12]} to {printable(chosen.name)}",
+                         id=post.id, group=chosen.id, topic=topic, bytes=len(data))
+            with output.waiting("waiting for another member to take it"):
+                peers = await _post_taken(node, post.id, timeout)
+            if not peers:
+                raise ShoalError(f"no other member took the post within {timeout:g} s; it "
+                                 "is kept here and goes out the next time this node runs "
+                                 "with the group", code="ETIMEDOUT")
+            output.event("reached", f"{len(peers)} peer(s) have it: "
+                         + ", ".join(peer[:12] for peer in peers), id=post.id, peers=peers)
+        return 0
+
+    _run(output, body, interrupted="interrupted before another member had the post: it is "
+                                   "kept here and goes out the next time this node runs")
+
+
+async def _post_taken(node: Node, post_id: str, timeout: float) -> list[str]:
+    """The peers that hold post ``post_id`` (published by this node) once one does, or
+    none after ``timeout`` seconds: a peer holds it once it acknowledged all of it, or
+    sent or announced it itself."""
+    import asyncio
+
+    wanted = bytes.fromhex(post_id)
+    deadline = time.monotonic() + timeout
+    while True:
+        holders = node.call("groups", "holders", wanted)
+        if holders or time.monotonic() >= deadline:
+            return [peer.hex() for peer in holders]
+        await asyncio.sleep(0.05)
+
+
+@cli.command(short_help="Print a group's posts: the ones missed, then new ones.")
+@_common
+@_network_options
+@_data_dir_option
+@click.option("--topic", metavar="TOPIC", help="Only posts of this topic.")
+@click.argument("group")
+@_guard
+def subscribe(identity_path: str | None, as_json: bool, introducers: tuple[str, ...],
+              listen: str, no_lan: bool, data_dir: Path | None, topic: str | None,
+              group: str) -> None:
+    """Print the posts of GROUP (its name or the start of its id): those this node holds
+    or missed while away first, then new ones as they come, until stopped (Ctrl-C). With
+    --json, a post that is not UTF-8 text comes base64-encoded, with "encoding": "base64".
+
+    \b
+    Examples:
+      shoal subscribe team
+      shoal subscribe team --topic daily --json
+    """
+    from shoal.cli.groups import find_group, post_fields, post_time
+
+    output = Output(as_json)
+    identity, addresses, listen_address, folder = _group_start(identity_path, introducers,
+                                                               listen, data_dir)
+
+    async def body() -> int:
+        async with _started_node(output, identity, addresses, listen_address, no_lan,
+                                 folder) as node:
+            chosen = find_group(node.groups(), group)
+            output.event("ready", f"reading {printable(chosen.name)} ({chosen.id[:12]}) as "
+                         f"{node.peer_id}", group=chosen.id, peer_id=node.peer_id,
+                         listen=format_address(node.address))
+            names: dict[str, str] = {}
+            async for post in chosen.subscribe(topic):
+                if post.author not in names:
+                    names.update((m.peer_id, m.name) for m in chosen.members() if m.name)
+                who = names.get(post.author, "")
+                label = f"{printable(who)} ({post.author[:12]})" if who else post.author[:12]
+                text = printable(post.data.decode("utf-8", "replace"))
+                where = f" [{printable(post.topic)}]" if post.topic else ""
+                output.event("post", f"{post_time(post.time)} {label}{where}: {text}",
+                             **post_fields(post))
+        return 0
+
+    _run(output, body)
+
+
 @cli.command(short_help="What this machine has for apps: versions, webviews, display.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @_guard
@@ -1108,7 +1398,8 @@ def _doctor_without_servers(output: Output, peer_id: str, local: list[str],
 
 @cli.command(short_help="Create a new app from a template.")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--template", type=click.Choice(["blank", "chat", "vite"]), default="blank",
+@click.option("--template", type=click.Choice(["blank", "chat", "notes", "vite"]),
+              default="blank",
               show_default=True, help="What the new app starts from.")
 @click.option("--name", help="The app's name (default: the folder's name).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -1122,6 +1413,7 @@ def init(folder: Path, template: str, name: str | None, as_json: bool) -> None:
     Examples:
       shoal init notes
       shoal init chat --template chat
+      shoal init plans --template notes
       shoal init web --template vite
     """
     from shoal.runtime.scaffold import create_app

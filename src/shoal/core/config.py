@@ -68,6 +68,9 @@ class CoreConfig:
     """Use birthday punching where the NAT kinds call for it."""
     relay: bool = True
     """Relay between two peers that are both connected to this node."""
+    dht: bool = True
+    """Run the DHT service ("dht": find the peers that provide a key, store provider
+    records for others); its own settings go in ``services["dht"]``."""
     relay_bytes_per_second: float = 512 * 1024
     """Relayed bytes accepted per second from one peer (the burst is two seconds' worth)."""
     relay_total_bytes_per_second: float = 4 * 1024 * 1024

@@ -235,6 +235,7 @@ class Connection:
         "role",
         "path_changed",
         "path_failing",
+        "peer_silent",
         "drop_reason",
         "closed",
         "close_reason",
@@ -245,6 +246,9 @@ class Connection:
         "bytes_received",
         "purpose",
         "dialed",
+        "peer_incarnation",
+        "held",
+        "heard_at",
     )
 
     def __init__(
@@ -330,6 +334,9 @@ class Connection:
         self.path_changed = False
         """The current path changed and the services have not been told yet."""
         self.path_failing = False
+        self.peer_silent = False
+        """Set when the peer stopped answering on the current path (any kind) with
+        packets in flight; the endpoint checks it for a restart and clears it."""
         """Set when the direct path went silent with packets in flight (for the endpoint
         to offer a relay as another path); the endpoint clears it."""
         self.drop_reason = ""
@@ -344,6 +351,16 @@ class Connection:
         self.purpose = "peer"
         """Why this node dialed (``"introducer"`` for its introducers)."""
         self.dialed: Address | None = None
+        self.heard_at: float | None = None
+        """When a packet last brought services' frames (not only ACKs, PINGs and path
+        checks), until the silence after it was looked at (``silence_deadline``)."""
+        self.held = False
+        """Superseded, but a service still has work on it that cannot move to the
+        peer's current connection (an open stream): it stays open, kept alive, until
+        that work ends (see ``Service.holds``)."""
+        self.peer_incarnation = b""
+        """The incarnation the peer's handshake proof named (see ``handshake``): the
+        run of the peer's node this connection exists in; empty if it named none."""
 
     # ------------------------------------------------------------------ properties
 
@@ -355,7 +372,7 @@ class Connection:
     def wanted(self) -> bool:
         """Carries (or is about to carry) the peer's traffic: kept alive."""
         return self.role is Role.CURRENT or self.role is Role.NEW or (
-            self.role is Role.UNCONFIRMED)
+            self.role is Role.UNCONFIRMED) or (self.role is Role.DRAINING and self.held)
 
     @property
     def draining(self) -> bool:
@@ -516,6 +533,8 @@ class Connection:
                     reader = _skip_extension
                 if code != _ACK:
                     eliciting = True
+                    if code not in TRANSPORT_READERS:
+                        self.heard_at = now
                 pos = reader(self, payload, pos + 1, now)
                 if self.closed:  # a CLOSE, or a reader closed it for a broken rule
                     return True
@@ -672,9 +691,10 @@ class Connection:
         self.paced_until = None
         if not self.closed:
             self._probe_size(now, out)
+        max_payload = self.max_payload  # (the path and its size stay as they are meanwhile)
         while True:
             parts: list[bytes] = []
-            budget = self.max_payload
+            budget = max_payload
             items: list[tuple[Flow, object]] = []
             eliciting = False
             if self.ack_pending and self.received.ranges:
@@ -796,11 +816,27 @@ class Connection:
         for path in self.paths.values():
             if path.challenge is not None:
                 deadline = min(deadline, path.next_try)
-        if self.role is Role.DRAINING and self.idle():
+        if self.role is Role.DRAINING and self.idle() and not self.held:
             deadline = min(deadline, self.drained_at())
         if not self.confirmed:
             deadline = min(deadline, self.unconfirmed_until())
+        silence = self.silence_deadline()
+        if silence is not None:
+            deadline = min(deadline, silence)
         return deadline
+
+    def silence_deadline(self) -> float | None:
+        """When the silence since services' frames last arrived is worth a look: the
+        peer may have moved (a NAT rebinding, another network) while this side, only
+        receiving, had nothing to send that would show it the way (``ping``)."""
+        if self.heard_at is None:
+            return None
+        return self.heard_at + max(FAILOVER_SILENCE, 3 * self.rtt.pto())
+
+    def ping(self, now: float) -> None:
+        """Send a PING (acknowledged, so probed again until it is)."""
+        self.control_out.append(_PING)
+        self.last_eliciting_sent = now
 
     def unconfirmed_until(self) -> float:
         """A connection we started that the peer never confirmed is given up then."""
@@ -832,9 +868,9 @@ class Connection:
                 self._requeue(oldest)  # a copy: it stays in flight
                 self.control_out.append(_PING)
                 self.last_eliciting_sent = now
-                if self.pto_count >= FAILOVER_PTOS and not self.path.relayed \
-                        and self._silent(now):
-                    self.path_failing = True
+                if self.pto_count >= FAILOVER_PTOS and self._silent(now):
+                    self.peer_silent = True
+                    self.path_failing = not self.path.relayed
         # The side that dialed keeps the connection (and its NATs' mappings) alive; the
         # other answers with ACKs, so an introducer sends nothing to idle peers unasked.
         if self.initiator and self.wanted and (

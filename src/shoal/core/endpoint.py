@@ -51,12 +51,13 @@ from shoal.core.handshake import (
 )
 from shoal.core.handshakes import Handshakes
 from shoal.core.natcheck import NatReport
-from shoal.core.peers import Outcome, PeerConnections, Role
+from shoal.core.peers import Outcome, PeerConnections, Role, restarted
 from shoal.core.punching import PunchScheduler
 from shoal.core.relay import KeyedBuckets
 from shoal.core.services.base import Service
 from shoal.core.services.context import ServiceContext
 from shoal.core.services.datagrams import DatagramService
+from shoal.core.services.dht import DhtService
 from shoal.core.services.messages import MessageService
 from shoal.core.services.nat import NatService
 from shoal.core.services.relaying import RelayService
@@ -146,8 +147,11 @@ class Endpoint:
         """The driver's time as of the latest input or command (``ServiceContext.now``)."""
         self.services: dict[str, Service] = {}
         self._packet_handlers: dict[int, Service] = {}
-        added = [self.messages, self.rendezvous, self.relay, self.nat_service, self.streams,
-                 self.datagrams, *services]
+        builtin: list[Service] = [self.messages, self.rendezvous, self.relay, self.nat_service,
+                                  self.streams, self.datagrams]
+        if self.config.dht:
+            builtin.append(DhtService())
+        added = [*builtin, *services]
         for service in added:
             self._register(service)
         for service in added:
@@ -403,6 +407,7 @@ class Endpoint:
                 if owner.local_sid in self.connections:
                     try:
                         owner.handle_timer(now)
+                        self._check_silence(owner, now)
                         self._after_connection(owner, now)
                     except Exception as exc:  # one peer never stops the others (see _fault)
                         self._fault(owner, exc, now)
@@ -415,6 +420,17 @@ class Endpoint:
                 self.handshakes.on_timer(now)
             elif owner == _PUNCH:
                 self.run_punch(now)
+
+    def _check_silence(self, connection: Connection, now: float) -> None:
+        """The peer went quiet after sending services' frames: if a service awaits more,
+        PING it from here (its answers may be going to an address we no longer have)."""
+        due = connection.silence_deadline()
+        if due is None or now < due or connection.closed:
+            return
+        connection.heard_at = None
+        if any(service.awaits(connection) for service in self.services.values()):
+            self.stats["silence_pings"] += 1
+            connection.ping(now)
 
     def get_timer(self) -> float | None:
         """The next absolute time ``handle_timer`` must run, or None."""
@@ -542,6 +558,14 @@ class Endpoint:
         if connection is not None:
             self._established(connection, now)
 
+    def reached(self, connection: Connection, address: Address, socket: int,
+                now: float) -> None:
+        """A dial to ``address`` was answered by the peer ``connection`` is with (the
+        same run of its node): try the address as a path of it."""
+        connection.probe_path(address, socket, now)
+        self.mark(connection)
+        self.emit(ev.PeerReached(peer_id=connection.peer_id, address=address))
+
     def make_room(self, prefix: str, now: float) -> bool:
         """Close the oldest connection of the heaviest source prefix, if that is fair to
         a newcomer from ``prefix`` (see ``admission``)."""
@@ -575,11 +599,12 @@ class Endpoint:
         if outcome is Outcome.ADOPTED:
             self.handshakes.connected(connection, now)
             self._up(connection, now)
-            self.emit(ev.PeerConnected(
-                peer_id=connection.peer_id, address=connection.address,
-                path=connection.path_kind, initiator=connection.initiator,
-                introducer=connection.peer in self.rendezvous.introducer_peers,
-            ))
+            self._emit_connected(connection)
+        if connection.initiator and connection.dialed is not None and (
+            outcome is not Outcome.SET_ASIDE
+        ):
+            self.emit(ev.PeerReached(peer_id=connection.peer_id, address=connection.dialed))
+        if outcome is Outcome.ADOPTED:
             return
         if outcome is Outcome.SET_ASIDE:
             self.timers.set(connection, connection.get_timer())
@@ -594,12 +619,34 @@ class Endpoint:
             self.timers.set(other, other.get_timer())
         elif outcome is Outcome.CROSSED_WON:
             self.stats["crossed_dials"] += 1
+        elif outcome is Outcome.SUPERSEDED:
+            self.stats["connections_superseded"] += 1
         else:
-            other.close(CLOSE_SUPERSEDED, "replaced by a new connection")
-            self.stats["connections_replaced"] += 1
-            self.mark(other)
-            self._after_connection(other, now)
+            restart = restarted(other, connection)
+            stale = [other, *self._peers[connection.peer].stale(connection)]
+            reason = "the peer restarted" if restart else "replaced by a new connection"
+            for old in dict.fromkeys(stale):
+                old.close(CLOSE_SUPERSEDED, reason)
+                self.stats["connections_replaced"] += 1
+                self.mark(old)
+                self._after_connection(old, now)
+            if restart:
+                # What the application knew of the peer's earlier run is gone with it
+                # (its streams, its state): say so, then that it is back. Messages not
+                # yet delivered go to the new run.
+                self.stats["peer_restarts"] += 1
+                self.emit(ev.PeerDisconnected(peer_id=connection.peer_id, reason=reason))
+                self._up(connection, now)
+                self._emit_connected(connection)
+                return
         self._up(connection, now)
+
+    def _emit_connected(self, connection: Connection) -> None:
+        self.emit(ev.PeerConnected(
+            peer_id=connection.peer_id, address=connection.address,
+            path=connection.path_kind, initiator=connection.initiator,
+            introducer=connection.peer in self.rendezvous.introducer_peers,
+        ))
 
     def _up(self, connection: Connection, now: float) -> None:
         for service in self.services.values():
@@ -664,6 +711,9 @@ class Endpoint:
             self.stats["paths_failing"] += 1
             for service in self.services.values():
                 service.on_path_failing(connection, now)
+        if connection.peer_silent:
+            connection.peer_silent = False
+            self._check_restart(connection, now)
         if connection.path_changed:
             connection.path_changed = False
             self.stats["path_changes"] += 1
@@ -681,15 +731,36 @@ class Endpoint:
             else:
                 self._placed(connection, *table.confirmed(connection, now), now)
         if connection.role is Role.DRAINING and not connection.closed:
+            held = False
             for service in self.services.values():
                 service.on_connection_draining(connection)
-            if connection.idle() and now >= connection.drained_at():
+                held = held or service.holds(connection)
+            connection.held = held
+            if connection.idle() and not held and now >= connection.drained_at():
                 connection.close(CLOSE_SUPERSEDED, "superseded by another connection")
         if connection.closed:
             self.flush_connection(connection, now)
             self._drop(connection, connection.close_reason, now)
         else:
             self.mark(connection)  # flushed, and its timer re-armed, in datagrams_to_send
+
+    def _check_restart(self, connection: Connection, now: float) -> None:
+        """The peer went silent with packets in flight: it may have restarted (its new
+        run drops what comes for a session it never had). A handshake tells, at the
+        direct address and through the relays shared with the peer (which reach the
+        peer's new run once it registered with them): the same run of the peer answers
+        with the incarnation the connection holds, and nothing more is done (see
+        ``Handshakes``); a new run answers with another, and its connection replaces
+        this one at once (see ``peers``)."""
+        peer = connection.peer
+        if connection.purpose != "peer" or self.handshakes.dialing(peer):
+            return
+        self.stats["restart_checks"] += 1
+        if not connection.path.relayed:
+            self.handshakes.dial(connection.address, now, expected=peer,
+                                 socket=connection.socket)
+        for relay in self.rendezvous.relays_for(peer):
+            self.handshakes.dial(RelayPath(relay, peer), now, expected=peer)
 
     def flush_connection(self, connection: Connection, now: float) -> None:
         send = self.send_datagram

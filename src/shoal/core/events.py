@@ -20,6 +20,16 @@ class PeerConnected:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PeerReached:
+    """A dial to ``address`` (``Endpoint.connect``) was answered by ``peer_id``, which
+    is connected now: by the connection this dial made, or by the one held already (the
+    same run of the peer's node answered), which now tries ``address`` as one more path."""
+
+    peer_id: str
+    address: Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PeerDisconnected:
     """The connection with ``peer_id`` ended: closed by either side, or the peer went silent."""
 
@@ -114,7 +124,7 @@ class ServiceEvent:
 
 
 Event = (
-    PeerConnected | PeerDisconnected | PathChanged | MessageReceived | MessageDelivered
-    | MessageFailed | AddressObserved | IntroducersUnreachable | StunResult | NatDetected
-    | ServiceEvent
+    PeerConnected | PeerReached | PeerDisconnected | PathChanged | MessageReceived
+    | MessageDelivered | MessageFailed | AddressObserved | IntroducersUnreachable
+    | StunResult | NatDetected | ServiceEvent
 )

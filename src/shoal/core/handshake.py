@@ -6,10 +6,14 @@ Identity proof
 The proof travels as the payload of Noise messages 2 and 3 (so it is encrypted)::
 
     ed25519_public[32] | signature[64] | flags u8 | version varint | capabilities varint
+        [| incarnation[8], with capability bit CAP_INCARNATION]
 
 where the signature covers ``"shoal/static-key-endorsement/v1" || x25519_static_public``.
 In message 2, ``version`` is the version the responder chose from the initiator's hello
 and ``capabilities`` the responder's; in message 3 the initiator repeats the version.
+The *incarnation* is random, drawn once each time a node starts: a handshake whose
+incarnation differs from the one a connection with the same peer carries proves that the
+peer restarted and lost that connection (see ``peers``).
 
 Stateless responder
 -------------------
@@ -70,6 +74,9 @@ EARLY_WINDOW = 30.0
 MAX_EARLY = 900
 """Bytes of channel name and data an early message may have (it fits in the INIT)."""
 FLAG_INTRODUCER = 0x01
+CAP_INCARNATION = 0x01
+"""The proof ends with the sender's 8-byte incarnation."""
+INCARNATION_SIZE = 8
 SECRET_LIFETIME = 120.0
 
 
@@ -80,21 +87,39 @@ class Proof(NamedTuple):
     capabilities: int
     endorsement: bytes
     """The peer's static key and its signature over it (what introducers hand on)."""
+    incarnation: bytes = b""
+    """Random, new each time the peer starts (empty if it sent none)."""
 
 
-def make_proof(identity: Identity, introducer: bool, version: int, capabilities: int) -> bytes:
+def make_proof(identity: Identity, introducer: bool, version: int, capabilities: int,
+               incarnation: bytes = b"") -> bytes:
     flags = FLAG_INTRODUCER if introducer else 0
+    if incarnation:
+        if len(incarnation) != INCARNATION_SIZE:
+            raise ValueError("an incarnation is 8 bytes")
+        capabilities |= CAP_INCARNATION
     return (identity.public_key + identity.static_proof + bytes((flags,))
-            + encode_varint(version) + encode_varint(capabilities))
+            + encode_varint(version) + encode_varint(capabilities) + incarnation)
+
+
+def _proof_fields(payload: bytes) -> tuple[int, int, bytes, int]:
+    """(version, capabilities, incarnation, end) of the proof ``payload`` begins with."""
+    if len(payload) < PROOF_SIZE:
+        raise RemoteProtocolError("handshake carries no identity proof")
+    version, pos = decode_varint(payload, PROOF_SIZE)
+    capabilities, pos = decode_varint(payload, pos)
+    incarnation = b""
+    if capabilities & CAP_INCARNATION:
+        incarnation = bytes(payload[pos : pos + INCARNATION_SIZE])
+        if len(incarnation) != INCARNATION_SIZE:
+            raise RemoteProtocolError("truncated identity proof")
+        pos += INCARNATION_SIZE
+    return version, capabilities, incarnation, pos
 
 
 def proof_length(payload: bytes) -> int:
     """How many bytes at the start of ``payload`` the proof takes."""
-    if len(payload) < PROOF_SIZE:
-        raise RemoteProtocolError("handshake carries no identity proof")
-    _, pos = decode_varint(payload, PROOF_SIZE)
-    _, pos = decode_varint(payload, pos)
-    return pos
+    return _proof_fields(payload)[3]
 
 
 def endorsed_static(endorsement: bytes, peer: bytes) -> bytes | None:
@@ -165,9 +190,9 @@ def check_proof(payload: bytes, remote_static: bytes | None) -> Proof:
     endorsement = remote_static + bytes(payload[32:96])
     if endorsed_static(endorsement, public) is None:
         raise RemoteProtocolError("identity proof does not verify")
-    version, pos = decode_varint(payload, PROOF_SIZE)
-    capabilities, _ = decode_varint(payload, pos)
-    return Proof(public, bool(flags & FLAG_INTRODUCER), version, capabilities, endorsement)
+    version, capabilities, incarnation, _ = _proof_fields(payload)
+    return Proof(public, bool(flags & FLAG_INTRODUCER), version, capabilities, endorsement,
+                 incarnation)
 
 
 def agreed_version(hello: bytes) -> int | None:
@@ -228,6 +253,10 @@ class ResponderSecrets:
         used.add(sid)
         if len(used) >= MAX_USED_SIDS and epoch == self.epoch:
             self.rotate(now)
+
+    def derive(self, label: bytes) -> bytes:
+        """32 bytes as secret as the first epoch's secret, for ``label``."""
+        return self._mac(min(self._secrets), label)
 
     def _mac(self, epoch: int, label: bytes, *parts: bytes) -> bytes:
         return hmac.new(self._secrets[epoch], label + b"".join(parts), hashlib.sha256).digest()

@@ -31,6 +31,7 @@ from shoal.core.admission import prefix_of
 from shoal.core.config import CoreConfig
 from shoal.core.connection import CLOSE_BUSY, Connection
 from shoal.core.handshake import (
+    INCARNATION_SIZE,
     PROLOGUE,
     Dial,
     ResponderSecrets,
@@ -86,6 +87,8 @@ class Host(Protocol):
     def make_room(self, prefix: str, now: float) -> bool: ...
     def flush_connection(self, connection: Connection, now: float) -> None: ...
     def sweep_sockets(self) -> None: ...
+    def reached(self, connection: Connection, address: Address, socket: int,
+                now: float) -> None: ...
 
 
 class Handshakes:
@@ -107,6 +110,9 @@ class Handshakes:
         self._me = identity.public_key
         self.dials: dict[bytes, Dial] = {}
         self._secrets = ResponderSecrets(random_bytes, 0.0)
+        self.incarnation = self._secrets.derive(b"incarnation")[:INCARNATION_SIZE]
+        """Random, new each time the node starts; in every proof it sends (see
+        ``handshake``): a peer that sees it change knows this node restarted."""
         self.timers.set(self, self._secrets.next_rotation())
         self._work: TokenBucket | None = None
         self._proofs: dict[int, bytes] = {}
@@ -213,7 +219,7 @@ class Handshakes:
         proof = self._proofs.get(version)
         if proof is None:
             proof = self._proofs[version] = make_proof(self.identity, self.config.introducer,
-                                                       version, 0)
+                                                       version, 0, self.incarnation)
         return proof
 
     def _work_allowed(self, now: float) -> bool:
@@ -345,6 +351,17 @@ class Handshakes:
                                          path_kind(address), now)
             if answered_only:
                 return
+        current = self.host.connection_to(proof.peer)
+        if dial.purpose == "peer" and current is not None and current.confirmed and (
+            proof.incarnation and current.peer_incarnation == proof.incarnation
+        ):
+            # The run of the peer's node that holds our connection answered: the address
+            # is another path of that connection, not a reason for a second one (which
+            # the peer would take for a restart). No FINAL: the responder keeps nothing.
+            self.remove_dial(dial)
+            self.stats["dials_to_a_held_peer"] += 1
+            self.host.reached(current, address, dial.socket, now)
+            return None
         if len(self.host.connections) >= self.config.session_limit:
             self.stats["dropped_busy"] += 1
             return
@@ -365,6 +382,7 @@ class Handshakes:
             peer_endorsement=proof.endorsement, readers=self.readers,
         )
         connection.purpose, connection.dialed = dial.purpose, dial.address
+        connection.peer_incarnation = proof.incarnation
         if not dial.retransmitted:
             connection.rtt.update(now - dial.created, 0.0)
         connection.final_datagram = final
@@ -441,6 +459,7 @@ class Handshakes:
             return
         self._secrets.use(local_sid, epoch, now)
         self.timers.set(self, self._secrets.next_rotation())  # it may have rotated
+        connection.peer_incarnation = proof.incarnation
         connection.queue_frame(HandshakeDone(), reliable=False)
         return connection
 

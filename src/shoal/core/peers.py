@@ -15,15 +15,25 @@ states):
   seconds without it;
 - ``UNCONFIRMED``: one set aside that carries the traffic after all (the other one
   ended) while the peer has still not confirmed it: it closes on the same deadline;
-- ``DRAINING``: superseded; it finishes what it carries, then closes;
+- ``DRAINING``: superseded; it finishes what it carries, then closes (an open stream,
+  which cannot move, keeps it: see ``Service.holds``);
 - ``CLOSED``: gone from the table.
 
 ``PeerConnections`` holds one peer's connections and arbitrates between them. When both
 sides hold two confirmed connections made within ``CROSSED_DIAL_WINDOW`` of each other
 from opposite dials, the one started by the smaller peer id is kept, so both sides keep
-the same one; the other drains. A later connection means the peer lost the earlier one
-(a restart): it replaces it. A connection this node started counts for that rule only
-once the peer confirmed it, so both sides judge the same pair.
+the same one; the other drains. A later connection from a peer whose handshakes name no
+incarnation (below) means the peer lost the earlier one (a restart): it replaces it. A
+connection this node started counts for that rule only once the peer confirmed it, so
+both sides judge the same pair.
+
+Each handshake proof names the *incarnation* of the node that sent it (random, new each
+time a node starts; see ``handshake``). A connection whose peer incarnation differs from
+the current one's is proof that the peer restarted: the connections of its earlier run
+are dead at the peer, so the new one carries the traffic at once, confirmed or not and
+however soon after the other it came (no crossed dial can be told apart by time alone),
+and the earlier ones close (``stale``). A later connection from the same run of the
+peer's node is no restart: the earlier one drains, as after a crossed dial.
 """
 
 from __future__ import annotations
@@ -108,6 +118,20 @@ def apply(connection: Connection, move: Move) -> None:
     connection.role = next_role(connection.role, move)
 
 
+def restarted(earlier: Connection, later: Connection) -> bool:
+    """Whether ``later`` was made with another run of the peer's node than ``earlier``
+    (both handshakes named an incarnation, and not the same)."""
+    return bool(earlier.peer_incarnation and later.peer_incarnation
+                and earlier.peer_incarnation != later.peer_incarnation)
+
+
+def same_run(earlier: Connection, later: Connection) -> bool:
+    """Whether both handshakes named the same incarnation of the peer's node: the peer
+    still holds ``earlier``."""
+    return bool(earlier.peer_incarnation) and (
+        earlier.peer_incarnation == later.peer_incarnation)
+
+
 class Outcome(Enum):
     """How a connection was placed among its peer's others (``PeerConnections.place``)."""
 
@@ -119,6 +143,9 @@ class Outcome(Enum):
     """Carries new traffic; the other one drains."""
     REPLACED = "replaced"
     """Carries new traffic; the other one must close (the peer restarted)."""
+    SUPERSEDED = "superseded"
+    """Carries new traffic; the other one, which the same run of the peer's node still
+    holds, drains (a later dial that was no restart)."""
     CROSSED_LOST = "crossed, lost"
     """Drains; the other one carries on."""
 
@@ -147,6 +174,8 @@ class PeerConnections:
         if existing is None:
             self._make_current(new, Move.ADOPT)
             return Outcome.ADOPTED, None
+        if restarted(existing, new):
+            return self._replace(existing, new)
         if not new.confirmed:
             # A second connection we started: the peer may never get our FINAL (lost,
             # or sent to a punch socket that closed meanwhile). It counts once the peer
@@ -177,6 +206,8 @@ class PeerConnections:
     def _arbitrate(self, existing: Connection, new: Connection, now: float
                    ) -> tuple[Outcome, Connection | None]:
         """Both sides hold ``existing`` and ``new``: keep one."""
+        if restarted(existing, new):
+            return self._replace(existing, new)
         if not self._keeps(existing, new, now):
             apply(new, Move.SUPERSEDE)
             return Outcome.CROSSED_LOST, existing
@@ -184,8 +215,23 @@ class PeerConnections:
         if now - existing.established_at < CROSSED_DIAL_WINDOW:
             apply(existing, Move.SUPERSEDE)
             return Outcome.CROSSED_WON, existing
+        if same_run(existing, new):
+            apply(existing, Move.SUPERSEDE)
+            return Outcome.SUPERSEDED, existing
         apply(existing, Move.CLOSE)
         return Outcome.REPLACED, existing
+
+    def _replace(self, existing: Connection, new: Connection
+                 ) -> tuple[Outcome, Connection | None]:
+        self._make_current(new, Move.TAKE_OVER)
+        apply(existing, Move.CLOSE)
+        return Outcome.REPLACED, existing
+
+    def stale(self, new: Connection) -> list[Connection]:
+        """The peer's other open connections made with an earlier run of its node than
+        ``new`` (see ``restarted``): dead at the peer."""
+        return [c for c in self.connections if c is not new and not c.closed
+                and c.role is not Role.CLOSED and restarted(c, new)]
 
     def _keeps(self, existing: Connection, new: Connection, now: float) -> bool:
         """Whether ``new`` replaces ``existing`` as the peer's connection."""

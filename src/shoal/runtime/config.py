@@ -653,7 +653,8 @@ def node_key_path(data_dir: Path) -> Path:
     private keys folder (``shoal.identity.keys_dir``), named after the data folder, where
     nothing the app declares reaches it (neither the page's ``fs``, nor a program started
     in the data folder, nor ``shoal build`` of an app folder holding its data). A key an
-    older Shoal kept in the data folder is moved there."""
+    older Shoal kept in the data folder is moved there. The node keeps its groups beside
+    it (``NAME.groups``), as every node does beside its identity file."""
     import hashlib
 
     from shoal.identity import keys_dir, move_key

@@ -29,6 +29,7 @@ from shoal.runtime.config import (
 from shoal.runtime.devserver import DevServer
 from shoal.runtime.filesapi import Files
 from shoal.runtime.fsapi import BridgeError, FileSystem, PathPolicy
+from shoal.runtime.groupsapi import Groups
 from shoal.runtime.hotkeys import Hotkeys
 from shoal.runtime.instance import Instance
 from shoal.runtime.launch import Launch
@@ -121,6 +122,7 @@ class AppHost:
             lan = network.lan if self.launch.lan_discovery is None else \
                 self.launch.lan_discovery
             # The node holds its key while it runs: a second copy would share its peer id.
+            # Its groups (their keys and posts) live beside the key, out of the page's reach.
             key = node_key_path(policy.data_dir)
             identity = Identity.load_or_create(key)
             self.node = Node(
@@ -134,6 +136,7 @@ class AppHost:
         system = System(permissions, str(policy.data_dir), self.window, server.page_origin)
         net = Network(self.node, permissions.network, emit)
         shared = Files(self.node, permissions.network, policy, emit)
+        groups = Groups(self.node, permissions.network, emit)
         datagrams = Datagrams(permissions.dgram, emit)
         invoker = self._invoker = Invoker(functions, permissions.invoke)
         processes = self._processes = Processes(permissions, policy.data_dir, emit,
@@ -141,8 +144,9 @@ class AppHost:
                                                 exit=self._exit)
         hotkeys = Hotkeys(permissions.hotkeys, emit)
         hotkeys.start()
-        self._parts = [files, net, datagrams, processes, hotkeys]
-        for part in (files, system, net, shared, datagrams, invoker, processes, hotkeys):
+        self._parts = [files, net, groups, datagrams, processes, hotkeys]
+        for part in (files, system, net, shared, groups, datagrams, invoker, processes,
+                     hotkeys):
             calls.update(part.calls())
         # Named channels and streams (network.channel, network.openStream).
         channels = self.channels = Channels(self.node, permissions.network)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from shoal.runtime.config import ConfigError
 
-TEMPLATES = ("blank", "chat", "vite")
-"""``vite``: a Vite project, whose dev server ``shoal dev`` shows and whose ``dist``
-``shoal run`` serves."""
+TEMPLATES = ("blank", "chat", "notes", "vite")
+"""``chat``: a group chat; ``notes``: a text edited together by a group; ``vite``: a Vite
+project, whose dev server ``shoal dev`` shows and whose ``dist`` ``shoal run`` serves."""
 
 
 def create_app(folder: Path, *, template: str = "blank", name: str | None = None) -> list[Path]:

@@ -104,6 +104,20 @@ class Service:
         """``connection`` was superseded and drains: after each of its packets, until it
         closes once idle."""
 
+    def holds(self, connection: Connection) -> bool:
+        """Whether this service has work on ``connection`` that cannot move to another
+        connection with the peer (an open stream): a superseded connection stays open,
+        and is kept alive, until no service holds it. Asked after each of its packets
+        while it drains."""
+        return False
+
+    def awaits(self, connection: Connection) -> bool:
+        """Whether this service waits for more from the peer on ``connection`` (a message
+        arriving in parts, a stream not yet ended). Asked once the peer has been silent
+        for a while after sending it frames: if one does, a PING shows the peer this
+        node's current address, in case it moved."""
+        return False
+
     def on_path_changed(self, connection: Connection, now: float) -> None:
         """The connection moved to another path (a relay to a direct one, say); what it
         carries goes on, on the new path."""

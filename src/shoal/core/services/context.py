@@ -69,6 +69,12 @@ class ServiceContext:
         return self._endpoint.now
 
     @property
+    def wall(self) -> float:
+        """Wall-clock time (seconds since the Unix epoch) as of ``now``, as the driver
+        reports it."""
+        return self._endpoint.now + self._endpoint.wall_offset
+
+    @property
     def identity(self) -> Identity:
         return self._endpoint.identity
 

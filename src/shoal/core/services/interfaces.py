@@ -9,6 +9,7 @@ itself offers the services that reach peers (dials, raw datagrams, hole punching
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from shoal.core.wire import Address
@@ -80,6 +81,10 @@ class Rendezvous(Protocol):
         """Whether every introducer said it does not know ``peer``."""
         ...
 
+    def forget(self, peer: bytes) -> None:
+        """Drop what ``reach`` noted about ``peer``, unless something else needs it."""
+        ...
+
     def nat_changed(self, now: float) -> None:
         """This node's NAT kind changed: tell the introducers."""
         ...
@@ -138,3 +143,12 @@ class Transport(Protocol):
 
     def run_punch(self, now: float) -> None: ...
     def end_punch(self, now: float) -> None: ...
+
+
+class Providers(Protocol):
+    """Find the peers that hold a key, and be found for the keys this node holds."""
+    def provide(self, key: bytes, now: float) -> None: ...     # keep announcing until withdraw
+    def withdraw(self, key: bytes) -> None: ...
+    def find(self, key: bytes, now: float,
+             on_found: Callable[[bytes, list[Address]], None]) -> None: ...
+        # calls on_found(peer_static_key, addresses) for each provider found, as found

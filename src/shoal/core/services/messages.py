@@ -896,6 +896,11 @@ class MessageService(Service):
         elif isinstance(frame, MessagesBlocked):
             flow.offer_credit(flow.inbound.get(frame.number))
 
+    def awaits(self, connection: Connection) -> bool:
+        """A message is arriving in parts."""
+        flow = connection.state.get(self.name)
+        return isinstance(flow, MessageFlow) and flow.oldest_unfinished() is not None
+
     def on_connection_draining(self, connection: Connection) -> None:
         """``connection`` is superseded: once it has delivered every message it carried,
         its successor may send again (order per channel is then kept)."""

@@ -209,6 +209,18 @@ class RendezvousService(Service):
             self._no_introducer_answers()
         self._arm(state)
 
+    def forget(self, peer: bytes) -> None:
+        """Drop what ``reach`` noted about ``peer`` if nothing else needs it (no
+        connection, no message waiting, no address from the app or the LAN): a service
+        that sought a peer in vain leaves no state behind."""
+        state = self.peers.get(peer)
+        if state is None or self.ctx.connection_to(peer) is not None or (
+            self.messages.pending_for(peer)
+        ) or any(source in ("app", "lan") for source in state.addresses.values()):
+            return
+        self.set_timer(None, peer)
+        del self.peers[peer]
+
     def unknown(self, peer: bytes) -> bool:
         """Every introducer asked said it does not know ``peer``, and it is not connected."""
         state = self.peers.get(peer)
@@ -362,20 +374,27 @@ class RendezvousService(Service):
                 other.probe_path(connection.address, connection.path.socket, now)
                 self.ctx.wake(other)
 
-    def on_path_failing(self, connection: Connection, now: float) -> None:
-        """A direct path went silent: offer the relays this node shares with the peer as
-        other paths of the connection (each is validated before it carries anything)."""
-        peer = connection.peer
+    def relays_for(self, peer: bytes) -> list[bytes]:
+        """Up to two connected introducers that may relay to ``peer`` (the one its
+        connection came through first)."""
         if peer in self.introducer_peers:
-            return
+            return []
         state = self.peers.get(peer)
         relays = [state.relay_via] if state is not None and state.relay_via else []
         relays += [p for p in self.introducer_peers if p not in relays]
+        out = []
         for relay in relays[:2]:
             link = self.ctx.connection_to(relay)
             if relay != peer and link is not None and not link.path.relayed:
-                self.ctx.stats["relay_fallbacks"] += 1
-                connection.probe_path(RelayPath(relay, peer), 0, now)
+                out.append(relay)
+        return out
+
+    def on_path_failing(self, connection: Connection, now: float) -> None:
+        """A direct path went silent: offer the relays this node shares with the peer as
+        other paths of the connection (each is validated before it carries anything)."""
+        for relay in self.relays_for(connection.peer):
+            self.ctx.stats["relay_fallbacks"] += 1
+            connection.probe_path(RelayPath(relay, connection.peer), 0, now)
         self.ctx.wake(connection)
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.core.services.base import Service
 from shoal.core.streams import frames as stream_frames
-from shoal.core.streams.flow import FrameFlow
+from shoal.core.streams.flow import write_frames
+from shoal.core.streams.frames import StreamsFrame
 from shoal.core.streams.manager import (
     Stream,
     StreamClosed,
@@ -50,6 +51,7 @@ from shoal.core.streams.manager import (
     StreamStopped,
     StreamWritable,
 )
+from shoal.core.streams.state import RecvState
 from shoal.core.wire import MAX_CHANNEL_NAME, FrameType, decode_varint, encode_varint
 from shoal.errors import DeliveryError, LocalProtocolError, RemoteProtocolError
 
@@ -61,6 +63,7 @@ REFUSED = 1
 """Error code of a stream on a channel the receiver does not serve."""
 INVALID_HEADER = 2
 """Error code of a stream whose first bytes name no channel."""
+_RECEIVING = (RecvState.RECV, RecvState.SIZE_KNOWN)
 _OWNED = tuple(code for code in stream_frames.DECODERS if code != FrameType.DATAGRAM)
 
 
@@ -86,16 +89,17 @@ class Handle:
 
 
 class ConnectionStreams:
-    """One connection's streams: its manager, its flow, and the handles of its streams."""
+    """One connection's streams: its manager, the flow (over the manager) that the
+    connection's packet scheduler fills, and the handles of its streams. A packet's
+    record is the list of frames the manager put in it."""
 
-    __slots__ = ("service", "connection", "manager", "flow", "handles", "queued")
+    __slots__ = ("service", "connection", "manager", "handles", "queued")
 
     def __init__(self, service: StreamService, connection: Connection,
                  config: StreamConfig) -> None:
         self.service = service
         self.connection = connection
         self.manager = StreamManager(initiator=connection.initiator, config=config)
-        self.flow = FrameFlow(self.manager)
         self.handles: dict[int, Handle] = {}
         """By stream id."""
         self.queued = False
@@ -105,15 +109,24 @@ class ConnectionStreams:
     def has_data(self) -> bool:
         return self.manager.wants_send
 
-    def fill(self, parts: list[bytes], budget: int) -> tuple[int, object]:
-        return self.flow.fill(parts, budget)  # type: ignore[arg-type]
+    def fill(self, parts: list[bytes | memoryview], budget: int,
+             ) -> tuple[int, list[StreamsFrame] | None]:
+        frames = self.manager.fill(budget)  # nothing, cheaply, when it has nothing
+        if not frames:
+            return budget, None
+        return budget - write_frames(parts, frames), frames
 
-    def on_acked(self, record: Any) -> None:
-        self.flow.on_acked(record)
-        self.touch()
+    def on_acked(self, record: list[StreamsFrame]) -> None:
+        on_acked = self.manager.on_acked
+        for frame in record:
+            on_acked(frame)
+        if not self.queued:
+            self.touch()
 
-    def on_lost(self, record: Any) -> None:
-        self.flow.on_lost(record)
+    def on_lost(self, record: list[StreamsFrame]) -> None:
+        on_lost = self.manager.on_lost
+        for frame in record:
+            on_lost(frame)
 
     def touch(self) -> None:
         """Settle this connection's stream events once the current input is taken in."""
@@ -272,6 +285,19 @@ class StreamService(Service):
     def _drained(handle: Handle) -> bool:
         send = handle.stream.send
         return send.buffered == 0 and (not send.fin_wanted or send.fin_acked)
+
+    def holds(self, connection: Connection) -> bool:
+        """A stream lives on the connection it was opened on (its ids and windows are
+        that connection's): a superseded connection stays while it has open streams;
+        new ones open on the peer's current connection."""
+        state = connection.state.get(self.name)
+        return bool(state is not None and state.handles)
+
+    def awaits(self, connection: Connection) -> bool:
+        """A stream on ``connection`` has not received its end yet."""
+        state = connection.state.get(self.name)
+        return state is not None and any(
+            handle.stream.recv.state in _RECEIVING for handle in state.handles.values())
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
         state = connection.state.get(self.name)

@@ -292,6 +292,79 @@ export const path = {
   isAbsolute: (p) => p.startsWith("/"),
 };
 
+let watches = 0;
+const watchId = (kind) => `${kind}-${Date.now().toString(36)}-${++watches}-${Math.random().toString(36).slice(2)}`;
+const asBytes = (data) => (typeof data === "string" ? encoder.encode(data) : data);
+
+// A group's shared document: updates in the Yjs/Yrs update format, as bytes.
+class GroupDocument {
+  constructor(group, name) {
+    this.group = group;
+    this.name = name;
+    this.watches = [];
+  }
+  // The whole document as one update (Y.applyUpdate(ydoc, await doc.state())).
+  state() { return call("groups.docState", this.group.id, this.name); }
+  // Merge an update made here; it reaches the other members and this app's other pages.
+  apply(update) {
+    return call("groups.docApply", this.group.id, this.name, update, this.watches[0] ?? null);
+  }
+  // A Y.Text of the document for a page without Yjs: read() its string, splice() edits it
+  // (index and count in the string's own units, as String.prototype.slice counts).
+  text(key = "text") {
+    const chars = (s) => Array.from(s).length;
+    return {
+      read: () => call("groups.docText", this.group.id, this.name, key),
+      splice: (before, index, remove, insert = "") =>
+        call("groups.docTextSplice", this.group.id, this.name, key,
+             chars(before.slice(0, index)), chars(before.slice(index, index + remove)),
+             insert, this.watches[0] ?? null),
+    };
+  }
+  // on("update", fn): fn(update) with the state first, then every update from elsewhere
+  // (and maybe this page's own: applying one twice changes nothing).
+  on(event, listener) {
+    if (event !== "update") throw new ShoalError("EINVAL", `unknown document event: ${event}`);
+    const id = watchId("doc");
+    this.watches.push(id);
+    const off = on("groups.update", (e) => { if (e.watch === id) listener(fromBase64(e.data)); });
+    const started = call("groups.docWatch", this.group.id, this.name, id);
+    started.catch((error) => { off(); console.error(error); });
+    return () => {
+      off();
+      this.watches = this.watches.filter((w) => w !== id);
+      started.then(() => call("groups.docUnwatch", id), () => {});
+    };
+  }
+}
+
+// A group this node is in: its posts, members, invite and documents.
+class Group {
+  constructor(info) {
+    this.id = info.id;
+    this.name = info.name;
+    this.isAdmin = info.isAdmin;
+  }
+  publish(data, options = {}) { return call("groups.publish", this.id, asBytes(data), options.topic ?? ""); }
+  members() { return call("groups.members", this.id); }
+  invite() { return call("groups.invite", this.id); }
+  document(name) { return new GroupDocument(this, name); }
+  // on("post", fn, { topic }): posts held here (missed while away) first, then new ones.
+  on(event, listener, options = {}) {
+    if (event !== "post") throw new ShoalError("EINVAL", `unknown group event: ${event}`);
+    const id = watchId("sub");
+    const off = on("groups.post", (p) => {
+      if (p.sub !== id) return;
+      const data = fromBase64(p.data);
+      listener({ id: p.id, author: p.author, topic: p.topic, time: p.time, parents: p.parents,
+                 data, text: () => decoder.decode(data) });
+    });
+    const started = call("groups.subscribe", this.id, options.topic ?? null, id);
+    started.catch((error) => { off(); console.error(error); });
+    return () => { off(); started.then(() => call("groups.unsubscribe", id), () => {}); };
+  }
+}
+
 export const network = {
   id: () => call("network.id"),
   nat: () => call("network.nat"),
@@ -318,6 +391,12 @@ export const network = {
     }
     if (event === "peer") return on("network.peer", listener);
     throw new ShoalError("EINVAL", `unknown network event: ${event}`);
+  },
+  // Groups: members share posts and documents, and get what they missed when back.
+  groups: {
+    create: async (name) => new Group(await call("groups.create", name)),
+    join: async (invite) => new Group(await call("groups.join", invite)),
+    list: async () => (await call("groups.list")).map((info) => new Group(info)),
   },
 };
 

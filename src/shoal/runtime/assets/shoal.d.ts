@@ -48,6 +48,43 @@ export declare const path: {
 };
 
 export interface NetworkMessage { from: string; path: "direct" | "relay"; data: Uint8Array; text(): string; }
+export interface GroupPost {
+  /** Hex; `author` is the writer's peer id, `time` unix seconds. */
+  id: string; author: string; topic: string; time: number; parents: string[];
+  data: Uint8Array; text(): string;
+}
+export interface GroupMember { peerId: string; online: boolean; path: string | null; admin: boolean; name: string; }
+/** A document shared by a group, as Yjs/Yrs updates (one format). */
+export interface GroupDocument {
+  readonly name: string;
+  /** The whole document as one update: Y.applyUpdate(ydoc, await doc.state()). */
+  state(): Promise<Uint8Array>;
+  /** Merge an update made here (e.g. from ydoc.on("update")); the other members get it. */
+  apply(update: Uint8Array): Promise<void>;
+  /** The Y.Text `key` (default "text") for a page without Yjs: `read()` its string;
+   * `splice(before, index, remove, insert)` edits it, `before` being the string the page
+   * holds, `index` and `remove` counted as `before.slice` counts. */
+  text(key?: string): {
+    read(): Promise<string>;
+    splice(before: string, index: number, remove: number, insert?: string): Promise<void>;
+  };
+  /** The state first, then each update from other members and this app's other pages
+   * (its own may come back: applying an update twice changes nothing). */
+  on(event: "update", listener: (update: Uint8Array) => void): () => void;
+}
+export interface Group {
+  /** Hex of the group's public key. */
+  readonly id: string;
+  readonly name: string;
+  readonly isAdmin: boolean;
+  publish(data: Uint8Array | string, options?: { topic?: string }): Promise<{ id: string; time: number }>;
+  /** Posts held here (those missed while away) first, then new ones; returns `off`. */
+  on(event: "post", listener: (post: GroupPost) => void, options?: { topic?: string }): () => void;
+  members(): Promise<GroupMember[]>;
+  /** Text that lets whoever holds it join, read and post: give it as you would a key. */
+  invite(): Promise<string>;
+  document(name: string): GroupDocument;
+}
 /** A named channel of the app's node, open in this page (names: 1-100 of A-Z a-z 0-9 . _ - : /,
  *  starting with a letter or digit; "shoal/..." is reserved, EPERM). */
 export interface NetChannel {
@@ -88,6 +125,13 @@ export declare const network: NetworkChannels & {
     Promise<{ peerId: string }>;
   on(event: "message", listener: (message: NetworkMessage) => void): () => void;
   on(event: "peer", listener: (peer: { peerId: string; connected: boolean; path?: string }) => void): () => void;
+  groups: {
+    /** A new group with this node its admin. */
+    create(name: string): Promise<Group>;
+    /** Join by an invite (from `group.invite()` or `shoal group create`); EINVAL if damaged. */
+    join(invite: string): Promise<Group>;
+    list(): Promise<Group[]>;
+  };
 };
 
 export interface FileProgress { bytes: number; size: number; peers: number; corrupt: number; }

@@ -1,48 +1,111 @@
 import { network } from "shoal:api";
-import { failedLine, pairingLine, receivedLine, sentLine } from "./chat.js";
+import { failedLine, inviteProblem, postLine } from "./chat.js";
 
-const log = document.querySelector("#log");
-const to = document.querySelector("#to");
-function show(text, from) {
+const $ = (selector) => document.querySelector(selector);
+const log = $("#log");
+const picker = $("#group");
+const status = $("#status");
+const me = await network.id();
+const groups = new Map();
+let current = null;
+let stopReading = null;
+let names = new Map();
+
+function say(text) { status.textContent = text; }
+
+async function learnNames(group) {
+  try {
+    for (const member of await group.members()) if (member.name) names.set(member.peerId, member.name);
+  } catch (error) {
+    console.warn(error);
+  }
+}
+
+function show(post) {
   const item = document.createElement("li");
-  item.textContent = text;
-  if (from) {
-    item.title = "Click to reply";
-    item.addEventListener("click", () => { to.value = from; });
-  }
+  item.textContent = postLine(post, { me, names });
+  item.title = post.author;
+  if (post.author === me) item.className = "mine";
   log.append(item);
+  item.scrollIntoView({ block: "nearest" });
 }
 
-document.querySelector("#me").textContent = await network.id();
-network.on("message", (message) => show(receivedLine(message), message.from));
+// Everything the group holds comes first (what was posted while this node was away), then
+// new posts as they arrive.
+async function open(group) {
+  stopReading?.();
+  log.replaceChildren();
+  current = group;
+  names = new Map();
+  $("#invite-box").hidden = true;
+  for (const control of [$("#show-invite"), $("#text"), $("#compose button")]) control.disabled = false;
+  await learnNames(group);
+  stopReading = group.on("post", (post) => {
+    if (post.author !== me && !names.has(post.author)) learnNames(group);
+    show(post);
+  }, { topic: "" });
+}
 
-document.querySelector("#compose").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const peer = to.value.trim();
-  const text = document.querySelector("#text").value;
-  try {
-    show(sentLine(peer, await network.send(peer, text), text));
-  } catch (error) {
-    show(failedLine(error));
-  }
-});
-// Pairing: both sides learn each other's verified id from a short code said aloud.
-const status = document.querySelector("#pair-status");
-async function pairWith(code) {
-  status.textContent = code ? "Pairing…" : "Asking the introducer for a code…";
-  try {
-    const { peerId } = await network.pair({
-      code, onCode: (made) => { status.textContent = pairingLine("code", made); },
-    });
-    to.value = peerId;
-    status.textContent = pairingLine("paired", peerId);
-  } catch (error) {
-    status.textContent = pairingLine("failed", error);
+function listed(group) {
+  groups.set(group.id, group);
+  if (![...picker.options].some((option) => option.value === group.id)) {
+    picker.append(new Option(`${group.name} (${group.id.slice(0, 8)})`, group.id));
   }
 }
-document.querySelector("#pair").addEventListener("click", () => pairWith());
-document.querySelector("#pairing").addEventListener("submit", (event) => {
+
+function add(group) {
+  listed(group);
+  picker.value = group.id;
+  return open(group);
+}
+
+picker.addEventListener("change", () => open(groups.get(picker.value)));
+
+$("#create").addEventListener("submit", async (event) => {
   event.preventDefault();
-  pairWith(document.querySelector("#code").value.trim());
+  try {
+    const group = await network.groups.create($("#group-name").value.trim());
+    await add(group);
+    say(`Created ${group.name}: invite others to it.`);
+  } catch (error) {
+    say(failedLine("Creating the group", error));
+  }
 });
+
+$("#join").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const invite = $("#invite-in").value;
+  const problem = inviteProblem(invite);
+  if (problem) return say(problem);
+  try {
+    const group = await network.groups.join(invite.trim());
+    $("#invite-in").value = "";
+    await add(group);
+    say(`Joined ${group.name}.`);
+  } catch (error) {
+    say(failedLine("Joining", error));
+  }
+});
+
+$("#show-invite").addEventListener("click", async () => {
+  $("#invite-out").value = await current.invite();
+  $("#invite-box").hidden = false;
+  $("#invite-out").select();
+});
+
+$("#compose").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = $("#text");
+  try {
+    await current.publish(text.value);
+    text.value = "";
+  } catch (error) {
+    say(failedLine("Sending", error));
+  }
+});
+
+const known = await network.groups.list();
+known.forEach(listed);
+if (known.length) await add(known[0]);
+else say("Create a group, or join one with an invite.");
 document.body.dataset.ready = "true";

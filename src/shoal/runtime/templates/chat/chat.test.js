@@ -1,26 +1,40 @@
 // Run with: shoal test   (headless Chromium, the app's real bridge, a temporary data folder)
 import { test, assert } from "shoal:test";
 import { network } from "shoal:api";
-import { failedLine, pairingLine, receivedLine, sentLine } from "./chat.js";
+import { authorLabel, clock, failedLine, inviteProblem, postLine } from "./chat.js";
 
-test("this node has a whole peer id to share", async () => {
-  assert.match(await network.id(), /^[0-9a-f]{64}$/);
+test("a new group is listed, and its invite is one to paste", async () => {
+  const group = await network.groups.create("test-room");
+  assert.ok(group.isAdmin);
+  assert.ok((await network.groups.list()).some((g) => g.id === group.id));
+  const invite = await group.invite();
+  assert.equal(inviteProblem(invite), null);
 });
 
-test("a shortened peer id is refused at once, with its code", async () => {
-  const error = await assert.rejects(network.send("37ddcb66", "hello"), { code: "EINVAL" });
-  assert.match(failedLine(error), /^not delivered: EINVAL /);
+test("a damaged invite is refused with its code", async () => {
+  const error = await assert.rejects(network.groups.join("shoal-group:AQ"), { code: "EINVAL" });
+  assert.match(failedLine("Joining", error), /^Joining failed: EINVAL /);
+  assert.equal(inviteProblem("hello"), "an invite starts with shoal-group:");
 });
 
-test("the log shows peer ids whole", () => {
+test("a post comes back to its author, marked as theirs", async () => {
+  const group = await network.groups.create("echo-room");
+  const me = await network.id();
+  const heard = new Promise((resolve) => {
+    const off = group.on("post", (post) => { off(); resolve(post); }, { topic: "" });
+  });
+  await group.publish("hello room");
+  const post = await heard;
+  assert.equal(post.text(), "hello room");
+  assert.equal(post.author, me);
+  assert.equal(postLine(post, { me, names: new Map() }), `${clock(post.time)} me: hello room`);
+});
+
+test("others are shown by name when known, else by the start of their id", () => {
   const peer = "ab".repeat(32);
-  const message = { from: peer, path: "direct", text: () => "hi" };
-  assert.equal(receivedLine(message), `${peer} (direct): hi`);
-  assert.equal(sentLine(peer, { path: "relay", ms: 12 }, "hey"), `me → ${peer} (relay, 12 ms): hey`);
-});
-
-test("pairing says what it needs when there is no introducer", async () => {
-  const error = await assert.rejects(network.pair(), { code: "ENETUNREACH" });
-  assert.match(pairingLine("failed", error), /^Not paired: ENETUNREACH .*introducer/);
-  assert.equal(pairingLine("code", "7-amber-otter"), "Tell the other side this code: 7-amber-otter");
+  const who = { me: "cd".repeat(32), names: new Map() };
+  assert.equal(authorLabel(peer, who), "abababababab");
+  who.names.set(peer, "Ada");
+  assert.equal(authorLabel(peer, who), "Ada (abababab)");
+  assert.match(clock(0), /^\d\d:\d\d$/);
 });
