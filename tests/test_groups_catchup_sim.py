@@ -56,3 +56,35 @@ def test_a_member_away_for_many_posts_gets_each_once_when_every_author_is_gone(
             await node.close()
 
     sim.run(main, seed=11)
+
+
+def test_a_member_killed_and_back_at_once_gets_what_it_missed_at_once(tmp_path: Path) -> None:
+    """Gone without a word (as after SIGKILL) and back from its data dir before the others
+    noticed: they meet its new run afresh and reconcile at once, not at the next periodic
+    reconciliation."""
+
+    async def main(net: sim.VirtualNetwork) -> float:
+        nodes, groups = await _members(net, 3, tmp_path)
+        # The one with the highest peer id, which leaves starting reconciliations to the
+        # others (the lower id starts).
+        index = max(range(3), key=lambda i: nodes[i].peer_id)
+        killed = nodes.pop(index)
+        groups.pop(index)
+        identity, address = killed.identity, killed.address
+        net.detach(net.nodes[address])
+        made = [await groups[i % 2].publish(b"while away %d" % i) for i in range(6)]
+        await asyncio.sleep(0.5)
+        back = await net.node(identity=identity, address=address,
+                              data_dir=tmp_path / f"n{index}").start()
+        started = net.loop.time()
+        [group] = back.groups()
+        got = await _take(group.subscribe(), len(made), timeout=25)
+        took = net.loop.time() - started
+        assert Counter(p.id for p in got) == Counter(p.id for p in made)
+        for node in (*nodes, back):
+            await node.close()
+        return took
+
+    # At once: not at the next tick of the service (2 s), nor at the next periodic
+    # reconciliation (30 s).
+    assert sim.run(main, seed=12) < 1.0

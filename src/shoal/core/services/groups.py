@@ -68,6 +68,7 @@ from shoal.core.groups.posts import (
 from shoal.core.groups.posts import (
     POST as POST_KIND,
 )
+from shoal.core.peers import restarted
 from shoal.core.rangeindex import RangeIndex
 from shoal.core.reconcile import Limits, Reconciler, State
 from shoal.core.services.base import Service
@@ -411,21 +412,34 @@ class GroupService(Service):
 
     def on_connection_replaced(self, old: Connection, new: Connection, *, hold: bool) -> None:
         link = self.links.get(old.peer)
-        if link is not None and link.connection is old:
-            link.move_to(new)
-            self._pump(link)
+        if link is None or link.connection is not old:
+            return
+        if restarted(old, new):
+            # Another run of the peer's node (it crashed, say, and came back before this
+            # side noticed): what the link knew of the earlier run (its tags, sessions,
+            # place in the gossip tree) is void. Met afresh, the peer is reconciled with
+            # at once and gets what it missed, as on a first meeting.
+            self._unlink(link)
+            self.links[new.peer] = Link(new)
+            return
+        link.move_to(new)
+        self._pump(link)
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
         self._inbound.pop(connection, None)
         link = self.links.get(connection.peer)
         if link is None or link.connection is not connection:
             return
-        del self.links[connection.peer]
-        self._announcing.pop(connection.peer, None)
+        self._unlink(link)
+        self.ctx.event("members", None, peer=link.peer)
+
+    def _unlink(self, link: Link) -> None:
+        """Forget ``link``: its peer is no longer connected (to this run of it)."""
+        del self.links[link.peer]
+        self._announcing.pop(link.peer, None)
         for carried in self.carried.values():
             carried.eager.discard(link.peer)
             carried.lazy.discard(link.peer)
-        self.ctx.event("members", None, peer=link.peer)
 
     def on_frame_acked(self, connection: Connection, frame: bytes) -> None:
         link = self.links.get(connection.peer)
