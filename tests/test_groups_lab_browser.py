@@ -28,6 +28,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from shoal.lab.netlab import Host, NatLab
+from test_runtime_browser import _invite_from
 
 pytestmark = pytest.mark.netns
 
@@ -170,14 +171,6 @@ def _chat_app(lab: NatLab, folder: Path, host: Host, browser: Browser, name: str
         if forward is not None:
             forward.close()
         lab.stop(process, timeout=10)
-
-
-def _invite_from(page: Page) -> str:
-    page.click("#show-invite")
-    page.wait_for_selector("#invite-box:not([hidden])", timeout=10000)
-    invite = page.input_value("#invite-out")
-    assert invite.startswith("shoal-group:")
-    return invite
 
 
 def _lines(page: Page) -> list[str]:
