@@ -88,3 +88,30 @@ def test_a_member_killed_and_back_at_once_gets_what_it_missed_at_once(tmp_path: 
     # At once: not at the next tick of the service (2 s), nor at the next periodic
     # reconciliation (30 s).
     assert sim.run(main, seed=12) < 1.0
+
+
+def test_a_member_killed_keeps_the_members_it_met_and_finds_them_back(tmp_path: Path) -> None:
+    """Its invite named only the admin; it met another member since. Killed, and back
+    when the admin is gone too, it dials the member it met (kept on disk as it met it)
+    and gets what that one wrote meanwhile."""
+
+    async def main(net: sim.VirtualNetwork) -> float:
+        nodes, groups = await _members(net, 3, tmp_path)
+        admin, writer, killed = nodes
+        identity, address = killed.identity, killed.address
+        for node in (killed, admin):
+            net.detach(net.nodes[node.address])
+        made = [await groups[1].publish(b"meanwhile %d" % i) for i in range(3)]
+        await asyncio.sleep(60)  # long enough for the writer to give the connection up
+        back = await net.node(identity=identity, address=address,
+                              data_dir=tmp_path / "n2").start()
+        started = net.loop.time()
+        [group] = back.groups()
+        got = await _take(group.subscribe(), len(made), timeout=30)
+        took = net.loop.time() - started
+        assert [p.id for p in got] == [p.id for p in made]
+        for node in (writer, back):
+            await node.close()
+        return took
+
+    assert sim.run(main, seed=13) < 1.0

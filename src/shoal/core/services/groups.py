@@ -543,18 +543,28 @@ class GroupService(Service):
             if carried.member and carried.tag in link.member_tags:
                 if link.peer not in carried.members and len(carried.members) < MAX_MEMBERS:
                     carried.members[link.peer] = Member(link.peer)
+                    self._met(carried)
                 self._send(link, self._members_message(carried))
+
+    def _met(self, carried: Carried) -> None:
+        """Members new to this node: "changed", so that the node keeps them (a member
+        restarted after a crash dials them, whoever else is gone)."""
+        if carried.keys is not None:
+            self.ctx.event("changed", carried.keys.group_id)
 
     def _on_members(self, link: Link, message: g.Message, now: float) -> None:
         carried = self.carried.get(message.tag)
         if carried is None or not carried.member or message.tag not in link.member_tags:
             return
         me = self.ctx.identity.public_key
+        known = len(carried.members)
         for peer, addresses in message.members:
             if peer == me or (peer not in carried.members and
                               len(carried.members) >= MAX_MEMBERS):
                 continue
             self._learned(carried.members.setdefault(peer, Member(peer)), addresses)
+        if len(carried.members) > known:
+            self._met(carried)
         self._keep_peers(now)
 
     def _members_message(self, carried: Carried) -> g.Message:
