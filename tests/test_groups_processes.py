@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from cli_helpers import free_port, running_introducer
+from shoal.core.services.groups import HELLO_TOPIC
 
 MEMBER = Path(__file__).with_name("group_member.py")
 ROUNDS = int(os.environ.get("SHOAL_GROUP_PROCESS_ROUNDS", "24"))
@@ -144,7 +145,7 @@ def test_three_processes_one_killed_and_restarted_end_with_the_same_posts_and_do
         assert (dump["items"], dump["text"]) == (first["items"], first["text"])
     for dump in dumps:
         assert len(dump["feed"]) == len(set(dump["feed"])), "a post given twice"
-        assert set(dump["feed"]) == {p[0] for p in dump["stored"] if p[1] != "shoal/member"}
+        assert set(dump["feed"]) == {p[0] for p in dump["stored"] if p[1] != HELLO_TOPIC}
 
     # Each round's post is there once; none reported is missing. Carol's last round may
     # have been stored (and so be kept and spread) but not reported before the kill.
@@ -155,9 +156,12 @@ def test_three_processes_one_killed_and_restarted_end_with_the_same_posts_and_do
         made = counts[label]
         assert made == number or (label == "carol" and made == number + 1), (label, made)
         assert {f"{label}-{i}" for i in range(made)} <= set(chat)
-    # The document holds every reported edit, once, in each copy.
+    # The document holds every reported edit, once, in each copy (carol's unreported
+    # last round may have stopped between its post and its edit).
     items = first["items"]
-    assert set(items) == set(chat), "the document's edits and the posts differ"
+    assert set(items) <= set(chat)
+    assert set(chat) - set(items) <= {f"carol-{reported['carol']}"}, \
+        "the document's edits and the posts differ"
     assert all(items[key] == int(key.rsplit("-", 1)[1]) for key in items)
     log = first["text"].split(";")[:-1]
     assert Counter(log) == Counter(list(items))
