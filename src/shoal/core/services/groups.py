@@ -17,7 +17,9 @@ which makes that link eager again and repairs the tree.
 Anti-entropy: when two carriers of a tag connect, and every ``SYNC_EVERY`` seconds with
 one carrier per tag, they reconcile their stores' indexes of the tag
 (``shoal.core.reconcile``) and each pushes what the other lacks. A member back from any
-absence thus gets what it missed from whichever carrier it meets, author online or not.
+absence thus gets what it missed from whichever carrier it meets, author online or not;
+a connection to another run of a peer (restarted before the old one ended) is such a
+meeting too.
 A post that came this way and is new here is announced to every carrier, not pushed (it
 is likely old news to them).
 
@@ -25,7 +27,8 @@ Members find each other through the invite's hints, the carriers they meet (MEMB
 lists the members a node knows of), the authors of posts, and, when the node runs a
 ``dht`` service, the providers of ``sha256("shoal/group-members/1" + group id)``. A
 member dials members it knows of, in random order, until it is connected to (or
-dialing) ``TARGET_PEERS`` carriers of each group.
+dialing) ``TARGET_PEERS`` carriers of each group. A member new to this node is an event
+(``changed``) for the node to keep it, so that it is still known after a crash.
 
 Every member posts a *hello* (topic ``shoal/member``): its member card (so the admin can
 grant it later epoch keys), its name, and for the admin the group key's signature of its
