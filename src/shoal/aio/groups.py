@@ -425,6 +425,10 @@ class Groups:
             self.save()
 
     def close(self) -> None:
+        # The members met since the last save (their addresses too): a member back after
+        # an absence dials them, whoever else is gone by then.
+        with contextlib.suppress(OSError):
+            self.save()
         for group in self.groups.values():
             for feed in list(group._feeds):
                 feed.close()

@@ -17,7 +17,9 @@ which makes that link eager again and repairs the tree.
 Anti-entropy: when two carriers of a tag connect, and every ``SYNC_EVERY`` seconds with
 one carrier per tag, they reconcile their stores' indexes of the tag
 (``shoal.core.reconcile``) and each pushes what the other lacks. A member back from any
-absence thus gets what it missed from whichever carrier it meets, author online or not.
+absence thus gets what it missed from whichever carrier it meets, author online or not;
+a connection to another run of a peer (restarted before the old one ended) is such a
+meeting too.
 A post that came this way and is new here is announced to every carrier, not pushed (it
 is likely old news to them).
 
@@ -25,7 +27,8 @@ Members find each other through the invite's hints, the carriers they meet (MEMB
 lists the members a node knows of), the authors of posts, and, when the node runs a
 ``dht`` service, the providers of ``sha256("shoal/group-members/1" + group id)``. A
 member dials members it knows of, in random order, until it is connected to (or
-dialing) ``TARGET_PEERS`` carriers of each group.
+dialing) ``TARGET_PEERS`` carriers of each group. A member new to this node is an event
+(``changed``) for the node to keep it, so that it is still known after a crash.
 
 Every member posts a *hello* (topic ``shoal/member``): its member card (so the admin can
 grant it later epoch keys), its name, and for the admin the group key's signature of its
@@ -68,6 +71,7 @@ from shoal.core.groups.posts import (
 from shoal.core.groups.posts import (
     POST as POST_KIND,
 )
+from shoal.core.peers import restarted
 from shoal.core.rangeindex import RangeIndex
 from shoal.core.reconcile import Limits, Reconciler, State
 from shoal.core.services.base import Service
@@ -411,21 +415,34 @@ class GroupService(Service):
 
     def on_connection_replaced(self, old: Connection, new: Connection, *, hold: bool) -> None:
         link = self.links.get(old.peer)
-        if link is not None and link.connection is old:
-            link.move_to(new)
-            self._pump(link)
+        if link is None or link.connection is not old:
+            return
+        if restarted(old, new):
+            # Another run of the peer's node (it crashed, say, and came back before this
+            # side noticed): what the link knew of the earlier run (its tags, sessions,
+            # place in the gossip tree) is void. Met afresh, the peer is reconciled with
+            # at once and gets what it missed, as on a first meeting.
+            self._unlink(link)
+            self.links[new.peer] = Link(new)
+            return
+        link.move_to(new)
+        self._pump(link)
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
         self._inbound.pop(connection, None)
         link = self.links.get(connection.peer)
         if link is None or link.connection is not connection:
             return
-        del self.links[connection.peer]
-        self._announcing.pop(connection.peer, None)
+        self._unlink(link)
+        self.ctx.event("members", None, peer=link.peer)
+
+    def _unlink(self, link: Link) -> None:
+        """Forget ``link``: its peer is no longer connected (to this run of it)."""
+        del self.links[link.peer]
+        self._announcing.pop(link.peer, None)
         for carried in self.carried.values():
             carried.eager.discard(link.peer)
             carried.lazy.discard(link.peer)
-        self.ctx.event("members", None, peer=link.peer)
 
     def on_frame_acked(self, connection: Connection, frame: bytes) -> None:
         link = self.links.get(connection.peer)
@@ -529,18 +546,28 @@ class GroupService(Service):
             if carried.member and carried.tag in link.member_tags:
                 if link.peer not in carried.members and len(carried.members) < MAX_MEMBERS:
                     carried.members[link.peer] = Member(link.peer)
+                    self._met(carried)
                 self._send(link, self._members_message(carried))
+
+    def _met(self, carried: Carried) -> None:
+        """Members new to this node: "changed", so that the node keeps them (a member
+        restarted after a crash dials them, whoever else is gone)."""
+        if carried.keys is not None:
+            self.ctx.event("changed", carried.keys.group_id)
 
     def _on_members(self, link: Link, message: g.Message, now: float) -> None:
         carried = self.carried.get(message.tag)
         if carried is None or not carried.member or message.tag not in link.member_tags:
             return
         me = self.ctx.identity.public_key
+        known = len(carried.members)
         for peer, addresses in message.members:
             if peer == me or (peer not in carried.members and
                               len(carried.members) >= MAX_MEMBERS):
                 continue
             self._learned(carried.members.setdefault(peer, Member(peer)), addresses)
+        if len(carried.members) > known:
+            self._met(carried)
         self._keep_peers(now)
 
     def _members_message(self, carried: Carried) -> g.Message:
