@@ -185,7 +185,9 @@ class Carried:
     lazy: set[bytes] = field(default_factory=set)
     members: dict[bytes, Member] = field(default_factory=dict)
     heads: set[bytes] = field(default_factory=set)
-    unopened: dict[bytes, Envelope] = field(default_factory=dict)
+    unopened: dict[bytes, int] = field(default_factory=dict)
+    """Posts held for an epoch key not here yet: their ids and times (the envelopes stay
+    in the store only, so that junk for an epoch nobody holds costs no memory)."""
     removed: bool = False
     last_ms: int = 0
     """The latest time of a post seen (a new post is dated after it)."""
@@ -651,7 +653,7 @@ class GroupService(Service):
             post = open_post(envelope, carried.keys)
         except UnknownEpochError:
             if len(carried.unopened) < MAX_UNOPENED:
-                carried.unopened[envelope.id] = envelope
+                carried.unopened[envelope.id] = envelope.time_ms
             return True
         except TamperedPostError:
             self.ctx.stats["groups_dropped_tampered"] += 1
@@ -681,8 +683,10 @@ class GroupService(Service):
             return True
         self.ctx.event("changed", carried.keys.group_id)
         waiting, carried.unopened = carried.unopened, {}
-        for held in sorted(waiting.values(), key=lambda e: (e.time_ms, e.id)):
-            self._take(carried, held)
+        for _, post_id in sorted((t, i) for i, t in waiting.items()):
+            raw = self.store.get(post_id)
+            if raw is not None:  # not pushed out of the store meanwhile
+                self._take(carried, parse_envelope(raw))
         return True
 
     def _opened(self, carried: Carried, post: Post, envelope: Envelope) -> None:

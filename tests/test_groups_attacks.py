@@ -1,0 +1,97 @@
+"""Attacks on the groups service by peers that connect: what a victim member keeps in
+memory and in its store, in virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import tracemalloc
+
+import shoal
+from shoal import sim
+from shoal.core.groups import gossip as g
+from shoal.core.groups.posts import GroupKeys, seal_post
+from shoal.core.services.groups import GroupService
+
+
+def _service(node: shoal.Node) -> GroupService:
+    return node.endpoint.service("groups")  # type: ignore[return-value]
+
+
+def test_posts_for_an_epoch_nobody_holds_do_not_pile_up_in_a_members_memory() -> None:
+    """Anyone who learns a group's tag (every member sends it in TAGS) can sign envelopes
+    for an epoch that does not exist, under identities of its own. A member keeps them to
+    open once a key comes: that must cost it no more than their ids in memory."""
+    count, size = 24, 200_000
+    grown: list[int] = []
+
+    async def main(net: sim.VirtualNetwork) -> None:
+        victim = await net.node().start()
+        group = await victim.create_group("team")
+        tag = bytes.fromhex(group.tag)
+        attacker = await net.node().start()
+        attacker.carry(group.tag)
+        await attacker.connect(victim.address)
+        await asyncio.sleep(2)
+        service, theirs = _service(victim), _service(attacker)
+        link = theirs.links[victim.identity.public_key]
+        fake = GroupKeys(bytes.fromhex(group.id), {7: bytes(32)})
+        raws = []
+        for index in range(count):
+            author = shoal.Identity.generate()  # identities are free
+            raws.append(seal_post(author, fake, data=bytes([index]) * size,
+                                  time_ms=service._now_ms(),
+                                  random_bytes=lambda n: bytes(n)).raw)
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for raw in raws:
+            theirs._send(link, g.Message(g.POST, data=raw))
+        del raws
+        await asyncio.sleep(30)
+        gc.collect()
+        grown.append(tracemalloc.get_traced_memory()[0] - before)
+        tracemalloc.stop()
+        assert service.store.count(tag) >= count  # they did arrive and are kept on disk
+        await attacker.close()
+        await victim.close()
+
+    sim.run(main, seed=11)
+    assert grown[0] < count * size // 4, f"victim grew {grown[0]} bytes"
+
+
+def test_a_post_that_comes_before_the_grant_of_its_epoch_is_read_once_the_grant_comes(
+) -> None:
+    """The ids kept in memory lead back to the store: nothing that waited is lost."""
+
+    async def main(net: sim.VirtualNetwork) -> list[bytes]:
+        admin_node, member_node = await net.node().start(), await net.node().start()
+        group = await admin_node.create_group("team")
+        joined = await member_node.join(group.invite())
+        await asyncio.sleep(5)
+        feed = joined.subscribe(topic="later")
+        admin, member = _service(admin_node), _service(member_node)
+        carried = admin.carried[bytes.fromhex(group.tag)]
+        assert carried.admin is not None and carried.keys is not None
+        now_ms = admin._now_ms()
+        grant = carried.admin.remove(b"\x01" * 32, now_ms, lambda n: b"\x05" * n)
+        post = seal_post(admin_node.identity, carried.keys, data=b"new epoch",
+                         topic="later", time_ms=now_ms + 1, random_bytes=lambda n: bytes(n))
+        link = member.links[admin_node.identity.public_key]
+        loop = asyncio.get_running_loop()
+        member._on_post(link, g.Message(g.POST, data=post.raw), loop.time())
+        held = [p async for p in _first(feed, 0.5)]
+        member._on_post(link, g.Message(g.POST, data=grant.raw), loop.time())
+        held += [p async for p in _first(feed, 0.5)]
+        await member_node.close()
+        await admin_node.close()
+        return [p.data for p in held]
+
+    assert sim.run(main, seed=12) == [b"new epoch"]
+
+
+async def _first(feed, timeout: float):  # type: ignore[no-untyped-def]
+    try:
+        yield await asyncio.wait_for(anext(feed), timeout)
+    except TimeoutError:
+        return
