@@ -122,3 +122,33 @@ def test_junk_from_many_free_identities_does_not_push_out_a_members_posts() -> N
         store.add(junk, now + 100)
     kept = sum(store.has(envelope.id) for envelope in real)
     assert kept == len(real), f"{kept} of {len(real)} real posts kept"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a member opens a post under any epoch key it holds, whatever its time: a removed "
+    "member still holds the old key and writes to the group; refusing old-epoch posts "
+    "dated after the grant that ended the epoch needs grant times kept with the keys "
+    "(and a post backdated by its author would still pass)"))
+def test_a_removed_member_cannot_write_to_the_group_with_its_old_key() -> None:
+    async def main(net: sim.VirtualNetwork) -> list[bytes]:
+        nodes = [await net.node().start() for _ in range(3)]
+        group = await nodes[0].create_group("team")
+        joined = [await node.join(group.invite()) for node in nodes[1:]]
+        await asyncio.sleep(5)
+        await group.remove(nodes[2].peer_id)
+        await asyncio.sleep(2)
+        feed = joined[0].subscribe(topic="after")
+        removed = _service(nodes[2])
+        keys = removed.carried[bytes.fromhex(group.tag)].keys
+        assert keys is not None
+        forged = seal_post(nodes[2].identity, keys, data=b"still writing", topic="after",
+                           time_ms=removed._now_ms(), random_bytes=lambda n: bytes(n))
+        link = removed.links[nodes[1].identity.public_key]
+        removed._send(link, g.Message(g.POST, data=forged.raw))
+        removed.call("groups", "members", keys.group_id)  # flush
+        got = [p async for p in _first(feed, 3)]
+        for node in nodes:
+            await node.close()
+        return [p.data for p in got]
+
+    assert sim.run(main, seed=13) == []
