@@ -13,7 +13,9 @@ import shoal
 from shoal import sim
 from shoal.core.groups import gossip as g
 from shoal.core.groups.posts import GroupAdmin, GroupKeys, seal_post
-from shoal.core.services.groups import GroupService
+from shoal.core.rangeindex import SortedIndex
+from shoal.core.reconcile import Reconciler
+from shoal.core.services.groups import _LIMITS, START_GAP, GroupService
 from shoal.groups.store import PostStore
 
 
@@ -152,3 +154,36 @@ def test_a_removed_member_cannot_write_to_the_group_with_its_old_key() -> None:
         return [p.data for p in got]
 
     assert sim.run(main, seed=13) == []
+
+
+def test_a_peer_that_claims_an_empty_store_at_every_sync_gets_each_post_once() -> None:
+    """Reconciliation lets a peer ask for everything a node holds: asked again and again
+    on one connection, the node must not upload the whole group each time."""
+    count, rounds = 60, 10
+
+    async def main(net: sim.VirtualNetwork) -> int:
+        victim = await net.node().start()
+        group = await victim.create_group("team")
+        for index in range(count):
+            await group.publish(bytes([index]) * 10_000)
+        tag = bytes.fromhex(group.tag)
+        attacker = await net.node().start()
+        attacker.carry(group.tag)
+        await attacker.connect(victim.address)
+        await asyncio.sleep(START_GAP + 1)  # the meeting's reconciliation is over
+        theirs = _service(attacker)
+        link = theirs.links[victim.identity.public_key]
+        before = victim.stats["groups_posts_sent_sync"]
+        for _ in range(rounds):
+            session = link.sessions[(tag, True)] = Reconciler(SortedIndex(), _LIMITS)
+            theirs._send(link, g.Message(g.RECONCILE, tag=tag, mode=g.START,
+                                         data=session.initiate()))
+            attacker.call("groups", "holders", bytes(32))  # flush
+            await asyncio.sleep(START_GAP + 0.5)
+        sent = victim.stats["groups_posts_sent_sync"] - before
+        await attacker.close()
+        await victim.close()
+        return sent
+
+    sent = sim.run(main, seed=14)
+    assert sent <= 2 * (count + 1), f"{sent} posts sent for {rounds} asks of {count + 1}"

@@ -20,6 +20,9 @@ one carrier per tag, they reconcile their stores' indexes of the tag
 absence thus gets what it missed from whichever carrier it meets, author online or not;
 a connection to another run of a peer (restarted before the old one ended) is such a
 meeting too.
+A post that reconciliation sent on a connection is not sent on it again (the last
+``MAX_SYNCED`` ids are kept per connection), so a peer that claims to lack everything at
+every sync does not get the whole group uploaded each time.
 A post that came this way and is new here is announced to every carrier, not pushed (it
 is likely old news to them).
 
@@ -104,6 +107,8 @@ WINDOW = 128 * 1024
 MAX_QUEUE = 20_000
 """Messages (a post counts as one, read from the store when sent) waiting per connection;
 what comes beyond is dropped and counted (the next reconciliation brings it)."""
+MAX_SYNCED = 20_000
+"""Post ids per link that reconciliation sent and will not send again on that link."""
 EXPIRE_EVERY = 600.0
 MAX_TRACKED = 1024
 """Posts published here whose holders are tracked (``call_holders``)."""
@@ -202,7 +207,7 @@ class Link:
     """What the service keeps per connected peer."""
 
     __slots__ = ("connection", "peer", "tags", "member_tags", "queue", "in_flight", "carrying",
-                 "next_id", "sessions", "last_sync", "started")
+                 "next_id", "sessions", "last_sync", "started", "synced")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -222,6 +227,9 @@ class Link:
         self.last_sync: dict[bytes, float] = {}
         self.started: dict[bytes, float] = {}
         """When the peer last started a reconciliation, by tag."""
+        self.synced: dict[bytes, None] = {}
+        """Ids of the posts reconciliation sent on this link (the last ``MAX_SYNCED``): a
+        peer that claims to lack them again is not sent them again."""
 
     def move_to(self, connection: Connection) -> None:
         """Send on ``connection`` from now on (what went on the old one drains there)."""
@@ -812,6 +820,13 @@ class GroupService(Service):
             del link.sessions[key]
             return
         for post_id in session.take_have():
+            if post_id in link.synced:
+                self.ctx.stats["groups_sync_sent_already"] += 1
+                continue
+            if len(link.queue) < MAX_QUEUE:
+                link.synced[post_id] = None
+                if len(link.synced) > MAX_SYNCED:
+                    del link.synced[next(iter(link.synced))]
             self._send(link, (g.SYNC, post_id))
         session.take_need()
         if reply is not None:
