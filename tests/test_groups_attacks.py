@@ -187,3 +187,33 @@ def test_a_peer_that_claims_an_empty_store_at_every_sync_gets_each_post_once() -
 
     sent = sim.run(main, seed=14)
     assert sent <= 2 * (count + 1), f"{sent} posts sent for {rounds} asks of {count + 1}"
+
+
+def test_a_post_dated_ahead_does_not_drag_the_dates_of_a_members_own_posts() -> None:
+    """A member dates its posts after those it has seen; a post dated (within the store's
+    ten minutes) in the future must not move the member's own dates there, where peers
+    whose clocks lag a little refuse them."""
+
+    async def main(net: sim.VirtualNetwork) -> tuple[float, float]:
+        victim, attacker = await net.node().start(), await net.node().start()
+        group = await victim.create_group("team")
+        await attacker.join(group.invite())
+        await asyncio.sleep(5)
+        theirs, service = _service(attacker), _service(victim)
+        keys = theirs.carried[bytes.fromhex(group.tag)].keys
+        assert keys is not None
+        ahead = seal_post(attacker.identity, keys, data=b"from the future",
+                          time_ms=theirs._now_ms() + 590_000, random_bytes=lambda n: bytes(n))
+        theirs._send(theirs.links[victim.identity.public_key],
+                     g.Message(g.POST, data=ahead.raw))
+        theirs.call("groups", "members", keys.group_id)  # flush
+        await asyncio.sleep(2)
+        assert service.store.has(ahead.id)  # within the store's bound: kept
+        post = await group.publish(b"now")
+        now = service._now_ms() / 1000
+        await attacker.close()
+        await victim.close()
+        return post.time, now
+
+    posted, now = sim.run(main, seed=15)
+    assert posted - now < 10, f"dated {posted - now:.0f} s ahead"

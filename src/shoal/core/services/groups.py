@@ -110,6 +110,8 @@ what comes beyond is dropped and counted (the next reconciliation brings it)."""
 MAX_SYNCED = 20_000
 """Post ids per link that reconciliation sent and will not send again on that link."""
 EXPIRE_EVERY = 600.0
+AHEAD_MS = 2_000
+"""How far ahead of this node's clock a post seen may push the date of its next one."""
 MAX_TRACKED = 1024
 """Posts published here whose holders are tracked (``call_holders``)."""
 MAX_PENDING = 10_000
@@ -699,7 +701,9 @@ class GroupService(Service):
 
     def _opened(self, carried: Carried, post: Post, envelope: Envelope) -> None:
         assert carried.keys is not None
-        carried.last_ms = max(carried.last_ms, post.time_ms)
+        # Dated after what was seen, but not led ahead of this node's clock by a post
+        # dated in the future (peers whose clocks lag would refuse what is posted next).
+        carried.last_ms = max(carried.last_ms, min(post.time_ms, self._now_ms() + AHEAD_MS))
         if post.topic != HELLO_TOPIC:
             carried.heads.difference_update(post.parents)
             carried.heads.add(post.id)
