@@ -15,7 +15,7 @@ from shoal.core.groups import gossip as g
 from shoal.core.groups.posts import GroupAdmin, GroupKeys, seal_post
 from shoal.core.rangeindex import SortedIndex
 from shoal.core.reconcile import Reconciler
-from shoal.core.services.groups import _LIMITS, START_GAP, GroupService
+from shoal.core.services.groups import _LIMITS, MAX_MEMBERS, START_GAP, GroupService
 from shoal.groups.store import PostStore
 
 
@@ -217,3 +217,40 @@ def test_a_post_dated_ahead_does_not_drag_the_dates_of_a_members_own_posts() -> 
 
     posted, now = sim.run(main, seed=15)
     assert posted - now < 10, f"dated {posted - now:.0f} s ahead"
+
+
+def test_a_peer_that_lists_thousands_of_made_up_members_does_not_lock_real_ones_out(
+) -> None:
+    """MEMBERS fills a member's table of members: a peer that claims the tag and lists
+    made-up peers must not leave the admin without room for a real newcomer's card, or
+    the next removal's new key would skip the newcomer."""
+
+    async def main(net: sim.VirtualNetwork) -> list[bytes]:
+        admin_node, attacker = await net.node().start(), await net.node().start()
+        group = await admin_node.create_group("team")
+        tag = bytes.fromhex(group.tag)
+        attacker.carry(group.tag)
+        await attacker.connect(admin_node.address)
+        await asyncio.sleep(2)
+        theirs = _service(attacker)
+        link = theirs.links[admin_node.identity.public_key]
+        theirs._send(link, g.Message(g.TAGS, tags=((tag, 1),)))  # "a member, me"
+        made_up = [bytes([1 + i % 255]) + i.to_bytes(31, "big") for i in range(MAX_MEMBERS)]
+        for start in range(0, len(made_up), g.MAX_IDS):
+            theirs._send(link, g.Message(g.MEMBERS, tag=tag, members=tuple(
+                (peer, ()) for peer in made_up[start:start + g.MAX_IDS])))
+        theirs.call("groups", "holders", bytes(32))  # flush
+        await asyncio.sleep(5)
+        newcomer = await net.node().start()
+        joined = await newcomer.join(group.invite())
+        await asyncio.sleep(10)
+        await group.remove(made_up[0].hex())
+        await asyncio.sleep(2)
+        feed = joined.subscribe(topic="after")
+        await group.publish(b"for members", topic="after")
+        got = [p async for p in _first(feed, 5)]
+        for node in (newcomer, attacker, admin_node):
+            await node.close()
+        return [p.data for p in got]
+
+    assert sim.run(main, seed=16) == [b"for members"]

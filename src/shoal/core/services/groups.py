@@ -711,9 +711,8 @@ class GroupService(Service):
                 carried.heads = set(sorted(carried.heads)[-32:])
         author = envelope.author
         me = self.ctx.identity.public_key
-        if author != me and author not in carried.members and \
-                len(carried.members) < MAX_MEMBERS:
-            carried.members[author] = Member(author)
+        if author != me and author not in carried.members:
+            self._admit(carried, author)
         if post.topic == HELLO_TOPIC:
             try:
                 card, name, admin = decode_hello(post.data, carried.keys.group_id)
@@ -729,6 +728,18 @@ class GroupService(Service):
                         self.ctx.event("changed", carried.keys.group_id)
             return
         self.ctx.event("post", (carried.keys.group_id, post))
+
+    def _admit(self, carried: Carried, author: bytes) -> None:
+        """Keep ``author``, proven a member by a post that opened: when the table is full,
+        in place of a member only heard of (in MEMBERS, which anyone claiming the tag can
+        send) whose card never came and who is not connected."""
+        if len(carried.members) >= MAX_MEMBERS:
+            unproven = next((peer for peer, member in carried.members.items()
+                             if member.card is None and peer not in self.links), None)
+            if unproven is None:
+                return
+            del carried.members[unproven]
+        carried.members[author] = Member(author)
 
     def _spread(self, carried: Carried, envelope: Envelope, source: bytes | None, *,
                 push: bool = True) -> None:
