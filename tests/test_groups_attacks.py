@@ -127,6 +127,7 @@ def test_junk_from_many_free_identities_does_not_push_out_a_members_posts() -> N
 
 
 @pytest.mark.xfail(strict=True, reason=(
+    "documented in protocol.md (Removing a member): "
     "a member opens a post under any epoch key it holds, whatever its time: a removed "
     "member still holds the old key and writes to the group; refusing old-epoch posts "
     "dated after the grant that ended the epoch needs grant times kept with the keys "
