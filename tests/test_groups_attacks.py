@@ -255,3 +255,30 @@ def test_a_peer_that_lists_thousands_of_made_up_members_does_not_lock_real_ones_
         return [p.data for p in got]
 
     assert sim.run(main, seed=16) == [b"for members"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "MEMBERS is taken from any peer whose TAGS claims the member flag: peers only heard "
+    "of are listed by group.members() and kept on disk like real ones; telling them "
+    "apart needs members to be proven (a hello that opened) before they are listed"))
+def test_made_up_members_are_not_listed_as_members() -> None:
+    async def main(net: sim.VirtualNetwork) -> int:
+        admin_node, attacker = await net.node().start(), await net.node().start()
+        group = await admin_node.create_group("team")
+        tag = bytes.fromhex(group.tag)
+        attacker.carry(group.tag)
+        await attacker.connect(admin_node.address)
+        await asyncio.sleep(2)
+        theirs = _service(attacker)
+        link = theirs.links[admin_node.identity.public_key]
+        theirs._send(link, g.Message(g.TAGS, tags=((tag, 1),)))
+        theirs._send(link, g.Message(g.MEMBERS, tag=tag, members=tuple(
+            (bytes([7]) + i.to_bytes(31, "big"), ()) for i in range(g.MAX_IDS))))
+        theirs.call("groups", "holders", bytes(32))  # flush
+        await asyncio.sleep(3)
+        listed = len(group.members())
+        await attacker.close()
+        await admin_node.close()
+        return listed
+
+    assert sim.run(main, seed=17) <= 2
