@@ -20,6 +20,9 @@ one carrier per tag, they reconcile their stores' indexes of the tag
 absence thus gets what it missed from whichever carrier it meets, author online or not;
 a connection to another run of a peer (restarted before the old one ended) is such a
 meeting too.
+A post that reconciliation sent on a connection is not sent on it again (the last
+``MAX_SYNCED`` ids are kept per connection), so a peer that claims to lack everything at
+every sync does not get the whole group uploaded each time.
 A post that came this way and is new here is announced to every carrier, not pushed (it
 is likely old news to them).
 
@@ -104,7 +107,11 @@ WINDOW = 128 * 1024
 MAX_QUEUE = 20_000
 """Messages (a post counts as one, read from the store when sent) waiting per connection;
 what comes beyond is dropped and counted (the next reconciliation brings it)."""
+MAX_SYNCED = 20_000
+"""Post ids per link that reconciliation sent and will not send again on that link."""
 EXPIRE_EVERY = 600.0
+AHEAD_MS = 2_000
+"""How far ahead of this node's clock a post seen may push the date of its next one."""
 MAX_TRACKED = 1024
 """Posts published here whose holders are tracked (``call_holders``)."""
 MAX_PENDING = 10_000
@@ -185,7 +192,9 @@ class Carried:
     lazy: set[bytes] = field(default_factory=set)
     members: dict[bytes, Member] = field(default_factory=dict)
     heads: set[bytes] = field(default_factory=set)
-    unopened: dict[bytes, Envelope] = field(default_factory=dict)
+    unopened: dict[bytes, int] = field(default_factory=dict)
+    """Posts held for an epoch key not here yet: their ids and times (the envelopes stay
+    in the store only, so that junk for an epoch nobody holds costs no memory)."""
     removed: bool = False
     last_ms: int = 0
     """The latest time of a post seen (a new post is dated after it)."""
@@ -200,7 +209,7 @@ class Link:
     """What the service keeps per connected peer."""
 
     __slots__ = ("connection", "peer", "tags", "member_tags", "queue", "in_flight", "carrying",
-                 "next_id", "sessions", "last_sync", "started")
+                 "next_id", "sessions", "last_sync", "started", "synced")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -220,6 +229,9 @@ class Link:
         self.last_sync: dict[bytes, float] = {}
         self.started: dict[bytes, float] = {}
         """When the peer last started a reconciliation, by tag."""
+        self.synced: dict[bytes, None] = {}
+        """Ids of the posts reconciliation sent on this link (the last ``MAX_SYNCED``): a
+        peer that claims to lack them again is not sent them again."""
 
     def move_to(self, connection: Connection) -> None:
         """Send on ``connection`` from now on (what went on the old one drains there)."""
@@ -651,7 +663,7 @@ class GroupService(Service):
             post = open_post(envelope, carried.keys)
         except UnknownEpochError:
             if len(carried.unopened) < MAX_UNOPENED:
-                carried.unopened[envelope.id] = envelope
+                carried.unopened[envelope.id] = envelope.time_ms
             return True
         except TamperedPostError:
             self.ctx.stats["groups_dropped_tampered"] += 1
@@ -681,13 +693,17 @@ class GroupService(Service):
             return True
         self.ctx.event("changed", carried.keys.group_id)
         waiting, carried.unopened = carried.unopened, {}
-        for held in sorted(waiting.values(), key=lambda e: (e.time_ms, e.id)):
-            self._take(carried, held)
+        for _, post_id in sorted((t, i) for i, t in waiting.items()):
+            raw = self.store.get(post_id)
+            if raw is not None:  # not pushed out of the store meanwhile
+                self._take(carried, parse_envelope(raw))
         return True
 
     def _opened(self, carried: Carried, post: Post, envelope: Envelope) -> None:
         assert carried.keys is not None
-        carried.last_ms = max(carried.last_ms, post.time_ms)
+        # Dated after what was seen, but not led ahead of this node's clock by a post
+        # dated in the future (peers whose clocks lag would refuse what is posted next).
+        carried.last_ms = max(carried.last_ms, min(post.time_ms, self._now_ms() + AHEAD_MS))
         if post.topic != HELLO_TOPIC:
             carried.heads.difference_update(post.parents)
             carried.heads.add(post.id)
@@ -695,9 +711,8 @@ class GroupService(Service):
                 carried.heads = set(sorted(carried.heads)[-32:])
         author = envelope.author
         me = self.ctx.identity.public_key
-        if author != me and author not in carried.members and \
-                len(carried.members) < MAX_MEMBERS:
-            carried.members[author] = Member(author)
+        if author != me and author not in carried.members:
+            self._admit(carried, author)
         if post.topic == HELLO_TOPIC:
             try:
                 card, name, admin = decode_hello(post.data, carried.keys.group_id)
@@ -713,6 +728,18 @@ class GroupService(Service):
                         self.ctx.event("changed", carried.keys.group_id)
             return
         self.ctx.event("post", (carried.keys.group_id, post))
+
+    def _admit(self, carried: Carried, author: bytes) -> None:
+        """Keep ``author``, proven a member by a post that opened: when the table is full,
+        in place of a member only heard of (in MEMBERS, which anyone claiming the tag can
+        send) whose card never came and who is not connected."""
+        if len(carried.members) >= MAX_MEMBERS:
+            unproven = next((peer for peer, member in carried.members.items()
+                             if member.card is None and peer not in self.links), None)
+            if unproven is None:
+                return
+            del carried.members[unproven]
+        carried.members[author] = Member(author)
 
     def _spread(self, carried: Carried, envelope: Envelope, source: bytes | None, *,
                 push: bool = True) -> None:
@@ -808,6 +835,13 @@ class GroupService(Service):
             del link.sessions[key]
             return
         for post_id in session.take_have():
+            if post_id in link.synced:
+                self.ctx.stats["groups_sync_sent_already"] += 1
+                continue
+            if len(link.queue) < MAX_QUEUE:
+                link.synced[post_id] = None
+                if len(link.synced) > MAX_SYNCED:
+                    del link.synced[next(iter(link.synced))]
             self._send(link, (g.SYNC, post_id))
         session.take_need()
         if reply is not None:
