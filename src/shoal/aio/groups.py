@@ -2,7 +2,8 @@
 
 The node's groups service (``shoal.core.services.groups``) carries posts; this module
 keeps what a member must not lose in the node's data dir: ``groups.json`` (each group's
-name, epoch keys, the admin's group key, the members known; readable by the user only)
+name, epoch keys, the admin's group key, the members known, those removed and the newest
+epoch; readable by the user only)
 and the posts in ``groups.sqlite3`` (``shoal.groups.store.PostStore``). A node without a
 data dir keeps both in memory.
 """
@@ -339,7 +340,9 @@ class Groups:
                                               bool(m.get("admin")), card,
                                               tuple(parse_address(a)
                                                     for a in m.get("addresses", []))))
-                self._add(keys, entry["name"], admin, members, hello=False)
+                gone = {bytes.fromhex(k): int(v) for k, v in entry.get("removed", {}).items()}
+                self._add(keys, entry["name"], admin, members, hello=False, gone=gone,
+                          epoch=int(entry.get("epoch", 0)))
         except (OSError, ValueError, KeyError, TypeError, ShoalError) as exc:
             raise ShoalError(f"{path}: unreadable groups file ({exc})", code="EIO") from None
 
@@ -360,6 +363,8 @@ class Groups:
                              "card": m.card.encode().hex() if m.card else None,
                              "addresses": [format_address(a) for a in m.addresses]}
                             for m in carried.members.values()],
+                "removed": {peer.hex(): epoch for peer, epoch in carried.gone.items()},
+                "epoch": carried.epoch,
             })
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
@@ -369,9 +374,10 @@ class Groups:
         os.replace(temporary, path)
 
     def _add(self, keys: GroupKeys, name: str, admin: GroupAdmin | None,
-             members: list[CoreMember], *, hello: bool) -> Group:
+             members: list[CoreMember], *, hello: bool, gone: dict[bytes, int] | None = None,
+             epoch: int = 0) -> Group:
         self.node.call("groups", "join", keys, group_name=name, admin=admin, members=members,
-                       hello=hello, my_name=self.my_name)
+                       hello=hello, my_name=self.my_name, gone=gone or {}, epoch=epoch)
         group = self.groups[keys.group_id] = Group(self, keys.group_id, name)
         return group
 

@@ -1,0 +1,73 @@
+"""What a group member keeps across restarts, in virtual time: removals (the removed set
+and the newest epoch), the end of feeds and document updates on leave and close, and the
+tags a node carries for others."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import shoal
+from shoal import sim
+from shoal.core.groups.posts import GRANT, grantees, group_tag, parse_envelope
+from shoal.core.services.groups import GroupService
+from shoal.errors import ShoalError
+
+SETTLE = 5.0
+
+
+def _service(node: shoal.Node) -> GroupService:
+    return node.endpoint.service("groups")  # type: ignore[return-value]
+
+
+async def _restart(net: sim.VirtualNetwork, node: shoal.Node, data_dir: Path) -> shoal.Node:
+    identity, address = node.identity, node.address
+    await node.close()
+    return await net.node(identity=identity, address=address, data_dir=data_dir).start()
+
+
+def _peers(group: shoal.Group) -> set[str]:
+    return {member.peer_id for member in group.members()}
+
+
+def test_a_removal_outlasts_restarts_of_the_admin_and_the_members(tmp_path: Path) -> None:
+    async def main(net: sim.VirtualNetwork) -> None:
+        dirs = [tmp_path / f"n{i}" for i in range(4)]
+        nodes = [await net.node(data_dir=d).start() for d in dirs]
+        admin = await nodes[0].create_group("team")
+        invite = admin.invite()
+        for node in nodes[1:]:
+            await node.join(invite)
+        await asyncio.sleep(SETTLE)
+        gone = nodes[3].peer_id
+        assert gone in _peers(nodes[1].groups()[0])
+        await admin.remove(gone)
+        await asyncio.sleep(SETTLE)
+        nodes = [await _restart(net, node, d) for node, d in zip(nodes, dirs, strict=True)]
+        await asyncio.sleep(SETTLE)
+        groups = [node.groups()[0] for node in nodes]
+        for group in groups[:3]:
+            assert gone not in _peers(group)
+        # The removed node, restarted, still knows it was removed.
+        with pytest.raises(ShoalError) as refused:
+            await groups[3].publish(b"back?")
+        assert refused.value.code == "EPERM"
+        # A later removal grants the new key to the one member left, not to the removed.
+        await groups[0].remove(nodes[2].peer_id)
+        await asyncio.sleep(SETTLE)
+        tag = group_tag(bytes.fromhex(groups[0].id))
+        grants = [e for e in map(parse_envelope, _service(nodes[0]).store.envelopes(tag))
+                  if e.kind == GRANT]
+        newest = max(grants, key=lambda e: e.epoch)
+        assert newest.epoch == 2
+        assert set(grantees(newest)) == {bytes.fromhex(nodes[0].peer_id),
+                                          bytes.fromhex(nodes[1].peer_id)}
+        carried = _service(nodes[3]).carried[tag]
+        assert carried.keys is not None and 2 not in carried.keys.epochs
+        assert _peers(groups[1]) == {nodes[0].peer_id, nodes[1].peer_id}
+        for node in nodes:
+            await node.close()
+
+    sim.run(main, seed=21)
