@@ -71,3 +71,44 @@ def test_a_removal_outlasts_restarts_of_the_admin_and_the_members(tmp_path: Path
             await node.close()
 
     sim.run(main, seed=21)
+
+
+async def _ends(iterator: object, timeout: float = 5.0) -> bool:
+    """Whether ``iterator`` (async) runs out within ``timeout`` virtual seconds."""
+
+    async def drain() -> None:
+        async for _ in iterator:  # type: ignore[attr-defined]
+            pass
+
+    try:
+        await asyncio.wait_for(drain(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_feeds_and_document_updates_end_on_leave_and_on_close() -> None:
+    async def main(net: sim.VirtualNetwork) -> None:
+        nodes = [await net.node().start() for _ in range(2)]
+        admin = await nodes[0].create_group("team")
+        member = await nodes[1].join(admin.invite())
+        await asyncio.sleep(SETTLE)
+        left_updates = member.document("notes").updates()
+        left_feed = member.subscribe()
+        waiting = asyncio.ensure_future(_ends(left_updates))
+        await asyncio.sleep(1)
+        await member.leave()
+        assert await waiting
+        assert await _ends(left_feed)
+        closed_updates = admin.document("notes").updates()
+        closed_feed = admin.subscribe()
+        waiting = asyncio.ensure_future(_ends(closed_updates))
+        await asyncio.sleep(1)
+        await nodes[0].close()
+        assert await waiting
+        assert await _ends(closed_feed)
+        with pytest.raises(shoal.ClosedError):
+            admin.subscribe()
+        await nodes[1].close()
+
+    sim.run(main, seed=22)

@@ -121,7 +121,9 @@ class GroupDocument:
         self.name = name
         self._shared: SharedDocument = SharedDocument(name)
         self.doc = self._shared.doc
-        self._updates: asyncio.Queue[bytes] = asyncio.Queue()
+        self._updates: asyncio.Queue[bytes | None] = asyncio.Queue()
+        """Updates for ``updates``; a None ends them (left there for other readers)."""
+        self._closed = False
         self._flushing = False
         for raw in group._groups.store.envelopes(group._tag):
             post = group._groups.open(group, raw)
@@ -136,6 +138,8 @@ class GroupDocument:
 
     def _flush(self) -> None:
         self._flushing = False
+        if self._closed:
+            return
         update = self._shared.take_update()
         if update is None:
             return
@@ -160,11 +164,21 @@ class GroupDocument:
         self.doc.apply_update(update)
 
     async def updates(self) -> AsyncIterator[bytes]:
-        """Updates merged from other members' posts, as they come."""
+        """Updates merged from other members' posts, as they come, until the document
+        closes (the node left the group, or closed)."""
         while True:
-            yield await self._updates.get()
+            update = await self._updates.get()
+            if update is None:
+                self._updates.put_nowait(None)
+                return
+            yield update
 
     def close(self) -> None:
+        """Stop following the group: edits are no longer published, ``updates`` ends."""
+        if self._closed:
+            return
+        self._closed = True
+        self._updates.put_nowait(None)
         self.doc.unobserve(self._watch)
         self._shared.close()
         self.group._documents.pop(self.name, None)
@@ -203,6 +217,8 @@ class Group:
     def _check(self) -> None:
         if self._left:
             raise ClosedError("this node left the group")
+        if self._groups.closed:
+            raise ClosedError("the node is closed")
 
     def invite(self) -> str:
         """An invite: the group id, its current key and hints of where members are
@@ -313,6 +329,7 @@ class Groups:
                                  else PostStore(":memory:"))
         service.store = self.store
         self.groups: dict[bytes, Group] = {}
+        self.closed = False
 
     @property
     def _file(self) -> Path | None:
@@ -435,7 +452,10 @@ class Groups:
         # an absence dials them, whoever else is gone by then.
         with contextlib.suppress(OSError):
             self.save()
+        self.closed = True
         for group in self.groups.values():
             for feed in list(group._feeds):
                 feed.close()
+            for document in list(group._documents.values()):
+                document.close()
         self.store.close()
