@@ -5,6 +5,7 @@ tags a node carries for others."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,43 @@ def test_feeds_and_document_updates_end_on_leave_and_on_close() -> None:
         await nodes[1].close()
 
     sim.run(main, seed=22)
+
+
+def test_a_carrier_keeps_carrying_after_a_restart(tmp_path: Path) -> None:
+    async def main(net: sim.VirtualNetwork) -> None:
+        author = await net.node().start()
+        group = await author.create_group("team")
+        carrier = await net.node(data_dir=tmp_path / "carrier").start()
+        carrier.carry(group.tag)
+        await carrier.connect(author.address)
+        await asyncio.sleep(1)
+        posts = [await group.publish(b"kept %d" % i) for i in range(3)]
+        await asyncio.sleep(2)
+        carrier = await _restart(net, carrier, tmp_path / "carrier")
+        tag = bytes.fromhex(group.tag)
+        assert tag in _service(carrier).carried and carrier.groups() == []
+        await carrier.connect(author.address)
+        later = await group.publish(b"kept 3")
+        await asyncio.sleep(2)
+        assert _service(carrier).store.has(bytes.fromhex(later.id))
+        invite = group.invite()
+        await author.close()
+        reader = await net.node().start()
+        joined = await reader.join(invite)
+        await reader.connect(carrier.address)
+        feed = joined.subscribe()
+        got: list[str] = []
+
+        async def take() -> None:
+            async for post in feed:
+                got.append(post.id)
+                if len(got) == 4:
+                    return
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(take(), 10)
+        assert got == [p.id for p in (*posts, later)]
+        await reader.close()
+        await carrier.close()
+
+    sim.run(main, seed=23)

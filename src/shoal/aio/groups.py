@@ -3,7 +3,7 @@
 The node's groups service (``shoal.core.services.groups``) carries posts; this module
 keeps what a member must not lose in the node's data dir: ``groups.json`` (each group's
 name, epoch keys, the admin's group key, the members known, those removed and the newest
-epoch; readable by the user only)
+epoch; and the tags carried for others; readable by the user only)
 and the posts in ``groups.sqlite3`` (``shoal.groups.store.PostStore``). A node without a
 data dir keeps both in memory.
 """
@@ -315,6 +315,16 @@ class Group:
                 document._take(post)
 
 
+def _tag_bytes(tag: str) -> bytes:
+    try:
+        raw = bytes.fromhex(tag)
+    except (ValueError, TypeError):
+        raw = b""
+    if len(raw) != 32:
+        raise LocalProtocolError("a group tag is 64 hex digits", code="EINVAL")
+    return raw
+
+
 class Groups:
     """A node's groups: its service, its store and what it keeps on disk."""
 
@@ -360,6 +370,8 @@ class Groups:
                 gone = {bytes.fromhex(k): int(v) for k, v in entry.get("removed", {}).items()}
                 self._add(keys, entry["name"], admin, members, hello=False, gone=gone,
                           epoch=int(entry.get("epoch", 0)))
+            for tag in saved.get("carried", []):
+                self.node.call("groups", "carry", _tag_bytes(tag))
         except (OSError, ValueError, KeyError, TypeError, ShoalError) as exc:
             raise ShoalError(f"{path}: unreadable groups file ({exc})", code="EIO") from None
 
@@ -383,11 +395,13 @@ class Groups:
                 "removed": {peer.hex(): epoch for peer, epoch in carried.gone.items()},
                 "epoch": carried.epoch,
             })
+        carried = [tag.hex() for tag, entry in self.service.carried.items()
+                   if entry.keys is None]
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump({"groups": entries}, out)
+            json.dump({"groups": entries, "carried": carried}, out)
         os.replace(temporary, path)
 
     def _add(self, keys: GroupKeys, name: str, admin: GroupAdmin | None,
@@ -427,13 +441,8 @@ class Groups:
         return group
 
     def carry(self, tag: str) -> None:
-        try:
-            raw = bytes.fromhex(tag)
-        except ValueError:
-            raw = b""
-        if len(raw) != 32:
-            raise LocalProtocolError("a group tag is 64 hex digits", code="EINVAL")
-        self.node.call("groups", "carry", raw)
+        self.node.call("groups", "carry", _tag_bytes(tag))
+        self.save()
 
     def open(self, group: Group, raw: bytes) -> core.Post | None:
         return self.node.call("groups", "open", group._id, raw)
