@@ -65,6 +65,7 @@ from shoal.core.groups.posts import (
     PostError,
     TamperedPostError,
     UnknownEpochError,
+    grantees,
     group_tag,
     open_grant,
     open_post,
@@ -196,6 +197,12 @@ class Carried:
     """Posts held for an epoch key not here yet: their ids and times (the envelopes stay
     in the store only, so that junk for an epoch nobody holds costs no memory)."""
     removed: bool = False
+    """This node was removed from the group."""
+    gone: dict[bytes, int] = field(default_factory=dict)
+    """Removed members: peer -> the first epoch it was left out of (a post of it under
+    that epoch or a later one means the admin let it back in)."""
+    epoch: int = 0
+    """The newest epoch seen (a removed node holds no key for it)."""
     last_ms: int = 0
     """The latest time of a post seen (a new post is dated after it)."""
     last_find: float = float("-inf")
@@ -283,15 +290,20 @@ class GroupService(Service):
 
     def call_join(self, now: float, keys: GroupKeys, *, group_name: str = "",
                   admin: GroupAdmin | None = None, members: Iterable[Member] = (),
-                  hello: bool = False, my_name: str = "") -> Carried:
-        """Carry a group as a member; with ``hello``, post this node's hello."""
+                  hello: bool = False, my_name: str = "", gone: Mapping[bytes, int] = {},
+                  epoch: int = 0) -> Carried:
+        """Carry a group as a member; with ``hello``, post this node's hello. ``gone`` and
+        ``epoch`` are the removed members and newest epoch saved (``Carried``)."""
         carried = self.carried.get(keys.tag)
         if carried is None:
             carried = self.carried[keys.tag] = Carried(keys.tag)
         carried.keys, carried.admin, carried.name = keys, admin, group_name
+        carried.gone.update(gone)
+        carried.epoch = max(carried.epoch, epoch, keys.epoch)
         me = self.ctx.identity.public_key
+        carried.removed = me in carried.gone
         for member in members:
-            if member.peer != me:
+            if member.peer != me and member.peer not in carried.gone:
                 carried.members.setdefault(member.peer, member)
         if admin is not None:
             admin.add_member(MemberCard.of(self.ctx.identity))
@@ -382,6 +394,8 @@ class GroupService(Service):
         carried.members.pop(peer, None)
         assert carried.keys is not None
         carried.keys.epochs.update(carried.admin.keys.epochs)
+        carried.epoch = max(carried.epoch, envelope.epoch)
+        carried.gone[peer] = envelope.epoch
         self.store.add(envelope, self._now_ms())
         self._spread(carried, envelope, None)
         self.ctx.event("changed", group_id)
@@ -411,7 +425,7 @@ class GroupService(Service):
     def call_add_hint(self, now: float, group_id: bytes, peer: bytes,
                       addresses: tuple[Address, ...] = ()) -> None:
         carried = self._group(group_id)
-        if peer != self.ctx.identity.public_key:
+        if peer != self.ctx.identity.public_key and peer not in carried.gone:
             self._learned(carried.members.setdefault(peer, Member(peer)), addresses)
         self._keep_peers(now)
 
@@ -556,7 +570,8 @@ class GroupService(Service):
             if self.ctx.identity.public_key < link.peer:
                 self._start_sync(link, carried.tag, now)
             if carried.member and carried.tag in link.member_tags:
-                if link.peer not in carried.members and len(carried.members) < MAX_MEMBERS:
+                if link.peer not in carried.members and link.peer not in carried.gone \
+                        and len(carried.members) < MAX_MEMBERS:
                     carried.members[link.peer] = Member(link.peer)
                     self._met(carried)
                 self._send(link, self._members_message(carried))
@@ -574,8 +589,8 @@ class GroupService(Service):
         me = self.ctx.identity.public_key
         known = len(carried.members)
         for peer, addresses in message.members:
-            if peer == me or (peer not in carried.members and
-                              len(carried.members) >= MAX_MEMBERS):
+            if peer == me or peer in carried.gone or (peer not in carried.members and
+                                                      len(carried.members) >= MAX_MEMBERS):
                 continue
             self._learned(carried.members.setdefault(peer, Member(peer)), addresses)
         if len(carried.members) > known:
@@ -683,12 +698,20 @@ class GroupService(Service):
             return True
         try:
             mine = open_grant(envelope, self.ctx.identity, carried.keys)
+            granted = set(grantees(envelope))
         except PostError:
             self.ctx.stats["groups_dropped_malformed"] += 1
             return False
+        if envelope.epoch > carried.epoch:
+            # The members known before this epoch whom it leaves out were removed.
+            carried.epoch = envelope.epoch
+            for peer in [p for p in carried.members if p not in granted]:
+                del carried.members[peer]
+                carried.gone.setdefault(peer, envelope.epoch)
         if not mine:
-            if envelope.epoch > carried.keys.epoch:
+            if envelope.epoch >= carried.epoch:
                 carried.removed = True
+                carried.gone.setdefault(self.ctx.identity.public_key, envelope.epoch)
                 self.ctx.event("removed", carried.keys.group_id)
             return True
         self.ctx.event("changed", carried.keys.group_id)
@@ -711,7 +734,11 @@ class GroupService(Service):
                 carried.heads = set(sorted(carried.heads)[-32:])
         author = envelope.author
         me = self.ctx.identity.public_key
-        if author != me and author not in carried.members:
+        out_from = carried.gone.get(author)
+        if out_from is not None and envelope.epoch >= out_from and author != me:
+            del carried.gone[author]  # let back in by the admin
+            out_from = None
+        if author != me and out_from is None and author not in carried.members:
             self._admit(carried, author)
         if post.topic == HELLO_TOPIC:
             try:
@@ -943,7 +970,7 @@ class GroupService(Service):
         def found(peer: bytes, addresses: list[Address]) -> None:
             carried = self.carried.get(tag)
             if carried is None or peer == self.ctx.identity.public_key or \
-                    len(carried.members) >= MAX_MEMBERS:
+                    peer in carried.gone or len(carried.members) >= MAX_MEMBERS:
                 return
             member = carried.members.setdefault(peer, Member(peer))
             self._learned(member, addresses)
