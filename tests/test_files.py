@@ -309,6 +309,36 @@ def test_a_server_refuses_floods_and_survives_garbage(tmp_path: Path) -> None:
     assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
 
 
+def test_a_peer_that_asks_and_never_reads_makes_the_server_queue_little(
+        tmp_path: Path) -> None:
+    source = _file(tmp_path, 2 * PIECE)
+
+    async def main(net: sim.VirtualNetwork) -> tuple[int, int, dict[str, int]]:
+        async with net.node() as server, net.node() as attacker:
+            ticket = await server.share(source)
+            channel = attacker.channel(files.CHANNEL)  # bound, never read
+            attacker.add_peer_address(server.peer_id, server.address)
+            for request_id in range(20_000):  # for a root the server does not share
+                channel.send_nowait(server.peer_id,
+                                    files.encode_request(request_id, bytes(32), 0))
+                if request_id % 500 == 0:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(5)
+            connection = server.endpoint.connection_to(bytes.fromhex(attacker.peer_id))
+            assert connection is not None
+            queued = sum(len(out.queue) for out in connection.state["messages"].out.values())
+            # Still serving others.
+            async with net.node() as fetcher:
+                await fetcher.fetch(ticket, tmp_path / "out.bin")
+            return queued, channel._inbox.qsize(), server.file_stats
+
+    queued, unread, stats = sim.run(main)
+    assert stats["not_shared"] == 20_000 and stats["unanswered"] > 0
+    assert queued <= files.REFUSE_PER_PEER, queued
+    assert unread <= 20_000 - stats["unanswered"]
+    assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
+
+
 # ---------------------------------------------------------------------- the CLI
 
 
