@@ -333,8 +333,8 @@ def test_a_peer_that_asks_and_never_reads_makes_the_server_queue_little(
             return queued, channel._inbox.qsize(), server.file_stats
 
     queued, unread, stats = sim.run(main)
-    assert stats["not_shared"] == 20_000 and stats["unanswered"] > 0
-    assert queued <= files.REFUSE_PER_PEER, queued
+    assert queued <= 64, queued
+    assert stats["not_shared"] == 20_000 and stats.get("unanswered", 0) > 0
     assert unread <= 20_000 - stats["unanswered"]
     assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
 
