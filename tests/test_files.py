@@ -386,6 +386,35 @@ def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
         share.wait(timeout=10)
 
 
+def test_a_signal_after_the_fetch_is_done_is_no_interruption(tmp_path: Path) -> None:
+    source = _file(tmp_path, 4 * PIECE)
+    target = tmp_path / "got.bin"
+    share = subprocess.Popen(
+        shoal_argv("share", str(source), "--listen", "127.0.0.1:0", "--no-lan", "--json",
+                   "--identity", str(tmp_path / "share.key")),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ticket = next(_json_lines(share))["ticket"]
+        fetch = subprocess.Popen(
+            shoal_argv("fetch", ticket, "-o", str(target), "--listen", "127.0.0.1:0",
+                       "--no-lan", "--json"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        events = []
+        for event in _json_lines(fetch):
+            events.append(event)
+            if event["event"] == "fetched":
+                fetch.send_signal(signal.SIGINT)  # while its node closes
+                break
+        assert fetch.stdout is not None
+        events += [json.loads(line) for line in fetch.stdout]
+        fetch.wait(timeout=30)
+        assert target.read_bytes() == source.read_bytes()
+        assert fetch.returncode == 0 and [e for e in events if e["event"] == "error"] == []
+    finally:
+        share.send_signal(signal.SIGINT)
+        share.wait(timeout=10)
+
+
 @pytest.mark.parametrize(("argv", "said"), [
     (["fetch", "blobnope"], "not a ticket"),
     (["fetch", "hello"], "not a ticket"),
