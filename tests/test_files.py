@@ -18,7 +18,14 @@ from tests.cli_helpers import shoal as shoal_argv
 import shoal
 from shoal import sim
 from shoal.aio import files
-from shoal.core.blobs import HashTree, Provider, Ticket, piece_count, piece_span
+from shoal.core.blobs import (
+    MAX_BLOB_SIZE,
+    HashTree,
+    Provider,
+    Ticket,
+    piece_count,
+    piece_span,
+)
 from shoal.sim.network import LinkProfile
 
 PIECE = 256 * 1024
@@ -242,9 +249,31 @@ def test_a_provider_that_never_answers_ends_the_fetch_with_an_error(tmp_path: Pa
             with pytest.raises(shoal.FetchError) as info:
                 await fetcher.fetch(mute, tmp_path / "out.bin")
             assert "did not answer" in str(info.value)
+            assert "kept" not in str(info.value)
+            # Nothing was fetched: nothing is left behind to resume.
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["source.bin"]
             return net.loop.time() - started
 
     assert sim.run(main) < 300  # virtual seconds: 5 timeouts of 30 s and their backoff
+
+
+def test_a_ticket_larger_than_the_free_space_is_refused_before_anything_is_written(
+        tmp_path: Path) -> None:
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    size = min(free + (1 << 30), MAX_BLOB_SIZE)
+    if size <= free:
+        pytest.skip("more than 1 TiB free here")
+
+    async def main(net: sim.VirtualNetwork) -> None:
+        async with net.node() as provider, net.node() as fetcher:
+            huge = Ticket(bytes(32), size, (Provider(provider.peer_id,
+                                                     (provider.address,)),))
+            with pytest.raises(shoal.FetchError) as info:
+                await fetcher.fetch(huge, tmp_path / "huge.bin")
+            assert info.value.code == "ENOSPC", info.value
+            assert list(tmp_path.iterdir()) == []
+
+    sim.run(main)
 
 
 def test_bad_arguments_are_typed_errors(tmp_path: Path) -> None:

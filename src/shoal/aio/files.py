@@ -467,16 +467,38 @@ class FileService:
             for address in provider.addresses:
                 with contextlib.suppress(ShoalError):
                     self._node.add_peer_address(provider.peer_id, address)
+        _check_room(target, ticket.size)
         partial = _Partial.open(target, ticket)
         try:
             return await _Fetch(self, ticket, partial, providers, progress, per_peer,
                                 request_timeout).run()
+        except FetchError:
+            if not len(partial.have):  # nothing to resume: leave no files behind
+                partial.discard()
+            raise
         finally:
             partial.close()
 
     def _request_id(self) -> int:
         self._next_request = self._next_request % 0xFFFFFFFF + 1
         return self._next_request
+
+
+def _check_room(target: Path, size: int) -> None:
+    """Refuse at once a fetch whose file cannot fit where it goes (what an earlier
+    fetch of it holds there counts as room)."""
+    try:
+        info = os.statvfs(target.parent)
+    except OSError:  # no figures here: the writes will say
+        return
+    try:
+        held = os.stat(_part_path(target)).st_blocks * 512
+    except OSError:
+        held = 0
+    free = info.f_bavail * info.f_frsize
+    if size > free + held:
+        raise FetchError(f"{target}: {size} bytes do not fit in the {free} bytes free "
+                         "there", code="ENOSPC")
 
 
 def _consume(future: asyncio.Future[object]) -> None:
@@ -628,6 +650,12 @@ class _Partial:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.state)
 
+    def discard(self) -> None:
+        """Remove ``NAME.part`` and its state (they hold nothing worth resuming)."""
+        for path in (self.part, self.state):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
     def close(self) -> None:
         for fd in (self._fd, self._state_fd):
             with contextlib.suppress(OSError):
@@ -704,9 +732,10 @@ class _Fetch:
                 self._ask(peer_id, piece)
             if self.plan.stuck:  # after requests(), which drops a provider that timed out
                 reasons = sorted({p.reason for p in self.plan.peers.values()})
-                raise FetchError(f"no provider left ({'; '.join(reasons)}); "
-                                 f"{len(self.plan.have)} of {self.plan.have.count} pieces "
-                                 f"are kept for a later fetch")
+                held = len(self.plan.have)
+                raise FetchError(f"no provider left ({'; '.join(reasons)})" + (
+                    f"; {held} of {self.plan.have.count} pieces are kept for a later "
+                    "fetch" if held else ""))
             deadline = self.plan.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
             try:
