@@ -15,7 +15,7 @@ from shoal.core import events as ev
 from shoal.core.config import CoreConfig
 from shoal.core.connection import Connection
 from shoal.core.streams import frames as F
-from shoal.core.streams.manager import INITIAL_MAX_STREAMS, INITIAL_STREAM_DATA
+from shoal.core.streams.manager import INITIAL_MAX_STREAMS, INITIAL_STREAM_DATA, StreamConfig
 from shoal.errors import DeliveryError
 from shoal.sim import LinkProfile, SimNetwork, SimNode
 from test_traversal_sim import _block_direct, _confirmed_connection, _lab
@@ -190,6 +190,23 @@ def test_a_reset_reaches_the_reader_and_a_stop_reaches_the_writer() -> None:
         return read_code, write_code
 
     assert sim.run(main, seed=8) == ("ECONNRESET", "EPIPE")
+
+
+def test_streams_reset_before_they_were_accepted_leave_the_peer_room_to_open_more() -> None:
+    async def main(net: sim.VirtualNetwork) -> bytes:
+        alice, bob = await _pair(net)
+        inbox = bob.channel("c/1")
+        for _ in range(2 * StreamConfig().max_streams):  # each abandoned at once by its opener
+            stream = await alice.open_stream(bob.peer_id, channel="c/1", timeout=5)
+            await stream.write(b"x")
+            stream.reset(1)
+        await asyncio.sleep(2)
+        stream = await alice.open_stream(bob.peer_id, channel="c/1", timeout=5)
+        await stream.write(b"still open")
+        await stream.close()
+        return await _drain_to(await inbox.accept(timeout=5))
+
+    assert sim.run(main) == b"still open"
 
 
 def test_streams_fail_when_their_connection_ends() -> None:

@@ -219,6 +219,12 @@ class StreamService(Service):
             elif kind is StreamReset and handle.announced:
                 self.ctx.event("reset", (handle.number, event.error_code),  # type: ignore[union-attr]
                                peer=peer)
+            elif kind is StreamReset:
+                # Abandoned before it named its channel: no application will ever read
+                # it, so this side ends it, or it would hold one of the peer's streams.
+                handle.stream.read()
+                handle.stream.reset(event.error_code)  # type: ignore[union-attr]
+                handle.owner.touch()
             elif kind is StreamStopped:
                 self.ctx.event("stopped", (handle.number, event.error_code), peer=peer)  # type: ignore[union-attr]
             elif kind is StreamClosed:
