@@ -257,10 +257,6 @@ def test_a_peer_that_lists_thousands_of_made_up_members_does_not_lock_real_ones_
     assert sim.run(main, seed=16) == [b"for members"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "MEMBERS is taken from any peer whose TAGS claims the member flag: peers only heard "
-    "of are listed by group.members() and kept on disk like real ones; telling them "
-    "apart needs members to be proven (a hello that opened) before they are listed"))
 def test_made_up_members_are_not_listed_as_members() -> None:
     async def main(net: sim.VirtualNetwork) -> int:
         admin_node, attacker = await net.node().start(), await net.node().start()

@@ -178,6 +178,9 @@ class Member:
     card: MemberCard | None = None
     addresses: tuple[Address, ...] = ()
     tried: float = float("-inf")
+    proven: bool = False
+    """A post of its own opened here (or it was saved so): listed and saved as a member.
+    Members only heard of (MEMBERS, invite hints, the DHT, a TAGS claim) are dial hints."""
 
 
 @dataclass(slots=True)
@@ -388,10 +391,12 @@ class GroupService(Service):
         return carried.keys.epoch
 
     def call_members(self, now: float, group_id: bytes) -> list[tuple[Member, str | None]]:
-        """Known members, each with the path of the connection to it (None: offline)."""
+        """Proven members, each with the path of the connection to it (None: offline)."""
         carried = self._group(group_id)
         out = []
         for member in carried.members.values():
+            if not member.proven:
+                continue
             connection = self.ctx.connection_to(member.peer)
             out.append((member, connection.path_kind if connection is not None else None))
         return out
@@ -711,7 +716,7 @@ class GroupService(Service):
                 carried.heads = set(sorted(carried.heads)[-32:])
         author = envelope.author
         me = self.ctx.identity.public_key
-        if author != me and author not in carried.members:
+        if author != me:
             self._admit(carried, author)
         if post.topic == HELLO_TOPIC:
             try:
@@ -732,14 +737,18 @@ class GroupService(Service):
     def _admit(self, carried: Carried, author: bytes) -> None:
         """Keep ``author``, proven a member by a post that opened: when the table is full,
         in place of a member only heard of (in MEMBERS, which anyone claiming the tag can
-        send) whose card never came and who is not connected."""
+        send) who is not proven and not connected."""
+        known = carried.members.get(author)
+        if known is not None:
+            known.proven = True
+            return
         if len(carried.members) >= MAX_MEMBERS:
             unproven = next((peer for peer, member in carried.members.items()
-                             if member.card is None and peer not in self.links), None)
+                             if not member.proven and peer not in self.links), None)
             if unproven is None:
                 return
             del carried.members[unproven]
-        carried.members[author] = Member(author)
+        carried.members[author] = Member(author, proven=True)
 
     def _spread(self, carried: Carried, envelope: Envelope, source: bytes | None, *,
                 push: bool = True) -> None:
