@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from shoal.core.groups import gossip as g
 from shoal.core.groups.posts import (
     GRANT,
+    MAX_ENVELOPE_BYTES,
     Envelope,
     ForgedPostError,
     GroupAdmin,
@@ -65,6 +66,7 @@ from shoal.core.groups.posts import (
     PostError,
     TamperedPostError,
     UnknownEpochError,
+    envelope_author,
     group_tag,
     open_grant,
     open_post,
@@ -77,6 +79,7 @@ from shoal.core.groups.posts import (
 from shoal.core.peers import restarted
 from shoal.core.rangeindex import RangeIndex
 from shoal.core.reconcile import Limits, Reconciler, State
+from shoal.core.relay import TokenBucket
 from shoal.core.services.base import Service
 from shoal.core.wire import Address, Extension, Frame, decode_varint
 from shoal.errors import LocalProtocolError, RemoteProtocolError, ShoalError
@@ -108,7 +111,22 @@ MAX_QUEUE = 20_000
 """Messages (a post counts as one, read from the store when sent) waiting per connection;
 what comes beyond is dropped and counted (the next reconciliation brings it)."""
 MAX_SYNCED = 20_000
-"""Post ids per link that reconciliation sent and will not send again on that link."""
+"""Post ids per link that reconciliation sent and will not send again on that link (for
+``RESEND_AFTER`` seconds)."""
+RESEND_AFTER = 300.0
+"""Seconds after which reconciliation may send a post again on a link: the peer may have
+dropped it for its rate limits, and would otherwise never get it from this node."""
+DEFAULTS: dict[str, float] = {
+    "author_posts_per_second": 20.0,
+    "author_bytes_per_second": 128 * 1024,
+    "author_burst_seconds": 10.0,
+    "peer_fragments_per_second": 2_000.0,
+    "peer_bytes_per_second": 2 * 1024 * 1024,
+    "peer_burst_seconds": 2.0,
+}
+"""Settings (``CoreConfig.services["groups"]``): the rates of posts new here one author
+may have this node take per group, and of group traffic one connected peer may have it
+process, each with a burst of so many seconds' worth."""
 EXPIRE_EVERY = 600.0
 AHEAD_MS = 2_000
 """How far ahead of this node's clock a post seen may push the date of its next one."""
@@ -208,6 +226,63 @@ class Carried:
         return self.keys is not None
 
 
+class Quota:
+    """Per key, at most ``count`` items and ``size`` bytes a second, with ``burst`` seconds'
+    worth saved; past ``max_keys`` keys all are forgotten at once (full again)."""
+
+    __slots__ = ("count", "size", "burst", "max_keys", "_buckets")
+
+    def __init__(self, count: float, size: float, burst: float, max_keys: int = 65_536
+                 ) -> None:
+        self.count, self.size, self.burst, self.max_keys = count, size, burst, max_keys
+        self._buckets: dict[bytes, tuple[TokenBucket, TokenBucket]] = {}
+
+    def take(self, key: bytes, now: float, items: int, size: int) -> bool:
+        """Take ``items`` and ``size`` bytes from ``key``'s buckets; False (nothing taken)
+        if either lacks them."""
+        pair = self._buckets.get(key)
+        if pair is None:
+            if len(self._buckets) >= self.max_keys:
+                self._buckets.clear()
+            pair = self._buckets[key] = (TokenBucket(self.count * self.burst, now),
+                                         TokenBucket(self.size * self.burst, now))
+        counted, sized = pair
+        counted.take(0, self.count, self.count * self.burst, now)  # refill
+        sized.take(0, self.size, self.size * self.burst, now)
+        if counted.tokens < items or sized.tokens < size:
+            return False
+        counted.tokens -= items
+        sized.tokens -= size
+        return True
+
+
+def quotas(options: Mapping[str, Any]) -> tuple[Quota, Quota]:
+    """The per-author and per-peer quotas of ``CoreConfig.services["groups"]``."""
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise LocalProtocolError(f"unknown groups settings: {', '.join(sorted(unknown))}",
+                                 code="EINVAL")
+    try:
+        values = {name: float(options.get(name, default)) for name, default in DEFAULTS.items()}
+    except (TypeError, ValueError):
+        raise LocalProtocolError("groups settings must be numbers", code="EINVAL") from None
+    if min(values.values()) <= 0:
+        raise LocalProtocolError("groups settings must be positive", code="EINVAL")
+    burst = values["author_burst_seconds"]
+    if values["author_bytes_per_second"] * burst < MAX_ENVELOPE_BYTES:
+        raise LocalProtocolError("groups: author_bytes_per_second * author_burst_seconds "
+                                 f"must be at least a post's largest size, {MAX_ENVELOPE_BYTES}",
+                                 code="EINVAL")
+    peer_burst = values["peer_burst_seconds"]
+    if values["peer_bytes_per_second"] * peer_burst < g.MAX_MESSAGE or \
+            values["peer_fragments_per_second"] * peer_burst < g.MAX_MESSAGE / g.FRAGMENT_DATA:
+        raise LocalProtocolError("groups: a peer's burst must hold a message of the largest "
+                                 f"size, {g.MAX_MESSAGE} bytes", code="EINVAL")
+    return (Quota(values["author_posts_per_second"], values["author_bytes_per_second"], burst),
+            Quota(values["peer_fragments_per_second"], values["peer_bytes_per_second"],
+                  values["peer_burst_seconds"], max_keys=4_096))
+
+
 class Link:
     """What the service keeps per connected peer."""
 
@@ -232,9 +307,10 @@ class Link:
         self.last_sync: dict[bytes, float] = {}
         self.started: dict[bytes, float] = {}
         """When the peer last started a reconciliation, by tag."""
-        self.synced: dict[bytes, None] = {}
-        """Ids of the posts reconciliation sent on this link (the last ``MAX_SYNCED``): a
-        peer that claims to lack them again is not sent them again."""
+        self.synced: dict[bytes, float] = {}
+        """Ids of the posts reconciliation sent on this link (the last ``MAX_SYNCED``), and
+        when: a peer that claims to lack them again is not sent them again for
+        ``RESEND_AFTER`` seconds."""
 
     def move_to(self, connection: Connection) -> None:
         """Send on ``connection`` from now on (what went on the old one drains there)."""
@@ -275,6 +351,10 @@ class GroupService(Service):
         super().attach(ctx, services)
         self.rendezvous: Rendezvous = services["rendezvous"]
         self.transport: Transport = ctx.transport
+        self.authors, self.peers = quotas(ctx.options)
+        self.sending, _ = quotas(ctx.options)
+        """Per link and author: what reconciliation sends keeps to the authors' quota (the
+        rest goes with the next one), so that the peer does not drop it for rate."""
 
     # ------------------------------------------------------------------ calls
 
@@ -497,9 +577,44 @@ class GroupService(Service):
         data = reassembly.take(frame.body)
         if data is None:
             return
+        if not self._peer_allows(link, data, now):
+            return
         message = g.decode(data)
         handler = _HANDLERS[message.kind]
         handler(self, link, message, now)
+
+    def _peer_allows(self, link: Link, data: bytes, now: float) -> bool:
+        """Whether ``link``'s peer is within its quota of group traffic, charged the
+        fragments and bytes of message ``data``. Over it, the message is dropped and
+        counted (what it brought comes again with the next reconciliation), unless it
+        is TAGS or PRUNE, which only change what this node sends."""
+        fragments = max(1, -(-len(data) // g.FRAGMENT_DATA))
+        kind = data[0] if data else -1
+        if self.peers.take(link.peer, now, fragments, len(data)) or kind in (g.TAGS, g.PRUNE):
+            return True
+        self.ctx.stats["groups_dropped_peer_rate"] += 1
+        return False
+
+    def _author_allows(self, envelope: Envelope, now: float) -> bool:
+        """Whether the envelope's author is within its quota of posts new to this node in
+        the group (gossip and reconciliation alike); over it, the post is neither kept nor
+        passed on now, and comes again with a later reconciliation."""
+        if self.authors.take(envelope.tag + envelope.author, now, 1, len(envelope.raw)):
+            return True
+        self.ctx.stats["groups_dropped_rate"] += 1
+        self._pending.pop(envelope.id, None)
+        return False
+
+    def _sync_allows(self, link: Link, tag: bytes, post_id: bytes, now: float) -> bool:
+        """Whether reconciliation may send ``post_id`` on ``link`` now, within its
+        author's quota on that link; if not it waits for a later reconciliation."""
+        raw = self.store.get(post_id)
+        if raw is None:
+            return False
+        if self.sending.take(link.peer + tag + envelope_author(raw), now, 1, len(raw)):
+            return True
+        self.ctx.stats["groups_sync_deferred"] += 1
+        return False
 
     # ------------------------------------------------------------------ sending
 
@@ -613,6 +728,8 @@ class GroupService(Service):
         carried = self.carried.get(envelope.tag)
         if carried is None:
             self.ctx.stats["groups_dropped_not_carried"] += 1
+            return
+        if not self.store.has(envelope.id) and not self._author_allows(envelope, now):
             return
         self._pending.pop(envelope.id, None)
         self._held(envelope.id, link.peer)
@@ -844,11 +961,14 @@ class GroupService(Service):
             del link.sessions[key]
             return
         for post_id in session.take_have():
-            if post_id in link.synced:
+            if now - link.synced.get(post_id, -RESEND_AFTER) < RESEND_AFTER:
                 self.ctx.stats["groups_sync_sent_already"] += 1
                 continue
+            if not self._sync_allows(link, tag, post_id, now):
+                continue
             if len(link.queue) < MAX_QUEUE:
-                link.synced[post_id] = None
+                link.synced.pop(post_id, None)
+                link.synced[post_id] = now
                 if len(link.synced) > MAX_SYNCED:
                     del link.synced[next(iter(link.synced))]
             self._send(link, (g.SYNC, post_id))
