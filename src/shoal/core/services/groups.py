@@ -246,14 +246,22 @@ class Quota:
                 self._buckets.clear()
             pair = self._buckets[key] = (TokenBucket(self.count * self.burst, now),
                                          TokenBucket(self.size * self.burst, now))
-        counted, sized = pair
-        counted.take(0, self.count, self.count * self.burst, now)  # refill
-        sized.take(0, self.size, self.size * self.burst, now)
-        if counted.tokens < items or sized.tokens < size:
+        if not self.left(key, items, size, now):
             return False
+        counted, sized = pair
         counted.tokens -= items
         sized.tokens -= size
         return True
+
+    def left(self, key: bytes, items: int, size: int, now: float) -> bool:
+        """Whether ``key``'s buckets (refilled to ``now``) hold ``items`` and ``size``."""
+        pair = self._buckets.get(key)
+        if pair is None:
+            return True
+        counted, sized = pair
+        counted.take(0, self.count, self.count * self.burst, now)  # refill
+        sized.take(0, self.size, self.size * self.burst, now)
+        return counted.tokens >= items and sized.tokens >= size
 
 
 def quotas(options: Mapping[str, Any]) -> tuple[Quota, Quota]:
@@ -595,6 +603,17 @@ class GroupService(Service):
         self.ctx.stats["groups_dropped_peer_rate"] += 1
         return False
 
+    def _author_spent(self, raw: bytes, now: float) -> bool:
+        """Whether the author the envelope ``raw`` names has no quota left: then it is
+        dropped before its signature is checked (only checked posts take from the quota,
+        so a forger naming someone else cannot spend it)."""
+        if len(raw) < 70 or self.authors.left(raw[2:34] + envelope_author(raw), 1, len(raw),
+                                              now):
+            return False
+        self.ctx.stats["groups_dropped_rate"] += 1
+        self._pending.pop(hashlib.sha256(raw).digest(), None)
+        return True
+
     def _author_allows(self, envelope: Envelope, now: float) -> bool:
         """Whether the envelope's author is within its quota of posts new to this node in
         the group (gossip and reconciliation alike); over it, the post is neither kept nor
@@ -716,6 +735,8 @@ class GroupService(Service):
         self.copies += 1
         if self.store.has(hashlib.sha256(message.data).digest()):
             self._duplicate(link, message)  # held already: no need to check it again
+            return
+        if self._author_spent(message.data, now):
             return
         try:
             envelope = parse_envelope(message.data)
