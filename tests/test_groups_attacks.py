@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
 import shoal
 from shoal import sim
+from shoal.aio.groups import GROUPS_FILE
 from shoal.core.groups import gossip as g
-from shoal.core.groups.posts import GroupAdmin, GroupKeys, seal_post
+from shoal.core.groups.posts import MAX_HINTS, GroupAdmin, GroupKeys, seal_post
 from shoal.core.rangeindex import SortedIndex
 from shoal.core.reconcile import Reconciler
 from shoal.core.services.groups import _LIMITS, MAX_MEMBERS, START_GAP, GroupService
@@ -257,10 +260,6 @@ def test_a_peer_that_lists_thousands_of_made_up_members_does_not_lock_real_ones_
     assert sim.run(main, seed=16) == [b"for members"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "MEMBERS is taken from any peer whose TAGS claims the member flag: peers only heard "
-    "of are listed by group.members() and kept on disk like real ones; telling them "
-    "apart needs members to be proven (a hello that opened) before they are listed"))
 def test_made_up_members_are_not_listed_as_members() -> None:
     async def main(net: sim.VirtualNetwork) -> int:
         admin_node, attacker = await net.node().start(), await net.node().start()
@@ -282,3 +281,35 @@ def test_made_up_members_are_not_listed_as_members() -> None:
         return listed
 
     assert sim.run(main, seed=17) <= 2
+
+
+def test_made_up_members_are_not_saved_as_members(tmp_path: Path) -> None:
+    """What is saved of members only heard of is a few dial hints, never members."""
+
+    async def main(net: sim.VirtualNetwork) -> list[dict[str, object]]:
+        admin_node = await net.node(data_dir=tmp_path / "admin").start()
+        member_node, attacker = await net.node().start(), await net.node().start()
+        group = await admin_node.create_group("team")
+        await member_node.join(group.invite())
+        tag = bytes.fromhex(group.tag)
+        attacker.carry(group.tag)
+        await attacker.connect(admin_node.address)
+        await asyncio.sleep(5)
+        theirs = _service(attacker)
+        link = theirs.links[admin_node.identity.public_key]
+        theirs._send(link, g.Message(g.TAGS, tags=((tag, 1),)))
+        theirs._send(link, g.Message(g.MEMBERS, tag=tag, members=tuple(
+            (bytes([7]) + i.to_bytes(31, "big"), (("198.51.100.7", 4000 + i),))
+            for i in range(100))))
+        theirs.call("groups", "holders", bytes(32))  # flush
+        await asyncio.sleep(3)
+        for node in (attacker, member_node, admin_node):
+            await node.close()
+        saved = json.loads((tmp_path / "admin" / GROUPS_FILE).read_text())
+        return saved["groups"][0]["members"]
+
+    saved = sim.run(main, seed=18)
+    proven = [m["peer"] for m in saved if not m.get("hint")]
+    hints = [m for m in saved if m.get("hint")]
+    assert len(proven) == 1  # the member that joined, whose hello opened
+    assert len(hints) <= MAX_HINTS

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -325,6 +325,17 @@ def _tag_bytes(tag: str) -> bytes:
     return raw
 
 
+def _saved_members(members: Iterable[CoreMember]) -> list[dict[str, Any]]:
+    """Proven members, then up to ``MAX_HINTS`` others with addresses, kept as dial hints
+    (``"hint": true``) only: a peer that made members up gets none of them listed."""
+    proven = [m for m in members if m.proven]
+    hints = [m for m in members if not m.proven and m.addresses][:core.MAX_HINTS]
+    return [{"peer": m.peer.hex(), "name": m.name, "admin": m.admin,
+             "card": m.card.encode().hex() if m.card else None,
+             "addresses": [format_address(a) for a in m.addresses],
+             **({} if m.proven else {"hint": True})} for m in proven + hints]
+
+
 class Groups:
     """A node's groups: its service, its store and what it keeps on disk."""
 
@@ -366,7 +377,8 @@ class Groups:
                     members.append(CoreMember(bytes.fromhex(m["peer"]), m.get("name", ""),
                                               bool(m.get("admin")), card,
                                               tuple(parse_address(a)
-                                                    for a in m.get("addresses", []))))
+                                                    for a in m.get("addresses", [])),
+                                              proven=not m.get("hint")))
                 gone = {bytes.fromhex(k): int(v) for k, v in entry.get("removed", {}).items()}
                 self._add(keys, entry["name"], admin, members, hello=False, gone=gone,
                           epoch=int(entry.get("epoch", 0)))
@@ -388,10 +400,7 @@ class Groups:
                 "id": group_id.hex(), "name": carried.name,
                 "epochs": {str(k): v.hex() for k, v in carried.keys.epochs.items()},
                 "admin": carried.admin.seed.hex() if carried.admin is not None else None,
-                "members": [{"peer": m.peer.hex(), "name": m.name, "admin": m.admin,
-                             "card": m.card.encode().hex() if m.card else None,
-                             "addresses": [format_address(a) for a in m.addresses]}
-                            for m in carried.members.values()],
+                "members": _saved_members(carried.members.values()),
                 "removed": {peer.hex(): epoch for peer, epoch in carried.gone.items()},
                 "epoch": carried.epoch,
             })

@@ -154,6 +154,11 @@ def _sign_envelope(sign: Callable[[bytes], bytes], kind: int, tag: bytes, epoch:
     return Envelope(kind, tag, epoch, author, time_ms, body, raw)
 
 
+def envelope_author(raw: bytes) -> bytes:
+    """The author named in an envelope's header (unchecked: for envelopes held already)."""
+    return bytes(_HEADER.unpack_from(raw)[4])
+
+
 def parse_envelope(raw: bytes) -> Envelope:
     """Parse ``raw`` and check its signature: what any node, member or not, does before
     storing or relaying it. Raises ``PostError`` or ``ForgedPostError``."""

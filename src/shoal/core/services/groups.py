@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from shoal.core.groups import gossip as g
 from shoal.core.groups.posts import (
     GRANT,
+    MAX_ENVELOPE_BYTES,
     Envelope,
     ForgedPostError,
     GroupAdmin,
@@ -65,6 +66,7 @@ from shoal.core.groups.posts import (
     PostError,
     TamperedPostError,
     UnknownEpochError,
+    envelope_author,
     grantees,
     group_tag,
     open_grant,
@@ -78,6 +80,7 @@ from shoal.core.groups.posts import (
 from shoal.core.peers import restarted
 from shoal.core.rangeindex import RangeIndex
 from shoal.core.reconcile import Limits, Reconciler, State
+from shoal.core.relay import TokenBucket
 from shoal.core.services.base import Service
 from shoal.core.wire import Address, Extension, Frame, decode_varint
 from shoal.errors import LocalProtocolError, RemoteProtocolError, ShoalError
@@ -109,7 +112,22 @@ MAX_QUEUE = 20_000
 """Messages (a post counts as one, read from the store when sent) waiting per connection;
 what comes beyond is dropped and counted (the next reconciliation brings it)."""
 MAX_SYNCED = 20_000
-"""Post ids per link that reconciliation sent and will not send again on that link."""
+"""Post ids per link that reconciliation sent and will not send again on that link (for
+``RESEND_AFTER`` seconds)."""
+RESEND_AFTER = 300.0
+"""Seconds after which reconciliation may send a post again on a link: the peer may have
+dropped it for its rate limits, and would otherwise never get it from this node."""
+DEFAULTS: dict[str, float] = {
+    "author_posts_per_second": 20.0,
+    "author_bytes_per_second": 128 * 1024,
+    "author_burst_seconds": 10.0,
+    "peer_fragments_per_second": 2_000.0,
+    "peer_bytes_per_second": 2 * 1024 * 1024,
+    "peer_burst_seconds": 2.0,
+}
+"""Settings (``CoreConfig.services["groups"]``): the rates of posts new here one author
+may have this node take per group, and of group traffic one connected peer may have it
+process, each with a burst of so many seconds' worth."""
 EXPIRE_EVERY = 600.0
 AHEAD_MS = 2_000
 """How far ahead of this node's clock a post seen may push the date of its next one."""
@@ -179,6 +197,9 @@ class Member:
     card: MemberCard | None = None
     addresses: tuple[Address, ...] = ()
     tried: float = float("-inf")
+    proven: bool = False
+    """A post of its own opened here (or it was saved so): listed and saved as a member.
+    Members only heard of (MEMBERS, invite hints, the DHT, a TAGS claim) are dial hints."""
 
 
 @dataclass(slots=True)
@@ -212,6 +233,71 @@ class Carried:
         return self.keys is not None
 
 
+class Quota:
+    """Per key, at most ``count`` items and ``size`` bytes a second, with ``burst`` seconds'
+    worth saved; past ``max_keys`` keys all are forgotten at once (full again)."""
+
+    __slots__ = ("count", "size", "burst", "max_keys", "_buckets")
+
+    def __init__(self, count: float, size: float, burst: float, max_keys: int = 65_536
+                 ) -> None:
+        self.count, self.size, self.burst, self.max_keys = count, size, burst, max_keys
+        self._buckets: dict[bytes, tuple[TokenBucket, TokenBucket]] = {}
+
+    def take(self, key: bytes, now: float, items: int, size: int) -> bool:
+        """Take ``items`` and ``size`` bytes from ``key``'s buckets; False (nothing taken)
+        if either lacks them."""
+        pair = self._buckets.get(key)
+        if pair is None:
+            if len(self._buckets) >= self.max_keys:
+                self._buckets.clear()
+            pair = self._buckets[key] = (TokenBucket(self.count * self.burst, now),
+                                         TokenBucket(self.size * self.burst, now))
+        if not self.left(key, items, size, now):
+            return False
+        counted, sized = pair
+        counted.tokens -= items
+        sized.tokens -= size
+        return True
+
+    def left(self, key: bytes, items: int, size: int, now: float) -> bool:
+        """Whether ``key``'s buckets (refilled to ``now``) hold ``items`` and ``size``."""
+        pair = self._buckets.get(key)
+        if pair is None:
+            return True
+        counted, sized = pair
+        counted.take(0, self.count, self.count * self.burst, now)  # refill
+        sized.take(0, self.size, self.size * self.burst, now)
+        return counted.tokens >= items and sized.tokens >= size
+
+
+def quotas(options: Mapping[str, Any]) -> tuple[Quota, Quota]:
+    """The per-author and per-peer quotas of ``CoreConfig.services["groups"]``."""
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise LocalProtocolError(f"unknown groups settings: {', '.join(sorted(unknown))}",
+                                 code="EINVAL")
+    try:
+        values = {name: float(options.get(name, default)) for name, default in DEFAULTS.items()}
+    except (TypeError, ValueError):
+        raise LocalProtocolError("groups settings must be numbers", code="EINVAL") from None
+    if min(values.values()) <= 0:
+        raise LocalProtocolError("groups settings must be positive", code="EINVAL")
+    burst = values["author_burst_seconds"]
+    if values["author_bytes_per_second"] * burst < MAX_ENVELOPE_BYTES:
+        raise LocalProtocolError("groups: author_bytes_per_second * author_burst_seconds "
+                                 f"must be at least a post's largest size, {MAX_ENVELOPE_BYTES}",
+                                 code="EINVAL")
+    peer_burst = values["peer_burst_seconds"]
+    if values["peer_bytes_per_second"] * peer_burst < g.MAX_MESSAGE or \
+            values["peer_fragments_per_second"] * peer_burst < g.MAX_MESSAGE / g.FRAGMENT_DATA:
+        raise LocalProtocolError("groups: a peer's burst must hold a message of the largest "
+                                 f"size, {g.MAX_MESSAGE} bytes", code="EINVAL")
+    return (Quota(values["author_posts_per_second"], values["author_bytes_per_second"], burst),
+            Quota(values["peer_fragments_per_second"], values["peer_bytes_per_second"],
+                  values["peer_burst_seconds"], max_keys=4_096))
+
+
 class Link:
     """What the service keeps per connected peer."""
 
@@ -236,9 +322,10 @@ class Link:
         self.last_sync: dict[bytes, float] = {}
         self.started: dict[bytes, float] = {}
         """When the peer last started a reconciliation, by tag."""
-        self.synced: dict[bytes, None] = {}
-        """Ids of the posts reconciliation sent on this link (the last ``MAX_SYNCED``): a
-        peer that claims to lack them again is not sent them again."""
+        self.synced: dict[bytes, float] = {}
+        """Ids of the posts reconciliation sent on this link (the last ``MAX_SYNCED``), and
+        when: a peer that claims to lack them again is not sent them again for
+        ``RESEND_AFTER`` seconds."""
 
     def move_to(self, connection: Connection) -> None:
         """Send on ``connection`` from now on (what went on the old one drains there)."""
@@ -279,6 +366,10 @@ class GroupService(Service):
         super().attach(ctx, services)
         self.rendezvous: Rendezvous = services["rendezvous"]
         self.transport: Transport = ctx.transport
+        self.authors, self.peers = quotas(ctx.options)
+        self.sending, _ = quotas(ctx.options)
+        """Per link and author: what reconciliation sends keeps to the authors' quota (the
+        rest goes with the next one), so that the peer does not drop it for rate."""
 
     # ------------------------------------------------------------------ calls
 
@@ -402,10 +493,12 @@ class GroupService(Service):
         return carried.keys.epoch
 
     def call_members(self, now: float, group_id: bytes) -> list[tuple[Member, str | None]]:
-        """Known members, each with the path of the connection to it (None: offline)."""
+        """Proven members, each with the path of the connection to it (None: offline)."""
         carried = self._group(group_id)
         out = []
         for member in carried.members.values():
+            if not member.proven:
+                continue
             connection = self.ctx.connection_to(member.peer)
             out.append((member, connection.path_kind if connection is not None else None))
         return out
@@ -506,9 +599,55 @@ class GroupService(Service):
         data = reassembly.take(frame.body)
         if data is None:
             return
+        if not self._peer_allows(link, data, now):
+            return
         message = g.decode(data)
         handler = _HANDLERS[message.kind]
         handler(self, link, message, now)
+
+    def _peer_allows(self, link: Link, data: bytes, now: float) -> bool:
+        """Whether ``link``'s peer is within its quota of group traffic, charged the
+        fragments and bytes of message ``data``. Over it, the message is dropped and
+        counted (what it brought comes again with the next reconciliation), unless it
+        is TAGS or PRUNE, which only change what this node sends."""
+        fragments = max(1, -(-len(data) // g.FRAGMENT_DATA))
+        kind = data[0] if data else -1
+        if self.peers.take(link.peer, now, fragments, len(data)) or kind in (g.TAGS, g.PRUNE):
+            return True
+        self.ctx.stats["groups_dropped_peer_rate"] += 1
+        return False
+
+    def _author_spent(self, raw: bytes, now: float) -> bool:
+        """Whether the author the envelope ``raw`` names has no quota left: then it is
+        dropped before its signature is checked (only checked posts take from the quota,
+        so a forger naming someone else cannot spend it)."""
+        if len(raw) < 70 or self.authors.left(raw[2:34] + envelope_author(raw), 1, len(raw),
+                                              now):
+            return False
+        self.ctx.stats["groups_dropped_rate"] += 1
+        self._pending.pop(hashlib.sha256(raw).digest(), None)
+        return True
+
+    def _author_allows(self, envelope: Envelope, now: float) -> bool:
+        """Whether the envelope's author is within its quota of posts new to this node in
+        the group (gossip and reconciliation alike); over it, the post is neither kept nor
+        passed on now, and comes again with a later reconciliation."""
+        if self.authors.take(envelope.tag + envelope.author, now, 1, len(envelope.raw)):
+            return True
+        self.ctx.stats["groups_dropped_rate"] += 1
+        self._pending.pop(envelope.id, None)
+        return False
+
+    def _sync_allows(self, link: Link, tag: bytes, post_id: bytes, now: float) -> bool:
+        """Whether reconciliation may send ``post_id`` on ``link`` now, within its
+        author's quota on that link; if not it waits for a later reconciliation."""
+        raw = self.store.get(post_id)
+        if raw is None:
+            return False
+        if self.sending.take(link.peer + tag + envelope_author(raw), now, 1, len(raw)):
+            return True
+        self.ctx.stats["groups_sync_deferred"] += 1
+        return False
 
     # ------------------------------------------------------------------ sending
 
@@ -612,6 +751,8 @@ class GroupService(Service):
         if self.store.has(hashlib.sha256(message.data).digest()):
             self._duplicate(link, message)  # held already: no need to check it again
             return
+        if self._author_spent(message.data, now):
+            return
         try:
             envelope = parse_envelope(message.data)
         except ForgedPostError:
@@ -623,6 +764,8 @@ class GroupService(Service):
         carried = self.carried.get(envelope.tag)
         if carried is None:
             self.ctx.stats["groups_dropped_not_carried"] += 1
+            return
+        if not self.store.has(envelope.id) and not self._author_allows(envelope, now):
             return
         self._pending.pop(envelope.id, None)
         self._held(envelope.id, link.peer)
@@ -738,7 +881,7 @@ class GroupService(Service):
         if out_from is not None and envelope.epoch >= out_from and author != me:
             del carried.gone[author]  # let back in by the admin
             out_from = None
-        if author != me and out_from is None and author not in carried.members:
+        if author != me and out_from is None:
             self._admit(carried, author)
         if post.topic == HELLO_TOPIC:
             try:
@@ -759,14 +902,18 @@ class GroupService(Service):
     def _admit(self, carried: Carried, author: bytes) -> None:
         """Keep ``author``, proven a member by a post that opened: when the table is full,
         in place of a member only heard of (in MEMBERS, which anyone claiming the tag can
-        send) whose card never came and who is not connected."""
+        send) who is not proven and not connected."""
+        known = carried.members.get(author)
+        if known is not None:
+            known.proven = True
+            return
         if len(carried.members) >= MAX_MEMBERS:
             unproven = next((peer for peer, member in carried.members.items()
-                             if member.card is None and peer not in self.links), None)
+                             if not member.proven and peer not in self.links), None)
             if unproven is None:
                 return
             del carried.members[unproven]
-        carried.members[author] = Member(author)
+        carried.members[author] = Member(author, proven=True)
 
     def _spread(self, carried: Carried, envelope: Envelope, source: bytes | None, *,
                 push: bool = True) -> None:
@@ -862,11 +1009,14 @@ class GroupService(Service):
             del link.sessions[key]
             return
         for post_id in session.take_have():
-            if post_id in link.synced:
+            if now - link.synced.get(post_id, -RESEND_AFTER) < RESEND_AFTER:
                 self.ctx.stats["groups_sync_sent_already"] += 1
                 continue
+            if not self._sync_allows(link, tag, post_id, now):
+                continue
             if len(link.queue) < MAX_QUEUE:
-                link.synced[post_id] = None
+                link.synced.pop(post_id, None)
+                link.synced[post_id] = now
                 if len(link.synced) > MAX_SYNCED:
                     del link.synced[next(iter(link.synced))]
             self._send(link, (g.SYNC, post_id))
