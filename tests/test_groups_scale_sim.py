@@ -15,6 +15,7 @@ from shoal.errors import ShoalError
 from shoal.sim.groups import GroupSimSpec, run_groups
 
 _MACHINE = ("wall_s", "peak_rss_mb", "phases_wall_s")
+_QUICK = {"settle": 8.0, "window": 6.0}
 
 
 def _replayable(figures: dict[str, object]) -> dict[str, object]:
@@ -22,8 +23,8 @@ def _replayable(figures: dict[str, object]) -> dict[str, object]:
 
 
 def test_without_churn_every_online_member_gets_every_post_in_few_copies() -> None:
-    result = run_groups(GroupSimSpec(peers=30, posts=6, seed=5))
-    assert result.online_pairs == 6 * 29
+    result = run_groups(GroupSimSpec(peers=24, posts=5, seed=5, **_QUICK))
+    assert result.online_pairs == 5 * 23
     assert result.delivery_online == 1.0
     assert result.delivery_after_sync == 1.0
     assert 1.0 <= result.copies_per_delivery <= 3
@@ -34,16 +35,18 @@ def test_without_churn_every_online_member_gets_every_post_in_few_copies() -> No
 
 
 def test_the_same_seed_gives_the_same_figures_and_another_seed_others() -> None:
-    spec = GroupSimSpec(peers=20, posts=4, churn=0.2, seed=7)
+    spec = GroupSimSpec(peers=14, posts=3, churn=0.2, nat=0.3, seed=7, **_QUICK)
     first, again = run_groups(spec).figures(), run_groups(spec).figures()
     assert _replayable(first) == _replayable(again)
-    other = run_groups(GroupSimSpec(peers=20, posts=4, churn=0.2, seed=8)).figures()
+    other = run_groups(GroupSimSpec(peers=14, posts=3, churn=0.2, nat=0.3, seed=8,
+                                      **_QUICK)).figures()
     assert _replayable(other) != _replayable(first)
 
 
-def test_members_away_during_the_posts_catch_up_when_back() -> None:
-    result = run_groups(GroupSimSpec(peers=30, groups=2, posts=8, churn=0.3, seed=3))
-    assert result.online_pairs < 8 * 14  # some members were away for some posts
+def test_members_away_or_behind_nats_get_the_posts_and_catch_up_when_back() -> None:
+    result = run_groups(GroupSimSpec(peers=24, groups=2, posts=6, churn=0.3, nat=0.4,
+                                     nat_kind="symmetric", seed=3, **_QUICK))
+    assert result.online_pairs < 6 * 11  # some members were away for some posts
     assert result.delivery_online == 1.0
     assert result.delivery_after_sync == 1.0
     assert result.sync_virtual_s > 0
@@ -51,7 +54,7 @@ def test_members_away_during_the_posts_catch_up_when_back() -> None:
 
 def test_bad_specs_are_refused() -> None:
     for spec in (GroupSimSpec(peers=3, groups=2), GroupSimSpec(churn=1.0),
-                 GroupSimSpec(loss=-0.1)):
+                 GroupSimSpec(loss=-0.1), GroupSimSpec(nat_kind="open")):
         with pytest.raises(ShoalError):
             run_groups(spec)
 

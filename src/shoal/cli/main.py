@@ -1389,11 +1389,17 @@ def info(as_json: bool) -> None:
               help="Extra random delay up to this, seconds.")
 @click.option("--loss", type=click.FloatRange(0, 1, max_open=True), default=0.01,
               show_default=True, help="Fraction of datagrams lost.")
+@click.option("--nat", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Fraction of the peers behind a NAT box each.")
+@click.option("--nat-kind", type=click.Choice(["full-cone", "restricted", "port-restricted",
+                                                "symmetric"]), default="port-restricted",
+              show_default=True)
 @click.option("--dht", is_flag=True, help="Run the DHT service on every node too.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @_guard
 def sim(peers: int, groups: int, posts: int, churn: float, seed: int, latency: float,
-        jitter: float, loss: float, dht: bool, as_json: bool) -> None:
+        jitter: float, loss: float, nat: float, nat_kind: str, dht: bool,
+        as_json: bool) -> None:
     """Run PEERS real Shoal nodes in virtual time on a simulated network: they join
     GROUPS groups, publish POSTS posts while CHURN of them are offline, then all come
     back and catch up. Prints delivery (to the members online, and after catching up),
@@ -1408,7 +1414,8 @@ def sim(peers: int, groups: int, posts: int, churn: float, seed: int, latency: f
     from shoal.sim.groups import GroupSimSpec, run_groups
 
     spec = GroupSimSpec(peers=peers, groups=groups, posts=posts, churn=churn, seed=seed,
-                        latency=latency, jitter=jitter, loss=loss, dht=dht)
+                        latency=latency, jitter=jitter, loss=loss, nat=nat,
+                        nat_kind=nat_kind, dht=dht)
     figures = run_groups(spec).figures()
     if as_json:
         click.echo(json.dumps(figures))

@@ -1,7 +1,7 @@
 """Groups at scale in virtual time: many ``shoal.Node``s, posts, churn, and what it cost.
 
 ``run_groups`` builds ``peers`` nodes on a seeded ``VirtualNetwork`` (latency, jitter,
-loss), splits them among ``groups`` groups and lets each member join its group through
+loss; a share of the peers behind NAT boxes of one kind), splits them among ``groups`` groups and lets each member join its group through
 the real groups service; then members publish ``posts`` posts (one every ``post_every``
 virtual seconds, round robin over the groups, each by a random member online), while
 ``churn`` of the peers are cut off from the network at any time (each absence lasts
@@ -46,6 +46,11 @@ from shoal.core.config import CoreConfig
 from shoal.core.groups.posts import Invite
 from shoal.core.services.groups import GroupService
 from shoal.core.services.groups import Member as CoreMember
+from shoal.core.traversal import (
+    ADDRESS_AND_PORT_DEPENDENT,
+    ADDRESS_DEPENDENT,
+    ENDPOINT_INDEPENDENT,
+)
 from shoal.core.wire import Address
 from shoal.errors import LocalProtocolError
 from shoal.sim.network import LinkProfile, SimNode
@@ -57,6 +62,13 @@ HINTS = 3
 """Members already in that a joining member is told of (an invite's hints)."""
 ABSENCE = (10.0, 40.0)
 """How long a churned peer stays cut off: uniform between these, in seconds."""
+NAT_KINDS = {
+    "full-cone": (ENDPOINT_INDEPENDENT, ENDPOINT_INDEPENDENT),
+    "restricted": (ENDPOINT_INDEPENDENT, ADDRESS_DEPENDENT),
+    "port-restricted": (ENDPOINT_INDEPENDENT, ADDRESS_AND_PORT_DEPENDENT),
+    "symmetric": (ADDRESS_AND_PORT_DEPENDENT, ADDRESS_AND_PORT_DEPENDENT),
+}
+"""NAT kinds: their RFC 4787 (mapping, filtering) behaviours."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +92,10 @@ class GroupSimSpec:
     """Seconds the members get to meet each other after the last join."""
     sync_limit: float = 300.0
     """Virtual seconds the final catch-up may take at most."""
+    nat: float = 0.0
+    """Fraction of the peers behind a NAT box of their own, of kind ``nat_kind``."""
+    nat_kind: str = "port-restricted"
+    """A key of ``NAT_KINDS``."""
     dht: bool = False
     """Run the DHT service on every node (members then also find each other through it,
     and every connection it makes between members carries the group too)."""
@@ -90,6 +106,9 @@ class GroupSimSpec:
                                      code="EINVAL")
         if self.posts < 0 or not 0.0 <= self.churn < 1.0:
             raise LocalProtocolError("posts must be >= 0 and churn in [0, 1)", code="EINVAL")
+        if not 0.0 <= self.nat <= 1.0 or self.nat_kind not in NAT_KINDS:
+            raise LocalProtocolError(f"nat must be in [0, 1], nat_kind one of "
+                                     f"{', '.join(NAT_KINDS)}", code="EINVAL")
         if not 0.0 <= self.loss < 1.0 or min(self.latency, self.jitter) < 0:
             raise LocalProtocolError("loss must be in [0, 1), latency and jitter >= 0",
                                      code="EINVAL")
@@ -181,8 +200,15 @@ class _Run:
     async def setup(self) -> None:
         spec = self.spec
         began = time.perf_counter()
+        mapping, filtering = NAT_KINDS[spec.nat_kind]
+        behind = round(spec.nat * (spec.peers - spec.groups))
+        self.natted = set(self.rng.sample(range(spec.groups, spec.peers), behind))
         for index in range(spec.peers):
-            node = await self.net.node(config=self.config).start()
+            nat = None
+            if index in self.natted:
+                nat = self.net.add_nat(f"100.{64 + (index >> 16)}.{index >> 8 & 255}."
+                                       f"{index & 255}", mapping=mapping, filtering=filtering)
+            node = await self.net.node(config=self.config, nat=nat).start()
             self.nodes.append(node)
             self.sim_nodes.append(self.net.nodes[node.address])
             self.services.append(node.endpoint.service("groups"))
@@ -204,7 +230,8 @@ class _Run:
         for start in range(0, len(joining), wave):
             for index in joining[start:start + wave]:
                 group = self.group_of[index]
-                already = self.members[group]
+                # An invite names members at public addresses (the group's admin at least).
+                already = [i for i in self.members[group] if i not in self.natted]
                 hints = [already[0]] if len(already) == 1 else \
                     self.rng.sample(already, min(HINTS, len(already)))
                 members = [CoreMember(self.services[i].ctx.identity.public_key,
