@@ -1,12 +1,13 @@
 """Groups at scale in virtual time: many ``shoal.Node``s, posts, churn, and what it cost.
 
 ``run_groups`` builds ``peers`` nodes on a seeded ``VirtualNetwork`` (latency, jitter,
-loss; a share of the peers behind NAT boxes of one kind), splits them among ``groups`` groups and lets each member join its group through
-the real groups service; then members publish ``posts`` posts (one every ``post_every``
-virtual seconds, round robin over the groups, each by a random member online), while
-``churn`` of the peers are cut off from the network at any time (each absence lasts
-10-40 s; the node runs on, unreachable, and its datagrams are lost). After the posts,
-every peer comes back and the run waits until each member holds every post of its group.
+loss; a share of the peers behind NAT boxes of one kind), splits them among ``groups``
+groups and lets each member join its group through the real groups service; then
+members publish ``posts`` posts (one every ``post_every`` virtual seconds, round robin
+over the groups, each by a random member online), while ``churn`` of the peers are cut
+off from the network at any time (each absence lasts 10-40 s; the node runs on,
+unreachable, and its datagrams are lost). After the posts, every peer comes back and the
+run waits until each member holds every post of its group.
 
 Setup takes one shortcut, still through the protocol: a member joins as an invite would
 have it join (the group's keys and hints of a few members already in), without posting
