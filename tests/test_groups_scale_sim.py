@@ -14,7 +14,7 @@ from cli_helpers import shoal
 from shoal.errors import ShoalError
 from shoal.sim.groups import GroupSimSpec, run_groups
 
-_MACHINE = ("wall_s", "peak_rss_mb", "phases_wall_s")
+_MACHINE = ("wall_s", "cpu_s", "peak_rss_mb", "phases_wall_s", "phases_cpu_s")
 _QUICK = {"settle": 8.0, "window": 6.0}
 
 

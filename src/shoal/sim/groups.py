@@ -27,9 +27,11 @@ The figures (``GroupSimResult``):
   keepalives);
 - ``copies_per_delivery``: whole posts received by all members (pushed, asked for or by
   reconciliation) per post delivered;
-- ``wall_s`` and ``peak_rss_mb`` of this process.
+- ``wall_s``, ``cpu_s`` (the CPU time this process got: on a busy machine far less than
+  ``wall_s``) and ``peak_rss_mb`` of this process; ``phases_wall_s`` and
+  ``phases_cpu_s`` split them by phase.
 
-The same arguments give the same figures (but ``wall_s`` and ``peak_rss_mb``).
+The same arguments give the same figures (but these last ones).
 """
 
 from __future__ import annotations
@@ -136,8 +138,10 @@ class GroupSimResult:
     setup_virtual_s: float
     sync_virtual_s: float
     wall_s: float = 0.0
+    cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
     phases_wall_s: dict[str, float] = field(default_factory=dict)
+    phases_cpu_s: dict[str, float] = field(default_factory=dict)
 
     def figures(self) -> dict[str, Any]:
         """Everything as a JSON-ready dict."""
@@ -178,10 +182,17 @@ class _Run:
         """Each node's absences: (from, until) in virtual seconds."""
         self.back_at: list[tuple[float, int]] = []
         self.walls: dict[str, float] = {}
+        self.cpus: dict[str, float] = {}
         self.config = CoreConfig(dht=spec.dht)
 
     def now(self) -> float:
         return self.loop.time()
+
+    def phase(self, name: str, began: tuple[float, float]) -> None:
+        """Note the wall and CPU seconds phase ``name`` took since ``began``."""
+        wall, cpu = _clocks()
+        self.walls[name] = wall - began[0]
+        self.cpus[name] = cpu - began[1]
 
     def _watch(self, index: int) -> None:
         """Note when each post reaches node ``index`` (its ``post`` events)."""
@@ -200,7 +211,7 @@ class _Run:
 
     async def setup(self) -> None:
         spec = self.spec
-        began = time.perf_counter()
+        began = _clocks()
         mapping, filtering = NAT_KINDS[spec.nat_kind]
         behind = round(spec.nat * (spec.peers - spec.groups))
         self.natted = set(self.rng.sample(range(spec.groups, spec.peers), behind))
@@ -215,8 +226,8 @@ class _Run:
             self.services.append(node.endpoint.service("groups"))
             self.group_of.append(index % spec.groups)
             self.offline.append([])
-        self.walls["start"] = time.perf_counter() - began
-        began = time.perf_counter()
+        self.phase("start", began)
+        began = _clocks()
         invites = []
         for group in range(spec.groups):
             admin = self.nodes[group]
@@ -244,7 +255,7 @@ class _Run:
             self.members_added(joining[start:start + wave])
             await asyncio.sleep(0.5)
         await asyncio.sleep(spec.settle)
-        self.walls["join"] = time.perf_counter() - began
+        self.phase("join", began)
 
     def members_added(self, indexes: list[int]) -> None:
         for index in indexes:
@@ -339,9 +350,9 @@ async def _simulate(spec: GroupSimSpec, net: _ChurnNetwork) -> GroupSimResult:
     run = _Run(spec, net)
     await run.setup()
     setup_virtual = run.now()
-    began = time.perf_counter()
+    began = _clocks()
     sent, sent_bytes, copies = await run.spread()
-    run.walls["posts"] = time.perf_counter() - began
+    run.phase("posts", began)
     latencies: list[float] = []
     online_pairs = delivered_online = delivered_run = 0
     for post_id, group, author, when in run.published:
@@ -357,9 +368,9 @@ async def _simulate(spec: GroupSimSpec, net: _ChurnNetwork) -> GroupSimResult:
                 if at is not None and at - when <= spec.window:
                     delivered_online += 1
                     latencies.append(at - when)
-    began = time.perf_counter()
+    began = _clocks()
     sync_virtual = await run.catch_up()
-    run.walls["catch_up"] = time.perf_counter() - began
+    run.phase("catch_up", began)
     pairs = sum(len(run.members[group]) - 1 for _, group, _, _ in run.published)
     after = sum(len(run.received[post_id]) - 1 for post_id, _, _, _ in run.published)
     latencies.sort()
@@ -379,7 +390,12 @@ async def _simulate(spec: GroupSimSpec, net: _ChurnNetwork) -> GroupSimResult:
         online_pairs=online_pairs, links_per_node=round(links, 2),
         setup_virtual_s=round(setup_virtual, 3), sync_virtual_s=round(sync_virtual, 3),
         phases_wall_s={k: round(v, 2) for k, v in run.walls.items()},
+        phases_cpu_s={k: round(v, 2) for k, v in run.cpus.items()},
     )
+
+
+def _clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -391,7 +407,7 @@ def _quantile(values: list[float], q: float) -> float:
 def run_groups(spec: GroupSimSpec) -> GroupSimResult:
     """Run one simulation (see the module docstring); its figures."""
     spec.check()
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     profile = LinkProfile(latency=spec.latency, jitter=spec.jitter, loss=spec.loss)
 
     async def entry() -> GroupSimResult:
@@ -400,5 +416,6 @@ def run_groups(spec: GroupSimSpec) -> GroupSimResult:
     with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
         result = runner.run(entry())
     result.wall_s = round(time.perf_counter() - began, 2)
+    result.cpu_s = round(time.process_time() - cpu, 2)
     result.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return result
