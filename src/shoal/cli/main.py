@@ -1395,10 +1395,11 @@ def info(as_json: bool) -> None:
                                                 "symmetric"]), default="port-restricted",
               show_default=True)
 @click.option("--dht", is_flag=True, help="Run the DHT service on every node too.")
+@click.option("--progress", is_flag=True, help="Print each phase's time on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @_guard
 def sim(peers: int, groups: int, posts: int, churn: float, seed: int, latency: float,
-        jitter: float, loss: float, nat: float, nat_kind: str, dht: bool,
+        jitter: float, loss: float, nat: float, nat_kind: str, dht: bool, progress: bool,
         as_json: bool) -> None:
     """Run PEERS real Shoal nodes in virtual time on a simulated network: they join
     GROUPS groups, publish POSTS posts while CHURN of them are offline, then all come
@@ -1416,7 +1417,8 @@ def sim(peers: int, groups: int, posts: int, churn: float, seed: int, latency: f
     spec = GroupSimSpec(peers=peers, groups=groups, posts=posts, churn=churn, seed=seed,
                         latency=latency, jitter=jitter, loss=loss, nat=nat,
                         nat_kind=nat_kind, dht=dht)
-    figures = run_groups(spec).figures()
+    figures = run_groups(spec, (lambda line: click.echo(line, err=True)) if progress
+                         else None).figures()
     if as_json:
         click.echo(json.dumps(figures))
         return

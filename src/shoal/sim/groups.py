@@ -42,6 +42,7 @@ import math
 import random
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -165,8 +166,10 @@ class _ChurnNetwork(VirtualNetwork):
 
 
 class _Run:
-    def __init__(self, spec: GroupSimSpec, net: _ChurnNetwork) -> None:
+    def __init__(self, spec: GroupSimSpec, net: _ChurnNetwork,
+                 progress: Callable[[str], None] | None) -> None:
         self.spec = spec
+        self.progress = progress
         self.net = net
         self.rng = random.Random(spec.seed ^ 0x5EED)
         self.loop = asyncio.get_running_loop()
@@ -193,6 +196,9 @@ class _Run:
         wall, cpu = _clocks()
         self.walls[name] = wall - began[0]
         self.cpus[name] = cpu - began[1]
+        if self.progress is not None:
+            self.progress(f"{name}: {self.walls[name]:.1f} s wall, {self.cpus[name]:.1f} s CPU, "
+                          f"virtual time {self.now():.1f} s")
 
     def _watch(self, index: int) -> None:
         """Note when each post reaches node ``index`` (its ``post`` events)."""
@@ -346,8 +352,9 @@ class _Run:
         return self.now() - began
 
 
-async def _simulate(spec: GroupSimSpec, net: _ChurnNetwork) -> GroupSimResult:
-    run = _Run(spec, net)
+async def _simulate(spec: GroupSimSpec, net: _ChurnNetwork,
+                    progress: Callable[[str], None] | None) -> GroupSimResult:
+    run = _Run(spec, net, progress)
     await run.setup()
     setup_virtual = run.now()
     began = _clocks()
@@ -404,14 +411,16 @@ def _quantile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def run_groups(spec: GroupSimSpec) -> GroupSimResult:
-    """Run one simulation (see the module docstring); its figures."""
+def run_groups(spec: GroupSimSpec, progress: Callable[[str], None] | None = None
+               ) -> GroupSimResult:
+    """Run one simulation (see the module docstring); its figures. ``progress`` is told
+    of each phase as it ends (a line of text)."""
     spec.check()
     began, cpu = time.perf_counter(), time.process_time()
     profile = LinkProfile(latency=spec.latency, jitter=spec.jitter, loss=spec.loss)
 
     async def entry() -> GroupSimResult:
-        return await _simulate(spec, _ChurnNetwork(spec.seed, profile))
+        return await _simulate(spec, _ChurnNetwork(spec.seed, profile), progress)
 
     with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
         result = runner.run(entry())
