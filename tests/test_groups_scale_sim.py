@@ -59,17 +59,23 @@ def test_bad_specs_are_refused() -> None:
             run_groups(spec)
 
 
-def test_shoal_sim_prints_one_json_object_and_refuses_bad_options_in_one_line() -> None:
-    done = subprocess.run(shoal("sim", "--peers", "8", "--posts", "2", "--seed", "2",
-                                "--json"), capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    [line] = done.stdout.splitlines()
-    figures = json.loads(line)
-    assert figures["peers"] == 8 and figures["delivery_online"] == 1.0
-    for key in ("delivery_after_sync", "latency_p50_s", "latency_p99_s",
+def test_shoal_sim_prints_the_same_figures_from_one_process_to_the_next() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    runs = [subprocess.run(shoal("sim", "--peers", "8", "--posts", "2", "--churn", "0.2",
+                                 "--json"), capture_output=True, text=True, timeout=60,
+                           env={**env, **extra}) for extra in ({}, {"PYTHONHASHSEED": "7"})]
+    assert [run.returncode for run in runs] == [0, 0], runs[0].stderr
+    assert len(runs[0].stdout.splitlines()) == 1
+    figures = [json.loads(run.stdout) for run in runs]
+    assert figures[0]["peers"] == 8 and figures[0]["delivery_after_sync"] == 1.0
+    for key in ("delivery_online", "latency_p50_s", "latency_p99_s",
                 "datagrams_per_node_per_post", "bytes_per_node_per_post",
                 "copies_per_delivery", "wall_s", "peak_rss_mb"):
-        assert key in figures
+        assert key in figures[0]
+    assert _replayable(figures[0]) == _replayable(figures[1])
+
+
+def test_shoal_sim_refuses_bad_options_in_one_line() -> None:
     bad = subprocess.run(shoal("sim", "--churn", "2"), capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr

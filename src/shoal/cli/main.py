@@ -1414,6 +1414,14 @@ def sim(peers: int, groups: int, posts: int, churn: float, seed: int, latency: f
     """
     from shoal.sim.groups import GroupSimSpec, run_groups
 
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        # Set iteration order follows the interpreter's hash seed: fix it, so that the
+        # same --seed gives the same figures from one run to the next.
+        import subprocess
+
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        sys.exit(subprocess.call([sys.executable, "-m", "shoal.cli.main", *sys.argv[1:]],
+                                 env=env))
     spec = GroupSimSpec(peers=peers, groups=groups, posts=posts, churn=churn, seed=seed,
                         latency=latency, jitter=jitter, loss=loss, nat=nat,
                         nat_kind=nat_kind, dht=dht)

@@ -31,7 +31,8 @@ The figures (``GroupSimResult``):
   ``wall_s``) and ``peak_rss_mb`` of this process; ``phases_wall_s`` and
   ``phases_cpu_s`` split them by phase.
 
-The same arguments give the same figures (but these last ones).
+The same arguments give the same figures (but these last ones) in interpreters started
+with the same ``PYTHONHASHSEED`` (the order of sets follows it; ``shoal sim`` runs with 0).
 """
 
 from __future__ import annotations
