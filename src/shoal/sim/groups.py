@@ -179,6 +179,8 @@ class _Run:
         self.services: list[GroupService] = []
         self.group_of: list[int] = []
         self.members: list[list[int]] = [[] for _ in range(spec.groups)]
+        self.public: list[list[int]] = [[] for _ in range(spec.groups)]
+        """Members not behind a NAT, in the order they joined."""
         self.group_ids: list[bytes] = []
         self.groups: list[Any] = []
         self.received: dict[bytes, dict[int, float]] = {}
@@ -242,7 +244,7 @@ class _Run:
             self.groups.append(made)
             self.group_ids.append(bytes.fromhex(made.id))
             invites.append(made.invite())
-            self.members[group].append(group)
+            self.members_added([group])
             self._watch(group)
         joining = list(range(spec.groups, spec.peers))
         wave = max(20, spec.peers // 25)
@@ -250,7 +252,7 @@ class _Run:
             for index in joining[start:start + wave]:
                 group = self.group_of[index]
                 # An invite names members at public addresses (the group's admin at least).
-                already = [i for i in self.members[group] if i not in self.natted]
+                already = self.public[group]
                 hints = [already[0]] if len(already) == 1 else \
                     self.rng.sample(already, min(HINTS, len(already)))
                 members = [CoreMember(self.services[i].ctx.identity.public_key,
@@ -267,6 +269,8 @@ class _Run:
     def members_added(self, indexes: list[int]) -> None:
         for index in indexes:
             self.members[self.group_of[index]].append(index)
+            if index not in self.natted:
+                self.public[self.group_of[index]].append(index)
 
     def _set_online(self, index: int, online: bool) -> None:
         node = self.sim_nodes[index]
