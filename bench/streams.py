@@ -19,8 +19,9 @@ Rows: ``tls_tcp`` (Python's ssl over TCP, a self-signed certificate made with
 ``--message-size`` each). ``--loss PCT`` drops that share of packets at
 the receiving end with an nftables rule in the namespace; it turns segmentation offload
 off (Shoal's GSO, TCP's TSO), so that each dropped packet is one datagram or segment.
-``--profile`` samples Shoal's processes with py-spy (cProfile where py-spy is missing)
-and prints where their time goes. Needs root (network namespaces).
+``--profile`` samples Shoal's processes with py-spy (where py-spy is missing, each
+samples itself every millisecond of CPU time) and prints where their time goes.
+Needs root (network namespaces).
 """
 
 from __future__ import annotations
@@ -85,14 +86,47 @@ class Pattern:
             yield chunk
 
 
-def report(role: str, **fields: object) -> None:
-    """A side's result line, with its peak resident memory and the CPU time it used."""
+def cpu_seconds() -> float:
+    """The process's CPU time so far (user and system)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+_transfer_cpu_from: list[float] = []
+"""The process's CPU time when its part of the transfer began (see ``started``)."""
+
+
+def report(role: str, **fields: object) -> None:
+    """A side's result line, with its peak resident memory, the CPU time it used in all
+    and the CPU time since ``started`` or ``ready`` (the transfer alone: no start-up,
+    imports or handshake)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
+    if _transfer_cpu_from:
+        fields["transfer_cpu_s"] = round(cpu - _transfer_cpu_from[0], 3)
     print(json.dumps({"role": role, "peak_rss_kib": usage.ru_maxrss,
-                      "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), **fields}), flush=True)
+                      "cpu_s": round(cpu, 3), "user_s": round(usage.ru_utime, 3),
+                      "sys_s": round(usage.ru_stime, 3), **fields}), flush=True)
+
+
+_samplers: list[CpuSampler] = []
+"""The process's own sampler, under ``--profile`` without py-spy."""
+
+
+def started() -> float:
+    """The sender begins: its transfer CPU counts (and is sampled) from here; returns
+    the start time."""
+    _transfer_cpu_from[:] = [cpu_seconds()]
+    for sampler in _samplers:
+        sampler.start()
+    return time.monotonic()
 
 
 def ready() -> None:
+    """The receiver is set up: its transfer CPU counts (and is sampled) from here."""
+    _transfer_cpu_from[:] = [cpu_seconds()]
+    for sampler in _samplers:
+        sampler.start()
     print(json.dumps({"ready": True}), flush=True)
 
 
@@ -146,7 +180,7 @@ def tls_send(args: argparse.Namespace) -> None:
     raw = socket.create_connection(("127.0.0.1", args.peer_port))
     conn = context.wrap_socket(raw, server_hostname="localhost")
     pattern = Pattern()
-    start = time.monotonic()
+    start = started()
     for chunk in pattern.chunks(args.bytes, CHUNK):
         conn.sendall(chunk)
     conn.shutdown(socket.SHUT_WR)
@@ -231,7 +265,7 @@ def quic_send(args: argparse.Namespace) -> None:
             quic = client._quic
             stream_id = quic.get_next_available_stream_id()
             pattern = Pattern()
-            start = time.monotonic()
+            start = started()
             for chunk in pattern.chunks(args.bytes, CHUNK):
                 quic.send_stream_data(stream_id, chunk, end_stream=pattern.sent >= args.bytes)
                 client.transmit()
@@ -297,7 +331,7 @@ def shoal_messages_send(args: argparse.Namespace) -> None:
             peer = await node.connect(("127.0.0.1", args.peer_port))
             pattern = Pattern()
             in_flight: collections.deque[asyncio.Future[object]] = collections.deque()
-            start = time.monotonic()
+            start = started()
             for chunk in pattern.chunks(args.bytes, args.message_size):
                 in_flight.append(node.send_nowait(peer, chunk, channel=CHANNEL))  # type: ignore[arg-type]
                 if len(in_flight) >= window:
@@ -345,7 +379,7 @@ def shoal_stream_send(args: argparse.Namespace) -> None:
             peer = await node.connect(("127.0.0.1", args.peer_port))
             pattern = Pattern()
             stream = await node.open_stream(peer, CHANNEL)
-            start = time.monotonic()
+            start = started()
             for chunk in pattern.chunks(args.bytes, CHUNK):
                 await stream.write(chunk)
             await stream.close()
@@ -509,8 +543,8 @@ def measure(row: Row, options: argparse.Namespace, ns: str, workdir: Path) -> di
 
     def start(role: str) -> subprocess.Popen[str]:
         command = _profiler(row, options, role, outdir) + row.command(role, options, workdir)
-        if options.profile and row.shoal and options.profiler == "cProfile":
-            command += ["--cprofile", str(outdir / f"{row.name}-{role}.pstats")]
+        if options.profile and row.shoal and options.profiler == "sampler":
+            command += ["--sample", str((outdir / f"{row.name}-{role}.txt").resolve())]
         return subprocess.Popen(["ip", "netns", "exec", ns, *command], env=env, text=True,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
@@ -551,6 +585,14 @@ def measure(row: Row, options: argparse.Namespace, ns: str, workdir: Path) -> di
         "sender_cpu_s_per_gib": round(sent["cpu_s"] * (1 << 30) / options.bytes, 2),
         "receiver_cpu_s_per_gib": round(got["cpu_s"] * (1 << 30) / options.bytes, 2),
     }
+    if "transfer_cpu_s" in sent and "transfer_cpu_s" in got:
+        # The same for the transfer alone (from the sender's first write and the
+        # receiver's readiness): start-up costs weigh nothing, even on a short run.
+        send_cpu = sent["transfer_cpu_s"] * (1 << 30) / options.bytes
+        recv_cpu = got["transfer_cpu_s"] * (1 << 30) / options.bytes
+        result["transfer_cpu_s_per_gib"] = {"send": round(send_cpu, 2),
+                                            "recv": round(recv_cpu, 2),
+                                            "total": round(send_cpu + recv_cpu, 2)}
     if row.shoal:
         result["udp_offload"] = not options.loss and os.environ.get(
             "SHOAL_UDP_OFFLOAD", "1") not in ("0", "off", "no")
@@ -565,8 +607,16 @@ def summarize_row(runs: list[dict]) -> dict:
     """The run with the median rate, with every run's rate beside it."""
     rates = [run["mbytes_per_s"] or 0.0 for run in runs]
     middle = sorted(runs, key=lambda run: run["mbytes_per_s"] or 0.0)[(len(runs) - 1) // 2]
-    return {**middle, "mbytes_per_s": round(statistics.median(rates), 2),
-            "runs_mbytes_per_s": rates, "verified": all(run["verified"] for run in runs)}
+    summary = {**middle, "mbytes_per_s": round(statistics.median(rates), 2),
+               "runs_mbytes_per_s": rates, "verified": all(run["verified"] for run in runs)}
+    costs = [run["transfer_cpu_s_per_gib"] for run in runs if "transfer_cpu_s_per_gib" in run]
+    if len(costs) == len(runs):
+        # The CPU a GiB costs is steadier than the rate: each side's median over the runs.
+        summary["transfer_cpu_s_per_gib"] = {
+            side: round(statistics.median(cost[side] for cost in costs), 2)
+            for side in ("send", "recv", "total")}
+        summary["runs_transfer_cpu_s_per_gib"] = [cost["total"] for cost in costs]
+    return summary
 
 
 # ====================================================================== profiles
@@ -598,11 +648,14 @@ def _area(path: str, line: int = 0) -> str:
                 return area
     marks = (("shoal/core/connection", "core: connection"),
              ("shoal/core/services/messages", "core: messages service"),
+             ("shoal/core/streams/", "core: streams"),
+             ("shoal/core/services/streams", "core: streams"),
              ("shoal/core/endpoint", "core: endpoint"), ("shoal/core/wire", "core: wire"),
              ("shoal/core/recovery", "core: recovery"), ("shoal/core/", "core: other"),
              ("shoal/aio/udp", "aio: udp driver"), ("shoal/aio/driver", "aio: loop driver"),
              ("shoal/aio/node", "aio: node API"), ("asyncio", "event loop"),
-             ("uvloop", "event loop"), ("streams.py", "bench (data and hashing)"))
+             ("uvloop", "event loop"), ("streams.py", "bench (data and hashing)"),
+             ("<string>", "dataclass __init__ (frames, events)"))
     for mark, area in marks:
         if mark in path:
             return area
@@ -610,7 +663,8 @@ def _area(path: str, line: int = 0) -> str:
 
 
 def summarize_py_spy(path: Path, top: int = 15) -> dict:
-    """Self time by function and by area from py-spy's collapsed stacks."""
+    """Self time by function and by area from collapsed stacks (py-spy's, or
+    ``CpuSampler``'s)."""
     functions: collections.Counter[str] = collections.Counter()
     areas: collections.Counter[str] = collections.Counter()
     total = 0
@@ -630,18 +684,45 @@ def summarize_py_spy(path: Path, top: int = 15) -> dict:
     return _percentages(functions, areas, total, top)
 
 
-def summarize_cprofile(path: Path, top: int = 15) -> dict:
-    import pstats
+class CpuSampler:
+    """Where py-spy is missing: the process samples its own stack every millisecond of
+    CPU time it uses (``SIGPROF``) from the start of the transfer (``started``,
+    ``ready``), so that neither start-up nor waiting counts, and writes the samples
+    as py-spy's collapsed stacks. Time in C (the cipher, a system call) is charged to
+    the line that called it, once the call returns."""
 
-    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
-    functions: collections.Counter[str] = collections.Counter()
-    areas: collections.Counter[str] = collections.Counter()
-    total = 0.0
-    for (file, _line, function), (_cc, _nc, self_time, _ct, _callers) in stats.items():
-        functions[f"{function} ({Path(file).name})"] += self_time
-        areas[_area(file if file != "~" else function)] += self_time
-        total += self_time
-    return _percentages(functions, areas, total, top)
+    def __init__(self, path: str, interval: float = 0.001) -> None:
+        import signal
+
+        self.path = path
+        self.interval = interval
+        self.stacks: collections.Counter[str] = collections.Counter()
+        signal.signal(signal.SIGPROF, self._sample)
+
+    def start(self) -> None:
+        import signal
+
+        signal.setitimer(signal.ITIMER_PROF, self.interval, self.interval)
+
+    def _sample(self, _signum: int, frame: object) -> None:
+        names = []
+        while frame is not None:
+            code = frame.f_code  # type: ignore[attr-defined]
+            names.append(f"{code.co_name} ({code.co_filename}:{frame.f_lineno})")  # type: ignore[attr-defined]
+            frame = frame.f_back  # type: ignore[attr-defined]
+        self.stacks[";".join(reversed(names))] += 1
+
+    def run(self, side: Callable[[argparse.Namespace], None], options: argparse.Namespace,
+            ) -> None:
+        import signal
+
+        _samplers.append(self)
+        try:
+            side(options)
+        finally:
+            signal.setitimer(signal.ITIMER_PROF, 0, 0)
+            Path(self.path).write_text("".join(f"{stack} {count}\n"
+                                               for stack, count in self.stacks.items()))
 
 
 def _percentages(functions: collections.Counter, areas: collections.Counter, total: float,
@@ -656,14 +737,9 @@ def profiles(options: argparse.Namespace, names: list[str]) -> dict:
     found: dict[str, object] = {"tool": options.profiler, "dir": str(outdir)}
     for name in names:
         for role in ("send", "recv"):
-            if options.profiler == "py-spy":
-                path = outdir / f"{name}-{role}.txt"
-                if path.exists():
-                    found[f"{name}_{role}"] = summarize_py_spy(path)
-            else:
-                path = outdir / f"{name}-{role}.pstats"
-                if path.exists():
-                    found[f"{name}_{role}"] = summarize_cprofile(path)
+            path = outdir / f"{name}-{role}.txt"
+            if path.exists():
+                found[f"{name}_{role}"] = summarize_py_spy(path)
     return found
 
 
@@ -696,16 +772,12 @@ def main() -> int:
     parser.add_argument("--peer-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cert", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
-    parser.add_argument("--cprofile", help=argparse.SUPPRESS)
+    parser.add_argument("--sample", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.role:
         side = getattr(ROWS[options.row], "sender" if options.role == "send" else "receiver")
-        if options.cprofile:
-            import cProfile
-
-            profiler = cProfile.Profile()
-            profiler.runcall(side, options)
-            profiler.dump_stats(options.cprofile)
+        if options.sample:
+            CpuSampler(options.sample).run(side, options)
         else:
             side(options)
         return 0
@@ -731,7 +803,7 @@ def run(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except ImportError:
             raise BenchError(
                 "the aioquic row needs aioquic: pip install 'shoal[bench]'") from None
-    options.profiler = "py-spy" if shutil.which("py-spy") else "cProfile"
+    options.profiler = "py-spy" if shutil.which("py-spy") else "sampler"
     if options.profile:
         Path(options.profile_dir).mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {name: [] for name in names}
@@ -764,7 +836,9 @@ def run(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"{name:16} {row['mbytes_per_s']:>9} MB/s  verified={row['verified']}  "
                   f"rss send/recv {row['sender_peak_rss_mib']}/{row['receiver_peak_rss_mib']} "
                   f"MiB  cpu s/GiB send/recv {row['sender_cpu_s_per_gib']}/"
-                  f"{row['receiver_cpu_s_per_gib']}")
+                  f"{row['receiver_cpu_s_per_gib']}"
+                  + (f"  transfer cpu s/GiB send/recv {cost['send']}/{cost['recv']}"
+                     if (cost := row.get("transfer_cpu_s_per_gib")) else ""))
         for name, ratio in result.get("ratios", {}).items():  # type: ignore[union-attr]
             print(f"{name:16} {ratio}")
     return 0 if all(row["verified"] for row in rows.values()) else 1

@@ -18,7 +18,14 @@ from tests.cli_helpers import shoal as shoal_argv
 import shoal
 from shoal import sim
 from shoal.aio import files
-from shoal.core.blobs import HashTree, Provider, Ticket, piece_count, piece_span
+from shoal.core.blobs import (
+    MAX_BLOB_SIZE,
+    HashTree,
+    Provider,
+    Ticket,
+    piece_count,
+    piece_span,
+)
 from shoal.sim.network import LinkProfile
 
 PIECE = 256 * 1024
@@ -242,9 +249,31 @@ def test_a_provider_that_never_answers_ends_the_fetch_with_an_error(tmp_path: Pa
             with pytest.raises(shoal.FetchError) as info:
                 await fetcher.fetch(mute, tmp_path / "out.bin")
             assert "did not answer" in str(info.value)
+            assert "kept" not in str(info.value)
+            # Nothing was fetched: nothing is left behind to resume.
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["source.bin"]
             return net.loop.time() - started
 
     assert sim.run(main) < 300  # virtual seconds: 5 timeouts of 30 s and their backoff
+
+
+def test_a_ticket_larger_than_the_free_space_is_refused_before_anything_is_written(
+        tmp_path: Path) -> None:
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    size = min(free + (1 << 30), MAX_BLOB_SIZE)
+    if size <= free:
+        pytest.skip("more than 1 TiB free here")
+
+    async def main(net: sim.VirtualNetwork) -> None:
+        async with net.node() as provider, net.node() as fetcher:
+            huge = Ticket(bytes(32), size, (Provider(provider.peer_id,
+                                                     (provider.address,)),))
+            with pytest.raises(shoal.FetchError) as info:
+                await fetcher.fetch(huge, tmp_path / "huge.bin")
+            assert info.value.code == "ENOSPC", info.value
+            assert list(tmp_path.iterdir()) == []
+
+    sim.run(main)
 
 
 def test_bad_arguments_are_typed_errors(tmp_path: Path) -> None:
@@ -309,6 +338,36 @@ def test_a_server_refuses_floods_and_survives_garbage(tmp_path: Path) -> None:
     assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
 
 
+def test_a_peer_that_asks_and_never_reads_makes_the_server_queue_little(
+        tmp_path: Path) -> None:
+    source = _file(tmp_path, 2 * PIECE)
+
+    async def main(net: sim.VirtualNetwork) -> tuple[int, int, dict[str, int]]:
+        async with net.node() as server, net.node() as attacker:
+            ticket = await server.share(source)
+            channel = attacker.channel(files.CHANNEL)  # bound, never read
+            attacker.add_peer_address(server.peer_id, server.address)
+            for request_id in range(20_000):  # for a root the server does not share
+                channel.send_nowait(server.peer_id,
+                                    files.encode_request(request_id, bytes(32), 0))
+                if request_id % 500 == 0:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(5)
+            connection = server.endpoint.connection_to(bytes.fromhex(attacker.peer_id))
+            assert connection is not None
+            queued = sum(len(out.queue) for out in connection.state["messages"].out.values())
+            # Still serving others.
+            async with net.node() as fetcher:
+                await fetcher.fetch(ticket, tmp_path / "out.bin")
+            return queued, channel._inbox.qsize(), server.file_stats
+
+    queued, unread, stats = sim.run(main)
+    assert queued <= 64, queued
+    assert stats["not_shared"] == 20_000 and stats.get("unanswered", 0) > 0
+    assert unread <= 20_000 - stats["unanswered"]
+    assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
+
+
 # ---------------------------------------------------------------------- the CLI
 
 
@@ -351,6 +410,35 @@ def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
         assert done["resumed_pieces"] == held and done["fetched_pieces"] == 192 - held
         assert target.read_bytes() == source.read_bytes()
         assert not target.with_name("got.bin.part").exists()
+    finally:
+        share.send_signal(signal.SIGINT)
+        share.wait(timeout=10)
+
+
+def test_a_signal_after_the_fetch_is_done_is_no_interruption(tmp_path: Path) -> None:
+    source = _file(tmp_path, 4 * PIECE)
+    target = tmp_path / "got.bin"
+    share = subprocess.Popen(
+        shoal_argv("share", str(source), "--listen", "127.0.0.1:0", "--no-lan", "--json",
+                   "--identity", str(tmp_path / "share.key")),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ticket = next(_json_lines(share))["ticket"]
+        fetch = subprocess.Popen(
+            shoal_argv("fetch", ticket, "-o", str(target), "--listen", "127.0.0.1:0",
+                       "--no-lan", "--json"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        events = []
+        for event in _json_lines(fetch):
+            events.append(event)
+            if event["event"] == "fetched":
+                fetch.send_signal(signal.SIGINT)  # while its node closes
+                break
+        assert fetch.stdout is not None
+        events += [json.loads(line) for line in fetch.stdout]
+        fetch.wait(timeout=30)
+        assert target.read_bytes() == source.read_bytes()
+        assert fetch.returncode == 0 and [e for e in events if e["event"] == "error"] == []
     finally:
         share.send_signal(signal.SIGINT)
         share.wait(timeout=10)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pycrdt
@@ -15,11 +15,11 @@ import pytest
 
 import shoal
 from shoal import sim
+from shoal.core.config import CoreConfig
 from shoal.core.groups import gossip as g
 from shoal.core.groups.posts import seal_post
-from shoal.core.services.base import Service
 from shoal.core.services.groups import START_GAP, GroupService
-from shoal.core.wire import Address, Extension, encode_varint
+from shoal.core.wire import Extension, encode_varint
 from shoal.errors import ShoalError
 from shoal.sim import LinkProfile
 
@@ -274,52 +274,36 @@ def test_the_reassembly_budget_refuses_too_many_unfinished_messages() -> None:
     assert fresh.take(pieces[0]) is None  # sent again after it was taken: ignored
 
 
-class DirectoryDht(Service):
-    """A stand-in for the ``dht`` service: one directory of providers that every node
-    reads and writes (the ``Providers`` protocol)."""
-
-    name = "dht"
-
-    def __init__(self, directory: dict[bytes, dict[bytes, list[Address]]]) -> None:
-        self.directory = directory
-
-    def provide(self, key: bytes, now: float) -> None:
-        entry = self.directory.setdefault(key, {})
-        entry[self.ctx.identity.public_key] = list(self.ctx.transport.local_addresses)
-
-    def withdraw(self, key: bytes) -> None:
-        self.directory.get(key, {}).pop(self.ctx.identity.public_key, None)
-
-    def find(self, key: bytes, now: float,
-             on_found: Callable[[bytes, list[Address]], None]) -> None:
-        for peer, found in list(self.directory.get(key, {}).items()):
-            on_found(peer, found)
+INTRODUCER = ("198.51.100.1", 7000)
 
 
 @pytest.mark.parametrize("with_dht", [True, False])
 def test_a_member_whose_invite_leads_nowhere_finds_the_others_through_the_dht(
         with_dht: bool) -> None:
     async def main(net: sim.VirtualNetwork) -> list[bytes]:
-        directory: dict[bytes, dict[bytes, list[Address]]] = {}
+        settings = CoreConfig(nat_check=False, dht=with_dht, services={"dht": {"k": 4}})
+        introducer = f"{INTRODUCER[0]}:{INTRODUCER[1]}"
 
-        def node() -> shoal.Node:
-            services = [DirectoryDht(directory)] if with_dht else []
-            return net.node(services=services)
+        async def node() -> shoal.Node:
+            started = await net.node(introducers=[introducer], config=settings).start()
+            await started.wait_for_introducers()
+            return started
 
-        admin_node, member_node = await node().start(), await node().start()
-        admin = await admin_node.create_group("team")
-        invite = admin.invite()  # its only hint is the admin, who will be gone
-        await member_node.join(invite)
-        await asyncio.sleep(SETTLE)
-        await admin.publish(b"before you came")
-        await asyncio.sleep(2)
-        await admin_node.close()
-        newcomer = await node().start()
-        group = await newcomer.join(invite)
-        got = await _take(group.subscribe(), 1, timeout=15)
-        online = [m.peer_id for m in group.members() if m.online]
-        for each in (member_node, newcomer):
-            await each.close()
+        async with net.node(address=INTRODUCER, introducer=True, config=settings):
+            admin_node, member_node = await node(), await node()
+            admin = await admin_node.create_group("team")
+            invite = admin.invite()  # its only hint is the admin, who will be gone
+            await member_node.join(invite)
+            await asyncio.sleep(SETTLE)
+            await admin.publish(b"before you came")
+            await asyncio.sleep(2)
+            await admin_node.close()
+            newcomer = await node()
+            group = await newcomer.join(invite)
+            got = await _take(group.subscribe(), 1, timeout=15)
+            online = [m.peer_id for m in group.members() if m.online]
+            for each in (member_node, newcomer):
+                await each.close()
         assert (member_node.peer_id in online) == with_dht
         return [p.data for p in got]
 

@@ -9,6 +9,7 @@ from shoal.core.config import CoreConfig
 from shoal.core.connection import CLOSE_PROTOCOL_ERROR, Connection
 from shoal.core.handshake import EARLY_WINDOW, initiator_state
 from shoal.core.recovery import MAX_PACKET_JUMP
+from shoal.core.services.credit import MESSAGE_CHARGE
 from shoal.core.services.rendezvous import MAX_LAN_ADDRESSES, MAX_LAN_PEERS
 from shoal.core.wire import (
     Channel,
@@ -159,6 +160,24 @@ def test_a_channel_nobody_reads_stops_taking_messages_and_the_sender_is_told() -
     assert len(failures) == 200 - held // 100_000 and set(failures) == {"ENOBUFS"}
     assert sum(len(e.data) for e in victim.received()) == held + sum(
         len(b"h%d" % i) for i in range(40))  # and the honest ones, all of them
+
+
+def test_empty_messages_count_against_the_credit_of_a_channel_nobody_reads() -> None:
+    net, victim = _network()
+    victim.reads = False
+    attacker = net.add_node()
+    _connected(net, attacker, victim)
+    for _ in range(20_000):  # nothing but their headers: each still costs the victim
+        attacker.endpoint.send_message(victim.peer_id, b"", net.now)
+    net.flush(attacker)
+    net.run(5)
+    held = len(victim.received())
+    # The window is never less than the largest message, which counts its charge too.
+    window = max(victim.endpoint.config.channel_receive_window,
+                 victim.endpoint.config.max_message_size) + MESSAGE_CHARGE
+    assert 0 < held <= window // MESSAGE_CHARGE, held
+    net.run(victim.endpoint.config.message_timeout)
+    assert set(_failures(attacker)) == {"ENOBUFS"}
 
 
 def test_a_peer_that_ignores_its_credit_is_closed_with_code_1() -> None:

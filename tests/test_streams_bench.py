@@ -53,7 +53,24 @@ def test_the_bench_moves_verified_bytes_and_reports_every_figure() -> None:
     assert shoal["receiver_io"]["rx_datagrams"] == shoal["receiver_stats"]["rx_datagrams"]
     assert result["ratios"]["row"] == "shoal_messages"
     assert result["ratios"]["shoal/tls_tcp"] > 0
+    for row in result["rows"].values():  # the transfer's CPU: part of each side's whole
+        cost = row["transfer_cpu_s_per_gib"]
+        assert 0 < cost["send"] <= row["sender_cpu_s_per_gib"]
+        assert 0 < cost["recv"] <= row["receiver_cpu_s_per_gib"]
+        assert cost["total"] == pytest.approx(cost["send"] + cost["recv"], abs=0.02)
     assert _namespaces() == before  # its namespace is gone
+
+
+def test_the_profile_tells_the_stream_service_apart(tmp_path: Path) -> None:
+    code, result = _bench("--bytes", "16MiB", "--rows", "shoal_stream", "--profile",
+                          "--profile-dir", str(tmp_path))
+    assert code == 0 and result["rows"]["shoal_stream"]["verified"] is True
+    profile = result["profile"]
+    assert profile["tool"] in ("py-spy", "sampler")
+    for role in ("send", "recv"):
+        areas = profile[f"shoal_stream_{role}"]["by_area_pct"]
+        assert sum(areas.values()) == pytest.approx(100, abs=1)
+        assert areas.get("core: streams", 0) > 0
 
 
 def test_the_bench_under_loss_still_delivers_every_byte() -> None:

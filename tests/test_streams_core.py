@@ -713,7 +713,7 @@ def test_a_frame_flow_fills_datagrams_first_and_hands_back_what_it_wrote() -> No
     assert len(payload) == 1200 - left and left < 24
     frames = F.decode(payload)
     assert frames[0] == Datagram(1, b"live")
-    assert record[0][1] == frames[0]
+    assert record[0] == (datagrams, [frames[0]])  # each source with its frames
     sent = sum(len(f.data) for f in frames if isinstance(f, StreamFrame))
     flow.on_lost(record)
     assert datagrams.lost == 1 and not datagrams.wants_send

@@ -13,11 +13,12 @@ import shoal
 from shoal import sim
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
+from shoal.core.connection import Connection
 from shoal.core.streams import frames as F
-from shoal.core.streams.manager import INITIAL_MAX_STREAMS, INITIAL_STREAM_DATA
+from shoal.core.streams.manager import INITIAL_MAX_STREAMS, INITIAL_STREAM_DATA, StreamConfig
 from shoal.errors import DeliveryError
-from shoal.sim import LinkProfile
-from test_traversal_sim import _confirmed_connection, _lab
+from shoal.sim import LinkProfile, SimNetwork, SimNode
+from test_traversal_sim import _block_direct, _confirmed_connection, _lab
 
 LONG = bool(os.environ.get("SHOAL_LONG_TESTS"))
 
@@ -191,6 +192,23 @@ def test_a_reset_reaches_the_reader_and_a_stop_reaches_the_writer() -> None:
     assert sim.run(main, seed=8) == ("ECONNRESET", "EPIPE")
 
 
+def test_streams_reset_before_they_were_accepted_leave_the_peer_room_to_open_more() -> None:
+    async def main(net: sim.VirtualNetwork) -> bytes:
+        alice, bob = await _pair(net)
+        inbox = bob.channel("c/1")
+        for _ in range(2 * StreamConfig().max_streams):  # each abandoned at once by its opener
+            stream = await alice.open_stream(bob.peer_id, channel="c/1", timeout=5)
+            await stream.write(b"x")
+            stream.reset(1)
+        await asyncio.sleep(2)
+        stream = await alice.open_stream(bob.peer_id, channel="c/1", timeout=5)
+        await stream.write(b"still open")
+        await stream.close()
+        return await _drain_to(await inbox.accept(timeout=5))
+
+    assert sim.run(main) == b"still open"
+
+
 def test_streams_fail_when_their_connection_ends() -> None:
     async def main(net: sim.VirtualNetwork) -> str:
         alice, bob = await _pair(net)
@@ -230,39 +248,25 @@ def test_a_peer_that_sends_beyond_its_credit_loses_its_connection() -> None:
     assert closed and handles == 0
 
 
-def test_a_stream_goes_on_across_a_relay_to_direct_upgrade() -> None:
-    """Driven through the core (``SimNetwork``): the stream is opened while only the
-    relay works, and the direct path opens in the middle of the transfer."""
-    net, _, (a, b) = _lab(4, ["port-restricted", "port-restricted"],
-                          config=CoreConfig(punching=False))
-    b.endpoint.streams.serve("bulk/1")
-    blocked = {"on": True}
-
-    def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
-        crossing = source[0].startswith("198.51.100") and destination[0].startswith("198.51.100")
-        return None if crossing and blocked["on"] else data
-
-    net.tap = tap
-    warm = a.endpoint.send_message(b.peer_id, b"warm", net.now)
-    net.flush(a)
-    assert net.run(30, until=lambda: any(
-        isinstance(e, ev.MessageDelivered) and e.handle == warm for e in a.events))
-    connection = _confirmed_connection(net, a, b)
-    assert connection.path_kind == "relay"
-    data = random.Random(11).randbytes(600_000)
+def _stream_across(net: SimNetwork, a: SimNode, b: SimNode, data: bytes,
+                   connection: Connection, blocked: dict[str, bool], *,
+                   unblock_at: int) -> tuple[bytes, int | None]:
+    """Stream ``data`` from ``a`` to ``b`` on channel "bulk/1" in 20 ms steps, opening the
+    direct path at step ``unblock_at``: the bytes ``b`` read, and how many it had read
+    when ``connection`` moved to a direct path (None if it never did)."""
     handle = a.endpoint.call("streams", net.now, "open", b.peer_id, "bulk/1")
-    offset, got, accepted, at_change = 0, bytearray(), None, None
+    offset, got, accepted, moved_at = 0, bytearray(), None, None
     for step in range(4000):
         if offset < len(data):
             offset += a.endpoint.call("streams", net.now, "write", handle, data[offset:])
             if offset == len(data):
                 a.endpoint.call("streams", net.now, "close", handle)
-        if step == 10:
-            blocked["on"] = False  # a direct path opens with bytes in flight
+        if step == unblock_at:
+            blocked["on"] = False
         net.flush(a)
         net.run(0.02)
-        if at_change is None and connection.path_kind == "direct":
-            at_change = len(got)
+        if moved_at is None and connection.path_kind == "direct":
+            moved_at = len(got)
         if accepted is None:
             accepted = next((e.data[0] for e in b.events if isinstance(e, ev.ServiceEvent)
                              and e.kind == "accepted"), None)
@@ -272,11 +276,56 @@ def test_a_stream_goes_on_across_a_relay_to_direct_upgrade() -> None:
             if chunk is None:
                 break
             got += chunk
-    assert bytes(got) == data
+    return bytes(got), moved_at
+
+
+def test_a_stream_goes_on_across_a_relay_to_direct_upgrade() -> None:
+    """Driven through the core (``SimNetwork``): the stream is opened while only the
+    relay works, and the direct path opens in the middle of the transfer."""
+    net, _, (a, b) = _lab(4, ["port-restricted", "port-restricted"],
+                          config=CoreConfig(punching=False))
+    b.endpoint.streams.serve("bulk/1")
+    blocked = _block_direct(net)
+    warm = a.endpoint.send_message(b.peer_id, b"warm", net.now)
+    net.flush(a)
+    assert net.run(30, until=lambda: any(
+        isinstance(e, ev.MessageDelivered) and e.handle == warm for e in a.events))
+    connection = _confirmed_connection(net, a, b)
+    assert connection.path_kind == "relay"
+    data = random.Random(11).randbytes(600_000)
+    # A direct path opens with bytes in flight.
+    got, at_change = _stream_across(net, a, b, data, connection, blocked, unblock_at=10)
+    assert got == data
     assert at_change is not None and 0 < at_change < len(data)  # moved mid-transfer
     assert a.endpoint.connection_to(b.endpoint.identity.public_key) is connection
     assert connection.path_kind == "direct"
     assert any(isinstance(e, ev.PathChanged) and e.path == "direct" for e in a.events)
+
+
+def test_a_stream_on_the_loser_of_a_crossed_dial_follows_it_to_the_direct_path() -> None:
+    """Both sides dial at once through the relay and a stream opens before the dials are
+    decided: the connection that carries it drains, and moves to the direct path the
+    kept connection found instead of finishing on the relay."""
+    net, _, (a, b) = _lab(2, ["port-restricted", "port-restricted"],
+                          config=CoreConfig(punching=False))
+    b.endpoint.streams.serve("bulk/1")
+    blocked = _block_direct(net)
+    a.endpoint.send_message(b.peer_id, b"hi", net.now)
+    b.endpoint.send_message(a.peer_id, b"hi", net.now)
+    net.flush(a)
+    net.flush(b)
+    peer = b.endpoint.identity.public_key
+    assert net.run(30, until=lambda: a.endpoint.connection_to(peer) is not None)
+    carrier = a.endpoint.connection_to(peer)
+    data = random.Random(12).randbytes(8_000_000)
+    # The direct path opens after the carrier's own probes of it are over.
+    got, moved_at = _stream_across(net, a, b, data, carrier, blocked, unblock_at=250)
+    assert got == data
+    assert a.endpoint.stats["crossed_dials"] == 1
+    # The stream stayed on the connection it opened on, which lost the crossed dial...
+    assert carrier is not a.endpoint.connection_to(peer) and carrier.draining
+    # ...and that connection left the relay in the middle of the transfer.
+    assert moved_at is not None and 0 < moved_at < len(data)
 
 
 @pytest.mark.parametrize("seed", range(4))

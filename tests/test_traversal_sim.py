@@ -7,6 +7,7 @@ import pytest
 
 from shoal.core import events as ev
 from shoal.core.config import CoreConfig
+from shoal.core.congestion import INITIAL_WINDOW_PACKETS
 from shoal.core.connection import Connection
 from shoal.core.traversal import (
     ADDRESS_AND_PORT_DEPENDENT as APD,
@@ -26,7 +27,7 @@ from shoal.core.traversal import (
     NatType,
     choose_plan,
 )
-from shoal.core.wire import PacketKind
+from shoal.core.wire import MAX_DATAGRAM_SIZE, PacketKind
 from shoal.sim import LinkProfile, SimNetwork, SimNode
 
 INTRODUCER = ("203.0.113.2", 7000)
@@ -219,11 +220,9 @@ def _confirmed_connection(net: SimNetwork, a: SimNode, b: SimNode) -> Connection
     return connection
 
 
-def test_relay_to_direct_upgrade_mid_stream_keeps_every_message_once_in_order() -> None:
-    net, _, (a, b) = _lab(4, ["port-restricted", "port-restricted"],
-                          config=CoreConfig(punching=False))
-    b.endpoint.serve_channel("chat/1")
-    # Block direct traffic between the two NATs for a while: only the relay works.
+def _block_direct(net: SimNetwork) -> dict[str, bool]:
+    """Drop every datagram between the two NATs' public addresses while the returned
+    flag's ``"on"`` is set: only the relay joins the hosts behind them."""
     blocked = {"on": True}
 
     def tap(data: bytes, source: tuple, destination: tuple) -> bytes | None:
@@ -231,6 +230,15 @@ def test_relay_to_direct_upgrade_mid_stream_keeps_every_message_once_in_order() 
         return None if crossing and blocked["on"] else data
 
     net.tap = tap
+    return blocked
+
+
+def test_relay_to_direct_upgrade_mid_stream_keeps_every_message_once_in_order() -> None:
+    net, _, (a, b) = _lab(4, ["port-restricted", "port-restricted"],
+                          config=CoreConfig(punching=False))
+    b.endpoint.serve_channel("chat/1")
+    # Block direct traffic between the two NATs for a while: only the relay works.
+    blocked = _block_direct(net)
     first = a.endpoint.send_message(b.peer_id, b"warm", net.now)
     net.flush(a)
     assert net.run(30, until=lambda: _delivery(a, first) is not None)
@@ -258,6 +266,38 @@ def test_relay_to_direct_upgrade_mid_stream_keeps_every_message_once_in_order() 
     assert got["chat/1"] == list(range(1, 1000, 2))
     paths = {_delivery(a, h).path for h in handles}  # type: ignore[union-attr]
     assert paths == {"relay", "direct"}
+
+
+def test_a_move_from_the_relay_to_a_direct_path_learns_the_new_path_afresh() -> None:
+    """RFC 9000 section 9.4: the window and RTT the relay taught do not carry over; the
+    packets still in flight on the relay count until acknowledged, and nothing leaks."""
+    net, _, (a, b) = _lab(5, ["port-restricted", "port-restricted"],
+                          config=CoreConfig(punching=False))
+    blocked = _block_direct(net)
+    first = a.endpoint.send_message(b.peer_id, b"warm", net.now)
+    net.flush(a)
+    assert net.run(30, until=lambda: _delivery(a, first) is not None)
+    connection = _confirmed_connection(net, a, b)
+    assert connection.path_kind == "relay"
+    bulk = [a.endpoint.send_message(b.peer_id, bytes(1_000_000), net.now) for _ in range(3)]
+    net.flush(a)
+    net.run(2.0)
+    initial = INITIAL_WINDOW_PACKETS * MAX_DATAGRAM_SIZE
+    assert connection.cc.window > initial  # it grew on the relay
+    relay_rtt = connection.rtt.smoothed
+    blocked["on"] = False
+    assert net.run(15, until=lambda: connection.path_kind == "direct")
+    assert connection.cc.window == initial and connection.cc.in_slow_start
+    assert connection.cc.bytes_in_flight == sum(
+        p.size for p in connection.sent.values() if not p.probe)
+    bulk += [a.endpoint.send_message(b.peer_id, bytes(1_000_000), net.now) for _ in range(2)]
+    net.flush(a)
+    assert net.run(60, until=lambda: all(_delivery(a, h) for h in bulk))
+    assert [len(m.data) for m in b.received()[1:]] == [1_000_000] * 5
+    # Timed on the direct path alone, which is shorter than the way through the relay.
+    assert connection.path_kind == "direct" and connection.rtt.smoothed < relay_rtt
+    assert connection.cc.bytes_in_flight == sum(
+        p.size for p in connection.sent.values() if not p.probe)
 
 
 def test_a_direct_path_that_dies_falls_back_to_the_relay_and_comes_back() -> None:

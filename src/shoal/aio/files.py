@@ -66,6 +66,9 @@ SERVE_PER_PEER = 8
 """Pieces one peer may have this node read and send at once; more are refused as busy."""
 SERVE_TOTAL = 32
 """Pieces being sent to all peers at once (so at most 8 MiB held for sending)."""
+REFUSE_PER_PEER = 64
+"""Refusals one peer may have waiting for its acknowledgement; requests beyond them are
+dropped unanswered (a peer that asks without reading cannot make this node queue more)."""
 STATE_MAGIC = b"SHOALPT1"
 STATE_HEADER = struct.Struct("!8s32sQ")
 _REQUEST = struct.Struct("!BI32sQ")
@@ -242,15 +245,17 @@ class FileService:
         self._transport = transport or ChannelTransport(node)
         self._shares: dict[bytes, SharedFile] = {}
         self._serving: dict[str, int] = {}
+        self._refusing: dict[str, int] = {}
         self._serving_total = 0
         self._fetches: dict[tuple[str, int], asyncio.Queue[tuple[str, _Answer | None]]] = {}
         # Ids start anywhere, so that answers meant for an earlier run of a node with the
         # same identity (delivered to this one after a restart) match nothing.
         self._next_request = secrets.randbits(32)
         self.stats: dict[str, int] = {"malformed": 0, "unasked": 0, "busy": 0,
-                                      "not_shared": 0, "served": 0, "corrupt": 0}
-        """Messages dropped (malformed, answers to nothing asked), requests refused,
-        pieces served, and pieces received that failed verification."""
+                                      "not_shared": 0, "unanswered": 0, "served": 0,
+                                      "corrupt": 0}
+        """Messages dropped (malformed, answers to nothing asked), requests refused (and
+        dropped unanswered), pieces served, and pieces received that failed verification."""
         self._running: set[_Fetch] = set()
         loop = asyncio.get_running_loop()
         self._events = node.subscribe()
@@ -371,12 +376,12 @@ class FileService:
         shared = self._shares.get(root)
         if shared is None or not 0 <= piece < piece_count(shared.size):
             self.stats["not_shared"] += 1
-            self._reply(peer_id, encode_refused(request_id, NOT_SHARED))
+            self._refuse(peer_id, request_id, NOT_SHARED)
             return
         if self._serving.get(peer_id, 0) >= SERVE_PER_PEER or \
                 self._serving_total >= SERVE_TOTAL:
             self.stats["busy"] += 1
-            self._reply(peer_id, encode_refused(request_id, BUSY))
+            self._refuse(peer_id, request_id, BUSY)
             return
         offset, length = piece_span(shared.size, piece)
         try:
@@ -387,7 +392,7 @@ class FileService:
         except (OSError, VerificationError):
             # The file changed since it was shared: serve it no more.
             self.unshare(root)
-            self._reply(peer_id, encode_refused(request_id, NOT_SHARED))
+            self._refuse(peer_id, request_id, NOT_SHARED)
             return
         shared.served += 1
         shared.served_bytes += length
@@ -410,6 +415,25 @@ class FileService:
             sent(None)
         else:
             future.add_done_callback(sent)
+
+    def _refuse(self, peer_id: str, request_id: int, reason: int) -> None:
+        """Refuse a request, unless the peer has too many refusals unacknowledged."""
+        if self._refusing.get(peer_id, 0) >= REFUSE_PER_PEER:
+            self.stats["unanswered"] += 1
+            return
+        future = self._reply(peer_id, encode_refused(request_id, reason))
+        if future is None:
+            return
+        self._refusing[peer_id] = self._refusing.get(peer_id, 0) + 1
+
+        def sent(_: object) -> None:
+            left = self._refusing[peer_id] - 1
+            if left:
+                self._refusing[peer_id] = left
+            else:
+                del self._refusing[peer_id]
+
+        future.add_done_callback(sent)
 
     def _reply(self, peer_id: str, data: bytes) -> asyncio.Future[object] | None:
         try:
@@ -443,16 +467,38 @@ class FileService:
             for address in provider.addresses:
                 with contextlib.suppress(ShoalError):
                     self._node.add_peer_address(provider.peer_id, address)
+        _check_room(target, ticket.size)
         partial = _Partial.open(target, ticket)
         try:
             return await _Fetch(self, ticket, partial, providers, progress, per_peer,
                                 request_timeout).run()
+        except FetchError:
+            if not len(partial.have):  # nothing to resume: leave no files behind
+                partial.discard()
+            raise
         finally:
             partial.close()
 
     def _request_id(self) -> int:
         self._next_request = self._next_request % 0xFFFFFFFF + 1
         return self._next_request
+
+
+def _check_room(target: Path, size: int) -> None:
+    """Refuse at once a fetch whose file cannot fit where it goes (what an earlier
+    fetch of it holds there counts as room)."""
+    try:
+        info = os.statvfs(target.parent)
+    except OSError:  # no figures here: the writes will say
+        return
+    try:
+        held = os.stat(_part_path(target)).st_blocks * 512
+    except OSError:
+        held = 0
+    free = info.f_bavail * info.f_frsize
+    if size > free + held:
+        raise FetchError(f"{target}: {size} bytes do not fit in the {free} bytes free "
+                         "there", code="ENOSPC")
 
 
 def _consume(future: asyncio.Future[object]) -> None:
@@ -604,6 +650,12 @@ class _Partial:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.state)
 
+    def discard(self) -> None:
+        """Remove ``NAME.part`` and its state (they hold nothing worth resuming)."""
+        for path in (self.part, self.state):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
     def close(self) -> None:
         for fd in (self._fd, self._state_fd):
             with contextlib.suppress(OSError):
@@ -680,9 +732,10 @@ class _Fetch:
                 self._ask(peer_id, piece)
             if self.plan.stuck:  # after requests(), which drops a provider that timed out
                 reasons = sorted({p.reason for p in self.plan.peers.values()})
-                raise FetchError(f"no provider left ({'; '.join(reasons)}); "
-                                 f"{len(self.plan.have)} of {self.plan.have.count} pieces "
-                                 f"are kept for a later fetch")
+                held = len(self.plan.have)
+                raise FetchError(f"no provider left ({'; '.join(reasons)})" + (
+                    f"; {held} of {self.plan.have.count} pieces are kept for a later "
+                    "fetch" if held else ""))
             deadline = self.plan.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
             try:

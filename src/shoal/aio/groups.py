@@ -2,7 +2,8 @@
 
 The node's groups service (``shoal.core.services.groups``) carries posts; this module
 keeps what a member must not lose in the node's data dir: ``groups.json`` (each group's
-name, epoch keys, the admin's group key, the members known; readable by the user only)
+name, epoch keys, the admin's group key, the members known, those removed and the newest
+epoch; and the tags carried for others; readable by the user only)
 and the posts in ``groups.sqlite3`` (``shoal.groups.store.PostStore``). A node without a
 data dir keeps both in memory.
 """
@@ -120,7 +121,9 @@ class GroupDocument:
         self.name = name
         self._shared: SharedDocument = SharedDocument(name)
         self.doc = self._shared.doc
-        self._updates: asyncio.Queue[bytes] = asyncio.Queue()
+        self._updates: asyncio.Queue[bytes | None] = asyncio.Queue()
+        """Updates for ``updates``; a None ends them (left there for other readers)."""
+        self._closed = False
         self._flushing = False
         for raw in group._groups.store.envelopes(group._tag):
             post = group._groups.open(group, raw)
@@ -135,6 +138,8 @@ class GroupDocument:
 
     def _flush(self) -> None:
         self._flushing = False
+        if self._closed:
+            return
         update = self._shared.take_update()
         if update is None:
             return
@@ -159,11 +164,21 @@ class GroupDocument:
         self.doc.apply_update(update)
 
     async def updates(self) -> AsyncIterator[bytes]:
-        """Updates merged from other members' posts, as they come."""
+        """Updates merged from other members' posts, as they come, until the document
+        closes (the node left the group, or closed)."""
         while True:
-            yield await self._updates.get()
+            update = await self._updates.get()
+            if update is None:
+                self._updates.put_nowait(None)
+                return
+            yield update
 
     def close(self) -> None:
+        """Stop following the group: edits are no longer published, ``updates`` ends."""
+        if self._closed:
+            return
+        self._closed = True
+        self._updates.put_nowait(None)
         self.doc.unobserve(self._watch)
         self._shared.close()
         self.group._documents.pop(self.name, None)
@@ -202,6 +217,8 @@ class Group:
     def _check(self) -> None:
         if self._left:
             raise ClosedError("this node left the group")
+        if self._groups.closed:
+            raise ClosedError("the node is closed")
 
     def invite(self) -> str:
         """An invite: the group id, its current key and hints of where members are
@@ -298,6 +315,16 @@ class Group:
                 document._take(post)
 
 
+def _tag_bytes(tag: str) -> bytes:
+    try:
+        raw = bytes.fromhex(tag)
+    except (ValueError, TypeError):
+        raw = b""
+    if len(raw) != 32:
+        raise LocalProtocolError("a group tag is 64 hex digits", code="EINVAL")
+    return raw
+
+
 class Groups:
     """A node's groups: its service, its store and what it keeps on disk."""
 
@@ -312,6 +339,7 @@ class Groups:
                                  else PostStore(":memory:"))
         service.store = self.store
         self.groups: dict[bytes, Group] = {}
+        self.closed = False
 
     @property
     def _file(self) -> Path | None:
@@ -339,7 +367,11 @@ class Groups:
                                               bool(m.get("admin")), card,
                                               tuple(parse_address(a)
                                                     for a in m.get("addresses", []))))
-                self._add(keys, entry["name"], admin, members, hello=False)
+                gone = {bytes.fromhex(k): int(v) for k, v in entry.get("removed", {}).items()}
+                self._add(keys, entry["name"], admin, members, hello=False, gone=gone,
+                          epoch=int(entry.get("epoch", 0)))
+            for tag in saved.get("carried", []):
+                self.node.call("groups", "carry", _tag_bytes(tag))
         except (OSError, ValueError, KeyError, TypeError, ShoalError) as exc:
             raise ShoalError(f"{path}: unreadable groups file ({exc})", code="EIO") from None
 
@@ -360,18 +392,23 @@ class Groups:
                              "card": m.card.encode().hex() if m.card else None,
                              "addresses": [format_address(a) for a in m.addresses]}
                             for m in carried.members.values()],
+                "removed": {peer.hex(): epoch for peer, epoch in carried.gone.items()},
+                "epoch": carried.epoch,
             })
+        carried = [tag.hex() for tag, entry in self.service.carried.items()
+                   if entry.keys is None]
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump({"groups": entries}, out)
+            json.dump({"groups": entries, "carried": carried}, out)
         os.replace(temporary, path)
 
     def _add(self, keys: GroupKeys, name: str, admin: GroupAdmin | None,
-             members: list[CoreMember], *, hello: bool) -> Group:
+             members: list[CoreMember], *, hello: bool, gone: dict[bytes, int] | None = None,
+             epoch: int = 0) -> Group:
         self.node.call("groups", "join", keys, group_name=name, admin=admin, members=members,
-                       hello=hello, my_name=self.my_name)
+                       hello=hello, my_name=self.my_name, gone=gone or {}, epoch=epoch)
         group = self.groups[keys.group_id] = Group(self, keys.group_id, name)
         return group
 
@@ -404,13 +441,8 @@ class Groups:
         return group
 
     def carry(self, tag: str) -> None:
-        try:
-            raw = bytes.fromhex(tag)
-        except ValueError:
-            raw = b""
-        if len(raw) != 32:
-            raise LocalProtocolError("a group tag is 64 hex digits", code="EINVAL")
-        self.node.call("groups", "carry", raw)
+        self.node.call("groups", "carry", _tag_bytes(tag))
+        self.save()
 
     def open(self, group: Group, raw: bytes) -> core.Post | None:
         return self.node.call("groups", "open", group._id, raw)
@@ -425,7 +457,14 @@ class Groups:
             self.save()
 
     def close(self) -> None:
+        # The members met since the last save (their addresses too): a member back after
+        # an absence dials them, whoever else is gone by then.
+        with contextlib.suppress(OSError):
+            self.save()
+        self.closed = True
         for group in self.groups.values():
             for feed in list(group._feeds):
                 feed.close()
+            for document in list(group._documents.values()):
+                document.close()
         self.store.close()

@@ -697,7 +697,8 @@ class Node:
 
     def carry(self, tag: str) -> None:
         """Store and pass on the posts of the group whose tag is ``tag`` (``Group.tag``)
-        without being a member: they stay unreadable here (until this node stops)."""
+        without being a member: they stay unreadable here. A node with a data dir keeps
+        carrying the tag after a restart."""
         self._group_manager().carry(tag)
 
     def groups(self) -> list[Group]:

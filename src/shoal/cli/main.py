@@ -120,12 +120,13 @@ def _positive_seconds(value: float, option: str) -> float:
 
 
 def _run(output: Output, body: Callable[[], Awaitable[int | None]], *,
-         interrupted: str | None = None) -> None:
+         interrupted: str | Callable[[], str | None] | None = None) -> None:
     """Run an async command body, turning every expected failure into one clear line.
 
     SIGINT or SIGTERM ends a command that runs until stopped (``interrupted`` None) with
     status 0; one that would end by itself says ``interrupted`` and exits with 128 plus
-    the signal's number (130 for Ctrl-C), as shells expect."""
+    the signal's number (130 for Ctrl-C), as shells expect. A callable ``interrupted``
+    is asked then: None means the work was done before the signal (status 0)."""
     import asyncio
 
     received: list[int] = []
@@ -161,8 +162,9 @@ def _run(output: Output, body: Callable[[], Awaitable[int | None]], *,
     except KeyboardInterrupt:
         received.append(signal.SIGINT)
         status = None
-    if received and interrupted is not None:
-        output.error("EINTR", interrupted)
+    said = interrupted() if callable(interrupted) else interrupted
+    if received and said is not None:
+        output.error("EINTR", said)
         sys.exit(128 + received[0])
     sys.exit(status or 0)
 
@@ -1044,10 +1046,14 @@ def fetch(identity_path: str | None, as_json: bool, introducers: tuple[str, ...]
                          seconds=round(result.seconds, 3), mbytes_per_s=round(rate, 2),
                          fetched_pieces=result.fetched, resumed_pieces=result.resumed,
                          providers=result.providers)
+            done.append(target)
         return 0
 
-    _run(output, body, interrupted=f"interrupted: what was fetched is kept in "
-                                   f"{target}.part; run the same command to resume")
+    # A signal while the node closes, after the file got its name, interrupts nothing.
+    done: list[Path] = []
+    _run(output, body, interrupted=lambda: None if done else (
+        f"interrupted: what was fetched is kept in {target}.part; run the same command "
+        "to resume"))
 
 
 def _data_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:

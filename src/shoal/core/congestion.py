@@ -219,9 +219,12 @@ class Pacer:
         self.tokens = min(self.tokens, self.capacity)
 
     def _refill(self, now: float) -> None:
-        if self.updated is not None and now > self.updated:
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now if self.updated is None else max(self.updated, now)
+        updated = self.updated
+        if updated is None:
+            self.updated = now
+        elif now > updated:  # (called again at the same time, as per packet: nothing to do)
+            self.tokens = min(self.capacity, self.tokens + (now - updated) * self.rate)
+            self.updated = now
 
     def next_send_time(self, size: int, now: float) -> float:
         """When a packet of ``size`` bytes may leave (``now`` if it may at once)."""

@@ -211,6 +211,7 @@ class Connection:
         "rtt",
         "cc",
         "pacer",
+        "path_since",
         "paced_until",
         "pmtud",
         "sent",
@@ -296,6 +297,9 @@ class Connection:
         self.rtt = RttEstimator()
         self.cc = congestion.create(config.congestion_control, self.rtt)
         self.pacer = congestion.Pacer()
+        self.path_since = now
+        """When the current path's window and RTT began (acknowledgements of packets sent
+        before then teach it nothing)."""
         self.paced_until: float | None = None
         """New packets wait for the pacer until then."""
         self.pmtud = Pmtud(max_size=max(config.max_datagram_size, MAX_DATAGRAM_SIZE),
@@ -554,7 +558,7 @@ class Connection:
         if path.allowance is not None and not path.validated:
             path.allowance += AMPLIFICATION * size
         if newest and path.validated and self._better(path, newest=True, now=now):
-            self._move_to(path)
+            self._move_to(path, now)
         elif not path.validated and path.challenge is None and path.tries < CHALLENGE_TRIES:
             self._challenge(path, now)
         return path
@@ -581,13 +585,15 @@ class Connection:
                     path.last_received >= 0
                 )
                 if self._better(path, newest=newest, now=now):
-                    self._move_to(path)
+                    self._move_to(path, now)
                 return
 
-    def _move_to(self, path: Path) -> None:
+    def _move_to(self, path: Path, now: float) -> None:
         if path.relayed and not self.path.relayed:
             # The direct path failed: it must prove itself again before it is used.
             self.path.validated, self.path.challenge, self.path.tries = False, None, 0
+        if path.relayed or self.path.relayed or path.address[0] != self.path.address[0]:
+            self._learn_path_afresh(now)  # not for a new port alone (NAT rebinding)
         self.path = path
         self.path_changed = True
         self.pmtud.disable()  # a new path: its size is searched again (datagrams() starts it)
@@ -595,6 +601,19 @@ class Connection:
         for key, other in list(self.paths.items()):
             if other.relayed and other is not path:
                 del self.paths[key]
+
+    def _learn_path_afresh(self, now: float) -> None:
+        """Another path: its congestion window and RTT start from their initial values
+        (RFC 9000 section 9.4). Packets still in flight on the old path count in flight
+        until acknowledged or lost, but neither grow nor shrink the new window, nor time
+        the new path."""
+        in_flight = self.cc.bytes_in_flight
+        self.rtt = RttEstimator()
+        self.cc = congestion.create(self.config.congestion_control, self.rtt)
+        self.cc.bytes_in_flight = in_flight
+        self.cc.recovery_start = now
+        self.pacer = congestion.Pacer()
+        self.path_since = now
 
     def _on_ack(self, frame: Ack, now: float) -> None:
         largest = frame.ranges[0][1]
@@ -625,7 +644,8 @@ class Connection:
         if largest > self.largest_acked:
             self.largest_acked = largest
         if newest_time is not None:
-            self.rtt.update(now - newest_time, frame.delay_us / 1e6)
+            if newest_time >= self.path_since:
+                self.rtt.update(now - newest_time, frame.delay_us / 1e6)
             self.pto_count = 0
         self._detect_lost(now)
         self.pacer.update(self.cc, now)
@@ -671,9 +691,10 @@ class Connection:
         self.paced_until = None
         if not self.closed:
             self._probe_size(now, out)
+        max_payload = self.max_payload  # (the path and its size stay as they are meanwhile)
         while True:
             parts: list[bytes] = []
-            budget = self.max_payload
+            budget = max_payload
             items: list[tuple[Flow, object]] = []
             eliciting = False
             if self.ack_pending and self.received.ranges:

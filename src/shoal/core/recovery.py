@@ -116,12 +116,13 @@ class ReplayWindow:
     and a check or a record costs O(size / 64).
     """
 
-    __slots__ = ("highest", "bitmap", "size")
+    __slots__ = ("highest", "bitmap", "size", "_mask")
 
     def __init__(self, size: int = 4096) -> None:
         self.highest = -1
         self.bitmap = 0
         self.size = size
+        self._mask = (1 << size) - 1
 
     def check(self, pn: int) -> bool:
         """Whether ``pn`` is new and inside the window (does not record it)."""
@@ -136,7 +137,7 @@ class ReplayWindow:
             if shift >= self.size:
                 self.bitmap = 1
             else:
-                self.bitmap = ((self.bitmap << shift) | 1) & ((1 << self.size) - 1)
+                self.bitmap = ((self.bitmap << shift) | 1) & self._mask
             self.highest = pn
         else:
             self.bitmap |= 1 << (self.highest - pn)

@@ -318,6 +318,15 @@ class GroupAdmin:
         return self.grant(self.members, time_ms, random_bytes)
 
 
+def grantees(envelope: Envelope) -> list[bytes]:
+    """The peers a GRANT gives its epoch key to (``PostError`` if it is malformed)."""
+    body = envelope.body
+    if envelope.kind != GRANT or len(body) < 2 or \
+            len(body) != 2 + int.from_bytes(body[:2], "big") * _GRANTEE_BYTES:
+        raise PostError("malformed key grant")
+    return [body[start : start + 32] for start in range(2, len(body), _GRANTEE_BYTES)]
+
+
 def open_grant(envelope: Envelope, identity: Identity, keys: GroupKeys) -> bool:
     """Take this member's epoch key out of a GRANT into ``keys``; False if the grant has no
     copy for this member. ``PostError`` if it is malformed or for another group."""

@@ -23,6 +23,15 @@ from __future__ import annotations
 INITIAL_CREDIT = 16 * 1024
 """Bytes of messages a sender may begin on a new channel, and on a new connection, before
 any window frame: all that a connection can make its receiver hold unasked."""
+MESSAGE_CHARGE = 256
+"""Bytes each message counts as against the limits beyond its data (roughly what an unread
+message costs its receiver), so empty or tiny messages cannot pile up without bound."""
+
+
+def charge(size: int) -> int:
+    """What a message of ``size`` bytes counts as against a sender's credit and a
+    receiver's window."""
+    return size + MESSAGE_CHARGE
 
 
 class SendCredit:

@@ -17,7 +17,12 @@ which makes that link eager again and repairs the tree.
 Anti-entropy: when two carriers of a tag connect, and every ``SYNC_EVERY`` seconds with
 one carrier per tag, they reconcile their stores' indexes of the tag
 (``shoal.core.reconcile``) and each pushes what the other lacks. A member back from any
-absence thus gets what it missed from whichever carrier it meets, author online or not.
+absence thus gets what it missed from whichever carrier it meets, author online or not;
+a connection to another run of a peer (restarted before the old one ended) is such a
+meeting too.
+A post that reconciliation sent on a connection is not sent on it again (the last
+``MAX_SYNCED`` ids are kept per connection), so a peer that claims to lack everything at
+every sync does not get the whole group uploaded each time.
 A post that came this way and is new here is announced to every carrier, not pushed (it
 is likely old news to them).
 
@@ -25,7 +30,8 @@ Members find each other through the invite's hints, the carriers they meet (MEMB
 lists the members a node knows of), the authors of posts, and, when the node runs a
 ``dht`` service, the providers of ``sha256("shoal/group-members/1" + group id)``. A
 member dials members it knows of, in random order, until it is connected to (or
-dialing) ``TARGET_PEERS`` carriers of each group.
+dialing) ``TARGET_PEERS`` carriers of each group. A member new to this node is an event
+(``changed``) for the node to keep it, so that it is still known after a crash.
 
 Every member posts a *hello* (topic ``shoal/member``): its member card (so the admin can
 grant it later epoch keys), its name, and for the admin the group key's signature of its
@@ -59,6 +65,7 @@ from shoal.core.groups.posts import (
     PostError,
     TamperedPostError,
     UnknownEpochError,
+    grantees,
     group_tag,
     open_grant,
     open_post,
@@ -68,6 +75,7 @@ from shoal.core.groups.posts import (
 from shoal.core.groups.posts import (
     POST as POST_KIND,
 )
+from shoal.core.peers import restarted
 from shoal.core.rangeindex import RangeIndex
 from shoal.core.reconcile import Limits, Reconciler, State
 from shoal.core.services.base import Service
@@ -100,7 +108,11 @@ WINDOW = 128 * 1024
 MAX_QUEUE = 20_000
 """Messages (a post counts as one, read from the store when sent) waiting per connection;
 what comes beyond is dropped and counted (the next reconciliation brings it)."""
+MAX_SYNCED = 20_000
+"""Post ids per link that reconciliation sent and will not send again on that link."""
 EXPIRE_EVERY = 600.0
+AHEAD_MS = 2_000
+"""How far ahead of this node's clock a post seen may push the date of its next one."""
 MAX_TRACKED = 1024
 """Posts published here whose holders are tracked (``call_holders``)."""
 MAX_PENDING = 10_000
@@ -181,8 +193,16 @@ class Carried:
     lazy: set[bytes] = field(default_factory=set)
     members: dict[bytes, Member] = field(default_factory=dict)
     heads: set[bytes] = field(default_factory=set)
-    unopened: dict[bytes, Envelope] = field(default_factory=dict)
+    unopened: dict[bytes, int] = field(default_factory=dict)
+    """Posts held for an epoch key not here yet: their ids and times (the envelopes stay
+    in the store only, so that junk for an epoch nobody holds costs no memory)."""
     removed: bool = False
+    """This node was removed from the group."""
+    gone: dict[bytes, int] = field(default_factory=dict)
+    """Removed members: peer -> the first epoch it was left out of (a post of it under
+    that epoch or a later one means the admin let it back in)."""
+    epoch: int = 0
+    """The newest epoch seen (a removed node holds no key for it)."""
     last_ms: int = 0
     """The latest time of a post seen (a new post is dated after it)."""
     last_find: float = float("-inf")
@@ -196,7 +216,7 @@ class Link:
     """What the service keeps per connected peer."""
 
     __slots__ = ("connection", "peer", "tags", "member_tags", "queue", "in_flight", "carrying",
-                 "next_id", "sessions", "last_sync", "started")
+                 "next_id", "sessions", "last_sync", "started", "synced")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -216,6 +236,9 @@ class Link:
         self.last_sync: dict[bytes, float] = {}
         self.started: dict[bytes, float] = {}
         """When the peer last started a reconciliation, by tag."""
+        self.synced: dict[bytes, None] = {}
+        """Ids of the posts reconciliation sent on this link (the last ``MAX_SYNCED``): a
+        peer that claims to lack them again is not sent them again."""
 
     def move_to(self, connection: Connection) -> None:
         """Send on ``connection`` from now on (what went on the old one drains there)."""
@@ -267,15 +290,20 @@ class GroupService(Service):
 
     def call_join(self, now: float, keys: GroupKeys, *, group_name: str = "",
                   admin: GroupAdmin | None = None, members: Iterable[Member] = (),
-                  hello: bool = False, my_name: str = "") -> Carried:
-        """Carry a group as a member; with ``hello``, post this node's hello."""
+                  hello: bool = False, my_name: str = "", gone: Mapping[bytes, int] = {},
+                  epoch: int = 0) -> Carried:
+        """Carry a group as a member; with ``hello``, post this node's hello. ``gone`` and
+        ``epoch`` are the removed members and newest epoch saved (``Carried``)."""
         carried = self.carried.get(keys.tag)
         if carried is None:
             carried = self.carried[keys.tag] = Carried(keys.tag)
         carried.keys, carried.admin, carried.name = keys, admin, group_name
+        carried.gone.update(gone)
+        carried.epoch = max(carried.epoch, epoch, keys.epoch)
         me = self.ctx.identity.public_key
+        carried.removed = me in carried.gone
         for member in members:
-            if member.peer != me:
+            if member.peer != me and member.peer not in carried.gone:
                 carried.members.setdefault(member.peer, member)
         if admin is not None:
             admin.add_member(MemberCard.of(self.ctx.identity))
@@ -366,6 +394,8 @@ class GroupService(Service):
         carried.members.pop(peer, None)
         assert carried.keys is not None
         carried.keys.epochs.update(carried.admin.keys.epochs)
+        carried.epoch = max(carried.epoch, envelope.epoch)
+        carried.gone[peer] = envelope.epoch
         self.store.add(envelope, self._now_ms())
         self._spread(carried, envelope, None)
         self.ctx.event("changed", group_id)
@@ -395,7 +425,7 @@ class GroupService(Service):
     def call_add_hint(self, now: float, group_id: bytes, peer: bytes,
                       addresses: tuple[Address, ...] = ()) -> None:
         carried = self._group(group_id)
-        if peer != self.ctx.identity.public_key:
+        if peer != self.ctx.identity.public_key and peer not in carried.gone:
             self._learned(carried.members.setdefault(peer, Member(peer)), addresses)
         self._keep_peers(now)
 
@@ -411,21 +441,34 @@ class GroupService(Service):
 
     def on_connection_replaced(self, old: Connection, new: Connection, *, hold: bool) -> None:
         link = self.links.get(old.peer)
-        if link is not None and link.connection is old:
-            link.move_to(new)
-            self._pump(link)
+        if link is None or link.connection is not old:
+            return
+        if restarted(old, new):
+            # Another run of the peer's node (it crashed, say, and came back before this
+            # side noticed): what the link knew of the earlier run (its tags, sessions,
+            # place in the gossip tree) is void. Met afresh, the peer is reconciled with
+            # at once and gets what it missed, as on a first meeting.
+            self._unlink(link)
+            self.links[new.peer] = Link(new)
+            return
+        link.move_to(new)
+        self._pump(link)
 
     def on_connection_down(self, connection: Connection, reason: str, now: float) -> None:
         self._inbound.pop(connection, None)
         link = self.links.get(connection.peer)
         if link is None or link.connection is not connection:
             return
-        del self.links[connection.peer]
-        self._announcing.pop(connection.peer, None)
+        self._unlink(link)
+        self.ctx.event("members", None, peer=link.peer)
+
+    def _unlink(self, link: Link) -> None:
+        """Forget ``link``: its peer is no longer connected (to this run of it)."""
+        del self.links[link.peer]
+        self._announcing.pop(link.peer, None)
         for carried in self.carried.values():
             carried.eager.discard(link.peer)
             carried.lazy.discard(link.peer)
-        self.ctx.event("members", None, peer=link.peer)
 
     def on_frame_acked(self, connection: Connection, frame: bytes) -> None:
         link = self.links.get(connection.peer)
@@ -527,20 +570,31 @@ class GroupService(Service):
             if self.ctx.identity.public_key < link.peer:
                 self._start_sync(link, carried.tag, now)
             if carried.member and carried.tag in link.member_tags:
-                if link.peer not in carried.members and len(carried.members) < MAX_MEMBERS:
+                if link.peer not in carried.members and link.peer not in carried.gone \
+                        and len(carried.members) < MAX_MEMBERS:
                     carried.members[link.peer] = Member(link.peer)
+                    self._met(carried)
                 self._send(link, self._members_message(carried))
+
+    def _met(self, carried: Carried) -> None:
+        """Members new to this node: "changed", so that the node keeps them (a member
+        restarted after a crash dials them, whoever else is gone)."""
+        if carried.keys is not None:
+            self.ctx.event("changed", carried.keys.group_id)
 
     def _on_members(self, link: Link, message: g.Message, now: float) -> None:
         carried = self.carried.get(message.tag)
         if carried is None or not carried.member or message.tag not in link.member_tags:
             return
         me = self.ctx.identity.public_key
+        known = len(carried.members)
         for peer, addresses in message.members:
-            if peer == me or (peer not in carried.members and
-                              len(carried.members) >= MAX_MEMBERS):
+            if peer == me or peer in carried.gone or (peer not in carried.members and
+                                                      len(carried.members) >= MAX_MEMBERS):
                 continue
             self._learned(carried.members.setdefault(peer, Member(peer)), addresses)
+        if len(carried.members) > known:
+            self._met(carried)
         self._keep_peers(now)
 
     def _members_message(self, carried: Carried) -> g.Message:
@@ -624,7 +678,7 @@ class GroupService(Service):
             post = open_post(envelope, carried.keys)
         except UnknownEpochError:
             if len(carried.unopened) < MAX_UNOPENED:
-                carried.unopened[envelope.id] = envelope
+                carried.unopened[envelope.id] = envelope.time_ms
             return True
         except TamperedPostError:
             self.ctx.stats["groups_dropped_tampered"] += 1
@@ -644,23 +698,35 @@ class GroupService(Service):
             return True
         try:
             mine = open_grant(envelope, self.ctx.identity, carried.keys)
+            granted = set(grantees(envelope))
         except PostError:
             self.ctx.stats["groups_dropped_malformed"] += 1
             return False
+        if envelope.epoch > carried.epoch:
+            # The members known before this epoch whom it leaves out were removed.
+            carried.epoch = envelope.epoch
+            for peer in [p for p in carried.members if p not in granted]:
+                del carried.members[peer]
+                carried.gone.setdefault(peer, envelope.epoch)
         if not mine:
-            if envelope.epoch > carried.keys.epoch:
+            if envelope.epoch >= carried.epoch:
                 carried.removed = True
+                carried.gone.setdefault(self.ctx.identity.public_key, envelope.epoch)
                 self.ctx.event("removed", carried.keys.group_id)
             return True
         self.ctx.event("changed", carried.keys.group_id)
         waiting, carried.unopened = carried.unopened, {}
-        for held in sorted(waiting.values(), key=lambda e: (e.time_ms, e.id)):
-            self._take(carried, held)
+        for _, post_id in sorted((t, i) for i, t in waiting.items()):
+            raw = self.store.get(post_id)
+            if raw is not None:  # not pushed out of the store meanwhile
+                self._take(carried, parse_envelope(raw))
         return True
 
     def _opened(self, carried: Carried, post: Post, envelope: Envelope) -> None:
         assert carried.keys is not None
-        carried.last_ms = max(carried.last_ms, post.time_ms)
+        # Dated after what was seen, but not led ahead of this node's clock by a post
+        # dated in the future (peers whose clocks lag would refuse what is posted next).
+        carried.last_ms = max(carried.last_ms, min(post.time_ms, self._now_ms() + AHEAD_MS))
         if post.topic != HELLO_TOPIC:
             carried.heads.difference_update(post.parents)
             carried.heads.add(post.id)
@@ -668,9 +734,12 @@ class GroupService(Service):
                 carried.heads = set(sorted(carried.heads)[-32:])
         author = envelope.author
         me = self.ctx.identity.public_key
-        if author != me and author not in carried.members and \
-                len(carried.members) < MAX_MEMBERS:
-            carried.members[author] = Member(author)
+        out_from = carried.gone.get(author)
+        if out_from is not None and envelope.epoch >= out_from and author != me:
+            del carried.gone[author]  # let back in by the admin
+            out_from = None
+        if author != me and out_from is None and author not in carried.members:
+            self._admit(carried, author)
         if post.topic == HELLO_TOPIC:
             try:
                 card, name, admin = decode_hello(post.data, carried.keys.group_id)
@@ -686,6 +755,18 @@ class GroupService(Service):
                         self.ctx.event("changed", carried.keys.group_id)
             return
         self.ctx.event("post", (carried.keys.group_id, post))
+
+    def _admit(self, carried: Carried, author: bytes) -> None:
+        """Keep ``author``, proven a member by a post that opened: when the table is full,
+        in place of a member only heard of (in MEMBERS, which anyone claiming the tag can
+        send) whose card never came and who is not connected."""
+        if len(carried.members) >= MAX_MEMBERS:
+            unproven = next((peer for peer, member in carried.members.items()
+                             if member.card is None and peer not in self.links), None)
+            if unproven is None:
+                return
+            del carried.members[unproven]
+        carried.members[author] = Member(author)
 
     def _spread(self, carried: Carried, envelope: Envelope, source: bytes | None, *,
                 push: bool = True) -> None:
@@ -781,6 +862,13 @@ class GroupService(Service):
             del link.sessions[key]
             return
         for post_id in session.take_have():
+            if post_id in link.synced:
+                self.ctx.stats["groups_sync_sent_already"] += 1
+                continue
+            if len(link.queue) < MAX_QUEUE:
+                link.synced[post_id] = None
+                if len(link.synced) > MAX_SYNCED:
+                    del link.synced[next(iter(link.synced))]
             self._send(link, (g.SYNC, post_id))
         session.take_need()
         if reply is not None:
@@ -882,7 +970,7 @@ class GroupService(Service):
         def found(peer: bytes, addresses: list[Address]) -> None:
             carried = self.carried.get(tag)
             if carried is None or peer == self.ctx.identity.public_key or \
-                    len(carried.members) >= MAX_MEMBERS:
+                    peer in carried.gone or len(carried.members) >= MAX_MEMBERS:
                 return
             member = carried.members.setdefault(peer, Member(peer))
             self._learned(member, addresses)

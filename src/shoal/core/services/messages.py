@@ -37,7 +37,7 @@ from shoal.core import events as ev
 from shoal.core.connection import CLOSE_BUSY, CLOSE_PROTOCOL_ERROR, Connection
 from shoal.core.handshake import EARLY_WINDOW, MAX_EARLY, Early
 from shoal.core.services.base import Service
-from shoal.core.services.credit import INITIAL_CREDIT, ReceiveWindow, SendCredit
+from shoal.core.services.credit import INITIAL_CREDIT, ReceiveWindow, SendCredit, charge
 from shoal.core.wire import (
     MAX_CHANNEL_NAME,
     Channel,
@@ -245,8 +245,9 @@ class MessageFlow:
                 continue
             total = len(message.data)
             offset = message.next_offset
-            if offset == 0 and not (out.credit.fits(total) and self.credit.fits(total)):
-                if not out.credit.fits(total):
+            cost = charge(total)
+            if offset == 0 and not (out.credit.fits(cost) and self.credit.fits(cost)):
+                if not out.credit.fits(cost):
                     active.popleft()  # back when the peer grants the channel more
                     out.blocked = True
                     asking = out.credit.ask()
@@ -270,8 +271,8 @@ class MessageFlow:
             budget -= len(frame)
             if offset == 0:
                 self.unfinished[message.handle] = message
-                out.credit.spend(total)
-                self.credit.spend(total)
+                out.credit.spend(cost)
+                self.credit.spend(cost)
             waiting = 0
             message.next_offset = offset + length
             active.rotate(-1)
@@ -364,7 +365,7 @@ class MessageFlow:
         """Whether message ``handle`` is queued, unbegun, for want of the peer's credit."""
         for out in self.out.values():
             if any(m.handle == handle and m.next_offset == 0 and (
-                out.blocked or not self.credit.fits(len(m.data))) for m in out.queue
+                out.blocked or not self.credit.fits(charge(len(m.data)))) for m in out.queue
             ):
                 return True
         return False
@@ -373,26 +374,28 @@ class MessageFlow:
 
     def _window(self, size: int) -> ReceiveWindow:
         # Never less than the largest message: else that one could never be sent.
-        return ReceiveWindow(INITIAL_CREDIT, max(size, self.service.config.max_message_size))
+        return ReceiveWindow(INITIAL_CREDIT,
+                             max(size, charge(self.service.config.max_message_size)))
 
     def inbound_channel(self, number: int, name: str | None) -> _InChannel:
         return _InChannel(name, number, self._window(self.service.config.channel_receive_window))
 
     def _begin(self, channel: _InChannel, total: int) -> None:
         """A message of ``total`` bytes begins: the peer must have had the credit."""
-        if not (channel.window.admits(total) and self.window.admits(total)):
+        cost = charge(total)
+        if not (channel.window.admits(cost) and self.window.admits(cost)):
             raise RemoteProtocolError("message begun beyond the credit granted")
-        channel.window.begin(total)
-        self.window.begin(total)
+        channel.window.begin(cost)
+        self.window.begin(cost)
 
-    def _done(self, channel: _InChannel, size: int) -> None:
-        """A message of ``size`` bytes was read or dropped: room for more."""
-        channel.window.done(size)
-        self.window.done(size)
+    def _done(self, channel: _InChannel, cost: int) -> None:
+        """Messages counting ``cost`` in all were read or dropped: room for more."""
+        channel.window.done(cost)
+        self.window.done(cost)
 
     def read(self, channel: _InChannel, size: int) -> None:
-        """The application took a message of this flow's ``channel``."""
-        self._done(channel, size)
+        """The application took a message of ``size`` bytes on this flow's ``channel``."""
+        self._done(channel, charge(size))
         if not self.connection.closed and self.inbound.get(channel.number) is channel:
             self.offer_credit(channel)
 
@@ -508,8 +511,8 @@ class MessageFlow:
             channel.refused = True
             self._release(sum(_cost(d) for d in channel.ready.values())
                           + sum(r.cost for r in channel.incoming.values()))
-            self._done(channel, sum(len(d) for d in channel.ready.values())
-                       + sum(r.total for r in channel.incoming.values()))
+            self._done(channel, sum(charge(len(d)) for d in channel.ready.values())
+                       + sum(charge(r.total) for r in channel.incoming.values()))
             channel.ready.clear()
             channel.incoming.clear()
             self.service.ctx.stats["channels_refused"] += 1

@@ -366,6 +366,13 @@ class RendezvousService(Service):
         self._direct(state, now)
         self._arm(state)
         connection.queue_frame(ObservedAddress(connection.address))
+        # A superseded connection still finishing what it carries (the loser of a crossed
+        # dial, with a stream opened before the dials were decided) follows to the direct
+        # path instead of staying held to the relay's rate.
+        for other in self.ctx.connections_with(connection.peer):
+            if other is not connection and other.path.relayed and not other.closed:
+                other.probe_path(connection.address, connection.path.socket, now)
+                self.ctx.wake(other)
 
     def relays_for(self, peer: bytes) -> list[bytes]:
         """Up to two connected introducers that may relay to ``peer`` (the one its

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.core.services.base import Service
 from shoal.core.streams import frames as stream_frames
-from shoal.core.streams.flow import FrameFlow
+from shoal.core.streams.flow import write_frames
+from shoal.core.streams.frames import StreamsFrame
 from shoal.core.streams.manager import (
     Stream,
     StreamClosed,
@@ -88,16 +89,17 @@ class Handle:
 
 
 class ConnectionStreams:
-    """One connection's streams: its manager, its flow, and the handles of its streams."""
+    """One connection's streams: its manager, the flow (over the manager) that the
+    connection's packet scheduler fills, and the handles of its streams. A packet's
+    record is the list of frames the manager put in it."""
 
-    __slots__ = ("service", "connection", "manager", "flow", "handles", "queued")
+    __slots__ = ("service", "connection", "manager", "handles", "queued")
 
     def __init__(self, service: StreamService, connection: Connection,
                  config: StreamConfig) -> None:
         self.service = service
         self.connection = connection
         self.manager = StreamManager(initiator=connection.initiator, config=config)
-        self.flow = FrameFlow(self.manager)
         self.handles: dict[int, Handle] = {}
         """By stream id."""
         self.queued = False
@@ -107,15 +109,24 @@ class ConnectionStreams:
     def has_data(self) -> bool:
         return self.manager.wants_send
 
-    def fill(self, parts: list[bytes], budget: int) -> tuple[int, object]:
-        return self.flow.fill(parts, budget)  # type: ignore[arg-type]
+    def fill(self, parts: list[bytes | memoryview], budget: int,
+             ) -> tuple[int, list[StreamsFrame] | None]:
+        frames = self.manager.fill(budget)  # nothing, cheaply, when it has nothing
+        if not frames:
+            return budget, None
+        return budget - write_frames(parts, frames), frames
 
-    def on_acked(self, record: Any) -> None:
-        self.flow.on_acked(record)
-        self.touch()
+    def on_acked(self, record: list[StreamsFrame]) -> None:
+        on_acked = self.manager.on_acked
+        for frame in record:
+            on_acked(frame)
+        if not self.queued:
+            self.touch()
 
-    def on_lost(self, record: Any) -> None:
-        self.flow.on_lost(record)
+    def on_lost(self, record: list[StreamsFrame]) -> None:
+        on_lost = self.manager.on_lost
+        for frame in record:
+            on_lost(frame)
 
     def touch(self) -> None:
         """Settle this connection's stream events once the current input is taken in."""
@@ -208,6 +219,12 @@ class StreamService(Service):
             elif kind is StreamReset and handle.announced:
                 self.ctx.event("reset", (handle.number, event.error_code),  # type: ignore[union-attr]
                                peer=peer)
+            elif kind is StreamReset:
+                # Abandoned before it named its channel: no application will ever read
+                # it, so this side ends it, or it would hold one of the peer's streams.
+                handle.stream.read()
+                handle.stream.reset(event.error_code)  # type: ignore[union-attr]
+                handle.owner.touch()
             elif kind is StreamStopped:
                 self.ctx.event("stopped", (handle.number, event.error_code), peer=peer)  # type: ignore[union-attr]
             elif kind is StreamClosed:

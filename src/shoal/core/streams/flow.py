@@ -18,6 +18,24 @@ from typing import Protocol
 from shoal.core.streams.frames import StreamFrame, StreamsFrame, encode, stream_header
 
 
+def write_frames(parts: list[bytes | memoryview], frames: list[StreamsFrame]) -> int:
+    """Append the encoded ``frames`` to a packet's ``parts``; returns the bytes added."""
+    size = 0
+    for frame in frames:
+        if type(frame) is StreamFrame:
+            data = frame.data
+            header = frame.header or stream_header(frame.stream_id, frame.offset, len(data),
+                                                   frame.fin)
+            parts.append(header)
+            parts.append(data)
+            size += len(header) + len(data)
+        else:
+            raw = encode(frame)
+            parts.append(raw)
+            size += len(raw)
+    return size
+
+
 class FrameSource(Protocol):
     @property
     def wants_send(self) -> bool: ...
@@ -39,32 +57,30 @@ class FrameFlow:
         return any(source.wants_send for source in self.sources)
 
     def fill(self, parts: list[bytes | memoryview], budget: int,
-             ) -> tuple[int, list[tuple[FrameSource, StreamsFrame]] | None]:
+             ) -> tuple[int, list[tuple[FrameSource, list[StreamsFrame]]] | None]:
         """Append encoded frames of at most ``budget`` bytes to ``parts``; return the
-        budget left and the record of what was written (None if nothing)."""
-        record: list[tuple[FrameSource, StreamsFrame]] = []
+        budget left and the record of what was written (None if nothing): each source
+        that wrote with the list of its frames."""
+        record: list[tuple[FrameSource, list[StreamsFrame]]] | None = None
         for source in self.sources:
             if budget <= 0 or not source.wants_send:
                 continue
-            for frame in source.fill(budget):
-                if type(frame) is StreamFrame:
-                    data = frame.data
-                    header = frame.header or stream_header(frame.stream_id, frame.offset,
-                                                           len(data), frame.fin)
-                    parts.append(header)
-                    parts.append(data)  # type: ignore[arg-type]
-                    budget -= len(header) + len(data)
-                else:
-                    raw = encode(frame)
-                    parts.append(raw)
-                    budget -= len(raw)
-                record.append((source, frame))
-        return budget, record or None
+            frames = source.fill(budget)
+            if not frames:
+                continue
+            budget -= write_frames(parts, frames)
+            if record is None:
+                record = [(source, frames)]
+            else:
+                record.append((source, frames))
+        return budget, record
 
-    def on_acked(self, record: list[tuple[FrameSource, StreamsFrame]]) -> None:
-        for source, frame in record:
-            source.on_acked(frame)
+    def on_acked(self, record: list[tuple[FrameSource, list[StreamsFrame]]]) -> None:
+        for source, frames in record:
+            for frame in frames:
+                source.on_acked(frame)
 
-    def on_lost(self, record: list[tuple[FrameSource, StreamsFrame]]) -> None:
-        for source, frame in record:
-            source.on_lost(frame)
+    def on_lost(self, record: list[tuple[FrameSource, list[StreamsFrame]]]) -> None:
+        for source, frames in record:
+            for frame in frames:
+                source.on_lost(frame)

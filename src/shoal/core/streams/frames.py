@@ -24,6 +24,7 @@ payload it was parsed from (a copy of bytes, a view of a memoryview): no further
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +35,8 @@ MAX_STREAM_OFFSET = MAX_VARINT
 """No stream carries a byte at or beyond this offset (RFC 9000 section 19.8)."""
 MAX_STREAM_COUNT = 1 << 60
 """The most streams either side may ever open on one connection (RFC 9000 section 19.11)."""
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
 
 
 @dataclass(slots=True)
@@ -180,9 +183,18 @@ def encoded_size(frame: StreamsFrame) -> int:
 
 def _decode_stream(fin: bool) -> Callable[[bytes, int], tuple[StreamFrame, int]]:
     def decode(buf: bytes, pos: int) -> tuple[StreamFrame, int]:
-        stream_id, pos = decode_varint(buf, pos)
-        offset, pos = decode_varint(buf, pos)
-        size, pos = decode_varint(buf, pos)
+        # A 1-byte id, a 4-byte offset and a 2-byte length, the usual header, are read
+        # here without a call each; anything else (or a short buffer) by decode_varint.
+        if (len(buf) >= pos + 7 and buf[pos] < 0x40 and buf[pos + 1] >> 6 == 2
+                and buf[pos + 5] >> 6 == 1):
+            stream_id = buf[pos]
+            offset = _U32.unpack_from(buf, pos + 1)[0] & 0x3FFFFFFF
+            size = _U16.unpack_from(buf, pos + 5)[0] & 0x3FFF
+            pos += 7
+        else:
+            stream_id, pos = decode_varint(buf, pos)
+            offset, pos = decode_varint(buf, pos)
+            size, pos = decode_varint(buf, pos)
         end = pos + size
         if end > len(buf):
             raise RemoteProtocolError("truncated STREAM frame")

@@ -206,7 +206,9 @@ class Stream:
 
     def fill(self, budget: int) -> list[StreamsFrame]:
         """Frames of this stream to send now, at most ``budget`` bytes encoded."""
-        out = self.recv.fill(budget) if self.recv.wants_send else []
+        if not self.recv.wants_send:
+            return self.send.fill(budget)
+        out = self.recv.fill(budget)
         if out:
             budget -= sum(encoded_size(f) for f in out)
         out += self.send.fill(budget)
@@ -287,7 +289,8 @@ class StreamManager:
                 if stream.notify_readable:  # one event, until the reader asks again
                     stream.notify_readable = False
                     self.events.append(StreamReadable(stream.stream_id))
-                self._check_done(stream)
+                if frame.fin:  # type: ignore[union-attr]
+                    self._check_done(stream)  # (bytes alone finish no stream: a read does)
         elif kind is MaxData:
             if self.send_credit.raise_to(frame.limit):  # type: ignore[union-attr]
                 for stream in self.streams.values():
@@ -377,7 +380,8 @@ class StreamManager:
 
     @property
     def wants_send(self) -> bool:
-        return bool(self._active) or self._control_due()
+        return bool(self._active or self.recv_credit.pending or self._limit_pending
+                    or self._blocked_reported == -2)
 
     def _control_due(self) -> bool:
         return (self.recv_credit.pending or self._limit_pending
@@ -386,15 +390,18 @@ class StreamManager:
     def fill(self, budget: int) -> list[StreamsFrame]:
         """Frames to send now, their encoded sizes summing to at most ``budget``."""
         out: list[StreamsFrame] = []
-        if self._control_due():
+        if self.recv_credit.pending or self._limit_pending or self._blocked_reported == -2:
             budget -= self._fill_control(out, budget)
         active = self._active
         if len(active) == 1:  # the usual case of bulk data, without the loop's upkeep
             stream_id, stream = next(iter(active.items()))
-            frames = stream.fill(budget)
-            if frames:
+            recv, send = stream.recv, stream.send
+            frames = stream.fill(budget) if recv.wants_send else send.fill(budget)
+            if not out:
+                out = frames
+            elif frames:
                 out += frames
-            if not stream.wants_send:
+            if not (send.wants_send or recv.wants_send):
                 del active[stream_id]
                 if stream.send.blocked_by_connection:
                     for frame in frames:
@@ -453,20 +460,28 @@ class StreamManager:
         return used
 
     def on_acked(self, frame: StreamsFrame) -> None:
-        stream_id = getattr(frame, "stream_id", None)
-        if stream_id is None:
-            return
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return
-        stream.on_acked(frame)
-        send = stream.send
+        if type(frame) is StreamFrame:  # the usual case: straight to its sending side
+            stream = self.streams.get(frame.stream_id)
+            if stream is None:
+                return
+            send = stream.send
+            send.on_data_acked(frame)
+        else:
+            stream_id = getattr(frame, "stream_id", None)
+            if stream_id is None:
+                return
+            stream = self.streams.get(stream_id)
+            if stream is None:
+                return
+            stream.on_acked(frame)
+            send = stream.send
         # A waiting writer hears once half its buffer is free (or the stream is reset):
         # it then writes in large pieces, not a packet's worth per acknowledgement.
-        if stream.writer_waiting and (send.writable >= send.buffer_limit // 2
-                                      or send.reset_code is not None):
+        if stream.writer_waiting and (send.reset_code is not None or (
+                send.buffered <= send.buffer_limit - send.buffer_limit // 2
+                and send.writable >= send.buffer_limit // 2)):
             stream.writer_waiting = False
-            self.events.append(StreamWritable(stream_id))
+            self.events.append(StreamWritable(stream.stream_id))
         if send.state in SEND_DONE:
             self._check_done(stream)
 

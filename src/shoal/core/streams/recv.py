@@ -118,12 +118,18 @@ class RecvStream:
     def on_frame(self, frame: StreamFrame) -> bool:
         """Take a STREAM frame; whether it made bytes (or the end) readable."""
         data = frame.data
-        end = frame.offset + len(data)
-        if (frame.offset == self.contiguous == self.credit.received and not frame.fin
-                and self.state is RecvState.RECV and self.stop_code is None and end > 0):
-            # in order, new, not the last: the usual case
-            self._count(end)
-            self._queue(data)
+        size = len(data)
+        end = frame.offset + size
+        credit, connection = self.credit, self.connection
+        if (frame.offset == self.contiguous == credit.received and not frame.fin
+                and self.state is RecvState.RECV and self.stop_code is None
+                and size >= SMALL_PIECE and end <= credit.granted
+                and connection.received + size <= connection.granted):
+            # in order, new, not the last, within both limits: the usual case, inline
+            credit.received = end
+            connection.received += size
+            self._ready.append(data)
+            self._ready_size += size
             self.contiguous = end
             return True
         self._check_final(end, frame.fin)

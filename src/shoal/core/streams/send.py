@@ -14,6 +14,7 @@ connection's. Acknowledged ranges advance ``acked_floor`` and free the chunks be
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_right
 
 from shoal.core.streams.credit import SendLimit
@@ -23,11 +24,11 @@ from shoal.core.streams.frames import (
     StreamFrame,
     StreamsFrame,
     encoded_size,
-    stream_header,
     stream_overhead,
 )
 from shoal.core.streams.ranges import ByteRanges
 from shoal.core.streams.state import SendEvent, SendState, next_send_state
+from shoal.core.wire import FrameType, encode_varint
 from shoal.errors import LocalProtocolError
 
 COALESCE_BELOW = 4096
@@ -36,6 +37,12 @@ MIN_JOIN = 512
 """A frame that would end at a chunk boundary with fewer bytes than this joins chunks."""
 MIN_FRAME_DATA = 16
 """Start no frame with room for fewer bytes than this while more are waiting."""
+_STREAM = bytes((FrameType.STREAM,))
+_STREAM_FIN = bytes((FrameType.STREAM_FIN,))
+_SENDING = (SendState.READY, SendState.SEND, SendState.DATA_SENT)
+"""(A tuple: membership by identity, where a set would call Enum.__hash__ in Python.)"""
+_OFFSET_LENGTH = struct.Struct("!IH")
+"""A 4-byte varint offset and a 2-byte varint length (their tags or'ed in)."""
 
 
 class SendStream:
@@ -43,7 +50,8 @@ class SendStream:
 
     __slots__ = ("stream_id", "state", "credit", "connection", "buffer_limit", "written",
                  "acked_floor", "fin_wanted", "fin_sent", "fin_acked", "reset_code",
-                 "_reset_pending", "_chunks", "_starts", "_acked", "_lost")
+                 "_reset_pending", "_chunks", "_starts", "_acked", "_lost", "_prefix",
+                 "_fin_prefix")
 
     def __init__(self, stream_id: int, limit: int, connection: SendLimit,
                  buffer_limit: int) -> None:
@@ -63,6 +71,9 @@ class SendStream:
         self._starts: list[int] = []
         self._acked = ByteRanges()
         self._lost = ByteRanges()
+        self._prefix = _STREAM + encode_varint(stream_id)
+        """A STREAM frame's header up to its offset (and with FIN, ``_fin_prefix``)."""
+        self._fin_prefix = _STREAM_FIN + self._prefix[1:]
 
     # ----------------------------------------------------------------- application side
 
@@ -100,11 +111,11 @@ class SendStream:
                 return size
             piece: bytes | bytearray | memoryview = bytearray(data[:size])
         elif type(data) is bytes:
-            piece = data if size == len(data) else memoryview(data)[:size]
+            piece = memoryview(data)[:size]  # kept as a view: frames are slices of it
         elif type(data) is memoryview and data.readonly and type(data.obj) is bytes:
             piece = data[:size]  # a view of bytes nobody can change
         else:
-            piece = bytes(data[:size])  # the caller may change its buffer after this
+            piece = memoryview(bytes(data[:size]))  # the caller may change its buffer
         chunks.append(piece)
         self._starts.append(self.written)
         self.written += size
@@ -144,12 +155,14 @@ class SendStream:
     def wants_send(self) -> bool:
         if self._reset_pending or self._lost.los:
             return True
-        if self.state not in (SendState.READY, SendState.SEND, SendState.DATA_SENT):
+        if self.state not in _SENDING:
             return False
-        if self.sent < self.written:
-            if self.credit.available() <= 0:
-                return self.credit.reported != self.credit.limit  # STREAM_DATA_BLOCKED due
-            return self.connection.available() > 0
+        credit = self.credit
+        if credit.used < self.written:
+            if credit.used >= credit.limit:
+                return credit.reported != credit.limit  # STREAM_DATA_BLOCKED due
+            connection = self.connection
+            return connection.used < connection.limit
         return self.fin_wanted and not self.fin_sent
 
     @property
@@ -167,7 +180,7 @@ class SendStream:
                 out.append(frame)
                 self._reset_pending = False
             return out
-        if self.state not in (SendState.READY, SendState.SEND, SendState.DATA_SENT):
+        if self.state not in _SENDING:
             return out
         stream_id = self.stream_id
         lost = self._lost
@@ -182,15 +195,25 @@ class SendStream:
             budget -= self._emit(out, lo, data, end)
         credit, connection = self.credit, self.connection
         written = self.written
+        prefix_size = len(self._prefix)
         while credit.used < written and budget > 0:
+            # New bytes, the bulk of a transfer: kept to few calls per packet.
             lo = credit.used
-            allowed = min(credit.limit - lo, connection.limit - connection.used)
-            if allowed <= 0:
+            hi = connection.limit - connection.used + lo
+            if credit.limit < hi:
+                hi = credit.limit
+            if hi <= lo:
                 break
-            room = budget - stream_overhead(stream_id, lo, budget)
+            room = budget - prefix_size - (
+                1 if lo < 0x40 else 2 if lo < 0x4000 else 4 if lo < 0x40000000 else 8) - (
+                1 if budget < 0x40 else 2 if budget < 0x4000 else 4 if budget < 0x40000000 else 8)
             if room < MIN_FRAME_DATA and room < written - lo:
                 return out
-            data = self._slice(lo, min(written, lo + room, lo + allowed))
+            if lo + room < hi:
+                hi = lo + room
+            if written < hi:
+                hi = written
+            data = self._slice(lo, hi)
             end = lo + len(data)
             credit.used = end
             connection.used += end - lo
@@ -210,15 +233,23 @@ class SendStream:
 
     def _emit(self, out: list[StreamsFrame], lo: int, data: bytes | memoryview,
               end: int) -> int:
-        fin = self.fin_wanted and end == self.written
-        header = stream_header(self.stream_id, lo, len(data), fin)
-        out.append(StreamFrame(self.stream_id, lo, data, fin, header))
-        if fin:
+        size = len(data)
+        # The usual offset (4 bytes) and length (2 bytes) are packed in one call.
+        if 0x4000 <= lo < 0x40000000 and 0x40 <= size < 0x4000:
+            tail = _OFFSET_LENGTH.pack(lo | 0x80000000, size | 0x4000)
+        else:
+            tail = encode_varint(lo) + encode_varint(size)
+        if self.fin_wanted and end == self.written:
+            header = self._fin_prefix + tail
+            out.append(StreamFrame(self.stream_id, lo, data, True, header))
             self.fin_sent = True
             self.state = next_send_state(self.state, SendEvent.SEND_FIN)
-        elif self.state is SendState.READY:  # elsewhere SEND_DATA leaves the state as it is
-            self.state = next_send_state(self.state, SendEvent.SEND_DATA)
-        return len(header) + len(data)
+        else:
+            header = self._prefix + tail
+            out.append(StreamFrame(self.stream_id, lo, data, False, header))
+            if self.state is SendState.READY:  # elsewhere SEND_DATA leaves the state as is
+                self.state = next_send_state(self.state, SendEvent.SEND_DATA)
+        return len(header) + size
 
     def _slice(self, lo: int, hi: int) -> bytes | memoryview:
         """Bytes ``lo .. hi`` (or fewer, ending at a chunk boundary) of the buffer."""
@@ -228,7 +259,8 @@ class SendStream:
         chunk = chunks[index]
         chunk_end = start + len(chunk)
         if hi <= chunk_end or chunk_end - lo >= MIN_JOIN:
-            return memoryview(chunk)[lo - start : min(hi, chunk_end) - start]
+            view = chunk if type(chunk) is memoryview else memoryview(chunk)
+            return view[lo - start : min(hi, chunk_end) - start]
         pieces = [memoryview(chunk)[lo - start :]]
         cursor = chunk_end
         while cursor < hi:
@@ -240,11 +272,12 @@ class SendStream:
 
     def on_acked(self, frame: StreamsFrame) -> None:
         if type(frame) is StreamFrame:
-            self._on_data_acked(frame)
+            self.on_data_acked(frame)
         elif type(frame) is ResetStream and self.state is SendState.RESET_SENT:
             self.state = next_send_state(self.state, SendEvent.RESET_ACKED)
 
-    def _on_data_acked(self, frame: StreamFrame) -> None:
+    def on_data_acked(self, frame: StreamFrame) -> None:
+        """A STREAM frame of this side was acknowledged."""
         if self.reset_code is not None or self.state is SendState.DATA_RECVD:
             return
         offset = frame.offset
@@ -255,7 +288,7 @@ class SendStream:
             self.fin_acked = True
         if end > self.acked_floor:
             acked = self._acked
-            if offset <= self.acked_floor and not acked:
+            if offset <= self.acked_floor and not acked.los:
                 floor = end  # in order: the usual case
             else:
                 acked.add(offset, end)
