@@ -1382,7 +1382,7 @@ def info(as_json: bool) -> None:
         click.echo(f"  {mark} {check['name']}, for {check['for']}{detail}", color=_colour())
 
 
-@cli.command(short_help="Simulate groups of many peers in virtual time; print the figures.")
+@cli.command(short_help="Simulate a group of many peers in virtual time.")
 @click.option("--peers", type=click.IntRange(2), default=100, show_default=True)
 @click.option("--groups", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--posts", type=click.IntRange(0), default=20, show_default=True)
