@@ -33,6 +33,7 @@ Parsers here raise only ``RemoteProtocolError``; anything else is a bug.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections.abc import Callable, Iterator
@@ -178,8 +179,19 @@ def _take_blob(buf: bytes, pos: int) -> tuple[bytes, int]:
 def encode_address(address: Address) -> bytes:
     """``family(4|6) | ip bytes | port u16``."""
     host, port = address
+    return _packed_host(host) + _U16.pack(port)
+
+
+@functools.lru_cache(maxsize=4096)
+def _packed_host(host: str) -> bytes:
+    """``family | ip bytes`` of ``host`` (parsing an address is dear, and peers are few)."""
     ip = ipaddress.ip_address(host)
-    return bytes((ip.version,)) + ip.packed + _U16.pack(port)
+    return bytes((ip.version,)) + ip.packed
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_text(raw: bytes) -> str:
+    return str(ipaddress.ip_address(raw))
 
 
 def decode_address(buf: bytes, pos: int) -> tuple[Address, int]:
@@ -194,8 +206,7 @@ def decode_address(buf: bytes, pos: int) -> tuple[Address, int]:
     else:
         raise RemoteProtocolError(f"unknown address family {family}")
     port_raw, pos = _take(buf, pos, 2)
-    host = str(ipaddress.ip_address(raw))
-    return (host, _U16.unpack(port_raw)[0]), pos
+    return (_host_text(raw), _U16.unpack(port_raw)[0]), pos
 
 
 def _encode_addresses(addresses: tuple[Address, ...]) -> bytes:
