@@ -399,10 +399,12 @@ class _BridgeSession:
         self._started_this_turn = 0
         self._worker: asyncio.Task[None] | None = None
         self._bulk = asyncio.Semaphore(MAX_BULK_IN_FLIGHT)
+        self._room = asyncio.Event()
+        """Set when a call in flight ends: the queue's worker waits on it at the cap."""
 
     def message(self, data: bytes | str) -> None:
         if (self._queued or self._started_this_turn >= CALLS_PER_TURN
-                or not self.ws.writable):
+                or not self.ws.writable or len(self._in_flight) >= MAX_CALLS_IN_FLIGHT):
             self._queued.append(data)
             self._update_reading()
             if self._worker is None:
@@ -421,10 +423,13 @@ class _BridgeSession:
         try:
             while self._queued and not self.scope.closed:
                 await self.ws.drain()
+                while len(self._in_flight) >= MAX_CALLS_IN_FLIGHT:
+                    self._room.clear()
+                    await self._room.wait()
                 await asyncio.sleep(0)
                 for _ in range(min(CALLS_PER_TURN, len(self._queued))):
                     self._start(self._queued.popleft())
-                    if not self.ws.writable:
+                    if not self.ws.writable or len(self._in_flight) >= MAX_CALLS_IN_FLIGHT:
                         break
         finally:
             self._worker = None
@@ -447,6 +452,7 @@ class _BridgeSession:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        self._room.set()
         self._update_reading()
 
     def _update_reading(self) -> None:
