@@ -5,11 +5,13 @@ final name. The CLI's share and fetch, killed mid-transfer, run as real processe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -387,19 +389,34 @@ def _json_lines(process: subprocess.Popen[str]):  # type: ignore[no-untyped-def]
         yield json.loads(line)
 
 
-def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
-    source = _file(tmp_path, 192 * PIECE)
-    target = tmp_path / "got.bin"
+@contextlib.contextmanager
+def _sharing(tmp_path: Path, source: Path) -> Iterator[dict]:
+    """``shoal share source`` running on loopback: its first JSON event; interrupted at
+    the end."""
     share = subprocess.Popen(
         shoal_argv("share", str(source), "--listen", "127.0.0.1:0", "--no-lan", "--json",
                    "--identity", str(tmp_path / "share.key")),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        ready = next(_json_lines(share))
+        yield next(_json_lines(share))
+    finally:
+        share.send_signal(signal.SIGINT)
+        share.wait(timeout=10)
+
+
+def _fetch_argv(ticket: str, target: Path) -> list[str]:
+    """``shoal fetch`` of ``ticket`` to ``target`` on loopback, a new peer each run (a
+    fetch's identity is made up for it)."""
+    return shoal_argv("fetch", ticket, "-o", str(target), "--listen", "127.0.0.1:0",
+                      "--no-lan", "--json")
+
+
+def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
+    source = _file(tmp_path, 192 * PIECE)
+    target = tmp_path / "got.bin"
+    with _sharing(tmp_path, source) as ready:
         assert ready["event"] == "sharing" and ready["bytes"] == source.stat().st_size
-        # Each run is a new peer (a fetch's identity is made up for it).
-        fetch_argv = shoal_argv("fetch", ready["ticket"], "-o", str(target), "--listen",
-                                "127.0.0.1:0", "--no-lan", "--json")
+        fetch_argv = _fetch_argv(ready["ticket"], target)
         first = subprocess.Popen(fetch_argv, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         for event in _json_lines(first):
@@ -420,24 +437,14 @@ def test_the_cli_fetch_resumes_after_it_was_killed(tmp_path: Path) -> None:
         assert done["resumed_pieces"] == held and done["fetched_pieces"] == 192 - held
         assert target.read_bytes() == source.read_bytes()
         assert not target.with_name("got.bin.part").exists()
-    finally:
-        share.send_signal(signal.SIGINT)
-        share.wait(timeout=10)
 
 
 def test_a_signal_after_the_fetch_is_done_is_no_interruption(tmp_path: Path) -> None:
     source = _file(tmp_path, 4 * PIECE)
     target = tmp_path / "got.bin"
-    share = subprocess.Popen(
-        shoal_argv("share", str(source), "--listen", "127.0.0.1:0", "--no-lan", "--json",
-                   "--identity", str(tmp_path / "share.key")),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        ticket = next(_json_lines(share))["ticket"]
-        fetch = subprocess.Popen(
-            shoal_argv("fetch", ticket, "-o", str(target), "--listen", "127.0.0.1:0",
-                       "--no-lan", "--json"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with _sharing(tmp_path, source) as ready:
+        fetch = subprocess.Popen(_fetch_argv(ready["ticket"], target),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         events = []
         for event in _json_lines(fetch):
             events.append(event)
@@ -449,9 +456,6 @@ def test_a_signal_after_the_fetch_is_done_is_no_interruption(tmp_path: Path) -> 
         fetch.wait(timeout=30)
         assert target.read_bytes() == source.read_bytes()
         assert fetch.returncode == 0 and [e for e in events if e["event"] == "error"] == []
-    finally:
-        share.send_signal(signal.SIGINT)
-        share.wait(timeout=10)
 
 
 @pytest.mark.parametrize(("argv", "said"), [

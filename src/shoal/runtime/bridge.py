@@ -403,8 +403,7 @@ class _BridgeSession:
         """Set when a call in flight ends: the queue's worker waits on it at the cap."""
 
     def message(self, data: bytes | str) -> None:
-        if (self._queued or self._started_this_turn >= CALLS_PER_TURN
-                or not self.ws.writable or len(self._in_flight) >= MAX_CALLS_IN_FLIGHT):
+        if self._queued or self._started_this_turn >= CALLS_PER_TURN or self._must_wait:
             self._queued.append(data)
             self._update_reading()
             if self._worker is None:
@@ -423,18 +422,28 @@ class _BridgeSession:
         try:
             while self._queued and not self.scope.closed:
                 await self.ws.drain()
-                while len(self._in_flight) >= MAX_CALLS_IN_FLIGHT:
+                while self._full:
                     self._room.clear()
                     await self._room.wait()
                 await asyncio.sleep(0)
                 for _ in range(min(CALLS_PER_TURN, len(self._queued))):
                     self._start(self._queued.popleft())
-                    if not self.ws.writable or len(self._in_flight) >= MAX_CALLS_IN_FLIGHT:
+                    if self._must_wait:
                         break
         finally:
             self._worker = None
             self._started_this_turn = 0
             self._update_reading()
+
+    @property
+    def _full(self) -> bool:
+        """``MAX_CALLS_IN_FLIGHT`` calls are running."""
+        return len(self._in_flight) >= MAX_CALLS_IN_FLIGHT
+
+    @property
+    def _must_wait(self) -> bool:
+        """No call may start now: the page is not reading its answers, or it is full."""
+        return not self.ws.writable or self._full
 
     def _start(self, data: bytes | str) -> None:
         self._started_this_turn += 1
@@ -456,7 +465,7 @@ class _BridgeSession:
         self._update_reading()
 
     def _update_reading(self) -> None:
-        if self._queued or len(self._in_flight) >= MAX_CALLS_IN_FLIGHT:
+        if self._queued or self._full:
             self.ws.pause_reading()
         else:
             self.ws.resume_reading()

@@ -292,9 +292,23 @@ export const path = {
   isAbsolute: (p) => p.startsWith("/"),
 };
 
-let watches = 0;
-const watchId = (kind) => `${kind}-${Date.now().toString(36)}-${++watches}-${Math.random().toString(36).slice(2)}`;
-const asBytes = (data) => (typeof data === "string" ? encoder.encode(data) : data);
+let follows = 0;
+
+// Hand `listener` the host's `event`s tagged `field: id` (a new id of `kind`) until the
+// returned stop is called: `start(id)` asks the host for them, `stop(id)` ends them.
+function follow(kind, event, field, listener, start, stop) {
+  const id = `${kind}-${Date.now().toString(36)}-${++follows}-${Math.random().toString(36).slice(2)}`;
+  const off = on(event, (e) => { if (e[field] === id) listener(e); });
+  const started = start(id);
+  started.catch((error) => { off(); console.error(error); });
+  return { id, stop: () => { off(); started.then(() => stop(id), () => {}); } };
+}
+
+// What the host sent as base64 in `data`, with `fields`, as bytes and text().
+function withData(fields, base64) {
+  const data = fromBase64(base64);
+  return { ...fields, data, text: () => decoder.decode(data) };
+}
 
 // A group's shared document: updates in the Yjs/Yrs update format, as bytes.
 class GroupDocument {
@@ -303,12 +317,12 @@ class GroupDocument {
     this.name = name;
     this.watches = [];
   }
+  // This page's first watch of it, if any: the host echoes no update back to it.
+  get ownWatch() { return this.watches[0] ?? null; }
   // The whole document as one update (Y.applyUpdate(ydoc, await doc.state())).
   state() { return call("groups.docState", this.group.id, this.name); }
   // Merge an update made here; it reaches the other members and this app's other pages.
-  apply(update) {
-    return call("groups.docApply", this.group.id, this.name, update, this.watches[0] ?? null);
-  }
+  apply(update) { return call("groups.docApply", this.group.id, this.name, update, this.ownWatch); }
   // A Y.Text of the document for a page without Yjs: read() its string, splice() edits it
   // (index and count in the string's own units, as String.prototype.slice counts).
   text(key = "text") {
@@ -318,23 +332,19 @@ class GroupDocument {
       splice: (before, index, remove, insert = "") =>
         call("groups.docTextSplice", this.group.id, this.name, key,
              chars(before.slice(0, index)), chars(before.slice(index, index + remove)),
-             insert, this.watches[0] ?? null),
+             insert, this.ownWatch),
     };
   }
   // on("update", fn): fn(update) with the state first, then every update from elsewhere
   // (and maybe this page's own: applying one twice changes nothing).
   on(event, listener) {
     if (event !== "update") throw new ShoalError("EINVAL", `unknown document event: ${event}`);
-    const id = watchId("doc");
+    const { id, stop } = follow("doc", "groups.update", "watch",
+      (e) => listener(fromBase64(e.data)),
+      (watch) => call("groups.docWatch", this.group.id, this.name, watch),
+      (watch) => call("groups.docUnwatch", watch));
     this.watches.push(id);
-    const off = on("groups.update", (e) => { if (e.watch === id) listener(fromBase64(e.data)); });
-    const started = call("groups.docWatch", this.group.id, this.name, id);
-    started.catch((error) => { off(); console.error(error); });
-    return () => {
-      off();
-      this.watches = this.watches.filter((w) => w !== id);
-      started.then(() => call("groups.docUnwatch", id), () => {});
-    };
+    return () => { this.watches = this.watches.filter((w) => w !== id); stop(); };
   }
 }
 
@@ -345,23 +355,18 @@ class Group {
     this.name = info.name;
     this.isAdmin = info.isAdmin;
   }
-  publish(data, options = {}) { return call("groups.publish", this.id, asBytes(data), options.topic ?? ""); }
+  publish(data, options = {}) { return call("groups.publish", this.id, toBytes(data), options.topic ?? ""); }
   members() { return call("groups.members", this.id); }
   invite() { return call("groups.invite", this.id); }
   document(name) { return new GroupDocument(this, name); }
   // on("post", fn, { topic }): posts held here (missed while away) first, then new ones.
   on(event, listener, options = {}) {
     if (event !== "post") throw new ShoalError("EINVAL", `unknown group event: ${event}`);
-    const id = watchId("sub");
-    const off = on("groups.post", (p) => {
-      if (p.sub !== id) return;
-      const data = fromBase64(p.data);
-      listener({ id: p.id, author: p.author, topic: p.topic, time: p.time, parents: p.parents,
-                 data, text: () => decoder.decode(data) });
-    });
-    const started = call("groups.subscribe", this.id, options.topic ?? null, id);
-    started.catch((error) => { off(); console.error(error); });
-    return () => { off(); started.then(() => call("groups.unsubscribe", id), () => {}); };
+    return follow("sub", "groups.post", "sub",
+      (p) => listener(withData({ id: p.id, author: p.author, topic: p.topic, time: p.time,
+                                 parents: p.parents }, p.data)),
+      (sub) => call("groups.subscribe", this.id, options.topic ?? null, sub),
+      (sub) => call("groups.unsubscribe", sub)).stop;
   }
 }
 
@@ -385,8 +390,7 @@ export const network = {
   on(event, listener) {
     if (event === "message") {
       return on("network.message", (m) => {
-        const data = fromBase64(m.data);
-        listener({ from: m.from, path: m.path, data, text: () => decoder.decode(data) });
+        listener(withData({ from: m.from, path: m.path }, m.data));
       });
     }
     if (event === "peer") return on("network.peer", listener);
@@ -512,8 +516,7 @@ function dispatch(channel, event, value) {
 on("network.channel.message", (m) => {
   const channel = channelsOpen.get(m.channel);
   if (!channel) return;
-  const data = fromBase64(m.data);
-  dispatch(channel, "message", { from: m.from, path: m.path, data, text: () => decoder.decode(data) });
+  dispatch(channel, "message", withData({ from: m.from, path: m.path }, m.data));
 });
 
 on("network.stream", (s) => {
