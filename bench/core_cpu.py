@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import statistics
 import time
 
 from shoal.core import events as ev
 from shoal.core.endpoint import Endpoint
 from shoal.identity import Identity
+from streams import parse_size  # (bench/streams.py)
 
 A, B = ("10.0.0.1", 7000), ("10.0.0.2", 7000)
 
@@ -147,14 +147,6 @@ def transfer_cpu(kind: str, total: int, seed: int) -> dict[str, float]:
     scale = (1 << 30) / total
     send, recv = clocks[0].seconds * scale, clocks[1].seconds * scale
     return {"send": round(send, 2), "recv": round(recv, 2), "total": round(send + recv, 2)}
-
-
-def parse_size(text: str) -> int:
-    units = {"": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
-    match = re.fullmatch(r"(\d+)([a-zA-Z]*)", text.strip())
-    if not match or match[2].lower() not in units:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (say 64MiB)")
-    return int(match[1]) * units[match[2].lower()]
 
 
 def main() -> None:

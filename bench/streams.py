@@ -113,20 +113,22 @@ _samplers: list[CpuSampler] = []
 """The process's own sampler, under ``--profile`` without py-spy."""
 
 
-def started() -> float:
-    """The sender begins: its transfer CPU counts (and is sampled) from here; returns
-    the start time."""
+def _transfer_begins() -> None:
+    """This side's transfer CPU counts (and is sampled) from here."""
     _transfer_cpu_from[:] = [cpu_seconds()]
     for sampler in _samplers:
         sampler.start()
+
+
+def started() -> float:
+    """The sender begins (see ``_transfer_begins``); returns the start time."""
+    _transfer_begins()
     return time.monotonic()
 
 
 def ready() -> None:
-    """The receiver is set up: its transfer CPU counts (and is sampled) from here."""
-    _transfer_cpu_from[:] = [cpu_seconds()]
-    for sampler in _samplers:
-        sampler.start()
+    """The receiver is set up (see ``_transfer_begins``)."""
+    _transfer_begins()
     print(json.dumps({"ready": True}), flush=True)
 
 

@@ -162,10 +162,11 @@ def _run(output: Output, body: Callable[[], Awaitable[int | None]], *,
     except KeyboardInterrupt:
         received.append(signal.SIGINT)
         status = None
-    said = interrupted() if callable(interrupted) else interrupted
-    if received and said is not None:
-        output.error("EINTR", said)
-        sys.exit(128 + received[0])
+    if received:
+        said = interrupted() if callable(interrupted) else interrupted
+        if said is not None:
+            output.error("EINTR", said)
+            sys.exit(128 + received[0])
     sys.exit(status or 0)
 
 
@@ -282,9 +283,8 @@ async def _started_node(output: Output, identity: Identity, addresses: list[tupl
     where it keeps its groups (the group commands)."""
     from shoal import Node
 
-    stored = {"data_dir": data_dir} if data_dir is not None else {}
     async with Node(identity, introducers=addresses, listen=listen,
-                    lan_discovery=_lan(no_lan), **stored) as node:
+                    lan_discovery=_lan(no_lan), data_dir=data_dir) as node:
         if addresses:
             with output.waiting(f"reaching {len(addresses)} introducer(s)"):
                 await node.wait_for_introducers(timeout=30)

@@ -234,7 +234,6 @@ class Connection:
         "final_backoff",
         "role",
         "path_changed",
-        "path_failing",
         "peer_silent",
         "drop_reason",
         "closed",
@@ -333,12 +332,10 @@ class Connection:
         """Its place among the peer's connections (see ``peers``)."""
         self.path_changed = False
         """The current path changed and the services have not been told yet."""
-        self.path_failing = False
         self.peer_silent = False
         """Set when the peer stopped answering on the current path (any kind) with
-        packets in flight; the endpoint checks it for a restart and clears it."""
-        """Set when the direct path went silent with packets in flight (for the endpoint
-        to offer a relay as another path); the endpoint clears it."""
+        packets in flight; the endpoint clears it once it checked for a restart and, on a
+        direct path, offered a relay as another path."""
         self.drop_reason = ""
         self.closed = False
         self.close_reason = ""
@@ -870,7 +867,6 @@ class Connection:
                 self.last_eliciting_sent = now
                 if self.pto_count >= FAILOVER_PTOS and self._silent(now):
                     self.peer_silent = True
-                    self.path_failing = not self.path.relayed
         # The side that dialed keeps the connection (and its NATs' mappings) alive; the
         # other answers with ACKs, so an introducer sends nothing to idle peers unasked.
         if self.initiator and self.wanted and (

@@ -623,9 +623,9 @@ class Endpoint:
             self.stats["connections_superseded"] += 1
         else:
             restart = restarted(other, connection)
-            stale = [other, *self._peers[connection.peer].stale(connection)]
             reason = "the peer restarted" if restart else "replaced by a new connection"
-            for old in dict.fromkeys(stale):
+            # (``other`` is closed in the table already, so ``stale`` leaves it out.)
+            for old in [other, *self._peers[connection.peer].stale(connection)]:
                 old.close(CLOSE_SUPERSEDED, reason)
                 self.stats["connections_replaced"] += 1
                 self.mark(old)
@@ -706,13 +706,12 @@ class Endpoint:
             unsettled, connection.unsettled = connection.unsettled, []
             for flow in unsettled:
                 flow.settle()
-        if connection.path_failing:
-            connection.path_failing = False
-            self.stats["paths_failing"] += 1
-            for service in self.services.values():
-                service.on_path_failing(connection, now)
         if connection.peer_silent:
             connection.peer_silent = False
+            if not connection.path.relayed:  # the direct path is failing
+                self.stats["paths_failing"] += 1
+                for service in self.services.values():
+                    service.on_path_failing(connection, now)
             self._check_restart(connection, now)
         if connection.path_changed:
             connection.path_changed = False

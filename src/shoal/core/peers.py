@@ -230,8 +230,10 @@ class PeerConnections:
     def stale(self, new: Connection) -> list[Connection]:
         """The peer's other open connections made with an earlier run of its node than
         ``new`` (see ``restarted``): dead at the peer."""
-        return [c for c in self.connections if c is not new and not c.closed
-                and c.role is not Role.CLOSED and restarted(c, new)]
+        return [c for c in self._open() if c is not new and restarted(c, new)]
+
+    def _open(self) -> list[Connection]:
+        return [c for c in self.connections if not c.closed and c.role is not Role.CLOSED]
 
     def _keeps(self, existing: Connection, new: Connection, now: float) -> bool:
         """Whether ``new`` replaces ``existing`` as the peer's connection."""
@@ -257,7 +259,7 @@ class PeerConnections:
         if self.current is not connection:
             return False, None
         self.current = None
-        others = [c for c in self.connections if not c.closed and c.role is not Role.CLOSED]
+        others = self._open()
         if not others:
             return True, None
         successor = others[-1]

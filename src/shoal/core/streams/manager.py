@@ -383,10 +383,6 @@ class StreamManager:
         return bool(self._active or self.recv_credit.pending or self._limit_pending
                     or self._blocked_reported == -2)
 
-    def _control_due(self) -> bool:
-        return (self.recv_credit.pending or self._limit_pending
-                or self._blocked_reported == -2)
-
     def fill(self, budget: int) -> list[StreamsFrame]:
         """Frames to send now, their encoded sizes summing to at most ``budget``."""
         out: list[StreamsFrame] = []
