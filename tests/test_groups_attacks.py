@@ -311,3 +311,25 @@ def test_made_up_members_are_not_saved_as_members(tmp_path: Path) -> None:
     hints = [m for m in saved if m.get("hint")]
     assert len(proven) == 1  # the member that joined, whose hello opened
     assert len(hints) <= MAX_HINTS
+
+
+def test_a_post_too_short_for_an_envelope_header_is_dropped_not_a_fault() -> None:
+    """An envelope long enough to name its author's key but cut before the header ends
+    is malformed: dropped and counted, the connection kept."""
+
+    async def main(net: sim.VirtualNetwork) -> tuple[int, int, bool]:
+        victim, attacker = await net.node().start(), await net.node().start()
+        group = await victim.create_group("team")
+        tag = bytes.fromhex(group.tag)
+        theirs, link = await _reach(attacker, victim, tag, 2)
+        theirs._send(link, g.Message(g.POST, data=bytes((1, 1)) + tag + bytes(40)))
+        theirs.call("groups", "holders", bytes(32))  # flush
+        await asyncio.sleep(2)
+        stats = victim.stats
+        result = (stats.get("connection_faults", 0), stats.get("groups_dropped_malformed", 0),
+                  victim.endpoint.connection_to(attacker.identity.public_key) is not None)
+        await attacker.close()
+        await victim.close()
+        return result
+
+    assert sim.run(main, seed=19) == (0, 1, True)

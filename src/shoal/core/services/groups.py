@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from shoal.core.groups import gossip as g
 from shoal.core.groups.posts import (
     GRANT,
+    HEADER_BYTES,
     MAX_ENVELOPE_BYTES,
     Envelope,
     ForgedPostError,
@@ -621,8 +622,8 @@ class GroupService(Service):
         """Whether the author the envelope ``raw`` names has no quota left: then it is
         dropped before its signature is checked (only checked posts take from the quota,
         so a forger naming someone else cannot spend it)."""
-        if len(raw) < 70 or self.authors.left(raw[2:34] + envelope_author(raw), 1, len(raw),
-                                              now):
+        if len(raw) < HEADER_BYTES or self.authors.left(
+                raw[2:34] + envelope_author(raw), 1, len(raw), now):
             return False
         self.ctx.stats["groups_dropped_rate"] += 1
         self._pending.pop(hashlib.sha256(raw).digest(), None)
