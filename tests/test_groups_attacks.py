@@ -18,12 +18,31 @@ from shoal.core.groups import gossip as g
 from shoal.core.groups.posts import MAX_HINTS, GroupAdmin, GroupKeys, seal_post
 from shoal.core.rangeindex import SortedIndex
 from shoal.core.reconcile import Reconciler
-from shoal.core.services.groups import _LIMITS, MAX_MEMBERS, START_GAP, GroupService
+from shoal.core.services.groups import _LIMITS, MAX_MEMBERS, START_GAP, GroupService, Link
 from shoal.groups.store import PostStore
 
 
 def _service(node: shoal.Node) -> GroupService:
     return node.endpoint.service("groups")  # type: ignore[return-value]
+
+
+async def _reach(attacker: shoal.Node, victim: shoal.Node, tag: bytes,
+                 settle: float) -> tuple[GroupService, Link]:
+    """``attacker`` carries the group ``tag`` and connects to ``victim``; after ``settle``
+    seconds, its groups service and its link to the victim."""
+    attacker.carry(tag.hex())
+    await attacker.connect(victim.address)
+    await asyncio.sleep(settle)
+    theirs = _service(attacker)
+    return theirs, theirs.links[victim.identity.public_key]
+
+
+async def _claim_membership(attacker: shoal.Node, victim: shoal.Node, tag: bytes,
+                            settle: float) -> tuple[GroupService, Link]:
+    """``_reach``, then tell ``victim`` in TAGS that ``attacker`` is a member."""
+    theirs, link = await _reach(attacker, victim, tag, settle)
+    theirs._send(link, g.Message(g.TAGS, tags=((tag, 1),)))
+    return theirs, link
 
 
 def test_posts_for_an_epoch_nobody_holds_do_not_pile_up_in_a_members_memory() -> None:
@@ -38,11 +57,8 @@ def test_posts_for_an_epoch_nobody_holds_do_not_pile_up_in_a_members_memory() ->
         group = await victim.create_group("team")
         tag = bytes.fromhex(group.tag)
         attacker = await net.node().start()
-        attacker.carry(group.tag)
-        await attacker.connect(victim.address)
-        await asyncio.sleep(2)
-        service, theirs = _service(victim), _service(attacker)
-        link = theirs.links[victim.identity.public_key]
+        theirs, link = await _reach(attacker, victim, tag, 2)
+        service = _service(victim)
         fake = GroupKeys(bytes.fromhex(group.id), {7: bytes(32)})
         raws = []
         for index in range(count):
@@ -172,11 +188,8 @@ def test_a_peer_that_claims_an_empty_store_at_every_sync_gets_each_post_once() -
             await group.publish(bytes([index]) * 10_000)
         tag = bytes.fromhex(group.tag)
         attacker = await net.node().start()
-        attacker.carry(group.tag)
-        await attacker.connect(victim.address)
-        await asyncio.sleep(START_GAP + 1)  # the meeting's reconciliation is over
-        theirs = _service(attacker)
-        link = theirs.links[victim.identity.public_key]
+        # after START_GAP + 1 s the meeting's reconciliation is over
+        theirs, link = await _reach(attacker, victim, tag, START_GAP + 1)
         before = victim.stats["groups_posts_sent_sync"]
         for _ in range(rounds):
             session = link.sessions[(tag, True)] = Reconciler(SortedIndex(), _LIMITS)
@@ -233,12 +246,7 @@ def test_a_peer_that_lists_thousands_of_made_up_members_does_not_lock_real_ones_
         admin_node, attacker = await net.node().start(), await net.node().start()
         group = await admin_node.create_group("team")
         tag = bytes.fromhex(group.tag)
-        attacker.carry(group.tag)
-        await attacker.connect(admin_node.address)
-        await asyncio.sleep(2)
-        theirs = _service(attacker)
-        link = theirs.links[admin_node.identity.public_key]
-        theirs._send(link, g.Message(g.TAGS, tags=((tag, 1),)))  # "a member, me"
+        theirs, link = await _claim_membership(attacker, admin_node, tag, 2)
         made_up = [bytes([1 + i % 255]) + i.to_bytes(31, "big") for i in range(MAX_MEMBERS)]
         for start in range(0, len(made_up), g.MAX_IDS):
             theirs._send(link, g.Message(g.MEMBERS, tag=tag, members=tuple(
@@ -265,12 +273,7 @@ def test_made_up_members_are_not_listed_as_members() -> None:
         admin_node, attacker = await net.node().start(), await net.node().start()
         group = await admin_node.create_group("team")
         tag = bytes.fromhex(group.tag)
-        attacker.carry(group.tag)
-        await attacker.connect(admin_node.address)
-        await asyncio.sleep(2)
-        theirs = _service(attacker)
-        link = theirs.links[admin_node.identity.public_key]
-        theirs._send(link, g.Message(g.TAGS, tags=((tag, 1),)))
+        theirs, link = await _claim_membership(attacker, admin_node, tag, 2)
         theirs._send(link, g.Message(g.MEMBERS, tag=tag, members=tuple(
             (bytes([7]) + i.to_bytes(31, "big"), ()) for i in range(g.MAX_IDS))))
         theirs.call("groups", "holders", bytes(32))  # flush
@@ -292,12 +295,7 @@ def test_made_up_members_are_not_saved_as_members(tmp_path: Path) -> None:
         group = await admin_node.create_group("team")
         await member_node.join(group.invite())
         tag = bytes.fromhex(group.tag)
-        attacker.carry(group.tag)
-        await attacker.connect(admin_node.address)
-        await asyncio.sleep(5)
-        theirs = _service(attacker)
-        link = theirs.links[admin_node.identity.public_key]
-        theirs._send(link, g.Message(g.TAGS, tags=((tag, 1),)))
+        theirs, link = await _claim_membership(attacker, admin_node, tag, 5)
         theirs._send(link, g.Message(g.MEMBERS, tag=tag, members=tuple(
             (bytes([7]) + i.to_bytes(31, "big"), (("198.51.100.7", 4000 + i),))
             for i in range(100))))
@@ -313,3 +311,25 @@ def test_made_up_members_are_not_saved_as_members(tmp_path: Path) -> None:
     hints = [m for m in saved if m.get("hint")]
     assert len(proven) == 1  # the member that joined, whose hello opened
     assert len(hints) <= MAX_HINTS
+
+
+def test_a_post_too_short_for_an_envelope_header_is_dropped_not_a_fault() -> None:
+    """An envelope long enough to name its author's key but cut before the header ends
+    is malformed: dropped and counted, the connection kept."""
+
+    async def main(net: sim.VirtualNetwork) -> tuple[int, int, bool]:
+        victim, attacker = await net.node().start(), await net.node().start()
+        group = await victim.create_group("team")
+        tag = bytes.fromhex(group.tag)
+        theirs, link = await _reach(attacker, victim, tag, 2)
+        theirs._send(link, g.Message(g.POST, data=bytes((1, 1)) + tag + bytes(40)))
+        theirs.call("groups", "holders", bytes(32))  # flush
+        await asyncio.sleep(2)
+        stats = victim.stats
+        result = (stats.get("connection_faults", 0), stats.get("groups_dropped_malformed", 0),
+                  victim.endpoint.connection_to(attacker.identity.public_key) is not None)
+        await attacker.close()
+        await victim.close()
+        return result
+
+    assert sim.run(main, seed=19) == (0, 1, True)

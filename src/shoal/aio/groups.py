@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,17 +73,8 @@ class _Feed:
         self._topic = topic
         self._queue: asyncio.Queue[core.Post | None] = asyncio.Queue()
         self._seen: set[bytes] = set()
-        self._stored = self._read_stored()
+        self._stored = deque(group._stored_posts())
         group._feeds.append(self)
-
-    def _read_stored(self) -> list[core.Post]:
-        group = self._group
-        out = []
-        for raw in group._groups.store.envelopes(group._tag):
-            post = group._groups.open(group, raw)
-            if post is not None:
-                out.append(post)
-        return out
 
     def _wants(self, post: core.Post) -> bool:
         return post.topic != HELLO_TOPIC and (self._topic is None or post.topic == self._topic)
@@ -93,7 +85,7 @@ class _Feed:
     async def __anext__(self) -> Post:
         while True:
             if self._stored:
-                post: core.Post | None = self._stored.pop(0)
+                post: core.Post | None = self._stored.popleft()
             else:
                 post = await self._queue.get()
                 if post is None:
@@ -125,9 +117,8 @@ class GroupDocument:
         """Updates for ``updates``; a None ends them (left there for other readers)."""
         self._closed = False
         self._flushing = False
-        for raw in group._groups.store.envelopes(group._tag):
-            post = group._groups.open(group, raw)
-            if post is not None and post.topic == self._shared.topic:
+        for post in group._stored_posts():
+            if post.topic == self._shared.topic:
                 self._take(post, live=False)
         self._watch = self.doc.observe(self._on_edit)
 
@@ -144,7 +135,7 @@ class GroupDocument:
         if update is None:
             return
         post = self.group._publish(update.data, self._shared.topic,
-                                   tuple(p for p in update.parents))
+                                   update.parents)
         self._shared.published(bytes.fromhex(post.id), update)
 
     def _take(self, post: core.Post, *, live: bool = True) -> None:
@@ -213,6 +204,20 @@ class Group:
 
     def __repr__(self) -> str:
         return f"Group(name={self.name!r}, id={self.id[:16]}...)"
+
+    def _stored_posts(self) -> Iterator[core.Post]:
+        """The posts of the store this member can read, oldest first."""
+        for raw in self._groups.store.envelopes(self._tag):
+            post = self._groups.open(self, raw)
+            if post is not None:
+                yield post
+
+    def _close_readers(self) -> None:
+        """End every feed and document of the group."""
+        for feed in list(self._feeds):
+            feed.close()
+        for document in list(self._documents.values()):
+            document.close()
 
     def _check(self) -> None:
         if self._left:
@@ -299,10 +304,7 @@ class Group:
             return
         self._groups.node.call("groups", "drop", self._tag)
         self._left = True
-        for feed in list(self._feeds):
-            feed.close()
-        for document in list(self._documents.values()):
-            document.close()
+        self._close_readers()
         self._groups.groups.pop(self._id, None)
         self._groups.save()
 
@@ -472,8 +474,5 @@ class Groups:
             self.save()
         self.closed = True
         for group in self.groups.values():
-            for feed in list(group._feeds):
-                feed.close()
-            for document in list(group._documents.values()):
-                document.close()
+            group._close_readers()
         self.store.close()

@@ -1064,17 +1064,27 @@ def _data_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def _group_start(identity_path: str | None, introducers: tuple[str, ...], listen: str,
-                 data_dir: Path | None) -> tuple[Identity, list[tuple[str, int]],
-                                                 tuple[str, int], Path | None]:
-    """What a group command's node starts from, checked before anything is created."""
+def _run_group(output: Output, identity_path: str | None, introducers: tuple[str, ...],
+               listen: str, no_lan: bool, data_dir: Path | None,
+               work: Callable[[Node], Awaitable[None]], *,
+               interrupted: str | None = None) -> None:
+    """Run a group command's ``work`` on its node, the options checked before anything
+    is created."""
     from shoal.cli.groups import node_data_dir
 
     listen_address = parse_address(listen, default_port=0)
     addresses = _servers(introducers, listen_address)
     _check_can_listen(listen_address)  # before an identity file or a data folder is made
     folder = node_data_dir(data_dir)
-    return _identity(identity_path), addresses, listen_address, folder
+    identity = _identity(identity_path)
+
+    async def body() -> int:
+        async with _started_node(output, identity, addresses, listen_address, no_lan,
+                                 folder) as node:
+            await work(node)
+        return 0
+
+    _run(output, body, interrupted=interrupted)
 
 
 @cli.group("group", short_help="Create, join and list groups: posts shared among members.")
@@ -1110,20 +1120,15 @@ def group_create(identity_path: str | None, as_json: bool, introducers: tuple[st
     output = Output(as_json)
     if not name.strip() or len(name.encode()) > 255:
         raise ShoalError("a group name is 1 to 255 bytes of text", code="EINVAL")
-    identity, addresses, listen_address, folder = _group_start(identity_path, introducers,
-                                                               listen, data_dir)
 
-    async def body() -> int:
-        async with _started_node(output, identity, addresses, listen_address, no_lan,
-                                 folder) as node:
-            group = await node.create_group(name)
-            invite = group.invite()
-            output.event("created", f"created group {printable(group.name)} ({group.id[:12]}); "
-                         f"others join with:\nshoal group join {invite}", id=group.id,
-                         name=group.name, invite=invite, peer_id=node.peer_id)
-        return 0
+    async def work(node: Node) -> None:
+        group = await node.create_group(name)
+        invite = group.invite()
+        output.event("created", f"created group {printable(group.name)} ({group.id[:12]}); "
+                     f"others join with:\nshoal group join {invite}", id=group.id,
+                     name=group.name, invite=invite, peer_id=node.peer_id)
 
-    _run(output, body)
+    _run_group(output, identity_path, introducers, listen, no_lan, data_dir, work)
 
 
 @group_commands.command("join", short_help="Join a group by its invite.")
@@ -1145,20 +1150,15 @@ def group_join(identity_path: str | None, as_json: bool, introducers: tuple[str,
 
     output = Output(as_json)
     Invite.decode(invite)  # a damaged invite is one line, before anything is created
-    identity, addresses, listen_address, folder = _group_start(identity_path, introducers,
-                                                               listen, data_dir)
 
-    async def body() -> int:
-        async with _started_node(output, identity, addresses, listen_address, no_lan,
-                                 folder) as node:
-            group = await node.join(invite)
-            shown = printable(group.name)
-            output.event("joined", f"joined group {shown} ({group.id[:12]}); read it with:\n"
-                         f"shoal subscribe {shlex.quote(group.name or group.id)}",
-                         id=group.id, name=group.name, peer_id=node.peer_id)
-        return 0
+    async def work(node: Node) -> None:
+        group = await node.join(invite)
+        shown = printable(group.name)
+        output.event("joined", f"joined group {shown} ({group.id[:12]}); read it with:\n"
+                     f"shoal subscribe {shlex.quote(group.name or group.id)}",
+                     id=group.id, name=group.name, peer_id=node.peer_id)
 
-    _run(output, body)
+    _run_group(output, identity_path, introducers, listen, no_lan, data_dir, work)
 
 
 @group_commands.command("invite", short_help="Print a group's invite.")
@@ -1180,18 +1180,13 @@ def group_invite(identity_path: str | None, as_json: bool, introducers: tuple[st
     from shoal.cli.groups import find_group
 
     output = Output(as_json)
-    identity, addresses, listen_address, folder = _group_start(identity_path, introducers,
-                                                               listen, data_dir)
 
-    async def body() -> int:
-        async with _started_node(output, identity, addresses, listen_address, no_lan,
-                                 folder) as node:
-            chosen = find_group(node.groups(), group)
-            invite = chosen.invite()
-            output.event("invite", invite, id=chosen.id, name=chosen.name, invite=invite)
-        return 0
+    async def work(node: Node) -> None:
+        chosen = find_group(node.groups(), group)
+        invite = chosen.invite()
+        output.event("invite", invite, id=chosen.id, name=chosen.name, invite=invite)
 
-    _run(output, body)
+    _run_group(output, identity_path, introducers, listen, no_lan, data_dir, work)
 
 
 @group_commands.command("list", short_help="List the groups this node is in.")
@@ -1207,25 +1202,21 @@ def group_list(identity_path: str | None, as_json: bool, data_dir: Path | None) 
       shoal group list --json
     """
     output = Output(as_json)
-    identity, _, listen_address, folder = _group_start(identity_path, (), "127.0.0.1:0",
-                                                       data_dir)
 
-    async def body() -> int:
-        async with _started_node(output, identity, [], listen_address, True, folder) as node:
-            groups = node.groups()
-            if not groups and not as_json:
-                click.echo("no groups yet: shoal group create NAME, or shoal group join INVITE")
-            for group in groups:
-                members = group.members()
-                output.event("group", f"{group.id[:12]}  {printable(group.name)}  "
-                             f"{len(members)} member(s)" + ("  (admin)" if group.is_admin
-                                                            else ""),
-                             id=group.id, name=group.name, admin=group.is_admin,
-                             members=[{"peer_id": m.peer_id, "name": m.name, "admin": m.admin}
-                                      for m in members])
-        return 0
+    async def work(node: Node) -> None:
+        groups = node.groups()
+        if not groups and not as_json:
+            click.echo("no groups yet: shoal group create NAME, or shoal group join INVITE")
+        for group in groups:
+            members = group.members()
+            output.event("group", f"{group.id[:12]}  {printable(group.name)}  "
+                         f"{len(members)} member(s)" + ("  (admin)" if group.is_admin
+                                                        else ""),
+                         id=group.id, name=group.name, admin=group.is_admin,
+                         members=[{"peer_id": m.peer_id, "name": m.name, "admin": m.admin}
+                                  for m in members])
 
-    _run(output, body)
+    _run_group(output, identity_path, (), "127.0.0.1:0", True, data_dir, work)
 
 
 @cli.command(short_help="Post a message to a group; wait until a member has it.")
@@ -1257,28 +1248,24 @@ def publish(identity_path: str | None, as_json: bool, introducers: tuple[str, ..
     if len(topic.encode()) > 255:
         raise click.BadParameter("a topic is at most 255 bytes", param_hint="--topic")
     data = sys.stdin.buffer.read() if message == "-" else os.fsencode(message)
-    identity, addresses, listen_address, folder = _group_start(identity_path, introducers,
-                                                               listen, data_dir)
 
-    async def body() -> int:
-        async with _started_node(output, identity, addresses, listen_address, no_lan,
-                                 folder) as node:
-            chosen = find_group(node.groups(), group)
-            post = await chosen.publish(data, topic=topic)
-            output.event("published", f"posted {post.id[:12]} to {printable(chosen.name)}",
-                         id=post.id, group=chosen.id, topic=topic, bytes=len(data))
-            with output.waiting("waiting for another member to take it"):
-                peers = await _post_taken(node, post.id, timeout)
-            if not peers:
-                raise ShoalError(f"no other member took the post within {timeout:g} s; it "
-                                 "is kept here and goes out the next time this node runs "
-                                 "with the group", code="ETIMEDOUT")
-            output.event("reached", f"{len(peers)} peer(s) have it: "
-                         + ", ".join(peer[:12] for peer in peers), id=post.id, peers=peers)
-        return 0
+    async def work(node: Node) -> None:
+        chosen = find_group(node.groups(), group)
+        post = await chosen.publish(data, topic=topic)
+        output.event("published", f"posted {post.id[:12]} to {printable(chosen.name)}",
+                     id=post.id, group=chosen.id, topic=topic, bytes=len(data))
+        with output.waiting("waiting for another member to take it"):
+            peers = await _post_taken(node, post.id, timeout)
+        if not peers:
+            raise ShoalError(f"no other member took the post within {timeout:g} s; it "
+                             "is kept here and goes out the next time this node runs "
+                             "with the group", code="ETIMEDOUT")
+        output.event("reached", f"{len(peers)} peer(s) have it: "
+                     + ", ".join(peer[:12] for peer in peers), id=post.id, peers=peers)
 
-    _run(output, body, interrupted="interrupted before another member had the post: it is "
-                                   "kept here and goes out the next time this node runs")
+    _run_group(output, identity_path, introducers, listen, no_lan, data_dir, work,
+               interrupted="interrupted before another member had the post: it is kept "
+                           "here and goes out the next time this node runs")
 
 
 async def _post_taken(node: Node, post_id: str, timeout: float) -> list[str]:
@@ -1318,29 +1305,24 @@ def subscribe(identity_path: str | None, as_json: bool, introducers: tuple[str, 
     from shoal.cli.groups import find_group, post_fields, post_time
 
     output = Output(as_json)
-    identity, addresses, listen_address, folder = _group_start(identity_path, introducers,
-                                                               listen, data_dir)
 
-    async def body() -> int:
-        async with _started_node(output, identity, addresses, listen_address, no_lan,
-                                 folder) as node:
-            chosen = find_group(node.groups(), group)
-            output.event("ready", f"reading {printable(chosen.name)} ({chosen.id[:12]}) as "
-                         f"{node.peer_id}", group=chosen.id, peer_id=node.peer_id,
-                         listen=format_address(node.address))
-            names: dict[str, str] = {}
-            async for post in chosen.subscribe(topic):
-                if post.author not in names:
-                    names.update((m.peer_id, m.name) for m in chosen.members() if m.name)
-                who = names.get(post.author, "")
-                label = f"{printable(who)} ({post.author[:12]})" if who else post.author[:12]
-                text = printable(post.data.decode("utf-8", "replace"))
-                where = f" [{printable(post.topic)}]" if post.topic else ""
-                output.event("post", f"{post_time(post.time)} {label}{where}: {text}",
-                             **post_fields(post))
-        return 0
+    async def work(node: Node) -> None:
+        chosen = find_group(node.groups(), group)
+        output.event("ready", f"reading {printable(chosen.name)} ({chosen.id[:12]}) as "
+                     f"{node.peer_id}", group=chosen.id, peer_id=node.peer_id,
+                     listen=format_address(node.address))
+        names: dict[str, str] = {}
+        async for post in chosen.subscribe(topic):
+            if post.author not in names:
+                names.update((m.peer_id, m.name) for m in chosen.members() if m.name)
+            who = names.get(post.author, "")
+            label = f"{printable(who)} ({post.author[:12]})" if who else post.author[:12]
+            text = printable(post.data.decode("utf-8", "replace"))
+            where = f" [{printable(post.topic)}]" if post.topic else ""
+            output.event("post", f"{post_time(post.time)} {label}{where}: {text}",
+                         **post_fields(post))
 
-    _run(output, body)
+    _run_group(output, identity_path, introducers, listen, no_lan, data_dir, work)
 
 
 @cli.command(short_help="What this machine has for apps: versions, webviews, display.")

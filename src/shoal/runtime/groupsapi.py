@@ -44,7 +44,6 @@ class Groups:
         self.allowed = allowed
         self._emit = emit
         self._tasks: dict[_Held, asyncio.Task[None]] = {}
-        self._documents: dict[tuple[str, str], Any] = {}
         self._watchers: dict[tuple[str, str], set[str]] = {}
         """Page watch ids by document."""
         self._watching: dict[_Held, tuple[str, str]] = {}
@@ -176,11 +175,7 @@ class Groups:
         group = self._group(group_id)
         if not isinstance(name, str) or not name:
             raise BridgeError("a document name is a non-empty string", code="EINVAL")
-        key = (group.id, name)
-        document = self._documents.get(key)
-        if document is None:
-            document = self._documents[key] = group.document(name)
-        return key, document
+        return (group.id, name), group.document(name)  # one object per name
 
     async def doc_state(self, group_id: str, name: str) -> bytes:
         """The document's whole state, as one update."""
@@ -278,7 +273,6 @@ class Groups:
         self._pumps.clear()
         self._watchers.clear()
         self._watching.clear()
-        self._documents.clear()
 
 
 def _page_id(value: Any) -> str:

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 from shoal.core.groups.posts import MAX_ENVELOPE_BYTES
 from shoal.core.reconcile import MAX_MESSAGE_BYTES
-from shoal.core.wire import Address, decode_address, decode_varint, encode_address, encode_varint
+from shoal.core.wire import (
+    Address,
+    _decode_addresses,
+    _encode_addresses,
+    decode_varint,
+    encode_varint,
+)
 from shoal.errors import RemoteProtocolError
 
 GROUP_FRAGMENT = 0xF0
@@ -79,9 +85,7 @@ def encode(message: Message) -> bytes:
     elif kind == MEMBERS:
         out += message.tag + encode_varint(len(message.members))
         for peer, addresses in message.members:
-            out += peer + encode_varint(len(addresses))
-            for address in addresses:
-                out += encode_address(address)
+            out += peer + _encode_addresses(addresses)
     elif kind == PRUNE:
         out += message.tag
     elif kind == RECONCILE:
@@ -89,17 +93,6 @@ def encode(message: Message) -> bytes:
     else:
         raise ValueError(f"unknown group message kind {kind}")
     return bytes(out)
-
-
-def _take_addresses(data: bytes, pos: int) -> tuple[tuple[Address, ...], int]:
-    count, pos = decode_varint(data, pos)
-    if count > MAX_ADDRESSES:
-        raise RemoteProtocolError("group message: too many addresses")
-    out = []
-    for _ in range(count):
-        address, pos = decode_address(data, pos)
-        out.append(address)
-    return tuple(out), pos
 
 
 def _take_ids(data: bytes, pos: int) -> tuple[bytes, ...]:
@@ -138,7 +131,7 @@ def decode(data: bytes) -> Message:
             peer = data[pos : pos + 32]
             if len(peer) != 32:
                 raise RemoteProtocolError("group message: truncated member")
-            addresses, pos = _take_addresses(data, pos + 32)
+            addresses, pos = _decode_addresses(data, pos + 32, MAX_ADDRESSES)
             members.append((peer, addresses))
         if pos != len(data):
             raise RemoteProtocolError("group message: bytes after the members")

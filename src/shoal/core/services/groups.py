@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from shoal.core.groups import gossip as g
 from shoal.core.groups.posts import (
     GRANT,
+    HEADER_BYTES,
     MAX_ENVELOPE_BYTES,
     Envelope,
     ForgedPostError,
@@ -470,7 +471,7 @@ class GroupService(Service):
 
     def _held(self, post_id: bytes, peer: bytes) -> None:
         holders = self.holders.get(post_id)
-        if holders is not None and peer not in holders:
+        if holders is not None:
             holders.add(peer)
 
     def call_remove(self, now: float, group_id: bytes, peer: bytes) -> int:
@@ -621,8 +622,8 @@ class GroupService(Service):
         """Whether the author the envelope ``raw`` names has no quota left: then it is
         dropped before its signature is checked (only checked posts take from the quota,
         so a forger naming someone else cannot spend it)."""
-        if len(raw) < 70 or self.authors.left(raw[2:34] + envelope_author(raw), 1, len(raw),
-                                              now):
+        if len(raw) < HEADER_BYTES or self.authors.left(
+                raw[2:34] + envelope_author(raw), 1, len(raw), now):
             return False
         self.ctx.stats["groups_dropped_rate"] += 1
         self._pending.pop(hashlib.sha256(raw).digest(), None)
@@ -748,7 +749,8 @@ class GroupService(Service):
 
     def _on_post(self, link: Link, message: g.Message, now: float) -> None:
         self.copies += 1
-        if self.store.has(hashlib.sha256(message.data).digest()):
+        post_id = hashlib.sha256(message.data).digest()  # the envelope's id
+        if self.store.has(post_id):
             self._duplicate(link, message)  # held already: no need to check it again
             return
         if self._author_spent(message.data, now):
@@ -765,23 +767,16 @@ class GroupService(Service):
         if carried is None:
             self.ctx.stats["groups_dropped_not_carried"] += 1
             return
-        if not self.store.has(envelope.id) and not self._author_allows(envelope, now):
+        if not self._author_allows(envelope, now):
             return
-        self._pending.pop(envelope.id, None)
-        self._held(envelope.id, link.peer)
+        self._pending.pop(post_id, None)
+        self._held(post_id, link.peer)
         opened = None
-        if carried.keys is not None and envelope.kind == POST_KIND and \
-                not self.store.has(envelope.id):
+        if carried.keys is not None and envelope.kind == POST_KIND:
             # A member checks what it can read before keeping or passing it on.
             try:
-                opened = open_post(envelope, carried.keys)
-            except UnknownEpochError:
-                pass
-            except TamperedPostError:
-                self.ctx.stats["groups_dropped_tampered"] += 1
-                return
+                opened = self._open(carried, envelope)
             except PostError:
-                self.ctx.stats["groups_dropped_malformed"] += 1
                 return
         try:
             added = self.store.add(envelope, self._now_ms())
@@ -818,19 +813,29 @@ class GroupService(Service):
         if envelope.kind == GRANT:
             return self._take_grant(carried, envelope)
         try:
-            post = open_post(envelope, carried.keys)
+            post = self._open(carried, envelope)
+        except PostError:
+            return False
+        if post is not None:
+            self._opened(carried, post, envelope)
+        elif len(carried.unopened) < MAX_UNOPENED:
+            carried.unopened[envelope.id] = envelope.time_ms
+        return True
+
+    def _open(self, carried: Carried, envelope: Envelope) -> Post | None:
+        """A post of a member's group, opened; None if its epoch key is not here yet.
+        ``PostError`` (counted as a drop) if it does not decrypt or is malformed."""
+        assert carried.keys is not None
+        try:
+            return open_post(envelope, carried.keys)
         except UnknownEpochError:
-            if len(carried.unopened) < MAX_UNOPENED:
-                carried.unopened[envelope.id] = envelope.time_ms
-            return True
+            return None
         except TamperedPostError:
             self.ctx.stats["groups_dropped_tampered"] += 1
-            return False
+            raise
         except PostError:
             self.ctx.stats["groups_dropped_malformed"] += 1
-            return False
-        self._opened(carried, post, envelope)
-        return True
+            raise
 
     def _take_grant(self, carried: Carried, envelope: Envelope) -> bool:
         assert carried.keys is not None
