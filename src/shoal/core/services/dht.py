@@ -338,16 +338,23 @@ class DhtService(Service):
     def _ask(self, lookup: _Lookup, candidate: _Candidate, now: float) -> None:
         _move(candidate, "asked")
         kind = dw.GET_PROVIDERS if lookup.providers_wanted else dw.FIND_NODE
-        request_id = self._next_request
-        self._next_request += 1
-        frame = dw.encode_request(kind, request_id, lookup.target)
-        self.requests[request_id] = _Request(request_id, candidate.peer, lookup,
-                                             now + self.request_timeout, frame)
+        frame = self._request(kind, candidate.peer, lookup, lookup.target, now)
         lookup.in_flight += 1
         lookup.messages += 1
         self.ctx.stats["dht_requests_sent"] += 1
         self._send(candidate.peer, candidate.addresses, frame, now)
         self._arm_requests()
+
+    def _request(self, kind: int, peer: bytes, lookup: _Lookup | None, target: bytes,
+                 now: float) -> Extension:
+        """A new request's frame, awaited from ``peer`` until it times out (the caller
+        sends it and arms the timer)."""
+        request_id = self._next_request
+        self._next_request += 1
+        frame = dw.encode_request(kind, request_id, target)
+        self.requests[request_id] = _Request(request_id, peer, lookup,
+                                             now + self.request_timeout, frame)
+        return frame
 
     def _send(self, peer: bytes, addresses: tuple[Address, ...], frame: Extension,
               now: float) -> None:
@@ -503,12 +510,7 @@ class DhtService(Service):
         self._probed.add(peer)
         if len(self._probed) > MAX_REMEMBERED:
             self._probed.clear()
-        request_id = self._next_request
-        self._next_request += 1
-        frame = dw.encode_request(dw.FIND_NODE, request_id, self.my_key)
-        self.requests[request_id] = _Request(request_id, peer, None,
-                                             now + self.request_timeout, frame)
-        self.ctx.send(connection, frame)
+        self.ctx.send(connection, self._request(dw.FIND_NODE, peer, None, self.my_key, now))
         self._arm_requests()
 
     # ---------------------------------------------------------------- timers
