@@ -294,10 +294,9 @@ class _Run:
 
     def _send_away(self, count: int, now: float, *, already: bool = False) -> None:
         spec = self.spec
-        admins = set(range(spec.groups))
         for _ in range(count):
             index = self.rng.randrange(spec.peers)
-            if index in admins or not self.sim_nodes[index].online:
+            if index < spec.groups or not self.sim_nodes[index].online:  # admins stay
                 continue
             length = self.rng.uniform(*ABSENCE)
             if already:  # part of the steady state: some of the absence has passed
@@ -421,7 +420,7 @@ def run_groups(spec: GroupSimSpec, progress: Callable[[str], None] | None = None
     """Run one simulation (see the module docstring); its figures. ``progress`` is told
     of each phase as it ends (a line of text)."""
     spec.check()
-    began, cpu = time.perf_counter(), time.process_time()
+    began, cpu = _clocks()
     profile = LinkProfile(latency=spec.latency, jitter=spec.jitter, loss=spec.loss)
 
     async def entry() -> GroupSimResult:
