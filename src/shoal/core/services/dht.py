@@ -44,6 +44,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from shoal.core.connection import Connection
@@ -250,7 +251,7 @@ class DhtService(Service):
             return
         self._joined = True
         self.set_timer(now + FIRST_REFRESH, "refresh")
-        for peer in list(self._connected)[: 2 * self.k]:
+        for peer in list(islice(self._connected, 2 * self.k)):
             connection = self.ctx.connection_to(peer)
             if connection is not None:
                 self._probe(connection, now)
@@ -300,7 +301,7 @@ class DhtService(Service):
         seeds = [(c.peer, c.addresses) for c in self.table.closest(target, self.k)]
         if len(seeds) < self.k:  # bootstrap: the introducers and any connected peer
             seeds += [(p, ()) for p in self.rendezvous.introducer_peers]
-            seeds += [(p, ()) for p in list(self._connected)[: 2 * self.k]
+            seeds += [(p, ()) for p in islice(self._connected, 2 * self.k)
                       if p not in self._silent]
         for peer, addresses in seeds:
             self._candidate(lookup, peer, addresses, 1)
