@@ -18,7 +18,7 @@ import random
 import statistics
 import time
 
-from shoal.sim.dht import dht_network, lookup
+from shoal.sim.dht import dht, dht_network, lookup
 
 
 def main() -> None:
@@ -47,13 +47,12 @@ def main() -> None:
         found_rounds.append(result.found_round)
         found += provider.endpoint.identity.public_key in providers
     print(json.dumps({
-        "nodes": args.nodes, "k": args.k, "alpha": 3, "lookups": args.lookups,
+        "nodes": args.nodes, "k": args.k, "alpha": dht(nodes[0]).alpha, "lookups": args.lookups,
         "median_rounds": statistics.median(rounds), "max_rounds": max(rounds),
         "median_found_round": statistics.median(found_rounds),
         "median_messages": statistics.median(messages), "max_messages": max(messages),
         "success_rate": found / args.lookups,
-        "contacts_per_node": statistics.median(len(n.endpoint.service("dht").table)  # type: ignore[attr-defined]
-                                               for n in nodes),
+        "contacts_per_node": statistics.median(len(dht(n).table) for n in nodes),
         "build_seconds": round(built, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }))

@@ -68,9 +68,7 @@ class Agent:
         sys.stdout.flush()
 
     def run(self, command: dict[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(command))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.run_background(self._run(command))
 
     async def _run(self, command: dict[str, Any]) -> None:
         op = command.get("op", "")
@@ -203,20 +201,16 @@ class Agent:
         start = time.monotonic()
         result = await self.node.fetch(ticket, path)
         seconds = time.monotonic() - start
-        digest = hashlib.sha256()
         with Path(path).open("rb") as file:
-            while block := file.read(1 << 20):
-                digest.update(block)
+            digest = hashlib.file_digest(file, "sha256")
         return {"seconds": seconds, "size": result.size, "sha256": digest.hexdigest(),
                 "requested": result.requested, "fetched": result.fetched}
 
 
 async def _main(args: argparse.Namespace) -> None:
-    config = CoreConfig(introducer=args.serve_introducer)
-    if args.relay_rate:
-        config = CoreConfig(introducer=args.serve_introducer,
-                            relay_bytes_per_second=args.relay_rate,
-                            relay_total_bytes_per_second=4 * args.relay_rate)
+    rates = {"relay_bytes_per_second": args.relay_rate,
+             "relay_total_bytes_per_second": 4 * args.relay_rate} if args.relay_rate else {}
+    config = CoreConfig(introducer=args.serve_introducer, **rates)
     node = Node(Identity.load_or_create(Path(args.identity)),
                 introducers=args.introducer, listen=args.listen, lan_discovery=False,
                 config=config, alternate=args.alternate)

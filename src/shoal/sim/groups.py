@@ -182,7 +182,6 @@ class _Run:
         self.public: list[list[int]] = [[] for _ in range(spec.groups)]
         """Members not behind a NAT, in the order they joined."""
         self.group_ids: list[bytes] = []
-        self.groups: list[Any] = []
         self.received: dict[bytes, dict[int, float]] = {}
         self.offline: list[list[tuple[float, float]]] = []
         """Each node's absences: (from, until) in virtual seconds."""
@@ -241,7 +240,6 @@ class _Run:
         for group in range(spec.groups):
             admin = self.nodes[group]
             made = await admin.create_group(f"group {group}")
-            self.groups.append(made)
             self.group_ids.append(bytes.fromhex(made.id))
             invites.append(made.invite())
             self.members_added([group])
@@ -294,10 +292,9 @@ class _Run:
 
     def _send_away(self, count: int, now: float, *, already: bool = False) -> None:
         spec = self.spec
-        admins = set(range(spec.groups))
         for _ in range(count):
             index = self.rng.randrange(spec.peers)
-            if index in admins or not self.sim_nodes[index].online:
+            if index < spec.groups or not self.sim_nodes[index].online:  # admins stay
                 continue
             length = self.rng.uniform(*ABSENCE)
             if already:  # part of the steady state: some of the absence has passed
@@ -320,7 +317,7 @@ class _Run:
             group = number % spec.groups
             online = [i for i in self.members[group] if self.sim_nodes[i].online]
             author = self.rng.choice(online)
-            handle = self._group_handle(author, group)
+            handle = self.nodes[author]._group_manager().groups[self.group_ids[group]]
             post = await handle.publish(self.rng.randbytes(spec.post_bytes))
             post_id = bytes.fromhex(post.id)
             self.received[post_id] = {author: self.now()}
@@ -332,12 +329,6 @@ class _Run:
             await asyncio.sleep(1.0)
         return (self.net.sent - sent, self.net.sent_bytes - sent_bytes,
                 sum(s.copies for s in self.services) - copies)
-
-    def _group_handle(self, index: int, group: int) -> Any:
-        if index == group:
-            return self.groups[group]
-        node = self.nodes[index]
-        return node._group_manager().groups[self.group_ids[group]]
 
     def _online_through(self, index: int, start: float, end: float) -> bool:
         return not any(a < end and b > start for a, b in self.offline[index])
@@ -421,7 +412,7 @@ def run_groups(spec: GroupSimSpec, progress: Callable[[str], None] | None = None
     """Run one simulation (see the module docstring); its figures. ``progress`` is told
     of each phase as it ends (a line of text)."""
     spec.check()
-    began, cpu = time.perf_counter(), time.process_time()
+    began, cpu = _clocks()
     profile = LinkProfile(latency=spec.latency, jitter=spec.jitter, loss=spec.loss)
 
     async def entry() -> GroupSimResult:

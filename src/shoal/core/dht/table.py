@@ -9,7 +9,7 @@ newcomers as Kademlia does), and the record store bounds what one peer may have 
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+import heapq
 from dataclasses import dataclass
 
 from shoal.core.dht.wire import encode_entry
@@ -104,8 +104,8 @@ class RoutingTable:
 
     def closest(self, target: int, count: int, exclude: bytes | None = None) -> list[Contact]:
         """The ``count`` contacts nearest ``target`` (XOR distance)."""
-        ranked = sorted(self.contacts.values(), key=lambda c: c.id ^ target)
-        return [c for c in ranked if c.peer != exclude][:count]
+        return heapq.nsmallest(count, (c for c in self.contacts.values() if c.peer != exclude),
+                               key=lambda c: c.id ^ target)
 
 
 @dataclass(slots=True, eq=False)
@@ -134,28 +134,24 @@ class RecordStore:
             ) -> str | None:
         """Store (or refresh) a record; returns why it was refused, if it was."""
         providers = self.records.get(key)
-        if providers is not None and peer in providers:
-            providers[peer] = Record(addresses, expires, encode_entry(peer, addresses))
-            keys = self.by_peer[peer]
-            del keys[key]
-            keys[key] = None
-            return None
-        keys = self.by_peer.get(peer)
-        if keys is not None and len(keys) >= self.per_peer:
-            return "per_peer"
-        if providers is not None and len(providers) >= self.per_key:
-            return "per_key"
-        if self.count >= self.total:
-            self._evict()
+        if providers is None or peer not in providers:
+            keys = self.by_peer.get(peer)
+            if keys is not None and len(keys) >= self.per_peer:
+                return "per_peer"
+            if providers is not None and len(providers) >= self.per_key:
+                return "per_key"
+            if self.count >= self.total:
+                self._evict()
+            self.count += 1
+        keys = self.by_peer.setdefault(peer, {})
+        keys.pop(key, None)
+        keys[key] = None  # the newest stored last
         self.records.setdefault(key, {})[peer] = Record(addresses, expires,
                                                         encode_entry(peer, addresses))
-        self.by_peer.setdefault(peer, {})[key] = None
-        self.count += 1
         return None
 
     def _evict(self) -> None:
-        heaviest = Counter({peer: len(keys) for peer, keys in self.by_peer.items()})
-        peer = heaviest.most_common(1)[0][0]
+        peer = max(self.by_peer, key=lambda p: len(self.by_peer[p]))
         self.remove(next(iter(self.by_peer[peer])), peer)
 
     def remove(self, key: bytes, peer: bytes) -> None:

@@ -25,6 +25,7 @@ from shoal.core.wire import (
     Extension,
     _decode_addresses,
     _encode_addresses,
+    _take,
     decode_varint,
     encode_varint,
 )
@@ -104,13 +105,6 @@ def encode_answers(request_id: int, sections: list[tuple[int, list[bytes]]]) -> 
     return [Extension(kind, b"".join((head, bytes((part, len(chunks))),
                                       encode_varint(len(entries)), *entries)))
             for part, (kind, entries) in enumerate(chunks)]
-
-
-def _take(body: bytes, pos: int, size: int) -> tuple[bytes, int]:
-    end = pos + size
-    if end > len(body):
-        raise RemoteProtocolError("truncated DHT frame")
-    return body[pos:end], end
 
 
 def decode(frame: Extension) -> DhtFrame:

@@ -44,6 +44,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from shoal.core.connection import Connection
@@ -250,7 +251,7 @@ class DhtService(Service):
             return
         self._joined = True
         self.set_timer(now + FIRST_REFRESH, "refresh")
-        for peer in list(self._connected)[: 2 * self.k]:
+        for peer in list(islice(self._connected, 2 * self.k)):
             connection = self.ctx.connection_to(peer)
             if connection is not None:
                 self._probe(connection, now)
@@ -300,7 +301,7 @@ class DhtService(Service):
         seeds = [(c.peer, c.addresses) for c in self.table.closest(target, self.k)]
         if len(seeds) < self.k:  # bootstrap: the introducers and any connected peer
             seeds += [(p, ()) for p in self.rendezvous.introducer_peers]
-            seeds += [(p, ()) for p in list(self._connected)[: 2 * self.k]
+            seeds += [(p, ()) for p in islice(self._connected, 2 * self.k)
                       if p not in self._silent]
         for peer, addresses in seeds:
             self._candidate(lookup, peer, addresses, 1)
@@ -338,16 +339,23 @@ class DhtService(Service):
     def _ask(self, lookup: _Lookup, candidate: _Candidate, now: float) -> None:
         _move(candidate, "asked")
         kind = dw.GET_PROVIDERS if lookup.providers_wanted else dw.FIND_NODE
-        request_id = self._next_request
-        self._next_request += 1
-        frame = dw.encode_request(kind, request_id, lookup.target)
-        self.requests[request_id] = _Request(request_id, candidate.peer, lookup,
-                                             now + self.request_timeout, frame)
+        frame = self._request(kind, candidate.peer, lookup, lookup.target, now)
         lookup.in_flight += 1
         lookup.messages += 1
         self.ctx.stats["dht_requests_sent"] += 1
         self._send(candidate.peer, candidate.addresses, frame, now)
         self._arm_requests()
+
+    def _request(self, kind: int, peer: bytes, lookup: _Lookup | None, target: bytes,
+                 now: float) -> Extension:
+        """A new request's frame, awaited from ``peer`` until it times out (the caller
+        sends it and arms the timer)."""
+        request_id = self._next_request
+        self._next_request += 1
+        frame = dw.encode_request(kind, request_id, target)
+        self.requests[request_id] = _Request(request_id, peer, lookup,
+                                             now + self.request_timeout, frame)
+        return frame
 
     def _send(self, peer: bytes, addresses: tuple[Address, ...], frame: Extension,
               now: float) -> None:
@@ -503,12 +511,7 @@ class DhtService(Service):
         self._probed.add(peer)
         if len(self._probed) > MAX_REMEMBERED:
             self._probed.clear()
-        request_id = self._next_request
-        self._next_request += 1
-        frame = dw.encode_request(dw.FIND_NODE, request_id, self.my_key)
-        self.requests[request_id] = _Request(request_id, peer, None,
-                                             now + self.request_timeout, frame)
-        self.ctx.send(connection, frame)
+        self.ctx.send(connection, self._request(dw.FIND_NODE, peer, None, self.my_key, now))
         self._arm_requests()
 
     # ---------------------------------------------------------------- timers
